@@ -1,0 +1,39 @@
+# Harmony Atlas: `make demo` (set up + build the demo database), `make test` (set up + run the tests).
+# Set-up is idempotent: a stamp file records that .venv matches pyproject.toml.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+TEST_STAMP := $(VENV)/.setup-test-stamp
+# Slow-to-build wheels (llama-cpp-python) are cached here, outside the repository.
+WHEEL_CACHE ?= $(HOME)/.cache/harmony-atlas/wheels
+export NUMBA_CACHE_DIR ?= $(HOME)/.cache/harmony-atlas/numba
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup setup-test demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+setup-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	$(BIN)/atlas demo
+
+test: setup-test
+	$(BIN)/python -m pytest -q
+
+bench: setup-test
+	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) atlas_data .pytest_cache

@@ -1,0 +1,151 @@
+"""Where the database lives and how to open it.
+
+DuckDB lets one process write *or* many processes read a database file. Harmony Atlas
+therefore opens the file only for as long as one job needs it: writers take short
+transactions (a batch of files at a time) and close, readers open read-only and close.
+Either side retries for a while if the other holds the lock, so ``atlas sql`` works
+while ``atlas ingest`` runs in another terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from atlas_db.errors import BadInputError, DatabaseBusyError
+import importlib
+
+from atlas_db.schema import SCHEMA_VERSION
+
+__all__ = [
+    "DB_FILE_NAME",
+    "resolve_db_dir",
+    "db_file",
+    "connect",
+    "ensure_schema",
+    "MIGRATIONS",
+]
+
+DB_FILE_NAME = "atlas.duckdb"
+DEFAULT_DB_DIR = "atlas_data"
+_LOCK_WAIT_S = float(os.environ.get("ATLAS_LOCK_WAIT_S", "60"))
+
+
+def resolve_db_dir(db: str | os.PathLike | None) -> Path:
+    """The database directory: ``db`` if given, else ``$ATLAS_DB``, else ``./atlas_data``."""
+    return Path(db or os.environ.get("ATLAS_DB") or DEFAULT_DB_DIR)
+
+
+def db_file(db_dir: Path) -> Path:
+    return Path(db_dir) / DB_FILE_NAME
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    msg = str(exc).lower()
+    return "lock" in msg and ("conflicting" in msg or "could not set" in msg)
+
+
+def connect(
+    db_dir: str | os.PathLike,
+    *,
+    read_only: bool,
+    create: bool = False,
+    wait_s: float | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """Open the database, waiting up to ``wait_s`` seconds for another process's lock.
+
+    ``create=True`` makes the directory (its parent must exist) and applies the schema.
+    """
+    db_dir = Path(db_dir)
+    path = db_file(db_dir)
+    if create:
+        if not db_dir.parent.exists() and str(db_dir.parent) not in ("", "."):
+            raise BadInputError(
+                f"{db_dir}: cannot create the database, parent folder {db_dir.parent} does not exist"
+            )
+        try:
+            db_dir.mkdir(exist_ok=True)
+        except OSError as e:
+            raise BadInputError(f"{db_dir}: cannot create the database folder ({e.strerror})") from e
+    elif not path.exists():
+        raise BadInputError(
+            f"{db_dir}: no Harmony Atlas database here (missing {DB_FILE_NAME}); "
+            "run `atlas ingest PATH --db DIR` or `atlas demo` first"
+        )
+    deadline = time.monotonic() + (_LOCK_WAIT_S if wait_s is None else wait_s)
+    delay = 0.005
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as e:
+            if not _is_lock_error(e):
+                raise BadInputError(f"{path}: cannot open the database ({e})") from e
+            if time.monotonic() > deadline:
+                raise DatabaseBusyError(
+                    f"{path}: another process has held the database for too long; try again later"
+                ) from e
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+    if not read_only:
+        ensure_schema(con)  # upgrades an older database in place
+    return con
+
+
+# Each domain declares its tables in its own schema module with a ``MIGRATIONS`` list of
+# (unique name, [SQL statements]); they are applied in this order and recorded in
+# schema_migrations (sqlite-utils style), so an old database upgrades in place.
+SCHEMA_MODULES = [
+    "atlas_db.schema",
+]
+
+
+def all_migrations() -> list[tuple[str, list[str]]]:
+    out = []
+    for mod in SCHEMA_MODULES:
+        out += importlib.import_module(mod).MIGRATIONS
+    return out
+
+
+MIGRATIONS = all_migrations()
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)"
+    )
+    done = {r[0] for r in con.execute("SELECT name FROM schema_migrations").fetchall()}
+    for name, statements in all_migrations():
+        if name in done:
+            continue
+        con.execute("BEGIN")
+        for sql in statements:
+            con.execute(sql)
+        con.execute(
+            "INSERT INTO schema_migrations VALUES (?, ?)", [name, datetime.now(timezone.utc)]
+        )
+        con.execute("COMMIT")
+
+
+def fetch_arrow(cur) -> "pa.Table":
+    """The result of an executed statement as an Arrow table (DuckDB 2 renamed the call)."""
+    fn = getattr(cur, "to_arrow_table", None) or getattr(cur, "fetch_arrow_table")
+    return fn()
+
+
+@contextlib.contextmanager
+def reading(db_dir, *, wait_s: float | None = None):
+    """``with reading(db) as con:`` a read-only connection, closed afterwards."""
+    con = connect(db_dir, read_only=True, wait_s=wait_s)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+__all__ += ["reading", "fetch_arrow", "SCHEMA_VERSION"]

@@ -1,0 +1,136 @@
+"""Transactional writes of parsed pieces, and the few reads ingestion needs.
+
+A batch of files is written in one short transaction: either every row of every piece
+in the batch lands, or none does. Failures are recorded in ``ingest_errors`` in the same
+transaction. Pieces that are already present (same content hash) are skipped inside
+the transaction, so two ingest processes racing on the same files cannot duplicate rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+
+from atlas_db import __version__
+from atlas_db.connection import connect, db_file, reading
+from atlas_db.schema import TABLES
+
+__all__ = ["ParsedPiece", "Failure", "BatchResult", "known_piece_ids", "write_batch", "CHILD_TABLES"]
+
+# Tables filled per piece besides `pieces` itself, in the order they are written.
+CHILD_TABLES = ("tracks", "notes", "program_changes", "tempo_changes", "time_signatures", "key_signatures")
+
+
+@dataclass
+class ParsedPiece:
+    piece_id: str
+    content_sha256: str
+    path: str
+    tables: dict  # "pieces" -> dict row; child table name -> pa.Table
+
+
+@dataclass
+class Failure:
+    path: str
+    reason: str
+    content_sha256: str | None = None
+
+
+@dataclass
+class BatchResult:
+    added: list[str] = field(default_factory=list)  # piece ids written
+    already_present: list[str] = field(default_factory=list)
+    notes_added: int = 0
+
+
+def known_piece_ids(db_dir) -> set[str]:
+    """Ids of every piece in the database (empty if there is no database yet)."""
+    if not db_file(Path(db_dir)).exists():
+        return set()
+    with reading(db_dir) as con:
+        return {r[0] for r in con.execute("SELECT piece_id FROM pieces").fetchall()}
+
+
+def write_batch(
+    db_dir,
+    parsed: list[ParsedPiece],
+    present: list[tuple[str, str]],
+    failures: list[Failure],
+) -> BatchResult:
+    """Write one batch in one transaction.
+
+    parsed: new pieces; present: (piece_id, path) of files whose content is already
+    stored (only the path is recorded); failures: files that could not be ingested.
+    """
+    result = BatchResult()
+    now = datetime.now(timezone.utc)
+    con = connect(db_dir, read_only=False, create=True)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        ids = list({p.piece_id for p in parsed})
+        stored = set()
+        if ids:
+            stored = {
+                r[0]
+                for r in con.execute(
+                    "SELECT piece_id FROM pieces WHERE piece_id IN (SELECT unnest(?))", [ids]
+                ).fetchall()
+            }
+        new, seen = [], set(stored)
+        for p in parsed:
+            if p.piece_id in seen:
+                present.append((p.piece_id, p.path))
+                continue
+            seen.add(p.piece_id)
+            new.append(p)
+        if new:
+            rows = [
+                {**p.tables["pieces"], "content_sha256": p.content_sha256,
+                 "ingested_at": now, "code_version": __version__}
+                for p in new
+            ]
+            _insert(con, "pieces", pa.Table.from_pylist(rows, schema=TABLES["pieces"]))
+            for name in CHILD_TABLES:
+                _insert(con, name, pa.concat_tables([p.tables[name] for p in new]))
+        paths = [(p.piece_id, p.path) for p in new] + list(present)
+        if paths:
+            tbl = pa.table({"piece_id": [a for a, _ in paths], "path": [b for _, b in paths]})
+            con.register("_paths", tbl)
+            con.execute("INSERT INTO piece_paths SELECT DISTINCT * FROM _paths ON CONFLICT DO NOTHING")
+            # A path that now ingests cleanly no longer has an error.
+            con.execute("DELETE FROM ingest_errors WHERE path IN (SELECT path FROM _paths)")
+            con.unregister("_paths")
+        if failures:
+            err = pa.Table.from_pylist(
+                [{"path": f.path, "content_sha256": f.content_sha256, "reason": f.reason,
+                  "failed_at": now, "code_version": __version__} for f in failures],
+                schema=TABLES["ingest_errors"],
+            )
+            con.register("_err", err)
+            con.execute("INSERT OR REPLACE INTO ingest_errors SELECT * FROM _err")
+            con.unregister("_err")
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except Exception:
+            pass
+        raise
+    finally:
+        con.close()
+    result.added = [p.piece_id for p in new]
+    result.already_present = [pid for pid, _ in present]
+    result.notes_added = sum(p.tables["notes"].num_rows for p in new)
+    return result
+
+
+def _insert(con, name: str, table: pa.Table) -> None:
+    if table.num_rows == 0:
+        return
+    view = f"_batch_{name}"
+    con.register(view, table)
+    con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
+    con.unregister(view)

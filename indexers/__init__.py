@@ -1,0 +1,1 @@
+"""Builds and updates the vector and pattern indexes from the DuckDB tables."""

@@ -1,0 +1,1 @@
+"""Sources -> Arrow tables: MIDI parsing now; audio, stems, transcription and the grammar later."""

@@ -1,0 +1,1 @@
+"""Similarity, covers, pattern and progression lookup, SQL helpers: the Python API."""

@@ -1,0 +1,338 @@
+"""The ``atlas`` command line: a thin click layer over the library.
+
+Data goes to stdout, progress and messages to stderr. Every user mistake ends in one
+line, ``atlas: error: ...``, and a non-zero exit status; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from atlas_db.errors import AtlasError
+
+__all__ = ["cli", "main", "db_option", "format_option", "echo_table", "progress_bar"]
+
+# Modules that add their commands to the group (each exposes ``register(cli)``).
+COMMAND_MODULES: list[str] = []
+
+
+def db_option(f):
+    return click.option(
+        "--db",
+        "db_dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Database folder (default: $ATLAS_DB, else ./atlas_data).",
+    )(f)
+
+
+def format_option(default="table"):
+    def deco(f):
+        return click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["table", "csv", "json"]),
+            default=default,
+            show_default=True,
+            help="Output format on stdout.",
+        )(f)
+
+    return deco
+
+
+def resolve(db_dir):
+    from atlas_db.connection import resolve_db_dir
+
+    return resolve_db_dir(db_dir)
+
+
+def echo_table(table, fmt: str) -> None:
+    from query.formatting import format_table
+
+    click.echo(format_table(table, fmt))
+
+
+def progress_bar(total: int, desc: str, unit: str = "file"):
+    """A tqdm bar on stderr, shown only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, dynamic_ncols=True)
+
+
+def warn(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="harmony-atlas", prog_name="atlas")
+def cli():
+    """Harmony Atlas: a harmonic search engine over your MIDI and audio collection.
+
+    \b
+    Start with:
+      atlas demo                      build a database from a public-domain corpus
+      atlas ingest ~/midi --db lib    add your own files (again: only new ones are added)
+      atlas sql "SELECT title, n_notes FROM pieces LIMIT 5" --db lib
+    """
+
+
+def _ingest_with_progress(paths, db_dir, workers, *, quiet=False):
+    from ingest.pipeline import ingest_paths
+
+    bar = None
+
+    def progress(done, total, notes):
+        nonlocal bar
+        if bar is None:
+            bar = progress_bar(total, "ingest")
+        bar.n = done
+        bar.set_postfix_str(f"{notes:,} notes", refresh=False)
+        bar.refresh()
+
+    def on_error(path, reason):
+        if quiet:
+            return
+        if bar is not None:
+            bar.write(f"atlas: failed: {path}: {reason}", file=sys.stderr)
+        else:
+            warn(f"atlas: failed: {path}: {reason}")
+
+    try:
+        summary = ingest_paths(paths, db_dir, workers=workers, progress=progress, on_error=on_error)
+    finally:
+        if bar is not None:
+            bar.close()
+    return summary
+
+
+def _run_derived(db_dir, only=None, redo=False):
+    from ingest.derived import run_stages
+
+    bars = {}
+
+    def progress(stage, done, total):
+        if stage not in bars:
+            bars[stage] = progress_bar(total, stage, unit="piece")
+        bars[stage].n = done
+        bars[stage].refresh()
+        if done >= total:
+            bars[stage].close()
+
+    try:
+        return run_stages(db_dir, only=only, redo_old_versions=redo, progress=progress)
+    finally:
+        for b in bars.values():
+            b.close()
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@db_option
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Parser processes (default: number of cores, at most 8).")
+def ingest(paths, db_dir, workers):
+    """Add MIDI files and folders (searched recursively) to the database.
+
+    Files whose bytes are already stored are skipped, so re-running is cheap; a file
+    that cannot be read is reported, recorded in the ingest_errors table, and the rest
+    goes on. Exit status 1 if any file failed.
+
+    \b
+    Example:
+      atlas ingest ~/midi/bach song.mid --db ./atlas_data
+    """
+    db = resolve(db_dir)
+    summary = _ingest_with_progress(paths, db, workers)
+    _run_derived(db)
+    warn(f"atlas: {summary.line()}")
+    sys.exit(1 if summary.failed else 0)
+
+
+@cli.command()
+@click.argument("query")
+@db_option
+@format_option()
+@click.option("--write", is_flag=True, help="Open the database writable (default: read-only).")
+def sql(query, db_dir, fmt, write):
+    """Run a SQL query (DuckDB dialect) over the tables and views.
+
+    The README documents every table; `atlas sql "SHOW TABLES"` lists them.
+
+    \b
+    Example:
+      atlas sql "SELECT title, n_notes, duration_s FROM pieces ORDER BY n_notes DESC LIMIT 5"
+      atlas sql "SELECT program, count(*) FROM tracks GROUP BY 1" --format csv
+    """
+    from query.sql import run_sql
+
+    echo_table(run_sql(resolve(db_dir), query, write=write), fmt)
+
+
+@cli.command()
+@click.argument("piece")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the .mid file.")
+@db_option
+def export(piece, out, db_dir):
+    """Rebuild a piece's MIDI file from the notes table.
+
+    PIECE is a piece id (or a unique prefix of one) or a path it was ingested from.
+
+    \b
+    Example:
+      atlas export 3f2a9c01 -o rebuilt.mid
+    """
+    from query.export import export_piece
+
+    pid, n = export_piece(resolve(db_dir), piece, out)
+    warn(f"atlas: wrote {out} ({n:,} bytes) from piece {pid}")
+
+
+@cli.command()
+@db_option
+@format_option()
+def stats(db_dir, fmt):
+    """Counts per table, disk size and a summary of the corpus.
+
+    \b
+    Example:
+      atlas stats --db ./atlas_data
+    """
+    from query.stats import corpus_summary, table_counts
+
+    db = resolve(db_dir)
+    summary = corpus_summary(db)
+    counts = table_counts(db)
+    if fmt == "json":
+        summary["tables"] = dict(zip(counts.column("table").to_pylist(), counts.column("rows").to_pylist()))
+        click.echo(json.dumps(summary, indent=1))
+        return
+    if fmt == "csv":
+        echo_table(counts, "csv")
+        return
+    mb = summary["disk_bytes"] / 1e6
+    click.echo(f"database   {summary['database']} ({mb:,.1f} MB on disk)")
+    click.echo(
+        f"corpus     {summary['pieces']:,} pieces ({summary['midi_pieces']:,} MIDI, {summary['audio_pieces']:,} audio), "
+        f"{summary['tracks_with_notes']:,} tracks with notes, {summary['notes']:,} notes, {summary['hours']:.2f} h of music"
+    )
+    if summary["top_gm_programs"]:
+        progs = ", ".join(f"{p['program']} ({p['tracks']})" for p in summary["top_gm_programs"])
+        click.echo(f"programs   most used GM programs (tracks): {progs}")
+    click.echo(f"errors     {summary['ingest_errors']} files in ingest_errors")
+    click.echo("")
+    echo_table(counts, "table")
+
+
+DEMO_QUERIES = [
+    ("the longest pieces", "SELECT title, n_tracks, n_notes, round(duration_s, 1) AS duration_s FROM pieces ORDER BY n_notes DESC LIMIT 5"),
+    ("pitch range per voice name", "SELECT name, count(*) AS tracks, min(pitch_min) AS lowest, max(pitch_max) AS highest FROM tracks WHERE n_notes > 0 GROUP BY name ORDER BY tracks DESC LIMIT 6"),
+    ("most common key signatures", "SELECT key_name, count(DISTINCT piece_id) AS pieces FROM key_signatures GROUP BY key_name ORDER BY pieces DESC LIMIT 5"),
+]
+
+
+@cli.command()
+@db_option
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Processes for conversion and parsing.")
+def demo(db_dir, workers):
+    """Build a database from a public-domain corpus shipped with music21 and show it.
+
+    Renders ~500 scores (Bach chorales, Palestrina masses, Haydn, Mozart and Beethoven
+    quartets, Joplin rags) to MIDI under DB/demo_corpus/, ingests them and prints a
+    few example queries. Running it again only re-checks what is there.
+
+    \b
+    Example:
+      atlas demo --db ./atlas_data
+    """
+    from ingest.demo_corpus import build_demo_corpus
+    from ingest.pipeline import default_workers
+    from query.sql import run_sql
+
+    db = resolve(db_dir)
+    workers = workers or default_workers()
+    if not db.exists():
+        if not db.parent.exists():
+            raise AtlasError(f"{db}: cannot create the database, parent folder {db.parent} does not exist")
+        db.mkdir()
+    warn(f"atlas: rendering the demo corpus (music21's public-domain scores) to MIDI in {db / 'demo_corpus'}")
+    bar = None
+
+    def progress(done, total):
+        nonlocal bar
+        if bar is None:
+            bar = progress_bar(total, "render")
+        bar.n = done
+        bar.refresh()
+
+    try:
+        paths, failures = build_demo_corpus(db / "demo_corpus", workers=workers, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    for src, reason in failures:
+        warn(f"atlas: could not render {src}: {reason}")
+    summary = _ingest_with_progress(paths, db, workers)
+    _run_derived(db)
+    warn(f"atlas: {summary.line()}")
+    click.echo("")
+    from query.stats import corpus_summary
+
+    s = corpus_summary(db)
+    click.echo(
+        f"Built {db}: {s['pieces']:,} pieces, {s['notes']:,} notes, {s['hours']:.1f} h of music "
+        f"({s['disk_bytes'] / 1e6:.1f} MB on disk)."
+    )
+    for title, q in DEMO_QUERIES:
+        click.echo(f"\n-- {title}\n$ atlas sql \"{q}\" --db {db}")
+        echo_table(run_sql(db, q), "table")
+    for title, example in DEMO_NEXT_STEPS:
+        click.echo(f"\n-- {title}\n$ {example.format(db=db)}")
+
+
+# Further commands worth trying after the demo; command modules add theirs.
+DEMO_NEXT_STEPS: list[tuple[str, str]] = [
+    ("everything the database holds", "atlas stats --db {db}"),
+]
+
+
+def _register_command_modules():
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).register(cli)
+
+
+_register_command_modules()
+
+
+def main(argv=None):
+    """Console entry point: AtlasError -> one line on stderr, exit status 2."""
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "harmony-atlas" / "numba"))
+    try:
+        cli.main(args=argv, prog_name="atlas", standalone_mode=False)
+    except AtlasError as e:
+        click.echo(f"atlas: error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("atlas: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("atlas: interrupted; everything committed before this point is kept", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except SystemExit:
+        raise
+
+
+if __name__ == "__main__":
+    main()

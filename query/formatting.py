@@ -1,0 +1,74 @@
+"""Arrow tables to text: an aligned table for people, CSV and JSON for programs."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+__all__ = ["FORMATS", "format_table"]
+
+FORMATS = ("table", "csv", "json")
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.6g}" if abs(v) < 1e6 else f"{v:.0f}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_cell(x) for x in v) + "]"
+    return str(v)
+
+
+def _jsonable(v):
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def format_table(table: pa.Table, fmt: str = "table", *, max_width: int = 60) -> str:
+    """Render ``table`` as ``table`` (aligned columns), ``csv`` or ``json`` (a list of
+    objects, one per row)."""
+    if fmt == "json":
+        return json.dumps([_jsonable(r) for r in table.to_pylist()], indent=1)
+    if fmt == "csv":
+        if table.num_columns == 0:
+            return ""
+        # CSV cannot hold lists: write them as their text form.
+        cols = []
+        for name, col in zip(table.column_names, table.columns):
+            if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_struct(col.type):
+                col = pa.array([_cell(v) for v in col.to_pylist()], pa.string())
+            cols.append(col)
+        buf = io.BytesIO()
+        pacsv.write_csv(pa.table(cols, names=table.column_names), buf)
+        return buf.getvalue().decode().rstrip("\n")
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if table.num_columns == 0:
+        return "(no result)"
+    names = table.column_names
+    rows = [[_cell(v) for v in r.values()] for r in table.to_pylist()]
+    rows = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in r] for r in rows]
+    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+    numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) for t in table.schema.types]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    out = [line(names), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    out.append(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})")
+    return "\n".join(out)

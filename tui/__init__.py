@@ -1,0 +1,1 @@
+"""The Textual application; reads through query/, never through raw files."""
