@@ -43,6 +43,7 @@ class IngestSummary:
     seconds: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)
     added_ids: list[str] = field(default_factory=list)
+    derived: dict = field(default_factory=dict)  # stage name -> pieces processed
 
     def line(self) -> str:
         rate = self.notes_added / self.seconds if self.seconds > 0 else 0.0
@@ -107,11 +108,14 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def ingest_paths(paths, db_dir, *, workers: int | None = None, progress=None, on_error=None) -> IngestSummary:
+def ingest_paths(paths, db_dir, *, workers: int | None = None, progress=None, on_error=None,
+                 derive: bool = True, stage_progress=None) -> IngestSummary:
     """Ingest files and folders into the database at ``db_dir``.
 
     progress: optional callable ``(n_done, n_total, notes_so_far)``; on_error: optional
-    callable ``(path, reason)`` called as each failure is found.
+    callable ``(path, reason)`` called as each failure is found. With ``derive`` (the
+    default) the derived stages (harmony, grammar, vectors, ...) then bring themselves up
+    to date; stage_progress: optional callable ``(stage, n_done, n_total)``.
     Returns an :class:`IngestSummary`; raises only for problems with the database itself.
     """
     t0 = time.perf_counter()
@@ -163,5 +167,9 @@ def ingest_paths(paths, db_dir, *, workers: int | None = None, progress=None, on
         if progress:
             progress(done, len(found.files), summary.notes_added + pending_notes)
     flush()
+    if derive and (summary.added or found.files):
+        from ingest.derived import run_stages
+
+        summary.derived = run_stages(db_dir, progress=stage_progress)
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -83,10 +83,25 @@ def cli():
     """
 
 
+def _stage_progress():
+    bars = {}
+
+    def progress(stage, done, total):
+        if stage not in bars:
+            bars[stage] = progress_bar(total, stage, unit="piece")
+        bars[stage].n = done
+        bars[stage].refresh()
+        if done >= total:
+            bars[stage].close()
+
+    return progress, bars
+
+
 def _ingest_with_progress(paths, db_dir, workers, *, quiet=False):
     from ingest.pipeline import ingest_paths
 
     bar = None
+    stage_progress, stage_bars = _stage_progress()
 
     def progress(done, total, notes):
         nonlocal bar
@@ -104,27 +119,27 @@ def _ingest_with_progress(paths, db_dir, workers, *, quiet=False):
         else:
             warn(f"atlas: failed: {path}: {reason}")
 
+    def progress_files(done, total, notes):
+        progress(done, total, notes)
+        if done >= total and bar is not None:
+            bar.close()
+
     try:
-        summary = ingest_paths(paths, db_dir, workers=workers, progress=progress, on_error=on_error)
+        summary = ingest_paths(paths, db_dir, workers=workers, progress=progress_files, on_error=on_error,
+                               stage_progress=stage_progress)
     finally:
         if bar is not None:
             bar.close()
+        for b in stage_bars.values():
+            b.close()
     return summary
 
 
-def _run_derived(db_dir, only=None, redo=False):
+def run_derived(db_dir, only=None, redo=False):
+    """Bring the derived stages up to date with progress bars (used by reindex commands)."""
     from ingest.derived import run_stages
 
-    bars = {}
-
-    def progress(stage, done, total):
-        if stage not in bars:
-            bars[stage] = progress_bar(total, stage, unit="piece")
-        bars[stage].n = done
-        bars[stage].refresh()
-        if done >= total:
-            bars[stage].close()
-
+    progress, bars = _stage_progress()
     try:
         return run_stages(db_dir, only=only, redo_old_versions=redo, progress=progress)
     finally:
@@ -150,7 +165,6 @@ def ingest(paths, db_dir, workers):
     """
     db = resolve(db_dir)
     summary = _ingest_with_progress(paths, db, workers)
-    _run_derived(db)
     warn(f"atlas: {summary.line()}")
     sys.exit(1 if summary.failed else 0)
 
@@ -280,7 +294,6 @@ def demo(db_dir, workers):
     for src, reason in failures:
         warn(f"atlas: could not render {src}: {reason}")
     summary = _ingest_with_progress(paths, db, workers)
-    _run_derived(db)
     warn(f"atlas: {summary.line()}")
     click.echo("")
     from query.stats import corpus_summary
