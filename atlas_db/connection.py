@@ -102,6 +102,7 @@ def connect(
 # schema_migrations (sqlite-utils style), so an old database upgrades in place.
 SCHEMA_MODULES = [
     "atlas_db.schema",
+    "atlas_db.schema_grammar",
 ]
 
 

@@ -1,0 +1,148 @@
+"""Grammar tables: the pitch-agnostic Re-Pair grammar (``rules``), every place a rule
+occurs (``occurrences``), the top-level parse of each track (``grammar_sequences``),
+relations between rules and between tracks (``transforms``), corpus-level MDL choices
+(``grammar_choices``) and repeated sequences of transforms (``meta_patterns``).
+
+Note order used by the grammar (the "grammar order" of a track): notes sorted by
+``(onset_ticks, pitch, note_index)``, i.e. onset order with the notes of a chord from low
+to high. ``seq_index`` is a note's 0-based position in that order; the view
+``grammar_notes`` adds it to ``notes``. ``occurrences.note_index`` is the
+``notes.note_index`` of an occurrence's first note, ``occurrences.seq_index`` its position
+in grammar order; the occurrence covers grammar positions
+``seq_index .. seq_index + rules.length - 1`` of its track.
+
+Terminals are rules too: ``rule_id`` 0..127 is the terminal
+``rhythm_bucket * 8 + velocity_bucket`` (``depth`` 0, ``length`` 1, no children); rules
+learned by Re-Pair have ``rule_id >= 128`` and ``depth >= 1``. Terminal occurrences are
+not stored (every note is one).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from atlas_db.schema import table_ddl
+
+__all__ = ["TABLES", "KEYS", "MIGRATIONS", "N_TERMINALS", "FIRST_RULE_ID"]
+
+N_TERMINALS = 128  # 16 rhythm buckets x 8 velocity buckets
+FIRST_RULE_ID = N_TERMINALS
+
+TABLES: dict[str, pa.Schema] = {
+    "rules": pa.schema(
+        [
+            ("rule_id", pa.int64()),
+            # pitch intervals (semitones) between successive notes: length - 1 entries
+            ("intervals", pa.list_(pa.int16())),
+            # per note: bucket 0-15 of the inter-onset interval to the next note, in beats
+            # (the last note of a rule: to the note after the rule, or its duration at the
+            # end of a track)
+            ("rhythm_buckets", pa.list_(pa.int8())),
+            ("velocity_buckets", pa.list_(pa.int8())),  # per note: velocity // 16 (0-7)
+            ("left_child", pa.int64()),  # NULL for terminals
+            ("right_child", pa.int64()),
+            # interval (semitones) from the last note of left_child to the first of right_child
+            ("connector_interval", pa.int16()),
+            ("depth", pa.int32()),  # 0 terminal, 1 pair of terminals, ...
+            ("length", pa.int32()),  # notes
+            ("count", pa.int64()),  # occurrences in the corpus (nested ones included)
+            ("n_pieces", pa.int32()),  # distinct pieces it occurs in
+            ("n_top", pa.int64()),  # occurrences at the top level of a parse
+            ("origin", pa.string()),  # 'build' (from-scratch Re-Pair) or 'incremental'
+            ("stage_version", pa.string()),
+        ]
+    ),
+    "occurrences": pa.schema(
+        [
+            ("rule_id", pa.int64()),
+            ("piece_id", pa.string()),
+            ("track_index", pa.int32()),
+            ("note_index", pa.int32()),  # notes.note_index of the first note
+            ("seq_index", pa.int32()),  # grammar-order position of the first note
+            ("onset_ticks", pa.int64()),
+            ("onset_beats", pa.float64()),
+            ("onset_s", pa.float64()),
+            ("first_pitch", pa.int16()),  # MIDI number of the first note
+            ("top_level", pa.bool_()),  # part of the track's top-level parse (not nested)
+        ]
+    ),
+    # The top-level parse of each track: symbols (rule ids, terminals included) whose
+    # expansions, concatenated, give the track's notes in grammar order.
+    "grammar_sequences": pa.schema(
+        [
+            ("piece_id", pa.string()),
+            ("track_index", pa.int32()),
+            ("n_notes", pa.int32()),
+            ("symbols", pa.list_(pa.int64())),
+            ("stage_version", pa.string()),
+        ]
+    ),
+    # Relations between rules (scope 'rule') and between tracks of a piece (scope 'track').
+    "transforms": pa.schema(
+        [
+            ("transform_id", pa.int64()),
+            ("scope", pa.string()),  # 'rule' | 'track'
+            # rule scope: 'I', 'R', 'RI', 'augmentation', 'diminution', 'octave'
+            # track scope: 'doubling', 'parallel', 'rhythmic_unison'
+            ("kind", pa.string()),
+            ("source_rule_id", pa.int64()),  # rule scope; NULL for track scope
+            ("target_rule_id", pa.int64()),
+            ("piece_id", pa.string()),  # track scope; NULL for rule scope
+            ("source_track", pa.int32()),
+            ("target_track", pa.int32()),
+            ("interval", pa.int16()),  # semitones (doubling/parallel); NULL otherwise
+            ("rhythm_ratio", pa.float64()),  # target IOI / source IOI (augmentation 2.0)
+            ("n_notes", pa.int64()),  # notes the relation explains
+            ("gain_bits", pa.float64()),  # description length saved, bits
+            ("stage_version", pa.string()),
+        ]
+    ),
+    # Corpus-level MDL choices: e.g. interval alphabet chromatic vs diatonic.
+    "grammar_choices": pa.schema(
+        [
+            ("choice", pa.string()),  # 'interval_alphabet' | 'octave_equivalence'
+            ("chosen", pa.string()),
+            ("alternative", pa.string()),
+            ("bits_chosen", pa.float64()),
+            ("bits_alternative", pa.float64()),
+            ("gain_bits", pa.float64()),  # bits_alternative - bits_chosen
+            ("n_notes", pa.int64()),
+            ("stage_version", pa.string()),
+        ]
+    ),
+    # Sequences of rule-transforms that repeat along tracks (meta-patterns).
+    "meta_patterns": pa.schema(
+        [
+            ("meta_id", pa.int64()),
+            ("kinds", pa.list_(pa.string())),  # e.g. ['T+5', 'T+2', 'T-7']
+            ("length", pa.int32()),
+            ("count", pa.int64()),
+            ("n_pieces", pa.int32()),
+            ("gain_bits", pa.float64()),
+            ("stage_version", pa.string()),
+        ]
+    ),
+}
+
+KEYS: dict[str, tuple[str, ...]] = {
+    "rules": ("rule_id",),
+    "grammar_sequences": ("piece_id", "track_index"),
+    "transforms": ("transform_id",),
+    "grammar_choices": ("choice",),
+    "meta_patterns": ("meta_id",),
+    # occurrences: bulk table, no index (inserts of millions of rows)
+}
+
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "0100_grammar_tables",
+        [table_ddl(name, schema, KEYS.get(name, ())) for name, schema in TABLES.items()]
+        + [
+            """CREATE OR REPLACE VIEW grammar_notes AS
+               SELECT n.*,
+                      CAST(row_number() OVER (PARTITION BY piece_id, track_index
+                           ORDER BY onset_ticks, pitch, note_index) - 1 AS INTEGER) AS seq_index
+               FROM notes n"""
+        ],
+    ),
+]
