@@ -103,6 +103,7 @@ def connect(
 SCHEMA_MODULES = [
     "atlas_db.schema",
     "atlas_db.schema_grammar",
+    "atlas_db.schema_vectors",
 ]
 
 

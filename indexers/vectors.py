@@ -1,0 +1,203 @@
+"""Derived stage "vectors": cover features and embeddings for every piece and track.
+
+For each piece (drum notes left out) it writes one ``cover_features`` row in DuckDB
+(beat chroma, skyline melody, global vector) and upserts the vectors into two LanceDB
+tables under ``<db>/lance/``:
+
+- ``piece_vectors`` : ``piece_id``, ``vector`` (fixed-size float32 list)
+- ``track_vectors`` : ``piece_id``, ``track_index``, ``vector``
+
+Lance writes happen outside the DuckDB transaction, so they are upserts keyed by id
+(re-running is harmless) and everything in Lance can be rebuilt from DuckDB with
+:func:`rebuild_lance` (``atlas reindex --vectors``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from atlas_db.connection import fetch_arrow
+from indexers.features import EMBED_DIM, features_from_notes, quantize_chroma, embedding, beat_chroma, \
+    skyline, melody_intervals
+
+__all__ = [
+    "STAGE", "VERSION", "BATCH_PIECES", "update", "forget", "lance_dir", "open_lance",
+    "rebuild_lance", "PIECE_TABLE", "TRACK_TABLE", "piece_vector_schema", "track_vector_schema",
+]
+
+STAGE = "vectors"
+VERSION = "vectors-1"
+BATCH_PIECES = 200
+# Tracks with fewer notes get no track vector (a vector of three notes says nothing).
+MIN_TRACK_NOTES = 8
+
+PIECE_TABLE = "piece_vectors"
+TRACK_TABLE = "track_vectors"
+
+
+def piece_vector_schema() -> pa.Schema:
+    return pa.schema([("piece_id", pa.string()), ("vector", pa.list_(pa.float32(), EMBED_DIM)),
+                      ("stage_version", pa.string())])
+
+
+def track_vector_schema() -> pa.Schema:
+    return pa.schema([("piece_id", pa.string()), ("track_index", pa.int32()),
+                      ("vector", pa.list_(pa.float32(), EMBED_DIM)), ("stage_version", pa.string())])
+
+
+def db_dir_of(con) -> Path:
+    """The database folder of an open DuckDB connection."""
+    rows = con.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchall()  # fetchall: DuckDB 2 keeps a half-read result open and blocks the connection
+    return Path(rows[0][0]).parent
+
+
+def lance_dir(db_dir) -> Path:
+    return Path(db_dir) / "lance"
+
+
+def open_lance(db_dir):
+    import lancedb
+
+    return lancedb.connect(str(lance_dir(db_dir)))
+
+
+def _upsert(ldb, name: str, table: pa.Table, keys: list[str]) -> None:
+    if table.num_rows == 0:
+        return
+    if name not in ldb.table_names(limit=1000):
+        ldb.create_table(name, schema=table.schema, exist_ok=True)
+    t = ldb.open_table(name)
+    t.merge_insert(keys).when_matched_update_all().when_not_matched_insert_all().execute(table)
+
+
+def _fixed(vectors: np.ndarray) -> pa.Array:
+    flat = pa.array(np.ascontiguousarray(vectors, np.float32).ravel(), pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, EMBED_DIM)
+
+
+def _read_notes(con, piece_ids: list[str]) -> pa.Table:
+    con.register("_vec_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
+    try:
+        return fetch_arrow(con.execute(
+            """SELECT n.piece_id, n.track_index, n.onset_beats, n.duration_beats, n.pitch
+               FROM notes n JOIN _vec_ids USING (piece_id)
+               WHERE n.channel <> 9
+               ORDER BY n.piece_id, n.onset_beats, n.pitch"""
+        ))
+    finally:
+        con.unregister("_vec_ids")
+
+
+def compute(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Features of every piece in ``notes`` (columns piece_id, track_index, onset_beats,
+    duration_beats, pitch; sorted by piece_id). Returns (cover_features rows, track rows)."""
+    from atlas_db.schema_vectors import TABLES
+
+    pid = notes.column("piece_id").to_numpy(zero_copy_only=False)
+    trk = notes.column("track_index").to_numpy()
+    on = notes.column("onset_beats").to_numpy()
+    dur = notes.column("duration_beats").to_numpy()
+    pitch = notes.column("pitch").to_numpy()
+    rows = {f.name: [] for f in TABLES["cover_features"]}
+    t_pid, t_idx, t_vec = [], [], []
+    if pid.size:
+        starts = np.flatnonzero(np.concatenate([[True], pid[1:] != pid[:-1]]))
+        ends = np.concatenate([starts[1:], [pid.size]])
+    else:
+        starts = ends = np.zeros(0, np.int64)
+    for a, b in zip(starts, ends):
+        f = features_from_notes(on[a:b], dur[a:b], pitch[a:b])
+        rows["piece_id"].append(pid[a])
+        rows["n_beats"].append(f["beat_chroma"].shape[0])
+        rows["beat_chroma"].append(quantize_chroma(f["beat_chroma"]).ravel())
+        rows["n_melody"].append(f["melody_pitch"].size)
+        rows["melody_pitch"].append(f["melody_pitch"])
+        rows["melody_onset_beats"].append(f["melody_onset_beats"])
+        rows["vector"].append(f["vector"])
+        rows["stage_version"].append(VERSION)
+        tk = trk[a:b]
+        for t in np.unique(tk):
+            m = tk == t
+            if m.sum() < MIN_TRACK_NOTES:
+                continue
+            ch = beat_chroma(on[a:b][m], dur[a:b][m], pitch[a:b][m])
+            mp, _ = skyline(on[a:b][m], dur[a:b][m], pitch[a:b][m])
+            t_pid.append(pid[a])
+            t_idx.append(int(t))
+            t_vec.append(embedding(ch, melody_intervals(mp)[0]))
+    schema = TABLES["cover_features"]
+    feats = pa.table({f.name: pa.array(rows[f.name], f.type) for f in schema}, schema=schema)
+    tv = np.asarray(t_vec, np.float32).reshape(-1, EMBED_DIM)
+    tracks = pa.table({
+        "piece_id": pa.array(t_pid, pa.string()),
+        "track_index": pa.array(t_idx, pa.int32()),
+        "vector": _fixed(tv),
+        "stage_version": pa.array([VERSION] * len(t_pid), pa.string()),
+    }, schema=track_vector_schema())
+    return feats, tracks
+
+
+def forget(con, piece_ids: list[str]) -> None:
+    con.register("_vec_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
+    try:
+        con.execute("DELETE FROM cover_features WHERE piece_id IN (SELECT piece_id FROM _vec_ids)")
+    finally:
+        con.unregister("_vec_ids")
+
+
+def update(con, piece_ids: list[str]) -> None:
+    """Compute and write features for these pieces (inside the runner's transaction),
+    then upsert their vectors into Lance."""
+    feats, tracks = compute(_read_notes(con, piece_ids))
+    con.register("_vec_rows", feats)
+    try:
+        con.execute("INSERT OR REPLACE INTO cover_features SELECT * FROM _vec_rows")
+    finally:
+        con.unregister("_vec_rows")
+    ldb = open_lance(db_dir_of(con))
+    _upsert(ldb, PIECE_TABLE, _piece_rows(feats), ["piece_id"])
+    _upsert(ldb, TRACK_TABLE, tracks, ["piece_id", "track_index"])
+
+
+def _piece_rows(feats: pa.Table) -> pa.Table:
+    vec = np.asarray(feats.column("vector").to_pylist(), np.float32).reshape(-1, EMBED_DIM)
+    return pa.table({
+        "piece_id": feats.column("piece_id"),
+        "vector": _fixed(vec),
+        "stage_version": feats.column("stage_version"),
+    }, schema=piece_vector_schema())
+
+
+def rebuild_lance(db_dir, *, progress=None) -> dict[str, int]:
+    """Recreate the Lance tables from DuckDB (piece vectors from ``cover_features``,
+    track vectors recomputed from ``notes``). Returns rows written per table."""
+    from atlas_db.connection import reading
+
+    ldb = open_lance(db_dir)
+    for name in (PIECE_TABLE, TRACK_TABLE):
+        if name in ldb.table_names(limit=1000):
+            ldb.drop_table(name)
+    ldb.create_table(PIECE_TABLE, schema=piece_vector_schema())
+    ldb.create_table(TRACK_TABLE, schema=track_vector_schema())
+    n_p = n_t = 0
+    with reading(db_dir) as con:
+        ids = [r[0] for r in con.execute("SELECT piece_id FROM cover_features ORDER BY piece_id").fetchall()]
+        for i in range(0, len(ids), BATCH_PIECES):
+            chunk = ids[i:i + BATCH_PIECES]
+            con.register("_vec_ids", pa.table({"piece_id": pa.array(chunk, pa.string())}))
+            feats = fetch_arrow(con.execute(
+                "SELECT c.* FROM cover_features c JOIN _vec_ids USING (piece_id) ORDER BY piece_id"))
+            con.unregister("_vec_ids")
+            _, tracks = compute(_read_notes(con, chunk))
+            ldb.open_table(PIECE_TABLE).add(_piece_rows(feats))
+            ldb.open_table(TRACK_TABLE).add(tracks)
+            n_p += feats.num_rows
+            n_t += tracks.num_rows
+            if progress:
+                progress(min(i + BATCH_PIECES, len(ids)), len(ids))
+    return {PIECE_TABLE: n_p, TRACK_TABLE: n_t}
