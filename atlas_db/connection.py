@@ -104,6 +104,7 @@ SCHEMA_MODULES = [
     "atlas_db.schema",
     "atlas_db.schema_grammar",
     "atlas_db.schema_vectors",
+    "atlas_db.schema_harmony",
 ]
 
 
