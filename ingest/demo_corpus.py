@@ -56,16 +56,17 @@ def _convert(job: tuple[str, str]) -> tuple[str, str | None]:
         return src, f"{type(e).__name__}: {e}".splitlines()[0][:200]
 
 
-def build_demo_corpus(out_dir, *, workers: int = 2, progress=None) -> tuple[list[str], list[tuple[str, str]]]:
+def build_demo_corpus(out_dir, *, workers: int = 2, progress=None, sources=None) -> tuple[list[str], list[tuple[str, str]]]:
     """Render the demo scores to MIDI under ``out_dir``; returns (midi paths, failures).
 
-    progress: optional callable ``(n_done, n_total)``.
+    progress: optional callable ``(n_done, n_total)``; sources: score files to render
+    instead of :func:`demo_sources` (they must lie inside music21's corpus).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     root = _corpus_root()
     jobs, paths = [], []
-    for src in demo_sources():
+    for src in (demo_sources() if sources is None else [Path(x) for x in sources]):
         rel = src.relative_to(root)
         name = "__".join(rel.with_suffix("").parts) + ".mid"
         dst = out_dir / rel.parts[0] / name
@@ -77,7 +78,15 @@ def build_demo_corpus(out_dir, *, workers: int = 2, progress=None) -> tuple[list
     done = len(paths) - len(jobs)
     if progress:
         progress(done, len(paths))
-    if jobs:
+    if len(jobs) == 1 or (jobs and workers <= 1):
+        for job in jobs:
+            src, err = _convert(job)
+            done += 1
+            if err:
+                failures.append((src, err))
+            if progress:
+                progress(done, len(paths))
+    elif jobs:
         ctx = mp.get_context("spawn")
         with ctx.Pool(max(1, workers)) as pool:
             for src, err in pool.imap_unordered(_convert, jobs):

@@ -350,19 +350,26 @@ def parse_midi(data: bytes, *, piece_id: str, path: str) -> dict[str, pa.Table]:
         map_ticks = np.concatenate([[0], map_ticks]).astype(np.int64)
         map_us = np.concatenate([[DEFAULT_US_PER_BEAT], map_us]).astype(np.int64)
 
-    def secs(t):
-        return ticks_to_seconds(np.asarray(t, np.int64), map_ticks, map_us, tpq)
-
-    track_col = np.concatenate([np.full(len(p[1]), p[0], np.int32) for p in note_parts])
+    # One pass through the tempo map for every tick position the tables need.
+    ts_t = np.asarray([r[0] for r in ts_rows], np.int64)
+    ks_t = np.asarray([r[0] for r in ks_rows], np.int64)
+    pt = np.concatenate([p[2] for p in prog_parts]) if prog_parts else np.empty(0, np.int64)
     onset = np.concatenate([p[1] for p in note_parts])
     dur = np.concatenate([p[2] for p in note_parts])
+    end_ticks = int((onset + dur).max())
+    parts = [onset, onset + dur, pt, t_ticks, ts_t, ks_t, np.asarray([end_ticks], np.int64)]
+    all_s = ticks_to_seconds(np.concatenate(parts), map_ticks, map_us, tpq)
+    bounds = np.cumsum([0] + [len(x) for x in parts])
+    onset_s, offset_s, pt_s, tempo_s, ts_s, ks_s, end_s = (
+        all_s[bounds[i] : bounds[i + 1]] for i in range(len(parts))
+    )
+
+    track_col = np.concatenate([np.full(len(p[1]), p[0], np.int32) for p in note_parts])
     note_index = np.concatenate([np.arange(len(p[1]), dtype=np.int32) for p in note_parts])
-    onset_s = secs(onset)
-    offset_s = secs(onset + dur)
-    pid = pa.array([piece_id] * 1, pa.string())
+    pid = pa.scalar(piece_id, pa.string())
 
     def const_id(n):
-        return pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pid).cast(pa.string()) if n else pa.array([], pa.string())
+        return pa.repeat(pid, n)
 
     notes = pa.Table.from_arrays(
         [
@@ -386,32 +393,28 @@ def parse_midi(data: bytes, *, piece_id: str, path: str) -> dict[str, pa.Table]:
         schema=TABLES["tracks"],
     )
     if prog_parts:
-        pt = np.concatenate([p[2] for p in prog_parts])
         programs = pa.Table.from_arrays(
             [const_id(len(pt)), np.concatenate([p[0] for p in prog_parts]),
-             np.concatenate([p[1] for p in prog_parts]), pt, secs(pt),
+             np.concatenate([p[1] for p in prog_parts]), pt, pt_s,
              np.concatenate([p[3] for p in prog_parts])],
             schema=TABLES["program_changes"],
         )
     else:
         programs = TABLES["program_changes"].empty_table()
     tempos = pa.Table.from_arrays(
-        [const_id(len(t_ticks)), t_ticks, secs(t_ticks), 60e6 / np.maximum(t_us, 1), t_us],
+        [const_id(len(t_ticks)), t_ticks, tempo_s, 60e6 / np.maximum(t_us, 1), t_us],
         schema=TABLES["tempo_changes"],
     )
-    ts_t = np.asarray([r[0] for r in ts_rows], np.int64)
     time_sigs = pa.Table.from_arrays(
-        [const_id(len(ts_rows)), ts_t, secs(ts_t),
+        [const_id(len(ts_rows)), ts_t, ts_s,
          pa.array([r[1] for r in ts_rows], pa.int16()), pa.array([r[2] for r in ts_rows], pa.int16())],
         schema=TABLES["time_signatures"],
     )
-    ks_t = np.asarray([r[0] for r in ks_rows], np.int64)
     key_sigs = pa.Table.from_arrays(
-        [const_id(len(ks_rows)), ks_t, secs(ks_t), pa.array([r[1] for r in ks_rows], pa.string()),
+        [const_id(len(ks_rows)), ks_t, ks_s, pa.array([r[1] for r in ks_rows], pa.string()),
          pa.array([r[2] for r in ks_rows], pa.int16()), pa.array([r[3] for r in ks_rows], pa.string())],
         schema=TABLES["key_signatures"],
     )
-    end_ticks = int((onset + dur).max())
     piece = {
         "piece_id": piece_id,
         "path": path,
@@ -424,7 +427,7 @@ def parse_midi(data: bytes, *, piece_id: str, path: str) -> dict[str, pa.Table]:
         "n_notes": n_notes,
         "duration_ticks": end_ticks,
         "duration_beats": end_ticks / tpq,
-        "duration_s": float(secs([end_ticks])[0]),
+        "duration_s": float(end_s[0]),
     }
     return {
         "pieces": piece,  # completed into a table row by the store (hash, time, version)

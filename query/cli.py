@@ -97,7 +97,7 @@ def _stage_progress():
     return progress, bars
 
 
-def _ingest_with_progress(paths, db_dir, workers, *, quiet=False):
+def _ingest_with_progress(paths, db_dir, workers, *, quiet=False, derive=True):
     from ingest.pipeline import ingest_paths
 
     bar = None
@@ -126,7 +126,7 @@ def _ingest_with_progress(paths, db_dir, workers, *, quiet=False):
 
     try:
         summary = ingest_paths(paths, db_dir, workers=workers, progress=progress_files, on_error=on_error,
-                               stage_progress=stage_progress)
+                               stage_progress=stage_progress, derive=derive)
     finally:
         if bar is not None:
             bar.close()
@@ -151,8 +151,10 @@ def run_derived(db_dir, only=None, redo=False):
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @db_option
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Parser processes (default: number of cores, at most 8).")
-def ingest(paths, db_dir, workers):
+              help="Processes for audio analysis (default: number of cores, at most 8); MIDI parses in-process.")
+@click.option("--no-derive", is_flag=True,
+              help="Only store the files; harmony, grammar and vectors are brought up to date by the next ingest.")
+def ingest(paths, db_dir, workers, no_derive):
     """Add MIDI files and folders (searched recursively) to the database.
 
     Files whose bytes are already stored are skipped, so re-running is cheap; a file
@@ -164,7 +166,7 @@ def ingest(paths, db_dir, workers):
       atlas ingest ~/midi/bach song.mid --db ./atlas_data
     """
     db = resolve(db_dir)
-    summary = _ingest_with_progress(paths, db, workers)
+    summary = _ingest_with_progress(paths, db, workers, derive=not no_derive)
     warn(f"atlas: {summary.line()}")
     sys.exit(1 if summary.failed else 0)
 

@@ -1,0 +1,87 @@
+"""Ingest speed on pop909-dev: parse + store notes/s, next to plain mido (and symusic)
+parses of the same files measured in the same run.
+
+    .venv/bin/python benchmarks/ingest.py [FOLDER]
+
+Prints one line per method and the ratio to mido. The goal for parse + store is
+>= 1M notes/s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ingest.pipeline import ingest_paths  # noqa: E402
+from ingest.sources import discover  # noqa: E402
+
+
+def mido_parse(files) -> tuple[int, float]:
+    import mido
+
+    t0 = time.perf_counter()
+    n = 0
+    for f in files:
+        for track in mido.MidiFile(f).tracks:
+            n += sum(1 for m in track if m.type == "note_on" and m.velocity > 0)
+    return n, time.perf_counter() - t0
+
+
+def symusic_parse(files) -> tuple[int, float]:
+    try:
+        import symusic
+    except ImportError:
+        return 0, float("nan")
+    t0 = time.perf_counter()
+    n = 0
+    for f in files:
+        score = symusic.Score(f)
+        n += sum(len(t.notes) for t in score.tracks)
+    return n, time.perf_counter() - t0
+
+
+def main():
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "data" / "pop909-dev"
+    files = discover([str(folder)]).files
+    size_mb = sum(os.path.getsize(f) for f in files) / 1e6
+    print(f"corpus: {folder} ({len(files)} MIDI files, {size_mb:.1f} MB), {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory() as tmp:
+        ingest_paths(files[:20], Path(tmp) / "warm", derive=False)  # numba cache load, imports
+        s = ingest_paths(files, Path(tmp) / "db", derive=False)
+        store_rate = s.notes_added / s.store_seconds
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "query.cli", "ingest", str(folder), "--db", str(Path(tmp) / "cli")],
+                           cwd=ROOT, capture_output=True, text=True)
+        cli_s = time.perf_counter() - t0
+        assert r.returncode == 0, r.stderr
+        t0 = time.perf_counter()
+        r2 = subprocess.run([sys.executable, "-m", "query.cli", "ingest", str(folder), "--db", str(Path(tmp) / "cli")],
+                            cwd=ROOT, capture_output=True, text=True)
+        again_s = time.perf_counter() - t0
+    n_mido, t_mido = mido_parse(files)
+    n_sym, t_sym = symusic_parse(files)
+    mido_rate = n_mido / t_mido
+    print(f"{'method':44s} {'notes':>10s} {'seconds':>8s} {'notes/s':>12s} {'x mido':>7s}")
+    rows = [
+        ("mido parse only (baseline)", n_mido, t_mido),
+        ("symusic parse only (no channels/track ids)", n_sym, t_sym),
+        ("atlas parse + store (ingest_paths, no stages)", s.notes_added, s.store_seconds),
+        ("atlas ingest CLI end to end, with stages", s.notes_added, cli_s),
+    ]
+    for name, n, t in rows:
+        rate = n / t if t == t and t > 0 else float("nan")
+        print(f"{name:44s} {n:>10,d} {t:>8.2f} {rate:>12,.0f} {rate / mido_rate:>7.1f}")
+    print(f"re-ingest of the same folder (all already present): {again_s:.2f} s")
+    print(f"parse + store goal >= 1,000,000 notes/s: {'met' if store_rate >= 1e6 else 'NOT met'} ({store_rate:,.0f})")
+    print("cli summary:", r.stderr.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()

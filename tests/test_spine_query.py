@@ -1,0 +1,133 @@
+"""SQL, export, stats and the demo corpus, on real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from atlas_db.connection import reading
+from ingest.midi_parse import parse_midi
+from ingest.pipeline import ingest_paths
+from midi_fixtures import Track, melody, write_midi
+from query.export import export_piece, midi_bytes, resolve_piece
+from query.sql import QueryError, run_sql
+
+ATLAS = [sys.executable, "-m", "query.cli"]
+NOTE_COLS = ["track_index", "note_index", "onset_ticks", "duration_ticks", "pitch", "velocity", "channel"]
+
+
+def atlas(*args):
+    return subprocess.run([*ATLAS, *args], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+
+
+@pytest.fixture(scope="module")
+def full_pop909_db(tmp_path_factory, pop909_dir):
+    db = tmp_path_factory.mktemp("full") / "db"
+    s = ingest_paths([str(pop909_dir)], db, derive=False)
+    assert s.failed == 0 and s.added > 900
+    return db
+
+
+def test_export_is_lossless_over_all_of_pop909(full_pop909_db):
+    """Every note's pitch, onset tick, duration tick, velocity, channel and its track's
+    program come back identical after export and re-parse, for every POP909 dev file."""
+    with reading(full_pop909_db) as con:
+        ids = [r[0] for r in con.execute("SELECT piece_id FROM pieces ORDER BY piece_id").fetchall()]
+        assert len(ids) > 900
+        for pid in ids:
+            stored = con.execute(
+                f"SELECT {', '.join(NOTE_COLS)} FROM notes WHERE piece_id = ? ORDER BY track_index, note_index", [pid]
+            ).fetchnumpy()
+            programs = con.execute("SELECT track_index, program, name FROM tracks WHERE piece_id = ? ORDER BY 1", [pid]).fetchall()
+            tables = parse_midi(midi_bytes(con, pid), piece_id=pid, path="rebuilt")
+            back = tables["notes"]
+            for c in NOTE_COLS:
+                assert np.array_equal(stored[c], back.column(c).to_numpy()), (pid, c)
+            t = tables["tracks"]
+            assert list(zip(t.column("track_index").to_pylist(), t.column("program").to_pylist(), t.column("name").to_pylist())) == programs
+
+
+def test_export_cli_by_id_prefix_and_path(tmp_path):
+    f = write_midi(tmp_path / "song.mid", [Track(melody([60, 64, 67, 72]), name="lead", program=40)], tempo_bpm=100)
+    db = tmp_path / "db"
+    ingest_paths([str(f)], db)
+    with reading(db) as con:
+        pid = con.execute("SELECT piece_id FROM pieces").fetchone()[0]
+        assert resolve_piece(con, str(f)) == pid and resolve_piece(con, pid[:8]) == pid
+    r = atlas("export", pid[:8], "-o", str(tmp_path / "out.mid"), "--db", str(db))
+    assert r.returncode == 0, r.stderr
+    back = parse_midi((tmp_path / "out.mid").read_bytes(), piece_id="x", path="out")
+    assert back["notes"].column("pitch").to_pylist() == [60, 64, 67, 72]
+    assert back["tempo_changes"].column("us_per_beat").to_pylist() == [600000]
+    r = atlas("export", "nope", "-o", str(tmp_path / "o.mid"), "--db", str(db))
+    assert r.returncode == 2 and "no such piece" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_keeps_overlapping_and_zero_length_notes(tmp_path):
+    # same pitch re-struck before release, and a zero-length note: FIFO pairing must survive
+    f = write_midi(tmp_path / "o.mid", [Track([(60, 0, 2, 80), (60, 1, 2, 81), (62, 3, 0, 82), (62, 3, 1, 83)])])
+    db = tmp_path / "db"
+    ingest_paths([str(f)], db)
+    with reading(db) as con:
+        pid = con.execute("SELECT piece_id FROM pieces").fetchone()[0]
+        stored = con.execute("SELECT onset_ticks, duration_ticks, velocity FROM notes ORDER BY note_index").fetchall()
+        back = parse_midi(midi_bytes(con, pid), piece_id=pid, path="x")["notes"]
+    assert list(zip(*(back.column(c).to_pylist() for c in ("onset_ticks", "duration_ticks", "velocity")))) == stored
+
+
+def test_sql_read_only_by_default_and_formats(small_pop909_db):
+    t = run_sql(small_pop909_db, "SELECT count(*) AS n FROM pieces")
+    assert t.column("n")[0].as_py() > 12
+    with pytest.raises(QueryError, match="read-only.*--write"):
+        run_sql(small_pop909_db, "DELETE FROM pieces")
+    with pytest.raises(QueryError, match="syntax error"):
+        run_sql(small_pop909_db, "SELEC 1")
+    with pytest.raises(QueryError, match="empty query"):
+        run_sql(small_pop909_db, "  ")
+    r = atlas("sql", "SELECT title, n_notes FROM pieces ORDER BY title LIMIT 2", "--db", str(small_pop909_db), "--format", "json")
+    rows = json.loads(r.stdout)
+    assert [x["title"] for x in rows] == ["001", "001-v1"] and all(x["n_notes"] > 0 for x in rows)
+    r = atlas("sql", "SELECT title FROM pieces ORDER BY title LIMIT 2", "--db", str(small_pop909_db), "--format", "csv")
+    assert r.stdout.splitlines() == ['"title"', '"001"', '"001-v1"']
+    r = atlas("sql", "SELECT * FROM nosuchtable", "--db", str(small_pop909_db))
+    assert r.returncode == 2 and r.stderr.startswith("atlas: error: Catalog Error") and r.stderr.count("\n") == 1
+
+
+def test_sql_write_flag(tmp_path):
+    f = write_midi(tmp_path / "a.mid", [Track(melody([60, 62]))])
+    db = tmp_path / "db"
+    ingest_paths([str(f)], db)
+    run_sql(db, "UPDATE pieces SET title = 'renamed'", write=True)
+    assert run_sql(db, "SELECT title FROM pieces").column("title").to_pylist() == ["renamed"]
+
+
+def test_stats(small_pop909_db):
+    r = atlas("stats", "--db", str(small_pop909_db), "--format", "json")
+    s = json.loads(r.stdout)
+    with reading(small_pop909_db) as con:
+        n_notes = con.execute("SELECT count(*) FROM notes").fetchone()[0]
+    assert s["notes"] == n_notes == s["tables"]["notes"]
+    assert s["pieces"] == s["midi_pieces"] > 12 and s["disk_bytes"] > 0
+    r = atlas("stats", "--db", str(small_pop909_db))
+    assert "pieces" in r.stdout and "notes" in r.stdout and r.returncode == 0
+
+
+def test_demo_corpus_renders_real_scores(tmp_path):
+    from ingest.demo_corpus import build_demo_corpus, demo_sources
+
+    sources = demo_sources()
+    assert len(sources) > 400
+    picked = [s for s in sources if "bwv66.6" in s.name or "bwv1.6" in s.name][:2]
+    paths, failures = build_demo_corpus(tmp_path / "corpus", sources=picked, workers=1)
+    assert failures == [] and len(paths) == 2
+    s = ingest_paths(paths, tmp_path / "db")
+    assert s.added == 2
+    with reading(tmp_path / "db") as con:
+        # a four-part chorale: soprano, alto, tenor, bass
+        n_parts = con.execute("SELECT count(*) FROM tracks WHERE n_notes > 0 GROUP BY piece_id").fetchall()
+    assert all(n == 4 for (n,) in n_parts)
