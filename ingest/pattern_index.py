@@ -1,0 +1,94 @@
+"""Derived stage ``patterns``: the transposition-invariant index behind ``atlas pattern``.
+
+For each piece: its melodic streams (``query.pattern_search.build_streams``: per track,
+per track's top line, and the skyline) go to ``pattern_streams``; the code of every run of
+3 consecutive intervals, with its stream and position, goes to ``pattern_ngrams``.
+Each piece is indexed on its own, so adding pieces never touches what is stored and the
+index is always exact (no corpus-level state). The n-grams of a batch are written sorted
+by code, which keeps DuckDB's per-row-group min/max on ``gram`` selective for lookups.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from atlas_db.schema_patterns import TABLES
+
+__all__ = ["STAGE", "VERSION", "BATCH_PIECES", "update", "forget", "index_tables"]
+
+def _arrow(con, sql: str, params=None) -> pa.Table:
+    """Run a query and return Arrow (the relation API, which DuckDB 2 does not warn about)."""
+    rel = con.sql(sql, params=params) if params is not None else con.sql(sql)
+    return rel.to_arrow_table()
+
+
+STAGE = "patterns"
+VERSION = "patterns-1"  # streams: track/track_top/skyline; 3-interval n-grams
+BATCH_PIECES = 200
+
+
+def index_tables(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """``(pattern_streams, pattern_ngrams)`` rows for the pieces in a notes table."""
+    from query.pattern_search import build_streams, ngram_codes
+
+    if notes.num_rows == 0:
+        return TABLES["pattern_streams"].empty_table(), TABLES["pattern_ngrams"].empty_table()
+    pid_col = notes.column("piece_id").to_numpy(zero_copy_only=False)
+    order = np.argsort(pid_col, kind="stable")
+    pid_sorted = pid_col[order]
+    bounds = np.flatnonzero(pid_sorted[1:] != pid_sorted[:-1]) + 1
+    cols = {c: notes.column(c).to_numpy(zero_copy_only=False)[order]
+            for c in ("track_index", "note_index", "onset_ticks", "onset_beats", "onset_s", "pitch", "channel")}
+    parts = []
+    for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(order)]])):
+        sub = {c: v[lo:hi] for c, v in cols.items()}
+        parts.append(build_streams(str(pid_sorted[lo]), sub, stage_version=VERSION))
+    streams = pa.concat_tables(parts) if parts else TABLES["pattern_streams"].empty_table()
+    grams, sids, poss = [], [], []
+    for sid, pitch in zip(streams.column("stream_id").to_numpy(zero_copy_only=False),
+                          streams.column("pitch").to_pylist()):
+        codes = ngram_codes(np.asarray(pitch, dtype=np.int32))
+        grams.append(codes)
+        sids.append(np.full(len(codes), sid, dtype=np.int64))
+        poss.append(np.arange(len(codes), dtype=np.int32))
+    g = np.concatenate(grams) if grams else np.zeros(0, np.int32)
+    s = np.concatenate(sids) if sids else np.zeros(0, np.int64)
+    p = np.concatenate(poss) if poss else np.zeros(0, np.int32)
+    o = np.lexsort((p, s, g))
+    ngrams = pa.table({"gram": pa.array(g[o], pa.int32()), "stream_id": pa.array(s[o], pa.int64()),
+                       "position": pa.array(p[o], pa.int32())}, schema=TABLES["pattern_ngrams"])
+    return streams, ngrams
+
+
+def _ids_table(piece_ids) -> pa.Table:
+    return pa.table({"piece_id": pa.array(list(piece_ids), pa.string())})
+
+
+def forget(con, piece_ids) -> None:
+    con.register("_pat_ids", _ids_table(piece_ids))
+    try:
+        con.execute("DELETE FROM pattern_streams WHERE piece_id IN (SELECT piece_id FROM _pat_ids)")
+        prefixes = [int(p[:12], 16) for p in piece_ids]
+        con.execute("DELETE FROM pattern_ngrams WHERE (stream_id >> 12) IN (SELECT unnest(?))", [prefixes])
+    finally:
+        con.unregister("_pat_ids")
+
+
+def update(con, piece_ids) -> None:
+    con.register("_pat_ids", _ids_table(piece_ids))
+    try:
+        notes = _arrow(con,
+            "SELECT piece_id, track_index, note_index, onset_ticks, onset_beats, onset_s, pitch, channel "
+            "FROM notes WHERE piece_id IN (SELECT piece_id FROM _pat_ids)")
+    finally:
+        con.unregister("_pat_ids")
+    streams, ngrams = index_tables(notes)
+    if streams.num_rows:
+        con.register("_pat_streams", streams)
+        con.execute("INSERT INTO pattern_streams SELECT * FROM _pat_streams")
+        con.unregister("_pat_streams")
+    if ngrams.num_rows:
+        con.register("_pat_ngrams", ngrams)
+        con.execute("INSERT INTO pattern_ngrams SELECT * FROM _pat_ngrams")
+        con.unregister("_pat_ngrams")

@@ -1,0 +1,766 @@
+"""Motif search (``atlas pattern``): every place a melodic shape occurs, at any transposition.
+
+What a "melodic sequence" is in polyphony
+-----------------------------------------
+A piece's notes (percussion, i.e. MIDI channel 10 / ``channel = 9``, left out) are cut
+into *streams*, each a sequence of notes in a fixed order:
+
+``track``
+    every note of one track, sorted by ``(onset_ticks, pitch, note_index)`` -- the
+    grammar's order (``atlas_db.schema_grammar``): onset order, chord notes low to high.
+``track_top``
+    one track's highest note at each onset (ties: the later ``note_index``), the melody
+    line of a track that also plays chords. Stored only for tracks with chords
+    (otherwise it equals ``track``).
+``skyline``
+    the highest note at each onset over all tracks (ties: the lower track, then the lower
+    ``note_index``), so a theme that passes from one voice to another is one sequence.
+    Stored only for pieces with two or more tracks with notes.
+
+A motif of ``m`` notes *occurs* at position ``i`` of a stream when the stream's notes
+``i .. i+m-1`` have the motif's pitch intervals (any transposition). The same notes found
+in two streams are one occurrence (the first stream in the order above names it).
+
+Transforms of the query: ``P`` (the motif itself), ``I`` (inversion: intervals negated),
+``R`` (retrograde: notes reversed), ``RI`` (both). Approximate matching allows one note of
+the window to differ in pitch (the other ``m-1`` keep the motif's intervals). Rhythm, when
+the query has one (a MIDI snippet, or ``rhythm=`` inter-onset intervals in beats):
+``rhythm="exact"`` requires each inter-onset interval within ``RHYTHM_TOL_BEATS`` of the
+motif's, ``rhythm="augmentation"`` the same after scaling the motif's rhythm by one
+constant factor (reported as ``rhythm_factor``: 2.0 = twice as slow).
+
+How lookup is fast
+------------------
+The ``patterns`` derived stage (``ingest.pattern_index``) stores every stream
+(``pattern_streams``) and, for every position, the n-gram of the next ``NGRAM`` = 3
+intervals (``pattern_ngrams``). An exact query of >= 4 notes takes the candidate starts
+of its rarest n-gram from the table and verifies them against the stored streams; since
+every occurrence contains all of the query's n-grams, no occurrence is missed. An
+approximate query of >= 8 notes takes the union of its first and last n-grams' candidates
+(they share no note, so one changed note leaves one of them intact). Shorter queries scan
+every stream (vectorised). ``brute_force_search`` recomputes everything from the
+``notes`` table with none of this and is the reference the tests compare against.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from atlas_db.connection import reading
+from atlas_db.errors import BadInputError, IndexTroubleError
+from atlas_db.schema_patterns import NGRAM, TABLES as PATTERN_TABLES
+
+__all__ = [
+    "Motif",
+    "parse_motif",
+    "motif_from_midi",
+    "TRANSFORMS",
+    "STREAM_KINDS",
+    "RHYTHM_TOL_BEATS",
+    "build_streams",
+    "stream_id_for",
+    "ngram_codes",
+    "Pool",
+    "pool_from_streams",
+    "match_in_pool",
+    "search",
+    "search_rule",
+    "brute_force_search",
+    "RESULT_SCHEMA",
+]
+
+def _arrow(con, sql: str, params=None) -> pa.Table:
+    """Run a query and return Arrow (the relation API, which DuckDB 2 does not warn about)."""
+    rel = con.sql(sql, params=params) if params is not None else con.sql(sql)
+    return rel.to_arrow_table()
+
+
+TRANSFORMS = ("P", "I", "R", "RI")
+STREAM_KINDS = ("track", "track_top", "skyline")
+_KIND_CODE = {k: i for i, k in enumerate(STREAM_KINDS)}
+RHYTHM_TOL_BEATS = 0.0625  # a 64th note, in the motif's own beats
+MIN_NOTES = 3
+MAX_NOTES = 64
+PERCUSSION_CHANNEL = 9
+_CHUNK = 1 << 20  # windows verified per NumPy step (bounds memory)
+
+
+# --------------------------------------------------------------------------- the query
+
+
+@dataclass(frozen=True)
+class Motif:
+    """A query shape: ``pitches`` (MIDI numbers; relative when ``absolute`` is False) and
+    optional ``ioi_beats`` (inter-onset intervals, ``len(pitches) - 1`` values)."""
+
+    pitches: tuple[int, ...]
+    absolute: bool = False
+    ioi_beats: tuple[float, ...] | None = None
+    source: str = ""
+
+    @property
+    def intervals(self) -> tuple[int, ...]:
+        return tuple(int(b - a) for a, b in zip(self.pitches, self.pitches[1:]))
+
+    def transformed(self, t: str) -> "Motif":
+        p = np.asarray(self.pitches, dtype=np.int64)
+        r = None if self.ioi_beats is None else list(self.ioi_beats)
+        if t in ("I", "RI"):
+            p = 2 * p[0] - p
+        if t in ("R", "RI"):
+            p = p[::-1]
+            r = None if r is None else r[::-1]
+        if t not in TRANSFORMS:
+            raise BadInputError(f"{t}: unknown transform (expected one of {', '.join(TRANSFORMS)})")
+        return Motif(tuple(int(x) for x in p), self.absolute, None if r is None else tuple(r), self.source)
+
+
+_NOTE_RE = re.compile(r"^([A-Ga-g])([#♯b♭]*)(-?\d+)?$")
+_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+_INT_RE = re.compile(r"^[+-]?\d+$")
+
+
+def _note_number(tok: str) -> tuple[int, bool]:
+    m = _NOTE_RE.match(tok)
+    pc = _PC[m.group(1).upper()]
+    for ch in m.group(2):
+        pc += 1 if ch in "#♯" else -1
+    if m.group(3) is None:
+        return pc, False
+    return pc + 12 * (int(m.group(3)) + 1), True  # C4 = 60
+
+
+def parse_motif(text: str, *, rhythm: str | None = None) -> Motif:
+    """A motif from text: intervals (``"+2 +2 +1 -3"``), note names (``"C D E F"``,
+    ``"C4 E4 G4"``; without an octave each note is the nearest one to the previous, a
+    tritone going up), or the path of a MIDI file (its skyline is the motif, with rhythm).
+
+    ``rhythm``: optional inter-onset intervals in beats (``"1 1 0.5 0.5"``), one fewer
+    than the notes, for interval and note-name queries.
+
+    >>> parse_motif("+2 +2 +1").pitches
+    (0, 2, 4, 5)
+    >>> parse_motif("C D E F").intervals
+    (2, 2, 1)
+    """
+    if text is None or not str(text).strip():
+        raise BadInputError("empty motif: give intervals (\"+2 +2 -1\"), note names (\"C D E\") or a .mid file")
+    text = str(text).strip()
+    p = Path(text)
+    if p.suffix.lower() in (".mid", ".midi", ".smf", ".kar") or (p.is_file() and " " not in text):
+        if rhythm is not None:
+            raise BadInputError("--rhythm: a MIDI snippet brings its own rhythm; leave --rhythm out")
+        return motif_from_midi(p)
+    toks = text.replace(",", " ").split()
+    if all(_INT_RE.match(t) for t in toks):
+        ints = [int(t) for t in toks]
+        if any(abs(i) > 127 for i in ints):
+            raise BadInputError(f"{text!r}: an interval is larger than 127 semitones")
+        pitches = tuple(int(x) for x in np.concatenate([[0], np.cumsum(ints)]))
+        motif = Motif(pitches, False, None, text)
+    elif all(_NOTE_RE.match(t) for t in toks):
+        out, absolute = [], True
+        for i, t in enumerate(toks):
+            n, has_oct = _note_number(t)
+            absolute &= has_oct
+            if not has_oct:
+                if i == 0:
+                    n += 60  # octave 4
+                else:
+                    d = (n - out[-1]) % 12
+                    n = out[-1] + (d if d <= 6 else d - 12)
+            out.append(n)
+        if any(not 0 <= x <= 127 for x in out):
+            raise BadInputError(f"{text!r}: a note is outside MIDI 0-127")
+        motif = Motif(tuple(out), absolute, None, text)
+    else:
+        bad = next((t for t in toks if not (_INT_RE.match(t) or _NOTE_RE.match(t))), None)
+        what = f"cannot read {bad!r}" if bad else "intervals and note names are mixed"
+        raise BadInputError(
+            f"motif {text!r}: {what}; give intervals (\"+2 +2 -1\"), note names "
+            "(\"C D Eb\", \"C4 G4\") or a path to a .mid file, not a mixture"
+        )
+    if rhythm is not None:
+        try:
+            ioi = tuple(float(x) for x in str(rhythm).replace(",", " ").split())
+        except ValueError:
+            raise BadInputError(f"--rhythm {rhythm!r}: give inter-onset intervals in beats, e.g. \"1 1 0.5\"") from None
+        if len(ioi) != len(motif.pitches) - 1:
+            raise BadInputError(
+                f"--rhythm {rhythm!r}: {len(ioi)} values for {len(motif.pitches)} notes; "
+                f"give {len(motif.pitches) - 1} inter-onset intervals (beats)"
+            )
+        if any(not np.isfinite(x) or x < 0 for x in ioi) or sum(ioi) <= 0:
+            raise BadInputError(f"--rhythm {rhythm!r}: intervals must be >= 0 beats and not all 0")
+        motif = Motif(motif.pitches, motif.absolute, ioi, motif.source)
+    _check_length(motif)
+    return motif
+
+
+def _check_length(motif: Motif) -> None:
+    n = len(motif.pitches)
+    if n < MIN_NOTES:
+        raise BadInputError(
+            f"motif {motif.source!r} has {n} note(s); give at least {MIN_NOTES} (2 intervals)"
+        )
+    if n > MAX_NOTES:
+        raise BadInputError(f"motif {motif.source!r} has {n} notes; at most {MAX_NOTES} are searched")
+
+
+def motif_from_midi(path) -> Motif:
+    """The skyline of a MIDI snippet (non-percussion notes, highest at each onset) as a
+    motif with absolute pitches and rhythm."""
+    from ingest.midi_parse import parse_midi
+    from atlas_db.errors import IngestError
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BadInputError(f"{path}: cannot read the motif file ({e.strerror or e})") from None
+    try:
+        tables = parse_midi(data, piece_id="query", path=str(path))
+    except IngestError as e:
+        raise BadInputError(f"{path}: not a usable MIDI snippet ({e.reason})") from None
+    notes = tables["notes"]
+    streams = build_streams("0" * 16, _notes_arrays(notes), stage_version="query")
+    sky = [r for r in streams.to_pylist() if r["stream"] == "skyline"]
+    row = sky[0] if sky else max(
+        (r for r in streams.to_pylist() if r["stream"] == "track_top"), default=None, key=lambda r: r["n_notes"]
+    ) or max(streams.to_pylist(), default=None, key=lambda r: r["n_notes"])
+    if row is None:
+        raise BadInputError(f"{path}: the snippet has no pitched notes (only percussion?)")
+    onsets = np.asarray(row["onset_beats"], dtype=np.float64)
+    motif = Motif(tuple(int(x) for x in row["pitch"]), True, tuple(float(x) for x in np.diff(onsets)), str(path))
+    _check_length(motif)
+    return motif
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def stream_id_for(piece_id: str, kind: str, track: int) -> int:
+    """BIGINT id of a stream: 48 bits of the piece id, 2 bits of kind, 10 bits of track."""
+    t = 1023 if track < 0 else int(track)
+    if track > 1022:
+        raise BadInputError(f"piece {piece_id}: track index {track} is beyond the 1022 the pattern index keeps")
+    return (int(piece_id[:12], 16) << 12) | (_KIND_CODE[kind] << 10) | t
+
+
+def _notes_arrays(notes) -> dict[str, np.ndarray]:
+    """NumPy columns of a notes Arrow table (or dict of arrays)."""
+    cols = ("track_index", "note_index", "onset_ticks", "onset_beats", "onset_s", "pitch", "channel")
+    if isinstance(notes, dict):
+        return {c: np.asarray(notes[c]) for c in cols}
+    return {c: notes.column(c).to_numpy(zero_copy_only=False) for c in cols}
+
+
+def build_streams(piece_id: str, notes: dict[str, np.ndarray], *, stage_version: str) -> pa.Table:
+    """The streams of one piece (see the module docstring) as ``pattern_streams`` rows.
+
+    notes: NumPy arrays ``track_index, note_index, onset_ticks, onset_beats, onset_s,
+    pitch, channel`` (shape (n,) each) of the piece's notes, any order.
+    """
+    keep = notes["channel"] != PERCUSSION_CHANNEL
+    tr = notes["track_index"][keep].astype(np.int32)
+    ni = notes["note_index"][keep].astype(np.int32)
+    ot = notes["onset_ticks"][keep].astype(np.int64)
+    ob = notes["onset_beats"][keep].astype(np.float64)
+    os_ = notes["onset_s"][keep].astype(np.float64)
+    pi = notes["pitch"][keep].astype(np.int16)
+    rows: list[dict] = []
+
+    def add(kind, track, idx):
+        rows.append(
+            {
+                "stream_id": stream_id_for(piece_id, kind, track),
+                "piece_id": piece_id,
+                "stream": kind,
+                "stream_track": int(track),
+                "n_notes": int(len(idx)),
+                "pitch": pi[idx],
+                "track_index": tr[idx],
+                "note_index": ni[idx],
+                "onset_ticks": ot[idx],
+                "onset_beats": ob[idx],
+                "onset_s": os_[idx],
+            }
+        )
+
+    order = np.lexsort((ni, pi, ot, tr))
+    tracks_sorted = tr[order]
+    bounds = np.flatnonzero(np.diff(tracks_sorted)) + 1
+    groups = np.split(order, bounds) if len(order) else []
+    for idx in groups:
+        t = int(tr[idx[0]])
+        add("track", t, idx)
+        o = ot[idx]
+        last_of_onset = np.append(o[1:] != o[:-1], True)
+        if not last_of_onset.all():
+            add("track_top", t, idx[last_of_onset])
+    if len(groups) >= 2:
+        order = np.lexsort((ni, tr, -pi.astype(np.int32), ot))
+        o = ot[order]
+        first_of_onset = np.insert(o[1:] != o[:-1], 0, True)
+        add("skyline", -1, order[first_of_onset])
+    schema = PATTERN_TABLES["pattern_streams"]
+    if not rows:
+        return schema.empty_table()
+    cols = {}
+    for f in schema:
+        if f.name == "stage_version":
+            cols[f.name] = pa.array([stage_version] * len(rows), pa.string())
+        elif pa.types.is_list(f.type):
+            cols[f.name] = pa.array([r[f.name] for r in rows], f.type)
+        else:
+            cols[f.name] = pa.array([r[f.name] for r in rows], f.type)
+    return pa.table(cols, schema=schema)
+
+
+def ngram_codes(pitch: np.ndarray) -> np.ndarray:
+    """Code of the ``NGRAM`` intervals starting at each position of a pitch sequence
+    (shape (n - NGRAM,)): each interval + 128 as one 8-bit digit, first interval highest."""
+    iv = np.diff(np.asarray(pitch, dtype=np.int32)) + 128
+    n = len(iv) - NGRAM + 1
+    if n <= 0:
+        return np.zeros(0, dtype=np.int32)
+    code = np.zeros(n, dtype=np.int32)
+    for k in range(NGRAM):
+        code = (code << 8) | iv[k : k + n]
+    return code
+
+
+# --------------------------------------------------------------------------- verification
+
+
+@dataclass
+class Pool:
+    """Streams concatenated into flat NumPy arrays (one entry per stream note)."""
+
+    pitch: np.ndarray
+    onset_beats: np.ndarray
+    onset_s: np.ndarray
+    track_index: np.ndarray
+    note_index: np.ndarray
+    row: np.ndarray  # which stream (index into stream_* arrays)
+    position: np.ndarray  # position inside its stream
+    stream_offset: np.ndarray  # first flat index of each stream
+    stream_id: np.ndarray
+    stream_piece: np.ndarray  # piece_id per stream (object array)
+    stream_kind: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pitch)
+
+
+def pool_from_streams(streams: pa.Table) -> Pool:
+    """A :class:`Pool` from ``pattern_streams`` rows."""
+    n = streams.column("n_notes").to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(n)[:-1]]) if len(n) else np.zeros(0, np.int64)
+    row = np.repeat(np.arange(len(n), dtype=np.int32), n)
+    position = (np.arange(int(n.sum()), dtype=np.int64) - np.repeat(offsets, n)).astype(np.int32)
+
+    def flat(name, dtype):
+        col = streams.column(name)
+        vals = pc.list_flatten(col)
+        return vals.to_numpy(zero_copy_only=False).astype(dtype) if len(vals) else np.zeros(0, dtype)
+
+    return Pool(
+        pitch=flat("pitch", np.int32),
+        onset_beats=flat("onset_beats", np.float64),
+        onset_s=flat("onset_s", np.float64),
+        track_index=flat("track_index", np.int64),
+        note_index=flat("note_index", np.int64),
+        row=row,
+        position=position,
+        stream_offset=offsets.astype(np.int64),
+        stream_id=streams.column("stream_id").to_numpy(zero_copy_only=False),
+        stream_piece=np.asarray(streams.column("piece_id").to_pylist(), dtype=object),
+        stream_kind=np.asarray(streams.column("stream").to_pylist(), dtype=object),
+    )
+
+
+def match_in_pool(pool: Pool, motif: Motif, starts: np.ndarray | None = None, *,
+                  approximate: bool = False, rhythm: str | None = None) -> dict[str, np.ndarray]:
+    """Windows of the pool that match ``motif`` (already transformed).
+
+    starts: flat indices to try (candidates); None tries every position.
+    rhythm: None (pitch only), ``"exact"`` or ``"augmentation"``; needs ``motif.ioi_beats``.
+    Returns arrays ``start`` (flat index), ``mismatch`` (position of the differing note,
+    -1 if none), ``rhythm_factor`` (NaN without rhythm), ``transposition`` (first pitch
+    minus the motif's first pitch).
+    """
+    q = np.asarray(motif.pitches, dtype=np.int32)
+    m = len(q)
+    N = len(pool)
+    if starts is None:
+        starts = np.arange(max(N - m + 1, 0), dtype=np.int64)
+    starts = np.unique(np.asarray(starts, dtype=np.int64))
+    r = None if (rhythm is None or motif.ioi_beats is None) else np.asarray(motif.ioi_beats, np.float64)
+    outs = {"start": [], "mismatch": [], "rhythm_factor": [], "transposition": []}
+    ar = np.arange(m)
+    for c0 in range(0, len(starts), _CHUNK):
+        s = starts[c0 : c0 + _CHUNK]
+        s = s[(s >= 0) & (s + m - 1 < N)]
+        s = s[pool.row[s + m - 1] == pool.row[s]]
+        if not len(s):
+            continue
+        W = pool.pitch[s[:, None] + ar]
+        D = W - q
+        e0 = D == D[:, :1]
+        if approximate:
+            e1 = D == D[:, 1:2]
+            c0_, c1_ = e0.sum(1), e1.sum(1)
+            ok = np.maximum(c0_, c1_) >= m - 1
+            use1 = c1_ > c0_
+            eq = np.where(use1[:, None], e1, e0)
+            mism = np.where(eq.all(1), -1, np.argmin(eq, axis=1))
+            base = np.where(use1, D[:, 1], D[:, 0])
+        else:
+            ok = e0.all(1)
+            mism = np.full(len(s), -1)
+            base = D[:, 0]
+        factor = np.full(len(s), np.nan)
+        if r is not None:
+            O = pool.onset_beats[s[:, None] + ar]
+            d = np.diff(O, axis=1)
+            if rhythm == "augmentation":
+                f = d.sum(1) / r.sum()
+            elif rhythm == "exact":
+                f = np.ones(len(s))
+            else:
+                raise BadInputError(f"rhythm={rhythm!r}: expected 'exact' or 'augmentation'")
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ok &= (f > 0) & (np.abs(d - f[:, None] * r) <= RHYTHM_TOL_BEATS * f[:, None] + 1e-9).all(1)
+            factor = f
+        k = np.flatnonzero(ok)
+        outs["start"].append(s[k])
+        outs["mismatch"].append(mism[k])
+        outs["rhythm_factor"].append(factor[k])
+        outs["transposition"].append(base[k])
+    if not outs["start"]:
+        return {k: np.zeros(0, dtype=np.float64 if k == "rhythm_factor" else np.int64) for k in outs}
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def _window_key(pool: Pool, start: np.ndarray, m: int) -> np.ndarray:
+    """A hash of the identities of a window's notes, so the same notes found in two
+    streams count once."""
+    h = np.zeros(len(start), dtype=np.uint64)
+    mult = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        for k in range(m):
+            ident = (pool.track_index[start + k].astype(np.uint64) << np.uint64(32)) | pool.note_index[
+                start + k
+            ].astype(np.uint64)
+            h = h * mult + ident + np.uint64(k + 1)
+    return h
+
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("piece_id", pa.string()),
+        ("path", pa.string()),
+        ("track_index", pa.int32()),
+        ("note_index", pa.int32()),
+        ("stream", pa.string()),
+        ("onset_s", pa.float64()),
+        ("onset_beats", pa.float64()),
+        ("end_beats", pa.float64()),
+        ("first_pitch", pa.int16()),
+        ("transform", pa.string()),
+        ("transposition", pa.int16()),
+        ("mismatch", pa.int16()),
+        ("rhythm_factor", pa.float64()),
+        ("n_notes", pa.int32()),
+    ]
+)
+
+
+def _collect(pool: Pool, found: list[tuple[str, int, dict]], motif_abs: bool, paths: dict[str, str]) -> pa.Table:
+    """Matches of several transforms -> one deduplicated, sorted result table."""
+    recs = []
+    seen: set = set()
+    # exact before approximate, then transform order, then stream order
+    for t, m, res in found:
+        if not len(res["start"]):
+            continue
+        st = res["start"]
+        keys = _window_key(pool, st, m)
+        piece = pool.stream_piece[pool.row[st]]
+        kind = pool.stream_kind[pool.row[st]]
+        for j in range(len(st)):
+            recs.append((int(res["mismatch"][j] >= 0), TRANSFORMS.index(t), STREAM_KINDS.index(kind[j]),
+                         piece[j], int(keys[j]), t, m, int(st[j]), j, res))
+    recs.sort(key=lambda x: x[:3])
+    out = {f.name: [] for f in RESULT_SCHEMA}
+    for approx, _, _, piece, key, t, m, s, j, res in recs:
+        if (piece, key) in seen:
+            continue
+        seen.add((piece, key))
+        out["piece_id"].append(piece)
+        out["path"].append(paths.get(piece))
+        out["track_index"].append(int(pool.track_index[s]))
+        out["note_index"].append(int(pool.note_index[s]))
+        out["stream"].append(pool.stream_kind[pool.row[s]])
+        out["onset_s"].append(float(pool.onset_s[s]))
+        out["onset_beats"].append(float(pool.onset_beats[s]))
+        out["end_beats"].append(float(pool.onset_beats[s + m - 1]))
+        out["first_pitch"].append(int(pool.pitch[s]))
+        out["transform"].append(t)
+        out["transposition"].append(int(res["transposition"][j]) if motif_abs else None)
+        mm = int(res["mismatch"][j])
+        out["mismatch"].append(mm if mm >= 0 else None)
+        f = float(res["rhythm_factor"][j])
+        out["rhythm_factor"].append(None if np.isnan(f) else round(f, 6))
+        out["n_notes"].append(m)
+    table = pa.table(out, schema=RESULT_SCHEMA)
+    if table.num_rows:
+        table = table.sort_by([("path", "ascending"), ("piece_id", "ascending"), ("onset_beats", "ascending"),
+                               ("track_index", "ascending"), ("first_pitch", "ascending"),
+                               ("transform", "ascending")])
+    return table
+
+
+def _variants(motif: Motif, transforms) -> list[tuple[str, Motif]]:
+    """The requested transforms of the motif, skipping ones identical to an earlier one."""
+    out, seen = [], set()
+    for t in TRANSFORMS:
+        if t not in transforms:
+            continue
+        v = motif.transformed(t)
+        key = (v.intervals, v.ioi_beats)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((t, v))
+    return out
+
+
+def _check_options(motif: Motif, transforms, approximate: bool, rhythm: str | None) -> None:
+    bad = [t for t in transforms if t not in TRANSFORMS]
+    if bad:
+        raise BadInputError(f"{bad[0]}: unknown transform (expected one of {', '.join(TRANSFORMS)})")
+    if not transforms:
+        raise BadInputError("no transform selected: give at least one of P, I, R, RI")
+    if rhythm is not None and motif.ioi_beats is None:
+        raise BadInputError(
+            f"rhythm-aware matching ({rhythm}) needs the motif's rhythm: give a MIDI snippet or --rhythm \"1 1 0.5 ...\""
+        )
+    if approximate and len(motif.pitches) < 4:
+        raise BadInputError(f"approximate matching needs a motif of at least 4 notes; {motif.source!r} has {len(motif.pitches)}")
+
+
+# --------------------------------------------------------------------------- database search
+
+
+def _paths(con, piece_ids) -> dict[str, str]:
+    if not len(piece_ids):
+        return {}
+    rows = con.execute("SELECT piece_id, path FROM pieces WHERE piece_id IN (SELECT unnest(?))",
+                       [list(piece_ids)]).fetchall()
+    return dict(rows)
+
+
+_STREAM_COLS = "stream_id, piece_id, stream, n_notes, pitch, track_index, note_index, onset_beats, onset_s"
+
+
+def _index_state(con) -> tuple[int, int]:
+    """(pieces in the database, pieces the pattern index has processed)."""
+    n_pieces = con.execute("SELECT count(*) FROM pieces").fetchall()[0][0]
+    try:
+        n_done = con.execute("SELECT count(*) FROM derived_runs WHERE stage = 'patterns'").fetchall()[0][0]
+    except Exception:
+        n_done = 0
+    return n_pieces, n_done
+
+
+def search(db_dir, motif: Motif, *, transforms=("P",), approximate: bool = False, rhythm: str | None = None,
+           piece_ids=None, con=None, stats: dict | None = None) -> pa.Table:
+    """Every occurrence of ``motif`` (and of its requested transforms) in the database.
+
+    Returns a table with :data:`RESULT_SCHEMA` columns: ``piece_id, path, track_index,
+    note_index`` (the first note's, as in ``notes``), ``stream``, ``onset_s``, ``onset_beats``, ``end_beats``
+    (onset of the last note), ``first_pitch``, ``transform`` (P, I, R, RI),
+    ``transposition`` (semitones from the motif, when it has absolute pitches),
+    ``mismatch`` (0-based index of the differing note in approximate matches),
+    ``rhythm_factor`` and ``n_notes``.
+
+    stats: optional dict filled with ``candidates`` and ``method`` ('index' or 'scan').
+    Raises IndexTroubleError when pieces are stored but none has been indexed.
+    """
+    _check_options(motif, transforms, approximate, rhythm)
+    if con is None:
+        with reading(db_dir) as c:
+            return search(db_dir, motif, transforms=transforms, approximate=approximate, rhythm=rhythm,
+                          piece_ids=piece_ids, con=c, stats=stats)
+    n_pieces, n_done = _index_state(con)
+    if n_pieces and not n_done:
+        raise IndexTroubleError(
+            f"{db_dir}: the pattern index is empty ({n_pieces} pieces stored); run `atlas reindex` "
+            "or re-run `atlas ingest` to build it"
+        )
+    stats = {} if stats is None else stats
+    stats.update({"pieces_indexed": n_done, "pieces": n_pieces, "candidates": 0})
+    m = len(motif.pitches)
+    variants = _variants(motif, transforms)
+    piece_filter = ""
+    params_extra: list = []
+    if piece_ids is not None:
+        piece_filter = " AND piece_id IN (SELECT unnest(?))"
+        params_extra = [list(piece_ids)]
+    use_index = (m >= NGRAM + 1 and not approximate) or (approximate and m >= 2 * (NGRAM + 1))
+    if not use_index:
+        stats["method"] = "scan"
+        streams = _arrow(con,
+            f"SELECT {_STREAM_COLS} FROM pattern_streams WHERE n_notes >= ?{piece_filter} ORDER BY stream_id",
+            [m] + params_extra)
+        pool = pool_from_streams(streams)
+        found = [(t, m, match_in_pool(pool, v, approximate=approximate, rhythm=rhythm)) for t, v in variants]
+        stats["candidates"] = len(pool) * len(variants)
+        return _collect(pool, found, motif.absolute, _paths(con, set(pool.stream_piece)))
+
+    stats["method"] = "index"
+    # candidate (stream_id, start) per variant, from the n-gram table
+    cand_parts = []
+    for t, v in variants:
+        codes = ngram_codes(np.asarray(v.pitches))
+        if approximate:
+            offsets = [0, m - NGRAM - 1]
+        else:
+            counts = dict(con.execute(
+                "SELECT gram, count(*) FROM pattern_ngrams WHERE gram IN (SELECT unnest(?)) GROUP BY gram",
+                [sorted(set(int(c) for c in codes))]).fetchall())
+            if any(counts.get(int(c), 0) == 0 for c in codes):
+                continue  # some n-gram of the query occurs nowhere: no exact occurrence
+            offsets = [int(np.argmin([counts[int(c)] for c in codes]))]
+        for off in offsets:
+            cand_parts.append((t, off, int(codes[off])))
+    if not cand_parts:
+        return _collect(pool_from_streams(PATTERN_TABLES["pattern_streams"].empty_table()), [], motif.absolute, {})
+    cand = pa.table({"t": [c[0] for c in cand_parts], "off": [c[1] for c in cand_parts],
+                     "gram": pa.array([c[2] for c in cand_parts], pa.int32())})
+    con.register("_pattern_cand", cand)
+    try:
+        hits = _arrow(con,
+            "SELECT c.t, g.stream_id, g.position - c.off AS start FROM pattern_ngrams g "
+            "JOIN _pattern_cand c ON g.gram = c.gram")
+    finally:
+        con.unregister("_pattern_cand")
+    stats["candidates"] = hits.num_rows
+    sids = np.unique(hits.column("stream_id").to_numpy(zero_copy_only=False))
+    streams = _arrow(con,
+        f"SELECT {_STREAM_COLS} FROM pattern_streams WHERE stream_id IN (SELECT unnest(?)){piece_filter} "
+        "ORDER BY stream_id", [sids.tolist()] + params_extra)
+    pool = pool_from_streams(streams)
+    sid_sorted = pool.stream_id
+    found = []
+    h_t = np.asarray(hits.column("t").to_pylist(), dtype=object)
+    h_sid = hits.column("stream_id").to_numpy(zero_copy_only=False)
+    h_start = hits.column("start").to_numpy(zero_copy_only=False).astype(np.int64)
+    pos = np.searchsorted(sid_sorted, h_sid)
+    present = (pos < len(sid_sorted)) & (sid_sorted[np.minimum(pos, len(sid_sorted) - 1)] == h_sid) if len(
+        sid_sorted) else np.zeros(len(h_sid), bool)
+    for t, v in variants:
+        sel = present & (h_t == t) & (h_start >= 0)
+        flat = pool.stream_offset[pos[sel]] + h_start[sel]
+        found.append((t, m, match_in_pool(pool, v, flat, approximate=approximate, rhythm=rhythm)))
+    return _collect(pool, found, motif.absolute, _paths(con, set(pool.stream_piece)))
+
+
+def search_rule(db_dir, rule_id: int, *, transforms=("P",), approximate: bool = False, stats=None) -> tuple[Motif, pa.Table]:
+    """Look up grammar rule ``rule_id``'s contour (``rules.intervals``) and search it at
+    every transposition with :func:`search` (so occurrences that do not line up with the
+    grammar's parse are found too)."""
+    with reading(db_dir) as con:
+        try:
+            rows = con.execute("SELECT intervals, length FROM rules WHERE rule_id = ?", [int(rule_id)]).fetchall()
+            row = rows[0] if rows else None
+        except Exception as e:  # the grammar's tables are missing in an old database
+            raise IndexTroubleError(f"{db_dir}: no grammar tables (rules): {' '.join(str(e).split())[:120]}") from None
+        if row is None:
+            raise BadInputError(f"--rule {rule_id}: no such rule in the rules table")
+        intervals = [int(x) for x in (row[0] or [])]
+        motif = Motif(tuple(int(x) for x in np.concatenate([[0], np.cumsum(intervals)])), False, None,
+                      f"rule {rule_id}")
+        _check_length(motif)
+        return motif, search(db_dir, motif, transforms=transforms, approximate=approximate, con=con, stats=stats)
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def _brute_streams(rows: list[tuple]) -> list[tuple[str, list[tuple]]]:
+    """Streams of one piece computed the slow, obvious way (every stream, no skipping).
+
+    rows: (track_index, note_index, onset_ticks, onset_beats, onset_s, pitch, channel).
+    """
+    notes = [r for r in rows if r[6] != PERCUSSION_CHANNEL]
+    out = []
+    by_track: dict[int, list] = {}
+    for r in notes:
+        by_track.setdefault(r[0], []).append(r)
+    for t in sorted(by_track):
+        seq = sorted(by_track[t], key=lambda r: (r[2], r[5], r[1]))
+        out.append(("track", seq))
+        top = {}
+        for r in seq:
+            top[r[2]] = r  # last in (pitch, note_index) order = highest
+        out.append(("track_top", [top[k] for k in sorted(top)]))
+    sky = {}
+    for r in sorted(notes, key=lambda r: (r[2], -r[5], r[0], r[1])):
+        sky.setdefault(r[2], r)
+    out.append(("skyline", [sky[k] for k in sorted(sky)]))
+    return out
+
+
+def brute_force_search(db_dir, motif: Motif, *, transforms=("P",), approximate: bool = False,
+                       rhythm: str | None = None, piece_ids=None) -> set[tuple]:
+    """Reference answer straight from the ``notes`` table, for tests and benchmarks:
+    the set of ``(piece_id, track_index, note_index of the first note, transform)``."""
+    _check_options(motif, transforms, approximate, rhythm)
+    with reading(db_dir) as con:
+        rows = con.execute(
+            "SELECT piece_id, track_index, note_index, onset_ticks, onset_beats, onset_s, pitch, channel "
+            "FROM notes ORDER BY piece_id").fetchall()
+    if piece_ids is not None:
+        rows = [r for r in rows if r[0] in set(piece_ids)]
+    per_piece: dict[str, list] = {}
+    for r in rows:
+        per_piece.setdefault(r[0], []).append(r[1:])
+    m = len(motif.pitches)
+    variants = _variants(motif, transforms)
+    best: dict[tuple, tuple] = {}
+    q_iv = [v.intervals for _, v in variants]
+    for pid, prow in per_piece.items():
+        for kind, seq in _brute_streams(prow):
+            p = [r[5] for r in seq]
+            iv = tuple(b - a for a, b in zip(p, p[1:]))
+            for i in range(len(seq) - m + 1):
+                for ti, (t, v) in enumerate(variants):
+                    if iv[i : i + m - 1] == q_iv[ti]:
+                        approx = 0
+                    elif approximate:
+                        d = [p[i + k] - v.pitches[k] for k in range(m)]
+                        if max(d.count(x) for x in set(d)) < m - 1:
+                            continue
+                        approx = 1
+                    else:
+                        continue
+                    if rhythm is not None:
+                        o = [seq[i + k][3] for k in range(m)]
+                        dd = [o[k + 1] - o[k] for k in range(m - 1)]
+                        f = 1.0 if rhythm == "exact" else sum(dd) / sum(v.ioi_beats)
+                        if f <= 0 or any(abs(a - f * b) > RHYTHM_TOL_BEATS * f + 1e-9 for a, b in zip(dd, v.ioi_beats)):
+                            continue
+                    key = (pid, tuple((seq[i + k][0], seq[i + k][1]) for k in range(m)))
+                    rank = (approx, TRANSFORMS.index(t))
+                    if key not in best or rank < best[key][0]:
+                        best[key] = (rank, (pid, seq[i][0], seq[i][1], t))
+    return {v[1] for v in best.values()}

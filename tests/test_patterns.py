@@ -1,0 +1,241 @@
+"""atlas pattern: motif parsing, planted motifs with known answers, and the n-gram index
+against a brute-force scan of the notes table (real POP909 files)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from midi_fixtures import Track, melody, write_midi
+
+from atlas_db.connection import reading
+from atlas_db.errors import BadInputError
+from query.cli import cli, main
+from query.pattern_search import (
+    Motif,
+    brute_force_search,
+    build_streams,
+    parse_motif,
+    search,
+)
+
+MOTIF = [60, 62, 64, 65, 67, 64]  # C D E F G E
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_parse_intervals_and_names():
+    assert parse_motif("+2 +2 +1 -3").pitches == (0, 2, 4, 5, 2)
+    assert parse_motif("2, 2, 1").intervals == (2, 2, 1)
+    m = parse_motif("C D E F")
+    assert m.intervals == (2, 2, 1) and not m.absolute
+    assert parse_motif("G4 C5 B4 C5").pitches == (67, 72, 71, 72)
+    assert parse_motif("G4 C5 B4 C5").absolute
+    assert parse_motif("B C# D Bb").intervals == (2, 1, -4)
+    assert parse_motif("C F# C").intervals == (6, 6)  # a tritone always goes up
+    assert parse_motif("+2 +2 +1", rhythm="1 0.5 0.5").ioi_beats == (1.0, 0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    "text, kwargs, message",
+    [
+        ("", {}, "empty motif"),
+        ("+2", {}, "at least 3"),
+        ("C D x", {}, "cannot read 'x'"),
+        ("+2 C D", {}, "not a mixture"),
+        ("+2 +2", {"rhythm": "1"}, "1 values for 3 notes"),
+        ("+2 +2", {"rhythm": "1 z"}, "inter-onset intervals"),
+        ("+200 +2", {}, "larger than 127"),
+        ("/no/such/motif.mid", {}, "cannot read the motif file"),
+    ],
+)
+def test_parse_errors(text, kwargs, message):
+    with pytest.raises(BadInputError, match=message):
+        parse_motif(text, **kwargs)
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def test_streams_definition():
+    import numpy as np
+
+    # track 1: melody E..., track 2: chords with a top line; channel 9 = drums
+    rows = [  # track, note_index, onset_ticks, pitch, channel
+        (1, 0, 0, 64, 0), (1, 1, 480, 65, 0),
+        (2, 0, 0, 48, 1), (2, 1, 0, 55, 1), (2, 2, 0, 67, 1), (2, 3, 480, 60, 1), (2, 4, 480, 52, 1),
+        (3, 0, 0, 36, 9),
+    ]
+    arr = {k: np.array([r[i] for r in rows]) for i, k in
+           enumerate(["track_index", "note_index", "onset_ticks", "pitch", "channel"])}
+    arr["onset_beats"] = arr["onset_ticks"] / 480
+    arr["onset_s"] = arr["onset_beats"] / 2
+    t = build_streams("ab" * 8, arr, stage_version="t").to_pylist()
+    got = {(r["stream"], r["stream_track"]): r["pitch"] for r in t}
+    assert got == {
+        ("track", 1): [64, 65],
+        ("track", 2): [48, 55, 67, 52, 60],  # onset order, chord notes low to high
+        ("track_top", 2): [67, 60],
+        ("skyline", -1): [67, 65],
+    }
+
+
+# --------------------------------------------------------------------------- planted motifs
+
+
+@pytest.fixture(scope="module")
+def planted_db(tmp_path_factory):
+    """One piece with the motif planted in known places and forms."""
+    from ingest.pipeline import ingest_paths
+
+    tmp = tmp_path_factory.mktemp("planted")
+    m = MOTIF
+    mel = (
+        melody(m, start_beats=0)  # P at 60
+        + melody([x + 5 for x in m], start_beats=8)  # P transposed +5
+        + melody([2 * 60 - x for x in m], start_beats=16)  # I
+        + melody(m[::-1], start_beats=24)  # R
+        + melody([2 * 62 - x for x in m][::-1], start_beats=32)  # RI
+        + melody([x - 3 for x in m], start_beats=40, step_beats=2)  # P, augmented x2
+        + melody([60, 62, 64, 66, 67, 64], start_beats=56)  # one note changed (F -> F#)
+    )
+    # the motif in the top voice of a chordal track, and split between two tracks
+    chords = []
+    for i, p in enumerate(m):
+        chords += [(p - 12, 80 + i, 1, 70), (p - 7, 80 + i, 1, 70), (p + 7, 80 + i, 1, 70)]
+    lower = melody([50, 52, 54], start_beats=100)  # first half low in track 1 ...
+    upper = melody([55, 57, 59], start_beats=103)  # ... second half in track 2
+    path = write_midi(tmp / "planted.mid", [Track(mel + lower, name="melody"),
+                                             Track(chords + upper, name="piano", channel=1)])
+    db = tmp / "db"
+    s = ingest_paths([str(path)], db, workers=1)
+    assert s.added == 1
+    return db
+
+
+def _rows(table):
+    return [(r["onset_beats"], r["first_pitch"], r["transform"], r["stream"]) for r in table.to_pylist()]
+
+
+def test_planted_exact_all_transforms(planted_db):
+    t = search(planted_db, parse_motif("C D E F G E"), transforms=("P", "I", "R", "RI"))
+    got = {(r[0], r[1], r[2]) for r in _rows(t)}
+    assert got == {
+        (0.0, 60, "P"), (8.0, 65, "P"), (16.0, 60, "I"), (24.0, 64, "R"), (32.0, 60, "RI"),
+        (40.0, 57, "P"), (80.0, 67, "P"),
+    }
+    chord_hit = [r for r in _rows(t) if r[0] == 80.0]
+    assert chord_hit[0][3] in ("track_top", "skyline")
+
+
+def test_planted_prime_only_and_transposition(planted_db):
+    t = search(planted_db, parse_motif("C4 D4 E4 F4 G4 E4"))
+    got = sorted((r["onset_beats"], r["transposition"]) for r in t.to_pylist())
+    assert got == [(0.0, 0), (8.0, 5), (40.0, -3), (80.0, 7)]
+
+
+def test_planted_approximate_finds_changed_note(planted_db):
+    t = search(planted_db, parse_motif("C D E F G E"), approximate=True)
+    by_onset = {r["onset_beats"]: r for r in t.to_pylist()}
+    assert by_onset[56.0]["mismatch"] == 3 and by_onset[56.0]["first_pitch"] == 60
+    assert by_onset[0.0]["mismatch"] is None
+    exact = search(planted_db, parse_motif("C D E F G E"))
+    assert 56.0 not in {r["onset_beats"] for r in exact.to_pylist()}
+
+
+def test_planted_rhythm_and_augmentation(planted_db):
+    m = parse_motif("C D E F G E", rhythm="1 1 1 1 1")
+    same = search(planted_db, m, rhythm="exact")
+    assert sorted(r["onset_beats"] for r in same.to_pylist()) == [0.0, 8.0, 80.0]
+    aug = search(planted_db, m, rhythm="augmentation")
+    got = {r["onset_beats"]: r["rhythm_factor"] for r in aug.to_pylist()}
+    assert got == {0.0: 1.0, 8.0: 1.0, 40.0: 2.0, 80.0: 1.0}
+    with pytest.raises(BadInputError, match="needs the motif's rhythm"):
+        search(planted_db, parse_motif("C D E F G E"), rhythm="exact")
+
+
+def test_planted_cross_voice_skyline(planted_db):
+    t = search(planted_db, parse_motif("+2 +2 +1 +2 +2"))
+    hits = [r for r in t.to_pylist() if r["onset_beats"] == 100.0]
+    assert len(hits) == 1 and hits[0]["stream"] == "skyline" and hits[0]["first_pitch"] == 50
+
+
+def test_midi_snippet_query(planted_db, tmp_path):
+    snip = write_midi(tmp_path / "q.mid", [Track(melody([70, 72, 74, 75, 77, 74], step_beats=0.5))])
+    m = parse_motif(str(snip))
+    assert m.absolute and m.ioi_beats == (0.5,) * 5
+    aug = search(planted_db, m, rhythm="augmentation")
+    assert {r["onset_beats"]: r["rhythm_factor"] for r in aug.to_pylist()} == {
+        0.0: 2.0, 8.0: 2.0, 40.0: 4.0, 80.0: 2.0}
+
+
+# --------------------------------------------------------------------------- index == brute force
+
+
+def _as_set(table):
+    return {(r["piece_id"], r["track_index"], r["note_index"], r["transform"]) for r in table.to_pylist()}
+
+
+def _real_windows(db, n, length, seed, pieces=None):
+    """Motifs cut from real streams, so that there is something to find."""
+    rng = random.Random(seed)
+    with reading(db) as con:
+        rows = con.execute("SELECT pitch, piece_id FROM pattern_streams WHERE n_notes > 40 ORDER BY stream_id").fetchall()
+    rows = [r for r in rows if pieces is None or r[1] in pieces]
+    out = []
+    for _ in range(n):
+        p = rng.choice(rows)[0]
+        i = rng.randrange(0, len(p) - length)
+        out.append(Motif(tuple(p[i : i + length]), False, None, "real"))
+    return out
+
+
+def test_index_equals_brute_force_on_pop909(small_pop909_db):
+    """Exact search through the n-gram index finds exactly what a scan of `notes` finds."""
+    motifs = _real_windows(small_pop909_db, 3, 5, seed=1) + _real_windows(small_pop909_db, 1, 9, seed=2)
+    motifs.append(parse_motif("+2 +2 +1"))  # short: scanned
+    for m in motifs:
+        tr = ("P", "I", "R", "RI")
+        stats = {}
+        got = _as_set(search(small_pop909_db, m, transforms=tr, stats=stats))
+        want = brute_force_search(small_pop909_db, m, transforms=tr)
+        assert want, f"motif {m.intervals} should occur (it was cut from the corpus)"
+        assert got == want, (m.intervals, stats)
+
+
+def test_index_equals_brute_force_approximate_and_rhythm(small_pop909_db):
+    with reading(small_pop909_db) as con:
+        pieces = [r[0] for r in con.execute("SELECT piece_id FROM pieces ORDER BY piece_id LIMIT 6").fetchall()]
+    m = _real_windows(small_pop909_db, 1, 8, seed=3, pieces=pieces)[0]
+    stats = {}
+    got = _as_set(search(small_pop909_db, m, approximate=True, transforms=("P", "I"), piece_ids=pieces, stats=stats))
+    assert stats["method"] == "index"
+    want = brute_force_search(small_pop909_db, m, approximate=True, transforms=("P", "I"), piece_ids=pieces)
+    assert got == want and want
+    m5 = Motif((0, 0, 0, 0, 0), False, (0.5, 0.5, 0.5, 0.5), "repeated notes")
+    for mode in ("exact", "augmentation"):
+        got = _as_set(search(small_pop909_db, m5, rhythm=mode, piece_ids=pieces))
+        want = brute_force_search(small_pop909_db, m5, rhythm=mode, piece_ids=pieces)
+        assert got == want and want
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_pattern_json_and_errors(planted_db, capsys):
+    r = CliRunner().invoke(cli, ["pattern", "C D E F G E", "-I", "--db", str(planted_db), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    assert '"transform": "I"' in r.stdout
+    with pytest.raises(SystemExit) as e:
+        main(["pattern", "C D ?", "--db", str(planted_db)])
+    assert e.value.code == 2
+    assert "cannot read '?'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pattern", "+1 +1 +1", "--augmentation", "--db", str(planted_db)])
+    assert "needs the motif's rhythm" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pattern", "--rule", "999999", "--db", str(planted_db)])
+    assert "no such rule" in capsys.readouterr().err
