@@ -50,6 +50,7 @@ TABLES: dict[str, pa.Schema] = {
             ("n_top", pa.int64()),  # occurrences at the top level of a parse
             ("origin", pa.string()),  # 'build' (from-scratch Re-Pair) or 'incremental'
             ("stage_version", pa.string()),
+            ("learn_round", pa.int32()),  # Re-Pair round that created it (replay order)
         ]
     ),
     "occurrences": pa.schema(
@@ -144,5 +145,9 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                            ORDER BY onset_ticks, pitch, note_index) - 1 AS INTEGER) AS seq_index
                FROM notes n"""
         ],
+    ),
+    (
+        "0101_grammar_rules_learn_round",
+        ["ALTER TABLE rules ADD COLUMN IF NOT EXISTS learn_round INTEGER"],
     ),
 ]

@@ -27,7 +27,7 @@ from atlas_db.connection import connect
 __all__ = ["STAGE_MODULES", "stages", "pending_pieces", "run_stages"]
 
 # Order matters: later stages may read what earlier ones wrote.
-STAGE_MODULES: list[str] = ["ingest.harmony", "indexers.vectors", "ingest.pattern_index"]
+STAGE_MODULES: list[str] = ["ingest.harmony", "ingest.grammar", "indexers.vectors", "ingest.pattern_index"]
 
 
 def stages():

@@ -1,0 +1,293 @@
+"""Derived stage ``grammar``: the corpus-wide pitch-agnostic Re-Pair grammar.
+
+``update(con, piece_ids)`` (called by ingest/derived.py inside a transaction):
+
+1. loads the notes of the new pieces in grammar order (track, onset, pitch, note_index);
+2. loads the existing rules and *replays* them on the new sequences, round by round,
+   with the build's own greedy pass (ingest/grammar_core.py ``replay``): every rule the
+   corpus already has is found in the new pieces wherever the parse would take it;
+3. learns new rules from what is left (pairs seen at least ``min_count`` times in the new
+   material, never a pair that is already a rule), up to ``max_rules`` in all;
+4. writes the new rules, the pieces' top-level parses (``grammar_sequences``) and every
+   occurrence (``occurrences``, nested ones included), then recounts ``count``,
+   ``n_pieces`` and ``n_top`` of the rules that occur in these pieces.
+
+What stays exact after incremental updates: every stored occurrence is a true occurrence
+of its rule (the notes decode exactly); each piece's parse decodes to its notes exactly;
+the counts of a rule equal its rows in ``occurrences``. What does not: pieces stored
+earlier are not re-parsed, so a rule learned from later pieces is missing from earlier
+pieces' occurrences, and the set of rules depends on the order pieces arrived in.
+``atlas reindex --grammar`` (``rebuild``) deletes the grammar and builds it from scratch
+over all pieces in ``piece_id`` order: deterministic, the same corpus gives the same rules.
+One ingest of up to ``BATCH_PIECES`` new pieces into an empty grammar is the same build.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from atlas_db.schema_grammar import TABLES
+from ingest import grammar_core as gc
+
+__all__ = ["STAGE", "VERSION", "BATCH_PIECES", "MAX_RULES", "MIN_COUNT", "update", "forget",
+           "rebuild", "load_notes", "load_grammar", "track_parse"]
+
+STAGE = "grammar"
+MAX_RULES = int(os.environ.get("ATLAS_GRAMMAR_MAX_RULES", "500000"))
+MIN_COUNT = int(os.environ.get("ATLAS_GRAMMAR_MIN_COUNT", "2"))
+VERSION = f"grammar-1 max_rules={MAX_RULES} min_count={MIN_COUNT} ratio={gc.ROUND_RATIO}"
+# One transaction takes this many pieces: a first ingest of up to this many pieces is a
+# from-scratch build; larger corpora are built in increments of this size.
+BATCH_PIECES = 5000
+
+
+def load_notes(con, piece_ids: list[str] | None) -> dict:
+    """Notes of the given pieces (all if None) in grammar order, as NumPy arrays, plus
+    ``track_starts`` (offsets of each track's first note, then n), ``track_piece``,
+    ``track_index`` per track, and ``ticks_per_beat`` per note."""
+    where = ""
+    if piece_ids is not None:
+        con.register("_gram_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
+        where = "WHERE n.piece_id IN (SELECT piece_id FROM _gram_ids)"
+    t = con.sql(
+        f"""SELECT n.piece_id, n.track_index, n.note_index, n.onset_ticks, n.duration_ticks,
+                   n.onset_beats, n.onset_s, n.pitch, n.velocity, n.channel, p.ticks_per_beat
+            FROM notes n JOIN pieces p USING (piece_id) {where}
+            ORDER BY n.piece_id, n.track_index, n.onset_ticks, n.pitch, n.note_index"""
+    ).to_arrow_table()
+    if piece_ids is not None:
+        con.unregister("_gram_ids")
+    out = {name: t.column(name).to_numpy() for name in t.column_names if name != "piece_id"}
+    pid = t.column("piece_id").combine_chunks()
+    n = t.num_rows
+    # track boundaries: piece or track_index changes (dictionary-encode the ids once)
+    codes = pid.dictionary_encode().indices.to_numpy(zero_copy_only=False) if n else np.empty(0, np.int64)
+    tr = out["track_index"]
+    new = np.ones(n, np.bool_)
+    if n:
+        new[1:] = (codes[1:] != codes[:-1]) | (tr[1:] != tr[:-1])
+    first = np.flatnonzero(new)
+    out["track_starts"] = np.concatenate([first, [n]]).astype(np.int64)
+    out["track_piece"] = pid.take(pa.array(first)).to_pylist() if n else []
+    out["track_track"] = tr[first].astype(np.int32)
+    out["n"] = n
+    return out
+
+
+def load_grammar(con) -> gc.Grammar:
+    rows = con.execute(
+        "SELECT left_child, right_child, connector_interval, learn_round FROM rules "
+        "WHERE rule_id >= ? ORDER BY rule_id", [gc.N_TERMINALS]
+    ).fetchnumpy()
+    g = gc.Grammar()
+    if len(rows["left_child"]):
+        g.extend(rows["left_child"], rows["right_child"], rows["connector_interval"], rows["learn_round"])
+    return g
+
+
+def track_parse(notes: dict, g: gc.Grammar | None, *, learn: bool, max_rules=None, min_count=None):
+    """Parse (and, with ``learn``, extend the grammar on) a set of notes; pure function.
+
+    Returns (grammar, final Sequence, terminals)."""
+    term, _, _, _ = gc.terminals(notes["onset_ticks"], notes["duration_ticks"], notes["velocity"],
+                                 notes["ticks_per_beat"], notes["track_starts"])
+    seq = gc.initial_sequence(term, notes["pitch"], notes["track_starts"])
+    g = g if g is not None else gc.Grammar()
+    seq = gc.replay(seq, g)
+    if learn:
+        g, seq = gc.build(seq, g, max_rules=MAX_RULES if max_rules is None else max_rules,
+                          min_count=MIN_COUNT if min_count is None else min_count)
+    return g, seq, term
+
+
+def _rules_table(g: gc.Grammar, ids: np.ndarray, origin: str) -> pa.Table:
+    ids = np.asarray(ids, np.int64)
+    ivs, iv_off, terms, t_off = gc.rule_contours(g, ids)
+    lengths = gc.rule_lengths(g)[ids]
+    depths = gc.rule_depths(g)[ids]
+    is_rule = ids >= gc.N_TERMINALS
+    k = np.where(is_rule, ids - gc.N_TERMINALS, 0)
+    n = len(ids)
+
+    def lst(values, off, typ):
+        return pa.ListArray.from_arrays(pa.array(off.astype(np.int32)), pa.array(values.astype(typ)))
+
+    mask = ~is_rule
+    return pa.table(
+        {
+            "rule_id": ids,
+            "intervals": lst(ivs, iv_off, np.int16),
+            "rhythm_buckets": lst(terms // 8, t_off, np.int8),
+            "velocity_buckets": lst(terms % 8, t_off, np.int8),
+            "left_child": pa.array(g.left[k] if g.n_rules else np.zeros(n, np.int64), mask=mask),
+            "right_child": pa.array(g.right[k] if g.n_rules else np.zeros(n, np.int64), mask=mask),
+            "connector_interval": pa.array((g.conn[k] if g.n_rules else np.zeros(n)).astype(np.int16), mask=mask),
+            "depth": depths.astype(np.int32),
+            "length": lengths.astype(np.int32),
+            "count": np.zeros(n, np.int64),
+            "n_pieces": np.zeros(n, np.int32),
+            "n_top": np.zeros(n, np.int64),
+            "origin": pa.array([origin] * n, pa.string()),
+            "stage_version": pa.array([VERSION] * n, pa.string()),
+            "learn_round": pa.array((g.round[k] if g.n_rules else np.zeros(n)).astype(np.int32), mask=mask),
+        }
+    )
+
+
+def _write(con, name: str, table: pa.Table) -> None:
+    view = f"_gram_{name}"
+    con.register(view, table)
+    cols = ", ".join(table.column_names)
+    con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {view}")
+    con.unregister(view)
+
+
+def _write_parse(con, notes: dict, seq: gc.Sequence, g: gc.Grammar) -> None:
+    n = notes["n"]
+    if n == 0:
+        return
+    ts = notes["track_starts"]
+    # track of each note position
+    track_of = np.repeat(np.arange(len(ts) - 1), np.diff(ts))
+    # top-level symbols per track
+    seq_track = track_of[seq.start]
+    sym_off = np.searchsorted(seq_track, np.arange(len(ts)))
+    symbols = pa.ListArray.from_arrays(pa.array(sym_off.astype(np.int32)), pa.array(seq.sym))
+    _write(con, "grammar_sequences", pa.table({
+        "piece_id": pa.array(notes["track_piece"], pa.string()),
+        "track_index": notes["track_track"],
+        "n_notes": np.diff(ts).astype(np.int32),
+        "symbols": symbols,
+        "stage_version": pa.array([VERSION] * (len(ts) - 1), pa.string()),
+    }))
+    rule, start, first, top = gc.expand(seq, g)
+    tr = track_of[start]
+    piece_col = pa.array(notes["track_piece"], pa.string()).take(pa.array(tr))
+    _write(con, "occurrences", pa.table({
+        "rule_id": rule,
+        "piece_id": piece_col,
+        "track_index": notes["track_track"][tr],
+        "note_index": notes["note_index"][start].astype(np.int32),
+        "seq_index": (start - ts[tr]).astype(np.int32),
+        "onset_ticks": notes["onset_ticks"][start],
+        "onset_beats": notes["onset_beats"][start],
+        "onset_s": notes["onset_s"][start],
+        "first_pitch": first.astype(np.int16),
+        "top_level": top,
+    }))
+
+
+def _ensure_terminals(con, g: gc.Grammar) -> None:
+    if con.execute("SELECT count(*) FROM rules WHERE rule_id < ?", [gc.N_TERMINALS]).fetchall()[0][0]:
+        return
+    _write(con, "rules", _rules_table(g, np.arange(gc.N_TERMINALS), "terminal"))
+
+
+def _recount(con, piece_ids: list[str] | None) -> None:
+    """Recompute count/n_pieces/n_top of the learned rules occurring in these pieces
+    (every learned rule if None) from ``occurrences``."""
+    if piece_ids is None:
+        con.execute(f"UPDATE rules SET count = 0, n_pieces = 0, n_top = 0 WHERE rule_id >= {gc.N_TERMINALS}")
+        scope = "TRUE"
+    else:
+        con.register("_gram_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
+        scope = "rule_id IN (SELECT DISTINCT rule_id FROM occurrences WHERE piece_id IN (SELECT piece_id FROM _gram_ids))"
+    con.execute(f"""
+        UPDATE rules SET count = c.n, n_pieces = c.np, n_top = c.nt
+        FROM (SELECT rule_id, count(*) AS n, count(DISTINCT piece_id) AS np,
+                     count(*) FILTER (top_level) AS nt
+              FROM occurrences WHERE {scope} GROUP BY rule_id) c
+        WHERE rules.rule_id = c.rule_id""")
+    if piece_ids is not None:
+        con.unregister("_gram_ids")
+
+
+def _add_terminal_counts(con, term_counts) -> None:
+    counts, pieces = term_counts
+    t = pa.table({"rule_id": np.arange(gc.N_TERMINALS, dtype=np.int64), "n": counts.astype(np.int64),
+                  "np": pieces.astype(np.int64)})
+    con.register("_gram_tc", t)
+    con.execute("""UPDATE rules SET count = rules.count + c.n, n_pieces = rules.n_pieces + c.np,
+                   n_top = rules.n_top + c.n
+                   FROM _gram_tc c WHERE rules.rule_id = c.rule_id AND c.n <> 0""")
+    con.unregister("_gram_tc")
+
+
+def _terminal_counts(notes: dict, term: np.ndarray):
+    """Per terminal: notes, and distinct pieces."""
+    counts = np.bincount(term, minlength=gc.N_TERMINALS)
+    ts = notes["track_starts"]
+    track_of = np.repeat(np.arange(len(ts) - 1), np.diff(ts))
+    piece_codes = pa.array(notes["track_piece"], pa.string()).dictionary_encode().indices.to_numpy(
+        zero_copy_only=False) if len(ts) > 1 else np.empty(0, np.int64)
+    pc = piece_codes[track_of] if len(term) else np.empty(0, np.int64)
+    pairs = np.unique(pc.astype(np.int64) * gc.N_TERMINALS + term) if len(term) else np.empty(0, np.int64)
+    pieces = np.bincount(pairs % gc.N_TERMINALS, minlength=gc.N_TERMINALS)
+    return counts, pieces
+
+
+def update(con, piece_ids: list[str]) -> None:
+    """Encode these pieces with the existing rules and learn new ones (see module doc)."""
+    notes = load_notes(con, list(piece_ids))
+    g = load_grammar(con)
+    _ensure_terminals(con, g)
+    n_old = g.n_rules
+    g, seq, term = track_parse(notes, g, learn=True)
+    origin = "build" if n_old == 0 else "incremental"
+    if g.n_rules > n_old:
+        _write(con, "rules", _rules_table(g, np.arange(gc.N_TERMINALS + n_old, gc.N_TERMINALS + g.n_rules), origin))
+    _write_parse(con, notes, seq, g)
+    _recount(con, list(piece_ids))
+    _add_terminal_counts(con, _terminal_counts(notes, term))
+
+
+def forget(con, piece_ids: list[str]) -> None:
+    """Remove these pieces' parses and occurrences (rules stay; counts are corrected)."""
+    con.register("_gram_ids", pa.table({"piece_id": pa.array(list(piece_ids), pa.string())}))
+    done = [r[0] for r in con.execute(
+        "SELECT DISTINCT piece_id FROM grammar_sequences WHERE piece_id IN (SELECT piece_id FROM _gram_ids) "
+        "ORDER BY piece_id").fetchall()]
+    if done:
+        con.execute("DELETE FROM occurrences WHERE piece_id IN (SELECT piece_id FROM _gram_ids)")
+        con.execute("DELETE FROM grammar_sequences WHERE piece_id IN (SELECT piece_id FROM _gram_ids)")
+    con.unregister("_gram_ids")
+    if done:
+        notes = load_notes(con, done)
+        term = gc.terminals(notes["onset_ticks"], notes["duration_ticks"], notes["velocity"],
+                            notes["ticks_per_beat"], notes["track_starts"])[0]
+        counts, pieces = _terminal_counts(notes, term)
+        _add_terminal_counts(con, (-counts, -pieces))
+        _recount(con, None)
+
+
+def rebuild(con, *, max_rules: int | None = None, min_count: int | None = None) -> dict:
+    """Delete the grammar and build it from scratch over every piece (``atlas reindex
+    --grammar``). Runs inside the caller's transaction; returns a summary."""
+    for t in ("occurrences", "grammar_sequences", "rules", "transforms", "grammar_choices", "meta_patterns"):
+        con.execute(f"DELETE FROM {t}")
+    notes = load_notes(con, None)
+    g = gc.Grammar()
+    _ensure_terminals(con, g)
+    g, seq, term = track_parse(notes, g, learn=True, max_rules=max_rules, min_count=min_count)
+    if g.n_rules:
+        _write(con, "rules", _rules_table(g, np.arange(gc.N_TERMINALS, gc.N_TERMINALS + g.n_rules), "build"))
+    _write_parse(con, notes, seq, g)
+    _recount(con, None)
+    _add_terminal_counts(con, _terminal_counts(notes, term))
+    pieces = sorted(set(notes["track_piece"]))
+    now = datetime.now(timezone.utc)
+    con.execute("DELETE FROM derived_runs WHERE stage = ?", [STAGE])
+    con.register("_gram_runs", pa.table({
+        "stage": pa.array([STAGE] * len(pieces), pa.string()),
+        "piece_id": pa.array(pieces, pa.string()),
+        "stage_version": pa.array([VERSION] * len(pieces), pa.string()),
+        "done_at": pa.array([now] * len(pieces), pa.timestamp("us", tz="UTC")),
+    }))
+    con.execute("INSERT INTO derived_runs SELECT * FROM _gram_runs")
+    con.unregister("_gram_runs")
+    return {"pieces": len(pieces), "notes": int(notes["n"]), "rules": g.n_rules,
+            "top_level_symbols": len(seq)}
