@@ -39,7 +39,6 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
-from atlas_db.connection import fetch_arrow
 from atlas_db.errors import BadInputError
 from atlas_db.schema_harmony import QUALITIES, TABLES
 
@@ -90,10 +89,11 @@ QUALITY_INTERVALS: dict[str, tuple[int, ...]] = {
 assert tuple(QUALITY_INTERVALS) == QUALITIES
 
 # Score penalty per quality: the rarer chords need clearer evidence than a triad.
+# (Tuned by hand on pop909-dev songs 001-100; benchmarks/harmony.py reports 101-300 apart.)
 _QUALITY_PENALTY = {
-    "maj": 0.0, "min": 0.0, "dim": 0.06, "aug": 0.08, "sus2": 0.06, "sus4": 0.05,
-    "7": 0.02, "maj7": 0.03, "min7": 0.02, "hdim7": 0.05, "dim7": 0.08,
-    "maj6": 0.05, "min6": 0.06, "minmaj7": 0.08,
+    "maj": 0.0, "min": 0.0, "dim": 0.10, "aug": 0.12, "sus2": 0.10, "sus4": 0.09,
+    "7": 0.02, "maj7": 0.03, "min7": 0.02, "hdim7": 0.09, "dim7": 0.12,
+    "maj6": 0.09, "min6": 0.10, "minmaj7": 0.12,
 }
 
 # The triad a quality is built on (for neo-Riemannian operations and loose matching).
@@ -273,7 +273,7 @@ def _grid_phase(onsets, frame_beats, bins=48):
 
 
 def beat_chroma(notes, *, tracks=None, frame_beats: float = 1.0, phase_beats: float | None = None,
-                bass_weight: float = 0.5):
+                bass_weight: float = 0.2):
     """Duration-weighted pitch-class profile per beat, and the bass per beat.
 
     Parameters
@@ -346,10 +346,11 @@ def _templates():
                 t[r * q + j, (r + iv) % 12] = 1.0
     t /= np.linalg.norm(t, axis=1, keepdims=True)
     pen = np.tile(np.array([_QUALITY_PENALTY[n] for n in QUALITIES]), 12)
-    return t, roots, pen
+    # stored transposed and contiguous: BLAS is ~100x slower on the strided view
+    return np.ascontiguousarray(t.T), roots, pen
 
 
-_TEMPLATES, _T_ROOTS, _T_PENALTY = _templates()
+_TEMPLATES_T, _T_ROOTS, _T_PENALTY = _templates()
 _NQ = len(QUALITIES)
 
 
@@ -395,7 +396,7 @@ def frame_chord_scores(chroma, bass, *, bass_root_bonus: float = 0.08):
     """
     norm = np.linalg.norm(chroma, axis=1, keepdims=True)
     c = np.divide(chroma, norm, out=np.zeros_like(chroma), where=norm > 0)
-    s = c @ _TEMPLATES.T - _T_PENALTY[None, :]
+    s = c @ _TEMPLATES_T - _T_PENALTY[None, :]
     has = bass >= 0
     s[has] += bass_root_bonus * (_T_ROOTS[None, :] == (bass[has] % 12)[:, None])
     return s
@@ -416,7 +417,7 @@ def _chord_path(chroma, bass, *, change_cost, sharpness, bass_root_bonus):
 
 def chords_from_notes(notes, *, tracks=None, tempo=None, ticks_per_beat=None, piece_id: str = "",
                       frame_beats: float = 1.0, change_cost: float = 0.12, sharpness: float = 10.0,
-                      bass_weight: float = 0.5, bass_root_bonus: float = 0.08,
+                      bass_weight: float = 0.2, bass_root_bonus: float = 0.08,
                       key_profile: str = "krumhansl", key_window_beats: float = 32.0,
                       key_change_cost: float = 2.0) -> pa.Table:
     """Chord segments of one piece.
@@ -460,7 +461,17 @@ def chords_from_notes(notes, *, tracks=None, tempo=None, ticks_per_beat=None, pi
 
 # --------------------------------------------------------------------------- keys
 
+_KEY_MATRICES: dict[str, np.ndarray] = {}
+
+
 def _key_matrix(profile: str):
+    """[12, 24] (contiguous): column k = normalised profile of key k."""
+    if profile not in _KEY_MATRICES:
+        _KEY_MATRICES[profile] = np.ascontiguousarray(_make_key_matrix(profile).T)
+    return _KEY_MATRICES[profile]
+
+
+def _make_key_matrix(profile: str):
     if profile not in KEY_PROFILES:
         raise BadInputError(f"key_profile={profile!r}: expected one of {', '.join(KEY_PROFILES)}")
     maj, mnr = KEY_PROFILES[profile]
@@ -476,7 +487,7 @@ def _key_correlations(profiles, profile: str):
     p = p - p.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(p, axis=1, keepdims=True)
     p = np.divide(p, norm, out=np.zeros_like(p), where=norm > 0)
-    return p @ _key_matrix(profile).T
+    return p @ _key_matrix(profile)
 
 
 def _key_dict(corr):
@@ -547,7 +558,7 @@ def _runs(values):
 
 def analyze_notes(notes, *, tracks=None, tempo=None, ticks_per_beat=None, piece_id: str = "",
                   frame_beats: float = 1.0, change_cost: float = 0.12, sharpness: float = 10.0,
-                  bass_weight: float = 0.5, bass_root_bonus: float = 0.08,
+                  bass_weight: float = 0.2, bass_root_bonus: float = 0.08,
                   key_profile: str = "krumhansl", key_window_beats: float = 32.0,
                   key_change_cost: float = 2.0, version: str = VERSION) -> dict[str, pa.Table]:
     """Everything the harmony stage stores for one piece, from its notes.
@@ -725,19 +736,23 @@ def _group_slices(ids: np.ndarray):
     return {ids[s]: slice(s, e) for s, e in zip(starts.tolist(), ends.tolist())}
 
 
+def _arrow(con, sql, params):
+    return con.sql(sql, params=params).to_arrow_table()
+
+
 def update(con, piece_ids: list[str]) -> None:
     """Compute and insert the harmony rows of ``piece_ids`` (one read of their notes)."""
     ids = list(piece_ids)
     if not ids:
         return
-    notes = fetch_arrow(con.execute(
+    notes = _arrow(con,
         """SELECT n.piece_id, n.onset_beats, n.duration_beats, n.pitch
            FROM notes n JOIN tracks t ON t.piece_id = n.piece_id AND t.track_index = n.track_index
            WHERE n.piece_id IN (SELECT unnest(?)) AND NOT coalesce(t.is_drum, false)
-           ORDER BY n.piece_id""", [ids]))
-    tempo = fetch_arrow(con.execute(
+           ORDER BY n.piece_id""", [ids])
+    tempo = _arrow(con,
         """SELECT piece_id, time_ticks, time_s, tempo_bpm FROM tempo_changes
-           WHERE piece_id IN (SELECT unnest(?)) ORDER BY piece_id, time_ticks""", [ids]))
+           WHERE piece_id IN (SELECT unnest(?)) ORDER BY piece_id, time_ticks""", [ids])
     tpb = dict(con.execute("SELECT piece_id, ticks_per_beat FROM pieces WHERE piece_id IN (SELECT unnest(?))",
                            [ids]).fetchall())
     n_pid = notes.column("piece_id").to_numpy(zero_copy_only=False)
