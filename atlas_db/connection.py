@@ -105,6 +105,7 @@ SCHEMA_MODULES = [
     "atlas_db.schema_grammar",
     "atlas_db.schema_vectors",
     "atlas_db.schema_harmony",
+    "atlas_db.schema_audio",
     "atlas_db.schema_patterns",
 ]
 

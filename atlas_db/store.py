@@ -21,7 +21,8 @@ from atlas_db.schema import TABLES
 __all__ = ["ParsedPiece", "Failure", "BatchResult", "known_piece_ids", "write_batch", "CHILD_TABLES"]
 
 # Tables filled per piece besides `pieces` itself, in the order they are written.
-CHILD_TABLES = ("tracks", "notes", "program_changes", "tempo_changes", "time_signatures", "key_signatures")
+CHILD_TABLES = ("tracks", "notes", "program_changes", "tempo_changes", "time_signatures", "key_signatures",
+                "audio_files", "features", "audio_beats", "descriptions")  # audio tables: atlas_db/schema_audio.py
 
 
 @dataclass
@@ -93,8 +94,10 @@ def write_batch(
                 for p in new
             ]
             _insert(con, "pieces", pa.Table.from_pylist(rows, schema=TABLES["pieces"]))
-            for name in CHILD_TABLES:
-                _insert(con, name, pa.concat_tables([p.tables[name] for p in new]))
+            for name in CHILD_TABLES:  # a piece may lack a table (MIDI has no features)
+                parts = [p.tables[name] for p in new if name in p.tables]
+                if parts:
+                    _insert(con, name, pa.concat_tables(parts))
         paths = [(p.piece_id, p.path) for p in new] + list(present)
         if paths:
             tbl = pa.table({"piece_id": [a for a, _ in paths], "path": [b for _, b in paths]})

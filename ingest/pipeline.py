@@ -18,7 +18,7 @@ from pathlib import Path
 
 from atlas_db.errors import AtlasError, BadInputError, IngestError
 from atlas_db.store import Failure, ParsedPiece, known_piece_ids, write_batch
-from ingest.sources import MIDI_SUFFIXES, discover
+from ingest.sources import AUDIO_SUFFIXES, MIDI_SUFFIXES, discover
 
 __all__ = ["IngestSummary", "ingest_paths", "process_file", "piece_id_for"]
 
@@ -85,7 +85,12 @@ def process_file(path: str, known: set[str] | None = None):
     if pid in known:
         return ("present", pid, path)
     try:
-        tables = parse_midi(data, piece_id=pid, path=path)
+        if path.lower().endswith(AUDIO_SUFFIXES):
+            from ingest.audio import parse_audio  # decode, features, stems, transcription
+
+            tables = parse_audio(data, piece_id=pid, path=path)
+        else:
+            tables = parse_midi(data, piece_id=pid, path=path)
     except IngestError as e:
         return Failure(path, e.reason, sha)
     except Exception as e:  # a decoder bug must not stop the batch; say what it was
@@ -152,6 +157,11 @@ def ingest_paths(paths, db_dir, *, workers: int | None = None, progress=None, on
     for f in failures:
         if on_error:
             on_error(f.path, f.reason)
+    if any(f.lower().endswith(AUDIO_SUFFIXES) for f in found.files):
+        from ingest.audio_config import startup_notes
+
+        for note in startup_notes():  # absent optional models (stems, descriptions): said once
+            print(note, file=sys.stderr)
     known = known_piece_ids(db_dir)
     pending: list[ParsedPiece] = []
     present: list[tuple[str, str]] = []

@@ -6,9 +6,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["MIDI_SUFFIXES", "Discovery", "discover"]
+__all__ = ["MIDI_SUFFIXES", "AUDIO_SUFFIXES", "SUFFIXES", "Discovery", "discover"]
 
 MIDI_SUFFIXES = (".mid", ".midi")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")  # decoded by ingest/audio.py
+SUFFIXES = MIDI_SUFFIXES + AUDIO_SUFFIXES
 
 
 @dataclass
@@ -18,7 +20,7 @@ class Discovery:
     skipped_other: int = 0  # files inside folders that are not of a supported type
 
 
-def discover(paths, suffixes=MIDI_SUFFIXES) -> Discovery:
+def discover(paths, suffixes=SUFFIXES) -> Discovery:
     """Expand files and folders (recursively) into the list of files to ingest.
 
     A path named explicitly that does not exist, cannot be read, or has an unsupported

@@ -20,7 +20,7 @@ from atlas_db.errors import AtlasError
 __all__ = ["cli", "main", "db_option", "format_option", "echo_table", "progress_bar"]
 
 # Modules that add their commands to the group (each exposes ``register(cli)``).
-COMMAND_MODULES: list[str] = ["query.cli_patterns", "query.cli_harmony"]
+COMMAND_MODULES: list[str] = ["query.cli_patterns", "query.cli_harmony", "query.cli_audio"]
 
 
 def db_option(f):
@@ -314,6 +314,7 @@ def demo(db_dir, workers):
 
 # Further commands worth trying after the demo; command modules add theirs.
 DEMO_NEXT_STEPS: list[tuple[str, str]] = [
+    ("add recordings (wav/flac/mp3/ogg): features, notes, harmony", "atlas ingest ~/recordings --db {db}"),
     ("where ii-V-I happens, in any key", "atlas progression \"ii V I\" --limit 10 --db {db}"),
     ("everything the database holds", "atlas stats --db {db}"),
 ]

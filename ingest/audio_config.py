@@ -1,0 +1,114 @@
+"""Configuration of the audio side: where model files are, and analysis limits.
+
+Model weights are never downloaded: each model's path is configuration, read from an
+environment variable first, then from a TOML file (``$ATLAS_CONFIG``, default
+``~/.config/harmony-atlas/config.toml``)::
+
+    [audio]
+    demucs_model = "/models/htdemucs.th"       # or env ATLAS_DEMUCS_MODEL
+    describe_model = "/models/gemma3.gguf"     # or env ATLAS_DESCRIBE_MODEL
+    max_seconds = 1800                         # or env ATLAS_AUDIO_MAX_S
+
+An empty value means "not configured".
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+__all__ = ["AUDIO_SUFFIXES", "config_file", "setting", "model_path", "max_seconds", "audio_available", "startup_notes"]
+
+from ingest.sources import AUDIO_SUFFIXES  # noqa: E402  (re-exported)
+
+_ENV = {
+    "demucs_model": "ATLAS_DEMUCS_MODEL",
+    "describe_model": "ATLAS_DESCRIBE_MODEL",
+    "max_seconds": "ATLAS_AUDIO_MAX_S",
+}
+DEFAULT_MAX_SECONDS = 1800.0
+
+
+def config_file() -> Path:
+    return Path(os.environ.get("ATLAS_CONFIG") or Path.home() / ".config" / "harmony-atlas" / "config.toml")
+
+
+def _file_settings() -> dict:
+    p = config_file()
+    if not p.is_file():
+        return {}
+    try:
+        with open(p, "rb") as fh:
+            return dict(tomllib.load(fh).get("audio", {}))
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def setting(key: str):
+    """The configured value of ``key`` (environment first, then the config file), or None."""
+    env = os.environ.get(_ENV[key])
+    if env is not None:
+        return env or None
+    val = _file_settings().get(key)
+    return val if val not in ("", None) else None
+
+
+def model_path(key: str) -> Path | None:
+    """Configured model file for ``key`` ('demucs_model' or 'describe_model'), or None."""
+    val = setting(key)
+    return Path(os.path.expanduser(str(val))) if val else None
+
+
+def max_seconds() -> float:
+    val = setting("max_seconds")
+    try:
+        return float(val) if val is not None else DEFAULT_MAX_SECONDS
+    except ValueError:
+        return DEFAULT_MAX_SECONDS
+
+
+def audio_available() -> str | None:
+    """None when the audio extra is installed, else a one-line reason."""
+    import importlib.util
+
+    for mod in ("essentia", "soundfile", "pyloudnorm", "soxr", "onnxruntime", "basic_pitch", "scipy"):
+        if importlib.util.find_spec(mod) is None:
+            return f"audio support is not installed ({mod} missing): pip install 'harmony-atlas[audio]'"
+    return None
+
+
+def startup_notes() -> list[str]:
+    """One line per optional audio model that is absent (said once per ingest run)."""
+    notes = []
+    for key, what, env in (
+        ("demucs_model", "stem separation (Demucs)", "ATLAS_DEMUCS_MODEL"),
+        ("describe_model", "descriptions (GGUF model)", "ATLAS_DESCRIBE_MODEL"),
+    ):
+        p = model_path(key)
+        if p is None:
+            notes.append(f"atlas: note: {what} skipped: no model configured (set {env} or [audio] {key} in {config_file()})")
+        elif not p.is_file():
+            notes.append(f"atlas: note: {what} skipped: model file {p} not found")
+        else:
+            reason = _check_loads(key, p)
+            if reason:
+                notes.append(f"atlas: note: {what} skipped: {reason}")
+    return notes
+
+
+def _check_loads(key: str, path: Path) -> str | None:
+    from atlas_db.errors import MissingModelError
+
+    try:
+        if key == "demucs_model":
+            from ingest.stems import load_model
+
+            load_model(path)
+        else:
+            from ingest.describe import load_llm
+
+            load_llm(path)
+    except MissingModelError as e:
+        return str(e)
+    return None
