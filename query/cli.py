@@ -260,9 +260,9 @@ DEMO_QUERIES = [
 def demo(db_dir, workers):
     """Build a database from a public-domain corpus shipped with music21 and show it.
 
-    Renders ~500 scores (Bach chorales, Palestrina masses, Haydn, Mozart and Beethoven
-    quartets, Joplin rags) to MIDI under DB/demo_corpus/, ingests them and prints a
-    few example queries. Running it again only re-checks what is there.
+    Renders ~480 scores (Bach chorales, Palestrina mass movements) to MIDI under
+    DB/demo_corpus/, ingests them and prints a few example queries. Running it again
+    only re-checks what is there.
 
     \b
     Example:
