@@ -24,13 +24,13 @@ def _arrow(con, sql: str, params=None) -> pa.Table:
 
 
 STAGE = "patterns"
-VERSION = "patterns-1"  # streams: track/track_top/skyline; 3-interval n-grams
+VERSION = "patterns-2"  # streams: track/track_top/skyline (held-note rule); 3-interval n-grams
 BATCH_PIECES = 200
 
 
 def index_tables(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
     """``(pattern_streams, pattern_ngrams)`` rows for the pieces in a notes table."""
-    from query.pattern_search import build_streams, ngram_codes
+    from query.pattern_search import NOTE_COLUMNS, build_streams, ngram_codes
 
     if notes.num_rows == 0:
         return TABLES["pattern_streams"].empty_table(), TABLES["pattern_ngrams"].empty_table()
@@ -39,7 +39,7 @@ def index_tables(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
     pid_sorted = pid_col[order]
     bounds = np.flatnonzero(pid_sorted[1:] != pid_sorted[:-1]) + 1
     cols = {c: notes.column(c).to_numpy(zero_copy_only=False)[order]
-            for c in ("track_index", "note_index", "onset_ticks", "onset_beats", "onset_s", "pitch", "channel")}
+            for c in NOTE_COLUMNS}
     parts = []
     for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(order)]])):
         sub = {c: v[lo:hi] for c, v in cols.items()}
@@ -79,8 +79,8 @@ def update(con, piece_ids) -> None:
     con.register("_pat_ids", _ids_table(piece_ids))
     try:
         notes = _arrow(con,
-            "SELECT piece_id, track_index, note_index, onset_ticks, onset_beats, onset_s, pitch, channel "
-            "FROM notes WHERE piece_id IN (SELECT piece_id FROM _pat_ids)")
+            "SELECT piece_id, track_index, note_index, onset_ticks, onset_beats, duration_beats, onset_s, pitch, "
+            "channel FROM notes WHERE piece_id IN (SELECT piece_id FROM _pat_ids)")
     finally:
         con.unregister("_pat_ids")
     streams, ngrams = index_tables(notes)

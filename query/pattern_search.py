@@ -10,10 +10,12 @@ into *streams*, each a sequence of notes in a fixed order:
     grammar's order (``atlas_db.schema_grammar``): onset order, chord notes low to high.
 ``track_top``
     one track's highest note at each onset (ties: the later ``note_index``), the melody
-    line of a track that also plays chords. Stored only for tracks with chords
-    (otherwise it equals ``track``).
+    line of a track that also plays chords; a note is left out when a strictly higher
+    note of the track, started earlier, is still held more than ``COVER_TOL_BEATS`` after
+    its onset (an accompaniment note under a held melody note). Stored only where it
+    differs from ``track``.
 ``skyline``
-    the highest note at each onset over all tracks (ties: the lower track, then the lower
+    the same over all tracks (ties at one onset: the lower track, then the lower
     ``note_index``), so a theme that passes from one voice to another is one sequence.
     Stored only for pieces with two or more tracks with notes.
 
@@ -44,6 +46,7 @@ every stream (vectorised). ``brute_force_search`` recomputes everything from the
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numba import njit
 
 from atlas_db.connection import reading
 from atlas_db.errors import BadInputError, IndexTroubleError
@@ -64,6 +68,7 @@ __all__ = [
     "STREAM_KINDS",
     "RHYTHM_TOL_BEATS",
     "build_streams",
+    "NOTE_COLUMNS",
     "stream_id_for",
     "ngram_codes",
     "Pool",
@@ -86,6 +91,11 @@ STREAM_KINDS = ("track", "track_top", "skyline")
 _KIND_CODE = {k: i for i, k in enumerate(STREAM_KINDS)}
 RHYTHM_TOL_BEATS = 0.0625  # a 64th note, in the motif's own beats
 MIN_NOTES = 3
+# Columns of ``notes`` that build_streams reads.
+NOTE_COLUMNS = ("track_index", "note_index", "onset_ticks", "onset_beats", "duration_beats", "onset_s", "pitch",
+                "channel")
+# A note under a higher note that is still held this long after its onset is not "top".
+COVER_TOL_BEATS = 0.125
 MAX_NOTES = 64
 PERCUSSION_CHANNEL = 9
 _CHUNK = 1 << 20  # windows verified per NumPy step (bounds memory)
@@ -255,19 +265,52 @@ def stream_id_for(piece_id: str, kind: str, track: int) -> int:
 
 def _notes_arrays(notes) -> dict[str, np.ndarray]:
     """NumPy columns of a notes Arrow table (or dict of arrays)."""
-    cols = ("track_index", "note_index", "onset_ticks", "onset_beats", "onset_s", "pitch", "channel")
+    cols = NOTE_COLUMNS
     if isinstance(notes, dict):
         return {c: np.asarray(notes[c]) for c in cols}
     return {c: notes.column(c).to_numpy(zero_copy_only=False) for c in cols}
 
 
+@njit(cache=True)
+def _covered(onset, end, pitch, c_onset, c_pitch, tol):
+    """For each candidate (onsets ascending): is a strictly higher note of the scope
+    (onsets ascending) still sounding, started before it and ending > tol after it?"""
+    n = len(onset)
+    out = np.zeros(len(c_onset), dtype=np.bool_)
+    a_end = np.empty(n, dtype=np.float64)
+    a_pitch = np.empty(n, dtype=np.int64)
+    na = 0
+    j = 0
+    for c in range(len(c_onset)):
+        t = c_onset[c]
+        while j < n and onset[j] < t:
+            a_end[na] = end[j]
+            a_pitch[na] = pitch[j]
+            na += 1
+            j += 1
+        k = 0
+        for a in range(na):
+            if a_end[a] > t + tol:
+                a_end[k] = a_end[a]
+                a_pitch[k] = a_pitch[a]
+                k += 1
+        na = k
+        for a in range(na):
+            if a_pitch[a] > c_pitch[c]:
+                out[c] = True
+                break
+    return out
+
+
 def build_streams(piece_id: str, notes: dict[str, np.ndarray], *, stage_version: str) -> pa.Table:
     """The streams of one piece (see the module docstring) as ``pattern_streams`` rows.
 
-    notes: NumPy arrays ``track_index, note_index, onset_ticks, onset_beats, onset_s,
-    pitch, channel`` (shape (n,) each) of the piece's notes, any order.
+    notes: NumPy arrays ``track_index, note_index, onset_ticks, onset_beats,
+    duration_beats, onset_s, pitch, channel`` (shape (n,) each) of the piece's notes, any
+    order.
     """
     keep = notes["channel"] != PERCUSSION_CHANNEL
+    db_ = notes["duration_beats"][keep].astype(np.float64)
     tr = notes["track_index"][keep].astype(np.int32)
     ni = notes["note_index"][keep].astype(np.int32)
     ot = notes["onset_ticks"][keep].astype(np.int64)
@@ -297,18 +340,28 @@ def build_streams(piece_id: str, notes: dict[str, np.ndarray], *, stage_version:
     tracks_sorted = tr[order]
     bounds = np.flatnonzero(np.diff(tracks_sorted)) + 1
     groups = np.split(order, bounds) if len(order) else []
+    end = ob + db_
+
+    def uncovered(cand, scope):
+        """cand: top note per onset (onset order); drop those under a held higher note."""
+        sc = scope[np.argsort(ob[scope], kind="stable")]
+        cov = _covered(ob[sc], end[sc], pi[sc].astype(np.int64), ob[cand], pi[cand].astype(np.int64),
+                       COVER_TOL_BEATS)
+        return cand[~cov]
+
     for idx in groups:
         t = int(tr[idx[0]])
         add("track", t, idx)
         o = ot[idx]
         last_of_onset = np.append(o[1:] != o[:-1], True)
-        if not last_of_onset.all():
-            add("track_top", t, idx[last_of_onset])
+        top = uncovered(idx[last_of_onset], idx)
+        if len(top) != len(idx):
+            add("track_top", t, top)
     if len(groups) >= 2:
         order = np.lexsort((ni, tr, -pi.astype(np.int32), ot))
         o = ot[order]
         first_of_onset = np.insert(o[1:] != o[:-1], 0, True)
-        add("skyline", -1, order[first_of_onset])
+        add("skyline", -1, uncovered(order[first_of_onset], order))
     schema = PATTERN_TABLES["pattern_streams"]
     if not rows:
         return schema.empty_table()
@@ -699,9 +752,23 @@ def search_rule(db_dir, rule_id: int, *, transforms=("P",), approximate: bool = 
 def _brute_streams(rows: list[tuple]) -> list[tuple[str, list[tuple]]]:
     """Streams of one piece computed the slow, obvious way (every stream, no skipping).
 
-    rows: (track_index, note_index, onset_ticks, onset_beats, onset_s, pitch, channel).
+    rows: (track_index, note_index, onset_ticks, onset_beats, onset_s, pitch, channel,
+    duration_beats).
     """
     notes = [r for r in rows if r[6] != PERCUSSION_CHANNEL]
+
+    def held_over(r, scope):
+        # scope: (sorted onsets, notes in that order, longest duration); only notes that
+        # start less than the longest duration earlier can still be sounding
+        onsets, ordered, longest = scope
+        t = r[3]
+        lo, hi = bisect.bisect_left(onsets, t - longest), bisect.bisect_left(onsets, t)
+        return any(n[3] + n[7] > t + COVER_TOL_BEATS and n[5] > r[5] for n in ordered[lo:hi])
+
+    def scope_of(rs):
+        ordered = sorted(rs, key=lambda r: r[3])
+        return [r[3] for r in ordered], ordered, max((r[7] for r in rs), default=0.0)
+
     out = []
     by_track: dict[int, list] = {}
     for r in notes:
@@ -712,11 +779,13 @@ def _brute_streams(rows: list[tuple]) -> list[tuple[str, list[tuple]]]:
         top = {}
         for r in seq:
             top[r[2]] = r  # last in (pitch, note_index) order = highest
-        out.append(("track_top", [top[k] for k in sorted(top)]))
+        sc = scope_of(seq)
+        out.append(("track_top", [top[k] for k in sorted(top) if not held_over(top[k], sc)]))
     sky = {}
     for r in sorted(notes, key=lambda r: (r[2], -r[5], r[0], r[1])):
         sky.setdefault(r[2], r)
-    out.append(("skyline", [sky[k] for k in sorted(sky)]))
+    sc = scope_of(notes)
+    out.append(("skyline", [sky[k] for k in sorted(sky) if not held_over(sky[k], sc)]))
     return out
 
 
@@ -727,8 +796,8 @@ def brute_force_search(db_dir, motif: Motif, *, transforms=("P",), approximate: 
     _check_options(motif, transforms, approximate, rhythm)
     with reading(db_dir) as con:
         rows = con.execute(
-            "SELECT piece_id, track_index, note_index, onset_ticks, onset_beats, onset_s, pitch, channel "
-            "FROM notes ORDER BY piece_id").fetchall()
+            "SELECT piece_id, track_index, note_index, onset_ticks, onset_beats, onset_s, pitch, channel, "
+            "duration_beats FROM notes ORDER BY piece_id").fetchall()
     if piece_ids is not None:
         rows = [r for r in rows if r[0] in set(piece_ids)]
     per_piece: dict[str, list] = {}

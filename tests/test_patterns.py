@@ -72,6 +72,7 @@ def test_streams_definition():
     arr = {k: np.array([r[i] for r in rows]) for i, k in
            enumerate(["track_index", "note_index", "onset_ticks", "pitch", "channel"])}
     arr["onset_beats"] = arr["onset_ticks"] / 480
+    arr["duration_beats"] = np.full(len(rows), 0.9)
     arr["onset_s"] = arr["onset_beats"] / 2
     t = build_streams("ab" * 8, arr, stage_version="t").to_pylist()
     got = {(r["stream"], r["stream_track"]): r["pitch"] for r in t}
