@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 STAGE = "harmony"
-VERSION = "harmony-1"
+VERSION = "harmony-2"
 BATCH_PIECES = 200
 
 PITCH_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
@@ -260,12 +260,17 @@ def beats_to_seconds(beats, *, tempo=None, ticks_per_beat=None, note_beats=None,
 
 # --------------------------------------------------------------------------- features
 
-def _grid_phase(onsets, frame_beats, bins=48):
-    """The most common onset position within a frame (in beats), weighted by count."""
+PHASE_WEIGHTING = "duration"
+
+
+def _grid_phase(onsets, frame_beats, weights=None, bins=48):
+    """The most common onset position within a frame (in beats), each onset weighted by
+    ``weights`` (e.g. its note's duration: long notes and chords start on the beat,
+    ornaments and fast runs do not)."""
     if len(onsets) == 0:
         return 0.0
     pos = np.mod(onsets, frame_beats) / frame_beats
-    h = np.bincount(np.minimum((pos * bins).astype(np.int64), bins - 1), minlength=bins)
+    h = np.bincount(np.minimum((pos * bins).astype(np.int64), bins - 1), weights=weights, minlength=bins)
     # circular smoothing so a peak split across two bins still wins
     h = h + np.roll(h, 1) + np.roll(h, -1)
     phase = np.argmax(h) / bins * frame_beats
@@ -299,7 +304,12 @@ def beat_chroma(notes, *, tracks=None, frame_beats: float = 1.0, phase_beats: fl
     on, end, pitch, on_s, end_s = _note_arrays(notes, tracks)
     if frame_beats <= 0 or not np.isfinite(frame_beats):
         raise BadInputError(f"frame_beats={frame_beats}: must be a positive number of beats")
-    phase = _grid_phase(on, frame_beats) if phase_beats is None else float(phase_beats)
+    if phase_beats is None:
+        w = {"count": None, "duration": np.minimum(end - on, 4 * frame_beats),
+             "sqrt": np.sqrt(np.minimum(end - on, 4 * frame_beats))}[PHASE_WEIGHTING]
+        phase = _grid_phase(on, frame_beats, w)
+    else:
+        phase = float(phase_beats)
     if len(on) == 0:
         edges = np.array([0.0])
         return {"chroma": np.zeros((0, 12)), "bass": np.zeros(0, np.int64), "frame_onset_beats": edges,
