@@ -34,7 +34,7 @@ from atlas_db.schema_grammar import TABLES
 from ingest import grammar_core as gc
 
 __all__ = ["STAGE", "VERSION", "BATCH_PIECES", "MAX_RULES", "MIN_COUNT", "update", "forget",
-           "rebuild", "load_notes", "load_grammar", "track_parse"]
+           "rebuild", "load_notes", "notes_from_tables", "notes_dict", "load_grammar", "track_parse"]
 
 STAGE = "grammar"
 MAX_RULES = int(os.environ.get("ATLAS_GRAMMAR_MAX_RULES", "500000"))
@@ -61,6 +61,25 @@ def load_notes(con, piece_ids: list[str] | None) -> dict:
     ).to_arrow_table()
     if piece_ids is not None:
         con.unregister("_gram_ids")
+    return notes_dict(t)
+
+
+def notes_from_tables(parsed: list[dict]) -> dict:
+    """The same arrays as :func:`load_notes` from ``parse_midi`` results (no database):
+    pieces are taken in ``piece_id`` order."""
+    parts = []
+    for tables in parsed:
+        notes = tables["notes"]
+        tpb = int(tables["pieces"]["ticks_per_beat"])
+        parts.append(notes.append_column("ticks_per_beat", pa.array(np.full(notes.num_rows, tpb, np.int32))))
+    t = pa.concat_tables(parts).sort_by([("piece_id", "ascending"), ("track_index", "ascending"),
+                                         ("onset_ticks", "ascending"), ("pitch", "ascending"),
+                                         ("note_index", "ascending")])
+    return notes_dict(t)
+
+
+def notes_dict(t: pa.Table) -> dict:
+    """NumPy arrays of a notes table already in grammar order (see :func:`load_notes`)."""
     out = {name: t.column(name).to_numpy() for name in t.column_names if name != "piece_id"}
     pid = t.column("piece_id").combine_chunks()
     n = t.num_rows

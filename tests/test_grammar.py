@@ -1,0 +1,216 @@
+"""Grammar: Re-Pair core, incremental encoding, determinism, losslessness, compression."""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+
+import numpy as np
+import pytest
+from midi_fixtures import Track, write_midi
+
+from atlas_db.connection import connect, reading
+from ingest import grammar, grammar_codec, grammar_core as gc
+from ingest.midi_parse import parse_midi
+from ingest.pipeline import ingest_paths
+
+MOTIF = [0, 2, 4, 5, 2]  # intervals +2 +2 +1 -3
+
+
+def _piece(path, transpositions, filler_seed):
+    """Eighth-note motif at each transposition, separated by distinct filler notes whose
+    rhythm (dotted quarter, loud) differs from the motif's (eighths, soft)."""
+    rng = np.random.default_rng(filler_seed)
+    notes, t = [], 0.0
+    for base in transpositions:
+        for _ in range(3):
+            notes.append((int(rng.integers(40, 90)), t, 1.5, 120))
+            t += 1.5
+        for p in MOTIF:
+            notes.append((base + p, t, 0.5, 70))
+            t += 0.5
+    notes.append((int(rng.integers(40, 90)), t, 1.5, 120))
+    return write_midi(path, [Track(notes, name="melody")])
+
+
+def _rule_with(con, intervals):
+    rows = con.execute(
+        "SELECT rule_id FROM rules WHERE intervals = ?::SMALLINT[] AND velocity_buckets = [4,4,4,4,4]::TINYINT[] "
+        "ORDER BY rule_id", [intervals]).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_rhythm_and_velocity_buckets():
+    assert gc.rhythm_bucket(np.array([0, 0.01, 0.5, 1.0, 0.98, 2, 9])).tolist() == [0, 0, 5, 8, 8, 11, 15]
+    assert gc.velocity_bucket(np.array([1, 15, 16, 127])).tolist() == [0, 0, 1, 7]
+
+
+def test_transposed_repeats_are_one_rule():
+    # C D E F D three times, at three transpositions, in one track
+    pitch = np.array([b + p for b in (60, 65, 53) for p in MOTIF] + [80])
+    term = np.full(len(pitch), 5)
+    term[-1] = 17
+    seq = gc.initial_sequence(term, pitch, np.array([0, len(pitch)]))
+    g, final = gc.build(seq, min_count=2)
+    rule, start, first, top = gc.expand(final, g)
+    ivs, iv_off, _, _ = gc.rule_contours(g, rule[top])
+    contours = [ivs[iv_off[j]:iv_off[j + 1]].tolist() for j in range(len(rule[top]))]
+    assert contours[:3] == [[2, 2, 1, -3]] * 3
+    assert first[top][:3].tolist() == [60, 65, 53]
+    assert len(set(rule[top][:3].tolist())) == 1
+
+
+def test_replay_reproduces_build_parse():
+    rng = np.random.default_rng(0)
+    n = 20000
+    term = rng.integers(0, 6, n)
+    pitch = np.cumsum(rng.integers(-2, 3, n)) + 60
+    starts = np.array([0, 5000, 5001, 12000, n])
+    seq = gc.initial_sequence(term, pitch, starts)
+    g, final = gc.build(seq, max_rules=3000, min_count=2)
+    again = gc.replay(gc.initial_sequence(term, pitch, starts), g)
+    assert np.array_equal(again.sym, final.sym) and np.array_equal(again.start, final.start)
+    # no symbol spans two tracks
+    ln = gc.rule_lengths(g)
+    ends = final.start + ln[final.sym]
+    assert not np.any((final.start < 5000) & (ends > 5000))
+    t2, p2 = gc.decode(final.sym, final.first, g)
+    assert np.array_equal(t2, term) and np.array_equal(p2, pitch)
+
+
+def test_build_respects_limits_and_is_deterministic():
+    rng = np.random.default_rng(1)
+    term = rng.integers(0, 4, 5000)
+    pitch = rng.integers(55, 60, 5000)
+    s = np.array([0, 5000])
+    g1, f1 = gc.build(gc.initial_sequence(term, pitch, s), max_rules=50, min_count=3)
+    g2, f2 = gc.build(gc.initial_sequence(term, pitch, s), max_rules=50, min_count=3)
+    assert g1.n_rules == 50
+    assert np.array_equal(g1.left, g2.left) and np.array_equal(g1.conn, g2.conn)
+    assert np.array_equal(f1.sym, f2.sym)
+    rule, *_ = gc.expand(f1, g1)
+    # every rule is used at least min_count times in the parse (nested uses included)
+    used = np.bincount(rule - gc.N_TERMINALS, minlength=g1.n_rules)
+    assert used.min() >= 3
+
+
+def test_incremental_finds_rule_of_corpus_a_in_transposed_piece_b(tmp_path):
+    a = [_piece(tmp_path / "a" / f"a{i}.mid", [60 + i, 55 + 2 * i], 10 + i) for i in range(3)]
+    db = tmp_path / "db"
+    ingest_paths([str(p) for p in a], db, workers=1)
+    with reading(db) as con:
+        ids = _rule_with(con, [2, 2, 1, -3])
+        assert ids, "the motif was not learned as a rule from corpus A"
+        rule_id = ids[0]
+        n_rules_a = con.execute("SELECT count(*) FROM rules").fetchall()[0][0]
+        a_rules = con.execute("SELECT rule_id, intervals FROM rules ORDER BY rule_id").fetchall()
+    b = _piece(tmp_path / "b" / "b.mid", [49], 99)  # once, at a new transposition
+    ingest_paths([str(b)], db, workers=1)
+    with reading(db) as con:
+        pid = con.execute("SELECT piece_id FROM pieces WHERE path LIKE '%b.mid'").fetchall()[0][0]
+        occ = con.execute(
+            "SELECT first_pitch, onset_beats FROM occurrences WHERE rule_id = ? AND piece_id = ?",
+            [rule_id, pid]).fetchall()
+        assert occ == [(49, 4.5)]
+        # the rules of A are untouched (same ids, same contours); counts include B
+        assert con.execute("SELECT rule_id, intervals FROM rules WHERE rule_id < ? ORDER BY rule_id",
+                           [a_rules[-1][0] + 1]).fetchall() == a_rules
+        assert con.execute("SELECT count FROM rules WHERE rule_id = ?", [rule_id]).fetchall()[0][0] == 7
+        assert con.execute("SELECT count(*) FROM rules").fetchall()[0][0] >= n_rules_a
+        # counts equal occurrence rows for every learned rule
+        bad = con.execute("""SELECT count(*) FROM rules r LEFT JOIN
+            (SELECT rule_id, count(*) n FROM occurrences GROUP BY 1) o USING (rule_id)
+            WHERE r.rule_id >= 128 AND r.count <> coalesce(o.n, 0)""").fetchall()[0][0]
+        assert bad == 0
+
+
+def test_rebuild_is_deterministic_and_matches_one_batch_ingest(tmp_path, pop909_dir):
+    songs = sorted(p for p in pop909_dir.iterdir() if p.is_dir())[:4]
+    db = tmp_path / "db"
+    ingest_paths([str(s / f"{s.name}.mid") for s in songs], db, workers=1)
+
+    def snapshot():
+        with reading(db) as con:
+            return (con.execute("SELECT rule_id, intervals, rhythm_buckets, velocity_buckets, left_child, "
+                                "right_child, count, n_pieces FROM rules ORDER BY rule_id").fetchall(),
+                    con.execute("SELECT * FROM occurrences ORDER BY piece_id, track_index, seq_index, rule_id").fetchall())
+
+    first = snapshot()
+    assert len(first[0]) > 128 and len(first[1]) > 0
+    for _ in range(2):
+        con = connect(db, read_only=False)
+        con.execute("BEGIN")
+        grammar.rebuild(con)
+        con.execute("COMMIT")
+        con.close()
+        assert snapshot() == first
+
+
+def test_occurrences_point_at_their_notes(small_pop909_db):
+    with reading(small_pop909_db) as con:
+        rows = con.execute("""
+            WITH o AS (SELECT * FROM occurrences ORDER BY piece_id, track_index, seq_index, rule_id
+                       LIMIT 3000 OFFSET 1000)
+            SELECT o.first_pitch, o.note_index, o.onset_beats, r.intervals, r.length,
+                   list(n.pitch ORDER BY n.seq_index), list(n.note_index ORDER BY n.seq_index),
+                   list(n.onset_beats ORDER BY n.seq_index)
+            FROM o JOIN rules r USING (rule_id)
+            JOIN grammar_notes n ON n.piece_id = o.piece_id AND n.track_index = o.track_index
+                 AND n.seq_index BETWEEN o.seq_index AND o.seq_index + r.length - 1
+            GROUP BY ALL""").fetchall()
+    assert len(rows) == 3000
+    for first, note_index, onset, intervals, length, pitches, idx, onsets in rows:
+        assert len(pitches) == length
+        assert pitches[0] == first and idx[0] == note_index and onsets[0] == onset
+        assert np.diff(pitches).tolist() == intervals
+
+
+def test_lossless_on_all_pop909_dev_files(pop909_dir):
+    parsed = []
+    for i, path in enumerate(sorted(pop909_dir.glob("*/**/*.mid"))):
+        parsed.append(parse_midi(path.read_bytes(), piece_id=f"{i:05d}", path=str(path)))
+    notes = grammar.notes_from_tables(parsed)
+    assert notes["n"] > 1_000_000
+    g, seq, term = grammar.track_parse(notes, None, learn=True)
+    tempo = [(i, t) for i, p in enumerate(parsed) for t in zip(p["tempo_changes"].column("time_ticks").to_pylist(),
+                                                                  p["tempo_changes"].column("us_per_beat").to_pylist())]
+    pieces = {"piece_ids": [f"{i:05d}" for i in range(len(parsed))],
+              "ticks_per_beat": np.array([int(p["pieces"]["ticks_per_beat"]) for p in parsed]),
+              "tempo_piece": np.array([t[0] for t in tempo]), "tempo_ticks": np.array([t[1][0] for t in tempo]),
+              "tempo_us": np.array([t[1][1] for t in tempo])}
+    streams = grammar_codec.encode(notes, seq, g, pieces)
+    back = grammar_codec.decode(streams)
+    for name in ("track_index", "note_index", "onset_ticks", "duration_ticks", "pitch", "velocity", "channel"):
+        assert np.array_equal(back[name], notes[name].astype(np.int64)), name
+    assert np.array_equal(back["tempo_us"], pieces["tempo_us"])
+
+
+def test_compression_report_is_lossless_and_beats_xz(small_pop909_db):
+    from query.grammar_stats import compression_report
+
+    r = compression_report(small_pop909_db)
+    assert r["lossless"] and r["mismatched_notes"] == 0
+    assert r["total_bytes"] == r["grammar_bytes"] + r["sequences_bytes"] + r["residuals_bytes"]
+    with reading(small_pop909_db) as con:
+        paths = [p for (p,) in con.execute("SELECT path FROM pieces").fetchall()]
+    xz = sum(len(lzma.compress(open(p, "rb").read(), preset=9)) for p in paths)
+    assert r["xz9_per_file_bytes"] == xz
+    assert r["total_bytes"] < xz
+
+
+def test_varints_roundtrip():
+    x = np.array([0, -1, 1, 63, -64, 64, 2**40, -(2**40), 127, -128])
+    assert np.array_equal(grammar_codec.varint_decode(grammar_codec.varint_encode(x), len(x)), x)
+
+
+def test_compression_without_grammar_says_what_to_do(small_pop909_db, tmp_path):
+    from atlas_db.errors import BadInputError
+    from query.grammar_stats import compression_report
+
+    db = tmp_path / "db"
+    shutil.copytree(small_pop909_db, db)
+    con = connect(db, read_only=False)
+    con.execute("DELETE FROM grammar_sequences WHERE track_index = 1")
+    con.close()
+    with pytest.raises(BadInputError, match="reindex --grammar"):
+        compression_report(db, xz=False)
