@@ -161,16 +161,36 @@ def parse_progression(text: str, *, exact: bool = False) -> tuple[str, list[Quer
 _QIX = {q: i for i, q in enumerate(QUALITIES)}
 
 
-def _load_chords(con) -> dict[str, np.ndarray]:
+def _first_step_filter(kind: str, query: list[QueryChord]) -> tuple[str, list]:
+    """SQL condition on ``chord_transitions`` that every match's first step satisfies:
+    it lets the search read only the chords of pieces that can match."""
+    a, b = query[0], query[1]
+    if kind == "symbols":
+        ivs = [(b.root_pc - a.root_pc) % 12]
+    else:
+        ivs = sorted({(b.degree[m] - a.degree[m]) % 12 for m in a.degree})
+    cond = ("root_interval IN (SELECT unnest(?)) AND from_quality IN (SELECT unnest(?)) "
+            "AND to_quality IN (SELECT unnest(?))")
+    return cond, [ivs, sorted(a.qualities), sorted(b.qualities)]
+
+
+def _load_chords(con, kind: str, query: list[QueryChord], piece_id: str | None = None) -> dict[str, np.ndarray]:
     have = {r[0] for r in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_name = 'chords'").fetchall()}
-    if "chords" not in have:
-        raise IndexTroubleError("the database has no chords table; open it writable once (atlas ingest) to add it")
+        "SELECT table_name FROM information_schema.tables WHERE table_name IN ('chords', 'chord_transitions')").fetchall()}
+    if have != {"chords", "chord_transitions"}:
+        raise IndexTroubleError("the database has no chords tables; open it writable once (atlas ingest) to add them")
+    cond, params = _first_step_filter(kind, query)
+    only = ""
+    if piece_id is not None:
+        only = " AND piece_id = ?"
+        params.append(piece_id)
     tbl = con.sql(
-        """SELECT c.piece_id, c.chord_index, c.onset_beats, c.onset_s, c.end_beats, c.end_s,
+        f"""WITH cand AS (SELECT DISTINCT piece_id FROM chord_transitions WHERE {cond}{only})
+           SELECT c.piece_id, c.chord_index, c.onset_beats, c.onset_s, c.end_beats, c.end_s,
                   c.label, c.quality, coalesce(c.root_pc, -1) AS root_pc,
                   c.key_tonic_pc, c.key_mode, c.key_name, c.roman
-           FROM chords c WHERE c.quality <> 'N' ORDER BY c.piece_id, c.chord_index""").to_arrow_table()
+           FROM chords c WHERE c.quality <> 'N' AND c.piece_id IN (SELECT piece_id FROM cand)
+           ORDER BY c.piece_id, c.chord_index""", params=params).to_arrow_table()
     return {name: tbl.column(name).to_numpy(zero_copy_only=False) for name in tbl.column_names}
 
 
@@ -220,17 +240,18 @@ def find_progression(db_dir, text: str, *, exact: bool = False, limit: int | Non
     """
     kind, query = parse_progression(text, exact=exact)
     with reading(db_dir) as con:
-        ch = _load_chords(con)
-        paths = dict(con.execute("SELECT piece_id, path FROM pieces").fetchall())
+        pid = None
         if piece is not None:
             from query.export import resolve_piece
 
             pid = resolve_piece(con, piece)
-            keep = ch["piece_id"] == pid
-            ch = {c: v[keep] for c, v in ch.items()}
-    starts = search_chords(ch, kind, query)
-    if limit is not None:
-        starts = starts[:limit]
+        ch = _load_chords(con, kind, query, pid)
+        starts = search_chords(ch, kind, query)
+        if limit is not None:
+            starts = starts[:limit]
+        matched = sorted(set(ch["piece_id"][starts].tolist()))
+        paths = dict(con.execute("SELECT piece_id, path FROM pieces WHERE piece_id IN (SELECT unnest(?))",
+                                 [matched]).fetchall())
     k = len(query)
     ends = starts + k - 1
     labels = ch["label"]
