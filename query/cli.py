@@ -20,7 +20,7 @@ from atlas_db.errors import AtlasError
 __all__ = ["cli", "main", "db_option", "format_option", "echo_table", "progress_bar"]
 
 # Modules that add their commands to the group (each exposes ``register(cli)``).
-COMMAND_MODULES: list[str] = ["query.cli_patterns", "query.cli_harmony", "query.cli_audio"]
+COMMAND_MODULES: list[str] = ["query.cli_patterns", "query.cli_harmony", "query.cli_audio", "query.cli_reindex", "query.cli_grammar"]
 
 
 def db_option(f):
@@ -214,16 +214,28 @@ def export(piece, out, db_dir):
 @cli.command()
 @db_option
 @format_option()
-def stats(db_dir, fmt):
+@click.option("--compression", is_flag=True,
+              help="Rebuild every note from the grammar and report its bytes against the .mid files and xz -9.")
+def stats(db_dir, fmt, compression):
     """Counts per table, disk size and a summary of the corpus.
 
     \b
     Example:
       atlas stats --db ./atlas_data
+      atlas stats --compression --db ./atlas_data
     """
     from query.stats import corpus_summary, table_counts
 
     db = resolve(db_dir)
+    if compression:
+        from query.grammar_stats import compression_report, compression_table
+
+        report = compression_report(db)
+        if fmt == "json":
+            click.echo(json.dumps(report, indent=1))
+        else:
+            echo_table(compression_table(report), fmt)
+        return
     summary = corpus_summary(db)
     counts = table_counts(db)
     if fmt == "json":

@@ -139,3 +139,24 @@ def compression_report(db_dir, *, xz: bool = True) -> dict:
         out["ratio_vs_xz9_per_file"] = per_file / max(total, 1)
         out["ratio_vs_xz9_solid"] = out["xz9_solid_bytes"] / max(total, 1)
     return out
+
+
+def compression_table(report: dict):
+    """The report as rows (what, bytes, note) for ``echo_table``."""
+    rows = [
+        ("grammar (rules)", report["grammar_bytes"], ""),
+        ("encoded sequences", report["sequences_bytes"], ""),
+        ("residuals (timing, velocity, ...)", report["residuals_bytes"], ""),
+        ("total", report["total_bytes"], f"{report['bytes_per_note']:.3f} bytes/note, "
+         f"{'lossless' if report['lossless'] else 'NOT lossless: %d notes differ' % report['mismatched_notes']}"),
+        (".mid files", report["midi_bytes"], f"{report['ratio_vs_midi']:.2f}x larger than total"),
+    ]
+    if "xz9_per_file_bytes" in report:
+        rows.append(("xz -9 of each .mid file", report["xz9_per_file_bytes"],
+                     f"{report['ratio_vs_xz9_per_file']:.2f}x larger than total"))
+        rows.append(("xz -9 of all .mid files concatenated", report["xz9_solid_bytes"],
+                     f"{report['ratio_vs_xz9_solid']:.2f}x larger than total"))
+        if report["xz_files_missing"]:
+            rows.append(("files not found for xz", report["xz_files_missing"], "left out of both xz figures"))
+    return pa.table({"part": [r[0] for r in rows], "bytes": pa.array([r[1] for r in rows], pa.int64()),
+                     "note": [r[2] for r in rows]})

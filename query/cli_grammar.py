@@ -1,0 +1,65 @@
+"""``atlas grammar ...``: look at and export the Re-Pair grammar."""
+
+from __future__ import annotations
+
+import click
+
+from query.cli import db_option, echo_table, format_option, resolve, warn
+
+__all__ = ["register"]
+
+
+def register(cli):
+    @cli.group()
+    def grammar():
+        """The pitch-agnostic Re-Pair grammar: rules, occurrences, transforms.
+
+        \b
+        Example:
+          atlas grammar rules --top 10 --db ./atlas_data
+          atlas grammar export ./grammar_out --format parquet --db ./atlas_data
+        """
+
+    @grammar.command("rules")
+    @db_option
+    @format_option()
+    @click.option("--top", type=click.IntRange(1), default=20, show_default=True, help="How many rules.")
+    @click.option("--min-length", type=click.IntRange(2), default=3, show_default=True,
+                  help="Shortest rule shown, in notes.")
+    def rules_cmd(db_dir, fmt, top, min_length):
+        """The rules shared by the most pieces (then most occurrences).
+
+        \b
+        Example:
+          atlas grammar rules --top 10 --min-length 4 --db ./atlas_data
+        """
+        from query.sql import run_sql
+
+        q = (f"SELECT rule_id, length, depth, n_pieces, count, intervals, rhythm_buckets "
+             f"FROM rules WHERE length >= {int(min_length)} "
+             f"ORDER BY n_pieces DESC, count DESC, rule_id LIMIT {int(top)}")
+        echo_table(run_sql(resolve(db_dir), q), fmt)
+
+    @grammar.command("export")
+    @click.argument("out_dir", type=click.Path(file_okay=False))
+    @db_option
+    @click.option("--format", "fmt", type=click.Choice(["parquet", "json"]), default="parquet", show_default=True,
+                  help="File format.")
+    @click.option("--table", "tables", multiple=True,
+                  type=click.Choice(["rules", "occurrences", "transforms", "grammar_sequences",
+                                     "grammar_choices", "meta_patterns"]),
+                  help="Table to export (repeatable; default: rules, occurrences, transforms).")
+    def export_cmd(out_dir, db_dir, fmt, tables):
+        """Write the grammar tables to OUT_DIR as Parquet (or JSON arrays of objects).
+
+        \b
+        Example:
+          atlas grammar export ./grammar_out --db ./atlas_data
+          atlas grammar export ./grammar_json --format json --table rules --table transforms
+        """
+        from query.grammar_export import export_grammar
+
+        written = export_grammar(resolve(db_dir), out_dir, tables=tables or ("rules", "occurrences", "transforms"),
+                                 fmt=fmt)
+        for t, n, path in written:
+            warn(f"atlas: wrote {path} ({n:,} rows of {t})")

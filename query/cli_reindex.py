@@ -1,0 +1,79 @@
+"""``atlas reindex``: recompute derived data from the stored notes.
+
+``--grammar`` rebuilds the Re-Pair grammar from scratch over every piece (ingestion only
+extends it incrementally); ``--all`` (the default) does that and redoes every other
+derived stage whose code version changed. Other domains add their own flags here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from query.cli import db_option, resolve, run_derived, warn
+
+__all__ = ["register", "reindex_grammar"]
+
+
+def reindex_grammar(db, *, max_rules=None, min_count=None) -> dict:
+    from atlas_db.connection import connect
+    from ingest import grammar
+
+    con = connect(db, read_only=False)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        summary = grammar.rebuild(con, max_rules=max_rules, min_count=min_count)
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except Exception:
+            pass
+        raise
+    finally:
+        con.close()
+    return summary
+
+
+def register(cli):
+    @cli.command()
+    @db_option
+    @click.option("--grammar", "do_grammar", is_flag=True,
+                  help="Rebuild the grammar (rules, occurrences, parses) from scratch over all pieces.")
+    @click.option("--all", "do_all", is_flag=True,
+                  help="Everything: the grammar from scratch and every other derived stage (default).")
+    @click.option("--max-rules", type=click.IntRange(1), default=None,
+                  help="Grammar: most rules to learn (default $ATLAS_GRAMMAR_MAX_RULES or 500000).")
+    @click.option("--min-count", type=click.IntRange(2), default=None,
+                  help="Grammar: a pair becomes a rule only if it occurs this often (default 2).")
+    def reindex(db_dir, do_grammar, do_all, max_rules, min_count):
+        """Recompute derived data from the stored notes.
+
+        Ingestion keeps the grammar up to date incrementally: new pieces are parsed with
+        the existing rules and new rules are learned from them, but older pieces are not
+        re-parsed with the newer rules. `--grammar` rebuilds it from scratch, which is
+        deterministic (the same corpus gives the same rules).
+
+        \b
+        Example:
+          atlas reindex --grammar --db ./atlas_data
+          atlas reindex --all --db ./atlas_data
+        """
+        from ingest.derived import STAGE_MODULES
+
+        db = resolve(db_dir)
+        if not (do_grammar or do_all):
+            do_all = True
+        if do_grammar or do_all:
+            t = time.perf_counter()
+            s = reindex_grammar(db, max_rules=max_rules, min_count=min_count)
+            warn(f"atlas: grammar rebuilt: {s['rules']:,} rules over {s['notes']:,} notes of "
+                 f"{s['pieces']:,} pieces in {time.perf_counter() - t:.1f} s")
+        if do_all:
+            import importlib
+
+            others = [importlib.import_module(m).STAGE for m in STAGE_MODULES if m != "ingest.grammar"]
+            done = run_derived(db, only=others, redo=True)
+            for stage, n in done.items():
+                warn(f"atlas: {stage}: {n:,} pieces brought up to date")
