@@ -13,7 +13,10 @@ per run, and everything else goes on. ``atlas describe`` (re)describes stored pi
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sys
 import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,8 +29,8 @@ __all__ = ["PROMPT_VERSION", "normalise_text", "facts_prompt", "load_llm", "gene
            "describe_if_configured", "description_table", "describe_stored", "configured_model"]
 
 PROMPT_VERSION = "describe-1"
-MAX_TOKENS = 64
-N_CTX = 512
+MAX_TOKENS = 48
+N_CTX = 1024
 
 _TRANSLATE = {
     "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
@@ -51,11 +54,36 @@ def normalise_text(text: str) -> str:
 
 
 def _tidy(text: str) -> str:
-    """Keep whole sentences of the completion (cut at the last full stop, if any)."""
+    """Whole sentences of the completion's first line, each at most once, at most two
+    (a small base model tends to repeat itself)."""
     text = normalise_text(text.split("\n")[0])
-    if "." in text[:-1]:
-        text = text[: text.rfind(".") + 1]
-    return text
+    parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+", text) if p.strip()]
+    whole = [p for p in parts if p[-1] in ".!?"] or parts[:1]
+    out: list[str] = []
+    for p in whole:
+        if p not in out:
+            out.append(p)
+    return " ".join(out[:2])
+
+
+# Two invented entries show the base model the form of the answer (few-shot completion).
+_PREAMBLE = """Music library catalogue. Each entry lists measured facts about a recording, then one plain sentence describing how it sounds.
+
+Title: Night Drive
+Tempo: 124 BPM
+Key: A minor
+Loudness: -9 LUFS
+Length: 215 seconds
+Description: A driving, loud electronic track in A minor with a steady dance beat.
+
+Title: Morning Song
+Tempo: 72 BPM
+Key: F major
+Loudness: -20 LUFS
+Length: 180 seconds
+Description: A slow, quiet piano piece in F major with a gentle, calm mood.
+
+"""
 
 
 def facts_prompt(title: str, values: dict, key_name: str | None, sources: list[str], n_notes: int,
@@ -79,13 +107,30 @@ def facts_prompt(title: str, values: dict, key_name: str | None, sources: list[s
         lines.append(f"{parts_label}: " + ", ".join(normalise_text(x) for x in sources))
     if n_notes:
         lines.append(f"Notes: {n_notes}")
-    return (
-        "Music library catalogue. Each entry lists measured facts about a recording, "
-        "then one or two plain sentences describing how it sounds.\n\n" + "\n".join(lines) + "\nDescription:"
-    )
+    return _PREAMBLE + "\n".join(lines) + "\nDescription:"
 
 
 _LLMS: dict[str, object] = {}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """llama.cpp writes log lines to file descriptor 2 even with verbose=False: send them
+    to /dev/null while it runs (the descriptor is restored afterwards)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def load_llm(path):
@@ -103,7 +148,8 @@ def load_llm(path):
             f"{path}: llama-cpp-python is not installed (pip install 'harmony-atlas[audio]')"
         ) from None
     try:
-        llm = Llama(model_path=str(path), n_ctx=N_CTX, n_threads=1, seed=0, verbose=False)
+        with _quiet():
+            llm = Llama(model_path=str(path), n_ctx=N_CTX, n_threads=1, seed=0, verbose=False)
     except Exception as e:
         raise MissingModelError(f"{path}: cannot load the GGUF model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     _LLMS[key] = llm
@@ -111,8 +157,9 @@ def load_llm(path):
 
 
 def generate(llm, prompt: str) -> str:
-    out = llm.create_completion(prompt, max_tokens=MAX_TOKENS, temperature=0.0, top_k=1,
-                                stop=["\n", "Title:"], seed=0)
+    with _quiet():
+        out = llm.create_completion(prompt, max_tokens=MAX_TOKENS, temperature=0.0, top_k=1,
+                                    repeat_penalty=1.3, stop=["\n", "Title:"], seed=0)
     return _tidy(out["choices"][0]["text"])
 
 
