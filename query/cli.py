@@ -20,7 +20,7 @@ from atlas_db.errors import AtlasError
 __all__ = ["cli", "main", "db_option", "format_option", "echo_table", "progress_bar"]
 
 # Modules that add their commands to the group (each exposes ``register(cli)``).
-COMMAND_MODULES: list[str] = ["query.cli_patterns", "query.cli_harmony", "query.cli_audio", "query.cli_reindex", "query.cli_grammar"]
+COMMAND_MODULES: list[str] = ["query.cli_patterns", "query.cli_harmony", "query.cli_audio", "query.cli_reindex", "query.cli_grammar", "query.cli_tui"]
 
 
 def db_option(f):

@@ -1,0 +1,395 @@
+"""Pilot tests of the TUI against a real database (synthetic MIDI with known notes plus
+POP909 songs): every screen, the flows between them, and an ingest that runs while the
+UI keeps answering."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from atlas_db.connection import reading
+from midi_fixtures import Track, melody, write_midi
+from tui.app import AtlasApp
+from tui.widgets.piano_roll import PianoRoll, braille_roll
+
+SCALE = [60, 62, 64, 65, 67, 69, 71, 72]
+
+
+def _write_synthetic(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    write_midi(folder / "scale_in_c.mid",
+               [Track(melody(SCALE), name="Melody"), Track(melody([48, 43, 48, 43], step_beats=2), name="Bass",
+                                                          channel=1, program=32)],
+               tempo_bpm=100, key="C")
+    write_midi(folder / "motif_in_g.mid",
+               [Track(melody([67, 69, 71, 67, 62, 64, 66, 62, 67, 69, 71, 67]), name="Lead")],
+               tempo_bpm=140, key="G")
+    (folder / "broken.mid").write_bytes(b"MThd this is not a MIDI file")
+
+
+@pytest.fixture(scope="module")
+def tui_db(tmp_path_factory, pop909_dir):
+    """Synthetic pieces + POP909 songs 001-002 (with versions) + one broken file."""
+    from ingest.pipeline import ingest_paths
+
+    root = tmp_path_factory.mktemp("tui")
+    _write_synthetic(root / "synthetic")
+    db = root / "db"
+    s = ingest_paths([str(root / "synthetic"), str(pop909_dir / "001"), str(pop909_dir / "002")], db, workers=1)
+    assert s.failed == 1 and s.added >= 6
+    return db
+
+
+def _sql(db, q):
+    with reading(db) as con:
+        return con.execute(q).fetchall()
+
+
+def run(app, scenario, size=(160, 50)):
+    """Run ``scenario(pilot, messages)`` inside ``app.run_test``; returns the messages."""
+    messages = []
+
+    async def main():
+        async with app.run_test(size=size, message_hook=messages.append) as pilot:
+            await scenario(pilot, messages)
+
+    asyncio.run(main())
+    return messages
+
+
+async def wait_for(pilot, predicate, what, timeout_s=60.0):
+    """Let the app run until ``predicate()`` holds (a guard against hanging, not a
+    timing assertion)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def of_type(messages, name):
+    """Messages of one class, each once (the hook sees a bubbling message at every hop)."""
+    seen, out = set(), []
+    for m in messages:
+        if type(m).__name__ == name and id(m) not in seen:
+            seen.add(id(m))
+            out.append(m)
+    return out
+
+
+def table_rows(dt):
+    return [[str(c) for c in dt.get_row_at(i)] for i in range(dt.row_count)]
+
+
+def make_app(db, tmp_path):
+    return AtlasApp(db, history_path=tmp_path / "history.json")
+
+
+# ---- piano roll (pure function) -------------------------------------------------------
+
+def test_braille_roll_places_notes_by_time_and_pitch():
+    # Two notes: low C for the first half, high C for the second half.
+    codes, cell_track = braille_roll([0.0, 2.0], [2.0, 2.0], [60, 72], [0, 1], width=4, height=4)
+    assert codes.shape == (4, 4)
+    lit = codes > 0
+    # first half (columns 0-1) holds only the low note: lit cells in the bottom half
+    rows_first = np.nonzero(lit[:, :2].any(axis=1))[0]
+    rows_second = np.nonzero(lit[:, 2:].any(axis=1))[0]
+    assert rows_first.min() > rows_second.max()
+    assert set(cell_track[:, :2][lit[:, :2]].tolist()) == {0}
+    assert set(cell_track[:, 2:][lit[:, 2:]].tolist()) == {1}
+    # every dot column of the drawing is covered (the notes fill the whole span)
+    assert lit.any(axis=0).all()
+
+
+def test_braille_roll_empty_and_bad_size():
+    codes, tracks = braille_roll([], [], [], width=3, height=2)
+    assert not codes.any() and (tracks == -1).all()
+    with pytest.raises(ValueError, match="width and height"):
+        braille_roll([0], [1], [60], width=0, height=2)
+
+
+# ---- library --------------------------------------------------------------------------
+
+def test_library_lists_every_piece_with_detail(tui_db, tmp_path):
+    n_pieces = _sql(tui_db, "SELECT count(*) FROM pieces")[0][0]
+    scale_id, scale_tracks = _sql(
+        tui_db, "SELECT piece_id, n_tracks FROM pieces WHERE title = 'scale_in_c'")[0]
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await wait_for(pilot, lambda: of_type(messages, "PiecesLoaded") and of_type(messages, "DetailLoaded")
+                       and of_type(messages, "StatusLoaded"), "library load")
+        screen = app.screen
+        pieces = screen.query_one("#pieces")
+        assert pieces.row_count == n_pieces
+        # sorted by title ascending: POP909 '001' first
+        assert table_rows(pieces)[0][0] == "001"
+        # status bar: database path and counts
+        assert f"{n_pieces:,} pieces" in app.status_text and str(tui_db) in app.status_text
+        # open the synthetic scale: the detail shows its tracks, key signature, tempo
+        screen.query_one("#filter").value = "scale_in"
+        await wait_for(pilot, lambda: pieces.row_count == 1, "filter to one row")
+        await wait_for(pilot, lambda: screen.shown_piece == scale_id and
+                       of_type(messages, "DetailLoaded")[-1].piece_id == scale_id, "scale detail")
+        await pilot.pause(0.1)
+        summary = str(screen.query_one("#summary").render())
+        assert "scale_in_c" in summary and "100.0 bpm" in summary
+        tracks = screen.query_one("#tracks")
+        assert tracks.row_count == scale_tracks
+        names = [r[1] for r in table_rows(tracks)]
+        assert "Melody" in names and "Bass" in names
+        roll = screen.query_one(PianoRoll)
+        assert len(roll.notes[2]) == len(SCALE) + 4
+        assert any(ord(ch) > 0x2800 for ch in str(roll.render()))
+
+    run(make_app(tui_db, tmp_path), scenario)
+
+
+def test_library_sorts_and_filters(tui_db, tmp_path):
+    most = _sql(tui_db, "SELECT title FROM pieces ORDER BY n_notes DESC, piece_id LIMIT 1")[0][0]
+    versions_of_002 = _sql(tui_db, "SELECT count(*) FROM pieces WHERE path ILIKE '%/002/%'")[0][0]
+
+    async def scenario(pilot, messages):
+        await wait_for(pilot, lambda: of_type(messages, "PiecesLoaded"), "library load")
+        screen = pilot.app.screen
+        pieces = screen.query_one("#pieces")
+        # sort by notes, then reverse: the biggest piece comes first
+        screen.order_by = "n_notes"
+        n = len(of_type(messages, "PiecesLoaded"))
+        await pilot.press("r")
+        await wait_for(pilot, lambda: len(of_type(messages, "PiecesLoaded")) > n, "sorted reload")
+        await pilot.pause(0.05)
+        assert screen.descending and table_rows(pieces)[0][0] == most
+        # the filter narrows to one song's versions (typed into the input)
+        await pilot.press("slash")
+        await pilot.press(*"/002/")
+        await wait_for(pilot, lambda: pieces.row_count == versions_of_002, "filtered rows")
+        assert all(r[0].startswith("002") for r in table_rows(pieces))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: pieces.row_count > versions_of_002, "filter cleared")
+
+    run(make_app(tui_db, tmp_path), scenario)
+
+
+# ---- SQL console ----------------------------------------------------------------------
+
+def test_sql_console_results_errors_history_export(tui_db, tmp_path):
+    expected = _sql(tui_db, "SELECT title, n_notes FROM pieces ORDER BY n_notes DESC, title")
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await pilot.press("4")
+        await wait_for(pilot, lambda: app.current_mode == "sql", "sql mode")
+        screen = app.screen
+        editor = screen.query_one("#editor")
+        editor.text = "SELECT title, n_notes FROM pieces ORDER BY n_notes DESC, title"
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: of_type(messages, "QueryFinished"), "query result")
+        results = screen.query_one("#results")
+        await pilot.pause(0.05)
+        assert results.row_count == len(expected)
+        assert table_rows(results)[0] == [expected[0][0], str(expected[0][1])]
+        assert "rows" in str(screen.query_one("#sql-info").render())
+
+        # a bad query: the error appears in place, the editor keeps the text
+        editor.text = "SELECT nonexistent_column FROM pieces"
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: of_type(messages, "QueryFailed"), "query error")
+        err = screen.query_one("#sql-error")
+        assert err.display and "nonexistent_column" in str(err.render())
+        assert editor.text == "SELECT nonexistent_column FROM pieces"
+
+        # read-only by default: a write is refused and says why
+        editor.text = "DELETE FROM pieces"
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: len(of_type(messages, "QueryFailed")) == 2, "write refused")
+        assert "read-only" in of_type(messages, "QueryFailed")[-1].error
+        assert "ctrl+t" in of_type(messages, "QueryFailed")[-1].error
+
+        # history: older queries come back with ctrl+up, and persist to the history file
+        await pilot.press("ctrl+up", "ctrl+up")
+        assert editor.text == "SELECT nonexistent_column FROM pieces"
+        assert len(screen.history) == 3
+
+        # export the last good result: run it again, then CSV and Parquet
+        editor.text = "SELECT title, n_notes FROM pieces ORDER BY n_notes DESC, title"
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: len(of_type(messages, "QueryFinished")) == 2, "second result")
+        for name, how in (("out.csv", "button"), ("out.parquet", "enter")):
+            screen.query_one("#export-path").value = str(tmp_path / name)
+            n = len(of_type(messages, "ExportFinished"))
+            if how == "button":
+                await pilot.click("#export")
+            else:
+                screen.query_one("#export-path").focus()
+                await pilot.press("enter")
+            await wait_for(pilot, lambda: len(of_type(messages, "ExportFinished")) > n, "export")
+            assert of_type(messages, "ExportFinished")[-1].error is None
+        screen.query_one("#export-path").value = str(tmp_path / "out.xlsx")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(of_type(messages, "ExportFinished")) == 3, "bad export")
+        assert ".csv or .parquet" in of_type(messages, "ExportFinished")[-1].error
+
+    run(make_app(tui_db, tmp_path), scenario)
+    with open(tmp_path / "out.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["title", "n_notes"] and [(r[0], int(r[1])) for r in rows[1:]] == expected
+    t = pq.read_table(tmp_path / "out.parquet")
+    assert list(zip(t.column("title").to_pylist(), t.column("n_notes").to_pylist())) == expected
+    import json
+
+    assert json.loads((tmp_path / "history.json").read_text())[-1].startswith("SELECT title, n_notes")
+
+
+def test_sql_console_write_mode_changes_the_library(tui_db, tmp_path):
+    db = tmp_path / "db"
+    shutil.copytree(tui_db, db)
+    n = _sql(db, "SELECT count(*) FROM pieces")[0][0]
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await wait_for(pilot, lambda: of_type(messages, "PiecesLoaded"), "library")
+        await pilot.press("4")
+        await wait_for(pilot, lambda: app.current_mode == "sql", "sql mode")
+        screen = app.screen
+        await pilot.press("ctrl+t")
+        assert screen.write_mode
+        screen.query_one("#editor").text = "UPDATE pieces SET title = 'Renamed by the console' WHERE title = 'scale_in_c'"
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: of_type(messages, "QueryFinished"), "update")
+        await pilot.press("1")  # typed into the editor: digits switch screens only outside text fields
+        assert app.current_mode == "sql"
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: len(of_type(messages, "PiecesLoaded")) >= 2, "library reload")
+        await pilot.pause(0.05)
+        titles = [r[0] for r in table_rows(app.screen.query_one("#pieces"))]
+        assert "Renamed by the console" in titles and len(titles) == n
+
+    run(make_app(db, tmp_path), scenario)
+
+
+# ---- help -----------------------------------------------------------------------------
+
+def test_help_screen_lists_the_bindings(tui_db, tmp_path):
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await pilot.press("f1")
+        await pilot.pause(0.1)
+        from tui.screens.help import HelpScreen, help_markdown
+
+        assert isinstance(app.screen, HelpScreen)
+        text = help_markdown(app)
+        for must in ("ctrl+j", "Library", "Sql", "Ingest", "ctrl+g"):
+            assert must in text
+        await pilot.press("escape")
+        await pilot.pause(0.05)
+        assert not isinstance(app.screen, HelpScreen)
+
+    run(make_app(tui_db, tmp_path), scenario)
+
+
+# ---- ingest ---------------------------------------------------------------------------
+
+def test_ingest_screen_adds_pieces_and_lists_errors(tui_db, tmp_path):
+    db = tmp_path / "db"
+    shutil.copytree(tui_db, db)
+    before = _sql(db, "SELECT count(*) FROM pieces")[0][0]
+    new = tmp_path / "new"
+    write_midi(new / "fresh_tune.mid", [Track(melody([72, 71, 69, 67]), name="Flute", program=73)])
+    (new / "also_broken.mid").write_bytes(b"not midi at all")
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await wait_for(pilot, lambda: of_type(messages, "PiecesLoaded") and of_type(messages, "StatusLoaded"),
+                       "library")
+        await pilot.press("5")
+        await wait_for(pilot, lambda: app.current_mode == "ingest", "ingest mode")
+        screen = app.screen
+        await wait_for(pilot, lambda: of_type(messages, "ErrorsLoaded"), "errors table")
+        assert screen.query_one("#errors").row_count == 1  # the fixture's broken.mid
+        screen.add_path(tmp_path / "does_not_exist")
+        assert "no such file" in str(screen.query_one("#ingest-status").render())
+        screen.query_one("#path").value = str(new)
+        screen.query_one("#path").focus()
+        await pilot.press("enter")
+        assert screen.queue == [str(new.resolve())]
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: of_type(messages, "Finished"), "ingest finished")
+        fin = of_type(messages, "Finished")[-1]
+        assert fin.outcome == "done" and fin.summary["added"] == 1 and fin.summary["failed"] == 1
+        assert [m.path for m in of_type(messages, "FileFailed")] == [str((new / "also_broken.mid").resolve())]
+        await wait_for(pilot, lambda: len(of_type(messages, "ErrorsLoaded")) >= 2, "errors reloaded")
+        await pilot.pause(0.05)
+        assert screen.query_one("#errors").row_count == 2
+        # the library and the status bar know the new piece without a restart
+        await wait_for(pilot, lambda: f"{before + 1:,} pieces" in app.status_text, "status count")
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: any(r[0] == "fresh_tune" for r in table_rows(app.screen.query_one("#pieces"))),
+                       "new piece in the library")
+
+    run(make_app(db, tmp_path), scenario)
+    assert _sql(db, "SELECT count(*) FROM pieces")[0][0] == before + 1
+
+
+def test_ingest_in_progress_does_not_block_the_ui(tui_db, tmp_path, pop909_dir):
+    db = tmp_path / "db"
+    shutil.copytree(tui_db, db)
+    songs = sorted(p for p in pop909_dir.iterdir() if p.is_dir())[2:12]
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await wait_for(pilot, lambda: of_type(messages, "PiecesLoaded"), "library")
+        await pilot.press("5")
+        await wait_for(pilot, lambda: app.current_mode == "ingest", "ingest mode")
+        screen = app.screen
+        for s in songs:
+            screen.add_path(s)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: of_type(messages, "Progress"), "first progress")
+        worker = next(w for w in screen.workers if w.group == "ingest")
+        # While the ingest runs: switch screens, type, open help, run a query.
+        await pilot.press("1")
+        assert app.current_mode == "library"
+        await pilot.press("slash", *"001")
+        assert app.screen.query_one("#filter").value == "001"
+        await pilot.press("f1")
+        await pilot.press("escape")
+        await pilot.press("f5")
+        assert app.current_mode == "sql"
+        assert worker.is_running and not of_type(messages, "Finished"), "the ingest ended too soon to test"
+        await wait_for(pilot, lambda: of_type(messages, "Finished"), "ingest finished", timeout_s=300)
+        assert of_type(messages, "Finished")[-1].outcome == "done"
+
+    run(make_app(db, tmp_path), scenario)
+    assert _sql(db, "SELECT count(DISTINCT split_part(path, '/', -2)) FROM pieces WHERE path LIKE '%pop909%'")
+
+
+def test_ingest_cancel_keeps_the_database_usable(tui_db, tmp_path, pop909_dir):
+    db = tmp_path / "db"
+    shutil.copytree(tui_db, db)
+    songs = sorted(p for p in pop909_dir.iterdir() if p.is_dir())[20:60]
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await pilot.press("5")
+        await wait_for(pilot, lambda: app.current_mode == "ingest", "ingest mode")
+        screen = app.screen
+        for s in songs:
+            screen.add_path(s)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: of_type(messages, "Progress"), "first progress")
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: of_type(messages, "Finished"), "ingest ended")
+        assert of_type(messages, "Finished")[-1].outcome == "cancelled"
+
+    run(make_app(db, tmp_path), scenario)
+    # whatever was committed is consistent: every piece has its notes
+    assert _sql(db, "SELECT count(*) FROM pieces p WHERE n_notes <> (SELECT count(*) FROM notes n "
+                    "WHERE n.piece_id = p.piece_id)")[0][0] == 0

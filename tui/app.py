@@ -1,0 +1,145 @@
+"""The Harmony Atlas TUI: one app, one screen per mode (Library, Covers, Patterns, SQL,
+Ingest), a help screen, and a status bar with the database path and counts.
+
+All database work runs in Textual thread workers and comes back as messages, so the UI
+never waits on DuckDB; heavy modules (query/*, ingest/*) are imported inside the workers
+so the app starts fast.
+
+Example
+-------
+>>> AtlasApp("atlas_data").run()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from textual import on, work
+from textual.app import App
+from textual.binding import Binding
+from textual.message import Message
+from textual.reactive import reactive
+
+from tui.db import DB_LOCK
+
+__all__ = ["AtlasApp", "available_modes"]
+
+# (mode, screen class path, the query module it needs or None, key)
+_MODES = [
+    ("library", "tui.screens.library:LibraryScreen", None, "1"),
+    ("covers", "tui.screens.covers:CoversScreen", "query.covers", "2"),
+    ("patterns", "tui.screens.patterns:PatternsScreen", "query.pattern_search", "3"),
+    ("sql", "tui.screens.sql:SqlScreen", None, "4"),
+    ("ingest", "tui.screens.ingest:IngestScreen", None, "5"),
+]
+
+
+def _load(path: str):
+    mod, name = path.split(":")
+    return getattr(importlib.import_module(mod), name)
+
+
+def available_modes() -> list[tuple[str, str, str]]:
+    """The modes this installation can show: (name, screen path, key). A screen whose
+    query module or screen module is absent is left out rather than shown empty."""
+    out = []
+    for name, screen, needs, key in _MODES:
+        try:
+            if needs:
+                importlib.import_module(needs)
+            _load(screen)
+        except ImportError:
+            continue
+        out.append((name, screen, key))
+    return out
+
+
+class AtlasApp(App):
+    """``AtlasApp(db_dir)``: browse, search and grow the database in ``db_dir``."""
+
+    TITLE = "Harmony Atlas"
+    CSS = """
+    Screen { layers: base overlay; }
+    """
+
+    #: the status line every screen shows (see tui.widgets.status_bar)
+    status_text = reactive("")
+    #: bumped whenever the database content changes (ingest, a write in the SQL console)
+    data_version = reactive(0)
+    #: a piece another screen asked the library to show
+    focus_piece = reactive(None)
+
+    class StatusLoaded(Message):
+        def __init__(self, counts: dict | None, error: str | None = None) -> None:
+            super().__init__()
+            self.counts, self.error = counts, error
+
+    def __init__(self, db_dir, *, history_path=None) -> None:
+        self.db_dir = Path(db_dir)
+        self.history_path = Path(history_path) if history_path else self.db_dir / "tui_sql_history.json"
+        self.mode_table = available_modes()
+        self.MODES = {name: _load(screen) for name, screen, _ in self.mode_table}
+        super().__init__()
+        for name, _, key in self.mode_table:
+            self.bind(f"{key},f{int(key) + 1}", f"switch_mode('{name}')", description=name.capitalize())
+        self.bind("question_mark,f1", "help", description="Help")
+        self.bind("ctrl+r", "refresh_status", description="Refresh", show=False)
+        self.sub_title = str(self.db_dir)
+
+    def on_mount(self) -> None:
+        self.status_text = f"{self.db_dir} · loading counts…"
+        self.refresh_status()
+        self.switch_mode("library")
+
+    # ---- status bar ------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="status")
+    def refresh_status(self) -> None:
+        from query.stats import corpus_summary
+
+        try:
+            with DB_LOCK.read():
+                s = corpus_summary(self.db_dir)
+        except Exception as e:  # noqa: BLE001
+            self.post_message(self.StatusLoaded(None, f"{type(e).__name__}: {e}" if not _is_atlas(e) else str(e)))
+            return
+        self.post_message(self.StatusLoaded(s))
+
+    @on(StatusLoaded)
+    def _status_loaded(self, msg: StatusLoaded) -> None:
+        if msg.counts is None:
+            self.status_text = f"{self.db_dir} · [red]{msg.error}[/red]"
+            return
+        s = msg.counts
+        self.counts = s
+        self.status_text = (
+            f"{s['database']} · {s['pieces']:,} pieces · {s['tracks_with_notes']:,} tracks · "
+            f"{s['notes']:,} notes · {s['hours']:.1f} h · {s['ingest_errors']:,} ingest errors"
+        )
+
+    def action_refresh_status(self) -> None:
+        self.refresh_status()
+
+    # ---- cross-screen ----------------------------------------------------------------
+    def data_changed(self) -> None:
+        """The database content changed: refresh counts and every screen that lists it."""
+        self.data_version += 1
+        self.refresh_status()
+
+    def open_piece(self, piece_id: str) -> None:
+        """Show ``piece_id`` in the library (from covers, patterns, ...)."""
+        self.switch_mode("library")
+        self.focus_piece = None
+        self.focus_piece = piece_id
+
+    def action_help(self) -> None:
+        from tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+
+def _is_atlas(e: Exception) -> bool:
+    from atlas_db.errors import AtlasError
+
+    return isinstance(e, AtlasError)

@@ -1,0 +1,1 @@
+"""Screens of the Harmony Atlas TUI, one module (and one .tcss) each."""

@@ -1,0 +1,43 @@
+"""What every screen of the app shares: a title line, the status bar and the footer."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widgets import Footer, Header
+
+from tui.widgets.status_bar import StatusBar
+
+__all__ = ["AtlasScreen", "fmt_cell"]
+
+
+class AtlasScreen(Screen):
+    """A top-level screen (one per app mode). Subclasses implement ``compose_body``."""
+
+    #: one line for the help screen
+    HELP = ""
+
+    def compose(self) -> ComposeResult:
+        yield Header(icon="♫")
+        yield from self.compose_body()
+        yield StatusBar(id="status")
+        yield Footer()
+
+    def compose_body(self) -> ComposeResult:  # pragma: no cover - overridden
+        return iter(())
+
+
+def fmt_cell(v, name: str = "") -> str:
+    """A value as the tables show it: durations as m:ss, floats short, NULL empty."""
+    if v is None:
+        return ""
+    if name == "duration_s" and isinstance(v, (int, float)):
+        m, s = divmod(int(round(v)), 60)
+        return f"{m}:{s:02d}"
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        return f"{v:.1f}" if name.endswith("_bpm") else f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(fmt_cell(x) for x in v) + "]"
+    return str(v)

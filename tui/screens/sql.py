@@ -1,0 +1,227 @@
+"""SQL console: an editor with history, results in a table, read-only unless switched,
+errors shown in place, results saved as CSV or Parquet."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pyarrow as pa
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Button, DataTable, Input, Label, OptionList, Static, Switch, TextArea
+
+from tui.db import DB_LOCK
+from tui.screens.base import AtlasScreen, fmt_cell
+
+__all__ = ["SqlScreen", "MAX_ROWS_SHOWN"]
+
+MAX_ROWS_SHOWN = 2_000  # the table shows this many; export writes every row
+MAX_HISTORY = 200
+
+
+class SqlScreen(AtlasScreen):
+    CSS_PATH = "sql.tcss"
+    HELP = ("DuckDB SQL over every table and view. Read-only unless the write switch is on; "
+            "history is kept per database.")
+    BINDINGS = [
+        ("ctrl+j,ctrl+enter,f8", "run", "Run"),
+        ("ctrl+up", "history(-1)", "Older"),
+        ("ctrl+down", "history(1)", "Newer"),
+        ("ctrl+t", "toggle_write", "Write on/off"),
+        ("ctrl+o", "focus_export", "Export"),
+    ]
+
+    class QueryFinished(Message):
+        def __init__(self, sql: str, table: pa.Table, seconds: float, write: bool) -> None:
+            super().__init__()
+            self.sql, self.table, self.seconds, self.write = sql, table, seconds, write
+
+    class QueryFailed(Message):
+        def __init__(self, sql: str, error: str) -> None:
+            super().__init__()
+            self.sql, self.error = sql, error
+
+    class ExportFinished(Message):
+        def __init__(self, path: str, rows: int, error: str | None = None) -> None:
+            super().__init__()
+            self.path, self.rows, self.error = path, rows, error
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.result: pa.Table | None = None
+        self.history: list[str] = []
+        self._history_pos: int | None = None
+
+    def compose_body(self) -> ComposeResult:
+        with Vertical(id="sql"):
+            with Horizontal(id="sql-top"):
+                yield TextArea("SELECT title, n_notes, duration_s FROM pieces ORDER BY n_notes DESC LIMIT 20",
+                               id="editor", show_line_numbers=True, tab_behavior="indent")
+                with Vertical(id="side"):
+                    with Horizontal(id="mode-row"):
+                        yield Switch(value=False, id="write")
+                        yield Label("read-only", id="mode-label")
+                    yield Button("Run (ctrl+j)", id="run", variant="primary")
+                    yield Label("History", classes="section")
+                    yield OptionList(id="history")
+            yield Static("", id="sql-error")
+            yield Static("ctrl+j or F5 runs the query", id="sql-info")
+            yield DataTable(id="results", zebra_stripes=True)
+            with Horizontal(id="export-row"):
+                yield Input(placeholder="save results as: results.csv or results.parquet", id="export-path")
+                yield Button("Export", id="export")
+
+    def on_mount(self) -> None:
+        self.query_one("#sql-error", Static).display = False
+        self._load_history()
+        self.query_one("#editor", TextArea).focus()
+
+    # ---- history (a JSON list beside the database; best effort) ----------------------
+    def _load_history(self) -> None:
+        try:
+            self.history = [q for q in json.loads(self.app.history_path.read_text()) if isinstance(q, str)]
+        except (OSError, ValueError):
+            self.history = []
+        self._show_history()
+
+    def _remember(self, sql: str) -> None:
+        if self.history and self.history[-1] == sql:
+            return
+        self.history = (self.history + [sql])[-MAX_HISTORY:]
+        self._show_history()
+        try:
+            self.app.history_path.write_text(json.dumps(self.history, indent=0))
+        except OSError:
+            pass  # a read-only folder: history lasts for this session only
+
+    def _show_history(self) -> None:
+        ol = self.query_one("#history", OptionList)
+        ol.clear_options()
+        ol.add_options([" ".join(q.split())[:80] for q in reversed(self.history)])
+
+    @on(OptionList.OptionSelected, "#history")
+    def _history_selected(self, event: OptionList.OptionSelected) -> None:
+        sql = self.history[len(self.history) - 1 - event.option_index]
+        editor = self.query_one("#editor", TextArea)
+        editor.text = sql
+        editor.focus()
+
+    def action_history(self, step: int) -> None:
+        if not self.history:
+            return
+        pos = len(self.history) if self._history_pos is None else self._history_pos
+        pos = max(0, min(len(self.history) - 1, pos + step))
+        self._history_pos = pos
+        self.query_one("#editor", TextArea).text = self.history[pos]
+
+    # ---- running ---------------------------------------------------------------------
+    @property
+    def write_mode(self) -> bool:
+        return self.query_one("#write", Switch).value
+
+    def action_toggle_write(self) -> None:
+        sw = self.query_one("#write", Switch)
+        sw.value = not sw.value
+
+    @on(Switch.Changed, "#write")
+    def _write_changed(self, event: Switch.Changed) -> None:
+        label = self.query_one("#mode-label", Label)
+        label.update("[b red]WRITE[/b red]" if event.value else "read-only")
+
+    @on(Button.Pressed, "#run")
+    def action_run(self) -> None:
+        sql = self.query_one("#editor", TextArea).text
+        if not sql.strip():
+            self._show_error("empty query: type a SQL statement, e.g. SELECT count(*) FROM pieces")
+            return
+        self._history_pos = None
+        self._remember(sql)
+        self.query_one("#sql-info", Static).update("running…")
+        self.query_one("#results").loading = True
+        self.run_query(sql, self.write_mode)
+
+    @work(thread=True, exclusive=True, group="sql")
+    def run_query(self, sql: str, write: bool) -> None:
+        from query.sql import run_sql
+
+        t0 = time.perf_counter()
+        try:
+            with (DB_LOCK.write() if write else DB_LOCK.read()):
+                table = run_sql(self.app.db_dir, sql, write=write)
+        except Exception as e:  # noqa: BLE001 - every failure is shown in place
+            from atlas_db.errors import AtlasError
+
+            text = str(e) if isinstance(e, AtlasError) else f"{type(e).__name__}: {e}"
+            text = text.replace("pass --write to modify it", "switch write mode on (ctrl+t) to modify it")
+            self.post_message(self.QueryFailed(sql, text))
+            return
+        self.post_message(self.QueryFinished(sql, table, time.perf_counter() - t0, write))
+
+    def _show_error(self, text: str) -> None:
+        err = self.query_one("#sql-error", Static)
+        err.update(f"[b]error:[/b] {text}")
+        err.display = True
+
+    @on(QueryFailed)
+    def _failed(self, msg: QueryFailed) -> None:
+        self.query_one("#results").loading = False
+        self._show_error(msg.error)
+        self.query_one("#sql-info", Static).update("the query failed; the editor keeps it for fixing")
+
+    @on(QueryFinished)
+    def _finished(self, msg: QueryFinished) -> None:
+        self.query_one("#sql-error", Static).display = False
+        dt = self.query_one("#results", DataTable)
+        dt.loading = False
+        self.result = msg.table
+        t = msg.table
+        dt.clear(columns=True)
+        for name in t.column_names:
+            dt.add_column(name, key=name)
+        shown = t.slice(0, MAX_ROWS_SHOWN)
+        for row in shown.to_pylist():
+            dt.add_row(*(fmt_cell(v) for v in row.values()))
+        note = f" (showing the first {MAX_ROWS_SHOWN:,}; export saves all)" if t.num_rows > MAX_ROWS_SHOWN else ""
+        self.query_one("#sql-info", Static).update(
+            f"{t.num_rows:,} rows × {t.num_columns} columns in {msg.seconds:.3f} s{note}")
+        if msg.write:
+            self.app.data_changed()
+
+    # ---- export ----------------------------------------------------------------------
+    def action_focus_export(self) -> None:
+        self.query_one("#export-path", Input).focus()
+
+    @on(Button.Pressed, "#export")
+    @on(Input.Submitted, "#export-path")
+    def _export(self) -> None:
+        path = self.query_one("#export-path", Input).value.strip()
+        if self.result is None:
+            self._show_error("nothing to export yet: run a query first")
+            return
+        if not path:
+            self._show_error("type a file name ending in .csv or .parquet to export to")
+            return
+        self.export_result(self.result, path)
+
+    @work(thread=True, exclusive=True, group="sql-export")
+    def export_result(self, table: pa.Table, path: str) -> None:
+        from query.library import save_table
+
+        try:
+            out = save_table(table, path)
+        except Exception as e:  # noqa: BLE001
+            self.post_message(self.ExportFinished(path, 0, str(e)))
+            return
+        self.post_message(self.ExportFinished(str(out), table.num_rows))
+
+    @on(ExportFinished)
+    def _exported(self, msg: ExportFinished) -> None:
+        if msg.error:
+            self._show_error(msg.error)
+            return
+        self.query_one("#sql-error", Static).display = False
+        self.query_one("#sql-info", Static).update(f"saved {msg.rows:,} rows to {msg.path}")
+        self.notify(f"saved {msg.rows:,} rows to {msg.path}")
