@@ -6,8 +6,9 @@ of ``(onset_beats, pitch)`` notes (onset in beats from the start of the piece).
 
 Method
 ------
-1. The piece's streams (``query.pattern_search.build_streams``: every track, each track's
-   top line, the skyline over all tracks) are read as sequences of symbols
+1. The piece's streams (``query.pattern_search.build_streams``: each track's line -- its
+   top line where the track plays chords, since chord tones in onset order are no
+   melody -- and the skyline over all tracks) are read as sequences of symbols
    ``(pitch interval, inter-onset interval)`` -- transposition-invariant, rhythm-aware.
    Themes in any voice, and themes that pass between voices (through the skyline), are
    sequences here.
@@ -19,9 +20,14 @@ Method
    scaled by a constant factor (augmentation), are added with the verifier of
    ``atlas pattern`` (``match_in_pool``); occurrences that share notes are reduced to a
    non-overlapping set.
-4. Score = description length saved, in notes: ``(k - 1) * m - k - v`` for ``k``
-   occurrences of an ``m``-note pattern of which ``v`` are varied (the pattern is
-   written once, each occurrence costs one reference, each changed note one more).
+4. Score = description length saved, in bits: ``(k - 1) * C - (k + 1) * log2(N) - v * 8`` for
+   ``k`` occurrences, ``C`` the pattern's content (the sum of ``-log2 p(symbol)`` over
+   its symbols, ``p`` the symbol's frequency in the piece's streams), ``N`` the number of
+   symbols (the cost of a reference: one per occurrence and one for the pattern's own
+   dictionary entry) and ``v`` the varied occurrences
+   (8 bits each to say which note changed and how). A pattern written once replaces its
+   other ``k - 1`` statements; repeats of common symbols (a chord repeated, a scale step)
+   save little, which keeps accompaniment figures below themes.
    Patterns are taken best first; one whose notes are mostly (``MAX_COVERED``) notes of
    patterns already taken is dropped as a duplicate.
 """
@@ -47,12 +53,13 @@ N_REFINE = 300  # repeats refined with varied occurrences
 MAX_COVERED = 0.6  # drop a pattern when this share of its notes is already explained
 MIN_NOTES_VARIED = 8  # varied occurrences are looked for only for patterns this long
 RHYTHM_FACTORS = (0.5, 1.0, 2.0)  # augmentation/diminution accepted for varied occurrences
+VARIATION_BITS = 8.0  # cost of saying how an occurrence differs (which note, what change)
 
 
 @dataclass
 class DiscoveredPattern:
     """One repeated pattern: ``occurrences`` is a list of occurrences, each a list of
-    ``[onset_beats, pitch]``; ``saving`` is the description length it saves (notes)."""
+    ``[onset_beats, pitch]``; ``saving`` is the description length it saves (bits)."""
 
     pattern_id: str
     n_notes: int
@@ -83,10 +90,9 @@ def _note_ids(pool: Pool) -> np.ndarray:
     return (pool.track_index.astype(np.int64) << 32) | pool.note_index.astype(np.int64)
 
 
-def _maximal_repeats(pool: Pool, min_notes: int) -> list[tuple[int, np.ndarray]]:
+def _maximal_repeats(pool: Pool, min_notes: int, sym: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """``(length_in_intervals, flat starts)`` of maximal repeats with >= 2 distinct
-    occurrences (distinct = not the same notes)."""
-    sym = _symbols(pool)
+    occurrences (distinct = not the same notes); sym: :func:`_symbols` of the pool."""
     n = len(sym)
     if n == 0:
         return []
@@ -161,7 +167,7 @@ def _non_overlapping(pool: Pool, starts, m, varied):
 
 
 def discover_notes(notes, *, top: int = 10, min_notes: int = 5, variations: bool = True,
-                   piece_id: str = "0" * 16, stream_kinds=("track", "track_top", "skyline")
+                   piece_id: str = "0" * 16, stream_kinds=("track", "skyline")
                    ) -> list[DiscoveredPattern]:
     """Repeated patterns of one piece's notes (Arrow ``notes`` table or dict of arrays:
     ``track_index, note_index, onset_ticks, onset_beats, duration_beats, onset_s, pitch,
@@ -170,7 +176,8 @@ def discover_notes(notes, *, top: int = 10, min_notes: int = 5, variations: bool
 
     variations: also count occurrences with one note changed and/or the rhythm doubled or
     halved (patterns of ``MIN_NOTES_VARIED`` notes or more).
-    stream_kinds: which streams to read (all three by default; the benchmark compares).
+    stream_kinds: ``"track"`` (each track's line: its top line where it plays chords) and/or
+    ``"skyline"``; both by default (the benchmark compares).
 
     >>> [p.n_notes for p in discover_notes(notes_of_a_piece)]  # doctest: +SKIP
     [16, 8, ...]
@@ -182,19 +189,37 @@ def discover_notes(notes, *, top: int = 10, min_notes: int = 5, variations: bool
     if not isinstance(notes, dict):
         notes = {c: notes.column(c).to_numpy(zero_copy_only=False) for c in NOTE_COLUMNS}
     streams = build_streams(piece_id, notes, stage_version="discover")
-    if set(stream_kinds) != {"track", "track_top", "skyline"}:
-        # a stored-only-when-different stream stands in for the one it equals
-        kinds = streams.column("stream").to_pylist()
-        keep = [k in stream_kinds for k in kinds]
-        if "skyline" in stream_kinds and "skyline" not in kinds:
-            keep = [True] * len(kinds)
-        streams = streams.filter(pa.array(keep))
+    kinds = streams.column("stream").to_pylist()
+    tracks = streams.column("stream_track").to_pylist()
+    onsets = streams.column("onset_ticks").to_pylist()
+    chordal = {t for k, t, o in zip(kinds, tracks, onsets) if k == "track" and len(set(o)) < len(o)}
+    # a track's line is its top line where it plays chords (chord tones in onset order are
+    # not a melody), else all its notes; the skyline stands for the lone track of a
+    # one-track piece
+    line = [(k == "track_top" and t in chordal) or (k == "track" and t not in chordal)
+            for k, t in zip(kinds, tracks)]
+    sky = [k == "skyline" for k in kinds] if "skyline" in kinds else line
+    keep = [("track" in stream_kinds and a) or ("skyline" in stream_kinds and b) for a, b in zip(line, sky)]
+    streams = streams.filter(pa.array(keep, pa.bool_()))
     pool = pool_from_streams(streams)
-    repeats = _maximal_repeats(pool, min_notes)
+    sym = _symbols(pool)
+    repeats = _maximal_repeats(pool, min_notes, sym)
     if not repeats:
         return []
+    # information content of each symbol in this piece (bits), and of a reference
+    real = sym[sym >= 0]
+    uniq, cnt = np.unique(real, return_counts=True)
+    bits = np.zeros(len(sym))
+    pos = np.searchsorted(uniq, np.where(sym >= 0, sym, uniq[0]))
+    bits[sym >= 0] = -np.log2(cnt[pos[sym >= 0]] / len(real))
+    cum = np.concatenate([[0.0], np.cumsum(bits)])
+    ref_bits = np.log2(max(len(real), 2))
+
+    def content(s, L):
+        return cum[s + L] - cum[s]
+
     # rough score first (distinct occurrences, overlaps not yet removed)
-    repeats.sort(key=lambda r: -((len(r[1]) - 1) * (r[0] + 1) - len(r[1])))
+    repeats.sort(key=lambda r: -((len(r[1]) - 1) * content(int(r[1][0]), r[0]) - len(r[1]) * ref_bits))
     cands = []
     ids = _note_ids(pool)
     for L, members in repeats[:N_REFINE]:
@@ -221,9 +246,11 @@ def discover_notes(notes, *, top: int = 10, min_notes: int = 5, variations: bool
         if k < 2:
             continue
         n_var = sum(varied[j] for j in keep)
-        saving = (k - 1) * m - k - n_var
+        # a pattern written once replaces k - 1 statements; it costs k references plus its
+        # own dictionary entry (one more), and each varied occurrence what changed
+        saving = (k - 1) * content(int(members[0]), L) - (k + 1) * ref_bits - n_var * VARIATION_BITS
         notes_all = frozenset().union(*(sets[j] for j in keep))
-        cands.append((saving, m, [starts[j] for j in keep], n_var, notes_all))
+        cands.append((round(float(saving), 3), m, [starts[j] for j in keep], n_var, notes_all))
     cands.sort(key=lambda c: (-c[0], -c[1], pool.onset_beats[c[2][0]]))
     chosen: list[DiscoveredPattern] = []
     explained: set = set()

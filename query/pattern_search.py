@@ -454,7 +454,8 @@ def match_in_pool(pool: Pool, motif: Motif, starts: np.ndarray | None = None, *,
     N = len(pool)
     if starts is None:
         starts = np.arange(max(N - m + 1, 0), dtype=np.int64)
-    starts = np.unique(np.asarray(starts, dtype=np.int64))
+    else:
+        starts = np.unique(np.asarray(starts, dtype=np.int64))
     r = None if (rhythm is None or motif.ioi_beats is None) else np.asarray(motif.ioi_beats, np.float64)
     outs = {"start": [], "mismatch": [], "rhythm_factor": [], "transposition": []}
     ar = np.arange(m)
@@ -635,7 +636,7 @@ def _index_state(con) -> tuple[int, int]:
 
 
 def search(db_dir, motif: Motif, *, transforms=("P",), approximate: bool = False, rhythm: str | None = None,
-           piece_ids=None, con=None, stats: dict | None = None) -> pa.Table:
+           piece_ids=None, con=None, stats: dict | None = None, method: str = "auto") -> pa.Table:
     """Every occurrence of ``motif`` (and of its requested transforms) in the database.
 
     Returns a table with :data:`RESULT_SCHEMA` columns: ``piece_id, path, track_index,
@@ -646,13 +647,15 @@ def search(db_dir, motif: Motif, *, transforms=("P",), approximate: bool = False
     ``rhythm_factor`` and ``n_notes``.
 
     stats: optional dict filled with ``candidates`` and ``method`` ('index' or 'scan').
+    method: ``"auto"`` (the n-gram index where the query is long enough) or ``"scan"``
+    (verify every stream position; the benchmark's comparison).
     Raises IndexTroubleError when pieces are stored but none has been indexed.
     """
     _check_options(motif, transforms, approximate, rhythm)
     if con is None:
         with reading(db_dir) as c:
             return search(db_dir, motif, transforms=transforms, approximate=approximate, rhythm=rhythm,
-                          piece_ids=piece_ids, con=c, stats=stats)
+                          piece_ids=piece_ids, con=c, stats=stats, method=method)
     n_pieces, n_done = _index_state(con)
     if n_pieces and not n_done:
         raise IndexTroubleError(
@@ -668,7 +671,9 @@ def search(db_dir, motif: Motif, *, transforms=("P",), approximate: bool = False
     if piece_ids is not None:
         piece_filter = " AND piece_id IN (SELECT unnest(?))"
         params_extra = [list(piece_ids)]
-    use_index = (m >= NGRAM + 1 and not approximate) or (approximate and m >= 2 * (NGRAM + 1))
+    if method not in ("auto", "scan"):
+        raise BadInputError(f"method={method!r}: expected 'auto' or 'scan'")
+    use_index = method == "auto" and ((m >= NGRAM + 1 and not approximate) or (approximate and m >= 2 * (NGRAM + 1)))
     if not use_index:
         stats["method"] = "scan"
         streams = _arrow(con,
