@@ -264,6 +264,8 @@ def beats_to_seconds(beats, *, tempo=None, ticks_per_beat=None, note_beats=None,
 # --------------------------------------------------------------------------- features
 
 PHASE_WEIGHTING = "duration"
+MAX_HOLD_BEATS = 64.0  # notes end at most this long after the last onset
+MAX_FRAMES = 200_000  # beyond this many frames, frames get longer (see beat_chroma)
 
 
 def _grid_phase(onsets, frame_beats, weights=None, bins=48):
@@ -302,7 +304,9 @@ def beat_chroma(notes, *, tracks=None, frame_beats: float = 1.0, phase_beats: fl
     dict with ``chroma`` np.ndarray [shape=(n_frames, 12)] (beats of sounding per pitch
     class, bass emphasis included), ``bass`` np.ndarray [shape=(n_frames,)] (lowest MIDI
     pitch sounding for at least a quarter of the frame, -1 if silent),
-    ``frame_onset_beats`` [shape=(n_frames + 1,)] (frame boundaries) and the note arrays.
+    ``frame_onset_beats`` [shape=(n_frames + 1,)] (frame boundaries), ``frame_beats``
+    (the frame length used: longer than asked only past ``MAX_FRAMES`` frames) and the
+    note arrays (ends cut at ``MAX_HOLD_BEATS`` after the last onset).
     """
     on, end, pitch, on_s, end_s = _note_arrays(notes, tracks)
     if frame_beats <= 0 or not np.isfinite(frame_beats):
@@ -316,9 +320,18 @@ def beat_chroma(notes, *, tracks=None, frame_beats: float = 1.0, phase_beats: fl
     if len(on) == 0:
         edges = np.array([0.0])
         return {"chroma": np.zeros((0, 12)), "bass": np.zeros(0, np.int64), "frame_onset_beats": edges,
+                "frame_beats": frame_beats,
                 "onset_beats": on, "end_beats": end, "pitch": pitch, "onset_s": on_s, "end_s": end_s}
+    # A note held far beyond the last onset (a stuck note in a broken file) would make
+    # thousands of frames of one sound; cut it.
+    end = np.minimum(end, on.max() + MAX_HOLD_BEATS)
     start = phase + frame_beats * np.floor((on.min() - phase) / frame_beats)
     n_frames = max(1, int(np.ceil((end.max() - start) / frame_beats - 1e-9)))
+    if n_frames > MAX_FRAMES:
+        # Bound the memory of the Viterbi pass: longer frames for absurdly long pieces.
+        frame_beats *= int(np.ceil(n_frames / MAX_FRAMES))
+        start = phase + frame_beats * np.floor((on.min() - phase) / frame_beats)
+        n_frames = max(1, int(np.ceil((end.max() - start) / frame_beats - 1e-9)))
     edges = start + frame_beats * np.arange(n_frames + 1)
     f0 = np.floor((on - start) / frame_beats).astype(np.int64)
     f1 = np.maximum(np.ceil((end - start) / frame_beats - 1e-9).astype(np.int64) - 1, f0)
@@ -345,7 +358,7 @@ def beat_chroma(notes, *, tracks=None, frame_beats: float = 1.0, phase_beats: fl
     total = chroma.sum(axis=1)
     has = bass >= 0
     chroma[np.flatnonzero(has), bass[has] % 12] += bass_weight * total[has]
-    return {"chroma": chroma, "bass": bass, "frame_onset_beats": edges,
+    return {"chroma": chroma, "bass": bass, "frame_onset_beats": edges, "frame_beats": frame_beats,
             "onset_beats": on, "end_beats": end, "pitch": pitch, "onset_s": on_s, "end_s": end_s}
 
 
@@ -373,7 +386,7 @@ def _viterbi(emis, switch_cost):
     free and changing state costs ``switch_cost[t]`` at frame t."""
     n_t, n_s = emis.shape
     delta = emis[0].copy()
-    back = np.empty((n_t, n_s), np.int64)
+    back = np.empty((n_t, n_s), np.int16)  # < 32768 states; 4x less memory than int64
     for s in range(n_s):
         back[0, s] = s
     for t in range(1, n_t):
@@ -622,7 +635,8 @@ def analyze_notes(notes, *, tracks=None, tempo=None, ticks_per_beat=None, piece_
     prof = np.bincount(feats["pitch"] % 12, weights=np.maximum(feats["end_beats"] - feats["onset_beats"], 1e-3),
                        minlength=12)
     gk = _key_dict(_key_correlations(prof, key_profile)[0])
-    key_path = local_keys(chroma, profile=key_profile, window_frames=max(2, int(round(key_window_beats / frame_beats))),
+    key_path = local_keys(chroma, profile=key_profile,
+                          window_frames=max(2, int(round(key_window_beats / feats["frame_beats"]))),
                           change_cost=key_change_cost, sharpness=sharpness)
     ks, kl = _runs(key_path)
     kidx = key_path[ks]

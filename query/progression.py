@@ -186,11 +186,13 @@ def _load_chords(con, kind: str, query: list[QueryChord], piece_id: str | None =
         params.append(piece_id)
     tbl = con.sql(
         f"""WITH cand AS (SELECT DISTINCT piece_id FROM chord_transitions WHERE {cond}{only})
-           SELECT c.piece_id, c.chord_index, c.onset_beats, c.onset_s, c.end_beats, c.end_s,
-                  c.label, c.quality, coalesce(c.root_pc, -1) AS root_pc,
-                  c.key_tonic_pc, c.key_mode, c.key_name, c.roman
+           SELECT c.piece_id, dense_rank() OVER (ORDER BY c.piece_id) AS piece_no,
+                  c.chord_index, c.onset_beats, c.onset_s, c.end_beats, c.end_s,
+                  c.label, c.quality, coalesce(list_position(?, c.quality) - 1, -1) AS quality_ix,
+                  coalesce(c.root_pc, -1) AS root_pc,
+                  c.key_tonic_pc, c.key_mode = 'minor' AS is_minor, c.key_name, c.roman
            FROM chords c WHERE c.quality <> 'N' AND c.piece_id IN (SELECT piece_id FROM cand)
-           ORDER BY c.piece_id, c.chord_index""", params=params).to_arrow_table()
+           ORDER BY c.piece_id, c.chord_index""", params=params + [list(QUALITIES)]).to_arrow_table()
     return {name: tbl.column(name).to_numpy(zero_copy_only=False) for name in tbl.column_names}
 
 
@@ -198,20 +200,21 @@ def search_chords(ch: dict[str, np.ndarray], kind: str, query: list[QueryChord])
     """Start rows (into the arrays ``ch``, one entry per non-'N' chord ordered by piece
     and chord_index) where the query matches. Pure NumPy; the chords must be
     consecutive segments of one piece (an 'N' between them breaks a match)."""
-    n, k = len(ch["quality"]), len(query)
+    n, k = len(ch["root_pc"]), len(query)
     if n < k:
         return np.zeros(0, np.int64)
     m = n - k + 1
-    qix = np.array([_QIX.get(q, -1) for q in ch["quality"]], np.int64) if ch["quality"].dtype == object \
-        else ch["quality"]
+    # Integer columns when the caller has them (quality_ix, piece_no, is_minor: what
+    # _load_chords reads), else derived here from the text columns.
+    qix = ch["quality_ix"] if "quality_ix" in ch else np.array([_QIX.get(q, -1) for q in ch["quality"]], np.int64)
+    pid = ch["piece_no"] if "piece_no" in ch else np.unique(ch["piece_id"], return_inverse=True)[1]
     root = ch["root_pc"].astype(np.int64)
-    pid = ch["piece_id"]
     cix = ch["chord_index"].astype(np.int64)
     ok = np.ones(m, bool)
     for j in range(1, k):
         ok &= pid[j:m + j] == pid[:m]
         ok &= cix[j:m + j] == cix[:m] + j
-    minor = ch["key_mode"][:m] == "minor"
+    minor = ch["is_minor"][:m] if "is_minor" in ch else ch["key_mode"][:m] == "minor"
     tonic = ch["key_tonic_pc"][:m].astype(np.int64)
     for j, qc in enumerate(query):
         accept = np.zeros(len(QUALITIES), bool)

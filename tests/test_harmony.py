@@ -144,6 +144,20 @@ def test_silence_is_no_chord_and_drums_are_ignored():
     assert ch.column("onset_beats").to_pylist() == pytest.approx([0, 4, 8])
 
 
+def test_stuck_note_and_huge_span_stay_bounded():
+    notes = block_chords([("C", "maj"), ("G", "maj")])
+    table = {"onset_beats": [n[1] for n in notes] + [0.0], "duration_beats": [n[2] for n in notes] + [1e7],
+             "pitch": [n[0] for n in notes] + [84]}
+    ch = chords_from_notes(table)
+    assert ch.column("end_beats").to_pylist()[-1] == pytest.approx(7 + 64)  # last onset (beat 7) + MAX_HOLD_BEATS
+    assert labels(ch)[:2] == ["C:maj", "G:maj"]
+    # two notes 10 million beats apart: frames get longer instead of memory exploding
+    far = {"onset_beats": [0.0, 1e7], "duration_beats": [1.0, 1.0], "pitch": [60, 67]}
+    f = beat_chroma(far)
+    assert len(f["chroma"]) <= 200_000 and f["frame_beats"] > 1
+    assert analyze_notes(far)["chords"].num_rows >= 2
+
+
 def test_bad_input_is_reported():
     with pytest.raises(BadInputError, match="no pitched notes"):
         key_from_notes({"onset_beats": [], "duration_beats": [], "pitch": []})
