@@ -30,6 +30,7 @@ __all__ = [
     "quantize_chroma",
     "dequantize_chroma",
     "features_from_notes",
+    "lead_mask",
 ]
 
 # Notes longer than this many beats count only this long in the chroma (held pedal
@@ -128,7 +129,9 @@ def _skyline_keep(onset, offset, pitch):
 
 def skyline(onset_beats, duration_beats, pitch) -> tuple[np.ndarray, np.ndarray]:
     """The highest voice: at each onset the highest note, unless a higher earlier note
-    is still sounding (with a quarter-beat of tolerance at its end).
+    is still sounding (with a quarter-beat of tolerance at its end); then notes more
+    than ``REGISTER_DROP`` semitones under the median of their 16 neighbours are dropped
+    (accompaniment heard through the melody's rests).
 
     Returns
     -------
@@ -145,7 +148,23 @@ def skyline(onset_beats, duration_beats, pitch) -> tuple[np.ndarray, np.ndarray]
     order = np.lexsort((-p, q))
     keep = _skyline_keep(q[order], off[order], p[order])
     sel = order[keep]
+    sel = sel[_in_register(p[sel])]
     return p[sel].astype(np.int16), on[sel].astype(np.float32)
+
+
+# A skyline note more than this far below the median of its neighbours is accompaniment
+# showing through a rest of the melody, not melody.
+REGISTER_DROP = 8
+REGISTER_NEIGHBOURS = 8
+
+
+def _in_register(p: np.ndarray) -> np.ndarray:
+    if p.size <= 2 * REGISTER_NEIGHBOURS:
+        return np.ones(p.size, bool)
+    w = REGISTER_NEIGHBOURS
+    padded = np.pad(p.astype(np.float64), w, mode="edge")
+    med = np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1), axis=1)
+    return p >= med - REGISTER_DROP
 
 
 def melody_intervals(pitches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -237,15 +256,51 @@ def embedding(chroma: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     return out
 
 
-def features_from_notes(onset_beats, duration_beats, pitch) -> dict:
+def lead_mask(track_index, onset_beats, pitch, *, min_notes: int = 16, mono: float = 0.8) -> np.ndarray:
+    """Notes of the lead track, when a piece has one.
+
+    The lead is the most monophonic track (share of its notes that start alone, at least
+    ``mono``), more notes breaking near-ties: a sung melody is strictly one note at a
+    time, a countermelody nearly so, a piano part far from it. When every track is alike
+    (one track, or no monophonic one, or all monophonic with none clearly leading) the
+    whole piece is kept and the lead line is its skyline.
+    """
+    trk = np.asarray(track_index)
+    keep = np.ones(trk.size, bool)
+    if trk.size == 0:
+        return keep
+    tracks, inv = np.unique(trk, return_inverse=True)
+    if tracks.size < 2:
+        return keep
+    q = np.round(np.asarray(onset_beats, np.float64) * 32).astype(np.int64)
+    n = np.bincount(inv, minlength=tracks.size)
+    distinct = np.zeros(tracks.size)
+    pairs = np.unique(np.stack([inv, q]), axis=1)
+    np.add.at(distinct, pairs[0], 1)
+    ratio = distinct / np.maximum(n, 1)
+    ok = (ratio >= mono) & (n >= min_notes)
+    if not ok.any() or ok[n >= min_notes].all() and (n >= min_notes).sum() > 1 and ratio.min() >= 0.98:
+        return keep
+    score = np.where(ok, np.round(ratio, 2) + 0.05 * n / n.max(), -1.0)
+    return inv == int(np.argmax(score))
+
+
+def features_from_notes(onset_beats, duration_beats, pitch, track_index=None) -> dict:
     """All features of one set of notes (drums already removed).
+
+    ``track_index`` (optional, one per note) lets the melody come from the lead tracks
+    (see :func:`lead_mask`); without it the melody is the skyline of all notes.
 
     Returns a dict with ``beat_chroma`` (n_beats, 12) float32, ``melody_pitch`` int16,
     ``melody_onset_beats`` float32, ``intervals`` int8, ``interval_index`` int64 and
     ``vector`` (EMBED_DIM,) float32.
     """
-    chroma = beat_chroma(onset_beats, duration_beats, pitch)
-    mp, mo = skyline(onset_beats, duration_beats, pitch)
+    on = np.asarray(onset_beats, np.float64)
+    dur = np.asarray(duration_beats, np.float64)
+    pitch = np.asarray(pitch)
+    chroma = beat_chroma(on, dur, pitch)
+    m = lead_mask(track_index, on, pitch) if track_index is not None else np.ones(on.size, bool)
+    mp, mo = skyline(on[m], dur[m], pitch[m])
     iv, ivi = melody_intervals(mp)
     return {
         "beat_chroma": chroma,

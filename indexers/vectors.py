@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 STAGE = "vectors"
-VERSION = "vectors-1"
+VERSION = "vectors-4"
 BATCH_PIECES = 200
 # Tracks with fewer notes get no track vector (a vector of three notes says nothing).
 MIN_TRACK_NOTES = 8
@@ -111,7 +111,7 @@ def compute(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
     else:
         starts = ends = np.zeros(0, np.int64)
     for a, b in zip(starts, ends):
-        f = features_from_notes(on[a:b], dur[a:b], pitch[a:b])
+        f = features_from_notes(on[a:b], dur[a:b], pitch[a:b], trk[a:b])
         rows["piece_id"].append(pid[a])
         rows["n_beats"].append(f["beat_chroma"].shape[0])
         rows["beat_chroma"].append(quantize_chroma(f["beat_chroma"]).ravel())

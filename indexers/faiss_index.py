@@ -1,0 +1,109 @@
+"""A FAISS inner-product index over the piece vectors (the LanceDB ``piece_vectors`` table).
+
+faiss-gpu is used when the installed faiss has GPU support and a GPU is visible;
+otherwise faiss-cpu. The index is exact (``IndexFlatIP``): at 100k pieces x 186 float32
+dimensions it holds ~75 MB and answers in milliseconds, so an approximate index would
+only cost recall. The file ``<db>/faiss/piece_vectors.faiss`` (+ ``.ids.npy``) is a
+cache: it is rebuilt from Lance by ``atlas reindex --vectors`` and ignored when its row
+count no longer matches Lance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from atlas_db.errors import IndexTroubleError
+
+__all__ = ["build_index", "gpu_available", "search", "index_path", "save_index", "load_index",
+           "vectors_from_lance", "build_from_lance"]
+
+
+def gpu_available() -> bool:
+    import faiss
+
+    get = getattr(faiss, "get_num_gpus", None)
+    return bool(get and get() > 0 and hasattr(faiss, "index_cpu_to_all_gpus"))
+
+
+def build_index(vectors: np.ndarray, *, use_gpu: bool | None = None):
+    """An exact inner-product index over ``vectors`` [shape=(n, d), float32]."""
+    import faiss
+
+    # one query at a time: OpenMP threads only add wake-up latency (and spin on a busy CPU)
+    faiss.omp_set_num_threads(1)
+    x = np.ascontiguousarray(vectors, np.float32)
+    if x.ndim != 2 or not np.isfinite(x).all():
+        raise IndexTroubleError("piece vectors are malformed (not a finite 2-D array); run `atlas reindex --vectors`")
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    if use_gpu is None:
+        use_gpu = gpu_available()
+    if use_gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) of the k best rows per query [shape=(q, k)]; rows -1 where fewer exist."""
+    q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
+    k = max(1, min(int(k), index.ntotal))
+    return index.search(q, k)
+
+
+def index_path(db_dir) -> Path:
+    return Path(db_dir) / "faiss" / "piece_vectors.faiss"
+
+
+def vectors_from_lance(db_dir) -> tuple[np.ndarray, np.ndarray]:
+    """(piece ids, vectors) from the Lance ``piece_vectors`` table."""
+    from indexers.vectors import PIECE_TABLE, open_lance
+
+    ldb = open_lance(db_dir)
+    if PIECE_TABLE not in ldb.table_names(limit=1000):
+        raise IndexTroubleError(f"{db_dir}: no vector index yet; run `atlas reindex --vectors --db {db_dir}`")
+    t = ldb.open_table(PIECE_TABLE).to_arrow().sort_by("piece_id")
+    ids = np.asarray(t.column("piece_id").to_pylist(), dtype=object)
+    vec = t.column("vector").combine_chunks()
+    x = vec.values.to_numpy(zero_copy_only=False).reshape(len(ids), -1).astype(np.float32)
+    return ids, x
+
+
+def save_index(index, ids: np.ndarray, db_dir) -> Path:
+    import faiss
+
+    path = index_path(db_dir)
+    path.parent.mkdir(exist_ok=True)
+    if gpu_available() and hasattr(faiss, "index_gpu_to_cpu"):
+        try:
+            index = faiss.index_gpu_to_cpu(index)
+        except Exception:  # already a CPU index
+            pass
+    faiss.write_index(index, str(path))
+    np.save(path.with_suffix(".ids.npy"), np.asarray(ids, dtype=str))
+    return path
+
+
+def load_index(db_dir, expected_rows: int):
+    """The saved index and its ids, or None when absent or out of date."""
+    import faiss
+
+    path = index_path(db_dir)
+    ids_path = path.with_suffix(".ids.npy")
+    if not path.exists() or not ids_path.exists():
+        return None
+    ids = np.load(ids_path).astype(object)
+    if len(ids) != expected_rows:
+        return None
+    index = faiss.read_index(str(path))
+    if gpu_available():
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index, ids
+
+
+def build_from_lance(db_dir) -> tuple[Path, int]:
+    """Build the FAISS file from the Lance vectors; returns (path, rows)."""
+    ids, x = vectors_from_lance(db_dir)
+    index = build_index(x)
+    return save_index(index, ids, db_dir), len(ids)

@@ -1,0 +1,541 @@
+"""Cover (version) lookup: which pieces are versions of this one?
+
+Two stages:
+
+1. **Candidates** from the vector index: the query's global embedding (see
+   ``indexers.features``) is searched three times in FAISS -- whole vector, melody blocks
+   only, harmony blocks only -- so a query that kept only the harmony (accompaniment) or
+   only the melody (re-harmonisation) still finds its song; the union is re-ranked.
+2. **Re-rank by local alignment** (Smith-Waterman, numba):
+   - melody: the skyline's pitch-class intervals (key-invariant; tempo-invariant because
+     it is a sequence of notes, not of time frames);
+   - harmony: beat-synchronous chroma pooled to 2-beat frames, the query transposed by
+     the best global-chroma shifts (all 12 for short queries) and read at three time
+     scales (query frames of 1, 2 and 4 beats, i.e. the query notated at half, the same or
+     double the reference's beat rate).
+   Each score is divided by the query's length, so it reads as "how much of the query
+   was found"; the final score is the better of the two plus a quarter of the other.
+
+Each answer carries its explanation: the transposition (semitones from the query up to
+the match), the time scale (query beats per matched beat) and the aligned region in both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from atlas_db.errors import BadInputError, IndexTroubleError
+from indexers.align import sw_chroma, sw_chroma_score, sw_symbols, sw_symbols_score
+from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma, dequantize_chroma,
+                               features_from_notes, melody_intervals)
+
+__all__ = ["CoverIndex", "QueryFeatures", "query_from_notes", "query_from_file", "covers",
+           "load_index", "RESULT_SCHEMA", "ALIGN"]
+
+# Re-rank parameters (see docs/covers.md).
+ALIGN = dict(
+    mel_match=1.0, mel_mismatch=0.7, mel_gap=0.6, mel_merge=0.3,  # melody interval Smith-Waterman
+    chroma_threshold=0.6, chroma_silent=0.3, chroma_gap=0.5,  # chroma Smith-Waterman
+    frame_beats=2,  # reference chroma frame, beats
+    scales=(0.5, 1.0, 2.0),  # query beats per reference beat tried
+    max_query_intervals=128, max_query_frames=48,  # longer queries: their middle part
+    scale_probe=8,  # candidates on which the query's time scale is chosen
+    n_shifts=2, short_query_frames=16,  # transpositions tried (all 12 below short_query_frames)
+    candidates=40,  # per retrieval vector (whole / melody / harmony)
+    weak_weight=0.25,
+)
+
+RESULT_SCHEMA = pa.schema([
+    ("query", pa.string()),
+    ("rank", pa.int32()),
+    ("piece_id", pa.string()),
+    ("path", pa.string()),
+    ("score", pa.float32()),
+    ("transposition", pa.int16()),  # semitones from the query up to the match, -5..6
+    ("time_scale", pa.float32()),  # query beats per beat of the match (2.0 = query in double time)
+    ("query_start_beats", pa.float32()),
+    ("query_end_beats", pa.float32()),
+    ("match_start_beats", pa.float32()),
+    ("match_end_beats", pa.float32()),
+    ("melody_score", pa.float32()),  # fraction of the query's melody aligned (0..1)
+    ("harmony_score", pa.float32()),  # the same for its harmony
+    ("matched_by", pa.string()),  # 'melody' | 'harmony': which alignment gave the score
+])
+
+
+def _pool(chroma: np.ndarray, n: int) -> np.ndarray:
+    """Sum groups of n frames; unit-normalise each frame (silent stays 0)."""
+    if chroma.shape[0] == 0:
+        return np.zeros((0, 12), np.float32)
+    m = -(-chroma.shape[0] // n)
+    x = np.zeros((m * n, 12), np.float32)
+    x[: chroma.shape[0]] = chroma
+    x = x.reshape(m, n, 12).sum(axis=1)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norm, out=x, where=norm > 0)
+    return x
+
+
+def _middle(n: int, cap: int) -> tuple[int, int]:
+    if n <= cap:
+        return 0, n
+    a = (n - cap) // 2
+    return a, a + cap
+
+
+def _block_mask(names) -> np.ndarray:
+    from indexers.features import EMBED_DIM
+
+    m = np.zeros(EMBED_DIM, np.float32)
+    for name in names:
+        a, b = BLOCKS[name]
+        m[a:b] = 1
+    return m
+
+
+@dataclass
+class QueryFeatures:
+    """What a query needs for both stages (computed from notes, or read from the index)."""
+
+    label: str
+    piece_id: str | None  # set when the query is itself a piece in the database
+    vector: np.ndarray
+    chroma_beats: np.ndarray  # (n_beats, 12) float, frame max = 1
+    melody_pitch: np.ndarray
+    melody_onset_beats: np.ndarray
+    intervals: np.ndarray = field(init=False)
+    interval_index: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        self.intervals, self.interval_index = melody_intervals(self.melody_pitch)
+
+
+def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index=None, *,
+                     piece_id=None) -> QueryFeatures:
+    """Query features from note arrays (beats = quarter notes, drums already removed;
+    ``track_index`` optional, one per note)."""
+    pitch = np.asarray(pitch)
+    if pitch.size == 0:
+        raise BadInputError(f"{label}: the query has no pitched notes (empty, silent or drums only)")
+    f = features_from_notes(onset_beats, duration_beats, pitch, track_index)
+    if not np.any(f["beat_chroma"]):
+        raise BadInputError(f"{label}: the query has no sounding notes")
+    return QueryFeatures(label, piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"])
+
+
+def query_from_file(path) -> QueryFeatures:
+    """Parse a MIDI file (not necessarily in the database) into query features."""
+    from atlas_db.errors import IngestError
+    from ingest.midi_parse import parse_midi
+
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise BadInputError(f"{path}: cannot read the query file ({e.strerror or e})") from e
+    pid = hashlib.sha256(data).hexdigest()[:16]
+    try:
+        tables = parse_midi(data, piece_id=pid, path=str(path))
+    except IngestError as e:
+        raise BadInputError(f"{path}: not a usable query ({e.reason})") from e
+    notes = tables["notes"]
+    ch = notes.column("channel").to_numpy()
+    keep = ch != 9
+    return query_from_notes(
+        str(path),
+        notes.column("onset_beats").to_numpy()[keep],
+        notes.column("duration_beats").to_numpy()[keep],
+        notes.column("pitch").to_numpy()[keep],
+        notes.column("track_index").to_numpy()[keep],
+        piece_id=pid,
+    )
+
+
+class CoverIndex:
+    """Everything the two stages need, in memory: vectors in FAISS, and the sequences
+    (melody intervals, 2-beat chroma) of every piece back to back."""
+
+    def __init__(self, ids, paths, vectors, chroma_q, n_beats, melody_pitch, melody_onset, n_melody,
+                 faiss_index=None):
+        from indexers.faiss_index import build_index
+
+        self.ids = np.asarray(ids, dtype=object)
+        self.paths = np.asarray(paths, dtype=object)
+        self.row_of = {pid: i for i, pid in enumerate(self.ids)}
+        self.vectors = np.ascontiguousarray(vectors, np.float32)
+        self.index = faiss_index if faiss_index is not None else build_index(self.vectors)
+        fb = ALIGN["frame_beats"]
+        n_beats = np.asarray(n_beats, np.int64)
+        beat_off = np.concatenate([[0], np.cumsum(n_beats)])
+        self.chroma_q = np.asarray(chroma_q, np.int8).reshape(-1, 12)
+        self.beat_off = beat_off
+        chroma = self.chroma_q.astype(np.float32) / 127.0
+        # pool each piece's beats to frames of fb beats
+        n_fr = -(-n_beats // fb)
+        self.fr_off = np.concatenate([[0], np.cumsum(n_fr)]).astype(np.int64)
+        frames = np.zeros((int(self.fr_off[-1]), 12), np.float32)
+        piece_of_beat = np.repeat(np.arange(len(n_beats)), n_beats)
+        local = np.arange(int(beat_off[-1])) - beat_off[piece_of_beat]
+        np.add.at(frames, self.fr_off[piece_of_beat] + local // fb, chroma)
+        norm = np.linalg.norm(frames, axis=1, keepdims=True)
+        np.divide(frames, norm, out=frames, where=norm > 0)
+        self.frames = frames
+        glob = np.add.reduceat(chroma, beat_off[:-1].clip(max=max(len(chroma) - 1, 0)), axis=0) if len(chroma) else \
+            np.zeros((len(n_beats), 12), np.float32)
+        glob[n_beats == 0] = 0
+        gn = np.linalg.norm(glob, axis=1, keepdims=True)
+        np.divide(glob, gn, out=glob, where=gn > 0)
+        self.global_chroma = glob.astype(np.float32)
+        # melody: pitches, onsets and pitch-class intervals back to back
+        n_melody = np.asarray(n_melody, np.int64)
+        self.mel_off = np.concatenate([[0], np.cumsum(n_melody)]).astype(np.int64)
+        self.mel_pitch = np.asarray(melody_pitch, np.int16)
+        self.mel_onset = np.asarray(melody_onset, np.float32)
+        ivs, idxs, offs = [], [], [0]
+        for i in range(len(n_melody)):
+            iv, ix = melody_intervals(self.mel_pitch[self.mel_off[i]:self.mel_off[i + 1]])
+            ivs.append(iv)
+            idxs.append(ix)
+            offs.append(offs[-1] + iv.size)
+        self.iv = np.concatenate(ivs).astype(np.int8) if ivs else np.zeros(0, np.int8)
+        self.iv_index = np.concatenate(idxs).astype(np.int64) if idxs else np.zeros(0, np.int64)
+        self.iv_off = np.asarray(offs, np.int64)
+        self.grams = _gram_index(self.iv, self.iv_off)
+        self.mask_melody = _block_mask(MELODY_BLOCKS)
+        self.mask_harmony = _block_mask(HARMONY_BLOCKS)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def nbytes(self) -> int:
+        arrays = [self.grams.matrix.data, self.grams.matrix.indices, self.grams.matrix.indptr, self.vectors, self.frames, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset, self.iv,
+                  self.iv_index, self.iv_off, self.fr_off, self.mel_off]
+        return int(sum(a.nbytes for a in arrays)) + self.vectors.nbytes  # + the FAISS copy
+
+    # -- stage 1 -------------------------------------------------------------------
+    def candidates(self, q: QueryFeatures, n: int | None = None) -> np.ndarray:
+        """Rows of candidate pieces: the union of three dense vector searches (whole
+        vector, melody blocks, harmony blocks) and one sparse one (TF-IDF of the melody's
+        interval 3- and 4-grams, which finds a short excerpt inside a long piece), best
+        first, the query itself left out."""
+        from indexers.faiss_index import search
+
+        n = n or ALIGN["candidates"]
+        v = q.vector
+        qv = np.stack([v, v * self.mask_melody, v * self.mask_harmony])
+        scores, rows = search(self.index, qv, n + 1)
+        g = self.grams.search(q.intervals, n + 1)
+        if g.size:
+            rows = np.concatenate([rows, np.pad(g, (0, rows.shape[1] - g.size), constant_values=-1)[None]])
+        # interleave the lists by rank so that each contributes its best first
+        order = rows.T.ravel()
+        order = order[order >= 0]
+        _, first = np.unique(order, return_index=True)
+        rows = order[np.sort(first)]
+        if q.piece_id is not None and q.piece_id in self.row_of:
+            rows = rows[rows != self.row_of[q.piece_id]]
+        return rows.astype(np.int64)
+
+    # -- stage 2 -------------------------------------------------------------------
+    def _query_frames(self, q: QueryFeatures, scale: float):
+        fb = ALIGN["frame_beats"]
+        qf = _pool_beats(q.chroma_beats, fb * scale)
+        fa, fz = _middle(qf.shape[0], ALIGN["max_query_frames"])
+        qf = qf[fa:fz]
+        nq = int((qf.sum(axis=1) > 0).sum())
+        qs = np.ascontiguousarray(np.stack([np.roll(qf, t, axis=1) for t in range(12)]), np.float32)
+        return qs, nq, fa
+
+    def _shifts(self, q: QueryFeatures, rows: np.ndarray, n_frames: int) -> np.ndarray:
+        """Transpositions to try per candidate: all 12 for short queries, else the best
+        few of the global chroma correlation (optimal transposition index)."""
+        if n_frames <= ALIGN["short_query_frames"]:
+            return np.tile(np.arange(12, dtype=np.int64), (rows.size, 1))
+        qglob = q.chroma_beats.sum(axis=0)
+        qglob = qglob / max(float(np.linalg.norm(qglob)), 1e-9)
+        rolled = np.stack([np.roll(qglob, t) for t in range(12)])
+        corr = self.global_chroma[rows] @ rolled.T  # [c, t] = <query up t, candidate>
+        return np.ascontiguousarray(np.argsort(-corr, axis=1)[:, : ALIGN["n_shifts"]], np.int64)
+
+    def _harmony(self, q, rows, scale):
+        A = ALIGN
+        qs, nq, fa = self._query_frames(q, scale)
+        if nq < 2 or rows.size == 0:
+            return np.zeros(rows.size, np.float32), np.zeros(rows.size, np.int32)
+        frefs, foffs = _gather_rows(self.frames, self.fr_off, rows)
+        hs, hsh = sw_chroma_score(qs, self._shifts(q, rows, qs.shape[1]), frefs, foffs,
+                                  A["chroma_threshold"], A["chroma_silent"], A["chroma_gap"])
+        return hs / ((1.0 - A["chroma_threshold"]) * nq), hsh
+
+    def rerank(self, q: QueryFeatures, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Alignment scores of the candidate rows (see the module docstring)."""
+        A = ALIGN
+        rows = np.asarray(rows, np.int64)
+        k = rows.size
+        a, b = _middle(q.intervals.size, A["max_query_intervals"])
+        qiv = np.ascontiguousarray(q.intervals[a:b])
+        if qiv.size >= 2 and k:
+            refs, offs = _gather(self.iv, self.iv_off, rows)
+            mel = sw_symbols_score(qiv, refs, offs, A["mel_match"], A["mel_mismatch"], A["mel_gap"],
+                                   A["mel_merge"])
+            mel = mel / (A["mel_match"] * qiv.size)
+        else:
+            mel = np.zeros(k, np.float32)
+        # the query's time scale is a property of the query: choose it on a few of the
+        # best candidates, then align every candidate at that scale only
+        probe = rows[: A["scale_probe"]]
+        best_scale, best = 1.0, -1.0
+        for scale in A["scales"]:
+            hs, _ = self._harmony(q, probe, scale)
+            top = float(hs.max()) if hs.size else 0.0
+            if top > best + 1e-6:
+                best_scale, best = scale, top
+        harm, hshift = self._harmony(q, rows, best_scale)
+        harm = np.maximum(harm, 0).astype(np.float32)
+        best_of = np.maximum(mel, harm)
+        score = best_of + A["weak_weight"] * np.minimum(mel, harm)
+        return {"rows": rows, "mel": mel.astype(np.float32), "harm": harm, "hshift": hshift,
+                "scale": best_scale, "score": score.astype(np.float32), "by_melody": mel >= harm,
+                "mel_window": (a, b)}
+
+    def search(self, q: QueryFeatures, top: int = 10) -> pa.Table:
+        """The ``top`` best versions of the query, explained (see ``RESULT_SCHEMA``)."""
+        rows = self.candidates(q)
+        r = self.rerank(q, rows)
+        order = np.argsort(-r["score"], kind="stable")[:top]
+        return self._explain(q, r, order)
+
+    def _explain(self, q: QueryFeatures, r, order) -> pa.Table:
+        A = ALIGN
+        cols = {f.name: [] for f in RESULT_SCHEMA}
+        rows = r["rows"][order]
+        # aligned regions, for the shown answers only (the tracking kernels are slower)
+        a, b = r["mel_window"]
+        qiv = np.ascontiguousarray(q.intervals[a:b])
+        if qiv.size >= 2 and rows.size:
+            refs, offs = _gather(self.iv, self.iv_off, rows)
+            _, mreg = sw_symbols(qiv, refs, offs, A["mel_match"], A["mel_mismatch"], A["mel_gap"],
+                                   A["mel_merge"])
+            mreg = mreg.copy()
+            mreg[:, :2] += a
+        else:
+            mreg = np.zeros((rows.size, 4), np.int32)
+        scale = r["scale"]
+        qs, nq, fa = self._query_frames(q, scale)
+        if nq >= 2 and rows.size:
+            frefs, foffs = _gather_rows(self.frames, self.fr_off, rows)
+            shifts = np.ascontiguousarray(r["hshift"][order].reshape(-1, 1), np.int64)
+            _, _, hreg = sw_chroma(qs, shifts, frefs, foffs, A["chroma_threshold"], A["chroma_silent"],
+                                   A["chroma_gap"])
+            fb = A["frame_beats"]
+            hreg = hreg.astype(np.float64)
+            hreg[:, :2] = (hreg[:, :2] + fa) * fb * scale
+            hreg[:, 2:] = hreg[:, 2:] * fb
+        else:
+            hreg = np.zeros((rows.size, 4))
+        for rank, (o, row) in enumerate(zip(order, rows), 1):
+            row = int(row)
+            if r["by_melody"][o]:
+                q0, q1, r0, r1 = (int(x) for x in mreg[rank - 1])
+                ref_iv_idx = self.iv_index[self.iv_off[row]:self.iv_off[row + 1]]
+                m0 = int(self.mel_off[row])
+                qn = q.interval_index
+                if q1 > q0 and r1 > r0:
+                    qa, qb = int(qn[q0]), int(qn[q1 - 1]) + 1
+                    ra, rb = int(ref_iv_idx[r0]), int(ref_iv_idx[r1 - 1]) + 1
+                    qs_b, qe_b = float(q.melody_onset_beats[qa]), float(q.melody_onset_beats[qb])
+                    rs_b, re_b = float(self.mel_onset[m0 + ra]), float(self.mel_onset[m0 + rb])
+                    trans = int(self.mel_pitch[m0 + ra]) - int(q.melody_pitch[qa])
+                    sc = (qe_b - qs_b) / (re_b - rs_b) if re_b > rs_b else 1.0
+                else:
+                    qs_b = qe_b = rs_b = re_b = 0.0
+                    trans, sc = int(r["hshift"][o]), 1.0
+            else:
+                qs_b, qe_b, rs_b, re_b = (float(x) for x in hreg[rank - 1])
+                trans = int(r["hshift"][o])
+                sc = float(scale)
+            trans = (trans + 5) % 12 - 5  # -5..6
+            cols["query"].append(q.label)
+            cols["rank"].append(rank)
+            cols["piece_id"].append(self.ids[row])
+            cols["path"].append(self.paths[row])
+            cols["score"].append(round(float(r["score"][o]), 4))
+            cols["transposition"].append(trans)
+            cols["time_scale"].append(round(sc, 3))
+            cols["query_start_beats"].append(qs_b)
+            cols["query_end_beats"].append(qe_b)
+            cols["match_start_beats"].append(rs_b)
+            cols["match_end_beats"].append(re_b)
+            cols["melody_score"].append(round(float(r["mel"][o]), 4))
+            cols["harmony_score"].append(round(float(r["harm"][o]), 4))
+            cols["matched_by"].append("melody" if r["by_melody"][o] else "harmony")
+        return pa.table({f.name: pa.array(cols[f.name], f.type) for f in RESULT_SCHEMA}, schema=RESULT_SCHEMA)
+
+    # -- queries by id ----------------------------------------------------------------
+    def query_for_piece(self, piece_id: str, label: str | None = None) -> QueryFeatures:
+        i = self.row_of.get(piece_id)
+        if i is None:
+            raise IndexTroubleError(f"{piece_id}: piece has no vectors yet; run `atlas reindex --vectors`")
+        mp = self.mel_pitch[self.mel_off[i]:self.mel_off[i + 1]]
+        mo = self.mel_onset[self.mel_off[i]:self.mel_off[i + 1]]
+        beats = self.chroma_q[self.beat_off[i]:self.beat_off[i + 1]].astype(np.float32) / 127.0
+        return QueryFeatures(label or piece_id, piece_id, self.vectors[i], beats, mp, mo)
+
+
+def _pool_beats(chroma_beats: np.ndarray, frame_beats: float) -> np.ndarray:
+    """Re-frame a 1-frame-per-beat chroma to frames of ``frame_beats`` beats (>= 1 or 0.5)."""
+    if frame_beats >= 1:
+        return _pool(chroma_beats, int(round(frame_beats)))
+    rep = int(round(1 / frame_beats))
+    x = np.repeat(chroma_beats, rep, axis=0)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, n, out=x, where=n > 0)
+    return x.astype(np.float32)
+
+
+def _gather(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray):
+    starts, ends = offsets[rows], offsets[rows + 1]
+    lens = ends - starts
+    off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    idx = np.repeat(starts - off[:-1], lens) + np.arange(off[-1])
+    return np.ascontiguousarray(values[idx]), off
+
+
+def _gather_rows(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray):
+    v, off = _gather(values, offsets, rows)
+    return np.ascontiguousarray(v, np.float32), off
+
+
+_CACHE: dict = {}
+
+
+def load_index(db_dir) -> CoverIndex:
+    """The cover index of a database (cached per process until the database changes)."""
+    from atlas_db.connection import fetch_arrow, reading, db_file
+    from indexers.faiss_index import load_index as load_faiss, vectors_from_lance
+
+    db_dir = Path(db_dir)
+    key = str(db_dir.resolve())
+    stamp = db_file(db_dir).stat().st_mtime_ns if db_file(db_dir).exists() else None
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    with reading(db_dir) as con:
+        try:
+            t = fetch_arrow(con.execute(
+                """SELECT c.piece_id, p.path, c.n_beats, c.beat_chroma, c.n_melody, c.melody_pitch,
+                          c.melody_onset_beats
+                   FROM cover_features c JOIN pieces p USING (piece_id) ORDER BY c.piece_id"""))
+        except Exception as e:
+            if "cover_features" in str(e):
+                raise IndexTroubleError(f"{db_dir}: no cover features yet; run `atlas reindex --vectors --db {db_dir}`") from e
+            raise
+    if t.num_rows == 0:
+        raise IndexTroubleError(f"{db_dir}: no piece has vectors yet; ingest files or run `atlas reindex --vectors`")
+    ids = np.asarray(t.column("piece_id").to_pylist(), dtype=object)
+    lids, vectors = vectors_from_lance(db_dir)
+    if len(lids) != len(ids) or not np.array_equal(lids, ids):
+        raise IndexTroubleError(
+            f"{db_dir}: the Lance vectors ({len(lids)} pieces) do not match the database ({len(ids)}); "
+            f"run `atlas reindex --vectors --db {db_dir}`")
+    saved = load_faiss(db_dir, len(ids))
+    fidx = saved[0] if saved is not None and np.array_equal(saved[1], ids) else None
+
+    def flat(name, dtype):
+        return t.column(name).combine_chunks().values.to_numpy(zero_copy_only=False).astype(dtype)
+
+    idx = CoverIndex(ids, t.column("path").to_pylist(), vectors, flat("beat_chroma", np.int8),
+                     t.column("n_beats").to_numpy(), flat("melody_pitch", np.int16),
+                     flat("melody_onset_beats", np.float32), t.column("n_melody").to_numpy(),
+                     faiss_index=fidx)
+    _CACHE[key] = (stamp, idx)
+    return idx
+
+
+def resolve_query(index: CoverIndex, db_dir, query: str) -> QueryFeatures:
+    """A query argument: a MIDI file path (ingested or not) or a piece id / prefix / path."""
+    p = Path(query)
+    if p.is_file():
+        q = query_from_file(p)
+        return q
+    from atlas_db.connection import reading
+    from query.export import resolve_piece
+
+    with reading(db_dir) as con:
+        pid = resolve_piece(con, query)
+    return index.query_for_piece(pid, label=query)
+
+
+def covers(db_dir, queries: list[str], *, top: int = 10) -> pa.Table:
+    """Ranked versions of each query (one table, ``query`` column first)."""
+    if top < 1:
+        raise BadInputError(f"--top {top}: must be at least 1")
+    if not queries:
+        raise BadInputError("no query given: name a .mid file or a piece id")
+    index = load_index(db_dir)
+    out = [index.search(resolve_query(index, db_dir, q), top=top) for q in queries]
+    return pa.concat_tables(out)
+
+
+class _GramIndex:
+    """Sparse TF-IDF vectors of each piece's melody interval 3- and 4-grams (pitch-class
+    intervals 1..11, so transposition-invariant; a sequence of notes, so tempo-invariant)."""
+
+    N3 = 11 ** 3
+    N4 = 11 ** 4
+
+    def __init__(self, iv: np.ndarray, off: np.ndarray):
+        from scipy import sparse
+
+        n_pieces = off.size - 1
+        codes, piece = self.codes(iv, off)
+        m = sparse.csr_matrix((np.ones(codes.size, np.float32), (piece, codes)),
+                              shape=(n_pieces, self.N3 + self.N4), dtype=np.float32)
+        m.sum_duplicates()
+        df = np.bincount(m.indices, minlength=m.shape[1]).astype(np.float32)
+        self.idf = np.log((1.0 + n_pieces) / (1.0 + df)).astype(np.float32) + 1.0
+        m.data = (1.0 + np.log(m.data)) * self.idf[m.indices]
+        norm = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+        m = sparse.diags((1.0 / np.maximum(norm, 1e-9)).astype(np.float32)) @ m
+        self.matrix = m.tocsc().astype(np.float32)
+
+    @classmethod
+    def codes(cls, iv: np.ndarray, off: np.ndarray):
+        """(gram code, piece) for every 3- and 4-gram that does not cross a piece boundary."""
+        x = iv.astype(np.int64) - 1
+        piece_of = np.repeat(np.arange(off.size - 1), np.diff(off))
+        out_c, out_p = [], []
+        for n, base in ((3, 0), (4, cls.N3)):
+            if x.size < n:
+                continue
+            code = np.zeros(x.size - n + 1, np.int64)
+            for t in range(n):
+                code = code * 11 + x[t:x.size - n + 1 + t]
+            same = piece_of[: x.size - n + 1] == piece_of[n - 1:]
+            out_c.append(code[same] + base)
+            out_p.append(piece_of[: x.size - n + 1][same])
+        if not out_c:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(out_c), np.concatenate(out_p)
+
+    def search(self, intervals: np.ndarray, k: int) -> np.ndarray:
+        codes, _ = self.codes(np.asarray(intervals), np.array([0, len(intervals)]))
+        if codes.size == 0:
+            return np.zeros(0, np.int64)
+        u, tf = np.unique(codes, return_counts=True)
+        w = (1.0 + np.log(tf)) * self.idf[u]
+        scores = self.matrix[:, u] @ w.astype(np.float32)
+        k = min(k, scores.size)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return top[scores[top] > 0].astype(np.int64)
+
+
+def _gram_index(iv, off) -> _GramIndex:
+    return _GramIndex(iv, off)
