@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from atlas_db.schema_grammar import TABLES
 from ingest import grammar_core as gc
+from ingest import grammar_transforms as gt
 
 __all__ = ["STAGE", "VERSION", "BATCH_PIECES", "MAX_RULES", "MIN_COUNT", "update", "forget",
            "rebuild", "load_notes", "notes_from_tables", "notes_dict", "load_grammar", "track_parse"]
@@ -262,6 +263,8 @@ def update(con, piece_ids: list[str]) -> None:
     _write_parse(con, notes, seq, g)
     _recount(con, list(piece_ids))
     _add_terminal_counts(con, _terminal_counts(notes, term))
+    gt.track_transforms(con, list(piece_ids), VERSION)
+    gt.refresh_corpus_level(con, VERSION)
 
 
 def forget(con, piece_ids: list[str]) -> None:
@@ -297,6 +300,8 @@ def rebuild(con, *, max_rules: int | None = None, min_count: int | None = None) 
     _write_parse(con, notes, seq, g)
     _recount(con, None)
     _add_terminal_counts(con, _terminal_counts(notes, term))
+    gt.track_transforms(con, None, VERSION)
+    gt.refresh_corpus_level(con, VERSION)
     pieces = sorted(set(notes["track_piece"]))
     now = datetime.now(timezone.utc)
     con.execute("DELETE FROM derived_runs WHERE stage = ?", [STAGE])

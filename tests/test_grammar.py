@@ -214,3 +214,34 @@ def test_compression_without_grammar_says_what_to_do(small_pop909_db, tmp_path):
     con.close()
     with pytest.raises(BadInputError, match="reindex --grammar"):
         compression_report(db, xz=False)
+
+
+def test_transforms_inversion_doubling_and_choices(tmp_path):
+    rng = np.random.default_rng(5)
+    notes, t = [], 0.0
+    for base, sign in [(60, 1), (64, 1), (57, 1), (72, -1), (69, -1), (75, -1)]:
+        for _ in range(3):
+            notes.append((int(rng.integers(40, 90)), t, 1.5, 120))
+            t += 1.5
+        for p in MOTIF:
+            notes.append((base + sign * p, t, 0.5, 70))
+            t += 0.5
+    path = write_midi(tmp_path / "inv.mid", [Track(notes, name="melody")])
+    line = [(int(p), i * 0.5, 0.5, 80) for i, p in enumerate(rng.integers(50, 70, 40))]
+    doubled = [(p + 12, on, d, v) for p, on, d, v in line]
+    path2 = write_midi(tmp_path / "dbl.mid", [Track(line, name="bass"), Track(doubled, name="double", channel=1)])
+    db = tmp_path / "db"
+    ingest_paths([str(path), str(path2)], db, workers=1)
+    with reading(db) as con:
+        up = _rule_with(con, [2, 2, 1, -3])
+        down = _rule_with(con, [-2, -2, -1, 3])
+        assert up and down
+        kinds = con.execute(
+            "SELECT kind FROM transforms WHERE scope = 'rule' AND source_rule_id IN (SELECT unnest(?::BIGINT[])) "
+            "AND target_rule_id IN (SELECT unnest(?::BIGINT[])) AND gain_bits > 0", [up, down]).fetchall()
+        assert ("I",) in kinds
+        dbl = con.execute("SELECT source_track, target_track, interval, n_notes FROM transforms "
+                          "WHERE scope = 'track' AND kind = 'doubling'").fetchall()
+        assert dbl == [(1, 2, 12, len(line))]
+        choices = dict(con.execute("SELECT choice, chosen FROM grammar_choices").fetchall())
+        assert set(choices) == {"interval_alphabet", "octave_equivalence"}
