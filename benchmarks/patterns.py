@@ -45,6 +45,7 @@ def build_db(db: Path, songs: int | None) -> None:
     from ingest.derived import run_stages
     from ingest.pipeline import ingest_paths
 
+    db.parent.mkdir(parents=True, exist_ok=True)
     folders = sorted(p for p in POP909.iterdir() if p.is_dir())[: songs or None]
     t0 = time.perf_counter()
     s = ingest_paths([str(p) for p in folders], db, derive=False)

@@ -329,6 +329,8 @@ DEMO_NEXT_STEPS: list[tuple[str, str]] = [
     ("add recordings (wav/flac/mp3/ogg): features, notes, harmony", "atlas ingest ~/recordings --db {db}"),
     ("where ii-V-I happens, in any key", "atlas progression \"ii V I\" --limit 10 --db {db}"),
     ("everything the database holds", "atlas stats --db {db}"),
+    ("where a motif occurs, at any pitch, inverted or backwards too",
+     "atlas pattern \"C D E F G\" --all-transforms --limit 10 --db {db}"),
 ]
 
 
