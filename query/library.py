@@ -28,6 +28,7 @@ __all__ = [
     "list_pieces",
     "piece_detail",
     "save_table",
+    "top_rules",
 ]
 
 # What the library table shows, in order. ``key`` and ``tempo_bpm`` come from derived or
@@ -227,3 +228,18 @@ def save_table(table: pa.Table, path, fmt: str | None = None) -> Path:
         text = format_table(table, "csv")
         path.write_text(text + ("\n" if text else ""))
     return path
+
+
+def top_rules(db_dir, *, limit: int = 300, min_length: int = 4) -> pa.Table | None:
+    """Grammar rules worth searching: at least ``min_length`` notes, most pieces first
+    (``rule_id, length, n_pieces, count, intervals``); None when the database has no
+    grammar tables yet."""
+    with reading(db_dir) as con:
+        cols = table_columns(con).get("rules", set())
+        need = {"rule_id", "length", "n_pieces", "count", "intervals"}
+        if not need <= cols:
+            return None
+        return fetch_arrow(con.execute(
+            f"""SELECT rule_id, length, n_pieces, count, intervals FROM rules
+                WHERE length >= ? ORDER BY n_pieces DESC, count DESC, rule_id LIMIT {int(limit)}""",
+            [min_length]))

@@ -141,7 +141,7 @@ def test_library_lists_every_piece_with_detail(tui_db, tmp_path):
         await pilot.pause(0.1)
         summary = str(screen.query_one("#summary").render())
         assert "scale_in_c" in summary and "100.0 bpm" in summary
-        tracks = screen.query_one("#tracks")
+        tracks = screen.query_one("#piece-tracks")
         assert tracks.row_count == scale_tracks
         names = [r[1] for r in table_rows(tracks)]
         assert "Melody" in names and "Bass" in names
@@ -393,3 +393,142 @@ def test_ingest_cancel_keeps_the_database_usable(tui_db, tmp_path, pop909_dir):
     # whatever was committed is consistent: every piece has its notes
     assert _sql(db, "SELECT count(*) FROM pieces p WHERE n_notes <> (SELECT count(*) FROM notes n "
                     "WHERE n.piece_id = p.piece_id)")[0][0] == 0
+
+
+# ---- patterns -------------------------------------------------------------------------
+
+def test_patterns_screen_finds_a_typed_motif_and_opens_the_piece(tui_db, tmp_path):
+    from query.pattern_search import parse_motif, search
+
+    expected = search(tui_db, parse_motif("+2 +2 -4"))
+    motif_id = _sql(tui_db, "SELECT piece_id FROM pieces WHERE title = 'motif_in_g'")[0][0]
+    in_motif = [r for r in expected.to_pylist() if r["piece_id"] == motif_id]
+    assert len(in_motif) == 3  # G A B G, D E F# D, G A B G
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await pilot.press("3")
+        await wait_for(pilot, lambda: app.current_mode == "patterns", "patterns mode")
+        screen = app.screen
+        await pilot.press(*"+2 +2 -4")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: of_type(messages, "SearchFinished"), "search")
+        table = of_type(messages, "SearchFinished")[-1].table
+        assert table.num_rows == expected.num_rows
+        occ = screen.query_one("#occurrences")
+        await pilot.pause(0.05)
+        assert occ.row_count == expected.num_rows
+        assert f"{expected.num_rows:,} occurrences" in str(screen.query_one("#pattern-info").render())
+        # a motif that cannot be read is reported in place
+        screen.query_one("#motif").value = "C D banana"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: of_type(messages, "SearchFailed"), "bad motif")
+        assert "banana" in str(screen.query_one("#pattern-error").render())
+        # jump: the first occurrence in motif_in_g opens in the library
+        row = next(i for i, r in enumerate(table.to_pylist()) if r["piece_id"] == motif_id)
+        occ.focus()
+        occ.move_cursor(row=row)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.current_mode == "library", "library mode")
+        await wait_for(pilot, lambda: app.screen.shown_piece == motif_id and any(
+            m.piece_id == motif_id for m in of_type(messages, "DetailLoaded")), "piece opened")
+
+    run(make_app(tui_db, tmp_path), scenario)
+
+
+def test_patterns_screen_searches_a_grammar_rule(tui_db, tmp_path):
+    from query.library import top_rules
+    from query.pattern_search import search_rule
+
+    rules = top_rules(tui_db)
+    assert rules is not None and rules.num_rows > 0, "the grammar stage wrote no rules of 4+ notes"
+    rule_id = rules.column("rule_id")[0].as_py()
+    _, expected = search_rule(tui_db, rule_id)
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await pilot.press("3")
+        await wait_for(pilot, lambda: app.current_mode == "patterns", "patterns mode")
+        await wait_for(pilot, lambda: of_type(messages, "RulesLoaded"), "rules")
+        screen = app.screen
+        dt = screen.query_one("#rules")
+        await pilot.pause(0.05)
+        assert dt.row_count == rules.num_rows
+        dt.focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: of_type(messages, "SearchFinished"), "rule search")
+        done = of_type(messages, "SearchFinished")[-1]
+        assert done.query.startswith(f"rule {rule_id}") and done.table.num_rows == expected.num_rows
+        assert expected.num_rows >= 1
+
+    run(make_app(tui_db, tmp_path), scenario)
+
+
+# ---- covers ---------------------------------------------------------------------------
+
+def test_covers_screen_ranks_versions_of_a_library_piece(tui_db, tmp_path):
+    from query.covers import covers
+
+    song1 = _sql(tui_db, "SELECT piece_id FROM pieces WHERE title = '001'")[0][0]
+    expected = covers(tui_db, [song1], top=20)
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await wait_for(pilot, lambda: of_type(messages, "DetailLoaded"), "library")
+        assert app.screen.shown_piece == song1  # first by title
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.current_mode == "covers", "covers mode")
+        await wait_for(pilot, lambda: of_type(messages, "CoversFound") or of_type(messages, "CoversFailed"),
+                       "covers", timeout_s=120)
+        assert not of_type(messages, "CoversFailed")
+        found = of_type(messages, "CoversFound")[-1].table
+        assert found.column("piece_id").to_pylist() == expected.column("piece_id").to_pylist()
+        screen = app.screen
+        dt = screen.query_one("#versions")
+        await pilot.pause(0.05)
+        assert dt.row_count == found.num_rows
+        # the versions of song 001 rank above everything else
+        paths = found.column("path").to_pylist()
+        top = [p for p in paths if "/001/" in p]
+        assert paths[: len(top)] == top and len(top) >= 3
+        assert "same key" in table_rows(dt)[0][3] or "transposed" in table_rows(dt)[0][3]
+        # open the second result in the library
+        dt.focus()
+        dt.move_cursor(row=1)
+        await pilot.press("enter")
+        target = found.column("piece_id")[1].as_py()
+        await wait_for(pilot, lambda: app.current_mode == "library" and app.screen.shown_piece == target,
+                       "result opened in the library")
+
+    run(make_app(tui_db, tmp_path), scenario)
+
+
+def test_covers_screen_takes_a_file_and_reports_bad_queries(tui_db, tmp_path, pop909_dir):
+    from tui.screens.covers import MidiTree
+
+    query_file = pop909_dir / "001" / "versions" / "001-v1.mid"
+    other = tmp_path / "picker"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    write_midi(other / "tune.mid", [Track(melody([60, 62, 64]))])
+    (other / "sub").mkdir()
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.current_mode == "covers", "covers mode")
+        screen = app.screen
+        tree = screen.query_one(MidiTree)
+        assert sorted(p.name for p in tree.filter_paths(list(other.iterdir()))) == ["sub", "tune.mid"]
+        screen.find(str(query_file))
+        await wait_for(pilot, lambda: of_type(messages, "CoversFound") or of_type(messages, "CoversFailed"),
+                       "covers", timeout_s=120)
+        found = of_type(messages, "CoversFound")[-1].table
+        assert "001" in found.column("path")[0].as_py()
+        screen.query_one("#cover-query").value = "no/such/file.mid"
+        screen.query_one("#cover-query").focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: of_type(messages, "CoversFailed"), "bad query")
+        assert "no/such/file.mid" in str(screen.query_one("#covers-error").render())
+
+    run(make_app(tui_db, tmp_path), scenario)

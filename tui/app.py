@@ -69,6 +69,8 @@ class AtlasApp(App):
     data_version = reactive(0)
     #: a piece another screen asked the library to show
     focus_piece = reactive(None)
+    #: a query (file or piece id) the covers screen should rank versions of
+    cover_query = reactive(None)
 
     class StatusLoaded(Message):
         def __init__(self, counts: dict | None, error: str | None = None) -> None:
@@ -77,6 +79,8 @@ class AtlasApp(App):
 
     def __init__(self, db_dir, *, history_path=None) -> None:
         self.db_dir = Path(db_dir)
+        #: the piece under the library's cursor (the covers screen can use it)
+        self.library_piece: str | None = None
         self.history_path = Path(history_path) if history_path else self.db_dir / "tui_sql_history.json"
         self.mode_table = available_modes()
         self.MODES = {name: _load(screen) for name, screen, _ in self.mode_table}
@@ -131,6 +135,15 @@ class AtlasApp(App):
         self.switch_mode("library")
         self.focus_piece = None
         self.focus_piece = piece_id
+
+    def find_covers(self, query: str) -> None:
+        """Rank the versions of ``query`` (a piece id or a file) on the covers screen."""
+        if "covers" not in self.MODES:
+            self.notify("cover lookup is not available in this installation", severity="warning")
+            return
+        self.switch_mode("covers")
+        self.cover_query = None
+        self.cover_query = query
 
     def action_help(self) -> None:
         from tui.screens.help import HelpScreen

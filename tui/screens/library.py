@@ -30,6 +30,7 @@ class LibraryScreen(AtlasScreen):
         ("s", "next_sort", "Sort column"),
         ("r", "reverse_sort", "Reverse"),
         ("escape", "clear_filter", "Clear filter"),
+        ("c", "covers", "Find covers"),
     ]
 
     class PiecesLoaded(Message):
@@ -65,13 +66,13 @@ class LibraryScreen(AtlasScreen):
                 yield Static("Select a piece.", id="summary")
                 yield PianoRoll(id="roll")
                 yield Label("Tracks", classes="section")
-                yield DataTable(id="tracks", cursor_type="row", show_cursor=False)
+                yield DataTable(id="piece-tracks", cursor_type="row", show_cursor=False)
                 yield Label("Most frequent patterns", classes="section")
-                yield Static("", id="patterns-info")
-                yield DataTable(id="patterns", show_cursor=False)
+                yield Static("", id="piece-patterns-info")
+                yield DataTable(id="piece-patterns", show_cursor=False)
                 yield Label("Features", classes="section")
-                yield Static("", id="features-info")
-                yield DataTable(id="features", show_cursor=False)
+                yield Static("", id="piece-features-info")
+                yield DataTable(id="piece-features", show_cursor=False)
 
     def on_mount(self) -> None:
         self.query_one("#pieces", DataTable).focus()
@@ -142,6 +143,7 @@ class LibraryScreen(AtlasScreen):
 
     def _select(self, piece_id: str) -> None:
         self.shown_piece = piece_id
+        self.app.library_piece = piece_id
         self._load_detail(piece_id)
 
     @on(DetailLoaded)
@@ -169,10 +171,10 @@ class LibraryScreen(AtlasScreen):
         self.query_one("#roll", PianoRoll).set_notes(
             n.column("onset_beats").to_numpy(), n.column("duration_beats").to_numpy(),
             n.column("pitch").to_numpy(), n.column("track_index").to_numpy())
-        _fill(self.query_one("#tracks", DataTable), d.tracks)
-        _fill_optional(self.query_one("#patterns", DataTable), self.query_one("#patterns-info", Static),
+        _fill(self.query_one("#piece-tracks", DataTable), d.tracks)
+        _fill_optional(self.query_one("#piece-patterns", DataTable), self.query_one("#piece-patterns-info", Static),
                        d.patterns, "no grammar tables in this database yet (the grammar stage has not run)")
-        _fill_optional(self.query_one("#features", DataTable), self.query_one("#features-info", Static),
+        _fill_optional(self.query_one("#piece-features", DataTable), self.query_one("#piece-features-info", Static),
                        d.features, "no features table in this database yet")
 
     @on(LoadFailed)
@@ -213,6 +215,10 @@ class LibraryScreen(AtlasScreen):
         i = LIBRARY_COLUMNS.index(self.order_by)
         self.order_by, self.descending = LIBRARY_COLUMNS[(i + 1) % len(LIBRARY_COLUMNS)], False
         self.reload()
+
+    def action_covers(self) -> None:
+        if self.shown_piece:
+            self.app.find_covers(self.shown_piece)
 
     def action_reverse_sort(self) -> None:
         self.descending = not self.descending
