@@ -150,4 +150,31 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "0101_grammar_rules_learn_round",
         ["ALTER TABLE rules ADD COLUMN IF NOT EXISTS learn_round INTEGER"],
     ),
+    (
+        "0102_grammar_views",
+        [
+            # rules of 3+ notes that occur in at least two pieces, most widely shared first
+            """CREATE OR REPLACE VIEW shared_rules AS
+               SELECT rule_id, length, depth, intervals, rhythm_buckets, velocity_buckets,
+                      n_pieces, count
+               FROM rules WHERE length >= 3 AND n_pieces >= 2
+               ORDER BY n_pieces DESC, count DESC, rule_id""",
+            # every occurrence with its piece, track and the rule's contour
+            """CREATE OR REPLACE VIEW rule_places AS
+               SELECT o.rule_id, o.piece_id, p.title, p.path, o.track_index, t.name AS track_name,
+                      t.program, o.note_index, o.seq_index, o.onset_beats, o.onset_s, o.first_pitch,
+                      o.top_level, r.length, r.intervals
+               FROM occurrences o JOIN rules r USING (rule_id) JOIN pieces p USING (piece_id)
+               LEFT JOIN tracks t ON t.piece_id = o.piece_id AND t.track_index = o.track_index""",
+            # rule-scope transforms placed in pieces: a pattern of source_piece_id related
+            # to a pattern of target_piece_id
+            """CREATE OR REPLACE VIEW piece_transforms AS
+               SELECT a.piece_id AS source_piece_id, b.piece_id AS target_piece_id, t.kind,
+                      t.source_rule_id, t.target_rule_id, t.rhythm_ratio, t.gain_bits
+               FROM transforms t
+               JOIN (SELECT DISTINCT rule_id, piece_id FROM occurrences) a ON a.rule_id = t.source_rule_id
+               JOIN (SELECT DISTINCT rule_id, piece_id FROM occurrences) b ON b.rule_id = t.target_rule_id
+               WHERE t.scope = 'rule'""",
+        ],
+    ),
 ]
