@@ -58,10 +58,10 @@ def index_path(db_dir) -> Path:
 
 def vectors_from_lance(db_dir) -> tuple[np.ndarray, np.ndarray]:
     """(piece ids, vectors) from the Lance ``piece_vectors`` table."""
-    from indexers.vectors import PIECE_TABLE, open_lance
+    from indexers.vectors import PIECE_TABLE, open_lance, table_names
 
     ldb = open_lance(db_dir)
-    if PIECE_TABLE not in ldb.table_names(limit=1000):
+    if PIECE_TABLE not in table_names(ldb):
         raise IndexTroubleError(f"{db_dir}: no vector index yet; run `atlas reindex --vectors --db {db_dir}`")
     t = ldb.open_table(PIECE_TABLE).to_arrow().sort_by("piece_id")
     ids = np.asarray(t.column("piece_id").to_pylist(), dtype=object)

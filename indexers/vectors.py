@@ -9,7 +9,7 @@ tables under ``<db>/lance/``:
 
 Lance writes happen outside the DuckDB transaction, so they are upserts keyed by id
 (re-running is harmless) and everything in Lance can be rebuilt from DuckDB with
-:func:`rebuild_lance` (``atlas reindex --vectors``).
+:func:`reindex` (``atlas reindex --vectors``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from indexers.features import EMBED_DIM, features_from_notes, quantize_chroma, e
 
 __all__ = [
     "STAGE", "VERSION", "BATCH_PIECES", "update", "forget", "lance_dir", "open_lance",
-    "rebuild_lance", "PIECE_TABLE", "TRACK_TABLE", "piece_vector_schema", "track_vector_schema",
+    "reindex", "table_names", "PIECE_TABLE", "TRACK_TABLE", "piece_vector_schema", "track_vector_schema",
 ]
 
 STAGE = "vectors"
@@ -56,6 +56,11 @@ def db_dir_of(con) -> Path:
     return Path(rows[0][0]).parent
 
 
+def table_names(ldb) -> list[str]:
+    """Names of the tables in a LanceDB connection."""
+    return list(ldb.list_tables().tables)
+
+
 def lance_dir(db_dir) -> Path:
     return Path(db_dir) / "lance"
 
@@ -69,7 +74,7 @@ def open_lance(db_dir):
 def _upsert(ldb, name: str, table: pa.Table, keys: list[str]) -> None:
     if table.num_rows == 0:
         return
-    if name not in ldb.table_names(limit=1000):
+    if name not in table_names(ldb):
         ldb.create_table(name, schema=table.schema, exist_ok=True)
     t = ldb.open_table(name)
     t.merge_insert(keys).when_matched_update_all().when_not_matched_insert_all().execute(table)
@@ -173,31 +178,35 @@ def _piece_rows(feats: pa.Table) -> pa.Table:
     }, schema=piece_vector_schema())
 
 
-def rebuild_lance(db_dir, *, progress=None) -> dict[str, int]:
-    """Recreate the Lance tables from DuckDB (piece vectors from ``cover_features``,
-    track vectors recomputed from ``notes``). Returns rows written per table."""
-    from atlas_db.connection import reading
+def reindex(db_dir, *, progress=None) -> dict[str, int]:
+    """Rebuild everything this stage owns from the notes in DuckDB: drop the Lance
+    tables, recompute ``cover_features`` and the vectors of every piece, then write the
+    FAISS file. Returns counts (pieces, piece_vectors, track_vectors).
+
+    progress: optional callable ``(stage, n_done, n_total)``.
+    """
+    from atlas_db.connection import connect
+    from indexers.faiss_index import build_from_lance, index_path
+    from ingest.derived import run_stages
 
     ldb = open_lance(db_dir)
     for name in (PIECE_TABLE, TRACK_TABLE):
-        if name in ldb.table_names(limit=1000):
+        if name in table_names(ldb):
             ldb.drop_table(name)
-    ldb.create_table(PIECE_TABLE, schema=piece_vector_schema())
-    ldb.create_table(TRACK_TABLE, schema=track_vector_schema())
-    n_p = n_t = 0
-    with reading(db_dir) as con:
-        ids = [r[0] for r in con.execute("SELECT piece_id FROM cover_features ORDER BY piece_id").fetchall()]
-        for i in range(0, len(ids), BATCH_PIECES):
-            chunk = ids[i:i + BATCH_PIECES]
-            con.register("_vec_ids", pa.table({"piece_id": pa.array(chunk, pa.string())}))
-            feats = fetch_arrow(con.execute(
-                "SELECT c.* FROM cover_features c JOIN _vec_ids USING (piece_id) ORDER BY piece_id"))
-            con.unregister("_vec_ids")
-            _, tracks = compute(_read_notes(con, chunk))
-            ldb.open_table(PIECE_TABLE).add(_piece_rows(feats))
-            ldb.open_table(TRACK_TABLE).add(tracks)
-            n_p += feats.num_rows
-            n_t += tracks.num_rows
-            if progress:
-                progress(min(i + BATCH_PIECES, len(ids)), len(ids))
-    return {PIECE_TABLE: n_p, TRACK_TABLE: n_t}
+    if index_path(db_dir).exists():
+        index_path(db_dir).unlink()
+    con = connect(db_dir, read_only=False)
+    try:
+        con.execute("DELETE FROM derived_runs WHERE stage = ?", [STAGE])
+        con.execute("DELETE FROM cover_features")
+    finally:
+        con.close()
+    n = run_stages(db_dir, only=[STAGE], progress=progress).get(STAGE, 0)
+    out = {"pieces": n, PIECE_TABLE: 0, TRACK_TABLE: 0}
+    ldb = open_lance(db_dir)
+    for name in (PIECE_TABLE, TRACK_TABLE):
+        if name in table_names(ldb):
+            out[name] = ldb.open_table(name).count_rows()
+    if out[PIECE_TABLE]:
+        build_from_lance(db_dir)
+    return out

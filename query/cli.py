@@ -20,7 +20,7 @@ from atlas_db.errors import AtlasError
 __all__ = ["cli", "main", "db_option", "format_option", "echo_table", "progress_bar"]
 
 # Modules that add their commands to the group (each exposes ``register(cli)``).
-COMMAND_MODULES: list[str] = ["query.cli_patterns", "query.cli_harmony", "query.cli_audio", "query.cli_reindex", "query.cli_grammar", "query.cli_tui"]
+COMMAND_MODULES: list[str] = ["query.cli_patterns", "query.cli_harmony", "query.cli_audio", "query.cli_reindex", "query.cli_grammar", "query.cli_tui", "query.cli_covers"]
 
 
 def db_option(f):
@@ -329,6 +329,8 @@ DEMO_NEXT_STEPS: list[tuple[str, str]] = [
     ("add recordings (wav/flac/mp3/ogg): features, notes, harmony", "atlas ingest ~/recordings --db {db}"),
     ("where ii-V-I happens, in any key", "atlas progression \"ii V I\" --limit 10 --db {db}"),
     ("everything the database holds", "atlas stats --db {db}"),
+    ("versions of a piece (any key, tempo, arrangement): give a .mid file or a piece id",
+     "atlas covers {db}/demo_corpus/*/*.mid --top 3 --db {db}"),
     ("where a motif occurs, at any pitch, inverted or backwards too",
      "atlas pattern \"C D E F G\" --all-transforms --limit 10 --db {db}"),
 ]

@@ -41,13 +41,15 @@ def register(cli):
     @db_option
     @click.option("--grammar", "do_grammar", is_flag=True,
                   help="Rebuild the grammar (rules, occurrences, parses) from scratch over all pieces.")
+    @click.option("--vectors", "do_vectors", is_flag=True,
+                  help="Rebuild the cover features, the LanceDB vector tables and the FAISS index from the notes.")
     @click.option("--all", "do_all", is_flag=True,
                   help="Everything: the grammar from scratch and every other derived stage (default).")
     @click.option("--max-rules", type=click.IntRange(1), default=None,
                   help="Grammar: most rules to learn (default $ATLAS_GRAMMAR_MAX_RULES or 500000).")
     @click.option("--min-count", type=click.IntRange(2), default=None,
                   help="Grammar: a pair becomes a rule only if it occurs this often (default 2).")
-    def reindex(db_dir, do_grammar, do_all, max_rules, min_count):
+    def reindex(db_dir, do_grammar, do_vectors, do_all, max_rules, min_count):
         """Recompute derived data from the stored notes.
 
         Ingestion keeps the grammar up to date incrementally: new pieces are parsed with
@@ -58,12 +60,13 @@ def register(cli):
         \b
         Example:
           atlas reindex --grammar --db ./atlas_data
+          atlas reindex --vectors --db ./atlas_data
           atlas reindex --all --db ./atlas_data
         """
         from ingest.derived import STAGE_MODULES
 
         db = resolve(db_dir)
-        if not (do_grammar or do_all):
+        if not (do_grammar or do_vectors or do_all):
             do_all = True
         if do_grammar or do_all:
             t = time.perf_counter()
@@ -73,7 +76,22 @@ def register(cli):
         if do_all:
             import importlib
 
-            others = [importlib.import_module(m).STAGE for m in STAGE_MODULES if m != "ingest.grammar"]
+            others = [importlib.import_module(m).STAGE for m in STAGE_MODULES
+                      if m not in ("ingest.grammar", "indexers.vectors")]
             done = run_derived(db, only=others, redo=True)
             for stage, n in done.items():
                 warn(f"atlas: {stage}: {n:,} pieces brought up to date")
+        if do_vectors or do_all:
+            from indexers.vectors import reindex as reindex_vectors
+            from query.cli import _stage_progress
+
+            t = time.perf_counter()
+            progress, bars = _stage_progress()
+            try:
+                s = reindex_vectors(db, progress=progress)
+            finally:
+                for b in bars.values():
+                    b.close()
+            warn(f"atlas: vectors rebuilt: {s['pieces']:,} pieces, {s['piece_vectors']:,} piece vectors, "
+                 f"{s['track_vectors']:,} track vectors (LanceDB) and the FAISS index in "
+                 f"{time.perf_counter() - t:.1f} s")

@@ -1,0 +1,66 @@
+"""``atlas covers`` and ``atlas similar``: version lookup and vector similarity."""
+
+from __future__ import annotations
+
+import click
+
+from query.cli import db_option, echo_table, format_option, resolve
+
+__all__ = ["register"]
+
+
+def register(cli):
+    @cli.command()
+    @click.argument("queries", nargs=-1, required=True)
+    @click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True,
+                  help="Answers per query.")
+    @db_option
+    @format_option()
+    def covers(queries, top, db_dir, fmt):
+        """Find the versions (covers) of each QUERY in the database.
+
+        QUERY is a .mid file (it need not be ingested) or a piece id, id prefix or
+        ingested path. Several queries may be given; the output has one block of answers
+        per query. A query that is itself in the database is left out of its answers.
+
+        Answers are found in two steps: candidates from the vector index, then a re-rank
+        by local alignment of the melody (pitch-class intervals) and of the harmony (beat
+        chroma), which is key- and tempo-invariant. Each answer says how it matched:
+        `transposition` (semitones from the query up to the answer), `time_scale`
+        (query beats per answer beat), the aligned region in both
+        (`query_start_beats`..`query_end_beats`, `match_start_beats`..`match_end_beats`)
+        and whether the melody or the harmony gave the score.
+
+        \b
+        Example:
+          atlas covers my_song.mid --top 5
+          atlas covers 3f2a9c01 other.mid --format csv --db ./atlas_data
+        """
+        from query.covers import covers as run
+
+        echo_table(run(resolve(db_dir), list(queries), top=top), fmt)
+
+    @cli.command()
+    @click.argument("queries", nargs=-1, required=True)
+    @click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True,
+                  help="Answers per query.")
+    @click.option("--tracks", is_flag=True, help="Rank single tracks (LanceDB track vectors) instead of pieces.")
+    @db_option
+    @format_option()
+    def similar(queries, top, tracks, db_dir, fmt):
+        """Pieces (or tracks) most similar to each QUERY, by their vectors.
+
+        QUERY is a .mid file (it need not be ingested) or a piece id, id prefix or
+        ingested path. The score is the cosine between transposition- and
+        tempo-invariant embeddings (harmonic vocabulary, chord motion, melodic
+        intervals): alike in style and material, not necessarily the same song
+        (for that, use `atlas covers`).
+
+        \b
+        Example:
+          atlas similar my_song.mid --top 5
+          atlas similar 3f2a9c01 --tracks --format json --db ./atlas_data
+        """
+        from query.similar import similar as run
+
+        echo_table(run(resolve(db_dir), list(queries), top=top, tracks=tracks), fmt)

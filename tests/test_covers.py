@@ -1,0 +1,264 @@
+"""Vectors, similarity and cover lookup: known-answer synthetic songs and real POP909 files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from atlas_db.errors import BadInputError
+from midi_fixtures import Track, write_midi
+
+# -- synthetic songs whose versions are known --------------------------------------------
+_MAJOR = [0, 2, 4, 5, 7, 9, 11]
+_TRIADS = {1: [0, 4, 7], 4: [5, 9, 0], 5: [7, 11, 2], 6: [9, 0, 4], 2: [2, 5, 9]}
+
+
+def _song(seed: int, n_bars: int = 16):
+    """A melody (8th and quarter notes on a major scale) and a chord per bar."""
+    rng = np.random.default_rng(seed)
+    mel, t, deg = [], 0.0, 7
+    while t < n_bars * 4:
+        deg = int(np.clip(deg + rng.choice([-2, -1, 1, 2, 3, -3]), 0, 13))
+        dur = float(rng.choice([0.5, 1.0, 1.0]))
+        mel.append((72 + 12 * (deg // 7) + _MAJOR[deg % 7] - 12, t, dur))
+        t += dur
+    chords = [int(rng.choice(list(_TRIADS))) for _ in range(n_bars)]
+    return mel, chords
+
+
+def _render(mel, chords, *, transpose=0, beat_scale=1.0, style="block"):
+    melody = [(p + transpose, on * beat_scale, d * beat_scale, 90) for p, on, d in mel]
+    acc = []
+    for bar, c in enumerate(chords):
+        pcs = _TRIADS[c]
+        t0 = bar * 4 * beat_scale
+        if style == "block":
+            acc += [(48 + pc + transpose, t0, 4 * beat_scale, 60) for pc in pcs]
+        else:  # arpeggio, another voicing
+            for k in range(4):
+                acc.append((43 + (pcs[k % 3] + 5) % 12 + transpose, t0 + k * beat_scale, beat_scale, 60))
+    return [Track(melody, name="melody", program=0, channel=0), Track(acc, name="piano", program=0, channel=1)]
+
+
+@pytest.fixture(scope="module")
+def synth_db(tmp_path_factory):
+    """Eight songs; song 0 also has a planted version (+5 semitones, notated at half the
+    beat rate, arpeggiated accompaniment, 140 bpm)."""
+    from ingest.pipeline import ingest_paths
+
+    root = tmp_path_factory.mktemp("covers_synth")
+    lib = root / "lib"
+    songs = [_song(s) for s in range(8)]
+    for i, (mel, ch) in enumerate(songs):
+        write_midi(lib / f"song{i}.mid", _render(mel, ch), tempo_bpm=100)
+    mel, ch = songs[0]
+    write_midi(lib / "song0_version.mid", _render(mel, ch, transpose=5, beat_scale=0.5, style="arp"), tempo_bpm=140)
+    db = root / "db"
+    summary = ingest_paths([str(lib)], db, workers=1)
+    assert summary.failed == 0 and summary.added == 9
+    return {"db": db, "lib": lib, "songs": songs, "root": root}
+
+
+def test_planted_version_found_at_rank_1(synth_db):
+    from query.covers import covers
+
+    res = covers(synth_db["db"], [str(synth_db["lib"] / "song0.mid")], top=3)
+    assert res.column("path").to_pylist()[0].endswith("song0_version.mid")
+    row = res.slice(0, 1).to_pylist()[0]
+    # the explanation: the version is 5 semitones up and notated at half the beat rate
+    assert row["transposition"] == 5
+    assert row["time_scale"] == pytest.approx(2.0, rel=0.1)
+    assert row["match_end_beats"] > row["match_start_beats"]
+    # the query is in the database: it is left out of its own answers
+    assert not any(p.endswith("song0.mid") for p in res.column("path").to_pylist())
+
+
+def test_query_file_not_in_database(synth_db):
+    """A new arrangement (transposed -3, double beat rate, arpeggios, only 8 bars) of song 3."""
+    from query.covers import covers
+
+    mel, ch = synth_db["songs"][3]
+    short = [n for n in mel if n[1] < 32]
+    q = write_midi(synth_db["root"] / "new_query.mid", _render(short, ch[:8], transpose=-3, beat_scale=2.0,
+                                                                 style="arp"))
+    res = covers(synth_db["db"], [str(q)], top=2)
+    assert res.column("path").to_pylist()[0].endswith("song3.mid")
+    assert res.column("transposition").to_pylist()[0] == 3
+    assert res.column("query").to_pylist() == [str(q)] * 2
+
+
+def test_several_queries_one_call_and_formats(synth_db):
+    db = str(synth_db["db"])
+    q1, q2 = str(synth_db["lib"] / "song0_version.mid"), str(synth_db["lib"] / "song5.mid")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "from query.cli import main; main()", "covers", q1, q2,
+                          "--top", "2", "--format", "json", "--db", db], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["query"] for r in rows] == [q1, q1, q2, q2]
+    assert rows[0]["path"].endswith("song0.mid") and rows[0]["rank"] == 1
+    assert {"query", "rank", "piece_id", "path", "score", "transposition", "time_scale"} <= set(rows[0])
+
+
+@pytest.mark.parametrize("kind", ["no_notes", "drums_only", "empty_file"])
+def test_empty_or_silent_query_is_a_clear_error(synth_db, kind, capsys):
+    from query.cli import main
+    from query.covers import covers
+
+    path = synth_db["root"] / f"{kind}.mid"
+    if kind == "no_notes":
+        write_midi(path, [Track([], name="nothing")])
+    elif kind == "drums_only":
+        write_midi(path, [Track([(36, i * 1.0, 0.5, 100) for i in range(16)], channel=9)])
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(BadInputError, match=rf"{kind}\.mid: (not a usable query|the query has no pitched notes)"):
+        covers(synth_db["db"], [str(path)])
+    with pytest.raises(SystemExit) as e:
+        main(["covers", str(path), "--db", str(synth_db["db"])])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("atlas: error: ") and "Traceback" not in err
+
+
+def test_unknown_piece_query_is_a_clear_error(synth_db):
+    from query.covers import covers
+
+    with pytest.raises(BadInputError, match="no such piece"):
+        covers(synth_db["db"], ["ffffffffffff"])
+
+
+def test_similar_ranks_versions_first(synth_db):
+    from query.similar import similar
+
+    res = similar(synth_db["db"], [str(synth_db["lib"] / "song0.mid")], top=3)
+    assert res.column("path").to_pylist()[0].endswith("song0_version.mid")
+    scores = res.column("score").to_pylist()
+    assert scores == sorted(scores, reverse=True) and scores[0] <= 1.0001
+    tr = similar(synth_db["db"], [str(synth_db["lib"] / "song0.mid")], top=4, tracks=True)
+    assert "track_index" in tr.column_names and tr.num_rows == 4
+
+
+# -- features -----------------------------------------------------------------------------
+def test_embedding_is_transposition_and_tempo_invariant():
+    from indexers.features import features_from_notes
+
+    mel, ch = _song(11)
+    base = _render(mel, ch)
+    moved = _render(mel, ch, transpose=7)
+
+    def arrays(tracks):
+        notes = [(on, d, p, t) for t, tr in enumerate(tracks) for p, on, d, _ in tr.notes]
+        on, d, p, t = (np.array(x) for x in zip(*notes))
+        return on, d, p, t
+
+    a = features_from_notes(*arrays(base))
+    b = features_from_notes(*arrays(moved))
+    np.testing.assert_allclose(a["vector"], b["vector"], atol=1e-5)
+    np.testing.assert_array_equal(np.roll(a["beat_chroma"], 7, axis=1), b["beat_chroma"])
+    np.testing.assert_array_equal(a["intervals"], b["intervals"])
+    # the melody is the lead track, not the accompaniment
+    assert a["melody_pitch"].size == len(mel)
+
+
+def test_beat_chroma_known_answer():
+    from indexers.features import beat_chroma
+
+    # C for two beats, then E for one beat overlapping G held 1.5 beats
+    c = beat_chroma([0.0, 2.0, 2.0], [2.0, 1.0, 1.5], [60, 64, 67])
+    assert c.shape == (4, 12)
+    assert c[0, 0] == 1 and c[1, 0] == 1 and c[0].sum() == 1
+    assert c[2, 4] == 1 and c[2, 7] == 1
+    assert c[3, 7] == 1 and c[3, 4] == 0  # G's last half beat
+
+
+def test_local_alignment_finds_the_region():
+    from indexers.align import sw_symbols
+
+    rng = np.random.default_rng(0)
+    ref = rng.integers(1, 12, 200).astype(np.int8)
+    q = ref[50:90].copy()
+    q[10] = (q[10] % 11) + 1  # one wrong interval
+    scores, region = sw_symbols(q, ref, np.array([0, ref.size], np.int64), 1.0, 0.7, 0.6)
+    assert tuple(region[0]) == (0, 40, 50, 90)
+    assert scores[0] == pytest.approx(39 - 0.7, abs=1e-4)
+
+
+def test_faiss_cpu_index():
+    from indexers.faiss_index import build_index, search
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 16)).astype(np.float32)
+    idx = build_index(x, use_gpu=False)
+    _, rows = search(idx, x[[7, 21]], 1)
+    assert rows[:, 0].tolist() == [7, 21]
+
+
+# -- storage: DuckDB + Lance + FAISS, incremental == rebuild ------------------------------
+def test_tables_and_lance_agree(synth_db):
+    from atlas_db.connection import reading
+    from indexers.vectors import PIECE_TABLE, TRACK_TABLE, open_lance
+
+    with reading(synth_db["db"]) as con:
+        n = con.execute("SELECT count(*) FROM cover_features").fetchall()[0][0]
+        n_tracks = con.execute("SELECT count(*) FROM tracks WHERE n_notes >= 8").fetchall()[0][0]
+        bad = con.execute("SELECT count(*) FROM cover_features WHERE len(beat_chroma) <> 12 * n_beats "
+                          "OR len(melody_pitch) <> n_melody").fetchall()[0][0]
+    ldb = open_lance(synth_db["db"])
+    assert n == 9 and bad == 0
+    assert ldb.open_table(PIECE_TABLE).count_rows() == 9
+    assert ldb.open_table(TRACK_TABLE).count_rows() == n_tracks
+    assert ldb.open_table(PIECE_TABLE).schema.field("vector").type.list_size > 0
+
+
+def test_incremental_ingest_equals_full_rebuild(pop909_dir, tmp_path):
+    from indexers.vectors import reindex
+    from ingest.pipeline import ingest_paths
+    from query.covers import covers
+
+    songs = sorted(p for p in pop909_dir.iterdir() if p.is_dir())[:6]
+    db = tmp_path / "db"
+    ingest_paths([str(p) for p in songs[:3]], db, workers=1, derive=False)
+    from ingest.derived import run_stages
+
+    run_stages(db, only=["vectors"])
+    ingest_paths([str(p) for p in songs[3:]], db, workers=1, derive=False)
+    run_stages(db, only=["vectors"])
+    queries = [str(songs[0] / f"{songs[0].name}.mid"), str(songs[4] / f"{songs[4].name}.mid")]
+    incremental = covers(db, queries, top=8)
+    # every answer at rank 1 is a version of the query's song
+    firsts = incremental.filter(pa.compute.equal(incremental.column("rank"), 1)).column("path").to_pylist()
+    assert [f"/{s.name}/" in p for s, p in zip([songs[0], songs[4]], firsts)] == [True, True]
+    rebuilt_db = tmp_path / "rebuilt"
+    shutil.copytree(db, rebuilt_db)
+    counts = reindex(rebuilt_db)
+    assert counts["pieces"] == counts["piece_vectors"] > 6
+    rebuilt = covers(rebuilt_db, queries, top=8)
+    assert rebuilt.equals(incremental)
+
+
+def test_pop909_excerpt_not_in_db_finds_its_song(small_pop909_db, pop909_dir, tmp_path):
+    """A 12-second excerpt of 005.mid, transposed down 2 and merged into one piano track."""
+    import mido
+
+    from ingest.midi_parse import parse_midi
+    from query.covers import covers
+
+    src = pop909_dir / "005" / "005.mid"
+    notes = parse_midi(src.read_bytes(), piece_id="x", path=str(src))["notes"].to_pylist()
+    t0 = 40.0
+    part = [n for n in notes if t0 <= n["onset_s"] < t0 + 12 and n["channel"] != 9]
+    b0 = min(n["onset_beats"] for n in part)
+    q = write_midi(tmp_path / "excerpt.mid",
+                   [Track([(n["pitch"] - 2, n["onset_beats"] - b0, n["duration_beats"], 80) for n in part],
+                          name="piano")])
+    assert mido.MidiFile(q).length > 5
+    res = covers(small_pop909_db, [str(q)], top=3)
+    assert "/005/" in res.column("path").to_pylist()[0]
+    assert res.column("transposition").to_pylist()[0] == 2
