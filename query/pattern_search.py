@@ -685,51 +685,117 @@ def search(db_dir, motif: Motif, *, transforms=("P",), approximate: bool = False
         return _collect(pool, found, motif.absolute, _paths(con, set(pool.stream_piece)))
 
     stats["method"] = "index"
-    # candidate (stream_id, start) per variant, from the n-gram table
-    cand_parts = []
+    codes_by_t = {t: ngram_codes(np.asarray(v.pitches)) for t, v in variants}
+    all_codes = sorted({int(c) for cs in codes_by_t.values() for c in cs})
+    counts = dict(con.execute(
+        "SELECT gram, count(*) FROM pattern_ngrams WHERE gram IN (SELECT unnest(?)) GROUP BY gram",
+        [all_codes]).fetchall())
+    plan = []  # (transform, offset, code) to fetch
     for t, v in variants:
-        codes = ngram_codes(np.asarray(v.pitches))
-        if approximate:
-            offsets = [0, m - NGRAM - 1]
-        else:
-            counts = dict(con.execute(
-                "SELECT gram, count(*) FROM pattern_ngrams WHERE gram IN (SELECT unnest(?)) GROUP BY gram",
-                [sorted(set(int(c) for c in codes))]).fetchall())
-            if any(counts.get(int(c), 0) == 0 for c in codes):
-                continue  # some n-gram of the query occurs nowhere: no exact occurrence
-            offsets = [int(np.argmin([counts[int(c)] for c in codes]))]
-        for off in offsets:
-            cand_parts.append((t, off, int(codes[off])))
-    if not cand_parts:
+        codes = [int(c) for c in codes_by_t[t]]
+        cnt = [counts.get(c, 0) for c in codes]
+        plan += [(t, off, codes[off]) for off in _offsets_to_fetch(cnt, approximate)]
+    stats["n_grams_fetched"] = len(plan)
+    if not plan:
         return _collect(pool_from_streams(PATTERN_TABLES["pattern_streams"].empty_table()), [], motif.absolute, {})
-    cand = pa.table({"t": [c[0] for c in cand_parts], "off": [c[1] for c in cand_parts],
-                     "gram": pa.array([c[2] for c in cand_parts], pa.int32())})
+    t_names = [t for t, _ in variants]
+    offs_by_t = {t: sorted({off for tt, off, _ in plan if tt == t}) for t in t_names}
+    cand = pa.table({
+        "t": pa.array([t_names.index(c[0]) for c in plan], pa.int8()),
+        "off": pa.array([c[1] for c in plan], pa.int32()),
+        "bit": pa.array([1 << offs_by_t[c[0]].index(c[1]) for c in plan], pa.int64()),
+        "gram": pa.array([c[2] for c in plan], pa.int32()),
+    })
     con.register("_pattern_cand", cand)
     try:
+        # one row per (transform, stream, start) with the fetched n-grams it matched as bits
         hits = _arrow(con,
-            "SELECT c.t, g.stream_id, g.position - c.off AS start FROM pattern_ngrams g "
-            "JOIN _pattern_cand c ON g.gram = c.gram")
+            "SELECT c.t, g.stream_id, g.position - c.off AS start, bit_or(c.bit) AS mask, count(*) AS n "
+            "FROM pattern_ngrams g JOIN _pattern_cand c ON g.gram = c.gram "
+            "WHERE g.position >= c.off GROUP BY ALL")
     finally:
         con.unregister("_pattern_cand")
-    stats["candidates"] = hits.num_rows
-    sids = np.unique(hits.column("stream_id").to_numpy(zero_copy_only=False))
+    h_t = hits.column("t").to_numpy(zero_copy_only=False).astype(np.int64)
+    h_sid = hits.column("stream_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    h_start = hits.column("start").to_numpy(zero_copy_only=False).astype(np.int64)
+    h_mask = hits.column("mask").to_numpy(zero_copy_only=False).astype(np.int64)
+    stats["candidates"] = int(hits.column("n").to_numpy(zero_copy_only=False).sum()) if hits.num_rows else 0
+    survivors = []  # (t, stream_id array, start array)
+    for ti, t in enumerate(t_names):
+        offs = offs_by_t[t]
+        if not offs:
+            continue
+        sel = h_t == ti
+        ok = _masks_ok(h_mask[sel], offs, approximate)
+        survivors.append((t, h_sid[sel][ok], h_start[sel][ok]))
+    stats["candidates_after_filter"] = int(sum(len(x[1]) for x in survivors))
+    sids = np.unique(np.concatenate([x[1] for x in survivors])) if survivors else np.zeros(0, np.int64)
     streams = _arrow(con,
         f"SELECT {_STREAM_COLS} FROM pattern_streams WHERE stream_id IN (SELECT unnest(?)){piece_filter} "
         "ORDER BY stream_id", [sids.tolist()] + params_extra)
     pool = pool_from_streams(streams)
     sid_sorted = pool.stream_id
     found = []
-    h_t = np.asarray(hits.column("t").to_pylist(), dtype=object)
-    h_sid = hits.column("stream_id").to_numpy(zero_copy_only=False)
-    h_start = hits.column("start").to_numpy(zero_copy_only=False).astype(np.int64)
-    pos = np.searchsorted(sid_sorted, h_sid)
-    present = (pos < len(sid_sorted)) & (sid_sorted[np.minimum(pos, len(sid_sorted) - 1)] == h_sid) if len(
-        sid_sorted) else np.zeros(len(h_sid), bool)
     for t, v in variants:
-        sel = present & (h_t == t) & (h_start >= 0)
-        flat = pool.stream_offset[pos[sel]] + h_start[sel]
+        sv = [x for x in survivors if x[0] == t]
+        if not sv or not len(sid_sorted):
+            continue
+        _, ssid, sst = sv[0]
+        pos = np.searchsorted(sid_sorted, ssid)
+        present = (pos < len(sid_sorted)) & (sid_sorted[np.minimum(pos, len(sid_sorted) - 1)] == ssid)
+        flat = pool.stream_offset[pos[present]] + sst[present]
         found.append((t, m, match_in_pool(pool, v, flat, approximate=approximate, rhythm=rhythm)))
     return _collect(pool, found, motif.absolute, _paths(con, set(pool.stream_piece)))
+
+
+# How many of a query's n-grams to fetch: each one narrows the candidates, each costs a
+# lookup; the rarest few are enough.
+_MAX_FETCH = 4
+
+
+def _offsets_to_fetch(cnt: list[int], approximate: bool) -> list[int]:
+    """Offsets of the query's n-grams whose index rows are fetched.
+
+    Exact: the rarest few (every occurrence has all of them); none when some n-gram
+    occurs nowhere. Approximate (one note changed, which breaks at most the ``NGRAM + 1``
+    n-grams that contain it): the cheapest pair of n-grams ``NGRAM + 1`` or more apart
+    (one of them survives in every occurrence), plus the rarest others as filters.
+    """
+    n = len(cnt)
+    order = sorted(range(n), key=lambda i: (cnt[i], i))
+    if not approximate:
+        if min(cnt) == 0:
+            return []
+        return sorted(order[:_MAX_FETCH])
+    best = None
+    for a in range(n):
+        for b in range(a + NGRAM + 1, n):
+            c = cnt[a] + cnt[b]
+            if best is None or c < best[0]:
+                best = (c, a, b)
+    chosen = {best[1], best[2]}
+    for i in order:
+        if len(chosen) >= _MAX_FETCH + 1:
+            break
+        chosen.add(i)
+    return sorted(chosen)
+
+
+def _masks_ok(mask: np.ndarray, offs: list[int], approximate: bool) -> np.ndarray:
+    """Which windows, having matched the fetched n-grams in ``mask`` (bit i = offs[i]),
+    can be occurrences?"""
+    full = (1 << len(offs)) - 1
+    if not approximate:
+        return mask == full
+    # one changed note at position k breaks exactly the n-grams at offsets k-NGRAM .. k:
+    # the missing offsets must lie within NGRAM of each other
+    lo = np.full(len(mask), 1 << 30)
+    hi = np.full(len(mask), -1)
+    for i, o in enumerate(offs):
+        miss = (mask >> i & 1) == 0
+        lo = np.where(miss, np.minimum(lo, o), lo)
+        hi = np.where(miss, np.maximum(hi, o), hi)
+    return (mask != 0) & ((hi < 0) | (hi - lo <= NGRAM))
 
 
 def search_rule(db_dir, rule_id: int, *, transforms=("P",), approximate: bool = False, stats=None) -> tuple[Motif, pa.Table]:

@@ -240,3 +240,38 @@ def test_cli_pattern_json_and_errors(planted_db, capsys):
     with pytest.raises(SystemExit):
         main(["pattern", "--rule", "999999", "--db", str(planted_db)])
     assert "no such rule" in capsys.readouterr().err
+
+
+def test_rule_lookup_finds_every_grammar_occurrence(small_pop909_db):
+    """`atlas pattern --rule ID` finds every place the grammar parsed the rule, and more
+    (transposed places the parse did not line up with)."""
+    from query.pattern_search import search_rule
+
+    with reading(small_pop909_db) as con:
+        rows = con.execute(
+            "SELECT rule_id FROM rules WHERE length >= 5 AND count >= 3 ORDER BY count DESC, rule_id LIMIT 2"
+        ).fetchall()
+        if not rows:
+            pytest.skip("the grammar learned no rule of 5+ notes on this fixture")
+        for (rule_id,) in rows:
+            occ = set(con.execute(
+                "SELECT piece_id, track_index, note_index FROM occurrences WHERE rule_id = ?", [rule_id]
+            ).fetchall())
+            m, table = search_rule(small_pop909_db, rule_id)
+            got = {(r["piece_id"], r["track_index"], r["note_index"]) for r in table.to_pylist()}
+            assert occ and occ <= got, f"rule {rule_id}: {len(occ - got)} grammar occurrences not found"
+
+
+def test_incremental_new_piece_is_searchable(tmp_path):
+    """A piece added to a live database is indexed on its own and found at once."""
+    from ingest.pipeline import ingest_paths
+
+    a = write_midi(tmp_path / "a.mid", [Track(melody(MOTIF, start_beats=0))])
+    b = write_midi(tmp_path / "b.mid", [Track(melody([x + 3 for x in MOTIF], start_beats=4))])
+    db = tmp_path / "db"
+    ingest_paths([str(a)], db, workers=1)
+    m = parse_motif("C D E F G E")
+    assert search(db, m).num_rows == 1
+    ingest_paths([str(b)], db, workers=1)
+    got = sorted((r["path"].endswith("b.mid"), r["first_pitch"]) for r in search(db, m).to_pylist())
+    assert got == [(False, 60), (True, 63)]
