@@ -47,7 +47,8 @@ ALIGN = dict(
     max_query_intervals=128, max_query_frames=48,  # longer queries: their middle part
     scale_probe=8,  # candidates on which the query's time scale is chosen
     n_shifts=2, short_query_frames=16,  # transpositions tried (all 12 below short_query_frames)
-    candidates=40,  # per retrieval vector (whole / melody / harmony)
+    candidates=40,  # per retrieval list (whole / melody / harmony vector, melody n-grams)
+    expand_from=3, expand_neighbours=8,  # query expansion: neighbours of the best answers
     weak_weight=0.25,
 )
 
@@ -207,6 +208,8 @@ class CoverIndex:
         self.iv_index = np.concatenate(idxs).astype(np.int64) if idxs else np.zeros(0, np.int64)
         self.iv_off = np.asarray(offs, np.int64)
         self.grams = _gram_index(self.iv, self.iv_off)
+        cm, cm_off = chord_motions(self.frames, self.fr_off)
+        self.chord_grams = _GramIndex(cm, cm_off, CHORD_ALPHABET)
         self.mask_melody = _block_mask(MELODY_BLOCKS)
         self.mask_harmony = _block_mask(HARMONY_BLOCKS)
 
@@ -214,7 +217,9 @@ class CoverIndex:
         return len(self.ids)
 
     def nbytes(self) -> int:
-        arrays = [self.grams.matrix.data, self.grams.matrix.indices, self.grams.matrix.indptr, self.vectors, self.frames, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset, self.iv,
+        arrays = [self.grams.matrix.data, self.grams.matrix.indices, self.grams.matrix.indptr,
+                  self.chord_grams.matrix.data, self.chord_grams.matrix.indices, self.chord_grams.matrix.indptr,
+                  self.vectors, self.frames, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset, self.iv,
                   self.iv_index, self.iv_off, self.fr_off, self.mel_off]
         return int(sum(a.nbytes for a in arrays)) + self.vectors.nbytes  # + the FAISS copy
 
@@ -230,9 +235,12 @@ class CoverIndex:
         v = q.vector
         qv = np.stack([v, v * self.mask_melody, v * self.mask_harmony])
         scores, rows = search(self.index, qv, n + 1)
-        g = self.grams.search(q.intervals, n + 1)
-        if g.size:
-            rows = np.concatenate([rows, np.pad(g, (0, rows.shape[1] - g.size), constant_values=-1)[None]])
+        qm = np.asarray(q.intervals, np.int64) - 1
+        qf = _pool(q.chroma_beats, ALIGN["frame_beats"])
+        qc, _ = chord_motions(qf, np.array([0, qf.shape[0]]))
+        for g in (self.grams.search(qm, n + 1), self.chord_grams.search(qc, n + 1)):
+            if g.size:
+                rows = np.concatenate([rows, np.pad(g, (0, rows.shape[1] - g.size), constant_values=-1)[None]])
         # interleave the lists by rank so that each contributes its best first
         order = rows.T.ravel()
         order = order[order >= 0]
@@ -273,8 +281,9 @@ class CoverIndex:
                                   A["chroma_threshold"], A["chroma_silent"], A["chroma_gap"])
         return hs / ((1.0 - A["chroma_threshold"]) * nq), hsh
 
-    def rerank(self, q: QueryFeatures, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Alignment scores of the candidate rows (see the module docstring)."""
+    def rerank(self, q: QueryFeatures, rows: np.ndarray, scale: float | None = None) -> dict[str, np.ndarray]:
+        """Alignment scores of the candidate rows (see the module docstring); ``scale``
+        fixes the query's time scale instead of choosing it on the first candidates."""
         A = ALIGN
         rows = np.asarray(rows, np.int64)
         k = rows.size
@@ -291,11 +300,11 @@ class CoverIndex:
         # best candidates, then align every candidate at that scale only
         probe = rows[: A["scale_probe"]]
         best_scale, best = 1.0, -1.0
-        for scale in A["scales"]:
-            hs, _ = self._harmony(q, probe, scale)
+        for sc in (A["scales"] if scale is None else [scale]):
+            hs, _ = self._harmony(q, probe, sc) if scale is None else (np.zeros(0), None)
             top = float(hs.max()) if hs.size else 0.0
             if top > best + 1e-6:
-                best_scale, best = scale, top
+                best_scale, best = sc, top
         harm, hshift = self._harmony(q, rows, best_scale)
         harm = np.maximum(harm, 0).astype(np.float32)
         best_of = np.maximum(mel, harm)
@@ -308,8 +317,27 @@ class CoverIndex:
         """The ``top`` best versions of the query, explained (see ``RESULT_SCHEMA``)."""
         rows = self.candidates(q)
         r = self.rerank(q, rows)
+        extra = self._expand(q, r)
+        if extra.size:
+            r2 = self.rerank(q, extra, scale=r["scale"])
+            r = {key: (np.concatenate([r[key], r2[key]]) if isinstance(r[key], np.ndarray) else r[key]) for key in r}
         order = np.argsort(-r["score"], kind="stable")[:top]
         return self._explain(q, r, order)
+
+    def _expand(self, q: QueryFeatures, r) -> np.ndarray:
+        """Query expansion: the vector neighbours of the best few answers, not yet
+        scored (other versions of a found song are usually each other's neighbours)."""
+        from indexers.faiss_index import search
+
+        A = ALIGN
+        if r["rows"].size == 0:
+            return np.zeros(0, np.int64)
+        best = r["rows"][np.argsort(-r["score"], kind="stable")[: A["expand_from"]]]
+        _, nb = search(self.index, self.vectors[best], A["expand_neighbours"] + 1)
+        new = np.setdiff1d(nb[nb >= 0], r["rows"])
+        if q.piece_id is not None and q.piece_id in self.row_of:
+            new = new[new != self.row_of[q.piece_id]]
+        return new.astype(np.int64)
 
     def _explain(self, q: QueryFeatures, r, order) -> pa.Table:
         A = ALIGN
@@ -484,58 +512,101 @@ def covers(db_dir, queries: list[str], *, top: int = 10) -> pa.Table:
 
 
 class _GramIndex:
-    """Sparse TF-IDF vectors of each piece's melody interval 3- and 4-grams (pitch-class
-    intervals 1..11, so transposition-invariant; a sequence of notes, so tempo-invariant)."""
+    """Which n-grams of a symbol sequence each piece contains (melody: pitch-class
+    intervals; harmony: chord-to-chord motions; both transposition-invariant, and
+    sequences of events rather than of time frames, so tempo-invariant). A query scores
+    a piece by the summed IDF of the query's n-grams that the piece contains, so a short
+    excerpt scores as high in a long piece as in a short one."""
 
-    N3 = 11 ** 3
-    N4 = 11 ** 4
-
-    def __init__(self, iv: np.ndarray, off: np.ndarray):
+    def __init__(self, sym: np.ndarray, off: np.ndarray, alphabet: int, ns=(3, 4)):
         from scipy import sparse
 
+        self.alphabet = alphabet
+        self.ns = ns
+        self.bases = np.cumsum([0] + [alphabet ** n for n in ns])
         n_pieces = off.size - 1
-        codes, piece = self.codes(iv, off)
+        codes, piece = self.codes(sym, off)
         m = sparse.csr_matrix((np.ones(codes.size, np.float32), (piece, codes)),
-                              shape=(n_pieces, self.N3 + self.N4), dtype=np.float32)
+                              shape=(n_pieces, int(self.bases[-1])), dtype=np.float32)
         m.sum_duplicates()
+        m.data[:] = 1.0
         df = np.bincount(m.indices, minlength=m.shape[1]).astype(np.float32)
         self.idf = np.log((1.0 + n_pieces) / (1.0 + df)).astype(np.float32) + 1.0
-        m.data = (1.0 + np.log(m.data)) * self.idf[m.indices]
-        norm = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
-        m = sparse.diags((1.0 / np.maximum(norm, 1e-9)).astype(np.float32)) @ m
         self.matrix = m.tocsc().astype(np.float32)
 
-    @classmethod
-    def codes(cls, iv: np.ndarray, off: np.ndarray):
-        """(gram code, piece) for every 3- and 4-gram that does not cross a piece boundary."""
-        x = iv.astype(np.int64) - 1
+    def codes(self, sym: np.ndarray, off: np.ndarray):
+        """(gram code, piece) of every n-gram that does not cross a piece boundary;
+        symbols are 0..alphabet-1, negative ones (no symbol) break n-grams."""
+        x = np.asarray(sym, np.int64)
         piece_of = np.repeat(np.arange(off.size - 1), np.diff(off))
         out_c, out_p = [], []
-        for n, base in ((3, 0), (4, cls.N3)):
+        for n, base in zip(self.ns, self.bases):
             if x.size < n:
                 continue
-            code = np.zeros(x.size - n + 1, np.int64)
+            m = x.size - n + 1
+            code = np.zeros(m, np.int64)
+            ok = piece_of[:m] == piece_of[n - 1:]
             for t in range(n):
-                code = code * 11 + x[t:x.size - n + 1 + t]
-            same = piece_of[: x.size - n + 1] == piece_of[n - 1:]
-            out_c.append(code[same] + base)
-            out_p.append(piece_of[: x.size - n + 1][same])
+                code = code * self.alphabet + x[t:m + t]
+                ok &= x[t:m + t] >= 0
+            out_c.append(code[ok] + base)
+            out_p.append(piece_of[:m][ok])
         if not out_c:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(out_c), np.concatenate(out_p)
 
-    def search(self, intervals: np.ndarray, k: int) -> np.ndarray:
-        codes, _ = self.codes(np.asarray(intervals), np.array([0, len(intervals)]))
+    def search(self, sym: np.ndarray, k: int) -> np.ndarray:
+        codes, _ = self.codes(np.asarray(sym), np.array([0, len(sym)]))
         if codes.size == 0:
             return np.zeros(0, np.int64)
-        u, tf = np.unique(codes, return_counts=True)
-        w = (1.0 + np.log(tf)) * self.idf[u]
-        scores = self.matrix[:, u] @ w.astype(np.float32)
+        u = np.unique(codes)
+        scores = self.matrix[:, u] @ self.idf[u]
         k = min(k, scores.size)
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return top[scores[top] > 0].astype(np.int64)
 
 
+def _chord_templates() -> np.ndarray:
+    """24 unit-norm triad templates: rows 0-11 major on C..B, 12-23 minor."""
+    t = np.zeros((24, 12), np.float32)
+    for r in range(12):
+        t[r, [r, (r + 4) % 12, (r + 7) % 12]] = 1
+        t[12 + r, [r, (r + 3) % 12, (r + 7) % 12]] = 1
+    return t / np.sqrt(3)
+
+
+_TEMPLATES = _chord_templates()
+CHORD_ALPHABET = 48  # (root motion 0-11) x (from major/minor) x (to major/minor)
+
+
+def chord_motions(frames: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Chord-to-chord motion symbols per piece from unit-norm chroma frames.
+
+    Each frame takes its best-matching major/minor triad (frames matching none by a
+    cosine of 0.6 are no chord); repeats are merged; each change of chord becomes a
+    symbol ``root interval * 4 + from_minor * 2 + to_minor``; -1 marks a break (a
+    stretch with no chord). Returns (symbols, offsets).
+    """
+    if frames.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(off.size, np.int64)
+    sim = frames @ _TEMPLATES.T
+    chord = np.argmax(sim, axis=1).astype(np.int64)
+    chord[sim.max(axis=1) < 0.6] = -1
+    piece_of = np.repeat(np.arange(off.size - 1), np.diff(off))
+    new_piece = np.concatenate([[True], piece_of[1:] != piece_of[:-1]])
+    change = new_piece | np.concatenate([[True], chord[1:] != chord[:-1]])
+    ch, pc = chord[change], piece_of[change]
+    prev, cur = ch[:-1], ch[1:]
+    same = pc[:-1] == pc[1:]
+    root = lambda c: c % 12  # noqa: E731
+    minor = lambda c: (c >= 12).astype(np.int64)  # noqa: E731
+    sym = ((root(cur) - root(prev)) % 12) * 4 + minor(prev) * 2 + minor(cur)
+    sym[(prev < 0) | (cur < 0)] = -1
+    sym, spc = sym[same], pc[1:][same]
+    counts = np.bincount(spc, minlength=off.size - 1)
+    return sym, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
 def _gram_index(iv, off) -> _GramIndex:
-    return _GramIndex(iv, off)
+    return _GramIndex(np.asarray(iv, np.int64) - 1, off, 11)
