@@ -185,6 +185,10 @@ def _write_parse(con, notes: dict, seq: gc.Sequence, g: gc.Grammar) -> None:
         "stage_version": pa.array([VERSION] * (len(ts) - 1), pa.string()),
     }))
     rule, start, first, top = gc.expand(seq, g)
+    # rule-major order: DuckDB's per-row-group min/max then skips most of the table for
+    # ``WHERE rule_id = ?``
+    o = np.lexsort((start, rule))
+    rule, start, first, top = rule[o], start[o], first[o], top[o]
     tr = track_of[start]
     piece_col = pa.array(notes["track_piece"], pa.string()).take(pa.array(tr))
     _write(con, "occurrences", pa.table({

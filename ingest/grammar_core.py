@@ -340,7 +340,8 @@ def build(seq: Sequence, grammar: Grammar | None = None, *, max_rules: int = 100
         conn = ck % 256 - 128
         ab = ck // 256
         g.extend(ab // _KEY_SYM, ab % _KEY_SYM, conn, np.full(len(ck), rnd))
-        known = np.sort(np.concatenate([known, ck]))
+        cks = np.sort(ck)
+        known = np.insert(known, np.searchsorted(known, cks), cks)
         seq = _apply(seq, take, sym_of_rank[rank[take]])
         rnd += 1
         if progress:
