@@ -13,7 +13,7 @@ Example
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -119,7 +119,7 @@ class PieceDetail:
     features: pa.Table | None = None
     patterns: pa.Table | None = None
     notes_truncated: bool = False
-    extra: dict = field(default_factory=dict)
+    description: str | None = None
 
 
 def _top_patterns(con, cols, piece_id: str, limit: int, min_length: int = 4) -> pa.Table | None:
@@ -149,15 +149,23 @@ def _top_patterns(con, cols, piece_id: str, limit: int, min_length: int = 4) -> 
 
 
 def _features(con, cols, piece_id: str) -> pa.Table | None:
+    """The piece's scalar descriptors (``features``: audio analysis), whole mix first."""
     f = cols.get("features", set())
     if not ({"piece_id", "name", "value"} <= f):
         return None
-    unit = ", unit" if "unit" in f else ""
-    track_filter = " AND track_index IS NULL" if "track_index" in f else ""
-    cur = con.execute(
-        f"SELECT name, value{unit} FROM features WHERE piece_id = ?{track_filter} ORDER BY name", [piece_id]
-    )
+    select = ", ".join(c for c in ("source", "name", "value", "unit") if c in f)
+    order = "source <> 'mix', source, name" if "source" in f else "name"
+    cur = con.execute(f"SELECT {select} FROM features WHERE piece_id = ? ORDER BY {order}", [piece_id])
     return fetch_arrow(cur)
+
+
+def _description(con, cols, piece_id: str) -> str | None:
+    d = cols.get("descriptions", set())
+    if not ({"piece_id", "description"} <= d):
+        return None
+    order = " ORDER BY created_at DESC" if "created_at" in d else ""
+    row = con.execute(f"SELECT description FROM descriptions WHERE piece_id = ?{order} LIMIT 1", [piece_id]).fetchone()
+    return row[0] if row else None
 
 
 def piece_detail(db_dir, piece_id: str, *, max_notes: int = 20_000, n_patterns: int = 8) -> PieceDetail:
@@ -205,6 +213,7 @@ def piece_detail(db_dir, piece_id: str, *, max_notes: int = 20_000, n_patterns: 
             features=_features(con, cols, piece_id),
             patterns=_top_patterns(con, cols, piece_id, n_patterns),
             notes_truncated=truncated,
+            description=_description(con, cols, piece_id),
         )
 
 

@@ -133,6 +133,13 @@ def test_library_lists_every_piece_with_detail(tui_db, tmp_path):
         assert table_rows(pieces)[0][0] == "001"
         # status bar: database path and counts
         assert f"{n_pieces:,} pieces" in app.status_text and str(tui_db) in app.status_text
+        # the first piece's detail lists its most frequent grammar patterns (4+ notes)
+        first = of_type(messages, "DetailLoaded")[0]
+        top = _sql(tui_db, f"""SELECT o.rule_id, count(*) AS n FROM occurrences o JOIN rules r USING (rule_id)
+                              WHERE o.piece_id = '{first.piece_id}' AND r.length >= 4
+                              GROUP BY o.rule_id ORDER BY n DESC, o.rule_id LIMIT 8""")
+        assert top and first.detail.patterns.column("rule_id").to_pylist() == [r[0] for r in top]
+        assert screen.query_one("#piece-patterns").row_count == len(top)
         # open the synthetic scale: the detail shows its tracks, key signature, tempo
         screen.query_one("#filter").value = "scale_in"
         await wait_for(pilot, lambda: pieces.row_count == 1, "filter to one row")

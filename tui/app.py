@@ -77,19 +77,33 @@ class AtlasApp(App):
             super().__init__()
             self.counts, self.error = counts, error
 
-    def __init__(self, db_dir, *, history_path=None) -> None:
+    def __init__(self, db_dir, *, history_path=None, start_dir=None) -> None:
         self.db_dir = Path(db_dir)
+        #: where the file pickers (Covers, Ingest) open
+        self.start_dir = Path(start_dir) if start_dir else Path.cwd()
         #: the piece under the library's cursor (the covers screen can use it)
         self.library_piece: str | None = None
         self.history_path = Path(history_path) if history_path else self.db_dir / "tui_sql_history.json"
         self.mode_table = available_modes()
         self.MODES = {name: _load(screen) for name, screen, _ in self.mode_table}
         super().__init__()
-        for name, _, key in self.mode_table:
-            self.bind(f"{key},f{int(key) + 1}", f"switch_mode('{name}')", description=name.capitalize())
-        self.bind("question_mark,f1", "help", description="Help")
-        self.bind("ctrl+r", "refresh_status", description="Refresh", show=False)
         self.sub_title = str(self.db_dir)
+
+    # Digits switch screens outside text fields; F-keys everywhere (priority: they win over
+    # an editor's own F-key bindings, e.g. TextArea's F6 "select line").
+    BINDINGS = [
+        *(Binding(key, f"switch_mode('{name}')", name.capitalize()) for name, _, _, key in _MODES),
+        *(Binding(f"f{int(key) + 1}", f"switch_mode('{name}')", name.capitalize(), show=False, priority=True)
+          for name, _, _, key in _MODES),
+        Binding("question_mark", "help", "Help"),
+        Binding("f1", "help", "Help", show=False, priority=True),
+        Binding("ctrl+r", "refresh_status", "Refresh", show=False),
+    ]
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        if action == "switch_mode" and parameters and parameters[0] not in self.MODES:
+            return False  # that screen is not available here (its query module is missing)
+        return True
 
     def on_mount(self) -> None:
         self.status_text = f"{self.db_dir} · loading counts…"

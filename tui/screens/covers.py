@@ -68,14 +68,14 @@ class CoversScreen(AtlasScreen):
 
     def __init__(self, start_dir=None) -> None:
         super().__init__()
-        self.start_dir = Path(start_dir) if start_dir else Path.cwd()
+        self.start_dir = Path(start_dir) if start_dir else None
         self.result: pa.Table | None = None
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="covers-screen"):
             with Vertical(id="picker"):
                 yield Label("MIDI files (Enter picks one)", classes="section")
-                yield MidiTree(str(self.start_dir), id="midi-tree")
+                yield MidiTree(str(self.start_dir or self.app.start_dir), id="midi-tree")
             with Vertical(id="results-pane"):
                 with Horizontal(id="query-row"):
                     yield Input(placeholder="a .mid file, or a piece id / ingested path  (Enter searches)",

@@ -52,7 +52,7 @@ class IngestScreen(AtlasScreen):
 
     def __init__(self, start_dir=None) -> None:
         super().__init__()
-        self.start_dir = Path(start_dir) if start_dir else Path.cwd()
+        self.start_dir = Path(start_dir) if start_dir else None
         self.queue: list[str] = []
         self.running = False
 
@@ -60,7 +60,7 @@ class IngestScreen(AtlasScreen):
         with Horizontal(id="ingest"):
             with Vertical(id="pick"):
                 yield Label("Files and folders  (a: add the highlighted one)", classes="section")
-                yield DirectoryTree(str(self.start_dir), id="tree")
+                yield DirectoryTree(str(self.start_dir or self.app.start_dir), id="tree")
                 yield Input(placeholder="or type a path to a file or folder, Enter adds it", id="path")
             with Vertical(id="run-pane"):
                 yield Label("To ingest  (delete: remove)", classes="section")
@@ -69,7 +69,7 @@ class IngestScreen(AtlasScreen):
                     yield Button("Start (ctrl+g)", id="start", variant="primary")
                     yield Button("Cancel (ctrl+x)", id="cancel", variant="error", disabled=True)
                     yield Button("Clear list", id="clear")
-                yield ProgressBar(id="progress", show_eta=False)
+                yield ProgressBar(total=1, id="progress", show_eta=False)
                 yield Static("Nothing running.", id="ingest-status")
                 yield Label("Files that could not be ingested (ingest_errors)", classes="section")
                 yield DataTable(id="errors", zebra_stripes=True)

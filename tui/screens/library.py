@@ -164,6 +164,8 @@ class LibraryScreen(AtlasScreen):
         lines += [f"[dim]{path}[/dim]" for path in d.paths[:4]]
         if len(d.paths) > 4:
             lines.append(f"[dim]… and {len(d.paths) - 4} more paths[/dim]")
+        if d.description:
+            lines.append(f"[i]{d.description}[/i]")
         if d.notes_truncated:
             lines.append(f"[dim]piano roll: first {d.notes.num_rows:,} notes[/dim]")
         self.query_one("#summary", Static).update("\n".join(lines))
