@@ -43,13 +43,15 @@ def register(cli):
                   help="Rebuild the grammar (rules, occurrences, parses) from scratch over all pieces.")
     @click.option("--vectors", "do_vectors", is_flag=True,
                   help="Rebuild the cover features, the LanceDB vector tables and the FAISS index from the notes.")
+    @click.option("--harmony", "do_harmony", is_flag=True,
+                  help="Redo chords, keys and chord transitions of pieces analysed by an older harmony version.")
     @click.option("--all", "do_all", is_flag=True,
                   help="Everything: the grammar from scratch and every other derived stage (default).")
     @click.option("--max-rules", type=click.IntRange(1), default=None,
                   help="Grammar: most rules to learn (default $ATLAS_GRAMMAR_MAX_RULES or 500000).")
     @click.option("--min-count", type=click.IntRange(2), default=None,
                   help="Grammar: a pair becomes a rule only if it occurs this often (default 2).")
-    def reindex(db_dir, do_grammar, do_vectors, do_all, max_rules, min_count):
+    def reindex(db_dir, do_grammar, do_vectors, do_all, max_rules, min_count, do_harmony=False):
         """Recompute derived data from the stored notes.
 
         Ingestion keeps the grammar up to date incrementally: new pieces are parsed with
@@ -61,13 +63,17 @@ def register(cli):
         Example:
           atlas reindex --grammar --db ./atlas_data
           atlas reindex --vectors --db ./atlas_data
+          atlas reindex --harmony --db ./atlas_data
           atlas reindex --all --db ./atlas_data
         """
         from ingest.derived import STAGE_MODULES
 
         db = resolve(db_dir)
-        if not (do_grammar or do_vectors or do_all):
+        if not (do_grammar or do_vectors or do_all or do_harmony):
             do_all = True
+        if do_harmony and not do_all:
+            done = run_derived(db, only=["harmony"], redo=True)
+            warn(f"atlas: harmony: {done.get('harmony', 0):,} pieces brought up to date")
         if do_grammar or do_all:
             t = time.perf_counter()
             s = reindex_grammar(db, max_rules=max_rules, min_count=min_count)

@@ -301,9 +301,20 @@ def test_stage_is_repeatable(planted_db, tmp_path):
     shutil.copytree(planted_db, db)
     with reading(db) as con:
         before = con.execute("SELECT * FROM chords ORDER BY piece_id, chord_index").fetchall()
-    run_stages(db, only=["harmony"], redo_old_versions=True)
     from atlas_db.connection import connect
     import ingest.harmony as harmony
+    from query.cli import main
+
+    # a piece analysed by an older version is redone by `atlas reindex --harmony`
+    con = connect(db, read_only=False)
+    con.execute("UPDATE derived_runs SET stage_version = 'harmony-0' WHERE stage = 'harmony'")
+    con.execute("DELETE FROM chords WHERE chord_index > 2")
+    con.close()
+    main(["reindex", "--harmony", "--db", str(db)])
+    with reading(db) as con:
+        assert con.execute("SELECT DISTINCT stage_version FROM derived_runs WHERE stage = 'harmony'").fetchall() == [
+            (harmony.VERSION,)]
+        assert con.execute("SELECT * FROM chords ORDER BY piece_id, chord_index").fetchall() == before
 
     con = connect(db, read_only=False)
     try:
