@@ -74,9 +74,9 @@ def list_pieces(db_dir, *, text: str = "", order_by: str = "title", descending: 
     """The library: one row per piece with ``LIBRARY_COLUMNS``.
 
     text: keep pieces whose title, path, kind or key contains it (case-insensitive);
-    ``order_by``: one of ``LIBRARY_COLUMNS``. ``tempo_bpm`` is the tempo in force at the
-    first note (quarter notes per minute); ``duration_s`` seconds; ``key`` as in
-    :func:`_key_source`.
+    ``order_by``: one of ``LIBRARY_COLUMNS``. ``tempo_bpm`` is the file's first tempo
+    (the earliest ``tempo_changes`` row, quarter notes per minute); ``duration_s`` seconds;
+    ``key`` as in :func:`_key_source`.
     """
     if order_by not in _SORTABLE:
         raise BadInputError(f"{order_by}: cannot sort by this; choose one of {', '.join(LIBRARY_COLUMNS)}")
