@@ -49,14 +49,16 @@ BATCH_PIECES = 5000
 def load_notes(con, piece_ids: list[str] | None) -> dict:
     """Notes of the given pieces (all if None) in grammar order, as NumPy arrays, plus
     ``track_starts`` (offsets of each track's first note, then n), ``track_piece``,
-    ``track_index`` per track, and ``ticks_per_beat`` per note."""
+    ``track_index`` per track, and ``ticks_per_beat`` per note (480 for transcribed
+    audio, whose notes lie on a 480-ticks-per-beat grid)."""
     where = ""
     if piece_ids is not None:
         con.register("_gram_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
         where = "WHERE n.piece_id IN (SELECT piece_id FROM _gram_ids)"
     t = con.sql(
         f"""SELECT n.piece_id, n.track_index, n.note_index, n.onset_ticks, n.duration_ticks,
-                   n.onset_beats, n.onset_s, n.pitch, n.velocity, n.channel, p.ticks_per_beat
+                   n.onset_beats, n.onset_s, n.pitch, n.velocity, n.channel,
+                   coalesce(p.ticks_per_beat, 480) AS ticks_per_beat
             FROM notes n JOIN pieces p USING (piece_id) {where}
             ORDER BY n.piece_id, n.track_index, n.onset_ticks, n.pitch, n.note_index"""
     ).to_arrow_table()

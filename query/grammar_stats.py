@@ -22,9 +22,12 @@ __all__ = ["stored_parse", "roundtrip", "compression_report"]
 def stored_parse(con, notes: dict) -> tuple[gc.Grammar, gc.Sequence]:
     """The grammar and the pieces' top-level parses as stored in the database."""
     g = load_grammar(con)
+    con.register("_gs_ids", pa.table({"piece_id": pa.array(sorted(set(notes["track_piece"])), pa.string())}))
     rows = con.sql(
-        "SELECT piece_id, track_index, symbols FROM grammar_sequences ORDER BY piece_id, track_index"
+        "SELECT piece_id, track_index, symbols FROM grammar_sequences "
+        "WHERE piece_id IN (SELECT piece_id FROM _gs_ids) ORDER BY piece_id, track_index"
     ).to_arrow_table()
+    con.unregister("_gs_ids")
     want = list(zip(notes["track_piece"], notes["track_track"].tolist()))
     have = list(zip(rows.column("piece_id").to_pylist(), rows.column("track_index").to_pylist()))
     if want != have:
@@ -35,7 +38,6 @@ def stored_parse(con, notes: dict) -> tuple[gc.Grammar, gc.Sequence]:
     sym = rows.column("symbols").combine_chunks().flatten().to_numpy().astype(np.int64)
     lengths = gc.rule_lengths(g)
     start = np.concatenate([[0], np.cumsum(lengths[sym])[:-1]]).astype(np.int64)
-    ts = notes["track_starts"]
     n_sym = np.diff(rows.column("symbols").combine_chunks().offsets.to_numpy())
     brk = np.zeros(len(sym), np.bool_)
     brk[np.cumsum(n_sym)[n_sym > 0] - 1] = True
@@ -44,12 +46,12 @@ def stored_parse(con, notes: dict) -> tuple[gc.Grammar, gc.Sequence]:
     seq = gc.Sequence(sym, start, first, first + spans[sym], brk)
     if len(sym) and int(start[-1] + lengths[sym[-1]]) != notes["n"]:
         raise BadInputError("the stored grammar does not match the notes; run `atlas reindex --grammar`")
-    del ts
     return g, seq
 
 
 def _pieces_meta(con, piece_ids: list[str]) -> dict:
-    meta = con.sql("SELECT piece_id, ticks_per_beat, path, size_bytes FROM pieces ORDER BY piece_id").fetchnumpy()
+    meta = con.sql("SELECT piece_id, coalesce(ticks_per_beat, 480) AS ticks_per_beat, path, size_bytes "
+                   "FROM pieces ORDER BY piece_id").fetchnumpy()
     keep = np.isin(meta["piece_id"], np.array(piece_ids, dtype=object))
     tempo = con.sql(
         "SELECT piece_id, time_ticks, us_per_beat FROM tempo_changes ORDER BY piece_id, time_ticks, time_s"
@@ -69,10 +71,14 @@ def _pieces_meta(con, piece_ids: list[str]) -> dict:
 
 
 def roundtrip(con) -> dict:
-    """Encode every piece from the stored grammar, decode it, compare with ``notes``.
+    """Encode every MIDI piece from the stored grammar, decode it, compare with ``notes``
+    (audio pieces are left out: their size is not a MIDI file's).
 
     Returns the streams, their sizes and ``mismatches`` (0 when lossless)."""
-    notes = load_notes(con, None)
+    midi = [r[0] for r in con.execute("SELECT piece_id FROM pieces WHERE kind = 'midi' ORDER BY piece_id").fetchall()]
+    if not midi:
+        raise BadInputError("no MIDI pieces in the database: nothing to compress")
+    notes = load_notes(con, midi)
     g, seq = stored_parse(con, notes)
     pieces = _pieces_meta(con, sorted(set(notes["track_piece"])))
     t0 = time.perf_counter()

@@ -245,3 +245,57 @@ def test_transforms_inversion_doubling_and_choices(tmp_path):
         assert dbl == [(1, 2, 12, len(line))]
         choices = dict(con.execute("SELECT choice, chosen FROM grammar_choices").fetchall())
         assert set(choices) == {"interval_alphabet", "octave_equivalence"}
+
+
+def test_cli_reindex_stats_compression_and_export(small_pop909_db, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from query.cli import cli
+
+    db = tmp_path / "db"
+    shutil.copytree(small_pop909_db, db)
+    with reading(db) as con:
+        before = con.execute("SELECT rule_id, intervals, count FROM rules ORDER BY rule_id").fetchall()
+    runner = CliRunner()
+    r = runner.invoke(cli, ["reindex", "--grammar", "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    with reading(db) as con:
+        assert con.execute("SELECT rule_id, intervals, count FROM rules ORDER BY rule_id").fetchall() == before
+    r = runner.invoke(cli, ["stats", "--compression", "--format", "json", "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["lossless"] and report["total_bytes"] < report["xz9_per_file_bytes"]
+    r = runner.invoke(cli, ["grammar", "export", str(tmp_path / "out"), "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    import pyarrow.parquet as pq
+
+    rules = pq.read_table(tmp_path / "out" / "rules.parquet")
+    assert rules.num_rows == len(before) and "intervals" in rules.column_names
+    assert pq.read_table(tmp_path / "out" / "occurrences.parquet").num_rows > 0
+    r = runner.invoke(cli, ["grammar", "export", str(tmp_path / "js"), "--format", "json", "--table", "transforms",
+                            "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "js" / "transforms.json").read_text())
+    assert rows and {"kind", "gain_bits", "source_rule_id"} <= set(rows[0])
+
+
+def test_export_to_missing_parent_is_a_clear_error(small_pop909_db, tmp_path):
+    from atlas_db.errors import BadInputError
+    from query.grammar_export import export_grammar
+
+    with pytest.raises(BadInputError, match="parent folder .* does not exist"):
+        export_grammar(small_pop909_db, tmp_path / "no" / "such" / "dir")
+
+
+def test_update_with_pieces_without_notes_is_a_no_op(small_pop909_db, tmp_path):
+    db = tmp_path / "db"
+    shutil.copytree(small_pop909_db, db)
+    con = connect(db, read_only=False)
+    n = con.execute("SELECT count(*) FROM occurrences").fetchall()[0][0]
+    con.execute("BEGIN")
+    grammar.update(con, ["0000000000000000"])
+    con.execute("COMMIT")
+    assert con.execute("SELECT count(*) FROM occurrences").fetchall()[0][0] == n
+    con.close()
