@@ -299,9 +299,9 @@ def piece_chords(db_dir, piece: str) -> tuple[pa.Table, str]:
         with reading(db) as con:
             try:
                 pid = resolve_piece(con, piece)
-            except BadInputError:
+            except BadInputError as e:
                 if not Path(piece).is_file():
-                    raise
+                    raise BadInputError(f"{piece}: no such piece in {db} and no such file") from e
             if pid is not None:
                 tbl = con.sql(
                     f"SELECT {', '.join(_SHOWN)} FROM chords WHERE piece_id = ? ORDER BY chord_index",
