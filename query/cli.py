@@ -333,6 +333,10 @@ DEMO_NEXT_STEPS: list[tuple[str, str]] = [
      "atlas covers {db}/demo_corpus/*/*.mid --top 3 --db {db}"),
     ("where a motif occurs, at any pitch, inverted or backwards too",
      "atlas pattern \"C D E F G\" --all-transforms --limit 10 --db {db}"),
+    ("grammar rules (transposition-free contours) shared by the most pieces",
+     "atlas grammar rules --top 10 --min-length 4 --db {db}"),
+    ("how small the grammar makes the corpus, losslessly, against xz -9",
+     "atlas stats --compression --db {db}"),
 ]
 
 
