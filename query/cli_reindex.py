@@ -2,7 +2,8 @@
 
 ``--grammar`` rebuilds the Re-Pair grammar from scratch over every piece (ingestion only
 extends it incrementally); ``--all`` (the default) does that and redoes every other
-derived stage whose code version changed. Other domains add their own flags here.
+derived stage for pieces it has not processed or processed with an older code version.
+Other domains add their own flags here.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def register(cli):
     @click.option("--harmony", "do_harmony", is_flag=True,
                   help="Redo chords, keys and chord transitions of pieces analysed by an older harmony version.")
     @click.option("--all", "do_all", is_flag=True,
-                  help="Everything: the grammar from scratch and every other derived stage (default).")
+                  help="The grammar from scratch, then every other derived stage redone for pieces it has "
+                       "not processed or processed with an older version (the default).")
     @click.option("--max-rules", type=click.IntRange(1), default=None,
                   help="Grammar: most rules to learn (default $ATLAS_GRAMMAR_MAX_RULES or 500000).")
     @click.option("--min-count", type=click.IntRange(2), default=None,
