@@ -21,7 +21,9 @@ Query tiers (the relevant answers are all *other* files of the song in the datab
 - accompaniment  : only the PIANO track (the harmony, no melody)
 - reharmonised   : the MELODY track with passing notes and pickups added, over new chords
                    (per bar a random diatonic triad holding the bar's main melody note,
-                   block chord + arpeggiated bass under the tune), all in another key
+                   block chord + arpeggiated bass under the tune), all in another key;
+                   the melody keeps its own track (merging is the piano_merge invariance)
+- reharmonised_merged: the same, melody and chords merged into one track (both at once)
 - mashup         : the same embellished melody over the PIANO track of another song moved
                    to the melody's key (harder: that other song's harmony is all there)
 
@@ -50,7 +52,7 @@ from query.covers import CoverIndex, load_index, query_from_notes  # noqa: E402
 
 DATA = Path(os.environ.get("ATLAS_POP909", ROOT.parent / "shared" / "data" / "pop909-dev"))
 TIERS = ["arrangement", "transposed_tempo", "piano_merge", "excerpt", "transcription", "accompaniment",
-         "reharmonised", "mashup"]
+         "reharmonised", "reharmonised_merged", "mashup"]
 TOP = 50
 
 
@@ -202,7 +204,7 @@ _MAJOR = np.array([0, 2, 4, 5, 7, 9, 11])
 
 
 def reharmonised(n, rng, i):
-    """The MELODY track (embellished) over new chords: per bar, a diatonic triad of the
+    """The MELODY track (embellished; track 0) over new chords (track 1): per bar, a diatonic triad of the
     melody's key that contains the bar's longest melody note, chosen at random among
     those (so usually not the original chord), voiced below the tune as a block chord
     plus an arpeggio; everything transposed to another key."""
@@ -241,8 +243,9 @@ def reharmonised(n, rng, i):
     on2, dur2, p2 = _embellish(on, dur, p, rng)
     k = int(rng.choice([-5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6]))
     all_on = np.concatenate([on2, c_on])
+    trk = np.concatenate([np.zeros(on2.size, np.int64), np.ones(len(c_on), np.int64)])
     o = np.argsort(all_on, kind="stable")
-    return all_on[o], np.concatenate([dur2, c_dur])[o], (np.concatenate([p2, c_p]) + k)[o]
+    return all_on[o], np.concatenate([dur2, c_dur])[o], (np.concatenate([p2, c_p]) + k)[o], trk[o]
 
 
 def mashup(n, rng, i, other):
@@ -268,8 +271,14 @@ def mashup(n, rng, i, other):
     on, dur, p = _embellish(on, dur, p, rng)
     k = int(rng.choice([-5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6]))
     all_on = np.concatenate([on, a_on])
+    trk = np.concatenate([np.zeros(on.size, np.int64), np.ones(a_on.size, np.int64)])
     o = np.argsort(all_on, kind="stable")
-    return all_on[o], np.concatenate([dur, a_dur])[o], (np.concatenate([p, a_p]) + k)[o]
+    return all_on[o], np.concatenate([dur, a_dur])[o], (np.concatenate([p, a_p]) + k)[o], trk[o]
+
+
+def reharmonised_merged(n, rng, i):
+    """``reharmonised`` with melody and chords merged into one track (both invariances)."""
+    return reharmonised(n, rng, i)[:3]
 
 
 # -- metrics -----------------------------------------------------------------------------
@@ -348,7 +357,8 @@ def run_tiers(index: CoverIndex, songs, main, notes, diff, rng, tiers, baseline=
         bench = bench[:max_songs]
     results, base_results, lat, cpu = {}, {}, defaultdict(list), defaultdict(list)
     gen = {"transposed_tempo": transposed_tempo, "piano_merge": piano_merge, "excerpt": excerpt,
-           "transcription": transcription, "accompaniment": accompaniment, "reharmonised": reharmonised}
+           "transcription": transcription, "accompaniment": accompaniment, "reharmonised": reharmonised,
+           "reharmonised_merged": reharmonised_merged}
     failures = defaultdict(list)
     for tier in tiers:
         aps, p1, ranks, miss = [], [], [], 0
@@ -375,7 +385,7 @@ def run_tiers(index: CoverIndex, songs, main, notes, diff, rng, tiers, baseline=
                 q = index.query_for_piece(pid)
             else:
                 q = query_from_notes(f"{tier}:{s}", *arrays)
-            res = index.search(q, top=TOP)
+            res = index.search(q, top=TOP, explain_top=10)
             lat[tier].append(time.perf_counter() - t0)
             cpu[tier].append(time.thread_time() - c0)
             ranked = res.column("piece_id").to_pylist()

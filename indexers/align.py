@@ -144,10 +144,74 @@ def sw_symbols(q, refs, offsets, match, mismatch, gap, merge=0.3):
                          np.float32(merge), True)
 
 
+@njit(cache=True, nogil=True)
+def _sw_intervals_score(q, refs, offsets, match, mismatch, gap, merge):
+    n = q.size
+    k = offsets.size - 1
+    scores = np.zeros(k, np.float32)
+    # query profiles: prof[v, i] = score of reference symbol v against q[i]; prof2 the
+    # same against the merged interval q[i-1] + q[i] (an extra note in the query)
+    prof = np.full((12, n + 1), -mismatch, np.float32)
+    prof2 = np.full((12, n + 1), np.float32(-1e9), np.float32)
+    for i in range(1, n + 1):
+        prof[q[i - 1], i] = match
+        if i >= 2:
+            for v in range(12):
+                prof2[v, i] = -mismatch - merge
+            prof2[(q[i - 2] + q[i - 1]) % 12, i] = match - merge
+    for v in range(12):
+        prof[v, 0] = 0.0
+    prof[0, :] = -mismatch  # symbol 0 (a merged interval back to the same note) never matches
+    h1 = np.zeros(n + 1, np.float32)
+    h2 = np.zeros(n + 1, np.float32)
+    h0 = np.zeros(n + 1, np.float32)
+    for c in range(k):
+        a = offsets[c]
+        b = offsets[c + 1]
+        h1[:] = 0.0
+        h2[:] = 0.0
+        best = np.float32(0.0)
+        prev_r = -1
+        for j in range(a, b):
+            rj = refs[j]
+            p1 = prof[rj]
+            p2 = prof2[rj]
+            have_sum = prev_r >= 0
+            ps = prof[(prev_r + rj) % 12] if have_sum else prof[0]
+            h0[0] = 0.0
+            left = np.float32(0.0)
+            for i in range(1, n + 1):
+                v = h1[i - 1] + p1[i]
+                x = h1[i] - gap
+                if x > v:
+                    v = x
+                x = left - gap
+                if x > v:
+                    v = x
+                if i >= 2:
+                    x = h1[i - 2] + p2[i]
+                    if x > v:
+                        v = x
+                if have_sum:
+                    x = h2[i - 1] + ps[i] - merge
+                    if x > v:
+                        v = x
+                if v < 0.0:
+                    v = np.float32(0.0)
+                h0[i] = v
+                left = v
+                if v > best:
+                    best = v
+            prev_r = rj
+            h2, h1, h0 = h1, h0, h2
+        scores[c] = best
+    return scores
+
+
 def sw_symbols_score(q, refs, offsets, match, mismatch, gap, merge=0.3):
     """:func:`sw_symbols` without the region (faster): best score per reference."""
-    return _sw_intervals(q, refs, offsets, np.float32(match), np.float32(mismatch), np.float32(gap),
-                         np.float32(merge), False)[0]
+    return _sw_intervals_score(np.asarray(q, np.int8), refs, offsets, np.float32(match), np.float32(mismatch),
+                               np.float32(gap), np.float32(merge))
 
 
 @njit(cache=True, nogil=True)
@@ -263,13 +327,16 @@ def sw_chroma(qs, shifts, refs, offsets, threshold, silent, gap):
 
 @njit(cache=True, nogil=True)
 def sw_chroma_score(qs, shifts, refs, offsets, threshold, silent, gap):
-    """:func:`sw_chroma` without the region: best score and transposition per reference."""
+    """:func:`sw_chroma` without the region: best score and transposition per reference.
+
+    The frame similarities of one (reference, transposition) pair come from one matrix
+    product (BLAS), so the dynamic programme does one addition per cell.
+    """
     n = qs.shape[1]
     k = offsets.size - 1
     scores = np.zeros(k, np.float32)
     best_shift = np.zeros(k, np.int32)
     h = np.zeros(n + 1, np.float32)
-    col = np.zeros(n, np.float32)
     qsil = np.zeros(n, np.bool_)
     for i in range(n):
         tot = 0.0
@@ -277,34 +344,35 @@ def sw_chroma_score(qs, shifts, refs, offsets, threshold, silent, gap):
             tot += qs[0, i, p]
         qsil[i] = tot <= 0.0
     for c in range(k):
+        a = offsets[c]
+        b = offsets[c + 1]
+        if b <= a:
+            continue
+        r = np.ascontiguousarray(refs[a:b].T)  # (12, m)
+        rsil = np.zeros(b - a, np.bool_)
+        for j in range(b - a):
+            tot = 0.0
+            for p in range(12):
+                tot += r[p, j]
+            rsil[j] = tot <= 0.0
         for si in range(shifts.shape[1]):
             t = shifts[c, si]
             if t < 0:
                 continue
+            sim = np.dot(qs[t], r)  # (n, m) cosines
             for i in range(n + 1):
                 h[i] = 0.0
             best = np.float32(0.0)
-            for j in range(offsets[c], offsets[c + 1]):
-                rsum = 0.0
-                for p in range(12):
-                    rsum += refs[j, p]
-                if rsum <= 0.0:
-                    for i in range(n):
-                        col[i] = -silent
-                else:
-                    for i in range(n):
-                        if qsil[i]:
-                            col[i] = -silent
-                        else:
-                            d = np.float32(0.0)
-                            for p in range(12):
-                                d += qs[t, i, p] * refs[j, p]
-                            col[i] = d - threshold
+            for j in range(b - a):
                 diag = np.float32(0.0)
                 left = np.float32(0.0)
+                rs = rsil[j]
                 for i in range(1, n + 1):
                     up = h[i]
-                    v = diag + col[i - 1]
+                    if rs or qsil[i - 1]:
+                        v = diag - silent
+                    else:
+                        v = diag + sim[i - 1, j] - threshold
                     x = up - gap
                     if x > v:
                         v = x

@@ -44,10 +44,11 @@ ALIGN = dict(
     chroma_threshold=0.6, chroma_silent=0.3, chroma_gap=0.5,  # chroma Smith-Waterman
     frame_beats=2,  # reference chroma frame, beats
     scales=(0.5, 1.0, 2.0),  # query beats per reference beat tried
-    max_query_intervals=128, max_query_frames=48,  # longer queries: their middle part
+    max_query_intervals=96, max_query_frames=48,  # longer queries: their middle part
     scale_probe=8,  # candidates on which the query's time scale is chosen
     n_shifts=2, short_query_frames=16,  # transpositions tried (all 12 below short_query_frames)
-    candidates=40,  # per retrieval list (whole / melody / harmony vector, melody n-grams)
+    candidates=30,  # per retrieval list (whole / melody / harmony vector, melody / chord n-grams)
+    max_candidates=60,  # of their union, taken round-robin by rank
     expand_from=3, expand_neighbours=8,  # query expansion: neighbours of the best answers
     weak_weight=0.25,
 )
@@ -248,7 +249,7 @@ class CoverIndex:
         rows = order[np.sort(first)]
         if q.piece_id is not None and q.piece_id in self.row_of:
             rows = rows[rows != self.row_of[q.piece_id]]
-        return rows.astype(np.int64)
+        return rows[: ALIGN["max_candidates"]].astype(np.int64)
 
     # -- stage 2 -------------------------------------------------------------------
     def _query_frames(self, q: QueryFeatures, scale: float):
@@ -313,8 +314,10 @@ class CoverIndex:
                 "scale": best_scale, "score": score.astype(np.float32), "by_melody": mel >= harm,
                 "mel_window": (a, b)}
 
-    def search(self, q: QueryFeatures, top: int = 10) -> pa.Table:
-        """The ``top`` best versions of the query, explained (see ``RESULT_SCHEMA``)."""
+    def search(self, q: QueryFeatures, top: int = 10, explain_top: int | None = None) -> pa.Table:
+        """The ``top`` best versions of the query, explained (see ``RESULT_SCHEMA``);
+        with ``explain_top`` only that many get the aligned region (the others' region
+        columns are null): finding the region costs a second, slower alignment."""
         rows = self.candidates(q)
         r = self.rerank(q, rows)
         extra = self._expand(q, r)
@@ -322,7 +325,7 @@ class CoverIndex:
             r2 = self.rerank(q, extra, scale=r["scale"])
             r = {key: (np.concatenate([r[key], r2[key]]) if isinstance(r[key], np.ndarray) else r[key]) for key in r}
         order = np.argsort(-r["score"], kind="stable")[:top]
-        return self._explain(q, r, order)
+        return self._explain(q, r, order, top if explain_top is None else explain_top)
 
     def _expand(self, q: QueryFeatures, r) -> np.ndarray:
         """Query expansion: the vector neighbours of the best few answers, not yet
@@ -339,10 +342,11 @@ class CoverIndex:
             new = new[new != self.row_of[q.piece_id]]
         return new.astype(np.int64)
 
-    def _explain(self, q: QueryFeatures, r, order) -> pa.Table:
+    def _explain(self, q: QueryFeatures, r, order, n_explain: int) -> pa.Table:
         A = ALIGN
         cols = {f.name: [] for f in RESULT_SCHEMA}
-        rows = r["rows"][order]
+        all_rows = r["rows"][order]
+        rows = all_rows[:n_explain]
         # aligned regions, for the shown answers only (the tracking kernels are slower)
         a, b = r["mel_window"]
         qiv = np.ascontiguousarray(q.intervals[a:b])
@@ -367,9 +371,12 @@ class CoverIndex:
             hreg[:, 2:] = hreg[:, 2:] * fb
         else:
             hreg = np.zeros((rows.size, 4))
-        for rank, (o, row) in enumerate(zip(order, rows), 1):
+        for rank, (o, row) in enumerate(zip(order, all_rows), 1):
             row = int(row)
-            if r["by_melody"][o]:
+            if rank > n_explain:
+                qs_b = qe_b = rs_b = re_b = sc = None
+                trans = int(r["hshift"][o])
+            elif r["by_melody"][o]:
                 q0, q1, r0, r1 = (int(x) for x in mreg[rank - 1])
                 ref_iv_idx = self.iv_index[self.iv_off[row]:self.iv_off[row + 1]]
                 m0 = int(self.mel_off[row])
@@ -395,7 +402,7 @@ class CoverIndex:
             cols["path"].append(self.paths[row])
             cols["score"].append(round(float(r["score"][o]), 4))
             cols["transposition"].append(trans)
-            cols["time_scale"].append(round(sc, 3))
+            cols["time_scale"].append(None if sc is None else round(sc, 3))
             cols["query_start_beats"].append(qs_b)
             cols["query_end_beats"].append(qe_b)
             cols["match_start_beats"].append(rs_b)
