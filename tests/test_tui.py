@@ -539,3 +539,32 @@ def test_covers_screen_takes_a_file_and_reports_bad_queries(tui_db, tmp_path, po
         assert "no/such/file.mid" in str(screen.query_one("#covers-error").render())
 
     run(make_app(tui_db, tmp_path), scenario)
+
+
+def test_library_pattern_opens_its_occurrences(tui_db, tmp_path):
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await wait_for(pilot, lambda: of_type(messages, "DetailLoaded"), "detail")
+        await pilot.pause(0.1)
+        detail = of_type(messages, "DetailLoaded")[-1].detail
+        rule_id = detail.patterns.column("rule_id")[0].as_py()
+        table = app.screen.query_one("#piece-patterns")
+        table.focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.current_mode == "patterns", "patterns mode")
+        await wait_for(pilot, lambda: of_type(messages, "SearchFinished"), "rule search")
+        done = of_type(messages, "SearchFinished")[-1]
+        assert done.query.startswith(f"rule {rule_id} ")
+        # the piece the rule came from is among its occurrences
+        assert detail.piece["piece_id"] in done.table.column("piece_id").to_pylist()
+
+    run(make_app(tui_db, tmp_path), scenario)
+
+
+def test_cli_tui_help_has_an_example():
+    from click.testing import CliRunner
+
+    from query.cli import cli
+
+    res = CliRunner().invoke(cli, ["tui", "--help"])
+    assert res.exit_code == 0 and "Example:" in res.output and "atlas tui --db" in res.output

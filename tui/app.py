@@ -71,6 +71,8 @@ class AtlasApp(App):
     focus_piece = reactive(None)
     #: a query (file or piece id) the covers screen should rank versions of
     cover_query = reactive(None)
+    #: a grammar rule the patterns screen should search
+    pattern_rule = reactive(None)
 
     class StatusLoaded(Message):
         def __init__(self, counts: dict | None, error: str | None = None) -> None:
@@ -158,6 +160,15 @@ class AtlasApp(App):
         self.switch_mode("covers")
         self.cover_query = None
         self.cover_query = query
+
+    def find_rule(self, rule_id: int) -> None:
+        """Search every occurrence of grammar rule ``rule_id`` on the patterns screen."""
+        if "patterns" not in self.MODES:
+            self.notify("pattern lookup is not available in this installation", severity="warning")
+            return
+        self.switch_mode("patterns")
+        self.pattern_rule = None
+        self.pattern_rule = int(rule_id)
 
     def action_help(self) -> None:
         from tui.screens.help import HelpScreen

@@ -18,6 +18,8 @@ from tui.screens.base import AtlasScreen, fmt_cell
 
 __all__ = ["IngestScreen"]
 
+REFRESH_EVERY_S = 5.0
+
 
 class IngestScreen(AtlasScreen):
     CSS_PATH = "ingest.tcss"
@@ -55,6 +57,7 @@ class IngestScreen(AtlasScreen):
         self.start_dir = Path(start_dir) if start_dir else None
         self.queue: list[str] = []
         self.running = False
+        self._last_refresh = 0.0
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="ingest"):
@@ -129,6 +132,9 @@ class IngestScreen(AtlasScreen):
             self.query_one("#ingest-status", Static).update("[red]nothing to ingest: add files or folders first[/red]")
             return
         self.running = True
+        import time
+
+        self._last_refresh = time.monotonic()
         self.query_one("#start", Button).disabled = True
         self.query_one("#cancel", Button).disabled = False
         self.query_one("#progress", ProgressBar).update(total=None, progress=0)
@@ -166,6 +172,14 @@ class IngestScreen(AtlasScreen):
 
     @on(Progress)
     def _progress(self, msg: Progress) -> None:
+        # New pieces are committed batch by batch: let the library and status bar show
+        # them while the run goes on (at most every few seconds), and once all files are in.
+        import time
+
+        now = time.monotonic()
+        if msg.kind == "files" and (msg.done >= msg.total or now - self._last_refresh > REFRESH_EVERY_S):
+            self._last_refresh = now
+            self.app.data_changed()
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=max(msg.total, 1), progress=msg.done)
         what = "files" if msg.kind == "files" else f"stage {msg.kind}: pieces"

@@ -67,9 +67,9 @@ class LibraryScreen(AtlasScreen):
                 yield PianoRoll(id="roll")
                 yield Label("Tracks", classes="section")
                 yield DataTable(id="piece-tracks", cursor_type="row", show_cursor=False)
-                yield Label("Most frequent patterns", classes="section")
+                yield Label("Most frequent patterns (enter: every occurrence)", classes="section")
                 yield Static("", id="piece-patterns-info")
-                yield DataTable(id="piece-patterns", show_cursor=False)
+                yield DataTable(id="piece-patterns", cursor_type="row")
                 yield Label("Features", classes="section")
                 yield Static("", id="piece-features-info")
                 yield DataTable(id="piece-features", show_cursor=False)
@@ -135,6 +135,11 @@ class LibraryScreen(AtlasScreen):
             self._want_piece = None
         elif t.num_rows and self.shown_piece is None:
             self._select(ids[0])
+
+    @on(DataTable.RowSelected, "#piece-patterns")
+    def _pattern_selected(self, event: DataTable.RowSelected) -> None:
+        row = event.data_table.get_row(event.row_key)
+        self.app.find_rule(int(row[0]))
 
     @on(DataTable.RowHighlighted, "#pieces")
     def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:

@@ -75,6 +75,11 @@ class PatternsScreen(AtlasScreen):
         self.query_one("#pattern-error", Static).display = False
         self.query_one("#motif", Input).focus()
         self.watch(self.app, "data_version", lambda _=None: self.load_rules(), init=True)
+        self.watch(self.app, "pattern_rule", self._on_pattern_rule, init=True)
+
+    def _on_pattern_rule(self, rule_id) -> None:
+        if rule_id is not None:
+            self.search_for(rule_id=rule_id)
 
     # ---- rules list ------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="pattern-rules")
