@@ -420,6 +420,8 @@ def pool_from_streams(streams: pa.Table) -> Pool:
     position = (np.arange(int(n.sum()), dtype=np.int64) - np.repeat(offsets, n)).astype(np.int32)
 
     def flat(name, dtype):
+        if name not in streams.column_names:  # filled later (see search); zeros until then
+            return np.zeros(int(n.sum()), dtype)
         col = streams.column(name)
         vals = pc.list_flatten(col)
         return vals.to_numpy(zero_copy_only=False).astype(dtype) if len(vals) else np.zeros(0, dtype)
@@ -538,48 +540,51 @@ RESULT_SCHEMA = pa.schema(
 
 
 def _collect(pool: Pool, found: list[tuple[str, int, dict]], motif_abs: bool, paths: dict[str, str]) -> pa.Table:
-    """Matches of several transforms -> one deduplicated, sorted result table."""
-    recs = []
-    seen: set = set()
-    # exact before approximate, then transform order, then stream order
-    for t, m, res in found:
-        if not len(res["start"]):
-            continue
-        st = res["start"]
-        keys = _window_key(pool, st, m)
-        piece = pool.stream_piece[pool.row[st]]
-        kind = pool.stream_kind[pool.row[st]]
-        for j in range(len(st)):
-            recs.append((int(res["mismatch"][j] >= 0), TRANSFORMS.index(t), STREAM_KINDS.index(kind[j]),
-                         piece[j], int(keys[j]), t, m, int(st[j]), j, res))
-    recs.sort(key=lambda x: x[:3])
-    out = {f.name: [] for f in RESULT_SCHEMA}
-    for approx, _, _, piece, key, t, m, s, j, res in recs:
-        if (piece, key) in seen:
-            continue
-        seen.add((piece, key))
-        out["piece_id"].append(piece)
-        out["path"].append(paths.get(piece))
-        out["track_index"].append(int(pool.track_index[s]))
-        out["note_index"].append(int(pool.note_index[s]))
-        out["stream"].append(pool.stream_kind[pool.row[s]])
-        out["onset_s"].append(float(pool.onset_s[s]))
-        out["onset_beats"].append(float(pool.onset_beats[s]))
-        out["end_beats"].append(float(pool.onset_beats[s + m - 1]))
-        out["first_pitch"].append(int(pool.pitch[s]))
-        out["transform"].append(t)
-        out["transposition"].append(int(res["transposition"][j]) if motif_abs else None)
-        mm = int(res["mismatch"][j])
-        out["mismatch"].append(mm if mm >= 0 else None)
-        f = float(res["rhythm_factor"][j])
-        out["rhythm_factor"].append(None if np.isnan(f) else round(f, 6))
-        out["n_notes"].append(m)
-    table = pa.table(out, schema=RESULT_SCHEMA)
-    if table.num_rows:
-        table = table.sort_by([("path", "ascending"), ("piece_id", "ascending"), ("onset_beats", "ascending"),
-                               ("track_index", "ascending"), ("first_pitch", "ascending"),
-                               ("transform", "ascending")])
-    return table
+    """Matches of several transforms -> one deduplicated, sorted result table.
+
+    Where the same notes match more than once (two streams, two transforms), the exact
+    match wins over the approximate one, then the earlier transform (P, I, R, RI), then
+    the earlier stream kind (track, track_top, skyline)."""
+    parts = [(t, m, r) for t, m, r in found if len(r["start"])]
+    if not parts:
+        return RESULT_SCHEMA.empty_table()
+    m = parts[0][1]
+    st = np.concatenate([r["start"] for _, _, r in parts])
+    t_idx = np.concatenate([np.full(len(r["start"]), TRANSFORMS.index(t)) for t, _, r in parts])
+    mism = np.concatenate([r["mismatch"] for _, _, r in parts]).astype(np.int64)
+    fac = np.concatenate([r["rhythm_factor"] for _, _, r in parts]).astype(np.float64)
+    trans = np.concatenate([r["transposition"] for _, _, r in parts]).astype(np.int64)
+    rows = pool.row[st]
+    kind_code = np.array([STREAM_KINDS.index(k) for k in pool.stream_kind], dtype=np.int64)[rows]
+    piece_names, piece_code_s = np.unique(pool.stream_piece.astype(str), return_inverse=True)
+    piece_code = piece_code_s.ravel()[rows].astype(np.uint64)
+    with np.errstate(over="ignore"):
+        key = _window_key(pool, st, m) * np.uint64(0x100000001B3) + piece_code
+    order = np.lexsort((kind_code, t_idx, (mism >= 0).astype(np.int64)))
+    _, first = np.unique(key[order], return_index=True)
+    sel = order[first]
+    s = st[sel]
+    table = pa.table(
+        {
+            "piece_id": pa.array(piece_names[piece_code[sel].astype(np.int64)], pa.string()),
+            "path": pa.array([paths.get(p) for p in piece_names[piece_code[sel].astype(np.int64)]], pa.string()),
+            "track_index": pa.array(pool.track_index[s].astype(np.int32)),
+            "note_index": pa.array(pool.note_index[s].astype(np.int32)),
+            "stream": pa.array(np.asarray(STREAM_KINDS, dtype=object)[kind_code[sel]].tolist(), pa.string()),
+            "onset_s": pa.array(pool.onset_s[s]),
+            "onset_beats": pa.array(pool.onset_beats[s]),
+            "end_beats": pa.array(pool.onset_beats[s + m - 1]),
+            "first_pitch": pa.array(pool.pitch[s].astype(np.int16)),
+            "transform": pa.array(np.asarray(TRANSFORMS, dtype=object)[t_idx[sel]].tolist(), pa.string()),
+            "transposition": pa.array(trans[sel].astype(np.int16), mask=np.full(len(sel), not motif_abs)),
+            "mismatch": pa.array(mism[sel].astype(np.int16), mask=mism[sel] < 0),
+            "rhythm_factor": pa.array(np.round(fac[sel], 6), mask=np.isnan(fac[sel])),
+            "n_notes": pa.array(np.full(len(sel), m, dtype=np.int32)),
+        },
+        schema=RESULT_SCHEMA,
+    )
+    return table.sort_by([("path", "ascending"), ("piece_id", "ascending"), ("onset_beats", "ascending"),
+                          ("track_index", "ascending"), ("first_pitch", "ascending"), ("transform", "ascending")])
 
 
 def _variants(motif: Motif, transforms) -> list[tuple[str, Motif]]:
@@ -623,6 +628,7 @@ def _paths(con, piece_ids) -> dict[str, str]:
 
 
 _STREAM_COLS = "stream_id, piece_id, stream, n_notes, pitch, track_index, note_index, onset_beats, onset_s"
+_VERIFY_COLS = "stream_id, piece_id, stream, n_notes, pitch, onset_beats"
 
 
 def _index_state(con) -> tuple[int, int]:
@@ -730,8 +736,9 @@ def search(db_dir, motif: Motif, *, transforms=("P",), approximate: bool = False
         survivors.append((t, h_sid[sel][ok], h_start[sel][ok]))
     stats["candidates_after_filter"] = int(sum(len(x[1]) for x in survivors))
     sids = np.unique(np.concatenate([x[1] for x in survivors])) if survivors else np.zeros(0, np.int64)
+    # phase 1: only what verification needs (pitch, onsets) for the candidate streams
     streams = _arrow(con,
-        f"SELECT {_STREAM_COLS} FROM pattern_streams WHERE stream_id IN (SELECT unnest(?)){piece_filter} "
+        f"SELECT {_VERIFY_COLS} FROM pattern_streams WHERE stream_id IN (SELECT unnest(?)){piece_filter} "
         "ORDER BY stream_id", [sids.tolist()] + params_extra)
     pool = pool_from_streams(streams)
     sid_sorted = pool.stream_id
@@ -745,6 +752,16 @@ def search(db_dir, motif: Motif, *, transforms=("P",), approximate: bool = False
         present = (pos < len(sid_sorted)) & (sid_sorted[np.minimum(pos, len(sid_sorted) - 1)] == ssid)
         flat = pool.stream_offset[pos[present]] + sst[present]
         found.append((t, m, match_in_pool(pool, v, flat, approximate=approximate, rhythm=rhythm)))
+    # phase 2: note identities and seconds for the streams that hold a match
+    hit_rows = np.unique(np.concatenate([pool.row[r["start"]] for _, _, r in found])) if found else []
+    if len(hit_rows):
+        extra = _arrow(con,
+            "SELECT stream_id, track_index, note_index, onset_s FROM pattern_streams "
+            "WHERE stream_id IN (SELECT unnest(?)) ORDER BY stream_id", [pool.stream_id[hit_rows].tolist()])
+        n = pc.list_value_length(extra.column("track_index")).to_numpy(zero_copy_only=False)
+        idx = np.concatenate([np.arange(pool.stream_offset[r], pool.stream_offset[r] + k) for r, k in zip(hit_rows, n)])
+        for col, name in ((pool.track_index, "track_index"), (pool.note_index, "note_index"), (pool.onset_s, "onset_s")):
+            col[idx] = pc.list_flatten(extra.column(name)).to_numpy(zero_copy_only=False)
     return _collect(pool, found, motif.absolute, _paths(con, set(pool.stream_piece)))
 
 
