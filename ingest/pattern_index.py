@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from atlas_db.schema_patterns import TABLES
+import pyarrow.compute as pc
+
+from atlas_db.schema_patterns import NGRAM, TABLES
 
 __all__ = ["STAGE", "VERSION", "BATCH_PIECES", "update", "forget", "index_tables"]
 
@@ -30,7 +32,7 @@ BATCH_PIECES = 200
 
 def index_tables(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
     """``(pattern_streams, pattern_ngrams)`` rows for the pieces in a notes table."""
-    from query.pattern_search import NOTE_COLUMNS, build_streams, ngram_codes
+    from query.pattern_search import NOTE_COLUMNS, build_streams
 
     if notes.num_rows == 0:
         return TABLES["pattern_streams"].empty_table(), TABLES["pattern_ngrams"].empty_table()
@@ -45,16 +47,23 @@ def index_tables(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
         sub = {c: v[lo:hi] for c, v in cols.items()}
         parts.append(build_streams(str(pid_sorted[lo]), sub, stage_version=VERSION))
     streams = pa.concat_tables(parts) if parts else TABLES["pattern_streams"].empty_table()
-    grams, sids, poss = [], [], []
-    for sid, pitch in zip(streams.column("stream_id").to_numpy(zero_copy_only=False),
-                          streams.column("pitch").to_pylist()):
-        codes = ngram_codes(np.asarray(pitch, dtype=np.int32))
-        grams.append(codes)
-        sids.append(np.full(len(codes), sid, dtype=np.int64))
-        poss.append(np.arange(len(codes), dtype=np.int32))
-    g = np.concatenate(grams) if grams else np.zeros(0, np.int32)
-    s = np.concatenate(sids) if sids else np.zeros(0, np.int64)
-    p = np.concatenate(poss) if poss else np.zeros(0, np.int32)
+    # n-gram codes over the concatenated streams, keeping windows inside one stream
+    n = streams.column("n_notes").to_numpy(zero_copy_only=False).astype(np.int64)
+    pitch = pc.list_flatten(streams.column("pitch")).to_numpy(zero_copy_only=False).astype(np.int32)
+    row = np.repeat(np.arange(len(n)), n)
+    pos_all = np.arange(len(pitch)) - np.repeat(np.concatenate([[0], np.cumsum(n)[:-1]]), n)
+    w = len(pitch) - NGRAM
+    if w > 0:
+        ok = row[NGRAM:] == row[:w]
+        iv = np.diff(pitch) + 128
+        code = np.zeros(w, dtype=np.int32)
+        for k in range(NGRAM):
+            code = (code << 8) | iv[k : k + w]
+        g = code[ok]
+        s = streams.column("stream_id").to_numpy(zero_copy_only=False).astype(np.int64)[row[:w][ok]]
+        p = pos_all[:w][ok].astype(np.int32)
+    else:
+        g, s, p = np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32)
     o = np.lexsort((p, s, g))
     ngrams = pa.table({"gram": pa.array(g[o], pa.int32()), "stream_id": pa.array(s[o], pa.int64()),
                        "position": pa.array(p[o], pa.int32())}, schema=TABLES["pattern_ngrams"])
