@@ -256,7 +256,7 @@ def embedding(chroma: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     return out
 
 
-def lead_mask(track_index, onset_beats, pitch, *, min_notes: int = 16, mono: float = 0.8) -> np.ndarray:
+def lead_mask(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
     """Notes of the lead track, when a piece has one.
 
     The lead is the most monophonic track (share of its notes that start alone, at least

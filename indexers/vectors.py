@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 STAGE = "vectors"
-VERSION = "vectors-4"
+VERSION = "vectors-5"
 BATCH_PIECES = 200
 # Tracks with fewer notes get no track vector (a vector of three notes says nothing).
 MIN_TRACK_NOTES = 8

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from atlas_db.errors import BadInputError, IndexTroubleError
 from indexers.align import sw_chroma, sw_chroma_score, sw_symbols, sw_symbols_score
-from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma, dequantize_chroma,
+from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma, dequantize_chroma,  # noqa: F401
                                features_from_notes, melody_intervals)
 
 __all__ = ["CoverIndex", "QueryFeatures", "query_from_notes", "query_from_file", "covers",
@@ -46,11 +46,13 @@ ALIGN = dict(
     scales=(0.5, 1.0, 2.0),  # query beats per reference beat tried
     max_query_intervals=96, max_query_frames=48,  # longer queries: their middle part
     scale_probe=8,  # candidates on which the query's time scale is chosen
-    n_shifts=2, short_query_frames=16,  # transpositions tried (all 12 below short_query_frames)
+    n_shifts=2, n_shifts_short=4, short_query_frames=16,  # transpositions tried per candidate
     candidates=30,  # per retrieval list (whole / melody / harmony vector, melody / chord n-grams)
     max_candidates=60,  # of their union, taken round-robin by rank
     expand_from=3, expand_neighbours=8,  # query expansion: neighbours of the best answers
-    weak_weight=0.25,
+    weak_weight=0.3,
+    phase_search_beats=64,  # queries up to this long also try other beat phases
+    harmony_weight=0.85,  # a melody match counts more than an equal harmony match
 )
 
 RESULT_SCHEMA = pa.schema([
@@ -111,6 +113,9 @@ class QueryFeatures:
     chroma_beats: np.ndarray  # (n_beats, 12) float, frame max = 1
     melody_pitch: np.ndarray
     melody_onset_beats: np.ndarray
+    # the chroma again with the beat grid moved by half a beat (short queries cut off
+    # the beat); None when the query has no notes at hand (a stored piece)
+    chroma_half_beat: np.ndarray | None = None
     intervals: np.ndarray = field(init=False)
     interval_index: np.ndarray = field(init=False)
 
@@ -128,7 +133,11 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
     f = features_from_notes(onset_beats, duration_beats, pitch, track_index)
     if not np.any(f["beat_chroma"]):
         raise BadInputError(f"{label}: the query has no sounding notes")
-    return QueryFeatures(label, piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"])
+    half = None
+    if f["beat_chroma"].shape[0] <= ALIGN["phase_search_beats"]:
+        half = beat_chroma(onset_beats, duration_beats, pitch, start_beats=0.5)
+    return QueryFeatures(label, piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"],
+                         half)
 
 
 def query_from_file(path) -> QueryFeatures:
@@ -232,7 +241,7 @@ class CoverIndex:
         first, the query itself left out."""
         from indexers.faiss_index import search
 
-        n = n or ALIGN["candidates"]
+        n = n or ALIGN["candidates"] * self._budget(q) // ALIGN["max_candidates"]
         v = q.vector
         qv = np.stack([v, v * self.mask_melody, v * self.mask_harmony])
         scores, rows = search(self.index, qv, n + 1)
@@ -249,12 +258,21 @@ class CoverIndex:
         rows = order[np.sort(first)]
         if q.piece_id is not None and q.piece_id in self.row_of:
             rows = rows[rows != self.row_of[q.piece_id]]
-        return rows[: ALIGN["max_candidates"]].astype(np.int64)
+        return rows[: self._budget(q)].astype(np.int64)
+
+    @staticmethod
+    def _budget(q: QueryFeatures) -> int:
+        """Candidates to align: a short query (an excerpt) costs little per candidate
+        and finds less in the vectors, so it gets more of them."""
+        A = ALIGN
+        n = max(min(q.intervals.size, A["max_query_intervals"]), 16)
+        return int(np.clip(A["max_candidates"] * A["max_query_intervals"] / n, A["max_candidates"],
+                           4 * A["max_candidates"]))
 
     # -- stage 2 -------------------------------------------------------------------
-    def _query_frames(self, q: QueryFeatures, scale: float):
+    def _query_frames(self, q: QueryFeatures, scale: float, chroma: np.ndarray | None = None):
         fb = ALIGN["frame_beats"]
-        qf = _pool_beats(q.chroma_beats, fb * scale)
+        qf = _pool_beats(q.chroma_beats if chroma is None else chroma, fb * scale)
         fa, fz = _middle(qf.shape[0], ALIGN["max_query_frames"])
         qf = qf[fa:fz]
         nq = int((qf.sum(axis=1) > 0).sum())
@@ -262,25 +280,44 @@ class CoverIndex:
         return qs, nq, fa
 
     def _shifts(self, q: QueryFeatures, rows: np.ndarray, n_frames: int) -> np.ndarray:
-        """Transpositions to try per candidate: all 12 for short queries, else the best
-        few of the global chroma correlation (optimal transposition index)."""
-        if n_frames <= ALIGN["short_query_frames"]:
-            return np.tile(np.arange(12, dtype=np.int64), (rows.size, 1))
+        """Transpositions to try per candidate: the best few of the global chroma
+        correlation (optimal transposition index), a few more for short queries."""
         qglob = q.chroma_beats.sum(axis=0)
         qglob = qglob / max(float(np.linalg.norm(qglob)), 1e-9)
         rolled = np.stack([np.roll(qglob, t) for t in range(12)])
         corr = self.global_chroma[rows] @ rolled.T  # [c, t] = <query up t, candidate>
-        return np.ascontiguousarray(np.argsort(-corr, axis=1)[:, : ALIGN["n_shifts"]], np.int64)
+        n = ALIGN["n_shifts_short"] if n_frames <= ALIGN["short_query_frames"] else ALIGN["n_shifts"]
+        return np.ascontiguousarray(np.argsort(-corr, axis=1)[:, :n], np.int64)
+
+    def _phases(self, q: QueryFeatures, scale: float) -> list[np.ndarray]:
+        """Beat chromas to try: the query's own grid, and for a short query also the grid
+        moved by half a beat and by whole beats up to one reference frame."""
+        base = [q.chroma_beats]
+        if q.chroma_half_beat is not None:
+            base.append(q.chroma_half_beat)
+        else:
+            return base
+        step = int(round(ALIGN["frame_beats"] * scale))
+        return [c[k:] for c in base for k in range(max(step, 1)) if c.shape[0] > k]
 
     def _harmony(self, q, rows, scale):
         A = ALIGN
-        qs, nq, fa = self._query_frames(q, scale)
-        if nq < 2 or rows.size == 0:
-            return np.zeros(rows.size, np.float32), np.zeros(rows.size, np.int32)
+        best = np.zeros(rows.size, np.float32)
+        best_shift = np.zeros(rows.size, np.int32)
+        if rows.size == 0:
+            return best, best_shift
         frefs, foffs = _gather_rows(self.frames, self.fr_off, rows)
-        hs, hsh = sw_chroma_score(qs, self._shifts(q, rows, qs.shape[1]), frefs, foffs,
-                                  A["chroma_threshold"], A["chroma_silent"], A["chroma_gap"])
-        return hs / ((1.0 - A["chroma_threshold"]) * nq), hsh
+        for chroma in self._phases(q, scale):
+            qs, nq, fa = self._query_frames(q, scale, chroma)
+            if nq < 2:
+                continue
+            hs, hsh = sw_chroma_score(qs, self._shifts(q, rows, qs.shape[1]), frefs, foffs,
+                                      A["chroma_threshold"], A["chroma_silent"], A["chroma_gap"])
+            hs = hs / ((1.0 - A["chroma_threshold"]) * nq)
+            better = hs > best
+            best[better] = hs[better]
+            best_shift[better] = hsh[better]
+        return best, best_shift
 
     def rerank(self, q: QueryFeatures, rows: np.ndarray, scale: float | None = None) -> dict[str, np.ndarray]:
         """Alignment scores of the candidate rows (see the module docstring); ``scale``
@@ -308,8 +345,8 @@ class CoverIndex:
                 best_scale, best = sc, top
         harm, hshift = self._harmony(q, rows, best_scale)
         harm = np.maximum(harm, 0).astype(np.float32)
-        best_of = np.maximum(mel, harm)
-        score = best_of + A["weak_weight"] * np.minimum(mel, harm)
+        h = A["harmony_weight"] * harm
+        score = np.maximum(mel, h) + A["weak_weight"] * np.minimum(mel, h)
         return {"rows": rows, "mel": mel.astype(np.float32), "harm": harm, "hshift": hshift,
                 "scale": best_scale, "score": score.astype(np.float32), "by_melody": mel >= harm,
                 "mel_window": (a, b)}
