@@ -270,7 +270,7 @@ def update(con, piece_ids: list[str]) -> None:
     _recount(con, list(piece_ids))
     _add_terminal_counts(con, _terminal_counts(notes, term))
     gt.track_transforms(con, list(piece_ids), VERSION)
-    gt.refresh_corpus_level(con, VERSION)
+    gt.refresh_corpus_level(con, VERSION, new_from=gc.N_TERMINALS + n_old)
 
 
 def forget(con, piece_ids: list[str]) -> None:

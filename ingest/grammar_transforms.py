@@ -62,9 +62,17 @@ def _double_list_sql() -> str:
     return "[" + ", ".join("NULL" if v is None else str(v) for v in _DOUBLE) + "]"
 
 
-def rule_transforms(con, version: str) -> int:
-    """Recompute every rule-scope transform; returns rows written."""
-    con.execute("DELETE FROM transforms WHERE scope = 'rule'")
+def rule_transforms(con, version: str, *, new_from: int | None = None) -> int:
+    """Rule-scope transforms; returns the rule-scope rows now stored.
+
+    ``new_from``: rules with ``rule_id >= new_from`` are new since the last call; only
+    pairs involving one of them are searched (contours of older rules never change), then
+    ``n_notes`` and ``gain_bits`` of every rule-scope row are refreshed from the current
+    counts. ``None``: recompute everything."""
+    have = con.execute("SELECT count(*) FROM transforms WHERE scope = 'rule'").fetchall()[0][0]
+    if new_from is None or not have:
+        con.execute("DELETE FROM transforms WHERE scope = 'rule'")
+        new_from = 0
     n_rules = max(con.execute("SELECT count(*) FROM rules").fetchall()[0][0], 2)
     pointer = math.log2(n_rules) + math.log2(6)
     dbl = _double_list_sql()
@@ -73,6 +81,7 @@ def rule_transforms(con, version: str) -> int:
         SELECT rule_id, intervals, length, count,
                rhythm_buckets[1:length - 1] AS inner_rhythm
         FROM rules WHERE length >= {MIN_TRANSFORM_LENGTH}""")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _gt_n AS SELECT * FROM _gt_r WHERE rule_id >= {int(new_from)}")
     matches = {
         "I": ("b.intervals = list_transform(a.intervals, lambda x: -x) AND b.inner_rhythm = a.inner_rhythm", "NULL"),
         "R": ("b.intervals = list_reverse(list_transform(a.intervals, lambda x: -x)) "
@@ -84,31 +93,45 @@ def rule_transforms(con, version: str) -> int:
                    "list_transform(b.intervals, lambda x: ((x % 12) + 12) % 12) = "
                    "list_transform(a.intervals, lambda x: ((x % 12) + 12) % 12)", "NULL"),
     }
+
     def next_id():
         return con.execute("SELECT coalesce(max(transform_id), 0) FROM transforms").fetchall()[0][0]
 
+    gain = f"8 * (b.length - 1) + 7 * b.length - {pointer}"
     for kind, (cond, ratio) in matches.items():
         # symmetric relations once per pair (source < target); this also drops palindromes
         order = "AND a.rule_id < b.rule_id" if kind in ("I", "R", "RI", "octave") else ""
-        con.execute(f"""
-            INSERT INTO transforms
-            SELECT {next_id()} + row_number() OVER (ORDER BY a.rule_id, b.rule_id), 'rule', '{kind}',
-                   a.rule_id, b.rule_id, NULL, NULL, NULL, NULL, {ratio},
-                   b.count * b.length,
-                   8 * (b.length - 1) + 7 * b.length - {pointer}, '{version}'
-            FROM _gt_r a JOIN _gt_r b ON a.length = b.length AND {cond} {order}
-            WHERE {"list_max(a.inner_rhythm) > 0 AND " if kind == "augmentation" else ""}8 * (b.length - 1) + 7 * b.length - {pointer} > 0""")
+        extra = "list_max(a.inner_rhythm) > 0 AND " if kind == "augmentation" else ""
+        before = next_id()
+        # pairs with a new source, then pairs of an older source and a new target
+        for a_tab, b_tab, only_old_a in (("_gt_n", "_gt_r", False), ("_gt_r", "_gt_n", True)):
+            if new_from == 0 and only_old_a:
+                continue
+            old_a = f"a.rule_id < {int(new_from)} AND " if only_old_a else ""
+            con.execute(f"""
+                INSERT INTO transforms
+                SELECT {next_id()} + row_number() OVER (ORDER BY a.rule_id, b.rule_id), 'rule', '{kind}',
+                       a.rule_id, b.rule_id, NULL, NULL, NULL, NULL, {ratio},
+                       b.count * b.length, {gain}, '{version}'
+                FROM {a_tab} a JOIN {b_tab} b ON a.length = b.length AND {cond} {order}
+                WHERE {old_a}{extra}{gain} > 0""")
         if kind == "augmentation":
             con.execute(f"""
                 INSERT INTO transforms
                 SELECT {next_id()} + row_number() OVER (ORDER BY target_rule_id, source_rule_id), 'rule',
                        'diminution', target_rule_id, source_rule_id, NULL, NULL, NULL, NULL, 0.5,
-                       s.count * s.length, gain_bits, stage_version
-                FROM transforms t JOIN _gt_r s ON s.rule_id = t.source_rule_id
-                WHERE t.kind = 'augmentation'""")
-    total = con.execute("SELECT count(*) FROM transforms WHERE scope = 'rule'").fetchall()[0][0]
+                       0, gain_bits, stage_version
+                FROM transforms t
+                WHERE t.kind = 'augmentation' AND t.transform_id > {before}""")
+    # counts and the number of rules changed: refresh what depends on them
+    con.execute(f"""
+        UPDATE transforms SET n_notes = r.count * r.length,
+               gain_bits = 8 * (r.length - 1) + 7 * r.length - {pointer}
+        FROM rules r WHERE transforms.scope = 'rule' AND r.rule_id = transforms.target_rule_id""")
+    con.execute("DELETE FROM transforms WHERE scope = 'rule' AND gain_bits <= 0")
     con.execute("DROP TABLE _gt_r")
-    return total
+    con.execute("DROP TABLE _gt_n")
+    return con.execute("SELECT count(*) FROM transforms WHERE scope = 'rule'").fetchall()[0][0]
 
 
 def track_transforms(con, piece_ids: list[str] | None, version: str) -> int:
@@ -256,8 +279,9 @@ def meta_patterns(con, version: str) -> int:
     return con.execute("SELECT count(*) FROM meta_patterns").fetchall()[0][0]
 
 
-def refresh_corpus_level(con, version: str) -> None:
-    """Rule transforms, corpus choices and meta-patterns (recomputed over the corpus)."""
-    rule_transforms(con, version)
+def refresh_corpus_level(con, version: str, *, new_from: int | None = None) -> None:
+    """Rule transforms (searched for the rules from ``new_from`` on; all if None), corpus
+    choices and meta-patterns (recomputed over the corpus)."""
+    rule_transforms(con, version, new_from=new_from)
     interval_choices(con, version)
     meta_patterns(con, version)

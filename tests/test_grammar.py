@@ -122,6 +122,18 @@ def test_incremental_finds_rule_of_corpus_a_in_transposed_piece_b(tmp_path):
             (SELECT rule_id, count(*) n FROM occurrences GROUP BY 1) o USING (rule_id)
             WHERE r.rule_id >= 128 AND r.count <> coalesce(o.n, 0)""").fetchall()[0][0]
         assert bad == 0
+    # rule transforms searched incrementally equal a full recomputation
+    from ingest import grammar_transforms as gt
+
+    q = ("SELECT kind, source_rule_id, target_rule_id, n_notes, round(gain_bits, 6) FROM transforms "
+         "WHERE scope = 'rule' ORDER BY ALL")
+    con = connect(db, read_only=False)
+    incremental = con.execute(q).fetchall()
+    con.execute("BEGIN")
+    gt.rule_transforms(con, "test")
+    assert con.execute(q).fetchall() == incremental
+    con.execute("ROLLBACK")
+    con.close()
 
 
 def test_rebuild_is_deterministic_and_matches_one_batch_ingest(tmp_path, pop909_dir):
