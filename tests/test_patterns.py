@@ -216,6 +216,14 @@ def test_index_equals_brute_force_approximate_and_rhythm(small_pop909_db):
     assert stats["method"] == "index"
     want = brute_force_search(small_pop909_db, m, approximate=True, transforms=("P", "I"), piece_ids=pieces)
     assert got == want and want
+    # short motifs are scanned, not looked up: the same answers
+    for m, approx in ((parse_motif("+2 -2"), False), (_real_windows(small_pop909_db, 1, 5, seed=4, pieces=pieces)[0], True)):
+        stats = {}
+        got = _as_set(search(small_pop909_db, m, approximate=approx, transforms=("P", "RI"), piece_ids=pieces,
+                             stats=stats))
+        assert stats["method"] == "scan"
+        want = brute_force_search(small_pop909_db, m, approximate=approx, transforms=("P", "RI"), piece_ids=pieces)
+        assert got == want and want
     m5 = Motif((0, 0, 0, 0, 0), False, (0.5, 0.5, 0.5, 0.5), "repeated notes")
     for mode in ("exact", "augmentation"):
         got = _as_set(search(small_pop909_db, m5, rhythm=mode, piece_ids=pieces))
