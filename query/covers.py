@@ -181,28 +181,28 @@ class CoverIndex:
         self.row_of = {pid: i for i, pid in enumerate(self.ids)}
         self.vectors = np.ascontiguousarray(vectors, np.float32)
         self.index = faiss_index if faiss_index is not None else build_index(self.vectors)
-        fb = ALIGN["frame_beats"]
         n_beats = np.asarray(n_beats, np.int64)
-        beat_off = np.concatenate([[0], np.cumsum(n_beats)])
+        self.beat_off = np.concatenate([[0], np.cumsum(n_beats)]).astype(np.int64)
         self.chroma_q = np.asarray(chroma_q, np.int8).reshape(-1, 12)
-        self.beat_off = beat_off
-        chroma = self.chroma_q.astype(np.float32) / 127.0
-        # pool each piece's beats to frames of fb beats
-        n_fr = -(-n_beats // fb)
-        self.fr_off = np.concatenate([[0], np.cumsum(n_fr)]).astype(np.int64)
-        frames = np.zeros((int(self.fr_off[-1]), 12), np.float32)
-        piece_of_beat = np.repeat(np.arange(len(n_beats)), n_beats)
-        local = np.arange(int(beat_off[-1])) - beat_off[piece_of_beat]
-        np.add.at(frames, self.fr_off[piece_of_beat] + local // fb, chroma)
-        norm = np.linalg.norm(frames, axis=1, keepdims=True)
-        np.divide(frames, norm, out=frames, where=norm > 0)
-        self.frames = frames
-        glob = np.add.reduceat(chroma, beat_off[:-1].clip(max=max(len(chroma) - 1, 0)), axis=0) if len(chroma) else \
-            np.zeros((len(n_beats), 12), np.float32)
-        glob[n_beats == 0] = 0
+        # global chroma and chord motions, a chunk of pieces at a time (the 2-beat frames
+        # of all pieces would take ~7 KB per piece; the search pools its candidates' own)
+        glob = np.zeros((n_beats.size, 12), np.float32)
+        motions, motion_counts = [], []
+        for c0 in range(0, n_beats.size, 4096):
+            rows = np.arange(c0, min(c0 + 4096, n_beats.size))
+            frames, f_off = self._frames_of(rows)
+            sums = np.add.reduceat(frames, np.minimum(f_off[:-1], max(len(frames) - 1, 0)), axis=0) \
+                if len(frames) else np.zeros((rows.size, 12), np.float32)
+            sums[np.diff(f_off) == 0] = 0
+            glob[rows] = sums
+            cm, cm_off = chord_motions(frames, f_off)
+            motions.append(cm)
+            motion_counts.append(np.diff(cm_off))
         gn = np.linalg.norm(glob, axis=1, keepdims=True)
         np.divide(glob, gn, out=glob, where=gn > 0)
-        self.global_chroma = glob.astype(np.float32)
+        self.global_chroma = glob
+        cm = np.concatenate(motions) if motions else np.zeros(0, np.int64)
+        cm_off = np.concatenate([[0], np.cumsum(np.concatenate(motion_counts))]) if motions else np.zeros(1, np.int64)
         # melody: pitches, onsets and pitch-class intervals back to back
         n_melody = np.asarray(n_melody, np.int64)
         self.mel_off = np.concatenate([[0], np.cumsum(n_melody)]).astype(np.int64)
@@ -215,22 +215,39 @@ class CoverIndex:
             idxs.append(ix)
             offs.append(offs[-1] + iv.size)
         self.iv = np.concatenate(ivs).astype(np.int8) if ivs else np.zeros(0, np.int8)
-        self.iv_index = np.concatenate(idxs).astype(np.int64) if idxs else np.zeros(0, np.int64)
+        self.iv_index = np.concatenate(idxs).astype(np.int32) if idxs else np.zeros(0, np.int32)
         self.iv_off = np.asarray(offs, np.int64)
         self.grams = _gram_index(self.iv, self.iv_off)
-        cm, cm_off = chord_motions(self.frames, self.fr_off)
-        self.chord_grams = _GramIndex(cm, cm_off, CHORD_ALPHABET)
+        self.chord_grams = _GramIndex(cm.astype(np.int8), cm_off.astype(np.int64), CHORD_ALPHABET)
         self.mask_melody = _block_mask(MELODY_BLOCKS)
         self.mask_harmony = _block_mask(HARMONY_BLOCKS)
 
     def __len__(self):
         return len(self.ids)
 
+    def _frames_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unit-norm chroma frames of ``frame_beats`` beats of these pieces, back to back,
+        and their offsets."""
+        fb = ALIGN["frame_beats"]
+        starts, ends = self.beat_off[rows], self.beat_off[rows + 1]
+        nb = ends - starts
+        nf = -(-nb // fb)
+        f_off = np.concatenate([[0], np.cumsum(nf)]).astype(np.int64)
+        b_off = np.concatenate([[0], np.cumsum(nb)])
+        idx = np.repeat(starts - b_off[:-1], nb) + np.arange(b_off[-1])
+        if f_off[-1] == 0:
+            return np.zeros((0, 12), np.float32), f_off
+        first = np.repeat(b_off[:-1], nf) + (np.arange(f_off[-1]) - np.repeat(f_off[:-1], nf)) * fb
+        frames = np.add.reduceat(self.chroma_q[idx].astype(np.float32), first, axis=0)
+        norm = np.linalg.norm(frames, axis=1, keepdims=True)
+        np.divide(frames, norm, out=frames, where=norm > 0)
+        return frames, f_off
+
     def nbytes(self) -> int:
         arrays = [self.grams.matrix.data, self.grams.matrix.indices, self.grams.matrix.indptr,
                   self.chord_grams.matrix.data, self.chord_grams.matrix.indices, self.chord_grams.matrix.indptr,
-                  self.vectors, self.frames, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset, self.iv,
-                  self.iv_index, self.iv_off, self.fr_off, self.mel_off]
+                  self.vectors, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset,
+                  self.iv, self.iv_index, self.iv_off, self.mel_off]
         return int(sum(a.nbytes for a in arrays)) + self.vectors.nbytes  # + the FAISS copy
 
     # -- stage 1 -------------------------------------------------------------------
@@ -306,7 +323,7 @@ class CoverIndex:
         best_shift = np.zeros(rows.size, np.int32)
         if rows.size == 0:
             return best, best_shift
-        frefs, foffs = _gather_rows(self.frames, self.fr_off, rows)
+        frefs, foffs = self._frames_of(rows)
         for chroma in self._phases(q, scale):
             qs, nq, fa = self._query_frames(q, scale, chroma)
             if nq < 2:
@@ -398,7 +415,7 @@ class CoverIndex:
         scale = r["scale"]
         qs, nq, fa = self._query_frames(q, scale)
         if nq >= 2 and rows.size:
-            frefs, foffs = _gather_rows(self.frames, self.fr_off, rows)
+            frefs, foffs = self._frames_of(rows)
             shifts = np.ascontiguousarray(r["hshift"][order].reshape(-1, 1), np.int64)
             _, _, hreg = sw_chroma(qs, shifts, frefs, foffs, A["chroma_threshold"], A["chroma_silent"],
                                    A["chroma_gap"])
@@ -569,14 +586,19 @@ class _GramIndex:
         self.ns = ns
         self.bases = np.cumsum([0] + [alphabet ** n for n in ns])
         n_pieces = off.size - 1
-        codes, piece = self.codes(sym, off)
-        m = sparse.csr_matrix((np.ones(codes.size, np.float32), (piece, codes)),
-                              shape=(n_pieces, int(self.bases[-1])), dtype=np.float32)
-        m.sum_duplicates()
-        m.data[:] = 1.0
-        df = np.bincount(m.indices, minlength=m.shape[1]).astype(np.float32)
+        n_codes = int(self.bases[-1])
+        parts = []
+        for c0 in range(0, n_pieces, 8192):  # a chunk at a time: bounded temporaries
+            c1 = min(c0 + 8192, n_pieces)
+            codes, piece = self.codes(sym[off[c0]:off[c1]], off[c0:c1 + 1] - off[c0])
+            m = sparse.csr_matrix((np.ones(codes.size, np.int8), (piece, codes)), shape=(c1 - c0, n_codes))
+            m.sum_duplicates()
+            m.data[:] = 1  # presence, not counts
+            parts.append(m)
+        m = sparse.vstack(parts, format="csc") if parts else sparse.csc_matrix((0, n_codes), dtype=np.int8)
+        df = np.diff(m.indptr).astype(np.float32)
         self.idf = np.log((1.0 + n_pieces) / (1.0 + df)).astype(np.float32) + 1.0
-        self.matrix = m.tocsc().astype(np.float32)
+        self.matrix = m
 
     def codes(self, sym: np.ndarray, off: np.ndarray):
         """(gram code, piece) of every n-gram that does not cross a piece boundary;
@@ -604,7 +626,7 @@ class _GramIndex:
         if codes.size == 0:
             return np.zeros(0, np.int64)
         u = np.unique(codes)
-        scores = self.matrix[:, u] @ self.idf[u]
+        scores = self.matrix[:, u] @ self.idf[u]  # int8 presence x float32 weights
         k = min(k, scores.size)
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
@@ -653,4 +675,4 @@ def chord_motions(frames: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _gram_index(iv, off) -> _GramIndex:
-    return _GramIndex(np.asarray(iv, np.int64) - 1, off, 11)
+    return _GramIndex((np.asarray(iv, np.int16) - 1).astype(np.int8), off, 11)
