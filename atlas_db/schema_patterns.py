@@ -2,8 +2,8 @@
 
 A *stream* is one melodic sequence cut out of a piece's notes (see
 ``query.pattern_search`` for the exact definitions): ``track`` (every note of one track),
-``track_top`` (the highest note at each onset of one track) and ``skyline`` (the highest
-note at each onset over all non-drum tracks). ``pattern_streams`` keeps each stream's
+``track_top`` (the highest note at each onset of one track), ``track_bottom`` (the
+lowest) and ``skyline`` (the highest note at each onset over all non-drum tracks). ``pattern_streams`` keeps each stream's
 notes as parallel lists (position = list index, 0-based), ``pattern_ngrams`` maps every
 run of ``NGRAM`` consecutive pitch intervals to the streams and positions it starts at.
 
@@ -28,7 +28,7 @@ TABLES: dict[str, pa.Schema] = {
         [
             ("stream_id", pa.int64()),
             ("piece_id", pa.string()),
-            ("stream", pa.string()),  # 'track' | 'track_top' | 'skyline'
+            ("stream", pa.string()),  # 'track' | 'track_top' | 'skyline' | 'track_bottom'
             ("stream_track", pa.int32()),  # track index; -1 for the skyline
             ("n_notes", pa.int32()),
             ("pitch", pa.list_(pa.int16())),  # MIDI numbers, stream order

@@ -1,7 +1,7 @@
 """Derived stage ``patterns``: the transposition-invariant index behind ``atlas pattern``.
 
 For each piece: its melodic streams (``query.pattern_search.build_streams``: per track,
-per track's top line, and the skyline) go to ``pattern_streams``; the code of every run of
+per track's top and bottom lines, and the skyline) go to ``pattern_streams``; the code of every run of
 3 consecutive intervals, with its stream and position, goes to ``pattern_ngrams``.
 Each piece is indexed on its own, so adding pieces never touches what is stored and the
 index is always exact (no corpus-level state). The n-grams of a batch are written sorted
@@ -26,7 +26,7 @@ def _arrow(con, sql: str, params=None) -> pa.Table:
 
 
 STAGE = "patterns"
-VERSION = "patterns-2"  # streams: track/track_top/skyline (held-note rule); 3-interval n-grams
+VERSION = "patterns-3"  # streams: track/track_top/track_bottom/skyline (held-note rule); 3-interval n-grams
 BATCH_PIECES = 200
 
 

@@ -18,6 +18,10 @@ into *streams*, each a sequence of notes in a fixed order:
     the same over all tracks (ties at one onset: the lower track, then the lower
     ``note_index``), so a theme that passes from one voice to another is one sequence.
     Stored only for pieces with two or more tracks with notes.
+``track_bottom``
+    one track's lowest note at each onset (ties: the earlier ``note_index``), left out
+    when a strictly lower note started earlier is still held: the bass line of a track
+    that plays chords. Stored only where it differs from ``track``.
 
 A motif of ``m`` notes *occurs* at position ``i`` of a stream when the stream's notes
 ``i .. i+m-1`` have the motif's pitch intervals (any transposition). The same notes found
@@ -87,7 +91,7 @@ def _arrow(con, sql: str, params=None) -> pa.Table:
 
 
 TRANSFORMS = ("P", "I", "R", "RI")
-STREAM_KINDS = ("track", "track_top", "skyline")
+STREAM_KINDS = ("track", "track_top", "skyline", "track_bottom")
 _KIND_CODE = {k: i for i, k in enumerate(STREAM_KINDS)}
 RHYTHM_TOL_BEATS = 0.0625  # a 64th note, in the motif's own beats
 MIN_NOTES = 3
@@ -342,10 +346,11 @@ def build_streams(piece_id: str, notes: dict[str, np.ndarray], *, stage_version:
     groups = np.split(order, bounds) if len(order) else []
     end = ob + db_
 
-    def uncovered(cand, scope):
-        """cand: top note per onset (onset order); drop those under a held higher note."""
+    def uncovered(cand, scope, sign=1):
+        """cand: top (sign=1) or bottom (sign=-1) note per onset, onset order; drop those
+        under a held higher note (over a held lower one)."""
         sc = scope[np.argsort(ob[scope], kind="stable")]
-        cov = _covered(ob[sc], end[sc], pi[sc].astype(np.int64), ob[cand], pi[cand].astype(np.int64),
+        cov = _covered(ob[sc], end[sc], sign * pi[sc].astype(np.int64), ob[cand], sign * pi[cand].astype(np.int64),
                        COVER_TOL_BEATS)
         return cand[~cov]
 
@@ -357,6 +362,10 @@ def build_streams(piece_id: str, notes: dict[str, np.ndarray], *, stage_version:
         top = uncovered(idx[last_of_onset], idx)
         if len(top) != len(idx):
             add("track_top", t, top)
+        first_of_onset = np.insert(o[1:] != o[:-1], 0, True)
+        bottom = uncovered(idx[first_of_onset], idx, -1)
+        if len(bottom) != len(idx):
+            add("track_bottom", t, bottom)
     if len(groups) >= 2:
         order = np.lexsort((ni, tr, -pi.astype(np.int32), ot))
         o = ot[order]
@@ -544,7 +553,7 @@ def _collect(pool: Pool, found: list[tuple[str, int, dict]], motif_abs: bool, pa
 
     Where the same notes match more than once (two streams, two transforms), the exact
     match wins over the approximate one, then the earlier transform (P, I, R, RI), then
-    the earlier stream kind (track, track_top, skyline)."""
+    the earlier stream kind (track, track_top, skyline, track_bottom)."""
     parts = [(t, m, r) for t, m, r in found if len(r["start"])]
     if not parts:
         return RESULT_SCHEMA.empty_table()
@@ -845,13 +854,13 @@ def _brute_streams(rows: list[tuple]) -> list[tuple[str, list[tuple]]]:
     """
     notes = [r for r in rows if r[6] != PERCUSSION_CHANNEL]
 
-    def held_over(r, scope):
+    def held_over(r, scope, sign=1):
         # scope: (sorted onsets, notes in that order, longest duration); only notes that
         # start less than the longest duration earlier can still be sounding
         onsets, ordered, longest = scope
         t = r[3]
         lo, hi = bisect.bisect_left(onsets, t - longest), bisect.bisect_left(onsets, t)
-        return any(n[3] + n[7] > t + COVER_TOL_BEATS and n[5] > r[5] for n in ordered[lo:hi])
+        return any(n[3] + n[7] > t + COVER_TOL_BEATS and sign * n[5] > sign * r[5] for n in ordered[lo:hi])
 
     def scope_of(rs):
         ordered = sorted(rs, key=lambda r: r[3])
@@ -869,6 +878,10 @@ def _brute_streams(rows: list[tuple]) -> list[tuple[str, list[tuple]]]:
             top[r[2]] = r  # last in (pitch, note_index) order = highest
         sc = scope_of(seq)
         out.append(("track_top", [top[k] for k in sorted(top) if not held_over(top[k], sc)]))
+        bottom = {}
+        for r in seq:
+            bottom.setdefault(r[2], r)  # first in (pitch, note_index) order = lowest
+        out.append(("track_bottom", [bottom[k] for k in sorted(bottom) if not held_over(bottom[k], sc, -1)]))
     sky = {}
     for r in sorted(notes, key=lambda r: (r[2], -r[5], r[0], r[1])):
         sky.setdefault(r[2], r)

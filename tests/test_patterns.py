@@ -80,6 +80,7 @@ def test_streams_definition():
         ("track", 1): [64, 65],
         ("track", 2): [48, 55, 67, 52, 60],  # onset order, chord notes low to high
         ("track_top", 2): [67, 60],
+        ("track_bottom", 2): [48, 52],
         ("skyline", -1): [67, 65],
     }
 
@@ -126,16 +127,18 @@ def test_planted_exact_all_transforms(planted_db):
     got = {(r[0], r[1], r[2]) for r in _rows(t)}
     assert got == {
         (0.0, 60, "P"), (8.0, 65, "P"), (16.0, 60, "I"), (24.0, 64, "R"), (32.0, 60, "RI"),
-        (40.0, 57, "P"), (80.0, 67, "P"),
+        (40.0, 57, "P"), (80.0, 67, "P"), (80.0, 48, "P"),
     }
-    chord_hit = [r for r in _rows(t) if r[0] == 80.0]
-    assert chord_hit[0][3] in ("track_top", "skyline")
+    # in the chordal track: the top voice (p + 7) and the bass (p - 12); the inner voice
+    # (p - 7) is no stream
+    chord_hits = {(r[1], r[3]) for r in _rows(t) if r[0] == 80.0}
+    assert chord_hits in ({(67, "track_top"), (48, "track_bottom")}, {(67, "skyline"), (48, "track_bottom")})
 
 
 def test_planted_prime_only_and_transposition(planted_db):
     t = search(planted_db, parse_motif("C4 D4 E4 F4 G4 E4"))
     got = sorted((r["onset_beats"], r["transposition"]) for r in t.to_pylist())
-    assert got == [(0.0, 0), (8.0, 5), (40.0, -3), (80.0, 7)]
+    assert got == [(0.0, 0), (8.0, 5), (40.0, -3), (80.0, -12), (80.0, 7)]
 
 
 def test_planted_approximate_finds_changed_note(planted_db):
@@ -150,10 +153,11 @@ def test_planted_approximate_finds_changed_note(planted_db):
 def test_planted_rhythm_and_augmentation(planted_db):
     m = parse_motif("C D E F G E", rhythm="1 1 1 1 1")
     same = search(planted_db, m, rhythm="exact")
-    assert sorted(r["onset_beats"] for r in same.to_pylist()) == [0.0, 8.0, 80.0]
+    assert sorted(r["onset_beats"] for r in same.to_pylist()) == [0.0, 8.0, 80.0, 80.0]
     aug = search(planted_db, m, rhythm="augmentation")
     got = {r["onset_beats"]: r["rhythm_factor"] for r in aug.to_pylist()}
     assert got == {0.0: 1.0, 8.0: 1.0, 40.0: 2.0, 80.0: 1.0}
+    assert len(aug) == 5  # the chordal track's top and bottom lines both at 80
     with pytest.raises(BadInputError, match="needs the motif's rhythm"):
         search(planted_db, parse_motif("C D E F G E"), rhythm="exact")
 
