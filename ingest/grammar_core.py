@@ -176,48 +176,69 @@ def _seq_keys(seq: Sequence) -> np.ndarray:
     n = len(seq)
     if n < 2:
         return np.full(max(n - 1, 0), -1, np.int64)
-    k = _pair_key(seq.sym[:-1], seq.sym[1:], seq.first[1:] - seq.last[:-1])
-    k[seq.brk[:-1]] = -1
-    return k
+    return _seq_keys_nb(seq.sym, seq.first, seq.last, seq.brk)
 
 
 @njit(cache=True, nogil=True)
-def _count_pairs(keys):
-    """Hash-count keys >= 0: (slot of each position or -1, unique keys, counts), the
-    unique keys in order of first appearance. O(n), unlike a sort."""
+def _seq_keys_nb(sym, first, last, brk):
+    n = len(sym) - 1
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        if brk[i]:
+            out[i] = -1
+        else:
+            out[i] = (sym[i] * np.int64(1 << 24) + sym[i + 1]) * 256 + (first[i + 1] - last[i] + 128)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _count_pairs_nb(keys, size_hint):
+    """Hash-count keys >= 0 with a table of about 2 * size_hint slots (small enough to
+    stay in cache: a round has far fewer distinct pairs than positions). Returns (slot of
+    each position or -1, unique keys in order of first appearance, counts, ok); ok is
+    False when more than size_hint distinct keys turned up (the caller retries larger)."""
     n = len(keys)
-    size = 1
-    while size < 2 * n + 2:
+    size = 16
+    while size < 2 * size_hint + 2:
         size *= 2
     mask = size - 1
-    table_key = np.full(size, -1, np.int64)
-    table_slot = np.empty(size, np.int64)
+    table = np.full(size, -1, np.int64)  # slot of the key hashed here
+    cap = size // 2
     inv = np.full(n, -1, np.int64)
-    uk = np.empty(n, np.int64)
-    cnt = np.zeros(n, np.int64)
+    uk = np.empty(cap, np.int64)
+    cnt = np.zeros(cap, np.int64)
     m = 0
     for i in range(n):
         k = keys[i]
         if k < 0:
             continue
-        h = (k * np.int64(-7046029254386353131)) >> np.int64(17)
-        h = h & mask
+        h = ((k * np.int64(-7046029254386353131)) >> np.int64(17)) & mask
         while True:
-            tk = table_key[h]
-            if tk == k:
-                s = table_slot[h]
-                break
-            if tk == -1:
-                table_key[h] = k
-                table_slot[h] = m
+            s = table[h]
+            if s == -1:
+                if m == cap:
+                    return inv, uk[:0].copy(), cnt[:0].copy(), False
+                table[h] = m
                 uk[m] = k
                 s = m
                 m += 1
                 break
+            if uk[s] == k:
+                break
             h = (h + 1) & mask
         cnt[s] += 1
         inv[i] = s
-    return inv, uk[:m].copy(), cnt[:m].copy()
+    return inv, uk[:m].copy(), cnt[:m].copy(), True
+
+
+def _count_pairs(keys, size_hint=None):
+    """(slot of each position or -1, unique keys, counts) of the keys >= 0. O(n)."""
+    hint = max(1024, len(keys) // 8) if size_hint is None else max(1024, int(size_hint))
+    while True:
+        inv, uk, cnt, ok = _count_pairs_nb(keys, hint)
+        if ok:
+            return inv, uk, cnt
+        hint *= 4
 
 
 @njit(cache=True, nogil=True)
@@ -304,12 +325,14 @@ def build(seq: Sequence, grammar: Grammar | None = None, *, max_rules: int = 100
     g = grammar if grammar is not None else Grammar()
     known = np.sort(g.keys())
     rnd = int(g.round.max()) + 1 if g.n_rules else 0
+    n_unique = None
     for _ in range(max_rounds):
         budget = max_rules - g.n_rules
         if budget <= 0 or len(seq) < 2:
             break
         keys = _seq_keys(seq)
-        inv, uk, cnt = _count_pairs(keys)
+        inv, uk, cnt = _count_pairs(keys, None if n_unique is None else 2 * n_unique)
+        n_unique = len(uk)
         if not len(uk):
             break
         top = int(cnt.max())
