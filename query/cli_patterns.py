@@ -73,7 +73,8 @@ def register(cli) -> None:
                 raise BadInputError("give either MOTIF or --rule ID, not both")
             if rhythm:
                 raise BadInputError("--rule searches a rule's pitch contour; --match-rhythm/--augmentation do not apply")
-            m, table = search_rule(db, rule_id, transforms=tuple(transforms), approximate=approximate, stats=stats)
+            m, table = search_rule(db, rule_id, transforms=tuple(transforms), approximate=approximate, stats=stats,
+                                   piece_ids=piece_ids)
             warn(f"atlas: rule {rule_id} = intervals {' '.join(f'{i:+d}' for i in m.intervals)}")
         else:
             if not motif:

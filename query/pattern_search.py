@@ -824,7 +824,8 @@ def _masks_ok(mask: np.ndarray, offs: list[int], approximate: bool) -> np.ndarra
     return (mask != 0) & ((hi < 0) | (hi - lo <= NGRAM))
 
 
-def search_rule(db_dir, rule_id: int, *, transforms=("P",), approximate: bool = False, stats=None) -> tuple[Motif, pa.Table]:
+def search_rule(db_dir, rule_id: int, *, transforms=("P",), approximate: bool = False, stats=None,
+                piece_ids=None) -> tuple[Motif, pa.Table]:
     """Look up grammar rule ``rule_id``'s contour (``rules.intervals``) and search it at
     every transposition with :func:`search` (so occurrences that do not line up with the
     grammar's parse are found too)."""
@@ -840,7 +841,8 @@ def search_rule(db_dir, rule_id: int, *, transforms=("P",), approximate: bool = 
         motif = Motif(tuple(int(x) for x in np.concatenate([[0], np.cumsum(intervals)])), False, None,
                       f"rule {rule_id}")
         _check_length(motif)
-        return motif, search(db_dir, motif, transforms=transforms, approximate=approximate, con=con, stats=stats)
+        return motif, search(db_dir, motif, transforms=transforms, approximate=approximate, con=con, stats=stats,
+                             piece_ids=piece_ids)
 
 
 # --------------------------------------------------------------------------- reference
