@@ -174,7 +174,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pop909", default=str(ROOT.parent / "shared" / "data" / "pop909-dev"))
     ap.add_argument("--music21-cache", default=str(Path.home() / ".cache" / "harmony-atlas" / "bench_music21"))
-    ap.add_argument("--no-lookup", action="store_true")
+    ap.add_argument("--no-lookup", action="store_true", help="Skip the database lookup part.")
+    ap.add_argument("--no-compression", action="store_true", help="Skip the compression part (xz is slow).")
     args = ap.parse_args()
     try:
         cores = len(os.sched_getaffinity(0))
@@ -209,9 +210,10 @@ def main():
           f" ({dt_base / dt_ours:.1f}x faster), grammar size {2 * g1.n_rules + len(s1):,} symbols"
           f" ({(2 * g1.n_rules + len(s1)) / (2 * g0.n_rules + len(s0)) - 1:+.1%})")
 
-    print("\n== compression ==")
-    bench_compression("pop909-dev", pop_notes, pop_raw, pop, g_pop, s_pop)
-    bench_compression("music21 corpus", m21_notes, m21_raw, m21, g_m21, s_m21)
+    if not args.no_compression:
+        print("\n== compression ==")
+        bench_compression("pop909-dev", pop_notes, pop_raw, pop, g_pop, s_pop)
+        bench_compression("music21 corpus", m21_notes, m21_raw, m21, g_m21, s_m21)
 
     if not args.no_lookup:
         print("\n== lookup latency (DuckDB, POP909 dev grammar) ==")
