@@ -322,6 +322,7 @@ def build(seq: Sequence, grammar: Grammar | None = None, *, max_rules: int = 100
     never defined again.
     """
     min_count = max(2, int(min_count))
+    max_rules = min(int(max_rules), int(_KEY_SYM) - N_TERMINALS)  # symbol ids fit the pair key
     g = grammar if grammar is not None else Grammar()
     known = np.sort(g.keys())
     rnd = int(g.round.max()) + 1 if g.n_rules else 0
