@@ -128,6 +128,9 @@ def test_demo_corpus_renders_real_scores(tmp_path):
     s = ingest_paths(paths, tmp_path / "db")
     assert s.added == 2
     with reading(tmp_path / "db") as con:
-        # a four-part chorale: soprano, alto, tenor, bass
-        n_parts = con.execute("SELECT count(*) FROM tracks WHERE n_notes > 0 GROUP BY piece_id").fetchall()
-    assert all(n == 4 for (n,) in n_parts)
+        parts = con.execute(
+            "SELECT p.title, list(t.name ORDER BY t.track_index) FROM tracks t JOIN pieces p USING (piece_id) "
+            "WHERE t.n_notes > 0 GROUP BY p.title ORDER BY p.title").fetchall()
+    # BWV 1.6 has an obbligato horn above the four voices; BWV 66.6 is plain SATB
+    assert parts == [("bach__bwv1.6", ["Horn 2", "Soprano", "Alto", "Tenor", "Bass"]),
+                     ("bach__bwv66.6", ["Soprano", "Alto", "Tenor", "Bass"])]
