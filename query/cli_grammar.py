@@ -17,6 +17,7 @@ def register(cli):
         \b
         Example:
           atlas grammar rules --top 10 --db ./atlas_data
+          atlas grammar show 4711 --db ./atlas_data
           atlas grammar export ./grammar_out --format parquet --db ./atlas_data
         """
 
@@ -39,6 +40,49 @@ def register(cli):
              f"FROM rules WHERE length >= {int(min_length)} "
              f"ORDER BY n_pieces DESC, count DESC, rule_id LIMIT {int(top)}")
         echo_table(run_sql(resolve(db_dir), q), fmt)
+
+    @grammar.command("show")
+    @click.argument("rule_id", type=int)
+    @db_option
+    @format_option()
+    @click.option("--limit", type=click.IntRange(1), default=10, show_default=True,
+                  help="Rows of places and transforms shown.")
+    def show_cmd(rule_id, db_dir, fmt, limit):
+        """One rule: its contour, the pieces it occurs in most, its transforms.
+
+        \b
+        Example:
+          atlas grammar show 4711 --db ./atlas_data
+        """
+        import json
+
+        from atlas_db.errors import BadInputError
+        from query.sql import run_sql
+
+        db = resolve(db_dir)
+        rule = run_sql(db, "SELECT rule_id, length, depth, intervals, rhythm_buckets, velocity_buckets, "
+                           "left_child, right_child, connector_interval, count, n_pieces, origin "
+                           "FROM rules WHERE rule_id = ?", params=[rule_id])
+        if rule.num_rows == 0:
+            raise BadInputError(f"rule {rule_id}: no such rule in the rules table")
+        places = run_sql(db, "SELECT title, track_name, count(*) AS occurrences, min(onset_s) AS first_onset_s, "
+                             "list(DISTINCT first_pitch ORDER BY first_pitch) AS first_pitches "
+                             "FROM rule_places WHERE rule_id = ? GROUP BY title, track_name "
+                             "ORDER BY occurrences DESC, title LIMIT ?", params=[rule_id, limit])
+        transforms = run_sql(db, "SELECT kind, source_rule_id, target_rule_id, rhythm_ratio, n_notes, "
+                                 "round(gain_bits, 1) AS gain_bits FROM transforms "
+                                 "WHERE ? IN (source_rule_id, target_rule_id) "
+                                 "ORDER BY gain_bits DESC, kind LIMIT ?", params=[rule_id, limit])
+        if fmt == "json":
+            click.echo(json.dumps({"rule": rule.to_pylist()[0], "places": places.to_pylist(),
+                                   "transforms": transforms.to_pylist()}, indent=1, default=str))
+            return
+        for title, table in (("rule", rule), ("where it occurs", places), ("transforms", transforms)):
+            if fmt == "table":
+                click.echo(f"-- {title}")
+            echo_table(table, fmt)
+            if fmt == "table":
+                click.echo("")
 
     @grammar.command("export")
     @click.argument("out_dir", type=click.Path(file_okay=False))

@@ -291,6 +291,15 @@ def test_cli_reindex_stats_compression_and_export(small_pop909_db, tmp_path):
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "js" / "transforms.json").read_text())
     assert rows and {"kind", "gain_bits", "source_rule_id"} <= set(rows[0])
+    rid = before[-1][0]
+    r = runner.invoke(cli, ["grammar", "show", str(rid), "--format", "json", "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.stdout)
+    assert shown["rule"]["rule_id"] == rid and shown["places"]
+    from atlas_db.errors import BadInputError
+
+    r = runner.invoke(cli, ["grammar", "show", "999999999", "--db", str(db)])
+    assert isinstance(r.exception, BadInputError) and "no such rule" in str(r.exception)
 
 
 def test_export_to_missing_parent_is_a_clear_error(small_pop909_db, tmp_path):
