@@ -568,3 +568,34 @@ def test_cli_tui_help_has_an_example():
 
     res = CliRunner().invoke(cli, ["tui", "--help"])
     assert res.exit_code == 0 and "Example:" in res.output and "atlas tui --db" in res.output
+
+
+def test_a_long_query_does_not_block_the_ui(tui_db, tmp_path):
+    # ~ 8 x (notes)^2 pairs compared: seconds of DuckDB work in a worker thread
+    slow = ("SELECT count(*) AS pairs FROM notes a, notes b, range(8) r "
+            "WHERE a.pitch + b.pitch = 118 + r.range AND a.velocity <> b.velocity + 1")
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await pilot.press("4")
+        await wait_for(pilot, lambda: app.current_mode == "sql", "sql mode")
+        screen = app.screen
+        screen.query_one("#editor").text = slow
+        # What the UI loop does while the query runs: a timer samples the worker's state
+        # and the screen shown; a key press switches screens.
+        samples = []
+
+        def sample():
+            running = [m.worker for m in of_type(messages, "StateChanged") if m.worker.group == "sql"]
+            samples.append((bool(running) and running[0].is_running, app.current_mode))
+
+        app.set_interval(0.02, sample)
+        screen.action_run()
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: of_type(messages, "QueryFinished"), "slow query", timeout_s=300)
+        assert of_type(messages, "QueryFinished")[-1].table.column("pairs")[0].as_py() > 0
+        during = [mode for running, mode in samples if running]
+        assert len(during) >= 10, "the UI loop stalled while the query ran"
+        assert "library" in during, "the key press was not handled while the query ran"
+
+    run(make_app(tui_db, tmp_path), scenario)
