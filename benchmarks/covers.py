@@ -436,30 +436,67 @@ def print_table(results, base_results, lat_cpu):
 
 
 def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
-    """index's real pieces plus synthetic ones up to n_total: each a real piece's sequences
-    transposed by a random amount, rotated in time and with its vector perturbed, so the
-    collection has the size and shape of a real one (lengths, vectors, melodies)."""
+    """``index``'s real pieces plus synthetic ones up to ``n_total`` that are no version of
+    any real song but look like real pieces to the search:
+
+    - melody: a second-order Markov chain over the real melodies' pitch-class intervals
+      (steps of at most a tritone), as many notes as a random real piece, on its onsets;
+    - harmony: the real beat chroma spliced from 4-beat chunks of random real pieces,
+      each chunk at a random transposition;
+    - vector: computed from these sequences by the same function as for real pieces.
+    """
+    from indexers.features import EMBED_DIM, embedding, melody_intervals
+
     n_real = len(index)
     n_syn = n_total - n_real
+    # interval statistics of the real melodies
+    iv = index.iv.astype(np.int64) - 1
+    same = np.repeat(np.arange(n_real), np.diff(index.iv_off))
+    ok = (same[:-2] == same[2:])
+    tri = np.zeros((11, 11, 11))
+    np.add.at(tri, (iv[:-2][ok], iv[1:-1][ok], iv[2:][ok]), 1)
+    tri += 0.1
+    cum = np.cumsum(tri / tri.sum(axis=2, keepdims=True), axis=2)
     src = rng.integers(0, n_real, n_syn)
     beats = np.diff(index.beat_off)
     mel_n = np.diff(index.mel_off)
-    ids = list(index.ids) + [f"synthetic{i:07d}" for i in range(n_syn)]
-    paths = list(index.paths) + [f"synthetic/{i:07d}.mid" for i in range(n_syn)]
-    noise = rng.normal(0, 0.15, (n_syn, index.vectors.shape[1])).astype(np.float32)
-    vecs = np.concatenate([index.vectors, np.abs(index.vectors[src] + noise * index.vectors[src].std())])
     chroma_parts, pitch_parts, onset_parts = [index.chroma_q.ravel()], [index.mel_pitch], [index.mel_onset]
-    shifts = rng.integers(0, 12, n_syn)
-    for s, t in zip(src, shifts):
-        c = index.chroma_q[index.beat_off[s]:index.beat_off[s + 1]]
-        rot = int(rng.integers(0, max(c.shape[0], 1)))
-        chroma_parts.append(np.roll(np.roll(c, t, axis=1), rot, axis=0).ravel())
-        m = index.mel_pitch[index.mel_off[s]:index.mel_off[s + 1]]
-        r2 = int(rng.integers(0, max(m.size, 1)))
-        pitch_parts.append(np.roll(m, r2) + t)
+    vecs = np.zeros((n_syn, EMBED_DIM), np.float32)
+    real_nb = beats
+    # all synthetic melodies at once, one Markov step per column
+    lens = mel_n[src]
+    width = int(lens.max()) if n_syn else 0
+    a, b = rng.integers(0, 11, n_syn), rng.integers(0, 11, n_syn)
+    steps = np.zeros((n_syn, max(width - 1, 0)), np.int64)
+    for t in range(steps.shape[1]):
+        u = rng.random(n_syn)
+        c = np.minimum((cum[a, b] < u[:, None]).sum(axis=1), 10)
+        steps[:, t] = c + 1
+        a, b = b, c
+    signed = np.where(steps <= 6, steps, steps - 12)
+    start = 60 + rng.integers(0, 12, n_syn)
+    mel = np.concatenate([start[:, None], start[:, None] + np.cumsum(signed, axis=1)], axis=1)
+    mel = (mel - 48) % 36 + 48  # keep it in range by octave folds
+    for k, s in enumerate(src):
+        p = mel[k, : int(lens[k])]
+        pitch_parts.append(p.astype(np.int16))
         onset_parts.append(index.mel_onset[index.mel_off[s]:index.mel_off[s + 1]])
-    return CoverIndex(ids, paths, vecs, np.concatenate(chroma_parts), np.concatenate([beats, beats[src]]),
-                      np.concatenate(pitch_parts), np.concatenate(onset_parts),
+        nb = int(beats[s])
+        n_chunks = -(-nb // 4)
+        donors = rng.integers(0, n_real, n_chunks)
+        starts = (rng.random(n_chunks) * np.maximum(real_nb[donors] - 4, 1)).astype(np.int64)
+        shifts = rng.integers(0, 12, n_chunks)
+        local = np.arange(nb)
+        chunk = local // 4
+        rows = index.beat_off[donors[chunk]] + np.minimum(starts[chunk] + local % 4, real_nb[donors[chunk]] - 1)
+        cols = (np.arange(12)[None, :] - shifts[chunk][:, None]) % 12
+        ch = index.chroma_q[rows[:, None], cols]
+        chroma_parts.append(ch.ravel())
+        vecs[k] = embedding(ch.astype(np.float32) / 127.0, melody_intervals(p)[0])
+    return CoverIndex(list(index.ids) + [f"synthetic{i:07d}" for i in range(n_syn)],
+                      list(index.paths) + [f"synthetic/{i:07d}.mid" for i in range(n_syn)],
+                      np.concatenate([index.vectors, vecs]), np.concatenate(chroma_parts),
+                      np.concatenate([beats, beats[src]]), np.concatenate(pitch_parts), np.concatenate(onset_parts),
                       np.concatenate([mel_n, mel_n[src]]))
 
 

@@ -1,9 +1,8 @@
 """A FAISS inner-product index over the piece vectors (the LanceDB ``piece_vectors`` table).
 
 faiss-gpu is used when the installed faiss has GPU support and a GPU is visible;
-otherwise faiss-cpu. The index is exact (``IndexFlatIP``): at 100k pieces x 186 float32
-dimensions it holds ~75 MB and answers in milliseconds, so an approximate index would
-only cost recall. The file ``<db>/faiss/piece_vectors.faiss`` (+ ``.ids.npy``) is a
+otherwise faiss-cpu. The index is exact (``IndexFlatIP``) up to 20k pieces; above, an IVF-Flat index
+(4 sqrt(n) k-means cells, 1/16 of them searched) keeps a query at a few milliseconds. The file ``<db>/faiss/piece_vectors.faiss`` (+ ``.ids.npy``) is a
 cache: it is rebuilt from Lance by ``atlas reindex --vectors`` and ignored when its row
 count no longer matches Lance.
 """
@@ -20,6 +19,10 @@ __all__ = ["build_index", "gpu_available", "search", "index_path", "save_index",
            "vectors_from_lance", "build_from_lance"]
 
 
+# Below this many pieces the index is exact (IndexFlatIP); above, IVF-Flat.
+IVF_FROM_ROWS = 20_000
+
+
 def gpu_available() -> bool:
     import faiss
 
@@ -28,7 +31,8 @@ def gpu_available() -> bool:
 
 
 def build_index(vectors: np.ndarray, *, use_gpu: bool | None = None):
-    """An exact inner-product index over ``vectors`` [shape=(n, d), float32]."""
+    """An inner-product index over ``vectors`` [shape=(n, d), float32]: exact below
+    ``IVF_FROM_ROWS`` rows, IVF-Flat above."""
     import faiss
 
     # one query at a time: OpenMP threads only add wake-up latency (and spin on a busy CPU)
@@ -36,7 +40,16 @@ def build_index(vectors: np.ndarray, *, use_gpu: bool | None = None):
     x = np.ascontiguousarray(vectors, np.float32)
     if x.ndim != 2 or not np.isfinite(x).all():
         raise IndexTroubleError("piece vectors are malformed (not a finite 2-D array); run `atlas reindex --vectors`")
-    index = faiss.IndexFlatIP(x.shape[1])
+    if x.shape[0] < IVF_FROM_ROWS:
+        index = faiss.IndexFlatIP(x.shape[1])
+    else:
+        # large collections: inverted lists (k-means cells), searching 1/16 of them
+        nlist = int(4 * np.sqrt(x.shape[0]))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(x.shape[1]), x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        train = x[rng.choice(x.shape[0], min(x.shape[0], 64 * nlist), replace=False)]
+        index.train(train)
+        index.nprobe = max(1, nlist // 16)
     index.add(x)
     if use_gpu is None:
         use_gpu = gpu_available()
