@@ -34,13 +34,19 @@ from atlas_db.schema_grammar import TABLES
 from ingest import grammar_core as gc
 from ingest import grammar_transforms as gt
 
-__all__ = ["STAGE", "VERSION", "BATCH_PIECES", "MAX_RULES", "MIN_COUNT", "update", "forget",
+__all__ = ["STAGE", "VERSION", "version_string", "BATCH_PIECES", "MAX_RULES", "MIN_COUNT", "update", "forget",
            "rebuild", "load_notes", "notes_from_tables", "notes_dict", "load_grammar", "track_parse"]
 
 STAGE = "grammar"
 MAX_RULES = int(os.environ.get("ATLAS_GRAMMAR_MAX_RULES", "500000"))
 MIN_COUNT = int(os.environ.get("ATLAS_GRAMMAR_MIN_COUNT", "2"))
-VERSION = f"grammar-1 max_rules={MAX_RULES} min_count={MIN_COUNT} ratio={gc.ROUND_RATIO}"
+
+
+def version_string(max_rules: int, min_count: int) -> str:
+    return f"grammar-1 max_rules={max_rules} min_count={min_count} ratio={gc.ROUND_RATIO}"
+
+
+VERSION = version_string(MAX_RULES, MIN_COUNT)
 # One transaction takes this many pieces: a first ingest of up to this many pieces is a
 # from-scratch build; larger corpora are built in increments of this size.
 BATCH_PIECES = 5000
@@ -126,7 +132,7 @@ def track_parse(notes: dict, g: gc.Grammar | None, *, learn: bool, max_rules=Non
     return g, seq, term
 
 
-def _rules_table(g: gc.Grammar, ids: np.ndarray, origin: str) -> pa.Table:
+def _rules_table(g: gc.Grammar, ids: np.ndarray, origin: str, version: str = VERSION) -> pa.Table:
     ids = np.asarray(ids, np.int64)
     ivs, iv_off, terms, t_off = gc.rule_contours(g, ids)
     lengths = gc.rule_lengths(g)[ids]
@@ -154,7 +160,7 @@ def _rules_table(g: gc.Grammar, ids: np.ndarray, origin: str) -> pa.Table:
             "n_pieces": np.zeros(n, np.int32),
             "n_top": np.zeros(n, np.int64),
             "origin": pa.array([origin] * n, pa.string()),
-            "stage_version": pa.array([VERSION] * n, pa.string()),
+            "stage_version": pa.array([version] * n, pa.string()),
             "learn_round": pa.array((g.round[k] if g.n_rules else np.zeros(n)).astype(np.int32), mask=mask),
         }
     )
@@ -168,7 +174,7 @@ def _write(con, name: str, table: pa.Table) -> None:
     con.unregister(view)
 
 
-def _write_parse(con, notes: dict, seq: gc.Sequence, g: gc.Grammar) -> None:
+def _write_parse(con, notes: dict, seq: gc.Sequence, g: gc.Grammar, version: str = VERSION) -> None:
     n = notes["n"]
     if n == 0:
         return
@@ -184,7 +190,7 @@ def _write_parse(con, notes: dict, seq: gc.Sequence, g: gc.Grammar) -> None:
         "track_index": notes["track_track"],
         "n_notes": np.diff(ts).astype(np.int32),
         "symbols": symbols,
-        "stage_version": pa.array([VERSION] * (len(ts) - 1), pa.string()),
+        "stage_version": pa.array([version] * (len(ts) - 1), pa.string()),
     }))
     rule, start, first, top = gc.expand(seq, g)
     # rule-major order: DuckDB's per-row-group min/max then skips most of the table for
@@ -294,20 +300,27 @@ def forget(con, piece_ids: list[str]) -> None:
 
 def rebuild(con, *, max_rules: int | None = None, min_count: int | None = None) -> dict:
     """Delete the grammar and build it from scratch over every piece (``atlas reindex
-    --grammar``). Runs inside the caller's transaction; returns a summary."""
+    --grammar``). Runs inside the caller's transaction; returns a summary.
+
+    Rows record the parameters used in ``stage_version``; ``derived_runs`` records the
+    stage's ``VERSION`` so that ingestion does not redo the pieces."""
     for t in ("occurrences", "grammar_sequences", "rules", "transforms", "grammar_choices", "meta_patterns"):
         con.execute(f"DELETE FROM {t}")
     notes = load_notes(con, None)
     g = gc.Grammar()
     _ensure_terminals(con, g)
+    max_rules = MAX_RULES if max_rules is None else int(max_rules)
+    min_count = MIN_COUNT if min_count is None else int(min_count)
+    version = version_string(max_rules, min_count)
     g, seq, term = track_parse(notes, g, learn=True, max_rules=max_rules, min_count=min_count)
     if g.n_rules:
-        _write(con, "rules", _rules_table(g, np.arange(gc.N_TERMINALS, gc.N_TERMINALS + g.n_rules), "build"))
-    _write_parse(con, notes, seq, g)
+        _write(con, "rules", _rules_table(g, np.arange(gc.N_TERMINALS, gc.N_TERMINALS + g.n_rules), "build",
+                                          version))
+    _write_parse(con, notes, seq, g, version)
     _recount(con, None)
     _add_terminal_counts(con, _terminal_counts(notes, term))
-    gt.track_transforms(con, None, VERSION)
-    gt.refresh_corpus_level(con, VERSION)
+    gt.track_transforms(con, None, version)
+    gt.refresh_corpus_level(con, version)
     pieces = sorted(set(notes["track_piece"]))
     now = datetime.now(timezone.utc)
     con.execute("DELETE FROM derived_runs WHERE stage = ?", [STAGE])
