@@ -16,7 +16,8 @@ What stays exact after incremental updates: every stored occurrence is a true oc
 of its rule (the notes decode exactly); each piece's parse decodes to its notes exactly;
 the counts of a rule equal its rows in ``occurrences``. What does not: pieces stored
 earlier are not re-parsed, so a rule learned from later pieces is missing from earlier
-pieces' occurrences, and the set of rules depends on the order pieces arrived in.
+pieces' occurrences; a new rule needs ``min_count`` occurrences inside one update; and the
+set of rules depends on the order pieces arrived in.
 ``atlas reindex --grammar`` (``rebuild``) deletes the grammar and builds it from scratch
 over all pieces in ``piece_id`` order: deterministic, the same corpus gives the same rules.
 One ingest of up to ``BATCH_PIECES`` new pieces into an empty grammar is the same build.
