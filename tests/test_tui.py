@@ -599,3 +599,27 @@ def test_a_long_query_does_not_block_the_ui(tui_db, tmp_path):
         assert "library" in during, "the key press was not handled while the query ran"
 
     run(make_app(tui_db, tmp_path), scenario)
+
+
+def test_sql_catalog_lists_tables_and_inserts_names(tui_db, tmp_path):
+    tables = {r[0] for r in _sql(tui_db, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")}
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await pilot.press("4")
+        await wait_for(pilot, lambda: of_type(messages, "CatalogLoaded"), "catalog")
+        screen = app.screen
+        tree = screen.query_one("#catalog")
+        assert {n.data for n in tree.root.children} == tables
+        pieces = next(n for n in tree.root.children if n.data == "pieces")
+        assert [c.data for c in pieces.children][:2] == ["piece_id", "path"]
+        editor = screen.query_one("#editor")
+        editor.text = ""
+        pieces.expand()
+        await pilot.pause(0.05)
+        tree.focus()
+        tree.move_cursor(pieces.children[1])
+        await pilot.press("enter")
+        assert editor.text == "path"
+
+    run(make_app(tui_db, tmp_path), scenario)

@@ -11,7 +11,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Button, DataTable, Input, Label, OptionList, Static, Switch, TextArea
+from textual.widgets import Button, DataTable, Input, Label, OptionList, Static, Switch, TextArea, Tree
 
 from tui.db import DB_LOCK
 from tui.screens.base import AtlasScreen, fmt_cell
@@ -24,8 +24,8 @@ MAX_HISTORY = 200
 
 class SqlScreen(AtlasScreen):
     CSS_PATH = "sql.tcss"
-    HELP = ("DuckDB SQL over every table and view. Read-only unless the write switch is on; "
-            "history is kept per database.")
+    HELP = ("DuckDB SQL over every table and view (listed on the left: enter on a column inserts its "
+            "name). Read-only unless the write switch is on; history is kept per database.")
     BINDINGS = [
         ("ctrl+j,ctrl+enter,f8", "run", "Run"),
         ("ctrl+up", "history(-1)", "Older"),
@@ -58,6 +58,7 @@ class SqlScreen(AtlasScreen):
     def compose_body(self) -> ComposeResult:
         with Vertical(id="sql"):
             with Horizontal(id="sql-top"):
+                yield Tree("tables", id="catalog")
                 yield TextArea("SELECT title, n_notes, duration_s FROM pieces ORDER BY n_notes DESC LIMIT 20",
                                id="editor", show_line_numbers=True, tab_behavior="indent")
                 with Vertical(id="side"):
@@ -74,10 +75,53 @@ class SqlScreen(AtlasScreen):
                 yield Input(placeholder="save results as: results.csv or results.parquet", id="export-path")
                 yield Button("Export", id="export")
 
+    class CatalogLoaded(Message):
+        def __init__(self, table: pa.Table | None, error: str | None = None) -> None:
+            super().__init__()
+            self.table, self.error = table, error
+
     def on_mount(self) -> None:
         self.query_one("#sql-error", Static).display = False
         self._load_history()
         self.query_one("#editor", TextArea).focus()
+        self.watch(self.app, "data_version", lambda _=None: self.load_catalog(), init=True)
+
+    # ---- catalog: tables and views with their columns (Enter inserts a name) ---------
+    @work(thread=True, exclusive=True, group="sql-catalog")
+    def load_catalog(self) -> None:
+        from query.sql import run_sql
+
+        try:
+            with DB_LOCK.read():
+                t = run_sql(self.app.db_dir, """
+                    SELECT c.table_name, t.table_type, c.column_name, c.data_type
+                    FROM information_schema.columns c JOIN information_schema.tables t
+                      ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+                    WHERE c.table_schema = 'main' ORDER BY c.table_name, c.ordinal_position""")
+        except Exception as e:  # noqa: BLE001
+            self.post_message(self.CatalogLoaded(None, str(e)))
+            return
+        self.post_message(self.CatalogLoaded(t))
+
+    @on(CatalogLoaded)
+    def _catalog_loaded(self, msg: CatalogLoaded) -> None:
+        tree = self.query_one("#catalog", Tree)
+        tree.clear()
+        tree.root.expand()
+        if msg.table is None:
+            tree.root.add_leaf(f"(could not read the catalog: {msg.error})")
+            return
+        nodes = {}
+        for name, ttype, col, dtype in zip(*(msg.table.column(i).to_pylist() for i in range(4))):
+            if name not in nodes:
+                label = name + (" (view)" if ttype == "VIEW" else "")
+                nodes[name] = tree.root.add(label, data=name)
+            nodes[name].add_leaf(f"{col} [dim]{dtype.lower()}[/dim]", data=col)
+
+    @on(Tree.NodeSelected, "#catalog")
+    def _catalog_selected(self, event: Tree.NodeSelected) -> None:
+        if event.node.data and not event.node.children:
+            self.query_one("#editor", TextArea).insert(event.node.data)
 
     # ---- history (a JSON list beside the database; best effort) ----------------------
     def _load_history(self) -> None:
