@@ -262,3 +262,18 @@ def test_pop909_excerpt_not_in_db_finds_its_song(small_pop909_db, pop909_dir, tm
     res = covers(small_pop909_db, [str(q)], top=3)
     assert "/005/" in res.column("path").to_pylist()[0]
     assert res.column("transposition").to_pylist()[0] == 2
+
+
+def test_reindex_vectors_cli_rebuilds_lance_and_faiss(synth_db, tmp_path):
+    from indexers.faiss_index import index_path
+    from indexers.vectors import PIECE_TABLE, open_lance
+    from query.cli import main
+    from query.covers import covers
+
+    db = tmp_path / "db"
+    shutil.copytree(synth_db["db"], db)
+    before = covers(db, [str(synth_db["lib"] / "song2.mid")], top=5)
+    main(["reindex", "--vectors", "--db", str(db)])  # returns normally on success
+    assert index_path(db).exists()
+    assert open_lance(db).open_table(PIECE_TABLE).count_rows() == 9
+    assert covers(db, [str(synth_db["lib"] / "song2.mid")], top=5).equals(before)
