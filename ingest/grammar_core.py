@@ -242,6 +242,14 @@ def _count_pairs(keys, size_hint=None):
 
 
 @njit(cache=True, nogil=True)
+def _ranks(inv, rank_of_u):
+    out = np.empty(len(inv), np.int64)
+    for i in range(len(inv)):
+        out[i] = rank_of_u[inv[i]] if inv[i] >= 0 else -1
+    return out
+
+
+@njit(cache=True, nogil=True)
 def _greedy(rank):
     """Left-to-right non-overlapping choice of pair positions; rank -1 = not a candidate,
     lower rank = better. A position yields to its right neighbour if that one ranks
@@ -351,7 +359,7 @@ def build(seq: Sequence, grammar: Grammar | None = None, *, max_rules: int = 100
             cand = cand[np.lexsort((uk[cand], -cnt[cand]))][:budget]
             rank_of_u = np.full(len(uk), -1, np.int64)
             rank_of_u[cand] = np.arange(len(cand))
-            rank = np.where(inv >= 0, rank_of_u[np.maximum(inv, 0)], -1)
+            rank = _ranks(inv, rank_of_u)
             take, counts, alive = _select(rank, len(cand), min_count)
             if take.any():
                 break
