@@ -49,24 +49,26 @@ def table_columns(con) -> dict[str, set[str]]:
     return out
 
 
-def _key_source(cols: dict[str, set[str]]) -> tuple[str, str]:
-    """(SQL for a relation ``k(piece_id, key)``, where the key comes from).
+def _key_source(cols: dict[str, set[str]]) -> str:
+    """SQL for a relation ``k(piece_id, key, key_source)``.
 
-    Preference: the harmony stage's estimate (``piece_keys``), else the file's first key
-    signature meta event (what the composer or the encoder wrote, not an estimate)."""
+    The harmony stage's estimate (``piece_keys``) where it has one, else the file's first
+    key signature meta event (what the composer or encoder wrote, not an estimate);
+    ``key_source`` names the table the key came from."""
+    ks = "SELECT piece_id, arg_min(key_name, time_ticks) AS key FROM key_signatures GROUP BY piece_id"
     pk = cols.get("piece_keys", set())
-    if {"piece_id"} <= pk:
+    est = None
+    if "piece_id" in pk:
         for name in ("key_name", "key", "key_label"):
             if name in pk:
-                return (f"SELECT piece_id, any_value({name}) AS key FROM piece_keys GROUP BY piece_id",
-                        "piece_keys")
-        if {"tonic", "mode"} <= pk:
-            return ("SELECT piece_id, any_value(tonic || ' ' || mode) AS key FROM piece_keys GROUP BY piece_id",
-                    "piece_keys")
-    return (
-        "SELECT piece_id, arg_min(key_name, time_ticks) AS key FROM key_signatures GROUP BY piece_id",
-        "key_signatures",
-    )
+                est = f"SELECT piece_id, any_value({name}) AS key FROM piece_keys GROUP BY piece_id"
+                break
+    if est is None:
+        return f"SELECT piece_id, key, 'key_signatures' AS key_source FROM ({ks})"
+    return f"""SELECT piece_id, coalesce(e.key, s.key) AS key,
+                      CASE WHEN e.key IS NOT NULL THEN 'piece_keys'
+                           WHEN s.key IS NOT NULL THEN 'key_signatures' END AS key_source
+               FROM ({est}) e FULL JOIN ({ks}) s USING (piece_id)"""
 
 
 def list_pieces(db_dir, *, text: str = "", order_by: str = "title", descending: bool = False,
@@ -81,7 +83,7 @@ def list_pieces(db_dir, *, text: str = "", order_by: str = "title", descending: 
     if order_by not in _SORTABLE:
         raise BadInputError(f"{order_by}: cannot sort by this; choose one of {', '.join(LIBRARY_COLUMNS)}")
     with reading(db_dir) as con:
-        key_sql, _ = _key_source(table_columns(con))
+        key_sql = _key_source(table_columns(con))
         where, params = "", []
         if text.strip():
             where = ("WHERE p.title ILIKE ? OR p.path ILIKE ? OR p.kind ILIKE ? OR k.key ILIKE ? "
@@ -115,7 +117,7 @@ class PieceDetail:
     notes: pa.Table  # track_index, pitch, onset_beats, duration_beats (for drawing)
     tempo_changes: int = 0
     time_signature: str | None = None
-    key_source: str = "key_signatures"
+    key_source: str | None = None  # 'piece_keys', 'key_signatures' or None (no key known)
     features: pa.Table | None = None
     patterns: pa.Table | None = None
     notes_truncated: bool = False
@@ -179,9 +181,9 @@ def piece_detail(db_dir, piece_id: str, *, max_notes: int = 20_000, n_patterns: 
         if row is None:
             raise BadInputError(f"{piece_id}: no such piece")
         piece = dict(zip(names, row))
-        key_sql, key_source = _key_source(cols)
-        k = con.execute(f"SELECT key FROM ({key_sql}) WHERE piece_id = ?", [piece_id]).fetchone()
-        piece["key"] = k[0] if k else None
+        k = con.execute(f"SELECT key, key_source FROM ({_key_source(cols)}) WHERE piece_id = ?",
+                        [piece_id]).fetchone()
+        piece["key"], key_source = (k[0], k[1]) if k else (None, None)
         t = con.execute(
             "SELECT arg_min(tempo_bpm, time_ticks), count(*) FROM tempo_changes WHERE piece_id = ?", [piece_id]
         ).fetchone()

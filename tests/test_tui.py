@@ -623,3 +623,29 @@ def test_sql_catalog_lists_tables_and_inserts_names(tui_db, tmp_path):
         assert editor.text == "path"
 
     run(make_app(tui_db, tmp_path), scenario)
+
+
+# ---- query.library (what the Library screen shows) ---------------------------------------
+
+def test_library_key_falls_back_to_the_files_key_signature(tui_db, tmp_path):
+    from atlas_db.connection import connect
+    from query.library import list_pieces, piece_detail
+
+    db = tmp_path / "db"
+    shutil.copytree(tui_db, db)
+    pid = _sql(db, "SELECT piece_id FROM pieces WHERE title = 'motif_in_g'")[0][0]
+    estimated = _sql(db, f"SELECT key_name FROM piece_keys WHERE piece_id = '{pid}'")[0][0]
+    assert piece_detail(db, pid).key_source == "piece_keys"
+    assert piece_detail(db, pid).piece["key"] == estimated
+    con = connect(db, read_only=False)
+    con.execute("DELETE FROM piece_keys WHERE piece_id = ?", [pid])
+    con.close()
+    d = piece_detail(db, pid)
+    assert (d.piece["key"], d.key_source) == ("G major", "key_signatures")
+    row = [r for r in list_pieces(db, text="motif_in_g").to_pylist()][0]
+    assert row["key"] == "G major" and row["tempo_bpm"] == pytest.approx(140.0, abs=0.01)
+    assert row["n_notes"] == 12 and row["duration_s"] == pytest.approx(12 * 60 / 140, abs=0.01)
+    from atlas_db.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="cannot sort by"):
+        list_pieces(db, order_by="pitch; DROP TABLE pieces")

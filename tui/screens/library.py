@@ -161,7 +161,7 @@ class LibraryScreen(AtlasScreen):
             f"[b]{p.get('title') or '(untitled)'}[/b]  [dim]{p['piece_id']}[/dim]",
             f"{p.get('kind')} · {fmt_cell(p.get('duration_s'), 'duration_s')} · {p.get('n_tracks')} tracks · "
             f"{p.get('n_notes'):,} notes",
-            f"key {p.get('key') or '—'} [dim]({d.key_source})[/dim] · tempo "
+            f"key {p.get('key') or '—'}" + (f" [dim]({d.key_source})[/dim]" if d.key_source else "") + " · tempo "
             f"{fmt_cell(p.get('tempo_bpm'), 'tempo_bpm') or '—'} bpm"
             + (f" ({d.tempo_changes} changes)" if d.tempo_changes > 1 else "")
             + (f" · {d.time_signature}" if d.time_signature else ""),
