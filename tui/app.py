@@ -43,11 +43,15 @@ def _load(path: str):
 def available_modes() -> list[tuple[str, str, str]]:
     """The modes this installation can show: (name, screen path, key). A screen whose
     query module or screen module is absent is left out rather than shown empty."""
+    import importlib.util
+
     out = []
     for name, screen, needs, key in _MODES:
+        # find_spec, not import: the query modules pull in numba and friends, which the
+        # workers import later; the app should start fast.
+        if needs and importlib.util.find_spec(needs) is None:
+            continue
         try:
-            if needs:
-                importlib.import_module(needs)
             _load(screen)
         except ImportError:
             continue
