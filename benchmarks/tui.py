@@ -1,7 +1,11 @@
 """How long the TUI's Library takes to show a database, against plain queries measured in
 the same run.
 
-    python benchmarks/tui.py --db ./atlas_data [--repeat 5]
+    python benchmarks/tui.py [--db DIR] [--songs 300] [--repeat 5]
+
+Without ``--db`` (as ``make bench`` runs it) the database is built in a temporary folder
+from the POP909 dev set (``$ATLAS_POP909``, else ../shared/data/pop909-dev; files only,
+no derived stages); with ``--db`` an existing database is used as it is.
 
 Rows: the baseline ``SELECT * FROM pieces`` (run_sql), the Library's list
 (``query.library.list_pieces``: pieces + key + first tempo), one piece's detail
@@ -59,20 +63,37 @@ def _app_first_paint(db) -> tuple[float, float]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--db", default=None, help="database folder (default: $ATLAS_DB, else ./atlas_data)")
+    ap.add_argument("--db", default=None, help="an existing database folder (default: build one from POP909)")
+    ap.add_argument("--songs", type=int, default=300, help="POP909 songs to ingest when building (default 300)")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)
-    from atlas_db.connection import resolve_db_dir
+    if args.db:
+        _run(Path(args.db), args.repeat)
+        return
+    import os
+
+    from ingest.pipeline import ingest_paths
+
+    pop = Path(os.environ.get("ATLAS_POP909", _HERE.parent.parent / "shared" / "data" / "pop909-dev"))
+    if not pop.is_dir():
+        sys.exit(f"benchmarks/tui.py: POP909 dev data not found at {pop} (set ATLAS_POP909 or pass --db)")
+    songs = sorted(p for p in pop.iterdir() if p.is_dir())[: args.songs]
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "db"
+        ingest_paths([str(p) for p in songs], db, derive=False)
+        _run(db, args.repeat)
+
+
+def _run(db: Path, repeat: int) -> None:
     from query.library import list_pieces, piece_detail
     from query.sql import run_sql
 
-    db = resolve_db_dir(args.db)
     n = run_sql(db, "SELECT count(*) AS n FROM pieces").column("n")[0].as_py()
     pid = run_sql(db, "SELECT piece_id FROM pieces ORDER BY n_notes DESC LIMIT 1").column("piece_id")[0].as_py()
-    base_list = _median_ms(lambda: run_sql(db, "SELECT * FROM pieces"), args.repeat)
-    lib_list = _median_ms(lambda: list_pieces(db), args.repeat)
-    base_notes = _median_ms(lambda: run_sql(db, "SELECT * FROM notes WHERE piece_id = ?", params=[pid]), args.repeat)
-    detail = _median_ms(lambda: piece_detail(db, pid), args.repeat)
+    base_list = _median_ms(lambda: run_sql(db, "SELECT * FROM pieces"), repeat)
+    lib_list = _median_ms(lambda: list_pieces(db), repeat)
+    base_notes = _median_ms(lambda: run_sql(db, "SELECT * FROM notes WHERE piece_id = ?", params=[pid]), repeat)
+    detail = _median_ms(lambda: piece_detail(db, pid), repeat)
     first_table, first_detail = _app_first_paint(db)
     print(f"database {db}: {n:,} pieces; detail of the largest piece {pid}")
     print(f"{'what':44s} {'ms':>9s} {'baseline ms':>12s} {'ratio':>7s}")
