@@ -105,14 +105,9 @@ def _sw_intervals(q, refs, offsets, match, mismatch, gap, merge, track):
                         br0 = s0r[i]
                         bq1 = i
                         br1 = jl + 1
-            for i in range(n + 1):
-                h2[i] = h1[i]
-                h1[i] = h0[i]
-                if track:
-                    s2q[i] = s1q[i]
-                    s2r[i] = s1r[i]
-                    s1q[i] = s0q[i]
-                    s1r[i] = s0r[i]
+            h2, h1, h0 = h1, h0, h2
+            s2q, s1q, s0q = s1q, s0q, s2q
+            s2r, s1r, s0r = s1r, s0r, s2r
         scores[c] = best
         region[c, 0] = bq0
         region[c, 1] = bq1

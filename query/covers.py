@@ -317,13 +317,13 @@ class CoverIndex:
         step = int(round(ALIGN["frame_beats"] * scale))
         return [c[k:] for c in base for k in range(max(step, 1)) if c.shape[0] > k]
 
-    def _harmony(self, q, rows, scale):
+    def _harmony(self, q, rows, scale, frames=None):
         A = ALIGN
         best = np.zeros(rows.size, np.float32)
         best_shift = np.zeros(rows.size, np.int32)
         if rows.size == 0:
             return best, best_shift
-        frefs, foffs = self._frames_of(rows)
+        frefs, foffs = self._frames_of(rows) if frames is None else frames
         for chroma in self._phases(q, scale):
             qs, nq, fa = self._query_frames(q, scale, chroma)
             if nq < 2:
@@ -354,13 +354,16 @@ class CoverIndex:
         # the query's time scale is a property of the query: choose it on a few of the
         # best candidates, then align every candidate at that scale only
         probe = rows[: A["scale_probe"]]
+        frames = self._frames_of(rows)
+        n_probe = probe.size
+        probe_frames = (frames[0][: frames[1][n_probe]], frames[1][: n_probe + 1])
         best_scale, best = 1.0, -1.0
         for sc in (A["scales"] if scale is None else [scale]):
-            hs, _ = self._harmony(q, probe, sc) if scale is None else (np.zeros(0), None)
+            hs, _ = self._harmony(q, probe, sc, probe_frames) if scale is None else (np.zeros(0), None)
             top = float(hs.max()) if hs.size else 0.0
             if top > best + 1e-6:
                 best_scale, best = sc, top
-        harm, hshift = self._harmony(q, rows, best_scale)
+        harm, hshift = self._harmony(q, rows, best_scale, frames)
         harm = np.maximum(harm, 0).astype(np.float32)
         h = A["harmony_weight"] * harm
         score = np.maximum(mel, h) + A["weak_weight"] * np.minimum(mel, h)
