@@ -36,16 +36,18 @@ def index_tables(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
 
     if notes.num_rows == 0:
         return TABLES["pattern_streams"].empty_table(), TABLES["pattern_ngrams"].empty_table()
-    pid_col = notes.column("piece_id").to_numpy(zero_copy_only=False)
-    order = np.argsort(pid_col, kind="stable")
-    pid_sorted = pid_col[order]
-    bounds = np.flatnonzero(pid_sorted[1:] != pid_sorted[:-1]) + 1
+    enc = notes.column("piece_id").combine_chunks().dictionary_encode()
+    names = enc.dictionary.to_pylist()
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    code_sorted = codes[order]
+    bounds = np.flatnonzero(code_sorted[1:] != code_sorted[:-1]) + 1
     cols = {c: notes.column(c).to_numpy(zero_copy_only=False)[order]
             for c in NOTE_COLUMNS}
     parts = []
     for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(order)]])):
         sub = {c: v[lo:hi] for c, v in cols.items()}
-        parts.append(build_streams(str(pid_sorted[lo]), sub, stage_version=VERSION))
+        parts.append(build_streams(names[code_sorted[lo]], sub, stage_version=VERSION))
     streams = pa.concat_tables(parts) if parts else TABLES["pattern_streams"].empty_table()
     # n-gram codes over the concatenated streams, keeping windows inside one stream
     n = streams.column("n_notes").to_numpy(zero_copy_only=False).astype(np.int64)

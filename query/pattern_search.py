@@ -375,11 +375,14 @@ def build_streams(piece_id: str, notes: dict[str, np.ndarray], *, stage_version:
     if not rows:
         return schema.empty_table()
     cols = {}
+    lengths = np.array([r["n_notes"] for r in rows], dtype=np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     for f in schema:
         if f.name == "stage_version":
             cols[f.name] = pa.array([stage_version] * len(rows), pa.string())
         elif pa.types.is_list(f.type):
-            cols[f.name] = pa.array([r[f.name] for r in rows], f.type)
+            values = pa.array(np.concatenate([r[f.name] for r in rows]), f.type.value_type)
+            cols[f.name] = pa.ListArray.from_arrays(offsets, values, type=f.type)
         else:
             cols[f.name] = pa.array([r[f.name] for r in rows], f.type)
     return pa.table(cols, schema=schema)
