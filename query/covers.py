@@ -5,7 +5,9 @@ Two stages:
 1. **Candidates** from the vector index: the query's global embedding (see
    ``indexers.features``) is searched three times in FAISS -- whole vector, melody blocks
    only, harmony blocks only -- so a query that kept only the harmony (accompaniment) or
-   only the melody (re-harmonisation) still finds its song; the union is re-ranked.
+   only the melody (re-harmonisation) still finds its song; two n-gram indexes (melody
+   intervals, chord motions) add the pieces that contain a short excerpt; the union is
+   re-ranked.
 2. **Re-rank by local alignment** (Smith-Waterman, numba):
    - melody: the skyline's pitch-class intervals (key-invariant; tempo-invariant because
      it is a sequence of notes, not of time frames);
@@ -14,7 +16,9 @@ Two stages:
      scales (query frames of 1, 2 and 4 beats, i.e. the query notated at half, the same or
      double the reference's beat rate).
    Each score is divided by the query's length, so it reads as "how much of the query
-   was found"; the final score is the better of the two plus a quarter of the other.
+   was found"; the final score is the better of melody and 0.85 x harmony plus 0.3 x
+   the other (a melody match identifies a song better than a chord progression does).
+   The vector neighbours of the best answers are then aligned too (query expansion).
 
 Each answer carries its explanation: the transposition (semitones from the query up to
 the match), the time scale (query beats per matched beat) and the aligned region in both.
@@ -23,7 +27,6 @@ the match), the time scale (query beats per matched beat) and the aligned region
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,11 +35,11 @@ import pyarrow as pa
 
 from atlas_db.errors import BadInputError, IndexTroubleError
 from indexers.align import sw_chroma, sw_chroma_score, sw_symbols, sw_symbols_score
-from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma, dequantize_chroma,  # noqa: F401
+from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma,
                                features_from_notes, melody_intervals)
 
-__all__ = ["CoverIndex", "QueryFeatures", "query_from_notes", "query_from_file", "covers",
-           "load_index", "RESULT_SCHEMA", "ALIGN"]
+__all__ = ["CoverIndex", "QueryFeatures", "query_from_notes", "query_from_file", "resolve_query", "covers",
+           "load_index", "chord_motions", "RESULT_SCHEMA", "ALIGN"]
 
 # Re-rank parameters (see docs/covers.md).
 ALIGN = dict(
@@ -499,10 +502,6 @@ def _gather(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray):
     return np.ascontiguousarray(values[idx]), off
 
 
-def _gather_rows(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray):
-    v, off = _gather(values, offsets, rows)
-    return np.ascontiguousarray(v, np.float32), off
-
 
 _CACHE: dict = {}
 
@@ -532,10 +531,15 @@ def load_index(db_dir) -> CoverIndex:
         raise IndexTroubleError(f"{db_dir}: no piece has vectors yet; ingest files or run `atlas reindex --vectors`")
     ids = np.asarray(t.column("piece_id").to_pylist(), dtype=object)
     lids, vectors = vectors_from_lance(db_dir)
-    if len(lids) != len(ids) or not np.array_equal(lids, ids):
+    # Lance is written outside the DuckDB transaction: rows of a batch that was rolled
+    # back may be there (harmless, skipped); a piece missing from Lance is trouble
+    pos = {pid: i for i, pid in enumerate(lids)}
+    missing = [pid for pid in ids if pid not in pos]
+    if missing:
         raise IndexTroubleError(
-            f"{db_dir}: the Lance vectors ({len(lids)} pieces) do not match the database ({len(ids)}); "
+            f"{db_dir}: {len(missing)} pieces have no vector in LanceDB (first {missing[0]}); "
             f"run `atlas reindex --vectors --db {db_dir}`")
+    vectors = vectors[[pos[pid] for pid in ids]]
     saved = load_faiss(db_dir, len(ids))
     fidx = saved[0] if saved is not None and np.array_equal(saved[1], ids) else None
 

@@ -277,3 +277,23 @@ def test_reindex_vectors_cli_rebuilds_lance_and_faiss(synth_db, tmp_path):
     assert index_path(db).exists()
     assert open_lance(db).open_table(PIECE_TABLE).count_rows() == 9
     assert covers(db, [str(synth_db["lib"] / "song2.mid")], top=5).equals(before)
+
+
+def test_stray_lance_rows_are_ignored(synth_db, tmp_path):
+    """Lance is written outside the DuckDB transaction: a row left by a rolled-back batch
+    must not disturb the search."""
+    from indexers.features import EMBED_DIM
+    from indexers.vectors import PIECE_TABLE, _fixed, open_lance, piece_vector_schema
+    from query.covers import covers
+
+    db = tmp_path / "db"
+    shutil.copytree(synth_db["db"], db)
+    before = covers(db, [str(synth_db["lib"] / "song4.mid")], top=4)
+    stray = pa.table({"piece_id": pa.array(["0000000000000000"]),
+                      "vector": _fixed(np.ones((1, EMBED_DIM), np.float32)),
+                      "stage_version": pa.array(["x"])}, schema=piece_vector_schema())
+    open_lance(db).open_table(PIECE_TABLE).add(stray)
+    from query import covers as mod
+
+    mod._CACHE.clear()
+    assert covers(db, [str(synth_db["lib"] / "song4.mid")], top=4).equals(before)
