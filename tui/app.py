@@ -63,9 +63,6 @@ class AtlasApp(App):
     """``AtlasApp(db_dir)``: browse, search and grow the database in ``db_dir``."""
 
     TITLE = "Harmony Atlas"
-    CSS = """
-    Screen { layers: base overlay; }
-    """
 
     #: the status line every screen shows (see tui.widgets.status_bar)
     status_text = reactive("")
@@ -89,6 +86,8 @@ class AtlasApp(App):
         self.start_dir = Path(start_dir) if start_dir else Path.cwd()
         #: the piece under the library's cursor (the covers screen can use it)
         self.library_piece: str | None = None
+        #: the latest query.stats.corpus_summary (None until loaded)
+        self.counts: dict | None = None
         self.history_path = Path(history_path) if history_path else self.db_dir / "tui_sql_history.json"
         self.mode_table = available_modes()
         self.MODES = {name: _load(screen) for name, screen, _ in self.mode_table}
