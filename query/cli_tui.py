@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from query.cli import db_option, resolve, warn
 
 __all__ = ["register"]
