@@ -122,6 +122,7 @@ class PieceDetail:
     patterns: pa.Table | None = None
     notes_truncated: bool = False
     description: str | None = None
+    chords: pa.Table | None = None  # chord_index, label, roman, onset_beats (first n_chords)
 
 
 def _top_patterns(con, cols, piece_id: str, limit: int, min_length: int = 4) -> pa.Table | None:
@@ -161,6 +162,17 @@ def _features(con, cols, piece_id: str) -> pa.Table | None:
     return fetch_arrow(cur)
 
 
+def _chords(con, cols, piece_id: str, limit: int) -> pa.Table | None:
+    """The first chords of the piece (harmony stage), with their Roman numerals."""
+    c = cols.get("chords", set())
+    if not ({"piece_id", "chord_index", "label"} <= c):
+        return None
+    extra = "".join(f", {x}" for x in ("roman", "onset_beats") if x in c)
+    return fetch_arrow(con.execute(
+        f"SELECT chord_index, label{extra} FROM chords WHERE piece_id = ? ORDER BY chord_index LIMIT {int(limit)}",
+        [piece_id]))
+
+
 def _description(con, cols, piece_id: str) -> str | None:
     d = cols.get("descriptions", set())
     if not ({"piece_id", "description"} <= d):
@@ -170,9 +182,11 @@ def _description(con, cols, piece_id: str) -> str | None:
     return row[0] if row else None
 
 
-def piece_detail(db_dir, piece_id: str, *, max_notes: int = 20_000, n_patterns: int = 8) -> PieceDetail:
-    """Tracks, paths, key/tempo facts, features and most frequent patterns of one piece,
-    plus up to ``max_notes`` of its notes (the earliest) for a piano-roll drawing."""
+def piece_detail(db_dir, piece_id: str, *, max_notes: int = 20_000, n_patterns: int = 8,
+                 n_chords: int = 32) -> PieceDetail:
+    """Tracks, paths, key/tempo facts, features, first ``n_chords`` chords and most
+    frequent patterns of one piece, plus up to ``max_notes`` of its notes (the earliest)
+    for a piano-roll drawing."""
     with reading(db_dir) as con:
         cols = table_columns(con)
         cur = con.execute("SELECT * FROM pieces WHERE piece_id = ?", [piece_id])
@@ -216,6 +230,7 @@ def piece_detail(db_dir, piece_id: str, *, max_notes: int = 20_000, n_patterns: 
             patterns=_top_patterns(con, cols, piece_id, n_patterns),
             notes_truncated=truncated,
             description=_description(con, cols, piece_id),
+            chords=_chords(con, cols, piece_id, n_chords),
         )
 
 

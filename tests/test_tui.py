@@ -140,6 +140,10 @@ def test_library_lists_every_piece_with_detail(tui_db, tmp_path):
                               GROUP BY o.rule_id ORDER BY n DESC, o.rule_id LIMIT 8""")
         assert top and first.detail.patterns.column("rule_id").to_pylist() == [r[0] for r in top]
         assert screen.query_one("#piece-patterns").row_count == len(top)
+        labels = [r[0] for r in _sql(tui_db, f"SELECT label FROM chords WHERE piece_id = '{first.piece_id}' "
+                                             "ORDER BY chord_index LIMIT 32")]
+        assert labels and first.detail.chords.column("label").to_pylist() == labels
+        assert labels[0] in str(screen.query_one("#piece-chords").render())
         # open the synthetic scale: the detail shows its tracks, key signature, tempo
         screen.query_one("#filter").value = "scale_in"
         await wait_for(pilot, lambda: pieces.row_count == 1, "filter to one row")

@@ -65,6 +65,8 @@ class LibraryScreen(AtlasScreen):
             with VerticalScroll(id="detail"):
                 yield Static("Select a piece.", id="summary")
                 yield PianoRoll(id="roll")
+                yield Label("Chords (first 32)", classes="section")
+                yield Static("", id="piece-chords")
                 yield Label("Tracks", classes="section")
                 yield DataTable(id="piece-tracks", cursor_type="row", show_cursor=False)
                 yield Label("Most frequent patterns (enter: every occurrence)", classes="section")
@@ -178,6 +180,7 @@ class LibraryScreen(AtlasScreen):
         self.query_one("#roll", PianoRoll).set_notes(
             n.column("onset_beats").to_numpy(), n.column("duration_beats").to_numpy(),
             n.column("pitch").to_numpy(), n.column("track_index").to_numpy())
+        self.query_one("#piece-chords", Static).update(_chord_line(d.chords))
         _fill(self.query_one("#piece-tracks", DataTable), d.tracks)
         _fill_optional(self.query_one("#piece-patterns", DataTable), self.query_one("#piece-patterns-info", Static),
                        d.patterns, "no grammar tables in this database yet (the grammar stage has not run)")
@@ -250,6 +253,16 @@ def _err(e: Exception) -> str:
     from atlas_db.errors import AtlasError
 
     return str(e) if isinstance(e, AtlasError) else f"{type(e).__name__}: {e}"
+
+
+def _chord_line(chords: pa.Table | None) -> str:
+    if chords is None:
+        return "[dim]no chords table in this database yet (the harmony stage has not run)[/dim]"
+    if chords.num_rows == 0:
+        return "[dim](none for this piece)[/dim]"
+    romans = chords.column("roman").to_pylist() if "roman" in chords.column_names else [None] * chords.num_rows
+    return "   ".join(f"{lab}" + (f" [dim]({rn})[/dim]" if rn else "")
+                     for lab, rn in zip(chords.column("label").to_pylist(), romans))
 
 
 def _fill(dt: DataTable, t: pa.Table, *, max_rows: int = 500) -> None:
