@@ -178,6 +178,15 @@ def test_library_sorts_and_filters(tui_db, tmp_path):
         await wait_for(pilot, lambda: len(of_type(messages, "PiecesLoaded")) > n, "sorted reload")
         await pilot.pause(0.05)
         assert screen.descending and table_rows(pieces)[0][0] == most
+        # s moves the sort to the next column (title -> kind), ascending
+        n = len(of_type(messages, "PiecesLoaded"))
+        screen.order_by = "title"
+        await pilot.press("s")
+        await wait_for(pilot, lambda: len(of_type(messages, "PiecesLoaded")) > n, "sort by kind")
+        await pilot.pause(0.05)
+        assert screen.order_by == "kind" and not screen.descending
+        kinds = [r[1] for r in table_rows(pieces)]
+        assert kinds == sorted(kinds)
         # the filter narrows to one song's versions (typed into the input)
         await pilot.press("slash")
         await pilot.press(*"/002/")
@@ -653,3 +662,32 @@ def test_library_key_falls_back_to_the_files_key_signature(tui_db, tmp_path):
 
     with pytest.raises(BadInputError, match="cannot sort by"):
         list_pieces(db, order_by="pitch; DROP TABLE pieces")
+
+
+def test_an_empty_database_shows_empty_screens_and_clear_errors(tmp_path):
+    from atlas_db.connection import connect
+
+    db = tmp_path / "empty"
+    connect(db, read_only=False, create=True).close()  # what `atlas tui` does for a new folder
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await wait_for(pilot, lambda: of_type(messages, "PiecesLoaded") and of_type(messages, "StatusLoaded"),
+                       "library")
+        assert app.screen.query_one("#pieces").row_count == 0
+        assert "0 pieces" in app.status_text
+        assert "Select a piece" in str(app.screen.query_one("#summary").render())
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.current_mode == "covers", "covers")
+        app.screen.find("0123456789abcdef")
+        await wait_for(pilot, lambda: of_type(messages, "CoversFailed"), "covers error")
+        assert str(app.screen.query_one("#covers-error").render()).startswith("error:")
+        await pilot.press("3")
+        await wait_for(pilot, lambda: app.current_mode == "patterns", "patterns")
+        app.screen.search_for(motif="C D E")
+        await wait_for(pilot, lambda: of_type(messages, "SearchFinished") or of_type(messages, "SearchFailed"),
+                       "pattern search")
+        assert not of_type(messages, "SearchFailed")
+        assert of_type(messages, "SearchFinished")[-1].table.num_rows == 0
+
+    run(make_app(db, tmp_path), scenario)
