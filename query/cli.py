@@ -337,6 +337,8 @@ DEMO_NEXT_STEPS: list[tuple[str, str]] = [
      "atlas grammar rules --top 10 --min-length 4 --db {db}"),
     ("how small the grammar makes the corpus, losslessly, against xz -9",
      "atlas stats --compression --db {db}"),
+    ("all of it in a terminal UI: library, covers, patterns, SQL, ingest (F1 for keys)",
+     "atlas tui --db {db}"),
 ]
 
 
