@@ -338,7 +338,9 @@ def beat_chroma(notes, *, tracks=None, frame_beats: float = 1.0, phase_beats: fl
         start = phase + frame_beats * np.floor((on.min() - phase) / frame_beats)
         n_frames = max(1, int(np.ceil((end.max() - start) / frame_beats - 1e-9)))
     edges = start + frame_beats * np.arange(n_frames + 1)
-    f0 = np.floor((on - start) / frame_beats).astype(np.int64)
+    # clip: float rounding can put the earliest onset a hair before frame 0 (or the
+    # latest past the end) and a negative frame index would break the bincount below
+    f0 = np.clip(np.floor((on - start) / frame_beats).astype(np.int64), 0, n_frames - 1)
     f1 = np.maximum(np.ceil((end - start) / frame_beats - 1e-9).astype(np.int64) - 1, f0)
     f1 = np.minimum(f1, n_frames - 1)
     span = f1 - f0 + 1
