@@ -16,6 +16,8 @@ from tui.widgets.piano_roll import PianoRoll
 
 __all__ = ["LibraryScreen"]
 
+MAX_ROWS_SHOWN = 20_000  # a DataTable fills slowly beyond this; the filter narrows the rest
+
 _HEADERS = {
     "title": "Title", "path": "Path", "kind": "Kind", "duration_s": "Duration", "n_tracks": "Tracks",
     "n_notes": "Notes", "key": "Key", "tempo_bpm": "Tempo", "piece_id": "Id",
@@ -93,7 +95,8 @@ class LibraryScreen(AtlasScreen):
 
         try:
             with DB_LOCK.read():
-                table = list_pieces(self.app.db_dir, text=text, order_by=order_by, descending=descending)
+                table = list_pieces(self.app.db_dir, text=text, order_by=order_by, descending=descending,
+                                    limit=MAX_ROWS_SHOWN + 1)
         except Exception as e:  # noqa: BLE001 - shown in place; the UI goes on
             self.post_message(self.LoadFailed("library", _err(e)))
             return
@@ -117,6 +120,8 @@ class LibraryScreen(AtlasScreen):
         if msg.serial != self._serial:
             return  # a newer filter/sort is on its way
         t = msg.table
+        more = t.num_rows > MAX_ROWS_SHOWN
+        t = t.slice(0, MAX_ROWS_SHOWN)
         table = self.query_one("#pieces", DataTable)
         previous = self.shown_piece
         table.clear(columns=True)
@@ -129,7 +134,10 @@ class LibraryScreen(AtlasScreen):
         ids = t.column("piece_id").to_pylist()
         for row, pid in zip(t.to_pylist(), ids):
             table.add_row(*(fmt_cell(row[c], c) for c in cols), key=pid)
-        info = f"{t.num_rows:,} pieces, sorted by {self.order_by} {'descending' if self.descending else 'ascending'}"
+        info = f"{t.num_rows:,}{'+' if more else ''} pieces, sorted by {self.order_by} " \
+               f"{'descending' if self.descending else 'ascending'}"
+        if more:
+            info += f" (the first {MAX_ROWS_SHOWN:,} shown; type a filter to narrow)"
         self.query_one("#list-info", Static).update(info)
         target = self._want_piece or previous
         if target and target in ids:
