@@ -1,6 +1,8 @@
-"""Audio analysis speed on fluidsynth renders of POP909 songs.
+"""Audio analysis speed and audio-cover MAP on fluidsynth renders of POP909 songs.
 
-    .venv/bin/python benchmarks/audio.py [N_SONGS]   (default 3)
+    .venv/bin/python benchmarks/audio.py [N_SONGS [N_COVER_SONGS]]   (default 3 and 8)
+
+Part 1, speed.
 
 Per song (rendered from its MIDI with TimGM6mb), measured in CPU seconds of this process
 and all its threads (time.process_time), so "x real time per core" = audio seconds /
@@ -12,6 +14,21 @@ CPU seconds:
   of 8 windows) next to basic-pitch's own ``predict()`` on the same file, in the same
   run: seconds per minute of audio, and the ratio;
 - the whole per-file ingest job (ingest.audio.parse_audio).
+
+Part 2, audio covers (MAP). Per song (the first N_COVER_SONGS songs that have a version
+whose notes overlap NNN.mid's by < 90%), two recordings are rendered, each clipped to
+its first 60 s:
+  A = NNN.mid, transposed by (i mod 5) - 2 semitones, tempo x 0.9 / 1.0 / 1.1,
+      programs piano/organ/vibraphone;
+  B = the song's most different version, transposed 3 semitones from A, tempo x 0.85 or
+      1.15, programs strings/guitar/flute.
+The renders and every NNN.mid are ingested into one database (transcription -> notes ->
+vectors), and queried with ``atlas covers`` (query.covers.covers) by piece id:
+  audio -> audio (the other render is relevant), audio -> MIDI (the song's NNN.mid),
+  MIDI -> audio (both renders).
+Baseline, same renders, same run: essentia ChromaCrossSimilarity (OTI, 9-frame stacks,
+binarize 0.095) + CoverSongSimilarity (serra09, asymmetric distance) on essentia HPCP
+(12 bins) averaged over 0.46 s blocks, audio -> audio only (it needs audio on both sides).
 """
 
 from __future__ import annotations
@@ -101,5 +118,157 @@ def main():
           f"{a / tot['parse']:.1f}x real time per core")
 
 
+def _overlap(a: Path, b: Path) -> float:
+    from ingest.midi_parse import parse_midi
+
+    def key(p):
+        n = parse_midi(p.read_bytes(), piece_id="x", path=str(p))["notes"]
+        return set(zip(n.column("onset_ticks").to_pylist(), n.column("pitch").to_pylist()))
+
+    ka, kb = key(a), key(b)
+    return len(ka & kb) / max(1, min(len(ka), len(kb)))
+
+
+def _variant(src: Path, dst: Path, semitones: int, tempo_factor: float, programs: list[int]) -> Path:
+    """A MIDI file transposed, at another tempo, with other GM programs (drums untouched)."""
+    import mido
+
+    mf = mido.MidiFile(str(src))
+    for ti, track in enumerate(mf.tracks):
+        chans = [m.channel for m in track if m.type == "note_on" and m.channel != 9]
+        new = mido.MidiTrack()
+        if chans:
+            new.append(mido.Message("program_change", channel=chans[0], program=programs[ti % len(programs)], time=0))
+        carry = 0
+        for m in track:
+            if m.type == "program_change":
+                carry += m.time
+                continue
+            m = m.copy(time=m.time + carry)
+            carry = 0
+            if m.type in ("note_on", "note_off") and m.channel != 9:
+                m = m.copy(note=min(127, max(0, m.note + semitones)))
+            elif m.type == "set_tempo":
+                m = m.copy(tempo=int(round(m.tempo / tempo_factor)))
+            new.append(m)
+        mf.tracks[ti] = new
+    if not any(m.type == "set_tempo" for t in mf.tracks for m in t):
+        mf.tracks[0].insert(0, mido.MetaMessage("set_tempo", tempo=int(round(500000 / tempo_factor)), time=0))
+    mf.save(str(dst))
+    return dst
+
+
+def _average_precision(ranked: list[str], relevant: set[str]) -> float:
+    hits, total = 0, 0.0
+    for i, pid in enumerate(ranked, 1):
+        if pid in relevant:
+            hits += 1
+            total += hits / i
+    return total / len(relevant) if relevant else float("nan")
+
+
+def covers_benchmark(n_songs: int, work_dir: str | None = None) -> None:
+    import soundfile as sf
+
+    from atlas_db.connection import reading
+    from ingest.audio import _essentia, _frame_features, decode, fold_hpcp36, to_analysis_rate
+    from ingest.pipeline import ingest_paths
+    from query.covers import covers
+
+    pop = ROOT.parent / "shared" / "data" / "pop909-dev"
+    chosen = []
+    for song in sorted(p for p in pop.iterdir() if p.is_dir()):
+        main_mid = song / f"{song.name}.mid"
+        versions = sorted((song / "versions").glob("*.mid"))
+        scored = sorted((_overlap(main_mid, v), v) for v in versions)
+        if scored and scored[0][0] < 0.9:
+            chosen.append((song, main_mid, scored[0][1]))
+        if len(chosen) == n_songs:
+            break
+    print(f"\naudio covers: {len(chosen)} POP909 songs (2 renders of 60 s each + NNN.mid per song)")
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        tmp = Path(tmp)
+        inp = tmp / "in"
+        inp.mkdir()
+        song_of: dict[str, str] = {}
+        for i, (song, main_mid, version) in enumerate(chosen):
+            ta = (i % 5) - 2
+            fa = (0.9, 1.0, 1.1)[i % 3]
+            tb = ta + 3 if ta + 3 <= 6 else ta - 9
+            fb = 0.85 if i % 2 else 1.15
+            for tag, src, t, f, progs in (("A", main_mid, ta, fa, [0, 16, 11]), ("B", version, tb, fb, [48, 24, 73])):
+                mid = _variant(src, tmp / f"{song.name}{tag}.mid", t, f, progs)
+                wav = render_midi(mid, tmp / f"{song.name}{tag}_full.wav")
+                x, sr = sf.read(str(wav), dtype="float32")
+                sf.write(str(inp / f"{song.name}{tag}.wav"), x[: 60 * sr], sr)
+            os.symlink(main_mid, inp / f"{song.name}.mid")
+        db = tmp / "db"
+        t0 = time.perf_counter()
+        s = ingest_paths([str(inp)], db)
+        print(f"  ingested {s.added} pieces ({s.failed} failed) in {time.perf_counter() - t0:.0f} s "
+              "(transcription and derived stages included)")
+        with reading(db) as con:
+            rows = con.execute("SELECT piece_id, title, kind FROM pieces").fetchall()
+        kind = {pid: k for pid, _, k in rows}
+        title = {pid: t for pid, t, _ in rows}
+        for pid, t, _ in rows:
+            song_of[pid] = t[:3]
+        audio = sorted(p for p in kind if kind[p] == "audio")
+        midi = sorted(p for p in kind if kind[p] == "midi")
+
+        # Ours: atlas covers, by piece id; the ranking is filtered to the other side's kind.
+        t0 = time.perf_counter()
+        res = covers(db, audio + midi, top=len(kind))
+        t_ours = time.perf_counter() - t0
+        ranked: dict[str, list[str]] = {}
+        qcol, pcol = res.column("query").to_pylist(), res.column("piece_id").to_pylist()
+        for q, p in zip(qcol, pcol):
+            ranked.setdefault(q, []).append(p)
+        aps = {"audio->audio": [], "audio->MIDI": [], "MIDI->audio": []}
+        for q in audio:
+            r = ranked.get(q, [])
+            aps["audio->audio"].append(_average_precision(
+                [p for p in r if kind[p] == "audio" and p != q],
+                {p for p in audio if song_of[p] == song_of[q] and p != q}))
+            aps["audio->MIDI"].append(_average_precision(
+                [p for p in r if kind[p] == "midi"], {p for p in midi if song_of[p] == song_of[q]}))
+        for q in midi:
+            r = ranked.get(q, [])
+            aps["MIDI->audio"].append(_average_precision(
+                [p for p in r if kind[p] == "audio"], {p for p in audio if song_of[p] == song_of[q]}))
+
+        # Baseline: essentia ChromaCrossSimilarity + CoverSongSimilarity on the same renders.
+        es = _essentia()
+        t0 = time.perf_counter()
+        chroma = {}
+        for pid in audio:
+            data = (inp / f"{title[pid]}.wav").read_bytes()
+            st = to_analysis_rate(decode(data, title[pid]))
+            _, h36, _ = _frame_features(st.mean(1))
+            h = fold_hpcp36(h36)
+            m = len(h) // 10 * 10
+            h = h[:m].reshape(-1, 10, 12).mean(1)
+            chroma[pid] = (h / np.maximum(h.max(1, keepdims=True), 1e-9)).astype(np.float32)
+        csm = es.ChromaCrossSimilarity(frameStackSize=9, frameStackStride=1, binarizePercentile=0.095, oti=True)
+        css = es.CoverSongSimilarity(disOnset=0.5, disExtension=0.5, alignmentType="serra09",
+                                     distanceType="asymmetric")
+        base = []
+        for q in audio:
+            dist = {}
+            for r in audio:
+                if r != q:
+                    _, dist[r] = css(csm(chroma[q], chroma[r]))
+            order = sorted(dist, key=lambda r: dist[r])
+            base.append(_average_precision(order, {p for p in audio if song_of[p] == song_of[q] and p != q}))
+        t_base = time.perf_counter() - t0
+    for name, v in aps.items():
+        print(f"  MAP {name:13s} atlas covers (transcribed notes) {np.mean(v):.3f}  ({len(v)} queries)")
+    print(f"  MAP audio->audio  essentia ChromaCrossSimilarity+CoverSongSimilarity {np.mean(base):.3f}"
+          f"  ({len(base)} queries)")
+    print(f"  wall time: atlas covers {t_ours:.1f} s for {len(audio) + len(midi)} queries (database already built); "
+          f"essentia baseline {t_base:.1f} s for {len(audio)} queries (HPCP + all pairs)")
+
+
 if __name__ == "__main__":
     main()
+    covers_benchmark(int(sys.argv[2]) if len(sys.argv) > 2 else 8)
