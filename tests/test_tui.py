@@ -237,6 +237,12 @@ def test_sql_console_results_errors_history_export(tui_db, tmp_path):
         await pilot.press("ctrl+up", "ctrl+up")
         assert editor.text == "SELECT nonexistent_column FROM pieces"
         assert len(screen.history) == 3
+        # ... and from the history list (newest first)
+        hist = screen.query_one("#history")
+        hist.focus()
+        hist.highlighted = 0
+        await pilot.press("enter")
+        assert editor.text == "DELETE FROM pieces"
 
         # export the last good result: run it again, then CSV and Parquet
         editor.text = "SELECT title, n_notes FROM pieces ORDER BY n_notes DESC, title"
