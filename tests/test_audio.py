@@ -76,11 +76,11 @@ def rendered(tmp_path_factory):
 
 def test_decode_formats_and_resampling(tmp_path):
     x = sine(440.0, 2.0, -6.0, sr=22050)
-    for suffix in (".wav", ".flac", ".ogg"):
+    for suffix, fmt in ((".wav", "WAV"), (".flac", "FLAC"), (".ogg", "OGG"), (".mp3", "MP3")):
         p = write_audio(tmp_path / f"a{suffix}", x, 22050)
         dec = decode(p.read_bytes(), str(p))
-        assert dec.sample_rate == 22050 and dec.n_channels == 1
-        assert dec.duration_s == pytest.approx(2.0, abs=0.01)
+        assert dec.format == fmt and dec.sample_rate == 22050 and dec.n_channels == 1
+        assert dec.duration_s == pytest.approx(2.0, abs=0.06)  # MP3 frames pad the end
         st = to_analysis_rate(dec)
         assert st.shape[1] == 2 and st.shape[0] == pytest.approx(2.0 * SR, abs=SR * 0.01)
 
