@@ -149,6 +149,8 @@ def excerpt(n, rng, i):
     length = rng.uniform(10, 15)
     t0 = rng.uniform(0, max(t_end - length, 0))
     m = (n["onset_s"] >= t0) & (n["onset_s"] < t0 + length)
+    if not m.any():  # a window in a long rest: take the song's first seconds
+        m = n["onset_s"] < n["onset_s"].min() + length
     on = n["onset_beats"][m]
     return on - on.min(), n["duration_beats"][m], n["pitch"][m], n["track_index"][m]
 

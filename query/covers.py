@@ -36,7 +36,7 @@ import pyarrow as pa
 from atlas_db.errors import BadInputError, IndexTroubleError
 from indexers.align import sw_chroma, sw_chroma_score, sw_symbols, sw_symbols_score
 from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma,
-                               features_from_notes, melody_intervals)
+                               features_from_notes, melody_intervals, skyline)
 
 __all__ = ["CoverIndex", "QueryFeatures", "query_from_notes", "query_from_file", "resolve_query", "covers",
            "load_index", "chord_motions", "RESULT_SCHEMA", "ALIGN"]
@@ -48,7 +48,8 @@ ALIGN = dict(
     frame_beats=2,  # reference chroma frame, beats
     scales=(0.5, 1.0, 2.0),  # query beats per reference beat tried
     max_query_intervals=96, max_query_frames=48,  # longer queries: their middle part
-    scale_probe=8,  # candidates on which the query's time scale is chosen
+    min_query_intervals=24, min_query_frames=8,  # shorter queries are scored as if this long
+    scale_probe=8, scale_margin=0.05,  # candidates on which the query's time scale is chosen
     n_shifts=2, n_shifts_short=4, short_query_frames=16,  # transpositions tried per candidate
     candidates=30,  # per retrieval list (whole / melody / harmony vector, melody / chord n-grams)
     max_candidates=60,  # of their union, taken round-robin by rank
@@ -119,6 +120,10 @@ class QueryFeatures:
     # the chroma again with the beat grid moved by half a beat (short queries cut off
     # the beat); None when the query has no notes at hand (a stored piece)
     chroma_half_beat: np.ndarray | None = None
+    # other candidate melody lines of a short multi-track query (each track's skyline,
+    # all notes' skyline), as interval arrays: in a short excerpt the lead track is
+    # not always the one that looks most like a melody
+    alt_intervals: list = field(default_factory=list)
     intervals: np.ndarray = field(init=False)
     interval_index: np.ndarray = field(init=False)
 
@@ -137,10 +142,19 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
     if not np.any(f["beat_chroma"]):
         raise BadInputError(f"{label}: the query has no sounding notes")
     half = None
+    alts = []
     if f["beat_chroma"].shape[0] <= ALIGN["phase_search_beats"]:
         half = beat_chroma(onset_beats, duration_beats, pitch, start_beats=0.5)
+        if track_index is not None:
+            on, dur, trk = np.asarray(onset_beats), np.asarray(duration_beats), np.asarray(track_index)
+            masks = [trk == t for t in np.unique(trk)] + [np.ones(trk.size, bool)]
+            for m in masks:
+                if m.sum() >= 4:
+                    iv = melody_intervals(skyline(on[m], dur[m], pitch[m])[0])[0]
+                    if iv.size >= 3 and not np.array_equal(iv, f["intervals"]):
+                        alts.append(iv)
     return QueryFeatures(label, piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"],
-                         half)
+                         half, alts)
 
 
 def query_from_file(path) -> QueryFeatures:
@@ -268,7 +282,9 @@ class CoverIndex:
         qm = np.asarray(q.intervals, np.int64) - 1
         qf = _pool(q.chroma_beats, ALIGN["frame_beats"])
         qc, _ = chord_motions(qf, np.array([0, qf.shape[0]]))
-        for g in (self.grams.search(qm, n + 1), self.chord_grams.search(qc, n + 1)):
+        lines = [qm] + [np.asarray(a, np.int64) - 1 for a in q.alt_intervals]
+        mel_lists = [self.grams.search(x, n + 1) for x in lines]
+        for g in (*mel_lists, self.chord_grams.search(qc, n + 1)):
             if g.size:
                 rows = np.concatenate([rows, np.pad(g, (0, rows.shape[1] - g.size), constant_values=-1)[None]])
         # interleave the lists by rank so that each contributes its best first
@@ -287,7 +303,7 @@ class CoverIndex:
         A = ALIGN
         n = max(min(q.intervals.size, A["max_query_intervals"]), 16)
         return int(np.clip(A["max_candidates"] * A["max_query_intervals"] / n, A["max_candidates"],
-                           4 * A["max_candidates"]))
+                           6 * A["max_candidates"]))
 
     # -- stage 2 -------------------------------------------------------------------
     def _query_frames(self, q: QueryFeatures, scale: float, chroma: np.ndarray | None = None):
@@ -333,7 +349,7 @@ class CoverIndex:
                 continue
             hs, hsh = sw_chroma_score(qs, self._shifts(q, rows, qs.shape[1]), frefs, foffs,
                                       A["chroma_threshold"], A["chroma_silent"], A["chroma_gap"])
-            hs = hs / ((1.0 - A["chroma_threshold"]) * nq)
+            hs = hs / ((1.0 - A["chroma_threshold"]) * max(nq, A["min_query_frames"]))
             better = hs > best
             best[better] = hs[better]
             best_shift[better] = hsh[better]
@@ -351,9 +367,17 @@ class CoverIndex:
             refs, offs = _gather(self.iv, self.iv_off, rows)
             mel = sw_symbols_score(qiv, refs, offs, A["mel_match"], A["mel_mismatch"], A["mel_gap"],
                                    A["mel_merge"])
-            mel = mel / (A["mel_match"] * qiv.size)
+            # a few intervals match somewhere by chance: short melodies count as at
+            # least min_query_intervals long
+            mel = mel / (A["mel_match"] * max(qiv.size, A["min_query_intervals"]))
         else:
             mel = np.zeros(k, np.float32)
+        if k:
+            for alt in q.alt_intervals:
+                refs, offs = _gather(self.iv, self.iv_off, rows)
+                m2 = sw_symbols_score(np.ascontiguousarray(alt), refs, offs, A["mel_match"], A["mel_mismatch"],
+                                      A["mel_gap"], A["mel_merge"])
+                mel = np.maximum(mel, m2 / (A["mel_match"] * max(alt.size, A["min_query_intervals"])))
         # the query's time scale is a property of the query: choose it on a few of the
         # best candidates, then align every candidate at that scale only
         probe = rows[: A["scale_probe"]]
@@ -364,6 +388,8 @@ class CoverIndex:
         for sc in (A["scales"] if scale is None else [scale]):
             hs, _ = self._harmony(q, probe, sc, probe_frames) if scale is None else (np.zeros(0), None)
             top = float(hs.max()) if hs.size else 0.0
+            if sc != 1.0:
+                top -= A["scale_margin"]  # another notation than the reference's must win clearly
             if top > best + 1e-6:
                 best_scale, best = sc, top
         harm, hshift = self._harmony(q, rows, best_scale, frames)
