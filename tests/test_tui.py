@@ -697,3 +697,32 @@ def test_an_empty_database_shows_empty_screens_and_clear_errors(tmp_path):
         assert of_type(messages, "SearchFinished")[-1].table.num_rows == 0
 
     run(make_app(db, tmp_path), scenario)
+
+
+def test_ingest_picker_adds_removes_and_refuses_an_empty_list(tui_db, tmp_path):
+    pick = tmp_path / "pick"
+    write_midi(pick / "a.mid", [Track(melody([60, 64, 67]))])
+    (pick / "folder").mkdir()
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await pilot.press("5")
+        await wait_for(pilot, lambda: app.current_mode == "ingest", "ingest mode")
+        screen = app.screen
+        tree = screen.query_one("#tree")
+        tree.focus()
+        await wait_for(pilot, lambda: len(tree.root.children) == 2, "tree loaded")
+        await pilot.press("down", "a", "down", "a")  # folders first: folder/, then a.mid
+        assert screen.queue == [str((pick / "folder").resolve()), str((pick / "a.mid").resolve())]
+        queue = screen.query_one("#queue")
+        queue.focus()
+        queue.highlighted = 0
+        await pilot.press("delete")
+        assert screen.queue == [str((pick / "a.mid").resolve())] and queue.option_count == 1
+        await pilot.click("#clear")
+        assert screen.queue == [] and queue.option_count == 0
+        await pilot.press("ctrl+g")
+        assert not screen.running
+        assert "nothing to ingest" in str(screen.query_one("#ingest-status").render())
+
+    run(AtlasApp(tui_db, history_path=tmp_path / "h.json", start_dir=pick), scenario)
