@@ -551,13 +551,23 @@ def test_covers_screen_takes_a_file_and_reports_bad_queries(tui_db, tmp_path, po
                        "covers", timeout_s=120)
         found = of_type(messages, "CoversFound")[-1].table
         assert "001" in found.column("path")[0].as_py()
+        # the picker: enter on a MIDI file in the tree searches it
+        tree.focus()
+        await wait_for(pilot, lambda: len(tree.root.children) == 2, "tree loaded")
+        n = len(of_type(messages, "CoversFound")) + len(of_type(messages, "CoversFailed"))
+        await pilot.press("down", "down", "enter")  # sub/, tune.mid
+        await wait_for(pilot, lambda: len(of_type(messages, "CoversFound")) + len(of_type(messages, "CoversFailed")) > n,
+                       "covers of the picked file", timeout_s=120)
+        last = (of_type(messages, "CoversFound") + of_type(messages, "CoversFailed"))[-1]
+        assert last.query == str(other / "tune.mid")
         screen.query_one("#cover-query").value = "no/such/file.mid"
         screen.query_one("#cover-query").focus()
+        failed = len(of_type(messages, "CoversFailed"))
         await pilot.press("enter")
-        await wait_for(pilot, lambda: of_type(messages, "CoversFailed"), "bad query")
+        await wait_for(pilot, lambda: len(of_type(messages, "CoversFailed")) > failed, "bad query")
         assert "no/such/file.mid" in str(screen.query_one("#covers-error").render())
 
-    run(make_app(tui_db, tmp_path), scenario)
+    run(AtlasApp(tui_db, history_path=tmp_path / "h.json", start_dir=other), scenario)
 
 
 def test_library_pattern_opens_its_occurrences(tui_db, tmp_path):
