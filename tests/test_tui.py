@@ -736,3 +736,38 @@ def test_ingest_picker_adds_removes_and_refuses_an_empty_list(tui_db, tmp_path):
         assert "nothing to ingest" in str(screen.query_one("#ingest-status").render())
 
     run(AtlasApp(tui_db, history_path=tmp_path / "h.json", start_dir=pick), scenario)
+
+
+def test_a_newer_query_is_not_overwritten_by_an_older_slow_one(tui_db, tmp_path):
+    slow = ("SELECT 'slow' AS which, count(*) AS n FROM notes a, notes b, range(4) r "
+            "WHERE a.pitch + b.pitch = 120 + r.range")
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await pilot.press("4")
+        await wait_for(pilot, lambda: app.current_mode == "sql", "sql mode")
+        screen = app.screen
+        editor = screen.query_one("#editor")
+        from tui.db import DB_LOCK
+
+        # let the start-up reads finish, so the one reader below is the slow query
+        await wait_for(pilot, lambda: all(of_type(messages, n) for n in
+                                          ("PiecesLoaded", "DetailLoaded", "StatusLoaded", "CatalogLoaded")),
+                       "start-up reads")
+        await wait_for(pilot, lambda: DB_LOCK._readers == 0, "idle")
+        editor.text = slow
+        screen.action_run()
+        await wait_for(pilot, lambda: DB_LOCK._readers == 1, "slow query running")
+        editor.text = "SELECT 'fast' AS which"
+        screen.action_run()
+        await wait_for(pilot, lambda: of_type(messages, "QueryFinished"), "fast query")
+        # wait until the slow worker's thread is done too, then check what is shown
+        # (a superseded worker is marked cancelled at once, but its thread runs on until
+        # DuckDB answers; it holds the read lock until then)
+        await wait_for(pilot, lambda: DB_LOCK._readers == 0, "slow query thread", timeout_s=300)
+        await pilot.pause(0.5)
+        finished = of_type(messages, "QueryFinished")
+        assert [m.table.column("which")[0].as_py() for m in finished] == ["fast"]
+        assert table_rows(screen.query_one("#results")) == [["fast"]]
+
+    run(make_app(tui_db, tmp_path), scenario)

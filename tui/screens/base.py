@@ -8,7 +8,15 @@ from textual.widgets import Footer, Header
 
 from tui.widgets.status_bar import StatusBar
 
-__all__ = ["AtlasScreen", "fmt_cell"]
+__all__ = ["AtlasScreen", "fmt_cell", "superseded"]
+
+
+def superseded() -> bool:
+    """In a worker thread: True when a newer request of the same exclusive group has
+    replaced this one, whose result must then not overwrite the newer one's."""
+    from textual.worker import get_current_worker
+
+    return get_current_worker().is_cancelled
 
 
 class AtlasScreen(Screen):

@@ -14,7 +14,7 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, DirectoryTree, Input, Label, Static
 
 from tui.db import DB_LOCK
-from tui.screens.base import AtlasScreen, fmt_cell
+from tui.screens.base import AtlasScreen, fmt_cell, superseded
 
 __all__ = ["CoversScreen", "explain"]
 
@@ -133,10 +133,13 @@ class CoversScreen(AtlasScreen):
             with DB_LOCK.read():
                 table = covers(self.app.db_dir, [query], top=20)
         except Exception as e:  # noqa: BLE001 - shown in place
+            if superseded():
+                return
             self.post_message(self.CoversFailed(query, str(e) if isinstance(e, AtlasError)
                                                 else f"{type(e).__name__}: {e}"))
             return
-        self.post_message(self.CoversFound(query, table, time.perf_counter() - t0))
+        if not superseded():
+            self.post_message(self.CoversFound(query, table, time.perf_counter() - t0))
 
     # ---- results ---------------------------------------------------------------------
     def _error(self, text: str) -> None:

@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.widgets import Button, Checkbox, DataTable, Input, Label, Static
 
 from tui.db import DB_LOCK
-from tui.screens.base import AtlasScreen, fmt_cell
+from tui.screens.base import AtlasScreen, fmt_cell, superseded
 
 __all__ = ["PatternsScreen"]
 
@@ -152,10 +152,13 @@ class PatternsScreen(AtlasScreen):
                     table = search(self.app.db_dir, parse_motif(motif or ""), transforms=transforms,
                                    approximate=approximate, stats=stats)
         except Exception as e:  # noqa: BLE001 - shown in place
+            if superseded():
+                return
             self.post_message(self.SearchFailed(label, str(e) if isinstance(e, AtlasError)
                                                 else f"{type(e).__name__}: {e}"))
             return
-        self.post_message(self.SearchFinished(label, table, time.perf_counter() - t0, stats))
+        if not superseded():
+            self.post_message(self.SearchFinished(label, table, time.perf_counter() - t0, stats))
 
     def _error(self, text: str) -> None:
         err = self.query_one("#pattern-error", Static)

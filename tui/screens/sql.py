@@ -14,7 +14,7 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, OptionList, Static, Switch, TextArea, Tree
 
 from tui.db import DB_LOCK
-from tui.screens.base import AtlasScreen, fmt_cell
+from tui.screens.base import AtlasScreen, fmt_cell, superseded
 
 __all__ = ["SqlScreen", "MAX_ROWS_SHOWN"]
 
@@ -200,7 +200,12 @@ class SqlScreen(AtlasScreen):
 
             text = str(e) if isinstance(e, AtlasError) else f"{type(e).__name__}: {e}"
             text = text.replace("pass --write to modify it", "switch write mode on (ctrl+t) to modify it")
-            self.post_message(self.QueryFailed(sql, text))
+            if not superseded():
+                self.post_message(self.QueryFailed(sql, text))
+            return
+        if superseded():  # a newer query's result is (or will be) shown instead
+            if write:
+                self.app.call_from_thread(self.app.data_changed)
             return
         self.post_message(self.QueryFinished(sql, table, time.perf_counter() - t0, write))
 
