@@ -28,7 +28,7 @@ from atlas_db.errors import IngestError, MissingModelError
 
 __all__ = [
     "ANALYSIS_VERSION", "SR", "Decoded", "Analysis", "decode", "to_analysis_rate", "analyse", "analyse_stem",
-    "feature_rows", "parse_audio", "SILENCE_DBFS",
+    "feature_rows", "parse_audio", "SILENCE_DBFS", "notes_from_audio_file",
 ]
 
 ANALYSIS_VERSION = "audio-1"
@@ -496,3 +496,28 @@ def parse_audio(data: bytes, *, piece_id: str, path: str) -> dict:
         "audio_beats": audio_beats,
         "descriptions": descriptions,
     }
+
+
+def notes_from_audio_file(path) -> pa.Table:
+    """The ``notes`` rows an audio file would get at ingest (mix transcription on the
+    tracked-tempo grid), without storing anything: for using a recording that is not in
+    the database as a query (e.g. for covers). Raises IngestError for unusable files."""
+    from ingest.audio_config import audio_available
+    from ingest import transcribe
+
+    path = str(path)
+    missing = audio_available()
+    if missing:
+        raise IngestError(path, missing)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise IngestError(path, f"cannot read ({e.strerror or e})") from None
+    stereo = to_analysis_rate(decode(data, path))
+    es = _essentia()
+    bpm, beats, _, _, _ = es.RhythmExtractor2013(method="degara")(np.ascontiguousarray(stereo.mean(1)))
+    try:
+        events = transcribe.transcribe(stereo.mean(axis=1), SR)
+    except MissingModelError as e:
+        raise IngestError(path, str(e)) from None
+    return transcribe.notes_table("query", 0, events, float(bpm) if len(beats) >= 2 else None)

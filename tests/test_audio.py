@@ -305,3 +305,13 @@ def test_docs_list_every_catalogue_feature():
     text = (ROOT / "docs" / "audio.md").read_text()
     missing = [row[0] for row in CATALOGUE if f"`{row[0]}`" not in text]
     assert missing == []
+
+
+def test_notes_from_an_audio_file_not_in_the_database(rendered):
+    from ingest.audio import notes_from_audio_file
+
+    notes = notes_from_audio_file(rendered["arpeggio"])
+    pitches = set(notes.column("pitch").to_pylist())
+    assert {60, 64, 67, 72} <= pitches
+    with pytest.raises(IngestError, match="no such file|cannot read"):
+        notes_from_audio_file(rendered["dir"] / "absent.wav")
