@@ -4,6 +4,7 @@ occurrence (piece, track, onset, transform) and open its piece in the library.""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pyarrow as pa
 from textual import on, work
@@ -17,8 +18,8 @@ from tui.screens.base import AtlasScreen, fmt_cell, superseded
 
 __all__ = ["PatternsScreen"]
 
-_SHOWN = ("path", "track_index", "onset_s", "onset_beats", "transform", "transposition", "stream", "mismatch",
-          "n_notes", "piece_id")
+_SHOWN = ("file", "track_index", "onset_s", "onset_beats", "transform", "transposition", "stream", "mismatch",
+          "n_notes", "path", "piece_id")
 MAX_ROWS_SHOWN = 2_000
 
 
@@ -179,10 +180,11 @@ class PatternsScreen(AtlasScreen):
         t = msg.table
         self.result = t
         dt.clear(columns=True)
-        cols = [c for c in _SHOWN if c in t.column_names]
+        cols = [c for c in _SHOWN if c in t.column_names or c == "file"]
         for c in cols:
             dt.add_column(c, key=c)
         for i, row in enumerate(t.slice(0, MAX_ROWS_SHOWN).to_pylist()):
+            row["file"] = Path(row["path"]).name if row.get("path") else ""
             dt.add_row(*(fmt_cell(row[c], c) for c in cols), key=f"{i}:{row['piece_id']}")
         n_pieces = len(set(t.column("piece_id").to_pylist())) if t.num_rows else 0
         more = f" (showing {MAX_ROWS_SHOWN:,})" if t.num_rows > MAX_ROWS_SHOWN else ""
