@@ -127,7 +127,7 @@ def _skyline_keep(onset, offset, pitch):
     return keep
 
 
-def skyline(onset_beats, duration_beats, pitch) -> tuple[np.ndarray, np.ndarray]:
+def skyline(onset_beats, duration_beats, pitch, *, register_drop: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The highest voice: at each onset the highest note, unless a higher earlier note
     is still sounding (with a quarter-beat of tolerance at its end); then notes more
     than ``REGISTER_DROP`` semitones under the median of their 16 neighbours are dropped
@@ -148,7 +148,7 @@ def skyline(onset_beats, duration_beats, pitch) -> tuple[np.ndarray, np.ndarray]
     order = np.lexsort((-p, q))
     keep = _skyline_keep(q[order], off[order], p[order])
     sel = order[keep]
-    sel = sel[_in_register(p[sel])]
+    sel = sel[_in_register(p[sel], REGISTER_DROP if register_drop is None else register_drop)]
     return p[sel].astype(np.int16), on[sel].astype(np.float32)
 
 
@@ -158,13 +158,13 @@ REGISTER_DROP = 8
 REGISTER_NEIGHBOURS = 8
 
 
-def _in_register(p: np.ndarray) -> np.ndarray:
+def _in_register(p: np.ndarray, drop: float) -> np.ndarray:
     if p.size <= 2 * REGISTER_NEIGHBOURS:
         return np.ones(p.size, bool)
     w = REGISTER_NEIGHBOURS
     padded = np.pad(p.astype(np.float64), w, mode="edge")
     med = np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1), axis=1)
-    return p >= med - REGISTER_DROP
+    return p >= med - drop
 
 
 def melody_intervals(pitches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

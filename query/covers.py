@@ -56,6 +56,8 @@ ALIGN = dict(
     expand_from=3, expand_neighbours=8,  # query expansion: neighbours of the best answers
     weak_weight=0.3,
     phase_search_beats=64,  # queries up to this long also try other beat phases
+    tight_register=4,  # polyphonic one-part queries also try this skyline register filter
+    alt_line_below=0.6,  # ... aligned only when the main line's best melody score is below this
     harmony_weight=0.85,  # a melody match counts more than an equal harmony match
 )
 
@@ -153,6 +155,16 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
                     iv = melody_intervals(skyline(on[m], dur[m], pitch[m])[0])[0]
                     if iv.size >= 3 and not np.array_equal(iv, f["intervals"]):
                         alts.append(iv)
+    # one polyphonic part (a piano reduction, a transcription): accompaniment reaches
+    # the skyline when the tune rests or dips; also try a skyline that keeps closer to
+    # the tune's register
+    if track_index is None or np.unique(np.asarray(track_index)).size == 1:
+        on = np.round(np.asarray(onset_beats, np.float64) * 32)
+        if np.unique(on).size < 0.8 * on.size:
+            iv = melody_intervals(skyline(onset_beats, duration_beats, pitch,
+                                          register_drop=ALIGN["tight_register"])[0])[0]
+            if iv.size >= 3 and not np.array_equal(iv, f["intervals"]):
+                alts.append(iv)
     return QueryFeatures(label, piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"],
                          half, alts)
 
@@ -372,7 +384,9 @@ class CoverIndex:
             mel = mel / (A["mel_match"] * max(qiv.size, A["min_query_intervals"]))
         else:
             mel = np.zeros(k, np.float32)
-        if k:
+        # other melody lines: when the main line found nothing convincing, or the
+        # query is short (cheap)
+        if k and (mel.max() < A["alt_line_below"] or q.intervals.size <= A["min_query_intervals"] * 2):
             for alt in q.alt_intervals:
                 refs, offs = _gather(self.iv, self.iv_off, rows)
                 m2 = sw_symbols_score(np.ascontiguousarray(alt), refs, offs, A["mel_match"], A["mel_mismatch"],
