@@ -57,7 +57,7 @@ ALIGN = dict(
     weak_weight=0.3,
     phase_search_beats=64,  # queries up to this long also try other beat phases
     tight_register=4,  # polyphonic one-part queries also try this skyline register filter
-    alt_line_below=0.6,  # ... aligned only when the main line's best melody score is below this
+    alt_line_below=0.6,  # ... aligned only when no melody or harmony score reached this
     harmony_weight=0.85,  # a melody match counts more than an equal harmony match
 )
 
@@ -384,14 +384,6 @@ class CoverIndex:
             mel = mel / (A["mel_match"] * max(qiv.size, A["min_query_intervals"]))
         else:
             mel = np.zeros(k, np.float32)
-        # other melody lines: when the main line found nothing convincing, or the
-        # query is short (cheap)
-        if k and (mel.max() < A["alt_line_below"] or q.intervals.size <= A["min_query_intervals"] * 2):
-            for alt in q.alt_intervals:
-                refs, offs = _gather(self.iv, self.iv_off, rows)
-                m2 = sw_symbols_score(np.ascontiguousarray(alt), refs, offs, A["mel_match"], A["mel_mismatch"],
-                                      A["mel_gap"], A["mel_merge"])
-                mel = np.maximum(mel, m2 / (A["mel_match"] * max(alt.size, A["min_query_intervals"])))
         # the query's time scale is a property of the query: choose it on a few of the
         # best candidates, then align every candidate at that scale only
         probe = rows[: A["scale_probe"]]
@@ -409,6 +401,15 @@ class CoverIndex:
         harm, hshift = self._harmony(q, rows, best_scale, frames)
         harm = np.maximum(harm, 0).astype(np.float32)
         h = A["harmony_weight"] * harm
+        # other melody lines: when neither the main line nor the harmony found anything
+        # convincing, or the query is short (cheap)
+        weak = k and max(float(mel.max()), float(h.max())) < A["alt_line_below"]
+        if k and q.alt_intervals and (weak or q.intervals.size <= A["min_query_intervals"] * 2):
+            refs, offs = _gather(self.iv, self.iv_off, rows)
+            for alt in q.alt_intervals:
+                m2 = sw_symbols_score(np.ascontiguousarray(alt), refs, offs, A["mel_match"], A["mel_mismatch"],
+                                      A["mel_gap"], A["mel_merge"])
+                mel = np.maximum(mel, m2 / (A["mel_match"] * max(alt.size, A["min_query_intervals"])))
         score = np.maximum(mel, h) + A["weak_weight"] * np.minimum(mel, h)
         return {"rows": rows, "mel": mel.astype(np.float32), "harm": harm, "hshift": hshift,
                 "scale": best_scale, "score": score.astype(np.float32), "by_melody": mel >= harm,
