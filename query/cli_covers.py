@@ -19,8 +19,9 @@ def register(cli):
     def covers(queries, top, db_dir, fmt):
         """Find the versions (covers) of each QUERY in the database.
 
-        QUERY is a .mid file (it need not be ingested) or a piece id, id prefix or
-        ingested path. Several queries may be given; the output has one block of answers
+        QUERY is a .mid file or a recording (.wav, .flac, .mp3, .ogg; transcribed
+        to notes first, needs the audio extra), not necessarily ingested, or a piece
+        id, id prefix or ingested path. Several queries may be given; the output has one block of answers
         per query. A query that is itself in the database is left out of its answers.
 
         Answers are found in two steps: candidates from the vector index, then a re-rank
@@ -35,6 +36,7 @@ def register(cli):
         Example:
           atlas covers my_song.mid --top 5
           atlas covers 3f2a9c01 other.mid --format csv --db ./atlas_data
+          atlas covers live_take.wav --top 3
         """
         from query.covers import covers as run
 
@@ -50,8 +52,9 @@ def register(cli):
     def similar(queries, top, tracks, db_dir, fmt):
         """Pieces (or tracks) most similar to each QUERY, by their vectors.
 
-        QUERY is a .mid file (it need not be ingested) or a piece id, id prefix or
-        ingested path. The score is the cosine between transposition- and
+        QUERY is a .mid file or a recording (.wav, .flac, .mp3, .ogg; transcribed
+        first, needs the audio extra), not necessarily ingested, or a piece id, id
+        prefix or ingested path. The score is the cosine between transposition- and
         tempo-invariant embeddings (harmonic vocabulary, chord motion, melodic
         intervals): alike in style and material, not necessarily the same song
         (for that, use `atlas covers`).

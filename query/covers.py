@@ -170,9 +170,13 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
 
 
 def query_from_file(path) -> QueryFeatures:
-    """Parse a MIDI file (not necessarily in the database) into query features."""
+    """Parse a MIDI or audio file (not necessarily in the database) into query features.
+
+    Audio (``ingest.sources.AUDIO_SUFFIXES``) is transcribed to notes the way ingestion
+    transcribes a recording (``ingest.audio.notes_from_audio_file``: basic-pitch on the
+    mix, on the tracked-tempo beat grid); it needs the audio extra."""
     from atlas_db.errors import IngestError
-    from ingest.midi_parse import parse_midi
+    from ingest.sources import AUDIO_SUFFIXES
 
     p = Path(path)
     try:
@@ -180,6 +184,10 @@ def query_from_file(path) -> QueryFeatures:
     except OSError as e:
         raise BadInputError(f"{path}: cannot read the query file ({e.strerror or e})") from e
     pid = hashlib.sha256(data).hexdigest()[:16]
+    if p.suffix.lower() in AUDIO_SUFFIXES:
+        return _query_from_audio(p, pid)
+    from ingest.midi_parse import parse_midi
+
     try:
         tables = parse_midi(data, piece_id=pid, path=str(path))
     except IngestError as e:
@@ -193,6 +201,30 @@ def query_from_file(path) -> QueryFeatures:
         notes.column("duration_beats").to_numpy()[keep],
         notes.column("pitch").to_numpy()[keep],
         notes.column("track_index").to_numpy()[keep],
+        piece_id=pid,
+    )
+
+
+def _query_from_audio(p: Path, pid: str) -> QueryFeatures:
+    """Query features of a recording: its transcribed notes (one part, no drums)."""
+    from atlas_db.errors import IngestError
+    from ingest.audio_config import audio_available
+
+    missing = audio_available()
+    if missing:
+        raise BadInputError(f"{p}: cannot use an audio file as a query: {missing}")
+    from ingest.audio import notes_from_audio_file
+
+    try:
+        notes = notes_from_audio_file(p)
+    except IngestError as e:
+        raise BadInputError(f"{p}: not a usable query ({e.reason})") from e
+    return query_from_notes(
+        str(p),
+        notes.column("onset_beats").to_numpy(),
+        notes.column("duration_beats").to_numpy(),
+        notes.column("pitch").to_numpy(),
+        None,  # one transcribed part: the skyline and its tighter-register variant
         piece_id=pid,
     )
 
@@ -596,7 +628,7 @@ def load_index(db_dir) -> CoverIndex:
 
 
 def resolve_query(index: CoverIndex, db_dir, query: str) -> QueryFeatures:
-    """A query argument: a MIDI file path (ingested or not) or a piece id / prefix / path."""
+    """A query argument: a MIDI or audio file path (ingested or not) or a piece id / prefix / path."""
     p = Path(query)
     if p.is_file():
         q = query_from_file(p)
@@ -614,7 +646,7 @@ def covers(db_dir, queries: list[str], *, top: int = 10) -> pa.Table:
     if top < 1:
         raise BadInputError(f"--top {top}: must be at least 1")
     if not queries:
-        raise BadInputError("no query given: name a .mid file or a piece id")
+        raise BadInputError("no query given: name a .mid or audio file or a piece id")
     index = load_index(db_dir)
     out = [index.search(resolve_query(index, db_dir, q), top=top) for q in queries]
     return pa.concat_tables(out)

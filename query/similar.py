@@ -83,12 +83,12 @@ def _tracks(db_dir, index, q, top) -> pa.Table:
 
 
 def similar(db_dir, queries: list[str], *, top: int = 10, tracks: bool = False) -> pa.Table:
-    """The ``top`` most similar pieces (or tracks) for each query: a .mid file (ingested
+    """The ``top`` most similar pieces (or tracks) for each query: a MIDI or audio file (ingested
     or not) or a piece id / prefix / ingested path. The query itself is left out."""
     if top < 1:
         raise BadInputError(f"--top {top}: must be at least 1")
     if not queries:
-        raise BadInputError("no query given: name a .mid file or a piece id")
+        raise BadInputError("no query given: name a .mid or audio file or a piece id")
     index = load_index(db_dir)
     out = []
     for qs in queries:
