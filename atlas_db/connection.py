@@ -138,7 +138,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("COMMIT")
 
 
-def fetch_arrow(cur) -> "pa.Table":
+def fetch_arrow(cur):
     """The result of an executed statement as an Arrow table (DuckDB 2 renamed the call)."""
     fn = getattr(cur, "to_arrow_table", None) or getattr(cur, "fetch_arrow_table")
     with warnings.catch_warnings():
@@ -158,4 +158,24 @@ def reading(db_dir, *, wait_s: float | None = None):
         con.close()
 
 
-__all__ += ["reading", "fetch_arrow", "SCHEMA_VERSION"]
+@contextlib.contextmanager
+def writing(db_dir, *, create: bool = False, wait_s: float | None = None):
+    """``with writing(db) as con:`` one write transaction on a connection of its own:
+    committed when the block ends, rolled back (nothing half-written) if it raises,
+    and the file lock released either way so readers get in between batches."""
+    con = connect(db_dir, read_only=False, create=create, wait_s=wait_s)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except Exception:  # the connection may already be unusable; the rollback is implied
+            pass
+        raise
+    finally:
+        con.close()
+
+
+__all__ += ["reading", "writing", "fetch_arrow", "SCHEMA_VERSION"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from atlas_db import __version__
-from atlas_db.connection import connect, db_file, reading
+from atlas_db.connection import db_file, reading, writing
 from atlas_db.schema import TABLES
 
 __all__ = ["ParsedPiece", "Failure", "BatchResult", "known_piece_ids", "write_batch", "CHILD_TABLES"]
@@ -68,9 +68,7 @@ def write_batch(
     """
     result = BatchResult()
     now = datetime.now(timezone.utc)
-    con = connect(db_dir, read_only=False, create=True)
-    try:
-        con.execute("BEGIN TRANSACTION")
+    with writing(db_dir, create=True) as con:
         ids = list({p.piece_id for p in parsed})
         stored = set()
         if ids:
@@ -115,15 +113,6 @@ def write_batch(
             con.register("_err", err)
             con.execute("INSERT OR REPLACE INTO ingest_errors SELECT * FROM _err")
             con.unregister("_err")
-        con.execute("COMMIT")
-    except BaseException:
-        try:
-            con.execute("ROLLBACK")
-        except Exception:
-            pass
-        raise
-    finally:
-        con.close()
     result.added = [p.piece_id for p in new]
     result.already_present = [pid for pid, _ in present]
     result.notes_added = sum(p.tables["notes"].num_rows for p in new)

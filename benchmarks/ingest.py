@@ -62,7 +62,7 @@ def main():
         cli_s = time.perf_counter() - t0
         assert r.returncode == 0, r.stderr
         t0 = time.perf_counter()
-        r2 = subprocess.run([sys.executable, "-m", "query.cli", "ingest", str(folder), "--db", str(Path(tmp) / "cli")],
+        subprocess.run([sys.executable, "-m", "query.cli", "ingest", str(folder), "--db", str(Path(tmp) / "cli")],
                             cwd=ROOT, capture_output=True, text=True)
         again_s = time.perf_counter() - t0
     n_mido, t_mido = mido_parse(files)

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from atlas_db.connection import connect
+from atlas_db.connection import connect, writing
 
 __all__ = ["STAGE_MODULES", "stages", "pending_pieces", "run_stages"]
 
@@ -80,9 +80,7 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
 
 
 def _run_batch(db_dir, stage, ids: list[str]) -> None:
-    con = connect(db_dir, read_only=False)
-    try:
-        con.execute("BEGIN TRANSACTION")
+    with writing(db_dir) as con:
         forget = getattr(stage, "forget", None)
         if forget is not None:
             forget(con, ids)
@@ -99,12 +97,3 @@ def _run_batch(db_dir, stage, ids: list[str]) -> None:
         con.register("_runs", runs)
         con.execute("INSERT OR REPLACE INTO derived_runs SELECT * FROM _runs")
         con.unregister("_runs")
-        con.execute("COMMIT")
-    except BaseException:
-        try:
-            con.execute("ROLLBACK")
-        except Exception:
-            pass
-        raise
-    finally:
-        con.close()

@@ -236,7 +236,7 @@ def describe_stored(db_dir, piece_ids: list[str] | None = None, *, model=None, r
 
     progress: optional callable ``(n_done, n_total)``.
     """
-    from atlas_db.connection import connect, reading
+    from atlas_db.connection import reading, writing
 
     path = configured_model(model)
     llm = load_llm(path)
@@ -257,16 +257,8 @@ def describe_stored(db_dir, piece_ids: list[str] | None = None, *, model=None, r
             progress(i + 1, len(facts))
     table = description_table(rows)
     if rows:
-        con = connect(db_dir, read_only=False)
-        try:
-            con.execute("BEGIN TRANSACTION")
+        with writing(db_dir) as con:
             con.register("_desc", table)
             con.execute("INSERT OR REPLACE INTO descriptions SELECT * FROM _desc")
             con.unregister("_desc")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
     return table

@@ -31,7 +31,6 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from atlas_db.schema_grammar import TABLES
 from ingest import grammar_core as gc
 from ingest import grammar_transforms as gt
 

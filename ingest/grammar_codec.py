@@ -111,7 +111,7 @@ def encode(notes: dict, seq: gc.Sequence, g: gc.Grammar, pieces: dict) -> dict[s
     ts = notes["track_starts"]
     n = notes["n"]
     n_tracks = len(ts) - 1
-    lengths = gc.rule_lengths(g)
+
     spans = gc.rule_spans(g)
     track_of = np.repeat(np.arange(n_tracks), np.diff(ts))
     # grammar: children as distance below the rule's own id, connector intervals
@@ -179,7 +179,7 @@ def decode(streams: dict[str, dict[str, bytes]]) -> dict[str, np.ndarray]:
     ids = np.arange(gc.N_TERMINALS, gc.N_TERMINALS + len(G["left"]))
     g = gc.Grammar()
     g.extend(ids - G["left"], ids - G["right"], G["conn"], np.cumsum(G["round"]))
-    lengths = gc.rule_lengths(g)
+
     spans = gc.rule_spans(g)
     sym = S["symbols"]
     n_sym = R["track_symbols"]

@@ -12,7 +12,6 @@ their track end at the track's last event.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atlas_db.errors import AtlasError, BadInputError, IngestError
+from atlas_db.errors import BadInputError, IngestError
 from atlas_db.store import Failure, ParsedPiece, known_piece_ids, write_batch
 from ingest.sources import AUDIO_SUFFIXES, MIDI_SUFFIXES, discover
 

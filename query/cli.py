@@ -6,7 +6,6 @@ line, ``atlas: error: ...``, and a non-zero exit status; a traceback means a bug
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
 import os

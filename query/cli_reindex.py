@@ -18,22 +18,11 @@ __all__ = ["register", "reindex_grammar"]
 
 
 def reindex_grammar(db, *, max_rules=None, min_count=None) -> dict:
-    from atlas_db.connection import connect
+    from atlas_db.connection import writing
     from ingest import grammar
 
-    con = connect(db, read_only=False)
-    try:
-        con.execute("BEGIN TRANSACTION")
+    with writing(db) as con:
         summary = grammar.rebuild(con, max_rules=max_rules, min_count=min_count)
-        con.execute("COMMIT")
-    except BaseException:
-        try:
-            con.execute("ROLLBACK")
-        except Exception:
-            pass
-        raise
-    finally:
-        con.close()
     return summary
 
 

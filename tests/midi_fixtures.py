@@ -6,7 +6,7 @@ plus optional name/program/channel. Beats are quarter notes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import mido

@@ -14,7 +14,7 @@ from atlas_db.connection import reading
 from ingest.midi_parse import parse_midi
 from ingest.pipeline import ingest_paths
 from midi_fixtures import Track, melody, write_midi
-from query.export import export_piece, midi_bytes, resolve_piece
+from query.export import midi_bytes, resolve_piece
 from query.sql import QueryError, run_sql
 
 ATLAS = [sys.executable, "-m", "query.cli"]
