@@ -59,6 +59,12 @@ ALIGN = dict(
     tight_register=4,  # polyphonic one-part queries also try this skyline register filter
     alt_line_below=0.6,  # ... aligned only when no melody or harmony score reached this
     harmony_weight=0.85,  # a melody match counts more than an equal harmony match
+    # versions of the best answer: when one answer is a clear, confident match, the
+    # pieces that align with *it* as versions are versions of the query too
+    hop_confident=0.6,  # best score needed
+    hop_candidates=16,  # candidates aligned against the best answer
+    hop_same=0.6, hop_above=0.25,  # a version of it scores at least this, and this above the median
+    hop_factor=0.9,  # such a version scores hop_factor x best x that score (at most)
 )
 
 RESULT_SCHEMA = pa.schema([
@@ -75,7 +81,8 @@ RESULT_SCHEMA = pa.schema([
     ("match_end_beats", pa.float32()),
     ("melody_score", pa.float32()),  # fraction of the query's melody aligned (0..1)
     ("harmony_score", pa.float32()),  # the same for its harmony
-    ("matched_by", pa.string()),  # 'melody' | 'harmony': which alignment gave the score
+    ("matched_by", pa.string()),  # 'melody' | 'harmony': which alignment gave the score;
+    # 'version_of_best': scored as a confident version of the best answer (transitivity)
 ])
 
 
@@ -445,7 +452,7 @@ class CoverIndex:
         score = np.maximum(mel, h) + A["weak_weight"] * np.minimum(mel, h)
         return {"rows": rows, "mel": mel.astype(np.float32), "harm": harm, "hshift": hshift,
                 "scale": best_scale, "score": score.astype(np.float32), "by_melody": mel >= harm,
-                "mel_window": (a, b)}
+                "via_best": np.zeros(k, bool), "mel_window": (a, b)}
 
     def search(self, q: QueryFeatures, top: int = 10, explain_top: int | None = None) -> pa.Table:
         """The ``top`` best versions of the query, explained (see ``RESULT_SCHEMA``);
@@ -455,10 +462,54 @@ class CoverIndex:
         r = self.rerank(q, rows)
         extra = self._expand(q, r)
         if extra.size:
-            r2 = self.rerank(q, extra, scale=r["scale"])
-            r = {key: (np.concatenate([r[key], r2[key]]) if isinstance(r[key], np.ndarray) else r[key]) for key in r}
+            r = _concat(r, self.rerank(q, extra, scale=r["scale"]))
+        r = self._versions_of_best(q, r)
         order = np.argsort(-r["score"], kind="stable")[:top]
         return self._explain(q, r, order, top if explain_top is None else explain_top)
+
+    def _versions_of_best(self, q: QueryFeatures, r):
+        """Transitivity: when the best answer is a confident match, search again with
+        that answer (a stored piece) as the query (its best ``hop_candidates``
+        candidates); the pieces that align with it clearly above the rest are versions of the query too, even where the query shares
+        little with them directly (a version that lost the tune, or the harmony, that
+        the query kept). They score ``hop_factor x best x their score against the best
+        answer``, when that is more than their own; ``matched_by`` says
+        ``version_of_best``."""
+        A = ALIGN
+        if r["rows"].size == 0:
+            return r
+        i1 = int(np.argmax(r["score"]))
+        s1 = float(r["score"][i1])
+        if s1 < A["hop_confident"]:
+            return r
+        best = int(r["rows"][i1])
+        qb = self.query_for_piece(self.ids[best])
+        rows = self.candidates(qb)
+        if q.piece_id is not None and q.piece_id in self.row_of:
+            rows = rows[rows != self.row_of[q.piece_id]]
+        rows = rows[: A["hop_candidates"]]
+        if rows.size < 4:
+            return r
+        rb = self.rerank(qb, rows)
+        ok = rb["score"] >= max(A["hop_same"], float(np.median(rb["score"])) + A["hop_above"])
+        if not ok.any():
+            return r
+        via_rows = rb["rows"][ok]
+        via_score = (A["hop_factor"] * s1 * np.minimum(rb["score"][ok], 1.0)).astype(np.float32)
+        new = np.setdiff1d(via_rows, r["rows"])
+        if new.size:
+            r = _concat(r, self.rerank(q, new, scale=r["scale"]))
+        pos = {int(x): i for i, x in enumerate(r["rows"])}
+        score = r["score"].copy()
+        via = r["via_best"].copy()
+        for row, vs in zip(via_rows, via_score):
+            i = pos[int(row)]
+            if vs > score[i]:
+                score[i] = vs
+                via[i] = True
+        r = dict(r)
+        r["score"], r["via_best"] = score, via
+        return r
 
     def _expand(self, q: QueryFeatures, r) -> np.ndarray:
         """Query expansion: the vector neighbours of the best few answers, not yet
@@ -480,30 +531,32 @@ class CoverIndex:
         cols = {f.name: [] for f in RESULT_SCHEMA}
         all_rows = r["rows"][order]
         rows = all_rows[:n_explain]
-        # aligned regions, for the shown answers only (the tracking kernels are slower)
+        # aligned regions, for the shown answers only (the tracking kernels are slower),
+        # each answer with the one alignment that explains it
+        by_mel = np.asarray(r["by_melody"][order][:n_explain], bool)
         a, b = r["mel_window"]
         qiv = np.ascontiguousarray(q.intervals[a:b])
-        if qiv.size >= 2 and rows.size:
-            refs, offs = _gather(self.iv, self.iv_off, rows)
-            _, mreg = sw_symbols(qiv, refs, offs, A["mel_match"], A["mel_mismatch"], A["mel_gap"],
-                                   A["mel_merge"])
-            mreg = mreg.copy()
-            mreg[:, :2] += a
-        else:
-            mreg = np.zeros((rows.size, 4), np.int32)
+        mreg = np.zeros((rows.size, 4), np.int32)
+        if qiv.size >= 2 and by_mel.any():
+            refs, offs = _gather(self.iv, self.iv_off, rows[by_mel])
+            _, m = sw_symbols(qiv, refs, offs, A["mel_match"], A["mel_mismatch"], A["mel_gap"], A["mel_merge"])
+            mreg[by_mel] = m
+            mreg[by_mel, :2] += a
         scale = r["scale"]
-        qs, nq, fa = self._query_frames(q, scale)
-        if nq >= 2 and rows.size:
-            frefs, foffs = self._frames_of(rows)
-            shifts = np.ascontiguousarray(r["hshift"][order].reshape(-1, 1), np.int64)
-            _, _, hreg = sw_chroma(qs, shifts, frefs, foffs, A["chroma_threshold"], A["chroma_silent"],
-                                   A["chroma_gap"])
-            fb = A["frame_beats"]
-            hreg = hreg.astype(np.float64)
-            hreg[:, :2] = (hreg[:, :2] + fa) * fb * scale
-            hreg[:, 2:] = hreg[:, 2:] * fb
-        else:
-            hreg = np.zeros((rows.size, 4))
+        hreg = np.zeros((rows.size, 4))
+        by_harm = ~by_mel
+        if by_harm.any():
+            qs, nq, fa = self._query_frames(q, scale)
+            if nq >= 2:
+                frefs, foffs = self._frames_of(rows[by_harm])
+                shifts = np.ascontiguousarray(r["hshift"][order][:n_explain][by_harm].reshape(-1, 1), np.int64)
+                _, _, h = sw_chroma(qs, shifts, frefs, foffs, A["chroma_threshold"], A["chroma_silent"],
+                                    A["chroma_gap"])
+                fb = A["frame_beats"]
+                h = h.astype(np.float64)
+                h[:, :2] = (h[:, :2] + fa) * fb * scale
+                h[:, 2:] = h[:, 2:] * fb
+                hreg[by_harm] = h
         for rank, (o, row) in enumerate(zip(order, all_rows), 1):
             row = int(row)
             if rank > n_explain:
@@ -542,7 +595,8 @@ class CoverIndex:
             cols["match_end_beats"].append(re_b)
             cols["melody_score"].append(round(float(r["mel"][o]), 4))
             cols["harmony_score"].append(round(float(r["harm"][o]), 4))
-            cols["matched_by"].append("melody" if r["by_melody"][o] else "harmony")
+            cols["matched_by"].append("version_of_best" if r["via_best"][o]
+                                      else "melody" if r["by_melody"][o] else "harmony")
         return pa.table({f.name: pa.array(cols[f.name], f.type) for f in RESULT_SCHEMA}, schema=RESULT_SCHEMA)
 
     # -- queries by id ----------------------------------------------------------------
@@ -554,6 +608,11 @@ class CoverIndex:
         mo = self.mel_onset[self.mel_off[i]:self.mel_off[i + 1]]
         beats = self.chroma_q[self.beat_off[i]:self.beat_off[i + 1]].astype(np.float32) / 127.0
         return QueryFeatures(label or piece_id, piece_id, self.vectors[i], beats, mp, mo)
+
+
+def _concat(r, r2):
+    """Two re-rank results as one (the scale and melody window are the first's)."""
+    return {key: (np.concatenate([r[key], r2[key]]) if isinstance(r[key], np.ndarray) else r[key]) for key in r}
 
 
 def _pool_beats(chroma_beats: np.ndarray, frame_beats: float) -> np.ndarray:
