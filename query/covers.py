@@ -55,6 +55,7 @@ ALIGN = dict(
     max_candidates=60,  # of their union, taken round-robin by rank
     expand_from=3, expand_neighbours=8,  # query expansion: neighbours of the best answers
     weak_weight=0.3,
+    weak_weight_short=0.6,  # queries of at most 2 x min_query_intervals: agreement counts more
     phase_search_beats=64,  # queries up to this long also try other beat phases
     tight_register=4,  # polyphonic one-part queries also try this skyline register filter
     alt_line_below=0.6,  # ... aligned only when no melody or harmony score reached this
@@ -438,6 +439,18 @@ class CoverIndex:
             if top > best + 1e-6:
                 best_scale, best = sc, top
         harm, hshift = self._harmony(q, rows, best_scale, frames)
+        hscale = np.full(k, best_scale, np.float32)
+        if q.chroma_beats.shape[0] <= A["phase_search_beats"]:
+            # a short query says too little to fix its time scale on a few candidates:
+            # each candidate gets its own best scale (another than 1 must win clearly)
+            for sc in A["scales"]:
+                if sc == best_scale:
+                    continue
+                hs, hsh = self._harmony(q, rows, sc, frames)
+                better = hs - (A["scale_margin"] if sc != 1.0 else 0.0) > \
+                    harm - np.where(hscale != 1.0, A["scale_margin"], 0.0)
+                harm, hshift, hscale = (np.where(better, hs, harm), np.where(better, hsh, hshift),
+                                        np.where(better, np.float32(sc), hscale))
         harm = np.maximum(harm, 0).astype(np.float32)
         h = A["harmony_weight"] * harm
         # other melody lines: when neither the main line nor the harmony found anything
@@ -449,10 +462,14 @@ class CoverIndex:
                 m2 = sw_symbols_score(np.ascontiguousarray(alt), refs, offs, A["mel_match"], A["mel_mismatch"],
                                       A["mel_gap"], A["mel_merge"])
                 mel = np.maximum(mel, m2 / (A["mel_match"] * max(alt.size, A["min_query_intervals"])))
-        score = np.maximum(mel, h) + A["weak_weight"] * np.minimum(mel, h)
+        # a short query's melody (or harmony) alone matches something by chance more
+        # often: there, agreement of the two counts more
+        short = q.intervals.size <= A["min_query_intervals"] * 2
+        ww = A["weak_weight_short"] if short else A["weak_weight"]
+        score = np.maximum(mel, h) + ww * np.minimum(mel, h)
         return {"rows": rows, "mel": mel.astype(np.float32), "harm": harm, "hshift": hshift,
                 "scale": best_scale, "score": score.astype(np.float32), "by_melody": mel >= harm,
-                "via_best": np.zeros(k, bool), "mel_window": (a, b)}
+                "via_best": np.zeros(k, bool), "hscale": hscale.astype(np.float32), "mel_window": (a, b)}
 
     def search(self, q: QueryFeatures, top: int = 10, explain_top: int | None = None) -> pa.Table:
         """The ``top`` best versions of the query, explained (see ``RESULT_SCHEMA``);
@@ -542,21 +559,22 @@ class CoverIndex:
             _, m = sw_symbols(qiv, refs, offs, A["mel_match"], A["mel_mismatch"], A["mel_gap"], A["mel_merge"])
             mreg[by_mel] = m
             mreg[by_mel, :2] += a
-        scale = r["scale"]
+        hscales = r["hscale"][order]
         hreg = np.zeros((rows.size, 4))
-        by_harm = ~by_mel
-        if by_harm.any():
+        for scale in np.unique(hscales[:n_explain][~by_mel]):
+            sel = ~by_mel & (hscales[:n_explain] == scale)
+            scale = float(scale)
             qs, nq, fa = self._query_frames(q, scale)
             if nq >= 2:
-                frefs, foffs = self._frames_of(rows[by_harm])
-                shifts = np.ascontiguousarray(r["hshift"][order][:n_explain][by_harm].reshape(-1, 1), np.int64)
+                frefs, foffs = self._frames_of(rows[sel])
+                shifts = np.ascontiguousarray(r["hshift"][order][:n_explain][sel].reshape(-1, 1), np.int64)
                 _, _, h = sw_chroma(qs, shifts, frefs, foffs, A["chroma_threshold"], A["chroma_silent"],
                                     A["chroma_gap"])
                 fb = A["frame_beats"]
                 h = h.astype(np.float64)
                 h[:, :2] = (h[:, :2] + fa) * fb * scale
                 h[:, 2:] = h[:, 2:] * fb
-                hreg[by_harm] = h
+                hreg[sel] = h
         for rank, (o, row) in enumerate(zip(order, all_rows), 1):
             row = int(row)
             if rank > n_explain:
@@ -580,7 +598,7 @@ class CoverIndex:
             else:
                 qs_b, qe_b, rs_b, re_b = (float(x) for x in hreg[rank - 1])
                 trans = int(r["hshift"][o])
-                sc = float(scale)
+                sc = float(r["hscale"][o])
             trans = (trans + 5) % 12 - 5  # -5..6
             cols["query"].append(q.label)
             cols["rank"].append(rank)
