@@ -23,6 +23,12 @@ $(STAMP): pyproject.toml Makefile
 setup-test: $(TEST_STAMP)
 
 $(TEST_STAMP): $(STAMP)
+	# audio tests render MIDI with fluidsynth + the TimGM6mb soundfont (Debian packages);
+	# installed when missing and apt-get can run, otherwise those tests skip and say why
+	@if ! command -v fluidsynth >/dev/null || [ ! -f /usr/share/sounds/sf2/TimGM6mb.sf2 ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fluidsynth timgm6mb-soundfont >/dev/null; \
+	  else echo "note: fluidsynth/timgm6mb-soundfont not installed; audio rendering tests will skip"; fi; fi
 	$(BIN)/pip install -q -e '.[test]'
 	# audio extra (docs/audio.md): llama-cpp-python is built once into the wheel cache
 	ls $(WHEEL_CACHE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
