@@ -364,7 +364,7 @@ class CoverIndex:
         fa, fz = _middle(qf.shape[0], ALIGN["max_query_frames"])
         qf = qf[fa:fz]
         nq = int((qf.sum(axis=1) > 0).sum())
-        qs = np.ascontiguousarray(np.stack([np.roll(qf, t, axis=1) for t in range(12)]), np.float32)
+        qs = np.ascontiguousarray(qf[:, _ROLL].transpose(1, 0, 2), np.float32)  # [t] = np.roll(qf, t, axis=1)
         return qs, nq, fa
 
     def _shifts(self, q: QueryFeatures, rows: np.ndarray, n_frames: int) -> np.ndarray:
@@ -372,7 +372,7 @@ class CoverIndex:
         correlation (optimal transposition index), a few more for short queries."""
         qglob = q.chroma_beats.sum(axis=0)
         qglob = qglob / max(float(np.linalg.norm(qglob)), 1e-9)
-        rolled = np.stack([np.roll(qglob, t) for t in range(12)])
+        rolled = qglob[_ROLL]  # [t] = np.roll(qglob, t)
         corr = self.global_chroma[rows] @ rolled.T  # [c, t] = <query up t, candidate>
         n = ALIGN["n_shifts_short"] if n_frames <= ALIGN["short_query_frames"] else ALIGN["n_shifts"]
         return np.ascontiguousarray(np.argsort(-corr, axis=1)[:, :n], np.int64)
@@ -626,6 +626,10 @@ class CoverIndex:
         mo = self.mel_onset[self.mel_off[i]:self.mel_off[i + 1]]
         beats = self.chroma_q[self.beat_off[i]:self.beat_off[i + 1]].astype(np.float32) / 127.0
         return QueryFeatures(label or piece_id, piece_id, self.vectors[i], beats, mp, mo)
+
+
+# _ROLL[t] indexes a 12-vector rotated up by t semitones: x[_ROLL[t]] == np.roll(x, t)
+_ROLL = (np.arange(12)[None, :] - np.arange(12)[:, None]) % 12
 
 
 def _concat(r, r2):
