@@ -19,6 +19,10 @@ Two stages:
    was found"; the final score is the better of melody and 0.85 x harmony plus 0.3 x
    the other (a melody match identifies a song better than a chord progression does).
    The vector neighbours of the best answers are then aligned too (query expansion).
+3. **Versions of the best answer**: a confident best answer is searched in turn; the
+   pieces that align with it as clear versions are versions of the query too
+   (``matched_by`` = ``version_of_best``), even when they share little with the query
+   directly.
 
 Each answer carries its explanation: the transposition (semitones from the query up to
 the match), the time scale (query beats per matched beat) and the aligned region in both.

@@ -297,3 +297,25 @@ def test_stray_lance_rows_are_ignored(synth_db, tmp_path):
 
     mod._CACHE.clear()
     assert covers(db, [str(synth_db["lib"] / "song4.mid")], top=4).equals(before)
+
+
+def test_version_of_the_best_answer_is_found_through_it(tmp_path):
+    """Song 1's tune over new chords (the query) matches song1.mid by its melody; an
+    instrumental version (song 1's chords only, another key and tempo) shares no tune
+    with the query but aligns with song1.mid: it comes second, scored through it."""
+    from ingest.pipeline import ingest_paths
+    from query.covers import covers
+
+    lib = tmp_path / "lib"
+    songs = [_song(s) for s in range(6)]
+    for i, (mel, ch) in enumerate(songs):
+        write_midi(lib / f"song{i}.mid", _render(mel, ch), tempo_bpm=100)
+    mel, ch = songs[1]
+    write_midi(lib / "song1_instrumental.mid", _render([], ch, transpose=2)[1:], tempo_bpm=90)
+    assert ingest_paths([str(lib)], tmp_path / "db", workers=1).failed == 0
+    new_chords = [{1: 6, 6: 4, 4: 2, 2: 4, 5: 1}[c] for c in ch]
+    q = write_midi(tmp_path / "reharmonised.mid", _render(mel, new_chords, transpose=-3), tempo_bpm=120)
+    res = covers(tmp_path / "db", [str(q)], top=3).to_pylist()
+    assert res[0]["path"].endswith("song1.mid") and res[0]["matched_by"] == "melody"
+    assert res[1]["path"].endswith("song1_instrumental.mid")
+    assert res[1]["matched_by"] == "version_of_best"
