@@ -63,6 +63,7 @@ ALIGN = dict(
     phase_search_beats=64,  # queries up to this long also try other beat phases
     tight_register=4,  # polyphonic one-part queries also try this skyline register filter
     alt_line_below=0.6,  # ... aligned only when no melody or harmony score reached this
+    look_further_below=0.6, look_further=4,  # no score reached this: align 4x the candidates
     harmony_weight=0.85,  # a melody match counts more than an equal harmony match
     # versions of the best answer: when one answer is a clear, confident match, the
     # pieces that align with *it* as versions are versions of the query too
@@ -324,7 +325,7 @@ class CoverIndex:
         return int(sum(a.nbytes for a in arrays)) + self.vectors.nbytes  # + the FAISS copy
 
     # -- stage 1 -------------------------------------------------------------------
-    def candidates(self, q: QueryFeatures, n: int | None = None) -> np.ndarray:
+    def candidates(self, q: QueryFeatures, n: int | None = None, budget: int | None = None) -> np.ndarray:
         """Rows of candidate pieces: the union of three dense vector searches (whole
         vector, melody blocks, harmony blocks) and one sparse one (TF-IDF of the melody's
         interval 3- and 4-grams, which finds a short excerpt inside a long piece), best
@@ -350,7 +351,7 @@ class CoverIndex:
         rows = order[np.sort(first)]
         if q.piece_id is not None and q.piece_id in self.row_of:
             rows = rows[rows != self.row_of[q.piece_id]]
-        return rows[: self._budget(q)].astype(np.int64)
+        return rows[: budget or self._budget(q)].astype(np.int64)
 
     @staticmethod
     def _budget(q: QueryFeatures) -> int:
@@ -484,6 +485,14 @@ class CoverIndex:
         extra = self._expand(q, r)
         if extra.size:
             r = _concat(r, self.rerank(q, extra, scale=r["scale"]))
+        if r["score"].size == 0 or float(r["score"].max()) < ALIGN["look_further_below"]:
+            # nothing convincing among the candidates: look further down the lists
+            f = ALIGN["look_further"]
+            more = self.candidates(q, n=f * ALIGN["candidates"] * self._budget(q) // ALIGN["max_candidates"],
+                                   budget=f * self._budget(q))
+            more = np.setdiff1d(more, r["rows"])
+            if more.size:
+                r = _concat(r, self.rerank(q, more, scale=r["scale"]))
         r = self._versions_of_best(q, r)
         order = np.argsort(-r["score"], kind="stable")[:top]
         return self._explain(q, r, order, top if explain_top is None else explain_top)
