@@ -30,7 +30,8 @@ def register(cli):
         `transposition` (semitones from the query up to the answer), `time_scale`
         (query beats per answer beat), the aligned region in both
         (`query_start_beats`..`query_end_beats`, `match_start_beats`..`match_end_beats`)
-        and whether the melody or the harmony gave the score.
+        and whether the melody or the harmony gave the score (`version_of_best`: found
+        as a clear version of the rank-1 answer).
 
         \b
         Example:
