@@ -15,16 +15,22 @@ __all__ = ["sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score"]
 
 
 @njit(cache=True, nogil=True)
-def _sym(a, b, match, mismatch):
-    return match if a == b else -mismatch
-
-
-@njit(cache=True, nogil=True)
 def _sw_intervals(q, refs, offsets, match, mismatch, gap, merge, track):
     n = q.size
     k = offsets.size - 1
     scores = np.zeros(k, np.float32)
     region = np.zeros((k, 4), np.int32)
+    # query profiles (as in _sw_intervals_score): prof[v, i] = score of symbol v against
+    # q[i-1]; prof2[v, i] the same against the merged interval q[i-2] + q[i-1]
+    prof = np.full((12, n + 1), -mismatch, np.float32)
+    prof2 = np.full((12, n + 1), -mismatch - merge, np.float32)
+    for i in range(1, n + 1):
+        if q[i - 1] > 0:
+            prof[q[i - 1], i] = match
+        if i >= 2:
+            sm = (q[i - 2] + q[i - 1]) % 12
+            if sm > 0:
+                prof2[sm, i] = match - merge
     h1 = np.zeros(n + 1, np.float32)  # column j-1
     h2 = np.zeros(n + 1, np.float32)  # column j-2
     h0 = np.zeros(n + 1, np.float32)  # column j
@@ -49,13 +55,15 @@ def _sw_intervals(q, refs, offsets, match, mismatch, gap, merge, track):
         for j in range(a, b):
             jl = j - a
             rj = refs[j]
-            rsum = (refs[j - 1] + rj) % 12 if j > a else -1
+            p1 = prof[rj]
+            p2 = prof2[rj]
+            have_sum = j > a
+            ps = prof[(refs[j - 1] + rj) % 12] if have_sum else prof[0]
             h0[0] = 0.0
             s0q[0] = 0
             s0r[0] = jl + 1
             for i in range(1, n + 1):
-                qi = q[i - 1]
-                v = h1[i - 1] + _sym(qi, rj, match, mismatch)
+                v = h1[i - 1] + p1[i]
                 src = 0
                 x = h1[i] - gap
                 if x > v:
@@ -66,12 +74,12 @@ def _sw_intervals(q, refs, offsets, match, mismatch, gap, merge, track):
                     v = x
                     src = 2
                 if i >= 2:
-                    x = h1[i - 2] + _sym((q[i - 2] + qi) % 12, rj, match, mismatch) - merge
+                    x = h1[i - 2] + p2[i]
                     if x > v:
                         v = x
                         src = 3
-                if rsum >= 0:
-                    x = h2[i - 1] + _sym(qi, rsum, match, mismatch) - merge
+                if have_sum:
+                    x = h2[i - 1] + ps[i] - merge
                     if x > v:
                         v = x
                         src = 4
@@ -79,32 +87,30 @@ def _sw_intervals(q, refs, offsets, match, mismatch, gap, merge, track):
                     v = np.float32(0.0)
                     src = -1
                 h0[i] = v
-                if track:
-                    if src == 0:
-                        s0q[i] = s1q[i - 1]
-                        s0r[i] = s1r[i - 1]
-                    elif src == 1:
-                        s0q[i] = s1q[i]
-                        s0r[i] = s1r[i]
-                    elif src == 2:
-                        s0q[i] = s0q[i - 1]
-                        s0r[i] = s0r[i - 1]
-                    elif src == 3:
-                        s0q[i] = s1q[i - 2]
-                        s0r[i] = s1r[i - 2]
-                    elif src == 4:
-                        s0q[i] = s2q[i - 1]
-                        s0r[i] = s2r[i - 1]
-                    else:
-                        s0q[i] = i
-                        s0r[i] = jl + 1
+                if src == 0:
+                    s0q[i] = s1q[i - 1]
+                    s0r[i] = s1r[i - 1]
+                elif src == 1:
+                    s0q[i] = s1q[i]
+                    s0r[i] = s1r[i]
+                elif src == 2:
+                    s0q[i] = s0q[i - 1]
+                    s0r[i] = s0r[i - 1]
+                elif src == 3:
+                    s0q[i] = s1q[i - 2]
+                    s0r[i] = s1r[i - 2]
+                elif src == 4:
+                    s0q[i] = s2q[i - 1]
+                    s0r[i] = s2r[i - 1]
+                else:
+                    s0q[i] = i
+                    s0r[i] = jl + 1
                 if v > best:
                     best = v
-                    if track:
-                        bq0 = s0q[i]
-                        br0 = s0r[i]
-                        bq1 = i
-                        br1 = jl + 1
+                    bq0 = s0q[i]
+                    br0 = s0r[i]
+                    bq1 = i
+                    br1 = jl + 1
             h2, h1, h0 = h1, h0, h2
             s2q, s1q, s0q = s1q, s0q, s2q
             s2r, s1r, s0r = s1r, s0r, s2r
@@ -135,7 +141,7 @@ def sw_symbols(q, refs, offsets, match, mismatch, gap, merge=0.3):
     scores : float32 [shape=(k,)]
     region : int32 [shape=(k, 4)] q_start, q_end, r_start, r_end (intervals, end exclusive)
     """
-    return _sw_intervals(q, refs, offsets, np.float32(match), np.float32(mismatch), np.float32(gap),
+    return _sw_intervals(np.asarray(q, np.int8), refs, offsets, np.float32(match), np.float32(mismatch), np.float32(gap),
                          np.float32(merge), True)
 
 
@@ -157,50 +163,102 @@ def _sw_intervals_score(q, refs, offsets, match, mismatch, gap, merge):
     for v in range(12):
         prof[v, 0] = 0.0
     prof[0, :] = -mismatch  # symbol 0 (a merged interval back to the same note) never matches
-    h1 = np.zeros(n + 1, np.float32)
-    h2 = np.zeros(n + 1, np.float32)
-    h0 = np.zeros(n + 1, np.float32)
-    for c in range(k):
-        a = offsets[c]
-        b = offsets[c + 1]
-        h1[:] = 0.0
-        h2[:] = 0.0
-        best = np.float32(0.0)
-        prev_r = -1
-        for j in range(a, b):
-            rj = refs[j]
-            p1 = prof[rj]
-            p2 = prof2[rj]
-            have_sum = prev_r >= 0
-            ps = prof[(prev_r + rj) % 12] if have_sum else prof[0]
-            h0[0] = 0.0
-            left = np.float32(0.0)
-            for i in range(1, n + 1):
-                v = h1[i - 1] + p1[i]
-                x = h1[i] - gap
-                if x > v:
-                    v = x
-                x = left - gap
-                if x > v:
-                    v = x
-                if i >= 2:
-                    x = h1[i - 2] + p2[i]
-                    if x > v:
-                        v = x
-                if have_sum:
-                    x = h2[i - 1] + ps[i] - merge
-                    if x > v:
-                        v = x
-                if v < 0.0:
-                    v = np.float32(0.0)
-                h0[i] = v
-                left = v
-                if v > best:
-                    best = v
-            prev_r = rj
-            h2, h1, h0 = h1, h0, h2
-        scores[c] = best
+    A1 = np.zeros(n + 1, np.float32)
+    A2 = np.zeros(n + 1, np.float32)
+    A0 = np.zeros(n + 1, np.float32)
+    B1 = np.zeros(n + 1, np.float32)
+    B2 = np.zeros(n + 1, np.float32)
+    B0 = np.zeros(n + 1, np.float32)
+    # two references at a time: two independent recurrences in one loop, then the
+    # rest of the longer one alone
+    for c in range(0, k, 2):
+        a0 = offsets[c]
+        m0 = offsets[c + 1] - a0
+        a1 = offsets[c + 1] if c + 1 < k else a0
+        m1 = offsets[c + 2] - a1 if c + 1 < k else 0
+        A1[:] = 0.0
+        A2[:] = 0.0
+        B1[:] = 0.0
+        B2[:] = 0.0
+        bestA = np.float32(0.0)
+        bestB = np.float32(0.0)
+        prevA = -1
+        prevB = -1
+        for j in range(min(m0, m1)):
+            rA = refs[a0 + j]
+            rB = refs[a1 + j]
+            pA1 = prof[rA]
+            pA2 = prof2[rA]
+            pB1 = prof[rB]
+            pB2 = prof2[rB]
+            hsA = prevA >= 0
+            psA = prof[(prevA + rA) % 12] if hsA else prof[0]
+            psB = prof[(prevB + rB) % 12] if hsA else prof[0]
+            mA = merge if hsA else np.float32(1e9)
+            A0[0] = 0.0
+            B0[0] = 0.0
+            leftA = np.float32(0.0)
+            leftB = np.float32(0.0)
+            # i = 1 (no merged query interval yet)
+            vA = max(A1[0] + pA1[1], A1[1] - gap, leftA - gap, A2[0] + psA[1] - mA, np.float32(0.0))
+            vB = max(B1[0] + pB1[1], B1[1] - gap, leftB - gap, B2[0] + psB[1] - mA, np.float32(0.0))
+            A0[1] = vA
+            B0[1] = vB
+            leftA = vA
+            leftB = vB
+            bestA = max(bestA, vA)
+            bestB = max(bestB, vB)
+            for i in range(2, n + 1):
+                vA = max(A1[i - 1] + pA1[i], A1[i] - gap, leftA - gap, A1[i - 2] + pA2[i],
+                         A2[i - 1] + psA[i] - mA, np.float32(0.0))
+                vB = max(B1[i - 1] + pB1[i], B1[i] - gap, leftB - gap, B1[i - 2] + pB2[i],
+                         B2[i - 1] + psB[i] - mA, np.float32(0.0))
+                A0[i] = vA
+                B0[i] = vB
+                leftA = vA
+                leftB = vB
+                bestA = max(bestA, vA)
+                bestB = max(bestB, vB)
+            prevA = rA
+            prevB = rB
+            A2, A1, A0 = A1, A0, A2
+            B2, B1, B0 = B1, B0, B2
+        if m0 > m1:
+            bestA = _sw_rest(refs, a0, m1, m0, prof, prof2, gap, merge, A1, A2, A0, bestA, prevA)
+        elif m1 > m0:
+            bestB = _sw_rest(refs, a1, m0, m1, prof, prof2, gap, merge, B1, B2, B0, bestB, prevB)
+        scores[c] = bestA
+        if c + 1 < k:
+            scores[c + 1] = bestB
     return scores
+
+
+@njit(cache=True, nogil=True)
+def _sw_rest(refs, a, j0, j1, prof, prof2, gap, merge, h1, h2, h0, best, prev_r):
+    """Columns j0..j1-1 of one reference (state h1, h2 of the columns before)."""
+    n = h0.size - 1
+    for j in range(j0, j1):
+        rj = refs[a + j]
+        p1 = prof[rj]
+        p2 = prof2[rj]
+        have_sum = prev_r >= 0
+        ps = prof[(prev_r + rj) % 12] if have_sum else prof[0]
+        mg = merge if have_sum else np.float32(1e9)
+        h0[0] = 0.0
+        left = np.float32(0.0)
+        v = max(h1[0] + p1[1], h1[1] - gap, left - gap, h2[0] + ps[1] - mg, np.float32(0.0))
+        h0[1] = v
+        left = v
+        best = max(best, v)
+        for i in range(2, n + 1):
+            v = max(h1[i - 1] + p1[i], h1[i] - gap, left - gap, h1[i - 2] + p2[i], h2[i - 1] + ps[i] - mg,
+                    np.float32(0.0))
+            h0[i] = v
+            left = v
+            best = max(best, v)
+        prev_r = rj
+        h2, h1, h0 = h1, h0, h2
+    return best
 
 
 def sw_symbols_score(q, refs, offsets, match, mismatch, gap, merge=0.3):
@@ -324,8 +382,10 @@ def sw_chroma(qs, shifts, refs, offsets, threshold, silent, gap):
 def sw_chroma_score(qs, shifts, refs, offsets, threshold, silent, gap):
     """:func:`sw_chroma` without the region: best score and transposition per reference.
 
-    The frame similarities of one (reference, transposition) pair come from one matrix
-    product (BLAS), so the dynamic programme does one addition per cell.
+    The frame scores of one (reference, transposition) pair come from one matrix
+    product (BLAS), laid out reference frame by query frame with the silent frames'
+    penalty already in, so the dynamic programme reads them in order and does one
+    addition per cell.
     """
     n = qs.shape[1]
     k = offsets.size - 1
@@ -338,50 +398,83 @@ def sw_chroma_score(qs, shifts, refs, offsets, threshold, silent, gap):
         for p in range(12):
             tot += qs[0, i, p]
         qsil[i] = tot <= 0.0
+    qt = np.empty((12, 12, n), np.float32)  # [t] = qs[t].T
+    for t in range(12):
+        for i in range(n):
+            for p in range(12):
+                qt[t, p, i] = qs[t, i, p]
+    thr = np.float32(threshold)
+    sil = np.float32(-silent)
+    g = np.float32(gap)
+    h0 = np.zeros(n + 1, np.float32)
+    h1 = np.zeros(n + 1, np.float32)
     for c in range(k):
         a = offsets[c]
         b = offsets[c + 1]
         if b <= a:
             continue
-        r = np.ascontiguousarray(refs[a:b].T)  # (12, m)
-        rsil = np.zeros(b - a, np.bool_)
-        for j in range(b - a):
+        r = np.ascontiguousarray(refs[a:b])  # (m, 12)
+        m = b - a
+        rsil = np.zeros(m, np.bool_)
+        for j in range(m):
             tot = 0.0
             for p in range(12):
-                tot += r[p, j]
+                tot += r[j, p]
             rsil[j] = tot <= 0.0
-        for si in range(shifts.shape[1]):
-            t = shifts[c, si]
-            if t < 0:
-                continue
-            sim = np.dot(qs[t], r)  # (n, m) cosines
+        ts = shifts[c][shifts[c] >= 0]
+        # two transpositions at a time: two independent recurrences in one loop
+        for si in range(0, ts.size, 2):
+            t0 = ts[si]
+            t1 = ts[si + 1] if si + 1 < ts.size else t0
+            s0 = _frame_scores(r, qt[t0], rsil, qsil, thr, sil)
+            s1 = _frame_scores(r, qt[t1], rsil, qsil, thr, sil)
             for i in range(n + 1):
-                h[i] = 0.0
-            best = np.float32(0.0)
-            for j in range(b - a):
-                diag = np.float32(0.0)
-                left = np.float32(0.0)
-                rs = rsil[j]
+                h0[i] = 0.0
+                h1[i] = 0.0
+            best0 = np.float32(0.0)
+            best1 = np.float32(0.0)
+            for j in range(m):
+                diag0 = np.float32(0.0)
+                diag1 = np.float32(0.0)
+                left0 = np.float32(0.0)
+                left1 = np.float32(0.0)
+                row0 = s0[j]
+                row1 = s1[j]
                 for i in range(1, n + 1):
-                    up = h[i]
-                    if rs or qsil[i - 1]:
-                        v = diag - silent
-                    else:
-                        v = diag + sim[i - 1, j] - threshold
-                    x = up - gap
-                    if x > v:
-                        v = x
-                    x = left - gap
-                    if x > v:
-                        v = x
-                    if v < 0.0:
-                        v = np.float32(0.0)
-                    diag = up
-                    h[i] = v
-                    left = v
-                    if v > best:
-                        best = v
-            if best > scores[c]:
-                scores[c] = best
-                best_shift[c] = t
+                    up0 = h0[i]
+                    up1 = h1[i]
+                    v0 = max(diag0 + row0[i - 1], up0 - g, left0 - g, np.float32(0.0))
+                    v1 = max(diag1 + row1[i - 1], up1 - g, left1 - g, np.float32(0.0))
+                    diag0 = up0
+                    diag1 = up1
+                    h0[i] = v0
+                    h1[i] = v1
+                    left0 = v0
+                    left1 = v1
+                    best0 = max(best0, v0)
+                    best1 = max(best1, v1)
+            if best0 > scores[c]:
+                scores[c] = best0
+                best_shift[c] = t0
+            if best1 > scores[c]:
+                scores[c] = best1
+                best_shift[c] = t1
     return scores, best_shift
+
+
+@njit(cache=True, nogil=True)
+def _frame_scores(r, qt, rsil, qsil, thr, sil):
+    """(m, n) frame scores: cosine - threshold, or -silent where either frame is silent."""
+    sim = np.dot(r, qt)
+    m, n = sim.shape
+    for j in range(m):
+        if rsil[j]:
+            for i in range(n):
+                sim[j, i] = sil
+        else:
+            for i in range(n):
+                if qsil[i]:
+                    sim[j, i] = sil
+                else:
+                    sim[j, i] -= thr
+    return sim

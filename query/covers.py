@@ -64,6 +64,7 @@ ALIGN = dict(
     tight_register=4,  # polyphonic one-part queries also try this skyline register filter
     alt_line_below=0.6,  # ... aligned only when no melody or harmony score reached this
     look_further_below=0.6, look_further=4,  # no score reached this: align 4x the candidates
+    keep_frames_below=20_000,  # collections up to this size keep every piece's 2-beat frames (~10 KB each)
     harmony_weight=0.85,  # a melody match counts more than an equal harmony match
     # versions of the best answer: when one answer is a clear, confident match, the
     # pieces that align with *it* as versions are versions of the query too
@@ -262,9 +263,15 @@ class CoverIndex:
         # of all pieces would take ~7 KB per piece; the search pools its candidates' own)
         glob = np.zeros((n_beats.size, 12), np.float32)
         motions, motion_counts = [], []
+        self.frames = None  # all pieces' 2-beat frames, kept for a small collection
+        keep = n_beats.size <= ALIGN["keep_frames_below"]
+        kept, kept_n = [], []
         for c0 in range(0, n_beats.size, 4096):
             rows = np.arange(c0, min(c0 + 4096, n_beats.size))
             frames, f_off = self._frames_of(rows)
+            if keep:
+                kept.append(frames)
+                kept_n.append(np.diff(f_off))
             sums = np.add.reduceat(frames, np.minimum(f_off[:-1], max(len(frames) - 1, 0)), axis=0) \
                 if len(frames) else np.zeros((rows.size, 12), np.float32)
             sums[np.diff(f_off) == 0] = 0
@@ -272,6 +279,9 @@ class CoverIndex:
             cm, cm_off = chord_motions(frames, f_off)
             motions.append(cm)
             motion_counts.append(np.diff(cm_off))
+        if keep and kept:
+            self.frames = (np.ascontiguousarray(np.concatenate(kept), np.float32),
+                           np.concatenate([[0], np.cumsum(np.concatenate(kept_n))]).astype(np.int64))
         gn = np.linalg.norm(glob, axis=1, keepdims=True)
         np.divide(glob, gn, out=glob, where=gn > 0)
         self.global_chroma = glob
@@ -302,6 +312,8 @@ class CoverIndex:
     def _frames_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unit-norm chroma frames of ``frame_beats`` beats of these pieces, back to back,
         and their offsets."""
+        if self.frames is not None:
+            return _gather(self.frames[0], self.frames[1], np.asarray(rows, np.int64))
         fb = ALIGN["frame_beats"]
         starts, ends = self.beat_off[rows], self.beat_off[rows + 1]
         nb = ends - starts
@@ -322,6 +334,8 @@ class CoverIndex:
                   self.chord_grams.matrix.data, self.chord_grams.matrix.indices, self.chord_grams.matrix.indptr,
                   self.vectors, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset,
                   self.iv, self.iv_index, self.iv_off, self.mel_off]
+        if self.frames is not None:
+            arrays += list(self.frames)
         return int(sum(a.nbytes for a in arrays)) + self.vectors.nbytes  # + the FAISS copy
 
     # -- stage 1 -------------------------------------------------------------------
