@@ -154,7 +154,7 @@ def run_derived(db_dir, only=None, redo=False):
 @click.option("--no-derive", is_flag=True,
               help="Only store the files; harmony, grammar and vectors are brought up to date by the next ingest.")
 def ingest(paths, db_dir, workers, no_derive):
-    """Add MIDI files and folders (searched recursively) to the database.
+    """Add MIDI and audio files and folders (searched recursively) to the database.
 
     Files whose bytes are already stored are skipped, so re-running is cheap; a file
     that cannot be read is reported, recorded in the ingest_errors table, and the rest
@@ -166,6 +166,8 @@ def ingest(paths, db_dir, workers, no_derive):
     """
     db = resolve(db_dir)
     summary = _ingest_with_progress(paths, db, workers, derive=not no_derive)
+    if summary.added + summary.already_present + summary.failed == 0:
+        warn(f"atlas: no MIDI or audio files found in {', '.join(paths)}")
     warn(f"atlas: {summary.line()}")
     sys.exit(1 if summary.failed else 0)
 

@@ -27,17 +27,19 @@ __all__ = ["resolve_piece", "midi_bytes", "export_piece"]
 def resolve_piece(con, piece: str) -> str:
     """A piece id from an id, a unique id prefix (>= 6 hex digits) or a path it was
     ingested from."""
-    row = con.execute("SELECT piece_id FROM pieces WHERE piece_id = ?", [piece]).fetchone()
-    if row:
-        return row[0]
+    # fetchall, not fetchone: DuckDB 2 refuses the caller's next con.sql() while a result
+    # is left unfinished
+    rows = con.execute("SELECT piece_id FROM pieces WHERE piece_id = ?", [piece]).fetchall()
+    if rows:
+        return rows[0][0]
     candidates = {str(piece), str(Path(piece).resolve())} if piece else set()
     for cand in candidates:
-        row = con.execute(
+        rows = con.execute(
             "SELECT piece_id FROM piece_paths WHERE path = ? UNION SELECT piece_id FROM pieces WHERE path = ? LIMIT 1",
             [cand, cand],
-        ).fetchone()
-        if row:
-            return row[0]
+        ).fetchall()
+        if rows:
+            return rows[0][0]
     if len(piece) >= 6 and all(c in "0123456789abcdef" for c in piece.lower()):
         rows = con.execute(
             "SELECT piece_id FROM pieces WHERE piece_id LIKE ? LIMIT 2", [piece.lower() + "%"]

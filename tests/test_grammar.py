@@ -259,7 +259,7 @@ def test_transforms_inversion_doubling_and_choices(tmp_path):
         assert set(choices) == {"interval_alphabet", "octave_equivalence"}
 
 
-def test_cli_reindex_stats_compression_and_export(small_pop909_db, tmp_path):
+def test_cli_reindex_stats_compression_and_export(small_pop909_db, tmp_path, capsys):
     import json
 
     from click.testing import CliRunner
@@ -296,10 +296,13 @@ def test_cli_reindex_stats_compression_and_export(small_pop909_db, tmp_path):
     assert r.exit_code == 0, r.output
     shown = json.loads(r.stdout)
     assert shown["rule"]["rule_id"] == rid and shown["places"]
-    from atlas_db.errors import BadInputError
+    from query.cli import main
 
-    r = runner.invoke(cli, ["grammar", "show", "999999999", "--db", str(db)])
-    assert isinstance(r.exception, BadInputError) and "no such rule" in str(r.exception)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["grammar", "show", "999999999", "--db", str(db)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("atlas: error:") and "no such rule" in err and err.count("\n") == 1
 
 
 def test_export_to_missing_parent_is_a_clear_error(small_pop909_db, tmp_path):
