@@ -64,6 +64,7 @@ ALIGN = dict(
     tight_register=4,  # polyphonic one-part queries also try this skyline register filter
     alt_line_below=0.6,  # ... aligned only when no melody or harmony score reached this
     look_further_below=0.6, look_further=4,  # no score reached this: align 4x the candidates
+    short_clear=0.15, short_clear_rank=8,  # short queries: the best must also stand this far above rank 8
     keep_frames_below=20_000,  # collections up to this size keep every piece's 2-beat frames (~10 KB each)
     harmony_weight=0.85,  # a melody match counts more than an equal harmony match
     # versions of the best answer: when one answer is a clear, confident match, the
@@ -499,7 +500,7 @@ class CoverIndex:
         extra = self._expand(q, r)
         if extra.size:
             r = _concat(r, self.rerank(q, extra, scale=r["scale"]))
-        if r["score"].size == 0 or float(r["score"].max()) < ALIGN["look_further_below"]:
+        if not self._convincing(q, r["score"]):
             # nothing convincing among the candidates: look further down the lists
             f = ALIGN["look_further"]
             more = self.candidates(q, n=f * ALIGN["candidates"] * self._budget(q) // ALIGN["max_candidates"],
@@ -510,6 +511,20 @@ class CoverIndex:
         r = self._versions_of_best(q, r)
         order = np.argsort(-r["score"], kind="stable")[:top]
         return self._explain(q, r, order, top if explain_top is None else explain_top)
+
+    @staticmethod
+    def _convincing(q: QueryFeatures, score: np.ndarray) -> bool:
+        """Whether the best answer is convincing enough to stop looking: it reaches
+        ``look_further_below``; for a short query (where chance matches score high and
+        crowd together) it must also stand ``short_clear`` above the answer at rank
+        ``short_clear_rank`` (beyond a song's few versions)."""
+        A = ALIGN
+        if score.size == 0 or float(score.max()) < A["look_further_below"]:
+            return False
+        if q.intervals.size <= A["min_query_intervals"] * 2 and score.size > A["short_clear_rank"]:
+            s = np.sort(score)[::-1]
+            return float(s[0] - s[A["short_clear_rank"] - 1]) >= A["short_clear"]
+        return True
 
     def _versions_of_best(self, q: QueryFeatures, r):
         """Transitivity: when the best answer is a confident match, search again with
