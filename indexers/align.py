@@ -391,7 +391,6 @@ def sw_chroma_score(qs, shifts, refs, offsets, threshold, silent, gap):
     k = offsets.size - 1
     scores = np.zeros(k, np.float32)
     best_shift = np.zeros(k, np.int32)
-    h = np.zeros(n + 1, np.float32)
     qsil = np.zeros(n, np.bool_)
     for i in range(n):
         tot = 0.0
