@@ -48,6 +48,10 @@ def resolve_piece(con, piece: str) -> str:
             return rows[0][0]
         if len(rows) > 1:
             raise BadInputError(f"{piece}: more than one piece id starts with this; give more digits")
+    from ingest.sources import SUFFIXES
+
+    if str(piece).lower().endswith(SUFFIXES) and not Path(piece).exists():
+        raise BadInputError(f"{piece}: no such file (and no piece was ingested from that path)")
     raise BadInputError(f"{piece}: no such piece (give a piece id or a path that was ingested)")
 
 

@@ -115,7 +115,7 @@ def test_discover_stored_pop909_piece(small_pop909_db):
 
 
 def test_discover_errors(small_pop909_db):
-    with pytest.raises(BadInputError, match="no such piece"):
+    with pytest.raises(BadInputError, match="nonexistent.mid: no such file"):
         discover_piece(small_pop909_db, "nonexistent.mid")
     with pytest.raises(BadInputError, match="not a MIDI file"):
         discover_file(__file__)

@@ -66,6 +66,8 @@ def test_export_cli_by_id_prefix_and_path(tmp_path):
     assert back["tempo_changes"].column("us_per_beat").to_pylist() == [600000]
     r = atlas("export", "nope", "-o", str(tmp_path / "o.mid"), "--db", str(db))
     assert r.returncode == 2 and "no such piece" in r.stderr and "Traceback" not in r.stderr
+    r = atlas("export", str(tmp_path / "missing.mid"), "-o", str(tmp_path / "o.mid"), "--db", str(db))
+    assert r.returncode == 2 and "missing.mid: no such file" in r.stderr
 
 
 def test_export_keeps_overlapping_and_zero_length_notes(tmp_path):
