@@ -21,7 +21,7 @@ from numba import njit
 from atlas_db.errors import IngestError
 from atlas_db.schema import TABLES
 
-__all__ = ["parse_midi", "ticks_to_seconds", "MIN_TEMPO_BPM", "MAX_TEMPO_BPM"]
+__all__ = ["parse_midi", "read_midi_file", "ticks_to_seconds", "MIN_TEMPO_BPM", "MAX_TEMPO_BPM"]
 
 # Tempos outside this range are treated as corrupt rather than music.
 MIN_TEMPO_BPM = 1.0
@@ -437,3 +437,25 @@ def parse_midi(data: bytes, *, piece_id: str, path: str) -> dict[str, pa.Table]:
         "time_signatures": time_sigs,
         "key_signatures": key_sigs,
     }
+
+
+def read_midi_file(path, *, what: str = "MIDI file") -> dict:
+    """:func:`parse_midi` for a file given on the command line (a query, a motif) that need
+    not be in the database; its ``piece_id`` is its content id, as at ingest.
+
+    Raises BadInputError with one line naming the file and the reason, e.g.
+    ``q.mid: not a usable query (truncated: ...)``; ``what`` names the file's role.
+    """
+    import hashlib
+
+    from atlas_db.errors import BadInputError
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BadInputError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    try:
+        return parse_midi(data, piece_id=hashlib.sha256(data).hexdigest()[:16], path=str(path))
+    except IngestError as e:
+        raise BadInputError(f"{path}: not a usable {what} ({e.reason})") from None

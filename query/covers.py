@@ -190,24 +190,19 @@ def query_from_file(path) -> QueryFeatures:
     Audio (``ingest.sources.AUDIO_SUFFIXES``) is transcribed to notes the way ingestion
     transcribes a recording (``ingest.audio.notes_from_audio_file``: basic-pitch on the
     mix, on the tracked-tempo beat grid); it needs the audio extra."""
-    from atlas_db.errors import IngestError
     from ingest.sources import AUDIO_SUFFIXES
 
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise BadInputError(f"{path}: cannot read the query file ({e.strerror or e})") from e
-    pid = hashlib.sha256(data).hexdigest()[:16]
     if p.suffix.lower() in AUDIO_SUFFIXES:
-        return _query_from_audio(p, pid)
-    from ingest.midi_parse import parse_midi
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise BadInputError(f"{path}: cannot read the query file ({e.strerror or e})") from e
+        return _query_from_audio(p, hashlib.sha256(data).hexdigest()[:16])
+    from ingest.midi_parse import read_midi_file
 
-    try:
-        tables = parse_midi(data, piece_id=pid, path=str(path))
-    except IngestError as e:
-        raise BadInputError(f"{path}: not a usable query ({e.reason})") from e
-    notes = tables["notes"]
+    tables = read_midi_file(p, what="query")
+    pid, notes = tables["pieces"]["piece_id"], tables["notes"]
     ch = notes.column("channel").to_numpy()
     keep = ch != 9
     return query_from_notes(

@@ -35,7 +35,6 @@ Method
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -299,19 +298,9 @@ def discover_piece(db_dir, piece: str, **kw) -> list[DiscoveredPattern]:
 
 def discover_file(path, **kw) -> list[DiscoveredPattern]:
     """:func:`discover_notes` for a MIDI file that is not in the database."""
-    from atlas_db.errors import IngestError
-    from ingest.midi_parse import parse_midi
+    from ingest.midi_parse import read_midi_file
 
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BadInputError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        tables = parse_midi(data, piece_id="0" * 16, path=str(path))
-    except IngestError as e:
-        raise BadInputError(f"{path}: {e.reason}") from None
-    return discover_notes(tables["notes"], **kw)
+    return discover_notes(read_midi_file(path)["notes"], **kw)
 
 
 def patterns_to_rows(patterns: list[DiscoveredPattern]) -> pa.Table:

@@ -230,19 +230,9 @@ def _check_length(motif: Motif) -> None:
 def motif_from_midi(path) -> Motif:
     """The skyline of a MIDI snippet (non-percussion notes, highest at each onset) as a
     motif with absolute pitches and rhythm."""
-    from ingest.midi_parse import parse_midi
-    from atlas_db.errors import IngestError
+    from ingest.midi_parse import read_midi_file
 
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BadInputError(f"{path}: cannot read the motif file ({e.strerror or e})") from None
-    try:
-        tables = parse_midi(data, piece_id="query", path=str(path))
-    except IngestError as e:
-        raise BadInputError(f"{path}: not a usable MIDI snippet ({e.reason})") from None
-    notes = tables["notes"]
+    notes = read_midi_file(path, what="motif file")["notes"]
     streams = build_streams("0" * 16, _notes_arrays(notes), stage_version="query")
     sky = [r for r in streams.to_pylist() if r["stream"] == "skyline"]
     row = sky[0] if sky else max(

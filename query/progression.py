@@ -313,14 +313,10 @@ def piece_chords(db_dir, piece: str) -> tuple[pa.Table, str]:
     path = Path(piece)
     if not path.is_file():
         raise BadInputError(f"{piece}: no such piece in {db} and no such file")
-    from atlas_db.errors import IngestError
     from ingest.harmony import analyze_notes
-    from ingest.midi_parse import parse_midi
+    from ingest.midi_parse import read_midi_file
 
-    try:
-        t = parse_midi(path.read_bytes(), piece_id="", path=str(path))
-    except IngestError as e:
-        raise BadInputError(str(e)) from e
+    t = read_midi_file(path)
     res = analyze_notes(t["notes"], tracks=t["tracks"], tempo=t["tempo_changes"],
                         ticks_per_beat=t["pieces"]["ticks_per_beat"])
     if res["piece_keys"].num_rows == 0:

@@ -112,7 +112,8 @@ def test_truncated_ogg_is_a_defined_result(tmp_path):
     x = click_track(120.0, 6.0) + 0.05 * np.random.default_rng(0).standard_normal(6 * SR).astype(np.float32)
     data = write_audio(tmp_path / "a.ogg", x).read_bytes()
     dec = decode(data[: len(data) // 2], "a.ogg")
-    assert 1.0 < dec.duration_s < 6.0
+    # half the bytes of 6 s of audio: about half the audio (the headers take a few kB)
+    assert 2.0 < dec.duration_s < 3.2
 
 
 # ---- features against known answers ---------------------------------------------------

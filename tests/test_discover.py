@@ -101,7 +101,7 @@ def test_discover_stored_pop909_piece(small_pop909_db):
     with reading(small_pop909_db) as con:
         path = con.execute("SELECT path FROM pieces ORDER BY path LIMIT 1").fetchall()[0][0]
     est = discover_piece(small_pop909_db, path, top=5)
-    assert 1 <= len(est) <= 5
+    assert len(est) == 5  # a pop song repeats far more than five themes
     savings = [p.saving for p in est]
     assert savings == sorted(savings, reverse=True) and savings[0] > 0
     for p in est:
