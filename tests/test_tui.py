@@ -770,8 +770,8 @@ def test_a_newer_query_is_not_overwritten_by_an_older_slow_one(tui_db, tmp_path)
         screen.action_run()
         await wait_for(pilot, lambda: of_type(messages, "QueryFinished"), "fast query")
         # wait until the slow worker's thread is done too, then check what is shown
-        # (a superseded worker is marked cancelled at once, but its thread runs on until
-        # DuckDB answers; it holds the read lock until then)
+        # (the newer query interrupts the slow one, whose thread holds the read lock
+        # until DuckDB has stopped; tests/test_tui_cancel.py checks the interrupt)
         await wait_for(pilot, lambda: DB_LOCK._readers == 0, "slow query thread", timeout_s=300)
         await pilot.pause(0.5)
         finished = of_type(messages, "QueryFinished")

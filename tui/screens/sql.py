@@ -1,20 +1,23 @@
 """SQL console: an editor with history, results in a table, read-only unless switched,
-errors shown in place, results saved as CSV or Parquet."""
+errors shown in place, results saved as CSV or Parquet. A running query shows its
+elapsed time and stops on ``escape`` (or the Run button, which reads Cancel meanwhile);
+running another query cancels the one in flight."""
 
 from __future__ import annotations
 
 import json
-import time
 
 import pyarrow as pa
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, OptionList, Static, Switch, TextArea, Tree
 
 from tui.db import DB_LOCK
-from tui.screens.base import AtlasScreen, fmt_cell, superseded
+from tui.query_job import QueryCancelled as _Cancelled, QueryJob
+from tui.screens.base import AtlasScreen, fmt_cell
 
 __all__ = ["SqlScreen", "MAX_ROWS_SHOWN"]
 
@@ -25,9 +28,13 @@ MAX_HISTORY = 200
 class SqlScreen(AtlasScreen):
     CSS_PATH = "sql.tcss"
     HELP = ("DuckDB SQL over every table and view (listed on the left: enter on a column inserts its "
-            "name). Read-only unless the write switch is on; history is kept per database.")
+            "name). Read-only unless the write switch is on; history is kept per database. "
+            "`escape` cancels a running query; running another query cancels the one in flight.")
     BINDINGS = [
         ("ctrl+j,ctrl+enter,f8", "run", "Run"),
+        # priority: the editor takes escape for itself (focus the next widget); the binding
+        # is live only while a query runs (check_action), so escape is the editor's otherwise
+        Binding("escape", "cancel_query", "Cancel query", priority=True),
         ("ctrl+up", "history(-1)", "Older"),
         ("ctrl+down", "history(1)", "Newer"),
         ("ctrl+t", "toggle_write", "Write on/off"),
@@ -35,14 +42,19 @@ class SqlScreen(AtlasScreen):
     ]
 
     class QueryFinished(Message):
-        def __init__(self, sql: str, table: pa.Table, seconds: float, write: bool) -> None:
+        def __init__(self, sql: str, table: pa.Table, seconds: float, write: bool, job=None) -> None:
             super().__init__()
-            self.sql, self.table, self.seconds, self.write = sql, table, seconds, write
+            self.sql, self.table, self.seconds, self.write, self.job = sql, table, seconds, write, job
 
     class QueryFailed(Message):
-        def __init__(self, sql: str, error: str) -> None:
+        def __init__(self, sql: str, error: str, job=None) -> None:
             super().__init__()
-            self.sql, self.error = sql, error
+            self.sql, self.error, self.job = sql, error, job
+
+    class QueryCancelled(Message):
+        def __init__(self, sql: str, seconds: float, write: bool, job=None) -> None:
+            super().__init__()
+            self.sql, self.seconds, self.write, self.job = sql, seconds, write, job
 
     class ExportFinished(Message):
         def __init__(self, path: str, rows: int, error: str | None = None) -> None:
@@ -54,6 +66,10 @@ class SqlScreen(AtlasScreen):
         self.result: pa.Table | None = None
         self.history: list[str] = []
         self._history_pos: int | None = None
+        #: the query in flight (None when idle)
+        self.job: QueryJob | None = None
+        #: what the info line adds while the current query runs
+        self._run_note = ""
 
     def compose_body(self) -> ComposeResult:
         with Vertical(id="sql"):
@@ -69,7 +85,7 @@ class SqlScreen(AtlasScreen):
                     yield Label("History", classes="section")
                     yield OptionList(id="history")
             yield Static("", id="sql-error")
-            yield Static("ctrl+j or F5 runs the query", id="sql-info")
+            yield Static("ctrl+j or F8 runs the query", id="sql-info")
             yield DataTable(id="results", zebra_stripes=True)
             with Horizontal(id="export-row"):
                 yield Input(placeholder="save results as: results.csv or results.parquet", id="export-path")
@@ -85,6 +101,11 @@ class SqlScreen(AtlasScreen):
         self._load_history()
         self.query_one("#editor", TextArea).focus()
         self.watch(self.app, "data_version", lambda _=None: self.load_catalog(), init=True)
+        self.set_interval(0.25, self._tick)
+
+    def on_unmount(self) -> None:
+        if self.job is not None:  # the app is closing: do not leave DuckDB running
+            self.job.cancel()
 
     # ---- catalog: tables and views with their columns (Enter inserts a name) ---------
     @work(thread=True, exclusive=True, group="sql-catalog")
@@ -176,6 +197,12 @@ class SqlScreen(AtlasScreen):
         label.update("[b red]WRITE[/b red]" if event.value else "read-only")
 
     @on(Button.Pressed, "#run")
+    def _run_pressed(self) -> None:
+        if self.job is not None:  # the button reads "Cancel" while a query runs
+            self.action_cancel_query()
+        else:
+            self.action_run()
+
     def action_run(self) -> None:
         sql = self.query_one("#editor", TextArea).text
         if not sql.strip():
@@ -183,31 +210,74 @@ class SqlScreen(AtlasScreen):
             return
         self._history_pos = None
         self._remember(sql)
-        self.query_one("#sql-info", Static).update("running…")
+        previous = self.job
+        if previous is not None:  # one query at a time: the newer one replaces it
+            previous.cancel()
+        self._run_note = " (the previous query was cancelled)" if previous is not None else ""
+        self.job = QueryJob(self.app.db_dir, sql, write=self.write_mode)
+        self._show_running()
         self.query_one("#results").loading = True
-        self.run_query(sql, self.write_mode)
+        run = self.query_one("#run", Button)
+        run.label, run.variant = "Cancel (esc)", "error"
+        self.refresh_bindings()
+        self.run_query(self.job)
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        if action == "cancel_query":
+            return self.job is not None and not self.job.cancelled
+        return True
+
+    def action_cancel_query(self) -> None:
+        if self.job is None:
+            return
+        self.job.cancel()
+        self._run_note = ""
+        self._show_running()
+        self.refresh_bindings()
+
+    def _show_running(self) -> None:
+        job = self.job
+        if job is None:
+            return
+        what = "cancelling" if job.cancelled else "running"
+        hint = "" if job.cancelled else " · escape cancels"
+        self.query_one("#sql-info", Static).update(f"{what}… {job.elapsed_s:.1f} s{hint}{self._run_note}")
+
+    def _tick(self) -> None:
+        """Four times a second: the elapsed time, and the interrupt again for a cancelled
+        query (DuckDB drops an interrupt that came before the statement started)."""
+        if self.job is None:
+            return
+        if self.job.cancelled:
+            self.job.cancel()
+        self._show_running()
 
     @work(thread=True, exclusive=True, group="sql")
-    def run_query(self, sql: str, write: bool) -> None:
-        from query.sql import run_sql
-
-        t0 = time.perf_counter()
+    def run_query(self, job: QueryJob) -> None:
         try:
-            with (DB_LOCK.write() if write else DB_LOCK.read()):
-                table = run_sql(self.app.db_dir, sql, write=write)
+            with (DB_LOCK.write() if job.write else DB_LOCK.read()):
+                table = job.run()
+        except _Cancelled:
+            self.post_message(self.QueryCancelled(job.sql, job.elapsed_s, job.write, job))
+            return
         except Exception as e:  # noqa: BLE001 - every failure is shown in place
             from atlas_db.errors import AtlasError
 
             text = str(e) if isinstance(e, AtlasError) else f"{type(e).__name__}: {e}"
-            text = text.replace("pass --write to modify it", "switch write mode on (ctrl+t) to modify it")
-            if not superseded():
-                self.post_message(self.QueryFailed(sql, text))
+            self.post_message(self.QueryFailed(job.sql, text, job))
             return
-        if superseded():  # a newer query's result is (or will be) shown instead
-            if write:
-                self.app.call_from_thread(self.app.data_changed)
-            return
-        self.post_message(self.QueryFinished(sql, table, time.perf_counter() - t0, write))
+        self.post_message(self.QueryFinished(job.sql, table, job.elapsed_s, job.write, job))
+
+    def _settle(self, job) -> bool:
+        """A query's outcome arrived: True when it is the one shown (not replaced)."""
+        if job is not self.job:
+            return False
+        self.job = None
+        run = self.query_one("#run", Button)
+        run.label, run.variant = "Run (ctrl+j)", "primary"
+        self.refresh_bindings()
+        self.query_one("#results").loading = False
+        return True
 
     def _show_error(self, text: str) -> None:
         err = self.query_one("#sql-error", Static)
@@ -216,15 +286,31 @@ class SqlScreen(AtlasScreen):
 
     @on(QueryFailed)
     def _failed(self, msg: QueryFailed) -> None:
-        self.query_one("#results").loading = False
+        if not self._settle(msg.job):
+            return
         self._show_error(msg.error)
         self.query_one("#sql-info", Static).update("the query failed; the editor keeps it for fixing")
 
+    @on(QueryCancelled)
+    def _cancelled(self, msg: QueryCancelled) -> None:
+        if msg.write:  # a script's earlier statements may have been committed
+            self.app.data_changed()
+        if not self._settle(msg.job):
+            return
+        self.query_one("#sql-error", Static).display = False
+        self.result = None
+        self.query_one("#results", DataTable).clear(columns=True)
+        self.query_one("#sql-info", Static).update(
+            f"query cancelled after {msg.seconds:.1f} s; the editor keeps it")
+
     @on(QueryFinished)
     def _finished(self, msg: QueryFinished) -> None:
+        if not self._settle(msg.job):
+            if msg.write:  # replaced by a newer query, but the write happened
+                self.app.data_changed()
+            return
         self.query_one("#sql-error", Static).display = False
         dt = self.query_one("#results", DataTable)
-        dt.loading = False
         self.result = msg.table
         t = msg.table
         dt.clear(columns=True)
