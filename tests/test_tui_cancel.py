@@ -92,7 +92,8 @@ def test_the_run_button_cancels_while_a_query_runs(small_pop909_db, tmp_path):
         await pilot.click("#run")
         await wait_for(pilot, lambda: _running(screen), "slow query running")
         job = screen.job
-        await pilot.click("#run")  # now labelled Cancel
+        assert str(screen.query_one("#run").label) == "Cancel (esc)"
+        await pilot.click("#run")
         await wait_for(pilot, lambda: of_type(messages, "QueryCancelled"), "query cancelled", timeout_s=120)
         assert job.outcome == "interrupted"
         assert "query cancelled" in str(screen.query_one("#sql-info").render())
@@ -173,3 +174,19 @@ def test_help_lists_the_cancel_key(small_pop909_db, tmp_path):
 
     text = help_markdown(AtlasApp(small_pop909_db, history_path=tmp_path / "h.json"))
     assert "| `escape` | Cancel query |" in text and "cancels a running query" in text
+
+
+def test_quitting_while_a_query_runs_interrupts_it(small_pop909_db, tmp_path):
+    jobs = []
+
+    async def scenario(pilot, messages):
+        screen = await _open_sql(pilot)
+        screen.query_one("#editor").text = SLOW
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: _running(screen), "slow query running")
+        jobs.append(screen.job)
+        await pilot.press("ctrl+q")
+
+    run(make_app(small_pop909_db, tmp_path), scenario)
+    # run() returns once the app and its worker threads have ended
+    assert jobs[0].done and jobs[0].outcome == "interrupted"

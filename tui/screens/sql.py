@@ -232,6 +232,7 @@ class SqlScreen(AtlasScreen):
             return
         self.job.cancel()
         self._run_note = ""
+        self.query_one("#run", Button).label = "Cancelling…"
         self._show_running()
         self.refresh_bindings()
 
