@@ -285,11 +285,14 @@ def lead_mask(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: floa
     return inv == int(np.argmax(score))
 
 
-def features_from_notes(onset_beats, duration_beats, pitch, track_index=None) -> dict:
+def features_from_notes(onset_beats, duration_beats, pitch, track_index=None, *, chroma=None) -> dict:
     """All features of one set of notes (drums already removed).
 
     ``track_index`` (optional, one per note) lets the melody come from the lead tracks
     (see :func:`lead_mask`); without it the melody is the skyline of all notes.
+    ``chroma`` (optional, (n_beats, 12), frame maximum 1) replaces the notes' beat chroma
+    as the harmony sequence (a recording's measured chroma on the notes' beat grid:
+    ``indexers.audio_chroma``); the melody still comes from the notes.
 
     Returns a dict with ``beat_chroma`` (n_beats, 12) float32, ``melody_pitch`` int16,
     ``melody_onset_beats`` float32, ``intervals`` int8, ``interval_index`` int64 and
@@ -298,7 +301,7 @@ def features_from_notes(onset_beats, duration_beats, pitch, track_index=None) ->
     on = np.asarray(onset_beats, np.float64)
     dur = np.asarray(duration_beats, np.float64)
     pitch = np.asarray(pitch)
-    chroma = beat_chroma(on, dur, pitch)
+    chroma = beat_chroma(on, dur, pitch) if chroma is None else np.asarray(chroma, np.float32).reshape(-1, 12)
     m = lead_mask(track_index, on, pitch) if track_index is not None else np.ones(on.size, bool)
     mp, mo = skyline(on[m], dur[m], pitch[m])
     iv, ivi = melody_intervals(mp)

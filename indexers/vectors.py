@@ -2,7 +2,9 @@
 
 For each piece (drum notes left out) it writes one ``cover_features`` row in DuckDB
 (beat chroma, skyline melody, global vector) and upserts the vectors into two LanceDB
-tables under ``<db>/lance/``:
+tables under ``<db>/lance/``. The beat chroma of a recording (``pieces.kind = 'audio'``
+with ``audio_beats``) is its measured HPCP on its notes' beat grid
+(``indexers.audio_chroma``), not the chroma of its transcribed notes:
 
 - ``piece_vectors`` : ``piece_id``, ``vector`` (fixed-size float32 list)
 - ``track_vectors`` : ``piece_id``, ``track_index``, ``vector``
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 STAGE = "vectors"
-VERSION = "vectors-5"
+VERSION = "vectors-6"  # 6: audio pieces' harmony from their HPCP (indexers.audio_chroma)
 BATCH_PIECES = 200
 # Tracks with fewer notes get no track vector (a vector of three notes says nothing).
 MIN_TRACK_NOTES = 8
@@ -98,9 +100,57 @@ def _read_notes(con, piece_ids: list[str]) -> pa.Table:
         con.unregister("_vec_ids")
 
 
-def compute(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
+def _read_audio(con, piece_ids: list[str]) -> dict:
+    """piece_id -> (beat times s, beat HPCP (n, 12), notes' grid tempo bpm) of the audio
+    pieces among these that have tracked beats."""
+    con.register("_vec_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
+    try:
+        has = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_name IN ('audio_beats', 'tempo_changes')"
+        ).fetchall()}
+        if has != {"audio_beats", "tempo_changes"}:
+            return {}
+        t = fetch_arrow(con.execute(
+            """SELECT b.piece_id, b.time_s, b.hpcp,
+                      (SELECT min_by(tc.tempo_bpm, tc.time_ticks) FROM tempo_changes tc
+                       WHERE tc.piece_id = b.piece_id) AS grid_bpm
+               FROM audio_beats b JOIN _vec_ids USING (piece_id)
+               JOIN pieces p USING (piece_id)
+               WHERE p.kind = 'audio'
+               ORDER BY b.piece_id, b.beat_index"""
+        ))
+    finally:
+        con.unregister("_vec_ids")
+    return audio_beats_by_piece(t)
+
+
+def audio_beats_by_piece(t: pa.Table) -> dict:
+    """Group rows (piece_id, time_s, hpcp, grid_bpm; sorted by piece, beat) by piece."""
+    if t.num_rows == 0:
+        return {}
+    pid = np.asarray(t.column("piece_id").to_pylist(), dtype=object)
+    times = t.column("time_s").to_numpy()
+    hp = t.column("hpcp").combine_chunks()
+    lens = np.diff(hp.offsets.to_numpy())
+    flat = hp.values.to_numpy(zero_copy_only=False)
+    bpm = t.column("grid_bpm").to_numpy(zero_copy_only=False)
+    out = {}
+    starts = np.flatnonzero(np.concatenate([[True], pid[1:] != pid[:-1]]))
+    ends = np.concatenate([starts[1:], [pid.size]])
+    for a, b in zip(starts, ends):
+        if not np.all(lens[a:b] == 12) or not np.isfinite(bpm[a]) or bpm[a] <= 0:
+            continue
+        out[pid[a]] = (times[a:b], flat[12 * a:12 * b].reshape(-1, 12), float(bpm[a]))
+    return out
+
+
+def compute(notes: pa.Table, audio: dict | None = None) -> tuple[pa.Table, pa.Table]:
     """Features of every piece in ``notes`` (columns piece_id, track_index, onset_beats,
-    duration_beats, pitch; sorted by piece_id). Returns (cover_features rows, track rows)."""
+    duration_beats, pitch; sorted by piece_id). Returns (cover_features rows, track rows).
+
+    ``audio`` (optional): piece_id -> (beat times s, beat HPCP, grid bpm) of recordings,
+    whose harmony sequence is then their HPCP on the notes' grid
+    (:func:`indexers.audio_chroma.audio_chroma`) instead of their notes' chroma."""
     from atlas_db.schema_vectors import TABLES
 
     pid = notes.column("piece_id").to_numpy(zero_copy_only=False)
@@ -115,8 +165,16 @@ def compute(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
         ends = np.concatenate([starts[1:], [pid.size]])
     else:
         starts = ends = np.zeros(0, np.int64)
+    audio = audio or {}
     for a, b in zip(starts, ends):
-        f = features_from_notes(on[a:b], dur[a:b], pitch[a:b], trk[a:b])
+        chroma = None
+        if pid[a] in audio:
+            from indexers.audio_chroma import audio_chroma
+
+            chroma = audio_chroma(*audio[pid[a]])
+            if not chroma.any():  # no measured chroma (silence): the notes' chroma
+                chroma = None
+        f = features_from_notes(on[a:b], dur[a:b], pitch[a:b], trk[a:b], chroma=chroma)
         rows["piece_id"].append(pid[a])
         rows["n_beats"].append(f["beat_chroma"].shape[0])
         rows["beat_chroma"].append(quantize_chroma(f["beat_chroma"]).ravel())
@@ -126,11 +184,14 @@ def compute(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
         rows["vector"].append(f["vector"])
         rows["stage_version"].append(VERSION)
         tk = trk[a:b]
-        for t in np.unique(tk):
+        tracks_here = np.unique(tk)
+        for t in tracks_here:
             m = tk == t
             if m.sum() < MIN_TRACK_NOTES:
                 continue
-            ch = beat_chroma(on[a:b][m], dur[a:b][m], pitch[a:b][m])
+            # a recording's one transcribed part (the mix) has the mix's measured chroma
+            ch = f["beat_chroma"] if chroma is not None and tracks_here.size == 1 else \
+                beat_chroma(on[a:b][m], dur[a:b][m], pitch[a:b][m])
             mp, _ = skyline(on[a:b][m], dur[a:b][m], pitch[a:b][m])
             t_pid.append(pid[a])
             t_idx.append(int(t))
@@ -158,7 +219,7 @@ def forget(con, piece_ids: list[str]) -> None:
 def update(con, piece_ids: list[str]) -> None:
     """Compute and write features for these pieces (inside the runner's transaction),
     then upsert their vectors into Lance."""
-    feats, tracks = compute(_read_notes(con, piece_ids))
+    feats, tracks = compute(_read_notes(con, piece_ids), _read_audio(con, piece_ids))
     con.register("_vec_rows", feats)
     try:
         con.execute("INSERT OR REPLACE INTO cover_features SELECT * FROM _vec_rows")

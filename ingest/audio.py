@@ -28,7 +28,7 @@ from atlas_db.errors import IngestError, MissingModelError
 
 __all__ = [
     "ANALYSIS_VERSION", "SR", "Decoded", "Analysis", "decode", "to_analysis_rate", "analyse", "analyse_stem",
-    "feature_rows", "parse_audio", "SILENCE_DBFS", "notes_from_audio_file",
+    "feature_rows", "parse_audio", "SILENCE_DBFS", "notes_from_audio_file", "audio_query_parts",
 ]
 
 ANALYSIS_VERSION = "audio-1"
@@ -502,6 +502,17 @@ def notes_from_audio_file(path) -> pa.Table:
     """The ``notes`` rows an audio file would get at ingest (mix transcription on the
     tracked-tempo grid), without storing anything: for using a recording that is not in
     the database as a query (e.g. for covers). Raises IngestError for unusable files."""
+    return audio_query_parts(path)["notes"]
+
+
+def audio_query_parts(path) -> dict:
+    """What ingestion would store of an audio file for covers, without storing anything:
+    ``notes`` (the mix transcribed on the tracked-tempo grid, as in ``notes``),
+    ``beats_s`` and ``beat_hpcp`` (the tracked beats and their 12-bin HPCP, as in
+    ``audio_beats``) and ``grid_bpm`` (the notes' grid tempo, as in ``tempo_changes``).
+    Computed exactly as :func:`parse_audio` computes them, so a recording used as a query
+    gets the features the same file gets once ingested. Raises IngestError for unusable
+    files."""
     from ingest.audio_config import audio_available
     from ingest import transcribe
 
@@ -514,10 +525,16 @@ def notes_from_audio_file(path) -> pa.Table:
     except OSError as e:
         raise IngestError(path, f"cannot read ({e.strerror or e})") from None
     stereo = to_analysis_rate(decode(data, path))
+    mono = np.ascontiguousarray(stereo.mean(axis=1), dtype=np.float32)
     es = _essentia()
-    bpm, beats, _, _, _ = es.RhythmExtractor2013(method="degara")(np.ascontiguousarray(stereo.mean(1)))
+    bpm, beats, _, _, _ = es.RhythmExtractor2013(method="degara")(mono)
+    beats = np.asarray(beats, np.float64)
+    bpm = float(bpm) if len(beats) >= 2 else None
+    times, H36, _ = _frame_features(mono)
+    hpcp = beat_sync(times, fold_hpcp36(H36), beats, len(mono) / SR) if len(beats) else np.zeros((0, 12), np.float32)
     try:
         events = transcribe.transcribe(stereo.mean(axis=1), SR)
     except MissingModelError as e:
         raise IngestError(path, str(e)) from None
-    return transcribe.notes_table("query", 0, events, float(bpm) if len(beats) >= 2 else None)
+    return {"notes": transcribe.notes_table("query", 0, events, bpm), "beats_s": beats, "beat_hpcp": hpcp,
+            "grid_bpm": transcribe.grid_tempo(bpm)}

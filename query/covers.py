@@ -149,19 +149,23 @@ class QueryFeatures:
 
 
 def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index=None, *,
-                     piece_id=None) -> QueryFeatures:
+                     piece_id=None, chroma_beats=None, chroma_half_beat=None) -> QueryFeatures:
     """Query features from note arrays (beats = quarter notes, drums already removed;
-    ``track_index`` optional, one per note)."""
+    ``track_index`` optional, one per note). ``chroma_beats`` (optional, (n_beats, 12),
+    frame max 1) replaces the notes' beat chroma as the harmony sequence, and
+    ``chroma_half_beat`` the same on the grid moved by half a beat (a recording's
+    measured chroma: ``indexers.audio_chroma``)."""
     pitch = np.asarray(pitch)
     if pitch.size == 0:
         raise BadInputError(f"{label}: the query has no pitched notes (empty, silent or drums only)")
-    f = features_from_notes(onset_beats, duration_beats, pitch, track_index)
+    f = features_from_notes(onset_beats, duration_beats, pitch, track_index, chroma=chroma_beats)
     if not np.any(f["beat_chroma"]):
         raise BadInputError(f"{label}: the query has no sounding notes")
     half = None
     alts = []
     if f["beat_chroma"].shape[0] <= ALIGN["phase_search_beats"]:
-        half = beat_chroma(onset_beats, duration_beats, pitch, start_beats=0.5)
+        half = beat_chroma(onset_beats, duration_beats, pitch, start_beats=0.5) if chroma_beats is None \
+            else chroma_half_beat
         if track_index is not None:
             on, dur, trk = np.asarray(onset_beats), np.asarray(duration_beats), np.asarray(track_index)
             masks = [trk == t for t in np.unique(trk)] + [np.ones(trk.size, bool)]
@@ -216,19 +220,25 @@ def query_from_file(path) -> QueryFeatures:
 
 
 def _query_from_audio(p: Path, pid: str) -> QueryFeatures:
-    """Query features of a recording: its transcribed notes (one part, no drums)."""
+    """Query features of a recording: the melody from its transcribed notes (one part, no
+    drums), the harmony from its measured HPCP on the notes' beat grid, as ingestion
+    computes them for a stored recording (``indexers.audio_chroma``)."""
     from atlas_db.errors import IngestError
     from ingest.audio_config import audio_available
 
     missing = audio_available()
     if missing:
         raise BadInputError(f"{p}: cannot use an audio file as a query: {missing}")
-    from ingest.audio import notes_from_audio_file
+    from indexers.audio_chroma import audio_chroma
+    from ingest.audio import audio_query_parts
 
     try:
-        notes = notes_from_audio_file(p)
+        parts = audio_query_parts(p)
     except IngestError as e:
         raise BadInputError(f"{p}: not a usable query ({e.reason})") from e
+    notes = parts["notes"]
+    grid = (parts["beats_s"], parts["beat_hpcp"], parts["grid_bpm"])
+    chroma = audio_chroma(*grid)
     return query_from_notes(
         str(p),
         notes.column("onset_beats").to_numpy(),
@@ -236,6 +246,8 @@ def _query_from_audio(p: Path, pid: str) -> QueryFeatures:
         notes.column("pitch").to_numpy(),
         None,  # one transcribed part: the skyline and its tighter-register variant
         piece_id=pid,
+        chroma_beats=chroma if np.any(chroma) else None,
+        chroma_half_beat=audio_chroma(*grid, start_beats=0.5),
     )
 
 

@@ -1,9 +1,50 @@
-"""A recording that is not in the database as a `covers` / `similar` query: rendered
-from a MIDI fixture with fluidsynth, transcribed, and matched back to its MIDI original."""
+"""Audio covers: recordings rendered from MIDI fixtures with fluidsynth, ingested or used
+as queries, matched to their MIDI original and to other recordings of the same song; the
+harmony sequence of a recording is its measured HPCP on its notes' beat grid."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
+
+from indexers.audio_chroma import audio_chroma, hpcp_on_grid
+
+
+# -- the resampling onto the notes' grid (no audio needed) ----------------------------------
+
+def test_hpcp_on_grid_moves_tracked_beats_onto_the_constant_grid():
+    # tracked beats every 0.5 s starting at 0.25 s; the grid is 120 bpm from 0 s, so each
+    # grid beat holds half of two successive tracked beats
+    beats = 0.25 + 0.5 * np.arange(6)
+    hpcp = np.eye(12)[[0, 4, 7, 0, 4, 7]]
+    g = hpcp_on_grid(beats, hpcp, 120.0)
+    assert g.shape == (7, 12)
+    np.testing.assert_allclose(g[0, 0], 0.5)  # 0-0.5 s: the first half of beat 0 (from 0.25 s)
+    np.testing.assert_allclose(g[1, [0, 4]], [0.5, 0.5])
+    np.testing.assert_allclose(g[3, [7, 0]], [0.5, 0.5])
+    np.testing.assert_allclose(g.sum(), 6.0)  # every tracked beat counted once
+    # half a beat later the grid coincides with the tracked beats
+    h = hpcp_on_grid(beats, hpcp, 120.0, start_beats=0.5)
+    np.testing.assert_allclose(h[:6], hpcp)
+    # a slower grid (60 bpm, 1 s a beat) pools two tracked beats per grid beat
+    s = hpcp_on_grid(beats, hpcp, 60.0, start_beats=0.25)
+    np.testing.assert_allclose(s[:3], [hpcp[0] + hpcp[1], hpcp[2] + hpcp[3], hpcp[4] + hpcp[5]])
+
+
+def test_audio_chroma_follows_the_beat_chroma_convention():
+    beats = 0.5 * np.arange(4)
+    hpcp = np.array([[0.6, 0, 0, 0, 0.3, 0, 0, 0.1, 0, 0, 0, 0]] * 3 + [[0.0] * 12])
+    c = audio_chroma(beats, hpcp, 120.0, power=2.0, floor=0.1)
+    assert c.dtype == np.float32 and c.shape == (4, 12)
+    np.testing.assert_allclose(c[:3].max(axis=1), 1.0)  # frame maximum 1
+    np.testing.assert_allclose(c[0, 4], 0.25, rtol=1e-6)  # (0.3 / 0.6) ** 2
+    assert c[0, 7] == 0  # (0.1 / 0.6) ** 2 < floor
+    assert not c[3].any()  # a silent beat stays silent
+
+
+# -- rendered recordings ---------------------------------------------------------------------
 
 pytest.importorskip("essentia", reason="audio extra not installed (pip install '.[audio]')")
 pytest.importorskip("basic_pitch", reason="basic-pitch not installed (pip install --no-deps basic-pitch)")
@@ -14,10 +55,16 @@ from midi_fixtures import write_midi  # noqa: E402
 from test_covers import _render, _song  # noqa: E402
 
 
+def _programs(tracks, melody: int, accompaniment: int):
+    return [replace(tracks[0], program=melody), replace(tracks[1], program=accompaniment)]
+
+
 @pytest.fixture(scope="module")
 def audio_db(tmp_path_factory):
-    """Six synthetic songs as MIDI in the database; song 2 rendered to a .wav outside it
-    (a transposition of +2 and another tempo, so the bytes and the key differ)."""
+    """Six synthetic songs as MIDI in the database, and four recordings: song 2 twice
+    (as written at 100 bpm on piano; 3 semitones down at 140 bpm on strings/guitar) and
+    songs 4 and 5 once. Outside the database: song 2 rendered 2 semitones up at 120 bpm
+    (another tempo and key, so the bytes and the key differ)."""
     reason = fluidsynth_missing()
     if reason:
         pytest.skip(reason)
@@ -28,26 +75,109 @@ def audio_db(tmp_path_factory):
     songs = [_song(s, n_bars=8) for s in range(6)]
     for i, (mel, ch) in enumerate(songs):
         write_midi(lib / f"song{i}.mid", _render(mel, ch), tempo_bpm=100)
+    recordings = {
+        "rec2a": (2, 0, 100, (0, 0)),
+        "rec2b": (2, -3, 140, (48, 24)),
+        "rec4": (4, 1, 110, (11, 0)),
+        "rec5": (5, -1, 120, (73, 48)),
+    }
+    for name, (song, transpose, bpm, (p_mel, p_acc)) in recordings.items():
+        mel, ch = songs[song]
+        mid = write_midi(root / f"{name}.mid", _programs(_render(mel, ch, transpose=transpose), p_mel, p_acc),
+                         tempo_bpm=bpm)
+        render_midi(mid, lib / f"{name}.wav")
     mel, ch = songs[2]
     mid = write_midi(root / "take.mid", _render(mel, ch, transpose=2), tempo_bpm=120)
     wav = render_midi(mid, root / "take.wav")
     db = root / "db"
     summary = ingest_paths([str(lib)], db, workers=1)
-    assert summary.failed == 0 and summary.added == 6
-    return {"db": db, "wav": wav, "root": root}
+    assert summary.failed == 0 and summary.added == 10
+    return {"db": db, "wav": wav, "root": root, "lib": lib}
+
+
+def _kinds(db):
+    from atlas_db.connection import reading
+
+    with reading(db) as con:
+        return {pid: (kind, path) for pid, kind, path in con.execute("SELECT piece_id, kind, path FROM pieces").fetchall()}
 
 
 def test_audio_query_finds_its_midi_original(audio_db):
     from query.covers import covers
     from query.similar import similar
 
-    res = covers(audio_db["db"], [str(audio_db["wav"])], top=3)
-    assert res.column("path").to_pylist()[0].endswith("song2.mid")
+    kinds = _kinds(audio_db["db"])
+    res = covers(audio_db["db"], [str(audio_db["wav"])], top=10)
+    midi = [p for p, pid in zip(res.column("path").to_pylist(), res.column("piece_id").to_pylist())
+            if kinds[pid][0] == "midi"]
+    assert midi[0].endswith("song2.mid")
     assert res.column("query").to_pylist()[0] == str(audio_db["wav"])
     # the recording is 2 semitones above the original: the answer is 2 down
-    assert res.column("transposition").to_pylist()[0] == -2
+    row = res.column("path").to_pylist().index(midi[0])
+    assert res.column("transposition").to_pylist()[row] == -2
     sim = similar(audio_db["db"], [str(audio_db["wav"])], top=6)
-    assert sim.num_rows == 6 and "song2.mid" in " ".join(sim.column("path").to_pylist()[:3])
+    assert sim.num_rows == 6 and "song2" in " ".join(sim.column("path").to_pylist()[:3])
+
+
+def test_audio_query_finds_the_other_recordings_of_its_song(audio_db):
+    """A recording in another key and tempo finds both recordings of its song before the
+    recordings of other songs (audio -> audio), by file and by piece id."""
+    from query.covers import covers
+
+    kinds = _kinds(audio_db["db"])
+    res = covers(audio_db["db"], [str(audio_db["wav"])], top=10)
+    audio = [p for p, pid in zip(res.column("path").to_pylist(), res.column("piece_id").to_pylist())
+             if kinds[pid][0] == "audio"]
+    assert [p.rsplit("/", 1)[-1] for p in audio[:2]] in (["rec2a.wav", "rec2b.wav"], ["rec2b.wav", "rec2a.wav"])
+    rec2b = next(pid for pid, (_, path) in kinds.items() if path.endswith("rec2b.wav"))
+    res = covers(audio_db["db"], [rec2b], top=10)
+    audio = [p for p, pid in zip(res.column("path").to_pylist(), res.column("piece_id").to_pylist())
+             if kinds[pid][0] == "audio"]
+    assert audio[0].endswith("rec2a.wav")
+    midi = [p for p, pid in zip(res.column("path").to_pylist(), res.column("piece_id").to_pylist())
+            if kinds[pid][0] == "midi"]
+    assert midi[0].endswith("song2.mid")
+
+
+def test_stored_recordings_have_their_measured_chroma(audio_db):
+    """cover_features.beat_chroma of a recording is its audio_beats HPCP on the notes'
+    grid (not the chroma of its transcribed notes)."""
+    from atlas_db.connection import reading
+    from indexers.features import beat_chroma, quantize_chroma
+
+    kinds = _kinds(audio_db["db"])
+    rec = next(pid for pid, (_, path) in kinds.items() if path.endswith("rec2b.wav"))
+    with reading(audio_db["db"]) as con:
+        stored = np.asarray(con.execute("SELECT beat_chroma FROM cover_features WHERE piece_id = ?",
+                                        [rec]).fetchall()[0][0], np.int8).reshape(-1, 12)
+        beats = con.execute("SELECT time_s, hpcp FROM audio_beats WHERE piece_id = ? ORDER BY beat_index",
+                            [rec]).fetchall()
+        bpm = con.execute("SELECT tempo_bpm FROM tempo_changes WHERE piece_id = ?", [rec]).fetchall()[0][0]
+        notes = con.execute("SELECT onset_beats, duration_beats, pitch FROM notes WHERE piece_id = ?",
+                            [rec]).fetchall()
+    expect = audio_chroma([b[0] for b in beats], np.array([b[1] for b in beats]), bpm)
+    np.testing.assert_array_equal(stored, quantize_chroma(expect))
+    from_notes = quantize_chroma(beat_chroma(*np.array(notes).T))
+    assert from_notes.shape != stored.shape or not np.array_equal(from_notes, stored)
+
+
+def test_file_query_of_an_ingested_recording_equals_its_stored_query(audio_db):
+    """The same recording as a file query and as a stored piece: the same harmony
+    sequence, melody and vector, and the same best answers."""
+    from query.covers import covers, load_index, query_from_file
+
+    kinds = _kinds(audio_db["db"])
+    rec, path = next((pid, path) for pid, (_, path) in kinds.items() if path.endswith("rec2b.wav"))
+    qf = query_from_file(path)
+    assert qf.piece_id == rec
+    qs = load_index(audio_db["db"]).query_for_piece(rec)
+    np.testing.assert_allclose(qf.chroma_beats, qs.chroma_beats, atol=0.5 / 127 + 1e-6)
+    np.testing.assert_array_equal(qf.melody_pitch, qs.melody_pitch)
+    np.testing.assert_allclose(qf.vector, qs.vector, atol=1e-5)
+    by_file = covers(audio_db["db"], [path], top=3).column("piece_id").to_pylist()
+    by_id = covers(audio_db["db"], [rec], top=3).column("piece_id").to_pylist()
+    assert rec not in by_file
+    assert by_file[:2] == by_id[:2]
 
 
 def test_unusable_audio_query_is_a_clear_error(audio_db):
