@@ -25,12 +25,35 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["hpcp_on_grid", "audio_chroma", "POWER", "FLOOR", "VERSION"]
+__all__ = ["hpcp_on_grid", "audio_chroma", "harmony_sequence", "HARMONY_SOURCE", "POWER", "FLOOR",
+           "time_chroma", "css_distances", "css_bonus", "stored_time_chroma", "CSS_WEIGHT", "TIME_GRID_BPM"]
 
-# Sharpening of measured chroma (provisional; to be measured on benchmarks/audio.py).
-POWER = 2.0
-FLOOR = 0.1
-VERSION = f"hpcp-grid p{POWER:g} f{FLOOR:g}"
+# Where the harmony sequence (cover_features.beat_chroma, the embedding's harmony blocks)
+# of a recording comes from: "notes" (the chroma of its transcribed notes, like a MIDI
+# file) or "hpcp" (its measured HPCP on the notes' grid, :func:`audio_chroma`). Measured
+# on benchmarks/audio.py (docs/audio.md): with the current cover re-rank, "hpcp" loses
+# audio -> audio MAP against "notes", so "notes" is the default.
+HARMONY_SOURCE = "notes"
+# Sharpening of measured chroma for source "hpcp" (the best of those tried, docs/audio.md).
+POWER = 1.0
+FLOOR = 0.0
+
+
+def harmony_sequence(beats_s, beat_hpcp, grid_bpm: float, *, source: str | None = None):
+    """The harmony sequence of a recording from its tracked beats and their HPCP, as
+    ``(chroma, chroma_half_beat)`` on its notes' grid (and that grid moved by half a
+    beat); ``(None, None)`` when its notes' chroma is the harmony sequence (source
+    "notes", or no measured chroma). One function for a stored recording
+    (``indexers.vectors``) and a recording used as a query (``query.covers``)."""
+    source = HARMONY_SOURCE if source is None else source
+    if source == "notes":
+        return None, None
+    if source != "hpcp":
+        raise ValueError(f"harmony source {source!r}: 'notes' or 'hpcp'")
+    chroma = audio_chroma(beats_s, beat_hpcp, grid_bpm)
+    if not chroma.any():
+        return None, None
+    return chroma, audio_chroma(beats_s, beat_hpcp, grid_bpm, start_beats=0.5)
 
 
 def hpcp_on_grid(beats_s, beat_hpcp, bpm: float, *, n_beats: int | None = None,
@@ -96,3 +119,64 @@ def audio_chroma(beats_s, beat_hpcp, bpm: float, *, n_beats: int | None = None, 
         x = x ** power
     x[x < floor] = 0.0
     return x.astype(np.float32)
+
+
+# -- audio <-> audio: tempo-tolerant chroma alignment, a score to fuse -----------------------
+# The cover re-rank aligns beat frames, so it depends on the beat tracker counting the
+# same beats in two recordings (it does not: a render is tracked at 1x, 2x, 4/3x or 3/2x
+# its notated tempo). Essentia's ChromaCrossSimilarity (OTI) + CoverSongSimilarity
+# (serra09) on the stored HPCP resampled to a fixed time grid does not depend on it; its
+# distance, turned into a bonus, is added to the covers score of an audio candidate of an
+# audio query (measured in benchmarks/audio.py, docs/audio.md).
+TIME_GRID_BPM = 120.0  # 0.5 s frames (essentia's cover-song examples use ~0.5 s)
+CSS_WEIGHT = 0.25
+_CSS_STACK = 9
+
+
+def time_chroma(beats_s, beat_hpcp) -> np.ndarray:
+    """A recording's HPCP per 0.5 s (from its tracked beats), frame maximum 1."""
+    return audio_chroma(beats_s, beat_hpcp, TIME_GRID_BPM, power=1.0, floor=0.0)
+
+
+def css_distances(query: np.ndarray, refs: list[np.ndarray]) -> np.ndarray:
+    """Essentia cover-song distance (lower = more alike; inf where a sequence is too
+    short to compare) from ``query`` to each of ``refs`` (time chromas)."""
+    from ingest.audio import _essentia
+
+    es = _essentia()
+    csm = es.ChromaCrossSimilarity(frameStackSize=_CSS_STACK, frameStackStride=1, binarizePercentile=0.095,
+                                   oti=True)
+    css = es.CoverSongSimilarity(disOnset=0.5, disExtension=0.5, alignmentType="serra09",
+                                 distanceType="asymmetric")
+    q = np.ascontiguousarray(query, np.float32)
+    out = np.full(len(refs), np.inf)
+    if q.shape[0] <= _CSS_STACK or not q.any():
+        return out
+    for i, r in enumerate(refs):
+        r = np.ascontiguousarray(r, np.float32)
+        if r.shape[0] > _CSS_STACK and r.any():
+            d = float(css(csm(q, r))[1])
+            out[i] = d if np.isfinite(d) and d > 0 else np.inf
+    return out
+
+
+def css_bonus(distances, weight: float = CSS_WEIGHT) -> np.ndarray:
+    """Score bonus per candidate from its distance: ``weight * max(0, median / d - 1)``
+    (0 for a candidate no closer than the median one; the median over the finite
+    distances of this query's candidates)."""
+    d = np.asarray(distances, np.float64)
+    ok = np.isfinite(d)
+    out = np.zeros(d.size)
+    if ok.sum() < 2:
+        return out
+    med = float(np.median(d[ok]))
+    out[ok] = weight * np.maximum(0.0, med / d[ok] - 1.0)
+    return out
+
+
+def stored_time_chroma(con, piece_ids) -> dict:
+    """piece_id -> :func:`time_chroma` of the stored recordings among ``piece_ids``
+    (from ``audio_beats``), through an open DuckDB connection."""
+    from indexers.vectors import _read_audio
+
+    return {pid: time_chroma(b, h) for pid, (b, h, _) in _read_audio(con, list(piece_ids)).items()}

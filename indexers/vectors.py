@@ -3,8 +3,8 @@
 For each piece (drum notes left out) it writes one ``cover_features`` row in DuckDB
 (beat chroma, skyline melody, global vector) and upserts the vectors into two LanceDB
 tables under ``<db>/lance/``. The beat chroma of a recording (``pieces.kind = 'audio'``
-with ``audio_beats``) is its measured HPCP on its notes' beat grid
-(``indexers.audio_chroma``), not the chroma of its transcribed notes:
+with ``audio_beats``) is what ``indexers.audio_chroma.harmony_sequence`` says (by default
+the chroma of its transcribed notes; optionally its measured HPCP on the notes' grid):
 
 - ``piece_vectors`` : ``piece_id``, ``vector`` (fixed-size float32 list)
 - ``track_vectors`` : ``piece_id``, ``track_index``, ``vector``
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 STAGE = "vectors"
-VERSION = "vectors-6"  # 6: audio pieces' harmony from their HPCP (indexers.audio_chroma)
+VERSION = "vectors-5"
 BATCH_PIECES = 200
 # Tracks with fewer notes get no track vector (a vector of three notes says nothing).
 MIN_TRACK_NOTES = 8
@@ -144,13 +144,14 @@ def audio_beats_by_piece(t: pa.Table) -> dict:
     return out
 
 
-def compute(notes: pa.Table, audio: dict | None = None) -> tuple[pa.Table, pa.Table]:
+def compute(notes: pa.Table, audio: dict | None = None, *, audio_harmony: str | None = None
+            ) -> tuple[pa.Table, pa.Table]:
     """Features of every piece in ``notes`` (columns piece_id, track_index, onset_beats,
     duration_beats, pitch; sorted by piece_id). Returns (cover_features rows, track rows).
 
     ``audio`` (optional): piece_id -> (beat times s, beat HPCP, grid bpm) of recordings,
-    whose harmony sequence is then their HPCP on the notes' grid
-    (:func:`indexers.audio_chroma.audio_chroma`) instead of their notes' chroma."""
+    whose harmony sequence is then :func:`indexers.audio_chroma.harmony_sequence`'s
+    (``audio_harmony``: its source, default ``HARMONY_SOURCE``)."""
     from atlas_db.schema_vectors import TABLES
 
     pid = notes.column("piece_id").to_numpy(zero_copy_only=False)
@@ -169,11 +170,9 @@ def compute(notes: pa.Table, audio: dict | None = None) -> tuple[pa.Table, pa.Ta
     for a, b in zip(starts, ends):
         chroma = None
         if pid[a] in audio:
-            from indexers.audio_chroma import audio_chroma
+            from indexers.audio_chroma import harmony_sequence
 
-            chroma = audio_chroma(*audio[pid[a]])
-            if not chroma.any():  # no measured chroma (silence): the notes' chroma
-                chroma = None
+            chroma, _ = harmony_sequence(*audio[pid[a]], source=audio_harmony)
         f = features_from_notes(on[a:b], dur[a:b], pitch[a:b], trk[a:b], chroma=chroma)
         rows["piece_id"].append(pid[a])
         rows["n_beats"].append(f["beat_chroma"].shape[0])

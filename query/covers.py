@@ -221,15 +221,15 @@ def query_from_file(path) -> QueryFeatures:
 
 def _query_from_audio(p: Path, pid: str) -> QueryFeatures:
     """Query features of a recording: the melody from its transcribed notes (one part, no
-    drums), the harmony from its measured HPCP on the notes' beat grid, as ingestion
-    computes them for a stored recording (``indexers.audio_chroma``)."""
+    drums) and the harmony sequence that ingestion gives a stored recording
+    (``indexers.audio_chroma.harmony_sequence``)."""
     from atlas_db.errors import IngestError
     from ingest.audio_config import audio_available
 
     missing = audio_available()
     if missing:
         raise BadInputError(f"{p}: cannot use an audio file as a query: {missing}")
-    from indexers.audio_chroma import audio_chroma
+    from indexers.audio_chroma import harmony_sequence
     from ingest.audio import audio_query_parts
 
     try:
@@ -237,8 +237,7 @@ def _query_from_audio(p: Path, pid: str) -> QueryFeatures:
     except IngestError as e:
         raise BadInputError(f"{p}: not a usable query ({e.reason})") from e
     notes = parts["notes"]
-    grid = (parts["beats_s"], parts["beat_hpcp"], parts["grid_bpm"])
-    chroma = audio_chroma(*grid)
+    chroma, half = harmony_sequence(parts["beats_s"], parts["beat_hpcp"], parts["grid_bpm"])
     return query_from_notes(
         str(p),
         notes.column("onset_beats").to_numpy(),
@@ -246,8 +245,8 @@ def _query_from_audio(p: Path, pid: str) -> QueryFeatures:
         notes.column("pitch").to_numpy(),
         None,  # one transcribed part: the skyline and its tighter-register variant
         piece_id=pid,
-        chroma_beats=chroma if np.any(chroma) else None,
-        chroma_half_beat=audio_chroma(*grid, start_beats=0.5),
+        chroma_beats=chroma,
+        chroma_half_beat=half,
     )
 
 
