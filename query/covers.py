@@ -377,9 +377,11 @@ class CoverIndex:
     @staticmethod
     def _budget(q: QueryFeatures) -> int:
         """Candidates to align: a short query (an excerpt) costs little per candidate
-        and finds less in the vectors, so it gets more of them."""
+        and finds less in the vectors, so it gets more of them (short: few melody
+        intervals or few beats, counted as two intervals per beat)."""
         A = ALIGN
-        n = max(min(q.intervals.size, A["max_query_intervals"]), 16)
+        # short in notes, or in time (a dense excerpt of a few beats)
+        n = max(min(q.intervals.size, 2 * q.chroma_beats.shape[0], A["max_query_intervals"]), 16)
         return int(np.clip(A["max_candidates"] * A["max_query_intervals"] / n, A["max_candidates"],
                            6 * A["max_candidates"]))
 
@@ -393,14 +395,21 @@ class CoverIndex:
         qs = np.ascontiguousarray(qf[:, _ROLL].transpose(1, 0, 2), np.float32)  # [t] = np.roll(qf, t, axis=1)
         return qs, nq, fa
 
-    def _shifts(self, q: QueryFeatures, rows: np.ndarray, n_frames: int) -> np.ndarray:
-        """Transpositions to try per candidate: the best few of the global chroma
-        correlation (optimal transposition index), a few more for short queries."""
+    def _shifts(self, q: QueryFeatures, rows: np.ndarray, n_frames: int, frames=None) -> np.ndarray:
+        """Transpositions to try per candidate: the best few of the chroma correlation
+        (optimal transposition index), a few more for short queries. A short query is
+        correlated with every window of its own length in the candidate and each
+        transposition keeps its best window: a short excerpt may come from a part in
+        another key than most of the song (a last chorus a step up)."""
         qglob = q.chroma_beats.sum(axis=0)
         qglob = qglob / max(float(np.linalg.norm(qglob)), 1e-9)
         rolled = qglob[_ROLL]  # [t] = np.roll(qglob, t)
-        corr = self.global_chroma[rows] @ rolled.T  # [c, t] = <query up t, candidate>
-        n = ALIGN["n_shifts_short"] if n_frames <= ALIGN["short_query_frames"] else ALIGN["n_shifts"]
+        short = n_frames <= ALIGN["short_query_frames"]
+        if short and frames is not None and frames[1][-1] > 0:
+            corr = _window_correlation(frames[0], frames[1], rolled, n_frames)
+        else:
+            corr = self.global_chroma[rows] @ rolled.T  # [c, t] = <query up t, candidate>
+        n = ALIGN["n_shifts_short"] if short else ALIGN["n_shifts"]
         return np.ascontiguousarray(np.argsort(-corr, axis=1)[:, :n], np.int64)
 
     def _phases(self, q: QueryFeatures, scale: float) -> list[np.ndarray]:
@@ -414,7 +423,9 @@ class CoverIndex:
         step = int(round(ALIGN["frame_beats"] * scale))
         return [c[k:] for c in base for k in range(max(step, 1)) if c.shape[0] > k]
 
-    def _harmony(self, q, rows, scale, frames=None):
+    def _harmony(self, q, rows, scale, frames=None, shifts=None):
+        """Best harmony score and transposition per row at this time scale; ``shifts``
+        ((rows, n) semitones) fixes the transpositions tried instead of choosing them."""
         A = ALIGN
         best = np.zeros(rows.size, np.float32)
         best_shift = np.zeros(rows.size, np.int32)
@@ -425,7 +436,13 @@ class CoverIndex:
             qs, nq, fa = self._query_frames(q, scale, chroma)
             if nq < 2:
                 continue
-            hs, hsh = sw_chroma_score(qs, self._shifts(q, rows, qs.shape[1]), frefs, foffs,
+            if shifts is None:
+                sh = self._shifts(q, rows, qs.shape[1])
+            elif qs.shape[1] > ALIGN["short_query_frames"]:  # as many as _shifts would give
+                sh = np.ascontiguousarray(shifts[:, :ALIGN["n_shifts"]])
+            else:
+                sh = shifts
+            hs, hsh = sw_chroma_score(qs, sh, frefs, foffs,
                                       A["chroma_threshold"], A["chroma_silent"], A["chroma_gap"])
             hs = hs / ((1.0 - A["chroma_threshold"]) * max(nq, A["min_query_frames"]))
             better = hs > best
@@ -456,15 +473,20 @@ class CoverIndex:
         frames = self._frames_of(rows)
         n_probe = probe.size
         probe_frames = (frames[0][: frames[1][n_probe]], frames[1][: n_probe + 1])
+        # a short query: its transpositions from its best-matching window of each
+        # candidate (found once, at its own time scale, and used at every scale)
+        qn = min(-(-q.chroma_beats.shape[0] // A["frame_beats"]), A["max_query_frames"])
+        sh = self._shifts(q, rows, qn, frames) if qn <= A["short_query_frames"] and k else None
+        sh_probe = None if sh is None else sh[:n_probe]
         best_scale, best = 1.0, -1.0
         for sc in (A["scales"] if scale is None else [scale]):
-            hs, _ = self._harmony(q, probe, sc, probe_frames) if scale is None else (np.zeros(0), None)
+            hs, _ = self._harmony(q, probe, sc, probe_frames, sh_probe) if scale is None else (np.zeros(0), None)
             top = float(hs.max()) if hs.size else 0.0
             if sc != 1.0:
                 top -= A["scale_margin"]  # another notation than the reference's must win clearly
             if top > best + 1e-6:
                 best_scale, best = sc, top
-        harm, hshift = self._harmony(q, rows, best_scale, frames)
+        harm, hshift = self._harmony(q, rows, best_scale, frames, sh)
         hscale = np.full(k, best_scale, np.float32)
         if q.chroma_beats.shape[0] <= A["phase_search_beats"]:
             # a short query says too little to fix its time scale on a few candidates:
@@ -472,7 +494,7 @@ class CoverIndex:
             for sc in A["scales"]:
                 if sc == best_scale:
                     continue
-                hs, hsh = self._harmony(q, rows, sc, frames)
+                hs, hsh = self._harmony(q, rows, sc, frames, sh)
                 better = hs - (A["scale_margin"] if sc != 1.0 else 0.0) > \
                     harm - np.where(hscale != 1.0, A["scale_margin"], 0.0)
                 harm, hshift, hscale = (np.where(better, hs, harm), np.where(better, hsh, hshift),
@@ -480,9 +502,10 @@ class CoverIndex:
         harm = np.maximum(harm, 0).astype(np.float32)
         h = A["harmony_weight"] * harm
         # other melody lines: when neither the main line nor the harmony found anything
-        # convincing, or the query is short (cheap)
+        # convincing, or the query is short in notes or in time (cheap)
         weak = k and max(float(mel.max()), float(h.max())) < A["alt_line_below"]
-        if k and q.alt_intervals and (weak or q.intervals.size <= A["min_query_intervals"] * 2):
+        if k and q.alt_intervals and (weak or q.intervals.size <= A["min_query_intervals"] * 2
+                                      or q.chroma_beats.shape[0] <= A["phase_search_beats"]):
             refs, offs = _gather(self.iv, self.iv_off, rows)
             for alt in q.alt_intervals:
                 m2 = sw_symbols_score(np.ascontiguousarray(alt), refs, offs, A["mel_match"], A["mel_mismatch"],
@@ -678,6 +701,29 @@ class CoverIndex:
 
 # _ROLL[t] indexes a 12-vector rotated up by t semitones: x[_ROLL[t]] == np.roll(x, t)
 _ROLL = (np.arange(12)[None, :] - np.arange(12)[:, None]) % 12
+
+
+def _window_correlation(frames: np.ndarray, offsets: np.ndarray, rolled: np.ndarray, width: int) -> np.ndarray:
+    """(pieces, 12): per piece and transposition, the best cosine between the rolled
+    query chroma and the summed chroma of any ``width`` successive frames of the piece
+    (windows are cut at the piece's end; they start every quarter window)."""
+    n_pieces = offsets.size - 1
+    cs = np.zeros((frames.shape[0] + 1, 12), np.float32)
+    np.cumsum(frames, axis=0, out=cs[1:])
+    stride = max(1, width // 4)
+    lens = np.diff(offsets)
+    n_win = -(-lens // stride)
+    w_off = np.concatenate([[0], np.cumsum(n_win)])
+    piece = np.repeat(np.arange(n_pieces), n_win)
+    start = offsets[:-1][piece] + (np.arange(w_off[-1]) - w_off[:-1][piece]) * stride
+    sums = cs[np.minimum(start + width, offsets[1:][piece])] - cs[start]
+    norm = np.linalg.norm(sums, axis=1, keepdims=True)
+    np.divide(sums, norm, out=sums, where=norm > 0)
+    corr = sums @ rolled.T  # (windows, 12)
+    out = np.full((n_pieces, 12), -1.0, np.float32)
+    has = n_win > 0
+    out[has] = np.maximum.reduceat(corr, w_off[:-1][has], axis=0)
+    return out
 
 
 def _concat(r, r2):
