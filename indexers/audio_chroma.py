@@ -24,9 +24,11 @@ so both get the same harmony sequence.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 __all__ = ["hpcp_on_grid", "audio_chroma", "harmony_sequence", "HARMONY_SOURCE", "POWER", "FLOOR",
-           "time_chroma", "css_distances", "css_bonus", "stored_time_chroma", "CSS_WEIGHT", "TIME_GRID_BPM"]
+           "time_chroma", "notes_time_chroma", "css_distances", "css_bonus", "fuse_css", "stored_time_chroma",
+           "CSS_WEIGHT", "CSS_WEIGHT_MIXED", "TIME_FRAME_S"]
 
 # Where the harmony sequence (cover_features.beat_chroma, the embedding's harmony blocks)
 # of a recording comes from: "notes" (the chroma of its transcribed notes, like a MIDI
@@ -121,21 +123,34 @@ def audio_chroma(beats_s, beat_hpcp, bpm: float, *, n_beats: int | None = None, 
     return x.astype(np.float32)
 
 
-# -- audio <-> audio: tempo-tolerant chroma alignment, a score to fuse -----------------------
+# -- recordings <-> anything: tempo-tolerant chroma alignment, a score to fuse --------------
 # The cover re-rank aligns beat frames, so it depends on the beat tracker counting the
-# same beats in two recordings (it does not: a render is tracked at 1x, 2x, 4/3x or 3/2x
-# its notated tempo). Essentia's ChromaCrossSimilarity (OTI) + CoverSongSimilarity
-# (serra09) on the stored HPCP resampled to a fixed time grid does not depend on it; its
-# distance, turned into a bonus, is added to the covers score of an audio candidate of an
-# audio query (measured in benchmarks/audio.py, docs/audio.md).
-TIME_GRID_BPM = 120.0  # 0.5 s frames (essentia's cover-song examples use ~0.5 s)
-CSS_WEIGHT = 0.25
+# same beats as another recording or a MIDI file's notation (it does not: a render is
+# tracked at 1x, 2x, 4/3x or 3/2x its notated tempo). Essentia's ChromaCrossSimilarity
+# (OTI) + CoverSongSimilarity (serra09) on chroma per 0.5 s does not depend on it: a
+# recording's stored HPCP resampled to 0.5 s frames, a MIDI piece's note chroma per 0.5 s
+# (from its notes' seconds). Its distance, turned into a bonus, is added to the covers
+# score of every (query, candidate) pair in which at least one side is a recording
+# (MIDI <-> MIDI is left alone); measured in benchmarks/audio.py (docs/audio.md).
+TIME_FRAME_S = 0.5
+TIME_GRID_BPM = 60.0 / TIME_FRAME_S
+CSS_WEIGHT = 0.1  # recording <-> recording
+CSS_WEIGHT_MIXED = 0.25  # recording <-> MIDI
 _CSS_STACK = 9
 
 
 def time_chroma(beats_s, beat_hpcp) -> np.ndarray:
     """A recording's HPCP per 0.5 s (from its tracked beats), frame maximum 1."""
     return audio_chroma(beats_s, beat_hpcp, TIME_GRID_BPM, power=1.0, floor=0.0)
+
+
+def notes_time_chroma(onset_s, duration_s, pitch) -> np.ndarray:
+    """Notes' chroma per 0.5 s (``indexers.features.beat_chroma`` on seconds), frame
+    maximum 1: a MIDI piece's counterpart of :func:`time_chroma`."""
+    from indexers.features import beat_chroma
+
+    return beat_chroma(np.asarray(onset_s, np.float64) / TIME_FRAME_S,
+                       np.asarray(duration_s, np.float64) / TIME_FRAME_S, pitch)
 
 
 def css_distances(query: np.ndarray, refs: list[np.ndarray]) -> np.ndarray:
@@ -163,7 +178,7 @@ def css_distances(query: np.ndarray, refs: list[np.ndarray]) -> np.ndarray:
 def css_bonus(distances, weight: float = CSS_WEIGHT) -> np.ndarray:
     """Score bonus per candidate from its distance: ``weight * max(0, median / d - 1)``
     (0 for a candidate no closer than the median one; the median over the finite
-    distances of this query's candidates)."""
+    distances given, i.e. this query's candidates of one kind)."""
     d = np.asarray(distances, np.float64)
     ok = np.isfinite(d)
     out = np.zeros(d.size)
@@ -175,8 +190,57 @@ def css_bonus(distances, weight: float = CSS_WEIGHT) -> np.ndarray:
 
 
 def stored_time_chroma(con, piece_ids) -> dict:
-    """piece_id -> :func:`time_chroma` of the stored recordings among ``piece_ids``
-    (from ``audio_beats``), through an open DuckDB connection."""
+    """piece_id -> (time chroma, is_recording) of ``piece_ids`` through an open DuckDB
+    connection: a recording's from ``audio_beats`` (:func:`time_chroma`), a MIDI
+    piece's from its notes (:func:`notes_time_chroma`, drums left out)."""
+    from atlas_db.connection import fetch_arrow
     from indexers.vectors import _read_audio
 
-    return {pid: time_chroma(b, h) for pid, (b, h, _) in _read_audio(con, list(piece_ids)).items()}
+    ids = list(piece_ids)
+    out = {pid: (time_chroma(b, h), True) for pid, (b, h, _) in _read_audio(con, ids).items()}
+    rest = [pid for pid in ids if pid not in out]
+    if rest:
+        con.register("_tc_ids", pa.table({"piece_id": pa.array(rest, pa.string())}))
+        try:
+            t = fetch_arrow(con.execute(
+                """SELECT n.piece_id, n.onset_s, n.duration_s, n.pitch
+                   FROM notes n JOIN _tc_ids USING (piece_id) JOIN pieces p USING (piece_id)
+                   WHERE p.kind = 'midi' AND n.channel <> 9 ORDER BY n.piece_id"""))
+        finally:
+            con.unregister("_tc_ids")
+        pid = np.asarray(t.column("piece_id").to_pylist(), dtype=object)
+        on, du, pi = (t.column(c).to_numpy() for c in ("onset_s", "duration_s", "pitch"))
+        if pid.size:
+            starts = np.flatnonzero(np.concatenate([[True], pid[1:] != pid[:-1]]))
+            for a, b in zip(starts, np.concatenate([starts[1:], [pid.size]])):
+                out[pid[a]] = (notes_time_chroma(on[a:b], du[a:b], pi[a:b]), False)
+    return out
+
+
+def fuse_css(scores, query, candidates, *, weight: float | None = None,
+             weight_mixed: float | None = None) -> np.ndarray:
+    """Covers scores with the chroma alignment bonus added.
+
+    ``query`` and each of ``candidates`` is ``(time chroma, is_recording)`` (as
+    :func:`stored_time_chroma` gives) or None (no time chroma: score kept). A pair in
+    which neither side is a recording keeps its score; the others get :func:`css_bonus`
+    of their :func:`css_distances`, with ``weight`` (default ``CSS_WEIGHT``) for a
+    recording <-> recording pair and ``weight_mixed`` (``CSS_WEIGHT_MIXED``) for a
+    recording <-> MIDI pair, each kind of candidate against its own median. This is the
+    step proposed for ``query.covers.CoverIndex.search`` (after the versions-of-the-best
+    step, before the final order); benchmarks/audio.py applies it to the covers ranking.
+    """
+    out = np.asarray(scores, np.float64).copy()
+    if query is None:
+        return out.astype(np.float32)
+    qc, q_rec = query
+    w_same = CSS_WEIGHT if weight is None else weight
+    w_mixed = CSS_WEIGHT_MIXED if weight_mixed is None else weight_mixed
+    for cand_rec in (True, False):
+        if not q_rec and not cand_rec:
+            continue
+        idx = [i for i, c in enumerate(candidates) if c is not None and c[1] == cand_rec]
+        if len(idx) >= 2:
+            d = css_distances(qc, [candidates[i][0] for i in idx])
+            out[idx] += css_bonus(d, w_same if q_rec and cand_rec else w_mixed)
+    return out.astype(np.float32)

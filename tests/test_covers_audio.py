@@ -169,23 +169,33 @@ def test_harmony_sequence_of_a_stored_recording(audio_db):
         vectors.compute(notes, audio, audio_harmony="chords")
 
 
-def test_hpcp_alignment_bonus_prefers_the_other_recording(audio_db):
-    """Audio -> audio on the stored HPCP (essentia's cover-song alignment on a 0.5 s
-    grid): the other recording of song 2 (3 semitones and 40 bpm away, other
-    instruments) is the closest and the only one with a bonus."""
+def test_chroma_alignment_bonus_prefers_the_versions_of_the_song(audio_db):
+    """Essentia's cover-song alignment on chroma per 0.5 s (a recording's stored HPCP,
+    a MIDI piece's notes): from a recording of song 2 (3 semitones and 40 bpm away from
+    the other, other instruments) the other recording and song2.mid are the closest of
+    their kind and get the largest bonus; MIDI <-> MIDI pairs are left alone."""
     from atlas_db.connection import reading
-    from indexers.audio_chroma import css_bonus, css_distances, stored_time_chroma
+    from indexers.audio_chroma import css_distances, fuse_css, stored_time_chroma
 
-    names = ["rec2b.wav", "rec2a.wav", "rec4.wav", "rec5.wav"]
-    ids = [_piece(audio_db["db"], n) for n in names]
-    with reading(audio_db["db"]) as con:
-        tc = stored_time_chroma(con, ids + [_piece(audio_db["db"], "song2.mid")])
-    assert set(tc) == set(ids)  # MIDI pieces have no measured chroma
-    d = css_distances(tc[ids[0]], [tc[p] for p in ids[1:]])
+    db = audio_db["db"]
+    recs = [_piece(db, n) for n in ["rec2a.wav", "rec4.wav", "rec5.wav"]]
+    mids = [_piece(db, f"song{i}.mid") for i in range(6)]
+    query = _piece(db, "rec2b.wav")
+    with reading(db) as con:
+        tc = stored_time_chroma(con, [query] + recs + mids)
+    assert all(tc[p][1] for p in [query] + recs) and not any(tc[p][1] for p in mids)
+    d = css_distances(tc[query][0], [tc[p][0] for p in recs])
     assert np.isfinite(d).all() and int(np.argmin(d)) == 0
-    bonus = css_bonus(d)
-    assert bonus[0] > 0 and (bonus[1:] == 0).all()
-    assert np.isinf(css_distances(tc[ids[0]][:5], [tc[ids[1]]])).all()  # too short to compare
+    assert int(np.argmin(css_distances(tc[query][0], [tc[p][0] for p in mids]))) == 2
+    fused = fuse_css(np.zeros(9), tc[query], [tc[p] for p in recs + mids])
+    assert fused[0] > 0 and (fused[1:3] == 0).all()  # rec2a; rec4, rec5 no closer than the median
+    midi_bonus = np.sort(fused[3:])[::-1]
+    assert fused[5] == midi_bonus[0] > 2 * midi_bonus[1]  # song2.mid, well ahead of the other songs
+    # a MIDI query: only its recording candidates can gain; MIDI -> MIDI is unchanged
+    cands = [tc[p] for p in [query] + recs[1:] + mids[:4]] + [None]
+    fused = fuse_css(np.full(len(cands), 0.5), tc[mids[2]], cands)
+    assert fused[0] > 0.5 and (fused[3:] == 0.5).all()
+    assert np.isinf(css_distances(tc[query][0][:5], [tc[recs[0]][0]])).all()  # too short to compare
 
 
 def test_file_query_of_an_ingested_recording_equals_its_stored_query(audio_db):
