@@ -73,6 +73,9 @@ def test_planted_version_found_at_rank_1(synth_db):
     assert row["transposition"] == 5
     assert row["time_scale"] == pytest.approx(2.0, rel=0.1)
     assert row["match_end_beats"] > row["match_start_beats"]
+    # the whole tune is found, and the version stands far above any other song
+    assert row["melody_score"] >= 0.9
+    assert row["score"] >= 2 * res.column("score").to_pylist()[1]
     # the query is in the database: it is left out of its own answers
     assert not any(p.endswith("song0.mid") for p in res.column("path").to_pylist())
 
@@ -143,6 +146,7 @@ def test_similar_ranks_versions_first(synth_db):
     assert scores == sorted(scores, reverse=True) and scores[0] <= 1.0001
     tr = similar(synth_db["db"], [str(synth_db["lib"] / "song0.mid")], top=4, tracks=True)
     assert "track_index" in tr.column_names and tr.num_rows == 4
+    assert tr.column("path").to_pylist()[0].endswith("song0_version.mid")
 
 
 # -- features -----------------------------------------------------------------------------
@@ -319,3 +323,30 @@ def test_version_of_the_best_answer_is_found_through_it(tmp_path):
     assert res[0]["path"].endswith("song1.mid") and res[0]["matched_by"] == "melody"
     assert res[1]["path"].endswith("song1_instrumental.mid")
     assert res[1]["matched_by"] == "version_of_best"
+
+
+def test_short_query_transposition_comes_from_its_best_window():
+    """An excerpt from a last chorus a step up: the piece is mostly C major and ends in
+    F# major; an F# major query must find transposition 0 in the piece's last window
+    (the whole-piece chroma would say the piece is a tritone away), and windows never
+    reach across pieces."""
+    from query.covers import _ROLL, _window_correlation
+
+    def triad(root):
+        v = np.zeros(12, np.float32)
+        v[[root % 12, (root + 4) % 12, (root + 7) % 12]] = 1
+        return v / np.linalg.norm(v)
+
+    piece1 = np.stack([triad(0)] * 10 + [triad(6)] * 2)
+    piece2 = np.stack([triad(0)] * 6)
+    frames = np.concatenate([piece1, piece2])
+    offsets = np.array([0, 12, 12, 18])  # piece 2 of 3 has no frames
+    rolled = triad(6)[_ROLL]
+    corr = _window_correlation(frames, offsets, rolled, 2)
+    assert corr.shape == (3, 12)
+    assert corr[0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert int(np.argmax(corr[0])) == 0
+    whole = piece1.sum(axis=0) / np.linalg.norm(piece1.sum(axis=0))
+    assert float(whole @ rolled[0]) < 0.6  # what the whole-piece correlation would have said
+    assert np.all(corr[1] == -1.0)  # no frames: no window
+    assert corr[2, 0] < 0.7 and int(np.argmax(corr[2])) == 6  # C major: F# major moved up 6
