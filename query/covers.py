@@ -835,8 +835,7 @@ class _GramIndex:
     the square root of the number of distinct n-grams the piece has: without that, in a
     large collection the longest pieces (which contain a bit of everything) crowd out
     the right one; with a square root, a short excerpt still scores well in a long
-    piece. At 100k pieces this took the song of a re-harmonised merged query from rank
-    ~1,000-80,000 in this list to rank 1 in 12 of 14 probes."""
+    piece (docs/covers.md, "At 100,000 pieces")."""
 
     def __init__(self, sym: np.ndarray, off: np.ndarray, alphabet: int, ns=(3, 4)):
         from scipy import sparse
