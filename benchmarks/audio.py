@@ -162,8 +162,47 @@ def _variant(src: Path, dst: Path, semitones: int, tempo_factor: float, programs
         mf.tracks[ti] = new
     if not any(m.type == "set_tempo" for t in mf.tracks for m in t):
         mf.tracks[0].insert(0, mido.MetaMessage("set_tempo", tempo=int(round(500000 / tempo_factor)), time=0))
+    _trim(mf, CLIP_S + 2.0)
     mf.save(str(dst))
     return dst
+
+
+CLIP_S = 60  # each render is clipped to its first CLIP_S seconds
+
+
+def _trim(mf, seconds: float) -> None:
+    """Drop the events after ``seconds`` (in place): what would be rendered after the
+    clip is never heard, and rendering it is most of the benchmark's time."""
+    import mido
+
+    t, tick, tempo, cutoff = 0.0, 0, 500000, None
+    for m in mido.merge_tracks(mf.tracks):
+        if m.time:
+            t += mido.tick2second(m.time, mf.ticks_per_beat, tempo)
+            tick += m.time
+        if t > seconds:
+            cutoff = tick
+            break
+        if m.type == "set_tempo":
+            tempo = m.tempo
+    if cutoff is None:
+        return
+    for ti, track in enumerate(mf.tracks):
+        new, now, last = mido.MidiTrack(), 0, 0
+        for m in track:
+            now += m.time
+            if now >= cutoff or m.type == "end_of_track":
+                continue
+            new.append(m.copy(time=now - last))
+            last = now
+        # release what is still sounding (a held string note would sound for ever)
+        chans = sorted({m.channel for m in track if not m.is_meta and hasattr(m, "channel")})
+        for k, ch in enumerate(chans):
+            new.append(mido.Message("control_change", channel=ch, control=64, value=0,
+                                    time=cutoff - last if k == 0 else 0))
+            new.append(mido.Message("control_change", channel=ch, control=123, value=0, time=0))
+        new.append(mido.MetaMessage("end_of_track", time=0 if chans else cutoff - last))
+        mf.tracks[ti] = new
 
 
 def _average_precision(ranked: list[str], relevant: set[str]) -> float:
@@ -210,7 +249,7 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None) -> None:
                 mid = _variant(src, tmp / f"{song.name}{tag}.mid", t, f, progs)
                 wav = render_midi(mid, tmp / f"{song.name}{tag}_full.wav")
                 x, sr = sf.read(str(wav), dtype="float32")
-                sf.write(str(inp / f"{song.name}{tag}.wav"), x[: 60 * sr], sr)
+                sf.write(str(inp / f"{song.name}{tag}.wav"), x[: CLIP_S * sr], sr)
             os.symlink(main_mid, inp / f"{song.name}.mid")
         if reuse:
             print(f"  reusing the database in {db}")
