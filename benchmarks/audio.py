@@ -27,9 +27,10 @@ its first 60 s:
   B = the song's most different version, transposed 3 semitones from A, tempo x 0.85 or
       1.15, programs strings/guitar/flute.
 The renders and every NNN.mid are ingested into one database (transcription -> notes ->
-vectors; a recording's harmony sequence is its HPCP on its notes' beat grid, see
+vectors; a recording's harmony sequence is its transcribed notes' chroma by default, see
 indexers/audio_chroma.py), and queried with ``atlas covers`` (query.covers.covers) by
-piece id:
+piece id, twice: as shipped (with the audio bonus, ALIGN["audio_bonus"]) and with the
+symbolic scores alone:
   audio -> audio (the other render is relevant), audio -> MIDI (the song's NNN.mid),
   MIDI -> audio (both renders).
 Baseline, same renders, same run: essentia ChromaCrossSimilarity (OTI, 9-frame stacks,
@@ -268,53 +269,34 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None) -> None:
         midi = sorted(p for p in kind if kind[p] == "midi")
 
         # Ours: atlas covers, by piece id; the ranking is filtered to the other side's kind.
-        t0 = time.perf_counter()
-        res = covers(db, audio + midi, top=len(kind))
-        t_ours = time.perf_counter() - t0
-        ranked: dict[str, list[str]] = {}
-        qcol, pcol = res.column("query").to_pylist(), res.column("piece_id").to_pylist()
-        for q, p in zip(qcol, pcol):
-            ranked.setdefault(q, []).append(p)
-        aps = {"audio->audio": [], "audio->MIDI": [], "MIDI->audio": []}
-        for q in audio:
-            r = ranked.get(q, [])
-            aps["audio->audio"].append(_average_precision(
-                [p for p in r if kind[p] == "audio" and p != q],
-                {p for p in audio if song_of[p] == song_of[q] and p != q}))
-            aps["audio->MIDI"].append(_average_precision(
-                [p for p in r if kind[p] == "midi"], {p for p in midi if song_of[p] == song_of[q]}))
-        for q in midi:
-            r = ranked.get(q, [])
-            aps["MIDI->audio"].append(_average_precision(
-                [p for p in r if kind[p] == "audio"], {p for p in audio if song_of[p] == song_of[q]}))
+        # Twice: as shipped (with the chroma alignment bonus for pairs with a recording,
+        # ALIGN["audio_bonus"]) and with the symbolic scores alone.
+        from query.covers import ALIGN
 
-        # Proposed for CoverIndex.search (not wired there yet): the chroma alignment
-        # bonus of every (query, candidate) pair with a recording on one side
-        # (indexers.audio_chroma.fuse_css), applied to each query's whole covers ranking,
-        # which is then re-sorted.
-        from indexers.audio_chroma import fuse_css, stored_time_chroma
-
-        t0 = time.perf_counter()
-        with reading(db) as con:
-            tc = stored_time_chroma(con, audio + midi)
-        scores: dict[str, list[float]] = {}
-        for q, sc in zip(qcol, res.column("score").to_pylist()):
-            scores.setdefault(q, []).append(sc)
-        fused = {"audio->audio": [], "audio->MIDI": [], "MIDI->audio": []}
-        for q in audio + midi:
-            r = ranked.get(q, [])
-            fs = fuse_css(scores.get(q, []), tc.get(q), [tc.get(p) for p in r])
-            order = [r[i] for i in np.argsort(-fs, kind="stable")]
-            if kind[q] == "audio":
-                fused["audio->audio"].append(_average_precision(
-                    [p for p in order if kind[p] == "audio" and p != q],
+        def run_covers(bonus: bool):
+            ALIGN["audio_bonus"] = bonus
+            t0 = time.perf_counter()
+            res = covers(db, audio + midi, top=len(kind))
+            took = time.perf_counter() - t0
+            ranked: dict[str, list[str]] = {}
+            for q, p in zip(res.column("query").to_pylist(), res.column("piece_id").to_pylist()):
+                ranked.setdefault(q, []).append(p)
+            aps = {"audio->audio": [], "audio->MIDI": [], "MIDI->audio": []}
+            for q in audio:
+                r = ranked.get(q, [])
+                aps["audio->audio"].append(_average_precision(
+                    [p for p in r if kind[p] == "audio" and p != q],
                     {p for p in audio if song_of[p] == song_of[q] and p != q}))
-                fused["audio->MIDI"].append(_average_precision(
-                    [p for p in order if kind[p] == "midi"], {p for p in midi if song_of[p] == song_of[q]}))
-            else:
-                fused["MIDI->audio"].append(_average_precision(
-                    [p for p in order if kind[p] == "audio"], {p for p in audio if song_of[p] == song_of[q]}))
-        t_fuse = time.perf_counter() - t0
+                aps["audio->MIDI"].append(_average_precision(
+                    [p for p in r if kind[p] == "midi"], {p for p in midi if song_of[p] == song_of[q]}))
+            for q in midi:
+                r = ranked.get(q, [])
+                aps["MIDI->audio"].append(_average_precision(
+                    [p for p in r if kind[p] == "audio"], {p for p in audio if song_of[p] == song_of[q]}))
+            return aps, took
+
+        symbolic, t_symbolic = run_covers(False)
+        aps, t_ours = run_covers(True)
 
         # Baseline: essentia ChromaCrossSimilarity + CoverSongSimilarity on the same renders.
         es = _essentia()
@@ -341,14 +323,12 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None) -> None:
             base.append(_average_precision(order, {p for p in audio if song_of[p] == song_of[q] and p != q}))
         t_base = time.perf_counter() - t0
     for name, v in aps.items():
-        print(f"  MAP {name:13s} atlas covers {np.mean(v):.3f}  ({len(v)} queries)")
-    for name, v in fused.items():
-        print(f"  MAP {name:13s} atlas covers + chroma alignment bonus (proposed: indexers.audio_chroma.fuse_css "
-              f"on the ranking above) {np.mean(v):.3f}  ({len(v)} queries)")
-    print(f"    (the bonus took {t_fuse:.1f} s for {len(audio) + len(midi)} queries)")
+        print(f"  MAP {name:13s} atlas covers {np.mean(v):.3f}  ({len(v)} queries); symbolic scores alone "
+              f"(ALIGN['audio_bonus'] off) {np.mean(symbolic[name]):.3f}")
     print(f"  MAP audio->audio  essentia ChromaCrossSimilarity+CoverSongSimilarity {np.mean(base):.3f}"
           f"  ({len(base)} queries)")
-    print(f"  wall time: atlas covers {t_ours:.1f} s for {len(audio) + len(midi)} queries (database already built); "
+    print(f"  wall time: atlas covers {t_ours:.1f} s for {len(audio) + len(midi)} queries (database already built; "
+          f"{t_symbolic:.1f} s without the audio bonus); "
           f"essentia baseline {t_base:.1f} s for {len(audio)} queries (HPCP + all pairs)")
 
 

@@ -73,6 +73,9 @@ ALIGN = dict(
     hop_candidates=16,  # candidates aligned against the best answer
     hop_same=0.6, hop_above=0.25,  # a version of it scores at least this, and this above the median
     hop_factor=0.9,  # such a version scores hop_factor x best x that score (at most)
+    # pairs with a recording on at least one side: essentia's chroma cover-song alignment
+    # on 0.5 s chroma adds a bonus (indexers.audio_chroma.fuse_css) to the best answers
+    audio_bonus=True, audio_bonus_candidates=50,
 )
 
 RESULT_SCHEMA = pa.schema([
@@ -91,6 +94,7 @@ RESULT_SCHEMA = pa.schema([
     ("harmony_score", pa.float32()),  # the same for its harmony
     ("matched_by", pa.string()),  # 'melody' | 'harmony': which alignment gave the score;
     # 'version_of_best': scored as a confident version of the best answer (transitivity)
+    ("audio_bonus", pa.float32()),  # added to the score where a recording is involved (0 for MIDI <-> MIDI)
 ])
 
 
@@ -141,6 +145,10 @@ class QueryFeatures:
     # all notes' skyline), as interval arrays: in a short excerpt the lead track is
     # not always the one that looks most like a melody
     alt_intervals: list = field(default_factory=list)
+    # (chroma per 0.5 s, is_recording) for the audio bonus; None: read from the database
+    # when the query is a stored piece, or no bonus
+    time_chroma: tuple | None = None
+    is_recording: bool = False
     intervals: np.ndarray = field(init=False)
     interval_index: np.ndarray = field(init=False)
 
@@ -205,11 +213,13 @@ def query_from_file(path) -> QueryFeatures:
         return _query_from_audio(p, hashlib.sha256(data).hexdigest()[:16])
     from ingest.midi_parse import read_midi_file
 
+    from indexers.audio_chroma import notes_time_chroma
+
     tables = read_midi_file(p, what="query")
     pid, notes = tables["pieces"]["piece_id"], tables["notes"]
     ch = notes.column("channel").to_numpy()
     keep = ch != 9
-    return query_from_notes(
+    q = query_from_notes(
         str(path),
         notes.column("onset_beats").to_numpy()[keep],
         notes.column("duration_beats").to_numpy()[keep],
@@ -217,6 +227,10 @@ def query_from_file(path) -> QueryFeatures:
         notes.column("track_index").to_numpy()[keep],
         piece_id=pid,
     )
+    q.time_chroma = (notes_time_chroma(notes.column("onset_s").to_numpy()[keep],
+                                       notes.column("duration_s").to_numpy()[keep],
+                                       notes.column("pitch").to_numpy()[keep]), False)
+    return q
 
 
 def _query_from_audio(p: Path, pid: str) -> QueryFeatures:
@@ -229,7 +243,7 @@ def _query_from_audio(p: Path, pid: str) -> QueryFeatures:
     missing = audio_available()
     if missing:
         raise BadInputError(f"{p}: cannot use an audio file as a query: {missing}")
-    from indexers.audio_chroma import harmony_sequence
+    from indexers.audio_chroma import harmony_sequence, time_chroma
     from ingest.audio import audio_query_parts
 
     try:
@@ -238,7 +252,7 @@ def _query_from_audio(p: Path, pid: str) -> QueryFeatures:
         raise BadInputError(f"{p}: not a usable query ({e.reason})") from e
     notes = parts["notes"]
     chroma, half = harmony_sequence(parts["beats_s"], parts["beat_hpcp"], parts["grid_bpm"])
-    return query_from_notes(
+    q = query_from_notes(
         str(p),
         notes.column("onset_beats").to_numpy(),
         notes.column("duration_beats").to_numpy(),
@@ -248,6 +262,9 @@ def _query_from_audio(p: Path, pid: str) -> QueryFeatures:
         chroma_beats=chroma,
         chroma_half_beat=half,
     )
+    q.time_chroma = (time_chroma(parts["beats_s"], parts["beat_hpcp"]), True)
+    q.is_recording = True
+    return q
 
 
 class CoverIndex:
@@ -255,10 +272,13 @@ class CoverIndex:
     (melody intervals, 2-beat chroma) of every piece back to back."""
 
     def __init__(self, ids, paths, vectors, chroma_q, n_beats, melody_pitch, melody_onset, n_melody,
-                 faiss_index=None):
+                 faiss_index=None, is_recording=None, db_dir=None):
         from indexers.faiss_index import build_index
 
         self.ids = np.asarray(ids, dtype=object)
+        self.is_recording = np.zeros(len(self.ids), bool) if is_recording is None \
+            else np.asarray(is_recording, bool)
+        self.db_dir = db_dir  # where the audio bonus reads stored chroma (None: no bonus)
         self.paths = np.asarray(paths, dtype=object)
         self.row_of = {pid: i for i, pid in enumerate(self.ids)}
         self.vectors = np.ascontiguousarray(vectors, np.float32)
@@ -488,9 +508,11 @@ class CoverIndex:
                 best_scale, best = sc, top
         harm, hshift = self._harmony(q, rows, best_scale, frames, sh)
         hscale = np.full(k, best_scale, np.float32)
-        if q.chroma_beats.shape[0] <= A["phase_search_beats"]:
-            # a short query says too little to fix its time scale on a few candidates:
-            # each candidate gets its own best scale (another than 1 must win clearly)
+        if q.chroma_beats.shape[0] <= A["phase_search_beats"] or q.is_recording:
+            # a short query says too little to fix its time scale on a few candidates,
+            # and a recording's tracked beats may be at 1x, 2x, 4/3x or 3/2x its notated
+            # tempo, differently from one rendering to the next: each candidate gets its
+            # own best scale (another than 1 must win clearly)
             for sc in A["scales"]:
                 if sc == best_scale:
                     continue
@@ -538,6 +560,7 @@ class CoverIndex:
             if more.size:
                 r = _concat(r, self.rerank(q, more, scale=r["scale"]))
         r = self._versions_of_best(q, r)
+        r = self._audio_bonus(q, r)
         order = np.argsort(-r["score"], kind="stable")[:top]
         return self._explain(q, r, order, top if explain_top is None else explain_top)
 
@@ -597,6 +620,40 @@ class CoverIndex:
                 via[i] = True
         r = dict(r)
         r["score"], r["via_best"] = score, via
+        return r
+
+    def _audio_bonus(self, q: QueryFeatures, r):
+        """Where the query or one of the ``audio_bonus_candidates`` best answers is a
+        recording: add essentia's chroma cover-song alignment bonus
+        (``indexers.audio_chroma.fuse_css``, on chroma per 0.5 s, which needs no beat
+        grid) to those answers' scores. MIDI <-> MIDI pairs are left alone."""
+        A = ALIGN
+        k = r["rows"].size
+        r = dict(r)
+        r["bonus"] = np.zeros(k, np.float32)
+        if not A["audio_bonus"] or k == 0 or self.db_dir is None:
+            return r
+        top = np.argsort(-r["score"], kind="stable")[: A["audio_bonus_candidates"]]
+        rows = r["rows"][top]
+        if not (q.is_recording or self.is_recording[rows].any()):
+            return r
+        from ingest.audio_config import audio_available
+
+        if audio_available():  # no essentia here: the symbolic scores stand
+            return r
+        from atlas_db.connection import reading
+        from indexers.audio_chroma import fuse_css, stored_time_chroma
+
+        ids = [str(x) for x in self.ids[rows]]
+        need = ids + ([q.piece_id] if q.time_chroma is None and q.piece_id in self.row_of else [])
+        with reading(self.db_dir) as con:
+            tc = stored_time_chroma(con, need)
+        qtc = q.time_chroma if q.time_chroma is not None else tc.get(q.piece_id)
+        fused = fuse_css(r["score"][top], qtc, [tc.get(pid) for pid in ids])
+        score = r["score"].copy()
+        r["bonus"][top] = fused - score[top]
+        score[top] = fused
+        r["score"] = score
         return r
 
     def _expand(self, q: QueryFeatures, r) -> np.ndarray:
@@ -686,6 +743,7 @@ class CoverIndex:
             cols["harmony_score"].append(round(float(r["harm"][o]), 4))
             cols["matched_by"].append("version_of_best" if r["via_best"][o]
                                       else "melody" if r["by_melody"][o] else "harmony")
+            cols["audio_bonus"].append(round(float(r["bonus"][o]), 4) if "bonus" in r else 0.0)
         return pa.table({f.name: pa.array(cols[f.name], f.type) for f in RESULT_SCHEMA}, schema=RESULT_SCHEMA)
 
     # -- queries by id ----------------------------------------------------------------
@@ -696,7 +754,9 @@ class CoverIndex:
         mp = self.mel_pitch[self.mel_off[i]:self.mel_off[i + 1]]
         mo = self.mel_onset[self.mel_off[i]:self.mel_off[i + 1]]
         beats = self.chroma_q[self.beat_off[i]:self.beat_off[i + 1]].astype(np.float32) / 127.0
-        return QueryFeatures(label or piece_id, piece_id, self.vectors[i], beats, mp, mo)
+        q = QueryFeatures(label or piece_id, piece_id, self.vectors[i], beats, mp, mo)
+        q.is_recording = bool(self.is_recording[i])
+        return q
 
 
 # _ROLL[t] indexes a 12-vector rotated up by t semitones: x[_ROLL[t]] == np.roll(x, t)
@@ -768,7 +828,7 @@ def load_index(db_dir) -> CoverIndex:
     with reading(db_dir) as con:
         try:
             t = fetch_arrow(con.execute(
-                """SELECT c.piece_id, p.path, c.n_beats, c.beat_chroma, c.n_melody, c.melody_pitch,
+                """SELECT c.piece_id, p.path, p.kind, c.n_beats, c.beat_chroma, c.n_melody, c.melody_pitch,
                           c.melody_onset_beats
                    FROM cover_features c JOIN pieces p USING (piece_id) ORDER BY c.piece_id"""))
         except Exception as e:
@@ -797,7 +857,8 @@ def load_index(db_dir) -> CoverIndex:
     idx = CoverIndex(ids, t.column("path").to_pylist(), vectors, flat("beat_chroma", np.int8),
                      t.column("n_beats").to_numpy(), flat("melody_pitch", np.int16),
                      flat("melody_onset_beats", np.float32), t.column("n_melody").to_numpy(),
-                     faiss_index=fidx)
+                     faiss_index=fidx, is_recording=np.asarray(t.column("kind").to_pylist()) == "audio",
+                     db_dir=db_dir)
     _CACHE[key] = (stamp, idx)
     return idx
 

@@ -238,3 +238,30 @@ def test_unusable_audio_query_is_a_clear_error(audio_db):
     bad.write_bytes(b"RIFF but not really a wave file")
     with pytest.raises(BadInputError, match=r"not_audio\.wav: not a usable query"):
         covers(audio_db["db"], [str(bad)])
+
+
+def test_atlas_covers_adds_the_audio_bonus_only_where_a_recording_is_involved(audio_db):
+    """`atlas covers` itself (not only fuse_css): a recording's query gives its other
+    recording a positive `audio_bonus` that is part of the score and ranks it first among
+    recordings; a MIDI query of MIDI pieces gets no bonus at all; with the bonus off the
+    scores are the symbolic ones."""
+    from query.covers import ALIGN, covers
+
+    db = audio_db["db"]
+    kinds = _kinds(db)
+    rec_a, rec_b = _piece(db, "rec2a.wav"), _piece(db, "rec2b.wav")
+    res = covers(db, [rec_b], top=20).to_pylist()
+    recs = [r for r in res if kinds[r["piece_id"]][0] == "audio"]
+    assert recs[0]["piece_id"] == rec_a and recs[0]["audio_bonus"] > 0
+    ALIGN["audio_bonus"] = False
+    try:
+        plain = {r["piece_id"]: r for r in covers(db, [rec_b], top=20).to_pylist()}
+    finally:
+        ALIGN["audio_bonus"] = True
+    assert all(r["audio_bonus"] == 0 for r in plain.values())
+    got = next(r for r in res if r["piece_id"] == rec_a)
+    assert got["score"] == pytest.approx(plain[rec_a]["score"] + got["audio_bonus"], abs=2e-4)
+    # MIDI -> MIDI: scores untouched by the bonus
+    midi_q = _piece(db, "song3.mid")
+    out = covers(db, [midi_q], top=20).to_pylist()
+    assert all(r["audio_bonus"] == 0 for r in out if kinds[r["piece_id"]][0] == "midi")
