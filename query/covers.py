@@ -16,8 +16,9 @@ Two stages:
      scales (query frames of 1, 2 and 4 beats, i.e. the query notated at half, the same or
      double the reference's beat rate).
    Each score is divided by the query's length, so it reads as "how much of the query
-   was found"; the final score is the better of melody and 0.85 x harmony plus 0.3 x
-   the other (a melody match identifies a song better than a chord progression does).
+   was found"; the final score is the better of melody and 0.85 x harmony plus 0.15 x
+   the other (0.6 x for a short query; a melody match identifies a song better than a
+   chord progression does).
    The vector neighbours of the best answers are then aligned too (query expansion).
 3. **Versions of the best answer**: a confident best answer is searched in turn; the
    pieces that align with it as clear versions are versions of the query too
@@ -58,7 +59,7 @@ ALIGN = dict(
     candidates=30,  # per retrieval list (whole / melody / harmony vector, melody / chord n-grams)
     max_candidates=60,  # of their union, taken round-robin by rank
     expand_from=3, expand_neighbours=8,  # query expansion: neighbours of the best answers
-    weak_weight=0.3,
+    weak_weight=0.15,  # agreement of the weaker alignment (full-length queries)
     weak_weight_short=0.6,  # queries of at most 2 x min_query_intervals: agreement counts more
     phase_search_beats=64,  # queries up to this long also try other beat phases
     tight_register=4,  # polyphonic one-part queries also try this skyline register filter
