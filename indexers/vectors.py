@@ -218,7 +218,11 @@ def forget(con, piece_ids: list[str]) -> None:
 def update(con, piece_ids: list[str]) -> None:
     """Compute and write features for these pieces (inside the runner's transaction),
     then upsert their vectors into Lance."""
-    feats, tracks = compute(_read_notes(con, piece_ids), _read_audio(con, piece_ids))
+    from indexers.audio_chroma import HARMONY_SOURCE
+
+    # the recordings' measured chroma only matters when it is their harmony sequence
+    audio = _read_audio(con, piece_ids) if HARMONY_SOURCE != "notes" else {}
+    feats, tracks = compute(_read_notes(con, piece_ids), audio)
     con.register("_vec_rows", feats)
     try:
         con.execute("INSERT OR REPLACE INTO cover_features SELECT * FROM _vec_rows")

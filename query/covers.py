@@ -24,6 +24,9 @@ Two stages:
    pieces that align with it as clear versions are versions of the query too
    (``matched_by`` = ``version_of_best``), even when they share little with the query
    directly.
+4. **Audio bonus**: where the query or one of the best answers is a recording, essentia's
+   chroma cover-song alignment (0.5 s chroma, no beat grid) adds to those answers'
+   scores (``audio_bonus``; MIDI <-> MIDI pairs are left alone).
 
 Each answer carries its explanation: the transposition (semitones from the query up to
 the match), the time scale (query beats per matched beat) and the aligned region in both.
@@ -744,7 +747,7 @@ class CoverIndex:
             cols["harmony_score"].append(round(float(r["harm"][o]), 4))
             cols["matched_by"].append("version_of_best" if r["via_best"][o]
                                       else "melody" if r["by_melody"][o] else "harmony")
-            cols["audio_bonus"].append(round(float(r["bonus"][o]), 4) if "bonus" in r else 0.0)
+            cols["audio_bonus"].append(round(float(r["bonus"][o]), 4))
         return pa.table({f.name: pa.array(cols[f.name], f.type) for f in RESULT_SCHEMA}, schema=RESULT_SCHEMA)
 
     # -- queries by id ----------------------------------------------------------------
