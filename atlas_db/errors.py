@@ -11,6 +11,7 @@ __all__ = [
     "MissingModelError",
     "IndexTroubleError",
     "DatabaseBusyError",
+    "Interrupted",
 ]
 
 
@@ -41,3 +42,7 @@ class IndexTroubleError(AtlasError):
 
 class DatabaseBusyError(AtlasError):
     """Another process held the database lock for longer than we were willing to wait."""
+
+
+class Interrupted(AtlasError):
+    """Ctrl-C stopped a long job; the message says what was kept (all that was committed)."""

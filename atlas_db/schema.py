@@ -127,6 +127,18 @@ TABLES: dict[str, pa.Schema] = {
             ("done_at", pa.timestamp("us", tz="UTC")),
         ]
     ),
+    # Pieces a derived stage could not process (too large, or its code failed on them):
+    # recorded and skipped so that one piece never blocks the others or a later ingest.
+    # Retried when the stage's version changes (atlas reindex) or the row is deleted.
+    "derived_failures": pa.schema(
+        [
+            ("stage", pa.string()),
+            ("piece_id", _ID),
+            ("stage_version", pa.string()),
+            ("reason", pa.string()),
+            ("failed_at", pa.timestamp("us", tz="UTC")),
+        ]
+    ),
 }
 
 # Primary keys: what makes a row unique (and what upserts key on).
@@ -136,6 +148,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "tracks": ("piece_id", "track_index"),
     "ingest_errors": ("path",),
     "derived_runs": ("stage", "piece_id"),
+    "derived_failures": ("stage", "piece_id"),
     # notes, program_changes, tempo/time/key signatures: written once per piece inside
     # the piece's transaction; no index (it would slow bulk inserts several-fold).
 }
@@ -183,5 +196,6 @@ def empty_table(name: str) -> pa.Table:
 
 # Named migrations of this module's tables, applied in order (see atlas_db.connection).
 MIGRATIONS: list[tuple[str, list[str]]] = [
-    ("0001_spine_tables", [ddl_for(name) for name in TABLES]),
+    ("0001_spine_tables", [ddl_for(name) for name in TABLES if name != "derived_failures"]),
+    ("0002_derived_failures", [ddl_for("derived_failures")]),
 ]

@@ -58,12 +58,16 @@ class Decoded:
         return self.samples.shape[1]
 
 
+MAX_PEAK = 16.0  # +24 dBFS: float overshoot seen in real mixes stays far below
+
+
 def decode(data: bytes, path: str, *, max_seconds: float | None = None) -> Decoded:
     """Decode audio file bytes; raises IngestError (one-line reason) for unusable files.
 
     Empty, undecodable, truncated (fewer frames than the header announces), too short
-    (< 1 s), too long (> ``max_seconds``, checked from the header before decoding) and
-    silent (peak below -90 dBFS) files are rejected.
+    (< 1 s), too long (> ``max_seconds``, checked from the header before decoding),
+    silent (peak below -90 dBFS) and absurdly loud (peak above ``MAX_PEAK``) files are
+    rejected; a float file peaking above full scale is scaled down to it.
     """
     import soundfile as sf
 
@@ -106,6 +110,12 @@ def decode(data: bytes, path: str, *, max_seconds: float | None = None) -> Decod
     peak = float(np.abs(samples).max())
     if peak <= 10 ** (SILENCE_DBFS / 20):
         raise IngestError(path, f"silent: peak level {_db(peak):.0f} dBFS (below {SILENCE_DBFS:g} dBFS)")
+    if peak > MAX_PEAK:
+        # float files with samples near 1e38 made essentia's peak detection run for minutes
+        raise IngestError(path, f"corrupt audio: samples reach {peak:.3g} (full scale is 1.0; "
+                                f"above {MAX_PEAK:g} is not a recording)")
+    if peak > 1.0:  # a float file that overshoots full scale: analysed at full scale
+        samples /= peak
     return Decoded(np.ascontiguousarray(samples), int(rate), str(info.format))
 
 

@@ -13,18 +13,54 @@ The runner records each finished piece in ``derived_runs`` in the same transacti
 stage's rows, so a crash loses at most the batch in flight and a re-run picks up the
 pieces that are missing. A piece processed by an older ``VERSION`` is redone only by
 ``atlas reindex`` (ingestion of new files never rewrites what is stored).
+
+Failures are isolated per piece: a piece beyond ``ingest.limits`` is not given to any
+stage, and a batch whose ``update`` raises is split in halves until the failing pieces
+stand alone. Each is recorded in ``derived_failures`` (stage, reason) and skipped from
+then on, so one bad piece never costs the others their rows nor blocks a later ingest.
+Errors of the database itself (disk full, I/O) and interrupts are not blamed on a piece:
+they stop the run, with everything committed so far kept.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 from datetime import datetime, timezone
 
+import duckdb
 import pyarrow as pa
 
 from atlas_db.connection import connect, writing
+from atlas_db.errors import AtlasError, Interrupted
+from atlas_db.schema import TABLES
+from ingest.limits import MAX_DURATION_BEATS, MAX_DURATION_S, MAX_NOTES, size_problem
 
-__all__ = ["STAGE_MODULES", "stages", "pending_pieces", "run_stages"]
+__all__ = ["STAGE_MODULES", "stages", "pending_pieces", "run_stages", "StageInterrupted", "is_interrupt"]
+
+
+class StageInterrupted(Interrupted):
+    """Ctrl-C (or a DuckDB interrupt) during a derived stage; what was committed is kept."""
+
+    def __init__(self, stage: str, done: dict[str, int], todo: int):
+        self.stage, self.done, self.todo = stage, done, todo
+        super().__init__(f"interrupted during the {stage} stage ({done.get(stage, 0)} of {todo} pieces done); "
+                         "everything committed before is kept, re-run to finish")
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C as it reaches us: KeyboardInterrupt, or DuckDB's own error for an
+    interrupted query (a RuntimeError 'Query interrupted' in some versions)."""
+    if isinstance(exc, (KeyboardInterrupt, duckdb.InterruptException)):
+        return True
+    return isinstance(exc, RuntimeError) and "interrupted" in str(exc).lower()
+
+
+def _is_database_trouble(exc: BaseException) -> bool:
+    """Errors that say nothing about the piece: the disk, the file, the connection."""
+    if isinstance(exc, (duckdb.IOException, duckdb.FatalException, duckdb.InternalException, AtlasError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS)
 
 # Order matters: later stages may read what earlier ones wrote.
 STAGE_MODULES: list[str] = ["ingest.harmony", "ingest.grammar", "indexers.vectors", "ingest.pattern_index"]
@@ -40,43 +76,115 @@ def pending_pieces(con, stage, *, redo_old_versions: bool = False) -> list[str]:
     cond = "r.piece_id IS NULL"
     if redo_old_versions:
         cond += " OR r.stage_version <> ?"
-    params = [stage.STAGE] + ([stage.VERSION] if redo_old_versions else [])
+    params = [stage.STAGE, stage.STAGE, stage.VERSION] + ([stage.VERSION] if redo_old_versions else [])
     rows = con.execute(
         f"""SELECT p.piece_id FROM pieces p
             LEFT JOIN derived_runs r ON r.piece_id = p.piece_id AND r.stage = ?
-            WHERE {cond} ORDER BY p.piece_id""",
+            LEFT JOIN derived_failures f ON f.piece_id = p.piece_id AND f.stage = ? AND f.stage_version = ?
+            WHERE f.piece_id IS NULL AND ({cond}) ORDER BY p.piece_id""",
         params,
     ).fetchall()
     return [r[0] for r in rows]
 
 
-def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool = False,
-               progress=None) -> dict[str, int]:
-    """Bring every derived stage up to date; returns pieces processed per stage.
+def _oversized(con, piece_ids: list[str]) -> dict[str, str]:
+    """Pieces beyond ``ingest.limits`` (stored before the parser checked them) -> reason."""
+    rows = con.execute(
+        """SELECT piece_id, n_notes, duration_beats, duration_s FROM pieces
+           WHERE piece_id IN (SELECT unnest(?))
+             AND (n_notes > ? OR NOT coalesce(duration_beats, 0) <= ? OR NOT coalesce(duration_s, 0) <= ?)""",
+        [piece_ids, MAX_NOTES, MAX_DURATION_BEATS, MAX_DURATION_S],
+    ).fetchall()
+    return {pid: size_problem(n, beats, secs) for pid, n, beats, secs in rows}
 
-    progress: optional callable ``(stage_name, n_done, n_total)``.
+
+def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool = False,
+               progress=None, on_failure=None) -> dict[str, int]:
+    """Bring every derived stage up to date; returns pieces processed per stage (failed
+    pieces included: they are recorded in ``derived_failures``).
+
+    progress: optional callable ``(stage_name, n_done, n_total)``; on_failure: optional
+    callable ``(stage_name, piece_id, reason)`` for each piece a stage could not process.
+    Raises :class:`StageInterrupted` on Ctrl-C (everything committed before is kept).
     """
     done: dict[str, int] = {}
-    for stage in stages():
-        if only and stage.STAGE not in only:
-            continue
-        con = connect(db_dir, read_only=False, create=True)
-        try:
-            todo = pending_pieces(con, stage, redo_old_versions=redo_old_versions)
-        finally:
-            con.close()
-        batch = getattr(stage, "BATCH_PIECES", 200)
-        n = 0
-        if progress:
-            progress(stage.STAGE, 0, len(todo))
-        for i in range(0, len(todo), batch):
-            ids = todo[i : i + batch]
-            _run_batch(db_dir, stage, ids)
-            n += len(ids)
-            if progress:
-                progress(stage.STAGE, n, len(todo))
-        done[stage.STAGE] = n
+    totals: dict[str, int] = {}
+    current = "derived"
+    try:
+        for stage in stages():
+            if only and stage.STAGE not in only:
+                continue
+            current = stage.STAGE
+            done[current] = 0
+            _run_stage(db_dir, stage, done, totals, redo_old_versions, progress, on_failure)
+    except BaseException as e:
+        if is_interrupt(e):
+            raise StageInterrupted(current, done, totals.get(current, 0)) from None
+        raise
     return done
+
+
+def _run_stage(db_dir, stage, done, totals, redo_old_versions, progress, on_failure) -> None:
+    con = connect(db_dir, read_only=False, create=True)
+    try:
+        todo = pending_pieces(con, stage, redo_old_versions=redo_old_versions)
+        oversized = _oversized(con, todo) if todo else {}
+    finally:
+        con.close()
+    total = totals[stage.STAGE] = len(todo)
+    if progress:
+        progress(stage.STAGE, 0, total)
+    if oversized:
+        _record_failures(db_dir, stage, oversized, on_failure)
+        todo = [p for p in todo if p not in oversized]
+        done[stage.STAGE] = len(oversized)
+    batch = getattr(stage, "BATCH_PIECES", 200)
+    for i in range(0, len(todo), batch):
+        ids = todo[i : i + batch]
+        _run_isolated(db_dir, stage, ids, on_failure)
+        done[stage.STAGE] += len(ids)
+        if progress:
+            progress(stage.STAGE, done[stage.STAGE], total)
+
+
+def _run_isolated(db_dir, stage, ids: list[str], on_failure) -> None:
+    """Run a batch; if the stage fails on it, halve it until the failing pieces are
+    alone, and record those. Costs nothing extra while no piece fails."""
+    try:
+        _run_batch(db_dir, stage, ids)
+        return
+    except Exception as e:
+        if is_interrupt(e) or _is_database_trouble(e):
+            raise
+        if len(ids) == 1:
+            _record_failures(db_dir, stage, {ids[0]: _reason(e)}, on_failure)
+            return
+    mid = len(ids) // 2
+    _run_isolated(db_dir, stage, ids[:mid], on_failure)
+    _run_isolated(db_dir, stage, ids[mid:], on_failure)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, MemoryError):
+        return "needs more memory than is available for one piece"
+    text = " ".join(str(exc).split())  # one line, whatever the message held
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _record_failures(db_dir, stage, reasons: dict[str, str], on_failure) -> None:
+    now = datetime.now(timezone.utc)
+    rows = pa.Table.from_pylist(
+        [{"stage": stage.STAGE, "piece_id": pid, "stage_version": stage.VERSION, "reason": why, "failed_at": now}
+         for pid, why in reasons.items()],
+        schema=TABLES["derived_failures"],
+    )
+    with writing(db_dir) as con:
+        con.register("_fail", rows)
+        con.execute("INSERT OR REPLACE INTO derived_failures SELECT * FROM _fail")
+        con.unregister("_fail")
+    if on_failure:
+        for pid, why in reasons.items():
+            on_failure(stage.STAGE, pid, why)
 
 
 def _run_batch(db_dir, stage, ids: list[str]) -> None:
@@ -85,6 +193,8 @@ def _run_batch(db_dir, stage, ids: list[str]) -> None:
         if forget is not None:
             forget(con, ids)
         stage.update(con, ids)
+        con.execute("DELETE FROM derived_failures WHERE stage = ? AND piece_id IN (SELECT unnest(?))",
+                    [stage.STAGE, ids])
         now = datetime.now(timezone.utc)
         runs = pa.table(
             {

@@ -20,6 +20,7 @@ from numba import njit
 
 from atlas_db.errors import IngestError
 from atlas_db.schema import TABLES
+from ingest.limits import size_problem
 
 __all__ = ["parse_midi", "read_midi_file", "ticks_to_seconds", "MIN_TEMPO_BPM", "MAX_TEMPO_BPM"]
 
@@ -27,6 +28,7 @@ __all__ = ["parse_midi", "read_midi_file", "ticks_to_seconds", "MIN_TEMPO_BPM", 
 MIN_TEMPO_BPM = 1.0
 MAX_TEMPO_BPM = 1000.0
 DEFAULT_US_PER_BEAT = 500_000  # 120 bpm, the SMF default
+MAX_TIME_SIG_EXPONENT = 7  # a denominator of 2^7 = 128 already is beyond notated music
 
 _ERRORS = {
     1: "bad variable-length delta time",
@@ -297,6 +299,12 @@ def parse_midi(data: bytes, *, piece_id: str, path: str) -> dict[str, pa.Table]:
                 tempo_t.append(t)
                 tempo_us.append(int.from_bytes(payload, "big"))
             elif mtype == 0x58 and ln >= 2:
+                if payload[1] > MAX_TIME_SIG_EXPONENT:
+                    raise IngestError(
+                        path,
+                        f"corrupt time signature in track {track_index} at tick {t}: denominator "
+                        f"2^{payload[1]} (expected 2^0-2^{MAX_TIME_SIG_EXPONENT}, i.e. 1-{2 ** MAX_TIME_SIG_EXPONENT})",
+                    )
                 ts_rows.append((t, payload[0], 2 ** payload[1]))
             elif mtype == 0x59 and ln >= 2:
                 sf = int.from_bytes(payload[:1], "big", signed=True)
@@ -414,6 +422,9 @@ def parse_midi(data: bytes, *, piece_id: str, path: str) -> dict[str, pa.Table]:
          pa.array([r[2] for r in ks_rows], pa.int16()), pa.array([r[3] for r in ks_rows], pa.string())],
         schema=TABLES["key_signatures"],
     )
+    too_big = size_problem(n_notes, end_ticks / tpq, float(end_s[0]))
+    if too_big:
+        raise IngestError(path, too_big)
     piece = {
         "piece_id": piece_id,
         "path": path,

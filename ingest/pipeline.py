@@ -16,16 +16,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atlas_db.errors import BadInputError, IngestError
+from atlas_db.errors import BadInputError, IngestError, Interrupted
 from atlas_db.store import Failure, ParsedPiece, known_piece_ids, write_batch
-from ingest.sources import AUDIO_SUFFIXES, MIDI_SUFFIXES, discover
+from ingest.sources import AUDIO_SUFFIXES, MIDI_SUFFIXES, discover, not_regular_reason, stored_path
 
-__all__ = ["IngestSummary", "ingest_paths", "process_file", "piece_id_for"]
+__all__ = ["IngestSummary", "IngestInterrupted", "ingest_paths", "process_file", "piece_id_for"]
 
 # Flush a batch when it holds this many notes or files, or has waited this long.
 BATCH_NOTES = 400_000
 BATCH_FILES = int(os.environ.get("ATLAS_BATCH_FILES", "1000"))  # smaller: more, shorter commits
 BATCH_WAIT_S = 2.0
+# A file whose decoding (audio: features, stems, transcription) takes longer is stopped.
+DEFAULT_FILE_TIMEOUT_S = float(os.environ.get("ATLAS_FILE_TIMEOUT_S", "900"))
+
+
+class IngestInterrupted(Interrupted):
+    """Ctrl-C during an ingest; ``summary`` says what was committed (and is kept)."""
+
+    def __init__(self, where: str, summary: "IngestSummary"):
+        self.where, self.summary = where, summary
+        super().__init__(f"interrupted{' ' + where if where else ''}; {summary.kept()}; re-run the same command to finish")
 
 
 def piece_id_for(content_sha256: str) -> str:
@@ -43,7 +53,15 @@ class IngestSummary:
     errors: list[tuple[str, str]] = field(default_factory=list)
     added_ids: list[str] = field(default_factory=list)
     derived: dict = field(default_factory=dict)  # stage name -> pieces processed
+    stage_failures: list[tuple[str, str, str]] = field(default_factory=list)  # (stage, piece_id, reason)
     store_seconds: float = 0.0  # reading, parsing and writing the files, without derived stages
+
+    def kept(self) -> str:
+        """What an interrupted run kept, for the one line the CLI prints."""
+        s = f"kept {self.added} new files ({self.notes_added:,} notes)"
+        if self.derived:
+            s += "; derived stages: " + ", ".join(f"{k} {v} pieces" for k, v in self.derived.items())
+        return s
 
     def line(self) -> str:
         rate = self.notes_added / self.store_seconds if self.store_seconds > 0 else 0.0
@@ -53,6 +71,9 @@ class IngestSummary:
             f"in {self.seconds:.1f} s (stored in {self.store_seconds:.1f} s, {rate / 1e6:.2f}M notes/s"
         )
         s += f"; derived stages {self.seconds - self.store_seconds:.1f} s)" if self.derived else ")"
+        if self.stage_failures:
+            s += (f"; {len(self.stage_failures)} pieces could not be analysed by a derived stage "
+                  "and were skipped (see the derived_failures table)")
         if self.skipped_other:
             s += f"; {self.skipped_other} other files in the folders were not music files and were skipped"
         return s
@@ -75,27 +96,46 @@ def process_file(path: str, known: set[str] | None = None):
     from ingest.midi_parse import parse_midi
 
     known = _KNOWN if known is None else known
+    name = stored_path(path)  # what the tables hold: valid UTF-8 even for an odd file name
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = _read_regular_file(path)
     except OSError as e:
-        return Failure(path, f"cannot read ({e.strerror or e})")
+        return Failure(name, f"cannot read ({e.strerror or e})")
+    except ValueError as e:
+        return Failure(name, str(e))
     sha = hashlib.sha256(data).hexdigest()
     pid = piece_id_for(sha)
     if pid in known:
-        return ("present", pid, path)
+        return ("present", pid, name)
     try:
         if path.lower().endswith(AUDIO_SUFFIXES):
             from ingest.audio import parse_audio  # decode, features, stems, transcription
 
-            tables = parse_audio(data, piece_id=pid, path=path)
+            tables = parse_audio(data, piece_id=pid, path=name)
         else:
-            tables = parse_midi(data, piece_id=pid, path=path)
+            tables = parse_midi(data, piece_id=pid, path=name)
     except IngestError as e:
-        return Failure(path, e.reason, sha)
+        return Failure(name, e.reason, sha)
+    except MemoryError:
+        return Failure(name, "too large to decode in the memory available", sha)
     except Exception as e:  # a decoder bug must not stop the batch; say what it was
-        return Failure(path, f"unexpected parser error: {type(e).__name__}: {e}", sha)
-    return ParsedPiece(pid, sha, path, tables)
+        return Failure(name, f"unexpected parser error: {type(e).__name__}: {e}", sha)
+    return ParsedPiece(pid, sha, name, tables)
+
+
+def _read_regular_file(path: str) -> bytes:
+    """The file's bytes; ValueError for a FIFO, device or socket. O_NONBLOCK keeps the
+    open itself from waiting for a writer on a FIFO; the type is checked on the open
+    descriptor, so a file swapped after discovery is caught too."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        why = not_regular_reason(os.fstat(fd).st_mode)
+        if why:
+            raise ValueError(why)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
 
 
 def _is_heavy(path: str) -> bool:
@@ -105,22 +145,109 @@ def _is_heavy(path: str) -> bool:
     return not path.lower().endswith(MIDI_SUFFIXES)
 
 
-def _results(files, known, workers):
-    """(file, result) pairs; light files are parsed here, heavy ones by a process pool."""
+def _results(files, known, workers, *, timeout_s: float | None = None):
+    """(file, result) pairs; light files are parsed here, heavy ones by worker processes
+    that are killed (and the file recorded as failed) past ``timeout_s`` seconds."""
     heavy = [f for f in files if _is_heavy(f)]
     light = [f for f in files if not _is_heavy(f)]
     for f in light:
         yield process_file(f, known)
-    if not heavy:
-        return
-    if workers <= 1 or len(heavy) < 2:
-        for f in heavy:
-            yield process_file(f, known)
-        return
+    if heavy:
+        yield from _supervised(heavy, known, workers, timeout_s or DEFAULT_FILE_TIMEOUT_S)
+
+
+def _worker_loop(conn, known) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    _init_worker(known)
+    while (path := conn.recv()) is not None:
+        conn.send(process_file(path))
+
+
+def _exit_reason(code) -> str:
+    if code is not None and code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _supervised(files: list[str], known, workers: int, timeout_s: float):
+    """Results of ``process_file`` run in worker processes, one file at a time each.
+
+    A decoder can hang inside C code (essentia on absurd samples) where no Python signal
+    reaches it, or crash the process: a worker past ``timeout_s`` is killed, a dead one is
+    noticed, and either way the file becomes a Failure and a fresh worker takes the rest.
+    """
+    from multiprocessing.connection import wait
+
     # spawn, not fork: the parent may hold DuckDB threads, which fork does not copy safely.
     ctx = mp.get_context("spawn")
-    with ctx.Pool(min(workers, len(heavy)), initializer=_init_worker, initargs=(known,)) as pool:
-        yield from pool.imap_unordered(process_file, heavy, chunksize=1)
+    queue = list(reversed(files))
+
+    def start():
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker_loop, args=(child, known), daemon=True)
+        proc.start()
+        child.close()
+        return {"proc": proc, "conn": parent, "path": None, "since": 0.0}
+
+    def stop(w, kill=False):
+        try:
+            if kill:
+                w["proc"].kill()
+            else:
+                w["conn"].send(None)
+        except OSError:
+            pass
+        w["proc"].join(timeout=None if kill else 5)
+        if w["proc"].is_alive():
+            w["proc"].kill()
+            w["proc"].join()
+        w["conn"].close()
+
+    pool = [start() for _ in range(max(1, min(workers, len(files))))]
+    try:
+        while True:
+            for w in pool:
+                if w["path"] is None and queue:
+                    w["path"], w["since"] = queue.pop(), time.monotonic()
+                    w["conn"].send(w["path"])
+            busy = [w for w in pool if w["path"] is not None]
+            if not busy:
+                return
+            next_deadline = min(w["since"] for w in busy) + timeout_s
+            wait([x for w in busy for x in (w["conn"], w["proc"].sentinel)],
+                 timeout=max(0.01, next_deadline - time.monotonic()))
+            for i, w in enumerate(pool):
+                if w["path"] is None:
+                    continue
+                name = stored_path(w["path"])
+                if w["conn"].poll():
+                    try:
+                        res = w["conn"].recv()
+                    except (EOFError, OSError):
+                        res = None
+                    if res is not None:
+                        w["path"] = None
+                        yield res
+                        continue
+                if not w["proc"].is_alive():
+                    stop(w, kill=True)
+                    pool[i] = start()
+                    yield Failure(name, f"the decoder crashed on this file ({_exit_reason(w['proc'].exitcode)})")
+                elif time.monotonic() - w["since"] > timeout_s:
+                    stop(w, kill=True)
+                    pool[i] = start()
+                    yield Failure(name, f"took longer than the {timeout_s:g} s limit per file and was stopped "
+                                        "(atlas ingest --file-timeout)")
+    finally:
+        for w in pool:
+            stop(w, kill=w["path"] is not None)
 
 
 def check_db_dir(db_dir) -> None:
@@ -139,21 +266,42 @@ def default_workers() -> int:
 
 
 def ingest_paths(paths, db_dir, *, workers: int | None = None, progress=None, on_error=None,
-                 derive: bool = True, stage_progress=None) -> IngestSummary:
+                 derive: bool = True, stage_progress=None, on_stage_failure=None,
+                 file_timeout_s: float | None = None) -> IngestSummary:
     """Ingest files and folders into the database at ``db_dir``.
 
     progress: optional callable ``(n_done, n_total, notes_so_far)``; on_error: optional
     callable ``(path, reason)`` called as each failure is found. With ``derive`` (the
     default) the derived stages (harmony, grammar, vectors, ...) then bring themselves up
-    to date; stage_progress: optional callable ``(stage, n_done, n_total)``.
-    Returns an :class:`IngestSummary`; raises only for problems with the database itself.
+    to date; stage_progress: optional callable ``(stage, n_done, n_total)``;
+    on_stage_failure: optional callable ``(stage, piece_id, reason)`` for each piece a
+    derived stage could not process (it is recorded in ``derived_failures`` and skipped);
+    file_timeout_s: how long one audio file may take (default ``DEFAULT_FILE_TIMEOUT_S``).
+    Returns an :class:`IngestSummary`; raises only for problems with the database itself,
+    and :class:`IngestInterrupted` on Ctrl-C (what was committed before is kept).
     """
+    summary = IngestSummary()
+    try:
+        return _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_progress,
+                       on_stage_failure, file_timeout_s)
+    except Interrupted:
+        raise
+    except BaseException as e:
+        from ingest.derived import is_interrupt
+
+        if is_interrupt(e):  # between the phases: still say what was kept
+            raise IngestInterrupted("", summary) from None
+        raise
+
+
+def _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_progress, on_stage_failure,
+            file_timeout_s) -> IngestSummary:
     t0 = time.perf_counter()
     check_db_dir(db_dir)
     workers = default_workers() if workers is None else workers
     found = discover(paths)
-    summary = IngestSummary(skipped_other=found.skipped_other)
-    failures: list[Failure] = [Failure(p, r) for p, r in found.problems]
+    summary.skipped_other = found.skipped_other
+    failures: list[Failure] = [Failure(stored_path(p), r) for p, r in found.problems]
     for f in failures:
         if on_error:
             on_error(f.path, f.reason)
@@ -198,7 +346,7 @@ def ingest_paths(paths, db_dir, *, workers: int | None = None, progress=None, on
 
     done = 0
     try:
-        for res in _results(found.files, known, workers):
+        for res in _results(found.files, known, workers, timeout_s=file_timeout_s):
             done += 1
             if isinstance(res, ParsedPiece):
                 pending.append(res)
@@ -219,12 +367,32 @@ def ingest_paths(paths, db_dir, *, workers: int | None = None, progress=None, on
                 progress(done, len(found.files), summary.notes_added + pending_notes)
         flush()
         collect()
+    except BaseException as e:
+        from ingest.derived import is_interrupt
+
+        if not is_interrupt(e):
+            raise
+        writer.shutdown(wait=True)  # the batch already handed to the writer commits whole
+        try:
+            collect()
+        except BaseException:  # the interrupt reached the writer too: that batch rolled back
+            pass
+        raise IngestInterrupted("while storing files", summary) from None
     finally:
         writer.shutdown(wait=True)
     summary.store_seconds = time.perf_counter() - t0
     if derive and (summary.added or found.files):
-        from ingest.derived import run_stages
+        from ingest.derived import StageInterrupted, run_stages
 
-        summary.derived = run_stages(db_dir, progress=stage_progress)
+        def stage_failed(stage, pid, reason):
+            summary.stage_failures.append((stage, pid, reason))
+            if on_stage_failure:
+                on_stage_failure(stage, pid, reason)
+
+        try:
+            summary.derived = run_stages(db_dir, progress=stage_progress, on_failure=stage_failed)
+        except StageInterrupted as e:
+            summary.derived = e.done
+            raise IngestInterrupted(f"during the {e.stage} stage", summary) from None
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -3,14 +3,51 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["MIDI_SUFFIXES", "AUDIO_SUFFIXES", "SUFFIXES", "Discovery", "discover"]
+__all__ = ["MIDI_SUFFIXES", "AUDIO_SUFFIXES", "SUFFIXES", "Discovery", "discover", "stored_path", "shown_path",
+           "not_regular_reason"]
 
 MIDI_SUFFIXES = (".mid", ".midi")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")  # decoded by ingest/audio.py
 SUFFIXES = MIDI_SUFFIXES + AUDIO_SUFFIXES
+
+
+def stored_path(path: str) -> str:
+    """The path as the database stores and prints it: valid UTF-8.
+
+    A file name that is not UTF-8 reaches Python with surrogate escapes (PEP 383); its
+    undecodable bytes become ``\\xNN`` here, so the row can be written and the name
+    still shows which file it was.
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def shown_path(path: str) -> str:
+    """The path for a one-line message: as is when printable, else quoted with escapes
+    (a newline in a name must not split the message over two lines)."""
+    path = stored_path(path)
+    if path.isprintable():
+        return path
+    return "'" + "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path) + "'"
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def not_regular_reason(mode: int) -> str | None:
+    """Why a file of this ``st_mode`` is not read (reading a FIFO would wait forever), or None."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return f"not a regular file ({kind}); skipped"
 
 
 @dataclass
@@ -24,15 +61,24 @@ def discover(paths, suffixes=SUFFIXES) -> Discovery:
     """Expand files and folders (recursively) into the list of files to ingest.
 
     A path named explicitly that does not exist, cannot be read, or has an unsupported
-    type is a problem (reported and recorded); other files met inside folders are
+    type is a problem (reported and recorded), and so is anything with a music suffix
+    that is not a regular file (a FIFO, a device); other files met inside folders are
     counted in ``skipped_other`` and reported in the summary.
     """
     out = Discovery()
     seen = set()
 
     def add(p: str):
-        if p not in seen:
-            seen.add(p)
+        if p in seen:
+            return
+        seen.add(p)
+        try:
+            why = not_regular_reason(os.stat(p).st_mode)
+        except OSError as e:
+            why = f"cannot read ({e.strerror or e})"
+        if why:
+            out.problems.append((p, why))
+        else:
             out.files.append(p)
 
     for raw in paths:

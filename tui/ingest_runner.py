@@ -41,6 +41,7 @@ def _child(db_dir: str, paths: list[str]) -> int:
             progress=lambda done, total, notes: send("files", done, total, notes),
             on_error=lambda path, reason: send("error", path, reason),
             stage_progress=lambda stage, done, total: send("stage", stage, done, total),
+            on_stage_failure=lambda stage, pid, reason: send("error", f"piece {pid} ({stage} stage)", reason),
         )
         send("done", {"added": s.added, "already_present": s.already_present, "failed": s.failed,
                       "notes_added": s.notes_added, "seconds": s.seconds, "line": s.line(),
