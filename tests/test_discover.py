@@ -14,7 +14,7 @@ from midi_fixtures import Track, write_midi
 
 from atlas_db.errors import BadInputError
 from query.cli import cli
-from query.discover import discover_file, discover_piece, patterns_to_rows
+from query.discover import MIN_SAVING_SHARE, OCC_SHARE, discover_file, discover_piece, patterns_to_rows
 
 THEME = [(0, 1.0), (4, 0.5), (7, 0.5), (12, 1.0), (11, 0.5), (9, 0.5), (7, 1.0), (5, 0.5), (4, 0.5), (2, 2.0)]
 
@@ -101,15 +101,19 @@ def test_discover_stored_pop909_piece(small_pop909_db):
     with reading(small_pop909_db) as con:
         path = con.execute("SELECT path FROM pieces ORDER BY path LIMIT 1").fetchall()[0][0]
     est = discover_piece(small_pop909_db, path, top=5)
-    assert len(est) == 5  # a pop song repeats far more than five themes
+    # patterns saving under MIN_SAVING_SHARE of the best are not reported (fewer, better
+    # patterns: see docs/patterns.md), so --top is a maximum
+    assert 2 <= len(est) <= 5
+    assert len(discover_piece(small_pop909_db, path, top=1)) == 1
     savings = [p.saving for p in est]
-    assert savings == sorted(savings, reverse=True) and savings[0] > 0
+    assert savings == sorted(savings, reverse=True) and savings[-1] >= MIN_SAVING_SHARE * savings[0] > 0
     for p in est:
-        assert len(p.occurrences) >= 2 and all(len(o) == p.n_notes for o in p.occurrences)
+        # inexact occurrences of a section hold OCC_SHARE of its notes or more
+        assert len(p.occurrences) >= 2 and all(OCC_SHARE * p.n_notes <= len(o) <= p.n_notes for o in p.occurrences)
         notes = [tuple(n) for o in p.occurrences for n in o]
         assert len(notes) == len(set(notes)), "occurrences of one pattern must not share notes"
     rows = patterns_to_rows(est)
-    assert rows.num_rows == sum(p.n_notes * len(p.occurrences) for p in est)
+    assert rows.num_rows == sum(len(o) for p in est for o in p.occurrences)
     r = CliRunner().invoke(cli, ["discover", path, "--top", "2", "--format", "csv", "--db", str(small_pop909_db)])
     assert r.exit_code == 0 and r.stdout.startswith('"pattern","rank"')
 
