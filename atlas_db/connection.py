@@ -73,17 +73,29 @@ def connect(
             db_dir.mkdir(exist_ok=True)
         except OSError as e:
             raise BadInputError(f"{db_dir}: cannot create the database folder ({e.strerror})") from e
-    elif not path.exists():
+    else:
+        _require_db(db_dir)
+    con = _wait_for_lock(lambda: duckdb.connect(str(path), read_only=read_only), path, wait_s)
+    if not read_only:
+        ensure_schema(con)  # upgrades an older database in place
+    return con
+
+
+def _require_db(db_dir: Path) -> None:
+    if not db_file(db_dir).exists():
         raise BadInputError(
             f"{db_dir}: no Harmony Atlas database here (missing {DB_FILE_NAME}); "
             "run `atlas ingest PATH --db DIR` or `atlas demo` first"
         )
+
+
+def _wait_for_lock(open_db, path: Path, wait_s: float | None):
+    """``open_db()``, retried while another process holds the file lock."""
     deadline = time.monotonic() + (_LOCK_WAIT_S if wait_s is None else wait_s)
     delay = 0.005
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            break
+            return open_db()
         except duckdb.IOException as e:
             if not _is_lock_error(e):
                 raise BadInputError(f"{path}: cannot open the database ({e})") from e
@@ -93,8 +105,52 @@ def connect(
                 ) from e
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
-    if not read_only:
-        ensure_schema(con)  # upgrades an older database in place
+
+
+def connect_sandboxed(
+    db_dir: str | os.PathLike,
+    *,
+    read_only: bool,
+    allow_files: bool = False,
+    wait_s: float | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A connection for SQL that a user typed: it sees this database and nothing else of
+    the machine. No other database can be attached, no extension installed or loaded,
+    no setting changed (``lock_configuration``), and no file outside the database read
+    or written (``enable_external_access=false``) unless ``allow_files``; then files can
+    be read, and ``query.sql.check_statements`` refuses the statements that write them.
+
+    The database is ATTACHed to a private in-memory instance because DuckDB settings
+    belong to an instance, and one process shares one instance per file: locking the
+    configuration of a plain ``connect`` would lock it for every reader in the process
+    (the TUI's screens) too.
+    """
+    db_dir = Path(db_dir)
+    _require_db(db_dir)
+    path = db_file(db_dir)
+    con = duckdb.connect(":memory:", config={
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+        "allow_community_extensions": False,
+        "allow_persistent_secrets": False,
+        "python_enable_replacements": False,  # no scans of the Python process's variables
+        "temp_directory": f"{path}.tmp",  # where DuckDB spills for a file database (not ./.tmp)
+    })
+    try:
+        con.execute("SET enable_progress_bar = false")  # drawn on stdout: into CSV output, over the TUI
+        quoted = str(path).replace("'", "''")
+        mode = " (READ_ONLY)" if read_only else ""
+        _wait_for_lock(lambda: con.execute(f"ATTACH '{quoted}' AS atlas{mode}"), path, wait_s)
+        con.execute("USE atlas")
+        con.execute("DETACH memory")  # no scratch catalog beside the database (TEMP stays)
+        if not read_only:
+            ensure_schema(con)
+        if not allow_files:
+            con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
@@ -178,4 +234,4 @@ def writing(db_dir, *, create: bool = False, wait_s: float | None = None):
         con.close()
 
 
-__all__ += ["reading", "writing", "fetch_arrow", "SCHEMA_VERSION"]
+__all__ += ["reading", "writing", "fetch_arrow", "connect_sandboxed", "SCHEMA_VERSION"]

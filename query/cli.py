@@ -177,19 +177,24 @@ def ingest(paths, db_dir, workers, no_derive):
 @db_option
 @format_option()
 @click.option("--write", is_flag=True, help="Open the database writable (default: read-only).")
-def sql(query, db_dir, fmt, write):
+@click.option("--allow-files", is_flag=True,
+              help="Let the query read files outside the database (read_csv, glob, ...); never write them.")
+def sql(query, db_dir, fmt, write, allow_files):
     """Run a SQL query (DuckDB dialect) over the tables and views.
 
-    The README documents every table; `atlas sql "SHOW TABLES"` lists them.
+    The README documents every table; `atlas sql "SHOW TABLES"` lists them. The query
+    sees this database only: no other files (unless --allow-files, which reads them),
+    databases, extensions or settings; docs/tables.md says exactly what is refused.
 
     \b
     Example:
       atlas sql "SELECT title, n_notes, duration_s FROM pieces ORDER BY n_notes DESC LIMIT 5"
       atlas sql "SELECT program, count(*) FROM tracks GROUP BY 1" --format csv
+      atlas sql "SELECT * FROM read_csv('labels.csv')" --allow-files
     """
     from query.sql import run_sql
 
-    echo_table(run_sql(resolve(db_dir), query, write=write), fmt)
+    echo_table(run_sql(resolve(db_dir), query, write=write, allow_files=allow_files), fmt)
 
 
 @cli.command()

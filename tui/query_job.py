@@ -63,15 +63,17 @@ class QueryJob:
         message on one line when DuckDB rejects the statement."""
         import duckdb
 
-        from atlas_db.connection import connect, fetch_arrow
-        from query.sql import QueryError
+        from atlas_db.connection import connect_sandboxed, fetch_arrow
+        from query.sql import CONSOLE, QueryError, check_statements, explain_error
 
         self.outcome = "failed"
         try:
             if self.cancelled:
                 self.outcome = "not started"
                 raise QueryCancelled(self.sql)
-            con = connect(self.db_dir, read_only=not self.write)
+            # the same sandbox as `atlas sql`, without --allow-files: the console reads
+            # nothing but the database
+            con = connect_sandboxed(self.db_dir, read_only=not self.write)
             try:
                 with self._lock:
                     self._con = con
@@ -79,6 +81,7 @@ class QueryJob:
                         self.outcome = "not started"
                         raise QueryCancelled(self.sql)
                 try:
+                    check_statements(con, self.sql, CONSOLE)
                     cur = con.execute(self.sql)
                     table = pa.table({}) if cur.description is None else fetch_arrow(cur)
                 except duckdb.Error as e:
@@ -86,10 +89,7 @@ class QueryJob:
                     if isinstance(e, duckdb.InterruptException) or self.cancelled:
                         self.outcome = "interrupted"
                         raise QueryCancelled(self.sql) from e
-                    msg = " ".join(str(e).split())
-                    if not self.write and "read-only" in msg.lower():
-                        msg += " (the database is opened read-only; switch write mode on (ctrl+t) to modify it)"
-                    raise QueryError(msg) from e
+                    raise QueryError(explain_error(e, write=self.write, front=CONSOLE)) from e
             finally:
                 with self._lock:
                     self._con = None
