@@ -167,7 +167,7 @@ def parse_motif(text: str, *, rhythm: str | None = None) -> Motif:
         raise BadInputError("empty motif: give intervals (\"+2 +2 -1\"), note names (\"C D E\") or a .mid file")
     text = str(text).strip()
     p = Path(text)
-    if p.suffix.lower() in (".mid", ".midi", ".smf", ".kar") or (p.is_file() and " " not in text):
+    if p.suffix.lower() in (".mid", ".midi", ".smf", ".kar") or (" " not in text and _names_a_file(p)):
         if rhythm is not None:
             raise BadInputError("--rhythm: a MIDI snippet brings its own rhythm; leave --rhythm out")
         return motif_from_midi(p)
@@ -175,7 +175,7 @@ def parse_motif(text: str, *, rhythm: str | None = None) -> Motif:
     if all(_INT_RE.match(t) for t in toks):
         ints = [int(t) for t in toks]
         if any(abs(i) > 127 for i in ints):
-            raise BadInputError(f"{text!r}: an interval is larger than 127 semitones")
+            raise BadInputError(f"{_shown(text)}: an interval is larger than 127 semitones")
         pitches = tuple(int(x) for x in np.concatenate([[0], np.cumsum(ints)]))
         motif = Motif(pitches, False, None, text)
     elif all(_NOTE_RE.match(t) for t in toks):
@@ -191,13 +191,13 @@ def parse_motif(text: str, *, rhythm: str | None = None) -> Motif:
                     n = out[-1] + (d if d <= 6 else d - 12)
             out.append(n)
         if any(not 0 <= x <= 127 for x in out):
-            raise BadInputError(f"{text!r}: a note is outside MIDI 0-127")
+            raise BadInputError(f"{_shown(text)}: a note is outside MIDI 0-127")
         motif = Motif(tuple(out), absolute, None, text)
     else:
         bad = next((t for t in toks if not (_INT_RE.match(t) or _NOTE_RE.match(t))), None)
         what = f"cannot read {bad!r}" if bad else "intervals and note names are mixed"
         raise BadInputError(
-            f"motif {text!r}: {what}; give intervals (\"+2 +2 -1\"), note names "
+            f"motif {_shown(text)}: {what}; give intervals (\"+2 +2 -1\"), note names "
             "(\"C D Eb\", \"C4 G4\") or a path to a .mid file, not a mixture"
         )
     if rhythm is not None:
@@ -217,14 +217,27 @@ def parse_motif(text: str, *, rhythm: str | None = None) -> Motif:
     return motif
 
 
+def _names_a_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except OSError:  # e.g. longer than a file name may be: a motif of thousands of intervals
+        return False
+
+
+def _shown(text) -> str:
+    """The motif as quoted in a message, cut short: it can be thousands of intervals."""
+    text = str(text)
+    return repr(text if len(text) <= 60 else text[:60] + "…")
+
+
 def _check_length(motif: Motif) -> None:
     n = len(motif.pitches)
     if n < MIN_NOTES:
         raise BadInputError(
-            f"motif {motif.source!r} has {n} note(s); give at least {MIN_NOTES} (2 intervals)"
+            f"motif {_shown(motif.source)} has {n} note(s); give at least {MIN_NOTES} (2 intervals)"
         )
     if n > MAX_NOTES:
-        raise BadInputError(f"motif {motif.source!r} has {n} notes; at most {MAX_NOTES} are searched")
+        raise BadInputError(f"motif {_shown(motif.source)} has {n} notes; at most {MAX_NOTES} are searched")
 
 
 def motif_from_midi(path) -> Motif:
@@ -615,7 +628,7 @@ def _check_options(motif: Motif, transforms, approximate: bool, rhythm: str | No
             f"rhythm-aware matching ({rhythm}) needs the motif's rhythm: give a MIDI snippet or --rhythm \"1 1 0.5 ...\""
         )
     if approximate and len(motif.pitches) < 4:
-        raise BadInputError(f"approximate matching needs a motif of at least 4 notes; {motif.source!r} has {len(motif.pitches)}")
+        raise BadInputError(f"approximate matching needs a motif of at least 4 notes; {_shown(motif.source)} has {len(motif.pitches)}")
 
 
 # --------------------------------------------------------------------------- database search

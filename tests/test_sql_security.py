@@ -240,3 +240,13 @@ def test_console_shows_the_refusal_in_place(db, outside, tmp_path):
 
     run(AtlasApp(db, history_path=tmp_path / "h.json"), scenario)
 
+
+# ---- atlas pattern with an absurd motif -----------------------------------------------
+
+@pytest.mark.parametrize("sep", [" ", ","])
+def test_a_5000_interval_motif_is_a_one_line_error(capsys, db, sep):
+    motif = sep.join(["+1", "-1"] * 2500)
+    rc, out, err = atlas(capsys, "pattern", motif, "--db", str(db))
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and len(err) < 200, err
+    assert "has 5001 notes; at most 64 are searched" in err
