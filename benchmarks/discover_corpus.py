@@ -5,7 +5,8 @@ scores with repeat signs; sections and opening motifs derived by rule, see there
 methods run on the same MIDI files in the same run and are scored with mir_eval.pattern:
 establishment F1 (F_est), occurrence F1 at c = 0.75 (F_occ) and three-layer F1 (F_3),
 means over the pieces of the *fit* part (where discover's constants were chosen) and of
-the *held-out* part. Timing: seconds per piece (numba compiled before timing) and both
+the *held-out* part. Two reduced variants of discover (repeated lines only, sections
+only) are measured in the same run. Timing: seconds per piece (numba compiled before timing) and both
 methods on the largest piece (about 3,500 notes).
 
 The baseline is ``benchmarks/siatec.py``: every TEC of SIATEC, in discovery order, with
@@ -81,7 +82,9 @@ def main():
     parts = {"fit": fit, "held-out": held}
     if args.part != "all":
         parts = {args.part: parts[args.part]}
-    methods = {"atlas discover": lambda n, tpq: ours(n, top=args.top)}
+    methods = {"atlas discover": lambda n, tpq: ours(n, top=args.top),
+               "  contours only": lambda n, tpq: ours(n, top=args.top, methods=("contours",)),
+               "  sections only": lambda n, tpq: ours(n, top=args.top, methods=("sections",))}
     if not args.no_baseline:
         methods["SIATEC (baseline)"] = lambda n, tpq: baseline(n, args.baseline_min, tpq)
     # compile numba before timing
@@ -119,6 +122,8 @@ def main():
     if largest[1]:
         n, piece, notes = largest
         for mname, f in methods.items():
+            if mname.startswith(" "):
+                continue
             t0 = time.perf_counter()
             f(*notes)
             print(f"time on {piece} ({n} notes), {mname}: {time.perf_counter() - t0:.2f} s")

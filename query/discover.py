@@ -168,14 +168,13 @@ def _maximal_repeats(pool: Pool, min_notes: int, sym: np.ndarray) -> list[tuple[
             nxt_idx = vs + L
             nxt = np.where(nxt_idx < n, sym[np.minimum(nxt_idx, n - 1)], -2)
             prv = prev[vs]
-            for g, c in zip(gstart[rep], counts[rep]):
-                members = vs[g : g + c]
-                nx = nxt[g : g + c]
-                pv = prv[g : g + c]
-                right_max = nx[0] < 0 or not (nx == nx[0]).all()
-                left_max = pv[0] < 0 or not (pv == pv[0]).all()
-                if right_max and left_max:
-                    out.append((L, members))
+            # maximal: the occurrences do not all extend by one same symbol (a negative
+            # symbol ends a stream), on the right and on the left
+            g0, c0 = gstart[rep], counts[rep]
+            right_max = (nxt[g0] < 0) | (np.minimum.reduceat(nxt, gstart)[rep] != np.maximum.reduceat(nxt, gstart)[rep])
+            left_max = (prv[g0] < 0) | (np.minimum.reduceat(prv, gstart)[rep] != np.maximum.reduceat(prv, gstart)[rep])
+            for g, c in zip(g0[right_max & left_max], c0[right_max & left_max]):
+                out.append((L, vs[g : g + c]))
     return out
 
 
