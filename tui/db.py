@@ -3,8 +3,11 @@
 DuckDB refuses, within one process, a read-only and a read-write connection to the same
 file at the same time ("different configuration"). The TUI reads from several worker
 threads at once and writes only from the SQL console in write mode, so reads share a
-lock that a write takes alone. Ingestion runs in a child process (tui.ingest_runner),
-where DuckDB's own file lock and ``atlas_db.connection.connect``'s retries apply.
+lock that a write takes alone. The console's statements run on a DuckDB instance of
+their own (``atlas_db.connection.connect_sandboxed``), where DuckDB would not notice a
+write beside the other screens' reads: there this lock is the only guard. Ingestion
+runs in a child process (tui.ingest_runner), where DuckDB's own file lock and
+``atlas_db.connection.connect``'s retries apply.
 """
 
 from __future__ import annotations
