@@ -4,10 +4,10 @@ DuckDB refuses, within one process, a read-only and a read-write connection to t
 file at the same time ("different configuration"). The TUI reads from several worker
 threads at once and writes only from the SQL console in write mode, so reads share a
 lock that a write takes alone. The console's statements run on a DuckDB instance of
-their own (``atlas_db.connection.connect_sandboxed``), where DuckDB would not notice a
-write beside the other screens' reads: there this lock is the only guard. Ingestion
-runs in a child process (tui.ingest_runner), where DuckDB's own file lock and
-``atlas_db.connection.connect``'s retries apply.
+their own (``atlas_db.connection.connect_sandboxed``), which DuckDB refuses the same
+way when it attaches the file for writing beside a reader ("Unique file handle
+conflict"). Ingestion runs in a child process (tui.ingest_runner), where DuckDB's own
+file lock and ``atlas_db.connection.connect``'s retries apply.
 """
 
 from __future__ import annotations
