@@ -43,6 +43,7 @@ import pyarrow as pa
 
 from atlas_db.errors import BadInputError, IndexTroubleError
 from indexers.align import sw_chroma, sw_chroma_score, sw_symbols, sw_symbols_score
+from query.cover_fusion import IntervalTfidf, fuse, fusion_features
 from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma,
                                features_from_notes, melody_intervals, skyline)
 
@@ -54,7 +55,11 @@ ALIGN = dict(
     mel_match=1.0, mel_mismatch=0.7, mel_gap=0.6, mel_merge=0.3,  # melody interval Smith-Waterman
     chroma_threshold=0.6, chroma_silent=0.3, chroma_gap=0.5,  # chroma Smith-Waterman
     frame_beats=2,  # reference chroma frame, beats
-    scales=(0.5, 1.0, 2.0),  # query beats per reference beat tried
+    scales=(0.5, 1.0, 2.0),  # query beats per reference beat tried per candidate (short queries)
+    # the query's own time scale is chosen among these on the best few candidates: any
+    # factor from 1/2.8 to 2.8 in steps of a sixth of an octave (a performance or a
+    # re-timed file has no notated beat in common with the stored versions)
+    probe_scales=tuple(float(2 ** (k / 6)) for k in range(-9, 10)),
     max_query_intervals=96, max_query_frames=48,  # longer queries: their middle part
     min_query_intervals=24, min_query_frames=8,  # shorter queries are scored as if this long
     scale_probe=8, scale_margin=0.05,  # candidates on which the query's time scale is chosen
@@ -80,6 +85,9 @@ ALIGN = dict(
     # pairs with a recording on at least one side: essentia's chroma cover-song alignment
     # on 0.5 s chroma adds a bonus (indexers.audio_chroma.fuse_css) to the best answers
     audio_bonus=True, audio_bonus_candidates=50,
+    # the final score: the fitted logistic fusion of query.cover_fusion (False: the
+    # alignment score above, as before the fusion)
+    fusion=True,
 )
 
 RESULT_SCHEMA = pa.schema([
@@ -153,6 +161,9 @@ class QueryFeatures:
     # when the query is a stored piece, or no bonus
     time_chroma: tuple | None = None
     is_recording: bool = False
+    # cosine of the melody's exact-interval 3-gram TF-IDF with every stored piece
+    # (computed once per query by CoverIndex._tfidf_scores)
+    tfidf_scores: np.ndarray | None = field(default=None, repr=False, compare=False)
     intervals: np.ndarray = field(init=False)
     interval_index: np.ndarray = field(init=False)
 
@@ -333,6 +344,7 @@ class CoverIndex:
         self.iv_index = np.concatenate(idxs).astype(np.int32) if idxs else np.zeros(0, np.int32)
         self.iv_off = np.asarray(offs, np.int64)
         self.grams = _gram_index(self.iv, self.iv_off)
+        self.tfidf = IntervalTfidf(self.mel_pitch, self.mel_off)
         self.chord_grams = _GramIndex(cm.astype(np.int8), cm_off.astype(np.int64), CHORD_ALPHABET)
         self.mask_melody = _block_mask(MELODY_BLOCKS)
         self.mask_harmony = _block_mask(HARMONY_BLOCKS)
@@ -362,6 +374,7 @@ class CoverIndex:
 
     def nbytes(self) -> int:
         arrays = [self.grams.matrix.data, self.grams.matrix.indices, self.grams.matrix.indptr,
+                  self.tfidf.matrix.data, self.tfidf.matrix.indices, self.tfidf.matrix.indptr,
                   self.chord_grams.matrix.data, self.chord_grams.matrix.indices, self.chord_grams.matrix.indptr,
                   self.vectors, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset,
                   self.iv, self.iv_index, self.iv_off, self.mel_off]
@@ -386,7 +399,8 @@ class CoverIndex:
         qc, _ = chord_motions(qf, np.array([0, qf.shape[0]]))
         lines = [qm] + [np.asarray(a, np.int64) - 1 for a in q.alt_intervals]
         mel_lists = [self.grams.search(x, n + 1) for x in lines]
-        for g in (*mel_lists, self.chord_grams.search(qc, n + 1)):
+        tf_list = self.tfidf.search(self._tfidf_scores(q), n + 1)
+        for g in (tf_list, *mel_lists, self.chord_grams.search(qc, n + 1)):
             if g.size:
                 rows = np.concatenate([rows, np.pad(g, (0, rows.shape[1] - g.size), constant_values=-1)[None]])
         # interleave the lists by rank so that each contributes its best first
@@ -397,6 +411,11 @@ class CoverIndex:
         if q.piece_id is not None and q.piece_id in self.row_of:
             rows = rows[rows != self.row_of[q.piece_id]]
         return rows[: budget or self._budget(q)].astype(np.int64)
+
+    def _tfidf_scores(self, q: QueryFeatures) -> np.ndarray:
+        if q.tfidf_scores is None:
+            q.tfidf_scores = self.tfidf.scores(q.melody_pitch)
+        return q.tfidf_scores
 
     @staticmethod
     def _budget(q: QueryFeatures) -> int:
@@ -503,13 +522,22 @@ class CoverIndex:
         sh = self._shifts(q, rows, qn, frames) if qn <= A["short_query_frames"] and k else None
         sh_probe = None if sh is None else sh[:n_probe]
         best_scale, best = 1.0, -1.0
-        for sc in (A["scales"] if scale is None else [scale]):
-            hs, _ = self._harmony(q, probe, sc, probe_frames, sh_probe) if scale is None else (np.zeros(0), None)
-            top = float(hs.max()) if hs.size else 0.0
-            if sc != 1.0:
-                top -= A["scale_margin"]  # another notation than the reference's must win clearly
-            if top > best + 1e-6:
-                best_scale, best = sc, top
+        # the notated scales first; when none of them aligns convincingly (a file with
+        # no beat grid in common with the stored ones), every scale of the fine grid
+        tried = set()
+        for grid in ((A["scales"], A["probe_scales"]) if scale is None else ([scale],)):
+            if tried and best + A["scale_margin"] >= A["look_further_below"]:
+                break
+            for sc in grid:
+                if sc in tried:
+                    continue
+                tried.add(sc)
+                hs, _ = self._harmony(q, probe, sc, probe_frames, sh_probe) if scale is None else (np.zeros(0), None)
+                top = float(hs.max()) if hs.size else 0.0
+                if sc != 1.0:
+                    top -= A["scale_margin"]  # another notation than the reference's must win clearly
+                if top > best + 1e-6:
+                    best_scale, best = sc, top
         harm, hshift = self._harmony(q, rows, best_scale, frames, sh)
         hscale = np.full(k, best_scale, np.float32)
         if q.chroma_beats.shape[0] <= A["phase_search_beats"] or q.is_recording:
@@ -550,6 +578,37 @@ class CoverIndex:
         """The ``top`` best versions of the query, explained (see ``RESULT_SCHEMA``);
         with ``explain_top`` only that many get the aligned region (the others' region
         columns are null): finding the region costs a second, slower alignment."""
+        r = self._fuse(q, self._aligned(q))
+        r = self._audio_bonus(q, r)
+        order = np.argsort(-r["score"], kind="stable")[:top]
+        return self._explain(q, r, order, top if explain_top is None else explain_top)
+
+    def candidate_features(self, q: QueryFeatures) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of every candidate the search scored for this query and their fusion
+        features (``query.cover_fusion.FEATURES``): what the fusion is fitted on."""
+        r = self._aligned(q)
+        return r["rows"], self._features(q, r)
+
+    def _features(self, q: QueryFeatures, r) -> np.ndarray:
+        rows = r["rows"]
+        v = self.vectors[rows]
+        vec = v @ q.vector / np.maximum(np.linalg.norm(v, axis=1) * float(np.linalg.norm(q.vector)), 1e-9)
+        return fusion_features(r["score"], r["mel"], r["harm"], self._tfidf_scores(q)[rows], vec,
+                               q.intervals.size, 2 * ALIGN["min_query_intervals"])
+
+    def _fuse(self, q: QueryFeatures, r):
+        """The final score: the logistic fusion (``query.cover_fusion``) of the
+        alignment scores, the n-gram TF-IDF cosine and the vector cosine."""
+        if r["rows"].size == 0 or not ALIGN["fusion"]:
+            return r
+        r = dict(r)
+        r["align"] = r["score"]
+        r["score"] = fuse(self._features(q, r))
+        return r
+
+    def _aligned(self, q: QueryFeatures):
+        """Candidates, their alignment, query expansion, a wider look when nothing
+        convinces, and the versions of the best answer (before fusion)."""
         rows = self.candidates(q)
         r = self.rerank(q, rows)
         extra = self._expand(q, r)
@@ -563,10 +622,7 @@ class CoverIndex:
             more = np.setdiff1d(more, r["rows"])
             if more.size:
                 r = _concat(r, self.rerank(q, more, scale=r["scale"]))
-        r = self._versions_of_best(q, r)
-        r = self._audio_bonus(q, r)
-        order = np.argsort(-r["score"], kind="stable")[:top]
-        return self._explain(q, r, order, top if explain_top is None else explain_top)
+        return self._versions_of_best(q, r)
 
     @staticmethod
     def _convincing(q: QueryFeatures, score: np.ndarray) -> bool:
@@ -796,14 +852,25 @@ def _concat(r, r2):
 
 
 def _pool_beats(chroma_beats: np.ndarray, frame_beats: float) -> np.ndarray:
-    """Re-frame a 1-frame-per-beat chroma to frames of ``frame_beats`` beats (>= 1 or 0.5)."""
-    if frame_beats >= 1:
+    """Re-frame a 1-frame-per-beat chroma to unit-norm frames of ``frame_beats`` beats
+    (any positive length: a query re-timed by a non-integer factor is read at a
+    non-integer scale; each beat's content is spread evenly over the beat)."""
+    if frame_beats >= 1 and abs(frame_beats - round(frame_beats)) < 1e-6:
         return _pool(chroma_beats, int(round(frame_beats)))
-    rep = int(round(1 / frame_beats))
-    x = np.repeat(chroma_beats, rep, axis=0)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, n, out=x, where=n > 0)
-    return x.astype(np.float32)
+    n = chroma_beats.shape[0]
+    if n == 0:
+        return np.zeros((0, 12), np.float32)
+    x = np.asarray(chroma_beats, np.float64)
+    cs = np.concatenate([np.zeros((1, 12)), np.cumsum(x, axis=0)])
+    edges = np.arange(0.0, n, frame_beats)
+    edges = np.append(edges, float(n))
+    i = np.minimum(np.floor(edges).astype(np.int64), n - 1)
+    at = cs[i] + (edges - i)[:, None] * x[i]
+    frames = np.diff(at, axis=0).astype(np.float32)
+    frames[frames < 1e-6] = 0.0
+    norm = np.linalg.norm(frames, axis=1, keepdims=True)
+    np.divide(frames, norm, out=frames, where=norm > 0)
+    return frames
 
 
 def _gather(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray):

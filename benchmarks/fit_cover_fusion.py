@@ -1,0 +1,87 @@
+"""Fit the cover search's score fusion (``query/cover_fusion.json``) on the *fit* part of
+the honest benchmark only (odd-numbered POP909-dev songs; ``benchmarks/covers_honest.py``).
+
+    nice .venv/bin/python benchmarks/fit_cover_fusion.py            # every cell, both levels (~5 min)
+    nice .venv/bin/python benchmarks/fit_cover_fusion.py --songs 20 --out /tmp/fusion.json
+
+For every query of the fit part (queries drawn with ``--seed``, 1 by default, so they
+are not the draws the benchmark reports with seed 0), every candidate the search aligns
+is one example: its ``query.cover_fusion.FEATURES`` and whether it is a version of the
+query's song. Each query weighs the same, its right and wrong candidates half each. A
+weighted L2-regularised logistic regression (``query.cover_fusion.fit_logistic``) gives
+the coefficients; the file records the features, the coefficients and what they were
+fitted on. The held-out part (even-numbered songs) and vienna4x22 are never used here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from covers_honest import CELLS, DATA, pop909_queries, setup  # noqa: E402
+from query.cover_fusion import FEATURES, FUSION_FILE, fit_logistic  # noqa: E402
+
+
+def collect(index, notes, bench, cells, levels, max_songs, seed):
+    """Feature rows, labels and weights of every candidate of every fit-part query."""
+    xs, ys, ws = [], [], []
+    n_queries = 0
+    for _key, _s, q, _arrays, rel in pop909_queries(notes, bench, cells, levels, ["fit"], max_songs, seed):
+        rows, x = index.candidate_features(q)
+        if rows.size == 0:
+            continue
+        y = np.fromiter((index.ids[r] in rel for r in rows), bool, rows.size)
+        n_pos = int(y.sum())
+        w = np.where(y, 0.5 / max(n_pos, 1), 0.5 / max(rows.size - n_pos, 1))
+        xs.append(x)
+        ys.append(y)
+        ws.append(w)
+        n_queries += 1
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), n_queries
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--songs", type=int, default=None, help="at most this many fit-part songs")
+    ap.add_argument("--cells", default=",".join(CELLS))
+    ap.add_argument("--levels", default="1,2")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--l2", type=float, default=1e-3)
+    ap.add_argument("--out", default=str(FUSION_FILE))
+    args = ap.parse_args(argv)
+    cells, levels = args.cells.split(","), [int(x) for x in args.levels.split(",")]
+    t0 = time.perf_counter()
+    notes, bench, index, _baseline, _v = setup(Path(args.data), None)
+    x, y, w, n_queries = collect(index, notes, bench, cells, levels, args.songs, args.seed)
+    coef, intercept = fit_logistic(x, y, w, l2=args.l2)
+    out = {
+        "features": list(FEATURES),
+        "coef": [round(float(c), 6) for c in coef],
+        "intercept": round(intercept, 6),
+        "fitted_on": {
+            "what": "benchmarks/covers_honest.py fit part: odd-numbered POP909-dev songs, queries from NNN.mid "
+                    "held out of the collection",
+            "cells": cells, "levels": levels, "seed": args.seed, "songs": args.songs, "queries": n_queries,
+            "examples": int(y.size), "positives": int(y.sum()), "l2": args.l2,
+            "command": "benchmarks/fit_cover_fusion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        },
+    }
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"fitted on {n_queries} queries, {y.size} candidates ({int(y.sum())} right) in "
+          f"{time.perf_counter() - t0:.0f} s -> {args.out}")
+    for name, c in zip(FEATURES, coef):
+        print(f"  {name:12s} {c:+.3f}")
+    print(f"  {'intercept':12s} {intercept:+.3f}")
+
+
+if __name__ == "__main__":
+    main()

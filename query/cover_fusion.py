@@ -1,0 +1,160 @@
+"""The cover search's final score: a logistic regression over alignment and n-gram
+features, fitted from data instead of hand-set weights.
+
+Each aligned candidate of a query gets the features in ``FEATURES`` (the melody and
+harmony alignment scores, the combined alignment score, the cosine of an exact-interval
+3-gram TF-IDF of the melodies -- the classic baseline, fused in as a feature and as a
+candidate list -- and the vector cosine, some of them relative to the query's best
+candidate), and its score is ``sigmoid(features @ coef + intercept)``. The coefficients
+are in ``cover_fusion.json`` beside this module, written by
+``benchmarks/fit_cover_fusion.py`` from the *fit* part of the honest benchmark
+(``benchmarks/covers_honest.py``: odd-numbered POP909-dev songs only); the file records
+what it was fitted on.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["FEATURES", "FUSION_FILE", "IntervalTfidf", "fusion_features", "fuse", "fit_logistic",
+           "load_fusion"]
+
+FUSION_FILE = Path(__file__).with_name("cover_fusion.json")
+FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf", "tfidf_rel", "vec",
+            "short", "tfidf_short", "mel_short")
+# exact pitch intervals are clipped to this many semitones either way (as in the baseline)
+_CLIP = 24
+_ALPHA = 2 * _CLIP + 1
+
+
+class IntervalTfidf:
+    """TF-IDF cosine over exact-interval 3-grams (pitch differences of successive notes,
+    repeated notes included, clipped to +-24 semitones) of each piece's melody: the
+    classic symbolic cover baseline. Key-invariant (intervals) and tempo-invariant (notes,
+    not times); presence, not counts, as the baseline does.
+
+    Parameters
+    ----------
+    pitch : int [shape=(M,)], every piece's melody pitches back to back
+    offsets : int64 [shape=(k+1,)], piece i is ``pitch[offsets[i]:offsets[i+1]]``
+    """
+
+    def __init__(self, pitch, offsets):
+        from scipy import sparse
+
+        offsets = np.asarray(offsets, np.int64)
+        n_pieces = offsets.size - 1
+        codes, piece = self._codes(np.asarray(pitch, np.int64), offsets)
+        m = sparse.csr_matrix((np.ones(codes.size, np.float32), (piece, codes)), shape=(n_pieces, _ALPHA ** 3))
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        df = np.diff(m.tocsc().indptr).astype(np.float64)
+        self.idf = (np.log((1.0 + n_pieces) / (1.0 + df)) + 1.0).astype(np.float32)
+        m = m.multiply(self.idf[None, :]).tocsr()
+        norm = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+        m = sparse.diags((1.0 / np.maximum(norm, 1e-12)).astype(np.float32)) @ m
+        self.matrix = m.tocsc().astype(np.float32)
+        self.n_pieces = n_pieces
+
+    @staticmethod
+    def _codes(p: np.ndarray, offsets: np.ndarray):
+        """(3-gram code, piece) of every 3-gram of intervals inside one piece."""
+        if p.size < 4:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        piece_of = np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
+        iv = np.clip(np.diff(p), -_CLIP, _CLIP) + _CLIP
+        m = iv.size - 2
+        ok = piece_of[:m] == piece_of[3:]  # notes i..i+3 in one piece
+        code = (iv[:m] * _ALPHA + iv[1:m + 1]) * _ALPHA + iv[2:]
+        return code[ok], piece_of[:m][ok]
+
+    def scores(self, pitch) -> np.ndarray:
+        """Cosine of the query melody's TF-IDF with every piece's: float32 [shape=(k,)]."""
+        codes, _ = self._codes(np.asarray(pitch, np.int64), np.array([0, len(pitch)]))
+        if codes.size == 0:
+            return np.zeros(self.n_pieces, np.float32)
+        u = np.unique(codes)
+        w = self.idf[u]
+        w = w / float(np.linalg.norm(w))
+        return np.asarray(self.matrix[:, u] @ w, np.float32).ravel()
+
+    def search(self, scores: np.ndarray, k: int) -> np.ndarray:
+        """Rows of the ``k`` best pieces by these scores (best first, score > 0)."""
+        k = min(k, scores.size)
+        if k <= 0:
+            return np.zeros(0, np.int64)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return top[scores[top] > 0].astype(np.int64)
+
+
+def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_intervals: int = 48) -> np.ndarray:
+    """The ``FEATURES`` of one query's candidates: float64 [shape=(k, len(FEATURES))].
+
+    ``align``, ``mel``, ``harm``: alignment scores (0..~1.2); ``tfidf``, ``vec``: cosines;
+    ``n_intervals``: the query's melody intervals (a query of at most
+    ``short_intervals`` is short: its scores say less)."""
+    cols = [np.asarray(x, np.float64) for x in (align, mel, harm, tfidf, vec)]
+    if cols[0].size == 0:
+        return np.zeros((0, len(FEATURES)))
+    a, m, h, t, v = cols
+    short = float(n_intervals <= short_intervals)
+    return np.stack([a, a - a.max(), m, m - m.max(), h, h - h.max(), t, t - t.max(), v,
+                     np.full(a.size, short), t * short, m * short], axis=1)
+
+
+@lru_cache(maxsize=4)
+def load_fusion(path: str | None = None) -> dict:
+    """The fitted coefficients (``cover_fusion.json``)."""
+    with open(path or FUSION_FILE) as fh:
+        d = json.load(fh)
+    if tuple(d["features"]) != FEATURES:
+        raise ValueError(f"{path or FUSION_FILE}: fitted on features {d['features']}, the code has {FEATURES}; "
+                         "refit with benchmarks/fit_cover_fusion.py")
+    return d
+
+
+def fuse(x: np.ndarray, params: dict | None = None) -> np.ndarray:
+    """Fused scores (0..1) of a feature matrix from :func:`fusion_features`."""
+    p = params or load_fusion()
+    z = x @ np.asarray(p["coef"], np.float64) + float(p["intercept"])
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, *, l2: float = 1e-3,
+                 iters: int = 100) -> tuple[np.ndarray, float]:
+    """Weighted, L2-regularised logistic regression by Newton's method (IRLS).
+
+    Parameters
+    ----------
+    x : float [shape=(n, d)]; y : {0, 1} [shape=(n,)]; weight : float [shape=(n,)] or None
+    l2 : penalty on the coefficients (not the intercept), per unit of total weight
+
+    Returns
+    -------
+    coef : float64 [shape=(d,)]; intercept : float
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    n, d = x.shape
+    w = np.ones(n) if weight is None else np.asarray(weight, np.float64)
+    if n == 0 or y.min() == y.max():
+        raise ValueError("fit_logistic needs both classes among its examples")
+    xa = np.hstack([x, np.ones((n, 1))])
+    beta = np.zeros(d + 1)
+    reg = np.full(d + 1, l2 * w.sum())
+    reg[-1] = 0.0
+    for _ in range(iters):
+        z = xa @ beta
+        p = 1.0 / (1.0 + np.exp(-z))
+        g = xa.T @ (w * (p - y)) + reg * beta
+        hess = (xa * (w * p * (1 - p))[:, None]).T @ xa + np.diag(reg) + 1e-9 * np.eye(d + 1)
+        step = np.linalg.solve(hess, g)
+        beta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return beta[:-1], float(beta[-1])

@@ -1,0 +1,113 @@
+"""The cover search's fitted score fusion and the exact-interval n-gram TF-IDF fused in:
+known answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+def _tfidf(melodies):
+    from query.cover_fusion import IntervalTfidf
+
+    off = np.concatenate([[0], np.cumsum([len(m) for m in melodies])]).astype(np.int64)
+    return IntervalTfidf(np.concatenate([np.asarray(m, np.int64) for m in melodies]), off)
+
+
+def test_interval_tfidf_known_answers():
+    a = [60, 62, 64, 65, 67, 69, 71, 72]
+    b = [60, 60, 60, 60, 60]  # only repeated notes: 3-gram (0, 0, 0)
+    c = [72, 71, 69, 67, 65]  # a descending scale: no 3-gram in common with a
+    idx = _tfidf([a, b, c])
+    s = idx.scores([p + 5 for p in a])  # a, a fourth up
+    assert s.shape == (3,) and s.dtype == np.float32
+    assert s[0] == pytest.approx(1.0, abs=1e-5)
+    assert s[1] == 0.0 and s[2] == 0.0
+    # a's intervals 2 2 1 2 2 2 1 hold 4 distinct 3-grams (2 2 1 twice), all of one IDF;
+    # its first 6 notes hold 3 of them: cosine 3 / sqrt(3 * 4)
+    s = idx.scores(a[:6])
+    assert s[0] == pytest.approx(3 / np.sqrt(12), abs=1e-5)
+    assert list(idx.search(s, 3)) == [0]  # pieces scoring 0 are not listed
+    # a melody of fewer than 4 notes has no 3-gram
+    assert not idx.scores([60, 62, 64]).any()
+
+
+def test_interval_tfidf_grams_do_not_cross_pieces():
+    # the end of piece 0 followed by the start of piece 1 would make the query's grams
+    idx = _tfidf([[60, 62, 64], [65, 67, 69], [50, 52, 54, 55, 57, 59]])
+    s = idx.scores([60, 62, 64, 65, 67, 69])
+    assert s[0] == 0.0 and s[1] == 0.0
+    assert s[2] == pytest.approx(1.0, abs=1e-5)  # the same intervals, a tenth lower
+
+
+def test_fit_logistic_recovers_known_coefficients():
+    from query.cover_fusion import fit_logistic
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40_000, 2))
+    p = 1 / (1 + np.exp(-(x @ np.array([2.0, -1.0]) + 0.5)))
+    y = rng.random(p.size) < p
+    coef, intercept = fit_logistic(x, y, l2=0.0)
+    np.testing.assert_allclose(coef, [2.0, -1.0], atol=0.08)
+    assert intercept == pytest.approx(0.5, abs=0.06)
+    with pytest.raises(ValueError, match="both classes"):
+        fit_logistic(x, np.zeros(x.shape[0]))
+
+
+def test_fusion_features_known_answer():
+    from query.cover_fusion import FEATURES, fusion_features
+
+    x = fusion_features([1.0, 0.5], [0.9, 0.2], [0.3, 0.6], [0.8, 0.1], [0.95, 0.5], n_intervals=30)
+    f = dict(zip(FEATURES, x.T))
+    assert x.shape == (2, len(FEATURES))
+    np.testing.assert_allclose(f["align_rel"], [0.0, -0.5])
+    np.testing.assert_allclose(f["harm_rel"], [-0.3, 0.0])
+    np.testing.assert_allclose(f["tfidf_rel"], [0.0, -0.7])
+    np.testing.assert_allclose(f["short"], [1.0, 1.0])  # 30 intervals <= 48: short
+    np.testing.assert_allclose(f["tfidf_short"], [0.8, 0.1])
+    assert fusion_features([1.0], [1.0], [1.0], [1.0], [1.0], n_intervals=200)[0, FEATURES.index("short")] == 0
+    assert fusion_features([], [], [], [], [], n_intervals=5).shape == (0, len(FEATURES))
+
+
+def test_shipped_fusion_loads_offline_and_ranks_agreement_first():
+    """The coefficients shipped with the package load, match the code's features, say
+    what they were fitted on (the fit part only), and score a candidate that every
+    feature prefers above one that none does."""
+    from query.cover_fusion import FEATURES, FUSION_FILE, fuse, fusion_features, load_fusion
+
+    d = load_fusion()
+    assert tuple(d["features"]) == FEATURES and len(d["coef"]) == len(FEATURES)
+    assert "fit part" in d["fitted_on"]["what"] and d["fitted_on"]["queries"] > 0
+    assert json.loads(FUSION_FILE.read_text())["intercept"] == d["intercept"]
+    x = fusion_features([1.1, 0.35], [1.0, 0.3], [0.9, 0.2], [0.9, 0.05], [0.95, 0.6], n_intervals=120)
+    s = fuse(x)
+    assert 0 <= s[1] < s[0] <= 1
+
+
+def test_fusion_with_wrong_features_is_a_clear_error(tmp_path):
+    from query.cover_fusion import load_fusion
+
+    p = tmp_path / "f.json"
+    p.write_text(json.dumps({"features": ["align"], "coef": [1.0], "intercept": 0.0}))
+    with pytest.raises(ValueError, match="refit with benchmarks/fit_cover_fusion.py"):
+        load_fusion(str(p))
+
+
+def test_pool_beats_at_a_non_integer_scale_known_answer():
+    """Frames of 1.5 beats over C, C, E, E (one beat each): the first frame holds C for
+    1.5 beats, the second C for 0.5 and E for 1, the third E for 1 (the last, partial);
+    integer and half-beat frames are as before."""
+    from query.covers import _pool_beats
+
+    c = np.zeros((4, 12), np.float32)
+    c[:2, 0] = 1
+    c[2:, 4] = 1
+    f = _pool_beats(c, 1.5)
+    assert f.shape == (3, 12)
+    np.testing.assert_allclose(f[0], np.eye(12)[0], atol=1e-6)
+    np.testing.assert_allclose(f[1, [0, 4]], np.array([0.5, 1.0]) / np.sqrt(1.25), atol=1e-6)
+    np.testing.assert_allclose(f[2], np.eye(12)[4], atol=1e-6)
+    np.testing.assert_allclose(_pool_beats(c, 2.0), np.eye(12)[[0, 4]], atol=1e-6)
+    np.testing.assert_allclose(_pool_beats(c, 0.5), np.eye(12)[[0, 0, 0, 0, 4, 4, 4, 4]], atol=1e-6)
