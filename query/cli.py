@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from atlas_db.errors import AtlasError
+from atlas_db.errors import AtlasError, Interrupted
 
 __all__ = ["cli", "main", "db_option", "format_option", "echo_table", "progress_bar"]
 
@@ -96,8 +96,9 @@ def _stage_progress():
     return progress, bars
 
 
-def _ingest_with_progress(paths, db_dir, workers, *, quiet=False, derive=True):
+def _ingest_with_progress(paths, db_dir, workers, *, quiet=False, derive=True, file_timeout_s=None):
     from ingest.pipeline import ingest_paths
+    from ingest.sources import shown_path
 
     bar = None
     stage_progress, stage_bars = _stage_progress()
@@ -110,13 +111,20 @@ def _ingest_with_progress(paths, db_dir, workers, *, quiet=False, derive=True):
         bar.set_postfix_str(f"{notes:,} notes", refresh=False)
         bar.refresh()
 
-    def on_error(path, reason):
-        if quiet:
-            return
-        if bar is not None:
-            bar.write(f"atlas: failed: {path}: {reason}", file=sys.stderr)
+    def say(line):
+        open_bar = next((b for b in [bar, *stage_bars.values()] if b is not None and not b.disable), None)
+        if open_bar is not None:
+            open_bar.write(line, file=sys.stderr)
         else:
-            warn(f"atlas: failed: {path}: {reason}")
+            warn(line)
+
+    def on_error(path, reason):
+        if not quiet:
+            say(f"atlas: failed: {shown_path(path)}: {reason}")
+
+    def on_stage_failure(stage, piece_id, reason):
+        if not quiet:
+            say(f"atlas: skipped: piece {piece_id} in the {stage} stage: {reason}")
 
     def progress_files(done, total, notes):
         progress(done, total, notes)
@@ -125,7 +133,8 @@ def _ingest_with_progress(paths, db_dir, workers, *, quiet=False, derive=True):
 
     try:
         summary = ingest_paths(paths, db_dir, workers=workers, progress=progress_files, on_error=on_error,
-                               stage_progress=stage_progress, derive=derive)
+                               stage_progress=stage_progress, derive=derive, on_stage_failure=on_stage_failure,
+                               file_timeout_s=file_timeout_s)
     finally:
         if bar is not None:
             bar.close()
@@ -153,23 +162,28 @@ def run_derived(db_dir, only=None, redo=False):
               help="Processes for audio analysis (default: number of cores, at most 8); MIDI parses in-process.")
 @click.option("--no-derive", is_flag=True,
               help="Only store the files; harmony, grammar and vectors are brought up to date by the next ingest.")
-def ingest(paths, db_dir, workers, no_derive):
+@click.option("--file-timeout", "file_timeout_s", type=click.FloatRange(min=1), default=None,
+              help="Seconds one audio file may take before it is stopped and recorded as failed "
+                   "(default: $ATLAS_FILE_TIMEOUT_S, else 900).")
+def ingest(paths, db_dir, workers, no_derive, file_timeout_s):
     """Add MIDI and audio files and folders (searched recursively) to the database.
 
     Files whose bytes are already stored are skipped, so re-running is cheap; a file
     that cannot be read is reported, recorded in the ingest_errors table, and the rest
-    goes on. Exit status 1 if any file failed.
+    goes on. A piece that a derived stage cannot analyse is recorded in derived_failures
+    and skipped. Ctrl-C keeps everything committed; re-run to finish. Exit status 1 if
+    any file or piece failed.
 
     \b
     Example:
       atlas ingest ~/midi/bach song.mid --db ./atlas_data
     """
     db = resolve(db_dir)
-    summary = _ingest_with_progress(paths, db, workers, derive=not no_derive)
+    summary = _ingest_with_progress(paths, db, workers, derive=not no_derive, file_timeout_s=file_timeout_s)
     if summary.added + summary.already_present + summary.failed == 0:
         warn(f"atlas: no MIDI or audio files found in {', '.join(paths)}")
     warn(f"atlas: {summary.line()}")
-    sys.exit(1 if summary.failed else 0)
+    sys.exit(1 if summary.failed or summary.stage_failures else 0)
 
 
 @cli.command()
@@ -361,22 +375,55 @@ def main(argv=None):
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "harmony-atlas" / "numba"))
     try:
         cli.main(args=argv, prog_name="atlas", standalone_mode=False)
+    except Interrupted as e:
+        click.echo(f"atlas: {e}", err=True)
+        sys.exit(130)
     except AtlasError as e:
         click.echo(f"atlas: error: {e}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("atlas: aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # click turns Ctrl-C into Abort; the line is the same wherever it landed
+        click.echo("atlas: interrupted; everything committed before is kept, re-run to finish", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("atlas: interrupted; everything committed before this point is kept", err=True)
-        sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
     except SystemExit:
         raise
+    except Exception as e:
+        line = environment_error_line(e)
+        if line is None:
+            raise  # a bug: keep the traceback
+        click.echo(f"atlas: error: {line}", err=True)
+        sys.exit(1)
+
+
+def environment_error_line(exc: BaseException) -> str | None:
+    """One line for failures of the machine rather than the program: a full disk, an
+    unreadable or corrupt database file, an interrupted query. None for anything else."""
+    import errno
+
+    import duckdb
+
+    from ingest.derived import is_interrupt
+
+    text = " ".join(str(exc).split())
+    if is_interrupt(exc):
+        return "interrupted; everything committed before is kept, re-run to finish"
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or "no space left" in text.lower():
+        return ("the disk is full; the transaction in flight was rolled back and everything committed "
+                f"before is kept: free some space and re-run ({text[:200]})")
+    if isinstance(exc, duckdb.Error) and any(w in text.lower() for w in ("corrupt", "checksum", "not a valid duckdb")):
+        return (f"the database file is corrupt ({text[:300]}); restore it from a backup, "
+                "or ingest the files again into a new --db folder")
+    if isinstance(exc, (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException,
+                        duckdb.FatalException)):
+        return f"the database file could not be read or written ({type(exc).__name__}: {text[:300]})"
+    if isinstance(exc, OSError):
+        return f"{exc.filename or 'a file'}: {exc.strerror or text}"
+    return None
 
 
 if __name__ == "__main__":

@@ -259,3 +259,49 @@ def test_full_disk_is_one_line_and_keeps_what_was_committed(tiny_disk, pop909_di
         partial = con.execute("SELECT count(*) FROM pieces p WHERE n_notes <> (SELECT count(*) FROM notes n "
                               "WHERE n.piece_id = p.piece_id)").fetchone()[0]
     assert (orphans, partial) == (0, 0)
+
+
+def _float_wav(path, peak: float, seconds: float = 2.0, sr: int = 22050) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(seconds * sr)) / sr
+    y = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    y[sr // 2] = peak
+    sf.write(path, y, sr, format="WAV", subtype="FLOAT")
+    return Path(path)
+
+
+def test_absurd_float_audio_is_refused_quickly_and_overshoot_is_scaled(tmp_path):
+    pytest.importorskip("essentia", reason="audio extra not installed (pip install '.[audio]')")
+    pytest.importorskip("basic_pitch", reason="basic-pitch not installed")
+    from ingest.audio import decode
+
+    bad = _float_wav(tmp_path / "huge.wav", 1e38)
+    t0 = time.monotonic()
+    s = ingest_paths([str(bad)], tmp_path / "db", derive=False, workers=1)
+    assert s.errors == [(str(bad), "corrupt audio: samples reach 1e+38 (full scale is 1.0; above 16 is not a recording)")]
+    assert time.monotonic() - t0 < 120  # it used to hang for minutes in essentia's peak detection
+    loud = _float_wav(tmp_path / "loud.wav", 1.5)
+    dec = decode(loud.read_bytes(), str(loud))
+    assert abs(float(abs(dec.samples).max()) - 1.0) < 1e-6  # analysed at full scale
+
+
+def test_audio_file_past_the_time_limit_is_stopped_and_recorded(tmp_path):
+    pytest.importorskip("essentia", reason="audio extra not installed (pip install '.[audio]')")
+    pytest.importorskip("basic_pitch", reason="basic-pitch not installed")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _float_wav(folder / "slow.wav", 0.5, seconds=4.0)  # loading the analysis models alone takes > 1 s
+    tune(folder / "a.mid")
+    db = tmp_path / "db"
+    t0 = time.monotonic()
+    r = atlas("ingest", str(folder), "--db", str(db), "--file-timeout", "1")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert (f"atlas: failed: {folder / 'slow.wav'}: took longer than the 1 s limit per file and was stopped "
+            "(atlas ingest --file-timeout)") in r.stderr.splitlines()
+    assert time.monotonic() - t0 < 120
+    with reading(db) as con:
+        kinds = con.execute("SELECT kind, count(*) FROM pieces GROUP BY ALL").fetchall()
+        audio_rows = con.execute("SELECT count(*) FROM audio_files").fetchone()[0]
+    assert kinds == [("midi", 1)] and audio_rows == 0
