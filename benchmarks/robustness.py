@@ -244,7 +244,7 @@ def build(work: Path, n_midi: int, n_audio: int, seed: int) -> tuple[list[Path],
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--midi", type=int, default=2000)
-    ap.add_argument("--audio", type=int, default=200)
+    ap.add_argument("--audio", type=int, default=211)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="empty or new folder (default: a temporary one)")
     ap.add_argument("--code", default=str(ROOT),
