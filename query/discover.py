@@ -41,8 +41,9 @@ Two kinds of candidates, one currency (bits saved), one selection.
    them) are sections. Every translation under which a section occurs with at least
    ``OCC_SHARE`` of its notes (its TEC with inexact occurrences) comes from the same
    pair table; occurrences share no note. Saving: each further occurrence saves its
-   matched notes and pays twice for each missing one, at the mean bits per note of the
-   piece, minus ``(k + 1) * log2(N)``.
+   matched notes (at the mean bits per note of the piece's streams) and pays
+   ``log2(m)`` bits for each of the pattern's ``m`` notes it lacks (to say which), minus
+   ``(k + 1) * log2(N)``.
 
 Selection: best saving first. A pattern whose occurrences each lie inside one occurrence
 of a pattern already taken and which occurs no more often (a voice of a repeated
@@ -338,8 +339,9 @@ def _section_candidates(pts: _Points, table, *, min_notes: int, bits_per_note: f
         if k < 2:
             continue
         n_var = sum(c < m for c, _ in keep)
-        # every further occurrence saves its matched notes and pays for the missing ones
-        saving = sum((c - 2 * (m - c)) * bits_per_note for c, _ in keep[1:]) - (k + 1) * ref_bits
+        # every further occurrence saves its matched notes and pays for saying which of
+        # the pattern's notes it lacks (log2 m bits each)
+        saving = sum(c * bits_per_note - (m - c) * np.log2(m) for c, _ in keep[1:]) - (k + 1) * ref_bits
         keep.sort(key=lambda x: (pts.q[x[1][0]], pts.pitch[x[1][0]]))
         cands.append((float(saving), m, [o for _, o in keep], n_var))
     return cands

@@ -132,3 +132,52 @@ def _first_path(db):
 
     with reading(db) as con:
         return con.execute("SELECT path FROM pieces ORDER BY path LIMIT 1").fetchall()[0][0]
+
+
+def section_piece(path, seed=0):
+    """Four voices of random filler (52 beats); the block of all voices in beats [4, 16)
+    is stated again exactly at beat 20 and, with three notes of the alto changed, at beat
+    36. Returns the three occurrences as sets of (onset_beats, pitch)."""
+    rng = random.Random(seed)
+    ranges = [(67, 81), (57, 69), (50, 62), (36, 50)]
+    voices = [[] for _ in ranges]
+    for v, (lo, hi) in enumerate(ranges):
+        t, p = 0.0, rng.randint(lo, hi)
+        while t < 52:
+            d = rng.choice([0.5, 1.0, 1.0, 1.5, 2.0])
+            voices[v].append((p, t, d * 0.9, 80))
+            p = min(hi, max(lo, p + rng.choice([-4, -3, -2, -1, 1, 2, 3, 5])))
+            t += d
+    block = [[n for n in notes if 4 <= n[1] < 16] for notes in voices]
+    changed = {n[1] for n in block[1][2:8:2]}  # three alto notes a semitone up
+    for shift in (16.0, 32.0):
+        for v, notes in enumerate(voices):
+            lo, hi = 4 + shift, 16 + shift
+            kept = [n for n in notes if not (lo <= n[1] < hi)]
+            copy = [(p + (1 if shift == 32 and v == 1 and t in changed else 0), t + shift, d, vel)
+                    for p, t, d, vel in block[v]]
+            voices[v] = sorted(kept + copy, key=lambda n: n[1])
+    write_midi(path, [Track(notes, name=f"v{v}", channel=v) for v, notes in enumerate(voices)])
+    occ = [{(t, p) for b in block for p, t, _, _ in b}]
+    occ.append({(t + 16, p) for t, p in occ[0]})
+    occ.append({(t + 32, p + (1 if t in changed and (p, t) in {(n[0], n[1]) for n in block[1]} else 0))
+                for t, p in occ[0]})
+    return occ
+
+
+def test_repeated_section_of_all_voices_with_an_inexact_restatement(tmp_path):
+    occ = section_piece(tmp_path / "s.mid")
+    est = discover_file(tmp_path / "s.mid", top=5)
+    sec = est[0]  # the section (all four voices) saves most
+    got = [{tuple(n) for n in o} for o in sec.occurrences]
+    assert [min(o)[0] for o in got] == [4.0, 20.0, 36.0]
+    for g, o in zip(got, occ):
+        # the statement's notes but the three changed ones (in all three: the pattern is
+        # what the three share), and at most two notes next to it that match by chance
+        assert len(o - g) <= 3 and len(g - o) <= 2
+    assert sec.tracks == (1, 2, 3, 4)
+    ref = [[sorted(o) for o in occ]]
+    assert mir_eval.pattern.establishment_FPR(ref, _as_mir(est[:1]))[0] > 0.9
+    assert mir_eval.pattern.occurrence_FPR(ref, _as_mir(est[:1]), thres=0.75)[0] > 0.9
+    # the voices of the section are not reported on their own
+    assert all(len(p.tracks) > 1 or len(p.occurrences) > 3 for p in est)
