@@ -493,6 +493,29 @@ class CoverIndex:
             best_shift[better] = hsh[better]
         return best, best_shift
 
+    def _probe_scale(self, q: QueryFeatures, probe: np.ndarray, probe_frames, sh_probe) -> float:
+        """The query's time scale (query beats per reference beat), chosen on the best few
+        candidates: the scale whose best harmony alignment is highest (another than 1
+        must win by ``scale_margin``), among the notated scales and, when none of them
+        aligns convincingly (below ``look_further_below``: a file with no beat grid in
+        common with the stored ones), among every scale of the fine grid ``probe_scales``.
+        (Choosing by the best candidate's lead over the median of the others instead
+        was measured: combined 0.614 -> 0.675 but harmony only 0.995 -> 0.962 and
+        combined_short 0.600 -> 0.458 on the fit part.)"""
+        A = ALIGN
+        best_scale, best = 1.0, -np.inf
+        for grid in (A["scales"], A["probe_scales"]):
+            if np.isfinite(best) and best >= A["look_further_below"] - A["scale_margin"] * (best_scale != 1.0):
+                break
+            for sc in grid:
+                if grid is A["probe_scales"] and sc in A["scales"]:
+                    continue  # tried already
+                hs, _ = self._harmony(q, probe, sc, probe_frames, sh_probe)
+                top = (float(hs.max()) if hs.size else 0.0) - (A["scale_margin"] if sc != 1.0 else 0.0)
+                if top > best + 1e-6:
+                    best_scale, best = sc, top
+        return best_scale
+
     def rerank(self, q: QueryFeatures, rows: np.ndarray, scale: float | None = None) -> dict[str, np.ndarray]:
         """Alignment scores of the candidate rows (see the module docstring); ``scale``
         fixes the query's time scale instead of choosing it on the first candidates."""
@@ -521,23 +544,7 @@ class CoverIndex:
         qn = min(-(-q.chroma_beats.shape[0] // A["frame_beats"]), A["max_query_frames"])
         sh = self._shifts(q, rows, qn, frames) if qn <= A["short_query_frames"] and k else None
         sh_probe = None if sh is None else sh[:n_probe]
-        best_scale, best = 1.0, -1.0
-        # the notated scales first; when none of them aligns convincingly (a file with
-        # no beat grid in common with the stored ones), every scale of the fine grid
-        tried = set()
-        for grid in ((A["scales"], A["probe_scales"]) if scale is None else ([scale],)):
-            if tried and best + A["scale_margin"] >= A["look_further_below"]:
-                break
-            for sc in grid:
-                if sc in tried:
-                    continue
-                tried.add(sc)
-                hs, _ = self._harmony(q, probe, sc, probe_frames, sh_probe) if scale is None else (np.zeros(0), None)
-                top = float(hs.max()) if hs.size else 0.0
-                if sc != 1.0:
-                    top -= A["scale_margin"]  # another notation than the reference's must win clearly
-                if top > best + 1e-6:
-                    best_scale, best = sc, top
+        best_scale = self._probe_scale(q, probe, probe_frames, sh_probe) if scale is None else scale
         harm, hshift = self._harmony(q, rows, best_scale, frames, sh)
         hscale = np.full(k, best_scale, np.float32)
         if q.chroma_beats.shape[0] <= A["phase_search_beats"] or q.is_recording:
