@@ -87,7 +87,8 @@ N_SECTIONS = 40  # compact segments whose occurrences are searched
 OCC_SHARE = 0.75  # an inexact occurrence has this share of the pattern's notes
 OVERLAP_SAME = 0.5  # two point sets sharing more than this share of points are one
 NESTED_SHARE = 0.9  # an occurrence this much inside another pattern's occurrence is nested in it
-MIN_SAVING_SHARE = 0.3  # patterns saving less than this share of the best one are not reported
+MIN_SAVING_SHARE = 0.3  # a pattern nested in one taken saves at least this share of the best one
+MIN_SAVING_SHARE_FREE = 0.05  # ... and one that is not, at least this share
 
 
 @dataclass
@@ -418,9 +419,11 @@ def _select(pts: _Points, cands, top: int) -> list[DiscoveredPattern]:
     n = len(pts.q)
     taken = []  # (pattern, occurrence labels, size)
     for saving, m, occs, n_var in cands:
-        if saving <= 0 or (taken and saving < MIN_SAVING_SHARE * taken[0][0].saving):
+        best = taken[0][0].saving if taken else saving
+        if saving <= 0 or saving < MIN_SAVING_SHARE_FREE * best:
             break
-        if any(len(occs) <= len(pt.occurrences) and _nested(occs, lab) for pt, lab, _ in taken):
+        nested_in = [len(pt.occurrences) for pt, lab, _ in taken if _nested(occs, lab)]
+        if nested_in and (len(occs) <= max(nested_in) or saving < MIN_SAVING_SHARE * best):
             continue
         allp = np.unique(np.concatenate(occs))
         same_scale = np.zeros(n, bool)
