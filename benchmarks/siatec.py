@@ -91,7 +91,7 @@ def siatec(onset_grid: np.ndarray, pitch: np.ndarray, *, min_size: int = 1):
     a list of ``(pattern, translators)``; pattern int64 [shape=(m, 2)] rows (onset, pitch),
     translators int64 [shape=(t, 2)] rows (d_onset, d_pitch), the zero vector included.
     Patterns with fewer than ``min_size`` points are not returned (their TECs are still
-    distinct patterns of SIATEC; leaving them out only raises its precision)."""
+    distinct patterns of SIATEC)."""
     pts = np.unique(np.stack([onset_grid.astype(np.int64), pitch.astype(np.int64)], axis=1), axis=0)
     q, p = np.ascontiguousarray(pts[:, 0]), np.ascontiguousarray(pts[:, 1])
     if len(q) >= 1 << 20:

@@ -96,12 +96,12 @@ def register(cli) -> None:
     @cli.command()
     @click.argument("piece")
     @click.option("--top", type=click.IntRange(1, None), default=10, show_default=True,
-                  help="How many patterns to return.")
+                  help="At most how many patterns to return (patterns that save little are left out).")
     @click.option("--min-notes", type=click.IntRange(3, 64), default=5, show_default=True,
                   help="Shortest pattern, in notes.")
     @click.option("--no-variations", is_flag=True,
                   help="Exact (transposed) repeats only; by default occurrences with one note "
-                       "changed are added.")
+                       "changed, and sections that match in 3/4 of their notes, are added.")
     @click.option("--format", "fmt", type=click.Choice(["json", "csv", "table"]), default="json",
                   show_default=True, help="json: MIREX-style list of patterns; csv/table: one row per note.")
     @db_option
@@ -109,8 +109,9 @@ def register(cli) -> None:
         """The repeated themes of a piece, ranked by the description length they save.
 
         PIECE is a piece id (or unique prefix), a path that was ingested, or any MIDI file
-        (analysed without storing it). Themes are found in every track, each track's top
-        line and the skyline, so a theme that moves between voices is one pattern.
+        (analysed without storing it). Repeated sections of all voices are found as point
+        sets (onset, pitch), themes in every track, each track's top line and the
+        skyline, so a theme that moves between voices is one pattern.
         JSON output is the MIREX "discovery of repeated themes" shape, ready for
         mir_eval.pattern: [{"pattern": id, "occurrences": [[[onset_beats, pitch], ...], ...]}].
 

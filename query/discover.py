@@ -299,10 +299,12 @@ def _points(notes) -> _Points:
     return _Points(q[first], pitch[first], np.round(ob[first], 6), tr[first], nk[o2], point_of_note[o2])
 
 
-def _section_candidates(pts: _Points, table, *, min_notes: int, bits_per_note: float, ref_bits: float):
+def _section_candidates(pts: _Points, table, *, min_notes: int, bits_per_note: float, ref_bits: float,
+                        occ_share: float):
     """Compact repeated point sets (typically sections of all voices), each with its
     translational equivalence class including inexact occurrences: candidates
-    ``(saving, m, occurrences, n_varied)``, occurrences as sorted point-index arrays."""
+    ``(saving, m, occurrences, n_varied)``, occurrences as sorted point-index arrays;
+    an inexact occurrence has ``occ_share`` of the section's notes or more."""
     n = len(pts.q)
     segs = compact_segments(table, pts.q, min_size=max(min_notes, MIN_SECTION_NOTES),
                             max_gap=int(SECTION_MAX_GAP_BEATS * GRID_PER_BEAT),
@@ -325,7 +327,7 @@ def _section_candidates(pts: _Points, table, *, min_notes: int, bits_per_note: f
     cands = []
     for pat in picks:
         m = len(pat)
-        tr = translators(table, pat, n, min_count=int(np.ceil(OCC_SHARE * m)))
+        tr = translators(table, pat, n, min_count=int(np.ceil(occ_share * m)))
         occs = [(m, np.sort(pat))]
         for g, side, c in tr[np.argsort(-tr[:, 2], kind="stable")]:
             occs.append((int(c), occurrence_points(table, int(g), int(side), pat, n)))
@@ -390,10 +392,8 @@ def discover_notes(notes, *, top: int = 10, min_notes: int = 5, variations: bool
             cands.append((saving, m, [np.unique(pool_point[s : s + m]) for s in starts], n_var))
     if "sections" in methods and n >= 2 * MIN_SECTION_NOTES:
         table = pair_table(pts.q, pts.pitch)
-        sec = _section_candidates(pts, table, min_notes=min_notes, bits_per_note=bits_per_note, ref_bits=ref_bits)
-        if not variations:
-            sec = [c for c in sec if c[3] == 0]
-        cands += sec
+        cands += _section_candidates(pts, table, min_notes=min_notes, bits_per_note=bits_per_note,
+                                     ref_bits=ref_bits, occ_share=OCC_SHARE if variations else 1.0)
     return _select(pts, cands, top)
 
 

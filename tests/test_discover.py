@@ -179,3 +179,10 @@ def test_repeated_section_of_all_voices_with_an_inexact_restatement(tmp_path):
     ref = [[sorted(o) for o in occ]]
     assert mir_eval.pattern.establishment_FPR(ref, _as_mir(est[:1]))[0] > 0.9
     assert mir_eval.pattern.occurrence_FPR(ref, _as_mir(est[:1]), thres=0.75)[0] > 0.9
+
+
+def test_without_variations_section_occurrences_are_exact(tmp_path):
+    section_piece(tmp_path / "s.mid")
+    est = discover_file(tmp_path / "s.mid", top=3, variations=False)
+    assert est[0].n_varied == 0 and all(len(o) == est[0].n_notes for o in est[0].occurrences)
+    assert [o[0][0] for o in est[0].occurrences][:2] == [4.0, 20.0]
