@@ -85,6 +85,7 @@ SECTION_MAX_SKIP = 8  # ... or where more notes than this that are not in it lie
 MIN_COMPACTNESS = 0.6  # share of the notes in a section's time span that belong to it
 N_SECTIONS = 40  # compact segments whose occurrences are searched
 OCC_SHARE = 0.75  # an inexact occurrence has this share of the pattern's notes
+MAX_SECTION_TRANSPOSITION = 12  # sections recur at most an octave up or down (the pair table's size)
 OVERLAP_SAME = 0.5  # two point sets sharing more than this share of points are one
 NESTED_SHARE = 0.9  # an occurrence this much inside another pattern's occurrence is nested in it
 MIN_SAVING_SHARE = 0.3  # a pattern nested in one taken saves at least this share of the best one
@@ -391,7 +392,7 @@ def discover_notes(notes, *, top: int = 10, min_notes: int = 5, variations: bool
         for saving, m, starts, n_var in contour:
             cands.append((saving, m, [np.unique(pool_point[s : s + m]) for s in starts], n_var))
     if "sections" in methods and n >= 2 * MIN_SECTION_NOTES:
-        table = pair_table(pts.q, pts.pitch)
+        table = pair_table(pts.q, pts.pitch, max_transposition=MAX_SECTION_TRANSPOSITION)
         cands += _section_candidates(pts, table, min_notes=min_notes, bits_per_note=bits_per_note,
                                      ref_bits=ref_bits, occ_share=OCC_SHARE if variations else 1.0)
     return _select(pts, cands, top)

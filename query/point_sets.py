@@ -50,18 +50,21 @@ class PairTable:
 
 
 @njit(cache=True)
-def _pair_keys(q, pitch, window):
+def _pair_keys(q, pitch, window, max_dp):
     n = len(q)
     total = 0
     for i in range(n):
-        total += min(n - 1 - i, window)
+        for j in range(i + 1, min(n, i + 1 + window)):
+            if q[j] > q[i] and abs(pitch[j] - pitch[i]) <= max_dp:
+                total += 1
     keys = np.empty(total, np.int64)
     k = 0
     for i in range(n):
         for j in range(i + 1, min(n, i + 1 + window)):
-            vec = ((q[j] - q[i]) << 8) | (pitch[j] - pitch[i] + 128)
-            keys[k] = (vec << 32) | (i << 16) | (j - i)
-            k += 1
+            if q[j] > q[i] and abs(pitch[j] - pitch[i]) <= max_dp:
+                vec = ((q[j] - q[i]) << 8) | (pitch[j] - pitch[i] + 128)
+                keys[k] = (vec << 32) | (i << 16) | (j - i)
+                k += 1
     keys.sort()
     return keys
 
@@ -79,15 +82,17 @@ def _group_starts(keys):
     return out[: g + 1]
 
 
-def pair_table(onset_grid: np.ndarray, pitch: np.ndarray) -> PairTable:
+def pair_table(onset_grid: np.ndarray, pitch: np.ndarray, *, max_transposition: int = 127) -> PairTable:
     """Sorted vector table of the points ``(onset_grid[i], pitch[i])`` (sorted by onset,
-    then pitch, no duplicates; onset_grid int64 >= 0 in ``GRID_PER_BEAT`` steps)."""
+    then pitch, no duplicates; onset_grid int64 >= 0 in ``GRID_PER_BEAT`` steps): the
+    pairs ``(i, j)`` with ``j`` later than ``i`` and at most ``max_transposition``
+    semitones from it (vectors within a chord are left out)."""
     n = len(onset_grid)
     if n > MAX_POINTS:
         raise ValueError(f"{n} points: at most {MAX_POINTS} are supported")
     window = n if n * (n - 1) // 2 <= MAX_PAIRS else max(1, MAX_PAIRS // max(n, 1))
     window = min(window, MAX_POINTS - 1)
-    keys = _pair_keys(onset_grid.astype(np.int64), pitch.astype(np.int64), window)
+    keys = _pair_keys(onset_grid.astype(np.int64), pitch.astype(np.int64), window, int(max_transposition))
     return PairTable(keys, _group_starts(keys), window)
 
 
