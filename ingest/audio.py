@@ -530,10 +530,14 @@ def audio_query_parts(path) -> dict:
     missing = audio_available()
     if missing:
         raise IngestError(path, missing)
+    from ingest.sources import read_regular_file
+
     try:
-        data = Path(path).read_bytes()
+        data = read_regular_file(path)
     except OSError as e:
         raise IngestError(path, f"cannot read ({e.strerror or e})") from None
+    except ValueError as e:  # a FIFO would block the read forever
+        raise IngestError(path, str(e)) from None
     stereo = to_analysis_rate(decode(data, path))
     mono = np.ascontiguousarray(stereo.mean(axis=1), dtype=np.float32)
     es = _essentia()

@@ -461,11 +461,15 @@ def read_midi_file(path, *, what: str = "MIDI file") -> dict:
 
     from atlas_db.errors import BadInputError
 
+    from ingest.sources import read_regular_file
+
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except OSError as e:
         raise BadInputError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    except ValueError as e:  # a FIFO would block the read forever
+        raise BadInputError(f"{path}: cannot read the {what} ({e})") from None
     try:
         return parse_midi(data, piece_id=hashlib.sha256(data).hexdigest()[:16], path=str(path))
     except IngestError as e:

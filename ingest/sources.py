@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["MIDI_SUFFIXES", "AUDIO_SUFFIXES", "SUFFIXES", "Discovery", "discover", "stored_path", "shown_path",
-           "not_regular_reason"]
+           "not_regular_reason", "read_regular_file"]
 
 MIDI_SUFFIXES = (".mid", ".midi")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")  # decoded by ingest/audio.py
@@ -46,8 +46,23 @@ def not_regular_reason(mode: int) -> str | None:
     """Why a file of this ``st_mode`` is not read (reading a FIFO would wait forever), or None."""
     if stat.S_ISREG(mode):
         return None
-    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-    return f"not a regular file ({kind}); skipped"
+    kind = next((name for test, name in _KINDS if test(mode)), "an unknown kind")
+    return f"not a regular file ({kind})"
+
+
+def read_regular_file(path) -> bytes:
+    """The file's bytes; ValueError (with the one-line reason) for a FIFO, device or
+    socket. O_NONBLOCK keeps the open itself from waiting for a writer on a FIFO; the
+    type is checked on the open descriptor, so a file swapped after discovery is caught."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        why = not_regular_reason(os.fstat(fd).st_mode)
+        if why:
+            raise ValueError(why)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
 
 
 @dataclass

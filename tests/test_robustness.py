@@ -148,14 +148,19 @@ def test_odd_file_names_and_fifos(tmp_path):
     r = atlas("ingest", str(folder), str(tmp_path / "named.mid"), "--db", str(db), timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.splitlines()
-    assert f"atlas: failed: {folder / 'pipe.mid'}: not a regular file (a FIFO (named pipe)); skipped" in lines
-    assert f"atlas: failed: {tmp_path / 'named.mid'}: not a regular file (a FIFO (named pipe)); skipped" in lines
+    assert f"atlas: failed: {folder / 'pipe.mid'}: not a regular file (a FIFO (named pipe))" in lines
+    assert f"atlas: failed: {tmp_path / 'named.mid'}: not a regular file (a FIFO (named pipe))" in lines
     assert any(ln.startswith(f"atlas: failed: '{folder}/two\\nlines.mid': ") for ln in lines), lines
     with reading(db) as con:
         paths = sorted(r[0] for r in con.execute("SELECT path FROM piece_paths").fetchall())
         errors = con.execute("SELECT count(*) FROM ingest_errors").fetchone()[0]
     assert paths == [f"{folder}/caf\\xe9 latin-1.mid", f"{folder}/good.mid"]  # both stored, the odd one escaped
     assert errors == 3
+    # a FIFO given as a query or motif file is one line too, instead of blocking on the read
+    r = atlas("pattern", str(tmp_path / "named.mid"), "--db", str(db), timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().endswith("(not a regular file (a FIFO (named pipe)))"), r.stderr
+    r = atlas("covers", str(tmp_path / "named.mid"), "--db", str(db), timeout=60)  # not a file: a piece name
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
 def test_time_signature_with_absurd_denominator_has_a_clear_reason(tmp_path):
