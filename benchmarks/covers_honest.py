@@ -4,6 +4,7 @@ performances; the TF-IDF baseline measured on the same queries in the same run.
     nice .venv/bin/python benchmarks/covers_honest.py --quick      # ~1-2 min: strong level, 30 songs per part
     nice .venv/bin/python benchmarks/covers_honest.py              # every level, every song (~10 min)
     nice .venv/bin/python benchmarks/covers_honest.py --part fit   # only the part the fusion was fitted on
+    nice .venv/bin/python benchmarks/covers_honest.py --quick --no-vienna --large 100000   # + latency at 100k
 
 Why another benchmark (``benchmarks/covers.py`` is too kind): there, the excerpt,
 transcription and tempo queries are cut from ``NNN.mid`` while many stored versions are
@@ -66,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from covers import Baseline, average_precision, first_rank, overlap  # noqa: E402
+from covers import Baseline, average_precision, first_rank, overlap, synthetic_index  # noqa: E402
 from indexers.features import features_from_notes, skyline  # noqa: E402
 from query.covers import ALIGN, CoverIndex, query_from_notes  # noqa: E402
 
@@ -421,6 +422,9 @@ def main(argv=None):
     ap.add_argument("--part", choices=["fit", "heldout", "both"], default="both")
     ap.add_argument("--no-vienna", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--large", type=int, default=0,
+                    help="also search a collection of this many pieces (the real ones + synthetic ones, "
+                         "benchmarks/covers.py synthetic_index): held-out part, first 40 songs, level 2")
     ap.add_argument("--no-fusion", action="store_true", help="rank by the alignment score (the search before the fusion)")
     args = ap.parse_args(argv)
     if args.no_fusion:
@@ -440,6 +444,21 @@ def main(argv=None):
     if v_files:
         run_vienna(index, baseline, notes, v_files, args.seed, rec, max_queries=30 if args.quick else None)
     rec.table(f"ours vs baseline (interval 3-gram TF-IDF, skyline); {len(index)} pieces; seed {args.seed}")
+    print_latency(rec)
+    if args.large:
+        t0 = time.perf_counter()
+        big = synthetic_index(index, args.large, np.random.default_rng(args.seed))
+        print(f"\nsynthetic collection of {len(big):,} pieces built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        big.search(big.query_for_piece(big.ids[0]), top=5)
+        rec_big = Recorder()
+        large_cells = [c for c in ("clean", "excerpt", "perf", "combined") if c in cells]
+        run_pop909(big, baseline, notes, bench, large_cells, [2], ["heldout"], 40, args.seed, rec_big)
+        rec_big.table(f"{len(big):,} pieces (the {len(index)} real ones + synthetic); baseline over the real "
+                      "pieces only")
+        print_latency(rec_big)
+
+
+def print_latency(rec):
     allms = np.concatenate([np.asarray(r["ms"]) for r in rec.rows.values()])
     print(f"all {allms.size} queries: latency p50 {np.percentile(allms, 50):.1f} ms, p95 "
           f"{np.percentile(allms, 95):.1f} ms (load average {os.getloadavg()[0]:.1f})")

@@ -493,7 +493,7 @@ class CoverIndex:
             best_shift[better] = hsh[better]
         return best, best_shift
 
-    def _probe_scale(self, q: QueryFeatures, probe: np.ndarray, probe_frames, sh_probe) -> float:
+    def _probe_scale(self, q: QueryFeatures, probe: np.ndarray, probe_frames, sh_probe, fine: bool = True) -> float:
         """The query's time scale (query beats per reference beat), chosen on the best few
         candidates: the scale whose best harmony alignment is highest (another than 1
         must win by ``scale_margin``), among the notated scales and, when none of them
@@ -501,10 +501,11 @@ class CoverIndex:
         common with the stored ones), among every scale of the fine grid ``probe_scales``.
         (Choosing by the best candidate's lead over the median of the others instead
         was measured: combined 0.614 -> 0.675 but harmony only 0.995 -> 0.962 and
-        combined_short 0.600 -> 0.458 on the fit part.)"""
+        combined_short 0.600 -> 0.458 on the fit part.) ``fine=False``: the notated
+        scales only."""
         A = ALIGN
         best_scale, best = 1.0, -np.inf
-        for grid in (A["scales"], A["probe_scales"]):
+        for grid in (A["scales"], A["probe_scales"]) if fine else (A["scales"],):
             if np.isfinite(best) and best >= A["look_further_below"] - A["scale_margin"] * (best_scale != 1.0):
                 break
             for sc in grid:
@@ -516,9 +517,11 @@ class CoverIndex:
                     best_scale, best = sc, top
         return best_scale
 
-    def rerank(self, q: QueryFeatures, rows: np.ndarray, scale: float | None = None) -> dict[str, np.ndarray]:
+    def rerank(self, q: QueryFeatures, rows: np.ndarray, scale: float | None = None, fine: bool = True
+               ) -> dict[str, np.ndarray]:
         """Alignment scores of the candidate rows (see the module docstring); ``scale``
-        fixes the query's time scale instead of choosing it on the first candidates."""
+        fixes the query's time scale instead of choosing it on the first candidates
+        (``fine=False``: choose it among the notated scales only)."""
         A = ALIGN
         rows = np.asarray(rows, np.int64)
         k = rows.size
@@ -544,7 +547,7 @@ class CoverIndex:
         qn = min(-(-q.chroma_beats.shape[0] // A["frame_beats"]), A["max_query_frames"])
         sh = self._shifts(q, rows, qn, frames) if qn <= A["short_query_frames"] and k else None
         sh_probe = None if sh is None else sh[:n_probe]
-        best_scale = self._probe_scale(q, probe, probe_frames, sh_probe) if scale is None else scale
+        best_scale = self._probe_scale(q, probe, probe_frames, sh_probe, fine) if scale is None else scale
         harm, hshift = self._harmony(q, rows, best_scale, frames, sh)
         hscale = np.full(k, best_scale, np.float32)
         if q.chroma_beats.shape[0] <= A["phase_search_beats"] or q.is_recording:
@@ -668,7 +671,8 @@ class CoverIndex:
         rows = rows[: A["hop_candidates"]]
         if rows.size < 4:
             return r
-        rb = self.rerank(qb, rows)
+        # the best answer and its candidates are stored pieces: their notated scales
+        rb = self.rerank(qb, rows, fine=False)
         ok = rb["score"] >= max(A["hop_same"], float(np.median(rb["score"])) + A["hop_above"])
         if not ok.any():
             return r
