@@ -26,7 +26,8 @@ from indexers.features import EMBED_DIM, features_from_notes, quantize_chroma, e
     skyline, melody_intervals
 
 __all__ = [
-    "STAGE", "VERSION", "BATCH_PIECES", "update", "forget", "lance_dir", "open_lance",
+    "STAGE", "VERSION", "BATCH_PIECES", "update", "forget", "load_inputs", "compute_rows", "write_rows",
+    "lance_dir", "open_lance",
     "reindex", "table_names", "PIECE_TABLE", "TRACK_TABLE", "piece_vector_schema", "track_vector_schema",
 ]
 
@@ -103,14 +104,21 @@ def _read_notes(con, piece_ids: list[str]) -> pa.Table:
 def _read_audio(con, piece_ids: list[str]) -> dict:
     """piece_id -> (beat times s, beat HPCP (n, 12), notes' grid tempo bpm) of the audio
     pieces among these that have tracked beats."""
+    t = _read_audio_rows(con, piece_ids)
+    return {} if t is None else audio_beats_by_piece(t)
+
+
+def _read_audio_rows(con, piece_ids: list[str]) -> pa.Table | None:
+    """Rows (piece_id, time_s, hpcp, grid_bpm: the notes' grid tempo) of the tracked beats
+    of the audio pieces among these, sorted by piece and beat; None without audio tables."""
     con.register("_vec_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
     try:
         has = {r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_name IN ('audio_beats', 'tempo_changes')"
         ).fetchall()}
         if has != {"audio_beats", "tempo_changes"}:
-            return {}
-        t = fetch_arrow(con.execute(
+            return None
+        return fetch_arrow(con.execute(
             """SELECT b.piece_id, b.time_s, b.hpcp,
                       (SELECT min_by(tc.tempo_bpm, tc.time_ticks) FROM tempo_changes tc
                        WHERE tc.piece_id = b.piece_id) AS grid_bpm
@@ -121,7 +129,6 @@ def _read_audio(con, piece_ids: list[str]) -> dict:
         ))
     finally:
         con.unregister("_vec_ids")
-    return audio_beats_by_piece(t)
 
 
 def audio_beats_by_piece(t: pa.Table) -> dict:
@@ -215,14 +222,30 @@ def forget(con, piece_ids: list[str]) -> None:
         con.unregister("_vec_ids")
 
 
-def update(con, piece_ids: list[str]) -> None:
-    """Compute and write features for these pieces (inside the runner's transaction),
-    then upsert their vectors into Lance."""
+def load_inputs(con, piece_ids: list[str]) -> dict[str, pa.Table]:
+    """What :func:`compute_rows` needs: the pieces' notes (drums left out, sorted by
+    piece) and, when it is their harmony source, the recordings' beat HPCP."""
     from indexers.audio_chroma import HARMONY_SOURCE
 
+    out = {"notes": _read_notes(con, piece_ids)}
     # the recordings' measured chroma only matters when it is their harmony sequence
-    audio = _read_audio(con, piece_ids) if HARMONY_SOURCE != "notes" else {}
-    feats, tracks = compute(_read_notes(con, piece_ids), audio)
+    audio = _read_audio_rows(con, piece_ids) if HARMONY_SOURCE != "notes" else None
+    if audio is not None:
+        out["audio"] = audio
+    return out
+
+
+def compute_rows(inputs: dict[str, pa.Table], piece_ids: list[str]) -> dict[str, pa.Table]:
+    """``cover_features`` rows and track vectors of each piece, each on its own."""
+    audio = audio_beats_by_piece(inputs["audio"]) if "audio" in inputs else {}
+    feats, tracks = compute(inputs["notes"], audio)
+    return {"cover_features": feats, TRACK_TABLE: tracks}
+
+
+def write_rows(con, rows: dict[str, pa.Table]) -> None:
+    """Write ``cover_features`` (inside the runner's transaction), then upsert the
+    vectors into Lance."""
+    feats = rows["cover_features"]
     con.register("_vec_rows", feats)
     try:
         con.execute("INSERT OR REPLACE INTO cover_features SELECT * FROM _vec_rows")
@@ -230,7 +253,13 @@ def update(con, piece_ids: list[str]) -> None:
         con.unregister("_vec_rows")
     ldb = open_lance(db_dir_of(con))
     _upsert(ldb, PIECE_TABLE, _piece_rows(feats), ["piece_id"])
-    _upsert(ldb, TRACK_TABLE, tracks, ["piece_id", "track_index"])
+    _upsert(ldb, TRACK_TABLE, rows[TRACK_TABLE], ["piece_id", "track_index"])
+
+
+def update(con, piece_ids: list[str]) -> None:
+    """Compute and write features for these pieces (inside the runner's transaction),
+    then upsert their vectors into Lance."""
+    write_rows(con, compute_rows(load_inputs(con, piece_ids), piece_ids))
 
 
 def _piece_rows(feats: pa.Table) -> pa.Table:

@@ -7,7 +7,12 @@ A stage (harmony, grammar, vectors, ...) is a module with
 - ``update(con, piece_ids) -> None`` : compute and write its rows for these pieces with
   the open write connection ``con`` (inside a transaction the runner owns);
 - optionally ``BATCH_PIECES`` : int, how many pieces one transaction takes (default 200);
-- optionally ``forget(con, piece_ids)`` : delete its rows for pieces it will redo.
+- optionally ``forget(con, piece_ids)`` : delete its rows for pieces it will redo;
+- optionally, a stage that computes each piece on its own (no corpus-wide state) splits
+  ``update`` into ``load_inputs(con, piece_ids) -> {name: pa.Table}`` (every table with a
+  ``piece_id`` column), ``compute_rows(inputs, piece_ids) -> {table: pa.Table}`` (no
+  database) and ``write_rows(con, rows)``; ``atlas ingest --ray`` runs ``compute_rows``
+  as Ray tasks (ingest/ray_ingest.py) and the rest here.
 
 The runner records each finished piece in ``derived_runs`` in the same transaction as the
 stage's rows, so a crash loses at most the batch in flight and a re-run picks up the
@@ -125,33 +130,41 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
 
 
 def _run_stage(db_dir, stage, done, totals, redo_old_versions, progress, on_failure) -> None:
-    con = connect(db_dir, read_only=False, create=True)
-    try:
-        todo = pending_pieces(con, stage, redo_old_versions=redo_old_versions)
-        oversized = _oversized(con, todo) if todo else {}
-    finally:
-        con.close()
-    total = totals[stage.STAGE] = len(todo)
-    if progress:
-        progress(stage.STAGE, 0, total)
-    if oversized:
-        _record_failures(db_dir, stage, oversized, on_failure)
-        todo = [p for p in todo if p not in oversized]
-        done[stage.STAGE] = len(oversized)
+    todo = stage_todo(db_dir, stage, done, totals, redo_old_versions, progress, on_failure)
     batch = getattr(stage, "BATCH_PIECES", 200)
     for i in range(0, len(todo), batch):
         ids = todo[i : i + batch]
         _run_isolated(db_dir, stage, ids, on_failure)
         done[stage.STAGE] += len(ids)
         if progress:
-            progress(stage.STAGE, done[stage.STAGE], total)
+            progress(stage.STAGE, done[stage.STAGE], totals[stage.STAGE])
+
+
+def stage_todo(db_dir, stage, done, totals, redo_old_versions, progress, on_failure) -> list[str]:
+    """The pieces the stage is to process now; pieces beyond ``ingest.limits`` are
+    recorded as failed (and counted in ``done``) instead."""
+    con = connect(db_dir, read_only=False, create=True)
+    try:
+        todo = pending_pieces(con, stage, redo_old_versions=redo_old_versions)
+        oversized = _oversized(con, todo) if todo else {}
+    finally:
+        con.close()
+    totals[stage.STAGE] = len(todo)
+    done[stage.STAGE] = 0
+    if progress:
+        progress(stage.STAGE, 0, len(todo))
+    if oversized:
+        _record_failures(db_dir, stage, oversized, on_failure)
+        todo = [p for p in todo if p not in oversized]
+        done[stage.STAGE] = len(oversized)
+    return todo
 
 
 def _run_isolated(db_dir, stage, ids: list[str], on_failure) -> None:
     """Run a batch; if the stage fails on it, halve it until the failing pieces are
     alone, and record those. Costs nothing extra while no piece fails."""
     try:
-        _run_batch(db_dir, stage, ids)
+        run_batch(db_dir, stage, ids)
         return
     except Exception as e:
         if is_interrupt(e) or _is_database_trouble(e):
@@ -187,12 +200,17 @@ def _record_failures(db_dir, stage, reasons: dict[str, str], on_failure) -> None
             on_failure(stage.STAGE, pid, why)
 
 
-def _run_batch(db_dir, stage, ids: list[str]) -> None:
+def run_batch(db_dir, stage, ids: list[str], rows: dict | None = None) -> None:
+    """One transaction: the stage's rows for ``ids`` (``rows``: computed elsewhere by its
+    ``compute_rows``; else its ``update`` computes them) and their ``derived_runs``."""
     with writing(db_dir) as con:
         forget = getattr(stage, "forget", None)
         if forget is not None:
             forget(con, ids)
-        stage.update(con, ids)
+        if rows is None:
+            stage.update(con, ids)
+        else:
+            stage.write_rows(con, rows)
         con.execute("DELETE FROM derived_failures WHERE stage = ? AND piece_id IN (SELECT unnest(?))",
                     [stage.STAGE, ids])
         now = datetime.now(timezone.utc)

@@ -50,6 +50,9 @@ __all__ = [
     "BATCH_PIECES",
     "update",
     "forget",
+    "load_inputs",
+    "compute_rows",
+    "write_rows",
     "PITCH_NAMES",
     "QUALITY_INTERVALS",
     "TRIAD_FAMILY",
@@ -789,28 +792,36 @@ def _arrow(con, sql, params):
     return con.sql(sql, params=params).to_arrow_table()
 
 
-def update(con, piece_ids: list[str]) -> None:
-    """Compute and insert the harmony rows of ``piece_ids`` (one read of their notes)."""
+def load_inputs(con, piece_ids: list[str]) -> dict[str, pa.Table]:
+    """What :func:`compute_rows` needs for these pieces, read in one pass: their non-drum
+    notes and tempo changes (sorted by piece) and their ticks per beat."""
     ids = list(piece_ids)
-    if not ids:
-        return
-    notes = _arrow(con,
-        """SELECT n.piece_id, n.onset_beats, n.duration_beats, n.pitch
-           FROM notes n JOIN tracks t ON t.piece_id = n.piece_id AND t.track_index = n.track_index
-           WHERE n.piece_id IN (SELECT unnest(?)) AND NOT coalesce(t.is_drum, false)
-           ORDER BY n.piece_id""", [ids])
-    tempo = _arrow(con,
-        """SELECT piece_id, time_ticks, time_s, tempo_bpm FROM tempo_changes
-           WHERE piece_id IN (SELECT unnest(?)) ORDER BY piece_id, time_ticks""", [ids])
-    tpb = dict(con.execute("SELECT piece_id, ticks_per_beat FROM pieces WHERE piece_id IN (SELECT unnest(?))",
-                           [ids]).fetchall())
+    return {
+        "notes": _arrow(con,
+            """SELECT n.piece_id, n.onset_beats, n.duration_beats, n.pitch
+               FROM notes n JOIN tracks t ON t.piece_id = n.piece_id AND t.track_index = n.track_index
+               WHERE n.piece_id IN (SELECT unnest(?)) AND NOT coalesce(t.is_drum, false)
+               ORDER BY n.piece_id""", [ids]),
+        "tempo": _arrow(con,
+            """SELECT piece_id, time_ticks, time_s, tempo_bpm FROM tempo_changes
+               WHERE piece_id IN (SELECT unnest(?)) ORDER BY piece_id, time_ticks""", [ids]),
+        "pieces": _arrow(con, "SELECT piece_id, ticks_per_beat FROM pieces WHERE piece_id IN (SELECT unnest(?))",
+                         [ids]),
+    }
+
+
+def compute_rows(inputs: dict[str, pa.Table], piece_ids: list[str]) -> dict[str, pa.Table]:
+    """The harmony rows (table name -> Arrow table) of each piece, each on its own."""
+    notes, tempo = inputs["notes"], inputs["tempo"]
+    pieces = inputs["pieces"]
+    tpb = dict(zip(pieces.column("piece_id").to_pylist(), pieces.column("ticks_per_beat").to_pylist()))
     n_pid = notes.column("piece_id").to_numpy(zero_copy_only=False)
     t_pid = tempo.column("piece_id").to_numpy(zero_copy_only=False)
     n_sl, t_sl = _group_slices(n_pid), _group_slices(t_pid)
     n_cols = {c: notes.column(c).to_numpy() for c in ("onset_beats", "duration_beats", "pitch")}
     t_cols = {c: tempo.column(c).to_numpy() for c in ("time_ticks", "time_s", "tempo_bpm")}
     parts: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
-    for pid in ids:
+    for pid in piece_ids:
         sl = n_sl.get(pid)
         if sl is None:
             continue
@@ -820,12 +831,21 @@ def update(con, piece_ids: list[str]) -> None:
                             ticks_per_beat=tpb.get(pid), piece_id=pid)
         for name, tbl in res.items():
             parts[name].append(tbl)
-    for name, tbls in parts.items():
-        tbls = [t for t in tbls if t.num_rows]
-        if not tbls:
-            continue
-        tbl = pa.concat_tables(tbls)
+    parts = {name: [t for t in tbls if t.num_rows] for name, tbls in parts.items()}
+    return {name: pa.concat_tables(tbls) for name, tbls in parts.items() if tbls}
+
+
+def write_rows(con, rows: dict[str, pa.Table]) -> None:
+    """Insert what :func:`compute_rows` returned."""
+    for name, tbl in rows.items():
         view = f"_harmony_{name}"
         con.register(view, tbl)
         con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
         con.unregister(view)
+
+
+def update(con, piece_ids: list[str]) -> None:
+    """Compute and insert the harmony rows of ``piece_ids`` (one read of their notes)."""
+    ids = list(piece_ids)
+    if ids:
+        write_rows(con, compute_rows(load_inputs(con, ids), ids))

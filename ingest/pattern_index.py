@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 
 from atlas_db.schema_patterns import NGRAM, TABLES
 
-__all__ = ["STAGE", "VERSION", "BATCH_PIECES", "update", "forget", "index_tables"]
+__all__ = ["STAGE", "VERSION", "BATCH_PIECES", "update", "forget", "load_inputs", "compute_rows", "write_rows",
+           "index_tables"]
 
 def _arrow(con, sql: str, params=None) -> pa.Table:
     """Run a query and return Arrow (the relation API, which DuckDB 2 does not warn about)."""
@@ -86,20 +87,35 @@ def forget(con, piece_ids) -> None:
         con.unregister("_pat_ids")
 
 
-def update(con, piece_ids) -> None:
+def load_inputs(con, piece_ids) -> dict[str, pa.Table]:
+    """The notes :func:`compute_rows` indexes."""
     con.register("_pat_ids", _ids_table(piece_ids))
     try:
-        notes = _arrow(con,
+        return {"notes": _arrow(con,
             "SELECT piece_id, track_index, note_index, onset_ticks, onset_beats, duration_beats, onset_s, pitch, "
-            "channel FROM notes WHERE piece_id IN (SELECT piece_id FROM _pat_ids)")
+            "channel FROM notes WHERE piece_id IN (SELECT piece_id FROM _pat_ids)")}
     finally:
         con.unregister("_pat_ids")
-    streams, ngrams = index_tables(notes)
-    if streams.num_rows:
-        con.register("_pat_streams", streams)
-        con.execute("INSERT INTO pattern_streams SELECT * FROM _pat_streams")
-        con.unregister("_pat_streams")
-    if ngrams.num_rows:
-        con.register("_pat_ngrams", ngrams)
-        con.execute("INSERT INTO pattern_ngrams SELECT * FROM _pat_ngrams")
-        con.unregister("_pat_ngrams")
+
+
+def compute_rows(inputs: dict[str, pa.Table], piece_ids=None) -> dict[str, pa.Table]:
+    """``pattern_streams`` and ``pattern_ngrams`` rows; each piece is indexed on its own."""
+    streams, ngrams = index_tables(inputs["notes"])
+    return {"pattern_streams": streams, "pattern_ngrams": ngrams}
+
+
+def write_rows(con, rows: dict[str, pa.Table]) -> None:
+    ngrams = rows["pattern_ngrams"]
+    g = ngrams.column("gram").to_numpy()
+    if g.size > 1 and (g[1:] < g[:-1]).any():  # rows of several computations (atlas ingest --ray)
+        rows = {**rows, "pattern_ngrams": ngrams.sort_by([("gram", "ascending"), ("stream_id", "ascending"),
+                                                          ("position", "ascending")])}
+    for name, tbl in rows.items():
+        if tbl.num_rows:
+            con.register("_pat_rows", tbl)
+            con.execute(f"INSERT INTO {name} SELECT * FROM _pat_rows")
+            con.unregister("_pat_rows")
+
+
+def update(con, piece_ids) -> None:
+    write_rows(con, compute_rows(load_inputs(con, piece_ids)))
