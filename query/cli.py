@@ -96,9 +96,16 @@ def _stage_progress():
     return progress, bars
 
 
-def _ingest_with_progress(paths, db_dir, workers, *, quiet=False, derive=True, file_timeout_s=None):
+def _ingest_with_progress(paths, db_dir, workers, *, quiet=False, derive=True, file_timeout_s=None, ray=None):
     from ingest.pipeline import ingest_paths
     from ingest.sources import shown_path
+
+    if ray is not None:  # (address or None, staging folder or None): the work runs on Ray
+        from functools import partial
+
+        from ingest.ray_ingest import ingest_paths_ray
+
+        ingest_paths = partial(ingest_paths_ray, address=ray[0], staging_dir=ray[1], num_cpus=workers)
 
     bar = None
     stage_progress, stage_bars = _stage_progress()
@@ -156,7 +163,7 @@ def run_derived(db_dir, only=None, redo=False):
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path())  # required: checked below, after --ray
 @db_option
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Processes for audio analysis (default: number of cores, at most 8); MIDI parses in-process.")
@@ -165,7 +172,14 @@ def run_derived(db_dir, only=None, redo=False):
 @click.option("--file-timeout", "file_timeout_s", type=click.FloatRange(min=1), default=None,
               help="Seconds one audio file may take before it is stopped and recorded as failed "
                    "(default: $ATLAS_FILE_TIMEOUT_S, else 900).")
-def ingest(paths, db_dir, workers, no_derive, file_timeout_s):
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Parse the files and compute harmony, vectors and pattern index as Ray tasks (docs/scale-out.md): "
+                   "on a private local Ray instance (--workers CPUs), or on the cluster at ADDRESS (HOST:PORT or "
+                   "auto). Needs pip install 'harmony-atlas[ray]'.")
+@click.option("--staging", type=click.Path(file_okay=False), default=None,
+              help="With --ray: folder on storage the Ray workers share, for the staged Parquet "
+                   "(default: DB/.staging).")
+def ingest(paths, db_dir, workers, no_derive, file_timeout_s, ray_address, staging):
     """Add MIDI and audio files and folders (searched recursively) to the database.
 
     Files whose bytes are already stored are skipped, so re-running is cheap; a file
@@ -177,9 +191,16 @@ def ingest(paths, db_dir, workers, no_derive, file_timeout_s):
     \b
     Example:
       atlas ingest ~/midi/bach song.mid --db ./atlas_data
+      atlas ingest ~/midi --db ./atlas_data --ray              (local Ray)
+      atlas ingest /shared/midi --db /shared/atlas --ray 10.0.0.5:6379
     """
+    if ray_address and os.path.exists(ray_address):  # `--ray FOLDER ...`: a path, not an address
+        paths, ray_address = (ray_address, *paths), ""
+    if not paths:
+        raise click.UsageError("Missing argument 'PATHS...'.")
     db = resolve(db_dir)
-    summary = _ingest_with_progress(paths, db, workers, derive=not no_derive, file_timeout_s=file_timeout_s)
+    ray = None if ray_address is None else (ray_address or None, staging)
+    summary = _ingest_with_progress(paths, db, workers, derive=not no_derive, file_timeout_s=file_timeout_s, ray=ray)
     if summary.added + summary.already_present + summary.failed == 0:
         warn(f"atlas: no MIDI or audio files found in {', '.join(paths)}")
     warn(f"atlas: {summary.line()}")

@@ -1,0 +1,415 @@
+"""``atlas ingest --ray``: the per-file parse and the per-piece derived stages as Ray tasks.
+
+What runs where (docs/scale-out.md):
+
+- **Ray tasks** read, hash and parse the files: a task takes a group of MIDI files (or
+  one audio file, decoded in a supervised subprocess under ``--file-timeout`` exactly as
+  a local ingest does) through :func:`ingest.pipeline.process_file` and writes its pieces'
+  tables as Parquet under the staging folder. Ray tasks also run ``compute_rows`` of the
+  derived stages that compute each piece on its own (harmony, vectors, patterns; see
+  ``ingest.derived``) on inputs the driver reads from DuckDB, and stage the rows as Parquet.
+- **The driver** (this process) finds the files, reads the staged Parquet back and writes
+  it into DuckDB with the same transactions as a local ingest (``atlas_db.store.write_batch``
+  for the files, ``ingest.derived.run_batch`` per stage batch, so ``ingest_errors``,
+  ``derived_runs`` and ``derived_failures`` come out the same), upserts the vectors into
+  Lance, and runs the grammar stage: Re-Pair over the corpus, where every increment
+  depends on all the rules learned before, so it has no per-piece part to hand out. It
+  runs while the Ray tasks of the later stages compute.
+
+The database holds the same rows as after a local ingest of the same files (tests/
+test_ray_ingest.py compares every table). The staging folder must be on storage that the
+workers and the driver share (default ``DB/.staging``); each run uses its own subfolder
+and removes it at the end. Without an address a private single-node Ray instance is
+started on 127.0.0.1 and stopped afterwards; with one (``HOST:PORT`` or ``auto``) the
+driver joins that cluster, whose nodes need this package installed and the files and the
+staging folder at the same paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from atlas_db.errors import BadInputError
+from atlas_db.schema import TABLES
+from atlas_db.store import Failure, ParsedPiece
+from ingest.sources import MIDI_SUFFIXES, stored_path
+
+__all__ = ["RayEngine", "ray_engine", "ingest_paths_ray", "INSTALL_HINT"]
+
+INSTALL_HINT = "pip install 'harmony-atlas[ray]'"
+# MIDI files parsed by one task: a MIDI file parses in about a millisecond, so one task
+# per file would cost more in scheduling than in work.
+FILES_PER_TASK = 32
+# Pieces per derived-stage task (a stage's batch of BATCH_PIECES is written in one
+# transaction once all its tasks are in).
+PIECES_PER_TASK = 25
+# Input rows (notes) handed to derived-stage tasks and not yet written back: bounds the
+# driver's and the object store's memory; larger collections go in windows.
+MAX_ROWS_IN_FLIGHT = 8_000_000
+
+
+# --------------------------------------------------------------------------- Ray tasks
+
+def _write_tables(tables: dict[str, pa.Table], out_dir: str) -> dict[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for name, tbl in tables.items():
+        paths[name] = os.path.join(out_dir, f"{name}.parquet")
+        pq.write_table(tbl, paths[name])
+    return paths
+
+
+def _parse_files(files: list[str], known: set[str], timeout_s: float | None, out_dir: str) -> list:
+    """Ray task: parse ``files`` (``pipeline._results``: MIDI here, audio in a supervised
+    subprocess) and stage the parsed pieces' tables as one Parquet file per table.
+
+    Returns per file a ``Failure``, ``("present", piece_id, path)`` or ``("parsed",
+    piece_id, sha256, path, {table: rows})``; the rows of each table are in that order."""
+    from ingest.pipeline import _results
+
+    out, parsed = [], []
+    for res in _results(files, known, 1, timeout_s=timeout_s):
+        if isinstance(res, ParsedPiece):
+            parsed.append(res)
+            counts = {k: t.num_rows for k, t in res.tables.items() if k != "pieces"}
+            out.append(("parsed", res.piece_id, res.content_sha256, res.path, counts))
+        else:
+            out.append(res)
+    if parsed:
+        tables = {"pieces": pa.Table.from_pylist([p.tables["pieces"] for p in parsed], schema=TABLES["pieces"])}
+        for name in dict.fromkeys(k for p in parsed for k in p.tables if k != "pieces"):
+            tables[name] = pa.concat_tables([p.tables[name] for p in parsed if name in p.tables])
+        _write_tables(tables, out_dir)
+    return out
+
+
+def _compute_rows(module: str, inputs: dict[str, pa.Table], piece_ids: list[str], out_dir: str):
+    """Ray task: a derived stage's ``compute_rows`` for these pieces, staged as Parquet.
+    If it fails, each piece is computed alone (as the local runner's halving ends up
+    doing) and the failing ones are returned as ``{piece_id: reason}``."""
+    from ingest.derived import _reason, is_interrupt
+
+    stage = importlib.import_module(module)
+    failed = {}
+    try:
+        rows = stage.compute_rows(inputs, piece_ids)
+    except Exception as e:
+        if is_interrupt(e):
+            raise
+        parts = []
+        for pid in piece_ids:
+            try:
+                parts.append(stage.compute_rows(_select(inputs, [pid]), [pid]))
+            except Exception as e1:
+                if is_interrupt(e1):
+                    raise
+                failed[pid] = _reason(e1)
+        rows = _concat_rows(parts)
+    return _write_tables(rows, out_dir), failed
+
+
+def _select(inputs: dict[str, pa.Table], piece_ids: list[str]) -> dict[str, pa.Table]:
+    """The rows of these pieces, in their order in ``inputs``."""
+    keep = pa.array(piece_ids, pa.string())
+    return {k: t.filter(pc.is_in(t.column("piece_id"), value_set=keep)) for k, t in inputs.items()}
+
+
+def _concat_rows(parts: list[dict[str, pa.Table]]) -> dict[str, pa.Table]:
+    names = dict.fromkeys(k for p in parts for k in p)
+    return {k: pa.concat_tables([p[k] for p in parts if k in p]) for k in names}
+
+
+# --------------------------------------------------------------------------- the driver
+
+def _one_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc  # RayTaskError wraps the task's own exception
+    text = " ".join(str(cause).split())
+    return f"{type(cause).__name__}: {text[:300]}" if text else type(cause).__name__
+
+
+class RayEngine:
+    """Runs an ingest's parse and per-piece derived work on a connected Ray instance
+    (see :func:`ray_engine`); pass it to ``ingest.pipeline.ingest_paths(engine=...)``."""
+
+    def __init__(self, ray, staging: Path):
+        self.ray, self.staging = ray, Path(staging)
+        self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    # ---- files
+
+    def results(self, files, known, workers=None, *, timeout_s=None):
+        """What ``process_file`` returns for each file, parsed by Ray tasks; a task that
+        dies (a worker lost, out of memory) is retried file by file, and a file whose own
+        task dies is recorded as failed with the reason."""
+        ray = self.ray
+        task = ray.remote(num_cpus=1, max_retries=0)(_parse_files)
+        known_ref = ray.put(set(known))
+        light = [f for f in files if f.lower().endswith(MIDI_SUFFIXES)]
+        queue = [[f] for f in files if not f.lower().endswith(MIDI_SUFFIXES)]
+        queue += [light[i : i + FILES_PER_TASK] for i in range(0, len(light), FILES_PER_TASK)]
+        queue.reverse()
+        running: dict = {}
+        n = 0
+        try:
+            while queue or running:
+                while queue and len(running) < 2 * self.cpus:
+                    group, out_dir = queue.pop(), self.staging / "parse" / f"{n:06d}"
+                    n += 1
+                    running[task.remote(group, known_ref, timeout_s, str(out_dir))] = (group, out_dir)
+                ready, _ = ray.wait(list(running), num_returns=1)
+                group, out_dir = running.pop(ready[0])
+                try:
+                    out = ray.get(ready[0])
+                except ray.exceptions.RayError as e:
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                    if len(group) > 1:
+                        queue.extend([f] for f in group)
+                    else:
+                        yield Failure(stored_path(group[0]), f"the Ray task parsing it failed ({_one_line(e)})")
+                    continue
+                yield from _read_parsed(out, out_dir)
+                shutil.rmtree(out_dir, ignore_errors=True)
+        finally:
+            self._cancel(running)
+
+    # ---- derived stages
+
+    def run_stages(self, db_dir, *, progress=None, on_failure=None) -> dict[str, int]:
+        """``ingest.derived.run_stages`` with the stages that have ``compute_rows``
+        computed by Ray tasks; the others (the grammar) run here, in order, while the
+        tasks already handed out compute."""
+        from ingest.derived import StageInterrupted, _run_stage, is_interrupt, stage_todo, stages
+
+        done: dict[str, int] = {}
+        totals: dict[str, int] = {}
+        current = "derived"
+        tasks = None
+        try:
+            mods = stages()
+            plan = []  # (stage, batch ids) in the order they are written
+            for st in mods:
+                if hasattr(st, "compute_rows"):
+                    todo = stage_todo(db_dir, st, done, totals, False, None, on_failure)
+                    size = getattr(st, "BATCH_PIECES", 200)
+                    plan += [(st, todo[i : i + size]) for i in range(0, len(todo), size)]
+            tasks = _DerivedTasks(self, db_dir, plan)
+            for st in mods:
+                current = st.STAGE
+                if not hasattr(st, "compute_rows"):
+                    _run_stage(db_dir, st, done, totals, False, progress, on_failure)
+                    continue
+                if progress:
+                    progress(st.STAGE, done[st.STAGE], totals[st.STAGE])
+                for k in [k for k, (s, _) in enumerate(plan) if s is st]:
+                    tasks.write(k, on_failure)
+                    done[st.STAGE] += len(plan[k][1])
+                    if progress:
+                        progress(st.STAGE, done[st.STAGE], totals[st.STAGE])
+        except BaseException as e:
+            if is_interrupt(e):
+                raise StageInterrupted(current, done, totals.get(current, 0)) from None
+            raise
+        finally:
+            if tasks is not None:
+                tasks.cancel()
+        return done
+
+    def _cancel(self, refs) -> None:
+        for ref in list(refs):
+            with contextlib.suppress(Exception):
+                self.ray.cancel(ref, force=True)
+
+
+def _read_parsed(out: list, out_dir: Path):
+    """The results of one parse task, with each parsed piece's rows sliced from the
+    staged tables."""
+    parsed = [r for r in out if isinstance(r, tuple) and r[0] == "parsed"]
+    tables = {p.stem: pq.read_table(p) for p in out_dir.glob("*.parquet")} if parsed else {}
+    pieces = tables.pop("pieces").to_pylist() if parsed else []
+    offsets = dict.fromkeys(tables, 0)
+    i = 0
+    for r in out:
+        if not (isinstance(r, tuple) and r[0] == "parsed"):
+            yield r
+            continue
+        _, pid, sha, path, counts = r
+        piece_tables = {"pieces": pieces[i]}
+        i += 1
+        for name, rows in counts.items():
+            piece_tables[name] = tables[name].slice(offsets[name], rows)
+            offsets[name] += rows
+        yield ParsedPiece(pid, sha, path, piece_tables)
+
+
+class _DerivedTasks:
+    """The derived-stage batches of a run, handed to Ray tasks in order while at most
+    ``MAX_ROWS_IN_FLIGHT`` input rows are out, and written back batch by batch."""
+
+    def __init__(self, engine: RayEngine, db_dir, plan):
+        self.engine, self.db_dir, self.plan = engine, db_dir, plan
+        self.task = engine.ray.remote(num_cpus=1, max_retries=0)(_compute_rows)
+        self.submitted: dict[int, tuple[list, int]] = {}  # batch -> ([(ref, ids, dir)], input rows)
+        self.next = 0
+
+    def _submit(self, k: int) -> None:
+        from atlas_db.connection import connect
+
+        stage, ids = self.plan[k]
+        con = connect(self.db_dir, read_only=False)
+        try:
+            inputs = stage.load_inputs(con, ids)
+        finally:
+            con.close()
+        refs = []
+        for j in range(0, len(ids), PIECES_PER_TASK):
+            chunk = ids[j : j + PIECES_PER_TASK]
+            out_dir = self.engine.staging / stage.STAGE / f"{k:05d}-{j:05d}"
+            ref = self.task.remote(stage.__name__, _select(inputs, chunk), chunk, str(out_dir))
+            refs.append((ref, chunk, out_dir))
+        self.submitted[k] = (refs, max((t.num_rows for t in inputs.values()), default=0))
+        self.next = k + 1
+
+    def _top_up(self) -> None:
+        while self.next < len(self.plan) and (
+            not self.submitted or sum(r for _, r in self.submitted.values()) < MAX_ROWS_IN_FLIGHT
+        ):
+            self._submit(self.next)
+
+    def write(self, k: int, on_failure) -> None:
+        """Wait for batch ``k``'s tasks and write its rows in one transaction (pieces
+        whose task died are computed here, with the local runner's isolation)."""
+        from ingest.derived import _is_database_trouble, _record_failures, _run_isolated, is_interrupt, run_batch
+
+        ray = self.engine.ray
+        while self.next <= k:
+            self._submit(self.next)
+        self._top_up()
+        stage, ids = self.plan[k]
+        parts, failed, lost = [], {}, []
+        refs, _ = self.submitted[k]
+        for ref, chunk, out_dir in refs:
+            try:
+                paths, bad = ray.get(ref)
+            except ray.exceptions.RayError:
+                lost += chunk
+                continue
+            parts.append({name: pq.read_table(p) for name, p in paths.items()})
+            failed.update(bad)
+        del self.submitted[k]
+        self._top_up()
+        if failed:
+            _record_failures(self.db_dir, stage, failed, on_failure)
+        ok = [p for p in ids if p not in failed and p not in lost]
+        if ok:
+            try:
+                run_batch(self.db_dir, stage, ok, _concat_rows(parts))
+            except Exception as e:
+                if is_interrupt(e) or _is_database_trouble(e):
+                    raise
+                lost += ok  # rows that do not go in: recompute here, piece by piece if need be
+        if lost:
+            _run_isolated(self.db_dir, stage, lost, on_failure)
+        for _, _, out_dir in refs:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+    def cancel(self) -> None:
+        self.engine._cancel(ref for refs, _ in self.submitted.values() for ref, _, _ in refs)
+
+
+# --------------------------------------------------------------------------- connecting
+
+def _import_ray(local: bool):
+    if local:
+        # A private instance: single node, every socket on 127.0.0.1 (not the address
+        # the machine shows to the network), and no usage report sent anywhere.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+    except ImportError:
+        raise BadInputError(f"--ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """A quick TCP check of HOST:PORT, so an unreachable cluster is one clear line at
+    once rather than Ray's minute of retries."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise BadInputError(f"--ray {address}: not a Ray cluster address (HOST:PORT, e.g. 127.0.0.1:6379, or auto)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise BadInputError(f"--ray {address}: cannot reach a Ray cluster there ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def ray_engine(db_dir, address: str | None = None, *, staging_dir=None, num_cpus: int | None = None):
+    """A :class:`RayEngine` on a private local Ray instance (``address`` None; ``num_cpus``
+    its CPUs, default all) or on the cluster at ``address``; staged Parquet goes to a
+    fresh subfolder of ``staging_dir`` (default ``DB/.staging``), removed at the end.
+    If the process is already connected to Ray, that connection is used and kept."""
+    ray = _import_ray(address is None)
+    ours = not ray.is_initialized()
+    if ours:
+        if address is not None:
+            _check_reachable(address)
+        kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        try:
+            if address is None:
+                ray.init(address="local", num_cpus=num_cpus, **kwargs)
+            else:
+                ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            raise BadInputError(f"--ray: cannot connect to {where} ({_one_line(e)})") from None
+    root = Path(staging_dir) if staging_dir else Path(db_dir) / ".staging"
+    run_dir = root / uuid.uuid4().hex[:12]
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as e:
+        if ours:
+            ray.shutdown()
+        raise BadInputError(f"{root}: cannot create the staging folder ({e.strerror or e})") from None
+    try:
+        yield RayEngine(ray, run_dir)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()  # only if no other run is using it
+        if ours:
+            ray.shutdown()
+
+
+def ingest_paths_ray(paths, db_dir, *, address: str | None = None, staging_dir=None, num_cpus=None, **kwargs):
+    """``ingest.pipeline.ingest_paths`` with the work on Ray (see the module doc); takes
+    the same keyword arguments (``workers`` is unused: Ray schedules the tasks)."""
+    from ingest.pipeline import check_db_dir, ingest_paths
+
+    check_db_dir(db_dir)  # before the seconds Ray takes to start
+    created = not Path(db_dir).exists()
+    t0 = time.perf_counter()
+    try:
+        with ray_engine(db_dir, address, staging_dir=staging_dir, num_cpus=num_cpus) as engine:
+            startup_s = time.perf_counter() - t0
+            summary = ingest_paths(paths, db_dir, engine=engine, **kwargs)
+            summary.seconds += startup_s  # the summary line counts Ray's start as part of storing
+            summary.store_seconds += startup_s
+            return summary
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                Path(db_dir).rmdir()  # nothing was written: leave no empty folder, as a local ingest

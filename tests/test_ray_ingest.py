@@ -1,0 +1,209 @@
+"""atlas ingest --ray: the database is the same as after a local ingest (every DuckDB and
+Lance table compared), on a Ray cluster the test starts on 127.0.0.1; a bad file gets its
+one line and its ingest_errors row; Ray missing or unreachable is one clear line."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from atlas_db.connection import reading
+from conftest import pop909_songs
+from ingest.pipeline import ingest_paths
+
+ATLAS = [sys.executable, "-m", "query.cli"]
+VOLATILE = {"ingested_at", "failed_at", "done_at", "code_version", "applied_at"}
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="ray is not installed (pip install 'harmony-atlas[ray]')")
+# Everything on loopback, nothing reported anywhere, a token of our own: for the cluster
+# the test starts, for this process (the driver) and for the `atlas` it runs.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
+def dump(db) -> dict[str, list]:
+    """Every row of every DuckDB table (timestamps left out) and of every Lance table,
+    in a canonical order."""
+    from indexers.vectors import open_lance, table_names
+
+    out = {}
+    with reading(db) as con:
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'").fetchall()]
+        for t in tables:
+            cols = [r[0] for r in con.execute(f"DESCRIBE {t}").fetchall() if r[0] not in VOLATILE]
+            out[t] = con.execute(f"SELECT {', '.join(cols)} FROM {t} ORDER BY ALL").fetchall()
+    ldb = open_lance(db)
+    for name in table_names(ldb):
+        rows = ldb.open_table(name).to_arrow().to_pylist()
+        out[f"lance.{name}"] = sorted(rows, key=lambda r: (r["piece_id"], r.get("track_index", -1)))
+    return out
+
+
+def corpus(tmp_path) -> Path:
+    """Four POP909 songs with their versions, one file twice under another name, one bad file."""
+    src = tmp_path / "files"
+    for song in pop909_songs(4):
+        shutil.copytree(song, src / song.name)
+    first = next(iter(sorted(src.rglob("*.mid"))))
+    shutil.copy(first, src / "copy of first.mid")
+    (src / "broken.mid").write_bytes(b"MThd\x00\x00")
+    return src
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A two-CPU Ray head on 127.0.0.1 in its own process (stopped with it); yields its address."""
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    env = {**os.environ, **RAY_ENV}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
+    ray_bin = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the Ray head did not start (see {log.name})")
+                time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()  # `ray start --block` stops every process it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        log.close()
+
+
+@needs_ray
+def test_ray_ingest_writes_what_a_local_ingest_writes(tmp_path, ray_cluster, monkeypatch):
+    import ingest.ray_ingest as ri
+    from ingest import harmony, pattern_index
+    from indexers import vectors
+
+    src = corpus(tmp_path)
+    local = ingest_paths([str(src)], tmp_path / "local", workers=1)
+    # small groups, tasks, batches and window, so each path through the driver is taken
+    monkeypatch.setattr(ri, "FILES_PER_TASK", 4)
+    monkeypatch.setattr(ri, "PIECES_PER_TASK", 3)
+    monkeypatch.setattr(ri, "MAX_ROWS_IN_FLIGHT", 1)
+    for stage in (harmony, vectors, pattern_index):
+        monkeypatch.setattr(stage, "BATCH_PIECES", 7)
+    errors = []
+    on_ray = ri.ingest_paths_ray([str(src)], tmp_path / "ray", address=ray_cluster,
+                                 on_error=lambda path, reason: errors.append((path, reason)))
+    assert (on_ray.added, on_ray.already_present, on_ray.failed) == (local.added, local.already_present, 1)
+    assert local.added > 12 and set(on_ray.derived) == {"harmony", "grammar", "vectors", "patterns"}
+    assert errors == [(str(src / "broken.mid"), "truncated: header chunk is shorter than 14 bytes")]
+    a, b = dump(tmp_path / "local"), dump(tmp_path / "ray")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name] == b[name], f"table {name} differs between the local and the Ray ingest"
+    for name in ("notes", "chords", "cover_features", "pattern_ngrams", "occurrences", "lance.track_vectors"):
+        assert a[name], name  # the comparison covered real rows
+    assert [(r[0], r[2]) for r in b["ingest_errors"]] == [
+        (str(src / "broken.mid"), "truncated: header chunk is shorter than 14 bytes")]
+    assert not (tmp_path / "ray" / ".staging").exists()  # the staged Parquet is removed
+
+    # one new file, incrementally: only it is parsed and analysed, and both agree again
+    fifth = pop909_songs(5)[-1]
+    shutil.copy(fifth / f"{fifth.name}.mid", src / "new.mid")
+    ingest_paths([str(src)], tmp_path / "local", workers=1)
+    again = ri.ingest_paths_ray([str(src)], tmp_path / "ray", address=ray_cluster)
+    assert (again.added, again.already_present) == (1, local.added + local.already_present)
+    assert again.derived == {"harmony": 1, "grammar": 1, "vectors": 1, "patterns": 1}
+    assert dump(tmp_path / "local") == dump(tmp_path / "ray")
+
+
+@needs_ray
+def test_cli_ray_on_a_private_local_instance_reports_a_bad_file(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    song = pop909_songs(1)[0]
+    shutil.copy(song / f"{song.name}.mid", src / "good.mid")
+    (src / "broken.mid").write_bytes(b"not a midi file at all")
+    db = tmp_path / "db"
+    env = {**os.environ, **RAY_ENV}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run([*ATLAS, "ingest", str(src), "--db", str(db), "--ray", "--workers", "2"],
+                       capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1], timeout=600)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert f"atlas: failed: {src / 'broken.mid'}: not a MIDI file (no 'MThd' header)" in lines, r.stderr
+    assert lines[-1].startswith("atlas: added 1 files") and "1 failed" in lines[-1]
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    with reading(db) as con:
+        assert con.execute("SELECT path, reason FROM ingest_errors").fetchall() == [
+            (str(src / "broken.mid"), "not a MIDI file (no 'MThd' header)")]
+        assert con.execute("SELECT count(*) FROM derived_runs").fetchone()[0] == 4
+    assert sorted(p.name for p in db.iterdir()) == ["atlas.duckdb", "lance"]
+
+
+def test_ray_missing_or_unreachable_is_one_line(tmp_path, monkeypatch):
+    song = pop909_songs(1)[0] / f"{pop909_songs(1)[0].name}.mid"
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([*ATLAS, "ingest", str(song), "--db", str(tmp_path / "db"), "--ray", f"127.0.0.1:{port}"],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+    if importlib.util.find_spec("ray") is None:
+        expected = "atlas: error: --ray needs Ray, which is not installed: pip install 'harmony-atlas[ray]'"
+    else:
+        expected = f"atlas: error: --ray 127.0.0.1:{port}: cannot reach a Ray cluster there (Connection refused)"
+    assert (r.returncode, r.stderr.strip()) == (2, expected)
+    assert not (tmp_path / "db").exists()
+
+    from atlas_db.errors import BadInputError
+    from ingest.ray_ingest import ingest_paths_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    with pytest.raises(BadInputError, match=r"not installed: pip install 'harmony-atlas\[ray\]'"):
+        ingest_paths_ray([str(song)], tmp_path / "db")
+    assert not (tmp_path / "db").exists()
+
+
+def test_a_failing_piece_is_isolated_inside_a_task(tmp_path, monkeypatch):
+    """The task body (run here, without Ray): a piece whose computation fails is returned
+    with its reason, the others' rows are staged as if the failing piece were absent."""
+    import types
+
+    from ingest.ray_ingest import _compute_rows
+
+    stage = types.ModuleType("fake_stage")
+
+    def compute_rows(inputs, piece_ids):
+        t = inputs["notes"]
+        if "bad" in t.column("piece_id").to_pylist():
+            raise ValueError("no notes\nat all")
+        return {"out": t}
+
+    stage.compute_rows = compute_rows
+    monkeypatch.setitem(sys.modules, "fake_stage", stage)
+    notes = pa.table({"piece_id": ["a", "a", "bad", "c"], "pitch": [60, 62, 64, 65]})
+    paths, failed = _compute_rows("fake_stage", {"notes": notes}, ["a", "bad", "c"], str(tmp_path / "out"))
+    assert failed == {"bad": "ValueError: no notes at all"}
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(paths["out"]).to_pydict() == {"piece_id": ["a", "a", "c"], "pitch": [60, 62, 65]}
