@@ -1,16 +1,23 @@
 """Annotated pieces for pattern discovery, derived by rule from music21 corpus scores.
 
 No public MIREX ground truth (JKU PDD) ships with the project, so this script writes
-its own, from scores whose repeats are marked, with two deterministic rules:
+its own, from scores whose repeats are marked, with two deterministic rules on one time
+grid:
 
-1. **Sections (repeat signs).** Each part is expanded with music21's ``expandRepeats``.
+0. **One time grid.** Each part is expanded with music21's ``expandRepeats``; all parts
+   are put on one measure grid (a measure lasts as long as it does in most parts: in
+   music21's reading of some scores one part has a measure a beat too long, which would
+   shift that part against the others for the rest of the piece). A note keeps its
+   offset within its measure; in the first measure (a pickup), its offset from the
+   measure's end.
+1. **Sections (repeat signs).**
    In the expanded order of (original) measure numbers, a measure number seen again starts
    a repeat; it runs as long as the measure numbers go on matching the first statement
    (so a first-ending bar, which is not played again, ends it). The pattern is every
    note of every part that starts in those measures; its occurrences are every
    statement of that run of measures in the expanded score (the first statement, its
-   repeat, and a third where a da capo plays it again). (Sections shorter than ``MIN_SECTION_NOTES`` notes are left
-   out.)
+   repeat, and a third where a da capo plays it again). Sections shorter than
+   ``MIN_SECTION_NOTES`` notes are left out.
 2. **Opening motif.** The top part's notes in the first two measures (chords: the
    highest note) are the motif; its occurrences are every place where a part's line
    (ties merged, chords: highest note) has the same pitch intervals and the same
@@ -38,6 +45,7 @@ import sys
 from pathlib import Path
 
 TPQ = 480
+RULES_VERSION = 2  # stored with each piece; a piece written by other rules is derived again
 MIN_SECTION_NOTES = 8
 MOTIF_MEASURES = 2
 MIN_MOTIF_NOTES = 4
@@ -79,24 +87,38 @@ def derive(corpus_path: str):
     from music21 import corpus
 
     score = corpus.parse(corpus_path)
-    parts = [p.expandRepeats() if p.getElementsByClass("Measure") else p for p in score.parts]
-    notes = []  # (part, pitch, onset_ticks, duration_ticks, measure position)
+    parts = [p.expandRepeats().stripTies() for p in score.parts]
+    measures = [list(p.getElementsByClass("Measure")) for p in parts]
+    if len({len(ms) for ms in measures}) != 1 or not measures[0]:
+        raise ValueError("parts have different numbers of measures after expansion")
+    # one measure grid for all parts: a measure lasts as long as it does in most parts
+    # (music21's reading of some scores has a part with a measure a beat too long)
+    durations = []
+    for k in range(len(measures[0])):
+        ds = [_ticks(ms[k].duration.quarterLength) for ms in measures]
+        durations.append(max(set(ds), key=lambda d: (ds.count(d), -d)))
+    starts = [0]
+    for d in durations:
+        starts.append(starts[-1] + d)
+    measure_spans = [(m.number, starts[k], starts[k + 1]) for k, m in enumerate(measures[0])]
+    notes = []  # (part, pitch, onset_ticks, duration_ticks)
     lines = []  # per part: [(onset_ticks, top pitch)]
-    measure_spans = None
-    for pi, part in enumerate(parts):
-        part = part.stripTies()
-        measures = list(part.getElementsByClass("Measure"))
-        spans = [(m.number, _ticks(m.offset), _ticks(m.offset + m.duration.quarterLength)) for m in measures]
-        if measure_spans is None:
-            measure_spans = spans
+    for pi, ms in enumerate(measures):
         line = {}
-        for n in part.recurse().notes:
-            t = _ticks(n.getOffsetInHierarchy(part))
-            d = max(1, _ticks(n.duration.quarterLength))
-            ps = [p.midi for p in n.pitches] if n.isChord else [n.pitch.midi]
-            for p in ps:
-                notes.append((pi, p, t, d))
-            line[t] = max(ps + [line.get(t, -1)])
+        for k, m in enumerate(ms):
+            own = _ticks(m.duration.quarterLength)
+            for n in m.recurse().notes:
+                within = _ticks(n.getOffsetInHierarchy(m))
+                # a note keeps its offset in its measure; in the first measure (a pickup)
+                # its offset from the measure's end
+                t = starts[k] + within if k else starts[1] - (own - within)
+                if t < 0:
+                    continue
+                d = max(1, _ticks(n.duration.quarterLength))
+                ps = [p.midi for p in n.pitches] if n.isChord else [n.pitch.midi]
+                for p in ps:
+                    notes.append((pi, p, t, d))
+                line[t] = max(ps + [line.get(t, -1)])
         lines.append(sorted(line.items()))
     notes = sorted(set(notes), key=lambda x: (x[2], x[1], x[0]))
     points = sorted({(t, p) for _, p, t, _ in notes})
@@ -158,21 +180,22 @@ def write_midi(path: Path, notes) -> None:
 
 
 def build(out_dir: Path, pieces=PIECES, log=print) -> list[Path]:
-    """Write ``<name>.mid`` and ``<name>.json`` per piece into out_dir (kept when present);
+    """Write ``<name>.mid`` and ``<name>.json`` per piece into out_dir (kept when present
+    and written by these rules);
     returns the JSON paths of pieces with at least one pattern."""
     out_dir.mkdir(parents=True, exist_ok=True)
     done = []
     for cp in pieces:
         name = cp.replace("/", "_").rsplit(".", 1)[0]
         js, mid = out_dir / f"{name}.json", out_dir / f"{name}.mid"
-        if not js.exists():
+        if not js.exists() or json.loads(js.read_text()).get("rules_version") != RULES_VERSION:
             try:
                 notes, patterns = derive(cp)
             except Exception as e:  # music21 cannot expand some repeat structures
                 log(f"{cp}: left out ({type(e).__name__}: {e})")
                 continue
             write_midi(mid, notes)
-            js.write_text(json.dumps({"piece": cp, "midi": mid.name, "n_notes": len({(n[1], n[2]) for n in notes}),
+            js.write_text(json.dumps({"piece": cp, "rules_version": RULES_VERSION, "midi": mid.name, "n_notes": len({(n[1], n[2]) for n in notes}),
                                       "patterns": patterns}))
         meta = json.loads(js.read_text())
         log(f"{cp}: {meta['n_notes']} notes, " + "; ".join(
