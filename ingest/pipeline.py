@@ -18,7 +18,7 @@ from pathlib import Path
 
 from atlas_db.errors import BadInputError, IngestError, Interrupted
 from atlas_db.store import Failure, ParsedPiece, known_piece_ids, write_batch
-from ingest.sources import AUDIO_SUFFIXES, MIDI_SUFFIXES, discover, not_regular_reason, stored_path
+from ingest.sources import AUDIO_SUFFIXES, MIDI_SUFFIXES, discover, read_regular_file, stored_path
 
 __all__ = ["IngestSummary", "IngestInterrupted", "ingest_paths", "process_file", "piece_id_for"]
 
@@ -98,7 +98,7 @@ def process_file(path: str, known: set[str] | None = None):
     known = _KNOWN if known is None else known
     name = stored_path(path)  # what the tables hold: valid UTF-8 even for an odd file name
     try:
-        data = _read_regular_file(path)
+        data = read_regular_file(path)
     except OSError as e:
         return Failure(name, f"cannot read ({e.strerror or e})")
     except ValueError as e:
@@ -122,20 +122,6 @@ def process_file(path: str, known: set[str] | None = None):
         return Failure(name, f"unexpected parser error: {type(e).__name__}: {e}", sha)
     return ParsedPiece(pid, sha, name, tables)
 
-
-def _read_regular_file(path: str) -> bytes:
-    """The file's bytes; ValueError for a FIFO, device or socket. O_NONBLOCK keeps the
-    open itself from waiting for a writer on a FIFO; the type is checked on the open
-    descriptor, so a file swapped after discovery is caught too."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        why = not_regular_reason(os.fstat(fd).st_mode)
-        if why:
-            raise ValueError(why)
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read()
-    finally:
-        os.close(fd)
 
 
 def _is_heavy(path: str) -> bool:
