@@ -195,8 +195,9 @@ def build(out_dir: Path, pieces=PIECES, log=print) -> list[Path]:
                 log(f"{cp}: left out ({type(e).__name__}: {e})")
                 continue
             write_midi(mid, notes)
-            js.write_text(json.dumps({"piece": cp, "rules_version": RULES_VERSION, "midi": mid.name, "n_notes": len({(n[1], n[2]) for n in notes}),
-                                      "patterns": patterns}))
+            n_notes = len({(n[1], n[2]) for n in notes})
+            js.write_text(json.dumps({"piece": cp, "rules_version": RULES_VERSION, "midi": mid.name,
+                                      "n_notes": n_notes, "patterns": patterns}))
         meta = json.loads(js.read_text())
         log(f"{cp}: {meta['n_notes']} notes, " + "; ".join(
             f"{p['name']} ({len(p['occurrences'])} x {len(p['occurrences'][0])})" for p in meta["patterns"]))
