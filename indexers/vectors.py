@@ -91,11 +91,13 @@ def _fixed(vectors: np.ndarray) -> pa.Array:
 def _read_notes(con, piece_ids: list[str]) -> pa.Table:
     con.register("_vec_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
     try:
+        # a total order: with ties (one pitch at one onset in two tracks) the skyline
+        # melody, and so the vectors, changed from one run to the next
         return fetch_arrow(con.execute(
             """SELECT n.piece_id, n.track_index, n.onset_beats, n.duration_beats, n.pitch
                FROM notes n JOIN _vec_ids USING (piece_id)
                WHERE n.channel <> 9
-               ORDER BY n.piece_id, n.onset_beats, n.pitch"""
+               ORDER BY n.piece_id, n.onset_beats, n.pitch, n.track_index, n.note_index"""
         ))
     finally:
         con.unregister("_vec_ids")

@@ -802,9 +802,12 @@ def load_inputs(con, piece_ids: list[str]) -> dict[str, pa.Table]:
                FROM notes n JOIN tracks t ON t.piece_id = n.piece_id AND t.track_index = n.track_index
                WHERE n.piece_id IN (SELECT unnest(?)) AND NOT coalesce(t.is_drum, false)
                ORDER BY n.piece_id""", [ids]),
+        # rowid: tempo changes at the same tick in the file's order (the last one holds,
+        # as when the notes were timed); without it the order of such ties, and so the
+        # seconds of the chords, changed from one run to the next
         "tempo": _arrow(con,
             """SELECT piece_id, time_ticks, time_s, tempo_bpm FROM tempo_changes
-               WHERE piece_id IN (SELECT unnest(?)) ORDER BY piece_id, time_ticks""", [ids]),
+               WHERE piece_id IN (SELECT unnest(?)) ORDER BY piece_id, time_ticks, rowid""", [ids]),
         "pieces": _arrow(con, "SELECT piece_id, ticks_per_beat FROM pieces WHERE piece_id IN (SELECT unnest(?))",
                          [ids]),
     }
