@@ -16,15 +16,19 @@ Two stages:
      scales (query frames of 1, 2 and 4 beats, i.e. the query notated at half, the same or
      double the reference's beat rate).
    Each score is divided by the query's length, so it reads as "how much of the query
-   was found"; the final score is the better of melody and 0.85 x harmony plus 0.15 x
-   the other (0.6 x for a short query; a melody match identifies a song better than a
-   chord progression does).
+   was found"; the alignment score is the better of melody and 0.85 x harmony plus
+   0.15 x the other (0.6 x for a short query). When no notated scale aligns
+   convincingly, the query's scale is sought on a sixth-octave grid (0.35-2.8).
    The vector neighbours of the best answers are then aligned too (query expansion).
 3. **Versions of the best answer**: a confident best answer is searched in turn; the
    pieces that align with it as clear versions are versions of the query too
    (``matched_by`` = ``version_of_best``), even when they share little with the query
    directly.
-4. **Audio bonus**: where the query or one of the best answers is a recording, essentia's
+4. **Fusion**: the final score is a logistic regression over the alignment scores, the
+   exact-interval 3-gram TF-IDF cosine (the classic baseline, also a candidate list) and
+   the vector cosine, fitted from data (``query.cover_fusion``; coefficients in
+   ``query/cover_fusion.json``, written by ``benchmarks/fit_cover_fusion.py``).
+5. **Audio bonus**: where the query or one of the best answers is a recording, essentia's
    chroma cover-song alignment (0.5 s chroma, no beat grid) adds to those answers'
    scores (``audio_bonus``; MIDI <-> MIDI pairs are left alone).
 

@@ -111,3 +111,50 @@ def test_pool_beats_at_a_non_integer_scale_known_answer():
     np.testing.assert_allclose(f[2], np.eye(12)[4], atol=1e-6)
     np.testing.assert_allclose(_pool_beats(c, 2.0), np.eye(12)[[0, 4]], atol=1e-6)
     np.testing.assert_allclose(_pool_beats(c, 0.5), np.eye(12)[[0, 0, 0, 0, 4, 4, 4, 4]], atol=1e-6)
+
+
+def _chord_song(seed: int, n_chords: int = 64):
+    """Block triads, one every 2 beats, roots drawn at random: notes as arrays."""
+    rng = np.random.default_rng(seed)
+    on, dur, pitch = [], [], []
+    for c in range(n_chords):
+        root = int(rng.integers(0, 12))
+        third = 3 if rng.random() < 0.5 else 4
+        for iv in (0, third, 7):
+            on.append(c * 2.0)
+            dur.append(2.0)
+            pitch.append(48 + root + iv)
+    return np.array(on), np.array(dur), np.array(pitch)
+
+
+def _index_of(songs):
+    from indexers.features import features_from_notes, quantize_chroma
+    from query.covers import CoverIndex
+
+    fs = [features_from_notes(*s) for s in songs]
+    return CoverIndex([f"s{i}" for i in range(len(fs))], [f"s{i}.mid" for i in range(len(fs))],
+                      np.asarray([f["vector"] for f in fs], np.float32),
+                      np.concatenate([quantize_chroma(f["beat_chroma"]).ravel() for f in fs]),
+                      [f["beat_chroma"].shape[0] for f in fs], np.concatenate([f["melody_pitch"] for f in fs]),
+                      np.concatenate([f["melody_onset_beats"] for f in fs]), [f["melody_pitch"].size for f in fs])
+
+
+def test_a_query_retimed_by_a_non_integer_factor_gets_its_scale_from_the_fine_grid():
+    """Song 3's chords with every time multiplied by 2 ** (2/6) = 1.26 (a tick grid that
+    shares no beat with the stored file): no notated scale (0.5, 1, 2) aligns it well,
+    so the fine grid is tried, and 1.26 wins; the song ranks first."""
+    from query.covers import ALIGN, query_from_notes
+
+    songs = [_chord_song(s) for s in range(12)]
+    index = _index_of(songs)
+    on, dur, p = songs[3]
+    f = 2 ** (2 / 6)
+    q = query_from_notes("retimed", on * f, dur * f, p + 2)
+    rows = index.candidates(q)
+    assert 3 in rows[: ALIGN["scale_probe"]]
+    probe = rows[: ALIGN["scale_probe"]]
+    scale = index._probe_scale(q, probe, index._frames_of(probe), None)
+    assert scale == pytest.approx(f, rel=1e-6)
+    res = index.search(q, top=3)
+    assert res.column("piece_id").to_pylist()[0] == "s3"
+    assert res.column("time_scale").to_pylist()[0] == pytest.approx(f, rel=0.15)
