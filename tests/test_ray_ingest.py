@@ -138,6 +138,34 @@ def test_ray_ingest_writes_what_a_local_ingest_writes(tmp_path, ray_cluster, mon
 
 
 @needs_ray
+def test_a_recording_under_ray_is_stored_as_locally(tmp_path, ray_cluster):
+    """Audio is decoded in a supervised subprocess inside the Ray task: same tables."""
+    for module in ("essentia", "basic_pitch", "soundfile"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} not installed (pip install '.[audio]'; basic-pitch with --no-deps)")
+    from audio_fixtures import fluidsynth_missing, render_midi
+    import soundfile as sf
+
+    from ingest.ray_ingest import ingest_paths_ray
+
+    if fluidsynth_missing():
+        pytest.skip(fluidsynth_missing())
+    src = tmp_path / "in"
+    src.mkdir()
+    song = pop909_songs(1)[0]
+    render_midi(song / f"{song.name}.mid", tmp_path / "full.wav")
+    y, sr = sf.read(tmp_path / "full.wav")
+    sf.write(src / "song.wav", y[: 20 * sr], sr)
+    (src / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    local = ingest_paths([str(src)], tmp_path / "local", workers=1)
+    on_ray = ingest_paths_ray([str(src)], tmp_path / "ray", address=ray_cluster)
+    assert (local.added, local.failed) == (on_ray.added, on_ray.failed) == (1, 1)
+    a, b = dump(tmp_path / "local"), dump(tmp_path / "ray")
+    assert a["audio_beats"] and a["features"] and a["notes"] and a["ingest_errors"]
+    assert a == b
+
+
+@needs_ray
 def test_cli_ray_on_a_private_local_instance_reports_a_bad_file(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
