@@ -567,6 +567,28 @@ class CoverIndex:
                     harm - np.where(hscale != 1.0, A["scale_margin"], 0.0)
                 harm, hshift, hscale = (np.where(better, hs, harm), np.where(better, hsh, hshift),
                                         np.where(better, np.float32(sc), hscale))
+        elif k:
+            # a full-length query against a full-length version: their lengths in beats
+            # say the time scale of that pair (the one chosen on a few candidates may
+            # be another's); each candidate also tries the notated scale nearest to the
+            # ratio of lengths and the fine-grid scale nearest to it (another scale than
+            # its current one must win by scale_margin)
+            ratio = q.chroma_beats.shape[0] / np.maximum(np.diff(self.beat_off)[rows], 1)
+            grid = np.asarray(A["probe_scales"])
+            notated = np.asarray(A["scales"])
+            # (an excerpt is much shorter than the pieces: outside the grid, no hint)
+            hinted = (ratio >= grid.min() / 1.05) & (ratio <= grid.max() * 1.05)
+            for options in (notated, grid):
+                want = options[np.argmin(np.abs(np.log(ratio[:, None] / options[None, :])), axis=1)]
+                for sc in np.unique(want[hinted]):
+                    sel = np.flatnonzero(hinted & (want == sc) & (hscale != sc))
+                    if sel.size == 0:
+                        continue
+                    hs, hsh = self._harmony(q, rows[sel], float(sc), _gather(frames[0], frames[1], sel))
+                    better = hs - A["scale_margin"] > harm[sel]
+                    harm[sel] = np.where(better, hs, harm[sel])
+                    hshift[sel] = np.where(better, hsh, hshift[sel])
+                    hscale[sel] = np.where(better, np.float32(sc), hscale[sel])
         harm = np.maximum(harm, 0).astype(np.float32)
         h = A["harmony_weight"] * harm
         # other melody lines: when neither the main line nor the harmony found anything
