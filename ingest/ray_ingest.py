@@ -218,17 +218,24 @@ class RayEngine:
                         progress(st.STAGE, done[st.STAGE], totals[st.STAGE])
         except BaseException as e:
             if is_interrupt(e):
-                raise StageInterrupted(current, done, totals.get(current, 0)) from None
+                raise StageInterrupted(current, _in_order(done), totals.get(current, 0)) from None
             raise
         finally:
             if tasks is not None:
                 tasks.cancel()
-        return done
+        return _in_order(done)
 
     def _cancel(self, refs) -> None:
         for ref in list(refs):
             with contextlib.suppress(Exception):
                 self.ray.cancel(ref, force=True)
+
+
+def _in_order(done: dict[str, int]) -> dict[str, int]:
+    """Pieces per stage in the stages' order (the Ray stages are counted from the start)."""
+    from ingest.derived import stages
+
+    return {s.STAGE: done[s.STAGE] for s in stages() if s.STAGE in done}
 
 
 def _read_parsed(out: list, out_dir: Path):
