@@ -149,37 +149,46 @@ class RayEngine:
     # ---- files
 
     def results(self, files, known, workers=None, *, timeout_s=None):
-        """What ``process_file`` returns for each file, parsed by Ray tasks; a task that
-        dies (a worker lost, out of memory) is retried file by file, and a file whose own
-        task dies is recorded as failed with the reason."""
+        """What ``process_file`` returns for each file, parsed by Ray tasks, in the order
+        a local ingest gives (MIDI files in the order found, then audio), so that of two
+        files with the same content the same one is stored as the piece's path. A task
+        that dies (a worker lost, out of memory) is retried file by file, and a file whose
+        own task dies is recorded as failed with the reason."""
         ray = self.ray
         task = ray.remote(num_cpus=1, max_retries=0)(_parse_files)
         known_ref = ray.put(set(known))
         light = [f for f in files if f.lower().endswith(MIDI_SUFFIXES)]
-        queue = [[f] for f in files if not f.lower().endswith(MIDI_SUFFIXES)]
-        queue += [light[i : i + FILES_PER_TASK] for i in range(0, len(light), FILES_PER_TASK)]
-        queue.reverse()
+        groups = [light[i : i + FILES_PER_TASK] for i in range(0, len(light), FILES_PER_TASK)]
+        groups += [[f] for f in files if not f.lower().endswith(MIDI_SUFFIXES)]
+        queue = [((k,), g) for k, g in reversed(list(enumerate(groups)))]  # popped from the end
+        waiting = [key for key, _ in reversed(queue)]  # keys not yielded yet, in order
+        finished: dict[tuple, tuple] = {}  # key -> (task output, its staging folder)
         running: dict = {}
-        n = 0
         try:
-            while queue or running:
+            while waiting:
                 while queue and len(running) < 2 * self.cpus:
-                    group, out_dir = queue.pop(), self.staging / "parse" / f"{n:06d}"
-                    n += 1
-                    running[task.remote(group, known_ref, timeout_s, str(out_dir))] = (group, out_dir)
+                    key, group = queue.pop()
+                    out_dir = self.staging / "parse" / "-".join(f"{k:06d}" for k in key)
+                    running[task.remote(group, known_ref, timeout_s, str(out_dir))] = (key, group, out_dir)
                 ready, _ = ray.wait(list(running), num_returns=1)
-                group, out_dir = running.pop(ready[0])
+                key, group, out_dir = running.pop(ready[0])
                 try:
-                    out = ray.get(ready[0])
+                    finished[key] = (ray.get(ready[0]), out_dir)
                 except ray.exceptions.RayError as e:
                     shutil.rmtree(out_dir, ignore_errors=True)
-                    if len(group) > 1:
-                        queue.extend([f] for f in group)
+                    if len(group) > 1:  # again, one file per task, in the same place of the order
+                        at = waiting.index(key)
+                        retries = [(key + (j,), [f]) for j, f in enumerate(group)]
+                        waiting[at : at + 1] = [k for k, _ in retries]
+                        queue += reversed(retries)
                     else:
-                        yield Failure(stored_path(group[0]), f"the Ray task parsing it failed ({_one_line(e)})")
-                    continue
-                yield from _read_parsed(out, out_dir)
-                shutil.rmtree(out_dir, ignore_errors=True)
+                        reason = f"the Ray task parsing it failed ({_one_line(e)})"
+                        finished[key] = ([Failure(stored_path(group[0]), reason)], None)
+                while waiting and waiting[0] in finished:
+                    out, out_dir = finished.pop(waiting.pop(0))
+                    yield from _read_parsed(out, out_dir)
+                    if out_dir is not None:
+                        shutil.rmtree(out_dir, ignore_errors=True)
         finally:
             self._cancel(running)
 

@@ -235,3 +235,77 @@ def test_a_failing_piece_is_isolated_inside_a_task(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
     assert pq.read_table(paths["out"]).to_pydict() == {"piece_id": ["a", "a", "c"], "pitch": [60, 62, 65]}
+
+
+class _FakeRay:
+    """Just enough of ``ray`` for RayEngine.results, run in this process: the task
+    submitted last finishes first, and a task given a file named crash*.mid dies."""
+
+    class exceptions:
+        RayError = type("RayError", (Exception,), {})
+
+    def __init__(self):
+        self.tasks = {}
+
+    def cluster_resources(self):
+        return {"CPU": 2}
+
+    def put(self, value):
+        return value
+
+    def remote(self, **options):
+        def wrap(fn):
+            fake = self
+
+            class Task:
+                @staticmethod
+                def remote(*args):
+                    ref = object()
+                    fake.tasks[ref] = (fn, args)
+                    return ref
+            return Task
+        return wrap
+
+    def wait(self, refs, num_returns=1):
+        return refs[-1:], refs[:-1]
+
+    def get(self, ref):
+        fn, args = self.tasks.pop(ref)
+        if any(Path(f).name.startswith("crash") for f in args[0]):
+            raise self.exceptions.RayError("worker died\nunexpectedly")
+        return fn(*args)
+
+    def cancel(self, ref, force=False):
+        self.tasks.pop(ref, None)
+
+
+def test_parse_results_come_in_the_local_order_whatever_order_tasks_finish(tmp_path, monkeypatch):
+    """Of two files with the same content the first found is the piece's path, as locally,
+    though later tasks finish first; a task that dies is retried file by file, and the file
+    that killed it is recorded as failed, in its place."""
+    import ingest.ray_ingest as ri
+    from atlas_db.store import Failure, ParsedPiece
+    from ingest.pipeline import _results
+
+    src = tmp_path / "in"
+    src.mkdir()
+    songs = pop909_songs(3)
+    names = ["a.mid", "b.mid", "c.mid", "crash.mid", "d.mid", "e.mid", "f.mid"]
+    sources = [songs[0], songs[1], songs[2], songs[0], songs[1], songs[0], songs[2]]
+    for name, song in zip(names, sources):
+        shutil.copy(song / f"{song.name}.mid", src / name)
+    files = [str(src / n) for n in names]
+    monkeypatch.setattr(ri, "FILES_PER_TASK", 2)
+
+    def summary(results):
+        return [(type(r).__name__, r.path if isinstance(r, (ParsedPiece, Failure)) else r[2]) for r in results]
+
+    on_ray = list(ri.RayEngine(_FakeRay(), tmp_path / "staging").results(files, set()))
+    local = list(_results(files, set(), 1))
+    crash = str(src / "crash.mid")
+    expected = [(kind, path) if path != crash else ("Failure", crash) for kind, path in summary(local)]
+    assert summary(on_ray) == expected
+    assert on_ray[3].reason == "the Ray task parsing it failed (RayError: worker died unexpectedly)"
+    assert [r.piece_id for r in on_ray if isinstance(r, ParsedPiece)] == \
+        [r.piece_id for r in local if isinstance(r, ParsedPiece) and r.path != crash]
+    assert not any((tmp_path / "staging").rglob("*.parquet"))
