@@ -552,6 +552,7 @@ class CoverIndex:
         sh = self._shifts(q, rows, qn, frames) if qn <= A["short_query_frames"] and k else None
         sh_probe = None if sh is None else sh[:n_probe]
         best_scale = self._probe_scale(q, probe, probe_frames, sh_probe, fine) if scale is None else scale
+        fine = fine and not any(abs(best_scale - x) < 1e-6 for x in A["scales"])
         harm, hshift = self._harmony(q, rows, best_scale, frames, sh)
         hscale = np.full(k, best_scale, np.float32)
         if q.chroma_beats.shape[0] <= A["phase_search_beats"] or q.is_recording:
@@ -571,14 +572,15 @@ class CoverIndex:
             # a full-length query against a full-length version: their lengths in beats
             # say the time scale of that pair (the one chosen on a few candidates may
             # be another's); each candidate also tries the notated scale nearest to the
-            # ratio of lengths and the fine-grid scale nearest to it (another scale than
-            # its current one must win by scale_margin)
+            # ratio of lengths, and when the query's own scale came from the fine grid
+            # (no beat grid in common) the fine-grid scale nearest to it too (another
+            # scale than its current one must win by scale_margin)
             ratio = q.chroma_beats.shape[0] / np.maximum(np.diff(self.beat_off)[rows], 1)
             grid = np.asarray(A["probe_scales"])
             notated = np.asarray(A["scales"])
             # (an excerpt is much shorter than the pieces: outside the grid, no hint)
             hinted = (ratio >= grid.min() / 1.05) & (ratio <= grid.max() * 1.05)
-            for options in (notated, grid):
+            for options in (notated,) if not fine else (notated, grid):
                 want = options[np.argmin(np.abs(np.log(ratio[:, None] / options[None, :])), axis=1)]
                 for sc in np.unique(want[hinted]):
                     sel = np.flatnonzero(hinted & (want == sc) & (hscale != sc))
