@@ -359,17 +359,29 @@ def _import_ray(local: bool):
 
 
 def _check_reachable(address: str) -> None:
-    """A quick TCP check of HOST:PORT, so an unreachable cluster is one clear line at
-    once rather than Ray's minute of retries."""
+    """A quick TCP check of HOST:PORT (for ``auto``: of the cluster Ray would pick, from
+    $RAY_ADDRESS or the last one started here), so an unreachable cluster is one clear
+    line at once rather than Ray's minutes of retries."""
+    shown = address
+    if address == "auto":
+        try:
+            from ray._private.services import get_ray_address_from_environment
+        except ImportError:  # another Ray version: let ray.init look
+            return
+        try:
+            address = get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            raise BadInputError("--ray auto: no running Ray cluster found on this machine") from None
+        shown = f"auto ({address})"
     if address == "auto" or "://" in address:
         return
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        raise BadInputError(f"--ray {address}: not a Ray cluster address (HOST:PORT, e.g. 127.0.0.1:6379, or auto)")
+        raise BadInputError(f"--ray {shown}: not a Ray cluster address (HOST:PORT, e.g. 127.0.0.1:6379, or auto)")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as e:
-        raise BadInputError(f"--ray {address}: cannot reach a Ray cluster there ({e.strerror or e})") from None
+        raise BadInputError(f"--ray {shown}: cannot reach a Ray cluster there ({e.strerror or e})") from None
 
 
 @contextlib.contextmanager

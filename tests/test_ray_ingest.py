@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,10 +72,13 @@ def ray_cluster(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
+    # Ray's session files in a folder of ours (short: Ray's socket paths must stay short),
+    # so nothing of this cluster is left in /tmp/ray for `ray.init()` to find later
+    temp_dir = tempfile.mkdtemp(prefix="atlas-ray-", dir="/tmp")
     ray_bin = Path(sys.executable).with_name("ray")
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -95,6 +99,7 @@ def ray_cluster(tmp_path_factory):
             head.kill()
             head.wait()
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @needs_ray
