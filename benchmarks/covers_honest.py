@@ -2,7 +2,7 @@
 performances; the TF-IDF baseline measured on the same queries in the same run.
 
     nice .venv/bin/python benchmarks/covers_honest.py --quick      # ~1-2 min: strong level, 30 songs per part
-    nice .venv/bin/python benchmarks/covers_honest.py              # every level, every song (~10 min)
+    nice .venv/bin/python benchmarks/covers_honest.py              # every level, every song (~6 min)
     nice .venv/bin/python benchmarks/covers_honest.py --part fit   # only the part the fusion was fitted on
     nice .venv/bin/python benchmarks/covers_honest.py --quick --no-vienna --large 100000   # + latency at 100k
 

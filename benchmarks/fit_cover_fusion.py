@@ -1,7 +1,7 @@
 """Fit the cover search's score fusion (``query/cover_fusion.json``) on the *fit* part of
 the honest benchmark only (odd-numbered POP909-dev songs; ``benchmarks/covers_honest.py``).
 
-    nice .venv/bin/python benchmarks/fit_cover_fusion.py            # every cell, both levels (~5 min)
+    nice .venv/bin/python benchmarks/fit_cover_fusion.py            # every cell, both levels (~2.5 min)
     nice .venv/bin/python benchmarks/fit_cover_fusion.py --songs 20 --out /tmp/fusion.json
 
 For every query of the fit part (queries drawn with ``--seed``, 1 by default, so they
