@@ -425,10 +425,11 @@ def main(argv=None):
     ap.add_argument("--large", type=int, default=0,
                     help="also search a collection of this many pieces (the real ones + synthetic ones, "
                          "benchmarks/covers.py synthetic_index): held-out part, first 40 songs, level 2")
-    ap.add_argument("--no-fusion", action="store_true", help="rank by the alignment score (the search before the fusion)")
+    ap.add_argument("--fusion", action="store_true",
+                    help="rank by the fitted fusion (query/cover_fusion.json; off in atlas covers by default)")
     args = ap.parse_args(argv)
-    if args.no_fusion:
-        ALIGN["fusion"] = False
+    if args.fusion:
+        ALIGN["fusion"] = True
     cells = args.cells.split(",")
     unknown = sorted(set(cells) - set(CELLS))
     if unknown:
