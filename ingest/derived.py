@@ -39,7 +39,7 @@ import pyarrow as pa
 from atlas_db.connection import connect, writing
 from atlas_db.errors import AtlasError, Interrupted
 from atlas_db.schema import TABLES
-from ingest.limits import MAX_DURATION_BEATS, MAX_DURATION_S, MAX_NOTES, size_problem
+from ingest.limits import size_problem
 
 __all__ = ["STAGE_MODULES", "stages", "pending_pieces", "run_stages", "StageInterrupted", "is_interrupt"]
 
@@ -94,13 +94,9 @@ def pending_pieces(con, stage, *, redo_old_versions: bool = False) -> list[str]:
 
 def _oversized(con, piece_ids: list[str]) -> dict[str, str]:
     """Pieces beyond ``ingest.limits`` (stored before the parser checked them) -> reason."""
-    rows = con.execute(
-        """SELECT piece_id, n_notes, duration_beats, duration_s FROM pieces
-           WHERE piece_id IN (SELECT unnest(?))
-             AND (n_notes > ? OR NOT coalesce(duration_beats, 0) <= ? OR NOT coalesce(duration_s, 0) <= ?)""",
-        [piece_ids, MAX_NOTES, MAX_DURATION_BEATS, MAX_DURATION_S],
-    ).fetchall()
-    return {pid: size_problem(n, beats, secs) for pid, n, beats, secs in rows}
+    rows = con.execute("SELECT piece_id, n_notes, duration_beats, duration_s FROM pieces "
+                       "WHERE piece_id IN (SELECT unnest(?))", [piece_ids]).fetchall()
+    return {pid: why for pid, n, beats, secs in rows if (why := size_problem(n, beats, secs))}
 
 
 def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool = False,
@@ -120,7 +116,6 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
             if only and stage.STAGE not in only:
                 continue
             current = stage.STAGE
-            done[current] = 0
             _run_stage(db_dir, stage, done, totals, redo_old_versions, progress, on_failure)
     except BaseException as e:
         if is_interrupt(e):

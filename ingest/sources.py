@@ -76,24 +76,16 @@ def discover(paths, suffixes=SUFFIXES) -> Discovery:
     """Expand files and folders (recursively) into the list of files to ingest.
 
     A path named explicitly that does not exist, cannot be read, or has an unsupported
-    type is a problem (reported and recorded), and so is anything with a music suffix
-    that is not a regular file (a FIFO, a device); other files met inside folders are
-    counted in ``skipped_other`` and reported in the summary.
+    type is a problem (reported and recorded); other files met inside folders are
+    counted in ``skipped_other`` and reported in the summary. Anything with a music
+    suffix that is not a regular file (a FIFO, a device) is listed and refused when read.
     """
     out = Discovery()
     seen = set()
 
     def add(p: str):
-        if p in seen:
-            return
-        seen.add(p)
-        try:
-            why = not_regular_reason(os.stat(p).st_mode)
-        except OSError as e:
-            why = f"cannot read ({e.strerror or e})"
-        if why:
-            out.problems.append((p, why))
-        else:
+        if p not in seen:  # FIFOs and dangling links are refused when read (read_regular_file)
+            seen.add(p)
             out.files.append(p)
 
     for raw in paths:

@@ -4,6 +4,7 @@ is lost or half-written."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -183,11 +184,9 @@ def _ingest_then_interrupt(files, db, when) -> subprocess.CompletedProcess:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(Exception):  # the database is not there yet, or the writer holds it
             if when(db):
                 break
-        except Exception:  # the database is not there yet, or the writer holds it
-            pass
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
