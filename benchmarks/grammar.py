@@ -1,6 +1,7 @@
 """Grammar benchmark: build speed, compression, rule lookup latency.
 
 Run:  .venv/bin/python benchmarks/grammar.py [--pop909 DIR] [--music21-cache DIR]
+      .venv/bin/python benchmarks/grammar.py --incremental [--pieces 1000] [--repeats 3]
 
 1. Build speed (notes/s) of the grammar core (terminals + Re-Pair + every occurrence)
    on POP909 dev, on music21's corpus (the ``atlas demo`` selection, rendered to MIDI once
@@ -11,6 +12,13 @@ Run:  .venv/bin/python benchmarks/grammar.py [--pop909 DIR] [--music21-cache DIR
    notes) against the .mid files and ``xz -9`` of them (each file, and all concatenated).
 3. Lookup latency in a DuckDB database holding the POP909 grammar: occurrences of a rule
    by id, rules by contour, against a NumPy scan of every note for the same contour.
+
+``--incremental``: the cost of adding ONE file to a live database. A database of the first
+``--pieces`` POP909 files (the last song folder held out) is built with the grammar and
+patterns stages; then the held-out song's file is added, stage by stage, once to a copy of
+that database and once to an empty one, in the same run (after a warm-up add, so numba's
+cache and the imports are not counted). Prints each stage's best-of-``--repeats`` seconds
+and the ratio live / empty (goal <= 1.5x at 1k pieces).
 """
 
 from __future__ import annotations
@@ -170,13 +178,76 @@ def bench_lookup(pop_paths, notes):
           f"  -> by-id lookup {statistics.median(scan) / statistics.median(by_id):.1f}x faster")
 
 
+def _add_one(db_dir, new_file, stage_names) -> dict[str, float]:
+    """Store ``new_file`` (no stages), then run each stage on it; seconds per stage."""
+    from ingest.derived import run_stages
+    from ingest.pipeline import ingest_paths
+
+    ingest_paths([str(new_file)], db_dir, workers=1, derive=False)
+    out = {}
+    for name in stage_names:
+        t = time.perf_counter()
+        run_stages(db_dir, only=[name])
+        out[name] = time.perf_counter() - t
+    return out
+
+
+def bench_incremental(pop_dir: Path, n_pieces: int, repeats: int) -> None:
+    import shutil
+
+    from ingest.derived import run_stages
+    from ingest.pipeline import ingest_paths
+
+    folders = sorted(p for p in pop_dir.iterdir() if p.is_dir())
+    held_out = folders[-1]
+    new_file = sorted(held_out.glob("*.mid"))[0]
+    paths = [p for f in folders[:-1] for p in sorted(f.glob("**/*.mid"))][:n_pieces]
+    stage_names = ["grammar", "patterns"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _add_one(tmp / "warm", new_file, stage_names)  # imports, numba cache, schema
+        live = tmp / "live"
+        t = time.perf_counter()
+        s = ingest_paths([str(p) for p in paths], live, workers=1, derive=False)
+        t_store = time.perf_counter() - t
+        build = {}
+        for name in stage_names:
+            t = time.perf_counter()
+            run_stages(live, only=[name])
+            build[name] = time.perf_counter() - t
+        print(f"live database: {len(paths)} files, {s.notes_added:,} notes; store {t_store:.1f} s, "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in build.items()))
+        print(f"adding {new_file.relative_to(pop_dir)} (best of {repeats}):")
+        best = {"empty": {}, "live": {}}
+        for _ in range(repeats):
+            for label in ("empty", "live"):
+                db = tmp / f"add_{label}"
+                shutil.rmtree(db, ignore_errors=True)
+                if label == "live":
+                    shutil.copytree(live, db)
+                for k, v in _add_one(db, new_file, stage_names).items():
+                    best[label][k] = min(best[label].get(k, float("inf")), v)
+        for k in stage_names:
+            e, li = best["empty"][k], best["live"][k]
+            print(f"  {k:<10} empty {e:6.3f} s   live ({len(paths)} pieces) {li:6.3f} s   ratio {li / e:5.2f}x")
+        e, li = sum(best["empty"].values()), sum(best["live"].values())
+        print(f"  {'both':<10} empty {e:6.3f} s   live ({len(paths)} pieces) {li:6.3f} s   ratio {li / e:5.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pop909", default=str(ROOT.parent / "shared" / "data" / "pop909-dev"))
     ap.add_argument("--music21-cache", default=str(Path.home() / ".cache" / "harmony-atlas" / "bench_music21"))
     ap.add_argument("--no-lookup", action="store_true", help="Skip the database lookup part.")
     ap.add_argument("--no-compression", action="store_true", help="Skip the compression part (xz is slow).")
+    ap.add_argument("--incremental", action="store_true",
+                    help="Only measure adding one file to a live database against an empty one.")
+    ap.add_argument("--pieces", type=int, default=1000, help="Files in the live database (--incremental).")
+    ap.add_argument("--repeats", type=int, default=3, help="Adds per database (--incremental); best is shown.")
     args = ap.parse_args()
+    if args.incremental:
+        bench_incremental(Path(args.pop909), args.pieces, args.repeats)
+        return
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
