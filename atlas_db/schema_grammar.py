@@ -111,6 +111,15 @@ TABLES: dict[str, pa.Schema] = {
             ("stage_version", pa.string()),
         ]
     ),
+    # Running histogram of the intervals between successive notes (grammar order) of the
+    # tracks the grammar has encoded: what ``grammar_choices`` is computed from, kept up
+    # to date piece by piece so that an ingest never rescans every note.
+    "grammar_interval_counts": pa.schema(
+        [
+            ("interval_semitones", pa.int16()),  # pitch of a note minus the previous note's
+            ("n_intervals", pa.int64()),
+        ]
+    ),
     # Sequences of rule-transforms that repeat along tracks (meta-patterns).
     "meta_patterns": pa.schema(
         [
@@ -131,6 +140,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "transforms": ("transform_id",),
     "grammar_choices": ("choice",),
     "meta_patterns": ("meta_id",),
+    "grammar_interval_counts": ("interval_semitones",),
     # occurrences: bulk table, no index (inserts of millions of rows)
 }
 
@@ -175,6 +185,21 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                JOIN (SELECT DISTINCT rule_id, piece_id FROM occurrences) a ON a.rule_id = t.source_rule_id
                JOIN (SELECT DISTINCT rule_id, piece_id FROM occurrences) b ON b.rule_id = t.target_rule_id
                WHERE t.scope = 'rule'""",
+        ],
+    ),
+    (
+        "0103_grammar_interval_counts",
+        [
+            table_ddl("grammar_interval_counts", TABLES["grammar_interval_counts"],
+                      KEYS["grammar_interval_counts"]),
+            # a database made before this table: the histogram of the pieces encoded so far
+            """INSERT INTO grammar_interval_counts
+               SELECT iv, count(*) FROM (
+                   SELECT pitch - lag(pitch) OVER (PARTITION BY piece_id, track_index
+                                                   ORDER BY onset_ticks, pitch, note_index) AS iv
+                   FROM notes WHERE piece_id IN (SELECT piece_id FROM grammar_sequences)
+                   QUALIFY iv IS NOT NULL)
+               GROUP BY iv""",
         ],
     ),
 ]

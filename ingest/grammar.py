@@ -9,8 +9,12 @@
 3. learns new rules from what is left (pairs seen at least ``min_count`` times in the new
    material, never a pair that is already a rule), up to ``max_rules`` in all;
 4. writes the new rules, the pieces' top-level parses (``grammar_sequences``) and every
-   occurrence (``occurrences``, nested ones included), then recounts ``count``,
-   ``n_pieces`` and ``n_top`` of the rules that occur in these pieces.
+   occurrence (``occurrences``, nested ones included), adds them to ``count``,
+   ``n_pieces`` and ``n_top`` of their rules and the pieces' intervals to
+   ``grammar_interval_counts``; then the transforms of the new rules (see
+   ingest/grammar_transforms.py). Counts and choices are kept by adding the new
+   pieces' share, not by rescanning ``occurrences`` or ``notes``; the rules are read as
+   four integer columns (``max_rules`` bounds their number).
 
 What stays exact after incremental updates: every stored occurrence is a true occurrence
 of its rule (the notes decode exactly); each piece's parse decodes to its notes exactly;
@@ -174,10 +178,13 @@ def _write(con, name: str, table: pa.Table) -> None:
     con.unregister(view)
 
 
-def _write_parse(con, notes: dict, seq: gc.Sequence, g: gc.Grammar, version: str = VERSION) -> None:
+def _write_parse(con, notes: dict, seq: gc.Sequence, g: gc.Grammar, version: str = VERSION):
+    """Write the parses and every occurrence; returns the occurrences' (rule_id, track
+    number, top_level) arrays, rule-major (track number: index into ``track_piece``)."""
     n = notes["n"]
     if n == 0:
-        return
+        e = np.empty(0, np.int64)
+        return e, e, np.empty(0, np.bool_)
     ts = notes["track_starts"]
     # track of each note position
     track_of = np.repeat(np.arange(len(ts) - 1), np.diff(ts))
@@ -211,6 +218,7 @@ def _write_parse(con, notes: dict, seq: gc.Sequence, g: gc.Grammar, version: str
         "first_pitch": first.astype(np.int16),
         "top_level": top,
     }))
+    return rule, tr, top
 
 
 def _ensure_terminals(con, g: gc.Grammar) -> None:
@@ -219,23 +227,42 @@ def _ensure_terminals(con, g: gc.Grammar) -> None:
     _write(con, "rules", _rules_table(g, np.arange(gc.N_TERMINALS), "terminal"))
 
 
-def _recount(con, piece_ids: list[str] | None) -> None:
-    """Recompute count/n_pieces/n_top of the learned rules occurring in these pieces
-    (every learned rule if None) from ``occurrences``."""
-    if piece_ids is None:
-        con.execute(f"UPDATE rules SET count = 0, n_pieces = 0, n_top = 0 WHERE rule_id >= {gc.N_TERMINALS}")
-        scope = "TRUE"
-    else:
-        con.register("_gram_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
-        scope = "rule_id IN (SELECT DISTINCT rule_id FROM occurrences WHERE piece_id IN (SELECT piece_id FROM _gram_ids))"
-    con.execute(f"""
+def _recount(con) -> None:
+    """Recompute count/n_pieces/n_top of every learned rule from ``occurrences``."""
+    con.execute(f"UPDATE rules SET count = 0, n_pieces = 0, n_top = 0 WHERE rule_id >= {gc.N_TERMINALS}")
+    con.execute("""
         UPDATE rules SET count = c.n, n_pieces = c.np, n_top = c.nt
         FROM (SELECT rule_id, count(*) AS n, count(DISTINCT piece_id) AS np,
                      count(*) FILTER (top_level) AS nt
-              FROM occurrences WHERE {scope} GROUP BY rule_id) c
+              FROM occurrences GROUP BY rule_id) c
         WHERE rules.rule_id = c.rule_id""")
-    if piece_ids is not None:
-        con.unregister("_gram_ids")
+
+
+def _add_rule_counts(con, notes: dict, occ) -> np.ndarray:
+    """Add the new pieces' occurrences (``_write_parse``'s arrays) to ``count``,
+    ``n_pieces`` and ``n_top`` of their rules, without reading ``occurrences``: exact
+    because the pieces had no occurrences before (``forget`` ran first). Returns the
+    rules touched, ascending."""
+    rule, tr, top = occ
+    if not len(rule):
+        return np.empty(0, np.int64)
+    piece_codes = pa.array(notes["track_piece"], pa.string()).dictionary_encode().indices.to_numpy(
+        zero_copy_only=False).astype(np.int64)
+    pc_ = piece_codes[tr]
+    # rule is sorted (rule-major): per-rule sums by segment
+    bounds = np.flatnonzero(np.diff(rule)) + 1
+    starts = np.concatenate([[0], bounds])
+    rules = rule[starts]
+    n = np.diff(np.concatenate([starts, [len(rule)]]))
+    nt = np.add.reduceat(top.astype(np.int64), starts)
+    pairs = np.unique(rule * (int(piece_codes.max()) + 1) + pc_)
+    np_ = np.diff(np.concatenate([np.searchsorted(pairs // (int(piece_codes.max()) + 1), rules), [len(pairs)]]))
+    con.register("_gram_rc", pa.table({"rule_id": rules, "n": n.astype(np.int64), "np": np_.astype(np.int64),
+                                       "nt": nt}))
+    con.execute("""UPDATE rules SET count = rules.count + c.n, n_pieces = rules.n_pieces + c.np,
+                   n_top = rules.n_top + c.nt FROM _gram_rc c WHERE rules.rule_id = c.rule_id""")
+    con.unregister("_gram_rc")
+    return rules
 
 
 def _add_terminal_counts(con, term_counts) -> None:
@@ -262,6 +289,30 @@ def _terminal_counts(notes: dict, term: np.ndarray):
     return counts, pieces
 
 
+def _interval_counts(notes: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Histogram of the intervals between successive notes of each track (grammar
+    order): (interval values ascending, counts)."""
+    p = notes["pitch"].astype(np.int64)
+    if len(p) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    ok = np.ones(len(p) - 1, np.bool_)
+    ok[notes["track_starts"][1:-1] - 1] = False  # no interval across tracks
+    return np.unique(np.diff(p)[ok], return_counts=True)
+
+
+def _add_interval_counts(con, notes: dict, sign: int = 1) -> None:
+    values, counts = _interval_counts(notes)
+    if not len(values):
+        return
+    con.register("_gram_iv", pa.table({"interval_semitones": values.astype(np.int16),
+                                       "n_intervals": sign * counts.astype(np.int64)}))
+    con.execute("""INSERT INTO grammar_interval_counts SELECT * FROM _gram_iv
+                   ON CONFLICT (interval_semitones) DO UPDATE SET n_intervals = n_intervals + excluded.n_intervals""")
+    con.unregister("_gram_iv")
+    if sign < 0:
+        con.execute("DELETE FROM grammar_interval_counts WHERE n_intervals = 0")
+
+
 def update(con, piece_ids: list[str]) -> None:
     """Encode these pieces with the existing rules and learn new ones (see module doc)."""
     notes = load_notes(con, list(piece_ids))
@@ -272,11 +323,11 @@ def update(con, piece_ids: list[str]) -> None:
     origin = "build" if n_old == 0 else "incremental"
     if g.n_rules > n_old:
         _write(con, "rules", _rules_table(g, np.arange(gc.N_TERMINALS + n_old, gc.N_TERMINALS + g.n_rules), origin))
-    _write_parse(con, notes, seq, g)
-    _recount(con, list(piece_ids))
+    touched = _add_rule_counts(con, notes, _write_parse(con, notes, seq, g))
     _add_terminal_counts(con, _terminal_counts(notes, term))
+    _add_interval_counts(con, notes)
     gt.track_transforms(con, list(piece_ids), VERSION)
-    gt.refresh_corpus_level(con, VERSION, new_from=gc.N_TERMINALS + n_old)
+    gt.refresh_corpus_level(con, VERSION, new_from=gc.N_TERMINALS + n_old, grammar=g, touched=touched)
 
 
 def forget(con, piece_ids: list[str]) -> None:
@@ -295,7 +346,9 @@ def forget(con, piece_ids: list[str]) -> None:
                             notes["ticks_per_beat"], notes["track_starts"])[0]
         counts, pieces = _terminal_counts(notes, term)
         _add_terminal_counts(con, (-counts, -pieces))
-        _recount(con, None)
+        _add_interval_counts(con, notes, -1)
+        _recount(con)
+        gt.refresh_rule_counts(con)
 
 
 def rebuild(con, *, max_rules: int | None = None, min_count: int | None = None) -> dict:
@@ -304,7 +357,8 @@ def rebuild(con, *, max_rules: int | None = None, min_count: int | None = None) 
 
     Rows record the parameters used in ``stage_version``; ``derived_runs`` records the
     stage's ``VERSION`` so that ingestion does not redo the pieces."""
-    for t in ("occurrences", "grammar_sequences", "rules", "transforms", "grammar_choices", "meta_patterns"):
+    for t in ("occurrences", "grammar_sequences", "rules", "transforms", "grammar_choices", "meta_patterns",
+              "grammar_interval_counts"):
         con.execute(f"DELETE FROM {t}")
     notes = load_notes(con, None)
     g = gc.Grammar()
@@ -317,10 +371,11 @@ def rebuild(con, *, max_rules: int | None = None, min_count: int | None = None) 
         _write(con, "rules", _rules_table(g, np.arange(gc.N_TERMINALS, gc.N_TERMINALS + g.n_rules), "build",
                                           version))
     _write_parse(con, notes, seq, g, version)
-    _recount(con, None)
+    _recount(con)
     _add_terminal_counts(con, _terminal_counts(notes, term))
+    _add_interval_counts(con, notes)
     gt.track_transforms(con, None, version)
-    gt.refresh_corpus_level(con, version)
+    gt.refresh_corpus_level(con, version, grammar=g)
     pieces = sorted(set(notes["track_piece"]))
     now = datetime.now(timezone.utc)
     con.execute("DELETE FROM derived_runs WHERE stage = ?", [STAGE])

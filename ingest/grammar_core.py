@@ -449,20 +449,55 @@ def rule_contours(g: Grammar, ids: np.ndarray):
     Returns ``iv_values, iv_offsets, term_values, term_offsets`` (Arrow list layout):
     symbol ``ids[j]`` has intervals ``iv_values[iv_offsets[j]:iv_offsets[j+1]]``
     (length - 1 of them) and terminals ``term_values[term_offsets[j]:term_offsets[j+1]]``.
+    Cost: the notes of the requested symbols when they are a small part of the grammar
+    (one new piece's rules), else one pass over every rule.
     """
     ids = np.asarray(ids, np.int64)
     lengths = rule_lengths(g)
+    ln = lengths[ids]
+    out_t_off = np.concatenate([[0], np.cumsum(ln)]).astype(np.int64)
+    out_i_off = np.concatenate([[0], np.cumsum(ln - 1)]).astype(np.int64)
+    if 4 * int(out_t_off[-1]) < int(lengths.sum()):
+        terms = np.empty(int(out_t_off[-1]), np.int64)
+        ivs = np.empty(int(out_i_off[-1]), np.int64)
+        _walk_contours(ids, g.left, g.right, g.conn, out_t_off, out_i_off, terms, ivs,
+                       2 * int(rule_depths(g)[ids].max(initial=0)) + 2)
+        return ivs, out_i_off, terms, out_t_off
     t_off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     i_off = np.concatenate([[0], np.cumsum(lengths - 1)]).astype(np.int64)
     terms = np.empty(int(t_off[-1]), np.int64)
     ivs = np.empty(int(i_off[-1]), np.int64)
     terms[:N_TERMINALS] = np.arange(N_TERMINALS)
     _fill_contours(g.left, g.right, g.conn, t_off, i_off, terms, ivs)
-    ln = lengths[ids]
-    out_t_off = np.concatenate([[0], np.cumsum(ln)]).astype(np.int64)
-    out_i_off = np.concatenate([[0], np.cumsum(ln - 1)]).astype(np.int64)
     return (_gather(ivs, i_off[ids], ln - 1, int(out_i_off[-1])), out_i_off,
             _gather(terms, t_off[ids], ln, int(out_t_off[-1])), out_t_off)
+
+
+@njit(cache=True)
+def _walk_contours(ids, left, right, conn, t_off, i_off, terms, ivs, stack_size):
+    """In-order walk of each symbol's tree: leaves give the terminals, each inner node
+    (between its two halves) the interval joining them."""
+    stack = np.empty(stack_size, np.int64)  # symbol, or -(k + 1): emit conn[k]
+    for j in range(len(ids)):
+        top = 0
+        stack[0] = ids[j]
+        ti = t_off[j]
+        ii = i_off[j]
+        while top >= 0:
+            s = stack[top]
+            top -= 1
+            if s < 0:
+                ivs[ii] = conn[-s - 1]
+                ii += 1
+            elif s < 128:
+                terms[ti] = s
+                ti += 1
+            else:
+                k = s - 128
+                stack[top + 1] = right[k]
+                stack[top + 2] = -(k + 1)
+                stack[top + 3] = left[k]
+                top += 3
 
 
 @njit(cache=True)

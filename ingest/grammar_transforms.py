@@ -49,9 +49,10 @@ import math
 
 import numpy as np
 import pyarrow as pa
+from numba import njit
 
-__all__ = ["MIN_TRANSFORM_LENGTH", "rule_transforms", "track_transforms", "interval_choices",
-           "meta_patterns", "refresh_corpus_level"]
+__all__ = ["MIN_TRANSFORM_LENGTH", "rule_transforms", "rule_transform_pairs", "refresh_rule_counts",
+           "track_transforms", "interval_choices", "meta_patterns", "refresh_corpus_level"]
 
 MIN_TRANSFORM_LENGTH = 4
 # bucket index of twice each nominal IOI (None where the doubled value is no bucket)
@@ -62,76 +63,273 @@ def _double_list_sql() -> str:
     return "[" + ", ".join("NULL" if v is None else str(v) for v in _DOUBLE) + "]"
 
 
-def rule_transforms(con, version: str, *, new_from: int | None = None) -> int:
+_KINDS = ("I", "R", "RI", "augmentation", "octave")  # insertion order of the rows (ids)
+_SYMMETRIC = (True, True, True, False, True)  # stored once per pair: source < target
+_RATIO = (None, None, None, 2.0, None)
+_DOUBLE_CODE = np.array([-1 if v is None else v for v in _DOUBLE], np.int64)
+
+
+@njit(cache=True)
+def _mix(x):
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True)
+def _contour_keys(left, right, conn, double):
+    """Per symbol (terminals, then rules): a key of its contour (length, intervals, inner
+    rhythm) and, per kind, the key its transform has (``src[kind]``), so that ``b`` is
+    the kind-transform of ``a`` only if ``src[kind, a] == key[b]`` (hash of the target,
+    checked exactly afterwards). O(symbols): each rule's hashes come from its children's
+    (polynomial hashes concatenate: H(s || t) = H(s) B^|t| + H(t)).
+    Returns (key, src [shape=(5, n)], valid [shape=(5, n)]); octave uses the key of the
+    intervals modulo 12 on both sides (``src[4]`` is also the target side)."""
+    nt = 128
+    n = nt + len(left)
+    B = np.uint64(0x9E3779B97F4A7C15)
+    PL = np.empty(n, np.uint64)  # B^length
+    P1 = np.empty(n, np.uint64)  # B^(length - 1)
+    hI = np.zeros(n, np.uint64)  # intervals
+    hIn = np.zeros(n, np.uint64)  # intervals negated
+    hIm = np.zeros(n, np.uint64)  # intervals modulo 12
+    hIr = np.zeros(n, np.uint64)  # intervals reversed
+    hInr = np.zeros(n, np.uint64)  # reversed and negated
+    hF = np.zeros(n, np.uint64)  # rhythm of every note
+    hFr = np.zeros(n, np.uint64)
+    hR = np.zeros(n, np.uint64)  # inner rhythm (all notes but the last)
+    hRr = np.zeros(n, np.uint64)
+    hDF = np.zeros(n, np.uint64)  # rhythm doubled (augmentation)
+    hDR = np.zeros(n, np.uint64)
+    nDF = np.zeros(n, np.bool_)  # some bucket has no double
+    nDR = np.zeros(n, np.bool_)
+    mF = np.zeros(n, np.int64)  # largest bucket
+    mR = np.full(n, -1, np.int64)
+    ln = np.ones(n, np.int64)
+    for t in range(nt):
+        rb = t // 8
+        PL[t] = B
+        P1[t] = np.uint64(1)
+        hF[t] = np.uint64(rb + 1)
+        hFr[t] = hF[t]
+        if double[rb] < 0:
+            nDF[t] = True
+        else:
+            hDF[t] = np.uint64(double[rb] + 1)
+        mF[t] = rb
+    for k in range(len(left)):
+        x = nt + k
+        a = left[k]
+        b = right[k]
+        c = conn[k]
+        ln[x] = ln[a] + ln[b]
+        PL[x] = PL[a] * PL[b]
+        P1[x] = PL[a] * P1[b]
+        hI[x] = (hI[a] * B + np.uint64(c + 256)) * P1[b] + hI[b]
+        hIn[x] = (hIn[a] * B + np.uint64(-c + 256)) * P1[b] + hIn[b]
+        hIm[x] = (hIm[a] * B + np.uint64(((c % 12) + 12) % 12 + 1)) * P1[b] + hIm[b]
+        hIr[x] = (hIr[b] * B + np.uint64(c + 256)) * P1[a] + hIr[a]
+        hInr[x] = (hInr[b] * B + np.uint64(-c + 256)) * P1[a] + hInr[a]
+        hF[x] = hF[a] * PL[b] + hF[b]
+        hFr[x] = hFr[b] * PL[a] + hFr[a]
+        hR[x] = hF[a] * P1[b] + hR[b]
+        hRr[x] = hRr[b] * PL[a] + hFr[a]
+        hDF[x] = hDF[a] * PL[b] + hDF[b]
+        hDR[x] = hDF[a] * P1[b] + hDR[b]
+        nDF[x] = nDF[a] or nDF[b]
+        nDR[x] = nDF[a] or nDR[b]
+        mF[x] = max(mF[a], mF[b])
+        mR[x] = max(mF[a], mR[b])
+    key = np.empty(n, np.uint64)
+    src = np.empty((5, n), np.uint64)
+    valid = np.empty((5, n), np.bool_)
+    for x in range(n):
+        L = _mix(np.uint64(ln[x]))
+        key[x] = _mix(_mix(hI[x] ^ L) + hR[x])
+        src[0, x] = _mix(_mix(hIn[x] ^ L) + hR[x])
+        src[1, x] = _mix(_mix(hInr[x] ^ L) + hRr[x])
+        src[2, x] = _mix(_mix(hIr[x] ^ L) + hRr[x])
+        src[3, x] = _mix(_mix(hI[x] ^ L) + hDR[x])
+        src[4, x] = _mix(_mix(hIm[x] ^ L) + hR[x])
+        for kd in range(5):
+            valid[kd, x] = ln[x] >= 4 and x >= nt
+        valid[3, x] = valid[3, x] and not nDR[x] and mR[x] > 0
+    return key, src, valid
+
+
+def _equal_key_pairs(ka: np.ndarray, kb: np.ndarray):
+    """Index pairs (i, j) with ``ka[i] == kb[j]``; sorts the smaller side only."""
+    swap = len(ka) < len(kb)
+    small, big = (ka, kb) if swap else (kb, ka)
+    if not len(small) or not len(big):
+        e = np.empty(0, np.int64)
+        return e, e
+    o = np.argsort(small, kind="stable")
+    ss = small[o]
+    lo = np.searchsorted(ss, big, "left")
+    hi = np.searchsorted(ss, big, "right")
+    nb = hi - lo
+    hit = np.flatnonzero(nb)
+    i_big = np.repeat(hit, nb[hit])
+    start = np.repeat(lo[hit], nb[hit])
+    within = np.arange(len(i_big)) - np.repeat(np.cumsum(nb[hit]) - nb[hit], nb[hit])
+    i_small = o[start + within]
+    return (i_small, i_big) if swap else (i_big, i_small)
+
+
+@njit(cache=True)
+def _verify(kind, pa_, pb_, iv, iv_off, rh, rh_off, double):
+    """Exact check of candidate pairs: rule at row ``pb_[j]`` is the ``kind`` transform of
+    the one at row ``pa_[j]`` (rows of the contour arrays; rh = rhythm buckets)."""
+    ok = np.zeros(len(pa_), np.bool_)
+    for j in range(len(pa_)):
+        a = pa_[j]
+        b = pb_[j]
+        m = iv_off[a + 1] - iv_off[a]  # intervals = inner rhythm length
+        if iv_off[b + 1] - iv_off[b] != m:
+            continue
+        ia = iv_off[a]
+        ib = iv_off[b]
+        ra = rh_off[a]
+        rb = rh_off[b]
+        good = True
+        differs = False
+        for i in range(m):
+            r = m - 1 - i
+            if kind == 0:
+                good = iv[ib + i] == -iv[ia + i] and rh[rb + i] == rh[ra + i]
+            elif kind == 1:
+                good = iv[ib + i] == -iv[ia + r] and rh[rb + i] == rh[ra + r]
+            elif kind == 2:
+                good = iv[ib + i] == iv[ia + r] and rh[rb + i] == rh[ra + r]
+            elif kind == 3:
+                good = iv[ib + i] == iv[ia + i] and double[rh[ra + i]] >= 0 and rh[rb + i] == double[rh[ra + i]]
+            else:
+                good = (iv[ib + i] % 12 + 12) % 12 == (iv[ia + i] % 12 + 12) % 12 and rh[rb + i] == rh[ra + i]
+                differs = differs or iv[ib + i] != iv[ia + i]
+            if not good:
+                break
+        ok[j] = good and (kind != 4 or differs)
+    return ok
+
+
+def rule_transform_pairs(g, new_from: int, pointer: float) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(kind, source ids, target ids) of the rule-scope transforms with a rule ``>= new_from``
+    on at least one side, in the order their rows get ids: per kind, pairs with a new
+    source by (source, target), then pairs of an older source and a new target; each
+    augmentation batch followed by its diminutions by (source, target)."""
+    from ingest import grammar_core as gc
+
+    key, src, valid = _contour_keys(g.left, g.right, g.conn, _DOUBLE_CODE)
+    n = len(key)
+    lengths = gc.rule_lengths(g)
+    ids = np.arange(n, dtype=np.int64)
+    base_ok = valid[0]
+    found = []
+    for kd, kind in enumerate(_KINDS):
+        tkey = src[4] if kind == "octave" else key
+        passes = [(ids[valid[kd] & (ids >= new_from)], ids[base_ok])]
+        if new_from > 0:
+            passes.append((ids[valid[kd] & (ids < new_from)], ids[base_ok & (ids >= new_from)]))
+        for a_ids, b_ids in passes:
+            i, j = _equal_key_pairs(src[kd][a_ids], tkey[b_ids])
+            a, b = a_ids[i], b_ids[j]
+            keep = (a < b) if _SYMMETRIC[kd] else (a != b)
+            keep &= (8 * (lengths[b] - 1) + 7 * lengths[b]) - pointer > 0
+            a, b = a[keep], b[keep]
+            o = np.lexsort((b, a))
+            found.append((kd, a[o], b[o]))
+    # exact check on the contours of the rules involved (hashes only propose pairs)
+    involved = np.unique(np.concatenate([np.concatenate([a, b]) for _, a, b in found] + [np.empty(0, np.int64)]))
+    iv, iv_off, terms, t_off = gc.rule_contours(g, involved)
+    rh = terms // 8
+    rh_off = t_off  # inner rhythm: the first length - 1 buckets of each row
+    out = []
+    for kd, a, b in found:
+        ok = _verify(kd, np.searchsorted(involved, a), np.searchsorted(involved, b), iv, iv_off, rh, rh_off,
+                     _DOUBLE_CODE)
+        out.append((_KINDS[kd], a[ok], b[ok]))
+    merged = []
+    for kind in _KINDS:
+        parts = [(a, b) for k, a, b in out if k == kind]
+        a = np.concatenate([p[0] for p in parts])
+        b = np.concatenate([p[1] for p in parts])
+        merged.append((kind, a, b))
+        if kind == "augmentation":
+            o = np.lexsort((a, b))
+            merged.append(("diminution", b[o], a[o]))
+    return merged
+
+
+def rule_transforms(con, version: str, *, new_from: int | None = None, grammar=None,
+                    touched: np.ndarray | None = None) -> int:
     """Rule-scope transforms; returns the rule-scope rows now stored.
 
     ``new_from``: rules with ``rule_id >= new_from`` are new since the last call; only
     pairs involving one of them are searched (contours of older rules never change), then
-    ``n_notes`` and ``gain_bits`` of every rule-scope row are refreshed from the current
-    counts. ``None``: recompute everything."""
+    ``n_notes`` and ``gain_bits`` are refreshed from the current counts: every row when
+    the number of rules changed (it is in ``gain_bits``), else the rows whose target is in
+    ``touched`` (rules whose count changed; None: every row). ``None``: recompute
+    everything. ``grammar``: the rules as a ``grammar_core.Grammar`` (read if None).
+
+    Pairs are found by hashing each rule's contour and its transforms' (computed from the
+    children, one pass over the rules, no scan of the table) and checked exactly."""
     have = con.execute("SELECT count(*) FROM transforms WHERE scope = 'rule'").fetchall()[0][0]
     if new_from is None or not have:
         con.execute("DELETE FROM transforms WHERE scope = 'rule'")
         new_from = 0
-    n_rules = max(con.execute("SELECT count(*) FROM rules").fetchall()[0][0], 2)
+    if grammar is None:
+        from ingest.grammar import load_grammar  # (ingest.grammar imports this module)
+
+        grammar = load_grammar(con)
+    g = grammar
+    n_rules_all = 128 + g.n_rules
+    n_rules = max(n_rules_all, 2)
     pointer = math.log2(n_rules) + math.log2(6)
-    dbl = _double_list_sql()
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _gt_r AS
-        SELECT rule_id, intervals, length, count,
-               rhythm_buckets[1:length - 1] AS inner_rhythm
-        FROM rules WHERE length >= {MIN_TRANSFORM_LENGTH}""")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _gt_n AS SELECT * FROM _gt_r WHERE rule_id >= {int(new_from)}")
-    matches = {
-        "I": ("b.intervals = list_transform(a.intervals, lambda x: -x) AND b.inner_rhythm = a.inner_rhythm", "NULL"),
-        "R": ("b.intervals = list_reverse(list_transform(a.intervals, lambda x: -x)) "
-              "AND b.inner_rhythm = list_reverse(a.inner_rhythm)", "NULL"),
-        "RI": ("b.intervals = list_reverse(a.intervals) AND b.inner_rhythm = list_reverse(a.inner_rhythm)", "NULL"),
-        "augmentation": (f"b.intervals = a.intervals AND b.inner_rhythm = "
-                         f"list_transform(a.inner_rhythm, lambda x: {dbl}[x + 1])", "2.0"),
-        "octave": ("b.intervals <> a.intervals AND b.inner_rhythm = a.inner_rhythm AND "
-                   "list_transform(b.intervals, lambda x: ((x % 12) + 12) % 12) = "
-                   "list_transform(a.intervals, lambda x: ((x % 12) + 12) % 12)", "NULL"),
-    }
-
-    def next_id():
-        return con.execute("SELECT coalesce(max(transform_id), 0) FROM transforms").fetchall()[0][0]
-
-    gain = f"8 * (b.length - 1) + 7 * b.length - {pointer}"
-    for kind, (cond, ratio) in matches.items():
-        # symmetric relations once per pair (source < target); this also drops palindromes
-        order = "AND a.rule_id < b.rule_id" if kind in ("I", "R", "RI", "octave") else ""
-        extra = "list_max(a.inner_rhythm) > 0 AND " if kind == "augmentation" else ""
-        before = next_id()
-        # pairs with a new source, then pairs of an older source and a new target
-        for a_tab, b_tab, only_old_a in (("_gt_n", "_gt_r", False), ("_gt_r", "_gt_n", True)):
-            if new_from == 0 and only_old_a:
-                continue
-            old_a = f"a.rule_id < {int(new_from)} AND " if only_old_a else ""
-            con.execute(f"""
-                INSERT INTO transforms
-                SELECT {next_id()} + row_number() OVER (ORDER BY a.rule_id, b.rule_id), 'rule', '{kind}',
-                       a.rule_id, b.rule_id, NULL, NULL, NULL, NULL, {ratio},
-                       b.count * b.length, {gain}, '{version}'
-                FROM {a_tab} a JOIN {b_tab} b ON a.length = b.length AND {cond} {order}
-                WHERE {old_a}{extra}{gain} > 0""")
-        if kind == "augmentation":
-            con.execute(f"""
-                INSERT INTO transforms
-                SELECT {next_id()} + row_number() OVER (ORDER BY target_rule_id, source_rule_id), 'rule',
-                       'diminution', target_rule_id, source_rule_id, NULL, NULL, NULL, NULL, 0.5,
-                       0, gain_bits, stage_version
-                FROM transforms t
-                WHERE t.kind = 'augmentation' AND t.transform_id > {before}""")
+    pairs = rule_transform_pairs(g, int(new_from), pointer)
+    base = con.execute("SELECT coalesce(max(transform_id), 0) FROM transforms").fetchall()[0][0]
+    kinds = np.concatenate([np.full(len(a), k, object) for k, a, _ in pairs])
+    src = np.concatenate([a for _, a, _ in pairs])
+    tgt = np.concatenate([b for _, _, b in pairs])
+    ratio = np.concatenate([np.full(len(a), {"augmentation": 2.0, "diminution": 0.5}.get(k, np.nan))
+                            for k, a, _ in pairs])
+    if len(src):
+        con.register("_gt_new", pa.table({
+            "transform_id": np.arange(base + 1, base + 1 + len(src), dtype=np.int64),
+            "kind": pa.array(kinds.tolist(), pa.string()),
+            "source_rule_id": src, "target_rule_id": tgt,
+            "rhythm_ratio": pa.array(ratio, pa.float64(), mask=np.isnan(ratio)),
+        }))
+        con.execute(f"""
+            INSERT INTO transforms
+            SELECT t.transform_id, 'rule', t.kind, t.source_rule_id, t.target_rule_id, NULL, NULL, NULL, NULL,
+                   t.rhythm_ratio, r.count * r.length, 8 * (r.length - 1) + 7 * r.length - {pointer}, '{version}'
+            FROM _gt_new t JOIN rules r ON r.rule_id = t.target_rule_id""")
+        con.unregister("_gt_new")
     # counts and the number of rules changed: refresh what depends on them
+    same_rules = new_from > 0 and n_rules_all == new_from
+    refresh_rule_counts(con, pointer, touched if same_rules else None)
+    return con.execute("SELECT count(*) FROM transforms WHERE scope = 'rule'").fetchall()[0][0]
+
+
+def refresh_rule_counts(con, pointer: float | None = None, touched: np.ndarray | None = None) -> None:
+    """``n_notes`` and ``gain_bits`` of the rule-scope transforms from the rules' current
+    counts (only the rows whose target is in ``touched`` unless None); rows whose gain
+    is not positive are dropped. ``pointer``: bits to name a rule and a transform
+    (computed from the number of rules if None)."""
+    if pointer is None:
+        pointer = math.log2(max(con.execute("SELECT count(*) FROM rules").fetchall()[0][0], 2)) + math.log2(6)
+    scope = ""
+    if touched is not None:
+        con.register("_gt_touched", pa.table({"rule_id": np.asarray(touched, np.int64)}))
+        scope = "AND r.rule_id IN (SELECT rule_id FROM _gt_touched)"
     con.execute(f"""
         UPDATE transforms SET n_notes = r.count * r.length,
                gain_bits = 8 * (r.length - 1) + 7 * r.length - {pointer}
-        FROM rules r WHERE transforms.scope = 'rule' AND r.rule_id = transforms.target_rule_id""")
+        FROM rules r WHERE transforms.scope = 'rule' AND r.rule_id = transforms.target_rule_id {scope}""")
+    if scope:
+        con.unregister("_gt_touched")
     con.execute("DELETE FROM transforms WHERE scope = 'rule' AND gain_bits <= 0")
-    con.execute("DROP TABLE _gt_r")
-    con.execute("DROP TABLE _gt_n")
-    return con.execute("SELECT count(*) FROM transforms WHERE scope = 'rule'").fetchall()[0][0]
 
 
 def track_transforms(con, piece_ids: list[str] | None, version: str) -> int:
@@ -208,12 +406,17 @@ def _model_bits(counts: np.ndarray, n: float) -> float:
     return 0.5 * max(int((counts > 0).sum()) - 1, 0) * math.log2(max(n, 2))
 
 
-def _code_bits(*factors) -> float:
-    """Bits to code values as independent factors, each with its own entropy code."""
+def _code_bits(weights: np.ndarray, *factors) -> float:
+    """Bits to code values as independent factors, each with its own entropy code.
+
+    The values come as a histogram: ``factors`` give each bin's value of every factor,
+    ``weights`` how many values fall in the bin."""
     total = 0.0
+    n = int(weights.sum())
     for f in factors:
-        _, c = np.unique(f, return_counts=True)
-        total += _entropy_bits(c) + _model_bits(c, len(f))
+        _, inv = np.unique(f, return_inverse=True)
+        c = np.bincount(inv.ravel(), weights=weights).astype(np.int64)
+        total += _entropy_bits(c) + _model_bits(c, n)
     return total
 
 
@@ -223,27 +426,29 @@ _NOMINAL_OF_STEP = np.array([0, 2, 4, 5, 7, 9, 11])
 
 
 def interval_choices(con, version: str) -> None:
-    """Corpus MDL choices: chromatic vs diatonic intervals, octave equivalence."""
-    iv = con.execute("""
-        SELECT pitch - lag(pitch) OVER (PARTITION BY piece_id, track_index
-                                        ORDER BY onset_ticks, pitch, note_index) AS iv
-        FROM notes QUALIFY iv IS NOT NULL""").fetchnumpy()["iv"].astype(np.int64)
+    """Corpus MDL choices: chromatic vs diatonic intervals, octave equivalence, from the
+    interval histogram of the encoded tracks (``grammar_interval_counts``)."""
+    h = con.execute("SELECT interval_semitones, n_intervals FROM grammar_interval_counts "
+                    "WHERE n_intervals > 0 ORDER BY interval_semitones").fetchnumpy()
+    iv = h["interval_semitones"].astype(np.int64)
+    w = h["n_intervals"].astype(np.int64)
+    n_iv = int(w.sum())
     con.execute("DELETE FROM grammar_choices")
-    if len(iv) < 2:
+    if n_iv < 2:
         return
-    direct = _code_bits(iv)
+    direct = _code_bits(w, iv)
     octv, pc = np.divmod(iv, 12)
-    octave = _code_bits(pc, octv)
+    octave = _code_bits(w, pc, octv)
     steps = octv * 7 + _STEP_OF[pc]
     alter = pc - _NOMINAL_OF_STEP[_STEP_OF[pc]]
-    diatonic = _code_bits(steps, alter)
+    diatonic = _code_bits(w, steps, alter)
     rows = []
     for choice, a_name, a_bits, b_name, b_bits in [
         ("interval_alphabet", "chromatic", direct, "diatonic", diatonic),
         ("octave_equivalence", "no", direct, "yes", octave),
     ]:
         chosen, alt, cb, ab = (a_name, b_name, a_bits, b_bits) if a_bits <= b_bits else (b_name, a_name, b_bits, a_bits)
-        rows.append((choice, chosen, alt, cb, ab, ab - cb, len(iv) + 0, version))
+        rows.append((choice, chosen, alt, cb, ab, ab - cb, n_iv, version))
     con.executemany("INSERT INTO grammar_choices VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
@@ -279,9 +484,10 @@ def meta_patterns(con, version: str) -> int:
     return con.execute("SELECT count(*) FROM meta_patterns").fetchall()[0][0]
 
 
-def refresh_corpus_level(con, version: str, *, new_from: int | None = None) -> None:
+def refresh_corpus_level(con, version: str, *, new_from: int | None = None, grammar=None,
+                         touched: np.ndarray | None = None) -> None:
     """Rule transforms (searched for the rules from ``new_from`` on; all if None), corpus
-    choices and meta-patterns (recomputed over the corpus)."""
-    rule_transforms(con, version, new_from=new_from)
+    choices and meta-patterns (see :func:`rule_transforms` for ``grammar`` and ``touched``)."""
+    rule_transforms(con, version, new_from=new_from, grammar=grammar, touched=touched)
     interval_choices(con, version)
     meta_patterns(con, version)

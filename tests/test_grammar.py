@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lzma
+import math
 import shutil
 
 import numpy as np
@@ -323,3 +324,89 @@ def test_update_with_pieces_without_notes_is_a_no_op(small_pop909_db, tmp_path):
     con.execute("COMMIT")
     assert con.execute("SELECT count(*) FROM occurrences").fetchall()[0][0] == n
     con.close()
+
+
+def _rule_transforms_by_sql(con, version):
+    """The rule-scope transforms as plain SQL self-joins of ``rules`` (the first
+    implementation, kept as an independent reference for the hashed search): every
+    row is recomputed, ids in the same order."""
+    from ingest.grammar_transforms import MIN_TRANSFORM_LENGTH, _double_list_sql
+
+    con.execute("DELETE FROM transforms WHERE scope = 'rule'")
+    pointer = math.log2(max(con.execute("SELECT count(*) FROM rules").fetchall()[0][0], 2)) + math.log2(6)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _ref_r AS SELECT rule_id, intervals, length, count,
+                    rhythm_buckets[1:length - 1] AS inner_rhythm FROM rules WHERE length >= {MIN_TRANSFORM_LENGTH}""")
+    dbl = _double_list_sql()
+    matches = {
+        "I": "b.intervals = list_transform(a.intervals, lambda x: -x) AND b.inner_rhythm = a.inner_rhythm",
+        "R": "b.intervals = list_reverse(list_transform(a.intervals, lambda x: -x)) "
+             "AND b.inner_rhythm = list_reverse(a.inner_rhythm)",
+        "RI": "b.intervals = list_reverse(a.intervals) AND b.inner_rhythm = list_reverse(a.inner_rhythm)",
+        "augmentation": f"b.intervals = a.intervals AND b.inner_rhythm = "
+                        f"list_transform(a.inner_rhythm, lambda x: {dbl}[x + 1]) AND list_max(a.inner_rhythm) > 0",
+        "octave": "b.intervals <> a.intervals AND b.inner_rhythm = a.inner_rhythm AND "
+                  "list_transform(b.intervals, lambda x: ((x % 12) + 12) % 12) = "
+                  "list_transform(a.intervals, lambda x: ((x % 12) + 12) % 12)",
+    }
+    gain = f"8 * (b.length - 1) + 7 * b.length - {pointer}"
+    for kind, cond in matches.items():
+        order = "" if kind == "augmentation" else "AND a.rule_id < b.rule_id"
+        ratio = "2.0" if kind == "augmentation" else "NULL"
+        base = con.execute("SELECT coalesce(max(transform_id), 0) FROM transforms").fetchall()[0][0]
+        con.execute(f"""
+            INSERT INTO transforms
+            SELECT {base} + row_number() OVER (ORDER BY a.rule_id, b.rule_id), 'rule', '{kind}', a.rule_id,
+                   b.rule_id, NULL, NULL, NULL, NULL, {ratio}, b.count * b.length, {gain}, '{version}'
+            FROM _ref_r a JOIN _ref_r b ON a.length = b.length AND {cond} {order} WHERE {gain} > 0""")
+        if kind == "augmentation":
+            nxt = con.execute("SELECT coalesce(max(transform_id), 0) FROM transforms").fetchall()[0][0]
+            con.execute(f"""
+                INSERT INTO transforms
+                SELECT {nxt} + row_number() OVER (ORDER BY t.target_rule_id, t.source_rule_id), 'rule', 'diminution',
+                       t.target_rule_id, t.source_rule_id, NULL, NULL, NULL, NULL, 0.5, r.count * r.length,
+                       t.gain_bits, t.stage_version
+                FROM transforms t JOIN rules r ON r.rule_id = t.source_rule_id
+                WHERE t.kind = 'augmentation' AND t.transform_id > {base}""")
+
+
+def test_hashed_rule_transforms_equal_the_sql_joins(tmp_path, pop909_dir):
+    """Rule transforms found by contour hashes, built in two ingests (the second one
+    incremental), equal plain SQL joins over every rule; so do counts and choices."""
+    from ingest import grammar_transforms as gt
+
+    songs = sorted(p for p in pop909_dir.iterdir() if p.is_dir())[:6]
+    db = tmp_path / "db"
+    ingest_paths([str(s / f"{s.name}.mid") for s in songs[:5]], db, workers=1)
+    ingest_paths([str(songs[5] / f"{songs[5].name}.mid")], db, workers=1)
+    rows = ("SELECT kind, source_rule_id, target_rule_id, rhythm_ratio, n_notes, gain_bits FROM transforms "
+            "WHERE scope = 'rule' ORDER BY ALL")
+    con = connect(db, read_only=False)
+    try:
+        incremental = con.execute(rows).fetchall()
+        kinds = {r[0] for r in incremental}
+        assert {"I", "R", "RI", "augmentation", "diminution", "octave"} <= kinds, kinds
+        con.execute("BEGIN")
+        _rule_transforms_by_sql(con, "ref")
+        reference = con.execute(rows).fetchall()
+        with_ids = con.execute("SELECT transform_id, kind, source_rule_id, target_rule_id FROM transforms "
+                               "WHERE scope = 'rule' ORDER BY transform_id").fetchall()
+        assert incremental == reference
+        gt.rule_transforms(con, "ref")  # a full recomputation gives the SQL's ids too
+        assert con.execute("SELECT transform_id, kind, source_rule_id, target_rule_id FROM transforms "
+                           "WHERE scope = 'rule' ORDER BY transform_id").fetchall() == with_ids
+        # counts kept by adding each ingest's occurrences equal a recount
+        bad = con.execute("""SELECT count(*) FROM rules r LEFT JOIN
+            (SELECT rule_id, count(*) n, count(DISTINCT piece_id) np, count(*) FILTER (top_level) nt
+             FROM occurrences GROUP BY 1) o USING (rule_id)
+            WHERE r.rule_id >= 128 AND (r.count, r.n_pieces, r.n_top) <> (coalesce(o.n, 0), coalesce(o.np, 0),
+                                                                            coalesce(o.nt, 0))""").fetchall()[0][0]
+        assert bad == 0
+        # the interval histogram equals the notes' intervals
+        hist = con.execute("SELECT interval_semitones, n_intervals FROM grammar_interval_counts ORDER BY 1").fetchall()
+        assert hist == con.execute("""
+            SELECT iv, count(*) FROM (SELECT pitch - lag(pitch) OVER (PARTITION BY piece_id, track_index
+                                      ORDER BY onset_ticks, pitch, note_index) AS iv FROM notes QUALIFY iv IS NOT NULL)
+            GROUP BY iv ORDER BY 1""").fetchall()
+        con.execute("ROLLBACK")
+    finally:
+        con.close()
