@@ -23,7 +23,8 @@ import pyarrow as pa
 
 from atlas_db.schema import table_ddl
 
-__all__ = ["TABLES", "KEYS", "MIGRATIONS", "N_TERMINALS", "FIRST_RULE_ID"]
+__all__ = ["TABLES", "KEYS", "MIGRATIONS", "N_TERMINALS", "FIRST_RULE_ID", "MIN_TRANSFORM_LENGTH", "meta_grams_cte",
+           "STORED_META_SOURCE"]
 
 N_TERMINALS = 128  # 16 rhythm buckets x 8 velocity buckets
 FIRST_RULE_ID = N_TERMINALS
@@ -120,6 +121,22 @@ TABLES: dict[str, pa.Schema] = {
             ("n_intervals", pa.int64()),
         ]
     ),
+    # Running counts behind ``meta_patterns``, kept up to date piece by piece: every
+    # sequence of 2 or 3 transposition steps seen (``meta_pattern_counts``) and every step
+    # (``meta_step_counts``), over the tracks the grammar has encoded.
+    "meta_pattern_counts": pa.schema(
+        [
+            ("kinds", pa.list_(pa.string())),  # e.g. ['T+5', 'T+2']
+            ("count", pa.int64()),
+            ("n_pieces", pa.int32()),
+        ]
+    ),
+    "meta_step_counts": pa.schema(
+        [
+            ("kind", pa.string()),  # e.g. 'T+5'
+            ("count", pa.int64()),
+        ]
+    ),
     # Sequences of rule-transforms that repeat along tracks (meta-patterns).
     "meta_patterns": pa.schema(
         [
@@ -141,8 +158,41 @@ KEYS: dict[str, tuple[str, ...]] = {
     "grammar_choices": ("choice",),
     "meta_patterns": ("meta_id",),
     "grammar_interval_counts": ("interval_semitones",),
+    "meta_step_counts": ("kind",),
     # occurrences: bulk table, no index (inserts of millions of rows)
 }
+
+# Rules of at least this many notes take part in transforms and meta-patterns.
+MIN_TRANSFORM_LENGTH = 4
+
+
+def meta_grams_cte(source: str) -> str:
+    """WITH-clause bodies ``s`` (one row per transposition step ``t``, 'T+n') and
+    ``grams`` (``piece_id``, ``kinds``: each run of 2 and of 3 successive steps along a
+    track) over ``source``: top-level occurrences of rules of at least
+    ``MIN_TRANSFORM_LENGTH`` notes with ``piece_id, track_index, seq_index, rule_id,
+    first_pitch``. A step is the transposition between successive occurrences of the
+    same rule along a track; whole pieces in ``source`` give exactly their share."""
+    return f"""
+        o AS (SELECT piece_id, track_index, seq_index,
+                     first_pitch - lag(first_pitch) OVER (PARTITION BY piece_id, track_index, rule_id
+                                                         ORDER BY seq_index) AS step
+              FROM {source}),
+        s AS (SELECT piece_id, track_index, seq_index,
+                     'T' || CASE WHEN step >= 0 THEN '+' ELSE '' END || step AS t
+              FROM o WHERE step IS NOT NULL),
+        g AS (SELECT piece_id,
+                     [lag(t) OVER w, t] AS k2,
+                     [lag(t, 2) OVER w, lag(t) OVER w, t] AS k3
+              FROM s WINDOW w AS (PARTITION BY piece_id, track_index ORDER BY seq_index)),
+        grams AS (SELECT piece_id, k2 AS kinds FROM g WHERE k2[1] IS NOT NULL
+                  UNION ALL
+                  SELECT piece_id, k3 FROM g WHERE k3[1] IS NOT NULL AND k3[2] IS NOT NULL)"""
+
+
+STORED_META_SOURCE = f"""(SELECT o.piece_id, o.track_index, o.seq_index, o.rule_id, o.first_pitch
+                          FROM occurrences o JOIN rules r USING (rule_id)
+                          WHERE r.length >= {MIN_TRANSFORM_LENGTH} AND o.top_level)"""
 
 MIGRATIONS: list[tuple[str, list[str]]] = [
     (
@@ -200,6 +250,20 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                    FROM notes WHERE piece_id IN (SELECT piece_id FROM grammar_sequences)
                    QUALIFY iv IS NOT NULL)
                GROUP BY iv""",
+        ],
+    ),
+    (
+        "0104_grammar_meta_counts",
+        [
+            table_ddl("meta_pattern_counts", TABLES["meta_pattern_counts"]),
+            table_ddl("meta_step_counts", TABLES["meta_step_counts"], KEYS["meta_step_counts"]),
+            # a database made before these tables: the counts of what is stored
+            f"""INSERT INTO meta_pattern_counts
+                WITH {meta_grams_cte(STORED_META_SOURCE)}
+                SELECT kinds, count(*), count(DISTINCT piece_id) FROM grams GROUP BY kinds""",
+            f"""INSERT INTO meta_step_counts
+                WITH {meta_grams_cte(STORED_META_SOURCE)}
+                SELECT t, count(*) FROM s GROUP BY t""",
         ],
     ),
 ]

@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
+from atlas_db.schema_grammar import STORED_META_SOURCE
 from ingest import grammar_core as gc
 from ingest import grammar_transforms as gt
 
@@ -180,11 +181,12 @@ def _write(con, name: str, table: pa.Table) -> None:
 
 def _write_parse(con, notes: dict, seq: gc.Sequence, g: gc.Grammar, version: str = VERSION):
     """Write the parses and every occurrence; returns the occurrences' (rule_id, track
-    number, top_level) arrays, rule-major (track number: index into ``track_piece``)."""
+    number, top_level) arrays, rule-major (track number: index into ``track_piece``), and
+    the ``occurrences`` rows written (None if no notes)."""
     n = notes["n"]
     if n == 0:
         e = np.empty(0, np.int64)
-        return e, e, np.empty(0, np.bool_)
+        return e, e, np.empty(0, np.bool_), None
     ts = notes["track_starts"]
     # track of each note position
     track_of = np.repeat(np.arange(len(ts) - 1), np.diff(ts))
@@ -206,7 +208,7 @@ def _write_parse(con, notes: dict, seq: gc.Sequence, g: gc.Grammar, version: str
     rule, start, first, top = rule[o], start[o], first[o], top[o]
     tr = track_of[start]
     piece_col = pa.array(notes["track_piece"], pa.string()).take(pa.array(tr))
-    _write(con, "occurrences", pa.table({
+    occ = pa.table({
         "rule_id": rule,
         "piece_id": piece_col,
         "track_index": notes["track_track"][tr],
@@ -217,8 +219,9 @@ def _write_parse(con, notes: dict, seq: gc.Sequence, g: gc.Grammar, version: str
         "onset_s": notes["onset_s"][start],
         "first_pitch": first.astype(np.int16),
         "top_level": top,
-    }))
-    return rule, tr, top
+    })
+    _write(con, "occurrences", occ)
+    return rule, tr, top, occ
 
 
 def _ensure_terminals(con, g: gc.Grammar) -> None:
@@ -243,7 +246,7 @@ def _add_rule_counts(con, notes: dict, occ) -> np.ndarray:
     ``n_pieces`` and ``n_top`` of their rules, without reading ``occurrences``: exact
     because the pieces had no occurrences before (``forget`` ran first). Returns the
     rules touched, ascending."""
-    rule, tr, top = occ
+    rule, tr, top = occ[:3]
     if not len(rule):
         return np.empty(0, np.int64)
     piece_codes = pa.array(notes["track_piece"], pa.string()).dictionary_encode().indices.to_numpy(
@@ -263,6 +266,19 @@ def _add_rule_counts(con, notes: dict, occ) -> np.ndarray:
                    n_top = rules.n_top + c.nt FROM _gram_rc c WHERE rules.rule_id = c.rule_id""")
     con.unregister("_gram_rc")
     return rules
+
+
+def _add_meta_counts(con, g: gc.Grammar, occ: pa.Table | None) -> None:
+    """Add the new pieces' transposition steps to the counts behind ``meta_patterns``."""
+    if occ is None:
+        return
+    rule = occ.column("rule_id").to_numpy()
+    keep = (gc.rule_lengths(g)[rule] >= gt.MIN_TRANSFORM_LENGTH) & occ.column("top_level").to_numpy(
+        zero_copy_only=False)
+    con.register("_gram_meta", occ.select(["piece_id", "track_index", "seq_index", "rule_id", "first_pitch"])
+                 .filter(pa.array(keep)))
+    gt.add_meta_counts(con, "_gram_meta")
+    con.unregister("_gram_meta")
 
 
 def _add_terminal_counts(con, term_counts) -> None:
@@ -287,6 +303,15 @@ def _terminal_counts(notes: dict, term: np.ndarray):
     pairs = np.unique(pc.astype(np.int64) * gc.N_TERMINALS + term) if len(term) else np.empty(0, np.int64)
     pieces = np.bincount(pairs % gc.N_TERMINALS, minlength=gc.N_TERMINALS)
     return counts, pieces
+
+
+def _notes_table(notes: dict) -> pa.Table:
+    """The loaded notes as the columns track transforms read (no second read of ``notes``)."""
+    ts = notes["track_starts"]
+    track_of = np.repeat(np.arange(len(ts) - 1), np.diff(ts))
+    return pa.table({"piece_id": pa.array(notes["track_piece"], pa.string()).take(pa.array(track_of)),
+                     "track_index": notes["track_index"], "onset_ticks": notes["onset_ticks"],
+                     "pitch": notes["pitch"]})
 
 
 def _interval_counts(notes: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -323,10 +348,12 @@ def update(con, piece_ids: list[str]) -> None:
     origin = "build" if n_old == 0 else "incremental"
     if g.n_rules > n_old:
         _write(con, "rules", _rules_table(g, np.arange(gc.N_TERMINALS + n_old, gc.N_TERMINALS + g.n_rules), origin))
-    touched = _add_rule_counts(con, notes, _write_parse(con, notes, seq, g))
+    occ = _write_parse(con, notes, seq, g)
+    touched = _add_rule_counts(con, notes, occ)
     _add_terminal_counts(con, _terminal_counts(notes, term))
     _add_interval_counts(con, notes)
-    gt.track_transforms(con, list(piece_ids), VERSION)
+    _add_meta_counts(con, g, occ[3])
+    gt.track_transforms(con, list(piece_ids), VERSION, _notes_table(notes))
     gt.refresh_corpus_level(con, VERSION, new_from=gc.N_TERMINALS + n_old, grammar=g, touched=touched)
 
 
@@ -337,6 +364,8 @@ def forget(con, piece_ids: list[str]) -> None:
         "SELECT DISTINCT piece_id FROM grammar_sequences WHERE piece_id IN (SELECT piece_id FROM _gram_ids) "
         "ORDER BY piece_id").fetchall()]
     if done:
+        gone = f"(SELECT * FROM {STORED_META_SOURCE} WHERE piece_id IN (SELECT piece_id FROM _gram_ids))"
+        gt.add_meta_counts(con, gone, -1)
         con.execute("DELETE FROM occurrences WHERE piece_id IN (SELECT piece_id FROM _gram_ids)")
         con.execute("DELETE FROM grammar_sequences WHERE piece_id IN (SELECT piece_id FROM _gram_ids)")
     con.unregister("_gram_ids")
@@ -358,7 +387,7 @@ def rebuild(con, *, max_rules: int | None = None, min_count: int | None = None) 
     Rows record the parameters used in ``stage_version``; ``derived_runs`` records the
     stage's ``VERSION`` so that ingestion does not redo the pieces."""
     for t in ("occurrences", "grammar_sequences", "rules", "transforms", "grammar_choices", "meta_patterns",
-              "grammar_interval_counts"):
+              "grammar_interval_counts", "meta_pattern_counts", "meta_step_counts"):
         con.execute(f"DELETE FROM {t}")
     notes = load_notes(con, None)
     g = gc.Grammar()
@@ -374,6 +403,7 @@ def rebuild(con, *, max_rules: int | None = None, min_count: int | None = None) 
     _recount(con)
     _add_terminal_counts(con, _terminal_counts(notes, term))
     _add_interval_counts(con, notes)
+    gt.add_meta_counts(con, STORED_META_SOURCE)
     gt.track_transforms(con, None, version)
     gt.refresh_corpus_level(con, version, grammar=g)
     pieces = sorted(set(notes["track_piece"]))

@@ -51,10 +51,11 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
-__all__ = ["MIN_TRANSFORM_LENGTH", "rule_transforms", "rule_transform_pairs", "refresh_rule_counts",
-           "track_transforms", "interval_choices", "meta_patterns", "refresh_corpus_level"]
+from atlas_db.schema_grammar import MIN_TRANSFORM_LENGTH, meta_grams_cte
 
-MIN_TRANSFORM_LENGTH = 4
+__all__ = ["MIN_TRANSFORM_LENGTH", "rule_transforms", "rule_transform_pairs", "refresh_rule_counts",
+           "track_transforms", "interval_choices", "add_meta_counts", "meta_patterns", "refresh_corpus_level"]
+
 # bucket index of twice each nominal IOI (None where the doubled value is no bucket)
 _DOUBLE = [0, 3, 4, 5, 6, 8, 9, 10, 11, None, 12, 13, 14, 15, None, None]
 
@@ -158,23 +159,62 @@ def _contour_keys(left, right, conn, double):
 
 
 def _equal_key_pairs(ka: np.ndarray, kb: np.ndarray):
-    """Index pairs (i, j) with ``ka[i] == kb[j]``; sorts the smaller side only."""
-    swap = len(ka) < len(kb)
-    small, big = (ka, kb) if swap else (kb, ka)
-    if not len(small) or not len(big):
-        e = np.empty(0, np.int64)
-        return e, e
-    o = np.argsort(small, kind="stable")
-    ss = small[o]
-    lo = np.searchsorted(ss, big, "left")
-    hi = np.searchsorted(ss, big, "right")
-    nb = hi - lo
-    hit = np.flatnonzero(nb)
-    i_big = np.repeat(hit, nb[hit])
-    start = np.repeat(lo[hit], nb[hit])
-    within = np.arange(len(i_big)) - np.repeat(np.cumsum(nb[hit]) - nb[hit], nb[hit])
-    i_small = o[start + within]
-    return (i_small, i_big) if swap else (i_big, i_small)
+    """Index pairs (i, j) with ``ka[i] == kb[j]``: a hash table of the smaller side,
+    probed once per element of the larger one (O(len(ka) + len(kb)))."""
+    if len(ka) <= len(kb):
+        return _probe_pairs(ka, kb)
+    j, i = _probe_pairs(kb, ka)
+    return i, j
+
+
+@njit(cache=True)
+def _probe_pairs(small, big):
+    """(index into small, index into big) of every equal pair."""
+    ns = len(small)
+    size = 16
+    while size < 2 * ns + 2:
+        size *= 2
+    mask = np.uint64(size - 1)
+    head = np.full(size, -1, np.int64)  # first small index with the key hashed here
+    nxt = np.full(max(ns, 1), -1, np.int64)  # next small index with the same key
+    for i in range(ns):
+        h = (small[i] * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(20) & mask
+        while True:
+            f = head[h]
+            if f == -1:
+                head[h] = i
+                break
+            if small[f] == small[i]:
+                nxt[i] = nxt[f]
+                nxt[f] = i
+                break
+            h = (h + np.uint64(1)) & mask
+    total = 0
+    first = np.full(len(big), -1, np.int64)
+    for j in range(len(big)):
+        h = (big[j] * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(20) & mask
+        while True:
+            f = head[h]
+            if f == -1:
+                break
+            if small[f] == big[j]:
+                first[j] = f
+                while f != -1:
+                    total += 1
+                    f = nxt[f]
+                break
+            h = (h + np.uint64(1)) & mask
+    out_s = np.empty(total, np.int64)
+    out_b = np.empty(total, np.int64)
+    k = 0
+    for j in range(len(big)):
+        f = first[j]
+        while f != -1:
+            out_s[k] = f
+            out_b[k] = j
+            k += 1
+            f = nxt[f]
+    return out_s, out_b
 
 
 @njit(cache=True)
@@ -332,8 +372,15 @@ def refresh_rule_counts(con, pointer: float | None = None, touched: np.ndarray |
     con.execute("DELETE FROM transforms WHERE scope = 'rule' AND gain_bits <= 0")
 
 
-def track_transforms(con, piece_ids: list[str] | None, version: str) -> int:
-    """Doubling / parallel motion / rhythmic unison between the tracks of these pieces."""
+def track_transforms(con, piece_ids: list[str] | None, version: str, notes: pa.Table | None = None) -> int:
+    """Doubling / parallel motion / rhythmic unison between the tracks of these pieces.
+
+    ``notes``: these pieces' notes (``piece_id, track_index, onset_ticks, pitch``) when the
+    caller holds them already; else they are read from ``notes``."""
+    source = "notes"
+    if notes is not None:
+        con.register("_gt_notes", notes)
+        source = "_gt_notes"
     if piece_ids is None:
         scope = "TRUE"
         con.execute("DELETE FROM transforms WHERE scope = 'track'")
@@ -343,7 +390,7 @@ def track_transforms(con, piece_ids: list[str] | None, version: str) -> int:
         con.execute(f"DELETE FROM transforms WHERE scope = 'track' AND {scope}")
     rows = con.execute(f"""
         WITH v AS (SELECT piece_id, track_index, onset_ticks, max(pitch) AS pitch
-                   FROM notes WHERE {scope} GROUP BY ALL),
+                   FROM {source} WHERE {scope} GROUP BY ALL),
         sizes AS (SELECT piece_id, track_index, count(*) AS n FROM v GROUP BY ALL),
         m AS (SELECT a.piece_id, a.track_index AS ta, b.track_index AS tb, a.onset_ticks,
                      a.pitch AS pa, b.pitch AS pb
@@ -365,6 +412,8 @@ def track_transforms(con, piece_ids: list[str] | None, version: str) -> int:
         ORDER BY agg.piece_id, ta, tb""").fetchall()
     if piece_ids is not None:
         con.unregister("_gt_ids")
+    if notes is not None:
+        con.unregister("_gt_notes")
     out = []
     for pid, ta, tb, shared, diff, n_steps, par, n_diff, smaller in rows:
         if n_diff >= 0.5 * smaller and n_diff >= 8:
@@ -452,31 +501,34 @@ def interval_choices(con, version: str) -> None:
     con.executemany("INSERT INTO grammar_choices VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
+def add_meta_counts(con, source: str, sign: int = 1) -> None:
+    """Add (``sign`` 1) or remove (-1) the steps and step sequences of the whole pieces in
+    ``source`` (see ``atlas_db.schema_grammar.meta_grams_cte``) to the running counts."""
+    cte = meta_grams_cte(source)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _gt_mc AS WITH {cte}
+                    SELECT kinds, {sign} * count(*) AS n, {sign} * count(DISTINCT piece_id) AS np
+                    FROM grams GROUP BY kinds""")
+    con.execute("""UPDATE meta_pattern_counts m SET count = m.count + d.n, n_pieces = m.n_pieces + d.np
+                   FROM _gt_mc d WHERE m.kinds = d.kinds""")
+    con.execute("""INSERT INTO meta_pattern_counts SELECT kinds, n, np FROM _gt_mc d
+                   WHERE NOT EXISTS (SELECT 1 FROM meta_pattern_counts m WHERE m.kinds = d.kinds)""")
+    con.execute(f"""INSERT INTO meta_step_counts WITH {cte} SELECT t, {sign} * count(*) FROM s GROUP BY t
+                    ON CONFLICT (kind) DO UPDATE SET count = count + excluded.count""")
+    con.execute("DROP TABLE _gt_mc")
+    if sign < 0:
+        con.execute("DELETE FROM meta_pattern_counts WHERE count = 0")
+        con.execute("DELETE FROM meta_step_counts WHERE count = 0")
+
+
 def meta_patterns(con, version: str) -> int:
     """Recurring sequences of transposition steps between successive occurrences of the
-    same rule along a track."""
+    same rule along a track, from the running counts (``add_meta_counts``)."""
     con.execute("DELETE FROM meta_patterns")
     con.execute(f"""
         INSERT INTO meta_patterns
-        WITH o AS (
-            SELECT o.piece_id, o.track_index, o.seq_index,
-                   o.first_pitch - lag(o.first_pitch) OVER (PARTITION BY o.piece_id, o.track_index, o.rule_id
-                                                           ORDER BY o.seq_index) AS step
-            FROM occurrences o JOIN rules r USING (rule_id)
-            WHERE r.length >= {MIN_TRANSFORM_LENGTH} AND o.top_level),
-        s AS (SELECT piece_id, track_index, seq_index,
-                     'T' || CASE WHEN step >= 0 THEN '+' ELSE '' END || step AS t
-              FROM o WHERE step IS NOT NULL),
-        g AS (SELECT piece_id,
-                     [lag(t) OVER w, t] AS k2,
-                     [lag(t, 2) OVER w, lag(t) OVER w, t] AS k3
-              FROM s WINDOW w AS (PARTITION BY piece_id, track_index ORDER BY seq_index)),
-        grams AS (SELECT piece_id, k2 AS kinds FROM g WHERE k2[1] IS NOT NULL
-                  UNION ALL
-                  SELECT piece_id, k3 FROM g WHERE k3[1] IS NOT NULL AND k3[2] IS NOT NULL),
-        c AS (SELECT kinds, count(*) AS n, count(DISTINCT piece_id) AS np FROM grams GROUP BY kinds
-              HAVING count(*) >= 3 AND count(DISTINCT piece_id) >= 2),
-        alphabet AS (SELECT greatest(count(DISTINCT t), 2) AS a FROM s)
+        WITH c AS (SELECT kinds, count AS n, n_pieces AS np FROM meta_pattern_counts
+                   WHERE count >= 3 AND n_pieces >= 2),
+        alphabet AS (SELECT greatest(count(*), 2) AS a FROM meta_step_counts WHERE count > 0)
         SELECT row_number() OVER (ORDER BY (n - 1) * len(kinds) * log2(a) DESC, kinds),
                kinds, len(kinds), n, np, (n - 1) * len(kinds) * log2(a) - len(kinds) * log2(a),
                '{version}'

@@ -394,19 +394,35 @@ def test_hashed_rule_transforms_equal_the_sql_joins(tmp_path, pop909_dir):
         gt.rule_transforms(con, "ref")  # a full recomputation gives the SQL's ids too
         assert con.execute("SELECT transform_id, kind, source_rule_id, target_rule_id FROM transforms "
                            "WHERE scope = 'rule' ORDER BY transform_id").fetchall() == with_ids
-        # counts kept by adding each ingest's occurrences equal a recount
-        bad = con.execute("""SELECT count(*) FROM rules r LEFT JOIN
-            (SELECT rule_id, count(*) n, count(DISTINCT piece_id) np, count(*) FILTER (top_level) nt
-             FROM occurrences GROUP BY 1) o USING (rule_id)
-            WHERE r.rule_id >= 128 AND (r.count, r.n_pieces, r.n_top) <> (coalesce(o.n, 0), coalesce(o.np, 0),
-                                                                            coalesce(o.nt, 0))""").fetchall()[0][0]
-        assert bad == 0
-        # the interval histogram equals the notes' intervals
-        hist = con.execute("SELECT interval_semitones, n_intervals FROM grammar_interval_counts ORDER BY 1").fetchall()
-        assert hist == con.execute("""
-            SELECT iv, count(*) FROM (SELECT pitch - lag(pitch) OVER (PARTITION BY piece_id, track_index
-                                      ORDER BY onset_ticks, pitch, note_index) AS iv FROM notes QUALIFY iv IS NOT NULL)
-            GROUP BY iv ORDER BY 1""").fetchall()
+        _assert_running_counts_exact(con)
+        # re-encoding a piece (forget, then update) keeps them exact
+        pid = con.execute("SELECT min(piece_id) FROM pieces").fetchall()[0][0]
+        grammar.forget(con, [pid])
+        grammar.update(con, [pid])
+        _assert_running_counts_exact(con)
         con.execute("ROLLBACK")
     finally:
         con.close()
+
+
+def _assert_running_counts_exact(con):
+    """Counts kept by adding (and subtracting) each update's share equal a recount."""
+    from atlas_db.schema_grammar import STORED_META_SOURCE, meta_grams_cte
+
+    bad = con.execute("""SELECT count(*) FROM rules r LEFT JOIN
+        (SELECT rule_id, count(*) n, count(DISTINCT piece_id) np, count(*) FILTER (top_level) nt
+         FROM occurrences GROUP BY 1) o USING (rule_id)
+        WHERE r.rule_id >= 128 AND (r.count, r.n_pieces, r.n_top) <> (coalesce(o.n, 0), coalesce(o.np, 0),
+                                                                        coalesce(o.nt, 0))""").fetchall()[0][0]
+    assert bad == 0
+    hist = con.execute("SELECT interval_semitones, n_intervals FROM grammar_interval_counts ORDER BY 1").fetchall()
+    assert hist and hist == con.execute("""
+        SELECT iv, count(*) FROM (SELECT pitch - lag(pitch) OVER (PARTITION BY piece_id, track_index
+                                  ORDER BY onset_ticks, pitch, note_index) AS iv FROM notes QUALIFY iv IS NOT NULL)
+        GROUP BY iv ORDER BY 1""").fetchall()
+    cte = meta_grams_cte(STORED_META_SOURCE)
+    grams = con.execute("SELECT kinds, count, n_pieces FROM meta_pattern_counts ORDER BY ALL").fetchall()
+    assert grams and grams == con.execute(
+        f"WITH {cte} SELECT kinds, count(*), count(DISTINCT piece_id) FROM grams GROUP BY kinds ORDER BY ALL").fetchall()
+    assert con.execute("SELECT kind, count FROM meta_step_counts ORDER BY ALL").fetchall() == con.execute(
+        f"WITH {cte} SELECT t, count(*) FROM s GROUP BY t ORDER BY ALL").fetchall()
