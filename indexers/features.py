@@ -313,3 +313,329 @@ def features_from_notes(onset_beats, duration_beats, pitch, track_index=None, *,
         "interval_index": ivi,
         "vector": embedding(chroma, iv),
     }
+
+
+# --------------------------------------------------------------------------- many at once
+# The same features for many groups of notes (pieces, tracks) in one pass: what the
+# vectors stage computes for a batch. Each group's result equals the single-group
+# function's (tests/test_vectors_batch.py); the work is whole-array NumPy and numba
+# loops instead of ~100 small NumPy calls per group.
+
+def _group_of(offsets: np.ndarray) -> np.ndarray:
+    return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+
+
+def beat_chroma_groups(onset_beats, duration_beats, pitch, offsets) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`beat_chroma` (one frame per beat, from beat 0) of each group of notes.
+
+    ``offsets`` [shape=(G + 1,)]: group g is notes ``offsets[g]:offsets[g + 1]``.
+    Returns (chroma [shape=(F, 12), float32], frame offsets [shape=(G + 1,)]).
+    """
+    offsets = np.asarray(offsets, np.int64)
+    n_groups = len(offsets) - 1
+    on = np.asarray(onset_beats, np.float64)
+    dur = np.minimum(np.asarray(duration_beats, np.float64), MAX_NOTE_BEATS)
+    pc = np.asarray(pitch, np.int64) % 12
+    g = _group_of(offsets)
+    off = on + np.maximum(dur, 1e-3)
+    keep = off > 0
+    on, off, pc, g = np.maximum(on[keep], 0.0), off[keep], pc[keep], g[keep]
+    n_frames = np.zeros(n_groups, np.int64)
+    if off.size:
+        top = np.full(n_groups, -np.inf)
+        np.maximum.at(top, g, off)
+        has = np.isfinite(top)
+        n_frames[has] = np.ceil(top[has]).astype(np.int64)
+    frame_off = np.concatenate([[0], np.cumsum(n_frames)]).astype(np.int64)
+    first = np.floor(on).astype(np.int64)
+    last = np.minimum(np.ceil(off).astype(np.int64) - 1, n_frames[g] - 1)
+    span = np.maximum(last - first + 1, 1)
+    idx = np.repeat(np.arange(on.size), span)
+    frame = first[idx] + (np.arange(idx.size) - np.repeat(np.cumsum(span) - span, span))
+    overlap = np.minimum(off[idx], frame + 1.0) - np.maximum(on[idx], frame)
+    out = np.zeros((int(frame_off[-1]), 12), np.float64)
+    np.add.at(out, (frame_off[g[idx]] + frame, pc[idx]), np.maximum(overlap, 0.0))
+    peak = out.max(axis=1, keepdims=True) if out.size else np.zeros((0, 1))
+    np.divide(out, peak, out=out, where=peak > 0)
+    return out.astype(np.float32), frame_off
+
+
+def lead_mask_groups(track_index, onset_beats, offsets, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
+    """:func:`lead_mask` of each group (piece) of notes, as one mask over all notes."""
+    offsets = np.asarray(offsets, np.int64)
+    trk = np.asarray(track_index).astype(np.int64)
+    n_all = trk.size
+    if n_all == 0:
+        return np.ones(0, bool)
+    g = _group_of(offsets)
+    span = int(trk.max() - trk.min()) + 1
+    key = g * span + (trk - trk.min())
+    pairs, inv, n = np.unique(key, return_inverse=True, return_counts=True)  # (piece, track), sorted
+    pg = pairs // span  # piece of each pair
+    q = np.round(np.asarray(onset_beats, np.float64) * 32).astype(np.int64)
+    q = q - q.min()
+    pq = np.sort(inv * (int(q.max()) + 1) + q)
+    pq = pq[np.concatenate([[True], pq[1:] != pq[:-1]])]  # distinct (pair, onset)
+    distinct = np.bincount(pq // (int(q.max()) + 1), minlength=pairs.size).astype(np.float64)
+    ratio = distinct / np.maximum(n, 1)
+    ok = (ratio >= mono) & (n >= min_notes)
+    big = n >= min_notes
+    n_groups = len(offsets) - 1
+    n_tracks = np.bincount(pg, minlength=n_groups)
+    any_ok = np.bincount(pg, weights=ok, minlength=n_groups) > 0
+    n_big = np.bincount(pg, weights=big, minlength=n_groups)
+    all_big_ok = np.bincount(pg, weights=big & ~ok, minlength=n_groups) == 0
+    min_ratio = np.full(n_groups, np.inf)
+    np.minimum.at(min_ratio, pg, ratio)
+    n_max = np.zeros(n_groups, np.int64)
+    np.maximum.at(n_max, pg, n)
+    keep_all = (n_tracks < 2) | ~any_ok | (all_big_ok & (n_big > 1) & (min_ratio >= 0.98))
+    score = np.where(ok, np.round(ratio, 2) + 0.05 * n / n_max[pg], -1.0)
+    # the first pair (lowest track) with the piece's best score, as np.argmax picks
+    best = np.full(n_groups, -np.inf)
+    np.maximum.at(best, pg, score)
+    cand = np.flatnonzero(score == best[pg])
+    lead = np.full(n_groups, -1, np.int64)
+    first_piece, first_ix = np.unique(pg[cand], return_index=True)
+    lead[first_piece] = cand[first_ix]
+    return keep_all[g] | (inv == lead[g])
+
+
+@njit(cache=True)
+def _skyline_keep_groups(onset, offset, pitch, group):
+    # _skyline_keep, restarted at each group (rows sorted by group, onset, -pitch)
+    n = onset.size
+    keep = np.zeros(n, np.bool_)
+    eps = 1e-6
+    i = 0
+    while i < n:
+        g = group[i]
+        top_pitch = -1
+        top_end = -1e18
+        while i < n and group[i] == g:
+            t = onset[i]
+            p = pitch[i]
+            if p >= top_pitch or t >= top_end - 0.25:
+                keep[i] = True
+                top_pitch = p
+                top_end = offset[i]
+            j = i + 1
+            while j < n and group[j] == g and onset[j] <= t + eps:
+                j += 1
+            i = j
+    return keep
+
+
+@njit(cache=True)
+def _in_register_groups(p, offsets, w, drop):
+    # _in_register per group: a note is kept unless it lies more than `drop` under the
+    # median of the edge-padded window of 2w + 1 notes around it. The median is the
+    # (w + 1)-th smallest value, so it is <= p + drop exactly when at least w + 1 of
+    # the window's values are: a count, no sort.
+    keep = np.ones(p.size, np.bool_)
+    for g in range(offsets.size - 1):
+        a, b = offsets[g], offsets[g + 1]
+        m = b - a
+        if m <= 2 * w:
+            continue
+        for i in range(m):
+            limit = p[a + i] + drop
+            n_le = 0
+            for k in range(2 * w + 1):
+                j = min(max(i + k - w, 0), m - 1)
+                if p[a + j] <= limit:
+                    n_le += 1
+            keep[a + i] = n_le >= w + 1
+    return keep
+
+
+def skyline_groups(onset_beats, duration_beats, pitch, offsets):
+    """:func:`skyline` of each group of notes. Returns (pitches int16, onsets float32,
+    melody offsets [shape=(G + 1,)])."""
+    offsets = np.asarray(offsets, np.int64)
+    on = np.asarray(onset_beats, np.float64)
+    p = np.asarray(pitch, np.int64)
+    n_groups = len(offsets) - 1
+    if on.size == 0:
+        return np.zeros(0, np.int16), np.zeros(0, np.float32), np.zeros(n_groups + 1, np.int64)
+    g = _group_of(offsets)
+    off = on + np.asarray(duration_beats, np.float64)
+    q = np.round(on * 32) / 32
+    order = np.lexsort((-p, q, g))
+    keep = _skyline_keep_groups(q[order], off[order], p[order], g[order])
+    sel = order[keep]
+    sky_off = np.concatenate([[0], np.cumsum(np.bincount(g[sel], minlength=n_groups))]).astype(np.int64)
+    sel = sel[_in_register_groups(p[sel].astype(np.float64), sky_off, REGISTER_NEIGHBOURS, float(REGISTER_DROP))]
+    mel_off = np.concatenate([[0], np.cumsum(np.bincount(g[sel], minlength=n_groups))]).astype(np.int64)
+    return p[sel].astype(np.int16), on[sel].astype(np.float32), mel_off
+
+
+def melody_intervals_groups(pitches, offsets) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`melody_intervals` of each group. Returns (intervals int8, offsets)."""
+    offsets = np.asarray(offsets, np.int64)
+    n_groups = len(offsets) - 1
+    pc = np.asarray(pitches, np.int64) % 12
+    if pc.size == 0:
+        return np.zeros(0, np.int8), np.zeros(n_groups + 1, np.int64)
+    g = _group_of(offsets)
+    start = np.zeros(pc.size, bool)
+    start[offsets[:-1][np.diff(offsets) > 0]] = True
+    change = start.copy()
+    change[1:] |= pc[1:] != pc[:-1]
+    idx = np.flatnonzero(change)
+    pair = g[idx[1:]] == g[idx[:-1]]
+    a, b = idx[:-1][pair], idx[1:][pair]
+    iv = ((pc[b] - pc[a]) % 12).astype(np.int8)
+    iv_off = np.concatenate([[0], np.cumsum(np.bincount(g[a], minlength=n_groups))]).astype(np.int64)
+    return iv, iv_off
+
+
+def _l2_rows(v: np.ndarray) -> np.ndarray:
+    n = np.sqrt(np.einsum("ij,ij->i", v, v))
+    return np.divide(v, n[:, None], out=v.copy(), where=n[:, None] > 0)
+
+
+@njit(cache=True)
+def _select(a, k):
+    # the k-th smallest value of a (reordered in place): quickselect
+    lo, hi = 0, a.size - 1
+    while lo < hi:
+        pivot = a[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return a[k]
+    return a[k]
+
+
+@njit(cache=True)
+def _median_cols_groups(xt, offsets):
+    # xt [columns, rows]: per group and column np.median over the group's rows (the
+    # mean of the two middle values for an even count, as numpy computes it)
+    n_groups = offsets.size - 1
+    out = np.zeros((n_groups, xt.shape[0]), np.float64)
+    for g in range(n_groups):
+        a, b = offsets[g], offsets[g + 1]
+        m = b - a
+        if m == 0:
+            continue
+        for c in range(xt.shape[0]):
+            s = xt[c, a:b].copy()
+            hi = _select(s, m // 2)
+            if m % 2 == 1:
+                out[g, c] = hi
+            else:
+                # the largest of the values left below the upper middle one
+                lo = s[0]
+                for t in range(1, m // 2):
+                    if s[t] > lo:
+                        lo = s[t]
+                out[g, c] = (lo + hi) / 2.0
+    return out
+
+
+@njit(cache=True)
+def _sum_rows_groups(x, starts, counts):
+    # row sums of each group, added one row after the other from the first, as
+    # x.sum(axis=0) does for a group alone (np.add.reduceat adds in another order)
+    out = np.empty((starts.size, x.shape[1]), np.float64)
+    for g in range(starts.size):
+        a = starts[g]
+        for c in range(x.shape[1]):
+            acc = x[a, c]
+            for i in range(a + 1, a + counts[g]):
+                acc += x[i, c]
+            out[g, c] = acc
+    return out
+
+
+_WINDOWS_PER_FFT = 16384  # bounds the memory of one fft2 call (16 KiB a window... x 1.5)
+
+
+def _chroma_blocks_groups(chroma: np.ndarray, offsets: np.ndarray):
+    """:func:`_chroma_blocks` of each group of chroma frames -> (fft2 [G, 35], intervals
+    [G, 7], motion [G, 12])."""
+    n_groups = len(offsets) - 1
+    n_t = PATCH_BEATS // 2 + 1
+    fft2 = np.zeros((n_groups, 7 * n_t))
+    ivs = np.zeros((n_groups, 7))
+    motion = np.zeros((n_groups, 12))
+    g = _group_of(offsets)
+    voiced = chroma.sum(axis=1) > 0
+    x = chroma[voiced].astype(np.float64)
+    gv = g[voiced]
+    if x.shape[0] == 0:
+        return fft2, ivs, motion
+    counts = np.bincount(gv, minlength=n_groups)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    spec = np.fft.rfft(x, axis=1)
+    ac = np.fft.irfft(np.abs(spec) ** 2, n=12, axis=1)[:, :7]
+    has = np.flatnonzero(counts > 0)
+    starts = np.concatenate([[0], np.cumsum(counts)])[:-1]
+    ivs[has] = _sum_rows_groups(np.ascontiguousarray(ac), starts[has], counts[has]) / counts[has][:, None]
+    # successive frames within a group
+    same = np.flatnonzero(gv[1:] == gv[:-1])
+    if same.size:
+        xc = np.fft.irfft(np.conj(spec[same]) * spec[same + 1], n=12, axis=1)
+        mc = np.bincount(gv[same], minlength=n_groups)
+        mh = np.flatnonzero(mc > 0)
+        mstarts = np.concatenate([[0], np.cumsum(mc)])[:-1]
+        motion[mh] = _sum_rows_groups(xc, mstarts[mh], mc[mh]) / mc[mh][:, None]
+    # 8-beat patches: each voiced group padded with silent frames to at least 8
+    padded = np.maximum(counts, PATCH_BEATS) * (counts > 0)
+    p_off = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
+    xp = np.zeros((int(p_off[-1]), 12))
+    rank = np.arange(x.shape[0]) - np.repeat(starts, counts)
+    xp[p_off[gv] + rank] = x
+    n_win = np.where(counts > 0, padded - PATCH_BEATS + 1, 0)
+    w_off = np.concatenate([[0], np.cumsum(n_win)]).astype(np.int64)
+    w_start = np.repeat(p_off[:-1], n_win) + (np.arange(int(w_off[-1])) - np.repeat(w_off[:-1], n_win))
+    mag = np.empty((7 * n_t, w_start.size))  # bins x windows: each bin's values contiguous
+    steps = np.arange(PATCH_BEATS)
+    xpt = np.ascontiguousarray(xp.T)
+    for a in range(0, w_start.size, _WINDOWS_PER_FFT):
+        ws = w_start[a:a + _WINDOWS_PER_FFT]
+        win = xpt[:, ws[:, None] + steps]  # (12, w, PATCH): window i of sliding_window_view, pitch first
+        # np.fft.fft2(axes=(pitch, time)) is fft over time, then over pitch: the same
+        # two calls here, the second only for the time bins that are kept
+        f = np.fft.fft(win, axis=2)[:, :, :n_t]
+        f = np.abs(np.fft.fft(f, axis=0)[:7])  # (7, w, n_t)
+        mag[:, a:a + ws.size] = f.transpose(0, 2, 1).reshape(7 * n_t, ws.size)
+    fft2[:] = np.sqrt(_median_cols_groups(mag, w_off))
+    return fft2, ivs, motion
+
+
+def embedding_groups(chroma: np.ndarray, chroma_offsets, intervals: np.ndarray, interval_offsets) -> np.ndarray:
+    """:func:`embedding` of each group: its frames of ``chroma`` and its ``intervals``.
+
+    Returns np.ndarray [shape=(G, EMBED_DIM), dtype=float32].
+    """
+    chroma_offsets = np.asarray(chroma_offsets, np.int64)
+    interval_offsets = np.asarray(interval_offsets, np.int64)
+    n_groups = len(chroma_offsets) - 1
+    fft2, ivs, motion = _chroma_blocks_groups(np.asarray(chroma, np.float32), chroma_offsets)
+    iv = np.asarray(intervals).astype(np.int64)
+    gi = _group_of(interval_offsets)
+    uni = np.bincount(gi * 11 + iv - 1, minlength=n_groups * 11).reshape(n_groups, 11).astype(np.float64)
+    pair = np.flatnonzero(gi[1:] == gi[:-1])
+    code = (iv[pair] - 1) * 11 + (iv[pair + 1] - 1)
+    bi = np.bincount(gi[pair] * 121 + code, minlength=n_groups * 121).reshape(n_groups, 121).astype(np.float64)
+    melody = np.concatenate([_l2_rows(np.sqrt(uni)), _l2_rows(np.sqrt(bi))], axis=1)
+    parts = {"melody_intervals": _l2_rows(melody), "chroma_2dfft": fft2, "chroma_intervals": ivs,
+             "chroma_motion": motion}
+    out = np.zeros((n_groups, EMBED_DIM), np.float32)
+    for name, (a, b) in BLOCKS.items():
+        out[:, a:b] = BLOCK_WEIGHTS[name] * _l2_rows(np.asarray(parts[name], np.float64))
+    return out

@@ -23,7 +23,8 @@ import pyarrow as pa
 
 from atlas_db.connection import fetch_arrow
 from indexers.features import EMBED_DIM, features_from_notes, quantize_chroma, embedding, beat_chroma, \
-    skyline, melody_intervals
+    skyline, melody_intervals, beat_chroma_groups, lead_mask_groups, skyline_groups, melody_intervals_groups, \
+    embedding_groups
 
 __all__ = [
     "STAGE", "VERSION", "BATCH_PIECES", "update", "forget", "load_inputs", "compute_rows", "write_rows",
@@ -160,58 +161,140 @@ def compute(notes: pa.Table, audio: dict | None = None, *, audio_harmony: str | 
 
     ``audio`` (optional): piece_id -> (beat times s, beat HPCP, grid bpm) of recordings,
     whose harmony sequence is then :func:`indexers.audio_chroma.harmony_sequence`'s
-    (``audio_harmony``: its source, default ``HARMONY_SOURCE``)."""
-    from atlas_db.schema_vectors import TABLES
+    (``audio_harmony``: its source, default ``HARMONY_SOURCE``).
 
+    The pieces (and their tracks) are computed together, as groups of one set of arrays
+    (``indexers.features.*_groups``); a recording with measured chroma goes through
+    :func:`compute_one`."""
     pid = notes.column("piece_id").to_numpy(zero_copy_only=False)
-    trk = notes.column("track_index").to_numpy()
-    on = notes.column("onset_beats").to_numpy()
-    dur = notes.column("duration_beats").to_numpy()
-    pitch = notes.column("pitch").to_numpy()
-    rows = {f.name: [] for f in TABLES["cover_features"]}
-    t_pid, t_idx, t_vec = [], [], []
+    cols = {c: notes.column(c).to_numpy() for c in ("track_index", "onset_beats", "duration_beats", "pitch")}
     if pid.size:
         starts = np.flatnonzero(np.concatenate([[True], pid[1:] != pid[:-1]]))
-        ends = np.concatenate([starts[1:], [pid.size]])
     else:
-        starts = ends = np.zeros(0, np.int64)
+        starts = np.zeros(0, np.int64)
+    offsets = np.concatenate([starts, [pid.size]]).astype(np.int64)
     audio = audio or {}
-    for a, b in zip(starts, ends):
-        chroma = None
-        if pid[a] in audio:
-            from indexers.audio_chroma import harmony_sequence
+    special = np.array([pid[a] in audio for a in starts], bool)
+    if not special.any():
+        return _compute_groups(pid, cols, offsets)
+    # recordings one by one; everything else together; then back in piece order
+    parts = []
+    plain = np.flatnonzero(~special)
+    if plain.size:
+        sel = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in plain])
+        sub_off = np.concatenate([[0], np.cumsum(np.diff(offsets)[plain])]).astype(np.int64)
+        parts.append(_compute_groups(pid[sel], {c: v[sel] for c, v in cols.items()}, sub_off))
+    for i in np.flatnonzero(special):
+        a, b = offsets[i], offsets[i + 1]
+        parts.append(compute_one(pid[a], {c: v[a:b] for c, v in cols.items()}, audio[pid[a]], audio_harmony))
+    feats = pa.concat_tables([f for f, _ in parts])
+    tracks = pa.concat_tables([t for _, t in parts])
+    feats = feats.take(pa.array(np.argsort(feats.column("piece_id").to_numpy(zero_copy_only=False), kind="stable")))
+    order = np.lexsort((tracks.column("track_index").to_numpy(), tracks.column("piece_id").to_numpy(zero_copy_only=False)))
+    return feats, tracks.take(pa.array(order))
 
-            chroma, _ = harmony_sequence(*audio[pid[a]], source=audio_harmony)
-        f = features_from_notes(on[a:b], dur[a:b], pitch[a:b], trk[a:b], chroma=chroma)
-        rows["piece_id"].append(pid[a])
-        rows["n_beats"].append(f["beat_chroma"].shape[0])
-        rows["beat_chroma"].append(quantize_chroma(f["beat_chroma"]).ravel())
-        rows["n_melody"].append(f["melody_pitch"].size)
-        rows["melody_pitch"].append(f["melody_pitch"])
-        rows["melody_onset_beats"].append(f["melody_onset_beats"])
-        rows["vector"].append(f["vector"])
-        rows["stage_version"].append(VERSION)
-        tk = trk[a:b]
-        tracks_here = np.unique(tk)
-        for t in tracks_here:
-            m = tk == t
-            if m.sum() < MIN_TRACK_NOTES:
-                continue
-            # a recording's one transcribed part (the mix) has the mix's measured chroma
-            ch = f["beat_chroma"] if chroma is not None and tracks_here.size == 1 else \
-                beat_chroma(on[a:b][m], dur[a:b][m], pitch[a:b][m])
-            mp, _ = skyline(on[a:b][m], dur[a:b][m], pitch[a:b][m])
-            t_pid.append(pid[a])
-            t_idx.append(int(t))
-            t_vec.append(embedding(ch, melody_intervals(mp)[0]))
+
+def _lists(values: np.ndarray, offsets: np.ndarray, typ: pa.DataType) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(np.asarray(offsets, np.int32)), pa.array(values, typ))
+
+
+def _compute_groups(pid: np.ndarray, cols: dict, offsets: np.ndarray) -> tuple[pa.Table, pa.Table]:
+    """Every piece of the batch (notes of piece i: ``offsets[i]:offsets[i + 1]``) and each
+    of its tracks with at least ``MIN_TRACK_NOTES`` notes, as groups of one computation."""
+    from atlas_db.schema_vectors import TABLES
+
+    trk, on, dur, pitch = (cols[c] for c in ("track_index", "onset_beats", "duration_beats", "pitch"))
+    n_pieces = len(offsets) - 1
+    piece_of = np.repeat(np.arange(n_pieces), np.diff(offsets))
+    # tracks: the piece's notes of one track, in the piece's order
+    t_order = np.lexsort((trk, piece_of)) if pid.size else np.zeros(0, np.int64)
+    t_key = piece_of[t_order].astype(np.int64) * (int(trk.max()) + 1 if trk.size else 1) + trk[t_order]
+    t_start = np.flatnonzero(np.concatenate([[True], t_key[1:] != t_key[:-1]])) if t_key.size else t_key
+    t_len = np.diff(np.concatenate([t_start, [t_key.size]]))
+    big = t_len >= MIN_TRACK_NOTES
+    t_sel = np.concatenate([t_order[s:s + n] for s, n in zip(t_start[big], t_len[big])]) if big.any() \
+        else np.zeros(0, np.int64)
+    t_off = np.concatenate([[0], np.cumsum(t_len[big])]).astype(np.int64)
+    n_tracks = int(big.sum())
+
+    # chroma: the pieces' (all notes), then the tracks'
+    all_on = np.concatenate([on, on[t_sel]])
+    all_dur = np.concatenate([dur, dur[t_sel]])
+    all_pitch = np.concatenate([pitch, pitch[t_sel]])
+    g_off = np.concatenate([offsets, offsets[-1] + t_off[1:]])
+    chroma, c_off = beat_chroma_groups(all_on, all_dur, all_pitch, g_off)
+    # melody: the skyline of each piece's lead notes, then of each track
+    lead = lead_mask_groups(trk, on, offsets)
+    lead_off = np.concatenate([[0], np.cumsum(np.bincount(piece_of[lead], minlength=n_pieces))]).astype(np.int64)
+    m_on = np.concatenate([on[lead], on[t_sel]])
+    m_dur = np.concatenate([dur[lead], dur[t_sel]])
+    m_pitch = np.concatenate([pitch[lead], pitch[t_sel]])
+    mel_p, mel_on, mel_off = skyline_groups(m_on, m_dur, m_pitch, np.concatenate([lead_off, lead_off[-1] + t_off[1:]]))
+    iv, iv_off = melody_intervals_groups(mel_p, mel_off)
+    vec = embedding_groups(chroma, c_off, iv, iv_off)
+
+    p_frames = c_off[:n_pieces + 1]
+    p_mel = mel_off[:n_pieces + 1]
+    ids = pa.array(pid[offsets[:-1]], pa.string())
     schema = TABLES["cover_features"]
-    feats = pa.table({f.name: pa.array(rows[f.name], f.type) for f in schema}, schema=schema)
-    tv = np.asarray(t_vec, np.float32).reshape(-1, EMBED_DIM)
+    ver = pa.array([VERSION], pa.string())
+    feats = pa.table({
+        "piece_id": ids,
+        "n_beats": pa.array(np.diff(p_frames), pa.int32()),
+        "beat_chroma": _lists(quantize_chroma(chroma[:p_frames[-1]]).ravel(), p_frames * 12, pa.int8()),
+        "n_melody": pa.array(np.diff(p_mel), pa.int32()),
+        "melody_pitch": _lists(mel_p[:p_mel[-1]], p_mel, pa.int16()),
+        "melody_onset_beats": _lists(mel_on[:p_mel[-1]], p_mel, pa.float32()),
+        "vector": _lists(vec[:n_pieces].ravel(), np.arange(n_pieces + 1) * EMBED_DIM, pa.float32()),
+        "stage_version": ver.take(pa.array(np.zeros(n_pieces, np.int64))),
+    }, schema=schema)
+    first = t_order[t_start[big]] if n_tracks else np.zeros(0, np.int64)
     tracks = pa.table({
-        "piece_id": pa.array(t_pid, pa.string()),
+        "piece_id": pa.array(pid[first], pa.string()),
+        "track_index": pa.array(trk[first], pa.int32()),
+        "vector": _fixed(vec[n_pieces:]),
+        "stage_version": ver.take(pa.array(np.zeros(n_tracks, np.int64))),
+    }, schema=track_vector_schema())
+    return feats, tracks
+
+
+def compute_one(piece_id: str, cols: dict, audio_beats=None, audio_harmony: str | None = None
+                ) -> tuple[pa.Table, pa.Table]:
+    """One piece's rows (as :func:`compute`), its harmony sequence from ``audio_beats``
+    ((beat times s, beat HPCP, grid bpm) of a recording) when given."""
+    from atlas_db.schema_vectors import TABLES
+
+    trk, on, dur, pitch = (np.asarray(cols[c]) for c in ("track_index", "onset_beats", "duration_beats", "pitch"))
+    chroma = None
+    if audio_beats is not None:
+        from indexers.audio_chroma import harmony_sequence
+
+        chroma, _ = harmony_sequence(*audio_beats, source=audio_harmony)
+    f = features_from_notes(on, dur, pitch, trk, chroma=chroma)
+    schema = TABLES["cover_features"]
+    feats = pa.table({
+        "piece_id": [piece_id], "n_beats": [f["beat_chroma"].shape[0]],
+        "beat_chroma": [quantize_chroma(f["beat_chroma"]).ravel()], "n_melody": [f["melody_pitch"].size],
+        "melody_pitch": [f["melody_pitch"]], "melody_onset_beats": [f["melody_onset_beats"]],
+        "vector": [f["vector"]], "stage_version": [VERSION],
+    }, schema=schema)
+    t_idx, t_vec = [], []
+    tracks_here = np.unique(trk)
+    for t in tracks_here:
+        m = trk == t
+        if m.sum() < MIN_TRACK_NOTES:
+            continue
+        # a recording's one transcribed part (the mix) has the mix's measured chroma
+        ch = f["beat_chroma"] if chroma is not None and tracks_here.size == 1 else \
+            beat_chroma(on[m], dur[m], pitch[m])
+        mp, _ = skyline(on[m], dur[m], pitch[m])
+        t_idx.append(int(t))
+        t_vec.append(embedding(ch, melody_intervals(mp)[0]))
+    tracks = pa.table({
+        "piece_id": pa.array([piece_id] * len(t_idx), pa.string()),
         "track_index": pa.array(t_idx, pa.int32()),
-        "vector": _fixed(tv),
-        "stage_version": pa.array([VERSION] * len(t_pid), pa.string()),
+        "vector": _fixed(np.asarray(t_vec, np.float32).reshape(-1, EMBED_DIM)),
+        "stage_version": pa.array([VERSION] * len(t_idx), pa.string()),
     }, schema=track_vector_schema())
     return feats, tracks
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import time
 from datetime import datetime, timezone
 
 import duckdb
@@ -100,12 +101,13 @@ def _oversized(con, piece_ids: list[str]) -> dict[str, str]:
 
 
 def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool = False,
-               progress=None, on_failure=None) -> dict[str, int]:
+               progress=None, on_failure=None, seconds: dict | None = None) -> dict[str, int]:
     """Bring every derived stage up to date; returns pieces processed per stage (failed
     pieces included: they are recorded in ``derived_failures``).
 
     progress: optional callable ``(stage_name, n_done, n_total)``; on_failure: optional
-    callable ``(stage_name, piece_id, reason)`` for each piece a stage could not process.
+    callable ``(stage_name, piece_id, reason)`` for each piece a stage could not process;
+    seconds: optional dict that receives each stage's wall-clock time (stage name -> s).
     Raises :class:`StageInterrupted` on Ctrl-C (everything committed before is kept).
     """
     done: dict[str, int] = {}
@@ -116,7 +118,12 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
             if only and stage.STAGE not in only:
                 continue
             current = stage.STAGE
-            _run_stage(db_dir, stage, done, totals, redo_old_versions, progress, on_failure)
+            t0 = time.perf_counter()
+            try:
+                _run_stage(db_dir, stage, done, totals, redo_old_versions, progress, on_failure)
+            finally:
+                if seconds is not None:
+                    seconds[stage.STAGE] = seconds.get(stage.STAGE, 0.0) + time.perf_counter() - t0
     except BaseException as e:
         if is_interrupt(e):
             raise StageInterrupted(current, done, totals.get(current, 0)) from None

@@ -622,11 +622,21 @@ def analyze_notes(notes, *, tracks=None, tempo=None, ticks_per_beat=None, piece_
     (schemas in ``atlas_db.schema_harmony.TABLES``). A piece without pitched notes gets
     no rows.
     """
+    res = _analyze_arrays(notes, tracks=tracks, tempo=tempo, ticks_per_beat=ticks_per_beat,
+                          frame_beats=frame_beats, change_cost=change_cost, sharpness=sharpness,
+                          bass_weight=bass_weight, bass_root_bonus=bass_root_bonus, key_profile=key_profile,
+                          key_window_beats=key_window_beats, key_change_cost=key_change_cost)
+    return _assemble([piece_id] if res is not None else [], [res] if res is not None else [], version)
+
+
+def _analyze_arrays(notes, *, tracks, tempo, ticks_per_beat, frame_beats, change_cost, sharpness, bass_weight,
+                    bass_root_bonus, key_profile, key_window_beats, key_change_cost) -> dict | None:
+    """The numbers behind one piece's rows (no strings, no Arrow): see :func:`_assemble`.
+    None for a piece without pitched notes."""
     feats = beat_chroma(notes, tracks=tracks, frame_beats=frame_beats, bass_weight=bass_weight)
     chroma, bass, edges = feats["chroma"], feats["bass"], feats["frame_onset_beats"]
-    out = {name: TABLES[name].empty_table() for name in TABLES}
     if len(chroma) == 0:
-        return out
+        return None
 
     def to_s(b):
         return beats_to_seconds(b, tempo=tempo, ticks_per_beat=ticks_per_beat,
@@ -644,27 +654,12 @@ def analyze_notes(notes, *, tracks=None, tempo=None, ticks_per_beat=None, piece_
     # --- keys
     prof = np.bincount(feats["pitch"] % 12, weights=np.maximum(feats["end_beats"] - feats["onset_beats"], 1e-3),
                        minlength=12)
-    gk = _key_dict(_key_correlations(prof, key_profile)[0])
+    key_corr = _key_correlations(prof, key_profile)[0]
     key_path = local_keys(chroma, profile=key_profile,
                           window_frames=max(2, int(round(key_window_beats / feats["frame_beats"]))),
                           change_cost=key_change_cost, sharpness=sharpness)
     ks, kl = _runs(key_path)
-    kidx = key_path[ks]
-    n_seg = len(ks)
     ke = ks + kl
-    out["key_segments"] = pa.table({
-        "piece_id": pa.array([piece_id] * n_seg, pa.string()),
-        "segment_index": pa.array(np.arange(n_seg), pa.int32()),
-        "onset_beats": bounds[ks], "end_beats": bounds[ke],
-        "onset_s": bounds_s[ks], "end_s": bounds_s[ke],
-        "key_tonic_pc": pa.array(kidx % 12, pa.int16()),
-        "key_mode": pa.array(np.where(kidx >= 12, "minor", "major"), pa.string()),
-        "key_name": pa.array([key_name(k % 12, "minor" if k >= 12 else "major") for k in kidx.tolist()], pa.string()),
-        "stage_version": pa.array([version] * n_seg, pa.string()),
-    }, schema=TABLES["key_segments"])
-    out["piece_keys"] = pa.Table.from_pylist(
-        [{"piece_id": piece_id, **gk, "n_key_segments": n_seg, "stage_version": version}],
-        schema=TABLES["piece_keys"])
 
     # --- chords
     path, scores = _chord_path(chroma, bass, change_cost=change_cost, sharpness=sharpness,
@@ -674,8 +669,6 @@ def analyze_notes(notes, *, tracks=None, tempo=None, ticks_per_beat=None, piece_
     n_ch = len(cs)
     state = path[cs]
     is_n = state == scores.shape[1]
-    root = np.where(is_n, -1, state // _NQ)
-    qual_ix = np.where(is_n, -1, state % _NQ)
     seg_of_frame = np.repeat(np.arange(n_ch), cl)
     # Observed pitch classes: at least 10% of the segment's strongest pitch class.
     seg_chroma = np.zeros((n_ch, 12))
@@ -694,38 +687,135 @@ def analyze_notes(notes, *, tracks=None, tempo=None, ticks_per_beat=None, piece_
     frame_score = scores[np.arange(len(path)), np.minimum(path, scores.shape[1] - 1)]
     frame_score = np.where(path == scores.shape[1], np.nan, frame_score)
     seg_score = np.bincount(seg_of_frame, weights=np.nan_to_num(frame_score), minlength=n_ch) / cl
-    # Local key of a chord: the key at its middle frame.
-    mid = cs + (cl - 1) // 2
-    ck = key_path[mid]
+    return {
+        "key_corr": key_corr, "key": key_path[ks],
+        "key_onset_beats": bounds[ks], "key_end_beats": bounds[ke], "key_onset_s": bounds_s[ks],
+        "key_end_s": bounds_s[ke],
+        "onset_beats": bounds[cs], "end_beats": bounds[ce], "onset_s": bounds_s[cs], "end_s": bounds_s[ce],
+        "root": np.where(is_n, -1, state // _NQ), "quality": np.where(is_n, -1, state % _NQ),
+        "bass_pc": bass_pc, "pc_mask": mask, "score": seg_score,
+        # local key of a chord: the key at its middle frame
+        "chord_key": key_path[cs + (cl - 1) // 2],
+    }
+
+
+def _lookups():
+    """Every string the stage writes, precomputed once: label by (root, quality, bass),
+    roman numeral by (degree, quality, mode), key name by key index, quality name,
+    quality change and neo-Riemannian operation by (from quality, to quality, interval)."""
+    labels = ["N"]  # index 1 + (root * 14 + quality) * 13 + bass + 1
+    for r in range(12):
+        for q in QUALITIES:
+            labels += [chord_label(r, q)] + [chord_label(r, q, b) for b in range(12)]
+    romans = ["N"]  # index 1 + (degree * 14 + quality) * 2 + is_minor
+    for d in range(12):
+        for q in QUALITIES:
+            romans += [roman_numeral(d, q, "major"), roman_numeral(d, q, "minor")]
+    keys = [key_name(k % 12, "minor" if k >= 12 else "major") for k in range(24)]
+    changes = [f"{a}->{b}" for a in QUALITIES for b in QUALITIES]  # index from * 14 + to
+    nro = [neo_riemannian(0, a, iv, b) for a in QUALITIES for b in QUALITIES for iv in range(12)]
+    return {"label": pa.array(labels, pa.string()), "roman": pa.array(romans, pa.string()),
+            "key": pa.array(keys, pa.string()), "mode": pa.array(["major", "minor"], pa.string()),
+            "quality": pa.array(("N",) + QUALITIES, pa.string()), "change": pa.array(changes, pa.string()),
+            "nro": pa.array(nro, pa.string())}
+
+
+_LOOKUPS = _lookups()
+
+
+def _take(name: str, idx) -> pa.Array:
+    return _LOOKUPS[name].take(pa.array(np.asarray(idx, np.int64)))
+
+
+def _ids(piece_ids: list[str], counts) -> pa.Array:
+    """Each piece id repeated ``counts`` times."""
+    return pa.array(piece_ids, pa.string()).take(pa.array(np.repeat(np.arange(len(piece_ids)), counts)))
+
+
+def _ranks(counts: np.ndarray) -> np.ndarray:
+    """0, 1, ... within each of consecutive groups of ``counts`` items."""
+    total = int(counts.sum())
+    return np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
+def _assemble(piece_ids: list[str], results: list[dict], version: str) -> dict[str, pa.Table]:
+    """The harmony tables of many pieces at once from their :func:`_analyze_arrays`:
+    one concatenation per column and table lookups for the strings, instead of Arrow
+    tables and Python string formatting per piece."""
+    out = {name: TABLES[name].empty_table() for name in TABLES}
+    if not results:
+        return out
+
+    def cat(name, dtype=None):
+        a = np.concatenate([r[name] for r in results])
+        return a if dtype is None else a.astype(dtype)
+
+    n_pieces = len(results)
+    ver = pa.array([version], pa.string())
+
+    def const(n):
+        return ver.take(pa.array(np.zeros(n, np.int64)))
+
+    # --- keys
+    corr = np.stack([r["key_corr"] for r in results])
+    order = np.argsort(-corr, axis=1)
+    k1, k2 = order[:, 0], order[:, 1]
+    rows = np.arange(n_pieces)
+    n_seg = np.array([len(r["key"]) for r in results], np.int64)
+    out["piece_keys"] = pa.table({
+        "piece_id": pa.array(piece_ids, pa.string()),
+        "key_tonic_pc": pa.array(k1 % 12, pa.int16()),
+        "key_mode": _take("mode", k1 >= 12),
+        "key_name": _take("key", k1),
+        "correlation": pa.array(corr[rows, k1].astype(np.float32), pa.float32()),
+        "runner_up_key": _take("key", k2),
+        "runner_up_correlation": pa.array(corr[rows, k2].astype(np.float32), pa.float32()),
+        "n_key_segments": pa.array(n_seg, pa.int32()),
+        "stage_version": const(n_pieces),
+    }, schema=TABLES["piece_keys"])
+    kidx = cat("key")
+    out["key_segments"] = pa.table({
+        "piece_id": _ids(piece_ids, n_seg),
+        "segment_index": pa.array(_ranks(n_seg), pa.int32()),
+        "onset_beats": cat("key_onset_beats"), "end_beats": cat("key_end_beats"),
+        "onset_s": cat("key_onset_s"), "end_s": cat("key_end_s"),
+        "key_tonic_pc": pa.array(kidx % 12, pa.int16()),
+        "key_mode": _take("mode", kidx >= 12),
+        "key_name": _take("key", kidx),
+        "stage_version": const(len(kidx)),
+    }, schema=TABLES["key_segments"])
+
+    # --- chords
+    n_ch = np.array([len(r["root"]) for r in results], np.int64)
+    root, qual, bass_pc, ck = cat("root"), cat("quality"), cat("bass_pc"), cat("chord_key")
+    is_n = qual < 0
     tonic = ck % 12
-    modes = np.where(ck >= 12, "minor", "major")
     degree = np.where(is_n, -1, (root - tonic) % 12)
-    quality = [("N" if q < 0 else QUALITIES[q]) for q in qual_ix.tolist()]
-    labels = [chord_label(r, q, b if b >= 0 else None) if q != "N" else "N"
-              for r, q, b in zip(root.tolist(), quality, bass_pc.tolist())]
-    romans = [roman_numeral(d, q, m) if q != "N" else "N"
-              for d, q, m in zip(degree.tolist(), quality, modes.tolist())]
-    pcs = [[p for p in range(12) if m >> p & 1] for m in mask.tolist()]
-    out["chords"] = pa.table({
-        "piece_id": pa.array([piece_id] * n_ch, pa.string()),
-        "chord_index": pa.array(np.arange(n_ch), pa.int32()),
-        "onset_beats": bounds[cs], "end_beats": bounds[ce],
-        "onset_s": bounds_s[cs], "end_s": bounds_s[ce],
-        "label": pa.array(labels, pa.string()),
+    mask = cat("pc_mask")
+    # the set bits of each mask, in order: the sorted list of pitch classes
+    row, pcs = np.nonzero((mask[:, None] >> np.arange(12)) & 1)
+    pcs_offsets = np.r_[0, np.cumsum(np.bincount(row, minlength=len(mask)))].astype(np.int32)
+    chords = pa.table({
+        "piece_id": _ids(piece_ids, n_ch),
+        "chord_index": pa.array(_ranks(n_ch), pa.int32()),
+        "onset_beats": cat("onset_beats"), "end_beats": cat("end_beats"),
+        "onset_s": cat("onset_s"), "end_s": cat("end_s"),
+        "label": _take("label", np.where(is_n, 0, 1 + (root * _NQ + qual) * 13 + bass_pc + 1)),
         "root_pc": pa.array(root, pa.int16(), mask=is_n),
-        "quality": pa.array(quality, pa.string()),
+        "quality": _take("quality", qual + 1),
         "bass_pc": pa.array(bass_pc, pa.int16(), mask=bass_pc < 0),
         "pc_mask": pa.array(mask, pa.int32()),
-        "pcs": pa.array(pcs, pa.list_(pa.int16())),
-        "score": pa.array(np.where(is_n, np.nan, seg_score).astype(np.float32), pa.float32(), mask=is_n),
+        "pcs": pa.ListArray.from_arrays(pa.array(pcs_offsets), pa.array(pcs.astype(np.int16), pa.int16())),
+        "score": pa.array(np.where(is_n, np.nan, cat("score")).astype(np.float32), pa.float32(), mask=is_n),
         "key_tonic_pc": pa.array(tonic, pa.int16()),
-        "key_mode": pa.array(modes, pa.string()),
-        "key_name": pa.array([key_name(t, m) for t, m in zip(tonic.tolist(), modes.tolist())], pa.string()),
+        "key_mode": _take("mode", ck >= 12),
+        "key_name": _take("key", ck),
         "degree": pa.array(degree, pa.int16(), mask=is_n),
-        "roman": pa.array(romans, pa.string()),
-        "stage_version": pa.array([version] * n_ch, pa.string()),
+        "roman": _take("roman", np.where(is_n, 0, 1 + (degree * _NQ + qual) * 2 + (ck >= 12))),
+        "stage_version": const(len(root)),
     }, schema=TABLES["chords"])
-    out["chord_transitions"] = transitions_from_chords(out["chords"], version=version)
+    out["chords"] = chords
+    out["chord_transitions"] = transitions_from_chords(chords, version=version)
     return out
 
 
@@ -737,41 +827,46 @@ def transitions_from_chords(chords: pa.Table, *, version: str = VERSION) -> pa.T
     """
     if chords.num_rows < 2:
         return TABLES["chord_transitions"].empty_table()
-    pid = chords.column("piece_id").to_pylist()
-    q = chords.column("quality").to_pylist()
-    root = chords.column("root_pc").to_numpy(zero_copy_only=False)
-    idx = chords.column("chord_index").to_numpy()
-    i = np.arange(len(q) - 1)
-    ok = np.array([pid[a] == pid[a + 1] and q[a] != "N" and q[a + 1] != "N" for a in i.tolist()], bool)
-    a = i[ok]
+    import pyarrow.compute as pc
+
+    pid = chords.column("piece_id").combine_chunks()
+    # quality index 0-13, -1 for 'N'
+    q = pc.index_in(chords.column("quality"), value_set=pa.array(QUALITIES)).fill_null(-1)
+    q = q.to_numpy(zero_copy_only=False).astype(np.int64)
+    same = pc.equal(pid.slice(0, len(pid) - 1), pid.slice(1)).to_numpy(zero_copy_only=False)
+    a = np.flatnonzero(same & (q[:-1] >= 0) & (q[1:] >= 0))
     b = a + 1
-    r_a = root[a].astype(np.int64)
-    r_b = root[b].astype(np.int64)
-    iv = (r_b - r_a) % 12
-    lab = chords.column("label").to_pylist()
-    rom = chords.column("roman").to_pylist()
-    on_b = chords.column("onset_beats").to_numpy()
-    on_s = chords.column("onset_s").to_numpy()
+    root = chords.column("root_pc").to_numpy(zero_copy_only=False)
+    iv = (root[b].astype(np.int64) - root[a].astype(np.int64)) % 12
+    ta, tb = pa.array(a), pa.array(b)
+
+    def col(name, at):
+        return chords.column(name).take(at)
+
     return pa.table({
-        "piece_id": pa.array([pid[x] for x in a.tolist()], pa.string()),
-        "chord_index": pa.array(idx[a], pa.int32()),
-        "to_chord_index": pa.array(idx[b], pa.int32()),
-        "onset_beats": on_b[b], "onset_s": on_s[b],
-        "from_label": pa.array([lab[x] for x in a.tolist()], pa.string()),
-        "to_label": pa.array([lab[x] for x in b.tolist()], pa.string()),
-        "from_quality": pa.array([q[x] for x in a.tolist()], pa.string()),
-        "to_quality": pa.array([q[x] for x in b.tolist()], pa.string()),
+        "piece_id": col("piece_id", ta),
+        "chord_index": col("chord_index", ta),
+        "to_chord_index": col("chord_index", tb),
+        "onset_beats": col("onset_beats", tb), "onset_s": col("onset_s", tb),
+        "from_label": col("label", ta),
+        "to_label": col("label", tb),
+        "from_quality": col("quality", ta),
+        "to_quality": col("quality", tb),
         "root_interval": pa.array(iv, pa.int16()),
-        "quality_change": pa.array([f"{q[x]}->{q[y]}" for x, y in zip(a.tolist(), b.tolist())], pa.string()),
-        "nro": pa.array([neo_riemannian(ra, q[x], rb, q[y]) for ra, rb, x, y
-                         in zip(r_a.tolist(), r_b.tolist(), a.tolist(), b.tolist())], pa.string()),
-        "from_roman": pa.array([rom[x] for x in a.tolist()], pa.string()),
-        "to_roman": pa.array([rom[x] for x in b.tolist()], pa.string()),
+        "quality_change": _take("change", q[a] * _NQ + q[b]),
+        "nro": _take("nro", (q[a] * _NQ + q[b]) * 12 + iv),
+        "from_roman": col("roman", ta),
+        "to_roman": col("roman", tb),
         "stage_version": pa.array([version] * len(a), pa.string()),
     }, schema=TABLES["chord_transitions"])
 
 
 # --------------------------------------------------------------------------- stage
+
+# The analysis parameters of the stage (those of :func:`chords_from_notes`'s defaults).
+_DEFAULTS = dict(tracks=None, frame_beats=1.0, change_cost=0.12, sharpness=10.0, bass_weight=0.2,
+                 bass_root_bonus=0.08, key_profile="krumhansl", key_window_beats=32.0, key_change_cost=2.0)
+
 
 def forget(con, piece_ids: list[str]) -> None:
     """Delete this stage's rows for pieces it is about to redo."""
@@ -814,7 +909,8 @@ def load_inputs(con, piece_ids: list[str]) -> dict[str, pa.Table]:
 
 
 def compute_rows(inputs: dict[str, pa.Table], piece_ids: list[str]) -> dict[str, pa.Table]:
-    """The harmony rows (table name -> Arrow table) of each piece, each on its own."""
+    """The harmony rows (table name -> Arrow table) of each piece, each on its own
+    (the numbers per piece, the Arrow tables once for the whole batch)."""
     notes, tempo = inputs["notes"], inputs["tempo"]
     pieces = inputs["pieces"]
     tpb = dict(zip(pieces.column("piece_id").to_pylist(), pieces.column("ticks_per_beat").to_pylist()))
@@ -823,19 +919,20 @@ def compute_rows(inputs: dict[str, pa.Table], piece_ids: list[str]) -> dict[str,
     n_sl, t_sl = _group_slices(n_pid), _group_slices(t_pid)
     n_cols = {c: notes.column(c).to_numpy() for c in ("onset_beats", "duration_beats", "pitch")}
     t_cols = {c: tempo.column(c).to_numpy() for c in ("time_ticks", "time_s", "tempo_bpm")}
-    parts: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
+    ids, results = [], []
     for pid in piece_ids:
         sl = n_sl.get(pid)
         if sl is None:
             continue
         ts = t_sl.get(pid, slice(0, 0))
-        res = analyze_notes({c: v[sl] for c, v in n_cols.items()},
-                            tempo={c: v[ts] for c, v in t_cols.items()},
-                            ticks_per_beat=tpb.get(pid), piece_id=pid)
-        for name, tbl in res.items():
-            parts[name].append(tbl)
-    parts = {name: [t for t in tbls if t.num_rows] for name, tbls in parts.items()}
-    return {name: pa.concat_tables(tbls) for name, tbls in parts.items() if tbls}
+        res = _analyze_arrays({c: v[sl] for c, v in n_cols.items()},
+                              tempo={c: v[ts] for c, v in t_cols.items()}, ticks_per_beat=tpb.get(pid),
+                              **_DEFAULTS)
+        if res is not None:
+            ids.append(pid)
+            results.append(res)
+    out = _assemble(ids, results, VERSION)
+    return {name: tbl for name, tbl in out.items() if tbl.num_rows}
 
 
 def write_rows(con, rows: dict[str, pa.Table]) -> None:

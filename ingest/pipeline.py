@@ -55,6 +55,7 @@ class IngestSummary:
     derived: dict = field(default_factory=dict)  # stage name -> pieces processed
     stage_failures: list[tuple[str, str, str]] = field(default_factory=list)  # (stage, piece_id, reason)
     store_seconds: float = 0.0  # reading, parsing and writing the files, without derived stages
+    stage_seconds: dict = field(default_factory=dict)  # derived stage name -> wall-clock s (local runs)
 
     def kept(self) -> str:
         """What an interrupted run kept, for the one line the CLI prints."""
@@ -380,8 +381,11 @@ def _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_p
                 on_stage_failure(stage, pid, reason)
 
         try:
-            summary.derived = (engine.run_stages if engine else run_stages)(
-                db_dir, progress=stage_progress, on_failure=stage_failed)
+            if engine:
+                summary.derived = engine.run_stages(db_dir, progress=stage_progress, on_failure=stage_failed)
+            else:
+                summary.derived = run_stages(db_dir, progress=stage_progress, on_failure=stage_failed,
+                                             seconds=summary.stage_seconds)
         except StageInterrupted as e:
             summary.derived = e.done
             raise IngestInterrupted(f"during the {e.stage} stage", summary) from None

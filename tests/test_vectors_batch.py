@@ -1,0 +1,135 @@
+"""The vectors and harmony stages compute a whole batch at once; each piece must come out
+exactly as when it is computed on its own, and adding one file to a database must give
+the vectors (DuckDB and Lance) that a build of all the files at once gives."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from conftest import pop909_songs
+from indexers import features as F
+from indexers import vectors
+from ingest import harmony
+from ingest.pipeline import ingest_paths
+
+
+def _random_groups(rng, n_groups):
+    """Groups of random notes: some empty, some of one note, some long, with negative
+    onsets, zero durations, held notes, and several tracks."""
+    on, dur, pitch, trk, offsets = [], [], [], [], [0]
+    for g in range(n_groups):
+        n = [0, 1, 2, 9, 17, 40, 200][g % 7] + int(rng.integers(0, 5)) * (g % 7 > 2)
+        o = np.sort(np.round(rng.uniform(-1.0, 60.0, n) * 8) / 8)
+        on.append(o)
+        dur.append(np.where(rng.random(n) < 0.1, 0.0, rng.choice([0.25, 0.5, 1.0, 3.0, 12.0], n)))
+        pitch.append(rng.integers(30, 100, n))
+        trk.append(rng.integers(0, 4, n))
+        offsets.append(offsets[-1] + n)
+    cat = np.concatenate
+    return cat(on), cat(dur), cat(pitch), cat(trk), np.array(offsets)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_group_functions_equal_the_one_group_functions(seed):
+    rng = np.random.default_rng(seed)
+    on, dur, pitch, trk, off = _random_groups(rng, 40)
+    chroma, c_off = F.beat_chroma_groups(on, dur, pitch, off)
+    lead = F.lead_mask_groups(trk, on, off)
+    sky_p, sky_on, s_off = F.skyline_groups(on, dur, pitch, off)
+    iv, iv_off = F.melody_intervals_groups(sky_p, s_off)
+    vec = F.embedding_groups(chroma, c_off, iv, iv_off)
+    assert vec.shape == (40, F.EMBED_DIM) and vec.dtype == np.float32
+    for g in range(40):
+        a, b = off[g], off[g + 1]
+        one = F.beat_chroma(on[a:b], dur[a:b], pitch[a:b])
+        np.testing.assert_array_equal(chroma[c_off[g]:c_off[g + 1]], one)
+        if b > a:
+            np.testing.assert_array_equal(lead[a:b], F.lead_mask(trk[a:b], on[a:b], pitch[a:b]))
+        p1, o1 = F.skyline(on[a:b], dur[a:b], pitch[a:b])
+        np.testing.assert_array_equal(sky_p[s_off[g]:s_off[g + 1]], p1)
+        np.testing.assert_array_equal(sky_on[s_off[g]:s_off[g + 1]], o1)
+        iv1 = F.melody_intervals(p1)[0]
+        np.testing.assert_array_equal(iv[iv_off[g]:iv_off[g + 1]], iv1)
+        np.testing.assert_array_equal(vec[g], F.embedding(one, iv1))
+
+
+def test_even_and_odd_medians_match_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 5, (3, 23)).astype(np.float64)  # many ties
+    offsets = np.array([0, 1, 2, 6, 13, 13, 23])
+    got = F._median_cols_groups(x, offsets)
+    for g in range(len(offsets) - 1):
+        a, b = offsets[g], offsets[g + 1]
+        want = np.median(x[:, a:b], axis=1) if b > a else np.zeros(3)
+        np.testing.assert_array_equal(got[g], want)
+
+
+def test_vectors_of_a_batch_equal_each_piece_alone(small_pop909_db):
+    from atlas_db.connection import reading
+
+    with reading(small_pop909_db) as con:
+        ids = [r[0] for r in con.execute("SELECT piece_id FROM pieces ORDER BY piece_id").fetchall()]
+        notes = vectors.load_inputs(con, ids)["notes"]
+    feats, tracks = vectors.compute(notes)
+    pid = notes.column("piece_id").to_numpy(zero_copy_only=False)
+    alone_f, alone_t = [], []
+    for p in ids:
+        m = pid == p
+        cols = {c: notes.column(c).to_numpy()[m] for c in ("track_index", "onset_beats", "duration_beats", "pitch")}
+        f, t = vectors.compute_one(p, cols)
+        alone_f.append(f)
+        alone_t.append(t)
+    assert feats.equals(pa.concat_tables(alone_f))
+    assert tracks.equals(pa.concat_tables(alone_t))
+    assert tracks.num_rows > len(ids)
+
+
+def test_harmony_of_a_batch_equals_each_piece_alone(small_pop909_db):
+    from atlas_db.connection import reading
+
+    with reading(small_pop909_db) as con:
+        ids = [r[0] for r in con.execute("SELECT piece_id FROM pieces ORDER BY piece_id").fetchall()][:12]
+        inputs = harmony.load_inputs(con, ids)
+    batch = harmony.compute_rows(inputs, ids)
+    alone = [harmony.compute_rows(inputs, [p]) for p in ids]
+    for name, tbl in batch.items():
+        assert tbl.equals(pa.concat_tables([a[name] for a in alone if name in a])), name
+    assert batch["chord_transitions"].num_rows > 100
+
+
+def _vector_dump(db):
+    from atlas_db.connection import reading
+
+    with reading(db) as con:
+        feats = con.execute("SELECT * EXCLUDE (stage_version) FROM cover_features ORDER BY piece_id").fetchall()
+    ldb = vectors.open_lance(db)
+    lance = {}
+    for name in (vectors.PIECE_TABLE, vectors.TRACK_TABLE):
+        rows = ldb.open_table(name).to_arrow().to_pylist()
+        lance[name] = sorted(rows, key=lambda r: (r["piece_id"], r.get("track_index", -1)))
+    return feats, lance
+
+
+def test_adding_one_file_gives_the_vectors_of_a_full_build(tmp_path):
+    from indexers.faiss_index import index_path, load_index
+
+    songs = pop909_songs(3)
+    src = tmp_path / "files"
+    for s in songs[:2]:
+        shutil.copytree(s, src / s.name)
+    ingest_paths([str(src)], tmp_path / "grown", workers=1)
+    shutil.copy(songs[2] / f"{songs[2].name}.mid", src / "new.mid")
+    added = ingest_paths([str(src)], tmp_path / "grown", workers=1)
+    assert added.added == 1 and added.derived["vectors"] == 1
+    ingest_paths([str(src)], tmp_path / "whole", workers=1)
+    grown, whole = _vector_dump(tmp_path / "grown"), _vector_dump(tmp_path / "whole")
+    assert grown == whole
+    assert len(grown[0]) == len(list(src.rglob("*.mid")))
+    # the FAISS file, when there is one, holds every piece after the add
+    if index_path(tmp_path / "grown").exists():
+        saved = load_index(tmp_path / "grown", len(grown[0]))
+        assert saved is not None and sorted(saved[1]) == [r[0] for r in grown[0]]
