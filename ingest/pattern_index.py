@@ -78,10 +78,17 @@ def _ids_table(piece_ids) -> pa.Table:
 
 
 def forget(con, piece_ids) -> None:
+    """Delete the rows of these pieces. Only pieces with stored streams are looked for in
+    ``pattern_ngrams`` (a scan of every n-gram), so that new pieces cost nothing here."""
     con.register("_pat_ids", _ids_table(piece_ids))
     try:
+        stored = [r[0] for r in con.execute(
+            "SELECT DISTINCT piece_id FROM pattern_streams WHERE piece_id IN (SELECT piece_id FROM _pat_ids)"
+        ).fetchall()]
+        if not stored:
+            return
         con.execute("DELETE FROM pattern_streams WHERE piece_id IN (SELECT piece_id FROM _pat_ids)")
-        prefixes = [int(p[:12], 16) for p in piece_ids]
+        prefixes = [int(p[:12], 16) for p in stored]
         con.execute("DELETE FROM pattern_ngrams WHERE (stream_id >> 12) IN (SELECT unnest(?))", [prefixes])
     finally:
         con.unregister("_pat_ids")

@@ -286,3 +286,36 @@ def test_incremental_new_piece_is_searchable(tmp_path):
     ingest_paths([str(b)], db, workers=1)
     got = sorted((r["path"].endswith("b.mid"), r["first_pitch"]) for r in search(db, m).to_pylist())
     assert got == [(False, 60), (True, 63)]
+
+
+def test_forget_then_update_restores_exactly_the_piece_rows(small_pop909_db, tmp_path):
+    """Re-indexing one piece (forget, update) removes its rows from both tables and
+    writes the same rows again; other pieces' rows are untouched; forgetting a piece
+    that has no rows is a no-op."""
+    import shutil
+
+    from atlas_db.connection import connect
+    from ingest import pattern_index
+
+    db = tmp_path / "db"
+    shutil.copytree(small_pop909_db, db)
+    dump = {"pattern_streams": "SELECT * FROM pattern_streams ORDER BY stream_id",
+            "pattern_ngrams": "SELECT * FROM pattern_ngrams ORDER BY ALL"}
+    con = connect(db, read_only=False)
+    try:
+        before = {t: con.execute(q).fetchall() for t, q in dump.items()}
+        pid = con.execute("SELECT min(piece_id) FROM pieces").fetchall()[0][0]
+        prefix = int(pid[:12], 16)
+        con.execute("BEGIN")
+        pattern_index.forget(con, [pid, "0000000000000000"])
+        assert con.execute("SELECT count(*) FROM pattern_streams WHERE piece_id = ?", [pid]).fetchall()[0][0] == 0
+        assert con.execute("SELECT count(*) FROM pattern_ngrams WHERE stream_id >> 12 = ?",
+                           [prefix]).fetchall()[0][0] == 0
+        others = con.execute(dump["pattern_ngrams"]).fetchall()
+        assert others == [r for r in before["pattern_ngrams"] if r[1] >> 12 != prefix] and len(others) < len(
+            before["pattern_ngrams"])
+        pattern_index.update(con, [pid])
+        assert {t: con.execute(q).fetchall() for t, q in dump.items()} == before
+        con.execute("ROLLBACK")
+    finally:
+        con.close()
