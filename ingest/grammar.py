@@ -137,7 +137,9 @@ def track_parse(notes: dict, g: gc.Grammar | None, *, learn: bool, max_rules=Non
     return g, seq, term
 
 
-def _rules_table(g: gc.Grammar, ids: np.ndarray, origin: str, version: str = VERSION) -> pa.Table:
+def _rules_table(g: gc.Grammar, ids: np.ndarray, origin: str, version: str = VERSION, counts=None) -> pa.Table:
+    """``rules`` rows of these symbols; ``counts``: ``_rule_aggregates`` of the pieces
+    that are all these rules' occurrences (else the counts are 0)."""
     ids = np.asarray(ids, np.int64)
     ivs, iv_off, terms, t_off = gc.rule_contours(g, ids)
     lengths = gc.rule_lengths(g)[ids]
@@ -150,6 +152,15 @@ def _rules_table(g: gc.Grammar, ids: np.ndarray, origin: str, version: str = VER
         return pa.ListArray.from_arrays(pa.array(off.astype(np.int32)), pa.array(values.astype(typ)))
 
     mask = ~is_rule
+
+    def per_rule(k):
+        out = np.zeros(n, np.int64)
+        if counts is not None and len(counts[0]):
+            j = np.minimum(np.searchsorted(counts[0], ids), len(counts[0]) - 1)
+            hit = counts[0][j] == ids
+            out[hit] = counts[k][j[hit]]
+        return out
+
     return pa.table(
         {
             "rule_id": ids,
@@ -161,9 +172,9 @@ def _rules_table(g: gc.Grammar, ids: np.ndarray, origin: str, version: str = VER
             "connector_interval": pa.array((g.conn[k] if g.n_rules else np.zeros(n)).astype(np.int16), mask=mask),
             "depth": depths.astype(np.int32),
             "length": lengths.astype(np.int32),
-            "count": np.zeros(n, np.int64),
-            "n_pieces": np.zeros(n, np.int32),
-            "n_top": np.zeros(n, np.int64),
+            "count": per_rule(1).astype(np.int64),
+            "n_pieces": per_rule(2).astype(np.int32),
+            "n_top": per_rule(3).astype(np.int64),
             "origin": pa.array([origin] * n, pa.string()),
             "stage_version": pa.array([version] * n, pa.string()),
             "learn_round": pa.array((g.round[k] if g.n_rules else np.zeros(n)).astype(np.int32), mask=mask),
@@ -241,31 +252,45 @@ def _recount(con) -> None:
         WHERE rules.rule_id = c.rule_id""")
 
 
-def _add_rule_counts(con, notes: dict, occ) -> np.ndarray:
-    """Add the new pieces' occurrences (``_write_parse``'s arrays) to ``count``,
-    ``n_pieces`` and ``n_top`` of their rules, without reading ``occurrences``: exact
-    because the pieces had no occurrences before (``forget`` ran first). Returns the
-    rules touched, ascending."""
+def _rule_aggregates(notes: dict, occ):
+    """Per rule occurring in the new pieces (``_write_parse``'s arrays): (rule ids
+    ascending, occurrences, distinct pieces, top-level occurrences)."""
     rule, tr, top = occ[:3]
     if not len(rule):
-        return np.empty(0, np.int64)
+        e = np.empty(0, np.int64)
+        return e, e, e, e
     piece_codes = pa.array(notes["track_piece"], pa.string()).dictionary_encode().indices.to_numpy(
         zero_copy_only=False).astype(np.int64)
     pc_ = piece_codes[tr]
-    # rule is sorted (rule-major): per-rule sums by segment
-    bounds = np.flatnonzero(np.diff(rule)) + 1
-    starts = np.concatenate([[0], bounds])
+    starts = np.flatnonzero(np.concatenate([[True], rule[1:] != rule[:-1]]))
     rules = rule[starts]
     n = np.diff(np.concatenate([starts, [len(rule)]]))
     nt = np.add.reduceat(top.astype(np.int64), starts)
-    pairs = np.unique(rule * (int(piece_codes.max()) + 1) + pc_)
-    np_ = np.diff(np.concatenate([np.searchsorted(pairs // (int(piece_codes.max()) + 1), rules), [len(pairs)]]))
-    con.register("_gram_rc", pa.table({"rule_id": rules, "n": n.astype(np.int64), "np": np_.astype(np.int64),
-                                       "nt": nt}))
+    if np.all(np.diff(piece_codes) >= 0):
+        # tracks come piece by piece and a rule's occurrences in note order: its pieces
+        # are runs, one per piece
+        new_piece = np.concatenate([[True], (rule[1:] != rule[:-1]) | (pc_[1:] != pc_[:-1])])
+        n_pieces = np.add.reduceat(new_piece.astype(np.int64), starts)
+    else:
+        m = int(piece_codes.max()) + 1
+        pairs = np.unique(rule * m + pc_)
+        n_pieces = np.diff(np.concatenate([np.searchsorted(pairs // m, rules), [len(pairs)]]))
+    return rules, n.astype(np.int64), n_pieces.astype(np.int64), nt
+
+
+def _add_rule_counts(con, aggregates, new_from: int) -> None:
+    """Add the new pieces' occurrences to ``count``, ``n_pieces`` and ``n_top`` of the
+    rules older than ``new_from`` (newer ones are written with their counts), without
+    reading ``occurrences``: exact because the pieces had no occurrences before
+    (``forget`` ran first)."""
+    rules, n, n_pieces, nt = aggregates
+    old = rules < new_from
+    if not old.any():
+        return
+    con.register("_gram_rc", pa.table({"rule_id": rules[old], "n": n[old], "np": n_pieces[old], "nt": nt[old]}))
     con.execute("""UPDATE rules SET count = rules.count + c.n, n_pieces = rules.n_pieces + c.np,
                    n_top = rules.n_top + c.nt FROM _gram_rc c WHERE rules.rule_id = c.rule_id""")
     con.unregister("_gram_rc")
-    return rules
 
 
 def _add_meta_counts(con, g: gc.Grammar, occ: pa.Table | None) -> None:
@@ -300,8 +325,9 @@ def _terminal_counts(notes: dict, term: np.ndarray):
     piece_codes = pa.array(notes["track_piece"], pa.string()).dictionary_encode().indices.to_numpy(
         zero_copy_only=False) if len(ts) > 1 else np.empty(0, np.int64)
     pc = piece_codes[track_of] if len(term) else np.empty(0, np.int64)
-    pairs = np.unique(pc.astype(np.int64) * gc.N_TERMINALS + term) if len(term) else np.empty(0, np.int64)
-    pieces = np.bincount(pairs % gc.N_TERMINALS, minlength=gc.N_TERMINALS)
+    n_pc = int(pc.max()) + 1 if len(pc) else 0
+    seen = np.bincount(pc.astype(np.int64) * gc.N_TERMINALS + term, minlength=n_pc * gc.N_TERMINALS)
+    pieces = (seen.reshape(n_pc, gc.N_TERMINALS) > 0).sum(axis=0)
     return counts, pieces
 
 
@@ -322,7 +348,11 @@ def _interval_counts(notes: dict) -> tuple[np.ndarray, np.ndarray]:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     ok = np.ones(len(p) - 1, np.bool_)
     ok[notes["track_starts"][1:-1] - 1] = False  # no interval across tracks
-    return np.unique(np.diff(p)[ok], return_counts=True)
+    d = np.diff(p)[ok]
+    lo = int(d.min()) if len(d) else 0
+    c = np.bincount(d - lo)
+    values = np.flatnonzero(c)
+    return values + lo, c[values]
 
 
 def _add_interval_counts(con, notes: dict, sign: int = 1) -> None:
@@ -346,15 +376,18 @@ def update(con, piece_ids: list[str]) -> None:
     n_old = g.n_rules
     g, seq, term = track_parse(notes, g, learn=True)
     origin = "build" if n_old == 0 else "incremental"
-    if g.n_rules > n_old:
-        _write(con, "rules", _rules_table(g, np.arange(gc.N_TERMINALS + n_old, gc.N_TERMINALS + g.n_rules), origin))
+    new_from = gc.N_TERMINALS + n_old
     occ = _write_parse(con, notes, seq, g)
-    touched = _add_rule_counts(con, notes, occ)
+    agg = _rule_aggregates(notes, occ)
+    if g.n_rules > n_old:
+        _write(con, "rules", _rules_table(g, np.arange(new_from, gc.N_TERMINALS + g.n_rules), origin,
+                                          counts=agg))
+    _add_rule_counts(con, agg, new_from)
     _add_terminal_counts(con, _terminal_counts(notes, term))
     _add_interval_counts(con, notes)
     _add_meta_counts(con, g, occ[3])
     gt.track_transforms(con, list(piece_ids), VERSION, _notes_table(notes))
-    gt.refresh_corpus_level(con, VERSION, new_from=gc.N_TERMINALS + n_old, grammar=g, touched=touched)
+    gt.refresh_corpus_level(con, VERSION, new_from=new_from, grammar=g, touched=agg[0])
 
 
 def forget(con, piece_ids: list[str]) -> None:
@@ -396,15 +429,14 @@ def rebuild(con, *, max_rules: int | None = None, min_count: int | None = None) 
     min_count = MIN_COUNT if min_count is None else int(min_count)
     version = version_string(max_rules, min_count)
     g, seq, term = track_parse(notes, g, learn=True, max_rules=max_rules, min_count=min_count)
+    occ = _write_parse(con, notes, seq, g, version)
     if g.n_rules:
         _write(con, "rules", _rules_table(g, np.arange(gc.N_TERMINALS, gc.N_TERMINALS + g.n_rules), "build",
-                                          version))
-    _write_parse(con, notes, seq, g, version)
-    _recount(con)
+                                          version, counts=_rule_aggregates(notes, occ)))
     _add_terminal_counts(con, _terminal_counts(notes, term))
     _add_interval_counts(con, notes)
-    gt.add_meta_counts(con, STORED_META_SOURCE)
-    gt.track_transforms(con, None, version)
+    _add_meta_counts(con, g, occ[3])
+    gt.track_transforms(con, None, version, _notes_table(notes))
     gt.refresh_corpus_level(con, version, grammar=g)
     pieces = sorted(set(notes["track_piece"]))
     now = datetime.now(timezone.utc)

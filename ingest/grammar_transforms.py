@@ -346,9 +346,10 @@ def rule_transforms(con, version: str, *, new_from: int | None = None, grammar=N
                    t.rhythm_ratio, r.count * r.length, 8 * (r.length - 1) + 7 * r.length - {pointer}, '{version}'
             FROM _gt_new t JOIN rules r ON r.rule_id = t.target_rule_id""")
         con.unregister("_gt_new")
-    # counts and the number of rules changed: refresh what depends on them
-    same_rules = new_from > 0 and n_rules_all == new_from
-    refresh_rule_counts(con, pointer, touched if same_rules else None)
+    # counts and the number of rules changed: refresh what depends on them (rows just
+    # computed over every rule are current)
+    if new_from > 0:
+        refresh_rule_counts(con, pointer, touched if n_rules_all == new_from else None)
     return con.execute("SELECT count(*) FROM transforms WHERE scope = 'rule'").fetchall()[0][0]
 
 
