@@ -354,22 +354,29 @@ def beat_chroma(notes, *, tracks=None, frame_beats: float = 1.0, phase_beats: fl
     w = np.maximum(hi - lo, 0.0)
     # a zero-length note (or one shorter than a tick) still says its pitch class sounds
     w = np.where(span[note_ix] == 1, np.maximum(w, 0.05 * frame_beats), w)
-    pc = pitch[note_ix] % 12
-    chroma = np.bincount(frame * 12 + pc, weights=w, minlength=n_frames * 12).reshape(n_frames, 12)
+    chroma, bass = _frame_profiles(frame, pitch[note_ix], w, n_frames, frame_beats, bass_weight)
+    return {"chroma": chroma, "bass": bass, "frame_onset_beats": edges, "frame_beats": frame_beats,
+            "onset_beats": on, "end_beats": end, "pitch": pitch, "onset_s": on_s, "end_s": end_s}
+
+
+def _frame_profiles(frame, pitch, w, n_frames, frame_beats, bass_weight):
+    """Pitch-class profile and bass of each frame from (frame, pitch, weight) of every
+    piece of a note inside a frame (see :func:`beat_chroma`)."""
+    chroma = np.bincount(frame * 12 + pitch % 12, weights=w, minlength=n_frames * 12)
+    chroma = chroma.astype(np.float64, copy=False).reshape(n_frames, 12)
     bass = np.full(n_frames, 999, np.int64)
     long_enough = w >= 0.25 * frame_beats
-    np.minimum.at(bass, frame[long_enough], pitch[note_ix][long_enough])
+    np.minimum.at(bass, frame[long_enough], pitch[long_enough])
     missing = bass == 999
     if missing.any():
         alt = np.full(n_frames, 999, np.int64)
-        np.minimum.at(alt, frame, pitch[note_ix])
+        np.minimum.at(alt, frame, pitch)
         bass[missing] = alt[missing]
     bass[bass == 999] = -1
     total = chroma.sum(axis=1)
     has = bass >= 0
     chroma[np.flatnonzero(has), bass[has] % 12] += bass_weight * total[has]
-    return {"chroma": chroma, "bass": bass, "frame_onset_beats": edges, "frame_beats": frame_beats,
-            "onset_beats": on, "end_beats": end, "pitch": pitch, "onset_s": on_s, "end_s": end_s}
+    return chroma, bass
 
 
 def _templates():
@@ -607,6 +614,31 @@ def _runs(values):
     return starts, lengths
 
 
+def _segment_stats(chroma, bass, scores, path, cl):
+    """Per chord segment (runs of ``cl`` frames of ``path``): the observed pitch classes
+    as a bit mask, the bass pitch class (-1: none) and the mean template score."""
+    n_seg, n_s = len(cl), scores.shape[1]
+    seg_of_frame = np.repeat(np.arange(n_seg), cl)
+    # Observed pitch classes: at least 10% of the segment's strongest pitch class.
+    seg_chroma = np.zeros((n_seg, 12))
+    np.add.at(seg_chroma, seg_of_frame, chroma)
+    present = seg_chroma >= 0.1 * seg_chroma.max(axis=1, keepdims=True).clip(min=1e-12)
+    present &= seg_chroma > 0
+    mask = (present * (1 << np.arange(12))).sum(axis=1).astype(np.int32)
+    # Bass: the most frequent bass pitch class over the segment's frames.
+    bass_pc = np.full(n_seg, -1, np.int64)
+    hb = bass >= 0
+    if hb.any():
+        counts = np.zeros((n_seg, 12))
+        np.add.at(counts, (seg_of_frame[hb], bass[hb] % 12), 1.0)
+        has_b = counts.sum(axis=1) > 0
+        bass_pc[has_b] = counts[has_b].argmax(axis=1)
+    frame_score = scores[np.arange(len(path)), np.minimum(path, n_s - 1)]
+    frame_score = np.where(path == n_s, np.nan, frame_score)
+    seg_score = np.bincount(seg_of_frame, weights=np.nan_to_num(frame_score), minlength=n_seg) / cl
+    return mask, bass_pc, seg_score
+
+
 def analyze_notes(notes, *, tracks=None, tempo=None, ticks_per_beat=None, piece_id: str = "",
                   frame_beats: float = 1.0, change_cost: float = 0.12, sharpness: float = 10.0,
                   bass_weight: float = 0.2, bass_root_bonus: float = 0.08,
@@ -626,7 +658,9 @@ def analyze_notes(notes, *, tracks=None, tempo=None, ticks_per_beat=None, piece_
                           frame_beats=frame_beats, change_cost=change_cost, sharpness=sharpness,
                           bass_weight=bass_weight, bass_root_bonus=bass_root_bonus, key_profile=key_profile,
                           key_window_beats=key_window_beats, key_change_cost=key_change_cost)
-    return _assemble([piece_id] if res is not None else [], [res] if res is not None else [], version)
+    if res is None:
+        return _assemble([], None, version)
+    return _assemble([piece_id], _merge([res]), version)
 
 
 def _analyze_arrays(notes, *, tracks, tempo, ticks_per_beat, frame_beats, change_cost, sharpness, bass_weight,
@@ -665,33 +699,22 @@ def _analyze_arrays(notes, *, tracks, tempo, ticks_per_beat, frame_beats, change
     path, scores = _chord_path(chroma, bass, change_cost=change_cost, sharpness=sharpness,
                                bass_root_bonus=bass_root_bonus)
     cs, cl = _runs(path)
-    ce = cs + cl
-    n_ch = len(cs)
+    return _numbers(key_corr, key_path, ks, ks, ke, path, cs, cs, cs + cl, cl, bounds, bounds_s,
+                    chroma, bass, scores)
+
+
+def _numbers(key_corr, key_path, ks, kb, ke, path, cs, cb, ce, cl, bounds, bounds_s, chroma, bass, scores):
+    """What :func:`_assemble` takes, from the key and chord paths: key segments start
+    at frames ``ks`` (bounds ``kb``..``ke``), chord segments at ``cs`` (``cb``..``ce``,
+    ``cl`` frames long)."""
     state = path[cs]
     is_n = state == scores.shape[1]
-    seg_of_frame = np.repeat(np.arange(n_ch), cl)
-    # Observed pitch classes: at least 10% of the segment's strongest pitch class.
-    seg_chroma = np.zeros((n_ch, 12))
-    np.add.at(seg_chroma, seg_of_frame, chroma)
-    present = seg_chroma >= 0.1 * seg_chroma.max(axis=1, keepdims=True).clip(min=1e-12)
-    present &= seg_chroma > 0
-    mask = (present * (1 << np.arange(12))).sum(axis=1).astype(np.int32)
-    # Bass: the most frequent bass pitch class over the segment's frames.
-    bass_pc = np.full(n_ch, -1, np.int64)
-    hb = bass >= 0
-    if hb.any():
-        counts = np.zeros((n_ch, 12))
-        np.add.at(counts, (seg_of_frame[hb], bass[hb] % 12), 1.0)
-        has_b = counts.sum(axis=1) > 0
-        bass_pc[has_b] = counts[has_b].argmax(axis=1)
-    frame_score = scores[np.arange(len(path)), np.minimum(path, scores.shape[1] - 1)]
-    frame_score = np.where(path == scores.shape[1], np.nan, frame_score)
-    seg_score = np.bincount(seg_of_frame, weights=np.nan_to_num(frame_score), minlength=n_ch) / cl
+    mask, bass_pc, seg_score = _segment_stats(chroma, bass, scores, path, cl)
     return {
         "key_corr": key_corr, "key": key_path[ks],
-        "key_onset_beats": bounds[ks], "key_end_beats": bounds[ke], "key_onset_s": bounds_s[ks],
+        "key_onset_beats": bounds[kb], "key_end_beats": bounds[ke], "key_onset_s": bounds_s[kb],
         "key_end_s": bounds_s[ke],
-        "onset_beats": bounds[cs], "end_beats": bounds[ce], "onset_s": bounds_s[cs], "end_s": bounds_s[ce],
+        "onset_beats": bounds[cb], "end_beats": bounds[ce], "onset_s": bounds_s[cb], "end_s": bounds_s[ce],
         "root": np.where(is_n, -1, state // _NQ), "quality": np.where(is_n, -1, state % _NQ),
         "bass_pc": bass_pc, "pc_mask": mask, "score": seg_score,
         # local key of a chord: the key at its middle frame
@@ -738,30 +761,40 @@ def _ranks(counts: np.ndarray) -> np.ndarray:
     return np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
-def _assemble(piece_ids: list[str], results: list[dict], version: str) -> dict[str, pa.Table]:
-    """The harmony tables of many pieces at once from their :func:`_analyze_arrays`:
-    one concatenation per column and table lookups for the strings, instead of Arrow
-    tables and Python string formatting per piece."""
+def _merge(results: list[dict]) -> dict:
+    """Per-piece :func:`_analyze_arrays` results as one set of concatenated arrays (the
+    form :func:`_analyze_batch` returns)."""
+    keys = [k for k in results[0] if k != "key_corr"]
+    out = {k: np.concatenate([r[k] for r in results]) for k in keys}
+    out["key_corr"] = np.stack([r["key_corr"] for r in results])
+    out["n_seg"] = np.array([len(r["key"]) for r in results], np.int64)
+    out["n_ch"] = np.array([len(r["root"]) for r in results], np.int64)
+    return out
+
+
+def _assemble(piece_ids: list[str], m: dict | None, version: str) -> dict[str, pa.Table]:
+    """The harmony tables of many pieces at once from their numbers (:func:`_merge`,
+    :func:`_analyze_batch`): one Arrow array per column and table lookups for the
+    strings, instead of Arrow tables and Python string formatting per piece."""
     out = {name: TABLES[name].empty_table() for name in TABLES}
-    if not results:
+    if not piece_ids:
         return out
 
-    def cat(name, dtype=None):
-        a = np.concatenate([r[name] for r in results])
-        return a if dtype is None else a.astype(dtype)
+    def cat(name):
+        return m[name]
 
-    n_pieces = len(results)
+    n_pieces = len(piece_ids)
     ver = pa.array([version], pa.string())
 
     def const(n):
         return ver.take(pa.array(np.zeros(n, np.int64)))
 
     # --- keys
-    corr = np.stack([r["key_corr"] for r in results])
+    corr = m["key_corr"]
     order = np.argsort(-corr, axis=1)
     k1, k2 = order[:, 0], order[:, 1]
     rows = np.arange(n_pieces)
-    n_seg = np.array([len(r["key"]) for r in results], np.int64)
+    n_seg = m["n_seg"]
     out["piece_keys"] = pa.table({
         "piece_id": pa.array(piece_ids, pa.string()),
         "key_tonic_pc": pa.array(k1 % 12, pa.int16()),
@@ -786,7 +819,7 @@ def _assemble(piece_ids: list[str], results: list[dict], version: str) -> dict[s
     }, schema=TABLES["key_segments"])
 
     # --- chords
-    n_ch = np.array([len(r["root"]) for r in results], np.int64)
+    n_ch = m["n_ch"]
     root, qual, bass_pc, ck = cat("root"), cat("quality"), cat("bass_pc"), cat("chord_key")
     is_n = qual < 0
     tonic = ck % 12
@@ -861,6 +894,250 @@ def transitions_from_chords(chords: pa.Table, *, version: str = VERSION) -> pa.T
     }, schema=TABLES["chord_transitions"])
 
 
+
+# --------------------------------------------------------------------------- batch
+# The stage analyses a batch of pieces with whole-array operations: every step of
+# :func:`_analyze_arrays` on all the pieces' notes and frames at once, piece by piece
+# only where the result would otherwise change in the last bit (the BLAS products, whose
+# rounding depends on the shape they are given) and in the numba loops. Each piece's
+# numbers are exactly those of :func:`_analyze_arrays` (tests/test_vectors_batch.py).
+
+@njit(cache=True, nogil=True)
+def _viterbi_groups(emis, switch_cost, offsets, active):
+    path = np.zeros(emis.shape[0], np.int64)
+    for g in range(offsets.size - 1):
+        a, b = offsets[g], offsets[g + 1]
+        if b > a and active[g]:
+            path[a:b] = _viterbi(emis[a:b], switch_cost[a:b])
+    return path
+
+
+@njit(cache=True, nogil=True)
+def _cumsum_groups(x, offsets):
+    # np.cumsum(x[a:b], axis=0) of each group, with a row of zeros before each group
+    out = np.zeros((x.shape[0] + offsets.size - 1, x.shape[1]), np.float64)
+    for g in range(offsets.size - 1):
+        a, b = offsets[g], offsets[g + 1]
+        for c in range(x.shape[1]):
+            if b > a:
+                acc = x[a, c]
+                out[a + g + 1, c] = acc
+                for i in range(a + 1, b):
+                    acc += x[i, c]
+                    out[i + g + 1, c] = acc
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _searchsorted_groups(tb, t_off, beats, b_off):
+    # per group: np.searchsorted(tb[group], beats[group], side="right") - 1, clipped
+    k = np.zeros(beats.size, np.int64)
+    for g in range(b_off.size - 1):
+        ta, tz = t_off[g], t_off[g + 1]
+        for i in range(b_off[g], b_off[g + 1]):
+            lo, hi = ta, tz
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if tb[mid] <= beats[i]:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            k[i] = min(max(lo - 1, ta), tz - 1)
+    return k
+
+
+def _per_piece_matmul(x: np.ndarray, offsets: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``x[a:b] @ m`` for each piece, as :func:`_analyze_arrays` computes it (one BLAS
+    call per piece: a call over all pieces rounds some products differently)."""
+    out = np.empty((x.shape[0], m.shape[1]))
+    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        if b > a:
+            out[a:b] = np.ascontiguousarray(x[a:b]) @ m
+    return out
+
+
+def _seg_ranks(lengths):
+    return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
+def _analyze_batch(on, dur, pitch, note_off, tempo, tpb, *, frame_beats, change_cost, sharpness,
+                   bass_weight, bass_root_bonus, key_profile, key_window_beats, key_change_cost):
+    """:func:`_analyze_arrays` of many pieces at once.
+
+    on, dur, pitch: the pieces' notes, piece g at ``note_off[g]:note_off[g + 1]``;
+    tempo: (time_ticks, time_s, tempo_bpm, offsets) of their tempo maps (sorted by tick
+    within a piece); tpb: ticks per beat per piece (0 when unknown).
+    Returns (indices of the pieces analysed, merged numbers as :func:`_merge`, indices of
+    the pieces left to :func:`_analyze_arrays`: those past ``MAX_FRAMES`` frames).
+    """
+    fb = float(frame_beats)
+    n_pieces = len(note_off) - 1
+    g_all = np.repeat(np.arange(n_pieces), np.diff(note_off))
+    on = np.asarray(on, np.float64)
+    dur = np.asarray(dur, np.float64)
+    pitch = np.asarray(pitch).astype(np.int64)
+    keep = np.isfinite(on) & np.isfinite(dur) & (pitch >= 0) & (pitch <= 127)
+    on, dur, pitch, g = on[keep], np.maximum(dur[keep], 0.0), pitch[keep], g_all[keep]
+    end = on + dur
+    counts = np.bincount(g, minlength=n_pieces)
+    # grid phase per piece (PHASE_WEIGHTING "duration"), as _grid_phase
+    bins = 48
+    w = np.minimum(end - on, 4 * fb)
+    pos = np.mod(on, fb) / fb
+    h = np.bincount(g * bins + np.minimum((pos * bins).astype(np.int64), bins - 1), weights=w,
+                    minlength=n_pieces * bins).reshape(n_pieces, bins)
+    h = h + np.roll(h, 1, axis=1) + np.roll(h, -1, axis=1)
+    phase = np.argmax(h, axis=1) / bins * fb
+    phase = np.where(phase > fb / 2, phase - fb, phase)
+    has = counts > 0
+    starts = np.concatenate([[0], np.cumsum(counts)])[:-1]
+    on_min = np.full(n_pieces, np.inf)
+    on_max = np.full(n_pieces, -np.inf)
+    if has.any():
+        on_min[has] = np.minimum.reduceat(on, starts[has])
+        on_max[has] = np.maximum.reduceat(on, starts[has])
+    end = np.minimum(end, on_max[g] + MAX_HOLD_BEATS)
+    end_max = np.full(n_pieces, -np.inf)
+    if has.any():
+        end_max[has] = np.maximum.reduceat(end, starts[has])
+    start = phase + fb * np.floor((on_min - phase) / fb)
+    with np.errstate(invalid="ignore"):
+        n_frames = np.where(has, np.maximum(1, np.ceil((end_max - start) / fb - 1e-9)), 0).astype(np.int64)
+    alone = np.flatnonzero(n_frames > MAX_FRAMES)  # longer frames: the one-piece path
+    ok = has & (n_frames <= MAX_FRAMES)
+    n_frames = np.where(ok, n_frames, 0)
+    sel = ok[g]
+    on, end, pitch, g = on[sel], end[sel], pitch[sel], g[sel]
+    f_off = np.concatenate([[0], np.cumsum(n_frames)]).astype(np.int64)
+    # frame edges: start + fb * arange(n + 1) per piece (n + 1 edges)
+    e_off = np.concatenate([[0], np.cumsum(n_frames + ok)]).astype(np.int64)
+    edges = np.repeat(start, n_frames + ok) + fb * _seg_ranks(n_frames + ok)
+    nf = n_frames[g]
+    st = start[g]
+    f0 = np.clip(np.floor((on - st) / fb).astype(np.int64), 0, nf - 1)
+    f1 = np.maximum(np.ceil((end - st) / fb - 1e-9).astype(np.int64) - 1, f0)
+    f1 = np.minimum(f1, nf - 1)
+    span = f1 - f0 + 1
+    note_ix = np.repeat(np.arange(len(on)), span)
+    frame = np.repeat(f0, span) + _seg_ranks(span)
+    gn = g[note_ix]
+    lo = np.maximum(on[note_ix], edges[e_off[gn] + frame])
+    hi = np.minimum(end[note_ix], edges[e_off[gn] + frame + 1])
+    w = np.maximum(hi - lo, 0.0)
+    w = np.where(span[note_ix] == 1, np.maximum(w, 0.05 * fb), w)
+    n_all = int(f_off[-1])
+    chroma, bass = _frame_profiles(f_off[gn] + frame, pitch[note_ix], w, n_all, fb, bass_weight)
+    hb = bass >= 0
+    fg = np.repeat(np.arange(n_pieces), n_frames)  # piece of each frame
+    fr = _seg_ranks(n_frames)  # frame index within its piece
+
+    # chord segment bounds: the edges, the first and last moved to where the music is
+    first_on, last_end = on_min, end_max
+    bounds = edges.copy()
+    b0, bl = e_off[:-1][ok], e_off[1:][ok] - 1
+    bounds[b0], bounds[bl] = (np.maximum(edges[b0], np.minimum(first_on[ok], edges[b0 + 1])),
+                              np.minimum(edges[bl], np.maximum(last_end[ok], edges[bl - 1])))
+    bounds_s = _bounds_seconds(bounds, e_off, tempo, tpb)
+
+    # keys
+    prof = np.bincount(g * 12 + pitch % 12, weights=np.maximum(end - on, 1e-3),
+                       minlength=n_pieces * 12).reshape(n_pieces, 12)
+    key_corr = np.zeros((n_pieces, 24))
+    for i in np.flatnonzero(ok).tolist():
+        key_corr[i] = _key_correlations(prof[i], key_profile)[0]
+    window = max(2, int(round(key_window_beats / fb)))
+    half = max(1, window // 2)
+    cs = _cumsum_groups(chroma, f_off)
+    lo_k = np.clip(fr - half, 0, n_frames[fg])
+    hi_k = np.clip(fr + half, 0, n_frames[fg])
+    base = f_off[fg] + fg
+    win = cs[base + hi_k] - cs[base + lo_k]
+    p = win - win.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(p, axis=1, keepdims=True)
+    p = np.divide(p, norm, out=np.zeros_like(p), where=norm > 0)
+    corr = _per_piece_matmul(p, f_off, _key_matrix(key_profile))
+    key_cost = np.full(n_all, sharpness * key_change_cost)
+    key_path = _viterbi_groups(sharpness * corr, key_cost, f_off, ok)
+
+    # chords (_chord_path)
+    norm = np.linalg.norm(chroma, axis=1, keepdims=True)
+    c = np.divide(chroma, norm, out=np.zeros_like(chroma), where=norm > 0)
+    scores = _per_piece_matmul(c, f_off, _TEMPLATES_T) - _T_PENALTY[None, :]
+    scores[hb] += bass_root_bonus * (_T_ROOTS[None, :] == (bass[hb] % 12)[:, None])
+    silent = chroma.sum(axis=1) <= 0
+    n_s = scores.shape[1]
+    emis = np.empty((n_all, n_s + 1))
+    emis[:, :n_s] = sharpness * scores
+    emis[:, n_s] = np.where(silent, sharpness * 2.0, -1e9)
+    emis[silent, :n_s] = 0.0
+    cost = np.full(n_all, sharpness * change_cost)
+    path = _viterbi_groups(emis, cost, f_off, ok)
+    if METRICAL:
+        chg = np.flatnonzero((path[1:] != path[:-1]) & (fg[1:] == fg[:-1])) + 1
+        n_chg = np.bincount(fg[chg], minlength=n_pieces)
+        again = ok & (n_frames >= 16) & (n_chg >= 4)
+        if again.any():
+            hist = np.bincount(fg[chg] * 4 + fr[chg] % 4, minlength=n_pieces * 4).reshape(n_pieces, 4).astype(float)
+            down = np.argmax(hist + 0.5 * np.roll(hist, 2, axis=1), axis=1)
+            posn = (fr - down[fg]) % 4
+            cost2 = np.where(again[fg], cost * np.array(METRICAL_COST)[posn], cost)
+            path2 = _viterbi_groups(emis, cost2, f_off, again)
+            path = np.where(again[fg], path2, path)
+
+    # segments (runs of one chord / one key within a piece)
+    def runs(values):
+        new = np.ones(len(values), bool)
+        new[1:] = (values[1:] != values[:-1]) | (fg[1:] != fg[:-1])
+        s0 = np.flatnonzero(new)
+        return s0, np.diff(np.concatenate([s0, [len(values)]]))
+
+    ks, kl = runs(key_path)
+    n_seg = np.bincount(fg[ks], minlength=n_pieces)
+    cs0, cl = runs(path)
+    n_ch = np.bincount(fg[cs0], minlength=n_pieces)
+    # a frame's bound index: frame f of piece p is bound e_off[p] + f; its end the next
+    kb, ke = e_off[fg[ks]] + fr[ks], e_off[fg[ks]] + fr[ks] + kl
+    cb, ce = e_off[fg[cs0]] + fr[cs0], e_off[fg[cs0]] + fr[cs0] + cl
+    done = np.flatnonzero(ok)
+    merged = _numbers(key_corr[done], key_path, ks, kb, ke, path, cs0, cb, ce, cl, bounds, bounds_s,
+                      chroma, bass, scores)
+    merged.update(n_seg=n_seg[done], n_ch=n_ch[done])
+    return done, merged, alone
+
+
+def _bounds_seconds(bounds, e_off, tempo, tpb):
+    """beats_to_seconds of each piece's bounds through its tempo map (120 bpm, i.e.
+    beats * 0.5, for a piece without a tempo map or ticks per beat)."""
+    t_ticks, t_s, t_bpm, t_off = tempo
+    n_pieces = len(e_off) - 1
+    tpb = np.asarray(tpb, np.float64)
+    n_t = np.diff(t_off)
+    mapped = (n_t > 0) & (tpb > 0)
+    tg = np.repeat(np.arange(n_pieces), n_t)
+    tb = t_ticks.astype(np.float64) / np.where(tpb[tg] > 0, tpb[tg], 1.0)
+    ts = t_s.astype(np.float64)
+    bpm = t_bpm.astype(np.float64)
+    keep = mapped[tg]
+    tb, ts, bpm, tg = tb[keep], ts[keep], bpm[keep], tg[keep]
+    o = np.lexsort((tb, tg))  # stable: ties keep the file's order, as argsort(kind="stable")
+    tb, ts, bpm, tg = tb[o], ts[o], bpm[o], tg[o]
+    # the SMF default (120 bpm from 0) before a first tempo event after 0
+    first = np.flatnonzero(np.r_[True, tg[1:] != tg[:-1]]) if tg.size else np.zeros(0, np.int64)
+    late = first[tb[first] > 0]
+    if late.size:
+        tb = np.insert(tb, late, 0.0)
+        ts = np.insert(ts, late, 0.0)
+        bpm = np.insert(bpm, late, 120.0)
+        tg = np.insert(tg, late, tg[late])
+    t_off2 = np.concatenate([[0], np.cumsum(np.bincount(tg, minlength=n_pieces))]).astype(np.int64)
+    k = _searchsorted_groups(tb, t_off2, bounds, e_off)
+    bg = np.repeat(np.arange(n_pieces), np.diff(e_off))
+    out = bounds * 0.5
+    m = mapped[bg]
+    out[m] = ts[k[m]] + (bounds[m] - tb[k[m]]) * 60.0 / bpm[k[m]]
+    return out
+
+
 # --------------------------------------------------------------------------- stage
 
 # The analysis parameters of the stage (those of :func:`chords_from_notes`'s defaults).
@@ -910,29 +1187,56 @@ def load_inputs(con, piece_ids: list[str]) -> dict[str, pa.Table]:
 
 def compute_rows(inputs: dict[str, pa.Table], piece_ids: list[str]) -> dict[str, pa.Table]:
     """The harmony rows (table name -> Arrow table) of each piece, each on its own
-    (the numbers per piece, the Arrow tables once for the whole batch)."""
+    (computed for the whole batch at once: :func:`_analyze_batch`)."""
     notes, tempo = inputs["notes"], inputs["tempo"]
     pieces = inputs["pieces"]
     tpb = dict(zip(pieces.column("piece_id").to_pylist(), pieces.column("ticks_per_beat").to_pylist()))
     n_pid = notes.column("piece_id").to_numpy(zero_copy_only=False)
     t_pid = tempo.column("piece_id").to_numpy(zero_copy_only=False)
     n_sl, t_sl = _group_slices(n_pid), _group_slices(t_pid)
+    ids = [pid for pid in piece_ids if pid in n_sl]
+    if not ids:
+        return {}
     n_cols = {c: notes.column(c).to_numpy() for c in ("onset_beats", "duration_beats", "pitch")}
     t_cols = {c: tempo.column(c).to_numpy() for c in ("time_ticks", "time_s", "tempo_bpm")}
-    ids, results = [], []
-    for pid in piece_ids:
-        sl = n_sl.get(pid)
-        if sl is None:
-            continue
-        ts = t_sl.get(pid, slice(0, 0))
-        res = _analyze_arrays({c: v[sl] for c, v in n_cols.items()},
-                              tempo={c: v[ts] for c, v in t_cols.items()}, ticks_per_beat=tpb.get(pid),
-                              **_DEFAULTS)
-        if res is not None:
-            ids.append(pid)
-            results.append(res)
-    out = _assemble(ids, results, VERSION)
+
+    def gather(cols, slices):
+        """The pieces' rows in the order of ``ids`` and their offsets."""
+        sl = [slices.get(pid, slice(0, 0)) for pid in ids]
+        idx = np.concatenate([np.arange(s.start, s.stop) for s in sl]) if sl else np.zeros(0, np.int64)
+        off = np.concatenate([[0], np.cumsum([s.stop - s.start for s in sl])]).astype(np.int64)
+        return {c: v[idx] for c, v in cols.items()}, off
+
+    nc, n_off = gather(n_cols, n_sl)
+    tc, t_off = gather(t_cols, t_sl)
+    params = {k: v for k, v in _DEFAULTS.items() if k != "tracks"}
+    done, merged, alone = _analyze_batch(
+        nc["onset_beats"], nc["duration_beats"], nc["pitch"], n_off,
+        (tc["time_ticks"], tc["time_s"], tc["tempo_bpm"], t_off),
+        [tpb.get(pid) or 0 for pid in ids], **params)
+    out_ids = [ids[i] for i in done.tolist()]
+    if alone.size:  # pieces past MAX_FRAMES frames: one by one, merged in piece order
+        rest = []
+        for i in alone.tolist():
+            a, b = n_off[i], n_off[i + 1]
+            res = _analyze_arrays({c: v[a:b] for c, v in nc.items()},
+                                  tempo={c: v[t_off[i]:t_off[i + 1]] for c, v in tc.items()},
+                                  ticks_per_beat=tpb.get(ids[i]), **_DEFAULTS)
+            if res is not None:
+                rest.append((ids[i], res))
+        out = _assemble(out_ids, merged, VERSION) if out_ids else _assemble([], None, VERSION)
+        if rest:
+            extra = _assemble([r[0] for r in rest], _merge([r[1] for r in rest]), VERSION)
+            out = {name: _sorted(pa.concat_tables([out[name], extra[name]])) for name in out}
+    else:
+        out = _assemble(out_ids, merged, VERSION)
     return {name: tbl for name, tbl in out.items() if tbl.num_rows}
+
+
+def _sorted(tbl: pa.Table) -> pa.Table:
+    """Rows by piece id (stable: a piece's rows keep their order)."""
+    order = np.argsort(tbl.column("piece_id").to_numpy(zero_copy_only=False), kind="stable")
+    return tbl.take(pa.array(order))
 
 
 def write_rows(con, rows: dict[str, pa.Table]) -> None:

@@ -101,6 +101,36 @@ def test_harmony_of_a_batch_equals_each_piece_alone(small_pop909_db):
     assert batch["chord_transitions"].num_rows > 100
 
 
+def test_harmony_batch_with_odd_pieces_equals_each_piece_alone():
+    """A piece too long for the batch grid (past MAX_FRAMES), one without a tempo map,
+    one with a late first tempo event, between ordinary ones."""
+    rng = np.random.default_rng(5)
+    rows, tempo, pieces = [], [], []
+    for k, kind in enumerate(["plain", "long", "no_tempo", "late_tempo", "plain"]):
+        pid = f"p{k}"
+        n = 60
+        on = np.sort(rng.uniform(0, 40, n).round(2))
+        if kind == "long":
+            on[-1] = harmony.MAX_FRAMES + 500.0
+        rows += [(pid, float(o), float(rng.choice([0.5, 1.0, 2.0])), int(rng.integers(40, 80))) for o in on]
+        if kind != "no_tempo":
+            tempo += [(pid, 480 * (4 if kind == "late_tempo" else 0), 0.0, 100.0), (pid, 480 * 16, 9.0, 140.0)]
+        pieces.append((pid, 480))
+    inputs = {
+        "notes": pa.table({k: [r[i] for r in rows] for i, k in
+                           enumerate(["piece_id", "onset_beats", "duration_beats", "pitch"])}),
+        "tempo": pa.table({"piece_id": [t[0] for t in tempo], "time_ticks": [t[1] for t in tempo],
+                           "time_s": [t[2] for t in tempo], "tempo_bpm": [t[3] for t in tempo]}),
+        "pieces": pa.table({"piece_id": [p[0] for p in pieces], "ticks_per_beat": [p[1] for p in pieces]}),
+    }
+    ids = [p[0] for p in pieces]
+    batch = harmony.compute_rows(inputs, ids)
+    alone = [harmony.compute_rows(inputs, [p]) for p in ids]
+    for name, tbl in batch.items():
+        assert tbl.equals(pa.concat_tables([a[name] for a in alone if name in a])), name
+    assert batch["piece_keys"].num_rows == 5
+
+
 def _vector_dump(db):
     from atlas_db.connection import reading
 
