@@ -1,10 +1,11 @@
-"""Ingest speed on pop909-dev: parse + store notes/s, next to plain mido (and symusic)
-parses of the same files measured in the same run.
+"""Ingest speed on pop909-dev: parse + store and end to end (every derived stage) in
+notes/s, next to plain mido (and symusic) parses of the same files in the same run.
 
-    .venv/bin/python benchmarks/ingest.py [FOLDER]
+    NUMBA_CACHE_DIR=$HOME/.cache/harmony-atlas/numba .venv/bin/python benchmarks/ingest.py [FOLDER] [--songs N]
 
-Prints one line per method and the ratio to mido. The goal for parse + store is
->= 1M notes/s on 2 cores.
+Prints one line per method with the ratio to mido, then each stage's seconds and share
+of the end-to-end ingest (store, harmony, grammar, vectors, patterns). Goals (issue 13):
+end to end >= 10x mido's notes/s; parse + store >= 1M notes/s on 2 cores.
 """
 
 from __future__ import annotations
@@ -48,22 +49,34 @@ def symusic_parse(files) -> tuple[int, float]:
 
 
 def main():
-    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "data" / "pop909-dev"
-    files = discover([str(folder)]).files
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder", nargs="?", default=str(ROOT.parent / "shared" / "data" / "pop909-dev"))
+    ap.add_argument("--songs", type=int, default=0, help="only the first N song folders (0: all)")
+    args = ap.parse_args()
+    folder = Path(args.folder)
+    paths = [str(folder)]
+    if args.songs:
+        paths = [str(p) for p in sorted(q for q in folder.iterdir() if q.is_dir())[:args.songs]]
+    files = discover(paths).files
     size_mb = sum(os.path.getsize(f) for f in files) / 1e6
     print(f"corpus: {folder} ({len(files)} MIDI files, {size_mb:.1f} MB), {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as tmp:
-        ingest_paths(files[:20], Path(tmp) / "warm", derive=False)  # numba cache load, imports
+        ingest_paths(files[:20], Path(tmp) / "warm")  # numba cache loads, imports (lancedb, ...)
         s = ingest_paths(files, Path(tmp) / "db", derive=False)
         store_rate = s.notes_added / s.store_seconds
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "query.cli", "ingest", str(folder), "--db", str(Path(tmp) / "cli")],
+        e2e = ingest_paths(files, Path(tmp) / "e2e")
+        e2e_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "query.cli", "ingest", *paths, "--db", str(Path(tmp) / "cli")],
                            cwd=ROOT, capture_output=True, text=True)
         cli_s = time.perf_counter() - t0
         assert r.returncode == 0, r.stderr
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "query.cli", "ingest", str(folder), "--db", str(Path(tmp) / "cli")],
-                            cwd=ROOT, capture_output=True, text=True)
+        subprocess.run([sys.executable, "-m", "query.cli", "ingest", *paths, "--db", str(Path(tmp) / "cli")],
+                       cwd=ROOT, capture_output=True, text=True)
         again_s = time.perf_counter() - t0
     n_mido, t_mido = mido_parse(files)
     n_sym, t_sym = symusic_parse(files)
@@ -73,11 +86,17 @@ def main():
         ("mido parse only (baseline)", n_mido, t_mido),
         ("symusic parse only (no channels/track ids)", n_sym, t_sym),
         ("atlas parse + store (ingest_paths, no stages)", s.notes_added, s.store_seconds),
-        ("atlas ingest CLI end to end, with stages", s.notes_added, cli_s),
+        ("atlas end to end (ingest_paths, all stages)", e2e.notes_added, e2e_s),
+        ("atlas ingest CLI end to end (new process)", s.notes_added, cli_s),
     ]
     for name, n, t in rows:
         rate = n / t if t == t and t > 0 else float("nan")
-        print(f"{name:44s} {n:>10,d} {t:>8.2f} {rate:>12,.0f} {rate / mido_rate:>7.1f}")
+        print(f"{name:44s} {n:>10,d} {t:>8.2f} {rate:>12,.0f} {rate / mido_rate:>7.2f}")
+    shares = {"store": e2e.store_seconds, **e2e.stage_seconds}
+    print("end to end by stage: " + ", ".join(f"{k} {v:.2f} s ({100 * v / e2e_s:.0f}%)" for k, v in shares.items())
+          + f"; other {e2e_s - sum(shares.values()):.2f} s")
+    print(f"end to end goal >= 10x mido: {'met' if e2e.notes_added / e2e_s >= 10 * mido_rate else 'NOT met'} "
+          f"({e2e.notes_added / e2e_s / mido_rate:.2f}x)")
     print(f"re-ingest of the same folder (all already present): {again_s:.2f} s")
     print(f"parse + store goal >= 1,000,000 notes/s: {'met' if store_rate >= 1e6 else 'NOT met'} ({store_rate:,.0f})")
     print("cli summary:", r.stderr.strip().splitlines()[-1])

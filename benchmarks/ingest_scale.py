@@ -178,6 +178,19 @@ def _sub(argv: list[str]) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _cli_add(path: Path, db: Path, *, fresh: bool = False) -> float:
+    """Seconds of `atlas ingest PATH --db DB` in a new process (imports included);
+    ``fresh``: into a new empty database."""
+    if fresh:
+        shutil.rmtree(db, ignore_errors=True)
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "query.cli", "ingest", str(path), "--db", str(db)],
+                       capture_output=True, text=True, cwd=ROOT)
+    if r.returncode != 0:
+        raise SystemExit(f"atlas ingest failed:\n{r.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
 def _stages(d: dict) -> str:
     st = d.get("stages_s", {})
     return ", ".join([f"store {d['store_s']:.2f}"] + [f"{k} {st[k]:.2f}" for k in STAGE_NAMES if k in st])
@@ -250,8 +263,14 @@ def main():
         print(f"   the same file into an empty database:   {e['seconds']:.2f} s ({_stages(e)})", flush=True)
         print(f"   ratio live / empty: {live['seconds'] / e['seconds']:.2f}x "
               f"(goal <= 1.5x at 1k, <= 1 s absolute at 100k)", flush=True)
+        cli_file = adds[(k + len(sizes)) % len(adds)]
+        cli_empty = _cli_add(cli_file, work / "cli-empty", fresh=True)
+        cli_live = _cli_add(cli_file, db)
+        print(f"   `atlas ingest` of one more file ({cli_file.name}), a new process each: live {cli_live:.2f} s, "
+              f"empty {cli_empty:.2f} s ({cli_live / cli_empty:.2f}x)", flush=True)
         log.write(json.dumps({"size": n, "step": step, "gen_s": gen_s, "disk": size, "add_file": str(add_file),
-                              "add": add}) + "\n")
+                              "add": add, "cli_file": str(cli_file), "cli_live_s": cli_live,
+                              "cli_empty_s": cli_empty}) + "\n")
         log.flush()
         have = n
 
