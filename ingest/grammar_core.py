@@ -334,9 +334,11 @@ def build(seq: Sequence, grammar: Grammar | None = None, *, max_rules: int = 100
     g = grammar if grammar is not None else Grammar()
     known = np.sort(g.keys())
     rnd = int(g.round.max()) + 1 if g.n_rules else 0
+    n_rules = g.n_rules  # rules so far, this build's included (added to g at the end:
+    new_parts = []       # one concatenation, not one per round)
     n_unique = None
     for _ in range(max_rounds):
-        budget = max_rules - g.n_rules
+        budget = max_rules - n_rules
         if budget <= 0 or len(seq) < 2:
             break
         keys = _seq_keys(seq)
@@ -368,16 +370,19 @@ def build(seq: Sequence, grammar: Grammar | None = None, *, max_rules: int = 100
             break
         ck = uk[cand[alive]]
         sym_of_rank = np.full(len(cand), -1, np.int64)
-        sym_of_rank[alive] = N_TERMINALS + g.n_rules + np.arange(int(alive.sum()))
+        sym_of_rank[alive] = N_TERMINALS + n_rules + np.arange(int(alive.sum()))
         conn = ck % 256 - 128
         ab = ck // 256
-        g.extend(ab // _KEY_SYM, ab % _KEY_SYM, conn, np.full(len(ck), rnd))
+        new_parts.append((ab // _KEY_SYM, ab % _KEY_SYM, conn, np.full(len(ck), rnd)))
+        n_rules += len(ck)
         cks = np.sort(ck)
         known = np.insert(known, np.searchsorted(known, cks), cks)
         seq = _apply(seq, take, sym_of_rank[rank[take]])
         rnd += 1
         if progress:
-            progress(g.n_rules, len(seq))
+            progress(n_rules, len(seq))
+    if new_parts:
+        g.extend(*(np.concatenate(col) for col in zip(*new_parts)))
     return g, seq
 
 
