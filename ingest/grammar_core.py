@@ -388,11 +388,21 @@ def build(seq: Sequence, grammar: Grammar | None = None, *, max_rules: int = 100
 
 def replay(seq: Sequence, grammar: Grammar) -> Sequence:
     """Parse ``seq`` with existing rules: each round's rules in the build's order and
-    with the build's greedy pass. Exact: on a build's own input it gives the build's parse."""
-    if grammar.n_rules == 0:
+    with the build's greedy pass. Exact: on a build's own input it gives the build's parse.
+
+    Only rules that can occur are tried: those whose two children are symbols of
+    ``seq`` or such rules themselves (one pass over the rules); the others never match,
+    and dropping them keeps every round's order, so the parse is the same. Rounds with
+    none of them are skipped: the work follows the new notes, not the corpus."""
+    if grammar.n_rules == 0 or len(seq) < 2:
         return seq
-    gkeys = grammar.keys()
-    rounds = grammar.round
+    present = np.zeros(N_TERMINALS + grammar.n_rules, np.bool_)
+    present[seq.sym] = True
+    ids = np.flatnonzero(_reachable(present, grammar.left, grammar.right)[N_TERMINALS:])
+    if not len(ids):
+        return seq
+    gkeys = _pair_key(grammar.left[ids], grammar.right[ids], grammar.conn[ids])
+    rounds = grammar.round[ids]
     bounds = np.flatnonzero(np.diff(rounds)) + 1
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [len(rounds)]])
@@ -410,8 +420,17 @@ def replay(seq: Sequence, grammar: Grammar) -> Sequence:
             continue
         rank = np.where(hit, order[idx_c], -1).astype(np.int64)  # rank = position in round = id order
         take = _greedy(rank)
-        seq = _apply(seq, take, N_TERMINALS + s + rank[take])
+        seq = _apply(seq, take, N_TERMINALS + ids[s + rank[take]])
     return seq
+
+
+@njit(cache=True)
+def _reachable(present, left, right):
+    """``present`` extended to the rules both of whose children are present (children
+    have smaller ids, so one pass in id order)."""
+    for k in range(len(left)):
+        present[128 + k] = present[128 + k] or (present[left[k]] and present[right[k]])
+    return present
 
 
 # ---- rule attributes -------------------------------------------------------------

@@ -61,6 +61,45 @@ def test_transposed_repeats_are_one_rule():
     assert len(set(rule[top][:3].tolist())) == 1
 
 
+def _replay_every_rule(seq, g):
+    """Replay trying every rule of every round (reference for the pruned replay)."""
+    keys = gc._pair_key(g.left, g.right, g.conn)
+    for r in np.unique(g.round):
+        ids = np.flatnonzero(g.round == r)
+        if len(seq) < 2:
+            break
+        sk = gc._seq_keys(seq)
+        rank = np.full(len(sk), -1, np.int64)
+        for j, k in enumerate(ids):  # rank = position in the round
+            rank[(sk == keys[k]) & (rank < 0)] = j
+        take = gc._greedy(rank)
+        seq = gc._apply(seq, take, gc.N_TERMINALS + ids[rank[take]])
+    return seq
+
+
+def test_replay_tries_only_rules_that_can_occur_and_parses_the_same():
+    """A grammar learned in several increments on material with 12 terminals, replayed
+    on pieces that use only some of them: the same parse as trying every rule."""
+    rng = np.random.default_rng(3)
+    g = None
+    for part in range(4):  # four increments: rounds of several updates
+        n = 6000
+        term = rng.integers(0, 12, n)
+        term[: n // 2] = rng.integers(0, 4, n // 2)
+        pitch = np.cumsum(rng.integers(-2, 3, n)) + 60
+        seq = gc.replay(gc.initial_sequence(term, pitch, np.array([0, n // 3, n])), g or gc.Grammar())
+        g, _ = gc.build(seq, g, max_rules=100_000, min_count=2)
+    assert len(np.unique(g.round)) >= 8
+    for lo, hi in ((0, 4), (2, 7), (0, 12)):
+        n = 3000
+        term = rng.integers(lo, hi, n)
+        pitch = np.cumsum(rng.integers(-2, 3, n)) + 60
+        starts = np.array([0, 1000, n])
+        got = gc.replay(gc.initial_sequence(term, pitch, starts), g)
+        ref = _replay_every_rule(gc.initial_sequence(term, pitch, starts), g)
+        assert len(got) < n and np.array_equal(got.sym, ref.sym) and np.array_equal(got.start, ref.start)
+
+
 def test_replay_reproduces_build_parse():
     rng = np.random.default_rng(0)
     n = 20000
