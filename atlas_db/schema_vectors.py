@@ -1,9 +1,9 @@
 """Cover/similarity tables: per-piece sequences for alignment and the global vector.
 
 Written by the derived stage ``indexers.vectors`` (STAGE = "vectors"), which also
-upserts the same vectors into LanceDB tables under ``<db>/lance/`` (see docs/covers.md).
-DuckDB is the source of truth: the Lance tables and the FAISS file are rebuilt from
-here by ``atlas reindex --vectors``.
+keeps the track vectors; both are copied into LanceDB tables under ``<db>/lance/`` when
+Lance is next opened (see docs/covers.md). DuckDB is the source of truth: the Lance
+tables and the FAISS file are rebuilt from here by ``atlas reindex --vectors``.
 """
 
 from __future__ import annotations
@@ -32,10 +32,23 @@ TABLES: dict[str, pa.Schema] = {
             ("stage_version", pa.string()),
         ]
     ),
+    # One row per track with at least MIN_TRACK_NOTES notes: its embedding. LanceDB's
+    # track_vectors table is filled from here (indexers.vectors.sync_lance).
+    "track_vectors": pa.schema(
+        [
+            ("piece_id", _ID),
+            ("track_index", pa.int32()),
+            ("vector", pa.list_(pa.float32())),
+            ("stage_version", pa.string()),
+        ]
+    ),
 }
 
-KEYS = {"cover_features": ("piece_id",)}
+KEYS = {"cover_features": ("piece_id",), "track_vectors": ("piece_id", "track_index")}
 
 MIGRATIONS: list[tuple[str, list[str]]] = [
-    ("0400_vectors_cover_features", [table_ddl(n, s, KEYS.get(n, ())) for n, s in TABLES.items()]),
+    ("0400_vectors_cover_features", [table_ddl("cover_features", TABLES["cover_features"], KEYS["cover_features"])]),
+    # the track vectors move from Lance-only into DuckDB (written by the stage; Lance is
+    # filled from here). A database of before has them in Lance already: nothing to copy.
+    ("0401_vectors_track_vectors", [table_ddl("track_vectors", TABLES["track_vectors"], KEYS["track_vectors"])]),
 ]

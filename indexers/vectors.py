@@ -1,17 +1,22 @@
 """Derived stage "vectors": cover features and embeddings for every piece and track.
 
 For each piece (drum notes left out) it writes one ``cover_features`` row in DuckDB
-(beat chroma, skyline melody, global vector) and upserts the vectors into two LanceDB
-tables under ``<db>/lance/``. The beat chroma of a recording (``pieces.kind = 'audio'``
+(beat chroma, skyline melody, global vector) and one ``track_vectors`` row per track of
+at least ``MIN_TRACK_NOTES`` notes; the vectors are upserted into two LanceDB tables
+under ``<db>/lance/`` when Lance is next opened (:func:`open_lance` runs
+:func:`sync_lance`). The beat chroma of a recording (``pieces.kind = 'audio'``
 with ``audio_beats``) is what ``indexers.audio_chroma.harmony_sequence`` says (by default
 the chroma of its transcribed notes; optionally its measured HPCP on the notes' grid):
 
 - ``piece_vectors`` : ``piece_id``, ``vector`` (fixed-size float32 list)
 - ``track_vectors`` : ``piece_id``, ``track_index``, ``vector``
 
-Lance writes happen outside the DuckDB transaction, so they are upserts keyed by id
-(re-running is harmless) and everything in Lance can be rebuilt from DuckDB with
-:func:`reindex` (``atlas reindex --vectors``).
+Why Lance is filled by its readers and not by the ingest: importing lancedb alone takes
+1.4-2.6 s on 2 cores, more than everything else a one-file ``atlas ingest`` does after
+its imports (benchmarks/ingest_scale.py), and a query opens Lance (and pays that import)
+anyway. The upserts are keyed by id, so a sync that runs twice (two readers at once) is
+harmless, and everything in Lance can be rebuilt from DuckDB with :func:`reindex`
+(``atlas reindex --vectors``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from indexers.features import EMBED_DIM, features_from_notes, quantize_chroma, e
 
 __all__ = [
     "STAGE", "VERSION", "BATCH_PIECES", "update", "forget", "load_inputs", "compute_rows", "write_rows",
-    "lance_dir", "open_lance",
+    "lance_dir", "open_lance", "sync_lance",
     "reindex", "table_names", "PIECE_TABLE", "TRACK_TABLE", "piece_vector_schema", "track_vector_schema",
 ]
 
@@ -52,14 +57,6 @@ def track_vector_schema() -> pa.Schema:
                       ("vector", pa.list_(pa.float32(), EMBED_DIM)), ("stage_version", pa.string())])
 
 
-def db_dir_of(con) -> Path:
-    """The database folder of an open DuckDB connection."""
-    rows = con.execute(
-        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
-    ).fetchall()  # fetchall: DuckDB 2 keeps a half-read result open and blocks the connection
-    return Path(rows[0][0]).parent
-
-
 def table_names(ldb) -> list[str]:
     """Names of the tables in a LanceDB connection."""
     return list(ldb.list_tables().tables)
@@ -69,10 +66,84 @@ def lance_dir(db_dir) -> Path:
     return Path(db_dir) / "lance"
 
 
-def open_lance(db_dir):
+def open_lance(db_dir, *, sync: bool = True):
+    """The LanceDB connection of a database, with every vector DuckDB holds in it
+    (``sync``: :func:`sync_lance` first)."""
     import lancedb
 
-    return lancedb.connect(str(lance_dir(db_dir)))
+    ldb = lancedb.connect(str(lance_dir(db_dir)))
+    if sync:
+        sync_lance(db_dir, ldb)
+    return ldb
+
+
+def _lance_keys(ldb, name: str, keys: list[str]) -> pa.Table | None:
+    """The key columns and stage_version of every row of a Lance table (None: no table)."""
+    if name not in table_names(ldb):
+        return None
+    return ldb.open_table(name).search().select(keys + ["stage_version"]).limit(None).to_arrow()
+
+
+def sync_lance(db_dir, ldb=None) -> dict[str, int]:
+    """Upsert into Lance the piece and track vectors that DuckDB holds and Lance lacks
+    (or holds from another stage version). Returns rows written per Lance table.
+
+    Cheap when nothing is missing: one count per stage version on each side. Rows in
+    Lance that DuckDB lacks (left by a batch that was rolled back) stay, and are ignored
+    by the readers, as before.
+    """
+    from atlas_db.connection import db_file, reading
+
+    if not db_file(Path(db_dir)).exists():
+        return {}
+    if ldb is None:
+        ldb = open_lance(db_dir, sync=False)
+    sources = {PIECE_TABLE: ("cover_features", ["piece_id"]), TRACK_TABLE: ("track_vectors", ["piece_id", "track_index"])}
+    written = {}
+    with reading(db_dir) as con:
+        present = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_name IN ('cover_features', 'track_vectors')"
+        ).fetchall()}
+        for name, (source, keys) in sources.items():
+            if source not in present:  # a database from before the table existed
+                continue
+            counts = dict(con.execute(f"SELECT stage_version, count(*) FROM {source} GROUP BY ALL").fetchall())
+            if not counts:
+                continue
+            if name in table_names(ldb):
+                tbl = ldb.open_table(name)
+                lance_counts = {v: tbl.count_rows(f"stage_version = '{v.replace(chr(39), chr(39) * 2)}'")
+                                for v in counts}
+                if lance_counts == counts and tbl.count_rows() == sum(counts.values()):
+                    continue
+            have = _lance_keys(ldb, name, keys)
+            cond = " AND ".join(f"h.{k} = s.{k}" for k in keys + ["stage_version"])
+            if have is None:
+                missing = fetch_arrow(con.execute(f"SELECT {', '.join(keys)}, vector, stage_version FROM {source}"))
+            else:
+                con.register("_lance_have", have)
+                try:
+                    missing = fetch_arrow(con.execute(
+                        f"SELECT {', '.join('s.' + k for k in keys)}, s.vector, s.stage_version FROM {source} s "
+                        f"WHERE NOT EXISTS (SELECT 1 FROM _lance_have h WHERE {cond})"))
+                finally:
+                    con.unregister("_lance_have")
+            if missing.num_rows:
+                _upsert(ldb, name, _lance_rows(missing, name), keys)
+            written[name] = missing.num_rows
+    return written
+
+
+def _lance_rows(rows: pa.Table, name: str) -> pa.Table:
+    """DuckDB rows (vector a variable-size list) in the Lance table's schema."""
+    vec = rows.column("vector").combine_chunks()
+    flat = vec.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, EMBED_DIM)
+    cols = {"piece_id": rows.column("piece_id")}
+    if name == TRACK_TABLE:
+        cols["track_index"] = rows.column("track_index")
+    cols["vector"] = _fixed(flat)
+    cols["stage_version"] = rows.column("stage_version")
+    return pa.table(cols, schema=track_vector_schema() if name == TRACK_TABLE else piece_vector_schema())
 
 
 def _upsert(ldb, name: str, table: pa.Table, keys: list[str]) -> None:
@@ -303,6 +374,7 @@ def forget(con, piece_ids: list[str]) -> None:
     con.register("_vec_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
     try:
         con.execute("DELETE FROM cover_features WHERE piece_id IN (SELECT piece_id FROM _vec_ids)")
+        con.execute("DELETE FROM track_vectors WHERE piece_id IN (SELECT piece_id FROM _vec_ids)")
     finally:
         con.unregister("_vec_ids")
 
@@ -328,32 +400,28 @@ def compute_rows(inputs: dict[str, pa.Table], piece_ids: list[str]) -> dict[str,
 
 
 def write_rows(con, rows: dict[str, pa.Table]) -> None:
-    """Write ``cover_features`` (inside the runner's transaction), then upsert the
-    vectors into Lance."""
-    feats = rows["cover_features"]
-    con.register("_vec_rows", feats)
+    """Write ``cover_features`` and ``track_vectors`` (inside the runner's transaction);
+    Lance gets them when it is next opened (:func:`sync_lance`)."""
+    tracks = rows[TRACK_TABLE]
+    duck_tracks = pa.table({
+        "piece_id": tracks.column("piece_id"), "track_index": tracks.column("track_index"),
+        "vector": tracks.column("vector").cast(pa.list_(pa.float32())),
+        "stage_version": tracks.column("stage_version"),
+    })
+    for table, view in ((rows["cover_features"], "_vec_rows"), (duck_tracks, "_vec_tracks")):
+        con.register(view, table)
     try:
         con.execute("INSERT OR REPLACE INTO cover_features SELECT * FROM _vec_rows")
+        con.execute("INSERT OR REPLACE INTO track_vectors BY NAME SELECT * FROM _vec_tracks")
     finally:
         con.unregister("_vec_rows")
-    ldb = open_lance(db_dir_of(con))
-    _upsert(ldb, PIECE_TABLE, _piece_rows(feats), ["piece_id"])
-    _upsert(ldb, TRACK_TABLE, rows[TRACK_TABLE], ["piece_id", "track_index"])
+        con.unregister("_vec_tracks")
 
 
 def update(con, piece_ids: list[str]) -> None:
-    """Compute and write features for these pieces (inside the runner's transaction),
-    then upsert their vectors into Lance."""
+    """Compute and write features and track vectors for these pieces (inside the
+    runner's transaction)."""
     write_rows(con, compute_rows(load_inputs(con, piece_ids), piece_ids))
-
-
-def _piece_rows(feats: pa.Table) -> pa.Table:
-    vec = np.asarray(feats.column("vector").to_pylist(), np.float32).reshape(-1, EMBED_DIM)
-    return pa.table({
-        "piece_id": feats.column("piece_id"),
-        "vector": _fixed(vec),
-        "stage_version": feats.column("stage_version"),
-    }, schema=piece_vector_schema())
 
 
 def reindex(db_dir, *, progress=None) -> dict[str, int]:
@@ -367,7 +435,7 @@ def reindex(db_dir, *, progress=None) -> dict[str, int]:
     from indexers.faiss_index import build_from_lance, index_path
     from ingest.derived import run_stages
 
-    ldb = open_lance(db_dir)
+    ldb = open_lance(db_dir, sync=False)
     for name in (PIECE_TABLE, TRACK_TABLE):
         if name in table_names(ldb):
             ldb.drop_table(name)
@@ -377,6 +445,7 @@ def reindex(db_dir, *, progress=None) -> dict[str, int]:
     try:
         con.execute("DELETE FROM derived_runs WHERE stage = ?", [STAGE])
         con.execute("DELETE FROM cover_features")
+        con.execute("DELETE FROM track_vectors")
     finally:
         con.close()
     n = run_stages(db_dir, only=[STAGE], progress=progress).get(STAGE, 0)

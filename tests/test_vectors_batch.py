@@ -163,3 +163,38 @@ def test_adding_one_file_gives_the_vectors_of_a_full_build(tmp_path):
     if index_path(tmp_path / "grown").exists():
         saved = load_index(tmp_path / "grown", len(grown[0]))
         assert saved is not None and sorted(saved[1]) == [r[0] for r in grown[0]]
+
+
+def test_ingest_leaves_lance_to_its_readers(tmp_path):
+    """`atlas ingest` does not import lancedb (its import costs more than a one-file add);
+    the first open of Lance copies the vectors in, the next one has nothing to do, and a
+    re-analysis under a new stage version replaces the rows of the old one."""
+    import subprocess
+    import sys
+
+    from atlas_db.connection import reading, writing
+
+    song = pop909_songs(1)[0]
+    db = tmp_path / "db"
+    code = ("import sys; from ingest.pipeline import ingest_paths; "
+            f"s = ingest_paths([{str(song)!r}], {str(db)!r}, workers=1); "
+            "print(s.derived['vectors'], 'lancedb' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    with reading(db) as con:
+        n_pieces, n_tracks = con.execute(
+            "SELECT (SELECT count(*) FROM cover_features), (SELECT count(*) FROM track_vectors)").fetchone()
+    assert out == [str(n_pieces), "False"] and n_tracks > n_pieces > 1
+    assert vectors.sync_lance(db) == {vectors.PIECE_TABLE: n_pieces, vectors.TRACK_TABLE: n_tracks}
+    assert vectors.sync_lance(db) == {}
+    ldb = vectors.open_lance(db)
+    with reading(db) as con:
+        want = con.execute("SELECT piece_id, track_index, vector FROM track_vectors ORDER BY ALL").fetchall()
+    got = sorted((r["piece_id"], r["track_index"], r["vector"])
+                 for r in ldb.open_table(vectors.TRACK_TABLE).to_arrow().to_pylist())
+    assert [(p, t, np.float32(v).tolist()) for p, t, v in want] == [(p, t, list(v)) for p, t, v in got]
+    # the same rows under another stage version: Lance follows
+    with writing(db) as con:
+        con.execute("UPDATE cover_features SET stage_version = 'vectors-test'")
+    assert vectors.sync_lance(db) == {vectors.PIECE_TABLE: n_pieces}
+    versions = ldb.open_table(vectors.PIECE_TABLE).to_arrow().column("stage_version").to_pylist()
+    assert versions == ["vectors-test"] * n_pieces
