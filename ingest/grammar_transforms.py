@@ -64,6 +64,9 @@ def _double_list_sql() -> str:
     return "[" + ", ".join("NULL" if v is None else str(v) for v in _DOUBLE) + "]"
 
 
+# Up to this many new rule-transform rows take their targets' counts by a join; more (a
+# build) read every rule's count once instead.
+JOIN_MAX_ROWS = 50_000
 _KINDS = ("I", "R", "RI", "augmentation", "octave")  # insertion order of the rows (ids)
 _SYMMETRIC = (True, True, True, False, True)  # stored once per pair: source < target
 _RATIO = (None, None, None, 2.0, None)
@@ -328,29 +331,61 @@ def rule_transforms(con, version: str, *, new_from: int | None = None, grammar=N
     pointer = math.log2(n_rules) + math.log2(6)
     pairs = rule_transform_pairs(g, int(new_from), pointer)
     base = con.execute("SELECT coalesce(max(transform_id), 0) FROM transforms").fetchall()[0][0]
-    kinds = np.concatenate([np.full(len(a), k, object) for k, a, _ in pairs])
-    src = np.concatenate([a for _, a, _ in pairs])
-    tgt = np.concatenate([b for _, _, b in pairs])
-    ratio = np.concatenate([np.full(len(a), {"augmentation": 2.0, "diminution": 0.5}.get(k, np.nan))
-                            for k, a, _ in pairs])
-    if len(src):
-        con.register("_gt_new", pa.table({
-            "transform_id": np.arange(base + 1, base + 1 + len(src), dtype=np.int64),
-            "kind": pa.array(kinds.tolist(), pa.string()),
-            "source_rule_id": src, "target_rule_id": tgt,
-            "rhythm_ratio": pa.array(ratio, pa.float64(), mask=np.isnan(ratio)),
-        }))
-        con.execute(f"""
-            INSERT INTO transforms
-            SELECT t.transform_id, 'rule', t.kind, t.source_rule_id, t.target_rule_id, NULL, NULL, NULL, NULL,
-                   t.rhythm_ratio, r.count * r.length, 8 * (r.length - 1) + 7 * r.length - {pointer}, '{version}'
-            FROM _gt_new t JOIN rules r ON r.rule_id = t.target_rule_id""")
-        con.unregister("_gt_new")
+    _insert_rule_rows(con, pairs, base, pointer, version)
     # counts and the number of rules changed: refresh what depends on them (rows just
     # computed over every rule are current)
     if new_from > 0:
         refresh_rule_counts(con, pointer, touched if n_rules_all == new_from else None)
     return con.execute("SELECT count(*) FROM transforms WHERE scope = 'rule'").fetchall()[0][0]
+
+
+def _insert_rule_rows(con, pairs, base: int, pointer: float, version: str) -> None:
+    """Insert ``rule_transform_pairs``' rows with ids from ``base + 1``; ``n_notes`` and
+    ``gain_bits`` from the target rule's current ``count`` and ``length``."""
+    sizes = [len(a) for _, a, _ in pairs]
+    n = sum(sizes)
+    if not n:
+        return
+    names = [k for k, _, _ in pairs]
+    kind = pa.DictionaryArray.from_arrays(pa.array(np.repeat(np.arange(len(names), dtype=np.int32), sizes)),
+                                          pa.array(names, pa.string()))
+    ratio = np.concatenate([np.full(m, {"augmentation": 2.0, "diminution": 0.5}.get(k, np.nan))
+                            for k, m in zip(names, sizes)])
+    rows = {
+        "transform_id": np.arange(base + 1, base + 1 + n, dtype=np.int64),
+        "kind": kind,
+        "source_rule_id": np.concatenate([a for _, a, _ in pairs]),
+        "target_rule_id": np.concatenate([b for _, _, b in pairs]),
+        "rhythm_ratio": pa.array(ratio, pa.float64(), mask=np.isnan(ratio)),
+    }
+    gain = f"8 * (r.length - 1) + 7 * r.length - {pointer}"
+    if n < JOIN_MAX_ROWS:  # a few new rules: join their targets
+        con.register("_gt_new", pa.table(rows))
+        con.execute(f"""
+            INSERT INTO transforms
+            SELECT t.transform_id, 'rule', t.kind, t.source_rule_id, t.target_rule_id, NULL, NULL, NULL, NULL,
+                   t.rhythm_ratio, r.count * r.length, {gain}, '{version}'
+            FROM _gt_new t JOIN rules r ON r.rule_id = t.target_rule_id""")
+        con.unregister("_gt_new")
+        return
+    # many rows (a build): the targets' counts read once, the gain per distinct length
+    # computed by the same SQL expression (the same doubles as the join)
+    r = con.execute("SELECT rule_id, count, length FROM rules ORDER BY rule_id").fetchnumpy()
+    at = np.searchsorted(r["rule_id"], rows["target_rule_id"])
+    length = r["length"].astype(np.int64)[at]
+    lengths = np.unique(length)
+    # (the expression is a DECIMAL; cast by DuckDB as the INSERT into a DOUBLE column does)
+    g = con.execute(f"SELECT CAST({gain} AS DOUBLE) FROM (SELECT unnest(?::INTEGER[]) AS length) r ORDER BY length",
+                    [lengths.tolist()]).fetchnumpy()
+    gain_of = next(iter(g.values())).astype(np.float64)
+    rows["n_notes"] = r["count"].astype(np.int64)[at] * length
+    rows["gain_bits"] = gain_of[np.searchsorted(lengths, length)]
+    con.register("_gt_new", pa.table(rows))
+    con.execute(f"""
+        INSERT INTO transforms
+        SELECT transform_id, 'rule', kind, source_rule_id, target_rule_id, NULL, NULL, NULL, NULL,
+               rhythm_ratio, n_notes, gain_bits, '{version}' FROM _gt_new""")
+    con.unregister("_gt_new")
 
 
 def refresh_rule_counts(con, pointer: float | None = None, touched: np.ndarray | None = None) -> None:

@@ -408,7 +408,7 @@ def _rule_transforms_by_sql(con, version):
                 WHERE t.kind = 'augmentation' AND t.transform_id > {base}""")
 
 
-def test_hashed_rule_transforms_equal_the_sql_joins(tmp_path, pop909_dir):
+def test_hashed_rule_transforms_equal_the_sql_joins(tmp_path, pop909_dir, monkeypatch):
     """Rule transforms found by contour hashes, built in two ingests (the second one
     incremental), equal plain SQL joins over every rule; so do counts and choices."""
     from ingest import grammar_transforms as gt
@@ -430,9 +430,14 @@ def test_hashed_rule_transforms_equal_the_sql_joins(tmp_path, pop909_dir):
         with_ids = con.execute("SELECT transform_id, kind, source_rule_id, target_rule_id FROM transforms "
                                "WHERE scope = 'rule' ORDER BY transform_id").fetchall()
         assert incremental == reference
-        gt.rule_transforms(con, "ref")  # a full recomputation gives the SQL's ids too
-        assert con.execute("SELECT transform_id, kind, source_rule_id, target_rule_id FROM transforms "
-                           "WHERE scope = 'rule' ORDER BY transform_id").fetchall() == with_ids
+        full = ("SELECT transform_id, kind, source_rule_id, target_rule_id, rhythm_ratio, n_notes, gain_bits "
+                "FROM transforms WHERE scope = 'rule' ORDER BY transform_id")
+        reference_full = con.execute(full).fetchall()
+        assert [r[:4] for r in reference_full] == with_ids
+        for join_max in (10**9, 0):  # counts joined per row / read once for all rules
+            monkeypatch.setattr(gt, "JOIN_MAX_ROWS", join_max)
+            gt.rule_transforms(con, "ref")  # a full recomputation gives the SQL's rows and ids
+            assert con.execute(full).fetchall() == reference_full
         _assert_running_counts_exact(con)
         # re-encoding a piece (forget, then update) keeps them exact
         pid = con.execute("SELECT min(piece_id) FROM pieces").fetchall()[0][0]
