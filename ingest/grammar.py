@@ -215,7 +215,9 @@ def _write_parse(con, notes: dict, seq: gc.Sequence, g: gc.Grammar, version: str
     rule, start, first, top = gc.expand(seq, g)
     # rule-major order: DuckDB's per-row-group min/max then skips most of the table for
     # ``WHERE rule_id = ?``
-    o = np.lexsort((start, rule))
+    # (one int64 key: a rule occurs once per start, so keys are unique and any sort
+    # gives the order of a lexsort by (rule, start), several times faster)
+    o = np.argsort(rule * np.int64(n) + start)
     rule, start, first, top = rule[o], start[o], first[o], top[o]
     tr = track_of[start]
     piece_col = pa.array(notes["track_piece"], pa.string()).take(pa.array(tr))
