@@ -67,10 +67,22 @@ def index_tables(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
         p = pos_all[:w][ok].astype(np.int32)
     else:
         g, s, p = np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32)
-    o = np.lexsort((p, s, g))
+    o = _order_by_gram_stream_position(g, s, p)
     ngrams = pa.table({"gram": pa.array(g[o], pa.int32()), "stream_id": pa.array(s[o], pa.int64()),
                        "position": pa.array(p[o], pa.int32())}, schema=TABLES["pattern_ngrams"])
     return streams, ngrams
+
+
+def _order_by_gram_stream_position(g: np.ndarray, s: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """The permutation of a lexsort by (gram, stream_id, position), from one argsort of
+    a unique int64 key (gram, rank of the stream id, position) when it fits."""
+    if not len(g):
+        return np.zeros(0, np.int64)
+    ids, s_rank = np.unique(s, return_inverse=True)
+    n_p = int(p.max()) + 1
+    if (int(g.max()) + 1) * len(ids) * n_p >= 2**62:
+        return np.lexsort((p, s, g))
+    return np.argsort((g.astype(np.int64) * len(ids) + s_rank.ravel()) * n_p + p)
 
 
 def _ids_table(piece_ids) -> pa.Table:
