@@ -19,7 +19,8 @@ derived stage (harmony, grammar, vectors, patterns).
 The database is grown, not rebuilt: 1k, then the next 9k added to it, then the next
 90k (each step one ``ingest_paths`` of the new folders, in a subprocess of its own so
 its peak memory, ``resource.getrusage().ru_maxrss``, is its own). After each step a
-fresh subprocess imports everything and warms up (an add into a scratch database),
+subprocess copies the new vectors into Lance and builds the FAISS file (timed; what a
+first query would otherwise do), then a fresh subprocess imports everything and warms up (an add into a scratch database),
 then times one new real file (a POP909 song, a different one per size) added to an
 empty database and then to the live one, and prints both with each stage's seconds.
 
@@ -155,6 +156,23 @@ def step_main(args) -> None:
     print(json.dumps(out))
 
 
+def index_main(args) -> None:
+    """Subprocess: copy the new vectors into Lance and build the FAISS file; print seconds."""
+    t0 = time.perf_counter()
+    import lancedb  # noqa: F401  (timed on its own: what any first opening of Lance pays)
+
+    from indexers.faiss_index import build_from_lance
+    from indexers.vectors import sync_lance
+
+    t1 = time.perf_counter()
+    written = sync_lance(args.db)
+    t2 = time.perf_counter()
+    build_from_lance(args.db)
+    t3 = time.perf_counter()
+    print(json.dumps({"import_s": t1 - t0, "lance_sync_s": t2 - t1, "faiss_s": t3 - t2, "written": written,
+                      "peak_rss_mb": _peak_mb()}))
+
+
 def add_main(args) -> None:
     """Subprocess: warm up, then one real file into an empty database and into the live one."""
     import tempfile
@@ -202,7 +220,7 @@ def _pieces_in(db: Path) -> int:
     if not (db / "atlas.duckdb").exists():
         return 0
     with reading(db) as con:
-        return con.execute("SELECT count(*) FROM pieces WHERE path LIKE '%piece_%'").fetchone()[0]
+        return con.execute("SELECT count(*) FROM pieces WHERE path LIKE '%piece_%'").fetchall()[0][0]
 
 
 def main():
@@ -217,6 +235,8 @@ def main():
     s1 = sub.add_parser("_step")
     s1.add_argument("db")
     s1.add_argument("paths", nargs="+")
+    s3 = sub.add_parser("_index")
+    s3.add_argument("db")
     s2 = sub.add_parser("_add")
     s2.add_argument("db")
     s2.add_argument("file")
@@ -225,6 +245,8 @@ def main():
         return step_main(args)
     if args.cmd == "_add":
         return add_main(args)
+    if args.cmd == "_index":
+        return index_main(args)
 
     sizes = [int(x) for x in args.sizes.split(",")]
     work = Path(args.work)
@@ -248,11 +270,15 @@ def main():
         gen_s = time.perf_counter() - t0
         # only the folders holding new pieces: a folder's old pieces are "already present"
         step = _sub(["_step", str(db), *map(str, folders)])
+        idx = _sub(["_index", str(db)])
         size = disk_bytes(db)
         rate = step["notes"] / step["seconds"] if step["seconds"] else 0.0
         print(f"\n== {n:,} pieces: grew by {step['added']:,} pieces ({step['notes']:,} notes, written in "
               f"{gen_s:.1f} s) in {step['seconds']:.1f} s ({rate:,.0f} notes/s; {_stages(step)}), "
               f"peak RSS {step['peak_rss_mb']:,.0f} MB", flush=True)
+        print(f"   then (a new process) Lance filled from DuckDB in {idx['lance_sync_s']:.1f} s "
+              f"({idx['written']}), FAISS file built in {idx['faiss_s']:.1f} s, lancedb import "
+              f"{idx['import_s']:.1f} s, peak RSS {idx['peak_rss_mb']:,.0f} MB", flush=True)
         print(f"   disk: total {size['total'] / 1e6:,.1f} MB (DuckDB {size['duckdb'] / 1e6:,.1f}, "
               f"Lance {size['lance'] / 1e6:,.1f}, FAISS {size['faiss'] / 1e6:,.1f})", flush=True)
         add_file = adds[k % len(adds)]
@@ -268,7 +294,7 @@ def main():
         cli_live = _cli_add(cli_file, db)
         print(f"   `atlas ingest` of one more file ({cli_file.name}), a new process each: live {cli_live:.2f} s, "
               f"empty {cli_empty:.2f} s ({cli_live / cli_empty:.2f}x)", flush=True)
-        log.write(json.dumps({"size": n, "step": step, "gen_s": gen_s, "disk": size, "add_file": str(add_file),
+        log.write(json.dumps({"size": n, "step": step, "gen_s": gen_s, "disk": size, "index": idx, "add_file": str(add_file),
                               "add": add, "cli_file": str(cli_file), "cli_live_s": cli_live,
                               "cli_empty_s": cli_empty}) + "\n")
         log.flush()

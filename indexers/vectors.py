@@ -371,10 +371,16 @@ def compute_one(piece_id: str, cols: dict, audio_beats=None, audio_harmony: str 
 
 
 def forget(con, piece_ids: list[str]) -> None:
+    """Delete the rows of pieces about to be redone. ``track_vectors`` (several rows a
+    piece) is looked at only when ``cover_features`` had rows of them: new pieces cost
+    one delete that finds nothing."""
     con.register("_vec_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
     try:
-        con.execute("DELETE FROM cover_features WHERE piece_id IN (SELECT piece_id FROM _vec_ids)")
-        con.execute("DELETE FROM track_vectors WHERE piece_id IN (SELECT piece_id FROM _vec_ids)")
+        # fetchall: DuckDB 2 keeps a half-read result open and blocks the connection
+        gone = con.execute("DELETE FROM cover_features WHERE piece_id IN (SELECT piece_id FROM _vec_ids)"
+                           ).fetchall()[0][0]
+        if gone:
+            con.execute("DELETE FROM track_vectors WHERE piece_id IN (SELECT piece_id FROM _vec_ids)")
     finally:
         con.unregister("_vec_ids")
 

@@ -1146,9 +1146,16 @@ _DEFAULTS = dict(tracks=None, frame_beats=1.0, change_cost=0.12, sharpness=10.0,
 
 
 def forget(con, piece_ids: list[str]) -> None:
-    """Delete this stage's rows for pieces it is about to redo."""
+    """Delete this stage's rows for pieces it is about to redo. Pieces never analysed
+    (no ``piece_keys`` row, which every analysed piece has) cost a look at that table of
+    one row per piece, not a scan of every chord: the runner calls this before every
+    batch, new pieces included."""
+    ids = [r[0] for r in con.execute(
+        "SELECT piece_id FROM piece_keys WHERE piece_id IN (SELECT unnest(?))", [list(piece_ids)]).fetchall()]
+    if not ids:
+        return
     for name in TABLES:
-        con.execute(f"DELETE FROM {name} WHERE piece_id IN (SELECT unnest(?))", [list(piece_ids)])
+        con.execute(f"DELETE FROM {name} WHERE piece_id IN (SELECT unnest(?))", [ids])
 
 
 def _group_slices(ids: np.ndarray):
