@@ -31,7 +31,7 @@ parallel step's rhythm (4 bits) and direction (1 bit), a unison onset's rhythm (
 minus 32 bits to state the relation.
 
 Corpus choices (``grammar_choices``), from the histogram of intervals between successive
-notes of every track (chords included): ``interval_alphabet`` compares coding each interval
+notes of every encoded track (chords included; kept in ``grammar_interval_counts``): ``interval_alphabet`` compares coding each interval
 directly (chromatic) with coding it as a diatonic step count plus an alteration, each
 factor with its own entropy code; ``octave_equivalence`` compares direct coding with
 pitch-class interval plus octave count. Cost = empirical entropy x intervals + half
@@ -40,7 +40,8 @@ log2(intervals) bits per free parameter (MDL).
 Meta-patterns: per track, successive occurrences of the same rule (at least
 ``MIN_TRANSFORM_LENGTH`` notes) are related by a transposition ``T+n``; sequences of two or
 three consecutive such steps that recur (at least 3 times, in at least 2 pieces) are
-stored in ``meta_patterns``.
+stored in ``meta_patterns`` (from running counts, ``meta_pattern_counts`` and
+``meta_step_counts``, that each update adds its pieces to).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ _DOUBLE = [0, 3, 4, 5, 6, 8, 9, 10, 11, None, 12, 13, 14, 15, None, None]
 
 
 def _double_list_sql() -> str:
+    """``_DOUBLE`` as a DuckDB list literal (the SQL form of the augmentation match)."""
     return "[" + ", ".join("NULL" if v is None else str(v) for v in _DOUBLE) + "]"
 
 
@@ -69,7 +71,6 @@ def _double_list_sql() -> str:
 JOIN_MAX_ROWS = 50_000
 _KINDS = ("I", "R", "RI", "augmentation", "octave")  # insertion order of the rows (ids)
 _SYMMETRIC = (True, True, True, False, True)  # stored once per pair: source < target
-_RATIO = (None, None, None, 2.0, None)
 _DOUBLE_CODE = np.array([-1 if v is None else v for v in _DOUBLE], np.int64)
 
 
