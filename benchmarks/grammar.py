@@ -1,7 +1,7 @@
 """Grammar benchmark: build speed, compression, rule lookup latency.
 
 Run:  .venv/bin/python benchmarks/grammar.py [--pop909 DIR] [--music21-cache DIR]
-      .venv/bin/python benchmarks/grammar.py --incremental [--pieces 1000] [--repeats 3]
+      .venv/bin/python benchmarks/grammar.py --incremental [--pieces 1000 | --generated 10000] [--repeats 3]
 
 1. Build speed (notes/s) of the grammar core (terminals + Re-Pair + every occurrence)
    on POP909 dev, on music21's corpus (the ``atlas demo`` selection, rendered to MIDI once
@@ -18,7 +18,9 @@ Run:  .venv/bin/python benchmarks/grammar.py [--pop909 DIR] [--music21-cache DIR
 patterns stages; then the held-out song's file is added, stage by stage, once to a copy of
 that database and once to an empty one, in the same run (after a warm-up add, so numba's
 cache and the imports are not counted). Prints each stage's best-of-``--repeats`` seconds
-and the ratio live / empty (goal <= 1.5x at 1k pieces).
+and the ratio live / empty (goal <= 1.5x at 1k pieces). ``--generated N``: the live
+database holds N generated pieces instead (``benchmarks/ingest_scale.py``'s
+``write_pieces``: about 140 notes each, all distinct).
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def _add_one(db_dir, new_file, stage_names) -> dict[str, float]:
     return out
 
 
-def bench_incremental(pop_dir: Path, n_pieces: int, repeats: int) -> None:
+def bench_incremental(pop_dir: Path, n_pieces: int, repeats: int, generated: int = 0) -> None:
     import shutil
 
     from ingest.derived import run_stages
@@ -205,6 +207,10 @@ def bench_incremental(pop_dir: Path, n_pieces: int, repeats: int) -> None:
     stage_names = ["grammar", "patterns"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if generated:
+            from benchmarks.ingest_scale import write_pieces
+
+            paths = write_pieces(tmp / "generated", 0, generated, 0)  # folders of generated files
         _add_one(tmp / "warm", new_file, stage_names)  # imports, numba cache, schema
         live = tmp / "live"
         t = time.perf_counter()
@@ -215,7 +221,8 @@ def bench_incremental(pop_dir: Path, n_pieces: int, repeats: int) -> None:
             t = time.perf_counter()
             run_stages(live, only=[name])
             build[name] = time.perf_counter() - t
-        print(f"live database: {len(paths)} files, {s.notes_added:,} notes; store {t_store:.1f} s, "
+        n_live = generated or len(paths)
+        print(f"live database: {n_live} files, {s.notes_added:,} notes; store {t_store:.1f} s, "
               + ", ".join(f"{k} {v:.1f} s" for k, v in build.items()))
         print(f"adding {new_file.relative_to(pop_dir)} (best of {repeats}):")
         best = {"empty": {}, "live": {}}
@@ -229,9 +236,9 @@ def bench_incremental(pop_dir: Path, n_pieces: int, repeats: int) -> None:
                     best[label][k] = min(best[label].get(k, float("inf")), v)
         for k in stage_names:
             e, li = best["empty"][k], best["live"][k]
-            print(f"  {k:<10} empty {e:6.3f} s   live ({len(paths)} pieces) {li:6.3f} s   ratio {li / e:5.2f}x")
+            print(f"  {k:<10} empty {e:6.3f} s   live ({n_live} pieces) {li:6.3f} s   ratio {li / e:5.2f}x")
         e, li = sum(best["empty"].values()), sum(best["live"].values())
-        print(f"  {'both':<10} empty {e:6.3f} s   live ({len(paths)} pieces) {li:6.3f} s   ratio {li / e:5.2f}x")
+        print(f"  {'both':<10} empty {e:6.3f} s   live ({n_live} pieces) {li:6.3f} s   ratio {li / e:5.2f}x")
 
 
 def main():
@@ -244,9 +251,11 @@ def main():
                     help="Only measure adding one file to a live database against an empty one.")
     ap.add_argument("--pieces", type=int, default=1000, help="Files in the live database (--incremental).")
     ap.add_argument("--repeats", type=int, default=3, help="Adds per database (--incremental); best is shown.")
+    ap.add_argument("--generated", type=int, default=0,
+                    help="Live database of this many generated pieces instead of POP909 files (--incremental).")
     args = ap.parse_args()
     if args.incremental:
-        bench_incremental(Path(args.pop909), args.pieces, args.repeats)
+        bench_incremental(Path(args.pop909), args.pieces, args.repeats, args.generated)
         return
     try:
         cores = len(os.sched_getaffinity(0))

@@ -28,7 +28,9 @@ def _arrow(con, sql: str, params=None) -> pa.Table:
 
 STAGE = "patterns"
 VERSION = "patterns-3"  # streams: track/track_top/track_bottom/skyline (held-note rule); 3-interval n-grams
-BATCH_PIECES = 200
+# Pieces per transaction: each piece is indexed on its own, so a batch only sets how much
+# one commit (and a crash) covers; commits of many small pieces cost more than their rows.
+BATCH_PIECES = 1000
 
 
 def index_tables(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
