@@ -20,9 +20,13 @@ The database is grown, not rebuilt: 1k, then the next 9k added to it, then the n
 90k (each step one ``ingest_paths`` of the new folders, in a subprocess of its own so
 its peak memory, ``resource.getrusage().ru_maxrss``, is its own). After each step a
 subprocess copies the new vectors into Lance and builds the FAISS file (timed; what a
-first query would otherwise do), then a fresh subprocess imports everything and warms up (an add into a scratch database),
-then times one new real file (a POP909 song, a different one per size) added to an
-empty database and then to the live one, and prints both with each stage's seconds.
+first query would otherwise do), then a fresh subprocess imports everything and warms up
+(an add into a scratch database), then times one new real file (a POP909 song, a
+different one per size) added to an empty database and then to the live one, and
+prints both with each stage's seconds; last, ``atlas ingest`` of one more file in a new
+process, into an empty database and into the live one.
+
+Measured figures (1k/10k/100k): docs/scale-out.md.
 
 Each step's results are printed as they come and appended as JSON lines to
 ``WORK/results.jsonl``; ``--resume`` continues a grown database (skips the sizes
@@ -294,7 +298,8 @@ def main():
         cli_live = _cli_add(cli_file, db)
         print(f"   `atlas ingest` of one more file ({cli_file.name}), a new process each: live {cli_live:.2f} s, "
               f"empty {cli_empty:.2f} s ({cli_live / cli_empty:.2f}x)", flush=True)
-        log.write(json.dumps({"size": n, "step": step, "gen_s": gen_s, "disk": size, "index": idx, "add_file": str(add_file),
+        log.write(json.dumps({"size": n, "step": step, "gen_s": gen_s, "disk": size, "index": idx,
+                              "add_file": str(add_file),
                               "add": add, "cli_file": str(cli_file), "cli_live_s": cli_live,
                               "cli_empty_s": cli_empty}) + "\n")
         log.flush()

@@ -31,6 +31,11 @@ __all__ = [
     "dequantize_chroma",
     "features_from_notes",
     "lead_mask",
+    "beat_chroma_groups",
+    "lead_mask_groups",
+    "skyline_groups",
+    "melody_intervals_groups",
+    "embedding_groups",
 ]
 
 # Notes longer than this many beats count only this long in the chroma (held pedal

@@ -98,7 +98,8 @@ def sync_lance(db_dir, ldb=None) -> dict[str, int]:
         return {}
     if ldb is None:
         ldb = open_lance(db_dir, sync=False)
-    sources = {PIECE_TABLE: ("cover_features", ["piece_id"]), TRACK_TABLE: ("track_vectors", ["piece_id", "track_index"])}
+    sources = {PIECE_TABLE: ("cover_features", ["piece_id"]),
+               TRACK_TABLE: ("track_vectors", ["piece_id", "track_index"])}
     written = {}
     with reading(db_dir) as con:
         present = {r[0] for r in con.execute(
@@ -261,7 +262,8 @@ def compute(notes: pa.Table, audio: dict | None = None, *, audio_harmony: str | 
     feats = pa.concat_tables([f for f, _ in parts])
     tracks = pa.concat_tables([t for _, t in parts])
     feats = feats.take(pa.array(np.argsort(feats.column("piece_id").to_numpy(zero_copy_only=False), kind="stable")))
-    order = np.lexsort((tracks.column("track_index").to_numpy(), tracks.column("piece_id").to_numpy(zero_copy_only=False)))
+    order = np.lexsort((tracks.column("track_index").to_numpy(),
+                        tracks.column("piece_id").to_numpy(zero_copy_only=False)))
     return feats, tracks.take(pa.array(order))
 
 

@@ -145,8 +145,6 @@ def _vector_dump(db):
 
 
 def test_adding_one_file_gives_the_vectors_of_a_full_build(tmp_path):
-    from indexers.faiss_index import index_path, load_index
-
     songs = pop909_songs(3)
     src = tmp_path / "files"
     for s in songs[:2]:
@@ -159,10 +157,6 @@ def test_adding_one_file_gives_the_vectors_of_a_full_build(tmp_path):
     grown, whole = _vector_dump(tmp_path / "grown"), _vector_dump(tmp_path / "whole")
     assert grown == whole
     assert len(grown[0]) == len(list(src.rglob("*.mid")))
-    # the FAISS file, when there is one, holds every piece after the add
-    if index_path(tmp_path / "grown").exists():
-        saved = load_index(tmp_path / "grown", len(grown[0]))
-        assert saved is not None and sorted(saved[1]) == [r[0] for r in grown[0]]
 
 
 def test_ingest_leaves_lance_to_its_readers(tmp_path):
