@@ -39,7 +39,11 @@ __all__ = [
 
 STAGE = "vectors"
 VERSION = "vectors-5"
-BATCH_PIECES = 200
+# One batch is one computation over all its notes: up to 1000 pieces, fewer when they
+# hold more than BATCH_NOTES notes (each batch also reads the new pieces' notes, a scan
+# of the whole notes table).
+BATCH_PIECES = 1000
+BATCH_NOTES = 400_000
 # Tracks with fewer notes get no track vector (a vector of three notes says nothing).
 MIN_TRACK_NOTES = 8
 

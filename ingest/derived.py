@@ -7,6 +7,8 @@ A stage (harmony, grammar, vectors, ...) is a module with
 - ``update(con, piece_ids) -> None`` : compute and write its rows for these pieces with
   the open write connection ``con`` (inside a transaction the runner owns);
 - optionally ``BATCH_PIECES`` : int, how many pieces one transaction takes (default 200);
+- optionally ``BATCH_NOTES`` : int, a batch also ends before its pieces hold more notes
+  than this (large pieces bound the memory, small ones share a transaction);
 - optionally ``forget(con, piece_ids)`` : delete its rows for pieces it will redo;
 - optionally, a stage that computes each piece on its own (no corpus-wide state) splits
   ``update`` into ``load_inputs(con, piece_ids) -> {name: pa.Table}`` (every table with a
@@ -42,7 +44,7 @@ from atlas_db.errors import AtlasError, Interrupted
 from atlas_db.schema import TABLES
 from ingest.limits import size_problem
 
-__all__ = ["STAGE_MODULES", "stages", "pending_pieces", "run_stages", "StageInterrupted", "is_interrupt"]
+__all__ = ["STAGE_MODULES", "stages", "pending_pieces", "batches", "run_stages", "StageInterrupted", "is_interrupt"]
 
 
 class StageInterrupted(Interrupted):
@@ -93,10 +95,13 @@ def pending_pieces(con, stage, *, redo_old_versions: bool = False) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _oversized(con, piece_ids: list[str]) -> dict[str, str]:
-    """Pieces beyond ``ingest.limits`` (stored before the parser checked them) -> reason."""
+def _oversized(con, piece_ids: list[str], notes: dict | None = None) -> dict[str, str]:
+    """Pieces beyond ``ingest.limits`` (stored before the parser checked them) -> reason;
+    ``notes`` (optional) receives piece id -> number of notes."""
     rows = con.execute("SELECT piece_id, n_notes, duration_beats, duration_s FROM pieces "
                        "WHERE piece_id IN (SELECT unnest(?))", [piece_ids]).fetchall()
+    if notes is not None:
+        notes.update((pid, n or 0) for pid, n, _, _ in rows)
     return {pid: why for pid, n, beats, secs in rows if (why := size_problem(n, beats, secs))}
 
 
@@ -132,23 +137,40 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
 
 
 def _run_stage(db_dir, stage, done, totals, redo_old_versions, progress, on_failure) -> None:
-    todo = stage_todo(db_dir, stage, done, totals, redo_old_versions, progress, on_failure)
-    batch = getattr(stage, "BATCH_PIECES", 200)
-    for i in range(0, len(todo), batch):
-        ids = todo[i : i + batch]
+    notes: dict[str, int] = {}
+    todo = stage_todo(db_dir, stage, done, totals, redo_old_versions, progress, on_failure, notes=notes)
+    for ids in batches(todo, getattr(stage, "BATCH_PIECES", 200), getattr(stage, "BATCH_NOTES", None), notes):
         _run_isolated(db_dir, stage, ids, on_failure)
         done[stage.STAGE] += len(ids)
         if progress:
             progress(stage.STAGE, done[stage.STAGE], totals[stage.STAGE])
 
 
-def stage_todo(db_dir, stage, done, totals, redo_old_versions, progress, on_failure) -> list[str]:
+def batches(todo: list[str], max_pieces: int, max_notes: int | None = None, notes: dict | None = None):
+    """``todo`` in consecutive batches of at most ``max_pieces`` pieces and, with
+    ``max_notes``, at most that many notes (``notes``: piece id -> notes; a piece larger
+    than that is a batch of its own)."""
+    batch, n = [], 0
+    for pid in todo:
+        k = (notes or {}).get(pid, 0) if max_notes else 0
+        if batch and (len(batch) >= max_pieces or (max_notes and n + k > max_notes)):
+            yield batch
+            batch, n = [], 0
+        batch.append(pid)
+        n += k
+    if batch:
+        yield batch
+
+
+def stage_todo(db_dir, stage, done, totals, redo_old_versions, progress, on_failure,
+               notes: dict | None = None) -> list[str]:
     """The pieces the stage is to process now; pieces beyond ``ingest.limits`` are
-    recorded as failed (and counted in ``done``) instead."""
+    recorded as failed (and counted in ``done``) instead. ``notes``: optional dict that
+    receives piece id -> number of notes of the pieces to process."""
     con = connect(db_dir, read_only=False, create=True)
     try:
         todo = pending_pieces(con, stage, redo_old_versions=redo_old_versions)
-        oversized = _oversized(con, todo) if todo else {}
+        oversized = _oversized(con, todo, notes) if todo else {}
     finally:
         con.close()
     totals[stage.STAGE] = len(todo)

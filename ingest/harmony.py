@@ -74,7 +74,10 @@ __all__ = [
 
 STAGE = "harmony"
 VERSION = "harmony-4"
-BATCH_PIECES = 200
+# A batch is analysed as one set of arrays (its Viterbi scores: frames x 169 float64):
+# up to 1000 pieces, fewer when they hold more than BATCH_NOTES notes.
+BATCH_PIECES = 1000
+BATCH_NOTES = 400_000
 
 PITCH_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 

@@ -131,6 +131,17 @@ def test_harmony_batch_with_odd_pieces_equals_each_piece_alone():
     assert batch["piece_keys"].num_rows == 5
 
 
+def test_batches_end_at_the_piece_or_the_note_limit():
+    from ingest.derived import batches
+
+    notes = {"a": 10, "b": 10, "c": 500, "d": 1, "e": 1, "f": 1}
+    todo = list(notes)
+    assert list(batches(todo, 2)) == [["a", "b"], ["c", "d"], ["e", "f"]]
+    assert list(batches(todo, 3, 100, notes)) == [["a", "b"], ["c"], ["d", "e", "f"]]
+    assert list(batches(todo, 10, 21, notes)) == [["a", "b"], ["c"], ["d", "e", "f"]]
+    assert list(batches([], 3, 100, notes)) == []
+
+
 def _vector_dump(db):
     from atlas_db.connection import reading
 
