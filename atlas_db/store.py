@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from atlas_db import __version__
-from atlas_db.connection import db_file, reading, writing
+from atlas_db.connection import Writer, db_file, reading, writing
 from atlas_db.schema import TABLES
 
 __all__ = ["ParsedPiece", "Failure", "BatchResult", "known_piece_ids", "write_batch", "CHILD_TABLES"]
@@ -56,7 +56,7 @@ def known_piece_ids(db_dir) -> set[str]:
 
 
 def write_batch(
-    db_dir,
+    db,
     parsed: list[ParsedPiece],
     present: list[tuple[str, str]],
     failures: list[Failure],
@@ -65,10 +65,12 @@ def write_batch(
 
     parsed: new pieces; present: (piece_id, path) of files whose content is already
     stored (only the path is recorded); failures: files that could not be ingested.
+    db: the database folder, or a :class:`atlas_db.connection.Writer` (created with
+    ``create=True``) whose connection the batch may share with other transactions.
     """
     result = BatchResult()
     now = datetime.now(timezone.utc)
-    with writing(db_dir, create=True) as con:
+    with (db.transaction() if isinstance(db, Writer) else writing(db, create=True)) as con:
         ids = list({p.piece_id for p in parsed})
         stored = set()
         if ids:

@@ -16,6 +16,10 @@ A stage (harmony, grammar, vectors, ...) is a module with
   database) and ``write_rows(con, rows)``; ``atlas ingest --ray`` runs ``compute_rows``
   as Ray tasks (ingest/ray_ingest.py) and the rest here.
 
+All of a run's transactions go through one :class:`atlas_db.connection.Writer`: a small
+ingest (one new file) runs every stage on one connection, a large one reopens it between
+batches so that readers get in.
+
 The runner records each finished piece in ``derived_runs`` in the same transaction as the
 stage's rows, so a crash loses at most the batch in flight and a re-run picks up the
 pieces that are missing. A piece processed by an older ``VERSION`` is redone only by
@@ -31,6 +35,7 @@ they stop the run, with everything committed so far kept.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import time
@@ -39,7 +44,7 @@ from datetime import datetime, timezone
 import duckdb
 import pyarrow as pa
 
-from atlas_db.connection import connect, writing
+from atlas_db.connection import Writer
 from atlas_db.errors import AtlasError, Interrupted
 from atlas_db.schema import TABLES
 from ingest.limits import size_problem
@@ -119,16 +124,17 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
     totals: dict[str, int] = {}
     current = "derived"
     try:
-        for stage in stages():
-            if only and stage.STAGE not in only:
-                continue
-            current = stage.STAGE
-            t0 = time.perf_counter()
-            try:
-                _run_stage(db_dir, stage, done, totals, redo_old_versions, progress, on_failure)
-            finally:
-                if seconds is not None:
-                    seconds[stage.STAGE] = seconds.get(stage.STAGE, 0.0) + time.perf_counter() - t0
+        with _writer(db_dir) as db:
+            for stage in stages():
+                if only and stage.STAGE not in only:
+                    continue
+                current = stage.STAGE
+                t0 = time.perf_counter()
+                try:
+                    _run_stage(db, stage, done, totals, redo_old_versions, progress, on_failure)
+                finally:
+                    if seconds is not None:
+                        seconds[stage.STAGE] = seconds.get(stage.STAGE, 0.0) + time.perf_counter() - t0
     except BaseException as e:
         if is_interrupt(e):
             raise StageInterrupted(current, done, totals.get(current, 0)) from None
@@ -136,11 +142,22 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
     return done
 
 
-def _run_stage(db_dir, stage, done, totals, redo_old_versions, progress, on_failure) -> None:
+@contextlib.contextmanager
+def _writer(db):
+    """``db`` as a :class:`Writer`: the caller's, or one of our own for a database folder
+    (closed at the end; ``create``, as the stages may run before any file is stored)."""
+    if isinstance(db, Writer):
+        yield db
+        return
+    with Writer(db, create=True) as w:
+        yield w
+
+
+def _run_stage(db, stage, done, totals, redo_old_versions, progress, on_failure) -> None:
     notes: dict[str, int] = {}
-    todo = stage_todo(db_dir, stage, done, totals, redo_old_versions, progress, on_failure, notes=notes)
+    todo = stage_todo(db, stage, done, totals, redo_old_versions, progress, on_failure, notes=notes)
     for ids in batches(todo, getattr(stage, "BATCH_PIECES", 200), getattr(stage, "BATCH_NOTES", None), notes):
-        _run_isolated(db_dir, stage, ids, on_failure)
+        _run_isolated(db, stage, ids, on_failure)
         done[stage.STAGE] += len(ids)
         if progress:
             progress(stage.STAGE, done[stage.STAGE], totals[stage.STAGE])
@@ -162,43 +179,43 @@ def batches(todo: list[str], max_pieces: int, max_notes: int | None = None, note
         yield batch
 
 
-def stage_todo(db_dir, stage, done, totals, redo_old_versions, progress, on_failure,
+def stage_todo(db, stage, done, totals, redo_old_versions, progress, on_failure,
                notes: dict | None = None) -> list[str]:
     """The pieces the stage is to process now; pieces beyond ``ingest.limits`` are
     recorded as failed (and counted in ``done``) instead. ``notes``: optional dict that
-    receives piece id -> number of notes of the pieces to process."""
-    con = connect(db_dir, read_only=False, create=True)
-    try:
+    receives piece id -> number of notes of the pieces to process. ``db``: a database
+    folder or a :class:`Writer`."""
+    with _writer(db) as w:
+        con = w.connection()
         todo = pending_pieces(con, stage, redo_old_versions=redo_old_versions)
         oversized = _oversized(con, todo, notes) if todo else {}
-    finally:
-        con.close()
+        w.release_if_held()
     totals[stage.STAGE] = len(todo)
     done[stage.STAGE] = 0
     if progress:
         progress(stage.STAGE, 0, len(todo))
     if oversized:
-        _record_failures(db_dir, stage, oversized, on_failure)
+        _record_failures(db, stage, oversized, on_failure)
         todo = [p for p in todo if p not in oversized]
         done[stage.STAGE] = len(oversized)
     return todo
 
 
-def _run_isolated(db_dir, stage, ids: list[str], on_failure) -> None:
+def _run_isolated(db, stage, ids: list[str], on_failure) -> None:
     """Run a batch; if the stage fails on it, halve it until the failing pieces are
     alone, and record those. Costs nothing extra while no piece fails."""
     try:
-        run_batch(db_dir, stage, ids)
+        run_batch(db, stage, ids)
         return
     except Exception as e:
         if is_interrupt(e) or _is_database_trouble(e):
             raise
         if len(ids) == 1:
-            _record_failures(db_dir, stage, {ids[0]: _reason(e)}, on_failure)
+            _record_failures(db, stage, {ids[0]: _reason(e)}, on_failure)
             return
     mid = len(ids) // 2
-    _run_isolated(db_dir, stage, ids[:mid], on_failure)
-    _run_isolated(db_dir, stage, ids[mid:], on_failure)
+    _run_isolated(db, stage, ids[:mid], on_failure)
+    _run_isolated(db, stage, ids[mid:], on_failure)
 
 
 def _reason(exc: Exception) -> str:
@@ -208,14 +225,14 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
-def _record_failures(db_dir, stage, reasons: dict[str, str], on_failure) -> None:
+def _record_failures(db, stage, reasons: dict[str, str], on_failure) -> None:
     now = datetime.now(timezone.utc)
     rows = pa.Table.from_pylist(
         [{"stage": stage.STAGE, "piece_id": pid, "stage_version": stage.VERSION, "reason": why, "failed_at": now}
          for pid, why in reasons.items()],
         schema=TABLES["derived_failures"],
     )
-    with writing(db_dir) as con:
+    with _writer(db) as w, w.transaction() as con:
         con.register("_fail", rows)
         con.execute("INSERT OR REPLACE INTO derived_failures SELECT * FROM _fail")
         con.unregister("_fail")
@@ -224,10 +241,11 @@ def _record_failures(db_dir, stage, reasons: dict[str, str], on_failure) -> None
             on_failure(stage.STAGE, pid, why)
 
 
-def run_batch(db_dir, stage, ids: list[str], rows: dict | None = None) -> None:
+def run_batch(db, stage, ids: list[str], rows: dict | None = None) -> None:
     """One transaction: the stage's rows for ``ids`` (``rows``: computed elsewhere by its
-    ``compute_rows``; else its ``update`` computes them) and their ``derived_runs``."""
-    with writing(db_dir) as con:
+    ``compute_rows``; else its ``update`` computes them) and their ``derived_runs``.
+    ``db``: a database folder or a :class:`Writer`."""
+    with _writer(db) as w, w.transaction() as con:
         forget = getattr(stage, "forget", None)
         if forget is not None:
             forget(con, ids)

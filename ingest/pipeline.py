@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from atlas_db.connection import Writer
 from atlas_db.errors import BadInputError, IngestError, Interrupted
 from atlas_db.store import Failure, ParsedPiece, known_piece_ids, write_batch
 from ingest.sources import AUDIO_SUFFIXES, MIDI_SUFFIXES, discover, read_regular_file, stored_path
@@ -237,6 +238,16 @@ def _supervised(files: list[str], known, workers: int, timeout_s: float):
             stop(w, kill=w["path"] is not None)
 
 
+def _write_batch(db: Writer, parsed, present, failures, last: bool):
+    """``write_batch``; the connection is closed after it unless it is the last batch
+    (the derived stages follow at once), so readers get in while more files are parsed."""
+    try:
+        return write_batch(db, parsed, present, failures)
+    finally:
+        if not last:
+            db.close()
+
+
 def check_db_dir(db_dir) -> None:
     """Fail before reading any file if the database folder cannot be created."""
     db_dir = Path(db_dir)
@@ -301,6 +312,18 @@ def _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_p
         for note in startup_notes():  # absent optional models (stems, descriptions): said once
             print(note, file=sys.stderr)
     known = known_piece_ids(db_dir)
+    # Every write of this ingest goes through one Writer: a small ingest (one new file)
+    # stores and runs every derived stage on one connection (atlas_db.connection.Writer).
+    db = Writer(db_dir, create=True)
+    try:
+        return _store_and_derive(db, db_dir, summary, found, failures, known, workers, progress, on_error, derive,
+                                 stage_progress, on_stage_failure, file_timeout_s, engine, t0)
+    finally:
+        db.close()
+
+
+def _store_and_derive(db, db_dir, summary, found, failures, known, workers, progress, on_error, derive,
+                      stage_progress, on_stage_failure, file_timeout_s, engine, t0) -> IngestSummary:
     pending: list[ParsedPiece] = []
     present: list[tuple[str, str]] = []
     pending_notes = 0
@@ -325,12 +348,12 @@ def _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_p
         summary.failed += len(batch_failures)
         summary.errors += [(f.path, f.reason) for f in batch_failures]
 
-    def flush():
+    def flush(last=False):
         nonlocal pending, present, failures, pending_notes, last_flush, in_flight
         if not (pending or present or failures):
             return
         collect()
-        in_flight = (writer.submit(write_batch, db_dir, pending, present, failures), failures)
+        in_flight = (writer.submit(_write_batch, db, pending, present, failures, last), failures)
         pending, present, failures, pending_notes = [], [], [], 0
         last_flush = time.monotonic()
 
@@ -356,7 +379,7 @@ def _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_p
                 flush()
             if progress:
                 progress(done, len(found.files), summary.notes_added + pending_notes)
-        flush()
+        flush(last=True)
         collect()
     except BaseException as e:
         from ingest.derived import is_interrupt
@@ -382,9 +405,10 @@ def _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_p
 
         try:
             if engine:
+                db.close()  # the engine opens the database itself
                 summary.derived = engine.run_stages(db_dir, progress=stage_progress, on_failure=stage_failed)
             else:
-                summary.derived = run_stages(db_dir, progress=stage_progress, on_failure=stage_failed,
+                summary.derived = run_stages(db, progress=stage_progress, on_failure=stage_failed,
                                              seconds=summary.stage_seconds)
         except StageInterrupted as e:
             summary.derived = e.done
