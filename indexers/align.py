@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score"]
+__all__ = ["sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score", "sw_pitch_classes_score"]
 
 
 @njit(cache=True, nogil=True)
@@ -477,3 +477,57 @@ def _frame_scores(r, qt, rsil, qsil, thr, sil):
                 else:
                     sim[j, i] -= thr
     return sim
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def sw_pitch_classes_score(q, refs, offsets, shifts, match, mismatch, gap_q, gap_r):
+    """Smith-Waterman of each reference's melody (pitch classes) against the query's
+    notes (pitch classes), with the query transposed by the reference's own shift: how
+    much of a stored tune can be found among the notes of a query whose melody line is
+    uncertain (one polyphonic part: accompaniment in its skyline).
+
+    A query note left out costs ``gap_q`` (small: the accompaniment notes between the
+    tune's notes are expected), a reference note left out costs ``gap_r`` (a tune note
+    missing from the query); a pair of notes scores ``match`` when
+    ``(q + shift) % 12 == ref`` and ``-mismatch`` otherwise.
+
+    Parameters
+    ----------
+    q : int64 [shape=(n,)], pitch classes 0..11
+    refs : int64 [shape=(M,)], pitch classes back to back; offsets : int64 [shape=(k+1,)]
+    shifts : int64 [shape=(k,)]: semitones from the query up to each reference
+
+    Returns
+    -------
+    scores : float32 [shape=(k,)]
+    """
+    n = q.size
+    k = offsets.size - 1
+    out = np.zeros(k, np.float32)
+    col = np.zeros(n + 1, np.float32)
+    prof = np.empty((12, n + 1), np.float32)
+    gq = np.float32(gap_q)
+    gr = np.float32(gap_r)
+    zero = np.float32(0.0)
+    for c in range(k):
+        t = shifts[c]
+        for v in range(12):
+            prof[v, 0] = 0.0
+            for i in range(1, n + 1):
+                prof[v, i] = match if (q[i - 1] + t) % 12 == v else -mismatch
+        for i in range(n + 1):
+            col[i] = 0.0
+        best = zero
+        for j in range(offsets[c], offsets[c + 1]):
+            p = prof[refs[j]]
+            left = zero  # this column, the row above
+            diag = zero  # the previous column, the row above
+            for i in range(1, n + 1):
+                up = col[i]  # the previous column, this row
+                v = max(max(diag + p[i], left - gq), max(up - gr, zero))
+                diag = up
+                col[i] = v
+                left = v
+                best = max(best, v)
+        out[c] = best
+    return out

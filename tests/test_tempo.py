@@ -1,0 +1,87 @@
+"""The time scale of a query read from its onsets (indexers.tempo) and its use in the
+cover search: known answers on synthetic rhythms."""
+
+import numpy as np
+import pytest
+
+from indexers.tempo import relative_tempo
+
+
+def _rhythm(seed: int, beats: float = 96.0) -> np.ndarray:
+    """Onsets (beats) of a melody of eighths, quarters and halves, with a chord of three
+    notes on every downbeat."""
+    rng = np.random.default_rng(seed)
+    on, t = [], 0.0
+    while t < beats:
+        on.append(t)
+        if t % 4 == 0:
+            on += [t, t]
+        t += float(rng.choice([0.5, 0.5, 1.0, 1.0, 2.0]))
+    return np.asarray(on)
+
+
+def _octave_error(est: float, f: float) -> float:
+    d = (np.log2(est) - np.log2(f)) % 1.0
+    return min(d, 1.0 - d)
+
+
+@pytest.mark.parametrize("f", [1.0, 2 ** 0.25, 0.8, 1.37, 2.6])
+def test_relative_tempo_reads_the_retiming_factor_modulo_octaves(f):
+    est, clarity = relative_tempo(_rhythm(0) * f)
+    assert 2 ** -0.5 <= est < 2 ** 0.5
+    assert _octave_error(est, f) < 0.02
+    assert clarity > 0.8
+
+
+def test_relative_tempo_under_onset_jitter_and_a_tempo_curve():
+    """+-0.06 beat of jitter (chords spread, as a performance plays them) and a slow
+    +-5 % tempo curve: still within 0.06 octave."""
+    rng = np.random.default_rng(1)
+    on = _rhythm(1)
+    warped = on + 0.05 / (2 * np.pi / 24) * np.sin(2 * np.pi / 24 * on)
+    f = 1.15
+    est, _ = relative_tempo(f * warped + rng.uniform(-0.06, 0.06, on.size))
+    assert _octave_error(est, f) < 0.06
+
+
+def test_relative_tempo_of_too_few_onsets_says_it_does_not_know():
+    assert relative_tempo([0.0, 1.0, 2.0]) == (1.0, 0.0)
+    # a long query is read in its middle 128 beats: here a rest
+    assert relative_tempo(list(range(8)) + list(range(300, 308))) == (1.0, 0.0)
+
+
+def test_relative_tempo_of_a_long_query_reads_its_middle():
+    """460 beats: the first 100 re-timed by 1.3, the rest by 0.9 (the middle 128 beats
+    of the result, 181-309, are all at 0.9)."""
+    on = _rhythm(2, beats=460.0)
+    on = np.where(on < 100, on * 1.3, 130 + (on - 100) * 0.9)
+    est, _ = relative_tempo(on)
+    assert _octave_error(est, 0.9) < 0.02
+
+
+def test_a_candidate_outside_the_scale_probe_is_aligned_at_its_onsets_scale():
+    """Song 3's chords re-timed by 2 ** 0.25 (between two steps of the fine grid), ranked
+    last among 9 candidates: the time scale is chosen on the first 8 (all wrong songs),
+    so without the onsets' scale song 3 is aligned at a wrong one; with it, at 1.19,
+    and it scores far above the others."""
+    from query.covers import ALIGN, query_from_notes
+    from test_covers_fusion import _chord_song, _index_of
+
+    songs = [_chord_song(s) for s in range(12)]
+    index = _index_of(songs)
+    on, dur, p = songs[3]
+    f = 2 ** 0.25
+    q = query_from_notes("retimed", on * f, dur * f, p + 2)
+    assert q.tempo_scale == pytest.approx(f, rel=0.02)
+    rows = np.array([0, 1, 2, 4, 5, 6, 7, 8, 3])
+    assert ALIGN["rhythm_scale"]
+    with_onsets = index.rerank(q, rows)
+    assert with_onsets["hscale"][-1] == pytest.approx(f, rel=0.02)
+    assert with_onsets["harm"][-1] > 0.9
+    assert with_onsets["harm"][-1] > 5 * with_onsets["harm"][:-1].max()
+    ALIGN["rhythm_scale"] = False
+    try:
+        without = index.rerank(q, rows)
+    finally:
+        ALIGN["rhythm_scale"] = True
+    assert without["harm"][-1] < with_onsets["harm"][-1] - 0.2
