@@ -45,6 +45,7 @@ class BatchResult:
     added: list[str] = field(default_factory=list)  # piece ids written
     already_present: list[str] = field(default_factory=list)
     notes_added: int = 0
+    notes: dict = field(default_factory=dict)  # piece id -> its rows of `notes` as written (pa.Table)
 
 
 def known_piece_ids(db_dir) -> set[str]:
@@ -118,6 +119,7 @@ def write_batch(
     result.added = [p.piece_id for p in new]
     result.already_present = [pid for pid, _ in present]
     result.notes_added = sum(p.tables["notes"].num_rows for p in new)
+    result.notes = {p.piece_id: p.tables["notes"] for p in new}
     return result
 
 

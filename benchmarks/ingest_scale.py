@@ -30,7 +30,12 @@ Measured figures (1k/10k/100k): docs/scale-out.md.
 
 Each step's results are printed as they come and appended as JSON lines to
 ``WORK/results.jsonl``; ``--resume`` continues a grown database (skips the sizes
-already there).
+already there); ``--measure-only`` grows nothing and measures the one-file adds on the
+database WORK holds (``--repeat N`` times, each with POP909 songs it does not hold yet),
+e.g. after a code change:
+
+    NUMBA_CACHE_DIR=$HOME/.cache/harmony-atlas/numba nice .venv/bin/python \\
+        benchmarks/ingest_scale.py --work /tmp/atlas-scale --measure-only --repeat 3
 """
 
 from __future__ import annotations
@@ -235,6 +240,9 @@ def main():
     ap.add_argument("--resume", action="store_true", help="keep WORK's database and files; grow from there")
     ap.add_argument("--add-files", default=None,
                     help="comma-separated real MIDI files to add, one per size (default: POP909 songs)")
+    ap.add_argument("--measure-only", action="store_true",
+                    help="grow nothing: measure the one-file adds on WORK's database as it is")
+    ap.add_argument("--repeat", type=int, default=1, help="with --measure-only: how many adds (new files each)")
     sub = ap.add_subparsers(dest="cmd")
     s1 = sub.add_parser("_step")
     s1.add_argument("db")
@@ -254,7 +262,7 @@ def main():
 
     sizes = [int(x) for x in args.sizes.split(",")]
     work = Path(args.work)
-    if work.exists() and not args.resume:
+    if work.exists() and not (args.resume or args.measure_only):
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     db, files_dir = work / "db", work / "files"
@@ -266,6 +274,8 @@ def main():
     print(f"work {work}, seed {args.seed}, {os.cpu_count()} cores; database holds {have} generated pieces",
           flush=True)
     log = open(work / "results.jsonl", "a")
+    if args.measure_only:
+        return measure_only(work, db, have, args.repeat, log)
     for k, n in enumerate(sizes):
         if n <= have:
             continue
@@ -287,12 +297,7 @@ def main():
               f"Lance {size['lance'] / 1e6:,.1f}, FAISS {size['faiss'] / 1e6:,.1f})", flush=True)
         add_file = adds[k % len(adds)]
         add = _sub(["_add", str(db), str(add_file)])
-        e, live = add["empty"], add["live"]
-        print(f"   one file ({add_file.name}, {live['notes']:,} notes) into the live database: "
-              f"{live['seconds']:.2f} s ({_stages(live)})", flush=True)
-        print(f"   the same file into an empty database:   {e['seconds']:.2f} s ({_stages(e)})", flush=True)
-        print(f"   ratio live / empty: {live['seconds'] / e['seconds']:.2f}x "
-              f"(goal <= 1.5x at 1k, <= 1 s absolute at 100k)", flush=True)
+        _report_add(add_file, add)
         cli_file = adds[(k + len(sizes)) % len(adds)]
         cli_empty = _cli_add(cli_file, work / "cli-empty", fresh=True)
         cli_live = _cli_add(cli_file, db)
@@ -304,6 +309,50 @@ def main():
                               "cli_empty_s": cli_empty}) + "\n")
         log.flush()
         have = n
+
+
+def _report_add(add_file: Path, add: dict) -> None:
+    e, live = add["empty"], add["live"]
+    print(f"   one file ({add_file.name}, {live['notes']:,} notes) into the live database: "
+          f"{live['seconds']:.2f} s ({_stages(live)})", flush=True)
+    print(f"   the same file into an empty database:   {e['seconds']:.2f} s ({_stages(e)})", flush=True)
+    print(f"   ratio live / empty: {live['seconds'] / e['seconds']:.2f}x "
+          f"(goal <= 1.5x at 1k, <= 1 s absolute at 100k)", flush=True)
+
+
+def _new_songs(db: Path, n: int) -> list[Path]:
+    """``n`` POP909 songs whose content the database does not hold yet."""
+    import hashlib
+
+    from atlas_db.store import known_piece_ids
+    from ingest.pipeline import piece_id_for
+
+    known = known_piece_ids(db)
+    out = []
+    for f in sorted(POP909.glob("*/*.mid")):
+        if piece_id_for(hashlib.sha256(f.read_bytes()).hexdigest()) not in known:
+            out.append(f)
+            if len(out) == n:
+                return out
+    raise SystemExit(f"{POP909}: fewer than {n} songs the database does not hold")
+
+
+def measure_only(work: Path, db: Path, have: int, repeat: int, log) -> None:
+    """The one-file adds (warmed-up process; `atlas ingest` in a new process) on the
+    database as it is, ``repeat`` times with new files each."""
+    songs = _new_songs(db, 2 * repeat)
+    for r in range(repeat):
+        add_file, cli_file = songs[2 * r], songs[2 * r + 1]
+        print(f"\n== {have:,} generated pieces, add {r + 1} of {repeat}", flush=True)
+        add = _sub(["_add", str(db), str(add_file)])
+        _report_add(add_file, add)
+        cli_empty = _cli_add(cli_file, work / "cli-empty", fresh=True)
+        cli_live = _cli_add(cli_file, db)
+        print(f"   `atlas ingest` of one more file ({cli_file.name}), a new process each: live {cli_live:.2f} s, "
+              f"empty {cli_empty:.2f} s ({cli_live / cli_empty:.2f}x)", flush=True)
+        log.write(json.dumps({"size": have, "measure_only": True, "add_file": str(add_file), "add": add,
+                              "cli_file": str(cli_file), "cli_live_s": cli_live, "cli_empty_s": cli_empty}) + "\n")
+        log.flush()
 
 
 if __name__ == "__main__":

@@ -165,14 +165,14 @@ def _fixed(vectors: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(flat, EMBED_DIM)
 
 
-def _read_notes(con, piece_ids: list[str]) -> pa.Table:
+def _read_notes(con, piece_ids: list[str], notes: str = "notes") -> pa.Table:
     con.register("_vec_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
     try:
         # a total order: with ties (one pitch at one onset in two tracks) the skyline
         # melody, and so the vectors, changed from one run to the next
         return fetch_arrow(con.execute(
-            """SELECT n.piece_id, n.track_index, n.onset_beats, n.duration_beats, n.pitch
-               FROM notes n JOIN _vec_ids USING (piece_id)
+            f"""SELECT n.piece_id, n.track_index, n.onset_beats, n.duration_beats, n.pitch
+               FROM {notes} n JOIN _vec_ids USING (piece_id)
                WHERE n.channel <> 9
                ORDER BY n.piece_id, n.onset_beats, n.pitch, n.track_index, n.note_index"""
         ))
@@ -391,12 +391,13 @@ def forget(con, piece_ids: list[str]) -> None:
         con.unregister("_vec_ids")
 
 
-def load_inputs(con, piece_ids: list[str]) -> dict[str, pa.Table]:
+def load_inputs(con, piece_ids: list[str], notes: str = "notes") -> dict[str, pa.Table]:
     """What :func:`compute_rows` needs: the pieces' notes (drums left out, sorted by
-    piece) and, when it is their harmony source, the recordings' beat HPCP."""
+    piece; read from the relation ``notes``) and, when it is their harmony source, the
+    recordings' beat HPCP."""
     from indexers.audio_chroma import HARMONY_SOURCE
 
-    out = {"notes": _read_notes(con, piece_ids)}
+    out = {"notes": _read_notes(con, piece_ids, notes)}
     # the recordings' measured chroma only matters when it is their harmony sequence
     audio = _read_audio_rows(con, piece_ids) if HARMONY_SOURCE != "notes" else None
     if audio is not None:
@@ -430,10 +431,10 @@ def write_rows(con, rows: dict[str, pa.Table]) -> None:
         con.unregister("_vec_tracks")
 
 
-def update(con, piece_ids: list[str]) -> None:
+def update(con, piece_ids: list[str], notes: str = "notes") -> None:
     """Compute and write features and track vectors for these pieces (inside the
-    runner's transaction)."""
-    write_rows(con, compute_rows(load_inputs(con, piece_ids), piece_ids))
+    runner's transaction; their notes read from the relation ``notes``)."""
+    write_rows(con, compute_rows(load_inputs(con, piece_ids, notes), piece_ids))
 
 
 def reindex(db_dir, *, progress=None) -> dict[str, int]:

@@ -10,6 +10,10 @@ A stage (harmony, grammar, vectors, ...) is a module with
 - optionally ``BATCH_NOTES`` : int, a batch also ends before its pieces hold more notes
   than this (large pieces bound the memory, small ones share a transaction);
 - optionally ``forget(con, piece_ids)`` : delete its rows for pieces it will redo;
+- optionally ``update(con, piece_ids, notes=NAME)`` : read the pieces' notes from the
+  relation ``NAME`` (every row of ``notes`` of those pieces, same columns) instead of the
+  ``notes`` table: the runner passes the notes an ingest has just stored, so that a small
+  ingest does not scan every note of the database once per stage;
 - optionally, a stage that computes each piece on its own (no corpus-wide state) splits
   ``update`` into ``load_inputs(con, piece_ids) -> {name: pa.Table}`` (every table with a
   ``piece_id`` column), ``compute_rows(inputs, piece_ids) -> {table: pa.Table}`` (no
@@ -38,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib
+import inspect
 import time
 from datetime import datetime, timezone
 
@@ -111,14 +116,17 @@ def _oversized(con, piece_ids: list[str], notes: dict | None = None) -> dict[str
 
 
 def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool = False,
-               progress=None, on_failure=None, seconds: dict | None = None) -> dict[str, int]:
+               progress=None, on_failure=None, seconds: dict | None = None,
+               notes: dict | None = None) -> dict[str, int]:
     """Bring every derived stage up to date; returns pieces processed per stage (failed
     pieces included: they are recorded in ``derived_failures``).
 
     progress: optional callable ``(stage_name, n_done, n_total)``; on_failure: optional
     callable ``(stage_name, piece_id, reason)`` for each piece a stage could not process;
-    seconds: optional dict that receives each stage's wall-clock time (stage name -> s).
-    Raises :class:`StageInterrupted` on Ctrl-C (everything committed before is kept).
+    seconds: optional dict that receives each stage's wall-clock time (stage name -> s);
+    notes: optional dict piece id -> that piece's rows of ``notes`` (an Arrow table, as
+    stored): a batch whose pieces are all in it is given them instead of reading them.
+    ``db_dir``: a database folder or a :class:`Writer`. Raises :class:`StageInterrupted` on Ctrl-C (everything committed before is kept).
     """
     done: dict[str, int] = {}
     totals: dict[str, int] = {}
@@ -131,7 +139,7 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
                 current = stage.STAGE
                 t0 = time.perf_counter()
                 try:
-                    _run_stage(db, stage, done, totals, redo_old_versions, progress, on_failure)
+                    _run_stage(db, stage, done, totals, redo_old_versions, progress, on_failure, notes)
                 finally:
                     if seconds is not None:
                         seconds[stage.STAGE] = seconds.get(stage.STAGE, 0.0) + time.perf_counter() - t0
@@ -153,11 +161,11 @@ def _writer(db):
         yield w
 
 
-def _run_stage(db, stage, done, totals, redo_old_versions, progress, on_failure) -> None:
+def _run_stage(db, stage, done, totals, redo_old_versions, progress, on_failure, stored_notes=None) -> None:
     notes: dict[str, int] = {}
     todo = stage_todo(db, stage, done, totals, redo_old_versions, progress, on_failure, notes=notes)
     for ids in batches(todo, getattr(stage, "BATCH_PIECES", 200), getattr(stage, "BATCH_NOTES", None), notes):
-        _run_isolated(db, stage, ids, on_failure)
+        _run_isolated(db, stage, ids, on_failure, stored_notes)
         done[stage.STAGE] += len(ids)
         if progress:
             progress(stage.STAGE, done[stage.STAGE], totals[stage.STAGE])
@@ -201,11 +209,11 @@ def stage_todo(db, stage, done, totals, redo_old_versions, progress, on_failure,
     return todo
 
 
-def _run_isolated(db, stage, ids: list[str], on_failure) -> None:
+def _run_isolated(db, stage, ids: list[str], on_failure, notes: dict | None = None) -> None:
     """Run a batch; if the stage fails on it, halve it until the failing pieces are
     alone, and record those. Costs nothing extra while no piece fails."""
     try:
-        run_batch(db, stage, ids)
+        run_batch(db, stage, ids, notes=notes)
         return
     except Exception as e:
         if is_interrupt(e) or _is_database_trouble(e):
@@ -214,8 +222,13 @@ def _run_isolated(db, stage, ids: list[str], on_failure) -> None:
             _record_failures(db, stage, {ids[0]: _reason(e)}, on_failure)
             return
     mid = len(ids) // 2
-    _run_isolated(db, stage, ids[:mid], on_failure)
-    _run_isolated(db, stage, ids[mid:], on_failure)
+    _run_isolated(db, stage, ids[:mid], on_failure, notes)
+    _run_isolated(db, stage, ids[mid:], on_failure, notes)
+
+
+def _reads_notes(stage) -> bool:
+    """Whether the stage's ``update`` takes ``notes=`` (see the module doc)."""
+    return "notes" in inspect.signature(stage.update).parameters
 
 
 def _reason(exc: Exception) -> str:
@@ -241,15 +254,21 @@ def _record_failures(db, stage, reasons: dict[str, str], on_failure) -> None:
             on_failure(stage.STAGE, pid, why)
 
 
-def run_batch(db, stage, ids: list[str], rows: dict | None = None) -> None:
+def run_batch(db, stage, ids: list[str], rows: dict | None = None, notes: dict | None = None) -> None:
     """One transaction: the stage's rows for ``ids`` (``rows``: computed elsewhere by its
     ``compute_rows``; else its ``update`` computes them) and their ``derived_runs``.
-    ``db``: a database folder or a :class:`Writer`."""
+    ``db``: a database folder or a :class:`Writer`; ``notes``: see :func:`run_stages`."""
     with _writer(db) as w, w.transaction() as con:
         forget = getattr(stage, "forget", None)
         if forget is not None:
             forget(con, ids)
-        if rows is None:
+        if rows is None and notes is not None and _reads_notes(stage) and all(p in notes for p in ids):
+            con.register("_stage_notes", pa.concat_tables([notes[p] for p in ids]))
+            try:
+                stage.update(con, ids, notes="_stage_notes")
+            finally:
+                con.unregister("_stage_notes")
+        elif rows is None:
             stage.update(con, ids)
         else:
             stage.write_rows(con, rows)

@@ -57,11 +57,12 @@ VERSION = version_string(MAX_RULES, MIN_COUNT)
 BATCH_PIECES = 5000
 
 
-def load_notes(con, piece_ids: list[str] | None) -> dict:
+def load_notes(con, piece_ids: list[str] | None, notes: str = "notes") -> dict:
     """Notes of the given pieces (all if None) in grammar order, as NumPy arrays, plus
     ``track_starts`` (offsets of each track's first note, then n), ``track_piece``,
     ``track_index`` per track, and ``ticks_per_beat`` per note (480 for transcribed
-    audio, whose notes lie on a 480-ticks-per-beat grid)."""
+    audio, whose notes lie on a 480-ticks-per-beat grid). ``notes``: the relation that
+    holds them (see ingest/derived.py)."""
     where = ""
     if piece_ids is not None:
         con.register("_gram_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
@@ -70,7 +71,7 @@ def load_notes(con, piece_ids: list[str] | None) -> dict:
         f"""SELECT n.piece_id, n.track_index, n.note_index, n.onset_ticks, n.duration_ticks,
                    n.onset_beats, n.onset_s, n.pitch, n.velocity, n.channel,
                    coalesce(p.ticks_per_beat, 480) AS ticks_per_beat
-            FROM notes n JOIN pieces p USING (piece_id) {where}
+            FROM {notes} n JOIN pieces p USING (piece_id) {where}
             ORDER BY n.piece_id, n.track_index, n.onset_ticks, n.pitch, n.note_index"""
     ).to_arrow_table()
     if piece_ids is not None:
@@ -370,9 +371,10 @@ def _add_interval_counts(con, notes: dict, sign: int = 1) -> None:
         con.execute("DELETE FROM grammar_interval_counts WHERE n_intervals = 0")
 
 
-def update(con, piece_ids: list[str]) -> None:
-    """Encode these pieces with the existing rules and learn new ones (see module doc)."""
-    notes = load_notes(con, list(piece_ids))
+def update(con, piece_ids: list[str], notes: str = "notes") -> None:
+    """Encode these pieces with the existing rules and learn new ones (see module doc);
+    their notes are read from the relation ``notes``."""
+    notes = load_notes(con, list(piece_ids), notes)
     g = load_grammar(con)
     _ensure_terminals(con, g)
     n_old = g.n_rules

@@ -1174,14 +1174,15 @@ def _arrow(con, sql, params):
     return con.sql(sql, params=params).to_arrow_table()
 
 
-def load_inputs(con, piece_ids: list[str]) -> dict[str, pa.Table]:
+def load_inputs(con, piece_ids: list[str], notes: str = "notes") -> dict[str, pa.Table]:
     """What :func:`compute_rows` needs for these pieces, read in one pass: their non-drum
-    notes and tempo changes (sorted by piece) and their ticks per beat."""
+    notes and tempo changes (sorted by piece) and their ticks per beat. ``notes``: the
+    relation that holds the pieces' notes (see ingest/derived.py)."""
     ids = list(piece_ids)
     return {
         "notes": _arrow(con,
-            """SELECT n.piece_id, n.onset_beats, n.duration_beats, n.pitch
-               FROM notes n JOIN tracks t ON t.piece_id = n.piece_id AND t.track_index = n.track_index
+            f"""SELECT n.piece_id, n.onset_beats, n.duration_beats, n.pitch
+               FROM {notes} n JOIN tracks t ON t.piece_id = n.piece_id AND t.track_index = n.track_index
                WHERE n.piece_id IN (SELECT unnest(?)) AND NOT coalesce(t.is_drum, false)
                ORDER BY n.piece_id""", [ids]),
         # rowid: tempo changes at the same tick in the file's order (the last one holds,
@@ -1258,8 +1259,9 @@ def write_rows(con, rows: dict[str, pa.Table]) -> None:
         con.unregister(view)
 
 
-def update(con, piece_ids: list[str]) -> None:
-    """Compute and insert the harmony rows of ``piece_ids`` (one read of their notes)."""
+def update(con, piece_ids: list[str], notes: str = "notes") -> None:
+    """Compute and insert the harmony rows of ``piece_ids`` (one read of their notes from
+    the relation ``notes``)."""
     ids = list(piece_ids)
     if ids:
-        write_rows(con, compute_rows(load_inputs(con, ids), ids))
+        write_rows(con, compute_rows(load_inputs(con, ids, notes), ids))

@@ -108,13 +108,13 @@ def forget(con, piece_ids) -> None:
         con.unregister("_pat_ids")
 
 
-def load_inputs(con, piece_ids) -> dict[str, pa.Table]:
-    """The notes :func:`compute_rows` indexes."""
+def load_inputs(con, piece_ids, notes: str = "notes") -> dict[str, pa.Table]:
+    """The notes :func:`compute_rows` indexes (read from the relation ``notes``)."""
     con.register("_pat_ids", _ids_table(piece_ids))
     try:
         return {"notes": _arrow(con,
             "SELECT piece_id, track_index, note_index, onset_ticks, onset_beats, duration_beats, onset_s, pitch, "
-            "channel FROM notes WHERE piece_id IN (SELECT piece_id FROM _pat_ids)")}
+            f"channel FROM {notes} WHERE piece_id IN (SELECT piece_id FROM _pat_ids)")}
     finally:
         con.unregister("_pat_ids")
 
@@ -138,5 +138,5 @@ def write_rows(con, rows: dict[str, pa.Table]) -> None:
             con.unregister("_pat_rows")
 
 
-def update(con, piece_ids) -> None:
-    write_rows(con, compute_rows(load_inputs(con, piece_ids)))
+def update(con, piece_ids, notes: str = "notes") -> None:
+    write_rows(con, compute_rows(load_inputs(con, piece_ids, notes)))

@@ -27,6 +27,9 @@ __all__ = ["IngestSummary", "IngestInterrupted", "ingest_paths", "process_file",
 BATCH_NOTES = 400_000
 BATCH_FILES = int(os.environ.get("ATLAS_BATCH_FILES", "1000"))  # smaller: more, shorter commits
 BATCH_WAIT_S = 2.0
+# The derived stages are handed the notes just stored (instead of reading them back, a
+# scan of every note) while the ingest adds at most this many.
+STAGE_NOTES_IN_MEMORY = 400_000
 # A file whose decoding (audio: features, stems, transcription) takes longer is stopped.
 DEFAULT_FILE_TIMEOUT_S = float(os.environ.get("ATLAS_FILE_TIMEOUT_S", "900"))
 
@@ -333,6 +336,15 @@ def _store_and_derive(db, db_dir, summary, found, failures, known, workers, prog
     # releases the GIL while it inserts, so parsing and storing overlap.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-writer")
     in_flight = None
+    stored_notes: dict | None = {}  # piece id -> notes written, for the derived stages
+
+    def keep_notes(res):
+        nonlocal stored_notes
+        if stored_notes is None:
+            return
+        stored_notes.update(res.notes)
+        if summary.notes_added > STAGE_NOTES_IN_MEMORY:
+            stored_notes = None  # a large ingest: the stages read the notes in batches
 
     def collect():
         nonlocal in_flight
@@ -345,6 +357,7 @@ def _store_and_derive(db, db_dir, summary, found, failures, known, workers, prog
         summary.added_ids += res.added
         summary.already_present += len(res.already_present)
         summary.notes_added += res.notes_added
+        keep_notes(res)
         summary.failed += len(batch_failures)
         summary.errors += [(f.path, f.reason) for f in batch_failures]
 
@@ -409,7 +422,7 @@ def _store_and_derive(db, db_dir, summary, found, failures, known, workers, prog
                 summary.derived = engine.run_stages(db_dir, progress=stage_progress, on_failure=stage_failed)
             else:
                 summary.derived = run_stages(db, progress=stage_progress, on_failure=stage_failed,
-                                             seconds=summary.stage_seconds)
+                                             seconds=summary.stage_seconds, notes=stored_notes)
         except StageInterrupted as e:
             summary.derived = e.done
             raise IngestInterrupted(f"during the {e.stage} stage", summary) from None

@@ -41,3 +41,22 @@ def small_pop909_db(tmp_path_factory):
     summary = ingest_paths([str(p) for p in pop909_songs(12)], db, workers=1)
     assert summary.failed == 0 and summary.added > 12
     return db
+
+
+# columns that differ between two ingests of the same files (when, by which code)
+VOLATILE = {"ingested_at", "failed_at", "done_at", "code_version", "applied_at"}
+
+
+def dump_tables(db) -> dict[str, list]:
+    """Every row of every DuckDB table of the database (``VOLATILE`` columns left out), in
+    a canonical order: for comparing two databases."""
+    from atlas_db.connection import reading
+
+    out = {}
+    with reading(db) as con:
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'").fetchall()]
+        for t in tables:
+            cols = [r[0] for r in con.execute(f"DESCRIBE {t}").fetchall() if r[0] not in VOLATILE]
+            out[t] = con.execute(f"SELECT {', '.join(cols)} FROM {t} ORDER BY ALL").fetchall()
+    return out

@@ -19,11 +19,10 @@ import pyarrow as pa
 import pytest
 
 from atlas_db.connection import reading
-from conftest import pop909_songs
+from conftest import dump_tables, pop909_songs
 from ingest.pipeline import ingest_paths
 
 ATLAS = [sys.executable, "-m", "query.cli"]
-VOLATILE = {"ingested_at", "failed_at", "done_at", "code_version", "applied_at"}
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="ray is not installed (pip install 'harmony-atlas[ray]')")
 # Everything on loopback, nothing reported anywhere, a token of our own: for the cluster
@@ -37,13 +36,7 @@ def dump(db) -> dict[str, list]:
     in a canonical order."""
     from indexers.vectors import open_lance, table_names
 
-    out = {}
-    with reading(db) as con:
-        tables = [r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'").fetchall()]
-        for t in tables:
-            cols = [r[0] for r in con.execute(f"DESCRIBE {t}").fetchall() if r[0] not in VOLATILE]
-            out[t] = con.execute(f"SELECT {', '.join(cols)} FROM {t} ORDER BY ALL").fetchall()
+    out = dump_tables(db)
     ldb = open_lance(db)
     for name in table_names(ldb):
         rows = ldb.open_table(name).to_arrow().to_pylist()
