@@ -48,12 +48,20 @@ class BatchResult:
     notes: dict = field(default_factory=dict)  # piece id -> its rows of `notes` as written (pa.Table)
 
 
-def known_piece_ids(db_dir) -> set[str]:
-    """Ids of every piece in the database (empty if there is no database yet)."""
+def known_piece_ids(db, among: list[str] | None = None) -> set[str]:
+    """Ids of every piece in the database (empty if there is no database yet); with
+    ``among``, those of these ids that it holds. ``db``: the database folder, or a
+    :class:`atlas_db.connection.Writer` whose connection is used."""
+    db_dir = db.db_dir if isinstance(db, Writer) else db
     if not db_file(Path(db_dir)).exists():
         return set()
+    sql, params = "SELECT piece_id FROM pieces", []
+    if among is not None:
+        sql, params = sql + " WHERE piece_id IN (SELECT unnest(?))", [list(among)]
+    if isinstance(db, Writer):
+        return {r[0] for r in db.connection().execute(sql, params).fetchall()}
     with reading(db_dir) as con:
-        return {r[0] for r in con.execute("SELECT piece_id FROM pieces").fetchall()}
+        return {r[0] for r in con.execute(sql, params).fetchall()}
 
 
 def write_batch(

@@ -27,6 +27,9 @@ __all__ = ["IngestSummary", "IngestInterrupted", "ingest_paths", "process_file",
 BATCH_NOTES = 400_000
 BATCH_FILES = int(os.environ.get("ATLAS_BATCH_FILES", "1000"))  # smaller: more, shorter commits
 BATCH_WAIT_S = 2.0
+# An ingest of at most this many MIDI files looks up their ids (on the connection it then
+# writes with) instead of reading every piece id of the database.
+SMALL_INGEST_FILES = 64
 # The derived stages are handed the notes just stored (instead of reading them back, a
 # scan of every note) while the ingest adds at most this many.
 STAGE_NOTES_IN_MEMORY = 400_000
@@ -241,6 +244,21 @@ def _supervised(files: list[str], known, workers: int, timeout_s: float):
             stop(w, kill=w["path"] is not None)
 
 
+def _known_ids(db: Writer, files: list[str]) -> set[str]:
+    """The ids of stored pieces that ``process_file`` is to skip: of a few MIDI files,
+    those of their contents the database holds (their bytes are read twice, which costs
+    less than reading every id of a large database); else every stored id."""
+    if len(files) > SMALL_INGEST_FILES or any(_is_heavy(f) for f in files):
+        return known_piece_ids(db.db_dir)
+    ids = []
+    for f in files:
+        try:
+            ids.append(piece_id_for(hashlib.sha256(read_regular_file(f)).hexdigest()))
+        except (OSError, ValueError):  # process_file reports it
+            pass
+    return known_piece_ids(db, among=ids)
+
+
 def _write_batch(db: Writer, parsed, present, failures, last: bool):
     """``write_batch``; the connection is closed after it unless it is the last batch
     (the derived stages follow at once), so readers get in while more files are parsed."""
@@ -314,11 +332,11 @@ def _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_p
 
         for note in startup_notes():  # absent optional models (stems, descriptions): said once
             print(note, file=sys.stderr)
-    known = known_piece_ids(db_dir)
     # Every write of this ingest goes through one Writer: a small ingest (one new file)
     # stores and runs every derived stage on one connection (atlas_db.connection.Writer).
     db = Writer(db_dir, create=True)
     try:
+        known = _known_ids(db, found.files)
         return _store_and_derive(db, db_dir, summary, found, failures, known, workers, progress, on_error, derive,
                                  stage_progress, on_stage_failure, file_timeout_s, engine, t0)
     finally:
