@@ -49,7 +49,7 @@ from atlas_db.errors import BadInputError, IndexTroubleError
 from indexers.tempo import relative_tempo
 from indexers.align import sw_chroma, sw_chroma_score, sw_pitch_classes_score, sw_symbols, sw_symbols_score
 from query.cover_fusion import IntervalTfidf, fuse, fusion_features
-from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma,
+from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma, embedding,
                                features_from_notes, melody_intervals, skyline)
 
 __all__ = ["CoverIndex", "QueryFeatures", "query_from_notes", "query_from_file", "resolve_query", "covers",
@@ -106,15 +106,23 @@ ALIGN = dict(
     # into few frames that align somewhere by chance. Fit part, quick run: combined
     # 0.768 -> 0.814, combined_short 0.684 -> 0.732 (0.2: 0.797, 0.683); others unchanged
     rhythm_penalty=0.1,
+    # the query's vector and chord motions again with its onsets divided by the onsets'
+    # scale: two more candidate lists (a re-timed query's own vector can miss its song
+    # entirely). Fit part, quick run: combined 0.814 -> 0.849, combined_short 0.732 -> 0.749
+    rescaled_candidates=True,
     # a one-part query (merged tracks, a piano reduction, a performance): the best
     # pc_candidates also score how much of their stored tune is found among the query's
     # skyline notes (indexers.align.sw_pitch_classes_score, at the harmony's
     # transposition; accompaniment notes in between cost pc_gap_query), normalised by
-    # pc_melody_share of the query's notes, and pc_weight x that is added to the score.
-    # Fitted on the fit part of the honest benchmark (re-rank only, level 2): combined
-    # 0.726 -> 0.784, combined_short 0.523 -> 0.640, perf 0.948 -> 0.993, harmony only
-    # unchanged at 0.960 (pc_weight 0.5: 0.935)
-    pc_weight=0.3, pc_candidates=20, pc_query_notes=192, pc_melody_share=0.5,
+    # pc_melody_share of the query's notes; that is their melody score when higher.
+    # Fit part, level 2, 70 songs, without -> with: combined 0.797 -> 0.834,
+    # combined_short 0.576 -> 0.700, perf 0.975 -> 1.000, harmony only 0.989 -> 0.988.
+    # Added to the score instead (x 0.3) it did as well on the fit part's combined
+    # queries (0.830, combined_short 0.726) but a query with no tune
+    # (harmony only) gained chance matches: there the right song's tune scores lower
+    # than the best wrong one's (fit part: median 0.26 vs 0.42); held out it fell from
+    # 0.976 to 0.942 that way.
+    tune_in_notes=True, pc_candidates=20, pc_query_notes=192, pc_melody_share=0.5,
     pc_match=1.0, pc_mismatch=1.0, pc_gap_query=0.25, pc_gap_ref=0.6,
 )
 
@@ -198,6 +206,9 @@ class QueryFeatures:
     # the notes came as one part (no tracks to tell the lead from the accompaniment):
     # the melody line is the skyline of everything and is partly accompaniment
     one_part: bool = False
+    # the query's beat chroma with its onsets divided by tempo_scale (None when that is
+    # ~1): its vector and chord motions are a further candidate list
+    rescaled_chroma: np.ndarray | None = field(default=None, repr=False)
     intervals: np.ndarray = field(init=False)
     interval_index: np.ndarray = field(init=False)
 
@@ -242,8 +253,13 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
                                           register_drop=ALIGN["tight_register"])[0])[0]
             if iv.size >= 3 and not np.array_equal(iv, f["intervals"]):
                 alts.append(iv)
+    tempo_scale = relative_tempo(onset_beats)[0]
+    rescaled = None
+    if ALIGN["rescaled_candidates"] and abs(np.log2(tempo_scale)) >= 0.04:
+        rescaled = beat_chroma(np.asarray(onset_beats, np.float64) / tempo_scale,
+                               np.asarray(duration_beats, np.float64) / tempo_scale, pitch)
     return QueryFeatures(label, piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"],
-                         half, alts, tempo_scale=relative_tempo(onset_beats)[0], one_part=one_part)
+                         half, alts, tempo_scale=tempo_scale, one_part=one_part, rescaled_chroma=rescaled)
 
 
 def query_from_file(path) -> QueryFeatures:
@@ -428,6 +444,9 @@ class CoverIndex:
         n = n or ALIGN["candidates"] * self._budget(q) // ALIGN["max_candidates"]
         v = q.vector
         qv = np.stack([v, v * self.mask_melody, v * self.mask_harmony])
+        if q.rescaled_chroma is not None and np.any(q.rescaled_chroma):
+            rv = embedding(q.rescaled_chroma, q.intervals)
+            qv = np.concatenate([qv, np.stack([rv, rv * self.mask_harmony])])
         scores, rows = search(self.index, qv, n + 1)
         qm = np.asarray(q.intervals, np.int64) - 1
         qf = _pool(q.chroma_beats, ALIGN["frame_beats"])
@@ -435,7 +454,11 @@ class CoverIndex:
         lines = [qm] + [np.asarray(a, np.int64) - 1 for a in q.alt_intervals]
         mel_lists = [self.grams.search(x, n + 1) for x in lines]
         tf_list = self.tfidf.search(self._tfidf_scores(q), n + 1)
-        for g in (tf_list, *mel_lists, self.chord_grams.search(qc, n + 1)):
+        chord_lists = [self.chord_grams.search(qc, n + 1)]
+        if q.rescaled_chroma is not None and np.any(q.rescaled_chroma):
+            rf = _pool(q.rescaled_chroma, ALIGN["frame_beats"])
+            chord_lists.append(self.chord_grams.search(chord_motions(rf, np.array([0, rf.shape[0]]))[0], n + 1))
+        for g in (tf_list, *mel_lists, *chord_lists):
             if g.size:
                 rows = np.concatenate([rows, np.pad(g, (0, rows.shape[1] - g.size), constant_values=-1)[None]])
         # interleave the lists by rank so that each contributes its best first
@@ -651,8 +674,11 @@ class CoverIndex:
         short = q.intervals.size <= A["min_query_intervals"] * 2
         ww = A["weak_weight_short"] if short else A["weak_weight"]
         score = np.maximum(mel, h) + ww * np.minimum(mel, h)
-        if q.one_part and not q.is_recording and k and A["pc_weight"] > 0:
-            score = score + A["pc_weight"] * self._tune_in_notes(q, rows, score, hshift)
+        if q.one_part and not q.is_recording and k and A["tune_in_notes"]:
+            # the melody score of a one-part query: also how much of each best
+            # candidate's tune is found among its notes
+            mel = np.maximum(mel, self._tune_in_notes(q, rows, score, hshift))
+            score = np.maximum(mel, h) + ww * np.minimum(mel, h)
         return {"rows": rows, "mel": mel.astype(np.float32), "harm": harm, "hshift": hshift,
                 "scale": best_scale, "score": score.astype(np.float32), "by_melody": mel >= harm,
                 "via_best": np.zeros(k, bool), "hscale": hscale.astype(np.float32), "mel_window": (a, b)}
@@ -660,7 +686,7 @@ class CoverIndex:
     def _tune_in_notes(self, q: QueryFeatures, rows: np.ndarray, score: np.ndarray, hshift: np.ndarray
                        ) -> np.ndarray:
         """Per candidate row, 0..~1: how much of its stored tune is found among the
-        query's skyline notes (see ``pc_weight`` in ALIGN); 0 outside the best
+        query's skyline notes (see ``tune_in_notes`` in ALIGN); 0 outside the best
         ``pc_candidates`` by ``score``."""
         A = ALIGN
         out = np.zeros(rows.size, np.float32)

@@ -58,6 +58,6 @@ def test_a_merged_jittered_retimed_song_finds_its_tune(small_pop909_db, pop909_d
     song = np.array(["/003/" in index.paths[x] for x in rows])
     assert song.any() and (~song).any()
     assert tune[song].max() > tune[~song].max() + 0.1
-    assert ALIGN["pc_weight"] > 0
+    assert ALIGN["tune_in_notes"]
     res = index.search(q, top=3)
     assert "/003/" in res.column("path").to_pylist()[0]

@@ -73,6 +73,18 @@ def test_a_candidate_outside_the_scale_probe_is_aligned_at_its_onsets_scale():
     f = 2 ** 0.25
     q = query_from_notes("retimed", on * f, dur * f, p + 2)
     assert q.tempo_scale == pytest.approx(f, rel=0.02)
+    # for the candidate lists, the query is also read back at the onsets' scale: its
+    # beat chroma is then the stored song's (transposed up 2)
+    from indexers.features import beat_chroma
+
+    stored = np.roll(beat_chroma(on, dur, p), 2, axis=1)
+    back = q.rescaled_chroma
+    m = min(len(stored), len(back))
+    assert abs(len(stored) - len(back)) <= 1
+    cos = np.sum(stored[:m] * back[:m], axis=1) / np.maximum(
+        np.linalg.norm(stored[:m], axis=1) * np.linalg.norm(back[:m], axis=1), 1e-9)
+    assert np.median(cos) > 0.9
+    assert query_from_notes("as stored", on, dur, p).rescaled_chroma is None
     rows = np.array([0, 1, 2, 4, 5, 6, 7, 8, 3])
     assert ALIGN["rhythm_scale"]
     with_onsets = index.rerank(q, rows)
