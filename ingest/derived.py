@@ -126,7 +126,8 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
     seconds: optional dict that receives each stage's wall-clock time (stage name -> s);
     notes: optional dict piece id -> that piece's rows of ``notes`` (an Arrow table, as
     stored): a batch whose pieces are all in it is given them instead of reading them.
-    ``db_dir``: a database folder or a :class:`Writer`. Raises :class:`StageInterrupted` on Ctrl-C (everything committed before is kept).
+    ``db_dir``: a database folder or a :class:`Writer`.
+    Raises :class:`StageInterrupted` on Ctrl-C (everything committed before is kept).
     """
     done: dict[str, int] = {}
     totals: dict[str, int] = {}
