@@ -504,7 +504,8 @@ def sw_pitch_classes_score(q, refs, offsets, shifts, match, mismatch, gap_q, gap
     n = q.size
     k = offsets.size - 1
     out = np.zeros(k, np.float32)
-    col = np.zeros(n + 1, np.float32)
+    col = np.zeros(n + 1, np.float32)  # the previous reference note's column
+    new = np.zeros(n + 1, np.float32)
     prof = np.empty((12, n + 1), np.float32)
     gq = np.float32(gap_q)
     gr = np.float32(gap_r)
@@ -515,19 +516,18 @@ def sw_pitch_classes_score(q, refs, offsets, shifts, match, mismatch, gap_q, gap
             prof[v, 0] = 0.0
             for i in range(1, n + 1):
                 prof[v, i] = match if (q[i - 1] + t) % 12 == v else -mismatch
-        for i in range(n + 1):
-            col[i] = 0.0
+        col[:] = 0.0
         best = zero
         for j in range(offsets[c], offsets[c + 1]):
             p = prof[refs[j]]
-            left = zero  # this column, the row above
-            diag = zero  # the previous column, the row above
+            # match or leave the reference note out: each query row on its own
+            # (vectorised), then query notes left out as a running max down the column
             for i in range(1, n + 1):
-                up = col[i]  # the previous column, this row
-                v = max(max(diag + p[i], left - gq), max(up - gr, zero))
-                diag = up
-                col[i] = v
-                left = v
-                best = max(best, v)
+                new[i] = max(max(col[i - 1] + p[i], col[i] - gr), zero)
+            run = zero
+            for i in range(1, n + 1):
+                run = max(new[i], run - gq)
+                col[i] = run
+                best = max(best, run)
         out[c] = best
     return out
