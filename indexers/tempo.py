@@ -21,7 +21,7 @@ whole performances but cost short excerpts more (honest benchmark, fit part: per
 0.942 -> 0.965, excerpt 0.930 -> 0.913), so it does not.
 
 Accuracy (honest benchmark, fit part, level 2, 30 queries each, within 0.085 octave of
-the factor the query was re-timed by): re-timed 0.97, re-timed + jitter + edits + merged
+the factor the query was re-timed by): re-timed 1.00, re-timed + jitter + edits + merged
 tracks 0.57, the same as a 10-15 s excerpt 0.30; onset jitter of +-60 ms is what blurs it.
 """
 

@@ -98,8 +98,8 @@ ALIGN = dict(
     # baseline either (docs/covers.md).
     fusion=False,
     # also align every candidate at the time scale read from the query's onsets
-    # (indexers.tempo.relative_tempo, modulo octaves); honest benchmark, fit part, quick
-    # run: combined 0.619 -> 0.724, combined_short 0.492 -> 0.541, other cells unchanged
+    # (indexers.tempo.relative_tempo, modulo octaves); the whole change's effect is in
+    # docs/covers.md (its "before" column: none of these four steps)
     rhythm_scale=True,
     # on the fine grid, a scale half an octave away from the onsets' scale (modulo
     # octaves) loses this much (linearly in between): a coarse scale squeezes a query
@@ -206,9 +206,10 @@ class QueryFeatures:
     # the notes came as one part (no tracks to tell the lead from the accompaniment):
     # the melody line is the skyline of everything and is partly accompaniment
     one_part: bool = False
-    # the query's beat chroma with its onsets divided by tempo_scale (None when that is
-    # ~1): its vector and chord motions are a further candidate list
+    # the query's beat chroma with its onsets divided by tempo_scale, and its vector
+    # (None when that scale is ~1): further candidate lists
     rescaled_chroma: np.ndarray | None = field(default=None, repr=False)
+    rescaled_vector: np.ndarray | None = field(default=None, repr=False)
     intervals: np.ndarray = field(init=False)
     interval_index: np.ndarray = field(init=False)
 
@@ -254,12 +255,17 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
             if iv.size >= 3 and not np.array_equal(iv, f["intervals"]):
                 alts.append(iv)
     tempo_scale = relative_tempo(onset_beats)[0]
-    rescaled = None
+    rescaled = rescaled_vector = None
     if ALIGN["rescaled_candidates"] and abs(np.log2(tempo_scale)) >= 0.04:
         rescaled = beat_chroma(np.asarray(onset_beats, np.float64) / tempo_scale,
                                np.asarray(duration_beats, np.float64) / tempo_scale, pitch)
+        if np.any(rescaled):
+            rescaled_vector = embedding(rescaled, f["intervals"])
+        else:
+            rescaled = None
     return QueryFeatures(label, piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"],
-                         half, alts, tempo_scale=tempo_scale, one_part=one_part, rescaled_chroma=rescaled)
+                         half, alts, tempo_scale=tempo_scale, one_part=one_part, rescaled_chroma=rescaled,
+                         rescaled_vector=rescaled_vector)
 
 
 def query_from_file(path) -> QueryFeatures:
@@ -444,20 +450,19 @@ class CoverIndex:
         n = n or ALIGN["candidates"] * self._budget(q) // ALIGN["max_candidates"]
         v = q.vector
         qv = np.stack([v, v * self.mask_melody, v * self.mask_harmony])
-        if q.rescaled_chroma is not None and np.any(q.rescaled_chroma):
-            rv = embedding(q.rescaled_chroma, q.intervals)
+        if q.rescaled_vector is not None:
+            rv = q.rescaled_vector
             qv = np.concatenate([qv, np.stack([rv, rv * self.mask_harmony])])
         scores, rows = search(self.index, qv, n + 1)
         qm = np.asarray(q.intervals, np.int64) - 1
-        qf = _pool(q.chroma_beats, ALIGN["frame_beats"])
-        qc, _ = chord_motions(qf, np.array([0, qf.shape[0]]))
         lines = [qm] + [np.asarray(a, np.int64) - 1 for a in q.alt_intervals]
         mel_lists = [self.grams.search(x, n + 1) for x in lines]
         tf_list = self.tfidf.search(self._tfidf_scores(q), n + 1)
-        chord_lists = [self.chord_grams.search(qc, n + 1)]
-        if q.rescaled_chroma is not None and np.any(q.rescaled_chroma):
-            rf = _pool(q.rescaled_chroma, ALIGN["frame_beats"])
-            chord_lists.append(self.chord_grams.search(chord_motions(rf, np.array([0, rf.shape[0]]))[0], n + 1))
+        chord_lists = []
+        for chroma in (q.chroma_beats, q.rescaled_chroma):
+            if chroma is not None:
+                qf = _pool(chroma, ALIGN["frame_beats"])
+                chord_lists.append(self.chord_grams.search(chord_motions(qf, np.array([0, qf.shape[0]]))[0], n + 1))
         for g in (tf_list, *mel_lists, *chord_lists):
             if g.size:
                 rows = np.concatenate([rows, np.pad(g, (0, rows.shape[1] - g.size), constant_values=-1)[None]])
