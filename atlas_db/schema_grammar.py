@@ -29,6 +29,26 @@ __all__ = ["TABLES", "KEYS", "MIGRATIONS", "N_TERMINALS", "FIRST_RULE_ID", "MIN_
 N_TERMINALS = 128  # 16 rhythm buckets x 8 velocity buckets
 FIRST_RULE_ID = N_TERMINALS
 
+_TRANSFORMS = pa.schema(
+    [
+        ("transform_id", pa.int64()),
+        ("scope", pa.string()),  # 'rule' | 'track'
+        # rule scope: 'I', 'R', 'RI', 'augmentation', 'diminution', 'octave'
+        # track scope: 'doubling', 'parallel', 'rhythmic_unison'
+        ("kind", pa.string()),
+        ("source_rule_id", pa.int64()),  # rule scope; NULL for track scope
+        ("target_rule_id", pa.int64()),
+        ("piece_id", pa.string()),  # track scope; NULL for rule scope
+        ("source_track", pa.int32()),
+        ("target_track", pa.int32()),
+        ("interval", pa.int16()),  # semitones (doubling/parallel); NULL otherwise
+        ("rhythm_ratio", pa.float64()),  # target IOI / source IOI (augmentation 2.0)
+        ("n_notes", pa.int64()),  # notes the relation explains
+        ("gain_bits", pa.float64()),  # description length saved, bits
+        ("stage_version", pa.string()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "rules": pa.schema(
         [
@@ -79,24 +99,28 @@ TABLES: dict[str, pa.Schema] = {
             ("stage_version", pa.string()),
         ]
     ),
-    # Relations between rules (scope 'rule') and between tracks of a piece (scope 'track').
-    "transforms": pa.schema(
+    # Relations between rules (scope 'rule') and between tracks of a piece (scope 'track'):
+    # the columns of the view ``transforms``.
+    "transforms": _TRANSFORMS,
+    # What ``transforms`` (a view, see 0105_grammar_transform_gains) is made of: its rows,
+    # where a rule-scope row has ``target_bits`` instead of ``gain_bits`` ...
+    "transform_rows": pa.schema(
         [
-            ("transform_id", pa.int64()),
-            ("scope", pa.string()),  # 'rule' | 'track'
-            # rule scope: 'I', 'R', 'RI', 'augmentation', 'diminution', 'octave'
-            # track scope: 'doubling', 'parallel', 'rhythmic_unison'
-            ("kind", pa.string()),
-            ("source_rule_id", pa.int64()),  # rule scope; NULL for track scope
-            ("target_rule_id", pa.int64()),
-            ("piece_id", pa.string()),  # track scope; NULL for rule scope
-            ("source_track", pa.int32()),
-            ("target_track", pa.int32()),
-            ("interval", pa.int16()),  # semitones (doubling/parallel); NULL otherwise
-            ("rhythm_ratio", pa.float64()),  # target IOI / source IOI (augmentation 2.0)
-            ("n_notes", pa.int64()),  # notes the relation explains
-            ("gain_bits", pa.float64()),  # description length saved, bits
+            *[f for f in _TRANSFORMS if f.name not in ("gain_bits", "stage_version")],
+            # rule scope: bits to spell the target rule out, 8 (length - 1) + 7 length;
+            # NULL for track scope
+            ("target_bits", pa.int32()),
+            ("gain_bits", pa.float64()),  # track scope; NULL for rule scope
             ("stage_version", pa.string()),
+        ]
+    ),
+    # ... and the gain of such a row at the current number of rules, per ``target_bits``:
+    # target_bits - (log2(rules) + log2(6)). When the number of rules grows, only these
+    # few rows change (not every rule-scope transform).
+    "transform_gains": pa.schema(
+        [
+            ("target_bits", pa.int32()),
+            ("gain_bits", pa.float64()),
         ]
     ),
     # Corpus-level MDL choices: e.g. interval alphabet chromatic vs diatonic.
@@ -155,6 +179,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     "rules": ("rule_id",),
     "grammar_sequences": ("piece_id", "track_index"),
     "transforms": ("transform_id",),
+    "transform_rows": ("transform_id",),
+    "transform_gains": ("target_bits",),
     "grammar_choices": ("choice",),
     "meta_patterns": ("meta_id",),
     "grammar_interval_counts": ("interval_semitones",),
@@ -189,6 +215,18 @@ def meta_grams_cte(source: str) -> str:
                   UNION ALL
                   SELECT piece_id, k3 FROM g WHERE k3[1] IS NOT NULL AND k3[2] IS NOT NULL)"""
 
+
+# ``transforms``: the rows with each rule-scope row's gain at the current number of rules
+# (the same values an UPDATE of every row wrote before 0105_grammar_transform_gains). The
+# gains are looked up in a map rather than joined, so that the rows come in the order of
+# ``transform_rows`` (a hash join does not keep it).
+TRANSFORMS_VIEW = """CREATE OR REPLACE VIEW transforms AS
+    SELECT t.transform_id, t.scope, t.kind, t.source_rule_id, t.target_rule_id, t.piece_id, t.source_track,
+           t.target_track, t.interval, t.rhythm_ratio, t.n_notes,
+           coalesce(t.gain_bits, (SELECT map_from_entries(list((g.target_bits, g.gain_bits)))
+                                  FROM transform_gains g)[t.target_bits]) AS gain_bits,
+           t.stage_version
+    FROM transform_rows t"""
 
 STORED_META_SOURCE = f"""(SELECT o.piece_id, o.track_index, o.seq_index, o.rule_id, o.first_pitch
                           FROM occurrences o JOIN rules r USING (rule_id)
@@ -264,6 +302,31 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             f"""INSERT INTO meta_step_counts
                 WITH {meta_grams_cte(STORED_META_SOURCE)}
                 SELECT t, count(*) FROM s GROUP BY t""",
+        ],
+    ),
+    (
+        # ``transforms`` becomes a view over ``transform_rows`` and ``transform_gains``
+        # (same columns, same values): the rows of a table made before keep their order;
+        # the gains are the ones stored (every rule-scope row of one target_bits had the
+        # same gain_bits, computed at the same number of rules)
+        "0105_grammar_transform_gains",
+        [
+            table_ddl("transform_rows", TABLES["transform_rows"], KEYS["transform_rows"]),
+            table_ddl("transform_gains", TABLES["transform_gains"], KEYS["transform_gains"]),
+            """CREATE TEMP TABLE _tg_bits AS
+               SELECT t.rowid AS row_nr, 8 * (r.length - 1) + 7 * r.length AS target_bits
+               FROM transforms t JOIN rules r ON r.rule_id = t.target_rule_id WHERE t.scope = 'rule'""",
+            """INSERT INTO transform_rows
+               SELECT t.transform_id, t.scope, t.kind, t.source_rule_id, t.target_rule_id, t.piece_id,
+                      t.source_track, t.target_track, t.interval, t.rhythm_ratio, t.n_notes, b.target_bits,
+                      CASE WHEN t.scope = 'rule' THEN NULL ELSE t.gain_bits END, t.stage_version
+               FROM transforms t LEFT JOIN _tg_bits b ON b.row_nr = t.rowid ORDER BY t.rowid""",
+            """INSERT INTO transform_gains
+               SELECT b.target_bits, min(t.gain_bits) FROM transforms t JOIN _tg_bits b ON b.row_nr = t.rowid
+               GROUP BY b.target_bits""",
+            "DROP TABLE _tg_bits",
+            "DROP TABLE transforms",
+            TRANSFORMS_VIEW,
         ],
     ),
 ]

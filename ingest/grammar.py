@@ -423,8 +423,8 @@ def rebuild(con, *, max_rules: int | None = None, min_count: int | None = None) 
 
     Rows record the parameters used in ``stage_version``; ``derived_runs`` records the
     stage's ``VERSION`` so that ingestion does not redo the pieces."""
-    for t in ("occurrences", "grammar_sequences", "rules", "transforms", "grammar_choices", "meta_patterns",
-              "grammar_interval_counts", "meta_pattern_counts", "meta_step_counts"):
+    for t in ("occurrences", "grammar_sequences", "rules", "transform_rows", "transform_gains", "grammar_choices",
+              "meta_patterns", "grammar_interval_counts", "meta_pattern_counts", "meta_step_counts"):
         con.execute(f"DELETE FROM {t}")
     notes = load_notes(con, None)
     g = gc.Grammar()

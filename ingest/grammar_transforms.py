@@ -311,38 +311,44 @@ def rule_transforms(con, version: str, *, new_from: int | None = None, grammar=N
 
     ``new_from``: rules with ``rule_id >= new_from`` are new since the last call; only
     pairs involving one of them are searched (contours of older rules never change), then
-    ``n_notes`` and ``gain_bits`` are refreshed from the current counts: every row when
-    the number of rules changed (it is in ``gain_bits``), else the rows whose target is in
-    ``touched`` (rules whose count changed; None: every row). ``None``: recompute
-    everything. ``grammar``: the rules as a ``grammar_core.Grammar`` (read if None).
+    ``n_notes`` is refreshed from the current counts of the rows whose target is in
+    ``touched`` (rules whose count changed; None: every row), and the gains per
+    ``target_bits`` from the current number of rules (see :func:`_set_gains`). ``None``:
+    recompute everything. ``grammar``: the rules as a ``grammar_core.Grammar`` (read if
+    None).
 
     Pairs are found by hashing each rule's contour and its transforms' (computed from the
     children, one pass over the rules, no scan of the table) and checked exactly."""
-    have = con.execute("SELECT 1 FROM transforms WHERE scope = 'rule' LIMIT 1").fetchall()  # not a count of them all
+    have = con.execute("SELECT 1 FROM transform_rows WHERE scope = 'rule' LIMIT 1").fetchall()  # not a count of them all
     if new_from is None or not have:
-        con.execute("DELETE FROM transforms WHERE scope = 'rule'")
+        con.execute("DELETE FROM transform_rows WHERE scope = 'rule'")
         new_from = 0
     if grammar is None:
         from ingest.grammar import load_grammar  # (ingest.grammar imports this module)
 
         grammar = load_grammar(con)
     g = grammar
-    n_rules_all = 128 + g.n_rules
-    n_rules = max(n_rules_all, 2)
+    n_rules = max(128 + g.n_rules, 2)
     pointer = math.log2(n_rules) + math.log2(6)
     pairs = rule_transform_pairs(g, int(new_from), pointer)
-    base = con.execute("SELECT coalesce(max(transform_id), 0) FROM transforms").fetchall()[0][0]
-    _insert_rule_rows(con, pairs, base, pointer, version)
+    if new_from == 0:
+        con.execute("DELETE FROM transform_gains")
+    base = con.execute("SELECT coalesce(max(transform_id), 0) FROM transform_rows").fetchall()[0][0]
+    _insert_rule_rows(con, pairs, base, version)
+    _add_gain_rows(con, base)
     # counts and the number of rules changed: refresh what depends on them (rows just
     # computed over every rule are current)
     if new_from > 0:
-        refresh_rule_counts(con, pointer, touched, all_gains=n_rules_all != new_from)
-    return con.execute("SELECT count(*) FROM transforms WHERE scope = 'rule'").fetchall()[0][0]
+        refresh_rule_counts(con, pointer, touched)
+    else:
+        _set_gains(con, pointer)
+    return con.execute("SELECT count(*) FROM transform_rows WHERE scope = 'rule'").fetchall()[0][0]
 
 
-def _insert_rule_rows(con, pairs, base: int, pointer: float, version: str) -> None:
-    """Insert ``rule_transform_pairs``' rows with ids from ``base + 1``; ``n_notes`` and
-    ``gain_bits`` from the target rule's current ``count`` and ``length``."""
+def _insert_rule_rows(con, pairs, base: int, version: str) -> None:
+    """Insert ``rule_transform_pairs``' rows into ``transform_rows`` with ids from
+    ``base + 1``; ``n_notes`` and ``target_bits`` from the target rule's current ``count``
+    and ``length`` (the gain is the view's, see :func:`_set_gains`)."""
     sizes = [len(a) for _, a, _ in pairs]
     n = sum(sizes)
     if not n:
@@ -359,62 +365,73 @@ def _insert_rule_rows(con, pairs, base: int, pointer: float, version: str) -> No
         "target_rule_id": np.concatenate([b for _, _, b in pairs]),
         "rhythm_ratio": pa.array(ratio, pa.float64(), mask=np.isnan(ratio)),
     }
-    gain = f"8 * (r.length - 1) + 7 * r.length - {pointer}"
     if n < JOIN_MAX_ROWS:  # a few new rules: join their targets
         con.register("_gt_new", pa.table(rows))
         con.execute(f"""
-            INSERT INTO transforms
+            INSERT INTO transform_rows
             SELECT t.transform_id, 'rule', t.kind, t.source_rule_id, t.target_rule_id, NULL, NULL, NULL, NULL,
-                   t.rhythm_ratio, r.count * r.length, {gain}, '{version}'
+                   t.rhythm_ratio, r.count * r.length, {_TARGET_BITS}, NULL, '{version}'
             FROM _gt_new t JOIN rules r ON r.rule_id = t.target_rule_id""")
         con.unregister("_gt_new")
         return
-    # many rows (a build): the targets' counts read once, the gain per distinct length
-    # computed by the same SQL expression (the same doubles as the join)
+    # many rows (a build): the targets' counts read once
     r = con.execute("SELECT rule_id, count, length FROM rules ORDER BY rule_id").fetchnumpy()
     at = np.searchsorted(r["rule_id"], rows["target_rule_id"])
     length = r["length"].astype(np.int64)[at]
-    lengths = np.unique(length)
-    # (the expression is a DECIMAL; cast by DuckDB as the INSERT into a DOUBLE column does)
-    g = con.execute(f"SELECT CAST({gain} AS DOUBLE) FROM (SELECT unnest(?::INTEGER[]) AS length) r ORDER BY length",
-                    [lengths.tolist()]).fetchnumpy()
-    gain_of = next(iter(g.values())).astype(np.float64)
     rows["n_notes"] = r["count"].astype(np.int64)[at] * length
-    rows["gain_bits"] = gain_of[np.searchsorted(lengths, length)]
+    rows["target_bits"] = (8 * (length - 1) + 7 * length).astype(np.int32)
     con.register("_gt_new", pa.table(rows))
     con.execute(f"""
-        INSERT INTO transforms
+        INSERT INTO transform_rows
         SELECT transform_id, 'rule', kind, source_rule_id, target_rule_id, NULL, NULL, NULL, NULL,
-               rhythm_ratio, n_notes, gain_bits, '{version}' FROM _gt_new""")
+               rhythm_ratio, n_notes, target_bits, NULL, '{version}' FROM _gt_new""")
     con.unregister("_gt_new")
 
 
-def refresh_rule_counts(con, pointer: float | None = None, touched: np.ndarray | None = None, *,
-                        all_gains: bool = False) -> None:
-    """``n_notes`` and ``gain_bits`` of the rule-scope transforms from the rules' current
-    counts (only the rows whose target is in ``touched`` unless None); rows whose gain
-    is not positive are dropped. ``pointer``: bits to name a rule and a transform
-    (computed from the number of rules if None). ``all_gains``: the number of rules
-    changed, so ``gain_bits`` of every row is refreshed, ``n_notes`` still only of the
-    rows in ``touched`` (the others' counts did not change): an UPDATE of one column of
-    every rule-scope row instead of two (at 100k pieces 4.9M rows, the largest part of
-    a one-file add)."""
+# bits to spell a rule out (8 per interval, 7 per terminal), from ``rules r``; an INTEGER
+_TARGET_BITS = "8 * (r.length - 1) + 7 * r.length"
+
+
+def _set_gains(con, pointer: float) -> None:
+    """``transform_gains``: the gain at this ``pointer`` (bits to name a rule and a
+    transform) of every ``target_bits`` a rule-scope row has had (a few hundred rows;
+    stored in each of the 4.9M rule-scope rows at 100k pieces, an UPDATE of them all was
+    needed whenever the number of rules grew). The SQL expression (an INTEGER minus the
+    pointer as a DECIMAL literal, cast to DOUBLE) is the one those rows were written
+    with, so the view ``transforms`` shows the same doubles."""
+    con.execute(f"UPDATE transform_gains SET gain_bits = CAST(target_bits - {pointer} AS DOUBLE)")
+
+
+def _add_gain_rows(con, after_id: int) -> None:
+    """A ``transform_gains`` row (gain set by :func:`_set_gains`) for each ``target_bits``
+    of the rule-scope rows with ``transform_id > after_id`` that has none yet."""
+    con.execute(f"""INSERT INTO transform_gains
+                    SELECT DISTINCT target_bits, NULL FROM transform_rows
+                    WHERE transform_id > {int(after_id)} AND scope = 'rule'
+                    ON CONFLICT DO NOTHING""")
+
+
+def refresh_rule_counts(con, pointer: float | None = None, touched: np.ndarray | None = None) -> None:
+    """``n_notes`` of the rule-scope transforms from the rules' current counts (only the
+    rows whose target is in ``touched`` unless None) and their gains (``transform_gains``)
+    at the current number of rules; rows whose gain is not positive are dropped.
+    ``pointer``: bits to name a rule and a transform (computed from the number of rules
+    if None)."""
     if pointer is None:
         pointer = math.log2(max(con.execute("SELECT count(*) FROM rules").fetchall()[0][0], 2)) + math.log2(6)
-    gain = f"8 * (r.length - 1) + 7 * r.length - {pointer}"
     scope = ""
     if touched is not None:
         con.register("_gt_touched", pa.table({"rule_id": np.asarray(touched, np.int64)}))
         scope = "AND r.rule_id IN (SELECT rule_id FROM _gt_touched)"
-    rule_rows = "FROM rules r WHERE transforms.scope = 'rule' AND r.rule_id = transforms.target_rule_id"
-    if all_gains and scope:
-        con.execute(f"UPDATE transforms SET gain_bits = {gain} {rule_rows}")
-        con.execute(f"UPDATE transforms SET n_notes = r.count * r.length {rule_rows} {scope}")
-    else:
-        con.execute(f"UPDATE transforms SET n_notes = r.count * r.length, gain_bits = {gain} {rule_rows} {scope}")
+    con.execute(f"""UPDATE transform_rows SET n_notes = r.count * r.length FROM rules r
+                    WHERE transform_rows.scope = 'rule' AND r.rule_id = transform_rows.target_rule_id {scope}""")
     if scope:
         con.unregister("_gt_touched")
-    con.execute("DELETE FROM transforms WHERE scope = 'rule' AND gain_bits <= 0")
+    _set_gains(con, pointer)
+    if con.execute("SELECT 1 FROM transform_gains WHERE gain_bits <= 0 LIMIT 1").fetchall():
+        con.execute("""DELETE FROM transform_rows WHERE scope = 'rule'
+                       AND target_bits IN (SELECT target_bits FROM transform_gains WHERE gain_bits <= 0)""")
+        con.execute("DELETE FROM transform_gains WHERE gain_bits <= 0")
 
 
 def track_transforms(con, piece_ids: list[str] | None, version: str, notes: pa.Table | None = None) -> int:
@@ -428,11 +445,11 @@ def track_transforms(con, piece_ids: list[str] | None, version: str, notes: pa.T
         source = "_gt_notes"
     if piece_ids is None:
         scope = "TRUE"
-        con.execute("DELETE FROM transforms WHERE scope = 'track'")
+        con.execute("DELETE FROM transform_rows WHERE scope = 'track'")
     else:
         con.register("_gt_ids", pa.table({"piece_id": pa.array(list(piece_ids), pa.string())}))
         scope = "piece_id IN (SELECT piece_id FROM _gt_ids)"
-        con.execute(f"DELETE FROM transforms WHERE scope = 'track' AND {scope}")
+        con.execute(f"DELETE FROM transform_rows WHERE scope = 'track' AND {scope}")
     rows = con.execute(f"""
         WITH v AS (SELECT piece_id, track_index, onset_ticks, max(pitch) AS pitch
                    FROM {source} WHERE {scope} GROUP BY ALL),
@@ -470,7 +487,7 @@ def track_transforms(con, piece_ids: list[str] | None, version: str, notes: pa.T
     out = [r for r in out if r[6] > 0]
     if not out:
         return 0
-    base = con.execute("SELECT coalesce(max(transform_id), 0) FROM transforms").fetchall()[0][0]
+    base = con.execute("SELECT coalesce(max(transform_id), 0) FROM transform_rows").fetchall()[0][0]
     t = pa.table({
         "transform_id": pa.array(np.arange(base + 1, base + 1 + len(out)), pa.int64()),
         "scope": ["track"] * len(out), "kind": [r[3] for r in out],
@@ -485,7 +502,7 @@ def track_transforms(con, piece_ids: list[str] | None, version: str, notes: pa.T
         "stage_version": [version] * len(out),
     })
     con.register("_gt_rows", t)
-    con.execute("INSERT INTO transforms SELECT * FROM _gt_rows")
+    con.execute("INSERT INTO transform_rows BY NAME SELECT * FROM _gt_rows")
     con.unregister("_gt_rows")
     return len(out)
 

@@ -367,11 +367,13 @@ def test_update_with_pieces_without_notes_is_a_no_op(small_pop909_db, tmp_path):
 
 def _rule_transforms_by_sql(con, version):
     """The rule-scope transforms as plain SQL self-joins of ``rules`` (the first
-    implementation, kept as an independent reference for the hashed search): every
-    row is recomputed, ids in the same order."""
+    implementation, kept as an independent reference for the hashed search and for the
+    gains the view ``transforms`` computes): every row is recomputed, with ids in the same
+    order as a full recomputation, into the temporary table ``_ref_t`` (the columns of
+    ``transforms``)."""
     from ingest.grammar_transforms import MIN_TRANSFORM_LENGTH, _double_list_sql
 
-    con.execute("DELETE FROM transforms WHERE scope = 'rule'")
+    con.execute("CREATE OR REPLACE TEMP TABLE _ref_t AS SELECT * FROM transforms WHERE false")
     pointer = math.log2(max(con.execute("SELECT count(*) FROM rules").fetchall()[0][0], 2)) + math.log2(6)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _ref_r AS SELECT rule_id, intervals, length, count,
                     rhythm_buckets[1:length - 1] AS inner_rhythm FROM rules WHERE length >= {MIN_TRANSFORM_LENGTH}""")
@@ -388,23 +390,25 @@ def _rule_transforms_by_sql(con, version):
                   "list_transform(a.intervals, lambda x: ((x % 12) + 12) % 12)",
     }
     gain = f"8 * (b.length - 1) + 7 * b.length - {pointer}"
+    top = "SELECT coalesce(max(transform_id), 0) FROM (SELECT transform_id FROM transforms WHERE scope = 'track' " \
+          "UNION ALL SELECT transform_id FROM _ref_t)"
     for kind, cond in matches.items():
         order = "" if kind == "augmentation" else "AND a.rule_id < b.rule_id"
         ratio = "2.0" if kind == "augmentation" else "NULL"
-        base = con.execute("SELECT coalesce(max(transform_id), 0) FROM transforms").fetchall()[0][0]
+        base = con.execute(top).fetchall()[0][0]
         con.execute(f"""
-            INSERT INTO transforms
+            INSERT INTO _ref_t
             SELECT {base} + row_number() OVER (ORDER BY a.rule_id, b.rule_id), 'rule', '{kind}', a.rule_id,
                    b.rule_id, NULL, NULL, NULL, NULL, {ratio}, b.count * b.length, {gain}, '{version}'
             FROM _ref_r a JOIN _ref_r b ON a.length = b.length AND {cond} {order} WHERE {gain} > 0""")
         if kind == "augmentation":
-            nxt = con.execute("SELECT coalesce(max(transform_id), 0) FROM transforms").fetchall()[0][0]
+            nxt = con.execute(top).fetchall()[0][0]
             con.execute(f"""
-                INSERT INTO transforms
+                INSERT INTO _ref_t
                 SELECT {nxt} + row_number() OVER (ORDER BY t.target_rule_id, t.source_rule_id), 'rule', 'diminution',
                        t.target_rule_id, t.source_rule_id, NULL, NULL, NULL, NULL, 0.5, r.count * r.length,
                        t.gain_bits, t.stage_version
-                FROM transforms t JOIN rules r ON r.rule_id = t.source_rule_id
+                FROM _ref_t t JOIN rules r ON r.rule_id = t.source_rule_id
                 WHERE t.kind = 'augmentation' AND t.transform_id > {base}""")
 
 
@@ -426,14 +430,11 @@ def test_hashed_rule_transforms_equal_the_sql_joins(tmp_path, pop909_dir, monkey
         assert {"I", "R", "RI", "augmentation", "diminution", "octave"} <= kinds, kinds
         con.execute("BEGIN")
         _rule_transforms_by_sql(con, "ref")
-        reference = con.execute(rows).fetchall()
-        with_ids = con.execute("SELECT transform_id, kind, source_rule_id, target_rule_id FROM transforms "
-                               "WHERE scope = 'rule' ORDER BY transform_id").fetchall()
+        reference = con.execute(rows.replace("FROM transforms", "FROM _ref_t")).fetchall()
         assert incremental == reference
         full = ("SELECT transform_id, kind, source_rule_id, target_rule_id, rhythm_ratio, n_notes, gain_bits "
                 "FROM transforms WHERE scope = 'rule' ORDER BY transform_id")
-        reference_full = con.execute(full).fetchall()
-        assert [r[:4] for r in reference_full] == with_ids
+        reference_full = con.execute(full.replace("FROM transforms", "FROM _ref_t")).fetchall()
         for join_max in (10**9, 0):  # counts joined per row / read once for all rules
             monkeypatch.setattr(gt, "JOIN_MAX_ROWS", join_max)
             gt.rule_transforms(con, "ref")  # a full recomputation gives the SQL's rows and ids
@@ -447,6 +448,56 @@ def test_hashed_rule_transforms_equal_the_sql_joins(tmp_path, pop909_dir, monkey
         con.execute("ROLLBACK")
     finally:
         con.close()
+
+
+def test_transforms_table_of_an_older_database_becomes_the_view(tmp_path, pop909_dir):
+    """A database made when ``transforms`` was a table (every rule-scope row storing its
+    gain) upgrades in place to the view over ``transform_rows`` and ``transform_gains``
+    with the same rows, columns and values; a later add gives what it gives in a database
+    made with the view."""
+    songs = sorted(p for p in pop909_dir.iterdir() if p.is_dir())[:4]
+    files = [str(s / f"{s.name}.mid") for s in songs]
+    line = [(int(p), i * 0.5, 0.5, 80) for i, p in enumerate(np.random.default_rng(3).integers(50, 70, 40))]
+    doubled = [(p + 12, on, d, v) for p, on, d, v in line]  # a track-scope transform
+    files.insert(0, str(write_midi(tmp_path / "dbl.mid", [Track(line, name="bass"),
+                                                         Track(doubled, name="double", channel=1)])))
+    db, fresh = tmp_path / "db", tmp_path / "fresh"
+    for d in (db, fresh):
+        ingest_paths(files[:4], d, workers=1)
+    everything = "SELECT * FROM transforms ORDER BY transform_id"
+    con = connect(db, read_only=False)
+    try:
+        before = con.execute(everything).fetchall()
+        columns = con.execute("DESCRIBE transforms").fetchall()
+        assert any(r[1] == "rule" for r in before) and any(r[1] == "track" for r in before)
+        # the layout before 0105_grammar_transform_gains, its rows in an order of their own
+        con.execute("CREATE TABLE old_rows AS SELECT * FROM transforms ORDER BY kind DESC, transform_id")
+        con.execute("DROP VIEW transforms")
+        con.execute("DROP TABLE transform_rows")
+        con.execute("DROP TABLE transform_gains")
+        con.execute("ALTER TABLE old_rows RENAME TO transforms")
+        con.execute("DELETE FROM schema_migrations WHERE name = '0105_grammar_transform_gains'")
+        stored = con.execute("SELECT transform_id FROM transforms").fetchall()
+    finally:
+        con.close()
+    con = connect(db, read_only=False)  # applies the migration
+    try:
+        assert con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'transforms'"
+                           ).fetchall() == [("VIEW",)]
+        assert con.execute("DESCRIBE transforms").fetchall() == columns
+        assert con.execute(everything).fetchall() == before
+        assert con.execute("SELECT transform_id FROM transform_rows").fetchall() == stored
+        assert con.execute("SELECT count(*) FROM transform_rows WHERE (scope = 'rule') = (gain_bits IS NOT NULL) "
+                           "OR (scope = 'rule') <> (target_bits IS NOT NULL)").fetchall() == [(0,)]
+    finally:
+        con.close()
+    for d in (db, fresh):
+        ingest_paths(files[4:], d, workers=1)
+    with reading(db) as a, reading(fresh) as b:
+        assert a.execute(everything).fetchall() == b.execute(everything).fetchall()
+        # the add learned rules, so every rule-scope gain changed (the pointer term)
+        after = dict(a.execute("SELECT transform_id, gain_bits FROM transforms WHERE scope = 'rule'").fetchall())
+        assert after and all(after[r[0]] < r[-2] for r in before if r[1] == "rule")
 
 
 def _assert_running_counts_exact(con):
