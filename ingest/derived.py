@@ -54,7 +54,8 @@ from atlas_db.errors import AtlasError, Interrupted
 from atlas_db.schema import TABLES
 from ingest.limits import size_problem
 
-__all__ = ["STAGE_MODULES", "stages", "pending_pieces", "batches", "run_stages", "StageInterrupted", "is_interrupt"]
+__all__ = ["STAGE_MODULES", "stages", "pending_pieces", "pending_by_stage", "batches", "run_stages", "StageInterrupted",
+           "is_interrupt"]
 
 
 class StageInterrupted(Interrupted):
@@ -105,6 +106,39 @@ def pending_pieces(con, stage, *, redo_old_versions: bool = False) -> list[str]:
     return [r[0] for r in rows]
 
 
+def pending_by_stage(con, stage_mods, *, redo_old_versions: bool = False) -> dict[str, list[str]]:
+    """:func:`pending_pieces` of each of these stages (name -> pieces): one join of
+    ``pieces`` with ``derived_runs`` finds the pieces some stage has not done, then only
+    their rows are looked at. Each join reads every piece id: at 100k pieces 0.12 s
+    (median 0.14 s) for all four stages against 0.13 s (median 0.27 s) for one join per
+    stage, 10 alternated runs on 2 shared cores at load 2.7."""
+    names = [st.STAGE for st in stage_mods]
+    if not names:
+        return {}
+    con.register("_pend_stages", pa.table({"stage": pa.array(names, pa.string()),
+                                           "stage_version": pa.array([st.VERSION for st in stage_mods], pa.string())}))
+    runs = ("derived_runs r JOIN _pend_stages s ON r.stage = s.stage"
+            + (" AND r.stage_version = s.stage_version" if redo_old_versions else ""))
+    try:
+        # (stage, piece_id) is the key of derived_runs: a piece every stage has done has
+        # one row per stage
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _pend_ids AS
+                        SELECT p.piece_id FROM pieces p ANTI JOIN
+                            (SELECT r.piece_id FROM {runs} GROUP BY r.piece_id HAVING count(*) = {len(names)}) d
+                            USING (piece_id)""")
+        skip = con.execute(f"""
+            SELECT r.piece_id, r.stage FROM {runs} WHERE r.piece_id IN (SELECT piece_id FROM _pend_ids)
+            UNION ALL
+            SELECT f.piece_id, f.stage FROM derived_failures f
+            JOIN _pend_stages s ON f.stage = s.stage AND f.stage_version = s.stage_version""").fetchall()
+        ids = [r[0] for r in con.execute("SELECT piece_id FROM _pend_ids ORDER BY piece_id").fetchall()]
+        con.execute("DROP TABLE _pend_ids")
+    finally:
+        con.unregister("_pend_stages")
+    skip = set(skip)
+    return {name: [pid for pid in ids if (pid, name) not in skip] for name in names}
+
+
 def _oversized(con, piece_ids: list[str], notes: dict | None = None) -> dict[str, str]:
     """Pieces beyond ``ingest.limits`` (stored before the parser checked them) -> reason;
     ``notes`` (optional) receives piece id -> number of notes."""
@@ -134,13 +168,16 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
     current = "derived"
     try:
         with _writer(db_dir) as db:
-            for stage in stages():
-                if only and stage.STAGE not in only:
-                    continue
+            todo = [stage for stage in stages() if not only or stage.STAGE in only]
+            # what each stage is to do, found at once: a stage writes only its own
+            # derived_runs and derived_failures rows, so the others' stay as found here
+            pending = pending_by_stage(db.connection(), todo, redo_old_versions=redo_old_versions)
+            for stage in todo:
                 current = stage.STAGE
                 t0 = time.perf_counter()
                 try:
-                    _run_stage(db, stage, done, totals, redo_old_versions, progress, on_failure, notes)
+                    _run_stage(db, stage, done, totals, redo_old_versions, progress, on_failure, notes,
+                               pending[stage.STAGE])
                 finally:
                     if seconds is not None:
                         seconds[stage.STAGE] = seconds.get(stage.STAGE, 0.0) + time.perf_counter() - t0
@@ -162,9 +199,10 @@ def _writer(db):
         yield w
 
 
-def _run_stage(db, stage, done, totals, redo_old_versions, progress, on_failure, stored_notes=None) -> None:
+def _run_stage(db, stage, done, totals, redo_old_versions, progress, on_failure, stored_notes=None,
+               pending: list[str] | None = None) -> None:
     notes: dict[str, int] = {}
-    todo = stage_todo(db, stage, done, totals, redo_old_versions, progress, on_failure, notes=notes)
+    todo = stage_todo(db, stage, done, totals, redo_old_versions, progress, on_failure, notes=notes, pending=pending)
     for ids in batches(todo, getattr(stage, "BATCH_PIECES", 200), getattr(stage, "BATCH_NOTES", None), notes):
         _run_isolated(db, stage, ids, on_failure, stored_notes)
         done[stage.STAGE] += len(ids)
@@ -189,14 +227,15 @@ def batches(todo: list[str], max_pieces: int, max_notes: int | None = None, note
 
 
 def stage_todo(db, stage, done, totals, redo_old_versions, progress, on_failure,
-               notes: dict | None = None) -> list[str]:
+               notes: dict | None = None, pending: list[str] | None = None) -> list[str]:
     """The pieces the stage is to process now; pieces beyond ``ingest.limits`` are
     recorded as failed (and counted in ``done``) instead. ``notes``: optional dict that
-    receives piece id -> number of notes of the pieces to process. ``db``: a database
+    receives piece id -> number of notes of the pieces to process. ``pending``: the
+    stage's :func:`pending_pieces` if the caller has found them. ``db``: a database
     folder or a :class:`Writer`."""
     with _writer(db) as w:
         con = w.connection()
-        todo = pending_pieces(con, stage, redo_old_versions=redo_old_versions)
+        todo = pending_pieces(con, stage, redo_old_versions=redo_old_versions) if pending is None else pending
         oversized = _oversized(con, todo, notes) if todo else {}
         w.release_if_held()
     totals[stage.STAGE] = len(todo)

@@ -67,3 +67,35 @@ def test_writer_with_no_hold_closes_after_each_transaction(tmp_path):
             con.execute("CREATE TABLE t (x INTEGER)")
         with reading(tmp_path / "db") as r:
             assert r.execute("SELECT count(*) FROM t").fetchall() == [(0,)]
+
+
+def test_pending_of_every_stage_at_once_equals_each_stage_on_its_own(tmp_path):
+    """``pending_by_stage`` (one join for all stages, what ``run_stages`` uses) finds what
+    ``pending_pieces`` finds stage by stage: pieces no stage has done, pieces some stages
+    have done, pieces done by another version (redone only with ``redo_old_versions``),
+    and pieces whose failure is recorded for this version (skipped) or another (not)."""
+    songs = pop909_songs(6)
+    db = tmp_path / "db"
+    ingest_paths([str(s / f"{s.name}.mid") for s in songs[:4]], db)
+    ingest_paths([str(s / f"{s.name}.mid") for s in songs[4:]], db, derive=False)
+    con = duckdb.connect(str(db / "atlas.duckdb"))
+    try:
+        ids = [r[0] for r in con.execute("SELECT piece_id FROM pieces ORDER BY piece_id").fetchall()]
+        stages = derived.stages()
+        a, b = stages[0], stages[2]
+        new = set(ids) - {r[0] for r in con.execute("SELECT piece_id FROM derived_runs").fetchall()}
+        done = sorted(set(ids) - new)
+        assert new and len(done) >= 4
+        con.execute("UPDATE derived_runs SET stage_version = 'old' WHERE stage = ? AND piece_id = ?", [a.STAGE, done[0]])
+        con.execute("DELETE FROM derived_runs WHERE stage = ? AND piece_id = ?", [b.STAGE, done[1]])
+        con.execute("DELETE FROM derived_runs WHERE piece_id = ?", [done[2]])
+        failures = [(a.STAGE, done[2], a.VERSION), (b.STAGE, done[2], "old"), (b.STAGE, sorted(new)[0], b.VERSION)]
+        con.executemany("INSERT INTO derived_failures VALUES (?, ?, ?, 'test', now())", failures)
+        for redo in (False, True):
+            each = {st.STAGE: derived.pending_pieces(con, st, redo_old_versions=redo) for st in stages}
+            assert derived.pending_by_stage(con, stages, redo_old_versions=redo) == each
+            assert derived.pending_by_stage(con, [b], redo_old_versions=redo) == {b.STAGE: each[b.STAGE]}
+        assert done[0] in each[a.STAGE] and done[1] in each[b.STAGE] and done[2] not in each[a.STAGE]
+        assert done[2] in each[b.STAGE] and sorted(new)[0] not in each[b.STAGE]
+    finally:
+        con.close()
