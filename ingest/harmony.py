@@ -953,10 +953,57 @@ def _per_piece_matmul(x: np.ndarray, offsets: np.ndarray, m: np.ndarray) -> np.n
     """``x[a:b] @ m`` for each piece, as :func:`_analyze_arrays` computes it (one BLAS
     call per piece: a call over all pieces rounds some products differently)."""
     out = np.empty((x.shape[0], m.shape[1]))
-    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
-        if b > a:
-            out[a:b] = np.ascontiguousarray(x[a:b]) @ m
+    with _one_blas_thread():
+        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+            if b > a:
+                out[a:b] = np.ascontiguousarray(x[a:b]) @ m
     return out
+
+
+_BLAS = []  # the threadpoolctl controller, made on first use ([None] without threadpoolctl)
+
+
+def _one_blas_thread():
+    """A context in which BLAS runs on one thread. A piece's product (a few hundred rows
+    x 12 x 168) is just big enough for OpenBLAS to start its threads for it, which then
+    cost more than they save: 1000 such products took 0.19-0.27 s with the default
+    threads and 0.07 s with one on 2 cores (pop909-dev). The products are the same to
+    the bit (OpenBLAS splits the output between threads, never a sum; checked on every
+    piece of pop909-dev). Without threadpoolctl (not a declared dependency) nothing
+    changes."""
+    import contextlib
+
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS.append(ThreadpoolController())
+        except ImportError:
+            _BLAS.append(None)
+    ctl = _BLAS[0]
+    return ctl.limit(limits=1, user_api="blas") if ctl is not None else contextlib.nullcontext()
+
+
+@njit(cache=True, nogil=True)
+def _chord_emissions(raw, penalty, roots, bass, bonus, sharpness, silent):
+    """``frame_chord_scores`` and the Viterbi emissions of :func:`_chord_path` from the
+    template products ``raw`` [frames, 168], in one pass over the frames instead of four
+    whole-matrix NumPy operations (each a copy of frames x 168 float64). Same numbers to
+    the bit: NumPy adds ``bonus * 0.0`` to the scores whose root is not the bass, which
+    changes no score (``raw`` >= +0, so no score is -0.0), and multiplies as here."""
+    n_f, n_s = raw.shape
+    scores = np.empty((n_f, n_s))
+    emis = np.empty((n_f, n_s + 1))
+    for f in range(n_f):
+        b = bass[f] % 12 if bass[f] >= 0 else -1
+        for s in range(n_s):
+            v = raw[f, s] - penalty[s]
+            if roots[s] == b:
+                v = v + bonus
+            scores[f, s] = v
+            emis[f, s] = 0.0 if silent[f] else sharpness * v
+        emis[f, n_s] = sharpness * 2.0 if silent[f] else -1e9
+    return scores, emis
 
 
 def _seg_ranks(lengths):
@@ -1030,7 +1077,6 @@ def _analyze_batch(on, dur, pitch, note_off, tempo, tpb, *, frame_beats, change_
     w = np.where(span[note_ix] == 1, np.maximum(w, 0.05 * fb), w)
     n_all = int(f_off[-1])
     chroma, bass = _frame_profiles(f_off[gn] + frame, pitch[note_ix], w, n_all, fb, bass_weight)
-    hb = bass >= 0
     fg = np.repeat(np.arange(n_pieces), n_frames)  # piece of each frame
     fr = _seg_ranks(n_frames)  # frame index within its piece
 
@@ -1065,14 +1111,10 @@ def _analyze_batch(on, dur, pitch, note_off, tempo, tpb, *, frame_beats, change_
     # chords (_chord_path)
     norm = np.linalg.norm(chroma, axis=1, keepdims=True)
     c = np.divide(chroma, norm, out=np.zeros_like(chroma), where=norm > 0)
-    scores = _per_piece_matmul(c, f_off, _TEMPLATES_T) - _T_PENALTY[None, :]
-    scores[hb] += bass_root_bonus * (_T_ROOTS[None, :] == (bass[hb] % 12)[:, None])
     silent = chroma.sum(axis=1) <= 0
-    n_s = scores.shape[1]
-    emis = np.empty((n_all, n_s + 1))
-    emis[:, :n_s] = sharpness * scores
-    emis[:, n_s] = np.where(silent, sharpness * 2.0, -1e9)
-    emis[silent, :n_s] = 0.0
+    # bass_root_bonus * True: the bonus as NumPy adds it
+    scores, emis = _chord_emissions(_per_piece_matmul(c, f_off, _TEMPLATES_T), _T_PENALTY, _T_ROOTS, bass,
+                                    bass_root_bonus * 1.0, float(sharpness), silent)
     cost = np.full(n_all, sharpness * change_cost)
     path = _viterbi_groups(emis, cost, f_off, ok)
     if METRICAL:

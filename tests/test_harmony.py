@@ -392,3 +392,24 @@ def test_pop909_database_has_harmony_for_every_piece(small_pop909_db):
 
     for romans in res.column("romans").to_pylist():
         assert [re.match(r"[b#]*[IViv]+", r).group(0) for r in romans.split()] == ["I", "V", "vi", "IV"]
+
+
+def test_chord_emissions_equal_the_numpy_expressions():
+    # the batch's one-pass kernel against the expressions of frame_chord_scores and
+    # _chord_path: silent frames, frames without a bass, bass on and off the roots
+    from ingest import harmony as H
+
+    rng = np.random.default_rng(7)
+    chroma = np.where(rng.random((300, 12)) < 0.6, 0.0, rng.random((300, 12)))
+    chroma[::17] = 0.0
+    bass = np.where(rng.random(300) < 0.2, -1, rng.integers(30, 70, 300))
+    norm = np.linalg.norm(chroma, axis=1, keepdims=True)
+    c = np.divide(chroma, norm, out=np.zeros_like(chroma), where=norm > 0)
+    raw = c @ H._TEMPLATES_T
+    silent = chroma.sum(axis=1) <= 0
+    scores, emis = H._chord_emissions(raw, H._T_PENALTY, H._T_ROOTS, bass, 0.08 * 1.0, 10.0, silent)
+    want = H.frame_chord_scores(chroma, bass, bass_root_bonus=0.08)
+    np.testing.assert_array_equal(scores, want)
+    n_s = want.shape[1]
+    np.testing.assert_array_equal(emis[:, :n_s], np.where(silent[:, None], 0.0, 10.0 * want))
+    np.testing.assert_array_equal(emis[:, n_s], np.where(silent, 20.0, -1e9))
