@@ -355,14 +355,24 @@ def beat_chroma_groups(onset_beats, duration_beats, pitch, offsets) -> tuple[np.
     first = np.floor(on).astype(np.int64)
     last = np.minimum(np.ceil(off).astype(np.int64) - 1, n_frames[g] - 1)
     span = np.maximum(last - first + 1, 1)
-    idx = np.repeat(np.arange(on.size), span)
-    frame = first[idx] + (np.arange(idx.size) - np.repeat(np.cumsum(span) - span, span))
-    overlap = np.minimum(off[idx], frame + 1.0) - np.maximum(on[idx], frame)
     out = np.zeros((int(frame_off[-1]), 12), np.float64)
-    np.add.at(out, (frame_off[g[idx]] + frame, pc[idx]), np.maximum(overlap, 0.0))
+    _add_overlaps(on, off, pc, first, span, frame_off[g], out)
     peak = out.max(axis=1, keepdims=True) if out.size else np.zeros((0, 1))
     np.divide(out, peak, out=out, where=peak > 0)
     return out.astype(np.float32), frame_off
+
+
+@njit(cache=True, nogil=True)
+def _add_overlaps(on, off, pc, first, span, row0, out):
+    # out[row0[i] + f, pc[i]] += the overlap of note i with frame f, for its frames
+    # f = first[i] .. first[i] + span[i] - 1: note by note, frame by frame, in the order
+    # np.add.at adds them (so each sum is the same to the bit), without the note x frame
+    # index arrays
+    for i in range(on.size):
+        for k in range(span[i]):
+            f = first[i] + k
+            ov = np.minimum(off[i], f + 1.0) - np.maximum(on[i], np.float64(f))
+            out[row0[i] + f, pc[i]] += np.maximum(ov, 0.0)
 
 
 def lead_mask_groups(track_index, onset_beats, offsets, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
@@ -466,13 +476,27 @@ def skyline_groups(onset_beats, duration_beats, pitch, offsets):
     g = _group_of(offsets)
     off = on + np.asarray(duration_beats, np.float64)
     q = np.round(on * 32) / 32
-    order = np.lexsort((-p, q, g))
+    order = _order_group_onset_pitch_down(g, q, p)
     keep = _skyline_keep_groups(q[order], off[order], p[order], g[order])
     sel = order[keep]
     sky_off = np.concatenate([[0], np.cumsum(np.bincount(g[sel], minlength=n_groups))]).astype(np.int64)
     sel = sel[_in_register_groups(p[sel].astype(np.float64), sky_off, REGISTER_NEIGHBOURS, float(REGISTER_DROP))]
     mel_off = np.concatenate([[0], np.cumsum(np.bincount(g[sel], minlength=n_groups))]).astype(np.int64)
     return p[sel].astype(np.int16), on[sel].astype(np.float32), mel_off
+
+
+def _order_group_onset_pitch_down(g: np.ndarray, q: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``np.lexsort((-p, q, g))``: by group, onset ``q`` (a multiple of 1/32 beat), pitch
+    down, ties in input order. One stable argsort of a single int64 key (group, onset in
+    32nds, 127 - pitch) when it fits, which is ~3x faster than lexsort's three passes on
+    the nearly sorted notes the stage gives (by onset, then pitch up)."""
+    if p.size and np.isfinite(q).all() and p.min() >= 0 and p.max() <= 127:
+        qi = np.round(q * 32).astype(np.int64)  # exact: q is a multiple of 1/32
+        q0, span = int(qi.min()), int(qi.max()) - int(qi.min()) + 1
+        if (int(g.max()) + 1) * span * 128 < 2 ** 62:
+            key = (g.astype(np.int64) * span + (qi - q0)) * 128 + (127 - p)
+            return np.argsort(key, kind="stable")
+    return np.lexsort((-p, q, g))
 
 
 def melody_intervals_groups(pitches, offsets) -> tuple[np.ndarray, np.ndarray]:
@@ -566,7 +590,42 @@ def _sum_rows_groups(x, starts, counts):
     return out
 
 
-_WINDOWS_PER_FFT = 16384  # bounds the memory of one fft2 call (16 KiB a window... x 1.5)
+_WINDOWS_PER_FFT = 4096  # windows per FFT call: 4096 x 96 complex values (6 MiB) stay in cache
+
+
+@njit(cache=True, nogil=True)
+def _gather_windows(xpt, w_start, out):
+    # out[c, t, i] = xpt[c, w_start[i] + t] as a complex number (imaginary part 0): the
+    # (pitch, time) window i, time on the middle axis
+    for c in range(out.shape[0]):
+        for t in range(out.shape[1]):
+            for i in range(w_start.size):
+                out[c, t, i] = xpt[c, w_start[i] + t]
+
+
+def _patch_magnitudes(xpt: np.ndarray, w_start: np.ndarray) -> np.ndarray:
+    """|2D-FFT| of the 8-beat patches ``xpt[:, s:s + PATCH_BEATS]`` (pitch-class rows) for
+    each start ``s`` in ``w_start``, the 7 pitch bins x ``PATCH_BEATS // 2 + 1`` time bins
+    that :func:`_chroma_blocks` keeps -> [shape=(7 * n_t, len(w_start))] (bin-major: each
+    bin's values contiguous, for the medians).
+
+    ``np.fft.fft2(axes=(pitch, time))`` is an FFT over time, then one over pitch; here the
+    same two transforms, the second only on the kept time bins, through ``scipy.fft``:
+    the same pocketfft code as NumPy's (the same numbers to the bit, checked on every
+    patch of pop909-dev), but it transforms several rows at once with SIMD where NumPy
+    loops over them one by one: 2x faster on 2 cores."""
+    import scipy.fft
+
+    n_t = PATCH_BEATS // 2 + 1
+    mag = np.empty((7, n_t, w_start.size))
+    for a in range(0, w_start.size, _WINDOWS_PER_FFT):
+        ws = w_start[a:a + _WINDOWS_PER_FFT]
+        win = np.empty((12, PATCH_BEATS, ws.size), np.complex128)
+        _gather_windows(xpt, ws, win)
+        f = scipy.fft.fft(win, axis=1, overwrite_x=True)[:, :n_t]
+        f = scipy.fft.fft(f, axis=0, overwrite_x=True)[:7]
+        np.abs(f, out=mag[:, :, a:a + ws.size])
+    return mag.reshape(7 * n_t, w_start.size)
 
 
 def _chroma_blocks_groups(chroma: np.ndarray, offsets: np.ndarray):
@@ -607,17 +666,7 @@ def _chroma_blocks_groups(chroma: np.ndarray, offsets: np.ndarray):
     n_win = np.where(counts > 0, padded - PATCH_BEATS + 1, 0)
     w_off = np.concatenate([[0], np.cumsum(n_win)]).astype(np.int64)
     w_start = np.repeat(p_off[:-1], n_win) + (np.arange(int(w_off[-1])) - np.repeat(w_off[:-1], n_win))
-    mag = np.empty((7 * n_t, w_start.size))  # bins x windows: each bin's values contiguous
-    steps = np.arange(PATCH_BEATS)
-    xpt = np.ascontiguousarray(xp.T)
-    for a in range(0, w_start.size, _WINDOWS_PER_FFT):
-        ws = w_start[a:a + _WINDOWS_PER_FFT]
-        win = xpt[:, ws[:, None] + steps]  # (12, w, PATCH): window i of sliding_window_view, pitch first
-        # np.fft.fft2(axes=(pitch, time)) is fft over time, then over pitch: the same
-        # two calls here, the second only for the time bins that are kept
-        f = np.fft.fft(win, axis=2)[:, :, :n_t]
-        f = np.abs(np.fft.fft(f, axis=0)[:7])  # (7, w, n_t)
-        mag[:, a:a + ws.size] = f.transpose(0, 2, 1).reshape(7 * n_t, ws.size)
+    mag = _patch_magnitudes(np.ascontiguousarray(xp.T), w_start)  # bins x windows
     fft2[:] = np.sqrt(_median_cols_groups(mag, w_off))
     return fft2, ivs, motion
 

@@ -203,3 +203,28 @@ def test_ingest_leaves_lance_to_its_readers(tmp_path):
     assert vectors.sync_lance(db) == {vectors.PIECE_TABLE: n_pieces}
     versions = ldb.open_table(vectors.PIECE_TABLE).to_arrow().column("stage_version").to_pylist()
     assert versions == ["vectors-test"] * n_pieces
+
+
+def test_skyline_order_is_the_lexsort():
+    # by group, onset, pitch down; ties (one pitch at one onset twice) in input order;
+    # pitches outside 0..127 and a non-finite onset take the lexsort itself
+    rng = np.random.default_rng(5)
+    g = np.sort(rng.integers(0, 30, 2000))
+    q = np.round(rng.uniform(-3.0, 40.0, 2000) * 4) / 4
+    p = rng.integers(40, 50, 2000)
+    for pp, qq in ((p, q), (p - 45, q), (p, np.where(np.arange(2000) == 7, np.nan, q))):
+        np.testing.assert_array_equal(F._order_group_onset_pitch_down(g, qq, pp), np.lexsort((-pp, qq, g)))
+
+
+def test_patch_magnitudes_equal_numpys_fft2():
+    # scipy.fft's transforms are NumPy's to the bit (the stored vectors rely on it),
+    # on chroma with silent pitch classes and repeated frames, in more than one call
+    rng = np.random.default_rng(6)
+    x = np.where(rng.random((12, F._WINDOWS_PER_FFT + 300)) < 0.5, 0.0, rng.random((12, F._WINDOWS_PER_FFT + 300)))
+    x[:, 100:140] = x[:, 60:100]
+    starts = np.arange(x.shape[1] - F.PATCH_BEATS + 1)
+    got = F._patch_magnitudes(np.ascontiguousarray(x), starts)
+    n_t = F.PATCH_BEATS // 2 + 1
+    for s in starts[::37]:
+        want = np.abs(np.fft.fft2(x[:, s:s + F.PATCH_BEATS]))[:7, :n_t].ravel()
+        np.testing.assert_array_equal(got[:, s], want)
