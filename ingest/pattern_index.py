@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+from numba import njit
 
 import pyarrow.compute as pc
 
@@ -65,26 +66,69 @@ def index_tables(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
         for k in range(NGRAM):
             code = (code << 8) | iv[k : k + w]
         g = code[ok]
-        s = streams.column("stream_id").to_numpy(zero_copy_only=False).astype(np.int64)[row[:w][ok]]
+        sid = streams.column("stream_id").to_numpy(zero_copy_only=False).astype(np.int64)
+        r = row[:w][ok]
+        s = sid[r]
         p = pos_all[:w][ok].astype(np.int32)
+        o = _order_by_gram_stream_position(g, s, p, r, sid)
     else:
         g, s, p = np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32)
-    o = _order_by_gram_stream_position(g, s, p)
+        o = np.zeros(0, np.int64)
     ngrams = pa.table({"gram": pa.array(g[o], pa.int32()), "stream_id": pa.array(s[o], pa.int64()),
                        "position": pa.array(p[o], pa.int32())}, schema=TABLES["pattern_ngrams"])
     return streams, ngrams
 
 
-def _order_by_gram_stream_position(g: np.ndarray, s: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """The permutation of a lexsort by (gram, stream_id, position), from one argsort of
-    a unique int64 key (gram, rank of the stream id, position) when it fits."""
+def _order_by_gram_stream_position(g: np.ndarray, s: np.ndarray, p: np.ndarray, r: np.ndarray | None = None,
+                                   stream_ids: np.ndarray | None = None) -> np.ndarray:
+    """The permutation of a lexsort by (gram, stream_id, position).
+
+    With ``r`` (each n-gram's stream: nondecreasing, positions rising within a stream, as
+    :func:`index_tables` makes them) and ``stream_ids`` (of those streams): the n-grams
+    taken stream by stream in stream-id order, then a stable two-pass radix sort by gram
+    (grams are 24-bit codes), ~10x faster than sorting the n-grams by a combined key.
+    Else one argsort of a unique int64 key (gram, rank of the stream id, position) when it
+    fits. The order of n-grams equal in all three (a stream id shared by two streams) is
+    left open; they are the same rows."""
     if not len(g):
         return np.zeros(0, np.int64)
+    if r is not None and int(g.min()) >= 0 and int(g.max()) < 1 << 24:
+        n_r = np.bincount(r, minlength=len(stream_ids))
+        first = np.concatenate([[0], np.cumsum(n_r)[:-1]])
+        by_id = np.argsort(stream_ids, kind="stable")
+        n_sorted = n_r[by_id]
+        within = np.arange(len(g)) - np.repeat(np.cumsum(n_sorted) - n_sorted, n_sorted)
+        return _radix_order_24(g, np.repeat(first[by_id], n_sorted) + within)
     ids, s_rank = np.unique(s, return_inverse=True)
     n_p = int(p.max()) + 1
     if (int(g.max()) + 1) * len(ids) * n_p >= 2**62:
         return np.lexsort((p, s, g))
     return np.argsort((g.astype(np.int64) * len(ids) + s_rank.ravel()) * n_p + p)
+
+
+@njit(cache=True, nogil=True)
+def _counting_pass(keys, src, dst, shift):
+    # dst = src stably sorted by the 12-bit digit (keys[src] >> shift) & 4095
+    count = np.zeros(4097, np.int64)
+    for i in range(src.size):
+        count[((keys[src[i]] >> shift) & 4095) + 1] += 1
+    for d in range(4096):
+        count[d + 1] += count[d]
+    for i in range(src.size):
+        d = (keys[src[i]] >> shift) & 4095
+        dst[count[d]] = src[i]
+        count[d] += 1
+
+
+@njit(cache=True, nogil=True)
+def _radix_order_24(keys, order):
+    # ``order`` stably sorted by keys[order] (0 <= key < 2**24): two counting passes of
+    # 12 bits, low digit first
+    tmp = np.empty(order.size, np.int64)
+    out = np.empty(order.size, np.int64)
+    _counting_pass(keys, order, tmp, 0)
+    _counting_pass(keys, tmp, out, 12)
+    return out
 
 
 def _ids_table(piece_ids) -> pa.Table:

@@ -319,3 +319,26 @@ def test_forget_then_update_restores_exactly_the_piece_rows(small_pop909_db, tmp
         con.execute("ROLLBACK")
     finally:
         con.close()
+
+
+def test_ngram_order_by_radix_equals_the_lexsort():
+    # n-grams as index_tables makes them (stream by stream, positions rising), streams
+    # not in id order, two streams sharing an id: the same (gram, stream, position) rows
+    import numpy as np
+
+    from ingest.pattern_index import _order_by_gram_stream_position
+
+    rng = np.random.default_rng(8)
+    stream_ids = rng.permutation(np.arange(40, dtype=np.int64) * 4096)
+    stream_ids[5] = stream_ids[9]
+    lengths = rng.integers(0, 300, 40)
+    r = np.repeat(np.arange(40), lengths)
+    p = (np.arange(r.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)).astype(np.int32)
+    g = rng.integers(0, 1 << 24, r.size).astype(np.int32)
+    g[::3] = g[1::3][: len(g[::3])] if len(g[1::3]) >= len(g[::3]) else g[::3]  # repeated grams
+    s = stream_ids[r]
+    want = np.lexsort((p, s, g))
+    got = _order_by_gram_stream_position(g, s, p, r, stream_ids)
+    for a in (g, s, p):
+        np.testing.assert_array_equal(a[got], a[want])
+    np.testing.assert_array_equal(_order_by_gram_stream_position(g, s, p), want)
