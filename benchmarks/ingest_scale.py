@@ -337,10 +337,22 @@ def _new_songs(db: Path, n: int) -> list[Path]:
     raise SystemExit(f"{POP909}: fewer than {n} songs the database does not hold")
 
 
+def _upgrade(db: Path) -> None:
+    from atlas_db.connection import connect
+
+    connect(db, read_only=False).close()
+
+
 def measure_only(work: Path, db: Path, have: int, repeat: int, log) -> None:
     """The one-file adds (warmed-up process; `atlas ingest` in a new process) on the
     database as it is, ``repeat`` times with new files each."""
     songs = _new_songs(db, 2 * repeat)
+    # a database made by older code is upgraded when it is first opened for writing: do
+    # that first, so that the first add does not count it
+    t0 = time.perf_counter()
+    _upgrade(db)
+    print(f"schema up to date ({time.perf_counter() - t0:.2f} s to open the database for writing, "
+          "upgrade included)", flush=True)
     for r in range(repeat):
         add_file, cli_file = songs[2 * r], songs[2 * r + 1]
         print(f"\n== {have:,} generated pieces, add {r + 1} of {repeat}", flush=True)
