@@ -526,26 +526,41 @@ def _l2_rows(v: np.ndarray) -> np.ndarray:
 
 @njit(cache=True)
 def _select(a, k):
-    # the k-th smallest value of a (reordered in place): quickselect
-    lo, hi = 0, a.size - 1
-    while lo < hi:
-        pivot = a[(lo + hi) // 2]
-        i, j = lo, hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while a[j] > pivot:
-                j -= 1
-            if i <= j:
-                a[i], a[j] = a[j], a[i]
-                i += 1
-                j -= 1
-        if k <= j:
+    # the k-th smallest value of a, with a[:k] left holding values <= it (a is reordered
+    # in place). Each round splits the range around a pivot with a branchless partition
+    # (a compare, two stores and an add per value: the medians of a 400k-note batch took
+    # 0.08-0.11 s CPU instead of 0.19 s with a Hoare partition, whose branches on
+    # magnitudes mispredict half the time), then the values equal to it, so that ties
+    # always make progress. The k-th smallest value does not depend on how it is found.
+    lo, hi = 0, a.size
+    while hi - lo > 16:
+        x, y, z = a[lo], a[(lo + hi) // 2], a[hi - 1]
+        pivot = max(min(x, y), min(max(x, y), z))  # median of three
+        j = lo
+        for i in range(lo, hi):  # a[lo:j] < pivot <= a[j:i]
+            v = a[i]
+            a[i] = a[j]
+            a[j] = v
+            j += v < pivot
+        if k < j:
             hi = j
-        elif k >= i:
-            lo = i
-        else:
-            return a[k]
+            continue
+        j2 = j
+        for i in range(j, hi):  # a[j:j2] == pivot < a[j2:i]
+            v = a[i]
+            a[i] = a[j2]
+            a[j2] = v
+            j2 += v <= pivot
+        if k < j2:
+            return pivot
+        lo = j2
+    for i in range(lo + 1, hi):  # the rest: insertion sort
+        v = a[i]
+        t = i - 1
+        while t >= lo and a[t] > v:
+            a[t + 1] = a[t]
+            t -= 1
+        a[t + 1] = v
     return a[k]
 
 
@@ -569,8 +584,7 @@ def _median_cols_groups(xt, offsets):
                 # the largest of the values left below the upper middle one
                 lo = s[0]
                 for t in range(1, m // 2):
-                    if s[t] > lo:
-                        lo = s[t]
+                    lo = max(lo, s[t])
                 out[g, c] = (lo + hi) / 2.0
     return out
 
