@@ -617,10 +617,12 @@ def _runs(values):
     return starts, lengths
 
 
-def _segment_stats(chroma, bass, scores, path, cl):
+def _segment_stats(chroma, bass, state_score, path, cl):
     """Per chord segment (runs of ``cl`` frames of ``path``): the observed pitch classes
-    as a bit mask, the bass pitch class (-1: none) and the mean template score."""
-    n_seg, n_s = len(cl), scores.shape[1]
+    as a bit mask, the bass pitch class (-1: none) and the mean template score
+    (``state_score``: each frame's score of its state in ``path``, any value where that
+    is 'N': see :func:`_state_scores`)."""
+    n_seg, n_s = len(cl), len(_T_ROOTS)
     seg_of_frame = np.repeat(np.arange(n_seg), cl)
     # Observed pitch classes: at least 10% of the segment's strongest pitch class.
     seg_chroma = np.zeros((n_seg, 12))
@@ -636,8 +638,7 @@ def _segment_stats(chroma, bass, scores, path, cl):
         np.add.at(counts, (seg_of_frame[hb], bass[hb] % 12), 1.0)
         has_b = counts.sum(axis=1) > 0
         bass_pc[has_b] = counts[has_b].argmax(axis=1)
-    frame_score = scores[np.arange(len(path)), np.minimum(path, n_s - 1)]
-    frame_score = np.where(path == n_s, np.nan, frame_score)
+    frame_score = np.where(path == n_s, np.nan, state_score)
     seg_score = np.bincount(seg_of_frame, weights=np.nan_to_num(frame_score), minlength=n_seg) / cl
     return mask, bass_pc, seg_score
 
@@ -703,16 +704,22 @@ def _analyze_arrays(notes, *, tracks, tempo, ticks_per_beat, frame_beats, change
                                bass_root_bonus=bass_root_bonus)
     cs, cl = _runs(path)
     return _numbers(key_corr, key_path, ks, ks, ke, path, cs, cs, cs + cl, cl, bounds, bounds_s,
-                    chroma, bass, scores)
+                    chroma, bass, _state_scores(scores, path))
 
 
-def _numbers(key_corr, key_path, ks, kb, ke, path, cs, cb, ce, cl, bounds, bounds_s, chroma, bass, scores):
+def _state_scores(scores, path):
+    """Each frame's score (``frame_chord_scores``) of its state in ``path`` (that of the
+    last chord where the state is 'N')."""
+    return scores[np.arange(len(path)), np.minimum(path, scores.shape[1] - 1)]
+
+
+def _numbers(key_corr, key_path, ks, kb, ke, path, cs, cb, ce, cl, bounds, bounds_s, chroma, bass, state_score):
     """What :func:`_assemble` takes, from the key and chord paths: key segments start
     at frames ``ks`` (bounds ``kb``..``ke``), chord segments at ``cs`` (``cb``..``ce``,
-    ``cl`` frames long)."""
+    ``cl`` frames long); ``state_score``: see :func:`_segment_stats`."""
     state = path[cs]
-    is_n = state == scores.shape[1]
-    mask, bass_pc, seg_score = _segment_stats(chroma, bass, scores, path, cl)
+    is_n = state == len(_T_ROOTS)
+    mask, bass_pc, seg_score = _segment_stats(chroma, bass, state_score, path, cl)
     return {
         "key_corr": key_corr, "key": key_path[ks],
         "key_onset_beats": bounds[kb], "key_end_beats": bounds[ke], "key_onset_s": bounds_s[kb],
@@ -986,13 +993,12 @@ def _one_blas_thread():
 
 @njit(cache=True, nogil=True)
 def _chord_emissions(raw, penalty, roots, bass, bonus, sharpness, silent):
-    """``frame_chord_scores`` and the Viterbi emissions of :func:`_chord_path` from the
-    template products ``raw`` [frames, 168], in one pass over the frames instead of four
-    whole-matrix NumPy operations (each a copy of frames x 168 float64). Same numbers to
-    the bit: NumPy adds ``bonus * 0.0`` to the scores whose root is not the bass, which
-    changes no score (``raw`` >= +0, so no score is -0.0), and multiplies as here."""
+    """The Viterbi emissions of :func:`_chord_path` [frames, 169] from the template
+    products ``raw`` [frames, 168] (``c @ _TEMPLATES_T``), as ``frame_chord_scores`` and
+    ``_chord_path`` compute them with NumPy, to the bit: NumPy adds ``bonus * 0.0`` to the
+    scores whose root is not the bass, which changes no score (``raw`` >= +0, so no
+    score is -0.0), and multiplies as here."""
     n_f, n_s = raw.shape
-    scores = np.empty((n_f, n_s))
     emis = np.empty((n_f, n_s + 1))
     for f in range(n_f):
         b = bass[f] % 12 if bass[f] >= 0 else -1
@@ -1000,10 +1006,38 @@ def _chord_emissions(raw, penalty, roots, bass, bonus, sharpness, silent):
             v = raw[f, s] - penalty[s]
             if roots[s] == b:
                 v = v + bonus
-            scores[f, s] = v
             emis[f, s] = 0.0 if silent[f] else sharpness * v
         emis[f, n_s] = sharpness * 2.0 if silent[f] else -1e9
-    return scores, emis
+    return emis
+
+
+@njit(cache=True, nogil=True)
+def _chord_paths(raw, penalty, roots, bass, bonus, sharpness, silent, switch_cost, offsets, active):
+    """:func:`_viterbi` of each active piece's chord emissions (:func:`_chord_emissions`,
+    made piece by piece: a batch's frames x 169 float64 never exist at once, which cost
+    more in page faults and memory traffic than the Viterbi itself)."""
+    path = np.zeros(raw.shape[0], np.int64)
+    for g in range(offsets.size - 1):
+        a, b = offsets[g], offsets[g + 1]
+        if b > a and active[g]:
+            emis = _chord_emissions(raw[a:b], penalty, roots, bass[a:b], bonus, sharpness, silent[a:b])
+            path[a:b] = _viterbi(emis, switch_cost[a:b])
+    return path
+
+
+@njit(cache=True, nogil=True)
+def _path_scores(raw, penalty, roots, bass, bonus, path):
+    """:func:`_state_scores` from the template products, as :func:`_chord_emissions`
+    makes the scores."""
+    n_f, n_s = raw.shape
+    out = np.empty(n_f)
+    for f in range(n_f):
+        s = min(path[f], n_s - 1)
+        v = raw[f, s] - penalty[s]
+        if bass[f] >= 0 and roots[s] == bass[f] % 12:
+            v = v + bonus
+        out[f] = v
+    return out
 
 
 def _seg_ranks(lengths):
@@ -1112,11 +1146,11 @@ def _analyze_batch(on, dur, pitch, note_off, tempo, tpb, *, frame_beats, change_
     norm = np.linalg.norm(chroma, axis=1, keepdims=True)
     c = np.divide(chroma, norm, out=np.zeros_like(chroma), where=norm > 0)
     silent = chroma.sum(axis=1) <= 0
+    raw = _per_piece_matmul(c, f_off, _TEMPLATES_T)
     # bass_root_bonus * True: the bonus as NumPy adds it
-    scores, emis = _chord_emissions(_per_piece_matmul(c, f_off, _TEMPLATES_T), _T_PENALTY, _T_ROOTS, bass,
-                                    bass_root_bonus * 1.0, float(sharpness), silent)
+    emission = (raw, _T_PENALTY, _T_ROOTS, bass, bass_root_bonus * 1.0, float(sharpness), silent)
     cost = np.full(n_all, sharpness * change_cost)
-    path = _viterbi_groups(emis, cost, f_off, ok)
+    path = _chord_paths(*emission, cost, f_off, ok)
     if METRICAL:
         chg = np.flatnonzero((path[1:] != path[:-1]) & (fg[1:] == fg[:-1])) + 1
         n_chg = np.bincount(fg[chg], minlength=n_pieces)
@@ -1126,7 +1160,7 @@ def _analyze_batch(on, dur, pitch, note_off, tempo, tpb, *, frame_beats, change_
             down = np.argmax(hist + 0.5 * np.roll(hist, 2, axis=1), axis=1)
             posn = (fr - down[fg]) % 4
             cost2 = np.where(again[fg], cost * np.array(METRICAL_COST)[posn], cost)
-            path2 = _viterbi_groups(emis, cost2, f_off, again)
+            path2 = _chord_paths(*emission, cost2, f_off, again)
             path = np.where(again[fg], path2, path)
 
     # segments (runs of one chord / one key within a piece)
@@ -1145,7 +1179,7 @@ def _analyze_batch(on, dur, pitch, note_off, tempo, tpb, *, frame_beats, change_
     cb, ce = e_off[fg[cs0]] + fr[cs0], e_off[fg[cs0]] + fr[cs0] + cl
     done = np.flatnonzero(ok)
     merged = _numbers(key_corr[done], key_path, ks, kb, ke, path, cs0, cb, ce, cl, bounds, bounds_s,
-                      chroma, bass, scores)
+                      chroma, bass, _path_scores(raw, _T_PENALTY, _T_ROOTS, bass, bass_root_bonus * 1.0, path))
     merged.update(n_seg=n_seg[done], n_ch=n_ch[done])
     return done, merged, alone
 

@@ -395,8 +395,8 @@ def test_pop909_database_has_harmony_for_every_piece(small_pop909_db):
 
 
 def test_chord_emissions_equal_the_numpy_expressions():
-    # the batch's one-pass kernel against the expressions of frame_chord_scores and
-    # _chord_path: silent frames, frames without a bass, bass on and off the roots
+    # the batch's kernels against the expressions of frame_chord_scores and _chord_path:
+    # silent frames, frames without a bass, bass on and off the roots
     from ingest import harmony as H
 
     rng = np.random.default_rng(7)
@@ -407,9 +407,17 @@ def test_chord_emissions_equal_the_numpy_expressions():
     c = np.divide(chroma, norm, out=np.zeros_like(chroma), where=norm > 0)
     raw = c @ H._TEMPLATES_T
     silent = chroma.sum(axis=1) <= 0
-    scores, emis = H._chord_emissions(raw, H._T_PENALTY, H._T_ROOTS, bass, 0.08 * 1.0, 10.0, silent)
+    emis = H._chord_emissions(raw, H._T_PENALTY, H._T_ROOTS, bass, 0.08 * 1.0, 10.0, silent)
     want = H.frame_chord_scores(chroma, bass, bass_root_bonus=0.08)
-    np.testing.assert_array_equal(scores, want)
     n_s = want.shape[1]
     np.testing.assert_array_equal(emis[:, :n_s], np.where(silent[:, None], 0.0, 10.0 * want))
     np.testing.assert_array_equal(emis[:, n_s], np.where(silent, 20.0, -1e9))
+    path = rng.integers(0, n_s + 1, 300)  # 'N' (n_s) included
+    np.testing.assert_array_equal(H._path_scores(raw, H._T_PENALTY, H._T_ROOTS, bass, 0.08 * 1.0, path),
+                                  H._state_scores(want, path))
+    # per piece, as the batch runs it: the paths of _viterbi over the whole emissions
+    offsets, active = np.array([0, 0, 120, 300]), np.array([True, True, True])
+    cost = np.full(300, 1.2)
+    got = H._chord_paths(raw, H._T_PENALTY, H._T_ROOTS, bass, 0.08 * 1.0, 10.0, silent, cost, offsets, active)
+    np.testing.assert_array_equal(got[:120], H._viterbi(emis[:120], cost[:120]))
+    np.testing.assert_array_equal(got[120:], H._viterbi(emis[120:], cost[120:]))
