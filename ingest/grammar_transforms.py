@@ -395,11 +395,11 @@ _TARGET_BITS = "8 * (r.length - 1) + 7 * r.length"
 
 def _set_gains(con, pointer: float) -> None:
     """``transform_gains``: the gain at this ``pointer`` (bits to name a rule and a
-    transform) of every ``target_bits`` a rule-scope row has had (a few hundred rows;
-    stored in each of the 4.9M rule-scope rows at 100k pieces, an UPDATE of them all was
-    needed whenever the number of rules grew). The SQL expression (an INTEGER minus the
-    pointer as a DECIMAL literal, cast to DOUBLE) is the one those rows were written
-    with, so the view ``transforms`` shows the same doubles."""
+    transform) of every ``target_bits`` a rule-scope row has had (one per rule length: 14
+    rows at 100k generated pieces; stored in each of the 4.9M rule-scope rows there, an
+    UPDATE of them all was needed whenever the number of rules grew). The SQL expression
+    (an INTEGER minus the pointer as a DECIMAL literal, cast to DOUBLE) is the one those
+    rows were written with, so the view ``transforms`` shows the same doubles."""
     con.execute(f"UPDATE transform_gains SET gain_bits = CAST(target_bits - {pointer} AS DOUBLE)")
 
 
