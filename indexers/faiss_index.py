@@ -2,13 +2,17 @@
 
 faiss-gpu is used when the installed faiss has GPU support and a GPU is visible;
 otherwise faiss-cpu. The index is exact (``IndexFlatIP``) up to 20k pieces; above, an IVF-Flat index
-(4 sqrt(n) k-means cells, 1/16 of them searched) keeps a query at a few milliseconds. The file ``<db>/faiss/piece_vectors.faiss`` (+ ``.ids.npy``) is a
-cache: it is rebuilt from Lance by ``atlas reindex --vectors`` and ignored when its row
-count no longer matches Lance.
+(4 sqrt(n) k-means cells, 1/16 of them searched) keeps a query at a few milliseconds. The
+file ``<db>/faiss/piece_vectors.faiss`` (+ ``.ids.npy``) is a cache of it: built from Lance
+by ``atlas reindex --vectors``, and by the first query that finds it missing or out of
+date (an ingest adds pieces without touching it), so that later queries load it instead
+of building the index again (at 100k pieces: 0.26 s to load the file, 10.5 s to build the
+index, on 2 shared cores).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +88,9 @@ def vectors_from_lance(db_dir) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_index(index, ids: np.ndarray, db_dir) -> Path:
+    """Write the index and its ids. Each file is written under a temporary name and
+    renamed, the index first: a reader that meets one new and one old file sees that
+    their row counts differ (:func:`load_index`)."""
     import faiss
 
     path = index_path(db_dir)
@@ -93,25 +100,53 @@ def save_index(index, ids: np.ndarray, db_dir) -> Path:
             index = faiss.index_gpu_to_cpu(index)
         except Exception:  # already a CPU index
             pass
-    faiss.write_index(index, str(path))
-    np.save(path.with_suffix(".ids.npy"), np.asarray(ids, dtype=str))
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)
+    ids_path = path.with_suffix(".ids.npy")
+    tmp = ids_path.with_name(f"{ids_path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, np.asarray(ids, dtype=str))
+    os.replace(tmp, ids_path)
     return path
 
 
 def load_index(db_dir, expected_rows: int):
-    """The saved index and its ids, or None when absent or out of date."""
+    """The saved index and its ids, or None.
+
+    A file that is missing or out of date (not ``expected_rows`` rows: pieces were added
+    since it was built, and an ingest does not update it) is never answered from: the
+    index is built from the Lance vectors when Lance holds ``expected_rows`` rows, and
+    saved for the next query (a folder this process cannot write: kept for this one);
+    else None, and the caller builds one from its own vectors."""
     import faiss
 
     path = index_path(db_dir)
     ids_path = path.with_suffix(".ids.npy")
-    if not path.exists() or not ids_path.exists():
+    if path.exists() and ids_path.exists():
+        ids = np.load(ids_path).astype(object)
+        if len(ids) == expected_rows:
+            index = faiss.read_index(str(path))
+            if index.ntotal == len(ids):  # (else caught between the two renames of save_index)
+                if gpu_available():
+                    index = faiss.index_cpu_to_all_gpus(index)
+                return index, ids
+    return _rebuild(db_dir, expected_rows)
+
+
+def _rebuild(db_dir, expected_rows: int):
+    """(index, ids) built from Lance and saved, if Lance holds ``expected_rows`` rows."""
+    try:
+        ids, x = vectors_from_lance(db_dir)
+    except IndexTroubleError:
         return None
-    ids = np.load(ids_path).astype(object)
-    if len(ids) != expected_rows:
+    if len(ids) != expected_rows or not len(ids):  # (rows of a rolled-back batch in Lance)
         return None
-    index = faiss.read_index(str(path))
-    if gpu_available():
-        index = faiss.index_cpu_to_all_gpus(index)
+    index = build_index(x)
+    try:
+        save_index(index, ids, db_dir)
+    except OSError:
+        pass
     return index, ids
 
 
