@@ -218,13 +218,20 @@ def meta_grams_cte(source: str) -> str:
 
 # ``transforms``: the rows with each rule-scope row's gain at the current number of rules
 # (the same values an UPDATE of every row wrote before 0105_grammar_transform_gains). The
-# gains are looked up in a map rather than joined, so that the rows come in the order of
-# ``transform_rows`` (a hash join does not keep it).
+# gains are looked up by position in a list (one entry per ``target_bits`` from the
+# smallest to the largest) rather than joined, so that the rows come in the order of
+# ``transform_rows`` (a hash join does not keep it); a scan of all 5M rows at 100k pieces
+# takes 0.22 s (a MAP lookup 0.54 s, the table before the view 0.035-0.08 s).
 TRANSFORMS_VIEW = """CREATE OR REPLACE VIEW transforms AS
     SELECT t.transform_id, t.scope, t.kind, t.source_rule_id, t.target_rule_id, t.piece_id, t.source_track,
            t.target_track, t.interval, t.rhythm_ratio, t.n_notes,
-           coalesce(t.gain_bits, (SELECT map_from_entries(list((g.target_bits, g.gain_bits)))
-                                  FROM transform_gains g)[t.target_bits]) AS gain_bits,
+           coalesce(t.gain_bits,
+                    (SELECT list(g.gain_bits ORDER BY b.target_bits)
+                     FROM (SELECT range AS target_bits
+                           FROM range((SELECT min(target_bits) FROM transform_gains),
+                                      (SELECT max(target_bits) + 1 FROM transform_gains))) b
+                     LEFT JOIN transform_gains g USING (target_bits))
+                    [t.target_bits - (SELECT min(target_bits) - 1 FROM transform_gains)]) AS gain_bits,
            t.stage_version
     FROM transform_rows t"""
 
@@ -328,5 +335,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "DROP TABLE transforms",
             TRANSFORMS_VIEW,
         ],
+    ),
+    (
+        # the view of 0105 looked the gains up in a MAP (2.4x slower scans)
+        "0106_grammar_transforms_view_list",
+        [TRANSFORMS_VIEW],
     ),
 ]
