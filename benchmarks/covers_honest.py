@@ -5,6 +5,7 @@ performances; the TF-IDF baseline measured on the same queries in the same run.
     nice .venv/bin/python benchmarks/covers_honest.py              # every level, every song (~6 min)
     nice .venv/bin/python benchmarks/covers_honest.py --part fit   # only the part the fusion was fitted on
     nice .venv/bin/python benchmarks/covers_honest.py --quick --no-vienna --large 100000   # + latency at 100k
+    nice .venv/bin/python benchmarks/covers_honest.py --no-fusion   # rank by the alignment score alone
 
 Why another benchmark (``benchmarks/covers.py`` is too kind): there, the excerpt,
 transcription and tempo queries are cut from ``NNN.mid`` while many stored versions are
@@ -40,7 +41,11 @@ degradations come one at a time. Here:
   beat grid, the file's beats are its seconds at 120 bpm through a rubato curve, plus
   jitter, one track), ``combined`` (retime + jitter + edit + merge + a 40 s excerpt at
   level 2, the whole file at level 1) and ``combined_short`` (the same with the level's
-  excerpt length).
+  excerpt length). The dual of ``harmony``, the tune kept and the harmony replaced
+  (``benchmarks/covers.py``'s generators, on the held-out file's MELODY track, embellished
+  with passing notes and pickups): ``reharm`` (over new diatonic chords, own track),
+  ``reharm_merged`` (the same in one track) and ``mashup`` (over another song's PIANO
+  track, whose stored versions are then wrong answers holding the query's whole harmony).
 - **Real performances**: ``vienna4x22`` (88 performances of 4 pieces by 22 pianists, plus
   the 4 scores) added to the collection. Queries: each performance (the others and the
   score are right; the query itself is left out), and a 30 s excerpt of each performance
@@ -73,7 +78,11 @@ from query.covers import ALIGN, CoverIndex, query_from_notes  # noqa: E402
 
 DATA = Path(os.environ.get("ATLAS_POP909", ROOT.parent / "shared" / "data" / "pop909-dev"))
 VIENNA = Path(os.environ.get("ATLAS_VIENNA", ROOT.parent / "shared" / "data" / "vienna4x22"))
-CELLS = ["clean", "retime", "jitter", "edit", "merge", "harmony", "excerpt", "perf", "combined", "combined_short"]
+CELLS = ["clean", "retime", "jitter", "edit", "merge", "harmony", "excerpt", "perf", "combined", "combined_short",
+         "reharm", "reharm_merged", "mashup"]
+# cells made from the query file's MELODY track over other chords (benchmarks/covers.py's
+# generators): the dual of ``harmony`` (the tune kept, the harmony replaced)
+TUNE_CELLS = ("reharm", "reharm_merged", "mashup")
 LEVELS = {
     1: dict(f=(0.85, 1.18), curve=0.05, jitter_s=0.025, dur_jit=0.15, drop=0.08, extra=0.04, excerpt=(30, 40)),
     2: dict(f=(0.7, 1.4), curve=0.15, jitter_s=0.060, dur_jit=0.30, drop=0.20, extra=0.10, excerpt=(10, 15)),
@@ -274,6 +283,26 @@ CELL_FACTORS = {
 }
 
 
+def tune_query(notes, bench, part_songs, s, cell, rng):
+    """A ``TUNE_CELLS`` query of song ``s``: its held-out file's MELODY track, embellished
+    (passing notes, pickups), over new diatonic chords (``reharm``, ``reharm_merged``: one
+    track) or over the PIANO track of another song of the same part (``mashup``: that
+    song's stored versions are wrong answers whose whole harmony is in the query). None
+    when the file has no MELODY track."""
+    from covers import mashup, reharmonised
+
+    n = notes[bench[s][0]]
+    if not (n["track"] == "MELODY").any():
+        return None
+    if cell == "mashup":
+        others = [o for o in part_songs if o != s and (notes[bench[o][0]]["track"] == "PIANO").any()]
+        other = others[int(rng.integers(0, len(others)))]
+        on, du, p, trk = mashup(n, rng, 0, notes[bench[other][0]])
+    else:
+        on, du, p, trk = reharmonised(n, rng, 0)
+    return on, du, np.clip(p, 0, 127), None if cell == "reharm_merged" else trk
+
+
 def cell_factors(cell: str, level: int) -> set:
     f = set(CELL_FACTORS[cell])
     if cell == "combined" and level == 2:
@@ -350,11 +379,17 @@ def pop909_queries(notes, bench, cells, levels, parts, max_songs, seed):
     for part in parts:
         ps = [s for s in songs if part_of(s) == part][:max_songs]
         for cell in cells:
-            for level in ([0] if cell in ("clean", "merge", "harmony") else levels):
+            for level in ([0] if cell in ("clean", "merge", "harmony") + TUNE_CELLS else levels):
                 rng = np.random.default_rng([seed, CELLS.index(cell), level])
                 lv = LEVELS.get(level, LEVELS[2])
                 for s in ps:
                     src, stored = bench[s]
+                    if cell in TUNE_CELLS:
+                        arrays = tune_query(notes, bench, ps, s, cell, rng)
+                        if arrays is not None:
+                            yield (part, cell, level), s, query_from_notes(f"{cell}:{s}", *arrays), arrays, \
+                                set(stored)
+                        continue
                     f = cell_factors(cell, level)
                     if "excerpt40" in f:
                         f, lv_s = (f - {"excerpt40"}) | {"excerpt"}, dict(lv, excerpt=(40, 40))
@@ -425,11 +460,11 @@ def main(argv=None):
     ap.add_argument("--large", type=int, default=0,
                     help="also search a collection of this many pieces (the real ones + synthetic ones, "
                          "benchmarks/covers.py synthetic_index): held-out part, first 40 songs, level 2")
-    ap.add_argument("--fusion", action="store_true",
-                    help="rank by the fitted fusion (query/cover_fusion.json; off in atlas covers by default)")
+    ap.add_argument("--no-fusion", action="store_true",
+                    help="rank by the alignment score instead of the fitted fusion (query/cover_fusion.json)")
     args = ap.parse_args(argv)
-    if args.fusion:
-        ALIGN["fusion"] = True
+    if args.no_fusion:
+        ALIGN["fusion"] = False
     cells = args.cells.split(",")
     unknown = sorted(set(cells) - set(CELLS))
     if unknown:

@@ -7,10 +7,13 @@ the honest benchmark only (odd-numbered POP909-dev songs; ``benchmarks/covers_ho
 For every query of the fit part (queries drawn with ``--seed``, 1 by default, so they
 are not the draws the benchmark reports with seed 0), every candidate the search aligns
 is one example: its ``query.cover_fusion.FEATURES`` and whether it is a version of the
-query's song. Each query weighs the same, its right and wrong candidates half each. A
-weighted L2-regularised logistic regression (``query.cover_fusion.fit_logistic``) gives
-the coefficients; the file records the features, the coefficients and what they were
-fitted on. The held-out part (even-numbered songs) and vienna4x22 are never used here.
+query's song. By default the coefficients rank each query's right candidates above its
+wrong ones (``query.cover_fusion.fit_ranking``: a conditional logit, every query
+weighing the same, then scaled into a probability); ``--method logistic`` fits a
+weighted L2-regularised logistic regression over all candidates at once instead
+(``query.cover_fusion.fit_logistic``; each query weighs the same, its right and wrong
+candidates half each). The file records the features, the coefficients and what they
+were fitted on. The held-out part (even-numbered songs) and vienna4x22 are never used here.
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from covers_honest import CELLS, DATA, pop909_queries, setup  # noqa: E402
-from query.cover_fusion import FEATURES, FUSION_FILE, fit_logistic  # noqa: E402
+from query.cover_fusion import FEATURES, FUSION_FILE, fit_logistic, fit_ranking  # noqa: E402
 
 
 def collect(index, notes, bench, cells, levels, max_songs, seed):
     """Feature rows, labels and weights of every candidate of every fit-part query."""
-    xs, ys, ws = [], [], []
+    xs, ys, ws, qs = [], [], [], []
     n_queries = 0
     for _key, _s, q, _arrays, rel in pop909_queries(notes, bench, cells, levels, ["fit"], max_songs, seed):
         rows, x = index.candidate_features(q)
@@ -44,8 +47,9 @@ def collect(index, notes, bench, cells, levels, max_songs, seed):
         xs.append(x)
         ys.append(y)
         ws.append(w)
+        qs.append(np.full(rows.size, n_queries))
         n_queries += 1
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), n_queries
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), np.concatenate(qs), n_queries
 
 
 def main(argv=None):
@@ -56,13 +60,19 @@ def main(argv=None):
     ap.add_argument("--levels", default="1,2")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--l2", type=float, default=1e-3)
+    ap.add_argument("--method", choices=["rank", "logistic"], default="rank",
+                    help="rank: each query's right candidates above its wrong ones (default); logistic: "
+                         "every candidate's probability of being right, all queries at once")
     ap.add_argument("--out", default=str(FUSION_FILE))
     args = ap.parse_args(argv)
     cells, levels = args.cells.split(","), [int(x) for x in args.levels.split(",")]
     t0 = time.perf_counter()
     notes, bench, index, _baseline, _v = setup(Path(args.data), None)
-    x, y, w, n_queries = collect(index, notes, bench, cells, levels, args.songs, args.seed)
-    coef, intercept = fit_logistic(x, y, w, l2=args.l2)
+    x, y, w, query, n_queries = collect(index, notes, bench, cells, levels, args.songs, args.seed)
+    if args.method == "rank":
+        coef, intercept = fit_ranking(x, y, query, l2=args.l2)
+    else:
+        coef, intercept = fit_logistic(x, y, w, l2=args.l2)
     out = {
         "features": list(FEATURES),
         "coef": [round(float(c), 6) for c in coef],
@@ -71,7 +81,7 @@ def main(argv=None):
             "what": "benchmarks/covers_honest.py fit part: odd-numbered POP909-dev songs, queries from NNN.mid "
                     "held out of the collection",
             "cells": cells, "levels": levels, "seed": args.seed, "songs": args.songs, "queries": n_queries,
-            "examples": int(y.size), "positives": int(y.sum()), "l2": args.l2,
+            "examples": int(y.size), "positives": int(y.sum()), "l2": args.l2, "method": args.method,
             "command": "benchmarks/fit_cover_fusion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         },
     }

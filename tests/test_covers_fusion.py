@@ -56,6 +56,40 @@ def test_fit_logistic_recovers_known_coefficients():
         fit_logistic(x, np.zeros(x.shape[0]))
 
 
+def test_fit_ranking_ranks_within_queries_where_levels_differ():
+    """Each query's candidates share a query-level offset on feature 0 (some queries
+    score high everywhere); within a query the right one is the highest on feature 0,
+    by 1 or more, and feature 1 is noise. The ranking fit puts the right candidate
+    first in new queries, weighs the noise little, and its probabilities (a monotone
+    map of the score) say right above 0.5, wrong below."""
+    from query.cover_fusion import fit_ranking, fuse
+
+    rng = np.random.default_rng(1)
+
+    def queries(n):
+        xs, ys, qs = [], [], []
+        for k in range(n):
+            m = 20
+            x = np.stack([rng.normal(size=m) + rng.normal(scale=3.0), rng.normal(size=m)], axis=1)
+            y = np.zeros(m, bool)
+            y[np.argmax(x[:, 0])] = True
+            x[y, 0] += 1.0  # clear of the next one
+            xs.append(x), ys.append(y), qs.append(np.full(m, k))
+        return np.concatenate(xs), np.concatenate(ys), np.concatenate(qs)
+
+    x, y, q = queries(300)
+    coef, intercept = fit_ranking(x, y, q)
+    assert coef[0] > 10 * abs(coef[1])
+    xt, yt, qt = queries(50)
+    s = xt @ coef
+    for k in range(50):
+        m = qt == k
+        assert yt[m][np.argmax(s[m])]
+    p = fuse(xt, {"coef": coef, "intercept": intercept})  # monotone in s: a probability
+    assert p[yt].mean() > 0.5 > p[~yt].mean()
+    with pytest.raises(ValueError, match="both right and wrong"):
+        fit_ranking(x, np.zeros(y.size, bool), q)
+
 def test_fusion_features_known_answer():
     from query.cover_fusion import FEATURES, fusion_features
 
@@ -158,3 +192,24 @@ def test_a_query_retimed_by_a_non_integer_factor_gets_its_scale_from_the_fine_gr
     res = index.search(q, top=3)
     assert res.column("piece_id").to_pylist()[0] == "s3"
     assert res.column("time_scale").to_pylist()[0] == pytest.approx(f, rel=0.15)
+
+
+def test_fusion_ranks_midi_and_leaves_recordings_to_the_alignment_score():
+    """A MIDI query among MIDI pieces gets the fused score (a probability: the search's
+    scores differ from its alignment scores); the same query where one of the answers is
+    a recording keeps the alignment score (the fusion was fitted on MIDI only)."""
+    from query.covers import query_from_notes
+
+    songs = [_chord_song(s) for s in range(10)]
+    on, dur, p = songs[4]
+    q = query_from_notes("q", on, dur, p + 3)
+    index = _index_of(songs)
+    aligned = index._aligned(q)
+    fused = index.search(q, top=5, explain_top=0)
+    assert fused.column("piece_id")[0].as_py() == "s4"
+    assert 0 < fused.column("score")[0].as_py() <= 1
+    assert fused.column("score")[0].as_py() != pytest.approx(float(aligned["score"].max()), abs=1e-4)
+    index.is_recording[7] = True
+    plain = index.search(q, top=5, explain_top=0)
+    assert plain.column("piece_id")[0].as_py() == "s4"
+    assert plain.column("score")[0].as_py() == pytest.approx(float(aligned["score"].max()), abs=1e-5)
