@@ -1,11 +1,17 @@
 """Ingest speed on pop909-dev: parse + store and end to end (every derived stage) in
 notes/s, next to plain mido (and symusic) parses of the same files in the same run.
 
-    NUMBA_CACHE_DIR=$HOME/.cache/harmony-atlas/numba .venv/bin/python benchmarks/ingest.py [FOLDER] [--songs N]
+    NUMBA_CACHE_DIR=$HOME/.cache/harmony-atlas/numba .venv/bin/python benchmarks/ingest.py [FOLDER] [--songs N] [--stages]
 
 Prints one line per method with the ratio to mido, then each stage's seconds and share
 of the end-to-end ingest (store, harmony, grammar, vectors, patterns). Goals (issue 13):
 end to end >= 10x mido's notes/s; parse + store >= 1M notes/s on 2 cores.
+
+``--stages``: only the derived stages, each on its own: the files are stored once
+(no stages), then each stage brings that database up to date in turn; prints each
+stage's wall and CPU seconds (CPU: every thread of this process; on a shared machine it
+moves much less than the wall time does). For comparing two checkouts, run each in turn
+(docs/ingest-throughput.md).
 """
 
 from __future__ import annotations
@@ -48,12 +54,37 @@ def symusic_parse(files) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
+def stages_only(files) -> None:
+    """Store ``files`` without the derived stages, then run each stage on its own."""
+    import importlib
+
+    from ingest.derived import STAGE_MODULES, run_stages
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ingest_paths(files[:20], Path(tmp) / "warm")  # numba cache loads, imports
+        s = ingest_paths(files, Path(tmp) / "db", derive=False)
+        wall, cpu = {}, {}
+        for module in STAGE_MODULES:
+            name = importlib.import_module(module).STAGE
+            t0, c0 = time.perf_counter(), time.process_time()
+            run_stages(Path(tmp) / "db", only=[name])
+            wall[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
+    print(f"{s.notes_added:,d} notes stored in {s.store_seconds:.2f} s; derived stages one by one:")
+    print(f"{'stage':10s} {'wall s':>8s} {'CPU s':>8s}")
+    for name in wall:
+        print(f"{name:10s} {wall[name]:8.2f} {cpu[name]:8.2f}")
+    print(f"{'all':10s} {sum(wall.values()):8.2f} {sum(cpu.values()):8.2f}")
+    print(f"load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}"
+          if os.path.exists("/proc/loadavg") else "")
+
+
 def main():
     import argparse
 
     ap = argparse.ArgumentParser()
     ap.add_argument("folder", nargs="?", default=str(ROOT.parent / "shared" / "data" / "pop909-dev"))
     ap.add_argument("--songs", type=int, default=0, help="only the first N song folders (0: all)")
+    ap.add_argument("--stages", action="store_true", help="only the derived stages, wall and CPU seconds each")
     args = ap.parse_args()
     folder = Path(args.folder)
     paths = [str(folder)]
@@ -62,6 +93,8 @@ def main():
     files = discover(paths).files
     size_mb = sum(os.path.getsize(f) for f in files) / 1e6
     print(f"corpus: {folder} ({len(files)} MIDI files, {size_mb:.1f} MB), {os.cpu_count()} cores")
+    if args.stages:
+        return stages_only(files)
     with tempfile.TemporaryDirectory() as tmp:
         ingest_paths(files[:20], Path(tmp) / "warm")  # numba cache loads, imports (lancedb, ...)
         s = ingest_paths(files, Path(tmp) / "db", derive=False)
