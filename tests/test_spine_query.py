@@ -114,6 +114,8 @@ def test_stats(small_pop909_db):
     with reading(small_pop909_db) as con:
         n_notes = con.execute("SELECT count(*) FROM notes").fetchone()[0]
     assert s["notes"] == n_notes == s["tables"]["notes"]
+    with reading(small_pop909_db) as con:  # a view since schema 0105, still listed
+        assert s["tables"]["transforms"] == con.execute("SELECT count(*) FROM transform_rows").fetchone()[0] > 0
     assert s["pieces"] == s["midi_pieces"] > 12 and s["disk_bytes"] > 0
     r = atlas("stats", "--db", str(small_pop909_db))
     assert "pieces" in r.stdout and "notes" in r.stdout and r.returncode == 0
