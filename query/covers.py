@@ -439,11 +439,12 @@ class CoverIndex:
         return int(sum(a.nbytes for a in arrays)) + self.vectors.nbytes  # + the FAISS copy
 
     # -- stage 1 -------------------------------------------------------------------
-    def candidates(self, q: QueryFeatures, n: int | None = None, budget: int | None = None) -> np.ndarray:
+    def candidates(self, q: QueryFeatures, n: int | None = None, budget: int | None = None,
+                   vectors_only: bool = False) -> np.ndarray:
         """Rows of candidate pieces: the union of three dense vector searches (whole
         vector, melody blocks, harmony blocks) and one sparse one (TF-IDF of the melody's
         interval 3- and 4-grams, which finds a short excerpt inside a long piece), best
-        first, the query itself left out."""
+        first, the query itself left out. ``vectors_only``: the dense searches alone."""
         from indexers.faiss_index import search
 
         n = n or ALIGN["candidates"] * self._budget(q) // ALIGN["max_candidates"]
@@ -453,6 +454,8 @@ class CoverIndex:
             rv = q.rescaled_vector
             qv = np.concatenate([qv, np.stack([rv, rv * self.mask_harmony])])
         scores, rows = search(self.index, qv, n + 1)
+        if vectors_only:
+            return self._merge_lists(q, rows, budget)
         qm = np.asarray(q.intervals, np.int64) - 1
         lines = [qm] + [np.asarray(a, np.int64) - 1 for a in q.alt_intervals]
         mel_lists = [self.grams.search(x, n + 1) for x in lines]
@@ -465,7 +468,11 @@ class CoverIndex:
         for g in (tf_list, *mel_lists, *chord_lists):
             if g.size:
                 rows = np.concatenate([rows, np.pad(g, (0, rows.shape[1] - g.size), constant_values=-1)[None]])
-        # interleave the lists by rank so that each contributes its best first
+        return self._merge_lists(q, rows, budget)
+
+    def _merge_lists(self, q: QueryFeatures, rows: np.ndarray, budget: int | None) -> np.ndarray:
+        """Ranked lists (one per row, -1 padded) interleaved by rank so that each
+        contributes its best first; the query itself left out."""
         order = rows.T.ravel()
         order = order[order >= 0]
         _, first = np.unique(order, return_index=True)
@@ -794,7 +801,9 @@ class CoverIndex:
             return r
         best = int(r["rows"][i1])
         qb = self.query_for_piece(self.ids[best])
-        rows = self.candidates(qb)
+        # a stored piece's versions are among its vector neighbours: the n-gram lists
+        # (which find excerpts) cost two thirds of a candidates() call at 100k pieces
+        rows = self.candidates(qb, vectors_only=True)
         if q.piece_id is not None and q.piece_id in self.row_of:
             rows = rows[rows != self.row_of[q.piece_id]]
         rows = rows[: A["hop_candidates"]]
