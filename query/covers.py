@@ -24,10 +24,11 @@ Two stages:
    pieces that align with it as clear versions are versions of the query too
    (``matched_by`` = ``version_of_best``), even when they share little with the query
    directly.
-4. **Fusion**: the final score is a logistic regression over the alignment scores, the
+4. **Fusion**: the final score is a logistic function of the alignment scores, the
    exact-interval 3-gram TF-IDF cosine (the classic baseline, also a candidate list) and
-   the vector cosine, fitted from data (``query.cover_fusion``; coefficients in
-   ``query/cover_fusion.json``, written by ``benchmarks/fit_cover_fusion.py``).
+   the vector cosine, fitted from data to rank each query's versions first
+   (``query.cover_fusion``; coefficients in ``query/cover_fusion.json``, written by
+   ``benchmarks/fit_cover_fusion.py``). Where a recording is involved, 5 ranks instead.
 5. **Audio bonus**: where the query or one of the best answers is a recording, essentia's
    chroma cover-song alignment (0.5 s chroma, no beat grid) adds to those answers'
    scores (``audio_bonus``; MIDI <-> MIDI pairs are left alone).
@@ -717,8 +718,11 @@ class CoverIndex:
         """The ``top`` best versions of the query, explained (see ``RESULT_SCHEMA``);
         with ``explain_top`` only that many get the aligned region (the others' region
         columns are null): finding the region costs a second, slower alignment."""
-        r = self._fuse(q, self._aligned(q))
-        r = self._audio_bonus(q, r)
+        r = self._aligned(q)
+        # a recording involved: the alignment score plus the audio bonus, tuned together
+        # (the fusion was fitted on MIDI queries against MIDI pieces and ranked worse
+        # there, docs/covers.md); else the fusion
+        r = self._audio_bonus(q, r) if self._involves_recording(q, r) else self._fuse(q, r)
         order = np.argsort(-r["score"], kind="stable")[:top]
         return self._explain(q, r, order, top if explain_top is None else explain_top)
 
@@ -737,17 +741,11 @@ class CoverIndex:
 
     def _fuse(self, q: QueryFeatures, r):
         """The final score: the logistic fusion (``query.cover_fusion``) of the
-        alignment scores, the n-gram TF-IDF cosine and the vector cosine. Not where a
-        recording is involved (the query, or one of the answers the audio bonus looks
-        at): the fusion was fitted on MIDI queries against MIDI pieces, and there the
-        alignment score plus the audio bonus, tuned together, ranked better
-        (``benchmarks/audio.py``, docs/covers.md)."""
+        alignment scores, the n-gram TF-IDF cosine and the vector cosine."""
+        r = dict(r)
+        r["bonus"] = np.zeros(r["rows"].size, np.float32)
         if r["rows"].size == 0 or not ALIGN["fusion"]:
             return r
-        top = np.argsort(-r["score"], kind="stable")[: ALIGN["audio_bonus_candidates"]]
-        if q.is_recording or self.is_recording[r["rows"][top]].any():
-            return r
-        r = dict(r)
         r["align"] = r["score"]
         r["score"] = fuse(self._features(q, r))
         return r
@@ -801,8 +799,9 @@ class CoverIndex:
             return r
         best = int(r["rows"][i1])
         qb = self.query_for_piece(self.ids[best])
-        # a stored piece's versions are among its vector neighbours: the n-gram lists
-        # (which find excerpts) cost two thirds of a candidates() call at 100k pieces
+        # a stored piece's versions are among its vector neighbours; without the n-gram
+        # lists (which find excerpts) clean queries at 100k pieces took 66-80 instead of
+        # 105-120 ms CPU p50, the same MAP (docs/covers.md)
         rows = self.candidates(qb, vectors_only=True)
         if q.piece_id is not None and q.piece_id in self.row_of:
             rows = rows[rows != self.row_of[q.piece_id]]
@@ -831,21 +830,28 @@ class CoverIndex:
         r["score"], r["via_best"] = score, via
         return r
 
+    def _best_for_bonus(self, r) -> np.ndarray:
+        """Positions of the ``audio_bonus_candidates`` best answers by score."""
+        return np.argsort(-r["score"], kind="stable")[: ALIGN["audio_bonus_candidates"]]
+
+    def _involves_recording(self, q: QueryFeatures, r) -> bool:
+        """Whether the query or one of the answers the audio bonus looks at is a recording."""
+        return bool(q.is_recording or self.is_recording[r["rows"][self._best_for_bonus(r)]].any())
+
     def _audio_bonus(self, q: QueryFeatures, r):
         """Where the query or one of the ``audio_bonus_candidates`` best answers is a
-        recording: add essentia's chroma cover-song alignment bonus
-        (``indexers.audio_chroma.fuse_css``, on chroma per 0.5 s, which needs no beat
-        grid) to those answers' scores. MIDI <-> MIDI pairs are left alone."""
+        recording (:meth:`_involves_recording`): add essentia's chroma cover-song
+        alignment bonus (``indexers.audio_chroma.fuse_css``, on chroma per 0.5 s, which
+        needs no beat grid) to those answers' alignment scores. MIDI <-> MIDI pairs are
+        left alone."""
         A = ALIGN
         k = r["rows"].size
         r = dict(r)
         r["bonus"] = np.zeros(k, np.float32)
         if not A["audio_bonus"] or k == 0 or self.db_dir is None:
             return r
-        top = np.argsort(-r["score"], kind="stable")[: A["audio_bonus_candidates"]]
+        top = self._best_for_bonus(r)
         rows = r["rows"][top]
-        if not (q.is_recording or self.is_recording[rows].any()):
-            return r
         from ingest.audio_config import audio_available
 
         if audio_available():  # no essentia here: the symbolic scores stand
