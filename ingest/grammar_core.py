@@ -52,6 +52,7 @@ __all__ = [
     "rule_depths",
     "rule_contours",
     "expand",
+    "expand_by_rule",
     "decode",
 ]
 
@@ -308,17 +309,35 @@ def _apply_nb(sym, start, first, last, brk, take, new_sym):
 
 
 def _select(rank_of_pos: np.ndarray, n_cand: int, min_count: int):
-    """Greedy choice, dropping candidates with fewer than min_count takes until stable."""
+    """Greedy choice, dropping candidates with fewer than min_count takes until stable.
+    Returns (take [shape=(positions,)], takes per candidate, alive per candidate)."""
+    return _select_nb(rank_of_pos, n_cand, min_count)
+
+
+@njit(cache=True, nogil=True)
+def _select_nb(rank_of_pos, n_cand, min_count):
+    # compiled: as NumPy steps (greedy, bincount of the taken ranks, masks over every
+    # position) each pass made several position-length temporaries
     rank = rank_of_pos.copy()
     alive = np.ones(n_cand, np.bool_)
+    counts = np.zeros(n_cand, np.int64)
     while True:
         take = _greedy(rank)
-        counts = np.bincount(rank[take], minlength=n_cand)
-        weak = alive & (counts < min_count)
-        if not weak.any():
+        counts[:] = 0
+        for i in range(len(rank)):
+            if take[i]:
+                counts[rank[i]] += 1
+        weak = False
+        for c in range(n_cand):
+            if alive[c] and counts[c] < min_count:
+                alive[c] = False
+                weak = True
+        if not weak:
             return take, counts, alive
-        alive &= ~weak
-        rank[(rank >= 0) & ~alive[np.maximum(rank, 0)]] = -1
+        for i in range(len(rank)):
+            r = rank[i]
+            if r >= 0 and not alive[r]:
+                rank[i] = -1
 
 
 def build(seq: Sequence, grammar: Grammar | None = None, *, max_rules: int = 100_000,
@@ -493,6 +512,10 @@ def rule_contours(g: Grammar, ids: np.ndarray):
     ivs = np.empty(int(i_off[-1]), np.int64)
     terms[:N_TERMINALS] = np.arange(N_TERMINALS)
     _fill_contours(g.left, g.right, g.conn, t_off, i_off, terms, ivs)
+    if len(ids) and np.array_equal(ids, np.arange(ids[0], ids[0] + len(ids))):
+        # consecutive symbols (a build's rules): their contours are one slice
+        a, b = int(ids[0]), int(ids[-1]) + 1
+        return ivs[i_off[a]:i_off[b]], out_i_off, terms[t_off[a]:t_off[b]], out_t_off
     return (_gather(ivs, i_off[ids], ln - 1, int(out_i_off[-1])), out_i_off,
             _gather(terms, t_off[ids], ln, int(out_t_off[-1])), out_t_off)
 
@@ -605,6 +628,90 @@ def expand(seq: Sequence, g: Grammar):
         return e, e, e, np.empty(0, np.bool_)
     return (np.concatenate(out_r), np.concatenate(out_s), np.concatenate(out_f),
             np.concatenate(out_t))
+
+
+def expand_by_rule(seq: Sequence, g: Grammar):
+    """:func:`expand`'s occurrences ordered by (rule_id, start), the order ``occurrences``
+    is written in: the same four arrays.
+
+    One depth-first walk of the parse counts each rule's occurrences, a second writes
+    each at its place (a counting sort). The walk meets a rule's occurrences in start
+    order (two occurrences of one rule never nest), so no sort is needed: ~5x faster
+    than :func:`expand` and an argsort for pop909-dev's 1.7M occurrences."""
+    if not g.n_rules or not len(seq):
+        e = np.empty(0, np.int64)
+        return e, e, e, np.empty(0, np.bool_)
+    depth = int(rule_depths(g).max())
+    return _expand_by_rule_nb(seq.sym, seq.start, seq.first, g.left, g.right, g.conn, rule_lengths(g),
+                              rule_spans(g), depth + 2)
+
+
+@njit(cache=True)
+def _expand_by_rule_nb(sym, start, first, left, right, conn, lengths, spans, stack_size):
+    n_sym = len(lengths)
+    count = np.zeros(n_sym, np.int64)
+    e = np.empty(0, np.int64)
+    _walk_occurrences(sym, start, first, left, right, conn, lengths, spans, stack_size, count,
+                      e, e, e, np.empty(0, np.bool_), False)
+    total = 0
+    for r in range(n_sym):  # count -> first slot of each rule
+        c = count[r]
+        count[r] = total
+        total += c
+    out_r = np.empty(total, np.int64)
+    out_s = np.empty(total, np.int64)
+    out_f = np.empty(total, np.int64)
+    out_t = np.zeros(total, np.bool_)
+    _walk_occurrences(sym, start, first, left, right, conn, lengths, spans, stack_size, count,
+                      out_r, out_s, out_f, out_t, True)
+    return out_r, out_s, out_f, out_t
+
+
+@njit(cache=True)
+def _walk_occurrences(sym, start, first, left, right, conn, lengths, spans, stack_size, slot,
+                      out_r, out_s, out_f, out_t, fill):
+    """Depth-first walk of every top-level rule of a parse, left half first: without
+    ``fill``, counts each rule's occurrences into ``slot``; with it, writes each
+    occurrence at ``slot[rule]`` and advances that slot."""
+    s_sym = np.empty(stack_size, np.int64)
+    s_start = np.empty(stack_size, np.int64)
+    s_first = np.empty(stack_size, np.int64)
+    for i in range(len(sym)):
+        if sym[i] < 128:
+            continue
+        top = 0
+        s_sym[0] = sym[i]
+        s_start[0] = start[i]
+        s_first[0] = first[i]
+        root = True
+        while top >= 0:
+            x = s_sym[top]
+            st = s_start[top]
+            f = s_first[top]
+            top -= 1
+            if fill:
+                j = slot[x]
+                out_r[j] = x
+                out_s[j] = st
+                out_f[j] = f
+                out_t[j] = root
+            slot[x] += 1
+            root = False
+            k = x - 128
+            a = left[k]
+            b = right[k]
+            # only rules go on the stack (terminals are not occurrences); the right half
+            # under the left one: the left half is walked first
+            if b >= 128:
+                top += 1
+                s_sym[top] = b
+                s_start[top] = st + lengths[a]
+                s_first[top] = f + spans[a] + conn[k]
+            if a >= 128:
+                top += 1
+                s_sym[top] = a
+                s_start[top] = st
+                s_first[top] = f
 
 
 def decode(sym: np.ndarray, first: np.ndarray, g: Grammar):
