@@ -151,7 +151,7 @@ def _oversized(con, piece_ids: list[str], notes: dict | None = None) -> dict[str
 
 def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool = False,
                progress=None, on_failure=None, seconds: dict | None = None,
-               notes: dict | None = None) -> dict[str, int]:
+               notes: dict | None = None, workers: int = 1) -> dict[str, int]:
     """Bring every derived stage up to date; returns pieces processed per stage (failed
     pieces included: they are recorded in ``derived_failures``).
 
@@ -160,7 +160,11 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
     seconds: optional dict that receives each stage's wall-clock time (stage name -> s);
     notes: optional dict piece id -> that piece's rows of ``notes`` (an Arrow table, as
     stored): a batch whose pieces are all in it is given them instead of reading them.
-    ``db_dir``: a database folder or a :class:`Writer`.
+    ``db_dir``: a database folder or a :class:`Writer`; workers: the processes to use: with
+    more than one, and pieces of at least ``POOL_MIN_NOTES`` notes for the stages that
+    compute each piece on its own, their computation runs in ``workers - 1`` worker
+    processes while this one runs the grammar and writes (``ingest.stage_pool``; the
+    same rows either way).
     Raises :class:`StageInterrupted` on Ctrl-C (everything committed before is kept).
     """
     done: dict[str, int] = {}
@@ -172,6 +176,15 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
             # what each stage is to do, found at once: a stage writes only its own
             # derived_runs and derived_failures rows, so the others' stay as found here
             pending = pending_by_stage(db.connection(), todo, redo_old_versions=redo_old_versions)
+            if workers > 1 and _worth_a_pool(db.connection(), todo, pending):
+                from ingest.stage_pool import ProcessPool, run_stages_pooled
+
+                pool = ProcessPool(workers - 1)
+                try:
+                    return run_stages_pooled(db, pool, mods=todo, progress=progress, on_failure=on_failure,
+                                             notes=notes, seconds=seconds, pending=pending)
+                finally:
+                    pool.close()
             for stage in todo:
                 current = stage.STAGE
                 t0 = time.perf_counter()
@@ -186,6 +199,21 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
             raise StageInterrupted(current, done, totals.get(current, 0)) from None
         raise
     return done
+
+
+# Notes of the pieces for the per-piece stages from which worker processes pay: a worker
+# costs ~2 s of CPU to start (imports, numba's first calls); those stages compute ~150k
+# notes/s. A one-file add stays in this process.
+POOL_MIN_NOTES = 400_000
+
+
+def _worth_a_pool(con, todo, pending: dict[str, list[str]]) -> bool:
+    ids = list({pid for st in todo if hasattr(st, "compute_rows") for pid in pending[st.STAGE]})
+    if not ids:
+        return False
+    n = con.execute("SELECT coalesce(sum(n_notes), 0) FROM pieces WHERE piece_id IN (SELECT unnest(?))",
+                    [ids]).fetchone()[0]
+    return n >= POOL_MIN_NOTES
 
 
 @contextlib.contextmanager

@@ -440,7 +440,7 @@ def _store_and_derive(db, db_dir, summary, found, failures, known, workers, prog
                 summary.derived = engine.run_stages(db_dir, progress=stage_progress, on_failure=stage_failed)
             else:
                 summary.derived = run_stages(db, progress=stage_progress, on_failure=stage_failed,
-                                             seconds=summary.stage_seconds, notes=stored_notes)
+                                             seconds=summary.stage_seconds, notes=stored_notes, workers=workers)
         except StageInterrupted as e:
             summary.derived = e.done
             raise IngestInterrupted(f"during the {e.stage} stage", summary) from None

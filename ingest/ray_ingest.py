@@ -7,14 +7,15 @@ What runs where (docs/scale-out.md):
   a local ingest does) through :func:`ingest.pipeline.process_file` and writes its pieces'
   tables as Parquet under the staging folder. Ray tasks also run ``compute_rows`` of the
   derived stages that compute each piece on its own (harmony, vectors, patterns; see
-  ``ingest.derived``) on inputs the driver reads from DuckDB, and stage the rows as Parquet.
+  ``ingest.derived``) on inputs the driver reads from DuckDB, and stage the rows as Parquet
+  (the pool of ``ingest.stage_pool``, which a large local ingest runs in worker processes).
 - **The driver** (this process) finds the files, reads the staged Parquet back and writes
   it into DuckDB with the same transactions as a local ingest (``atlas_db.store.write_batch``
   for the files, ``ingest.derived.run_batch`` per stage batch, so ``ingest_errors``,
   ``derived_runs`` and ``derived_failures`` come out the same), upserts the vectors into
   Lance, and runs the grammar stage: Re-Pair over the corpus, where every increment
   depends on all the rules learned before, so it has no per-piece part to hand out. It
-  runs while the Ray tasks of the later stages compute.
+  runs first, while the Ray tasks compute.
 
 The database holds the same rows as after a local ingest of the same files (tests/
 test_ray_ingest.py compares every table). The staging folder must be on storage that the
@@ -28,7 +29,6 @@ staging folder at the same paths.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import shutil
 import socket
@@ -37,7 +37,6 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from atlas_db.errors import BadInputError
@@ -52,11 +51,9 @@ INSTALL_HINT = "pip install 'harmony-atlas[ray]'"
 # per file would cost more in scheduling than in work.
 FILES_PER_TASK = 32
 # Pieces per derived-stage task (a stage's batch of BATCH_PIECES is written in one
-# transaction once all its tasks are in).
+# transaction once all its tasks are in; ingest.stage_pool.MAX_ROWS_IN_FLIGHT bounds the
+# input rows out at once).
 PIECES_PER_TASK = 25
-# Input rows (notes) handed to derived-stage tasks and not yet written back: bounds the
-# driver's and the object store's memory; larger collections go in windows.
-MAX_ROWS_IN_FLIGHT = 8_000_000
 
 
 # --------------------------------------------------------------------------- Ray tasks
@@ -95,39 +92,11 @@ def _parse_files(files: list[str], known: set[str], timeout_s: float | None, out
 
 
 def _compute_rows(module: str, inputs: dict[str, pa.Table], piece_ids: list[str], out_dir: str):
-    """Ray task: a derived stage's ``compute_rows`` for these pieces, staged as Parquet.
-    If it fails, each piece is computed alone (as the local runner's halving ends up
-    doing) and the failing ones are returned as ``{piece_id: reason}``."""
-    from ingest.derived import _reason, is_interrupt
+    """Ray task: ``ingest.stage_pool.compute_chunk``, its rows staged as Parquet."""
+    from ingest.stage_pool import compute_chunk
 
-    stage = importlib.import_module(module)
-    failed = {}
-    try:
-        rows = stage.compute_rows(inputs, piece_ids)
-    except Exception as e:
-        if is_interrupt(e):
-            raise
-        parts = []
-        for pid in piece_ids:
-            try:
-                parts.append(stage.compute_rows(_select(inputs, [pid]), [pid]))
-            except Exception as e1:
-                if is_interrupt(e1):
-                    raise
-                failed[pid] = _reason(e1)
-        rows = _concat_rows(parts)
+    rows, failed = compute_chunk(module, inputs, piece_ids)
     return _write_tables(rows, out_dir), failed
-
-
-def _select(inputs: dict[str, pa.Table], piece_ids: list[str]) -> dict[str, pa.Table]:
-    """The rows of these pieces, in their order in ``inputs``."""
-    keep = pa.array(piece_ids, pa.string())
-    return {k: t.filter(pc.is_in(t.column("piece_id"), value_set=keep)) for k, t in inputs.items()}
-
-
-def _concat_rows(parts: list[dict[str, pa.Table]]) -> dict[str, pa.Table]:
-    names = dict.fromkeys(k for p in parts for k in p)
-    return {k: pa.concat_tables([p[k] for p in parts if k in p]) for k in names}
 
 
 # --------------------------------------------------------------------------- the driver
@@ -196,55 +165,16 @@ class RayEngine:
 
     def run_stages(self, db_dir, *, progress=None, on_failure=None) -> dict[str, int]:
         """``ingest.derived.run_stages`` with the stages that have ``compute_rows``
-        computed by Ray tasks; the others (the grammar) run here, in order, while the
-        tasks already handed out compute."""
-        from ingest.derived import StageInterrupted, _run_stage, is_interrupt, stage_todo, stages
+        computed by Ray tasks (``ingest.stage_pool``); the others (the grammar) run here
+        while the tasks compute."""
+        from ingest.stage_pool import run_stages_pooled
 
-        done: dict[str, int] = {}
-        totals: dict[str, int] = {}
-        current = "derived"
-        tasks = None
-        try:
-            mods = stages()
-            plan = []  # (stage, batch ids) in the order they are written
-            for st in mods:
-                if hasattr(st, "compute_rows"):
-                    todo = stage_todo(db_dir, st, done, totals, False, None, on_failure)
-                    size = getattr(st, "BATCH_PIECES", 200)
-                    plan += [(st, todo[i : i + size]) for i in range(0, len(todo), size)]
-            tasks = _DerivedTasks(self, db_dir, plan)
-            for st in mods:
-                current = st.STAGE
-                if not hasattr(st, "compute_rows"):
-                    _run_stage(db_dir, st, done, totals, False, progress, on_failure)
-                    continue
-                if progress:
-                    progress(st.STAGE, done[st.STAGE], totals[st.STAGE])
-                for k in [k for k, (s, _) in enumerate(plan) if s is st]:
-                    tasks.write(k, on_failure)
-                    done[st.STAGE] += len(plan[k][1])
-                    if progress:
-                        progress(st.STAGE, done[st.STAGE], totals[st.STAGE])
-        except BaseException as e:
-            if is_interrupt(e):
-                raise StageInterrupted(current, _in_order(done), totals.get(current, 0)) from None
-            raise
-        finally:
-            if tasks is not None:
-                tasks.cancel()
-        return _in_order(done)
+        return run_stages_pooled(db_dir, _RayPool(self), progress=progress, on_failure=on_failure)
 
     def _cancel(self, refs) -> None:
         for ref in list(refs):
             with contextlib.suppress(Exception):
                 self.ray.cancel(ref, force=True)
-
-
-def _in_order(done: dict[str, int]) -> dict[str, int]:
-    """Pieces per stage in the stages' order (the Ray stages are counted from the start)."""
-    from ingest.derived import stages
-
-    return {s.STAGE: done[s.STAGE] for s in stages() if s.STAGE in done}
 
 
 def _read_parsed(out: list, out_dir: Path):
@@ -268,79 +198,32 @@ def _read_parsed(out: list, out_dir: Path):
         yield ParsedPiece(pid, sha, path, piece_tables)
 
 
-class _DerivedTasks:
-    """The derived-stage batches of a run, handed to Ray tasks in order while at most
-    ``MAX_ROWS_IN_FLIGHT`` input rows are out, and written back batch by batch."""
+class _RayPool:
+    """``ingest.stage_pool``'s pool as Ray tasks, which stage their rows as Parquet."""
 
-    def __init__(self, engine: RayEngine, db_dir, plan):
-        self.engine, self.db_dir, self.plan = engine, db_dir, plan
-        self.task = engine.ray.remote(num_cpus=1, max_retries=0)(_compute_rows)
-        self.submitted: dict[int, tuple[list, int]] = {}  # batch -> ([(ref, ids, dir)], input rows)
-        self.next = 0
+    pieces_per_task = PIECES_PER_TASK
 
-    def _submit(self, k: int) -> None:
-        from atlas_db.connection import connect
+    def __init__(self, engine: RayEngine):
+        self.engine, self.ray, self.workers = engine, engine.ray, engine.cpus
+        self.task = self.ray.remote(num_cpus=1, max_retries=0)(_compute_rows)
+        self.lost = (self.ray.exceptions.RayError,)
+        self.n = 0
 
-        stage, ids = self.plan[k]
-        con = connect(self.db_dir, read_only=False)
+    def submit(self, module: str, inputs: dict[str, pa.Table], piece_ids: list[str]):
+        self.n += 1
+        out_dir = self.engine.staging / module.rpartition(".")[2] / f"{self.n:06d}"
+        return self.task.remote(module, inputs, piece_ids, str(out_dir)), out_dir
+
+    def result(self, handle):
+        ref, out_dir = handle
         try:
-            inputs = stage.load_inputs(con, ids)
+            paths, failed = self.ray.get(ref)
+            return {name: pq.read_table(p) for name, p in paths.items()}, failed
         finally:
-            con.close()
-        refs = []
-        for j in range(0, len(ids), PIECES_PER_TASK):
-            chunk = ids[j : j + PIECES_PER_TASK]
-            out_dir = self.engine.staging / stage.STAGE / f"{k:05d}-{j:05d}"
-            ref = self.task.remote(stage.__name__, _select(inputs, chunk), chunk, str(out_dir))
-            refs.append((ref, chunk, out_dir))
-        self.submitted[k] = (refs, max((t.num_rows for t in inputs.values()), default=0))
-        self.next = k + 1
-
-    def _top_up(self) -> None:
-        while self.next < len(self.plan) and (
-            not self.submitted or sum(r for _, r in self.submitted.values()) < MAX_ROWS_IN_FLIGHT
-        ):
-            self._submit(self.next)
-
-    def write(self, k: int, on_failure) -> None:
-        """Wait for batch ``k``'s tasks and write its rows in one transaction (pieces
-        whose task died are computed here, with the local runner's isolation)."""
-        from ingest.derived import _is_database_trouble, _record_failures, _run_isolated, is_interrupt, run_batch
-
-        ray = self.engine.ray
-        while self.next <= k:
-            self._submit(self.next)
-        self._top_up()
-        stage, ids = self.plan[k]
-        parts, failed, lost = [], {}, []
-        refs, _ = self.submitted[k]
-        for ref, chunk, out_dir in refs:
-            try:
-                paths, bad = ray.get(ref)
-            except ray.exceptions.RayError:
-                lost += chunk
-                continue
-            parts.append({name: pq.read_table(p) for name, p in paths.items()})
-            failed.update(bad)
-        del self.submitted[k]
-        self._top_up()
-        if failed:
-            _record_failures(self.db_dir, stage, failed, on_failure)
-        ok = [p for p in ids if p not in failed and p not in lost]
-        if ok:
-            try:
-                run_batch(self.db_dir, stage, ok, _concat_rows(parts))
-            except Exception as e:
-                if is_interrupt(e) or _is_database_trouble(e):
-                    raise
-                lost += ok  # rows that do not go in: recompute here, piece by piece if need be
-        if lost:
-            _run_isolated(self.db_dir, stage, lost, on_failure)
-        for _, _, out_dir in refs:
             shutil.rmtree(out_dir, ignore_errors=True)
 
-    def cancel(self) -> None:
-        self.engine._cancel(ref for refs, _ in self.submitted.values() for ref, _, _ in refs)
+    def cancel(self, handles) -> None:
+        self.engine._cancel(ref for ref, _ in handles)
 
 
 # --------------------------------------------------------------------------- connecting

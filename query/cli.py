@@ -153,10 +153,11 @@ def _ingest_with_progress(paths, db_dir, workers, *, quiet=False, derive=True, f
 def run_derived(db_dir, only=None, redo=False):
     """Bring the derived stages up to date with progress bars (used by reindex commands)."""
     from ingest.derived import run_stages
+    from ingest.pipeline import default_workers
 
     progress, bars = _stage_progress()
     try:
-        return run_stages(db_dir, only=only, redo_old_versions=redo, progress=progress)
+        return run_stages(db_dir, only=only, redo_old_versions=redo, progress=progress, workers=default_workers())
     finally:
         for b in bars.values():
             b.close()
@@ -166,7 +167,9 @@ def run_derived(db_dir, only=None, redo=False):
 @click.argument("paths", nargs=-1, type=click.Path())  # required: checked below, after --ray
 @db_option
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Processes for audio analysis (default: number of cores, at most 8); MIDI parses in-process.")
+              help="Processes (default: number of cores, at most 8): for audio analysis, and for harmony, vectors "
+                   "and pattern index while this one builds the grammar when an ingest adds 400,000 notes or more. "
+                   "MIDI parses in-process; --workers 1 does everything in one process.")
 @click.option("--no-derive", is_flag=True,
               help="Only store the files; harmony, grammar and vectors are brought up to date by the next ingest.")
 @click.option("--file-timeout", "file_timeout_s", type=click.FloatRange(min=1), default=None,

@@ -98,7 +98,7 @@ def ray_cluster(tmp_path_factory):
 @needs_ray
 def test_ray_ingest_writes_what_a_local_ingest_writes(tmp_path, ray_cluster, monkeypatch):
     import ingest.ray_ingest as ri
-    from ingest import harmony, pattern_index
+    from ingest import harmony, pattern_index, stage_pool
     from indexers import vectors
 
     src = corpus(tmp_path)
@@ -106,7 +106,7 @@ def test_ray_ingest_writes_what_a_local_ingest_writes(tmp_path, ray_cluster, mon
     # small groups, tasks, batches and window, so each path through the driver is taken
     monkeypatch.setattr(ri, "FILES_PER_TASK", 4)
     monkeypatch.setattr(ri, "PIECES_PER_TASK", 3)
-    monkeypatch.setattr(ri, "MAX_ROWS_IN_FLIGHT", 1)
+    monkeypatch.setattr(stage_pool, "MAX_ROWS_IN_FLIGHT", 1)
     for stage in (harmony, vectors, pattern_index):
         monkeypatch.setattr(stage, "BATCH_PIECES", 7)
     errors = []
