@@ -150,6 +150,9 @@ def _sw_intervals_score(q, refs, offsets, match, mismatch, gap, merge):
     n = q.size
     k = offsets.size - 1
     scores = np.zeros(k, np.float32)
+    # per reference, the first column (reference symbol) where its best score is
+    # reached (-1: none above 0): the region kernel needs nothing after it
+    end = np.full(k, -1, np.int64)
     # query profiles: prof[v, i] = score of reference symbol v against q[i]; prof2 the
     # same against the merged interval q[i-1] + q[i] (an extra note in the query)
     prof = np.full((12, n + 1), -mismatch, np.float32)
@@ -182,9 +185,13 @@ def _sw_intervals_score(q, refs, offsets, match, mismatch, gap, merge):
         B2[:] = 0.0
         bestA = np.float32(0.0)
         bestB = np.float32(0.0)
+        endA = -1
+        endB = -1
         prevA = -1
         prevB = -1
         for j in range(min(m0, m1)):
+            oldA = bestA
+            oldB = bestB
             rA = refs[a0 + j]
             rB = refs[a1 + j]
             pA1 = prof[rA]
@@ -200,44 +207,61 @@ def _sw_intervals_score(q, refs, offsets, match, mismatch, gap, merge):
             leftA = np.float32(0.0)
             leftB = np.float32(0.0)
             # i = 1 (no merged query interval yet)
-            vA = max(A1[0] + pA1[1], A1[1] - gap, leftA - gap, A2[0] + psA[1] - mA, np.float32(0.0))
-            vB = max(B1[0] + pB1[1], B1[1] - gap, leftB - gap, B2[0] + psB[1] - mA, np.float32(0.0))
+            vA = max(max(A1[0] + pA1[1], A1[1] - gap, A2[0] + psA[1] - mA, np.float32(0.0)), leftA - gap)
+            vB = max(max(B1[0] + pB1[1], B1[1] - gap, B2[0] + psB[1] - mA, np.float32(0.0)), leftB - gap)
             A0[1] = vA
             B0[1] = vB
             leftA = vA
             leftB = vB
             bestA = max(bestA, vA)
             bestB = max(bestB, vB)
+            # the previous columns' cells at rows i-1 and i-2 carried in registers
+            # (they were row i's "up" one and two steps before)
+            upA1, upA2, upB1, upB2 = A1[1], A1[0], B1[1], B1[0]
+            mrA, mrB = A2[1], B2[1]
             for i in range(2, n + 1):
-                vA = max(A1[i - 1] + pA1[i], A1[i] - gap, leftA - gap, A1[i - 2] + pA2[i],
-                         A2[i - 1] + psA[i] - mA, np.float32(0.0))
-                vB = max(B1[i - 1] + pB1[i], B1[i] - gap, leftB - gap, B1[i - 2] + pB2[i],
-                         B2[i - 1] + psB[i] - mA, np.float32(0.0))
+                upA, upB = A1[i], B1[i]
+                # the left neighbour last: the other terms do not wait for it, so the
+                # chain from one cell to the next is one subtraction and one max
+                # (max is exact: the same value in any order)
+                vA = max(max(upA1 + pA1[i], upA - gap, upA2 + pA2[i], mrA + psA[i] - mA, np.float32(0.0)),
+                         leftA - gap)
+                vB = max(max(upB1 + pB1[i], upB - gap, upB2 + pB2[i], mrB + psB[i] - mA, np.float32(0.0)),
+                         leftB - gap)
+                upA2, upA1, upB2, upB1 = upA1, upA, upB1, upB
+                mrA, mrB = A2[i], B2[i]
                 A0[i] = vA
                 B0[i] = vB
                 leftA = vA
                 leftB = vB
                 bestA = max(bestA, vA)
                 bestB = max(bestB, vB)
+            if bestA > oldA:
+                endA = j
+            if bestB > oldB:
+                endB = j
             prevA = rA
             prevB = rB
             A2, A1, A0 = A1, A0, A2
             B2, B1, B0 = B1, B0, B2
         if m0 > m1:
-            bestA = _sw_rest(refs, a0, m1, m0, prof, prof2, gap, merge, A1, A2, A0, bestA, prevA)
+            bestA, endA = _sw_rest(refs, a0, m1, m0, prof, prof2, gap, merge, A1, A2, A0, bestA, endA, prevA)
         elif m1 > m0:
-            bestB = _sw_rest(refs, a1, m0, m1, prof, prof2, gap, merge, B1, B2, B0, bestB, prevB)
+            bestB, endB = _sw_rest(refs, a1, m0, m1, prof, prof2, gap, merge, B1, B2, B0, bestB, endB, prevB)
         scores[c] = bestA
+        end[c] = endA
         if c + 1 < k:
             scores[c + 1] = bestB
-    return scores
+            end[c + 1] = endB
+    return scores, end
 
 
 @njit(cache=True, nogil=True)
-def _sw_rest(refs, a, j0, j1, prof, prof2, gap, merge, h1, h2, h0, best, prev_r):
+def _sw_rest(refs, a, j0, j1, prof, prof2, gap, merge, h1, h2, h0, best, end, prev_r):
     """Columns j0..j1-1 of one reference (state h1, h2 of the columns before)."""
     n = h0.size - 1
     for j in range(j0, j1):
+        old = best
         rj = refs[a + j]
         p1 = prof[rj]
         p2 = prof2[rj]
@@ -246,25 +270,36 @@ def _sw_rest(refs, a, j0, j1, prof, prof2, gap, merge, h1, h2, h0, best, prev_r)
         mg = merge if have_sum else np.float32(1e9)
         h0[0] = 0.0
         left = np.float32(0.0)
-        v = max(h1[0] + p1[1], h1[1] - gap, left - gap, h2[0] + ps[1] - mg, np.float32(0.0))
+        v = max(max(h1[0] + p1[1], h1[1] - gap, h2[0] + ps[1] - mg, np.float32(0.0)), left - gap)
         h0[1] = v
         left = v
         best = max(best, v)
+        up1, up2, mr = h1[1], h1[0], h2[1]
         for i in range(2, n + 1):
-            v = max(h1[i - 1] + p1[i], h1[i] - gap, left - gap, h1[i - 2] + p2[i], h2[i - 1] + ps[i] - mg,
-                    np.float32(0.0))
+            up = h1[i]
+            v = max(max(up1 + p1[i], up - gap, up2 + p2[i], mr + ps[i] - mg, np.float32(0.0)), left - gap)
+            up2, up1, mr = up1, up, h2[i]
             h0[i] = v
             left = v
             best = max(best, v)
+        if best > old:
+            end = j
         prev_r = rj
         h2, h1, h0 = h1, h0, h2
-    return best
+    return best, end
 
 
-def sw_symbols_score(q, refs, offsets, match, mismatch, gap, merge=0.3):
-    """:func:`sw_symbols` without the region (faster): best score per reference."""
-    return _sw_intervals_score(np.asarray(q, np.int8), refs, offsets, np.float32(match), np.float32(mismatch),
-                               np.float32(gap), np.float32(merge))
+def sw_symbols_score(q, refs, offsets, match, mismatch, gap, merge=0.3, with_end=False):
+    """:func:`sw_symbols` without the region (faster): best score per reference.
+
+    ``with_end``: also return, per reference, the first reference position where the
+    best score is reached (int64 [shape=(k,)], -1 when no score is above 0). The
+    region :func:`sw_symbols` finds then ends there, and it finds the same region in
+    the reference cut just after that position (a cell depends only on the cells
+    before it), which is all :meth:`query.covers.CoverIndex.search` aligns again."""
+    scores, end = _sw_intervals_score(np.asarray(q, np.int8), refs, offsets, np.float32(match),
+                                      np.float32(mismatch), np.float32(gap), np.float32(merge))
+    return (scores, end) if with_end else scores
 
 
 @njit(cache=True, nogil=True)
@@ -442,8 +477,9 @@ def sw_chroma_score(qs, shifts, refs, offsets, threshold, silent, gap):
                 for i in range(1, n + 1):
                     up0 = h0[i]
                     up1 = h1[i]
-                    v0 = max(diag0 + row0[i - 1], up0 - g, left0 - g, np.float32(0.0))
-                    v1 = max(diag1 + row1[i - 1], up1 - g, left1 - g, np.float32(0.0))
+                    # the left neighbour last (see _sw_intervals_score)
+                    v0 = max(max(diag0 + row0[i - 1], up0 - g, np.float32(0.0)), left0 - g)
+                    v1 = max(max(diag1 + row1[i - 1], up1 - g, np.float32(0.0)), left1 - g)
                     diag0 = up0
                     diag1 = up1
                     h0[i] = v0
@@ -504,30 +540,74 @@ def sw_pitch_classes_score(q, refs, offsets, shifts, match, mismatch, gap_q, gap
     n = q.size
     k = offsets.size - 1
     out = np.zeros(k, np.float32)
-    col = np.zeros(n + 1, np.float32)  # the previous reference note's column
-    new = np.zeros(n + 1, np.float32)
-    prof = np.empty((12, n + 1), np.float32)
+    colA = np.zeros(n + 1, np.float32)  # the previous reference note's column
+    colB = np.zeros(n + 1, np.float32)
+    newA = np.zeros(n + 1, np.float32)
+    newB = np.zeros(n + 1, np.float32)
+    profA = np.empty((12, n + 1), np.float32)
+    profB = np.empty((12, n + 1), np.float32)
     gq = np.float32(gap_q)
     gr = np.float32(gap_r)
     zero = np.float32(0.0)
-    for c in range(k):
-        t = shifts[c]
-        for v in range(12):
-            prof[v, 0] = 0.0
-            for i in range(1, n + 1):
-                prof[v, i] = match if (q[i - 1] + t) % 12 == v else -mismatch
-        col[:] = 0.0
-        best = zero
-        for j in range(offsets[c], offsets[c + 1]):
-            p = prof[refs[j]]
+    # two references at a time: the running max down a column is a chain of dependent
+    # steps, and two independent chains run in the time of one
+    for c in range(0, k, 2):
+        cB = c + 1 if c + 1 < k else c
+        _pc_profile(q, shifts[c], match, mismatch, profA)
+        _pc_profile(q, shifts[cB], match, mismatch, profB)
+        colA[:] = 0.0
+        colB[:] = 0.0
+        bestA = zero
+        bestB = zero
+        a0, m0 = offsets[c], offsets[c + 1] - offsets[c]
+        a1, m1 = offsets[cB], (offsets[cB + 1] - offsets[cB]) if cB != c else 0
+        for j in range(min(m0, m1)):
+            pA = profA[refs[a0 + j]]
+            pB = profB[refs[a1 + j]]
             # match or leave the reference note out: each query row on its own
             # (vectorised), then query notes left out as a running max down the column
             for i in range(1, n + 1):
-                new[i] = max(max(col[i - 1] + p[i], col[i] - gr), zero)
-            run = zero
+                newA[i] = max(max(colA[i - 1] + pA[i], colA[i] - gr), zero)
+                newB[i] = max(max(colB[i - 1] + pB[i], colB[i] - gr), zero)
+            runA = zero
+            runB = zero
             for i in range(1, n + 1):
-                run = max(new[i], run - gq)
-                col[i] = run
-                best = max(best, run)
-        out[c] = best
+                runA = max(newA[i], runA - gq)
+                runB = max(newB[i], runB - gq)
+                colA[i] = runA
+                colB[i] = runB
+                bestA = max(bestA, runA)
+                bestB = max(bestB, runB)
+        for j in range(min(m0, m1), m0):
+            bestA = _pc_column(profA[refs[a0 + j]], colA, newA, gq, gr, bestA)
+        for j in range(min(m0, m1), m1):
+            bestB = _pc_column(profB[refs[a1 + j]], colB, newB, gq, gr, bestB)
+        out[c] = bestA
+        if cB != c:
+            out[cB] = bestB
     return out
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _pc_profile(q, t, match, mismatch, prof):
+    """prof[v, i]: the score of reference pitch class v against query note i-1 up t."""
+    n = q.size
+    for v in range(12):
+        prof[v, 0] = 0.0
+        for i in range(1, n + 1):
+            prof[v, i] = match if (q[i - 1] + t) % 12 == v else -mismatch
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _pc_column(p, col, new, gq, gr, best):
+    """One reference note's column of sw_pitch_classes_score (one reference alone)."""
+    n = col.size - 1
+    zero = np.float32(0.0)
+    for i in range(1, n + 1):
+        new[i] = max(max(col[i - 1] + p[i], col[i] - gr), zero)
+    run = zero
+    for i in range(1, n + 1):
+        run = max(new[i], run - gq)
+        col[i] = run
+        best = max(best, run)
+    return best

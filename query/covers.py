@@ -212,6 +212,9 @@ class QueryFeatures:
     rescaled_vector: np.ndarray | None = field(default=None, repr=False)
     intervals: np.ndarray = field(init=False)
     interval_index: np.ndarray = field(init=False)
+    # the query's chroma frames per (time scale, ...) for one search: each scale is
+    # read by several alignment calls (CoverIndex._phase_frames)
+    frames_memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.intervals, self.interval_index = melody_intervals(self.melody_pitch)
@@ -536,6 +539,15 @@ class CoverIndex:
         step = int(round(ALIGN["frame_beats"] * scale))
         return [c[k:] for c in base for k in range(max(step, 1)) if c.shape[0] > k]
 
+    def _phase_frames(self, q: QueryFeatures, scale: float) -> list:
+        """``_query_frames`` of each of ``_phases``, made once per search and scale (a
+        scale is aligned several times: the probe, every candidate, the expansion)."""
+        key = (scale, ALIGN["frame_beats"], ALIGN["max_query_frames"])
+        hit = q.frames_memo.get(key)
+        if hit is None:
+            hit = q.frames_memo[key] = [self._query_frames(q, scale, c) for c in self._phases(q, scale)]
+        return hit
+
     def _harmony(self, q, rows, scale, frames=None, shifts=None):
         """Best harmony score and transposition per row at this time scale; ``shifts``
         ((rows, n) semitones) fixes the transpositions tried instead of choosing them."""
@@ -545,8 +557,7 @@ class CoverIndex:
         if rows.size == 0:
             return best, best_shift
         frefs, foffs = self._frames_of(rows) if frames is None else frames
-        for chroma in self._phases(q, scale):
-            qs, nq, fa = self._query_frames(q, scale, chroma)
+        for qs, nq, fa in self._phase_frames(q, scale):
             if nq < 2:
                 continue
             if shifts is None:
@@ -563,7 +574,8 @@ class CoverIndex:
             best_shift[better] = hsh[better]
         return best, best_shift
 
-    def _probe_scale(self, q: QueryFeatures, probe: np.ndarray, probe_frames, sh_probe, fine: bool = True) -> float:
+    def _probe_scale(self, q: QueryFeatures, probe: np.ndarray, probe_frames, sh_probe, fine: bool = True,
+                     known: dict | None = None) -> float:
         """The query's time scale (query beats per reference beat), chosen on the best few
         candidates: the scale whose best harmony alignment is highest (another than 1
         must win by ``scale_margin``), among the notated scales and, when none of them
@@ -572,7 +584,7 @@ class CoverIndex:
         (Choosing by the best candidate's lead over the median of the others instead
         was measured: combined 0.614 -> 0.675 but harmony only 0.995 -> 0.962 and
         combined_short 0.600 -> 0.458 on the fit part.) ``fine=False``: the notated
-        scales only."""
+        scales only. ``known`` receives each tried scale's ``_harmony`` of the probe rows."""
         A = ALIGN
         best_scale, best = 1.0, -np.inf
         for grid in (A["scales"], A["probe_scales"]) if fine else (A["scales"],):
@@ -581,7 +593,9 @@ class CoverIndex:
             for sc in grid:
                 if grid is A["probe_scales"] and sc in A["scales"]:
                     continue  # tried already
-                hs, _ = self._harmony(q, probe, sc, probe_frames, sh_probe)
+                hs, hsh = self._harmony(q, probe, sc, probe_frames, sh_probe)
+                if known is not None:
+                    known[sc] = (hs, hsh)
                 top = (float(hs.max()) if hs.size else 0.0) - (A["scale_margin"] if sc != 1.0 else 0.0)
                 if grid is A["probe_scales"] and q.tempo_scale is not None:
                     d = (np.log2(sc / q.tempo_scale)) % 1.0
@@ -589,6 +603,27 @@ class CoverIndex:
                 if top > best + 1e-6:
                     best_scale, best = sc, top
         return best_scale
+
+    def _harmony_known(self, q: QueryFeatures, rows: np.ndarray, scale: float, frames, shifts, known: dict,
+                       sel: np.ndarray | None = None):
+        """``_harmony`` of ``rows[sel]`` (all rows when None), taking the rows that
+        ``_probe_scale`` aligned at this scale already (the first ones, with the same
+        transpositions) from ``known`` instead of aligning them again: each row's score
+        depends on that row alone, so the result is the same."""
+        sel = np.arange(rows.size) if sel is None else np.asarray(sel, np.int64)
+        hit = known.get(scale)
+        if hit is None:
+            return self._harmony(q, rows[sel], scale, frames if sel.size == rows.size else
+                                 _gather(frames[0], frames[1], sel), None if shifts is None else shifts[sel])
+        seen = sel < hit[0].size
+        hs = np.zeros(sel.size, np.float32)
+        hsh = np.zeros(sel.size, np.int32)
+        hs[seen], hsh[seen] = hit[0][sel[seen]], hit[1][sel[seen]]
+        new = sel[~seen]
+        if new.size:
+            hs[~seen], hsh[~seen] = self._harmony(q, rows[new], scale, _gather(frames[0], frames[1], new),
+                                                  None if shifts is None else shifts[new])
+        return hs, hsh
 
     def rerank(self, q: QueryFeatures, rows: np.ndarray, scale: float | None = None, fine: bool = True
                ) -> dict[str, np.ndarray]:
@@ -602,13 +637,14 @@ class CoverIndex:
         qiv = np.ascontiguousarray(q.intervals[a:b])
         if qiv.size >= 2 and k:
             refs, offs = _gather(self.iv, self.iv_off, rows)
-            mel = sw_symbols_score(qiv, refs, offs, A["mel_match"], A["mel_mismatch"], A["mel_gap"],
-                                   A["mel_merge"])
+            mel, mel_end = sw_symbols_score(qiv, refs, offs, A["mel_match"], A["mel_mismatch"], A["mel_gap"],
+                                            A["mel_merge"], with_end=True)
             # a few intervals match somewhere by chance: short melodies count as at
             # least min_query_intervals long
             mel = mel / (A["mel_match"] * max(qiv.size, A["min_query_intervals"]))
         else:
             mel = np.zeros(k, np.float32)
+            mel_end = np.full(k, -1, np.int64)
         # the query's time scale is a property of the query: choose it on a few of the
         # best candidates, then align every candidate at that scale only
         probe = rows[: A["scale_probe"]]
@@ -620,9 +656,10 @@ class CoverIndex:
         qn = min(-(-q.chroma_beats.shape[0] // A["frame_beats"]), A["max_query_frames"])
         sh = self._shifts(q, rows, qn, frames) if qn <= A["short_query_frames"] and k else None
         sh_probe = None if sh is None else sh[:n_probe]
-        best_scale = self._probe_scale(q, probe, probe_frames, sh_probe, fine) if scale is None else scale
+        known = {}  # scale -> the probe rows' harmony there (reused below)
+        best_scale = self._probe_scale(q, probe, probe_frames, sh_probe, fine, known) if scale is None else scale
         fine = fine and not any(abs(best_scale - x) < 1e-6 for x in A["scales"])
-        harm, hshift = self._harmony(q, rows, best_scale, frames, sh)
+        harm, hshift = self._harmony_known(q, rows, best_scale, frames, sh, known)
         hscale = np.full(k, best_scale, np.float32)
         if A["rhythm_scale"] and q.tempo_scale is not None and scale is None and k \
                 and abs(np.log2(q.tempo_scale / best_scale)) >= 0.04:
@@ -641,7 +678,7 @@ class CoverIndex:
             for sc in A["scales"]:
                 if sc == best_scale:
                     continue
-                hs, hsh = self._harmony(q, rows, sc, frames, sh)
+                hs, hsh = self._harmony_known(q, rows, sc, frames, sh, known)
                 better = hs - (A["scale_margin"] if sc != 1.0 else 0.0) > \
                     harm - np.where(hscale != 1.0, A["scale_margin"], 0.0)
                 harm, hshift, hscale = (np.where(better, hs, harm), np.where(better, hsh, hshift),
@@ -664,7 +701,7 @@ class CoverIndex:
                     sel = np.flatnonzero(hinted & (want == sc) & (hscale != sc))
                     if sel.size == 0:
                         continue
-                    hs, hsh = self._harmony(q, rows[sel], float(sc), _gather(frames[0], frames[1], sel))
+                    hs, hsh = self._harmony_known(q, rows, float(sc), frames, None, known, sel)
                     better = hs - A["scale_margin"] > harm[sel]
                     harm[sel] = np.where(better, hs, harm[sel])
                     hshift[sel] = np.where(better, hsh, hshift[sel])
@@ -693,7 +730,8 @@ class CoverIndex:
             score = np.maximum(mel, h) + ww * np.minimum(mel, h)
         return {"rows": rows, "mel": mel.astype(np.float32), "harm": harm, "hshift": hshift,
                 "scale": best_scale, "score": score.astype(np.float32), "by_melody": mel >= harm,
-                "via_best": np.zeros(k, bool), "hscale": hscale.astype(np.float32), "mel_window": (a, b)}
+                "via_best": np.zeros(k, bool), "hscale": hscale.astype(np.float32), "mel_window": (a, b),
+                "mel_end": mel_end}
 
     def _tune_in_notes(self, q: QueryFeatures, rows: np.ndarray, score: np.ndarray, hshift: np.ndarray
                        ) -> np.ndarray:
@@ -753,6 +791,7 @@ class CoverIndex:
     def _aligned(self, q: QueryFeatures):
         """Candidates, their alignment, query expansion, a wider look when nothing
         convinces, and the versions of the best answer (before fusion)."""
+        q.frames_memo.clear()  # made for this search's settings (ALIGN) only
         rows = self.candidates(q)
         r = self.rerank(q, rows)
         extra = self._expand(q, r)
@@ -898,7 +937,13 @@ class CoverIndex:
         qiv = np.ascontiguousarray(q.intervals[a:b])
         mreg = np.zeros((rows.size, 4), np.int32)
         if qiv.size >= 2 and by_mel.any():
-            refs, offs = _gather(self.iv, self.iv_off, rows[by_mel])
+            # each reference up to where its best melody score was reached (rerank's
+            # mel_end): the region ends there, and the cells after it change nothing
+            sel = rows[by_mel]
+            starts = self.iv_off[sel]
+            lens = np.minimum(self.iv_off[sel + 1] - starts, r["mel_end"][order][:n_explain][by_mel] + 1)
+            offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+            refs = np.ascontiguousarray(self.iv[np.repeat(starts - offs[:-1], lens) + np.arange(offs[-1])])
             _, m = sw_symbols(qiv, refs, offs, A["mel_match"], A["mel_mismatch"], A["mel_gap"], A["mel_merge"])
             mreg[by_mel] = m
             mreg[by_mel, :2] += a
@@ -907,7 +952,7 @@ class CoverIndex:
         for scale in np.unique(hscales[:n_explain][~by_mel]):
             sel = ~by_mel & (hscales[:n_explain] == scale)
             scale = float(scale)
-            qs, nq, fa = self._query_frames(q, scale)
+            qs, nq, fa = self._phase_frames(q, scale)[0]  # the query's own beat grid
             if nq >= 2:
                 frefs, foffs = self._frames_of(rows[sel])
                 shifts = np.ascontiguousarray(r["hshift"][order][:n_explain][sel].reshape(-1, 1), np.int64)

@@ -194,6 +194,33 @@ def test_local_alignment_finds_the_region():
     assert scores[0] == pytest.approx(39 - 0.7, abs=1e-4)
 
 
+def test_melody_scores_end_where_the_region_ends():
+    """sw_symbols_score (two references at a time, with_end) gives sw_symbols' scores, the
+    end of its region, and the region again in each reference cut just after that end
+    (what CoverIndex.search aligns to explain an answer)."""
+    from indexers.align import sw_symbols, sw_symbols_score
+
+    rng = np.random.default_rng(3)
+    q = rng.integers(1, 12, 60).astype(np.int8)
+    lens = np.array([0, 5, 120, 300, 90, 61, 200])  # odd count, unequal: the rest of a pair alone
+    off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    refs = rng.integers(1, 12, off[-1]).astype(np.int8)
+    for c in (2, 3, 6):  # a noisy copy of the query inside
+        s = off[c] + 17
+        refs[s:s + 60] = np.where(rng.random(60) < 0.8, q, refs[s:s + 60])
+    scores, end = sw_symbols_score(q, refs, off, 1.0, 0.7, 0.6, 0.3, with_end=True)
+    full, region = sw_symbols(q, refs, off, 1.0, 0.7, 0.6, 0.3)
+    np.testing.assert_array_equal(scores, full)
+    assert end[0] == -1 and scores[[2, 3, 6]].min() > 30
+    np.testing.assert_array_equal(region[scores > 0, 3], end[scores > 0] + 1)
+    cut = np.minimum(lens, end + 1)
+    cut_off = np.concatenate([[0], np.cumsum(cut)]).astype(np.int64)
+    cut_refs = np.concatenate([refs[off[c]:off[c] + cut[c]] for c in range(lens.size)])
+    cut_scores, cut_region = sw_symbols(q, cut_refs, cut_off, 1.0, 0.7, 0.6, 0.3)
+    np.testing.assert_array_equal(cut_scores, full)
+    np.testing.assert_array_equal(cut_region, region)
+
+
 def test_faiss_cpu_index():
     from indexers.faiss_index import build_index, search
 

@@ -34,6 +34,21 @@ def test_the_tune_among_accompaniment_notes_known_answers():
     np.testing.assert_allclose(s, [8.0, 8.0])
 
 
+def test_references_two_at_a_time_score_as_one_alone():
+    """The kernel runs two references together (their common length, then the rest of
+    the longer one alone): each scores as it does alone, with an odd count too."""
+    rng = np.random.default_rng(5)
+    q = rng.integers(0, 12, 70)
+    lens = [40, 0, 130, 7, 90]
+    refs = [rng.integers(0, 12, m) for m in lens]
+    shifts = rng.integers(0, 12, len(lens))
+    together = sw_pitch_classes_score(q.astype(np.int64), np.concatenate(refs).astype(np.int64),
+                                      np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+                                      shifts.astype(np.int64), 1.0, 1.0, 0.25, 0.6)
+    alone = [_score(q, r, int(s)) if len(r) else 0.0 for r, s in zip(refs, shifts)]
+    np.testing.assert_array_equal(together, np.asarray(alone, np.float32))
+
+
 def test_a_merged_jittered_retimed_song_finds_its_tune(small_pop909_db, pop909_dir):
     """003.mid with every track merged into one, transposed up 3, re-timed by 1.19 and
     its onsets jittered by up to 1/8 beat: its skyline is half accompaniment, yet the

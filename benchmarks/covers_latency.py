@@ -1,0 +1,85 @@
+"""Latency of the cover search (``CoverIndex.search``) on the honest benchmark's queries.
+
+    nice .venv/bin/python benchmarks/covers_latency.py                  # clean + merge, held out, 40 songs
+    nice .venv/bin/python benchmarks/covers_latency.py --cells clean,merge,perf,combined --passes 3
+
+The collection and queries are those of ``benchmarks/covers_honest.py`` (the POP909-dev
+files left after holding out each song's query group, plus vienna4x22 unless
+``--no-vienna``); the queries are built once, then each is searched ``--passes`` times
+in turn (a pass over all queries, then the next), and every call is timed in wall clock
+and in CPU time of this process (``time.process_time``: on a shared machine the wall
+clock also counts the other jobs' time slices, the CPU time does not). The first pass
+also warms the caches; it is reported, but the summary is over the later passes.
+
+The printed ``answers`` digest is a hash of every query's whole answer (the top 50 with
+every column: scores, transpositions, time scales, aligned regions): two versions of the
+search that print the same digest answered every query identically, a stricter check
+than an unchanged MAP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from covers_honest import DATA, TOP, VIENNA, pop909_queries, setup  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cells", default="clean,merge")
+    ap.add_argument("--level", type=int, default=2)
+    ap.add_argument("--songs", type=int, default=40, help="the first this many held-out songs")
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--no-vienna", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", default=None, help="write a cProfile of the later passes to this file")
+    args = ap.parse_args(argv)
+    notes, bench, index, _, _ = setup(DATA, None if args.no_vienna else VIENNA)
+    queries = [(key, q) for key, _, q, _, _ in pop909_queries(notes, bench, args.cells.split(","), [args.level],
+                                                             ["heldout"], args.songs, args.seed)]
+    index.search(index.query_for_piece(index.ids[0]), top=5)  # compile the kernels
+    wall = np.zeros((args.passes, len(queries)))
+    cpu = np.zeros_like(wall)
+    digest = hashlib.sha256()
+    prof = None
+    for p in range(args.passes):
+        if p == 1 and args.profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+        for i, (key, q) in enumerate(queries):
+            w0, c0 = time.perf_counter(), time.process_time()
+            res = index.search(q, top=TOP, explain_top=10)
+            cpu[p, i] = time.process_time() - c0
+            wall[p, i] = time.perf_counter() - w0
+            if p == 0:
+                digest.update(repr((key, q.label, res.to_pydict())).encode())
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(args.profile)
+    print(f"{len(index)} pieces; {len(queries)} queries ({args.cells}, held out, first {args.songs} songs, "
+          f"level {args.level}); answers digest {digest.hexdigest()[:16]}")
+    for p in range(args.passes):
+        print(f"pass {p + 1}: wall p50 {np.percentile(wall[p], 50) * 1e3:6.1f} ms p95 "
+              f"{np.percentile(wall[p], 95) * 1e3:6.1f} ms | CPU p50 {np.percentile(cpu[p], 50) * 1e3:6.1f} ms "
+              f"p95 {np.percentile(cpu[p], 95) * 1e3:6.1f} ms")
+    w, c = wall[1:].ravel() if args.passes > 1 else wall.ravel(), cpu[1:].ravel() if args.passes > 1 else cpu.ravel()
+    print(f"passes {'2-' + str(args.passes) if args.passes > 1 else '1'}: wall p50 {np.percentile(w, 50) * 1e3:.1f} "
+          f"ms p95 {np.percentile(w, 95) * 1e3:.1f} ms | CPU p50 {np.percentile(c, 50) * 1e3:.1f} ms p95 "
+          f"{np.percentile(c, 95) * 1e3:.1f} ms (load average {os.getloadavg()[0]:.1f})")
+
+
+if __name__ == "__main__":
+    main()
