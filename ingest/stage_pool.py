@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import os
 import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -89,8 +91,16 @@ def concat_rows(parts: list[dict[str, pa.Table]]) -> dict[str, pa.Table]:
     return {k: pa.concat_tables([p[k] for p in parts if k in p]) for k in names}
 
 
-def _ignore_sigint() -> None:
+def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; it stops us
+    # a driver killed (SIGTERM from the TUI's cancel, SIGKILL) never shuts the pool down,
+    # and a worker waiting for its next chunk would wait for ever: it ends with its parent
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
+
+
+def _exit_with_parent() -> None:
+    mp.parent_process().join()  # returns once the parent is gone
+    os._exit(1)
 
 
 class ProcessPool:
@@ -108,7 +118,7 @@ class ProcessPool:
     def __init__(self, workers: int):
         self.workers = workers
         self._ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                       initializer=_ignore_sigint)
+                                       initializer=_init_worker)
 
     def submit(self, module: str, inputs: dict[str, pa.Table], piece_ids: list[str]):
         try:

@@ -6,8 +6,13 @@ piece that fails is recorded as it is without the pool."""
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 import pool_test_stage as pts
 from atlas_db.connection import Writer, reading
@@ -93,6 +98,55 @@ def test_a_dead_worker_and_a_failing_piece(tmp_path, monkeypatch):
     assert recorded == [(bad, reason)]
     # the first batch by the worker (its failing piece alone left out), the rest by the driver
     assert rows == {p: batch[p] == 0 for p in order if p != bad}
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc (Linux)")
+def test_a_killed_driver_leaves_no_worker_behind(tmp_path):
+    """The TUI cancels an ingest with SIGTERM, a user may SIGKILL it: neither runs the
+    pool's shutdown, and the workers must not wait for chunks for ever."""
+    files = [str(p) for song in pop909_songs(4) for p in sorted(song.glob("*.mid"))]
+    code = ("import sys; from ingest import derived; derived.POOL_MIN_NOTES = 1; "
+            "from ingest.pipeline import ingest_paths; ingest_paths(sys.argv[2:], sys.argv[1], workers=2)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "db"), *files],
+                            cwd=Path(__file__).parents[1], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        workers = []
+        while not workers and proc.poll() is None and time.monotonic() < deadline:
+            # the pool's worker (the spawn's resource tracker is a child too, and ends by itself)
+            workers = [c for c in _children(proc.pid)
+                       if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+            time.sleep(0.02)
+        assert workers, "the ingest ended before its worker process was seen"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers):  # (a zombie is dead: its new parent may not reap it)
+            assert time.monotonic() < deadline, "a worker outlived its killed driver by 30 s"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_split_pieces_keeps_each_tables_row_order():
