@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from atlas_db.connection import fetch_arrow
 from indexers.features import EMBED_DIM, features_from_notes, quantize_chroma, embedding, beat_chroma, \
@@ -166,18 +167,28 @@ def _fixed(vectors: np.ndarray) -> pa.Array:
 
 
 def _read_notes(con, piece_ids: list[str], notes: str = "notes") -> pa.Table:
+    """The pieces' notes without drums, in no order (:func:`in_note_order` sorts them where
+    they are computed: in a worker process when the stage runs in a pool)."""
     con.register("_vec_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
     try:
-        # a total order: with ties (one pitch at one onset in two tracks) the skyline
-        # melody, and so the vectors, changed from one run to the next
         return fetch_arrow(con.execute(
-            f"""SELECT n.piece_id, n.track_index, n.onset_beats, n.duration_beats, n.pitch
+            f"""SELECT n.piece_id, n.track_index, n.note_index, n.onset_beats, n.duration_beats, n.pitch
                FROM {notes} n JOIN _vec_ids USING (piece_id)
-               WHERE n.channel <> 9
-               ORDER BY n.piece_id, n.onset_beats, n.pitch, n.track_index, n.note_index"""
+               WHERE n.channel <> 9"""
         ))
     finally:
         con.unregister("_vec_ids")
+
+
+# A total order: with ties (one pitch at one onset in two tracks) the skyline melody, and
+# so the vectors, changed from one run to the next. Arrow compares strings by their bytes,
+# as DuckDB's ORDER BY did here before (the same order for every pop909-dev note).
+NOTE_ORDER = [("piece_id", "ascending"), ("onset_beats", "ascending"), ("pitch", "ascending"),
+              ("track_index", "ascending"), ("note_index", "ascending")]
+
+
+def in_note_order(notes: pa.Table) -> pa.Table:
+    return notes.take(pc.sort_indices(notes, sort_keys=NOTE_ORDER))
 
 
 def _read_audio(con, piece_ids: list[str]) -> dict:
@@ -408,7 +419,7 @@ def load_inputs(con, piece_ids: list[str], notes: str = "notes") -> dict[str, pa
 def compute_rows(inputs: dict[str, pa.Table], piece_ids: list[str]) -> dict[str, pa.Table]:
     """``cover_features`` rows and track vectors of each piece, each on its own."""
     audio = audio_beats_by_piece(inputs["audio"]) if "audio" in inputs else {}
-    feats, tracks = compute(inputs["notes"], audio)
+    feats, tracks = compute(in_note_order(inputs["notes"]), audio)
     return {"cover_features": feats, TRACK_TABLE: tracks}
 
 

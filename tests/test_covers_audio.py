@@ -154,7 +154,7 @@ def test_harmony_sequence_of_a_stored_recording(audio_db):
     with reading(audio_db["db"]) as con:
         stored = np.asarray(con.execute("SELECT beat_chroma FROM cover_features WHERE piece_id = ?",
                                         [rec]).fetchall()[0][0], np.int8).reshape(-1, 12)
-        notes = vectors._read_notes(con, [rec])
+        notes = vectors.in_note_order(vectors._read_notes(con, [rec]))
         audio = vectors._read_audio(con, [rec])
         bpm = con.execute("SELECT tempo_bpm FROM tempo_changes WHERE piece_id = ?", [rec]).fetchall()[0][0]
     on, dur, pitch = (notes.column(c).to_numpy() for c in ("onset_beats", "duration_beats", "pitch"))

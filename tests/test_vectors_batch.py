@@ -73,7 +73,7 @@ def test_vectors_of_a_batch_equal_each_piece_alone(small_pop909_db):
 
     with reading(small_pop909_db) as con:
         ids = [r[0] for r in con.execute("SELECT piece_id FROM pieces ORDER BY piece_id").fetchall()]
-        notes = vectors.load_inputs(con, ids)["notes"]
+        notes = vectors.in_note_order(vectors.load_inputs(con, ids)["notes"])
     feats, tracks = vectors.compute(notes)
     pid = notes.column("piece_id").to_numpy(zero_copy_only=False)
     alone_f, alone_t = [], []
