@@ -31,15 +31,20 @@ def _sw_intervals(q, refs, offsets, match, mismatch, gap, merge, track):
             sm = (q[i - 2] + q[i - 1]) % 12
             if sm > 0:
                 prof2[sm, i] = match - merge
+    # row 1 has no merged query interval: a score no cell can take
+    prof2[:, :2] = np.float32(-1e9)
     h1 = np.zeros(n + 1, np.float32)  # column j-1
     h2 = np.zeros(n + 1, np.float32)  # column j-2
     h0 = np.zeros(n + 1, np.float32)  # column j
+    # where each cell's alignment starts (query, reference), per column as h
     s1q = np.zeros(n + 1, np.int32)
     s1r = np.zeros(n + 1, np.int32)
     s2q = np.zeros(n + 1, np.int32)
     s2r = np.zeros(n + 1, np.int32)
     s0q = np.zeros(n + 1, np.int32)
     s0r = np.zeros(n + 1, np.int32)
+    neg = np.float32(-1e9)
+    zero = np.float32(0.0)
     for c in range(k):
         a = offsets[c]
         b = offsets[c + 1]
@@ -50,65 +55,62 @@ def _sw_intervals(q, refs, offsets, match, mismatch, gap, merge, track):
             s1r[i] = 0
             s2q[i] = i
             s2r[i] = 0
-        best = np.float32(0.0)
+        best = zero
         bq0 = bq1 = br0 = br1 = 0
         for j in range(a, b):
             jl = j - a
             rj = refs[j]
             p1 = prof[rj]
             p2 = prof2[rj]
-            have_sum = j > a
-            ps = prof[(refs[j - 1] + rj) % 12] if have_sum else prof[0]
+            # the first column has no previous symbol to merge with: its merged term
+            # can win nowhere (as if left out)
+            ps = prof[(refs[j - 1] + rj) % 12] if j > a else prof[0]
+            mg = merge if j > a else -neg
             h0[0] = 0.0
             s0q[0] = 0
             s0r[0] = jl + 1
+            # the previous cells of the path (left: this column, row i-1; up1, up2:
+            # column j-1, rows i-1 and i-2; mr: column j-2, row i-1) with their starts,
+            # carried from row to row
+            left, lq, lr = zero, 0, jl + 1
+            up1, uq1, ur1 = h1[0], s1q[0], s1r[0]
+            up2, uq2, ur2 = zero, 0, 0
+            mr, mq, mrr = h2[0], s2q[0], s2r[0]
             for i in range(1, n + 1):
-                v = h1[i - 1] + p1[i]
-                src = 0
-                x = h1[i] - gap
-                if x > v:
-                    v = x
-                    src = 1
-                x = h0[i - 1] - gap
-                if x > v:
-                    v = x
-                    src = 2
-                if i >= 2:
-                    x = h1[i - 2] + p2[i]
-                    if x > v:
-                        v = x
-                        src = 3
-                if have_sum:
-                    x = h2[i - 1] + ps[i] - merge
-                    if x > v:
-                        v = x
-                        src = 4
-                if v <= 0.0:
-                    v = np.float32(0.0)
-                    src = -1
-                h0[i] = v
-                if src == 0:
-                    s0q[i] = s1q[i - 1]
-                    s0r[i] = s1r[i - 1]
-                elif src == 1:
-                    s0q[i] = s1q[i]
-                    s0r[i] = s1r[i]
-                elif src == 2:
-                    s0q[i] = s0q[i - 1]
-                    s0r[i] = s0r[i - 1]
-                elif src == 3:
-                    s0q[i] = s1q[i - 2]
-                    s0r[i] = s1r[i - 2]
-                elif src == 4:
-                    s0q[i] = s2q[i - 1]
-                    s0r[i] = s2r[i - 1]
+                up, uq, ur = h1[i], s1q[i], s1r[i]
+                # the five ways into the cell, first best wins ties in this order:
+                # diagonal, up (gap), left (gap), merged query interval, merged
+                # reference interval; then below 0 it starts afresh. Chosen with
+                # selects, not branches (which mispredict), and the left cell, which
+                # the row before has just made, compared last
+                d = up1 + p1[i]
+                u = up - gap
+                cu = u > d
+                X, xq, xr = (u, uq, ur) if cu else (d, uq1, ur1)
+                x3 = up2 + p2[i]
+                x4 = mr + ps[i] - mg
+                c4 = x4 > x3
+                Y, yq, yr = (x4, mq, mrr) if c4 else (x3, uq2, ur2)
+                cz = Y > X
+                Z, zq, zr = (Y, yq, yr) if cz else (X, xq, xr)
+                if not Z > zero:
+                    Z, zq, zr = zero, i, jl + 1
+                lg = left - gap
+                if lg > X and lg >= Y and lg > zero:
+                    v, sq, sr = lg, lq, lr
                 else:
-                    s0q[i] = i
-                    s0r[i] = jl + 1
+                    v, sq, sr = Z, zq, zr
+                h0[i] = v
+                s0q[i] = sq
+                s0r[i] = sr
+                left, lq, lr = v, sq, sr
+                up2, uq2, ur2 = up1, uq1, ur1
+                up1, uq1, ur1 = up, uq, ur
+                mr, mq, mrr = h2[i], s2q[i], s2r[i]
                 if v > best:
                     best = v
-                    bq0 = s0q[i]
-                    br0 = s0r[i]
+                    bq0 = sq
+                    br0 = sr
                     bq1 = i
                     br1 = jl + 1
             h2, h1, h0 = h1, h0, h2

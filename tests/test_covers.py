@@ -221,6 +221,64 @@ def test_melody_scores_end_where_the_region_ends():
     np.testing.assert_array_equal(cut_region, region)
 
 
+def _sw_region_reference(q, ref, match, mismatch, gap, merge):
+    """sw_symbols' recurrence for one reference, written plainly: each cell takes the
+    first best of diagonal, up, left, merged query interval, merged reference interval
+    (ties: the earlier), restarts at 0, and the first best cell (by reference, then
+    query position) ends the region."""
+    n, m = len(q), len(ref)
+    h = np.zeros((n + 1, m + 1))
+    start = {}
+    best, region = 0.0, (0, 0, 0, 0)
+    f32 = np.float32
+
+    def sym(a, b):
+        return f32(match) if a == b and a > 0 else f32(-mismatch)
+
+    for j in range(1, m + 1):
+        start[0, j] = (0, j)
+        for i in range(1, n + 1):
+            ways = [(f32(h[i - 1, j - 1]) + sym(ref[j - 1], q[i - 1]), start.get((i - 1, j - 1), (i - 1, j - 1))),
+                    (f32(h[i, j - 1]) - f32(gap), start.get((i, j - 1), (i, 0))),
+                    (f32(h[i - 1, j]) - f32(gap), start.get((i - 1, j), (0, j)))]
+            if i >= 2:
+                qm = (q[i - 2] + q[i - 1]) % 12
+                ways.append((f32(h[i - 2, j - 1]) + (sym(ref[j - 1], qm) - f32(merge)),  # one profile value
+                             start.get((i - 2, j - 1), (i - 2, 0))))
+            if j >= 2:
+                rm = (ref[j - 2] + ref[j - 1]) % 12
+                ways.append((f32(h[i - 1, j - 2]) + sym(rm, q[i - 1]) - f32(merge),
+                             start.get((i - 1, j - 2), (i - 1, 0))))
+            v, s = ways[0]
+            for x, sx in ways[1:]:
+                if x > v:
+                    v, s = x, sx
+            if v <= 0:
+                v, s = f32(0.0), (i, j)
+            h[i, j] = v
+            start[i, j] = s
+            if v > best:
+                best, region = v, (s[0], i, s[1], j)
+    return best, region
+
+
+def test_melody_region_ties_as_written():
+    """The region kernel (selects, the left cell compared last) ends and starts the
+    region where the plain recurrence does, on small alphabets full of ties."""
+    from indexers.align import sw_symbols
+
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        alpha = (3, 4, 12)[trial % 3]
+        q = rng.integers(1, alpha, int(rng.integers(2, 14))).astype(np.int8)
+        ref = rng.integers(1, alpha, int(rng.integers(1, 20))).astype(np.int8)
+        for params in ((1.0, 0.7, 0.6, 0.3), (1.0, 1.0, 1.0, 0.0)):
+            scores, region = sw_symbols(q, ref, np.array([0, ref.size], np.int64), *params)
+            best, want = _sw_region_reference(q.tolist(), ref.tolist(), *params)
+            assert scores[0] == pytest.approx(best, abs=1e-5)
+            assert tuple(region[0]) == want
+
+
 def test_faiss_cpu_index():
     from indexers.faiss_index import build_index, search
 
