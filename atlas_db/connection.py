@@ -228,6 +228,11 @@ def writing(db_dir, *, create: bool = False, wait_s: float | None = None):
 # connection closes (~80 ms) cost more than a small transaction itself; readers of
 # another process wait at most this long plus one transaction.
 HOLD_S = float(os.environ.get("ATLAS_WRITER_HOLD_S", "1.0"))
+# The same during a bulk job's run of long transactions (an ingest's derived stages): each
+# close and reopen of the connection costs DuckDB a checkpoint and a reopen (~0.3-0.7 s at
+# pop909-dev's size, more as the database grows); with 1 s an ingest of pop909-dev closed
+# it 15 times in 4.7-8.3 s, with 10 s 7-8 times in 2.4-4.7 s (docs/ingest-throughput.md).
+BULK_HOLD_S = float(os.environ.get("ATLAS_WRITER_BULK_HOLD_S", "10.0"))
 
 
 class Writer:
@@ -278,6 +283,15 @@ class Writer:
             raise
         self.release_if_held()
 
+    @contextlib.contextmanager
+    def holding(self, hold_s: float):
+        """Inside the block, keep the connection at least ``hold_s`` seconds."""
+        before, self.hold_s = self.hold_s, max(self.hold_s, hold_s)
+        try:
+            yield self
+        finally:
+            self.hold_s = before
+
     def release_if_held(self) -> None:
         """Close the connection if it has been open longer than ``hold_s``."""
         if self._con is not None and time.monotonic() - self._opened >= self.hold_s:
@@ -295,4 +309,4 @@ class Writer:
         self.close()
 
 
-__all__ += ["reading", "writing", "Writer", "HOLD_S", "fetch_arrow", "connect_sandboxed", "SCHEMA_VERSION"]
+__all__ += ["reading", "writing", "Writer", "HOLD_S", "BULK_HOLD_S", "fetch_arrow", "connect_sandboxed", "SCHEMA_VERSION"]

@@ -21,8 +21,8 @@ A stage (harmony, grammar, vectors, ...) is a module with
   as Ray tasks (ingest/ray_ingest.py) and the rest here.
 
 All of a run's transactions go through one :class:`atlas_db.connection.Writer`: a small
-ingest (one new file) runs every stage on one connection, a large one reopens it between
-batches so that readers get in.
+ingest (one new file) runs every stage on one connection, a large one reopens it after a
+transaction that ends ``BULK_HOLD_S`` (10 s) after it was opened, so that readers get in.
 
 The runner records each finished piece in ``derived_runs`` in the same transaction as the
 stage's rows, so a crash loses at most the batch in flight and a re-run picks up the
@@ -49,7 +49,7 @@ from datetime import datetime, timezone
 import duckdb
 import pyarrow as pa
 
-from atlas_db.connection import Writer
+from atlas_db.connection import BULK_HOLD_S, Writer
 from atlas_db.errors import AtlasError, Interrupted
 from atlas_db.schema import TABLES
 from ingest.limits import size_problem
@@ -171,7 +171,7 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
     totals: dict[str, int] = {}
     current = "derived"
     try:
-        with _writer(db_dir) as db:
+        with _writer(db_dir) as db, db.holding(BULK_HOLD_S):
             todo = [stage for stage in stages() if not only or stage.STAGE in only]
             # what each stage is to do, found at once: a stage writes only its own
             # derived_runs and derived_failures rows, so the others' stay as found here

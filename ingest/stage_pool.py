@@ -147,6 +147,7 @@ def run_stages_pooled(db, pool, *, mods=None, progress=None, on_failure=None, no
     first, while the pool computes. ``db``: a database folder or a ``Writer``; ``mods``:
     the stages (default all); ``pending``: their ``pending_by_stage`` if found already;
     the rest as ``run_stages``. Returns pieces processed per stage, in the stages' order."""
+    from atlas_db.connection import BULK_HOLD_S
     from ingest.derived import (StageInterrupted, _run_stage, _writer, batches, is_interrupt, pending_by_stage,
                                 stage_todo, stages)
 
@@ -156,7 +157,7 @@ def run_stages_pooled(db, pool, *, mods=None, progress=None, on_failure=None, no
     current = "derived"
     tasks = None
     try:
-        with _writer(db) as w:
+        with _writer(db) as w, w.holding(BULK_HOLD_S):
             if pending is None:
                 pending = pending_by_stage(w.connection(), mods)
             plan = []  # (stage, batch ids) in the order they are written

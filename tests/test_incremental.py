@@ -99,3 +99,18 @@ def test_pending_of_every_stage_at_once_equals_each_stage_on_its_own(tmp_path):
         assert done[2] in each[b.STAGE] and sorted(new)[0] not in each[b.STAGE]
     finally:
         con.close()
+
+
+def test_writer_holding_keeps_the_connection_longer_inside_the_block(tmp_path):
+    with Writer(tmp_path / "db", create=True, hold_s=0) as w:
+        with w.holding(3600):
+            with w.transaction() as con:
+                con.execute("CREATE TABLE t (x INTEGER)")
+            with w.transaction() as con2:
+                con2.execute("INSERT INTO t VALUES (1)")
+            assert con2 is con
+        assert w.hold_s == 0
+        with w.transaction() as con3:
+            con3.execute("INSERT INTO t VALUES (2)")
+        assert con3 is con  # the connection of the block, closed now that it ended
+        assert w._con is None
