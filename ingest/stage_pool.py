@@ -21,6 +21,7 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -78,9 +79,8 @@ def split_pieces(inputs: dict[str, pa.Table], chunks: list[list[str]]) -> list[d
     out: list[dict[str, pa.Table]] = [{} for _ in chunks]
     for name, t in inputs.items():
         at = pc.index_in(t.column("piece_id"), value_set=pa.array(ids, pa.string()))
-        at = at.fill_null(-1).to_numpy()
-        which = np.searchsorted(bounds, at, side="right") - 1  # the chunk of each row; -1: none
-        which[at < 0] = -1
+        at = at.fill_null(-1).to_numpy()  # each row's place in ids; -1: in no chunk
+        which = np.searchsorted(bounds, at, side="right") - 1  # each row's chunk (-1: none)
         for j in range(len(chunks)):
             out[j][name] = t.take(np.flatnonzero(which == j))
     return out
@@ -196,8 +196,6 @@ def run_stages_pooled(db, pool, *, mods=None, progress=None, on_failure=None, no
 def _timed(seconds, name, fn, *args):
     """``fn(*args)``; its wall seconds added to ``seconds[name]`` (this process's time on
     the stage: reading, waiting for the pool and writing)."""
-    import time
-
     t0 = time.perf_counter()
     try:
         return fn(*args)
