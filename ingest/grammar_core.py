@@ -636,8 +636,9 @@ def expand_by_rule(seq: Sequence, g: Grammar):
 
     One depth-first walk of the parse counts each rule's occurrences, a second writes
     each at its place (a counting sort). The walk meets a rule's occurrences in start
-    order (two occurrences of one rule never nest), so no sort is needed: ~5x faster
-    than :func:`expand` and an argsort for pop909-dev's 1.7M occurrences."""
+    order (two occurrences of one rule never nest), so no sort is needed: for
+    pop909-dev's 1.7M occurrences 0.14-0.16 s CPU against 0.27-0.36 s for :func:`expand`
+    and an argsort."""
     if not g.n_rules or not len(seq):
         e = np.empty(0, np.int64)
         return e, e, e, np.empty(0, np.bool_)
