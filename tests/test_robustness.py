@@ -179,8 +179,11 @@ def test_time_signature_with_absurd_denominator_has_a_clear_reason(tmp_path):
 
 def _ingest_then_interrupt(files, db, when) -> subprocess.CompletedProcess:
     """Start `atlas ingest`, send Ctrl-C (SIGINT) once ``when(db)`` holds, collect it."""
+    # the ingest's writer lets readers in between batches (the derived stages hold their
+    # connection up to 10 s: then ``when`` could only look once they are done)
+    env = {**os.environ, "ATLAS_BATCH_FILES": "5", "ATLAS_WRITER_BULK_HOLD_S": "1"}
     proc = subprocess.Popen([*ATLAS, "ingest", *files, "--db", str(db)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "ATLAS_BATCH_FILES": "5"},
+                            stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
