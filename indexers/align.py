@@ -1,9 +1,12 @@
 """Local alignment (Smith-Waterman) kernels for the cover re-rank, compiled with numba.
 
-Both kernels align one query against many references stored back to back
+The kernels align one query against many references stored back to back
 (``refs[offsets[k]:offsets[k+1]]`` is reference k) and return, per reference, the best
 local score and the aligned region ``(q_start, q_end, r_start, r_end)`` (end exclusive,
-in the sequences' own units: melody intervals or chroma frames).
+in the sequences' own units: melody intervals or chroma frames). ``offsets`` may also be
+a pair ``(starts, ends)`` (reference k is ``refs[starts[k]:ends[k]]``): the references
+are then read where they lie in a larger array (the cover index's, all pieces back to
+back), in any order, without copying them out first.
 """
 
 from __future__ import annotations
@@ -14,10 +17,19 @@ from numba import njit
 __all__ = ["sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score", "sw_pitch_classes_score"]
 
 
+def _spans(offsets):
+    """(starts, ends), int64 [shape=(k,)] each, of ``offsets`` (k+1 offsets, or the pair)."""
+    if isinstance(offsets, tuple):
+        starts, ends = offsets
+        return np.ascontiguousarray(starts, np.int64), np.ascontiguousarray(ends, np.int64)
+    offsets = np.asarray(offsets, np.int64)
+    return offsets[:-1], offsets[1:]
+
+
 @njit(cache=True, nogil=True)
-def _sw_intervals(q, refs, offsets, match, mismatch, gap, merge, track):
+def _sw_intervals(q, refs, starts, ends, match, mismatch, gap, merge, track):
     n = q.size
-    k = offsets.size - 1
+    k = starts.size
     scores = np.zeros(k, np.float32)
     region = np.zeros((k, 4), np.int32)
     # query profiles (as in _sw_intervals_score): prof[v, i] = score of symbol v against
@@ -46,8 +58,8 @@ def _sw_intervals(q, refs, offsets, match, mismatch, gap, merge, track):
     neg = np.float32(-1e9)
     zero = np.float32(0.0)
     for c in range(k):
-        a = offsets[c]
-        b = offsets[c + 1]
+        a = starts[c]
+        b = ends[c]
         for i in range(n + 1):
             h1[i] = 0.0
             h2[i] = 0.0
@@ -135,7 +147,7 @@ def sw_symbols(q, refs, offsets, match, mismatch, gap, merge=0.3):
     ----------
     q : int8 [shape=(n,)]
     refs : int8 [shape=(M,)], references back to back
-    offsets : int64 [shape=(k+1,)]
+    offsets : int64 [shape=(k+1,)], or (starts, ends) int64 [shape=(k,)] each
     match, mismatch, gap, merge : float; mismatch, gap and merge are penalties (>= 0)
 
     Returns
@@ -143,14 +155,15 @@ def sw_symbols(q, refs, offsets, match, mismatch, gap, merge=0.3):
     scores : float32 [shape=(k,)]
     region : int32 [shape=(k, 4)] q_start, q_end, r_start, r_end (intervals, end exclusive)
     """
-    return _sw_intervals(np.asarray(q, np.int8), refs, offsets, np.float32(match), np.float32(mismatch), np.float32(gap),
+    starts, ends = _spans(offsets)
+    return _sw_intervals(np.asarray(q, np.int8), refs, starts, ends, np.float32(match), np.float32(mismatch), np.float32(gap),
                          np.float32(merge), True)
 
 
 @njit(cache=True, nogil=True)
-def _sw_intervals_score(q, refs, offsets, match, mismatch, gap, merge):
+def _sw_intervals_score(q, refs, starts, ends, match, mismatch, gap, merge):
     n = q.size
-    k = offsets.size - 1
+    k = starts.size
     scores = np.zeros(k, np.float32)
     # per reference, the first column (reference symbol) where its best score is
     # reached (-1: none above 0): the region kernel needs nothing after it
@@ -177,10 +190,10 @@ def _sw_intervals_score(q, refs, offsets, match, mismatch, gap, merge):
     # two references at a time: two independent recurrences in one loop, then the
     # rest of the longer one alone
     for c in range(0, k, 2):
-        a0 = offsets[c]
-        m0 = offsets[c + 1] - a0
-        a1 = offsets[c + 1] if c + 1 < k else a0
-        m1 = offsets[c + 2] - a1 if c + 1 < k else 0
+        a0 = starts[c]
+        m0 = ends[c] - a0
+        a1 = starts[c + 1] if c + 1 < k else a0
+        m1 = ends[c + 1] - a1 if c + 1 < k else 0
         A1[:] = 0.0
         A2[:] = 0.0
         B1[:] = 0.0
@@ -299,12 +312,12 @@ def sw_symbols_score(q, refs, offsets, match, mismatch, gap, merge=0.3, with_end
     region :func:`sw_symbols` finds then ends there, and it finds the same region in
     the reference cut just after that position (a cell depends only on the cells
     before it), which is all :meth:`query.covers.CoverIndex.search` aligns again."""
-    scores, end = _sw_intervals_score(np.asarray(q, np.int8), refs, offsets, np.float32(match),
+    starts, ends = _spans(offsets)
+    scores, end = _sw_intervals_score(np.asarray(q, np.int8), refs, starts, ends, np.float32(match),
                                       np.float32(mismatch), np.float32(gap), np.float32(merge))
     return (scores, end) if with_end else scores
 
 
-@njit(cache=True, nogil=True)
 def sw_chroma(qs, shifts, refs, offsets, threshold, silent, gap):
     """Smith-Waterman over unit-norm chroma frames, trying several transpositions.
 
@@ -314,7 +327,7 @@ def sw_chroma(qs, shifts, refs, offsets, threshold, silent, gap):
         (``qs[t]`` = query transposed up by t); rows of zeros are silent frames
     shifts : int64 [shape=(k, s)]: transpositions to try for each reference
     refs : float32 [shape=(M, 12)], references back to back, unit-norm frames
-    offsets : int64 [shape=(k+1,)]
+    offsets : int64 [shape=(k+1,)], or (starts, ends) int64 [shape=(k,)] each
     threshold : float: cosine above which two frames count as a match (score cos - threshold)
     silent : float: penalty when either frame is silent
     gap : float: penalty for skipping a frame on either side
@@ -324,8 +337,14 @@ def sw_chroma(qs, shifts, refs, offsets, threshold, silent, gap):
     scores : float32 [shape=(k,)]; best_shift : int32 [shape=(k,)];
     region : int32 [shape=(k, 4)] q_start, q_end, r_start, r_end (frames)
     """
+    starts, ends = _spans(offsets)
+    return _sw_chroma(qs, shifts, refs, starts, ends, threshold, silent, gap)
+
+
+@njit(cache=True, nogil=True)
+def _sw_chroma(qs, shifts, refs, starts, ends, threshold, silent, gap):
     n = qs.shape[1]
-    k = offsets.size - 1
+    k = starts.size
     scores = np.zeros(k, np.float32)
     best_shift = np.zeros(k, np.int32)
     region = np.zeros((k, 4), np.int32)
@@ -342,8 +361,8 @@ def sw_chroma(qs, shifts, refs, offsets, threshold, silent, gap):
             tot += qs[0, i, p]
         qsil[i] = tot <= 0.0
     for c in range(k):
-        a = offsets[c]
-        b = offsets[c + 1]
+        a = starts[c]
+        b = ends[c]
         for si in range(shifts.shape[1]):
             t = shifts[c, si]
             if t < 0:
@@ -415,7 +434,6 @@ def sw_chroma(qs, shifts, refs, offsets, threshold, silent, gap):
     return scores, best_shift, region
 
 
-@njit(cache=True, nogil=True)
 def sw_chroma_score(qs, shifts, refs, offsets, threshold, silent, gap):
     """:func:`sw_chroma` without the region: best score and transposition per reference.
 
@@ -424,8 +442,14 @@ def sw_chroma_score(qs, shifts, refs, offsets, threshold, silent, gap):
     penalty already in, so the dynamic programme reads them in order and does one
     addition per cell.
     """
+    starts, ends = _spans(offsets)
+    return _sw_chroma_score(qs, shifts, refs, starts, ends, threshold, silent, gap)
+
+
+@njit(cache=True, nogil=True)
+def _sw_chroma_score(qs, shifts, refs, starts, ends, threshold, silent, gap):
     n = qs.shape[1]
-    k = offsets.size - 1
+    k = starts.size
     scores = np.zeros(k, np.float32)
     best_shift = np.zeros(k, np.int32)
     qsil = np.zeros(n, np.bool_)
@@ -445,8 +469,8 @@ def sw_chroma_score(qs, shifts, refs, offsets, threshold, silent, gap):
     h0 = np.zeros(n + 1, np.float32)
     h1 = np.zeros(n + 1, np.float32)
     for c in range(k):
-        a = offsets[c]
-        b = offsets[c + 1]
+        a = starts[c]
+        b = ends[c]
         if b <= a:
             continue
         r = np.ascontiguousarray(refs[a:b])  # (m, 12)
@@ -517,7 +541,6 @@ def _frame_scores(r, qt, rsil, qsil, thr, sil):
     return sim
 
 
-@njit(cache=True, nogil=True, fastmath=True)
 def sw_pitch_classes_score(q, refs, offsets, shifts, match, mismatch, gap_q, gap_r):
     """Smith-Waterman of each reference's melody (pitch classes) against the query's
     notes (pitch classes), with the query transposed by the reference's own shift: how
@@ -532,15 +555,22 @@ def sw_pitch_classes_score(q, refs, offsets, shifts, match, mismatch, gap_q, gap
     Parameters
     ----------
     q : int64 [shape=(n,)], pitch classes 0..11
-    refs : int64 [shape=(M,)], pitch classes back to back; offsets : int64 [shape=(k+1,)]
+    refs : int [shape=(M,)], pitch classes back to back; offsets : int64 [shape=(k+1,)] or
+        (starts, ends)
     shifts : int64 [shape=(k,)]: semitones from the query up to each reference
 
     Returns
     -------
     scores : float32 [shape=(k,)]
     """
+    starts, ends = _spans(offsets)
+    return _sw_pitch_classes_score(q, refs, starts, ends, shifts, match, mismatch, gap_q, gap_r)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _sw_pitch_classes_score(q, refs, starts, ends, shifts, match, mismatch, gap_q, gap_r):
     n = q.size
-    k = offsets.size - 1
+    k = starts.size
     out = np.zeros(k, np.float32)
     colA = np.zeros(n + 1, np.float32)  # the previous reference note's column
     colB = np.zeros(n + 1, np.float32)
@@ -561,8 +591,8 @@ def sw_pitch_classes_score(q, refs, offsets, shifts, match, mismatch, gap_q, gap
         colB[:] = 0.0
         bestA = zero
         bestB = zero
-        a0, m0 = offsets[c], offsets[c + 1] - offsets[c]
-        a1, m1 = offsets[cB], (offsets[cB + 1] - offsets[cB]) if cB != c else 0
+        a0, m0 = starts[c], ends[c] - starts[c]
+        a1, m1 = starts[cB], (ends[cB] - starts[cB]) if cB != c else 0
         for j in range(min(m0, m1)):
             pA = profA[refs[a0 + j]]
             pB = profB[refs[a1 + j]]

@@ -370,7 +370,7 @@ class CoverIndex:
         kept, kept_n = [], []
         for c0 in range(0, n_beats.size, 4096):
             rows = np.arange(c0, min(c0 + 4096, n_beats.size))
-            frames, f_off = self._frames_of(rows)
+            frames, f_off = self._pooled_frames(rows)
             if keep:
                 kept.append(frames)
                 kept_n.append(np.diff(f_off))
@@ -394,6 +394,8 @@ class CoverIndex:
         self.mel_off = np.concatenate([[0], np.cumsum(n_melody)]).astype(np.int64)
         self.mel_pitch = np.asarray(melody_pitch, np.int16)
         self.mel_onset = np.asarray(melody_onset, np.float32)
+        # pitch classes for the tune-in-notes kernel, made once instead of per query
+        self.mel_pc = (self.mel_pitch % 12).astype(np.int8)
         ivs, idxs, offs = [], [], [0]
         for i in range(len(n_melody)):
             iv, ix = melody_intervals(self.mel_pitch[self.mel_off[i]:self.mel_off[i + 1]])
@@ -412,11 +414,19 @@ class CoverIndex:
     def __len__(self):
         return len(self.ids)
 
-    def _frames_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Unit-norm chroma frames of ``frame_beats`` beats of these pieces, back to back,
-        and their offsets."""
+    def _frames_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Unit-norm chroma frames of ``frame_beats`` beats of these pieces: (frames,
+        starts, ends), row k's frames being ``frames[starts[k]:ends[k]]``. A collection
+        that keeps every piece's frames gives spans into them (the kernels read them in
+        place: no copy per query); else the pieces' frames are made, back to back."""
+        rows = np.asarray(rows, np.int64)
         if self.frames is not None:
-            return _gather(self.frames[0], self.frames[1], np.asarray(rows, np.int64))
+            return self.frames[0], self.frames[1][rows], self.frames[1][rows + 1]
+        frames, f_off = self._pooled_frames(rows)
+        return frames, f_off[:-1], f_off[1:]
+
+    def _pooled_frames(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The frames of ``_frames_of`` made from the beats, back to back, and their offsets."""
         fb = ALIGN["frame_beats"]
         starts, ends = self.beat_off[rows], self.beat_off[rows + 1]
         nb = ends - starts
@@ -437,7 +447,7 @@ class CoverIndex:
                   self.tfidf.matrix.data, self.tfidf.matrix.indices, self.tfidf.matrix.indptr,
                   self.chord_grams.matrix.data, self.chord_grams.matrix.indices, self.chord_grams.matrix.indptr,
                   self.vectors, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset,
-                  self.iv, self.iv_index, self.iv_off, self.mel_off]
+                  self.iv, self.iv_index, self.iv_off, self.mel_off, self.mel_pc]
         if self.frames is not None:
             arrays += list(self.frames)
         return int(sum(a.nbytes for a in arrays)) + self.vectors.nbytes  # + the FAISS copy
@@ -521,8 +531,10 @@ class CoverIndex:
         qglob = qglob / max(float(np.linalg.norm(qglob)), 1e-9)
         rolled = qglob[_ROLL]  # [t] = np.roll(qglob, t)
         short = n_frames <= ALIGN["short_query_frames"]
-        if short and frames is not None and frames[1][-1] > 0:
-            corr = _window_correlation(frames[0], frames[1], rolled, n_frames)
+        if short and frames is not None and (frames[2] - frames[1]).sum() > 0:
+            # the windows' sums come from a running sum over the candidates' frames
+            # back to back (its rounding depends on that layout): copied out here
+            corr = _window_correlation(*_gather_spans(frames[0], frames[1], frames[2]), rolled, n_frames)
         else:
             corr = self.global_chroma[rows] @ rolled.T  # [c, t] = <query up t, candidate>
         n = ALIGN["n_shifts_short"] if short else ALIGN["n_shifts"]
@@ -556,7 +568,7 @@ class CoverIndex:
         best_shift = np.zeros(rows.size, np.int32)
         if rows.size == 0:
             return best, best_shift
-        frefs, foffs = self._frames_of(rows) if frames is None else frames
+        frefs, fstarts, fends = self._frames_of(rows) if frames is None else frames
         for qs, nq, fa in self._phase_frames(q, scale):
             if nq < 2:
                 continue
@@ -566,7 +578,7 @@ class CoverIndex:
                 sh = np.ascontiguousarray(shifts[:, :ALIGN["n_shifts"]])
             else:
                 sh = shifts
-            hs, hsh = sw_chroma_score(qs, sh, frefs, foffs,
+            hs, hsh = sw_chroma_score(qs, sh, frefs, (fstarts, fends),
                                       A["chroma_threshold"], A["chroma_silent"], A["chroma_gap"])
             hs = hs / ((1.0 - A["chroma_threshold"]) * max(nq, A["min_query_frames"]))
             better = hs > best
@@ -613,15 +625,15 @@ class CoverIndex:
         sel = np.arange(rows.size) if sel is None else np.asarray(sel, np.int64)
         hit = known.get(scale)
         if hit is None:
-            return self._harmony(q, rows[sel], scale, frames if sel.size == rows.size else
-                                 _gather(frames[0], frames[1], sel), None if shifts is None else shifts[sel])
+            return self._harmony(q, rows[sel], scale, (frames[0], frames[1][sel], frames[2][sel]),
+                                 None if shifts is None else shifts[sel])
         seen = sel < hit[0].size
         hs = np.zeros(sel.size, np.float32)
         hsh = np.zeros(sel.size, np.int32)
         hs[seen], hsh[seen] = hit[0][sel[seen]], hit[1][sel[seen]]
         new = sel[~seen]
         if new.size:
-            hs[~seen], hsh[~seen] = self._harmony(q, rows[new], scale, _gather(frames[0], frames[1], new),
+            hs[~seen], hsh[~seen] = self._harmony(q, rows[new], scale, (frames[0], frames[1][new], frames[2][new]),
                                                   None if shifts is None else shifts[new])
         return hs, hsh
 
@@ -635,9 +647,9 @@ class CoverIndex:
         k = rows.size
         a, b = _middle(q.intervals.size, A["max_query_intervals"])
         qiv = np.ascontiguousarray(q.intervals[a:b])
+        spans = (self.iv_off[rows], self.iv_off[rows + 1])  # the candidates' intervals in self.iv
         if qiv.size >= 2 and k:
-            refs, offs = _gather(self.iv, self.iv_off, rows)
-            mel, mel_end = sw_symbols_score(qiv, refs, offs, A["mel_match"], A["mel_mismatch"], A["mel_gap"],
+            mel, mel_end = sw_symbols_score(qiv, self.iv, spans, A["mel_match"], A["mel_mismatch"], A["mel_gap"],
                                             A["mel_merge"], with_end=True)
             # a few intervals match somewhere by chance: short melodies count as at
             # least min_query_intervals long
@@ -650,7 +662,7 @@ class CoverIndex:
         probe = rows[: A["scale_probe"]]
         frames = self._frames_of(rows)
         n_probe = probe.size
-        probe_frames = (frames[0][: frames[1][n_probe]], frames[1][: n_probe + 1])
+        probe_frames = (frames[0], frames[1][:n_probe], frames[2][:n_probe])
         # a short query: its transpositions from its best-matching window of each
         # candidate (found once, at its own time scale, and used at every scale)
         qn = min(-(-q.chroma_beats.shape[0] // A["frame_beats"]), A["max_query_frames"])
@@ -713,9 +725,8 @@ class CoverIndex:
         weak = k and max(float(mel.max()), float(h.max())) < A["alt_line_below"]
         if k and q.alt_intervals and (weak or q.intervals.size <= A["min_query_intervals"] * 2
                                       or q.chroma_beats.shape[0] <= A["phase_search_beats"]):
-            refs, offs = _gather(self.iv, self.iv_off, rows)
             for alt in q.alt_intervals:
-                m2 = sw_symbols_score(np.ascontiguousarray(alt), refs, offs, A["mel_match"], A["mel_mismatch"],
+                m2 = sw_symbols_score(np.ascontiguousarray(alt), self.iv, spans, A["mel_match"], A["mel_mismatch"],
                                       A["mel_gap"], A["mel_merge"])
                 mel = np.maximum(mel, m2 / (A["mel_match"] * max(alt.size, A["min_query_intervals"])))
         # a short query's melody (or harmony) alone matches something by chance more
@@ -745,8 +756,8 @@ class CoverIndex:
         if qpc.size < 4:
             return out
         best = np.argsort(-score, kind="stable")[: A["pc_candidates"]]
-        refs, offs = _gather(self.mel_pitch, self.mel_off, rows[best])
-        raw = sw_pitch_classes_score(qpc, np.asarray(refs, np.int64) % 12, offs,
+        rb = rows[best]
+        raw = sw_pitch_classes_score(qpc, self.mel_pc, (self.mel_off[rb], self.mel_off[rb + 1]),
                                      np.asarray(hshift[best], np.int64) % 12, A["pc_match"], A["pc_mismatch"],
                                      A["pc_gap_query"], A["pc_gap_ref"])
         out[best] = raw / (A["pc_match"] * max(A["pc_melody_share"] * qpc.size, A["min_query_intervals"]))
@@ -941,10 +952,9 @@ class CoverIndex:
             # mel_end): the region ends there, and the cells after it change nothing
             sel = rows[by_mel]
             starts = self.iv_off[sel]
-            lens = np.minimum(self.iv_off[sel + 1] - starts, r["mel_end"][order][:n_explain][by_mel] + 1)
-            offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-            refs = np.ascontiguousarray(self.iv[np.repeat(starts - offs[:-1], lens) + np.arange(offs[-1])])
-            _, m = sw_symbols(qiv, refs, offs, A["mel_match"], A["mel_mismatch"], A["mel_gap"], A["mel_merge"])
+            ends = np.minimum(self.iv_off[sel + 1], starts + r["mel_end"][order][:n_explain][by_mel] + 1)
+            _, m = sw_symbols(qiv, self.iv, (starts, ends), A["mel_match"], A["mel_mismatch"], A["mel_gap"],
+                              A["mel_merge"])
             mreg[by_mel] = m
             mreg[by_mel, :2] += a
         hscales = r["hscale"][order]
@@ -954,9 +964,9 @@ class CoverIndex:
             scale = float(scale)
             qs, nq, fa = self._phase_frames(q, scale)[0]  # the query's own beat grid
             if nq >= 2:
-                frefs, foffs = self._frames_of(rows[sel])
+                frefs, fstarts, fends = self._frames_of(rows[sel])
                 shifts = np.ascontiguousarray(r["hshift"][order][:n_explain][sel].reshape(-1, 1), np.int64)
-                _, _, h = sw_chroma(qs, shifts, frefs, foffs, A["chroma_threshold"], A["chroma_silent"],
+                _, _, h = sw_chroma(qs, shifts, frefs, (fstarts, fends), A["chroma_threshold"], A["chroma_silent"],
                                     A["chroma_gap"])
                 fb = A["frame_beats"]
                 h = h.astype(np.float64)
@@ -1073,8 +1083,8 @@ def _pool_beats(chroma_beats: np.ndarray, frame_beats: float) -> np.ndarray:
     return frames
 
 
-def _gather(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray):
-    starts, ends = offsets[rows], offsets[rows + 1]
+def _gather_spans(values: np.ndarray, starts: np.ndarray, ends: np.ndarray):
+    """``values[starts[k]:ends[k]]`` for every k, back to back, and their offsets."""
     lens = ends - starts
     off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     idx = np.repeat(starts - off[:-1], lens) + np.arange(off[-1])
