@@ -221,6 +221,40 @@ def test_melody_scores_end_where_the_region_ends():
     np.testing.assert_array_equal(cut_region, region)
 
 
+def test_kernels_read_spans_as_copies():
+    """Every kernel given (starts, ends) spans into one array, in any order and
+    overlapping, answers as it does given those references copied out back to back."""
+    from indexers.align import sw_chroma, sw_chroma_score, sw_pitch_classes_score, sw_symbols, sw_symbols_score
+
+    rng = np.random.default_rng(5)
+    pool = rng.integers(1, 12, 900).astype(np.int8)
+    starts = np.array([700, 0, 40, 40, 650, 300, 899], np.int64)
+    ends = np.array([900, 0, 300, 120, 700, 301, 899], np.int64)
+    copies = np.concatenate([pool[a:b] for a, b in zip(starts, ends)])
+    off = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
+    q = pool[60:110].copy()
+    for x, y in zip(sw_symbols_score(q, pool, (starts, ends), 1.0, 0.7, 0.6, 0.3, with_end=True)
+                    + sw_symbols(q, pool, (starts, ends), 1.0, 0.7, 0.6, 0.3),
+                    sw_symbols_score(q, copies, off, 1.0, 0.7, 0.6, 0.3, with_end=True)
+                    + sw_symbols(q, copies, off, 1.0, 0.7, 0.6, 0.3)):
+        np.testing.assert_array_equal(x, y)
+    assert sw_symbols_score(q, pool, (starts, ends), 1.0, 0.7, 0.6, 0.3)[2] > 45  # q lies in reference 2
+    shifts = rng.integers(0, 12, starts.size)
+    np.testing.assert_array_equal(
+        sw_pitch_classes_score(q.astype(np.int64) % 12, pool % 12, (starts, ends), shifts, 1.0, 1.0, 0.25, 0.6),
+        sw_pitch_classes_score(q.astype(np.int64) % 12, copies % 12, off, shifts, 1.0, 1.0, 0.25, 0.6))
+    frames = rng.random((900, 12)).astype(np.float32) ** 4
+    frames /= np.linalg.norm(frames, axis=1, keepdims=True)
+    frames[::7] = 0  # silent frames
+    fcopies = np.concatenate([frames[a:b] for a, b in zip(starts, ends)])
+    qf = frames[100:130]
+    qs = np.ascontiguousarray(np.stack([np.roll(qf, t, axis=1) for t in range(12)]), np.float32)
+    sh = np.ascontiguousarray(rng.integers(0, 12, (starts.size, 2)), np.int64)
+    for f in (sw_chroma_score, sw_chroma):
+        for x, y in zip(f(qs, sh, frames, (starts, ends), 0.6, 0.3, 0.5), f(qs, sh, fcopies, off, 0.6, 0.3, 0.5)):
+            np.testing.assert_array_equal(x, y)
+
+
 def _sw_region_reference(q, ref, match, mismatch, gap, merge):
     """sw_symbols' recurrence for one reference, written plainly: each cell takes the
     first best of diagonal, up, left, merged query interval, merged reference interval
