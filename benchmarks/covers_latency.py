@@ -11,6 +11,10 @@ and in CPU time of this process (``time.process_time``: on a shared machine the 
 clock also counts the other jobs' time slices, the CPU time does not). The first pass
 also warms the caches; it is reported, but the summary is over the later passes.
 
+``--sections`` also prints where the CPU time of the later passes goes: each kernel of
+``indexers.align`` and each step of the search, timed by wrappers (nested: a step's time
+includes its kernels'; the wrappers' own cost is in the total).
+
 The printed ``answers`` digest is a hash of every query's whole answer (the top 50 with
 every column: scores, transpositions, time scales, aligned regions): two versions of the
 search that print the same digest answered every query identically, a stricter check
@@ -24,6 +28,7 @@ import hashlib
 import os
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +49,9 @@ def main(argv=None):
     ap.add_argument("--no-vienna", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", default=None, help="write a cProfile of the later passes to this file")
+    ap.add_argument("--sections", action="store_true", help="CPU ms per query of each kernel and step (later passes)")
     args = ap.parse_args(argv)
+    spent = _time_sections() if args.sections else None
     notes, bench, index, _, _ = setup(DATA, None if args.no_vienna else VIENNA)
     queries = [(key, q) for key, _, q, _, _ in pop909_queries(notes, bench, args.cells.split(","), [args.level],
                                                              ["heldout"], args.songs, args.seed)]
@@ -54,6 +61,8 @@ def main(argv=None):
     digest = hashlib.sha256()
     prof = None
     for p in range(args.passes):
+        if p == 1 and spent is not None:
+            spent.clear()
         if p == 1 and args.profile:
             import cProfile
 
@@ -79,6 +88,36 @@ def main(argv=None):
     print(f"passes {'2-' + str(args.passes) if args.passes > 1 else '1'}: wall p50 {np.percentile(w, 50) * 1e3:.1f} "
           f"ms p95 {np.percentile(w, 95) * 1e3:.1f} ms | CPU p50 {np.percentile(c, 50) * 1e3:.1f} ms p95 "
           f"{np.percentile(c, 95) * 1e3:.1f} ms (load average {os.getloadavg()[0]:.1f})")
+    if spent is not None:
+        n = max(args.passes - 1, 1) * len(queries)
+        print(f"CPU ms per query, passes 2-{args.passes} (all: {cpu[1:].sum() / n * 1e3:.1f}):")
+        for name, t in sorted(spent.items(), key=lambda x: -x[1]):
+            print(f"  {name:32s} {t / n * 1e3:6.2f}")
+
+
+def _time_sections() -> dict:
+    """Wrap the search's kernels and steps with CPU timers; returns name -> seconds."""
+    import query.covers as qc
+
+    spent = defaultdict(float)
+
+    def wrap(owner, name, label):
+        f = getattr(owner, name)
+
+        def timed(*a, **k):
+            t = time.process_time()
+            try:
+                return f(*a, **k)
+            finally:
+                spent[label] += time.process_time() - t
+        setattr(owner, name, timed)
+
+    for name in ("sw_symbols_score", "sw_chroma_score", "sw_pitch_classes_score", "sw_symbols", "sw_chroma"):
+        wrap(qc, name, "kernel " + name)
+    for name in ("candidates", "rerank", "_harmony", "_probe_scale", "_shifts", "_phase_frames", "_frames_of",
+                 "_tune_in_notes", "_expand", "_versions_of_best", "_fuse", "_explain"):
+        wrap(qc.CoverIndex, name, "step " + name)
+    return spent
 
 
 if __name__ == "__main__":
