@@ -103,7 +103,8 @@ TABLES: dict[str, pa.Schema] = {
     # the columns of the view ``transforms``.
     "transforms": _TRANSFORMS,
     # What ``transforms`` (a view, see 0105_grammar_transform_gains) is made of: its rows,
-    # where a rule-scope row has ``target_bits`` instead of ``gain_bits`` ...
+    # where a rule-scope row has ``target_bits`` instead of ``gain_bits`` and no
+    # ``n_notes`` (NULL: the view's is count x length of the target rule, 0107) ...
     "transform_rows": pa.schema(
         [
             *[f for f in _TRANSFORMS if f.name not in ("gain_bits", "stage_version")],
@@ -217,14 +218,29 @@ def meta_grams_cte(source: str) -> str:
 
 
 # ``transforms``: the rows with each rule-scope row's gain at the current number of rules
-# (the same values an UPDATE of every row wrote before 0105_grammar_transform_gains). The
-# gains are looked up by position in a list (one entry per ``target_bits`` from the
-# smallest to the largest) rather than joined, so that the rows come in the order of
-# ``transform_rows`` (a hash join does not keep it); a scan of all 5M rows at 100k pieces
-# takes 0.22 s (a MAP lookup 0.54 s, the table before the view 0.035-0.08 s).
+# (the same values an UPDATE of every row wrote before 0105_grammar_transform_gains) and
+# its ``n_notes``, ``count`` x ``length`` of its target rule (what an UPDATE of the rows
+# whose target occurs in the new pieces wrote before 0107_grammar_transform_notes: 170-2,340
+# rows spread over 5-30 of the 42 row groups of a 100k-piece database per one-file add;
+# a checkpoint after 100 such changed rows took 0.22-0.25 s CPU and wrote 6.5-6.9 MB, after
+# the change an add makes to any other grammar table 0.3-0.7 MB more than after none and
+# at most 0.02 s CPU). Both are looked up by position in a list (gains: one entry per
+# ``target_bits`` from the smallest to the largest; notes: one per rule id) rather than
+# joined, so that the rows come in the order of ``transform_rows`` (a hash join does not
+# keep it). At 100k pieces (5M rows, 98k rules), CPU s against n_notes stored:
+# sum(n_notes) of every row 0.30-0.35 s against 0.02 s, every column into Arrow
+# 1.63-1.81 s against 1.15-1.22 s, the rows of one target rule 0.05 s against 0.01-0.02 s
+# (the list of every rule is built per query); a join instead cost 0.06-0.1 s more on the
+# sum, but returns the rows in another order.
 TRANSFORMS_VIEW = """CREATE OR REPLACE VIEW transforms AS
     SELECT t.transform_id, t.scope, t.kind, t.source_rule_id, t.target_rule_id, t.piece_id, t.source_track,
-           t.target_track, t.interval, t.rhythm_ratio, t.n_notes,
+           t.target_track, t.interval, t.rhythm_ratio,
+           coalesce(t.n_notes,
+                    (SELECT list(r.count * r.length ORDER BY b.rule_id)
+                     FROM (SELECT range AS rule_id
+                           FROM range((SELECT min(rule_id) FROM rules), (SELECT max(rule_id) + 1 FROM rules))) b
+                     LEFT JOIN rules r USING (rule_id))
+                    [t.target_rule_id - (SELECT min(rule_id) - 1 FROM rules)]) AS n_notes,
            coalesce(t.gain_bits,
                     (SELECT list(g.gain_bits ORDER BY b.target_bits)
                      FROM (SELECT range AS target_bits
@@ -340,5 +356,12 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         # the view of 0105 looked the gains up in a MAP (2.4x slower scans)
         "0106_grammar_transforms_view_list",
         [TRANSFORMS_VIEW],
+    ),
+    (
+        # a rule-scope row's n_notes is the view's (count x length of its target, which
+        # every such row stored: the rows whose target's count changed were updated);
+        # the column keeps track-scope rows' n_notes
+        "0107_grammar_transform_notes",
+        ["UPDATE transform_rows SET n_notes = NULL WHERE scope = 'rule'", TRANSFORMS_VIEW],
     ),
 ]

@@ -425,7 +425,7 @@ def update(con, piece_ids: list[str], notes: str = "notes") -> None:
     _add_interval_counts(con, notes)
     _add_meta_counts(con, g, occ[3])
     gt.track_transforms(con, list(piece_ids), VERSION, notes)
-    gt.refresh_corpus_level(con, VERSION, new_from=new_from, grammar=g, touched=agg[0])
+    gt.refresh_corpus_level(con, VERSION, new_from=new_from, grammar=g)
 
 
 def forget(con, piece_ids: list[str]) -> None:

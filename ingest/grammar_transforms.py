@@ -66,8 +66,8 @@ def _double_list_sql() -> str:
     return "[" + ", ".join("NULL" if v is None else str(v) for v in _DOUBLE) + "]"
 
 
-# Up to this many new rule-transform rows take their targets' counts by a join; more (a
-# build) read every rule's count once instead.
+# Up to this many new rule-transform rows take their targets' lengths by a join; more (a
+# build) read every rule's length once instead.
 JOIN_MAX_ROWS = 50_000
 _KINDS = ("I", "R", "RI", "augmentation", "octave")  # insertion order of the rows (ids)
 _SYMMETRIC = (True, True, True, False, True)  # stored once per pair: source < target
@@ -311,16 +311,14 @@ def rule_transform_pairs(g, new_from: int, pointer: float) -> list[tuple[str, np
     return merged
 
 
-def rule_transforms(con, version: str, *, new_from: int | None = None, grammar=None,
-                    touched: np.ndarray | None = None) -> int:
+def rule_transforms(con, version: str, *, new_from: int | None = None, grammar=None) -> int:
     """Rule-scope transforms; returns how many rows it added (not a count of them all: at
     100k pieces that is a scan of 5M rows).
 
     ``new_from``: rules with ``rule_id >= new_from`` are new since the last call; only
     pairs involving one of them are searched (contours of older rules never change), then
-    ``n_notes`` is refreshed from the current counts of the rows whose target is in
-    ``touched`` (rules whose count changed; None: every row), and the gains per
-    ``target_bits`` from the current number of rules (see :func:`_set_gains`). ``None``:
+    the gains per ``target_bits`` are set from the current number of rules (see
+    :func:`_set_gains`; ``n_notes`` is the view's, from the rules' counts). ``None``:
     recompute everything. ``grammar``: the rules as a ``grammar_core.Grammar`` (read if
     None).
 
@@ -346,7 +344,7 @@ def rule_transforms(con, version: str, *, new_from: int | None = None, grammar=N
     # counts and the number of rules changed: refresh what depends on them (rows just
     # computed over every rule are current)
     if new_from > 0:
-        refresh_rule_counts(con, pointer, touched)
+        refresh_rule_counts(con, pointer)
     else:
         _set_gains(con, pointer)
     return sum(len(a) for _, a, _ in pairs)
@@ -354,8 +352,8 @@ def rule_transforms(con, version: str, *, new_from: int | None = None, grammar=N
 
 def _insert_rule_rows(con, pairs, base: int, version: str) -> None:
     """Insert ``rule_transform_pairs``' rows into ``transform_rows`` with ids from
-    ``base + 1``; ``n_notes`` and ``target_bits`` from the target rule's current ``count``
-    and ``length`` (the gain is the view's, see :func:`_set_gains`)."""
+    ``base + 1``; ``target_bits`` from the target rule's ``length`` (``n_notes`` and the
+    gain are the view's: see ``atlas_db.schema_grammar.TRANSFORMS_VIEW``)."""
     sizes = [len(a) for _, a, _ in pairs]
     n = sum(sizes)
     if not n:
@@ -377,25 +375,24 @@ def _insert_rule_rows(con, pairs, base: int, version: str) -> None:
         con.execute(f"""
             INSERT INTO transform_rows
             SELECT t.transform_id, 'rule', t.kind, t.source_rule_id, t.target_rule_id, NULL, NULL, NULL, NULL,
-                   t.rhythm_ratio, r.count * r.length, {_TARGET_BITS}, NULL, '{version}'
+                   t.rhythm_ratio, NULL, {_TARGET_BITS}, NULL, '{version}'
             FROM _gt_new t JOIN rules r ON r.rule_id = t.target_rule_id""")
         con.unregister("_gt_new")
         return
-    # many rows (a build): the targets' counts read once
-    r = con.execute("SELECT rule_id, count, length FROM rules ORDER BY rule_id").fetchnumpy()
+    # many rows (a build): the targets' lengths read once
+    r = con.execute("SELECT rule_id, length FROM rules ORDER BY rule_id").fetchnumpy()
     ids = r["rule_id"]
     if len(ids) and int(ids[-1]) - int(ids[0]) + 1 == len(ids):
         at = rows["target_rule_id"] - ids[0]  # ids without gaps (always, so far): no search
     else:
         at = np.searchsorted(ids, rows["target_rule_id"])
     length = r["length"].astype(np.int64)[at]
-    rows["n_notes"] = r["count"].astype(np.int64)[at] * length
     rows["target_bits"] = (8 * (length - 1) + 7 * length).astype(np.int32)
     con.register("_gt_new", pa.table(rows))
     con.execute(f"""
         INSERT INTO transform_rows
         SELECT transform_id, 'rule', kind, source_rule_id, target_rule_id, NULL, NULL, NULL, NULL,
-               rhythm_ratio, n_notes, target_bits, NULL, '{version}' FROM _gt_new""")
+               rhythm_ratio, NULL, target_bits, NULL, '{version}' FROM _gt_new""")
     con.unregister("_gt_new")
 
 
@@ -422,22 +419,13 @@ def _add_gain_rows(con, after_id: int) -> None:
                     ON CONFLICT DO NOTHING""")
 
 
-def refresh_rule_counts(con, pointer: float | None = None, touched: np.ndarray | None = None) -> None:
-    """``n_notes`` of the rule-scope transforms from the rules' current counts (only the
-    rows whose target is in ``touched`` unless None) and their gains (``transform_gains``)
-    at the current number of rules; rows whose gain is not positive are dropped.
-    ``pointer``: bits to name a rule and a transform (computed from the number of rules
-    if None)."""
+def refresh_rule_counts(con, pointer: float | None = None) -> None:
+    """The gains of the rule-scope transforms (``transform_gains``) at the current number
+    of rules; rows whose gain is not positive are dropped. Their ``n_notes`` needs nothing:
+    the view ``transforms`` reads it from the rules' counts. ``pointer``: bits to name a
+    rule and a transform (computed from the number of rules if None)."""
     if pointer is None:
         pointer = math.log2(max(con.execute("SELECT count(*) FROM rules").fetchall()[0][0], 2)) + math.log2(6)
-    scope = ""
-    if touched is not None:
-        con.register("_gt_touched", pa.table({"rule_id": np.asarray(touched, np.int64)}))
-        scope = "AND r.rule_id IN (SELECT rule_id FROM _gt_touched)"
-    con.execute(f"""UPDATE transform_rows SET n_notes = r.count * r.length FROM rules r
-                    WHERE transform_rows.scope = 'rule' AND r.rule_id = transform_rows.target_rule_id {scope}""")
-    if scope:
-        con.unregister("_gt_touched")
     _set_gains(con, pointer)
     if con.execute("SELECT 1 FROM transform_gains WHERE gain_bits <= 0 LIMIT 1").fetchall():
         con.execute("""DELETE FROM transform_rows WHERE scope = 'rule'
@@ -685,10 +673,9 @@ def meta_patterns(con, version: str) -> int:
     return con.execute("SELECT count(*) FROM meta_patterns").fetchall()[0][0]
 
 
-def refresh_corpus_level(con, version: str, *, new_from: int | None = None, grammar=None,
-                         touched: np.ndarray | None = None) -> None:
+def refresh_corpus_level(con, version: str, *, new_from: int | None = None, grammar=None) -> None:
     """Rule transforms (searched for the rules from ``new_from`` on; all if None), corpus
-    choices and meta-patterns (see :func:`rule_transforms` for ``grammar`` and ``touched``)."""
-    rule_transforms(con, version, new_from=new_from, grammar=grammar, touched=touched)
+    choices and meta-patterns (see :func:`rule_transforms` for ``grammar``)."""
+    rule_transforms(con, version, new_from=new_from, grammar=grammar)
     interval_choices(con, version)
     meta_patterns(con, version)

@@ -500,6 +500,62 @@ def test_transforms_table_of_an_older_database_becomes_the_view(tmp_path, pop909
         assert after and all(after[r[0]] < r[-2] for r in before if r[1] == "rule")
 
 
+
+def _view_0106() -> str:
+    """``transforms`` as 0106_grammar_transforms_view_list made it: n_notes as stored."""
+    from atlas_db.schema_grammar import TRANSFORMS_VIEW
+
+    head, tail = TRANSFORMS_VIEW.split("coalesce(t.n_notes,", 1)
+    return head + "t.n_notes,\n           coalesce(t.gain_bits," + tail.split("coalesce(t.gain_bits,", 1)[1]
+
+
+def test_transform_notes_of_an_older_database_move_to_the_view(tmp_path, pop909_dir):
+    """A database whose rule-scope ``transform_rows`` store ``n_notes`` (before
+    0107_grammar_transform_notes) upgrades in place: the stored values are dropped and
+    ``transforms`` shows the same rows, in the same order; a later add (whose rules'
+    counts change) gives what it gives in a database made with the view."""
+    songs = sorted(p for p in pop909_dir.iterdir() if p.is_dir())[:8]
+    files = [str(s / f"{s.name}.mid") for s in songs]
+    db, fresh = tmp_path / "db", tmp_path / "fresh"
+    for d in (db, fresh):
+        ingest_paths(files[:4], d, workers=1)
+    everything = "SELECT * FROM transforms ORDER BY transform_id"
+    con = connect(db, read_only=False)
+    try:
+        before = con.execute(everything).fetchall()
+        in_order = con.execute("SELECT * FROM transforms").fetchall()
+        columns = con.execute("DESCRIBE transforms").fetchall()
+        assert any(r[1] == "rule" for r in before)
+        # the layout before 0107: every rule-scope row stores count x length of its target
+        con.execute("""UPDATE transform_rows SET n_notes = r.count * r.length FROM rules r
+                       WHERE transform_rows.scope = 'rule' AND r.rule_id = transform_rows.target_rule_id""")
+        con.execute(_view_0106())
+        con.execute("DELETE FROM schema_migrations WHERE name = '0107_grammar_transform_notes'")
+        assert con.execute(everything).fetchall() == before
+        assert con.execute("SELECT count(*) FROM transform_rows WHERE n_notes IS NULL").fetchall() == [(0,)]
+    finally:
+        con.close()
+    con = connect(db, read_only=False)  # applies the migration
+    try:
+        assert con.execute("DESCRIBE transforms").fetchall() == columns
+        assert con.execute("SELECT * FROM transforms").fetchall() == in_order
+        assert con.execute("SELECT count(*) FROM transform_rows WHERE (scope = 'rule') <> (n_notes IS NULL)"
+                           ).fetchall() == [(0,)]
+    finally:
+        con.close()
+    for d in (db, fresh):
+        ingest_paths(files[4:], d, workers=1)
+    with reading(db) as a, reading(fresh) as b:
+        after = a.execute(everything).fetchall()
+        assert after == b.execute(everything).fetchall()
+        assert a.execute("SELECT * FROM transform_rows ORDER BY transform_id").fetchall() == b.execute(
+            "SELECT * FROM transform_rows ORDER BY transform_id").fetchall()
+        # the add changed counts of rules that are targets: their rows' n_notes followed
+        old = {r[0]: r[10] for r in before if r[1] == "rule"}
+        assert any(old[r[0]] != r[10] for r in after if r[0] in old)
+        assert a.execute("""SELECT count(*) FROM transforms t JOIN rules r ON r.rule_id = t.target_rule_id
+                            WHERE t.scope = 'rule' AND t.n_notes <> r.count * r.length""").fetchall() == [(0,)]
+
 def _assert_running_counts_exact(con):
     """Counts kept by adding (and subtracting) each update's share equal a recount."""
     from atlas_db.schema_grammar import STORED_META_SOURCE, meta_grams_cte
