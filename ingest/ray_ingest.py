@@ -204,7 +204,7 @@ class _RayPool:
     pieces_per_task = PIECES_PER_TASK
 
     def __init__(self, engine: RayEngine):
-        self.engine, self.ray, self.workers = engine, engine.ray, engine.cpus
+        self.engine, self.ray = engine, engine.ray
         self.task = self.ray.remote(num_cpus=1, max_retries=0)(_compute_rows)
         self.lost = (self.ray.exceptions.RayError,)
         self.n = 0
@@ -221,6 +221,9 @@ class _RayPool:
             return {name: pq.read_table(p) for name, p in paths.items()}, failed
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
+
+    def steal(self, handle) -> bool:
+        return False  # the cluster computes every task; the driver only writes
 
     def cancel(self, handles) -> None:
         self.engine._cancel(ref for ref, _ in handles)

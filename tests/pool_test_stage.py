@@ -2,12 +2,14 @@
 (they are spawned with the test process's ``sys.path``): per piece, its number of notes.
 In a worker it kills its process on a piece whose smallest pitch is $POOL_TEST_CRASH_PITCH
 (a worker lost to the kernel's out-of-memory killer looks the same to the pool), and
-anywhere it fails on a piece whose smallest pitch is $POOL_TEST_BAD_PITCH."""
+anywhere it fails on a piece whose smallest pitch is $POOL_TEST_BAD_PITCH; in a worker it
+takes $POOL_TEST_SLEEP_S seconds a chunk."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 
 import pyarrow as pa
 
@@ -23,6 +25,8 @@ def load_inputs(con, piece_ids, notes: str = "notes"):
 
 def compute_rows(inputs, piece_ids):
     crash, bad = (int(os.environ.get(f"POOL_TEST_{k}_PITCH", -1)) for k in ("CRASH", "BAD"))
+    if multiprocessing.parent_process() is not None:
+        time.sleep(float(os.environ.get("POOL_TEST_SLEEP_S", 0)))
     t = inputs["notes"]
     ids, pitches = t.column("piece_id").to_pylist(), t.column("pitch").to_pylist()
     out = []

@@ -19,7 +19,7 @@ from atlas_db.connection import Writer, reading
 from conftest import dump_tables, pop909_songs
 from ingest import derived, harmony, pattern_index
 from ingest.pipeline import ingest_paths
-from ingest.stage_pool import ProcessPool, run_stages_pooled, split_pieces
+from ingest.stage_pool import ProcessPool, run_stages_pooled, select_pieces, split_pieces
 from indexers import vectors
 from midi_fixtures import Track, melody, write_midi
 
@@ -31,8 +31,10 @@ def test_pooled_stages_write_what_one_process_writes(tmp_path, monkeypatch):
     for song in pop909_songs(4):
         shutil.copytree(song, src / song.name)
     alone = ingest_paths([str(src)], tmp_path / "alone", workers=1)
-    # every piece through the pool, several batches per stage, two chunks per batch
+    # every piece through the pool, several batches per stage, three chunks per batch
+    # (the driver takes back those no worker has started when it comes to them)
     monkeypatch.setattr(derived, "POOL_MIN_NOTES", 1)
+    monkeypatch.setattr(ProcessPool, "pieces_per_task", 2)
     for stage in (harmony, vectors, pattern_index):
         monkeypatch.setattr(stage, "BATCH_PIECES", 5)
     pooled = ingest_paths([str(src)], tmp_path / "pooled", workers=3)
@@ -81,7 +83,7 @@ def test_a_dead_worker_and_a_failing_piece(tmp_path, monkeypatch):
     monkeypatch.setenv("POOL_TEST_CRASH_PITCH", str(low[crash]))  # before the worker starts
     monkeypatch.setenv("POOL_TEST_BAD_PITCH", str(low[bad]))
     failures = []
-    pool = ProcessPool(1)
+    pool = ProcessPool(1, steal=False)  # every chunk to the worker, so that who computed which is known
     try:
         with Writer(db) as w:
             done = run_stages_pooled(w, pool, mods=[pts], on_failure=lambda *a: failures.append(a))
@@ -147,6 +149,21 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_the_driver_takes_back_a_chunk_no_worker_has_started(monkeypatch):
+    monkeypatch.setenv("POOL_TEST_SLEEP_S", "0.3")
+    notes = pa.table({"piece_id": list("abcdef"), "pitch": [60, 61, 62, 63, 64, 65]})
+    pool = ProcessPool(1)
+    try:
+        handles = [pool.submit("pool_test_stage", select_pieces({"notes": notes}, [p]), [p]) for p in "abcdef"]
+        # the worker is still starting: at most two chunks are handed to it (one running,
+        # one queued), the last is not
+        assert pool.steal(handles[-1])
+        got = [pool.result(h)[0]["pool_test_rows"].to_pylist() for h in handles[:-1]]
+    finally:
+        pool.close()
+    assert got == [[{"piece_id": p, "n_notes": 1, "worker": True}] for p in "abcde"]
 
 
 def test_split_pieces_keeps_each_tables_row_order():
