@@ -450,6 +450,18 @@ def test_hashed_rule_transforms_equal_the_sql_joins(tmp_path, pop909_dir, monkey
         con.close()
 
 
+TRANSFORMS_BY_ID = "SELECT * FROM transforms ORDER BY transform_id"
+
+
+def _db_and_fresh(tmp_path, files) -> tuple:
+    """Two databases of the same files: one to take back to an older layout, and one as
+    made now to compare it with after the upgrade."""
+    db, fresh = tmp_path / "db", tmp_path / "fresh"
+    for d in (db, fresh):
+        ingest_paths(files, d, workers=1)
+    return db, fresh
+
+
 def test_transforms_table_of_an_older_database_becomes_the_view(tmp_path, pop909_dir):
     """A database made when ``transforms`` was a table (every rule-scope row storing its
     gain) upgrades in place to the view over ``transform_rows`` and ``transform_gains``
@@ -461,10 +473,8 @@ def test_transforms_table_of_an_older_database_becomes_the_view(tmp_path, pop909
     doubled = [(p + 12, on, d, v) for p, on, d, v in line]  # a track-scope transform
     files.insert(0, str(write_midi(tmp_path / "dbl.mid", [Track(line, name="bass"),
                                                          Track(doubled, name="double", channel=1)])))
-    db, fresh = tmp_path / "db", tmp_path / "fresh"
-    for d in (db, fresh):
-        ingest_paths(files[:4], d, workers=1)
-    everything = "SELECT * FROM transforms ORDER BY transform_id"
+    db, fresh = _db_and_fresh(tmp_path, files[:4])
+    everything = TRANSFORMS_BY_ID
     con = connect(db, read_only=False)
     try:
         before = con.execute(everything).fetchall()
@@ -500,7 +510,6 @@ def test_transforms_table_of_an_older_database_becomes_the_view(tmp_path, pop909
         assert after and all(after[r[0]] < r[-2] for r in before if r[1] == "rule")
 
 
-
 def _view_0106() -> str:
     """``transforms`` as 0106_grammar_transforms_view_list made it: n_notes as stored."""
     from atlas_db.schema_grammar import TRANSFORMS_VIEW
@@ -516,10 +525,8 @@ def test_transform_notes_of_an_older_database_move_to_the_view(tmp_path, pop909_
     counts change) gives what it gives in a database made with the view."""
     songs = sorted(p for p in pop909_dir.iterdir() if p.is_dir())[:8]
     files = [str(s / f"{s.name}.mid") for s in songs]
-    db, fresh = tmp_path / "db", tmp_path / "fresh"
-    for d in (db, fresh):
-        ingest_paths(files[:4], d, workers=1)
-    everything = "SELECT * FROM transforms ORDER BY transform_id"
+    db, fresh = _db_and_fresh(tmp_path, files[:4])
+    everything = TRANSFORMS_BY_ID
     con = connect(db, read_only=False)
     try:
         before = con.execute(everything).fetchall()
@@ -555,6 +562,7 @@ def test_transform_notes_of_an_older_database_move_to_the_view(tmp_path, pop909_
         assert any(old[r[0]] != r[10] for r in after if r[0] in old)
         assert a.execute("""SELECT count(*) FROM transforms t JOIN rules r ON r.rule_id = t.target_rule_id
                             WHERE t.scope = 'rule' AND t.n_notes <> r.count * r.length""").fetchall() == [(0,)]
+
 
 def _assert_running_counts_exact(con):
     """Counts kept by adding (and subtracting) each update's share equal a recount."""
