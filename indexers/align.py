@@ -11,10 +11,84 @@ back), in any order, without copying them out first.
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 from numba import njit
 
-__all__ = ["sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score", "sw_pitch_classes_score"]
+__all__ = ["in_background", "sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score", "sw_pitch_classes_score"]
+
+
+# Two threads (the kernels release the GIL). A call whose references hold at least
+# SPLIT_MIN_CELLS cells (query length x reference length, summed) is split in two halves
+# of about equal work run at once, the second in another thread; a caller may also run a
+# whole call in the other thread (``in_background``) while it does other work. Each
+# reference's result does not depend on the others, so the answers are the same either
+# way. Waking the other thread costs 0.02-0.6 ms (the longer it was idle, the more), so
+# small calls stay in one thread: replaying the cover benchmark's calls, splitting
+# gained from ~100k cells up and lost below 50k (docs/covers.md, "Latency").
+# ATLAS_ALIGN_THREADS=1 keeps everything in the calling thread.
+SPLIT_MIN_CELLS = 100_000
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_busy = threading.Event()  # set while a background call runs: no split meanwhile
+
+
+_CPUS = len(os.sched_getaffinity(0))
+
+
+def _threads() -> int:
+    try:
+        want = int(os.environ.get("ATLAS_ALIGN_THREADS", "2"))
+    except ValueError:
+        want = 2
+    return max(1, min(want, 2, _CPUS))
+
+
+def _second_thread() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(1, thread_name_prefix="atlas-align")
+        return _pool
+
+
+def in_background(fn, *args, **kwargs) -> Future:
+    """``fn(*args, **kwargs)`` in the second thread, at once; its Future. Run here (a
+    Future already done) when there is one thread only or the other one is taken."""
+    if _threads() < 2 or _busy.is_set() or threading.current_thread().name.startswith("atlas-align"):
+        done = Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # raised by .result(), as from the other thread
+            done.set_exception(e)
+        return done
+    _busy.set()
+    later = _second_thread().submit(fn, *args, **kwargs)
+    later.add_done_callback(lambda _: _busy.clear())
+    return later
+
+
+def _by_halves(call, starts, ends, n_query: int):
+    """``call(sl)`` on the references ``sl`` (a slice) -- once for all of them, or on two
+    halves of about equal work at once (the second in another thread) with the results
+    (an array or a tuple of arrays, one row per reference) put back together in order."""
+    k = starts.size
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if (k < 2 or total * n_query < SPLIT_MIN_CELLS or _busy.is_set() or _threads() < 2
+            or threading.current_thread().name.startswith("atlas-align")):
+        return call(slice(None))
+    cut = int(np.searchsorted(np.cumsum(lengths), total / 2)) + 1
+    cut = min(max(cut, 1), k - 1)
+    later = _second_thread().submit(call, slice(cut, None))
+    first = call(slice(0, cut))
+    second = later.result()
+    if isinstance(first, tuple):
+        return tuple(np.concatenate([a, b]) for a, b in zip(first, second))
+    return np.concatenate([first, second])
 
 
 def _spans(offsets):
@@ -156,8 +230,10 @@ def sw_symbols(q, refs, offsets, match, mismatch, gap, merge=0.3):
     region : int32 [shape=(k, 4)] q_start, q_end, r_start, r_end (intervals, end exclusive)
     """
     starts, ends = _spans(offsets)
-    return _sw_intervals(np.asarray(q, np.int8), refs, starts, ends, np.float32(match), np.float32(mismatch), np.float32(gap),
-                         np.float32(merge), True)
+    q = np.asarray(q, np.int8)
+    match, mismatch, gap, merge = np.float32(match), np.float32(mismatch), np.float32(gap), np.float32(merge)
+    return _by_halves(lambda sl: _sw_intervals(q, refs, starts[sl], ends[sl], match, mismatch, gap, merge, True),
+                      starts, ends, q.size)
 
 
 @njit(cache=True, nogil=True)
@@ -313,8 +389,10 @@ def sw_symbols_score(q, refs, offsets, match, mismatch, gap, merge=0.3, with_end
     the reference cut just after that position (a cell depends only on the cells
     before it), which is all :meth:`query.covers.CoverIndex.search` aligns again."""
     starts, ends = _spans(offsets)
-    scores, end = _sw_intervals_score(np.asarray(q, np.int8), refs, starts, ends, np.float32(match),
-                                      np.float32(mismatch), np.float32(gap), np.float32(merge))
+    q = np.asarray(q, np.int8)
+    match, mismatch, gap, merge = np.float32(match), np.float32(mismatch), np.float32(gap), np.float32(merge)
+    scores, end = _by_halves(lambda sl: _sw_intervals_score(q, refs, starts[sl], ends[sl], match, mismatch, gap, merge),
+                             starts, ends, q.size)
     return (scores, end) if with_end else scores
 
 
@@ -338,7 +416,8 @@ def sw_chroma(qs, shifts, refs, offsets, threshold, silent, gap):
     region : int32 [shape=(k, 4)] q_start, q_end, r_start, r_end (frames)
     """
     starts, ends = _spans(offsets)
-    return _sw_chroma(qs, shifts, refs, starts, ends, threshold, silent, gap)
+    return _by_halves(lambda sl: _sw_chroma(qs, shifts[sl], refs, starts[sl], ends[sl], threshold, silent, gap),
+                      starts, ends, qs.shape[1] * shifts.shape[1])
 
 
 @njit(cache=True, nogil=True)
@@ -443,7 +522,8 @@ def sw_chroma_score(qs, shifts, refs, offsets, threshold, silent, gap):
     addition per cell.
     """
     starts, ends = _spans(offsets)
-    return _sw_chroma_score(qs, shifts, refs, starts, ends, threshold, silent, gap)
+    return _by_halves(lambda sl: _sw_chroma_score(qs, shifts[sl], refs, starts[sl], ends[sl], threshold, silent, gap),
+                      starts, ends, qs.shape[1] * shifts.shape[1])
 
 
 @njit(cache=True, nogil=True)
@@ -564,7 +644,8 @@ def sw_pitch_classes_score(q, refs, offsets, shifts, match, mismatch, gap_q, gap
     scores : float32 [shape=(k,)]
     """
     starts, ends = _spans(offsets)
-    return _sw_pitch_classes_score(q, refs, starts, ends, shifts, match, mismatch, gap_q, gap_r)
+    return _by_halves(lambda sl: _sw_pitch_classes_score(q, refs, starts[sl], ends[sl], shifts[sl], match, mismatch,
+                                                         gap_q, gap_r), starts, ends, q.size)
 
 
 @njit(cache=True, nogil=True, fastmath=True)

@@ -48,7 +48,7 @@ import pyarrow as pa
 
 from atlas_db.errors import BadInputError, IndexTroubleError
 from indexers.tempo import relative_tempo
-from indexers.align import sw_chroma, sw_chroma_score, sw_pitch_classes_score, sw_symbols, sw_symbols_score
+from indexers.align import in_background, sw_chroma, sw_chroma_score, sw_pitch_classes_score, sw_symbols, sw_symbols_score
 from query.cover_fusion import IntervalTfidf, fuse, fusion_features
 from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma, embedding,
                                features_from_notes, melody_intervals, skyline)
@@ -648,15 +648,9 @@ class CoverIndex:
         a, b = _middle(q.intervals.size, A["max_query_intervals"])
         qiv = np.ascontiguousarray(q.intervals[a:b])
         spans = (self.iv_off[rows], self.iv_off[rows + 1])  # the candidates' intervals in self.iv
-        if qiv.size >= 2 and k:
-            mel, mel_end = sw_symbols_score(qiv, self.iv, spans, A["mel_match"], A["mel_mismatch"], A["mel_gap"],
-                                            A["mel_merge"], with_end=True)
-            # a few intervals match somewhere by chance: short melodies count as at
-            # least min_query_intervals long
-            mel = mel / (A["mel_match"] * max(qiv.size, A["min_query_intervals"]))
-        else:
-            mel = np.zeros(k, np.float32)
-            mel_end = np.full(k, -1, np.int64)
+        # the melody's alignment runs in the other thread while this one aligns the harmony
+        melody = in_background(sw_symbols_score, qiv, self.iv, spans, A["mel_match"], A["mel_mismatch"],
+                               A["mel_gap"], A["mel_merge"], with_end=True) if qiv.size >= 2 and k else None
         # the query's time scale is a property of the query: choose it on a few of the
         # best candidates, then align every candidate at that scale only
         probe = rows[: A["scale_probe"]]
@@ -720,6 +714,14 @@ class CoverIndex:
                     hscale[sel] = np.where(better, np.float32(sc), hscale[sel])
         harm = np.maximum(harm, 0).astype(np.float32)
         h = A["harmony_weight"] * harm
+        if melody is not None:
+            mel, mel_end = melody.result()
+            # a few intervals match somewhere by chance: short melodies count as at
+            # least min_query_intervals long
+            mel = mel / (A["mel_match"] * max(qiv.size, A["min_query_intervals"]))
+        else:
+            mel = np.zeros(k, np.float32)
+            mel_end = np.full(k, -1, np.int64)
         # other melody lines: when neither the main line nor the harmony found anything
         # convincing, or the query is short in notes or in time (cheap)
         weak = k and max(float(mel.max()), float(h.max())) < A["alt_line_below"]

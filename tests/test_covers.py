@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -469,3 +470,60 @@ def test_short_query_transposition_comes_from_its_best_window():
     assert float(whole @ rolled[0]) < 0.6  # what the whole-piece correlation would have said
     assert np.all(corr[1] == -1.0)  # no frames: no window
     assert corr[2, 0] < 0.7 and int(np.argmax(corr[2])) == 6  # C major: F# major moved up 6
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: every kernel runs in the calling thread")
+def test_kernels_answer_the_same_in_two_threads(monkeypatch):
+    """A call large enough to be split between two threads (and a call run in the other
+    thread) answers exactly as the same call in one thread; an error in the other thread
+    reaches the caller."""
+    import threading
+
+    import indexers.align as al
+
+    rng = np.random.default_rng(11)
+    pool = rng.integers(1, 12, 40 * 150).astype(np.int8)
+    lengths = rng.integers(20, 280, 40)
+    starts = rng.integers(0, pool.size - 300, 40).astype(np.int64)
+    ends = starts + lengths
+    q = pool[1000:1090].copy()
+    frames = rng.random((pool.size, 12)).astype(np.float32) ** 4
+    frames /= np.linalg.norm(frames, axis=1, keepdims=True)
+    frames[::9] = 0
+    qs = np.ascontiguousarray(np.stack([np.roll(frames[500:540], t, axis=1) for t in range(12)]), np.float32)
+    sh = np.ascontiguousarray(rng.integers(0, 12, (starts.size, 2)), np.int64)
+    shifts = rng.integers(0, 12, starts.size)
+    assert int(lengths.sum()) * q.size >= al.SPLIT_MIN_CELLS
+
+    def answers():
+        out = []
+        for x in (al.sw_symbols_score(q, pool, (starts, ends), 1.0, 0.7, 0.6, 0.3, with_end=True),
+                  al.sw_symbols(q, pool, (starts, ends), 1.0, 0.7, 0.6, 0.3),
+                  al.sw_pitch_classes_score(q.astype(np.int64) % 12, pool % 12, (starts, ends), shifts,
+                                            1.0, 1.0, 0.25, 0.6),
+                  al.sw_chroma_score(qs, sh, frames, (starts, ends), 0.6, 0.3, 0.5),
+                  al.sw_chroma(qs, sh, frames, (starts, ends), 0.6, 0.3, 0.5)):
+            out.extend(x if isinstance(x, tuple) else (x,))
+        return out
+
+    monkeypatch.setenv("ATLAS_ALIGN_THREADS", "1")
+    monkeypatch.setattr(al, "_pool", None)
+    one = answers()
+    assert al._pool is None  # nothing was handed over
+    monkeypatch.setenv("ATLAS_ALIGN_THREADS", "2")
+    two = answers()
+    assert al._pool is not None  # the calls were split
+    for x, y in zip(one, two):
+        np.testing.assert_array_equal(x, y)
+    later = al.in_background(al.sw_symbols_score, q, pool, (starts, ends), 1.0, 0.7, 0.6, 0.3, with_end=True)
+    for x, y in zip(later.result(), one[:2]):
+        np.testing.assert_array_equal(x, y)
+
+    def where():
+        return threading.current_thread().name
+
+    assert al.in_background(where).result().startswith("atlas-align")
+    with pytest.raises(ZeroDivisionError):
+        al.in_background(lambda: 1 / 0).result()
+    monkeypatch.setenv("ATLAS_ALIGN_THREADS", "1")
+    assert al.in_background(where).result() == threading.current_thread().name
