@@ -33,7 +33,7 @@ __all__ = ["in_background", "sw_symbols", "sw_chroma", "sw_symbols_score", "sw_c
 SPLIT_MIN_CELLS = 100_000
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
-_busy = threading.Event()  # set while a background call runs: no split meanwhile
+_busy = threading.Event()  # set while a background call runs
 
 
 _CPUS = len(os.sched_getaffinity(0))
@@ -78,14 +78,15 @@ def _by_halves(call, starts, ends, n_query: int):
     k = starts.size
     lengths = ends - starts
     total = int(lengths.sum())
-    if (k < 2 or total * n_query < SPLIT_MIN_CELLS or _busy.is_set() or _threads() < 2
+    if (k < 2 or total * n_query < SPLIT_MIN_CELLS or _threads() < 2
             or threading.current_thread().name.startswith("atlas-align")):
         return call(slice(None))
     cut = int(np.searchsorted(np.cumsum(lengths), total / 2)) + 1
     cut = min(max(cut, 1), k - 1)
     later = _second_thread().submit(call, slice(cut, None))
     first = call(slice(0, cut))
-    second = later.result()
+    # the other thread may still be on a background call: then this one takes its half back
+    second = call(slice(cut, None)) if later.cancel() else later.result()
     if isinstance(first, tuple):
         return tuple(np.concatenate([a, b]) for a, b in zip(first, second))
     return np.concatenate([first, second])

@@ -949,16 +949,16 @@ class CoverIndex:
         a, b = r["mel_window"]
         qiv = np.ascontiguousarray(q.intervals[a:b])
         mreg = np.zeros((rows.size, 4), np.int32)
+        melody = None
         if qiv.size >= 2 and by_mel.any():
             # each reference up to where its best melody score was reached (rerank's
-            # mel_end): the region ends there, and the cells after it change nothing
+            # mel_end): the region ends there, and the cells after it change nothing;
+            # aligned in the other thread while this one finds the harmony regions
             sel = rows[by_mel]
             starts = self.iv_off[sel]
             ends = np.minimum(self.iv_off[sel + 1], starts + r["mel_end"][order][:n_explain][by_mel] + 1)
-            _, m = sw_symbols(qiv, self.iv, (starts, ends), A["mel_match"], A["mel_mismatch"], A["mel_gap"],
-                              A["mel_merge"])
-            mreg[by_mel] = m
-            mreg[by_mel, :2] += a
+            melody = in_background(sw_symbols, qiv, self.iv, (starts, ends), A["mel_match"], A["mel_mismatch"],
+                                   A["mel_gap"], A["mel_merge"])
         hscales = r["hscale"][order]
         hreg = np.zeros((rows.size, 4))
         for scale in np.unique(hscales[:n_explain][~by_mel]):
@@ -975,6 +975,9 @@ class CoverIndex:
                 h[:, :2] = (h[:, :2] + fa) * fb * scale
                 h[:, 2:] = h[:, 2:] * fb
                 hreg[sel] = h
+        if melody is not None:
+            mreg[by_mel] = melody.result()[1]
+            mreg[by_mel, :2] += a
         for rank, (o, row) in enumerate(zip(order, all_rows), 1):
             row = int(row)
             if rank > n_explain:

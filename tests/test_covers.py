@@ -515,6 +515,14 @@ def test_kernels_answer_the_same_in_two_threads(monkeypatch):
     assert al._pool is not None  # the calls were split
     for x, y in zip(one, two):
         np.testing.assert_array_equal(x, y)
+    gate = threading.Event()
+    taken = al.in_background(gate.wait, 30)  # the other thread is busy: each call takes its half back
+    busy = answers()
+    assert not taken.done()
+    gate.set()
+    assert taken.result()
+    for x, y in zip(one, busy):
+        np.testing.assert_array_equal(x, y)
     later = al.in_background(al.sw_symbols_score, q, pool, (starts, ends), 1.0, 0.7, 0.6, 0.3, with_end=True)
     for x, y in zip(later.result(), one[:2]):
         np.testing.assert_array_equal(x, y)
