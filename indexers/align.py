@@ -36,6 +36,16 @@ _pool_lock = threading.Lock()
 _busy = threading.Event()  # set while a background call runs
 
 
+def _forget_thread() -> None:
+    global _pool, _pool_lock
+    _pool = None  # a forked child has no copy of the other thread: it starts its own
+    _pool_lock = threading.Lock()
+    _busy.clear()
+
+
+os.register_at_fork(after_in_child=_forget_thread)
+
+
 _CPUS = len(os.sched_getaffinity(0))
 
 
