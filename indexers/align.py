@@ -26,9 +26,9 @@ __all__ = ["in_background", "sw_symbols", "sw_chroma", "sw_symbols_score", "sw_c
 # of about equal work run at once, the second in another thread; a caller may also run a
 # whole call in the other thread (``in_background``) while it does other work. Each
 # reference's result does not depend on the others, so the answers are the same either
-# way. Waking the other thread costs 0.02-0.6 ms (the longer it was idle, the more), so
+# way. Waking the other thread costs 0.02-0.8 ms (the longer it was idle, the more), so
 # small calls stay in one thread: replaying the cover benchmark's calls, splitting
-# gained from ~100k cells up and lost below 50k (docs/covers.md, "Latency").
+# gained nothing below ~100k cells (docs/covers.md, "Latency on two threads").
 # ATLAS_ALIGN_THREADS=1 keeps everything in the calling thread.
 SPLIT_MIN_CELLS = 100_000
 _pool: ThreadPoolExecutor | None = None

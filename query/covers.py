@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from numba import njit
 
 from atlas_db.errors import BadInputError, IndexTroubleError
 from indexers.tempo import relative_tempo
@@ -1233,11 +1234,27 @@ class _GramIndex:
         if codes.size == 0:
             return np.zeros(0, np.int64)
         u = np.unique(codes)
-        scores = (self.matrix[:, u] @ self.idf[u]) * self.length_norm  # int8 presence x float32 weights
+        scores = _presence_sums(self.matrix.indptr, self.matrix.indices, u, self.idf[u], self.matrix.shape[0])
+        scores *= self.length_norm
         k = min(k, scores.size)
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return top[scores[top] > 0].astype(np.int64)
+
+
+@njit(cache=True, nogil=True)
+def _presence_sums(indptr, indices, cols, weights, n_rows):
+    """``matrix[:, cols] @ weights`` of a CSC presence matrix (every stored value 1),
+    float32: the same float32 sums in the same order (column by column) as scipy's, but
+    without building the column slice nor reading the ones. At 100,000 pieces a common
+    n-gram's column holds tens of thousands of pieces: 9.2-9.9 -> 6.7-7.7 ms per list
+    (docs/covers.md)."""
+    out = np.zeros(n_rows, np.float32)
+    for k in range(cols.size):
+        w = weights[k]
+        for ii in range(indptr[cols[k]], indptr[cols[k] + 1]):
+            out[indices[ii]] += w
+    return out
 
 
 def _chord_templates() -> np.ndarray:

@@ -554,3 +554,30 @@ def test_kernels_answer_the_same_in_two_threads(monkeypatch):
     assert os.waitstatus_to_exitcode(status) == 0
     monkeypatch.setenv("ATLAS_ALIGN_THREADS", "1")
     assert al.in_background(where).result() == threading.current_thread().name
+
+
+def test_ngram_list_scores_are_scipys_sums():
+    """The n-gram index's scores (summed IDF of the query's n-grams a piece holds) are
+    exactly the float32 sums of scipy's column slice times the IDF, and the list ranks a
+    piece holding the query's rare n-grams first."""
+    import query.covers as qc
+
+    rng = np.random.default_rng(4)
+    # skewed intervals (1..11): some n-grams common to most pieces, others rare
+    lengths = rng.integers(5, 120, 400)
+    iv = np.minimum(rng.geometric(0.35, int(lengths.sum())), 11)
+    off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    grams = qc._gram_index(iv, off)
+    for trial in range(20):
+        p = int(rng.integers(0, 400))
+        query = iv[off[p]:off[p + 1]][: int(rng.integers(3, 60))] - 1  # the index's symbols
+        codes, _ = grams.codes(query, np.array([0, query.size]))
+        u = np.unique(codes)
+        want = np.asarray(grams.matrix[:, u] @ grams.idf[u], np.float32).ravel()
+        got = qc._presence_sums(grams.matrix.indptr, grams.matrix.indices, u, grams.idf[u], grams.matrix.shape[0])
+        np.testing.assert_array_equal(got, want)
+    rare = np.full(40, 11)  # a run of the rarest interval, planted in piece 7 only
+    planted = np.concatenate([iv[:off[7]], rare, iv[off[7]:]])
+    off2 = off.copy()
+    off2[8:] += rare.size
+    assert qc._gram_index(planted, off2).search(rare - 1, 5)[0] == 7
