@@ -18,13 +18,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
-__all__ = ["in_background", "sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score", "sw_pitch_classes_score"]
+__all__ = ["in_background", "two_at_once", "sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score", "sw_pitch_classes_score"]
 
 
 # Two threads (the kernels release the GIL). A call whose references hold at least
 # SPLIT_MIN_CELLS cells (query length x reference length, summed) is split in two halves
-# of about equal work run at once, the second in another thread; a caller may also run a
-# whole call in the other thread (``in_background``) while it does other work. Each
+# of about equal work run at once, the second in another thread (``two_at_once``; when
+# the other thread is still busy, the caller takes that half back); a caller may also run
+# a whole call in the other thread (``in_background``) while it does other work. Each
 # reference's result does not depend on the others, so the answers are the same either
 # way. Waking the other thread costs 0.02-0.8 ms (the longer it was idle, the more), so
 # small calls stay in one thread: replaying the cover benchmark's calls, splitting
@@ -81,6 +82,16 @@ def in_background(fn, *args, **kwargs) -> Future:
     return later
 
 
+def two_at_once(first, second):
+    """``(first(), second())``, the second run in the other thread meanwhile; when there
+    is one thread, or the other is still on a background call, both run here in turn."""
+    if _threads() < 2 or threading.current_thread().name.startswith("atlas-align"):
+        return first(), second()
+    later = _second_thread().submit(second)
+    a = first()
+    return a, (second() if later.cancel() else later.result())
+
+
 def _by_halves(call, starts, ends, n_query: int):
     """``call(sl)`` on the references ``sl`` (a slice) -- once for all of them, or on two
     halves of about equal work at once (the second in another thread) with the results
@@ -88,15 +99,11 @@ def _by_halves(call, starts, ends, n_query: int):
     k = starts.size
     lengths = ends - starts
     total = int(lengths.sum())
-    if (k < 2 or total * n_query < SPLIT_MIN_CELLS or _threads() < 2
-            or threading.current_thread().name.startswith("atlas-align")):
+    if k < 2 or total * n_query < SPLIT_MIN_CELLS:
         return call(slice(None))
     cut = int(np.searchsorted(np.cumsum(lengths), total / 2)) + 1
     cut = min(max(cut, 1), k - 1)
-    later = _second_thread().submit(call, slice(cut, None))
-    first = call(slice(0, cut))
-    # the other thread may still be on a background call: then this one takes its half back
-    second = call(slice(cut, None)) if later.cancel() else later.result()
+    first, second = two_at_once(lambda: call(slice(0, cut)), lambda: call(slice(cut, None)))
     if isinstance(first, tuple):
         return tuple(np.concatenate([a, b]) for a, b in zip(first, second))
     return np.concatenate([first, second])

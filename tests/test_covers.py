@@ -556,7 +556,7 @@ def test_kernels_answer_the_same_in_two_threads(monkeypatch):
     assert al.in_background(where).result() == threading.current_thread().name
 
 
-def test_ngram_list_scores_are_scipys_sums():
+def test_ngram_list_scores_are_scipys_sums(monkeypatch):
     """The n-gram index's scores (summed IDF of the query's n-grams a piece holds) are
     exactly the float32 sums of scipy's column slice times the IDF, and the list ranks a
     piece holding the query's rare n-grams first."""
@@ -574,10 +574,19 @@ def test_ngram_list_scores_are_scipys_sums():
         codes, _ = grams.codes(query, np.array([0, query.size]))
         u = np.unique(codes)
         want = np.asarray(grams.matrix[:, u] @ grams.idf[u], np.float32).ravel()
-        got = qc._presence_sums(grams.matrix.indptr, grams.matrix.indices, u, grams.idf[u], grams.matrix.shape[0])
+        m = grams.matrix
+        got = qc._presence_sums(m.indptr, m.indices, u, grams.idf[u], 0, m.shape[0])
         np.testing.assert_array_equal(got, want)
+        cut = int(rng.integers(1, m.shape[0]))  # two ranges of pieces, as two threads sum them
+        halves = np.concatenate([qc._presence_sums(m.indptr, m.indices, u, grams.idf[u], 0, cut),
+                                 qc._presence_sums(m.indptr, m.indices, u, grams.idf[u], cut, m.shape[0])])
+        np.testing.assert_array_equal(halves, want)
+    unsplit = grams.search(iv[:50] - 1, 30)
     rare = np.full(40, 11)  # a run of the rarest interval, planted in piece 7 only
     planted = np.concatenate([iv[:off[7]], rare, iv[off[7]:]])
     off2 = off.copy()
     off2[8:] += rare.size
     assert qc._gram_index(planted, off2).search(rare - 1, 5)[0] == 7
+    monkeypatch.setattr(qc, "SPLIT_PIECES", 100)  # the list in two threads, one half of the pieces each
+    assert qc._gram_index(planted, off2).search(rare - 1, 5)[0] == 7
+    np.testing.assert_array_equal(grams.search(iv[:50] - 1, 30), unsplit)
