@@ -8,12 +8,17 @@ files left after holding out each song's query group, plus vienna4x22 unless
 ``--no-vienna``); the queries are built once, then each is searched ``--passes`` times
 in turn (a pass over all queries, then the next), and every call is timed in wall clock
 and in CPU time of this process (``time.process_time``: on a shared machine the wall
-clock also counts the other jobs' time slices, the CPU time does not). The first pass
-also warms the caches; it is reported, but the summary is over the later passes.
+clock also counts the other jobs' time slices, the CPU time does not). The search runs
+its kernels on two threads where there are two cores, and the CPU time counts both, so
+it exceeds the wall time; ``ATLAS_ALIGN_THREADS=1`` keeps one thread (the answers are
+the same). The first pass also warms the caches; it is reported, but the summary is over
+the later passes.
 
 ``--sections`` also prints where the CPU time of the later passes goes: each kernel of
 ``indexers.align`` and each step of the search, timed by wrappers (nested: a step's time
-includes its kernels'; the wrappers' own cost is in the total).
+includes its kernels'; the wrappers' own cost is in the total). Run it with
+``ATLAS_ALIGN_THREADS=1``: on two threads a section's CPU time also counts whatever the
+other thread did meanwhile.
 
 The printed ``answers`` digest is a hash of every query's whole answer (the top 50 with
 every column: scores, transpositions, time scales, aligned regions): two versions of the
