@@ -76,3 +76,39 @@ def test_a_merged_jittered_retimed_song_finds_its_tune(small_pop909_db, pop909_d
     assert ALIGN["tune_in_notes"]
     res = index.search(q, top=3)
     assert "/003/" in res.column("path").to_pylist()[0]
+
+
+def test_a_short_polyphonic_part_scores_its_melody_by_the_tune_alone(small_pop909_db, pop909_dir):
+    """A few bars of 003.mid with every track merged: its skyline is partly
+    accompaniment, so its melody score is the stored tune found among its notes alone
+    (``tune_only_below``); the same bars' tune alone (one part, monophonic) still also
+    counts its own interval alignment."""
+    from ingest.midi_parse import parse_midi
+    from query.covers import ALIGN, load_index, query_from_notes
+
+    src = pop909_dir / "003" / "003.mid"
+    parsed = parse_midi(src.read_bytes(), piece_id="x", path=str(src))
+    t = parsed["notes"]
+    n = {c: np.asarray(t.column(c).to_numpy()) for c in ("onset_beats", "duration_beats", "pitch", "channel",
+                                                          "track_index")}
+    tracks = parsed["tracks"]
+    lead = tracks.column("track_index").to_pylist()[tracks.column("name").to_pylist().index("MELODY")]
+    window = (n["channel"] != 9) & (n["onset_beats"] >= 40) & (n["onset_beats"] < 56)
+    index = load_index(small_pop909_db)
+
+    def melody_and_tune(keep):
+        q = query_from_notes("bars", n["onset_beats"][keep] - 40, n["duration_beats"][keep],
+                             n["pitch"][keep].astype(np.int64))
+        assert q.one_part and q.intervals.size <= 2 * ALIGN["min_query_intervals"]  # short
+        rows = index.candidates(q)
+        r = index.rerank(q, rows)
+        return q, r["mel"], index._tune_in_notes(q, rows, r["score"], r["hshift"])
+
+    q, mel, tune = melody_and_tune(window)
+    assert q.skyline_share < ALIGN["tune_only_below"]
+    np.testing.assert_array_equal(mel, tune)
+    # the tune alone (the MELODY track): its skyline is all of it, and its interval
+    # alignment counts too
+    q, mel, tune = melody_and_tune(window & (n["track_index"] == lead))
+    assert q.skyline_share > ALIGN["tune_only_below"]
+    assert (mel >= tune).all() and (mel > tune).any()
