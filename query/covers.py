@@ -114,9 +114,10 @@ ALIGN = dict(
     rescaled_candidates=True,
     # a one-part query (merged tracks, a piano reduction, a performance): the best
     # pc_candidates (None: every candidate) also score how much of their stored tune
-    # is found among the query's skyline notes (indexers.align.sw_pitch_classes_score, at the harmony's
-    # transposition; accompaniment notes in between cost pc_gap_query), normalised by
-    # pc_melody_share of the query's notes; that is their melody score when higher.
+    # is found among the query's skyline notes (indexers.align.sw_pitch_classes_score,
+    # at the harmony's transposition; accompaniment notes in between cost
+    # pc_gap_query), normalised by pc_melody_share of the query's notes; that is their
+    # melody score when higher.
     # Fit part, level 2, 70 songs, without -> with: combined 0.797 -> 0.834,
     # combined_short 0.576 -> 0.700, perf 0.975 -> 1.000, harmony only 0.989 -> 0.988.
     # Added to the score instead (x 0.3) it did as well on the fit part's combined
@@ -756,8 +757,8 @@ class CoverIndex:
         ww = A["weak_weight_short"] if short else A["weak_weight"]
         score = np.maximum(mel, h) + ww * np.minimum(mel, h)
         if q.one_part and not q.is_recording and k and A["tune_in_notes"]:
-            # the melody score of a one-part query: also how much of each best
-            # candidate's tune is found among its notes; for a short polyphonic one,
+            # the melody score of a one-part query: also how much of each candidate's
+            # tune is found among its notes (pc_candidates); for a short polyphonic one,
             # only that: the intervals of a few bars of a skyline that is partly
             # accompaniment match some wrong song as well by chance
             tune = self._tune_in_notes(q, rows, score, hshift)
