@@ -742,27 +742,31 @@ class CoverIndex:
         else:
             mel = np.zeros(k, np.float32)
             mel_end = np.full(k, -1, np.int64)
+        short = q.intervals.size <= A["min_query_intervals"] * 2
+        # a one-part query: also how much of each candidate's tune is found among its
+        # notes (pc_candidates), its melody score where higher; for a short polyphonic
+        # one, its melody score alone: the intervals of a few bars of a skyline that is
+        # partly accompaniment match some wrong song as well by chance (its skyline's
+        # alignment above still gives mel_end, where the explanation's region ends)
+        tune_step = q.one_part and not q.is_recording and k and A["tune_in_notes"]
+        tune_only = tune_step and short and q.skyline_share < A["tune_only_below"]
         # other melody lines: when neither the main line nor the harmony found anything
-        # convincing, or the query is short in notes or in time (cheap)
+        # convincing, or the query is short in notes or in time (cheap); not when the
+        # tune step replaces the melody score
         weak = k and max(float(mel.max()), float(h.max())) < A["alt_line_below"]
-        if k and q.alt_intervals and (weak or q.intervals.size <= A["min_query_intervals"] * 2
-                                      or q.chroma_beats.shape[0] <= A["phase_search_beats"]):
+        if k and q.alt_intervals and not tune_only and (weak or short
+                                                         or q.chroma_beats.shape[0] <= A["phase_search_beats"]):
             for alt in q.alt_intervals:
                 m2 = sw_symbols_score(np.ascontiguousarray(alt), self.iv, spans, A["mel_match"], A["mel_mismatch"],
                                       A["mel_gap"], A["mel_merge"])
                 mel = np.maximum(mel, m2 / (A["mel_match"] * max(alt.size, A["min_query_intervals"])))
         # a short query's melody (or harmony) alone matches something by chance more
         # often: there, agreement of the two counts more
-        short = q.intervals.size <= A["min_query_intervals"] * 2
         ww = A["weak_weight_short"] if short else A["weak_weight"]
         score = np.maximum(mel, h) + ww * np.minimum(mel, h)
-        if q.one_part and not q.is_recording and k and A["tune_in_notes"]:
-            # the melody score of a one-part query: also how much of each candidate's
-            # tune is found among its notes (pc_candidates); for a short polyphonic one,
-            # only that: the intervals of a few bars of a skyline that is partly
-            # accompaniment match some wrong song as well by chance
+        if tune_step:
             tune = self._tune_in_notes(q, rows, score, hshift)
-            mel = tune if short and q.skyline_share < A["tune_only_below"] else np.maximum(mel, tune)
+            mel = tune if tune_only else np.maximum(mel, tune)
             score = np.maximum(mel, h) + ww * np.minimum(mel, h)
         return {"rows": rows, "mel": mel.astype(np.float32), "harm": harm, "hshift": hshift,
                 "scale": best_scale, "score": score.astype(np.float32), "by_melody": mel >= harm,
@@ -780,7 +784,8 @@ class CoverIndex:
         qpc = np.asarray(q.melody_pitch[a:b], np.int64) % 12
         if qpc.size < 4:
             return out
-        best = np.argsort(-score, kind="stable")[: A["pc_candidates"]]
+        best = np.arange(rows.size) if A["pc_candidates"] is None \
+            else np.argsort(-score, kind="stable")[: A["pc_candidates"]]
         rb = rows[best]
         raw = sw_pitch_classes_score(qpc, self.mel_pc, (self.mel_off[rb], self.mel_off[rb + 1]),
                                      np.asarray(hshift[best], np.int64) % 12, A["pc_match"], A["pc_mismatch"],

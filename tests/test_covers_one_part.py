@@ -49,17 +49,27 @@ def test_references_two_at_a_time_score_as_one_alone():
     np.testing.assert_array_equal(together, np.asarray(alone, np.float32))
 
 
+def _notes_of_003(pop909_dir):
+    """003.mid's notes as arrays, and the track index of its MELODY track."""
+    from ingest.midi_parse import parse_midi
+
+    src = pop909_dir / "003" / "003.mid"
+    parsed = parse_midi(src.read_bytes(), piece_id="x", path=str(src))
+    t = parsed["notes"]
+    n = {c: np.asarray(t.column(c).to_numpy()) for c in ("onset_beats", "duration_beats", "pitch", "channel",
+                                                          "track_index")}
+    tracks = parsed["tracks"]
+    return n, tracks.column("track_index").to_pylist()[tracks.column("name").to_pylist().index("MELODY")]
+
+
 def test_a_merged_jittered_retimed_song_finds_its_tune(small_pop909_db, pop909_dir):
     """003.mid with every track merged into one, transposed up 3, re-timed by 1.19 and
     its onsets jittered by up to 1/8 beat: its skyline is half accompaniment, yet the
     versions of 003 score highest for their tune found among the query's notes, and
     one of them ranks first."""
-    from ingest.midi_parse import parse_midi
     from query.covers import ALIGN, load_index, query_from_notes
 
-    src = pop909_dir / "003" / "003.mid"
-    t = parse_midi(src.read_bytes(), piece_id="x", path=str(src))["notes"]
-    n = {c: np.asarray(t.column(c).to_numpy()) for c in ("onset_beats", "duration_beats", "pitch", "channel")}
+    n, _ = _notes_of_003(pop909_dir)
     keep = n["channel"] != 9
     rng = np.random.default_rng(0)
     on = 1.19 * n["onset_beats"][keep] + rng.uniform(-0.125, 0.125, keep.sum())
@@ -83,16 +93,9 @@ def test_a_short_polyphonic_part_scores_its_melody_by_the_tune_alone(small_pop90
     accompaniment, so its melody score is the stored tune found among its notes alone
     (``tune_only_below``); the same bars' tune alone (one part, monophonic) still also
     counts its own interval alignment."""
-    from ingest.midi_parse import parse_midi
     from query.covers import ALIGN, load_index, query_from_notes
 
-    src = pop909_dir / "003" / "003.mid"
-    parsed = parse_midi(src.read_bytes(), piece_id="x", path=str(src))
-    t = parsed["notes"]
-    n = {c: np.asarray(t.column(c).to_numpy()) for c in ("onset_beats", "duration_beats", "pitch", "channel",
-                                                          "track_index")}
-    tracks = parsed["tracks"]
-    lead = tracks.column("track_index").to_pylist()[tracks.column("name").to_pylist().index("MELODY")]
+    n, lead = _notes_of_003(pop909_dir)
     window = (n["channel"] != 9) & (n["onset_beats"] >= 40) & (n["onset_beats"] < 56)
     index = load_index(small_pop909_db)
 
