@@ -18,7 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
-__all__ = ["in_background", "two_at_once", "sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score", "sw_pitch_classes_score"]
+__all__ = ["in_background", "two_at_once", "sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score", "sw_pitch_classes_score",
+           "sw_pitch_classes_rhythm_score"]
 
 
 # Two threads (the kernels release the GIL). A call whose references hold at least
@@ -742,3 +743,108 @@ def _pc_column(p, col, new, gq, gr, best):
         col[i] = run
         best = max(best, run)
     return best
+
+
+
+def sw_pitch_classes_rhythm_score(q, q_onsets, refs, ref_onsets, offsets, shifts, match, mismatch, gap_q, gap_r,
+                                  tolerance, penalty, adapt):
+    """:func:`sw_pitch_classes_score` that also asks the matched notes to keep the
+    query's rhythm: best local score per reference.
+
+    Each cell carries, from the best path into it, the onsets of its last matched pair
+    of notes and an estimate of the tempo ratio (log of query time over reference time).
+    A new match ``dt_q / dt_r`` after the last one (both > 1e-3) agrees when its log lies
+    within ``log(tolerance)`` of the estimate: it scores ``match`` and moves the estimate
+    ``adapt`` of the way towards it (a tempo that drifts); when it disagrees it scores
+    ``match - penalty`` and the estimate stays. The first ratio of a path sets the
+    estimate. A version of the tune keeps its rhythm through a change of tempo; notes of
+    another tune that have the right pitch classes, picked out of a query's
+    accompaniment with free gaps (``gap_q``), mostly do not. ``penalty`` 0 gives
+    :func:`sw_pitch_classes_score`'s scores.
+
+    Parameters
+    ----------
+    q, q_onsets : int64 pitch classes, float64 onsets [shape=(n,)] (any time unit)
+    refs, ref_onsets : pitch classes, onsets [shape=(M,)], references back to back;
+        offsets : int64 [shape=(k+1,)] or (starts, ends)
+    shifts, match, mismatch, gap_q, gap_r : as in :func:`sw_pitch_classes_score`
+    tolerance : float > 1; penalty : float >= 0; adapt : float in [0, 1]
+
+    Returns
+    -------
+    scores : float32 [shape=(k,)]
+    """
+    starts, ends = _spans(offsets)
+    q = np.asarray(q, np.int64)
+    q_onsets = np.asarray(q_onsets, np.float64)
+    shifts = np.asarray(shifts, np.int64)
+    return _by_halves(lambda sl: _sw_pc_rhythm(q, q_onsets, refs, ref_onsets, starts[sl], ends[sl], shifts[sl],
+                                               float(match), float(mismatch), float(gap_q), float(gap_r),
+                                               float(np.log(tolerance)), float(penalty), float(adapt)),
+                      starts, ends, q.size)
+
+
+@njit(cache=True, nogil=True)
+def _sw_pc_rhythm(q, q_on, refs, ref_on, starts, ends, shifts, match, mismatch, gap_q, gap_r, tol_log, penalty,
+                  adapt):
+    n = q.size
+    k = starts.size
+    out = np.zeros(k, np.float32)
+    # two columns (the previous reference note's, this one's) of score, last matched
+    # query and reference onsets (query -1: no match yet) and the log tempo estimate
+    # (NaN: not yet known)
+    h0, h1 = np.zeros(n + 1), np.zeros(n + 1)
+    lq0, lq1 = np.full(n + 1, -1.0), np.full(n + 1, -1.0)
+    lr0, lr1 = np.zeros(n + 1), np.zeros(n + 1)
+    e0, e1 = np.full(n + 1, np.nan), np.full(n + 1, np.nan)
+    qt = np.empty(n, np.int64)
+    for c in range(k):
+        h0[:] = 0.0
+        lq0[:] = -1.0
+        e0[:] = np.nan
+        best = 0.0
+        for i in range(n):
+            qt[i] = (q[i] + shifts[c]) % 12  # the query in the reference's key
+        for j in range(starts[c], ends[c]):
+            rv = refs[j]
+            tr = ref_on[j]
+            h1[0] = 0.0
+            lq1[0] = -1.0
+            e1[0] = np.nan
+            for i in range(1, n + 1):
+                lq, lr, e = lq0[i - 1], lr0[i - 1], e0[i - 1]
+                if qt[i - 1] == rv:
+                    s = match
+                    if lq >= 0.0:
+                        dq = q_on[i - 1] - lq
+                        dr = tr - lr
+                        if dq > 1e-3 and dr > 1e-3:
+                            rho = np.log(dq / dr)
+                            if e != e:  # the path's first ratio
+                                e = rho
+                            elif abs(rho - e) < tol_log:
+                                e = e + adapt * (rho - e)
+                            else:
+                                s = match - penalty
+                    vd = h0[i - 1] + s
+                    lq, lr = q_on[i - 1], tr
+                else:
+                    vd = h0[i - 1] - mismatch
+                vr = h0[i] - gap_r  # this reference note left out
+                vq = h1[i - 1] - gap_q  # this query note left out
+                if vd >= vr and vd >= vq and vd > 0.0:
+                    h1[i], lq1[i], lr1[i], e1[i] = vd, lq, lr, e
+                elif vr >= vq and vr > 0.0:
+                    h1[i], lq1[i], lr1[i], e1[i] = vr, lq0[i], lr0[i], e0[i]
+                elif vq > 0.0:
+                    h1[i], lq1[i], lr1[i], e1[i] = vq, lq1[i - 1], lr1[i - 1], e1[i - 1]
+                else:
+                    h1[i], lq1[i], lr1[i], e1[i] = 0.0, -1.0, 0.0, np.nan
+                if h1[i] > best:
+                    best = h1[i]
+            h0, h1 = h1, h0
+            lq0, lq1 = lq1, lq0
+            lr0, lr1 = lr1, lr0
+            e0, e1 = e1, e0
+        out[c] = best
+    return out

@@ -101,8 +101,14 @@ def test_fusion_features_known_answer():
     np.testing.assert_allclose(f["tfidf_rel"], [0.0, -0.7])
     np.testing.assert_allclose(f["short"], [1.0, 1.0])  # 30 intervals <= 48: short
     np.testing.assert_allclose(f["tfidf_short"], [0.8, 0.1])
+    np.testing.assert_allclose(f["rhythm"], [0.0, 0.0])  # no rhythm given: 0
     assert fusion_features([1.0], [1.0], [1.0], [1.0], [1.0], n_intervals=200)[0, FEATURES.index("short")] == 0
     assert fusion_features([], [], [], [], [], n_intervals=5).shape == (0, len(FEATURES))
+    x = fusion_features([1.0, 0.5], [0.9, 0.2], [0.3, 0.6], [0.8, 0.1], [0.95, 0.5], n_intervals=30,
+                        rhythm=[0.2, 0.7])
+    f = dict(zip(FEATURES, x.T))
+    np.testing.assert_allclose(f["rhythm_rel"], [-0.5, 0.0])
+    np.testing.assert_allclose(f["rhythm_short"], [0.2, 0.7])
 
 
 def test_shipped_fusion_loads_offline_and_ranks_agreement_first():
@@ -115,7 +121,8 @@ def test_shipped_fusion_loads_offline_and_ranks_agreement_first():
     assert tuple(d["features"]) == FEATURES and len(d["coef"]) == len(FEATURES)
     assert "fit part" in d["fitted_on"]["what"] and d["fitted_on"]["queries"] > 0
     assert json.loads(FUSION_FILE.read_text())["intercept"] == d["intercept"]
-    x = fusion_features([1.1, 0.35], [1.0, 0.3], [0.9, 0.2], [0.9, 0.05], [0.95, 0.6], n_intervals=120)
+    x = fusion_features([1.1, 0.35], [1.0, 0.3], [0.9, 0.2], [0.9, 0.05], [0.95, 0.6], n_intervals=120,
+                        rhythm=[0.8, 0.1])
     s = fuse(x)
     assert 0 <= s[1] < s[0] <= 1
 

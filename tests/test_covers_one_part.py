@@ -115,3 +115,86 @@ def test_a_short_polyphonic_part_scores_its_melody_by_the_tune_alone(small_pop90
     q, mel, tune = melody_and_tune(window & (n["track_index"] == lead))
     assert q.skyline_share > ALIGN["tune_only_below"]
     assert (mel >= tune).all() and (mel > tune).any()
+
+
+
+def _rhythm(q, q_on, ref, ref_on, shift, miss=1.0):
+    from indexers.align import sw_pitch_classes_rhythm_score
+
+    return float(sw_pitch_classes_rhythm_score(np.asarray(q, np.int64), np.asarray(q_on, np.float64),
+                                               np.asarray(ref, np.int8), np.asarray(ref_on, np.float32),
+                                               np.array([0, len(ref)], np.int64), np.array([shift], np.int64),
+                                               1.0, 1.0, 0.25, 1.0, 1.3, miss, 0.3)[0])
+
+
+def test_the_tune_in_its_rhythm_known_answers():
+    """A match counts fully when its time since the last match agrees with the tempo
+    so far: a re-timed query keeps every match, accompaniment notes in between cost
+    only their gaps, the same pitch classes at other times lose most matches."""
+    ref_on = np.array([0, 1, 1.5, 2, 3, 4, 4.5, 5, 6, 8], np.float64)
+    tune = TUNE + [0, 2]
+    down3 = [(p - 3) % 12 for p in tune]
+    # the tune in another key at 1.3x the tempo: its 10 notes match in time
+    assert _rhythm(down3, 1.3 * ref_on + 7, tune, ref_on, 3) == pytest.approx(10.0)
+    # with an accompaniment note (pitch class 10: 1 once up 3, in no tune note) after
+    # each tune note but the last, at other times: 10 matches, 9 query notes left out
+    q = [x for p in down3[:-1] for x in (p, 10)] + [down3[-1]]
+    q_on = [x for t in 1.3 * ref_on[:-1] for x in (t, t + 0.2)] + [1.3 * ref_on[-1]]
+    assert _rhythm(q, q_on, tune, ref_on, 3) == pytest.approx(10.0 - 9 * 0.25)
+    # the same pitch classes with each step's length drawn at random: the pitch-only
+    # score is still 10, in rhythm much less
+    rng = np.random.default_rng(3)
+    other_times = np.cumsum(rng.choice([0.25, 0.5, 1.0, 1.5, 3.0], 10))
+    assert _rhythm(down3, other_times, tune, ref_on, 3, miss=0.0) == pytest.approx(10.0)
+    assert _rhythm(down3, other_times, tune, ref_on, 3) < 7.0
+
+
+def test_the_tune_in_its_rhythm_without_a_miss_cost_is_the_pitch_only_score():
+    """``penalty`` 0: every reference's score equals sw_pitch_classes_score's (random
+    references, several at once, some holding the query); with the penalty, a planted
+    copy of the query (in another key, slower) keeps its whole score."""
+    from indexers.align import sw_pitch_classes_rhythm_score
+
+    rng = np.random.default_rng(11)
+    for _ in range(10):
+        n = int(rng.integers(4, 60))
+        q = rng.integers(0, 12, n)
+        q_on = np.cumsum(rng.choice([0.25, 0.5, 1.0], n))
+        lens = rng.integers(3, 120, 5)
+        refs = [rng.integers(0, 12, m) for m in lens]
+        ons = [np.cumsum(rng.choice([0.5, 1.0, 2.0], m)).astype(np.float32) for m in lens]
+        refs[1] = (q + 4) % 12
+        ons[1] = (q_on / 1.2).astype(np.float32)
+        lens[1] = n
+        shifts = rng.integers(0, 12, 5)
+        shifts[1] = 4
+        args = (np.concatenate(refs).astype(np.int8), np.concatenate(ons),
+                np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), shifts, 1.0, 1.0, 0.25, 1.0)
+        plain = sw_pitch_classes_score(q, args[0], args[2], shifts, 1.0, 1.0, 0.25, 1.0)
+        free = sw_pitch_classes_rhythm_score(q, q_on, *args, 1.3, 0.0, 0.3)
+        np.testing.assert_allclose(free, plain, atol=1e-5)
+        strict = sw_pitch_classes_rhythm_score(q, q_on, *args, 1.3, 1.0, 0.3)
+        assert strict[1] == pytest.approx(n) and (strict <= plain + 1e-5).all()
+
+def test_a_short_merged_excerpt_keeps_its_songs_rhythm(small_pop909_db, pop909_dir):
+    """Bars of 003.mid, every track merged, re-timed by 1.23 and up 2 semitones: among
+    the best candidates, 003's versions have the most of their tune in the query's
+    rhythm; a query with tracks gets no rhythm feature (0)."""
+    from query.covers import ALIGN, load_index, query_from_notes
+
+    n, lead = _notes_of_003(pop909_dir)
+    window = (n["channel"] != 9) & (n["onset_beats"] >= 40) & (n["onset_beats"] < 72)
+    index = load_index(small_pop909_db)
+    q = query_from_notes("bars", 1.23 * (n["onset_beats"][window] - 40), 1.23 * n["duration_beats"][window],
+                         n["pitch"][window].astype(np.int64) + 2)
+    r = index._aligned(q)
+    rhythm = index._rhythm(q, r)
+    song = np.array(["/003/" in index.paths[x] for x in r["rows"]])
+    scored = rhythm > 0
+    assert scored.sum() <= ALIGN["rhythm_candidates"] and song[scored].any() and (~song[scored]).any()
+    assert rhythm[song].max() > rhythm[~song].max()
+    tracks = query_from_notes("bars", n["onset_beats"][window], n["duration_beats"][window],
+                              n["pitch"][window].astype(np.int64), n["track_index"][window])
+    assert not tracks.one_part
+    r = index._aligned(tracks)
+    assert not index._rhythm(tracks, r).any()
