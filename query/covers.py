@@ -134,6 +134,11 @@ ALIGN = dict(
     # combined level 2 0.930 -> 0.959, combined_short 0.991 -> 1.000 and 0.781 -> 0.801,
     # every other cell the same)
     tune_in_notes=True, pc_candidates=None, pc_query_notes=192, pc_melody_share=0.5,
+    # ... except for a clear full-length query (its best score reaches clear_score): the
+    # best pc_candidates_clear only. Fit part (seed 1, no vienna; merge, perf, combined,
+    # harmony only, reharm_merged): the same MAP in every cell at 0.8 and 0.6, 52 -> 45
+    # ms per query
+    pc_candidates_clear=20, clear_score=0.8,
     pc_match=1.0, pc_mismatch=1.0, pc_gap_query=0.25, pc_gap_ref=1.0,
     # a short (at most 2 x min_query_intervals) one-part query whose skyline holds less
     # than this share of its notes (polyphonic): its melody score is the tune found
@@ -147,14 +152,14 @@ ALIGN = dict(
     # last one disagrees by more than rhythm_tolerance with the path's tempo estimate
     # counts rhythm_miss less; the estimate moves rhythm_adapt of the way to each agreeing
     # step), for the best rhythm_candidates, when the query is short or no score reaches
-    # rhythm_below. Chosen on the fit part (seed 1, no vienna; fusion refitted, two-fold
+    # clear_score. Chosen on the fit part (seed 1, no vienna; fusion refitted, two-fold
     # cross-validation over its songs): combined level 2 0.928 -> 0.939, combined_short
     # level 2 0.769 -> 0.798 (8 queries better, 2 worse), every other cell the same but
     # combined_short level 1 (1 query worse, 0.972 either way). Tolerance 1.2 / 1.3 / 1.4,
     # miss 0.5 / 1.0 / 1.5 / 2.0, adapt 0 / 0.15 / 0.3 / 0.5 were tried; the same rhythm
     # check made after a pitch-only alignment instead (its matched notes' successive time
     # ratios against their median) gained on the fit part but not held out (docs/covers.md)
-    rhythm_candidates=30, rhythm_below=0.8, rhythm_tolerance=1.3, rhythm_miss=1.0, rhythm_adapt=0.3,
+    rhythm_candidates=30, rhythm_tolerance=1.3, rhythm_miss=1.0, rhythm_adapt=0.3,
 )
 
 RESULT_SCHEMA = pa.schema([
@@ -787,19 +792,28 @@ class CoverIndex:
                 "via_best": np.zeros(k, bool), "hscale": hscale.astype(np.float32), "mel_window": (a, b),
                 "mel_end": mel_end}
 
+    @staticmethod
+    def _clear(q: QueryFeatures, score: np.ndarray) -> bool:
+        """A full-length query (more than 2 x ``min_query_intervals``) whose best score
+        reaches ``clear_score``: its answer stands without the tune's extra work."""
+        return bool(q.intervals.size > 2 * ALIGN["min_query_intervals"] and score.size
+                    and float(score.max()) >= ALIGN["clear_score"])
+
     def _tune_in_notes(self, q: QueryFeatures, rows: np.ndarray, score: np.ndarray, hshift: np.ndarray
                        ) -> np.ndarray:
         """Per candidate row, 0..~1: how much of its stored tune is found among the
         query's skyline notes (see ``tune_in_notes`` in ALIGN); 0 outside the best
-        ``pc_candidates`` by ``score`` (None: every row)."""
+        ``pc_candidates`` by ``score`` (None: every row), or the best
+        ``pc_candidates_clear`` for a full-length query whose best score reaches
+        ``clear_score``."""
         A = ALIGN
         out = np.zeros(rows.size, np.float32)
         a, b = _middle(q.melody_pitch.size, A["pc_query_notes"])
         qpc = np.asarray(q.melody_pitch[a:b], np.int64) % 12
         if qpc.size < 4:
             return out
-        best = np.arange(rows.size) if A["pc_candidates"] is None \
-            else np.argsort(-score, kind="stable")[: A["pc_candidates"]]
+        n = A["pc_candidates_clear"] if self._clear(q, score) else A["pc_candidates"]
+        best = np.arange(rows.size) if n is None or n >= rows.size else np.argsort(-score, kind="stable")[:n]
         rb = rows[best]
         raw = sw_pitch_classes_score(qpc, self.mel_pc, (self.mel_off[rb], self.mel_off[rb + 1]),
                                      np.asarray(hshift[best], np.int64) % 12, A["pc_match"], A["pc_mismatch"],
@@ -839,13 +853,12 @@ class CoverIndex:
         the last one disagrees with the tempo so far counts ``rhythm_miss`` less). Notes
         of a wrong tune picked out of the accompaniment match pitch classes, but seldom
         at the right times. For the best ``rhythm_candidates`` by alignment score, and
-        only when the query is short or its best score is below ``rhythm_below`` (a
+        only when the query is short or its best score is below ``clear_score`` (a
         clear answer needs no more); else 0."""
         A = ALIGN
         rows, score = r["rows"], r["score"]
         out = np.zeros(rows.size, np.float32)
-        if not (q.one_part and not q.is_recording and A["tune_in_notes"] and rows.size) or \
-                (q.intervals.size > 2 * A["min_query_intervals"] and float(score.max()) >= A["rhythm_below"]):
+        if not (q.one_part and not q.is_recording and A["tune_in_notes"] and rows.size) or self._clear(q, score):
             return out
         a, b = _middle(q.melody_pitch.size, A["pc_query_notes"])
         qpc = np.asarray(q.melody_pitch[a:b], np.int64) % 12

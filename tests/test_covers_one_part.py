@@ -62,12 +62,10 @@ def _notes_of_003(pop909_dir):
     return n, tracks.column("track_index").to_pylist()[tracks.column("name").to_pylist().index("MELODY")]
 
 
-def test_a_merged_jittered_retimed_song_finds_its_tune(small_pop909_db, pop909_dir):
+def _merged_003(pop909_dir):
     """003.mid with every track merged into one, transposed up 3, re-timed by 1.19 and
-    its onsets jittered by up to 1/8 beat: its skyline is half accompaniment, yet the
-    versions of 003 score highest for their tune found among the query's notes, and
-    one of them ranks first."""
-    from query.covers import ALIGN, load_index, query_from_notes
+    its onsets jittered by up to 1/8 beat."""
+    from query.covers import query_from_notes
 
     n, _ = _notes_of_003(pop909_dir)
     keep = n["channel"] != 9
@@ -76,6 +74,16 @@ def test_a_merged_jittered_retimed_song_finds_its_tune(small_pop909_db, pop909_d
     q = query_from_notes("merged", np.maximum(on, 0), 1.19 * n["duration_beats"][keep],
                          n["pitch"][keep].astype(np.int64) + 3)
     assert q.one_part
+    return q
+
+
+def test_a_merged_jittered_retimed_song_finds_its_tune(small_pop909_db, pop909_dir):
+    """The merged, re-timed, jittered 003.mid: its skyline is half accompaniment, yet
+    the versions of 003 score highest for their tune found among the query's notes,
+    and one of them ranks first."""
+    from query.covers import ALIGN, load_index
+
+    q = _merged_003(pop909_dir)
     index = load_index(small_pop909_db)
     rows = index.candidates(q)
     r = index.rerank(q, rows)
@@ -86,6 +94,34 @@ def test_a_merged_jittered_retimed_song_finds_its_tune(small_pop909_db, pop909_d
     assert ALIGN["tune_in_notes"]
     res = index.search(q, top=3)
     assert "/003/" in res.column("path").to_pylist()[0]
+
+
+def test_a_clear_full_length_query_looks_for_the_tune_in_its_best_candidates_only(small_pop909_db, pop909_dir,
+                                                                                    monkeypatch):
+    """003.mid with its tracks merged, up 2 semitones, aligns clearly (its best score
+    reaches ``clear_score``): its tune is looked for in the best
+    ``pc_candidates_clear`` only, the same scores there as when every candidate is
+    looked at."""
+    from query.covers import ALIGN, load_index, query_from_notes
+
+    n, _ = _notes_of_003(pop909_dir)
+    keep = n["channel"] != 9
+    q = query_from_notes("merged", n["onset_beats"][keep], n["duration_beats"][keep],
+                         n["pitch"][keep].astype(np.int64) + 2)
+    assert q.one_part
+    index = load_index(small_pop909_db)
+    rows = index.candidates(q)
+    r = index.rerank(q, rows)
+    assert q.intervals.size > 2 * ALIGN["min_query_intervals"] and r["score"].max() >= ALIGN["clear_score"]
+    assert rows.size > ALIGN["pc_candidates_clear"]
+    clear = index._tune_in_notes(q, rows, r["score"], r["hshift"])
+    monkeypatch.setitem(ALIGN, "clear_score", float("inf"))
+    every = index._tune_in_notes(q, rows, r["score"], r["hshift"])
+    best = np.argsort(-r["score"], kind="stable")[: ALIGN["pc_candidates_clear"]]
+    assert (every > 0).sum() > ALIGN["pc_candidates_clear"]
+    np.testing.assert_array_equal(clear[best], every[best])
+    rest = np.setdiff1d(np.arange(rows.size), best)
+    assert not clear[rest].any() and every[rest].any()
 
 
 def test_a_short_polyphonic_part_scores_its_melody_by_the_tune_alone(small_pop909_db, pop909_dir):
