@@ -18,8 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
-__all__ = ["in_background", "two_at_once", "sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score", "sw_pitch_classes_score",
-           "sw_pitch_classes_rhythm_score"]
+__all__ = ["in_background", "two_at_once", "sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score",
+           "sw_pitch_classes_score", "sw_pitch_classes_rhythm_score"]
 
 
 # Two threads (the kernels release the GIL). A call whose references hold at least
@@ -743,7 +743,6 @@ def _pc_column(p, col, new, gq, gr, best):
         col[i] = run
         best = max(best, run)
     return best
-
 
 
 def sw_pitch_classes_rhythm_score(q, q_onsets, refs, ref_onsets, offsets, shifts, match, mismatch, gap_q, gap_r,

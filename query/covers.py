@@ -820,7 +820,7 @@ class CoverIndex:
         raw = sw_pitch_classes_score(qpc, self.mel_pc, (self.mel_off[rb], self.mel_off[rb + 1]),
                                      np.asarray(hshift[best], np.int64) % 12, A["pc_match"], A["pc_mismatch"],
                                      A["pc_gap_query"], A["pc_gap_ref"])
-        out[best] = raw / (A["pc_match"] * max(A["pc_melody_share"] * qpc.size, A["min_query_intervals"]))
+        out[best] = _tune_share(raw, qpc.size)
         return out
 
     def search(self, q: QueryFeatures, top: int = 10, explain_top: int | None = None) -> pa.Table:
@@ -873,7 +873,7 @@ class CoverIndex:
                                             np.asarray(r["hshift"][best], np.int64) % 12, A["pc_match"],
                                             A["pc_mismatch"], A["pc_gap_query"], A["pc_gap_ref"],
                                             A["rhythm_tolerance"], A["rhythm_miss"], A["rhythm_adapt"])
-        out[best] = raw / (A["pc_match"] * max(A["pc_melody_share"] * qpc.size, A["min_query_intervals"]))
+        out[best] = _tune_share(raw, qpc.size)  # on the tune's scale
         return out
 
     def _fuse(self, q: QueryFeatures, r):
@@ -1122,6 +1122,13 @@ class CoverIndex:
 
 # _ROLL[t] indexes a 12-vector rotated up by t semitones: x[_ROLL[t]] == np.roll(x, t)
 _ROLL = (np.arange(12)[None, :] - np.arange(12)[:, None]) % 12
+
+
+def _tune_share(raw: np.ndarray, n_notes: int) -> np.ndarray:
+    """A tune-among-the-notes alignment score as a share of the query: of its notes,
+    ``pc_melody_share`` are expected to be the tune (at least ``min_query_intervals``)."""
+    A = ALIGN
+    return raw / (A["pc_match"] * max(A["pc_melody_share"] * n_notes, A["min_query_intervals"]))
 
 
 def _window_correlation(frames: np.ndarray, offsets: np.ndarray, rolled: np.ndarray, width: int) -> np.ndarray:

@@ -62,17 +62,17 @@ def _notes_of_003(pop909_dir):
     return n, tracks.column("track_index").to_pylist()[tracks.column("name").to_pylist().index("MELODY")]
 
 
-def _merged_003(pop909_dir):
-    """003.mid with every track merged into one, transposed up 3, re-timed by 1.19 and
-    its onsets jittered by up to 1/8 beat."""
+def _merged_003(pop909_dir, up=3, scale=1.19, jitter_beats=0.125):
+    """003.mid with every track merged into one, transposed ``up``, re-timed by
+    ``scale`` and its onsets jittered by up to ``jitter_beats``."""
     from query.covers import query_from_notes
 
     n, _ = _notes_of_003(pop909_dir)
     keep = n["channel"] != 9
     rng = np.random.default_rng(0)
-    on = 1.19 * n["onset_beats"][keep] + rng.uniform(-0.125, 0.125, keep.sum())
-    q = query_from_notes("merged", np.maximum(on, 0), 1.19 * n["duration_beats"][keep],
-                         n["pitch"][keep].astype(np.int64) + 3)
+    on = scale * n["onset_beats"][keep] + rng.uniform(-jitter_beats, jitter_beats, keep.sum())
+    q = query_from_notes("merged", np.maximum(on, 0), scale * n["duration_beats"][keep],
+                         n["pitch"][keep].astype(np.int64) + up)
     assert q.one_part
     return q
 
@@ -102,13 +102,9 @@ def test_a_clear_full_length_query_looks_for_the_tune_in_its_best_candidates_onl
     reaches ``clear_score``): its tune is looked for in the best
     ``pc_candidates_clear`` only, the same scores there as when every candidate is
     looked at."""
-    from query.covers import ALIGN, load_index, query_from_notes
+    from query.covers import ALIGN, load_index
 
-    n, _ = _notes_of_003(pop909_dir)
-    keep = n["channel"] != 9
-    q = query_from_notes("merged", n["onset_beats"][keep], n["duration_beats"][keep],
-                         n["pitch"][keep].astype(np.int64) + 2)
-    assert q.one_part
+    q = _merged_003(pop909_dir, up=2, scale=1.0, jitter_beats=0.0)
     index = load_index(small_pop909_db)
     rows = index.candidates(q)
     r = index.rerank(q, rows)
@@ -151,7 +147,6 @@ def test_a_short_polyphonic_part_scores_its_melody_by_the_tune_alone(small_pop90
     q, mel, tune = melody_and_tune(window & (n["track_index"] == lead))
     assert q.skyline_share > ALIGN["tune_only_below"]
     assert (mel >= tune).all() and (mel > tune).any()
-
 
 
 def _rhythm(q, q_on, ref, ref_on, shift, miss=1.0):
@@ -211,6 +206,7 @@ def test_the_tune_in_its_rhythm_without_a_miss_cost_is_the_pitch_only_score():
         np.testing.assert_allclose(free, plain, atol=1e-5)
         strict = sw_pitch_classes_rhythm_score(q, q_on, *args, 1.3, 1.0, 0.3)
         assert strict[1] == pytest.approx(n) and (strict <= plain + 1e-5).all()
+
 
 def test_a_short_merged_excerpt_keeps_its_songs_rhythm(small_pop909_db, pop909_dir):
     """Bars of 003.mid, every track merged, re-timed by 1.23 and up 2 semitones: among
