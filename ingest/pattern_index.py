@@ -1,7 +1,8 @@
 """Derived stage ``patterns``: the transposition-invariant index behind ``atlas pattern``.
 
 For each piece: its melodic streams (``query.pattern_search.build_streams``: per track,
-per track's top and bottom lines, and the skyline) go to ``pattern_streams``; the code of every run of
+per track's top and bottom lines, and the skyline; made for all of a batch's pieces at once
+by ``build_streams_batch``) go to ``pattern_streams``; the code of every run of
 3 consecutive intervals, with its stream and position, goes to ``pattern_ngrams``.
 Each piece is indexed on its own, so adding pieces never touches what is stored and the
 index is always exact (no corpus-level state). The n-grams of a batch are written sorted
@@ -36,69 +37,66 @@ BATCH_PIECES = 1000
 
 def index_tables(notes: pa.Table) -> tuple[pa.Table, pa.Table]:
     """``(pattern_streams, pattern_ngrams)`` rows for the pieces in a notes table."""
-    from query.pattern_search import NOTE_COLUMNS, build_streams
+    from query.pattern_search import NOTE_COLUMNS, build_streams_batch
 
     if notes.num_rows == 0:
         return TABLES["pattern_streams"].empty_table(), TABLES["pattern_ngrams"].empty_table()
     enc = notes.column("piece_id").combine_chunks().dictionary_encode()
-    names = enc.dictionary.to_pylist()
-    codes = enc.indices.to_numpy(zero_copy_only=False)
-    order = np.argsort(codes, kind="stable")
-    code_sorted = codes[order]
-    bounds = np.flatnonzero(code_sorted[1:] != code_sorted[:-1]) + 1
-    cols = {c: notes.column(c).to_numpy(zero_copy_only=False)[order]
-            for c in NOTE_COLUMNS}
-    parts = []
-    for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(order)]])):
-        sub = {c: v[lo:hi] for c, v in cols.items()}
-        parts.append(build_streams(names[code_sorted[lo]], sub, stage_version=VERSION))
-    streams = pa.concat_tables(parts) if parts else TABLES["pattern_streams"].empty_table()
-    # n-gram codes over the concatenated streams, keeping windows inside one stream
+    cols = {c: notes.column(c).to_numpy(zero_copy_only=False) for c in NOTE_COLUMNS}
+    # the pieces in the order they first occur in ``notes``
+    streams = build_streams_batch(enc.dictionary.to_pylist(), enc.indices.to_numpy(zero_copy_only=False), cols,
+                                  stage_version=VERSION)
+    # every window of NGRAM intervals inside one stream, the streams taken in stream-id order
     n = streams.column("n_notes").to_numpy(zero_copy_only=False).astype(np.int64)
-    pitch = pc.list_flatten(streams.column("pitch")).to_numpy(zero_copy_only=False).astype(np.int32)
-    row = np.repeat(np.arange(len(n)), n)
-    pos_all = np.arange(len(pitch)) - np.repeat(np.concatenate([[0], np.cumsum(n)[:-1]]), n)
-    w = len(pitch) - NGRAM
-    if w > 0:
-        ok = row[NGRAM:] == row[:w]
-        iv = np.diff(pitch) + 128
-        code = np.zeros(w, dtype=np.int32)
-        for k in range(NGRAM):
-            code = (code << 8) | iv[k : k + w]
-        g = code[ok]
-        sid = streams.column("stream_id").to_numpy(zero_copy_only=False).astype(np.int64)
-        r = row[:w][ok]
-        s = sid[r]
-        p = pos_all[:w][ok].astype(np.int32)
-        o = _order_by_gram_stream_position(g, s, p, r, sid)
-    else:
-        g, s, p = np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32)
-        o = np.zeros(0, np.int64)
+    pitch = pc.list_flatten(streams.column("pitch")).to_numpy(zero_copy_only=False)
+    sid = streams.column("stream_id").to_numpy(zero_copy_only=False)
+    g, r, p = _ngrams_in_id_order(pitch, np.cumsum(n) - n, n, np.argsort(sid, kind="stable"), NGRAM)
+    s = sid[r]
+    o = _order_by_gram_stream_position(g, s, p, in_id_order=True)
     ngrams = pa.table({"gram": pa.array(g[o], pa.int32()), "stream_id": pa.array(s[o], pa.int64()),
                        "position": pa.array(p[o], pa.int32())}, schema=TABLES["pattern_ngrams"])
     return streams, ngrams
 
 
-def _order_by_gram_stream_position(g: np.ndarray, s: np.ndarray, p: np.ndarray, r: np.ndarray | None = None,
-                                   stream_ids: np.ndarray | None = None) -> np.ndarray:
+@njit(cache=True, nogil=True)
+def _ngrams_in_id_order(pitch, starts, lengths, by_id, ngram):
+    # (code, stream, position) of each window of ``ngram`` intervals inside one stream
+    # (stream s: pitch[starts[s]:starts[s] + lengths[s]]), the streams in ``by_id`` order,
+    # positions rising; a code is the intervals + 128 as 8-bit digits, first highest, taken
+    # to int32 (as NumPy's int32 arithmetic would)
+    total = 0
+    for s in by_id:
+        total += max(lengths[s] - ngram, 0)
+    g = np.empty(total, np.int32)
+    r = np.empty(total, np.int64)
+    p = np.empty(total, np.int32)
+    k = 0
+    for s in by_id:
+        a = starts[s]
+        for i in range(lengths[s] - ngram):
+            code = np.int64(0)
+            for j in range(ngram):
+                code = (code << 8) | (np.int64(pitch[a + i + j + 1]) - np.int64(pitch[a + i + j]) + 128)
+            g[k] = code  # truncated to its low 32 bits
+            r[k] = s
+            p[k] = i
+            k += 1
+    return g, r, p
+
+
+def _order_by_gram_stream_position(g: np.ndarray, s: np.ndarray, p: np.ndarray, in_id_order: bool = False) -> np.ndarray:
     """The permutation of a lexsort by (gram, stream_id, position).
 
-    With ``r`` (each n-gram's stream: nondecreasing, positions rising within a stream, as
-    :func:`index_tables` makes them) and ``stream_ids`` (of those streams): the n-grams
-    taken stream by stream in stream-id order, then a stable two-pass radix sort by gram
-    (grams are 24-bit codes), ~10x faster than sorting the n-grams by a combined key.
+    With ``in_id_order`` (the n-grams taken stream by stream in stream-id order, positions
+    rising within a stream, as :func:`index_tables` makes them) and 24-bit grams: a stable
+    two-pass radix sort by gram, ~10x faster than sorting the n-grams by a combined key.
     Else one argsort of a unique int64 key (gram, rank of the stream id, position) when it
     fits. The order of n-grams equal in all three (a stream id shared by two streams) is
     left open; they are the same rows."""
     if not len(g):
         return np.zeros(0, np.int64)
-    if r is not None and int(g.min()) >= 0 and int(g.max()) < 1 << 24:
-        n_r = np.bincount(r, minlength=len(stream_ids))
-        first = np.concatenate([[0], np.cumsum(n_r)[:-1]])
-        by_id = np.argsort(stream_ids, kind="stable")
-        n_sorted = n_r[by_id]
-        within = np.arange(len(g)) - np.repeat(np.cumsum(n_sorted) - n_sorted, n_sorted)
-        return _radix_order_24(g, np.repeat(first[by_id], n_sorted) + within)
+    if in_id_order and int(g.min()) >= 0 and int(g.max()) < 1 << 24:
+        return _radix_order_24(g, np.arange(len(g), dtype=np.int64))
     ids, s_rank = np.unique(s, return_inverse=True)
     n_p = int(p.max()) + 1
     if (int(g.max()) + 1) * len(ids) * n_p >= 2**62:

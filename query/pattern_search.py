@@ -72,6 +72,7 @@ __all__ = [
     "STREAM_KINDS",
     "RHYTHM_TOL_BEATS",
     "build_streams",
+    "build_streams_batch",
     "NOTE_COLUMNS",
     "stream_id_for",
     "ngram_codes",
@@ -309,6 +310,36 @@ def _covered(onset, end, pitch, c_onset, c_pitch, tol):
     return out
 
 
+@njit(cache=True)
+def _covered_groups(onset, end, pitch, scope_bounds, c_onset, c_pitch, cand_bounds, tol):
+    """:func:`_covered` for consecutive groups: group ``g`` is the scope notes
+    ``scope_bounds[g]:scope_bounds[g + 1]`` and the candidates ``cand_bounds[g]:cand_bounds[g + 1]``."""
+    out = np.zeros(len(c_onset), dtype=np.bool_)
+    for g in range(len(scope_bounds) - 1):
+        s0, s1, c0, c1 = scope_bounds[g], scope_bounds[g + 1], cand_bounds[g], cand_bounds[g + 1]
+        if c1 > c0:
+            out[c0:c1] = _covered(onset[s0:s1], end[s0:s1], pitch[s0:s1], c_onset[c0:c1], c_pitch[c0:c1], tol)
+    return out
+
+
+def _lexsort(keys) -> np.ndarray:
+    """``np.lexsort(keys)`` (integer keys, the last one primary): one stable argsort of the
+    keys packed into an int64 when their ranges fit in 63 bits, which is faster."""
+    lows = [int(k.min()) if len(k) else 0 for k in keys]
+    bits = [(int(k.max()) - lo).bit_length() if len(k) else 0 for k, lo in zip(keys, lows)]
+    if sum(bits) > 63:
+        return np.lexsort(keys)
+    packed = np.zeros(len(keys[0]), dtype=np.int64)
+    for k, lo, b in zip(keys[::-1], lows[::-1], bits[::-1]):
+        packed = (packed << b) | (k.astype(np.int64) - lo)
+    return np.argsort(packed, kind="stable")
+
+
+def _bounds(group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Start of each group's run in a nondecreasing array of group numbers, and its end."""
+    return np.searchsorted(group, np.arange(n_groups + 1)).astype(np.int64)
+
+
 def build_streams(piece_id: str, notes: dict[str, np.ndarray], *, stage_version: str) -> pa.Table:
     """The streams of one piece (see the module docstring) as ``pattern_streams`` rows.
 
@@ -316,79 +347,141 @@ def build_streams(piece_id: str, notes: dict[str, np.ndarray], *, stage_version:
     duration_beats, onset_s, pitch, channel`` (shape (n,) each) of the piece's notes, any
     order.
     """
-    keep = notes["channel"] != PERCUSSION_CHANNEL
-    db_ = notes["duration_beats"][keep].astype(np.float64)
-    tr = notes["track_index"][keep].astype(np.int32)
-    ni = notes["note_index"][keep].astype(np.int32)
-    ot = notes["onset_ticks"][keep].astype(np.int64)
-    ob = notes["onset_beats"][keep].astype(np.float64)
-    os_ = notes["onset_s"][keep].astype(np.float64)
-    pi = notes["pitch"][keep].astype(np.int16)
-    rows: list[dict] = []
+    n = len(notes["pitch"])
+    return build_streams_batch([piece_id], np.zeros(n, dtype=np.int64), notes, stage_version=stage_version)
 
-    def add(kind, track, idx):
-        rows.append(
-            {
-                "stream_id": stream_id_for(piece_id, kind, track),
-                "piece_id": piece_id,
-                "stream": kind,
-                "stream_track": int(track),
-                "n_notes": int(len(idx)),
-                "pitch": pi[idx],
-                "track_index": tr[idx],
-                "note_index": ni[idx],
-                "onset_ticks": ot[idx],
-                "onset_beats": ob[idx],
-                "onset_s": os_[idx],
-            }
-        )
 
-    order = np.lexsort((ni, pi, ot, tr))
-    tracks_sorted = tr[order]
-    bounds = np.flatnonzero(np.diff(tracks_sorted)) + 1
-    groups = np.split(order, bounds) if len(order) else []
+def build_streams_batch(piece_ids, piece: np.ndarray, notes: dict[str, np.ndarray], *,
+                        stage_version: str) -> pa.Table:
+    """The streams of several pieces at once: the rows :func:`build_streams` gives for
+    each piece, the pieces in the order of ``piece_ids``.
+
+    piece: for each note, the index of its piece in ``piece_ids``; notes: as for
+    :func:`build_streams` (the notes of all the pieces, any order).
+    """
+    keep = np.asarray(notes["channel"]) != PERCUSSION_CHANNEL
+    everything = bool(keep.all())
+
+    def kept(values, dtype):
+        values = np.asarray(values).astype(dtype, copy=False)
+        return values if everything else values[keep]
+
+    pc_ = kept(piece, np.int64)
+    db_ = kept(notes["duration_beats"], np.float64)
+    tr = kept(notes["track_index"], np.int32)
+    ni = kept(notes["note_index"], np.int32)
+    ot = kept(notes["onset_ticks"], np.int64)
+    ob = kept(notes["onset_beats"], np.float64)
+    os_ = kept(notes["onset_s"], np.float64)
+    pi = kept(notes["pitch"], np.int16)
+    schema = PATTERN_TABLES["pattern_streams"]
+    if not len(pi):
+        return schema.empty_table()
     end = ob + db_
 
-    def uncovered(cand, scope, sign=1):
-        """cand: top (sign=1) or bottom (sign=-1) note per onset, onset order; drop those
-        under a held higher note (over a held lower one)."""
-        sc = scope[np.argsort(ob[scope], kind="stable")]
-        cov = _covered(ob[sc], end[sc], sign * pi[sc].astype(np.int64), ob[cand], sign * pi[cand].astype(np.int64),
-                       COVER_TOL_BEATS)
-        return cand[~cov]
-
-    for idx in groups:
-        t = int(tr[idx[0]])
-        add("track", t, idx)
-        o = ot[idx]
-        last_of_onset = np.append(o[1:] != o[:-1], True)
-        top = uncovered(idx[last_of_onset], idx)
-        if len(top) != len(idx):
-            add("track_top", t, top)
-        first_of_onset = np.insert(o[1:] != o[:-1], 0, True)
-        bottom = uncovered(idx[first_of_onset], idx, -1)
-        if len(bottom) != len(idx):
-            add("track_bottom", t, bottom)
-    if len(groups) >= 2:
-        order = np.lexsort((ni, tr, -pi.astype(np.int32), ot))
-        o = ot[order]
-        first_of_onset = np.insert(o[1:] != o[:-1], 0, True)
-        add("skyline", -1, uncovered(order[first_of_onset], order))
-    schema = PATTERN_TABLES["pattern_streams"]
-    if not rows:
-        return schema.empty_table()
-    cols = {}
-    lengths = np.array([r["n_notes"] for r in rows], dtype=np.int32)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-    for f in schema:
-        if f.name == "stage_version":
-            cols[f.name] = pa.array([stage_version] * len(rows), pa.string())
-        elif pa.types.is_list(f.type):
-            values = pa.array(np.concatenate([r[f.name] for r in rows]), f.type.value_type)
-            cols[f.name] = pa.ListArray.from_arrays(offsets, values, type=f.type)
+    def uncovered(order, group, n_groups, first, sign=1):
+        """``order``: notes sorted by group (then onset); ``first``: for each, whether it is
+        a candidate (the top (sign=1) or bottom (sign=-1) note of its onset). The candidates
+        in order, less those under a held higher note (over a held lower one) of their
+        group; and each one's group."""
+        o = ob[order]
+        if ((o[1:] >= o[:-1]) | (group[1:] != group[:-1])).all():  # the usual case: already in onset order
+            sc = order
         else:
-            cols[f.name] = pa.array([r[f.name] for r in rows], f.type)
-    return pa.table(cols, schema=schema)
+            sc = order[np.lexsort((o, group))]  # stable: the group's scope by onset
+        cand, c_group = order[first], group[first]
+        cov = _covered_groups(ob[sc], end[sc], sign * pi[sc].astype(np.int64), _bounds(group, n_groups), ob[cand],
+                              sign * pi[cand].astype(np.int64), _bounds(c_group, n_groups), COVER_TOL_BEATS)
+        return cand[~cov], c_group[~cov]
+
+    def onset_edges(order, group, last=False):
+        """For each note of ``order`` (sorted by group, then onset): is it the first (the
+        last) of its onset in its group?"""
+        o = ot[order]
+        out = np.ones(len(order), dtype=bool)
+        change = (o[1:] != o[:-1]) | (group[1:] != group[:-1])
+        if last:
+            out[:-1] = change
+        else:
+            out[1:] = change
+        return out
+
+    # per track: (piece, track) groups, each in (onset, pitch, note_index) order
+    order = _lexsort((ni, pi, ot, tr, pc_))
+    new_group = np.flatnonzero((tr[order][1:] != tr[order][:-1]) | (pc_[order][1:] != pc_[order][:-1])) + 1
+    starts = np.concatenate([[0], new_group])
+    n_groups = len(starts)
+    group = np.repeat(np.arange(n_groups), np.diff(np.append(starts, len(order))))
+    g_piece, g_track = pc_[order[starts]], tr[order[starts]].astype(np.int64)
+    g_size = np.bincount(group, minlength=n_groups)
+    top, top_group = uncovered(order, group, n_groups, onset_edges(order, group, last=True))
+    bottom, bottom_group = uncovered(order, group, n_groups, onset_edges(order, group), -1)
+    n_top = np.bincount(top_group, minlength=n_groups)
+    n_bottom = np.bincount(bottom_group, minlength=n_groups)
+    # skyline: pieces with two or more tracks with notes
+    n_tracks = np.bincount(g_piece, minlength=len(piece_ids))
+    sky_piece = np.flatnonzero(n_tracks >= 2)
+    many = n_tracks[pc_] >= 2
+    sub = np.flatnonzero(many)
+    sky_order = sub[_lexsort((ni[sub], tr[sub], -pi[sub].astype(np.int32), ot[sub], pc_[sub]))]
+    sky_rank = np.searchsorted(sky_piece, pc_[sky_order])
+    sky, sky_group = uncovered(sky_order, sky_rank, len(sky_piece), onset_edges(sky_order, sky_rank))
+    n_sky = np.bincount(sky_group, minlength=len(sky_piece))
+
+    # the rows: each a run of one of the four note lists, piece by piece; in a piece, track
+    # by track (track, track_top where it differs, track_bottom where it differs), then skyline
+    lists = [order, top, bottom, sky]
+    list_start = np.cumsum([0] + [len(x) for x in lists])
+    kinds = [("track", g_size, np.ones(n_groups, bool)), ("track_top", n_top, n_top != g_size),
+             ("track_bottom", n_bottom, n_bottom != g_size)]
+    r_piece, r_key, r_kind, r_track, r_start, r_len = [], [], [], [], [], []
+    for k, (kind, size, stored) in enumerate(kinds):
+        first = list_start[k] + np.cumsum(size) - size
+        r_piece.append(g_piece[stored])
+        r_key.append(3 * np.flatnonzero(stored) + k)
+        r_kind.append(np.full(int(stored.sum()), _KIND_CODE[kind]))
+        r_track.append(g_track[stored])
+        r_start.append(first[stored])
+        r_len.append(size[stored])
+    r_piece.append(sky_piece)
+    r_key.append(np.full(len(sky_piece), 3 * n_groups))
+    r_kind.append(np.full(len(sky_piece), _KIND_CODE["skyline"]))
+    r_track.append(np.full(len(sky_piece), -1))
+    r_start.append(list_start[3] + np.cumsum(n_sky) - n_sky)
+    r_len.append(n_sky)
+    r_piece, r_key, r_kind, r_track, r_start, r_len = (np.concatenate(x).astype(np.int64) for x in
+                                                        (r_piece, r_key, r_kind, r_track, r_start, r_len))
+    rows = np.lexsort((r_key, r_piece))
+    r_piece, r_kind, r_track, r_start, r_len = (x[rows] for x in (r_piece, r_kind, r_track, r_start, r_len))
+    idx = np.concatenate(lists)[np.repeat(r_start - np.cumsum(r_len) + r_len, r_len) + np.arange(r_len.sum())]
+
+    prefix = np.zeros(len(piece_ids), dtype=np.int64)
+    bad = np.zeros(len(piece_ids), dtype=bool)
+    for p in np.unique(r_piece):
+        try:
+            prefix[p] = int(piece_ids[p][:12], 16)
+        except ValueError:
+            bad[p] = True
+    if (bad[r_piece] | (r_track > 1022)).any():  # the first such row's error, as stream_id_for raises it
+        i = int(np.argmax(bad[r_piece] | (r_track > 1022)))
+        stream_id_for(piece_ids[r_piece[i]], STREAM_KINDS[r_kind[i]], int(r_track[i]))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(r_len)]).astype(np.int32))
+    values = {"pitch": pi, "track_index": tr, "note_index": ni, "onset_ticks": ot, "onset_beats": ob,
+              "onset_s": os_}
+    cols = {
+        "stream_id": pa.array((prefix[r_piece] << 12) | (r_kind << 10) | np.where(r_track < 0, 1023, r_track),
+                              pa.int64()),
+        "piece_id": pa.array(list(piece_ids), pa.string()).take(pa.array(r_piece)),
+        "stream": pa.array(list(STREAM_KINDS), pa.string()).take(pa.array(r_kind)),
+        "stream_track": pa.array(r_track, pa.int32()),
+        "n_notes": pa.array(r_len, pa.int32()),
+        "stage_version": pa.array([stage_version] * len(r_len), pa.string()),
+    }
+    for f in schema:
+        if pa.types.is_list(f.type):
+            cols[f.name] = pa.ListArray.from_arrays(offsets, pa.array(values[f.name][idx], f.type.value_type),
+                                                    type=f.type)
+    return pa.table([cols[f.name] for f in schema], schema=schema)
 
 
 def ngram_codes(pitch: np.ndarray) -> np.ndarray:

@@ -322,8 +322,8 @@ def test_forget_then_update_restores_exactly_the_piece_rows(small_pop909_db, tmp
 
 
 def test_ngram_order_by_radix_equals_the_lexsort():
-    # n-grams as index_tables makes them (stream by stream, positions rising), streams
-    # not in id order, two streams sharing an id: the same (gram, stream, position) rows
+    # n-grams as index_tables makes them (stream by stream in stream-id order, positions
+    # rising), two streams sharing an id: the same (gram, stream, position) rows
     import numpy as np
 
     from ingest.pattern_index import _order_by_gram_stream_position
@@ -338,7 +338,174 @@ def test_ngram_order_by_radix_equals_the_lexsort():
     g[::3] = g[1::3][: len(g[::3])] if len(g[1::3]) >= len(g[::3]) else g[::3]  # repeated grams
     s = stream_ids[r]
     want = np.lexsort((p, s, g))
-    got = _order_by_gram_stream_position(g, s, p, r, stream_ids)
+    by_id = np.argsort(s, kind="stable")
+    got = by_id[_order_by_gram_stream_position(g[by_id], s[by_id], p[by_id], in_id_order=True)]
     for a in (g, s, p):
         np.testing.assert_array_equal(a[got], a[want])
     np.testing.assert_array_equal(_order_by_gram_stream_position(g, s, p), want)
+
+
+# --------------------------------------------------------------------------- streams of a batch
+
+
+def _synthetic_pieces():
+    """Notes (NumPy columns) of made-up pieces: random tracks with chords, held notes and
+    drums (channel 9, also inside a pitched track and as a track of its own), a piece of
+    drums only, a one-note piece, and a piece whose notes repeat (same track, onset, pitch
+    and note_index) and whose onset_beats do not rise with onset_ticks."""
+    import numpy as np
+
+    def piece(tr, ni, ot, pitch, ch, dur, beats=None):
+        ot = np.asarray(ot, np.int64)
+        ob = ot / 480 if beats is None else np.asarray(beats, np.float64)
+        return {"track_index": np.asarray(tr, np.int32), "note_index": np.asarray(ni, np.int32), "onset_ticks": ot,
+                "onset_beats": ob, "duration_beats": np.asarray(dur, np.float64), "onset_s": ob / 2 + 0.25,
+                "pitch": np.asarray(pitch, np.int16), "channel": np.asarray(ch, np.int16)}
+
+    rng = np.random.default_rng(13)
+    out = {}
+    for k in range(3):
+        n = 400
+        tr = rng.integers(0, 4, n)
+        ch = np.where(tr == 3, 9, np.where(rng.random(n) < 0.05, 9, tr))
+        ot = rng.integers(0, 60, n) * 240
+        out[f"{k + 1:02x}" * 8] = piece(tr, np.arange(n), ot, rng.integers(30, 90, n), ch,
+                                        rng.choice([0.1, 0.5, 1.0, 4.0], n))
+    out["ad" * 8] = piece([0, 0, 1], [0, 1, 0], [0, 480, 0], [36, 38, 42], [9, 9, 9], [1, 1, 1])
+    out["0e" * 8] = piece([2], [0], [960], [60], [0], [1.0])
+    out["f0" * 8] = piece([0, 0, 0, 0, 1, 1], [0, 1, 2, 0, 0, 1], [0, 0, 960, 0, 0, 480], [50, 70, 60, 50, 50, 52],
+                          [0, 0, 0, 0, 1, 1], [1.0, 4.0, 1.0, 2.0, 3.0, 1.0], beats=[3.0, 0, 2.0, 2.5, 0, 1.0])
+    return out
+
+
+def _batch_notes():
+    """Four POP909 songs and the synthetic pieces, as one notes table with ``piece_id``
+    whose rows are shuffled (pieces interleaved)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from conftest import pop909_songs
+    from ingest.midi_parse import read_midi_file
+    from query.pattern_search import NOTE_COLUMNS
+
+    pieces = {}
+    for song in pop909_songs(4):
+        notes = read_midi_file(song / f"{song.name}.mid")["notes"]
+        pieces[notes.column("piece_id")[0].as_py()] = {c: notes.column(c).to_numpy() for c in NOTE_COLUMNS}
+    pieces.update(_synthetic_pieces())
+    ids = np.repeat(np.array(list(pieces), dtype=object), [len(p["pitch"]) for p in pieces.values()])
+    cols = {c: np.concatenate([p[c] for p in pieces.values()]) for c in NOTE_COLUMNS}
+    shuffle = np.random.default_rng(5).permutation(len(ids))
+    return pieces, pa.table({"piece_id": pa.array(ids[shuffle], pa.string()),
+                             **{c: v[shuffle] for c, v in cols.items()}})
+
+
+def _tables_digest(streams, ngrams) -> str:
+    import hashlib
+
+    h = hashlib.sha256(repr(streams.to_pylist()).encode())
+    for c in ngrams.column_names:
+        h.update(ngrams.column(c).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+# _tables_digest(*index_tables(_batch_notes()[1])) as the per-piece build_streams gave it
+# (deb8f59, before build_streams_batch)
+BATCH_DIGEST = "751b5f5083d083b906e65eaae2dab13763de188ec772f8ac479e1d5489d5384f"
+
+
+def test_streams_of_a_batch_equal_piece_by_piece(pop909_dir):
+    """build_streams_batch over pieces whose notes are interleaved gives, in the order the
+    pieces first occur, each piece's build_streams rows; each piece's streams are those of
+    the slow reference (_brute_streams); index_tables gives the rows the per-piece code
+    gave (digest)."""
+    import pyarrow as pa
+
+    from ingest.pattern_index import VERSION, index_tables
+    from query.pattern_search import NOTE_COLUMNS, _brute_streams, build_streams_batch
+
+    pieces, notes = _batch_notes()
+    enc = notes.column("piece_id").combine_chunks().dictionary_encode()
+    order = enc.dictionary.to_pylist()
+    assert order != list(pieces)  # shuffled: the first-occurrence order is another
+    cols = {c: notes.column(c).to_numpy() for c in NOTE_COLUMNS}
+    codes = enc.indices.to_numpy()
+    # each piece's notes in the batch's order (it decides between notes equal in track,
+    # onset, pitch and note_index, as in piece "f0...")
+    want = pa.concat_tables([build_streams(pid, {c: v[codes == k] for c, v in cols.items()}, stage_version=VERSION)
+                             for k, pid in enumerate(order)])
+    got = build_streams_batch(order, codes, cols, stage_version=VERSION)
+    assert got.equals(want) and got.num_rows > 30
+    kinds = set(got.column("stream").to_pylist())
+    assert kinds == {"track", "track_top", "track_bottom", "skyline"}
+    assert "ad" * 8 not in set(got.column("piece_id").to_pylist())  # drums only: no stream
+    assert [r["stream"] for r in got.to_pylist() if r["piece_id"] == "0e" * 8] == ["track"]
+
+    for pid, p in pieces.items():
+        if pid == "f0" * 8:  # onset_beats out of tick order: the reference assumes they rise together
+            continue
+        rows = list(zip(*(p[c].tolist() for c in ("track_index", "note_index", "onset_ticks", "onset_beats",
+                                                  "onset_s", "pitch", "channel", "duration_beats"))))
+        brute = _brute_streams(rows)
+        tracks = {seq[0][0]: seq for kind, seq in brute if kind == "track"}
+        expect = [(kind, [(r[0], r[1]) for r in seq]) for kind, seq in brute
+                  if kind == "track" or (kind == "skyline" and len(tracks) >= 2)
+                  or (kind in ("track_top", "track_bottom") and seq != tracks[seq[0][0]])]
+        mine = [(r["stream"], list(zip(r["track_index"], r["note_index"]))) for r in got.to_pylist()
+                if r["piece_id"] == pid]
+        assert sorted(mine) == sorted(expect), pid
+
+    assert _tables_digest(*index_tables(notes)) == BATCH_DIGEST
+
+
+def test_streams_of_a_batch_raise_as_one_piece_does():
+    import numpy as np
+
+    from query.pattern_search import build_streams_batch
+
+    p = _synthetic_pieces()["0e" * 8]
+    far = {**p, "track_index": np.array([1023], np.int32)}
+    with pytest.raises(BadInputError) as one:
+        build_streams("ab" * 8, far, stage_version="t")
+    both = {c: np.concatenate([p[c], far[c]]) for c in p}
+    with pytest.raises(BadInputError) as batch:
+        build_streams_batch(["cd" * 8, "ab" * 8], np.array([0, 1]), both, stage_version="t")
+    assert str(batch.value) == str(one.value) and "ab" * 8 in str(one.value)
+
+
+def test_ngrams_in_id_order_match_ngram_codes():
+    # the n-gram kernel against the query side's NumPy codes, pitches beyond MIDI's range
+    # included (int32 arithmetic), streams taken in a given order
+    import numpy as np
+
+    from atlas_db.schema_patterns import NGRAM
+    from ingest.pattern_index import _ngrams_in_id_order
+    from query.pattern_search import ngram_codes
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(0, 9, 50)
+    pitch = rng.integers(-400, 400, lengths.sum()).astype(np.int16)
+    starts = np.cumsum(lengths) - lengths
+    by_id = rng.permutation(50)
+    g, r, p = _ngrams_in_id_order(pitch, starts, lengths, by_id, NGRAM)
+    want = [(s, i, c) for s in by_id for i, c in enumerate(ngram_codes(pitch[starts[s]:starts[s] + lengths[s]]))]
+    assert list(zip(r.tolist(), p.tolist(), g.tolist())) == [(int(s), i, int(c)) for s, i, c in want]
+    assert g.dtype == np.int32 and p.dtype == np.int32
+
+
+def test_index_of_notes_without_streams_is_empty():
+    # a batch of drums only (a one-file add of a drum track): no rows, no failure (the
+    # per-piece code before build_streams_batch failed here with a NumPy broadcast error)
+    import pyarrow as pa
+
+    from atlas_db.schema_patterns import TABLES
+    from ingest.pattern_index import index_tables
+    from query.pattern_search import NOTE_COLUMNS
+
+    p = _synthetic_pieces()["ad" * 8]
+    streams, ngrams = index_tables(pa.table({"piece_id": pa.array(["ad" * 8] * 3), **{c: p[c] for c in NOTE_COLUMNS}}))
+    assert streams.num_rows == ngrams.num_rows == 0
+    assert streams.schema == TABLES["pattern_streams"] and ngrams.schema == TABLES["pattern_ngrams"]
+    one = _synthetic_pieces()["0e" * 8]  # one note: a stream, no n-gram
+    streams, ngrams = index_tables(pa.table({"piece_id": pa.array(["0e" * 8]), **{c: one[c] for c in NOTE_COLUMNS}}))
+    assert streams.column("n_notes").to_pylist() == [1] and ngrams.num_rows == 0
