@@ -265,10 +265,15 @@ def motif_from_midi(path) -> Motif:
 
 def stream_id_for(piece_id: str, kind: str, track: int) -> int:
     """BIGINT id of a stream: 48 bits of the piece id, 2 bits of kind, 10 bits of track."""
-    t = 1023 if track < 0 else int(track)
     if track > 1022:
         raise BadInputError(f"piece {piece_id}: track index {track} is beyond the 1022 the pattern index keeps")
-    return (int(piece_id[:12], 16) << 12) | (_KIND_CODE[kind] << 10) | t
+    return int(_pack_stream_id(int(piece_id[:12], 16), _KIND_CODE[kind], int(track)))
+
+
+def _pack_stream_id(prefix, kind_code, track):
+    """The id's bits (ints or int64 arrays): the piece id's first 48 bits, the kind's 2,
+    the track's 10 (1023: no track)."""
+    return (prefix << 12) | (kind_code << 10) | np.where(np.asarray(track) < 0, 1023, track)
 
 
 def _notes_arrays(notes) -> dict[str, np.ndarray]:
@@ -469,8 +474,7 @@ def build_streams_batch(piece_ids, piece: np.ndarray, notes: dict[str, np.ndarra
     values = {"pitch": pi, "track_index": tr, "note_index": ni, "onset_ticks": ot, "onset_beats": ob,
               "onset_s": os_}
     cols = {
-        "stream_id": pa.array((prefix[r_piece] << 12) | (r_kind << 10) | np.where(r_track < 0, 1023, r_track),
-                              pa.int64()),
+        "stream_id": pa.array(_pack_stream_id(prefix[r_piece], r_kind, r_track), pa.int64()),
         "piece_id": pa.array(list(piece_ids), pa.string()).take(pa.array(r_piece)),
         "stream": pa.array(list(STREAM_KINDS), pa.string()).take(pa.array(r_kind)),
         "stream_track": pa.array(r_track, pa.int32()),
