@@ -175,7 +175,12 @@ def fit_ranking(x: np.ndarray, y: np.ndarray, query: np.ndarray, *, l2: float = 
     on the honest benchmark's fit part it gave up a mashup's tune (one song's melody over
     another's accompaniment) for harmony-only queries (MAP 0.936 vs 0.951 for this fit).
     Queries with no right or no wrong candidate say nothing about the ranking and are
-    skipped. The ranking score ``x @ beta`` is then mapped to a probability by a
+    skipped. The penalty applies to each feature on its own scale (the features are
+    standardised for the fit, the coefficients mapped back): a raw-scale penalty weighs
+    most on the features that vary least, such as the short-query indicators; on the
+    honest benchmark's fit part (three draws, cross-validated over halves of its songs)
+    it gave up a mashup's tune for its accompaniment's song (MAP 0.975 vs 0.986). The
+    ranking score ``x @ beta`` is then mapped to a probability by a
     weighted logistic regression on that one feature (Platt scaling; the weights as in
     :func:`fit_logistic`'s use: a query's right and wrong candidates half each), which
     keeps the order.
@@ -201,11 +206,16 @@ def fit_ranking(x: np.ndarray, y: np.ndarray, query: np.ndarray, *, l2: float = 
     if not groups:
         raise ValueError("fit_ranking needs a query with both right and wrong candidates")
     d = x.shape[1]
+    # a constant feature (sd 0) keeps its raw scale; a shift of any feature changes no
+    # ranking (every candidate of a query moves alike), so only the scale matters
+    sd = x.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    z = x / sd
 
     def loss(beta):
         total, grad = 0.0, np.zeros(d)
         for a, b in groups:
-            xs, ys = x[a:b], y[a:b]
+            xs, ys = z[a:b], y[a:b]
             s = xs @ beta
             top = s.max()
             e = np.exp(s - top)
@@ -218,7 +228,7 @@ def fit_ranking(x: np.ndarray, y: np.ndarray, query: np.ndarray, *, l2: float = 
         n = len(groups)
         return total / n + l2 * float(beta @ beta), grad / n + 2 * l2 * beta
 
-    beta = minimize(loss, np.zeros(d), jac=True, method="L-BFGS-B").x
+    beta = minimize(loss, np.zeros(d), jac=True, method="L-BFGS-B").x / sd
     # Platt scaling of the ranking score
     score = x @ beta
     w = np.zeros(y.size)

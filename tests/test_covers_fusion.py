@@ -90,6 +90,29 @@ def test_fit_ranking_ranks_within_queries_where_levels_differ():
     with pytest.raises(ValueError, match="both right and wrong"):
         fit_ranking(x, np.zeros(y.size, bool), q)
 
+
+def test_fit_ranking_does_not_depend_on_a_features_units():
+    """The penalty weighs each feature on its own scale: the same feature in other units
+    (x 0.001, as an indicator or a small cosine is to a score) gets its coefficient
+    scaled back (x 1000), and every ranking score and probability is the same. With a
+    penalty on the raw coefficients, the small-unit feature would be shrunk harder."""
+    from query.cover_fusion import fit_ranking
+
+    rng = np.random.default_rng(3)
+    m, n = 15, 200
+    x = rng.normal(size=(m * n, 3))
+    q = np.repeat(np.arange(n), m)
+    z = x @ np.array([1.5, 1.0, 0.0]) + rng.normal(scale=0.7, size=m * n)
+    y = np.zeros(m * n, bool)
+    for k in range(n):
+        y[k * m + np.argmax(z[q == k])] = True
+    coef, intercept = fit_ranking(x, y, q, l2=0.05)
+    x2 = x * np.array([1.0, 0.001, 1.0])
+    coef2, intercept2 = fit_ranking(x2, y, q, l2=0.05)
+    np.testing.assert_allclose(coef2 * np.array([1.0, 0.001, 1.0]), coef, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(x2 @ coef2 + intercept2, x @ coef + intercept, rtol=1e-4, atol=1e-5)
+
+
 def test_fusion_features_known_answer():
     from query.cover_fusion import FEATURES, fusion_features
 
