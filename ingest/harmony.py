@@ -913,16 +913,6 @@ def transitions_from_chords(chords: pa.Table, *, version: str = VERSION) -> pa.T
 # numbers are exactly those of :func:`_analyze_arrays` (tests/test_vectors_batch.py).
 
 @njit(cache=True, nogil=True)
-def _viterbi_groups(emis, switch_cost, offsets, active):
-    path = np.zeros(emis.shape[0], np.int64)
-    for g in range(offsets.size - 1):
-        a, b = offsets[g], offsets[g + 1]
-        if b > a and active[g]:
-            path[a:b] = _viterbi(emis[a:b], switch_cost[a:b])
-    return path
-
-
-@njit(cache=True, nogil=True)
 def _cumsum_groups(x, offsets):
     # np.cumsum(x[a:b], axis=0) of each group, with a row of zeros before each group
     out = np.zeros((x.shape[0] + offsets.size - 1, x.shape[1]), np.float64)
@@ -956,15 +946,63 @@ def _searchsorted_groups(tb, t_off, beats, b_off):
     return k
 
 
-def _per_piece_matmul(x: np.ndarray, offsets: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """``x[a:b] @ m`` for each piece, as :func:`_analyze_arrays` computes it (one BLAS
-    call per piece: a call over all pieces rounds some products differently)."""
-    out = np.empty((x.shape[0], m.shape[1]))
+@njit(cache=True, nogil=True)
+def _piece_paths(raw, corr, penalty, roots, bass, bonus, sharpness, silent, change_cost, key_change_cost,
+                 metrical_cost, metrical):
+    """One piece's key path, chord path and the chord path's scores from its template
+    products ``raw`` [frames, 168] (``c @ _TEMPLATES_T``) and key products ``corr``
+    [frames, 24]: :func:`_viterbi` on ``sharpness * corr``; :func:`_viterbi` on
+    :func:`_chord_emissions`, again with the metrical costs where that path changes chord
+    at least 4 times in at least 16 frames (as :func:`_chord_path`); :func:`_path_scores`
+    of the chord path. ``change_cost``, ``key_change_cost``: times ``sharpness``."""
+    n = raw.shape[0]
+    key_path = _viterbi(sharpness * corr, np.full(n, key_change_cost))
+    emis = _chord_emissions(raw, penalty, roots, bass, bonus, sharpness, silent)
+    cost = np.full(n, change_cost)
+    path = _viterbi(emis, cost)
+    if metrical and n >= 16:
+        # the changes' histogram by frame % 4 (np.bincount, as floats), its downbeat the
+        # first maximum of h + 0.5 * np.roll(h, 2)
+        hist = np.zeros(4)
+        n_chg = 0
+        for i in range(1, n):
+            if path[i] != path[i - 1]:
+                hist[i % 4] += 1.0
+                n_chg += 1
+        if n_chg >= 4:
+            down, top = 0, hist[0] + 0.5 * hist[2]
+            for k in range(1, 4):
+                v = hist[k] + 0.5 * hist[(k + 2) % 4]
+                if v > top:
+                    down, top = k, v
+            for i in range(n):
+                cost[i] = cost[i] * metrical_cost[(i - down) % 4]
+            path = _viterbi(emis, cost)
+    return key_path, path, _path_scores(raw, penalty, roots, bass, bonus, path)
+
+
+def _paths_by_piece(p, c, offsets, key_m, bass, bonus, sharpness, silent, change_cost, key_change_cost):
+    """:func:`_piece_paths` of each piece: (key path, chord path, chord scores) of every
+    frame (piece g's frames ``offsets[g]:offsets[g + 1]``; the batch gives frames only to
+    the pieces it analyses). A piece's products are made by one BLAS call on its own rows, as
+    :func:`_analyze_arrays` makes them (a call over all pieces rounds some products
+    differently), just before its Viterbi uses them: the batch's frames x 168 products
+    never exist at once (they cost more in page faults and memory traffic than the
+    products themselves)."""
+    n_all = c.shape[0]
+    key_path = np.zeros(n_all, np.int64)
+    path = np.zeros(n_all, np.int64)
+    scores = np.zeros(n_all)
+    metrical_cost = np.array(METRICAL_COST, np.float64)
     with _one_blas_thread():
         for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
             if b > a:
-                out[a:b] = np.ascontiguousarray(x[a:b]) @ m
-    return out
+                raw = np.ascontiguousarray(c[a:b]) @ _TEMPLATES_T
+                corr = np.ascontiguousarray(p[a:b]) @ key_m
+                key_path[a:b], path[a:b], scores[a:b] = _piece_paths(
+                    raw, corr, _T_PENALTY, _T_ROOTS, bass[a:b], bonus, sharpness, silent[a:b], change_cost,
+                    key_change_cost, metrical_cost, METRICAL)
+    return key_path, path, scores
 
 
 _BLAS = []  # the threadpoolctl controller, made on first use ([None] without threadpoolctl)
@@ -1009,20 +1047,6 @@ def _chord_emissions(raw, penalty, roots, bass, bonus, sharpness, silent):
             emis[f, s] = 0.0 if silent[f] else sharpness * v
         emis[f, n_s] = sharpness * 2.0 if silent[f] else -1e9
     return emis
-
-
-@njit(cache=True, nogil=True)
-def _chord_paths(raw, penalty, roots, bass, bonus, sharpness, silent, switch_cost, offsets, active):
-    """:func:`_viterbi` of each active piece's chord emissions (:func:`_chord_emissions`,
-    made piece by piece: a batch's frames x 169 float64 never exist at once, which cost
-    more in page faults and memory traffic than the Viterbi itself)."""
-    path = np.zeros(raw.shape[0], np.int64)
-    for g in range(offsets.size - 1):
-        a, b = offsets[g], offsets[g + 1]
-        if b > a and active[g]:
-            emis = _chord_emissions(raw[a:b], penalty, roots, bass[a:b], bonus, sharpness, silent[a:b])
-            path[a:b] = _viterbi(emis, switch_cost[a:b])
-    return path
 
 
 @njit(cache=True, nogil=True)
@@ -1138,30 +1162,15 @@ def _analyze_batch(on, dur, pitch, note_off, tempo, tpb, *, frame_beats, change_
     p = win - win.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(p, axis=1, keepdims=True)
     p = np.divide(p, norm, out=np.zeros_like(p), where=norm > 0)
-    corr = _per_piece_matmul(p, f_off, _key_matrix(key_profile))
-    key_cost = np.full(n_all, sharpness * key_change_cost)
-    key_path = _viterbi_groups(sharpness * corr, key_cost, f_off, ok)
 
     # chords (_chord_path)
     norm = np.linalg.norm(chroma, axis=1, keepdims=True)
     c = np.divide(chroma, norm, out=np.zeros_like(chroma), where=norm > 0)
     silent = chroma.sum(axis=1) <= 0
-    raw = _per_piece_matmul(c, f_off, _TEMPLATES_T)
     # bass_root_bonus * True: the bonus as NumPy adds it
-    emission = (raw, _T_PENALTY, _T_ROOTS, bass, bass_root_bonus * 1.0, float(sharpness), silent)
-    cost = np.full(n_all, sharpness * change_cost)
-    path = _chord_paths(*emission, cost, f_off, ok)
-    if METRICAL:
-        chg = np.flatnonzero((path[1:] != path[:-1]) & (fg[1:] == fg[:-1])) + 1
-        n_chg = np.bincount(fg[chg], minlength=n_pieces)
-        again = ok & (n_frames >= 16) & (n_chg >= 4)
-        if again.any():
-            hist = np.bincount(fg[chg] * 4 + fr[chg] % 4, minlength=n_pieces * 4).reshape(n_pieces, 4).astype(float)
-            down = np.argmax(hist + 0.5 * np.roll(hist, 2, axis=1), axis=1)
-            posn = (fr - down[fg]) % 4
-            cost2 = np.where(again[fg], cost * np.array(METRICAL_COST)[posn], cost)
-            path2 = _chord_paths(*emission, cost2, f_off, again)
-            path = np.where(again[fg], path2, path)
+    key_path, path, path_scores = _paths_by_piece(
+        p, c, f_off, _key_matrix(key_profile), bass, bass_root_bonus * 1.0, float(sharpness), silent,
+        sharpness * change_cost, sharpness * key_change_cost)
 
     # segments (runs of one chord / one key within a piece)
     def runs(values):
@@ -1179,7 +1188,7 @@ def _analyze_batch(on, dur, pitch, note_off, tempo, tpb, *, frame_beats, change_
     cb, ce = e_off[fg[cs0]] + fr[cs0], e_off[fg[cs0]] + fr[cs0] + cl
     done = np.flatnonzero(ok)
     merged = _numbers(key_corr[done], key_path, ks, kb, ke, path, cs0, cb, ce, cl, bounds, bounds_s,
-                      chroma, bass, _path_scores(raw, _T_PENALTY, _T_ROOTS, bass, bass_root_bonus * 1.0, path))
+                      chroma, bass, path_scores)
     merged.update(n_seg=n_seg[done], n_ch=n_ch[done])
     return done, merged, alone
 

@@ -415,9 +415,105 @@ def test_chord_emissions_equal_the_numpy_expressions():
     path = rng.integers(0, n_s + 1, 300)  # 'N' (n_s) included
     np.testing.assert_array_equal(H._path_scores(raw, H._T_PENALTY, H._T_ROOTS, bass, 0.08 * 1.0, path),
                                   H._state_scores(want, path))
-    # per piece, as the batch runs it: the paths of _viterbi over the whole emissions
-    offsets, active = np.array([0, 0, 120, 300]), np.array([True, True, True])
-    cost = np.full(300, 1.2)
-    got = H._chord_paths(raw, H._T_PENALTY, H._T_ROOTS, bass, 0.08 * 1.0, 10.0, silent, cost, offsets, active)
-    np.testing.assert_array_equal(got[:120], H._viterbi(emis[:120], cost[:120]))
-    np.testing.assert_array_equal(got[120:], H._viterbi(emis[120:], cost[120:]))
+
+
+def _paths_as_before(p, c, offsets, key_m, bass, bonus, sharpness, silent, change_cost, key_change_cost):
+    """The form :func:`ingest.harmony._paths_by_piece` replaced (b7304c1): each piece's
+    products by its own BLAS call into one batch-wide matrix, each Viterbi over the
+    pieces' slices of it, and the metrical second pass found by whole-array NumPy over
+    every frame of the batch. Returns those and how many pieces took the second pass."""
+    from ingest import harmony as H
+
+    n_pieces, n_all = len(offsets) - 1, c.shape[0]
+    n_frames = np.diff(offsets)
+    active = n_frames > 0  # the batch's ok: a piece it does not analyse has no frames
+    fg = np.repeat(np.arange(n_pieces), n_frames)
+    fr = np.arange(n_all) - np.repeat(offsets[:-1], n_frames)
+
+    def products(x, m):
+        out = np.empty((n_all, m.shape[1]))
+        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+            if b > a:
+                out[a:b] = np.ascontiguousarray(x[a:b]) @ m
+        return out
+
+    def viterbi_groups(emis, cost, act):
+        path = np.zeros(n_all, np.int64)
+        for g in range(n_pieces):
+            a, b = offsets[g], offsets[g + 1]
+            if b > a and act[g]:
+                path[a:b] = H._viterbi(emis(a, b), cost[a:b])
+        return path
+
+    corr = sharpness * products(p, key_m)
+    key_path = viterbi_groups(lambda a, b: corr[a:b], np.full(n_all, key_change_cost), active)
+    raw = products(c, H._TEMPLATES_T)
+
+    def emis(a, b):
+        return H._chord_emissions(raw[a:b], H._T_PENALTY, H._T_ROOTS, bass[a:b], bonus, sharpness, silent[a:b])
+
+    cost = np.full(n_all, change_cost)
+    path = viterbi_groups(emis, cost, active)
+    chg = np.flatnonzero((path[1:] != path[:-1]) & (fg[1:] == fg[:-1])) + 1
+    n_chg = np.bincount(fg[chg], minlength=n_pieces)
+    again = active & (n_frames >= 16) & (n_chg >= 4)
+    if again.any():
+        hist = np.bincount(fg[chg] * 4 + fr[chg] % 4, minlength=n_pieces * 4).reshape(n_pieces, 4).astype(float)
+        down = np.argmax(hist + 0.5 * np.roll(hist, 2, axis=1), axis=1)
+        cost2 = np.where(again[fg], cost * np.array(H.METRICAL_COST)[(fr - down[fg]) % 4], cost)
+        path = np.where(again[fg], viterbi_groups(emis, cost2, again), path)
+    return (key_path, path, H._path_scores(raw, H._T_PENALTY, H._T_ROOTS, bass, bonus, path)), int(again.sum())
+
+
+def _assert_paths_as_before(args):
+    from ingest import harmony as H
+
+    got, (want, n_metrical) = H._paths_by_piece(*args), _paths_as_before(*args)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        np.testing.assert_array_equal(g.view(np.int64), w.view(np.int64))  # floats by their bits
+    return n_metrical
+
+
+def test_paths_by_piece_equal_the_batch_form_they_replaced(small_pop909_db):
+    """The key and chord paths and the chord scores made piece by piece (products just
+    before their Viterbi) equal the batch-wide form: on every batch call of the POP909
+    pieces (most take the metrical second pass) and on made-up pieces (without frames,
+    shorter than 16 frames, silent frames, frames without a bass)."""
+    from atlas_db.connection import reading
+    from ingest import harmony as H
+
+    calls = []
+    real = H._paths_by_piece
+
+    def spy(*args):
+        calls.append(args)
+        return real(*args)
+
+    with reading(small_pop909_db) as con:
+        ids = [r[0] for r in con.execute("SELECT piece_id FROM pieces ORDER BY piece_id").fetchall()]
+        inputs = H.load_inputs(con, ids)
+    H._paths_by_piece = spy
+    try:
+        H.compute_rows(inputs, ids)
+    finally:
+        H._paths_by_piece = real
+    assert len(calls) == 1
+    assert np.count_nonzero(np.diff(calls[0][2])) == len(ids) >= 12
+    assert _assert_paths_as_before(calls[0]) > len(ids) // 2  # most take the metrical pass
+
+    rng = np.random.default_rng(11)
+    lengths = np.array([0, 40, 5, 16, 15, 300, 1, 0, 64, 16, 200, 17, 16, 16, 15])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n = int(offsets[-1])
+    chroma = np.where(rng.random((n, 12)) < 0.6, 0.0, rng.random((n, 12)))
+    chroma[::13] = 0.0
+    bass = np.where(rng.random(n) < 0.2, -1, rng.integers(30, 70, n))
+    norm = np.linalg.norm(chroma, axis=1, keepdims=True)
+    c = np.divide(chroma, norm, out=np.zeros_like(chroma), where=norm > 0)
+    p = rng.standard_normal((n, 12))
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
+    metrical = [_assert_paths_as_before((p, c, offsets, H._key_matrix("krumhansl"), bass, 0.08 * 1.0,
+                                         10.0, chroma.sum(axis=1) <= 0, change_cost, 20.0))
+                for change_cost in (12.0, 1.2, 0.3)]
+    assert metrical[0] < metrical[-1]
