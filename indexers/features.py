@@ -357,9 +357,26 @@ def beat_chroma_groups(onset_beats, duration_beats, pitch, offsets) -> tuple[np.
     span = np.maximum(last - first + 1, 1)
     out = np.zeros((int(frame_off[-1]), 12), np.float64)
     _add_overlaps(on, off, pc, first, span, frame_off[g], out)
-    peak = out.max(axis=1, keepdims=True) if out.size else np.zeros((0, 1))
-    np.divide(out, peak, out=out, where=peak > 0)
-    return out.astype(np.float32), frame_off
+    return _by_row_peak_f32(out), frame_off
+
+
+@njit(cache=True)
+def _by_row_peak_f32(x):
+    # float32(x / x.max(axis=1)) where that maximum is > 0, else float32(x): what
+    # np.divide(x, peak, where=peak > 0) then astype(np.float32) give, in one pass (a
+    # NaN in a row is its maximum, as np.max says, and leaves the row undivided)
+    out = np.empty(x.shape, np.float32)
+    for i in range(x.shape[0]):
+        peak = x[i, 0]
+        for c in range(1, x.shape[1]):
+            v = x[i, c]
+            if v > peak or v != v:
+                peak = v
+                if v != v:
+                    break
+        for c in range(x.shape[1]):
+            out[i, c] = x[i, c] / peak if peak > 0 else x[i, c]
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -383,19 +400,17 @@ def lead_mask_groups(track_index, onset_beats, offsets, *, min_notes: int = 8, m
     if n_all == 0:
         return np.ones(0, bool)
     g = _group_of(offsets)
+    n_groups = len(offsets) - 1
     span = int(trk.max() - trk.min()) + 1
     key = g * span + (trk - trk.min())
-    pairs, inv, n = np.unique(key, return_inverse=True, return_counts=True)  # (piece, track), sorted
+    pairs, inv, n = _pairs_of(key, n_groups * span)  # (piece, track), sorted
     pg = pairs // span  # piece of each pair
     q = np.round(np.asarray(onset_beats, np.float64) * 32).astype(np.int64)
     q = q - q.min()
-    pq = np.sort(inv * (int(q.max()) + 1) + q)
-    pq = pq[np.concatenate([[True], pq[1:] != pq[:-1]])]  # distinct (pair, onset)
-    distinct = np.bincount(pq // (int(q.max()) + 1), minlength=pairs.size).astype(np.float64)
+    distinct = _distinct_onsets(inv, q, g, pairs.size).astype(np.float64)
     ratio = distinct / np.maximum(n, 1)
     ok = (ratio >= mono) & (n >= min_notes)
     big = n >= min_notes
-    n_groups = len(offsets) - 1
     n_tracks = np.bincount(pg, minlength=n_groups)
     any_ok = np.bincount(pg, weights=ok, minlength=n_groups) > 0
     n_big = np.bincount(pg, weights=big, minlength=n_groups)
@@ -406,14 +421,52 @@ def lead_mask_groups(track_index, onset_beats, offsets, *, min_notes: int = 8, m
     np.maximum.at(n_max, pg, n)
     keep_all = (n_tracks < 2) | ~any_ok | (all_big_ok & (n_big > 1) & (min_ratio >= 0.98))
     score = np.where(ok, np.round(ratio, 2) + 0.05 * n / n_max[pg], -1.0)
-    # the first pair (lowest track) with the piece's best score, as np.argmax picks
+    # the first pair (lowest track) with the piece's best score, as np.argmax picks;
+    # pg is sorted, so a piece's first candidate is where pg[cand] changes
     best = np.full(n_groups, -np.inf)
     np.maximum.at(best, pg, score)
     cand = np.flatnonzero(score == best[pg])
+    first = cand[np.concatenate([[True], pg[cand][1:] != pg[cand][:-1]])]
     lead = np.full(n_groups, -1, np.int64)
-    first_piece, first_ix = np.unique(pg[cand], return_index=True)
-    lead[first_piece] = cand[first_ix]
+    lead[pg[first]] = first
     return keep_all[g] | (inv == lead[g])
+
+
+def _pairs_of(key: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(key, return_inverse=True, return_counts=True)`` for keys in
+    ``0..n_keys - 1``: by a count of each key when that table is not much larger than
+    the keys (pieces x track span: a few thousand entries), instead of a sort."""
+    if n_keys > 4 * key.size + 1024:
+        return np.unique(key, return_inverse=True, return_counts=True)
+    counts = np.bincount(key, minlength=n_keys)
+    present = counts > 0
+    rank = np.cumsum(present) - 1
+    return np.flatnonzero(present), rank[key], counts[present]
+
+
+@njit(cache=True)
+def _distinct_onsets_sorted(inv, q, n_pairs):
+    # notes of each pair in order of q (rising): a note whose q differs from the pair's
+    # previous note's starts a new distinct onset (q >= 0, so -1 is "none yet")
+    last = np.full(n_pairs, -1, np.int64)
+    out = np.zeros(n_pairs, np.int64)
+    for i in range(inv.size):
+        k = inv[i]
+        if q[i] != last[k]:
+            out[k] += 1
+            last[k] = q[i]
+    return out
+
+
+def _distinct_onsets(inv: np.ndarray, q: np.ndarray, g: np.ndarray, n_pairs: int) -> np.ndarray:
+    """Distinct values of ``q`` (>= 0) among each pair's notes. When ``q`` rises within
+    each group (the stage's notes are in onset order) one pass counts them; otherwise the
+    (pair, onset) codes are sorted and the distinct ones counted."""
+    if np.all((q[1:] >= q[:-1]) | (g[1:] != g[:-1])):
+        return _distinct_onsets_sorted(inv, q, n_pairs)
+    pq = np.sort(inv * (int(q.max()) + 1) + q)
+    pq = pq[np.concatenate([[True], pq[1:] != pq[:-1]])]  # distinct (pair, onset)
+    return np.bincount(pq // (int(q.max()) + 1), minlength=n_pairs)
 
 
 @njit(cache=True)
@@ -642,6 +695,14 @@ def _patch_magnitudes(xpt: np.ndarray, w_start: np.ndarray) -> np.ndarray:
     return mag.reshape(7 * n_t, w_start.size)
 
 
+@njit(cache=True)
+def _place_transposed(x, rows, out):
+    # out[:, rows[i]] = x[i]: the frames put in place and transposed in one copy
+    for i in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            out[c, rows[i]] = x[i, c]
+
+
 def _chroma_blocks_groups(chroma: np.ndarray, offsets: np.ndarray):
     """:func:`_chroma_blocks` of each group of chroma frames -> (fft2 [G, 35], intervals
     [G, 7], motion [G, 12])."""
@@ -666,7 +727,11 @@ def _chroma_blocks_groups(chroma: np.ndarray, offsets: np.ndarray):
     # successive frames within a group
     same = np.flatnonzero(gv[1:] == gv[:-1])
     if same.size:
-        xc = np.fft.irfft(np.conj(spec[same]) * spec[same + 1], n=12, axis=1)
+        # the products of all successive rows, then those within a group: the same
+        # elementwise products as of the two gathered rows, without gathering twice
+        prod = np.conj(spec[:-1])
+        prod *= spec[1:]
+        xc = np.fft.irfft(prod[same], n=12, axis=1)
         mc = np.bincount(gv[same], minlength=n_groups)
         mh = np.flatnonzero(mc > 0)
         mstarts = np.concatenate([[0], np.cumsum(mc)])[:-1]
@@ -674,13 +739,13 @@ def _chroma_blocks_groups(chroma: np.ndarray, offsets: np.ndarray):
     # 8-beat patches: each voiced group padded with silent frames to at least 8
     padded = np.maximum(counts, PATCH_BEATS) * (counts > 0)
     p_off = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
-    xp = np.zeros((int(p_off[-1]), 12))
     rank = np.arange(x.shape[0]) - np.repeat(starts, counts)
-    xp[p_off[gv] + rank] = x
+    xpt = np.zeros((12, int(p_off[-1])))  # pitch-class rows, frames along them
+    _place_transposed(x, p_off[gv] + rank, xpt)
     n_win = np.where(counts > 0, padded - PATCH_BEATS + 1, 0)
     w_off = np.concatenate([[0], np.cumsum(n_win)]).astype(np.int64)
     w_start = np.repeat(p_off[:-1], n_win) + (np.arange(int(w_off[-1])) - np.repeat(w_off[:-1], n_win))
-    mag = _patch_magnitudes(np.ascontiguousarray(xp.T), w_start)  # bins x windows
+    mag = _patch_magnitudes(xpt, w_start)  # bins x windows
     fft2[:] = np.sqrt(_median_cols_groups(mag, w_off))
     return fft2, ivs, motion
 

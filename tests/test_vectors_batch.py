@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from conftest import pop909_songs
@@ -243,3 +244,84 @@ def test_patch_magnitudes_equal_numpys_fft2():
     for s in starts:
         want = np.abs(np.fft.fft2(x[:, s:s + F.PATCH_BEATS]))[:7, :n_t].ravel()
         np.testing.assert_array_equal(got[:, s], want)
+
+
+def test_lead_masks_in_and_out_of_onset_order_equal_the_one_group_function():
+    # the stage's notes rise in onset within a piece (one pass counts each track's
+    # distinct onsets); shuffled, the (track, onset) codes are sorted instead; a wide
+    # track span takes np.unique for the (piece, track) pairs
+    rng = np.random.default_rng(7)
+    on, dur, pitch, trk, off = _random_groups(rng, 60)
+    trk = np.where(rng.random(trk.size) < 0.7, 0, trk)  # leads to find
+    shuffled = np.concatenate([a + rng.permutation(b - a) for a, b in zip(off[:-1], off[1:])]).astype(np.int64)
+    for t, o in ((trk, on), (trk[shuffled], on[shuffled]), (trk * 5000, on)):
+        got = F.lead_mask_groups(t, o, off)
+        for g in range(60):
+            a, b = off[g], off[g + 1]
+            if b > a:
+                np.testing.assert_array_equal(got[a:b], F.lead_mask(t[a:b], o[a:b], pitch[a:b]))
+    assert not F.lead_mask_groups(trk, on, off).all()
+    # two tracks with the same line tie: the lower one leads, as np.argmax picks
+    line = np.arange(20) * 0.5
+    o = np.concatenate([line, line, line, [0.0] * 10])
+    t = np.repeat([3, 1, 2, 0], [20, 20, 20, 10])
+    got = F.lead_mask_groups(t, o, np.array([0, 70]))
+    np.testing.assert_array_equal(got, t == 1)
+    np.testing.assert_array_equal(got, F.lead_mask(t, o, np.zeros(70)))
+
+
+def test_pairs_and_distinct_onsets_equal_the_sorting_forms():
+    rng = np.random.default_rng(8)
+    g = np.sort(rng.integers(0, 50, 3000))
+    key = g * 6 + rng.integers(0, 6, 3000)
+    q = np.concatenate([np.sort(rng.integers(0, 40, (g == k).sum())) for k in range(50)])
+    for n_keys in (300, 10 ** 6):  # a count of each key; np.unique
+        pairs, inv, n = F._pairs_of(key, n_keys)
+        want = np.unique(key, return_inverse=True, return_counts=True)
+        for x, y in zip((pairs, inv, n), want):
+            np.testing.assert_array_equal(x, y)
+    pq = np.unique(inv * 40 + q)
+    want = np.bincount(pq // 40, minlength=pairs.size)
+    np.testing.assert_array_equal(F._distinct_onsets(inv, q, g, pairs.size), want)
+    np.testing.assert_array_equal(F._distinct_onsets_sorted(inv, q, pairs.size), want)
+
+
+def test_note_order_is_the_arrow_sort_on_the_five_keys():
+    # shuffled notes with ties (one pitch at one onset in two tracks, repeated rows), ids
+    # whose byte order is not their first-seen order, several chunks; note indexes too
+    # wide to pack, and a null pitch, take the Arrow sort itself
+    rng = np.random.default_rng(9)
+    n = 3000
+    cols = {
+        "piece_id": rng.choice(["b", "a", "ab", "é", "Z", "a0"], n),
+        "track_index": rng.integers(0, 4, n).astype(np.int32),
+        "note_index": rng.integers(0, 50, n).astype(np.int32),
+        "onset_beats": rng.integers(0, 20, n) / 4.0,
+        "duration_beats": np.ones(n),
+        "pitch": rng.integers(60, 64, n).astype(np.int16),
+    }
+    t = pa.table(cols)
+    t = pa.concat_tables([t.slice(0, 1000), t.slice(1000)])
+    big = pa.array(rng.integers(0, 2 ** 31 - 1, n).astype(np.int32))
+    wide = t.set_column(1, "track_index", big).set_column(2, "note_index", big)
+    null = t.set_column(5, "pitch", pa.array([None] + list(cols["pitch"][1:]), pa.int16()))
+    for tbl in (t, wide, null):
+        assert vectors._note_order(tbl).equals(pc.sort_indices(tbl, sort_keys=vectors.NOTE_ORDER))
+    ids, offsets = vectors._piece_runs(vectors.in_note_order(t).column("piece_id"))
+    assert list(ids) == sorted(set(cols["piece_id"]), key=lambda s: s.encode())
+    np.testing.assert_array_equal(np.diff(offsets), [np.sum(cols["piece_id"] == p) for p in ids])
+
+
+def test_row_peak_division_is_numpys():
+    # the beat chroma's frames divided by their maximum where it is > 0: silent frames,
+    # one NaN, values that do not divide exactly
+    rng = np.random.default_rng(10)
+    x = rng.random((500, 12)) * rng.choice([0.0, 1e-300, 1.0, 3.0, 1e300], (500, 1))
+    x[7, 4] = np.nan
+    x[8, :6] = 0.0
+    peak = x.max(axis=1, keepdims=True)
+    want = x.copy()
+    np.divide(want, peak, out=want, where=peak > 0)
+    got = F._by_row_peak_f32(x)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.int32), want.astype(np.float32).view(np.int32))
