@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from atlas_db.connection import fetch_arrow
+from ingest.packed_keys import packed_keys
 from indexers.features import EMBED_DIM, features_from_notes, quantize_chroma, embedding, beat_chroma, \
     skyline, melody_intervals, beat_chroma_groups, lead_mask_groups, skyline_groups, melody_intervals_groups, \
     embedding_groups
@@ -199,13 +200,8 @@ def _note_order(notes: pa.Table) -> pa.Array:
     cols = [notes.column(c) for c in ("piece_id", "pitch", "track_index", "note_index")]
     if notes.num_rows == 0 or any(c.null_count for c in cols):
         return pc.sort_indices(notes, sort_keys=NOTE_ORDER)
-    packed, shift = np.zeros(notes.num_rows, np.int64), 0
-    for col in cols[:0:-1]:  # note index in the low bits, then track, then pitch
-        v = col.to_numpy().astype(np.int64)
-        lo, span = int(v.min()), int(v.max()) - int(v.min()) + 1
-        packed |= (v - lo) << shift
-        shift += span.bit_length()
-    if shift > 62:
+    packed = packed_keys(*(c.to_numpy() for c in cols[1:]))
+    if packed is None:
         return pc.sort_indices(notes, sort_keys=NOTE_ORDER)
     ids = pc.dictionary_encode(cols[0]).combine_chunks()
     rank = np.empty(len(ids.dictionary), np.int64)

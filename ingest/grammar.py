@@ -38,6 +38,7 @@ import pyarrow as pa
 from atlas_db.schema_grammar import STORED_META_SOURCE
 from ingest import grammar_core as gc
 from ingest import grammar_transforms as gt
+from ingest.packed_keys import packed_keys
 
 __all__ = ["STAGE", "VERSION", "version_string", "BATCH_PIECES", "MAX_RULES", "MIN_COUNT", "update", "forget",
            "rebuild", "load_notes", "notes_from_tables", "notes_dict", "load_grammar", "track_parse"]
@@ -94,23 +95,15 @@ def load_notes(con, piece_ids: list[str] | None, notes: str = "notes") -> dict:
 
 def _grammar_order(*keys: np.ndarray) -> np.ndarray | None:
     """Permutation sorting the rows by these integer keys (most significant first), or
-    None if they are sorted already. The keys are packed into one int64 when their ranges
-    fit in 63 bits (one argsort instead of a lexsort of five keys, ~5x faster), else
-    lexsorted. In grammar order no two notes have equal keys (note_index is unique in a
-    track), so either sort gives the one order ``ORDER BY`` gives."""
-    n = len(keys[0])
-    if n < 2:
+    None if they are sorted already (``ingest.packed_keys``: one argsort of the keys
+    packed into an int64 when they fit, else a lexsort). In grammar order no two notes
+    have equal keys (note_index is unique in a track), so either sort gives the one
+    order ``ORDER BY`` gives."""
+    if len(keys[0]) < 2:
         return None
-    packed = np.zeros(n, np.int64)
-    bits = 0
-    for k in keys:
-        lo, hi = int(k.min()), int(k.max())
-        b = max(hi - lo, 1).bit_length()
-        bits += b
-        if bits > 63:
-            return np.lexsort(keys[::-1])
-        packed <<= b
-        packed |= k.astype(np.int64) - lo
+    packed = packed_keys(*keys)
+    if packed is None:
+        return np.lexsort(keys[::-1])
     if bool(np.all(packed[1:] > packed[:-1])):
         return None
     return np.argsort(packed, kind="stable")

@@ -63,6 +63,7 @@ from numba import njit
 from atlas_db.connection import reading
 from atlas_db.errors import BadInputError, IndexTroubleError
 from atlas_db.schema_patterns import NGRAM, TABLES as PATTERN_TABLES
+from ingest.packed_keys import packed_order
 
 __all__ = [
     "Motif",
@@ -327,19 +328,6 @@ def _covered_groups(onset, end, pitch, scope_bounds, c_onset, c_pitch, cand_boun
     return out
 
 
-def _lexsort(keys) -> np.ndarray:
-    """``np.lexsort(keys)`` (integer keys, the last one primary): one stable argsort of the
-    keys packed into an int64 when their ranges fit in 63 bits, which is faster."""
-    lows = [int(k.min()) if len(k) else 0 for k in keys]
-    bits = [(int(k.max()) - lo).bit_length() if len(k) else 0 for k, lo in zip(keys, lows)]
-    if sum(bits) > 63:
-        return np.lexsort(keys)
-    packed = np.zeros(len(keys[0]), dtype=np.int64)
-    for k, lo, b in zip(keys[::-1], lows[::-1], bits[::-1]):
-        packed = (packed << b) | (k.astype(np.int64) - lo)
-    return np.argsort(packed, kind="stable")
-
-
 def _bounds(group: np.ndarray, n_groups: int) -> np.ndarray:
     """Start of each group's run in a nondecreasing array of group numbers, and its end."""
     return np.searchsorted(group, np.arange(n_groups + 1)).astype(np.int64)
@@ -412,7 +400,7 @@ def build_streams_batch(piece_ids, piece: np.ndarray, notes: dict[str, np.ndarra
         return out
 
     # per track: (piece, track) groups, each in (onset, pitch, note_index) order
-    order = _lexsort((ni, pi, ot, tr, pc_))
+    order = packed_order(pc_, tr, ot, pi, ni)
     new_group = np.flatnonzero((tr[order][1:] != tr[order][:-1]) | (pc_[order][1:] != pc_[order][:-1])) + 1
     starts = np.concatenate([[0], new_group])
     n_groups = len(starts)
@@ -428,7 +416,7 @@ def build_streams_batch(piece_ids, piece: np.ndarray, notes: dict[str, np.ndarra
     sky_piece = np.flatnonzero(n_tracks >= 2)
     many = n_tracks[pc_] >= 2
     sub = np.flatnonzero(many)
-    sky_order = sub[_lexsort((ni[sub], tr[sub], -pi[sub].astype(np.int32), ot[sub], pc_[sub]))]
+    sky_order = sub[packed_order(pc_[sub], ot[sub], -pi[sub].astype(np.int32), tr[sub], ni[sub])]
     sky_rank = np.searchsorted(sky_piece, pc_[sky_order])
     sky, sky_group = uncovered(sky_order, sky_rank, len(sky_piece), onset_edges(sky_order, sky_rank))
     n_sky = np.bincount(sky_group, minlength=len(sky_piece))

@@ -86,6 +86,22 @@ def test_grammar_order_packs_keys_or_lexsorts():
     assert grammar._grammar_order(*[k[want] for k in keys]) is None  # already in order
 
 
+def test_packed_order_is_the_lexsort():
+    """ingest.packed_keys (grammar, patterns and vectors sort their notes with it): the
+    permutation of np.lexsort, stable, with negative keys, constant keys, too wide keys
+    (lexsort itself) and no rows."""
+    from ingest.packed_keys import packed_keys, packed_order
+
+    rng = np.random.default_rng(1)
+    n = 3000
+    keys = [rng.integers(-3, 4, n), np.full(n, 7), -rng.integers(0, 128, n), rng.integers(0, 5, n)]
+    assert np.array_equal(packed_order(*keys), np.lexsort(keys[::-1]))
+    wide = [keys[0] * 10**12, keys[2] * 10**9, keys[3]]
+    assert packed_keys(*wide) is None
+    assert np.array_equal(packed_order(*wide), np.lexsort(wide[::-1]))
+    assert packed_order(np.zeros(0, np.int64), np.zeros(0, np.int64)).size == 0
+
+
 def test_track_transforms_equal_the_sql_self_join(small_pop909_db, tmp_path):
     db = tmp_path / "db"
     shutil.copytree(small_pop909_db, db)
