@@ -2,6 +2,7 @@
 
     nice .venv/bin/python benchmarks/covers_latency.py                  # clean + merge, held out, 40 songs
     nice .venv/bin/python benchmarks/covers_latency.py --cells clean,merge,perf,combined --passes 3
+    nice .venv/bin/python benchmarks/covers_latency.py --cells excerpt --no-vienna --large 100000   # ~5 min
 
 The collection and queries are those of ``benchmarks/covers_honest.py`` (the POP909-dev
 files left after holding out each song's query group, plus vienna4x22 unless
@@ -55,9 +56,19 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", default=None, help="write a cProfile of the later passes to this file")
     ap.add_argument("--sections", action="store_true", help="CPU ms per query of each kernel and step (later passes)")
+    ap.add_argument("--large", type=int, default=0,
+                    help="search a collection of this many pieces instead: the real ones + synthetic ones "
+                         "(benchmarks/covers.py synthetic_index, as covers_honest.py --large builds it)")
     args = ap.parse_args(argv)
     spent = _time_sections() if args.sections else None
     notes, bench, index, _, _ = setup(DATA, None if args.no_vienna else VIENNA)
+    if args.large:
+        from covers import synthetic_index
+
+        t0 = time.perf_counter()
+        index = synthetic_index(index, args.large, np.random.default_rng(args.seed))
+        print(f"synthetic collection of {len(index):,} pieces built in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr)
     queries = [(key, q) for key, _, q, _, _ in pop909_queries(notes, bench, args.cells.split(","), [args.level],
                                                              ["heldout"], args.songs, args.seed)]
     index.search(index.query_for_piece(index.ids[0]), top=5)  # compile the kernels

@@ -43,6 +43,7 @@ from numba import njit
 
 from atlas_db.errors import BadInputError
 from atlas_db.schema_harmony import QUALITIES, TABLES
+from indexers.blas_threads import one_blas_thread
 
 __all__ = [
     "STAGE",
@@ -994,7 +995,7 @@ def _paths_by_piece(p, c, offsets, key_m, bass, bonus, sharpness, silent, change
     path = np.zeros(n_all, np.int64)
     scores = np.zeros(n_all)
     metrical_cost = np.array(METRICAL_COST, np.float64)
-    with _one_blas_thread():
+    with one_blas_thread():  # 1000 pieces' products: 0.19-0.27 s on the default threads, 0.07 s on one
         for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
             if b > a:
                 raw = np.ascontiguousarray(c[a:b]) @ _TEMPLATES_T
@@ -1003,30 +1004,6 @@ def _paths_by_piece(p, c, offsets, key_m, bass, bonus, sharpness, silent, change
                     raw, corr, _T_PENALTY, _T_ROOTS, bass[a:b], bonus, sharpness, silent[a:b], change_cost,
                     key_change_cost, metrical_cost, METRICAL)
     return key_path, path, scores
-
-
-_BLAS = []  # the threadpoolctl controller, made on first use ([None] without threadpoolctl)
-
-
-def _one_blas_thread():
-    """A context in which BLAS runs on one thread. A piece's product (a few hundred rows
-    x 12 x 168) is just big enough for OpenBLAS to start its threads for it, which then
-    cost more than they save: 1000 such products took 0.19-0.27 s with the default
-    threads and 0.07 s with one on 2 cores (pop909-dev). The products are the same to
-    the bit (OpenBLAS splits the output between threads, never a sum; checked on every
-    piece of pop909-dev). Without threadpoolctl (not a declared dependency) nothing
-    changes."""
-    import contextlib
-
-    if not _BLAS:
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            _BLAS.append(ThreadpoolController())
-        except ImportError:
-            _BLAS.append(None)
-    ctl = _BLAS[0]
-    return ctl.limit(limits=1, user_api="blas") if ctl is not None else contextlib.nullcontext()
 
 
 @njit(cache=True, nogil=True)

@@ -50,6 +50,7 @@ from numba import njit
 
 from atlas_db.errors import BadInputError, IndexTroubleError
 from indexers.tempo import relative_tempo
+from indexers.blas_threads import one_blas_thread
 from indexers.align import (in_background, sw_chroma, sw_chroma_score, sw_pitch_classes_rhythm_score,
                             sw_pitch_classes_score, sw_symbols, sw_symbols_score, two_at_once)
 from query.cover_fusion import IntervalTfidf, fuse, fusion_features
@@ -826,20 +827,26 @@ class CoverIndex:
     def search(self, q: QueryFeatures, top: int = 10, explain_top: int | None = None) -> pa.Table:
         """The ``top`` best versions of the query, explained (see ``RESULT_SCHEMA``);
         with ``explain_top`` only that many get the aligned region (the others' region
-        columns are null): finding the region costs a second, slower alignment."""
-        r = self._aligned(q)
-        # a recording involved: the alignment score plus the audio bonus, tuned together
-        # (the fusion was fitted on MIDI queries against MIDI pieces and ranked worse
-        # there, docs/covers.md); else the fusion
-        r = self._audio_bonus(q, r) if self._involves_recording(q, r) else self._fuse(q, r)
-        order = np.argsort(-r["score"], kind="stable")[:top]
-        return self._explain(q, r, order, top if explain_top is None else explain_top)
+        columns are null): finding the region costs a second, slower alignment.
+
+        BLAS runs on one thread meanwhile: the harmony alignments make thousands of
+        small products, for which OpenBLAS's own threads doubled the CPU time and
+        competed with the search's two threads (docs/covers.md, "BLAS on one thread")."""
+        with one_blas_thread():
+            r = self._aligned(q)
+            # a recording involved: the alignment score plus the audio bonus, tuned together
+            # (the fusion was fitted on MIDI queries against MIDI pieces and ranked worse
+            # there, docs/covers.md); else the fusion
+            r = self._audio_bonus(q, r) if self._involves_recording(q, r) else self._fuse(q, r)
+            order = np.argsort(-r["score"], kind="stable")[:top]
+            return self._explain(q, r, order, top if explain_top is None else explain_top)
 
     def candidate_features(self, q: QueryFeatures) -> tuple[np.ndarray, np.ndarray]:
         """Rows of every candidate the search scored for this query and their fusion
         features (``query.cover_fusion.FEATURES``): what the fusion is fitted on."""
-        r = self._aligned(q)
-        return r["rows"], self._features(q, r)
+        with one_blas_thread():
+            r = self._aligned(q)
+            return r["rows"], self._features(q, r)
 
     def _features(self, q: QueryFeatures, r) -> np.ndarray:
         rows = r["rows"]
