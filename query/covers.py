@@ -471,18 +471,9 @@ class CoverIndex:
         """The frames of ``_frames_of`` made from the beats, back to back, and their offsets."""
         fb = ALIGN["frame_beats"]
         starts, ends = self.beat_off[rows], self.beat_off[rows + 1]
-        nb = ends - starts
-        nf = -(-nb // fb)
+        nf = -(-(ends - starts) // fb)
         f_off = np.concatenate([[0], np.cumsum(nf)]).astype(np.int64)
-        b_off = np.concatenate([[0], np.cumsum(nb)])
-        idx = np.repeat(starts - b_off[:-1], nb) + np.arange(b_off[-1])
-        if f_off[-1] == 0:
-            return np.zeros((0, 12), np.float32), f_off
-        first = np.repeat(b_off[:-1], nf) + (np.arange(f_off[-1]) - np.repeat(f_off[:-1], nf)) * fb
-        frames = np.add.reduceat(self.chroma_q[idx].astype(np.float32), first, axis=0)
-        norm = np.linalg.norm(frames, axis=1, keepdims=True)
-        np.divide(frames, norm, out=frames, where=norm > 0)
-        return frames, f_off
+        return _pool_frames(self.chroma_q, starts, ends, fb, f_off), f_off
 
     def nbytes(self) -> int:
         arrays = [self.grams.matrix.data, self.grams.matrix.indices, self.grams.matrix.indptr,
@@ -1185,6 +1176,33 @@ def _pool_beats(chroma_beats: np.ndarray, frame_beats: float) -> np.ndarray:
     frames[frames < 1e-6] = 0.0
     norm = np.linalg.norm(frames, axis=1, keepdims=True)
     np.divide(frames, norm, out=frames, where=norm > 0)
+    return frames
+
+
+@njit(cache=True, nogil=True)
+def _pool_frames(chroma_q, starts, ends, fb, f_off):
+    """Frames of ``fb`` beats of the beats ``chroma_q[starts[k]:ends[k]]`` of each k, back
+    to back (piece k's at ``f_off[k]:f_off[k + 1]``), each divided by its norm. In one
+    pass: gathering the beats, adding them by ``np.add.reduceat`` and taking NumPy's norm
+    made a collection that keeps no frames (100,000 pieces) spend ~25 ms of a short
+    query's CPU here. The same numbers as that form: a frame's values are sums of int8
+    beats and its sum of squares an integer below 2^24 (for ``fb`` <= 9), all exact in
+    float32 in any order, and the square root and division are correctly rounded."""
+    frames = np.zeros((f_off[-1], 12), np.float32)
+    for k in range(starts.size):
+        f = f_off[k]
+        for b in range(starts[k], ends[k]):
+            row = f + (b - starts[k]) // fb
+            for p in range(12):
+                frames[row, p] += np.float32(chroma_q[b, p])
+    for f in range(frames.shape[0]):
+        ss = np.float32(0.0)
+        for p in range(12):
+            ss += frames[f, p] * frames[f, p]
+        if ss > 0:
+            norm = np.sqrt(ss)
+            for p in range(12):
+                frames[f, p] = frames[f, p] / norm
     return frames
 
 

@@ -590,3 +590,37 @@ def test_ngram_list_scores_are_scipys_sums(monkeypatch):
     monkeypatch.setattr(qc, "SPLIT_PIECES", 100)  # the list in two threads, one half of the pieces each
     assert qc._gram_index(planted, off2).search(rare - 1, 5)[0] == 7
     np.testing.assert_array_equal(grams.search(iv[:50] - 1, 30), unsplit)
+
+
+def test_pooled_frames_are_numpys_to_the_bit():
+    """A collection that keeps no frames pools each candidate's beats into frames per
+    query (``_pool_frames``, numba): the same float32 numbers as gathering the beats,
+    adding them with ``np.add.reduceat`` and dividing by NumPy's norm, for frames of
+    1-9 beats, pieces whose length is no multiple of the frame, empty pieces and silent
+    frames; and the frames are unit vectors."""
+    import query.covers as qc
+
+    rng = np.random.default_rng(11)
+    chroma_q = rng.integers(-128, 128, (5000, 12)).astype(np.int8)
+    chroma_q[rng.random(5000) < 0.2] = 0  # silent beats, so some frames are silent
+    for fb in (1, 2, 3, 9):
+        for trial in range(40):
+            k = int(rng.integers(0, 12))
+            starts = rng.integers(0, 4500, k)
+            ends = starts + rng.integers(0, 400, k)
+            nb = ends - starts
+            nf = -(-nb // fb)
+            f_off = np.concatenate([[0], np.cumsum(nf)]).astype(np.int64)
+            b_off = np.concatenate([[0], np.cumsum(nb)])
+            idx = np.repeat(starts - b_off[:-1], nb) + np.arange(b_off[-1])
+            got = qc._pool_frames(chroma_q, starts, ends, fb, f_off)
+            if f_off[-1] == 0:
+                assert got.shape == (0, 12)
+                continue
+            first = np.repeat(b_off[:-1], nf) + (np.arange(f_off[-1]) - np.repeat(f_off[:-1], nf)) * fb
+            want = np.add.reduceat(chroma_q[idx].astype(np.float32), first, axis=0)
+            norm = np.linalg.norm(want, axis=1, keepdims=True)
+            np.divide(want, norm, out=want, where=norm > 0)
+            np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+            lengths = np.linalg.norm(got, axis=1)
+            assert np.allclose(lengths[lengths > 0], 1.0, atol=1e-5)
