@@ -1,0 +1,165 @@
+"""Does a new per-candidate signal add to the cover search's fusion? Measured on the fit
+part of the honest benchmark only, cross-validated over its songs.
+
+    nice .venv/bin/python benchmarks/fusion_probe.py                 # seeds 1-3, ~4 min
+    nice .venv/bin/python benchmarks/fusion_probe.py --seeds 1 --gaps 0.5,0.5 1.0,1.0
+
+For every query of the fit part (odd-numbered POP909-dev songs; queries drawn with each
+of ``--seeds``, none of them the table's seed 0), every candidate the search aligns gets
+its fusion features (``query.cover_fusion.FEATURES``, as ``benchmarks/fit_cover_fusion.py``
+collects them) and the probe's columns. The fit songs are split in two halves at random;
+``query.cover_fusion.fit_ranking`` (features standardised, as the shipped fit) is fitted
+on the queries of one half and ranks the other's, both ways; the table is each cell's
+MAP over the aligned candidates, without and with the probe. The held-out part and
+vienna4x22 are never read.
+
+The probe here is the **bass line** (docs/covers.md, "A signal not in the search yet"):
+the lowest sounding pitch class at each onset (onsets within 1/8 beat are one; a repeated
+pitch class counts once), of the query's notes and of every stored piece's notes (all
+tracks), aligned by ``indexers.align.sw_pitch_classes_score`` at the candidate's harmony
+transposition (match +1, mismatch -1, gaps ``--gaps``), divided by the query's bass
+length (at least 12); its columns are that score and the score minus the query's best.
+Versions of a song share their chord roots in time even where the arrangements differ,
+and a merged or degraded query keeps its lowest notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from covers_honest import CELLS, DATA, pop909_queries, setup  # noqa: E402
+from indexers.align import sw_pitch_classes_score  # noqa: E402
+from indexers.blas_threads import one_blas_thread  # noqa: E402
+from query.cover_fusion import fit_ranking  # noqa: E402
+
+
+@njit(cache=True)
+def _bass_line(onset, duration, pitch, tol):
+    """Pitch classes of the lowest sounding note at each onset group (notes by onset)."""
+    n = onset.size
+    out = np.empty(n, np.int64)
+    k = 0
+    i = 0
+    while i < n:
+        t = onset[i]
+        j = i
+        while j < n and onset[j] - t <= tol:
+            j += 1
+        low = 1000
+        for a in range(i, j):
+            low = min(low, pitch[a])
+        a = i - 1
+        while a >= 0 and a >= i - 64:  # notes still sounding (a bounded look back)
+            if onset[a] + duration[a] > t + tol:
+                low = min(low, pitch[a])
+            a -= 1
+        if k == 0 or out[k - 1] != low % 12:
+            out[k] = low % 12
+            k += 1
+        i = j
+    return out[:k]
+
+
+def bass_line(onset_beats, duration_beats, pitch) -> np.ndarray:
+    o = np.argsort(onset_beats, kind="stable")
+    return _bass_line(np.asarray(onset_beats, np.float64)[o], np.asarray(duration_beats, np.float64)[o],
+                      np.asarray(pitch, np.int64)[o], 0.125)
+
+
+def collect(index, notes, bench, seed, gaps):
+    """Per candidate: fusion features, probe columns, right or not, query number; per
+    query: (cell, level, song, number of right answers)."""
+    lines = [bass_line(notes[p]["onset_beats"], notes[p]["duration_beats"], notes[p]["pitch"]) for p in index.paths]
+    off = np.concatenate([[0], np.cumsum([b.size for b in lines])]).astype(np.int64)
+    stored = np.concatenate(lines).astype(np.int64)
+    xs, es, ys, qs, meta = [], [], [], [], []
+    for (_p, cell, level), song, q, arrays, rel in pop909_queries(notes, bench, CELLS, [1, 2], ["fit"], None, seed):
+        with one_blas_thread():
+            r = index._aligned(q)
+            x = index._features(q, r)
+        rows = r["rows"]
+        e = np.zeros((rows.size, 2 * len(gaps)), np.float32)
+        qb = bass_line(*arrays[:3])
+        if qb.size >= 4 and rows.size:
+            shift = np.asarray(r["hshift"], np.int64) % 12
+            for g, (gap_q, gap_r) in enumerate(gaps):
+                s = sw_pitch_classes_score(qb, stored, (off[rows], off[rows + 1]), shift, 1.0, 1.0, gap_q, gap_r)
+                s = s / max(qb.size, 12)
+                e[:, 2 * g], e[:, 2 * g + 1] = s, s - s.max()
+        xs.append(x)
+        es.append(e)
+        ys.append(np.fromiter((index.ids[k] in rel for k in rows), bool, rows.size))
+        qs.append(np.full(rows.size, len(meta)))
+        meta.append((cell, level, song, len(rel)))
+    return np.concatenate(xs), np.concatenate(es), np.concatenate(ys), np.concatenate(qs), meta
+
+
+def average_precision(score, y, q, nrel):
+    ap = np.zeros(nrel.size)
+    order = np.lexsort((-score, q))
+    qo, yo = q[order], y[order]
+    bounds = np.r_[0, np.flatnonzero(np.diff(qo)) + 1, qo.size]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        ranks = np.flatnonzero(yo[a:b]) + 1
+        if nrel[qo[a]]:
+            ap[qo[a]] = np.sum(np.arange(1, ranks.size + 1) / ranks) / nrel[qo[a]]
+    return ap
+
+
+def cross_validated(x, y, q, song_of_query, nrel):
+    """Each query's AP, ranked by a fit on the other half of the songs."""
+    songs = np.unique(song_of_query)
+    half = dict(zip(np.random.default_rng(0).permutation(songs), np.arange(songs.size) % 2))
+    q_half = np.array([half[s] for s in song_of_query])
+    ap = np.zeros(nrel.size)
+    for h in (0, 1):
+        train = q_half[q] != h
+        mu, sd = x[train].mean(0), x[train].std(0) + 1e-9
+        beta, _ = fit_ranking((x[train] - mu) / sd, y[train], q[train])
+        test = np.flatnonzero(q_half == h)
+        ap[test] = average_precision(((x - mu) / sd) @ beta, y, q, nrel)[test]
+    return ap
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--gaps", nargs="+", default=["0.5,0.5"],
+                    help="query-gap,reference-gap pairs of the bass alignment, one probe each")
+    args = ap.parse_args(argv)
+    gaps = [tuple(float(v) for v in g.split(",")) for g in args.gaps]
+    t0 = time.perf_counter()
+    notes, bench, index, _, _ = setup(Path(DATA), None)
+    parts = [collect(index, notes, bench, int(s), gaps) for s in args.seeds.split(",")]
+    x = np.concatenate([p[0] for p in parts])
+    e = np.concatenate([p[1] for p in parts])
+    y = np.concatenate([p[2] for p in parts])
+    q = np.concatenate([p[3] + sum(len(o[4]) for o in parts[:i]) for i, p in enumerate(parts)])
+    meta = [m for p in parts for m in p[4]]
+    cells = np.array([f"{m[0]}:{m[1]}" for m in meta])
+    song = np.array([m[2] for m in meta])
+    nrel = np.array([m[3] for m in meta])
+    arms = {"fusion features": x}
+    arms.update({f"+ bass {g[0]:g}/{g[1]:g}": np.hstack([x, e[:, 2 * i:2 * i + 2]]) for i, g in enumerate(gaps)})
+    aps = {name: cross_validated(a, y, q, song, nrel) for name, a in arms.items()}
+    print(f"fit part, seeds {args.seeds}: {len(meta)} queries, {y.size:,} aligned candidates "
+          f"({time.perf_counter() - t0:.0f} s); MAP over the aligned candidates, fitted on the other half of the songs")
+    print("cell".ljust(24) + "".join(name.rjust(18) for name in aps))
+    for c in sorted(set(cells)):
+        m = cells == c
+        print(f"{c} ({m.sum()})".ljust(24) + "".join(f"{a[m].mean():18.3f}" for a in aps.values()))
+    print("mean".ljust(24) + "".join(f"{a.mean():18.4f}" for a in aps.values()))
+
+
+if __name__ == "__main__":
+    main()
