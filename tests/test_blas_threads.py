@@ -21,9 +21,11 @@ def test_one_blas_thread_limits_numpy_and_scipy_openblas_and_restores():
     assert any("/scipy.libs/" in p for p in inside), inside
     assert inside and all(n == 1 for n in inside.values()), inside
     assert set(after) == set(inside)
+    qs = np.ones((12, 3, 12), np.float32)
     with one_blas_thread():
-        pass
-    assert _blas_threads() == after  # the counts come back as they were
+        sw_chroma_score(qs, np.array([[0, 1]]), np.ones((50, 12), np.float32), np.array([0, 50]), 0.6, 0.3, 0.3)
+        assert all(n == 1 for n in _blas_threads().values())
+    assert _blas_threads() == after  # the counts come back as they were, after a kernel ran inside
 
 
 def test_chroma_scores_same_on_one_blas_thread():
