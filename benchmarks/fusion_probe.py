@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,40 +39,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from covers_honest import CELLS, DATA, pop909_queries, setup  # noqa: E402
 from indexers.align import sw_pitch_classes_score  # noqa: E402
 from indexers.blas_threads import one_blas_thread  # noqa: E402
+from indexers.features import bass_line  # noqa: E402
 from query.cover_fusion import fit_ranking  # noqa: E402
-
-
-@njit(cache=True)
-def _bass_line(onset, duration, pitch, tol):
-    """Pitch classes of the lowest sounding note at each onset group (notes by onset)."""
-    n = onset.size
-    out = np.empty(n, np.int64)
-    k = 0
-    i = 0
-    while i < n:
-        t = onset[i]
-        j = i
-        while j < n and onset[j] - t <= tol:
-            j += 1
-        low = 1000
-        for a in range(i, j):
-            low = min(low, pitch[a])
-        a = i - 1
-        while a >= 0 and a >= i - 64:  # notes still sounding (a bounded look back)
-            if onset[a] + duration[a] > t + tol:
-                low = min(low, pitch[a])
-            a -= 1
-        if k == 0 or out[k - 1] != low % 12:
-            out[k] = low % 12
-            k += 1
-        i = j
-    return out[:k]
-
-
-def bass_line(onset_beats, duration_beats, pitch) -> np.ndarray:
-    o = np.argsort(onset_beats, kind="stable")
-    return _bass_line(np.asarray(onset_beats, np.float64)[o], np.asarray(duration_beats, np.float64)[o],
-                      np.asarray(pitch, np.int64)[o], 0.125)
 
 
 def collect(index, notes, bench, seed, gaps):
@@ -89,7 +56,7 @@ def collect(index, notes, bench, seed, gaps):
             x = index._features(q, r)
         rows = r["rows"]
         e = np.zeros((rows.size, 2 * len(gaps)), np.float32)
-        qb = bass_line(*arrays[:3])
+        qb = bass_line(*arrays[:3]).astype(np.int64)
         if qb.size >= 4 and rows.size:
             shift = np.asarray(r["hshift"], np.int64) % 12
             for g, (gap_q, gap_r) in enumerate(gaps):

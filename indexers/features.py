@@ -36,6 +36,8 @@ __all__ = [
     "skyline_groups",
     "melody_intervals_groups",
     "embedding_groups",
+    "bass_line",
+    "bass_line_groups",
 ]
 
 # Notes longer than this many beats count only this long in the chroma (held pedal
@@ -62,6 +64,11 @@ EMBED_DIM = _o
 BLOCK_WEIGHTS = {"melody_intervals": 1.0, "chroma_2dfft": 1.0, "chroma_intervals": 0.5, "chroma_motion": 0.7}
 MELODY_BLOCKS = ("melody_intervals",)
 HARMONY_BLOCKS = ("chroma_2dfft", "chroma_intervals", "chroma_motion")
+# Bass line: notes starting within this many beats are one onset (a chord played a
+# little unevenly is one bass note), and a note still sounds at an onset when it started
+# at most this many notes before it (a bounded look back keeps the loop linear).
+BASS_ONSET_TOL_BEATS = 0.125
+BASS_LOOK_BACK_NOTES = 64
 
 
 def beat_chroma(onset_beats, duration_beats, pitch, *, frame_beats: float = 1.0,
@@ -290,6 +297,66 @@ def lead_mask(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: floa
     return inv == int(np.argmax(score))
 
 
+@njit(cache=True, nogil=True)
+def _bass_line(onset, duration, pitch, tol, look_back, out):
+    """Write the bass line of notes sorted by onset into ``out``; returns its length."""
+    n = onset.size
+    k = 0
+    i = 0
+    while i < n:
+        t = onset[i]
+        j = i
+        while j < n and onset[j] - t <= tol:
+            j += 1
+        low = 1000
+        for a in range(i, j):
+            low = min(low, pitch[a])
+        a = i - 1
+        while a >= 0 and a >= i - look_back:  # notes still sounding
+            if onset[a] + duration[a] > t + tol:
+                low = min(low, pitch[a])
+            a -= 1
+        if k == 0 or out[k - 1] != low % 12:
+            out[k] = low % 12
+            k += 1
+        i = j
+    return k
+
+
+def bass_line(onset_beats, duration_beats, pitch) -> np.ndarray:
+    """The pitch class (0-11, int8) of the lowest sounding note at each onset (notes
+    starting within ``BASS_ONSET_TOL_BEATS`` are one onset; notes still sounding from up
+    to ``BASS_LOOK_BACK_NOTES`` earlier notes count), a repeated pitch class once."""
+    on = np.asarray(onset_beats, np.float64)
+    o = np.argsort(on, kind="stable")
+    out = np.empty(on.size, np.int8)
+    k = _bass_line(on[o], np.asarray(duration_beats, np.float64)[o], np.asarray(pitch, np.int64)[o],
+                   BASS_ONSET_TOL_BEATS, BASS_LOOK_BACK_NOTES, out)
+    return out[:k].copy()
+
+
+@njit(cache=True, nogil=True)
+def _bass_line_groups(onset, duration, pitch, offsets, tol, look_back, out, out_off):
+    for g in range(offsets.size - 1):
+        a, b = offsets[g], offsets[g + 1]
+        k = _bass_line(onset[a:b], duration[a:b], pitch[a:b], tol, look_back, out[out_off[g]:])
+        out_off[g + 1] = out_off[g] + k
+
+
+def bass_line_groups(onset_beats, duration_beats, pitch, offsets) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`bass_line` of each group of notes (group ``g``: notes ``offsets[g]:offsets[g + 1]``).
+    Returns (pitch classes int8, bass offsets [shape=(G + 1,)])."""
+    offsets = np.asarray(offsets, np.int64)
+    on = np.asarray(onset_beats, np.float64)
+    # by group, then onset, stably: each group in the order bass_line sorts it
+    o = np.lexsort((on, _group_of(offsets))) if on.size else np.zeros(0, np.int64)
+    out = np.empty(on.size, np.int8)
+    out_off = np.zeros(offsets.size, np.int64)
+    _bass_line_groups(on[o], np.asarray(duration_beats, np.float64)[o], np.asarray(pitch, np.int64)[o],
+                      offsets, BASS_ONSET_TOL_BEATS, BASS_LOOK_BACK_NOTES, out, out_off)
+    return out[:out_off[-1]].copy(), out_off
+
+
 def features_from_notes(onset_beats, duration_beats, pitch, track_index=None, *, chroma=None) -> dict:
     """All features of one set of notes (drums already removed).
 
@@ -300,8 +367,8 @@ def features_from_notes(onset_beats, duration_beats, pitch, track_index=None, *,
     ``indexers.audio_chroma``); the melody still comes from the notes.
 
     Returns a dict with ``beat_chroma`` (n_beats, 12) float32, ``melody_pitch`` int16,
-    ``melody_onset_beats`` float32, ``intervals`` int8, ``interval_index`` int64 and
-    ``vector`` (EMBED_DIM,) float32.
+    ``melody_onset_beats`` float32, ``intervals`` int8, ``interval_index`` int64,
+    ``vector`` (EMBED_DIM,) float32 and ``bass_pc`` int8 (:func:`bass_line` of all notes).
     """
     on = np.asarray(onset_beats, np.float64)
     dur = np.asarray(duration_beats, np.float64)
@@ -317,6 +384,7 @@ def features_from_notes(onset_beats, duration_beats, pitch, track_index=None, *,
         "intervals": iv,
         "interval_index": ivi,
         "vector": embedding(chroma, iv),
+        "bass_pc": bass_line(on, dur, pitch),
     }
 
 

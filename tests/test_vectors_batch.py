@@ -325,3 +325,17 @@ def test_row_peak_division_is_numpys():
     got = F._by_row_peak_f32(x)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got.view(np.int32), want.astype(np.float32).view(np.int32))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bass_line_groups_equal_bass_line(seed):
+    """Random pieces (ties at one onset, held notes, empty pieces), notes grouped by piece
+    in onset order as the vectors stage gives them: the batch form is the one-piece form."""
+    rng = np.random.default_rng(seed)
+    on, dur, pitch, _trk, off = _random_groups(rng, 40)
+    bass, b_off = F.bass_line_groups(on, dur, pitch, off)
+    assert bass.dtype == np.int8 and b_off.shape == (41,)
+    assert (np.diff(b_off)[np.diff(off) == 0] == 0).all()
+    for g in range(40):
+        a, b = off[g], off[g + 1]
+        np.testing.assert_array_equal(bass[b_off[g]:b_off[g + 1]], F.bass_line(on[a:b], dur[a:b], pitch[a:b]))
