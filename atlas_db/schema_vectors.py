@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from atlas_db.schema import table_ddl
+from atlas_db.schema import _duck_type, table_ddl
 
 __all__ = ["TABLES", "KEYS", "MIGRATIONS"]
 
@@ -30,6 +30,10 @@ TABLES: dict[str, pa.Schema] = {
             ("melody_onset_beats", pa.list_(pa.float32())),  # and its onset in beats
             ("vector", pa.list_(pa.float32())),  # global embedding (see docs/covers.md)
             ("stage_version", pa.string()),
+            # lowest sounding pitch class (0-11) at each onset, a repeated one once
+            # (indexers.features.bass_line). Last, where ALTER TABLE puts it in a
+            # database of before, so both have the same columns in the same order.
+            ("bass_pc", pa.list_(pa.int8())),
         ]
     ),
     # One row per track with at least MIN_TRACK_NOTES notes: its embedding. LanceDB's
@@ -51,4 +55,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     # the track vectors move from Lance-only into DuckDB (written by the stage; Lance is
     # filled from here). A database of before has them in Lance already: nothing to copy.
     ("0401_vectors_track_vectors", [table_ddl("track_vectors", TABLES["track_vectors"], KEYS["track_vectors"])]),
+    # the bass line: NULL in the rows of before, which the stage's VERSION bump
+    # (vectors-6) has `atlas reindex` recompute
+    ("0402_vectors_bass_pc", [
+        f"ALTER TABLE cover_features ADD COLUMN IF NOT EXISTS bass_pc {_duck_type(pa.list_(pa.int8()))}"]),
 ]

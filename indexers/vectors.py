@@ -31,7 +31,7 @@ from atlas_db.connection import fetch_arrow
 from ingest.packed_keys import packed_keys
 from indexers.features import EMBED_DIM, features_from_notes, quantize_chroma, embedding, beat_chroma, \
     skyline, melody_intervals, beat_chroma_groups, lead_mask_groups, skyline_groups, melody_intervals_groups, \
-    embedding_groups
+    embedding_groups, bass_line_groups
 
 __all__ = [
     "STAGE", "VERSION", "BATCH_PIECES", "update", "forget", "load_inputs", "compute_rows", "write_rows",
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 STAGE = "vectors"
-VERSION = "vectors-5"
+VERSION = "vectors-6"
 # One batch is one computation over all its notes: up to 1000 pieces, fewer when they
 # hold more than BATCH_NOTES notes (each batch also reads the new pieces' notes, a scan
 # of the whole notes table).
@@ -347,6 +347,8 @@ def _compute_groups(ids: np.ndarray, cols: dict, offsets: np.ndarray) -> tuple[p
     mel_p, mel_on, mel_off = skyline_groups(m_on, m_dur, m_pitch, np.concatenate([lead_off, lead_off[-1] + t_off[1:]]))
     iv, iv_off = melody_intervals_groups(mel_p, mel_off)
     vec = embedding_groups(chroma, c_off, iv, iv_off)
+    # bass line: each piece's notes (all tracks), already by onset within the piece
+    bass, b_off = bass_line_groups(on, dur, pitch, offsets)
 
     p_frames = c_off[:n_pieces + 1]
     p_mel = mel_off[:n_pieces + 1]
@@ -362,6 +364,7 @@ def _compute_groups(ids: np.ndarray, cols: dict, offsets: np.ndarray) -> tuple[p
         "melody_onset_beats": _lists(mel_on[:p_mel[-1]], p_mel, pa.float32()),
         "vector": _lists(vec[:n_pieces].ravel(), np.arange(n_pieces + 1) * EMBED_DIM, pa.float32()),
         "stage_version": ver.take(pa.array(np.zeros(n_pieces, np.int64))),
+        "bass_pc": _lists(bass, b_off, pa.int8()),
     }, schema=schema)
     first = t_order[t_start[big]] if n_tracks else np.zeros(0, np.int64)
     tracks = pa.table({
@@ -391,7 +394,7 @@ def compute_one(piece_id: str, cols: dict, audio_beats=None, audio_harmony: str 
         "piece_id": [piece_id], "n_beats": [f["beat_chroma"].shape[0]],
         "beat_chroma": [quantize_chroma(f["beat_chroma"]).ravel()], "n_melody": [f["melody_pitch"].size],
         "melody_pitch": [f["melody_pitch"]], "melody_onset_beats": [f["melody_onset_beats"]],
-        "vector": [f["vector"]], "stage_version": [VERSION],
+        "vector": [f["vector"]], "stage_version": [VERSION], "bass_pc": [f["bass_pc"]],
     }, schema=schema)
     t_idx, t_vec = [], []
     tracks_here = np.unique(trk)
@@ -462,7 +465,7 @@ def write_rows(con, rows: dict[str, pa.Table]) -> None:
     for table, view in ((rows["cover_features"], "_vec_rows"), (duck_tracks, "_vec_tracks")):
         con.register(view, table)
     try:
-        con.execute("INSERT OR REPLACE INTO cover_features SELECT * FROM _vec_rows")
+        con.execute("INSERT OR REPLACE INTO cover_features BY NAME SELECT * FROM _vec_rows")
         con.execute("INSERT OR REPLACE INTO track_vectors BY NAME SELECT * FROM _vec_tracks")
     finally:
         con.unregister("_vec_rows")

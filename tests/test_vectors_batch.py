@@ -87,6 +87,7 @@ def test_vectors_of_a_batch_equal_each_piece_alone(small_pop909_db):
     assert feats.equals(pa.concat_tables(alone_f))
     assert tracks.equals(pa.concat_tables(alone_t))
     assert tracks.num_rows > len(ids)
+    assert all(len(b) > 10 for b in feats.column("bass_pc").to_pylist())
 
 
 def test_harmony_of_a_batch_equals_each_piece_alone(small_pop909_db):
@@ -339,3 +340,29 @@ def test_bass_line_groups_equal_bass_line(seed):
     for g in range(40):
         a, b = off[g], off[g + 1]
         np.testing.assert_array_equal(bass[b_off[g]:b_off[g + 1]], F.bass_line(on[a:b], dur[a:b], pitch[a:b]))
+
+
+def test_a_database_of_the_previous_version_gets_the_bass_line(tmp_path):
+    """A database from before the bass line (no bass_pc column, rows of vectors-5): the
+    migration adds the column (NULL), and `atlas reindex` redoes the stage's pieces,
+    which then hold what a new build holds."""
+    from atlas_db.connection import reading, writing
+    from ingest.derived import run_stages
+
+    song = pop909_songs(1)[0]
+    db = tmp_path / "db"
+    ingest_paths([str(song)], db, workers=1)
+    with reading(db) as con:
+        want = con.execute("SELECT * FROM cover_features ORDER BY piece_id").fetchall()
+    with writing(db) as con:
+        con.execute("ALTER TABLE cover_features DROP COLUMN bass_pc")
+        con.execute("DELETE FROM schema_migrations WHERE name = '0402_vectors_bass_pc'")
+        con.execute("UPDATE cover_features SET stage_version = 'vectors-5'")
+        con.execute("UPDATE derived_runs SET stage_version = 'vectors-5' WHERE stage = 'vectors'")
+    with writing(db) as con:  # a writer brings the schema up to date
+        assert con.execute("SELECT count(*) FROM cover_features WHERE bass_pc IS NULL").fetchone()[0] == len(want)
+    assert run_stages(db, only=["vectors"]) == {"vectors": 0}  # ingestion leaves old versions alone
+    assert run_stages(db, only=["vectors"], redo_old_versions=True) == {"vectors": len(want)}
+    with reading(db) as con:
+        assert con.execute("SELECT * FROM cover_features ORDER BY piece_id").fetchall() == want
+    assert {r[-2] for r in want} == {vectors.VERSION}
