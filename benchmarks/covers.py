@@ -448,6 +448,9 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
       (steps of at most a tritone), as many notes as a random real piece, on its onsets;
     - harmony: the real beat chroma spliced from 4-beat chunks of random real pieces,
       each chunk at a random transposition;
+    - bass line: the strongest pitch class of each 2-beat frame of that chroma (silent
+      frames left out), repeats merged (a stand-in for the lowest notes, which a
+      synthetic piece does not have);
     - vector: computed from these sequences by the same function as for real pieces.
     """
     from indexers.features import EMBED_DIM, embedding, melody_intervals
@@ -466,6 +469,7 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
     beats = np.diff(index.beat_off)
     mel_n = np.diff(index.mel_off)
     chroma_parts, pitch_parts, onset_parts = [index.chroma_q.ravel()], [index.mel_pitch], [index.mel_onset]
+    bass_parts, bass_n = [index.bass_pc], list(np.diff(index.bass_off))
     vecs = np.zeros((n_syn, EMBED_DIM), np.float32)
     real_nb = beats
     # all synthetic melodies at once, one Markov step per column
@@ -497,12 +501,17 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
         cols = (np.arange(12)[None, :] - shifts[chunk][:, None]) % 12
         ch = index.chroma_q[rows[:, None], cols]
         chroma_parts.append(ch.ravel())
+        frames = np.add.reduceat(ch.astype(np.int64), np.arange(0, nb, 2), axis=0) if nb else np.zeros((0, 12))
+        top = np.argmax(frames, axis=1)[frames.max(axis=1) > 0]
+        bass = top[np.r_[True, top[1:] != top[:-1]]] if top.size else top
+        bass_parts.append(bass.astype(np.int8))
+        bass_n.append(bass.size)
         vecs[k] = embedding(ch.astype(np.float32) / 127.0, melody_intervals(p)[0])
     return CoverIndex(list(index.ids) + [f"synthetic{i:07d}" for i in range(n_syn)],
                       list(index.paths) + [f"synthetic/{i:07d}.mid" for i in range(n_syn)],
                       np.concatenate([index.vectors, vecs]), np.concatenate(chroma_parts),
                       np.concatenate([beats, beats[src]]), np.concatenate(pitch_parts), np.concatenate(onset_parts),
-                      np.concatenate([mel_n, mel_n[src]]))
+                      np.concatenate([mel_n, mel_n[src]]), np.concatenate(bass_parts), bass_n)
 
 
 def rss_mb() -> float:

@@ -315,7 +315,7 @@ def build_index(paths: list[str], notes: dict) -> CoverIndex:
     """The cover index of these files, as the ``vectors`` stage would store them."""
     from indexers.features import quantize_chroma
 
-    ids, chroma, nb, mp, mo, nm, vec = [], [], [], [], [], [], []
+    ids, chroma, nb, mp, mo, nm, vec, bass = [], [], [], [], [], [], [], []
     for p in paths:
         n = notes[p]
         f = features_from_notes(n["onset_beats"], n["duration_beats"], n["pitch"], n["track_index"])
@@ -326,8 +326,9 @@ def build_index(paths: list[str], notes: dict) -> CoverIndex:
         mo.append(f["melody_onset_beats"])
         nm.append(f["melody_pitch"].size)
         vec.append(f["vector"])
+        bass.append(f["bass_pc"])
     return CoverIndex(ids, paths, np.asarray(vec, np.float32), np.concatenate(chroma), nb, np.concatenate(mp),
-                      np.concatenate(mo), nm)
+                      np.concatenate(mo), nm, np.concatenate(bass), [b.size for b in bass])
 
 
 class Recorder:

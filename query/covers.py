@@ -163,6 +163,10 @@ ALIGN = dict(
     # A longer query: its middle rhythm_query_notes (the same figures with 96 as with 192,
     # at half the cost: combined_short level 1 0.973)
     rhythm_candidates=30, rhythm_query_notes=96, rhythm_tolerance=1.3, rhythm_miss=1.0, rhythm_adapt=0.3,
+    # the bass line (CoverIndex._bass): gap cost of either side (query / reference gaps
+    # 1/1, 0.5/1, 0.25/0.5, 0.75/0.75 gave the same within 0.01 on the fit part), the
+    # least query length it is divided by, and a longer query's middle part only
+    bass_gap=0.5, bass_min_notes=12, bass_query_notes=96,
 )
 
 RESULT_SCHEMA = pa.schema([
@@ -248,6 +252,8 @@ class QueryFeatures:
     # the share of the query's notes in its melody line (its skyline for one part): well
     # below 1, a polyphonic part whose skyline is partly accompaniment
     skyline_share: float = 1.0
+    # lowest sounding pitch class per onset, repeats merged (indexers.features.bass_line)
+    bass_pc: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8), repr=False)
     # the query's beat chroma with its onsets divided by tempo_scale, and its vector
     # (None when that scale is ~1): further candidate lists
     rescaled_chroma: np.ndarray | None = field(default=None, repr=False)
@@ -310,7 +316,8 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
             rescaled = None
     return QueryFeatures(label, piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"],
                          half, alts, tempo_scale=tempo_scale, one_part=one_part, rescaled_chroma=rescaled,
-                         rescaled_vector=rescaled_vector, skyline_share=f["melody_pitch"].size / pitch.size)
+                         rescaled_vector=rescaled_vector, skyline_share=f["melody_pitch"].size / pitch.size,
+                         bass_pc=f["bass_pc"])
 
 
 def query_from_file(path) -> QueryFeatures:
@@ -389,7 +396,7 @@ class CoverIndex:
     (melody intervals, 2-beat chroma) of every piece back to back."""
 
     def __init__(self, ids, paths, vectors, chroma_q, n_beats, melody_pitch, melody_onset, n_melody,
-                 faiss_index=None, is_recording=None, db_dir=None):
+                 bass_pc, n_bass, faiss_index=None, is_recording=None, db_dir=None):
         from indexers.faiss_index import build_index
 
         self.ids = np.asarray(ids, dtype=object)
@@ -448,6 +455,13 @@ class CoverIndex:
         self.iv_index = np.concatenate(idxs).astype(np.int32) if idxs else np.zeros(0, np.int32)
         self.iv_off = np.asarray(offs, np.int64)
         self.grams = _gram_index(self.iv, self.iv_off)
+        # bass lines (pitch classes) back to back
+        n_bass = np.asarray(n_bass, np.int64)
+        if n_bass.size != len(self.ids) or int(n_bass.sum()) != np.asarray(bass_pc).size:
+            raise ValueError(f"bass lines: {n_bass.size} counts summing to {int(n_bass.sum())} for "
+                             f"{len(self.ids)} pieces and {np.asarray(bass_pc).size} pitch classes")
+        self.bass_off = np.concatenate([[0], np.cumsum(n_bass)]).astype(np.int64)
+        self.bass_pc = np.asarray(bass_pc, np.int8)
         self.tfidf = IntervalTfidf(self.mel_pitch, self.mel_off)
         self.chord_grams = _GramIndex(cm.astype(np.int8), cm_off.astype(np.int64), CHORD_ALPHABET)
         self.mask_melody = _block_mask(MELODY_BLOCKS)
@@ -480,7 +494,7 @@ class CoverIndex:
                   self.tfidf.matrix.data, self.tfidf.matrix.indices, self.tfidf.matrix.indptr,
                   self.chord_grams.matrix.data, self.chord_grams.matrix.indices, self.chord_grams.matrix.indptr,
                   self.vectors, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset,
-                  self.iv, self.iv_index, self.iv_off, self.mel_off, self.mel_pc]
+                  self.iv, self.iv_index, self.iv_off, self.mel_off, self.mel_pc, self.bass_pc, self.bass_off]
         if self.frames is not None:
             arrays += list(self.frames)
         return int(sum(a.nbytes for a in arrays)) + self.vectors.nbytes  # + the FAISS copy
@@ -844,7 +858,27 @@ class CoverIndex:
         v = self.vectors[rows]
         vec = v @ q.vector / np.maximum(np.linalg.norm(v, axis=1) * float(np.linalg.norm(q.vector)), 1e-9)
         return fusion_features(r["score"], r["mel"], r["harm"], self._tfidf_scores(q)[rows], vec,
-                               q.intervals.size, 2 * ALIGN["min_query_intervals"], self._rhythm(q, r))
+                               q.intervals.size, 2 * ALIGN["min_query_intervals"], self._rhythm(q, r),
+                               self._bass(q, r))
+
+    def _bass(self, q: QueryFeatures, r) -> np.ndarray:
+        """Per candidate, 0..~1: the query's bass line aligned with the candidate's at its
+        harmony transposition (``indexers.align.sw_pitch_classes_score``, match +1,
+        mismatch -1, each gap ``bass_gap``), over the query's bass length (at least
+        ``bass_min_notes``: a few notes matching by chance score little). Versions keep
+        their chord roots in time where the arrangements differ. 0 for a query of fewer
+        than 4 bass notes."""
+        A = ALIGN
+        rows = r["rows"]
+        # a long query: its middle part only (as the melody's max_query_intervals): a
+        # full-length bass line against ~150 candidates would be ~10M cells per query
+        a, b = _middle(q.bass_pc.size, A["bass_query_notes"])
+        qb = np.asarray(q.bass_pc[a:b], np.int64)
+        if qb.size < 4 or rows.size == 0:
+            return np.zeros(rows.size, np.float32)
+        s = sw_pitch_classes_score(qb, self.bass_pc, (self.bass_off[rows], self.bass_off[rows + 1]),
+                                   np.asarray(r["hshift"], np.int64) % 12, 1.0, 1.0, A["bass_gap"], A["bass_gap"])
+        return s / max(qb.size, A["bass_min_notes"])
 
     def _rhythm(self, q: QueryFeatures, r) -> np.ndarray:
         """Per candidate, 0..~1: how much of its tune is found among a one-part query's
@@ -1113,7 +1147,8 @@ class CoverIndex:
         mp = self.mel_pitch[self.mel_off[i]:self.mel_off[i + 1]]
         mo = self.mel_onset[self.mel_off[i]:self.mel_off[i + 1]]
         beats = self.chroma_q[self.beat_off[i]:self.beat_off[i + 1]].astype(np.float32) / 127.0
-        q = QueryFeatures(label or piece_id, piece_id, self.vectors[i], beats, mp, mo)
+        q = QueryFeatures(label or piece_id, piece_id, self.vectors[i], beats, mp, mo,
+                          bass_pc=self.bass_pc[self.bass_off[i]:self.bass_off[i + 1]])
         q.is_recording = bool(self.is_recording[i])
         return q
 
@@ -1233,7 +1268,7 @@ def load_index(db_dir) -> CoverIndex:
         try:
             t = fetch_arrow(con.execute(
                 """SELECT c.piece_id, p.path, p.kind, c.n_beats, c.beat_chroma, c.n_melody, c.melody_pitch,
-                          c.melody_onset_beats
+                          c.melody_onset_beats, c.bass_pc
                    FROM cover_features c JOIN pieces p USING (piece_id) ORDER BY c.piece_id"""))
         except Exception as e:
             if "cover_features" in str(e):
@@ -1258,9 +1293,13 @@ def load_index(db_dir) -> CoverIndex:
     def flat(name, dtype):
         return t.column(name).combine_chunks().values.to_numpy(zero_copy_only=False).astype(dtype)
 
+    # a row of a stage version before the bass line has none (NULL): an empty line,
+    # until `atlas reindex` recomputes it
+    n_bass = pa.compute.fill_null(pa.compute.list_value_length(t.column("bass_pc")), 0).to_numpy()
     idx = CoverIndex(ids, t.column("path").to_pylist(), vectors, flat("beat_chroma", np.int8),
                      t.column("n_beats").to_numpy(), flat("melody_pitch", np.int16),
                      flat("melody_onset_beats", np.float32), t.column("n_melody").to_numpy(),
+                     flat("bass_pc", np.int8), n_bass,
                      faiss_index=fidx, is_recording=np.asarray(t.column("kind").to_pylist()) == "audio",
                      db_dir=db_dir)
     _CACHE[key] = (stamp, idx)

@@ -200,7 +200,8 @@ def _index_of(songs):
                       np.asarray([f["vector"] for f in fs], np.float32),
                       np.concatenate([quantize_chroma(f["beat_chroma"]).ravel() for f in fs]),
                       [f["beat_chroma"].shape[0] for f in fs], np.concatenate([f["melody_pitch"] for f in fs]),
-                      np.concatenate([f["melody_onset_beats"] for f in fs]), [f["melody_pitch"].size for f in fs])
+                      np.concatenate([f["melody_onset_beats"] for f in fs]), [f["melody_pitch"].size for f in fs],
+                      np.concatenate([f["bass_pc"] for f in fs]), [f["bass_pc"].size for f in fs])
 
 
 def test_a_query_retimed_by_a_non_integer_factor_gets_its_scale_from_the_fine_grid():
@@ -243,3 +244,24 @@ def test_fusion_ranks_midi_and_leaves_recordings_to_the_alignment_score():
     plain = index.search(q, top=5, explain_top=0)
     assert plain.column("piece_id")[0].as_py() == "s4"
     assert plain.column("score")[0].as_py() == pytest.approx(float(aligned["score"].max()), abs=1e-5)
+
+
+def test_bass_line_feature_finds_the_song_at_its_transposition():
+    """Song 4's chords 3 semitones up: its bass line (the chord roots) aligns with the
+    stored song's at the harmony transposition, every root matched; another song's
+    roots match by chance only. The fusion gets the score and its distance to the best."""
+    from query.covers import query_from_notes
+
+    songs = [_chord_song(s) for s in range(10)]
+    on, dur, p = songs[4]
+    q = query_from_notes("q", on, dur, p + 3)
+    index = _index_of(songs)
+    assert q.bass_pc.size > 40
+    r = index._aligned(q)
+    bass = index._bass(q, r)
+    right = int(np.flatnonzero(r["rows"] == 4)[0])
+    assert bass[right] == pytest.approx(1.0, abs=1e-6)
+    assert np.delete(bass, right).max() < 0.6
+    x = index._features(q, r)
+    np.testing.assert_allclose(x[:, -2], bass, rtol=1e-6)
+    np.testing.assert_allclose(x[:, -1], bass - bass.max(), rtol=1e-6, atol=1e-7)
