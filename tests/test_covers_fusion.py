@@ -265,3 +265,38 @@ def test_bass_line_feature_finds_the_song_at_its_transposition():
     x = index._features(q, r)
     np.testing.assert_allclose(x[:, -2], bass, rtol=1e-6)
     np.testing.assert_allclose(x[:, -1], bass - bass.max(), rtol=1e-6, atol=1e-7)
+
+
+def test_synthetic_pieces_of_the_100k_benchmark_have_bass_lines():
+    """benchmarks/covers.py synthetic_index (the 100k-piece latency figures): the real
+    pieces keep their bass lines; each synthetic one gets the strongest pitch class of
+    each 2-beat frame of its spliced chroma, repeats merged; the search runs its bass
+    step over them and still finds the song."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from query.covers import query_from_notes
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "covers.py"
+    spec = importlib.util.spec_from_file_location("covers_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    songs = [_chord_song(s) for s in range(10)]
+    index = _index_of(songs)
+    big = bench.synthetic_index(index, 40, np.random.default_rng(0))
+    assert len(big) == 40
+    np.testing.assert_array_equal(big.bass_pc[:big.bass_off[10]], index.bass_pc)
+    for i in range(10, 40):
+        line = big.bass_pc[big.bass_off[i]:big.bass_off[i + 1]]
+        ch = big.chroma_q[big.beat_off[i]:big.beat_off[i + 1]].astype(np.int64)
+        frames = np.add.reduceat(ch, np.arange(0, ch.shape[0], 2), axis=0)
+        top = np.argmax(frames, axis=1)[frames.max(axis=1) > 0]
+        want = top[np.r_[True, top[1:] != top[:-1]]]
+        assert line.size > 10
+        np.testing.assert_array_equal(line, want)
+    on, dur, p = songs[4]
+    q = query_from_notes("q", on, dur, p + 3)
+    r = big._aligned(q)
+    assert big.ids[r["rows"][np.argmax(big._bass(q, r))]] == "s4"
