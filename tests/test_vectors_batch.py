@@ -329,11 +329,17 @@ def test_row_peak_division_is_numpys():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_bass_line_groups_equal_bass_line(seed):
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_bass_line_groups_equal_bass_line(seed, shuffled):
     """Random pieces (ties at one onset, held notes, empty pieces), notes grouped by piece
-    in onset order as the vectors stage gives them: the batch form is the one-piece form."""
+    in onset order as the vectors stage gives them (no sort needed), or shuffled within
+    each piece (sorted first): the batch form is the one-piece form."""
     rng = np.random.default_rng(seed)
     on, dur, pitch, _trk, off = _random_groups(rng, 40)
+    if shuffled:
+        o = np.concatenate([a + rng.permutation(b - a) for a, b in zip(off[:-1], off[1:])])
+        on, dur, pitch = on[o], dur[o], pitch[o]
+        assert (np.diff(on) < 0).any()
     bass, b_off = F.bass_line_groups(on, dur, pitch, off)
     assert bass.dtype == np.int8 and b_off.shape == (41,)
     assert (np.diff(b_off)[np.diff(off) == 0] == 0).all()
