@@ -39,9 +39,13 @@ def register(cli):
           atlas covers 3f2a9c01 other.mid --format csv --db ./atlas_data
           atlas covers live_take.wav --top 3
         """
-        from query.covers import covers as run
+        from query.covers import covers as run, stale_note
 
-        echo_table(run(resolve(db_dir), list(queries), top=top), fmt)
+        db = resolve(db_dir)
+        echo_table(run(db, list(queries), top=top), fmt)
+        note = stale_note(db)
+        if note:
+            click.echo(note, err=True)
 
     @cli.command()
     @click.argument("queries", nargs=-1, required=True)

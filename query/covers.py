@@ -403,6 +403,8 @@ class CoverIndex:
         self.is_recording = np.zeros(len(self.ids), bool) if is_recording is None \
             else np.asarray(is_recording, bool)
         self.db_dir = db_dir  # where the audio bonus reads stored chroma (None: no bonus)
+        # pieces whose stored row predates the bass line (load_index: NULL, read as empty)
+        self.pieces_without_bass = 0
         self.paths = np.asarray(paths, dtype=object)
         self.row_of = {pid: i for i, pid in enumerate(self.ids)}
         self.vectors = np.ascontiguousarray(vectors, np.float32)
@@ -1302,6 +1304,7 @@ def load_index(db_dir) -> CoverIndex:
                      flat("bass_pc", np.int8), n_bass,
                      faiss_index=fidx, is_recording=np.asarray(t.column("kind").to_pylist()) == "audio",
                      db_dir=db_dir)
+    idx.pieces_without_bass = int(t.column("bass_pc").null_count)
     _CACHE[key] = (stamp, idx)
     return idx
 
@@ -1318,6 +1321,17 @@ def resolve_query(index: CoverIndex, db_dir, query: str) -> QueryFeatures:
     with reading(db_dir) as con:
         pid = resolve_piece(con, query)
     return index.query_for_piece(pid, label=query)
+
+
+def stale_note(db_dir) -> str | None:
+    """A one-line note when some pieces' cover features come from a version of the
+    vectors stage before the bass line (the search still runs; those pieces score no
+    bass), else None."""
+    n = load_index(db_dir).pieces_without_bass
+    if not n:
+        return None
+    return (f"note: {n} pieces in {db_dir} were indexed by an older version of the vectors stage (no bass "
+            f"line): their cover scores are less sure; run `atlas reindex --vectors --db {db_dir}` once")
 
 
 def covers(db_dir, queries: list[str], *, top: int = 10) -> pa.Table:

@@ -5,6 +5,8 @@ the vectors (DuckDB and Lance) that a build of all the files at once gives."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -367,8 +369,17 @@ def test_a_database_of_the_previous_version_gets_the_bass_line(tmp_path):
         con.execute("UPDATE derived_runs SET stage_version = 'vectors-5' WHERE stage = 'vectors'")
     with writing(db) as con:  # a writer brings the schema up to date
         assert con.execute("SELECT count(*) FROM cover_features WHERE bass_pc IS NULL").fetchone()[0] == len(want)
+    # the search runs on it, and `atlas covers` says once, on stderr, what to run
+    cli = [sys.executable, "-c", "from query.cli import main; main()", "covers", want[0][0], "--top", "1",
+           "--db", str(db)]
+    out = subprocess.run(cli, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"note: {len(want)} pieces in {db} were indexed by an older version" in out.stderr
+    assert "atlas reindex --vectors" in out.stderr and "note:" not in out.stdout
     assert run_stages(db, only=["vectors"]) == {"vectors": 0}  # ingestion leaves old versions alone
     assert run_stages(db, only=["vectors"], redo_old_versions=True) == {"vectors": len(want)}
     with reading(db) as con:
         assert con.execute("SELECT * FROM cover_features ORDER BY piece_id").fetchall() == want
+    out = subprocess.run(cli, capture_output=True, text=True)
+    assert out.returncode == 0 and "note:" not in out.stderr, out.stderr
     assert {r[-2] for r in want} == {vectors.VERSION}
