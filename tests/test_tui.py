@@ -516,6 +516,7 @@ def test_covers_screen_ranks_versions_of_a_library_piece(tui_db, tmp_path):
         await wait_for(pilot, lambda: of_type(messages, "CoversFound") or of_type(messages, "CoversFailed"),
                        "covers", timeout_s=120)
         assert not of_type(messages, "CoversFailed")
+        assert of_type(messages, "CoversFound")[-1].note is None  # every piece has its bass line
         found = of_type(messages, "CoversFound")[-1].table
         assert found.column("piece_id").to_pylist() == expected.column("piece_id").to_pylist()
         screen = app.screen
@@ -536,6 +537,37 @@ def test_covers_screen_ranks_versions_of_a_library_piece(tui_db, tmp_path):
                        "result opened in the library")
 
     run(make_app(tui_db, tmp_path), scenario)
+
+
+def test_covers_screen_says_when_pieces_predate_the_bass_line(tui_db, tmp_path):
+    """A database whose pieces were indexed before the bass line (NULL bass_pc): the
+    versions are still found, and the screen says what to run."""
+    import shutil
+
+    from atlas_db.connection import writing
+
+    db = tmp_path / "old"
+    shutil.copytree(tui_db, db)
+    with writing(db) as con:
+        con.execute("UPDATE cover_features SET bass_pc = NULL")
+        n = con.execute("SELECT count(*) FROM cover_features").fetchone()[0]
+    song1 = _sql(db, "SELECT piece_id FROM pieces WHERE title = '001'")[0][0]
+
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.current_mode == "covers", "covers mode")
+        app.screen.find(song1)
+        await wait_for(pilot, lambda: of_type(messages, "CoversFound") or of_type(messages, "CoversFailed"),
+                       "covers", timeout_s=120)
+        assert not of_type(messages, "CoversFailed")
+        msg = of_type(messages, "CoversFound")[-1]
+        assert "/001/" in msg.table.column("path")[0].as_py()
+        assert msg.note.startswith(f"note: {n} pieces") and "atlas reindex --vectors" in msg.note
+        await pilot.pause(0.05)
+        assert "atlas reindex --vectors" in str(app.screen.query_one("#covers-info").render())
+
+    run(make_app(db, tmp_path), scenario)
 
 
 def test_covers_screen_takes_a_file_and_reports_bad_queries(tui_db, tmp_path, pop909_dir):

@@ -57,9 +57,9 @@ class CoversScreen(AtlasScreen):
     ]
 
     class CoversFound(Message):
-        def __init__(self, query: str, table: pa.Table, seconds: float) -> None:
+        def __init__(self, query: str, table: pa.Table, seconds: float, note: str | None = None) -> None:
             super().__init__()
-            self.query, self.table, self.seconds = query, table, seconds
+            self.query, self.table, self.seconds, self.note = query, table, seconds, note
 
     class CoversFailed(Message):
         def __init__(self, query: str, error: str) -> None:
@@ -126,12 +126,13 @@ class CoversScreen(AtlasScreen):
     @work(thread=True, exclusive=True, group="covers")
     def run_covers(self, query: str) -> None:
         from atlas_db.errors import AtlasError
-        from query.covers import covers
+        from query.covers import covers, stale_note
 
         t0 = time.perf_counter()
         try:
             with DB_LOCK.read():
                 table = covers(self.app.db_dir, [query], top=20)
+                note = stale_note(self.app.db_dir)  # pieces indexed before the bass line
         except Exception as e:  # noqa: BLE001 - shown in place
             if superseded():
                 return
@@ -139,7 +140,7 @@ class CoversScreen(AtlasScreen):
                                                 else f"{type(e).__name__}: {e}"))
             return
         if not superseded():
-            self.post_message(self.CoversFound(query, table, time.perf_counter() - t0))
+            self.post_message(self.CoversFound(query, table, time.perf_counter() - t0, note))
 
     # ---- results ---------------------------------------------------------------------
     def _error(self, text: str) -> None:
@@ -168,7 +169,8 @@ class CoversScreen(AtlasScreen):
                        fmt_cell(row["melody_score"]), fmt_cell(row["harmony_score"]), row["piece_id"],
                        key=f"{row['rank']}:{row['piece_id']}")
         self.query_one("#covers-info", Static).update(
-            f"{t.num_rows} versions of {msg.query} in {msg.seconds:.2f} s; Enter opens one in the library")
+            f"{t.num_rows} versions of {msg.query} in {msg.seconds:.2f} s; Enter opens one in the library"
+            + (f"\n{msg.note}" if msg.note else ""))
         if t.num_rows:
             self.query_one("#explanation", Static).update(explain(t.slice(0, 1).to_pylist()[0]))
 
