@@ -2,7 +2,7 @@
 part of the honest benchmark only, cross-validated over its songs.
 
     nice .venv/bin/python benchmarks/fusion_probe.py                 # seeds 1-3, ~4 min
-    nice .venv/bin/python benchmarks/fusion_probe.py --seeds 1 --gaps 0.5,0.5 1.0,1.0
+    nice .venv/bin/python benchmarks/fusion_probe.py --seeds 4,5,6 --gaps 0.5 1.0
 
 For every query of the fit part (odd-numbered POP909-dev songs; queries drawn with each
 of ``--seeds``, none of them the table's seed 0), every candidate the search aligns gets
@@ -15,13 +15,15 @@ vienna4x22 are never read.
 
 The probe here is the **bass line**, now one of the shipped features (``bass``,
 ``bass_rel``): the "without" arm leaves those two out, so the table says what they add,
-and ``--gaps`` tries other gap costs in their place (0.5/0.5 is the shipped alignment).
-The bass line:
-the lowest sounding pitch class at each onset (onsets within 1/8 beat are one; a repeated
-pitch class counts once), of the query's notes and of every stored piece's notes (all
-tracks), aligned by ``indexers.align.sw_pitch_classes_score`` at the candidate's harmony
-transposition (match +1, mismatch -1, gaps ``--gaps``), divided by the query's bass
-length (at least 12); its columns are that score and the score minus the query's best.
+and ``--gaps`` computes them with other gap costs in their place (``CoverIndex._bass``
+with ``ALIGN["bass_gap"]`` set; 0.5 is the shipped one). The bass line
+(``indexers.features.bass_line``): the lowest sounding pitch class at each onset (onsets
+within 1/8 beat are one; a repeated pitch class counts once), of the query's notes and of
+every stored piece's notes (all tracks), aligned by
+``indexers.align.sw_pitch_classes_score`` at the candidate's harmony transposition (match
++1, mismatch -1, each gap ``--gaps``), the query's middle 96 bass notes for a long one,
+divided by the query's bass length (at least 12); its columns are that score and the
+score minus the query's best.
 Versions of a song share their chord roots in time even where the arrangements differ,
 and a merged or degraded query keeps its lowest notes.
 """
@@ -40,32 +42,31 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from covers_honest import CELLS, DATA, pop909_queries, setup  # noqa: E402
-from indexers.align import sw_pitch_classes_score  # noqa: E402
 from indexers.blas_threads import one_blas_thread  # noqa: E402
-from indexers.features import bass_line  # noqa: E402
 from query.cover_fusion import FEATURES, fit_ranking  # noqa: E402
+from query.covers import ALIGN  # noqa: E402
 
 
 def collect(index, notes, bench, seed, gaps):
-    """Per candidate: fusion features, probe columns, right or not, query number; per
+    """Per candidate: fusion features, probe columns (the search's own bass features,
+    ``CoverIndex._bass``, with each gap cost of ``gaps``), right or not, query number; per
     query: (cell, level, song, number of right answers)."""
-    lines = [bass_line(notes[p]["onset_beats"], notes[p]["duration_beats"], notes[p]["pitch"]) for p in index.paths]
-    off = np.concatenate([[0], np.cumsum([b.size for b in lines])]).astype(np.int64)
-    stored = np.concatenate(lines).astype(np.int64)
     xs, es, ys, qs, meta = [], [], [], [], []
-    for (_p, cell, level), song, q, arrays, rel in pop909_queries(notes, bench, CELLS, [1, 2], ["fit"], None, seed):
+    shipped = ALIGN["bass_gap"]
+    for (_p, cell, level), song, q, _arrays, rel in pop909_queries(notes, bench, CELLS, [1, 2], ["fit"], None, seed):
         with one_blas_thread():
             r = index._aligned(q)
             x = index._features(q, r)
         rows = r["rows"]
         e = np.zeros((rows.size, 2 * len(gaps)), np.float32)
-        qb = bass_line(*arrays[:3]).astype(np.int64)
-        if qb.size >= 4 and rows.size:
-            shift = np.asarray(r["hshift"], np.int64) % 12
-            for g, (gap_q, gap_r) in enumerate(gaps):
-                s = sw_pitch_classes_score(qb, stored, (off[rows], off[rows + 1]), shift, 1.0, 1.0, gap_q, gap_r)
-                s = s / max(qb.size, 12)
-                e[:, 2 * g], e[:, 2 * g + 1] = s, s - s.max()
+        try:
+            for g, gap in enumerate(gaps):
+                ALIGN["bass_gap"] = gap
+                s = index._bass(q, r)
+                if s.size:
+                    e[:, 2 * g], e[:, 2 * g + 1] = s, s - s.max()
+        finally:
+            ALIGN["bass_gap"] = shipped
         xs.append(x)
         es.append(e)
         ys.append(np.fromiter((index.ids[k] in rel for k in rows), bool, rows.size))
@@ -103,10 +104,10 @@ def cross_validated(x, y, q, song_of_query, nrel):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="1,2,3")
-    ap.add_argument("--gaps", nargs="+", default=["0.5,0.5"],
-                    help="query-gap,reference-gap pairs of the bass alignment, one probe each")
+    ap.add_argument("--gaps", nargs="+", type=float, default=[0.5],
+                    help="gap costs of the bass alignment (ALIGN['bass_gap'], either side), one probe each")
     args = ap.parse_args(argv)
-    gaps = [tuple(float(v) for v in g.split(",")) for g in args.gaps]
+    gaps = args.gaps
     t0 = time.perf_counter()
     notes, bench, index, _, _ = setup(Path(DATA), None)
     parts = [collect(index, notes, bench, int(s), gaps) for s in args.seeds.split(",")]
@@ -121,7 +122,7 @@ def main(argv=None):
     # the shipped bass features out: the probe's columns stand in for them
     x = np.delete(x, [FEATURES.index("bass"), FEATURES.index("bass_rel")], axis=1)
     arms = {"without bass": x}
-    arms.update({f"+ bass {g[0]:g}/{g[1]:g}": np.hstack([x, e[:, 2 * i:2 * i + 2]]) for i, g in enumerate(gaps)})
+    arms.update({f"+ bass gap {g:g}": np.hstack([x, e[:, 2 * i:2 * i + 2]]) for i, g in enumerate(gaps)})
     aps = {name: cross_validated(a, y, q, song, nrel) for name, a in arms.items()}
     print(f"fit part, seeds {args.seeds}: {len(meta)} queries, {y.size:,} aligned candidates "
           f"({time.perf_counter() - t0:.0f} s); MAP over the aligned candidates, fitted on the other half of the songs")
