@@ -869,14 +869,16 @@ class CoverIndex:
         mismatch -1, each gap ``bass_gap``), over the query's bass length (at least
         ``bass_min_notes``: a few notes matching by chance score little). Versions keep
         their chord roots in time where the arrangements differ. 0 for a query of fewer
-        than 4 bass notes."""
+        than 4 bass notes, and for a clear full-length query (``_clear``: its answer
+        stands; leaving it out there changed no fit-part cell by more than 0.001 and
+        saves ~1.5 ms of a ~1k-piece search's ~17 ms CPU)."""
         A = ALIGN
         rows = r["rows"]
         # a long query: its middle part only (as the melody's max_query_intervals): a
         # full-length bass line against ~150 candidates would be ~10M cells per query
         a, b = _middle(q.bass_pc.size, A["bass_query_notes"])
         qb = np.asarray(q.bass_pc[a:b], np.int64)
-        if qb.size < 4 or rows.size == 0:
+        if qb.size < 4 or rows.size == 0 or self._clear(q, r["score"]):
             return np.zeros(rows.size, np.float32)
         s = sw_pitch_classes_score(qb, self.bass_pc, (self.bass_off[rows], self.bass_off[rows + 1]),
                                    np.asarray(r["hshift"], np.int64) % 12, 1.0, 1.0, A["bass_gap"], A["bass_gap"])
