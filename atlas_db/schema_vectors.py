@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from atlas_db.schema import _duck_type, table_ddl
+from atlas_db.schema import table_ddl
 
 __all__ = ["TABLES", "KEYS", "MIGRATIONS"]
 
@@ -57,6 +57,5 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("0401_vectors_track_vectors", [table_ddl("track_vectors", TABLES["track_vectors"], KEYS["track_vectors"])]),
     # the bass line: NULL in the rows of before, which the stage's VERSION bump
     # (vectors-6) has `atlas reindex` recompute
-    ("0402_vectors_bass_pc", [
-        f"ALTER TABLE cover_features ADD COLUMN IF NOT EXISTS bass_pc {_duck_type(pa.list_(pa.int8()))}"]),
+    ("0402_vectors_bass_pc", ["ALTER TABLE cover_features ADD COLUMN IF NOT EXISTS bass_pc TINYINT[]"]),
 ]

@@ -163,8 +163,8 @@ ALIGN = dict(
     # A longer query: its middle rhythm_query_notes (the same figures with 96 as with 192,
     # at half the cost: combined_short level 1 0.973)
     rhythm_candidates=30, rhythm_query_notes=96, rhythm_tolerance=1.3, rhythm_miss=1.0, rhythm_adapt=0.3,
-    # the bass line (CoverIndex._bass): gap cost of either side (query / reference gaps
-    # 1/1, 0.5/1, 0.25/0.5, 0.75/0.75 gave the same within 0.01 on the fit part), the
+    # the bass line (CoverIndex._bass): gap cost of either side (0.25, 0.75 or 1 gave
+    # the same within 0.013 on the fit part: benchmarks/fusion_probe.py --gaps), the
     # least query length it is divided by, and a longer query's middle part only
     bass_gap=0.5, bass_min_notes=12, bass_query_notes=96,
 )
