@@ -34,6 +34,11 @@ TABLES: dict[str, pa.Schema] = {
             # (indexers.features.bass_line). Last, where ALTER TABLE puts it in a
             # database of before, so both have the same columns in the same order.
             ("bass_pc", pa.list_(pa.int8())),
+            # the runner-up melody line (indexers.features.second_line_mask: the next
+            # most monophonic track after the lead), its skyline's pitches and onsets;
+            # empty when the piece has none
+            ("second_pitch", pa.list_(pa.int16())),
+            ("second_onset_beats", pa.list_(pa.float32())),
         ]
     ),
     # One row per track with at least MIN_TRACK_NOTES notes: its embedding. LanceDB's
@@ -58,4 +63,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     # the bass line: NULL in the rows of before, which the stage's VERSION bump
     # (vectors-6) has `atlas reindex` recompute
     ("0402_vectors_bass_pc", ["ALTER TABLE cover_features ADD COLUMN IF NOT EXISTS bass_pc TINYINT[]"]),
+    # the second melody line: NULL in the rows of before, recomputed by `atlas reindex`
+    # after the VERSION bump (vectors-7)
+    ("0403_vectors_second_line", ["ALTER TABLE cover_features ADD COLUMN IF NOT EXISTS second_pitch SMALLINT[]",
+                                  "ALTER TABLE cover_features ADD COLUMN IF NOT EXISTS second_onset_beats FLOAT[]"]),
 ]

@@ -446,6 +446,7 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
 
     - melody: a second-order Markov chain over the real melodies' pitch-class intervals
       (steps of at most a tritone), as many notes as a random real piece, on its onsets;
+      a second melody line the same way where that piece has one;
     - harmony: the real beat chroma spliced from 4-beat chunks of random real pieces,
       each chunk at a random transposition;
     - bass line: the strongest pitch class of each 2-beat frame of that chroma (silent
@@ -458,7 +459,7 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
     n_real = len(index)
     n_syn = n_total - n_real
     # interval statistics of the real melodies
-    iv = index.iv.astype(np.int64) - 1
+    iv = index.iv[:index.iv_off[-1]].astype(np.int64) - 1  # the lead lines'
     same = np.repeat(np.arange(n_real), np.diff(index.iv_off))
     ok = (same[:-2] == same[2:])
     tri = np.zeros((11, 11, 11))
@@ -468,28 +469,38 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
     src = rng.integers(0, n_real, n_syn)
     beats = np.diff(index.beat_off)
     mel_n = np.diff(index.mel_off)
-    chroma_parts, pitch_parts, onset_parts = [index.chroma_q.ravel()], [index.mel_pitch], [index.mel_onset]
+    sec_n = np.diff(index.sec_off)
+    lead_end = index.mel_off[-1]
+    chroma_parts, pitch_parts, onset_parts = [index.chroma_q.ravel()], [index.mel_pitch[:lead_end]], \
+        [index.mel_onset[:lead_end]]
+    sec_pitch_parts, sec_onset_parts = [index.mel_pitch[lead_end:]], [index.mel_onset[lead_end:]]
     bass_parts, bass_n = [index.bass_pc], list(np.diff(index.bass_off))
     vecs = np.zeros((n_syn, EMBED_DIM), np.float32)
     real_nb = beats
-    # all synthetic melodies at once, one Markov step per column
+    def markov(lens):
+        """Synthetic melodies of these lengths, all at once, one Markov step per column."""
+        width = int(lens.max()) if lens.size else 0
+        a, b = rng.integers(0, 11, lens.size), rng.integers(0, 11, lens.size)
+        steps = np.zeros((lens.size, max(width - 1, 0)), np.int64)
+        for t in range(steps.shape[1]):
+            u = rng.random(lens.size)
+            c = np.minimum((cum[a, b] < u[:, None]).sum(axis=1), 10)
+            steps[:, t] = c + 1
+            a, b = b, c
+        signed = np.where(steps <= 6, steps, steps - 12)
+        start = 60 + rng.integers(0, 12, lens.size)
+        out = np.concatenate([start[:, None], start[:, None] + np.cumsum(signed, axis=1)], axis=1)
+        return (out - 48) % 36 + 48  # keep it in range by octave folds
+
     lens = mel_n[src]
-    width = int(lens.max()) if n_syn else 0
-    a, b = rng.integers(0, 11, n_syn), rng.integers(0, 11, n_syn)
-    steps = np.zeros((n_syn, max(width - 1, 0)), np.int64)
-    for t in range(steps.shape[1]):
-        u = rng.random(n_syn)
-        c = np.minimum((cum[a, b] < u[:, None]).sum(axis=1), 10)
-        steps[:, t] = c + 1
-        a, b = b, c
-    signed = np.where(steps <= 6, steps, steps - 12)
-    start = 60 + rng.integers(0, 12, n_syn)
-    mel = np.concatenate([start[:, None], start[:, None] + np.cumsum(signed, axis=1)], axis=1)
-    mel = (mel - 48) % 36 + 48  # keep it in range by octave folds
+    mel = markov(lens)
+    sec = markov(sec_n[src])
     for k, s in enumerate(src):
         p = mel[k, : int(lens[k])]
         pitch_parts.append(p.astype(np.int16))
         onset_parts.append(index.mel_onset[index.mel_off[s]:index.mel_off[s + 1]])
+        sec_pitch_parts.append(sec[k, : int(sec_n[s])].astype(np.int16))
+        sec_onset_parts.append(index.mel_onset[index.sec_off[s]:index.sec_off[s + 1]])
         nb = int(beats[s])
         n_chunks = -(-nb // 4)
         donors = rng.integers(0, n_real, n_chunks)
@@ -511,7 +522,9 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
                       list(index.paths) + [f"synthetic/{i:07d}.mid" for i in range(n_syn)],
                       np.concatenate([index.vectors, vecs]), np.concatenate(chroma_parts),
                       np.concatenate([beats, beats[src]]), np.concatenate(pitch_parts), np.concatenate(onset_parts),
-                      np.concatenate([mel_n, mel_n[src]]), np.concatenate(bass_parts), bass_n)
+                      np.concatenate([mel_n, mel_n[src]]), np.concatenate(bass_parts), bass_n,
+                      second_pitch=np.concatenate(sec_pitch_parts), second_onset=np.concatenate(sec_onset_parts),
+                      n_second=np.concatenate([sec_n, sec_n[src]]))
 
 
 def rss_mb() -> float:

@@ -311,11 +311,12 @@ def cell_factors(cell: str, level: int) -> set:
 
 
 # -- running --------------------------------------------------------------------------
-def build_index(paths: list[str], notes: dict) -> CoverIndex:
-    """The cover index of these files, as the ``vectors`` stage would store them."""
+def build_index(paths: list[str], notes: dict, second_line: bool = True) -> CoverIndex:
+    """The cover index of these files, as the ``vectors`` stage would store them
+    (``second_line=False``: without the pieces' second melody lines, the search before them)."""
     from indexers.features import quantize_chroma
 
-    ids, chroma, nb, mp, mo, nm, vec, bass = [], [], [], [], [], [], [], []
+    ids, chroma, nb, mp, mo, nm, vec, bass, sp, so = [], [], [], [], [], [], [], [], [], []
     for p in paths:
         n = notes[p]
         f = features_from_notes(n["onset_beats"], n["duration_beats"], n["pitch"], n["track_index"])
@@ -327,8 +328,13 @@ def build_index(paths: list[str], notes: dict) -> CoverIndex:
         nm.append(f["melody_pitch"].size)
         vec.append(f["vector"])
         bass.append(f["bass_pc"])
+        sp.append(f["second_pitch"])
+        so.append(f["second_onset_beats"])
     return CoverIndex(ids, paths, np.asarray(vec, np.float32), np.concatenate(chroma), nb, np.concatenate(mp),
-                      np.concatenate(mo), nm, np.concatenate(bass), [b.size for b in bass])
+                      np.concatenate(mo), nm, np.concatenate(bass), [b.size for b in bass],
+                      second_pitch=np.concatenate(sp)[:None if second_line else 0],
+                      second_onset=np.concatenate(so)[:None if second_line else 0],
+                      n_second=[x.size * second_line for x in sp])
 
 
 class Recorder:
@@ -427,7 +433,7 @@ def run_vienna(index, baseline, notes, vienna_files, seed, rec, max_queries=None
             rec.add(("vienna", cell, 0), "base", _baseline_rank(baseline, on, du, p, exclude=f), rel)
 
 
-def setup(data: Path, vienna: Path | None):
+def setup(data: Path, vienna: Path | None, second_line: bool = True):
     """Notes of every file, the protocol, the collection's index and the baseline."""
     pop_paths = sorted(data.glob("*/*.mid")) + sorted(data.glob("*/versions/*.mid"))
     v_paths = sorted(vienna.glob("performances/*.mid")) + sorted(vienna.glob("scores/*.mid")) if vienna else []
@@ -436,7 +442,7 @@ def setup(data: Path, vienna: Path | None):
     stored, bench, merged = pop909_protocol(data, notes)
     v_files = [str(p) for p in v_paths if str(p) in notes]
     collection = stored + v_files
-    index = build_index(collection, notes)
+    index = build_index(collection, notes, second_line)
     mel = [skyline(notes[p]["onset_beats"], notes[p]["duration_beats"], notes[p]["pitch"])[0] for p in collection]
     baseline = Baseline(collection, mel)
     print(f"collection: {len(stored)} POP909-dev files (held out: the near-copy group of NNN.mid of "
@@ -461,6 +467,8 @@ def main(argv=None):
     ap.add_argument("--large", type=int, default=0,
                     help="also search a collection of this many pieces (the real ones + synthetic ones, "
                          "benchmarks/covers.py synthetic_index): held-out part, first 40 songs, level 2")
+    ap.add_argument("--no-second-line", action="store_true",
+                    help="index without the pieces' second melody lines (the search before them)")
     ap.add_argument("--no-fusion", action="store_true",
                     help="rank by the alignment score instead of the fitted fusion (query/cover_fusion.json)")
     args = ap.parse_args(argv)
@@ -474,7 +482,7 @@ def main(argv=None):
     max_songs = args.songs or (30 if args.quick else None)
     parts = ["fit", "heldout"] if args.part == "both" else [args.part]
     vienna = None if args.no_vienna else Path(args.vienna)
-    notes, bench, index, baseline, v_files = setup(Path(args.data), vienna)
+    notes, bench, index, baseline, v_files = setup(Path(args.data), vienna, not args.no_second_line)
     index.search(index.query_for_piece(index.ids[0]), top=5)  # compile the kernels before timing
     rec = Recorder()
     run_pop909(index, baseline, notes, bench, cells, levels, parts, max_songs, args.seed, rec)

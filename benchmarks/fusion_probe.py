@@ -104,12 +104,14 @@ def cross_validated(x, y, q, song_of_query, nrel):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--no-second-line", action="store_true",
+                    help="index without the pieces' second melody lines (the search before them)")
     ap.add_argument("--gaps", nargs="+", type=float, default=[0.5],
                     help="gap costs of the bass alignment (ALIGN['bass_gap'], either side), one probe each")
     args = ap.parse_args(argv)
     gaps = args.gaps
     t0 = time.perf_counter()
-    notes, bench, index, _, _ = setup(Path(DATA), None)
+    notes, bench, index, _, _ = setup(Path(DATA), None, not args.no_second_line)
     parts = [collect(index, notes, bench, int(s), gaps) for s in args.seeds.split(",")]
     x = np.concatenate([p[0] for p in parts])
     e = np.concatenate([p[1] for p in parts])

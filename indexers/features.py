@@ -31,8 +31,10 @@ __all__ = [
     "dequantize_chroma",
     "features_from_notes",
     "lead_mask",
+    "second_line_mask",
     "beat_chroma_groups",
     "lead_mask_groups",
+    "lead_masks_groups",
     "skyline_groups",
     "melody_intervals_groups",
     "embedding_groups",
@@ -268,6 +270,24 @@ def embedding(chroma: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     return out
 
 
+def _track_scores(track_index, onset_beats, min_notes: int, mono: float):
+    """(track of each note as 0..T-1, each track's lead score (-1: cannot lead), whether
+    the piece has no lead and is kept whole) for :func:`lead_mask`."""
+    trk = np.asarray(track_index)
+    tracks, inv = np.unique(trk, return_inverse=True)
+    if tracks.size < 2:
+        return inv, np.full(tracks.size, -1.0), True
+    q = np.round(np.asarray(onset_beats, np.float64) * 32).astype(np.int64)
+    n = np.bincount(inv, minlength=tracks.size)
+    distinct = np.zeros(tracks.size)
+    pairs = np.unique(np.stack([inv, q]), axis=1)
+    np.add.at(distinct, pairs[0], 1)
+    ratio = distinct / np.maximum(n, 1)
+    ok = (ratio >= mono) & (n >= min_notes)
+    keep_all = not ok.any() or ok[n >= min_notes].all() and (n >= min_notes).sum() > 1 and ratio.min() >= 0.98
+    return inv, np.where(ok, np.round(ratio, 2) + 0.05 * n / n.max(), -1.0), keep_all
+
+
 def lead_mask(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
     """Notes of the lead track, when a piece has one.
 
@@ -277,24 +297,27 @@ def lead_mask(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: floa
     (one track, or no monophonic one, or all monophonic with none clearly leading) the
     whole piece is kept and the lead line is its skyline.
     """
-    trk = np.asarray(track_index)
-    keep = np.ones(trk.size, bool)
-    if trk.size == 0:
+    keep = np.ones(np.asarray(track_index).size, bool)
+    if keep.size == 0:
         return keep
-    tracks, inv = np.unique(trk, return_inverse=True)
-    if tracks.size < 2:
-        return keep
-    q = np.round(np.asarray(onset_beats, np.float64) * 32).astype(np.int64)
-    n = np.bincount(inv, minlength=tracks.size)
-    distinct = np.zeros(tracks.size)
-    pairs = np.unique(np.stack([inv, q]), axis=1)
-    np.add.at(distinct, pairs[0], 1)
-    ratio = distinct / np.maximum(n, 1)
-    ok = (ratio >= mono) & (n >= min_notes)
-    if not ok.any() or ok[n >= min_notes].all() and (n >= min_notes).sum() > 1 and ratio.min() >= 0.98:
-        return keep
-    score = np.where(ok, np.round(ratio, 2) + 0.05 * n / n.max(), -1.0)
-    return inv == int(np.argmax(score))
+    inv, score, keep_all = _track_scores(track_index, onset_beats, min_notes, mono)
+    return keep if keep_all else inv == int(np.argmax(score))
+
+
+def second_line_mask(track_index, onset_beats, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
+    """Notes of the runner-up to the lead (:func:`lead_mask`): the next monophonic track
+    by the same score, when the piece has a lead and such a track. Which of two
+    monophonic tracks carries the tune (a sung melody, a countermelody, a bridge) is not
+    always the one that looks most like a melody; the search aligns both."""
+    none = np.zeros(np.asarray(track_index).size, bool)
+    if none.size == 0:
+        return none
+    inv, score, keep_all = _track_scores(track_index, onset_beats, min_notes, mono)
+    if keep_all:
+        return none
+    score = score.copy()
+    score[int(np.argmax(score))] = -1.0
+    return none if score.max() < 0 else inv == int(np.argmax(score))
 
 
 @njit(cache=True, nogil=True)
@@ -382,10 +405,14 @@ def features_from_notes(onset_beats, duration_beats, pitch, track_index=None, *,
     m = lead_mask(track_index, on, pitch) if track_index is not None else np.ones(on.size, bool)
     mp, mo = skyline(on[m], dur[m], pitch[m])
     iv, ivi = melody_intervals(mp)
+    m2 = second_line_mask(track_index, on) if track_index is not None else np.zeros(on.size, bool)
+    ap, ao = skyline(on[m2], dur[m2], pitch[m2])
     return {
         "beat_chroma": chroma,
         "melody_pitch": mp,
         "melody_onset_beats": mo,
+        "second_pitch": ap,
+        "second_onset_beats": ao,
         "intervals": iv,
         "interval_index": ivi,
         "vector": embedding(chroma, iv),
@@ -467,11 +494,18 @@ def _add_overlaps(on, off, pc, first, span, row0, out):
 
 def lead_mask_groups(track_index, onset_beats, offsets, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
     """:func:`lead_mask` of each group (piece) of notes, as one mask over all notes."""
+    return lead_masks_groups(track_index, onset_beats, offsets, min_notes=min_notes, mono=mono)[0]
+
+
+def lead_masks_groups(track_index, onset_beats, offsets, *, min_notes: int = 8, mono: float = 0.8
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`lead_mask` and :func:`second_line_mask` of each group (piece) of notes, as
+    two masks over all notes."""
     offsets = np.asarray(offsets, np.int64)
     trk = np.asarray(track_index).astype(np.int64)
     n_all = trk.size
     if n_all == 0:
-        return np.ones(0, bool)
+        return np.ones(0, bool), np.zeros(0, bool)
     g = _group_of(offsets)
     n_groups = len(offsets) - 1
     span = int(trk.max() - trk.min()) + 1
@@ -494,15 +528,24 @@ def lead_mask_groups(track_index, onset_beats, offsets, *, min_notes: int = 8, m
     np.maximum.at(n_max, pg, n)
     keep_all = (n_tracks < 2) | ~any_ok | (all_big_ok & (n_big > 1) & (min_ratio >= 0.98))
     score = np.where(ok, np.round(ratio, 2) + 0.05 * n / n_max[pg], -1.0)
-    # the first pair (lowest track) with the piece's best score, as np.argmax picks;
-    # pg is sorted, so a piece's first candidate is where pg[cand] changes
+    lead = _first_best(score, pg, n_groups)
+    score[lead[lead >= 0]] = -1.0
+    second = _first_best(score, pg, n_groups)
+    second[keep_all] = -1
+    return keep_all[g] | (inv == lead[g]), (inv == second[g]) & (second[g] >= 0)
+
+
+def _first_best(score: np.ndarray, pg: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per group, the first pair (lowest track) with the group's best score, as
+    np.argmax picks (-1: the group has no pair scoring above -1, or no pair); pg is
+    sorted, so a group's first candidate is where pg[cand] changes."""
     best = np.full(n_groups, -np.inf)
     np.maximum.at(best, pg, score)
-    cand = np.flatnonzero(score == best[pg])
-    first = cand[np.concatenate([[True], pg[cand][1:] != pg[cand][:-1]])]
-    lead = np.full(n_groups, -1, np.int64)
-    lead[pg[first]] = first
-    return keep_all[g] | (inv == lead[g])
+    cand = np.flatnonzero((score == best[pg]) & (score > -1.0))
+    first = cand[np.concatenate([[True], pg[cand][1:] != pg[cand][:-1]])] if cand.size else cand
+    out = np.full(n_groups, -1, np.int64)
+    out[pg[first]] = first
+    return out
 
 
 def _pairs_of(key: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

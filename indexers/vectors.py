@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from atlas_db.connection import fetch_arrow
 from ingest.packed_keys import packed_keys
 from indexers.features import EMBED_DIM, features_from_notes, quantize_chroma, embedding, beat_chroma, \
-    skyline, melody_intervals, beat_chroma_groups, lead_mask_groups, skyline_groups, melody_intervals_groups, \
+    skyline, melody_intervals, beat_chroma_groups, lead_masks_groups, skyline_groups, melody_intervals_groups, \
     embedding_groups, bass_line_groups
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 STAGE = "vectors"
-VERSION = "vectors-6"
+VERSION = "vectors-7"
 # One batch is one computation over all its notes: up to 1000 pieces, fewer when they
 # hold more than BATCH_NOTES notes (each batch also reads the new pieces' notes, a scan
 # of the whole notes table).
@@ -338,20 +338,25 @@ def _compute_groups(ids: np.ndarray, cols: dict, offsets: np.ndarray) -> tuple[p
     all_pitch = np.concatenate([pitch, pitch[t_sel]])
     g_off = np.concatenate([offsets, offsets[-1] + t_off[1:]])
     chroma, c_off = beat_chroma_groups(all_on, all_dur, all_pitch, g_off)
-    # melody: the skyline of each piece's lead notes, then of each track
-    lead = lead_mask_groups(trk, on, offsets)
+    # melody: the skyline of each piece's lead notes, then of each track, then of each
+    # piece's second line
+    lead, second = lead_masks_groups(trk, on, offsets)
     lead_off = np.concatenate([[0], np.cumsum(np.bincount(piece_of[lead], minlength=n_pieces))]).astype(np.int64)
-    m_on = np.concatenate([on[lead], on[t_sel]])
-    m_dur = np.concatenate([dur[lead], dur[t_sel]])
-    m_pitch = np.concatenate([pitch[lead], pitch[t_sel]])
-    mel_p, mel_on, mel_off = skyline_groups(m_on, m_dur, m_pitch, np.concatenate([lead_off, lead_off[-1] + t_off[1:]]))
-    iv, iv_off = melody_intervals_groups(mel_p, mel_off)
+    sec_off = np.concatenate([[0], np.cumsum(np.bincount(piece_of[second], minlength=n_pieces))]).astype(np.int64)
+    m_on = np.concatenate([on[lead], on[t_sel], on[second]])
+    m_dur = np.concatenate([dur[lead], dur[t_sel], dur[second]])
+    m_pitch = np.concatenate([pitch[lead], pitch[t_sel], pitch[second]])
+    mel_p, mel_on, mel_off = skyline_groups(m_on, m_dur, m_pitch, np.concatenate(
+        [lead_off, lead_off[-1] + t_off[1:], lead_off[-1] + t_off[-1] + sec_off[1:]]))
+    n_lines = n_pieces + n_tracks
+    iv, iv_off = melody_intervals_groups(mel_p[:mel_off[n_lines]], mel_off[:n_lines + 1])
     vec = embedding_groups(chroma, c_off, iv, iv_off)
     # bass line: each piece's notes (all tracks), already by onset within the piece
     bass, b_off = bass_line_groups(on, dur, pitch, offsets)
 
     p_frames = c_off[:n_pieces + 1]
     p_mel = mel_off[:n_pieces + 1]
+    s_mel = mel_off[n_lines:]
     ids_arr = pa.array(ids, pa.string())
     schema = TABLES["cover_features"]
     ver = pa.array([VERSION], pa.string())
@@ -365,6 +370,8 @@ def _compute_groups(ids: np.ndarray, cols: dict, offsets: np.ndarray) -> tuple[p
         "vector": _lists(vec[:n_pieces].ravel(), np.arange(n_pieces + 1) * EMBED_DIM, pa.float32()),
         "stage_version": ver.take(pa.array(np.zeros(n_pieces, np.int64))),
         "bass_pc": _lists(bass, b_off, pa.int8()),
+        "second_pitch": _lists(mel_p[s_mel[0]:s_mel[-1]], s_mel - s_mel[0], pa.int16()),
+        "second_onset_beats": _lists(mel_on[s_mel[0]:s_mel[-1]], s_mel - s_mel[0], pa.float32()),
     }, schema=schema)
     first = t_order[t_start[big]] if n_tracks else np.zeros(0, np.int64)
     tracks = pa.table({
@@ -395,6 +402,7 @@ def compute_one(piece_id: str, cols: dict, audio_beats=None, audio_harmony: str 
         "beat_chroma": [quantize_chroma(f["beat_chroma"]).ravel()], "n_melody": [f["melody_pitch"].size],
         "melody_pitch": [f["melody_pitch"]], "melody_onset_beats": [f["melody_onset_beats"]],
         "vector": [f["vector"]], "stage_version": [VERSION], "bass_pc": [f["bass_pc"]],
+        "second_pitch": [f["second_pitch"]], "second_onset_beats": [f["second_onset_beats"]],
     }, schema=schema)
     t_idx, t_vec = [], []
     tracks_here = np.unique(trk)

@@ -396,15 +396,17 @@ class CoverIndex:
     (melody intervals, 2-beat chroma) of every piece back to back."""
 
     def __init__(self, ids, paths, vectors, chroma_q, n_beats, melody_pitch, melody_onset, n_melody,
-                 bass_pc, n_bass, faiss_index=None, is_recording=None, db_dir=None):
+                 bass_pc, n_bass, faiss_index=None, is_recording=None, db_dir=None,
+                 second_pitch=None, second_onset=None, n_second=None):
         from indexers.faiss_index import build_index
 
         self.ids = np.asarray(ids, dtype=object)
         self.is_recording = np.zeros(len(self.ids), bool) if is_recording is None \
             else np.asarray(is_recording, bool)
         self.db_dir = db_dir  # where the audio bonus reads stored chroma (None: no bonus)
-        # pieces whose stored row predates the bass line (load_index: NULL, read as empty)
-        self.pieces_without_bass = 0
+        # pieces whose stored row predates the bass line or the second melody line
+        # (load_index: NULL, read as empty)
+        self.stale_pieces = 0
         self.paths = np.asarray(paths, dtype=object)
         self.row_of = {pid: i for i, pid in enumerate(self.ids)}
         self.vectors = np.ascontiguousarray(vectors, np.float32)
@@ -440,22 +442,33 @@ class CoverIndex:
         self.global_chroma = glob
         cm = np.concatenate(motions) if motions else np.zeros(0, np.int64)
         cm_off = np.concatenate([[0], np.cumsum(np.concatenate(motion_counts))]) if motions else np.zeros(1, np.int64)
-        # melody: pitches, onsets and pitch-class intervals back to back
+        # melody lines: each piece's lead line, then the second lines
+        # (indexers.features.second_line_mask; empty where a piece has none) -- pitches,
+        # onsets, pitch classes and intervals back to back; piece i's lead line is
+        # [mel_off[i], mel_off[i + 1]) and its second [sec_off[i], sec_off[i + 1])
+        n_pieces = len(self.ids)
         n_melody = np.asarray(n_melody, np.int64)
-        self.mel_off = np.concatenate([[0], np.cumsum(n_melody)]).astype(np.int64)
-        self.mel_pitch = np.asarray(melody_pitch, np.int16)
-        self.mel_onset = np.asarray(melody_onset, np.float32)
+        if n_second is None:
+            second_pitch, second_onset, n_second = np.zeros(0, np.int16), np.zeros(0, np.float32), np.zeros(n_pieces)
+        n_second = np.asarray(n_second, np.int64)
+        lines = np.concatenate([n_melody, n_second])
+        line_off = np.concatenate([[0], np.cumsum(lines)]).astype(np.int64)
+        self.mel_off, self.sec_off = line_off[:n_pieces + 1], line_off[n_pieces:]
+        self.mel_pitch = np.concatenate([np.asarray(melody_pitch, np.int16), np.asarray(second_pitch, np.int16)])
+        self.mel_onset = np.concatenate([np.asarray(melody_onset, np.float32), np.asarray(second_onset, np.float32)])
         # pitch classes for the tune-in-notes kernel, made once instead of per query
         self.mel_pc = (self.mel_pitch % 12).astype(np.int8)
         ivs, idxs, offs = [], [], [0]
-        for i in range(len(n_melody)):
-            iv, ix = melody_intervals(self.mel_pitch[self.mel_off[i]:self.mel_off[i + 1]])
+        for i in range(lines.size):
+            iv, ix = melody_intervals(self.mel_pitch[line_off[i]:line_off[i + 1]])
             ivs.append(iv)
             idxs.append(ix)
             offs.append(offs[-1] + iv.size)
         self.iv = np.concatenate(ivs).astype(np.int8) if ivs else np.zeros(0, np.int8)
         self.iv_index = np.concatenate(idxs).astype(np.int32) if idxs else np.zeros(0, np.int32)
-        self.iv_off = np.asarray(offs, np.int64)
+        offs = np.asarray(offs, np.int64)
+        self.iv_off, self.sec_iv_off = offs[:n_pieces + 1], offs[n_pieces:]
+        self.has_second = np.diff(self.sec_off) > 0
         self.grams = _gram_index(self.iv, self.iv_off)
         # bass lines (pitch classes) back to back
         n_bass = np.asarray(n_bass, np.int64)
@@ -464,7 +477,7 @@ class CoverIndex:
                              f"{len(self.ids)} pieces and {np.asarray(bass_pc).size} pitch classes")
         self.bass_off = np.concatenate([[0], np.cumsum(n_bass)]).astype(np.int64)
         self.bass_pc = np.asarray(bass_pc, np.int8)
-        self.tfidf = IntervalTfidf(self.mel_pitch, self.mel_off)
+        self.tfidf = IntervalTfidf(self.mel_pitch[:self.mel_off[-1]], self.mel_off)
         self.chord_grams = _GramIndex(cm.astype(np.int8), cm_off.astype(np.int64), CHORD_ALPHABET)
         self.mask_melody = _block_mask(MELODY_BLOCKS)
         self.mask_harmony = _block_mask(HARMONY_BLOCKS)
@@ -496,7 +509,8 @@ class CoverIndex:
                   self.tfidf.matrix.data, self.tfidf.matrix.indices, self.tfidf.matrix.indptr,
                   self.chord_grams.matrix.data, self.chord_grams.matrix.indices, self.chord_grams.matrix.indptr,
                   self.vectors, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset,
-                  self.iv, self.iv_index, self.iv_off, self.mel_off, self.mel_pc, self.bass_pc, self.bass_off]
+                  self.iv, self.iv_index, self.iv_off, self.mel_off, self.mel_pc, self.bass_pc, self.bass_off,
+                  self.sec_off, self.sec_iv_off, self.has_second]
         if self.frames is not None:
             arrays += list(self.frames)
         return int(sum(a.nbytes for a in arrays)) + self.vectors.nbytes  # + the FAISS copy
@@ -686,6 +700,28 @@ class CoverIndex:
                                                   None if shifts is None else shifts[new])
         return hs, hsh
 
+    def _line_spans(self, rows: np.ndarray, off: np.ndarray, sec_off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, ends) of the rows' lead lines, then of the second lines of the rows
+        that have one (``off``/``sec_off``: the lines' offsets in notes or intervals)."""
+        two = rows[self.has_second[rows]]
+        return (np.concatenate([off[rows], sec_off[two]]), np.concatenate([off[rows + 1], sec_off[two + 1]]))
+
+    @staticmethod
+    def _line_of(rows: np.ndarray, second: np.ndarray, off: np.ndarray, sec_off: np.ndarray):
+        """(starts, ends) of each row's lead line, or its second line where ``second``."""
+        return np.where(second, sec_off[rows], off[rows]), np.where(second, sec_off[rows + 1], off[rows + 1])
+
+    def _best_line(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Per row, the index into ``scores`` (one per span of :meth:`_line_spans`) of its
+        better line: its lead line's, or its second line's where that scores higher."""
+        pick = np.arange(rows.size)
+        two = np.flatnonzero(self.has_second[rows])
+        if two.size:
+            alt = rows.size + np.arange(two.size)
+            better = scores[alt] > scores[two]
+            pick[two[better]] = alt[better]
+        return pick
+
     def rerank(self, q: QueryFeatures, rows: np.ndarray, scale: float | None = None, fine: bool = True
                ) -> dict[str, np.ndarray]:
         """Alignment scores of the candidate rows (see the module docstring); ``scale``
@@ -696,7 +732,7 @@ class CoverIndex:
         k = rows.size
         a, b = _middle(q.intervals.size, A["max_query_intervals"])
         qiv = np.ascontiguousarray(q.intervals[a:b])
-        spans = (self.iv_off[rows], self.iv_off[rows + 1])  # the candidates' intervals in self.iv
+        spans = self._line_spans(rows, self.iv_off, self.sec_iv_off)  # the candidates' intervals in self.iv
         # the melody's alignment runs in the other thread while this one aligns the harmony
         melody = in_background(sw_symbols_score, qiv, self.iv, spans, A["mel_match"], A["mel_mismatch"],
                                A["mel_gap"], A["mel_merge"], with_end=True) if qiv.size >= 2 and k else None
@@ -765,12 +801,15 @@ class CoverIndex:
         h = A["harmony_weight"] * harm
         if melody is not None:
             mel, mel_end = melody.result()
+            pick = self._best_line(rows, mel)
+            mel, mel_end, on_second = mel[pick], mel_end[pick], pick >= k
             # a few intervals match somewhere by chance: short melodies count as at
             # least min_query_intervals long
             mel = mel / (A["mel_match"] * max(qiv.size, A["min_query_intervals"]))
         else:
             mel = np.zeros(k, np.float32)
             mel_end = np.full(k, -1, np.int64)
+            on_second = np.zeros(k, bool)
         short = q.intervals.size <= A["min_query_intervals"] * 2
         # a one-part query: also how much of each candidate's tune is found among its
         # notes (pc_candidates), its melody score where higher; for a short polyphonic
@@ -788,6 +827,7 @@ class CoverIndex:
             for alt in q.alt_intervals:
                 m2 = sw_symbols_score(np.ascontiguousarray(alt), self.iv, spans, A["mel_match"], A["mel_mismatch"],
                                       A["mel_gap"], A["mel_merge"])
+                m2 = m2[self._best_line(rows, m2)]
                 mel = np.maximum(mel, m2 / (A["mel_match"] * max(alt.size, A["min_query_intervals"])))
         # a short query's melody (or harmony) alone matches something by chance more
         # often: there, agreement of the two counts more
@@ -800,7 +840,7 @@ class CoverIndex:
         return {"rows": rows, "mel": mel.astype(np.float32), "harm": harm, "hshift": hshift,
                 "scale": best_scale, "score": score.astype(np.float32), "by_melody": mel >= harm,
                 "via_best": np.zeros(k, bool), "hscale": hscale.astype(np.float32), "mel_window": (a, b),
-                "mel_end": mel_end}
+                "mel_end": mel_end, "mel_second": on_second}
 
     @staticmethod
     def _clear(q: QueryFeatures, score: np.ndarray) -> bool:
@@ -825,10 +865,11 @@ class CoverIndex:
         n = A["pc_candidates_clear"] if self._clear(q, score) else A["pc_candidates"]
         best = np.arange(rows.size) if n is None or n >= rows.size else np.argsort(-score, kind="stable")[:n]
         rb = rows[best]
-        raw = sw_pitch_classes_score(qpc, self.mel_pc, (self.mel_off[rb], self.mel_off[rb + 1]),
-                                     np.asarray(hshift[best], np.int64) % 12, A["pc_match"], A["pc_mismatch"],
+        sh = np.asarray(hshift[best], np.int64) % 12
+        raw = sw_pitch_classes_score(qpc, self.mel_pc, self._line_spans(rb, self.mel_off, self.sec_off),
+                                     np.concatenate([sh, sh[self.has_second[rb]]]), A["pc_match"], A["pc_mismatch"],
                                      A["pc_gap_query"], A["pc_gap_ref"])
-        out[best] = _tune_share(raw, qpc.size)
+        out[best] = _tune_share(raw[self._best_line(rb, raw)], qpc.size)
         return out
 
     def search(self, q: QueryFeatures, top: int = 10, explain_top: int | None = None) -> pa.Table:
@@ -904,12 +945,13 @@ class CoverIndex:
             return out
         best = np.argsort(-score, kind="stable")[: A["rhythm_candidates"]]
         rb = rows[best]
+        sh = np.asarray(r["hshift"][best], np.int64) % 12
         raw = sw_pitch_classes_rhythm_score(qpc, np.asarray(q.melody_onset_beats[a:b], np.float64), self.mel_pc,
-                                            self.mel_onset, (self.mel_off[rb], self.mel_off[rb + 1]),
-                                            np.asarray(r["hshift"][best], np.int64) % 12, A["pc_match"],
+                                            self.mel_onset, self._line_spans(rb, self.mel_off, self.sec_off),
+                                            np.concatenate([sh, sh[self.has_second[rb]]]), A["pc_match"],
                                             A["pc_mismatch"], A["pc_gap_query"], A["pc_gap_ref"],
                                             A["rhythm_tolerance"], A["rhythm_miss"], A["rhythm_adapt"])
-        out[best] = _tune_share(raw, qpc.size)  # on the tune's scale
+        out[best] = _tune_share(raw[self._best_line(rb, raw)], qpc.size)  # on the tune's scale
         return out
 
     def _fuse(self, q: QueryFeatures, r):
@@ -1076,9 +1118,9 @@ class CoverIndex:
             # each reference up to where its best melody score was reached (rerank's
             # mel_end): the region ends there, and the cells after it change nothing;
             # aligned in the other thread while this one finds the harmony regions
-            sel = rows[by_mel]
-            starts = self.iv_off[sel]
-            ends = np.minimum(self.iv_off[sel + 1], starts + r["mel_end"][order][:n_explain][by_mel] + 1)
+            starts, stops = self._line_of(rows, r["mel_second"][order][:n_explain], self.iv_off, self.sec_iv_off)
+            starts, stops = starts[by_mel], stops[by_mel]
+            ends = np.minimum(stops, starts + r["mel_end"][order][:n_explain][by_mel] + 1)
             melody = in_background(sw_symbols, qiv, self.iv, (starts, ends), A["mel_match"], A["mel_mismatch"],
                                    A["mel_gap"], A["mel_merge"])
         hscales = r["hscale"][order]
@@ -1107,8 +1149,9 @@ class CoverIndex:
                 trans = int(r["hshift"][o])
             elif r["by_melody"][o]:
                 q0, q1, r0, r1 = (int(x) for x in mreg[rank - 1])
-                ref_iv_idx = self.iv_index[self.iv_off[row]:self.iv_off[row + 1]]
-                m0 = int(self.mel_off[row])
+                iv_off, note_off = (self.sec_iv_off, self.sec_off) if r["mel_second"][o] else (self.iv_off, self.mel_off)
+                ref_iv_idx = self.iv_index[iv_off[row]:iv_off[row + 1]]
+                m0 = int(note_off[row])
                 qn = q.interval_index
                 if q1 > q0 and r1 > r0:
                     qa, qb = int(qn[q0]), int(qn[q1 - 1]) + 1
@@ -1269,11 +1312,17 @@ def load_index(db_dir) -> CoverIndex:
     if hit is not None and hit[0] == stamp:
         return hit[1]
     with reading(db_dir) as con:
+        # columns a database of an older version lacks until a writer migrates it: NULL
+        have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                          "WHERE table_name = 'cover_features'").fetchall()}
+        later = ", ".join(f"c.{name}" if name in have else f"NULL::{typ} AS {name}" for name, typ in
+                          (("bass_pc", "TINYINT[]"), ("second_pitch", "SMALLINT[]"),
+                           ("second_onset_beats", "FLOAT[]")))
         try:
             t = fetch_arrow(con.execute(
-                """SELECT c.piece_id, p.path, p.kind, c.n_beats, c.beat_chroma, c.n_melody, c.melody_pitch,
-                          c.melody_onset_beats, c.bass_pc
-                   FROM cover_features c JOIN pieces p USING (piece_id) ORDER BY c.piece_id"""))
+                f"""SELECT c.piece_id, p.path, p.kind, c.n_beats, c.beat_chroma, c.n_melody, c.melody_pitch,
+                           c.melody_onset_beats, {later}
+                    FROM cover_features c JOIN pieces p USING (piece_id) ORDER BY c.piece_id"""))
         except Exception as e:
             if "cover_features" in str(e):
                 raise IndexTroubleError(f"{db_dir}: no cover features yet; run `atlas reindex --vectors --db {db_dir}`") from e
@@ -1297,16 +1346,20 @@ def load_index(db_dir) -> CoverIndex:
     def flat(name, dtype):
         return t.column(name).combine_chunks().values.to_numpy(zero_copy_only=False).astype(dtype)
 
-    # a row of a stage version before the bass line has none (NULL): an empty line,
-    # until `atlas reindex` recomputes it
-    n_bass = pa.compute.fill_null(pa.compute.list_value_length(t.column("bass_pc")), 0).to_numpy()
+    # a row of a stage version before the bass line (or the second melody line) has
+    # none (NULL): an empty line, until `atlas reindex` recomputes it
+    def lengths(name):
+        return pa.compute.fill_null(pa.compute.list_value_length(t.column(name)), 0).to_numpy()
+
     idx = CoverIndex(ids, t.column("path").to_pylist(), vectors, flat("beat_chroma", np.int8),
                      t.column("n_beats").to_numpy(), flat("melody_pitch", np.int16),
                      flat("melody_onset_beats", np.float32), t.column("n_melody").to_numpy(),
-                     flat("bass_pc", np.int8), n_bass,
+                     flat("bass_pc", np.int8), lengths("bass_pc"),
                      faiss_index=fidx, is_recording=np.asarray(t.column("kind").to_pylist()) == "audio",
-                     db_dir=db_dir)
-    idx.pieces_without_bass = int(t.column("bass_pc").null_count)
+                     db_dir=db_dir, second_pitch=flat("second_pitch", np.int16),
+                     second_onset=flat("second_onset_beats", np.float32), n_second=lengths("second_pitch"))
+    stale = pa.compute.or_(pa.compute.is_null(t.column("bass_pc")), pa.compute.is_null(t.column("second_pitch")))
+    idx.stale_pieces = int(pa.compute.sum(stale).as_py() or 0)
     _CACHE[key] = (stamp, idx)
     return idx
 
@@ -1327,13 +1380,15 @@ def resolve_query(index: CoverIndex, db_dir, query: str) -> QueryFeatures:
 
 def stale_note(db_dir) -> str | None:
     """A one-line note when some pieces' cover features come from a version of the
-    vectors stage before the bass line (the search still runs; those pieces score no
-    bass), else None."""
-    n = load_index(db_dir).pieces_without_bass
+    vectors stage before the bass line or the second melody line (the search still
+    runs; those pieces score no bass, and their tune is looked for in the lead line
+    only), else None."""
+    n = load_index(db_dir).stale_pieces
     if not n:
         return None
     return (f"note: {n} pieces in {db_dir} were indexed by an older version of the vectors stage (no bass "
-            f"line): their cover scores are less sure; run `atlas reindex --vectors --db {db_dir}` once")
+            f"line or second melody line): their cover scores are less sure; run "
+            f"`atlas reindex --vectors --db {db_dir}` once")
 
 
 def covers(db_dir, queries: list[str], *, top: int = 10) -> pa.Table:

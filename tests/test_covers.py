@@ -624,3 +624,41 @@ def test_pooled_frames_are_numpys_to_the_bit():
             np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
             lengths = np.linalg.norm(got, axis=1)
             assert np.allclose(lengths[lengths > 0], 1.0, atol=1e-5)
+
+
+def test_tune_in_the_second_melody_line_is_found(tmp_path):
+    """Song 2's tune is in a track that is not its lead: a countermelody track, strictly
+    one note at a time, looks more like a melody than the tune's track (a third under
+    every eighth note). The tune over new chords, in another key and tempo, still finds
+    song 2 first by its melody: the search aligns each piece's second line too."""
+    from atlas_db.connection import reading
+    from indexers.features import skyline
+    from ingest.pipeline import ingest_paths
+    from query.covers import covers
+
+    lib = tmp_path / "lib"
+    songs = [_song(s) for s in range(6)]
+    for i, (mel, ch) in enumerate(songs):
+        tracks = _render(mel, ch)
+        if i == 2:
+            tune = [(p, on, d, 90) for p, on, d in mel] + [(p - 4, on, d, 70) for p, on, d in mel[::8]]
+            counter = [(p + 7, on, d, 80) for p, on, d in _song(100)[0][::2]]
+            tracks = [Track(tune, name="tune", channel=0), Track(counter, name="counter", channel=2), tracks[1]]
+        write_midi(lib / f"song{i}.mid", tracks, tempo_bpm=100)
+    assert ingest_paths([str(lib)], tmp_path / "db", workers=1).failed == 0
+    with reading(tmp_path / "db") as con:
+        lead, second = con.execute("SELECT c.melody_pitch, c.second_pitch FROM cover_features c JOIN pieces p "
+                                   "USING (piece_id) WHERE p.path LIKE '%song2.mid'").fetchone()
+    def line(notes):
+        return skyline([n[1] for n in notes], [n[2] for n in notes], [n[0] for n in notes])[0].tolist()
+
+    assert lead == line(counter) and second == line(tune)  # the countermelody leads, the tune is second
+    assert second == [p for p, _, _ in songs[2][0]]
+    mel, ch = songs[2]
+    new_chords = [{1: 6, 6: 4, 4: 2, 2: 4, 5: 1}[c] for c in ch]
+    q = write_midi(tmp_path / "reharmonised.mid", _render(mel, new_chords, transpose=-3), tempo_bpm=120)
+    res = covers(tmp_path / "db", [str(q)], top=3).to_pylist()
+    assert res[0]["path"].endswith("song2.mid") and res[0]["matched_by"] == "melody"
+    assert res[0]["melody_score"] > 0.9 and res[0]["transposition"] == 3
+    # the explained region is in the second line: the tune's own onsets
+    assert res[0]["match_end_beats"] - res[0]["match_start_beats"] > 32

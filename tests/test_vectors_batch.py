@@ -90,6 +90,8 @@ def test_vectors_of_a_batch_equal_each_piece_alone(small_pop909_db):
     assert tracks.equals(pa.concat_tables(alone_t))
     assert tracks.num_rows > len(ids)
     assert all(len(b) > 10 for b in feats.column("bass_pc").to_pylist())
+    # POP909's MELODY leads and its BRIDGE is the second line
+    assert sum(len(x) > 10 for x in feats.column("second_pitch").to_pylist()) >= len(ids) // 2
 
 
 def test_harmony_of_a_batch_equals_each_piece_alone(small_pop909_db):
@@ -257,20 +259,28 @@ def test_lead_masks_in_and_out_of_onset_order_equal_the_one_group_function():
     on, dur, pitch, trk, off = _random_groups(rng, 60)
     trk = np.where(rng.random(trk.size) < 0.7, 0, trk)  # leads to find
     shuffled = np.concatenate([a + rng.permutation(b - a) for a, b in zip(off[:-1], off[1:])]).astype(np.int64)
+    n_second = 0
     for t, o in ((trk, on), (trk[shuffled], on[shuffled]), (trk * 5000, on)):
-        got = F.lead_mask_groups(t, o, off)
+        got, second = F.lead_masks_groups(t, o, off)
+        np.testing.assert_array_equal(got, F.lead_mask_groups(t, o, off))
+        assert not (got & second).any()
         for g in range(60):
             a, b = off[g], off[g + 1]
             if b > a:
                 np.testing.assert_array_equal(got[a:b], F.lead_mask(t[a:b], o[a:b], pitch[a:b]))
+                np.testing.assert_array_equal(second[a:b], F.second_line_mask(t[a:b], o[a:b]))
+                n_second += bool(second[a:b].any())
     assert not F.lead_mask_groups(trk, on, off).all()
+    assert n_second > 10  # pieces with a second line were checked
     # two tracks with the same line tie: the lower one leads, as np.argmax picks
     line = np.arange(20) * 0.5
     o = np.concatenate([line, line, line, [0.0] * 10])
     t = np.repeat([3, 1, 2, 0], [20, 20, 20, 10])
-    got = F.lead_mask_groups(t, o, np.array([0, 70]))
+    got, second = F.lead_masks_groups(t, o, np.array([0, 70]))
     np.testing.assert_array_equal(got, t == 1)
     np.testing.assert_array_equal(got, F.lead_mask(t, o, np.zeros(70)))
+    np.testing.assert_array_equal(second, t == 2)  # ... and the next lowest is second
+    np.testing.assert_array_equal(second, F.second_line_mask(t, o))
 
 
 def test_pairs_and_distinct_onsets_equal_the_sorting_forms():
@@ -350,10 +360,11 @@ def test_bass_line_groups_equal_bass_line(seed, shuffled):
         np.testing.assert_array_equal(bass[b_off[g]:b_off[g + 1]], F.bass_line(on[a:b], dur[a:b], pitch[a:b]))
 
 
-def test_a_database_of_the_previous_version_gets_the_bass_line(tmp_path):
-    """A database from before the bass line (no bass_pc column, rows of vectors-5): the
-    migration adds the column (NULL), and `atlas reindex` redoes the stage's pieces,
-    which then hold what a new build holds."""
+def test_a_database_of_a_previous_version_gets_the_bass_and_second_lines(tmp_path):
+    """A database from before the bass line and the second melody line (no bass_pc,
+    second_pitch, second_onset_beats columns, rows of vectors-5): the migrations add the
+    columns (NULL), and `atlas reindex` redoes the stage's pieces, which then hold what
+    a new build holds."""
     from atlas_db.connection import reading, writing
     from ingest.derived import run_stages
 
@@ -363,23 +374,28 @@ def test_a_database_of_the_previous_version_gets_the_bass_line(tmp_path):
     with reading(db) as con:
         want = con.execute("SELECT * FROM cover_features ORDER BY piece_id").fetchall()
     with writing(db) as con:
-        con.execute("ALTER TABLE cover_features DROP COLUMN bass_pc")
-        con.execute("DELETE FROM schema_migrations WHERE name = '0402_vectors_bass_pc'")
+        for col in ("second_onset_beats", "second_pitch", "bass_pc"):
+            con.execute(f"ALTER TABLE cover_features DROP COLUMN {col}")
+        con.execute("DELETE FROM schema_migrations WHERE name IN ('0402_vectors_bass_pc', '0403_vectors_second_line')")
         con.execute("UPDATE cover_features SET stage_version = 'vectors-5'")
         con.execute("UPDATE derived_runs SET stage_version = 'vectors-5' WHERE stage = 'vectors'")
-    with writing(db) as con:  # a writer brings the schema up to date
-        assert con.execute("SELECT count(*) FROM cover_features WHERE bass_pc IS NULL").fetchone()[0] == len(want)
-    # the search runs on it, and `atlas covers` says once, on stderr, what to run
+    # the search runs on it before and after a writer migrates it, and `atlas covers`
+    # says once, on stderr, what to run
     cli = [sys.executable, "-c", "from query.cli import main; main()", "covers", want[0][0], "--top", "1",
            "--db", str(db)]
-    out = subprocess.run(cli, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert f"note: {len(want)} pieces in {db} were indexed by an older version" in out.stderr
-    assert "atlas reindex --vectors" in out.stderr and "note:" not in out.stdout
+    for migrated in (False, True):
+        if migrated:
+            with writing(db) as con:  # a writer brings the schema up to date
+                assert con.execute("SELECT count(*) FROM cover_features WHERE bass_pc IS NULL AND second_pitch IS "
+                                   "NULL AND second_onset_beats IS NULL").fetchone()[0] == len(want)
+        out = subprocess.run(cli, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert f"note: {len(want)} pieces in {db} were indexed by an older version" in out.stderr
+        assert "atlas reindex --vectors" in out.stderr and "note:" not in out.stdout
     assert run_stages(db, only=["vectors"]) == {"vectors": 0}  # ingestion leaves old versions alone
     assert run_stages(db, only=["vectors"], redo_old_versions=True) == {"vectors": len(want)}
     with reading(db) as con:
         assert con.execute("SELECT * FROM cover_features ORDER BY piece_id").fetchall() == want
     out = subprocess.run(cli, capture_output=True, text=True)
     assert out.returncode == 0 and "note:" not in out.stderr, out.stderr
-    assert {r[-2] for r in want} == {vectors.VERSION}
+    assert {r[-4] for r in want} == {vectors.VERSION}
