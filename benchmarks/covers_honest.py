@@ -313,7 +313,7 @@ def cell_factors(cell: str, level: int) -> set:
 # -- running --------------------------------------------------------------------------
 def build_index(paths: list[str], notes: dict, second_line: bool = True) -> CoverIndex:
     """The cover index of these files, as the ``vectors`` stage would store them
-    (``second_line=False``: without the pieces' second melody lines, the search before them)."""
+    (``second_line=False``: every piece without its second melody line)."""
     from indexers.features import quantize_chroma
 
     ids, chroma, nb, mp, mo, nm, vec, bass, sp, so = [], [], [], [], [], [], [], [], [], []
@@ -330,11 +330,11 @@ def build_index(paths: list[str], notes: dict, second_line: bool = True) -> Cove
         bass.append(f["bass_pc"])
         sp.append(f["second_pitch"])
         so.append(f["second_onset_beats"])
+    if not second_line:
+        sp, so = [np.zeros(0, np.int16)] * len(sp), [np.zeros(0, np.float32)] * len(so)
     return CoverIndex(ids, paths, np.asarray(vec, np.float32), np.concatenate(chroma), nb, np.concatenate(mp),
                       np.concatenate(mo), nm, np.concatenate(bass), [b.size for b in bass],
-                      second_pitch=np.concatenate(sp)[:None if second_line else 0],
-                      second_onset=np.concatenate(so)[:None if second_line else 0],
-                      n_second=[x.size * second_line for x in sp])
+                      second_pitch=np.concatenate(sp), second_onset=np.concatenate(so), n_second=[x.size for x in sp])
 
 
 class Recorder:
@@ -468,7 +468,7 @@ def main(argv=None):
                     help="also search a collection of this many pieces (the real ones + synthetic ones, "
                          "benchmarks/covers.py synthetic_index): held-out part, first 40 songs, level 2")
     ap.add_argument("--no-second-line", action="store_true",
-                    help="index without the pieces' second melody lines (the search before them)")
+                    help="index without the pieces' second melody lines (the fusion stays the shipped one)")
     ap.add_argument("--no-fusion", action="store_true",
                     help="rank by the alignment score instead of the fitted fusion (query/cover_fusion.json)")
     args = ap.parse_args(argv)

@@ -105,7 +105,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--no-second-line", action="store_true",
-                    help="index without the pieces' second melody lines (the search before them)")
+                    help="index without the pieces' second melody lines (both arms' fusion refitted on it)")
     ap.add_argument("--gaps", nargs="+", type=float, default=[0.5],
                     help="gap costs of the bass alignment (ALIGN['bass_gap'], either side), one probe each")
     args = ap.parse_args(argv)
