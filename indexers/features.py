@@ -32,6 +32,7 @@ __all__ = [
     "features_from_notes",
     "lead_mask",
     "second_line_mask",
+    "lead_masks",
     "beat_chroma_groups",
     "lead_mask_groups",
     "lead_masks_groups",
@@ -270,13 +271,13 @@ def embedding(chroma: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     return out
 
 
-def _track_scores(track_index, onset_beats, min_notes: int, mono: float):
-    """(track of each note as 0..T-1, each track's lead score (-1: cannot lead), whether
-    the piece has no lead and is kept whole) for :func:`lead_mask`."""
+def lead_masks(track_index, onset_beats, *, min_notes: int = 8, mono: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`lead_mask`, :func:`second_line_mask`) of one piece's notes, scored once."""
     trk = np.asarray(track_index)
+    keep, none = np.ones(trk.size, bool), np.zeros(trk.size, bool)
     tracks, inv = np.unique(trk, return_inverse=True)
     if tracks.size < 2:
-        return inv, np.full(tracks.size, -1.0), True
+        return keep, none
     q = np.round(np.asarray(onset_beats, np.float64) * 32).astype(np.int64)
     n = np.bincount(inv, minlength=tracks.size)
     distinct = np.zeros(tracks.size)
@@ -284,8 +285,12 @@ def _track_scores(track_index, onset_beats, min_notes: int, mono: float):
     np.add.at(distinct, pairs[0], 1)
     ratio = distinct / np.maximum(n, 1)
     ok = (ratio >= mono) & (n >= min_notes)
-    keep_all = not ok.any() or ok[n >= min_notes].all() and (n >= min_notes).sum() > 1 and ratio.min() >= 0.98
-    return inv, np.where(ok, np.round(ratio, 2) + 0.05 * n / n.max(), -1.0), keep_all
+    if not ok.any() or ok[n >= min_notes].all() and (n >= min_notes).sum() > 1 and ratio.min() >= 0.98:
+        return keep, none
+    score = np.where(ok, np.round(ratio, 2) + 0.05 * n / n.max(), -1.0)
+    lead = int(np.argmax(score))
+    score[lead] = -1.0
+    return inv == lead, none if score.max() < 0 else inv == int(np.argmax(score))
 
 
 def lead_mask(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
@@ -297,11 +302,7 @@ def lead_mask(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: floa
     (one track, or no monophonic one, or all monophonic with none clearly leading) the
     whole piece is kept and the lead line is its skyline.
     """
-    keep = np.ones(np.asarray(track_index).size, bool)
-    if keep.size == 0:
-        return keep
-    inv, score, keep_all = _track_scores(track_index, onset_beats, min_notes, mono)
-    return keep if keep_all else inv == int(np.argmax(score))
+    return lead_masks(track_index, onset_beats, min_notes=min_notes, mono=mono)[0]
 
 
 def second_line_mask(track_index, onset_beats, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
@@ -309,15 +310,7 @@ def second_line_mask(track_index, onset_beats, *, min_notes: int = 8, mono: floa
     by the same score, when the piece has a lead and such a track. Which of two
     monophonic tracks carries the tune (a sung melody, a countermelody, a bridge) is not
     always the one that looks most like a melody; the search aligns both."""
-    none = np.zeros(np.asarray(track_index).size, bool)
-    if none.size == 0:
-        return none
-    inv, score, keep_all = _track_scores(track_index, onset_beats, min_notes, mono)
-    if keep_all:
-        return none
-    score = score.copy()
-    score[int(np.argmax(score))] = -1.0
-    return none if score.max() < 0 else inv == int(np.argmax(score))
+    return lead_masks(track_index, onset_beats, min_notes=min_notes, mono=mono)[1]
 
 
 @njit(cache=True, nogil=True)
@@ -402,10 +395,10 @@ def features_from_notes(onset_beats, duration_beats, pitch, track_index=None, *,
     dur = np.asarray(duration_beats, np.float64)
     pitch = np.asarray(pitch)
     chroma = beat_chroma(on, dur, pitch) if chroma is None else np.asarray(chroma, np.float32).reshape(-1, 12)
-    m = lead_mask(track_index, on, pitch) if track_index is not None else np.ones(on.size, bool)
+    m, m2 = lead_masks(track_index, on) if track_index is not None else (np.ones(on.size, bool),
+                                                                          np.zeros(on.size, bool))
     mp, mo = skyline(on[m], dur[m], pitch[m])
     iv, ivi = melody_intervals(mp)
-    m2 = second_line_mask(track_index, on) if track_index is not None else np.zeros(on.size, bool)
     ap, ao = skyline(on[m2], dur[m2], pitch[m2])
     return {
         "beat_chroma": chroma,

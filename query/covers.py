@@ -706,6 +706,12 @@ class CoverIndex:
         two = rows[self.has_second[rows]]
         return (np.concatenate([off[rows], sec_off[two]]), np.concatenate([off[rows + 1], sec_off[two + 1]]))
 
+    def _note_lines(self, rows: np.ndarray, shifts: np.ndarray) -> tuple[tuple, np.ndarray]:
+        """The rows' lines in notes (``_line_spans`` over ``mel_off``/``sec_off``) and each
+        line's row's transposition, for the pitch-class kernels."""
+        sh = np.asarray(shifts, np.int64) % 12
+        return self._line_spans(rows, self.mel_off, self.sec_off), np.concatenate([sh, sh[self.has_second[rows]]])
+
     @staticmethod
     def _line_of(rows: np.ndarray, second: np.ndarray, off: np.ndarray, sec_off: np.ndarray):
         """(starts, ends) of each row's lead line, or its second line where ``second``."""
@@ -865,9 +871,8 @@ class CoverIndex:
         n = A["pc_candidates_clear"] if self._clear(q, score) else A["pc_candidates"]
         best = np.arange(rows.size) if n is None or n >= rows.size else np.argsort(-score, kind="stable")[:n]
         rb = rows[best]
-        sh = np.asarray(hshift[best], np.int64) % 12
-        raw = sw_pitch_classes_score(qpc, self.mel_pc, self._line_spans(rb, self.mel_off, self.sec_off),
-                                     np.concatenate([sh, sh[self.has_second[rb]]]), A["pc_match"], A["pc_mismatch"],
+        spans, shifts = self._note_lines(rb, hshift[best])
+        raw = sw_pitch_classes_score(qpc, self.mel_pc, spans, shifts, A["pc_match"], A["pc_mismatch"],
                                      A["pc_gap_query"], A["pc_gap_ref"])
         out[best] = _tune_share(raw[self._best_line(rb, raw)], qpc.size)
         return out
@@ -945,10 +950,9 @@ class CoverIndex:
             return out
         best = np.argsort(-score, kind="stable")[: A["rhythm_candidates"]]
         rb = rows[best]
-        sh = np.asarray(r["hshift"][best], np.int64) % 12
+        spans, shifts = self._note_lines(rb, r["hshift"][best])
         raw = sw_pitch_classes_rhythm_score(qpc, np.asarray(q.melody_onset_beats[a:b], np.float64), self.mel_pc,
-                                            self.mel_onset, self._line_spans(rb, self.mel_off, self.sec_off),
-                                            np.concatenate([sh, sh[self.has_second[rb]]]), A["pc_match"],
+                                            self.mel_onset, spans, shifts, A["pc_match"],
                                             A["pc_mismatch"], A["pc_gap_query"], A["pc_gap_ref"],
                                             A["rhythm_tolerance"], A["rhythm_miss"], A["rhythm_adapt"])
         out[best] = _tune_share(raw[self._best_line(rb, raw)], qpc.size)  # on the tune's scale
