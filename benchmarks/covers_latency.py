@@ -128,10 +128,11 @@ def _time_sections() -> dict:
                 spent[label] += time.process_time() - t
         setattr(owner, name, timed)
 
-    for name in ("sw_symbols_score", "sw_chroma_score", "sw_pitch_classes_score", "sw_symbols", "sw_chroma"):
+    for name in ("sw_symbols_score", "sw_chroma_score", "sw_pitch_classes_score", "sw_pitch_classes_rhythm_score",
+                 "sw_symbols", "sw_chroma"):
         wrap(qc, name, "kernel " + name)
     for name in ("candidates", "rerank", "_harmony", "_probe_scale", "_shifts", "_phase_frames", "_frames_of",
-                 "_tune_in_notes", "_expand", "_versions_of_best", "_fuse", "_explain"):
+                 "_tune_in_notes", "_rhythm", "_bass", "_expand", "_versions_of_best", "_fuse", "_explain"):
         wrap(qc.CoverIndex, name, "step " + name)
     return spent
 

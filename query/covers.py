@@ -162,7 +162,12 @@ ALIGN = dict(
     # ratios against their median) gained on the fit part but not held out (docs/covers.md).
     # A longer query: its middle rhythm_query_notes (the same figures with 96 as with 192,
     # at half the cost: combined_short level 1 0.973)
-    rhythm_candidates=30, rhythm_query_notes=96, rhythm_tolerance=1.3, rhythm_miss=1.0, rhythm_adapt=0.3,
+    # A short query (at most 2 x min_query_intervals) aligns most of a ~1k collection and
+    # its right version often ranks below 30 by alignment: it gets the rhythm of its best
+    # rhythm_candidates_short. Fit part, fusion_probe.py: combined_short level 2 0.834 ->
+    # 0.849 (seeds 1-3), 0.806 -> 0.844 (4-6); 200 or every candidate the same (docs)
+    rhythm_candidates=30, rhythm_candidates_short=100, rhythm_query_notes=96,
+    rhythm_tolerance=1.3, rhythm_miss=1.0, rhythm_adapt=0.3,
     # the bass line (CoverIndex._bass): gap cost of either side (0.25, 0.75 or 1 gave
     # the same within 0.013 on the fit part: benchmarks/fusion_probe.py --gaps), the
     # least query length it is divided by, and a longer query's middle part only
@@ -936,7 +941,8 @@ class CoverIndex:
         ``_tune_in_notes``' alignment, where a matched note whose distance in time from
         the last one disagrees with the tempo so far counts ``rhythm_miss`` less). Notes
         of a wrong tune picked out of the accompaniment match pitch classes, but seldom
-        at the right times. For the best ``rhythm_candidates`` by alignment score, and
+        at the right times. For the best ``rhythm_candidates`` by alignment score
+        (``rhythm_candidates_short`` for a short query), and
         only when the query is short or its best score is below ``clear_score`` (a
         clear answer needs no more); else 0."""
         A = ALIGN
@@ -948,7 +954,8 @@ class CoverIndex:
         qpc = np.asarray(q.melody_pitch[a:b], np.int64) % 12
         if qpc.size < 4:
             return out
-        best = np.argsort(-score, kind="stable")[: A["rhythm_candidates"]]
+        short = q.intervals.size <= 2 * A["min_query_intervals"]
+        best = np.argsort(-score, kind="stable")[: A["rhythm_candidates_short" if short else "rhythm_candidates"]]
         rb = rows[best]
         spans, shifts = self._note_lines(rb, r["hshift"][best])
         raw = sw_pitch_classes_rhythm_score(qpc, np.asarray(q.melody_onset_beats[a:b], np.float64), self.mel_pc,
