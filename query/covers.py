@@ -207,6 +207,12 @@ def _pool(chroma: np.ndarray, n: int) -> np.ndarray:
     return x
 
 
+def _short(q) -> bool:
+    """A short query: at most 2 x ``min_query_intervals`` melody intervals (a few bars,
+    where chance matches score high)."""
+    return q.intervals.size <= 2 * ALIGN["min_query_intervals"]
+
+
 def _middle(n: int, cap: int) -> tuple[int, int]:
     if n <= cap:
         return 0, n
@@ -821,7 +827,7 @@ class CoverIndex:
             mel = np.zeros(k, np.float32)
             mel_end = np.full(k, -1, np.int64)
             on_second = np.zeros(k, bool)
-        short = q.intervals.size <= A["min_query_intervals"] * 2
+        short = _short(q)
         # a one-part query: also how much of each candidate's tune is found among its
         # notes (pc_candidates), its melody score where higher; for a short polyphonic
         # one, its melody score alone: the intervals of a few bars of a skyline that is
@@ -857,8 +863,7 @@ class CoverIndex:
     def _clear(q: QueryFeatures, score: np.ndarray) -> bool:
         """A full-length query (more than 2 x ``min_query_intervals``) whose best score
         reaches ``clear_score``: its answer stands without the tune's extra work."""
-        return bool(q.intervals.size > 2 * ALIGN["min_query_intervals"] and score.size
-                    and float(score.max()) >= ALIGN["clear_score"])
+        return bool(not _short(q) and score.size and float(score.max()) >= ALIGN["clear_score"])
 
     def _tune_in_notes(self, q: QueryFeatures, rows: np.ndarray, score: np.ndarray, hshift: np.ndarray
                        ) -> np.ndarray:
@@ -954,8 +959,7 @@ class CoverIndex:
         qpc = np.asarray(q.melody_pitch[a:b], np.int64) % 12
         if qpc.size < 4:
             return out
-        short = q.intervals.size <= 2 * A["min_query_intervals"]
-        best = np.argsort(-score, kind="stable")[: A["rhythm_candidates_short" if short else "rhythm_candidates"]]
+        best = np.argsort(-score, kind="stable")[: A["rhythm_candidates_short" if _short(q) else "rhythm_candidates"]]
         rb = rows[best]
         spans, shifts = self._note_lines(rb, r["hshift"][best])
         raw = sw_pitch_classes_rhythm_score(qpc, np.asarray(q.melody_onset_beats[a:b], np.float64), self.mel_pc,
@@ -1004,7 +1008,7 @@ class CoverIndex:
         A = ALIGN
         if score.size == 0 or float(score.max()) < A["look_further_below"]:
             return False
-        if q.intervals.size <= A["min_query_intervals"] * 2 and score.size > A["short_clear_rank"]:
+        if _short(q) and score.size > A["short_clear_rank"]:
             s = np.sort(score)[::-1]
             return float(s[0] - s[A["short_clear_rank"] - 1]) >= A["short_clear"]
         return True
