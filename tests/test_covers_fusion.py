@@ -309,3 +309,26 @@ def test_synthetic_pieces_of_the_100k_benchmark_have_bass_lines():
     q = query_from_notes("q", on, dur, p + 3)
     r = big._aligned(q)
     assert big.ids[r["rows"][np.argmax(big._bass(q, r))]] == "s4"
+
+
+def test_bass_steps_known_answer():
+    """Steps are the intervals to the next bass note mod 12, minus 1; each line's last
+    note (and a repeat) has none, so no n-gram crosses two pieces."""
+    from query.covers import _bass_steps
+
+    pc = np.array([0, 7, 0, 5, 3, 3, 8], np.int8)
+    np.testing.assert_array_equal(_bass_steps(pc, np.array([0, 4, 7])), [6, 4, 4, -1, -1, 4, -1])
+    assert _bass_steps(np.zeros(0, np.int8), np.array([0, 0])).size == 0
+
+
+def test_bass_step_list_finds_the_song_from_its_roots():
+    """16 chord roots from the middle of song 7, 5 semitones up and one root dropped: the
+    bass step list (transposition-free 3- and 4-grams) ranks song 7 first."""
+    from query.covers import _bass_steps
+
+    songs = [_chord_song(s) for s in range(30)]
+    index = _index_of(songs)
+    pc = index.bass_pc[index.bass_off[7]:index.bass_off[8]]
+    q = np.delete((pc[20:36].astype(np.int64) + 5) % 12, 8).astype(np.int8)
+    rows = index.bass_grams.search(_bass_steps(q, np.array([0, q.size])), 5)
+    assert rows[0] == 7
