@@ -526,6 +526,7 @@ class CoverIndex:
         arrays = [self.grams.matrix.data, self.grams.matrix.indices, self.grams.matrix.indptr,
                   self.tfidf.matrix.data, self.tfidf.matrix.indices, self.tfidf.matrix.indptr,
                   self.chord_grams.matrix.data, self.chord_grams.matrix.indices, self.chord_grams.matrix.indptr,
+                  self.bass_grams.matrix.data, self.bass_grams.matrix.indices, self.bass_grams.matrix.indptr,
                   self.vectors, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset,
                   self.iv, self.iv_index, self.iv_off, self.mel_off, self.mel_pc, self.bass_pc, self.bass_off,
                   self.sec_off, self.sec_iv_off, self.has_second]
