@@ -562,10 +562,11 @@ class CoverIndex:
             if chroma is not None:
                 qf = _pool(chroma, ALIGN["frame_beats"])
                 chord_lists.append(self.chord_grams.search(chord_motions(qf, np.array([0, qf.shape[0]]))[0], n + 1))
+        bass_lists = []
         if ALIGN["bass_candidates"] and q.bass_pc.size >= 4:
             qb = np.asarray(q.bass_pc, np.int8)
-            chord_lists.append(self.bass_grams.search(_bass_steps(qb, np.array([0, qb.size])), n + 1))
-        for g in (tf_list, *mel_lists, *chord_lists):
+            bass_lists.append(self.bass_grams.search(_bass_steps(qb, np.array([0, qb.size])), n + 1))
+        for g in (tf_list, *mel_lists, *chord_lists, *bass_lists):
             if g.size:
                 rows = np.concatenate([rows, np.pad(g, (0, rows.shape[1] - g.size), constant_values=-1)[None]])
         return self._merge_lists(q, rows, budget)
