@@ -11,8 +11,7 @@ Demucs model package and loaded by ``ingest.stems.load_model`` as a configured m
 would be. Its stems mean nothing; what is measured is the path and its cost: the same
 call ``separate(model, audio, sr)`` on the GPU (``separate`` picks it when torch sees
 one) and then, in a child process with ``CUDA_VISIBLE_DEVICES`` empty, on the CPU; the
-two outputs are compared (largest difference relative to the stems' RMS: TF32
-convolutions on the GPU differ from the CPU's float32 in the third digit or so).
+two outputs are compared (largest difference, and that relative to the stems' RMS).
 The audio is a 44.1 kHz stereo mix of tones and noise bursts (the model's own rate:
 no resampling, which needs soxr).
 """
