@@ -90,9 +90,16 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=30.0, help="length of the test mix (default 30)")
     ap.add_argument("--model", choices=["htdemucs", "demucs"], default="htdemucs")
     ap.add_argument("--cpu", action="store_true", help="the CPU arm only")
+    ap.add_argument("--no-tf32", action="store_true",
+                    help="GPU arm in full float32 (torch's TF32 convolutions and matmuls off)")
     ap.add_argument("--_child", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
+        if args.no_tf32:
+            import torch
+
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         print(json.dumps(run_once(args._child[0], args.seconds, args._child[1])))
         return
     import torch
@@ -102,7 +109,8 @@ def main(argv=None):
         model_path = tmp / f"random_{args.model}.th"
         n_params = make_model(args.model, model_path)
         print(f"model: {args.model} architecture, randomly initialised, {n_params / 1e6:.1f}M parameters; "
-              f"torch {torch.__version__}; audio: {args.seconds:g} s stereo 44.1 kHz")
+              f"torch {torch.__version__}; audio: {args.seconds:g} s stereo 44.1 kHz"
+              + ("; GPU without TF32" if args.no_tf32 else ""))
         results = {}
         arms = [("cpu", {"CUDA_VISIBLE_DEVICES": ""})]
         if torch.cuda.is_available() and not args.cpu:
@@ -110,7 +118,7 @@ def main(argv=None):
         for name, env in arms:
             out = tmp / f"{name}.npy"
             p = subprocess.run([sys.executable, __file__, "--seconds", str(args.seconds), "--_child",
-                                str(model_path), str(out)], env={**os.environ, **env}, capture_output=True, text=True)
+                                str(model_path), str(out)] + (["--no-tf32"] if args.no_tf32 else []), env={**os.environ, **env}, capture_output=True, text=True)
             if p.returncode:
                 print(f"{name}: failed\n{p.stderr[-3000:]}")
                 continue
