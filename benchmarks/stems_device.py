@@ -51,7 +51,7 @@ def make_model(kind: str, path: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def test_mix(seconds: float, sr: int = 44100) -> np.ndarray:
+def tone_mix(seconds: float, sr: int = 44100) -> np.ndarray:
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * sr)) / sr
     left = 0.3 * np.sin(2 * np.pi * 110 * t) + 0.2 * np.sin(2 * np.pi * 440 * t)
@@ -70,8 +70,8 @@ def run_once(model_path: str, seconds: float, out_npy: str) -> dict:
     model = load_model(model_path)
     t_load = time.perf_counter() - t0
     sr = int(model.samplerate)
-    separate(model, test_mix(2.0, sr), sr)  # warm-up: CUDA context, cuDNN plans
-    mix = test_mix(seconds, sr)
+    separate(model, tone_mix(2.0, sr), sr)  # warm-up: CUDA context, cuDNN plans
+    mix = tone_mix(seconds, sr)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -111,16 +111,18 @@ def main(argv=None):
         print(f"model: {args.model} architecture, randomly initialised, {n_params / 1e6:.1f}M parameters; "
               f"torch {torch.__version__}; audio: {args.seconds:g} s stereo 44.1 kHz"
               + ("; GPU without TF32" if args.no_tf32 else ""))
-        results = {}
+        results, failed = {}, False
         arms = [("cpu", {"CUDA_VISIBLE_DEVICES": ""})]
         if torch.cuda.is_available() and not args.cpu:
             arms.insert(0, ("gpu", {}))
         for name, env in arms:
             out = tmp / f"{name}.npy"
-            p = subprocess.run([sys.executable, __file__, "--seconds", str(args.seconds), "--_child",
-                                str(model_path), str(out)] + (["--no-tf32"] if args.no_tf32 else []), env={**os.environ, **env}, capture_output=True, text=True)
+            cmd = [sys.executable, __file__, "--seconds", str(args.seconds), "--_child", str(model_path), str(out)]
+            p = subprocess.run(cmd + (["--no-tf32"] if args.no_tf32 else []), env={**os.environ, **env},
+                               capture_output=True, text=True)
             if p.returncode:
                 print(f"{name}: failed\n{p.stderr[-3000:]}")
+                failed = True
                 continue
             r = json.loads(p.stdout.strip().splitlines()[-1])
             r["stems"] = np.load(out)
@@ -135,6 +137,8 @@ def main(argv=None):
             diff = float(np.abs(g - c).max())
             print(f"gpu vs cpu: largest difference {diff:.2e} ({diff / rms:.2e} of the stems' RMS {rms:.3f}); "
                   f"speed-up {results['cpu']['separate_s'] / results['gpu']['separate_s']:.1f}x")
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
