@@ -26,14 +26,34 @@ divided by the query's bass length (at least 12); its columns are that score and
 score minus the query's best.
 Versions of a song share their chord roots in time even where the arrangements differ,
 and a merged or degraded query keeps its lowest notes.
+
+Other probes:
+
+- ``--probe FILE``: a probe module (``benchmarks/probes/*.py``) defines ``columns(index,
+  q, r, arrays)`` (its columns for one query's aligned candidates ``r["rows"]``: float
+  [shape=(k, c)]; ``arrays`` are the query's note arrays), ``ARMS`` (arm name -> the
+  columns it adds to the shipped features) and optionally ``DROP`` (shipped features
+  left out of every arm), ``BASE`` (the first arm's name) and ``prepare(index)``
+  (called once). The table's first arm, "shipped", is the shipped features (less
+  ``DROP``). docs/covers.md ("Probes of the session of 2026-12-04 (afternoon)") has
+  what each probe in ``benchmarks/probes`` measured.
+- ``--set KEY=VALUE`` (repeatable): a search setting for the whole run, an ``ALIGN``
+  key or ``tempo.NAME`` (a constant of ``indexers.tempo``), set before the collection
+  is indexed. Compare the shipped arm of a run with the setting against one without.
+
+    nice .venv/bin/python benchmarks/fusion_probe.py --probe benchmarks/probes/version_support.py
+    nice .venv/bin/python benchmarks/fusion_probe.py --set tempo.SIGMA_OCT=0.08 --seeds 4,5,6
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import runpy
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -47,32 +67,61 @@ from query.cover_fusion import FEATURES, fit_ranking  # noqa: E402
 from query.covers import ALIGN  # noqa: E402
 
 
-def collect(index, notes, bench, seed, gaps):
-    """Per candidate: fusion features, probe columns (the search's own bass features,
-    ``CoverIndex._bass``, with each gap cost of ``gaps``), right or not, query number; per
-    query: (cell, level, song, number of right answers)."""
-    xs, es, ys, qs, meta = [], [], [], [], []
-    shipped = ALIGN["bass_gap"]
-    for (_p, cell, level), song, q, _arrays, rel in pop909_queries(notes, bench, CELLS, [1, 2], ["fit"], None, seed):
-        with one_blas_thread():
-            r = index._aligned(q)
-            x = index._features(q, r)
-        rows = r["rows"]
-        e = np.zeros((rows.size, 2 * len(gaps)), np.float32)
+class BassGaps:
+    """The default probe: the bass features (``CoverIndex._bass``) at each of ``gaps``
+    gap costs, in place of the shipped ones."""
+    DROP = ("bass", "bass_rel")
+    BASE = "without bass"
+
+    def __init__(self, gaps):
+        self.gaps = gaps
+        self.ARMS = {f"+ bass gap {g:g}": [2 * i, 2 * i + 1] for i, g in enumerate(gaps)}
+
+    def columns(self, index, q, r, arrays):
+        e = np.zeros((r["rows"].size, 2 * len(self.gaps)), np.float32)
+        shipped = ALIGN["bass_gap"]
         try:
-            for g, gap in enumerate(gaps):
+            for g, gap in enumerate(self.gaps):
                 ALIGN["bass_gap"] = gap
                 s = index._bass(q, r)
                 if s.size:
                     e[:, 2 * g], e[:, 2 * g + 1] = s, s - s.max()
         finally:
             ALIGN["bass_gap"] = shipped
+        return e
+
+
+def collect(index, notes, bench, seed, probe):
+    """Per candidate: fusion features, the probe's columns, right or not, query number;
+    per query: (cell, level, song, number of right answers)."""
+    xs, es, ys, qs, meta = [], [], [], [], []
+    for (_p, cell, level), song, q, arrays, rel in pop909_queries(notes, bench, CELLS, [1, 2], ["fit"], None, seed):
+        with one_blas_thread():
+            r = index._aligned(q)
+            x = index._features(q, r)
+        rows = r["rows"]
         xs.append(x)
-        es.append(e)
+        es.append(np.asarray(probe.columns(index, q, r, arrays), np.float32).reshape(rows.size, -1))
         ys.append(np.fromiter((index.ids[k] in rel for k in rows), bool, rows.size))
         qs.append(np.full(rows.size, len(meta)))
         meta.append((cell, level, song, len(rel)))
     return np.concatenate(xs), np.concatenate(es), np.concatenate(ys), np.concatenate(qs), meta
+
+
+def apply_setting(kv: str) -> None:
+    """``KEY=VALUE``: an ALIGN key, or ``tempo.NAME`` for a constant of indexers.tempo."""
+    import indexers.tempo as tempo
+
+    key, value = kv.split("=", 1)
+    value = ast.literal_eval(value)
+    if key.startswith("tempo."):
+        if not hasattr(tempo, key[6:]):
+            raise SystemExit(f"--set {kv}: indexers.tempo has no {key[6:]}")
+        setattr(tempo, key[6:], value)
+    elif key in ALIGN:
+        ALIGN[key] = value
+    else:
+        raise SystemExit(f"--set {kv}: not an ALIGN key (query.covers.ALIGN) nor tempo.NAME")
 
 
 def average_precision(score, y, q, nrel):
@@ -108,11 +157,21 @@ def main(argv=None):
                     help="index without the pieces' second melody lines (both arms' fusion refitted on it)")
     ap.add_argument("--gaps", nargs="+", type=float, default=[0.5],
                     help="gap costs of the bass alignment (ALIGN['bass_gap'], either side), one probe each")
+    ap.add_argument("--probe", metavar="FILE", help="a probe module (see above) instead of the bass gaps")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a search setting for this run: an ALIGN key or tempo.NAME (repeatable)")
     args = ap.parse_args(argv)
-    gaps = args.gaps
+    for kv in args.set:
+        apply_setting(kv)
+    if args.probe:
+        probe = SimpleNamespace(**runpy.run_path(args.probe))
+    else:
+        probe = BassGaps(args.gaps)
     t0 = time.perf_counter()
     notes, bench, index, _, _ = setup(Path(DATA), None, not args.no_second_line)
-    parts = [collect(index, notes, bench, int(s), gaps) for s in args.seeds.split(",")]
+    if hasattr(probe, "prepare"):
+        probe.prepare(index)
+    parts = [collect(index, notes, bench, int(s), probe) for s in args.seeds.split(",")]
     x = np.concatenate([p[0] for p in parts])
     e = np.concatenate([p[1] for p in parts])
     y = np.concatenate([p[2] for p in parts])
@@ -121,10 +180,10 @@ def main(argv=None):
     cells = np.array([f"{m[0]}:{m[1]}" for m in meta])
     song = np.array([m[2] for m in meta])
     nrel = np.array([m[3] for m in meta])
-    # the shipped bass features out: the probe's columns stand in for them
-    x = np.delete(x, [FEATURES.index("bass"), FEATURES.index("bass_rel")], axis=1)
-    arms = {"without bass": x}
-    arms.update({f"+ bass gap {g:g}": np.hstack([x, e[:, 2 * i:2 * i + 2]]) for i, g in enumerate(gaps)})
+    # the probe's DROP features out of every arm (the bass gaps stand in for the shipped bass features)
+    x = np.delete(x, [FEATURES.index(f) for f in getattr(probe, "DROP", ())], axis=1)
+    arms = {getattr(probe, "BASE", "shipped"): x}
+    arms.update({name: np.hstack([x, e[:, cols]]) for name, cols in probe.ARMS.items()})
     aps = {name: cross_validated(a, y, q, song, nrel) for name, a in arms.items()}
     print(f"fit part, seeds {args.seeds}: {len(meta)} queries, {y.size:,} aligned candidates "
           f"({time.perf_counter() - t0:.0f} s); MAP over the aligned candidates, fitted on the other half of the songs")

@@ -1,0 +1,60 @@
+"""Probe for ``benchmarks/fusion_probe.py --probe``: do a short query's melody and
+harmony alignments land at the same place in the candidate?
+
+For a version, the region where the query's skyline intervals align best (``r["mel_end"]``,
+the last aligned interval of the candidate's better line) and the region where its
+harmony aligns best (``indexers.align.sw_chroma`` at the candidate's scale and
+transposition, as ``CoverIndex._explain`` finds it) are the same passage; for a chance
+match they are independent. Columns: the distance in beats between the two regions'
+ends, in the candidate's beats, as exp(-d / 8) and d < 8 beats; for short queries
+(``query.covers._short``) and their best ``TOP`` candidates by alignment score only,
+0 elsewhere. Measured in docs/covers.md ("Probes of the session of 2026-12-04
+(afternoon)").
+"""
+
+import numpy as np
+
+from indexers.align import sw_chroma
+from query.covers import ALIGN, _short
+
+TOP = 100
+
+
+def columns(index, q, r, arrays):
+    A = ALIGN
+    rows = r["rows"]
+    out = np.zeros((rows.size, 2))
+    if not _short(q) or rows.size == 0 or q.intervals.size < 2:
+        return out
+    sel = np.argsort(-r["score"], kind="stable")[:TOP]
+    rs = rows[sel]
+    # the melody's end, in the candidate's beats
+    second = r["mel_second"][sel]
+    iv_off = np.where(second, index.sec_iv_off[rs], index.iv_off[rs])
+    note_off = np.where(second, index.sec_off[rs], index.mel_off[rs])
+    end_iv = np.minimum(r["mel_end"][sel], np.where(second, index.sec_iv_off[rs + 1], index.iv_off[rs + 1]) - iv_off - 1)
+    ok = end_iv >= 0
+    mel_end = np.full(rs.size, np.nan)
+    note = index.iv_index[iv_off[ok] + end_iv[ok]] + 1  # the interval's second note
+    mel_end[ok] = index.mel_onset[note_off[ok] + note]
+    # the harmony's end, in the candidate's beats
+    harm_end = np.full(rs.size, np.nan)
+    hscale = r["hscale"][sel]
+    for scale in np.unique(hscale):
+        m = hscale == scale
+        qs, nq, _fa = index._phase_frames(q, float(scale))[0]
+        if nq < 2:
+            continue
+        frefs, fstarts, fends = index._frames_of(rs[m])
+        shifts = np.ascontiguousarray(r["hshift"][sel][m].reshape(-1, 1), np.int64)
+        _, _, h = sw_chroma(qs, shifts, frefs, (fstarts, fends), A["chroma_threshold"], A["chroma_silent"],
+                            A["chroma_gap"])
+        harm_end[m] = h[:, 3].astype(np.float64) * A["frame_beats"]
+    d = np.abs(mel_end - harm_end)
+    good = np.isfinite(d)
+    out[sel[good], 0] = np.exp(-d[good] / 8.0)
+    out[sel[good], 1] = d[good] < 8.0
+    return out
+
+
+ARMS = {"+ co-location": [0, 1]}
