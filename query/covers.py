@@ -182,12 +182,6 @@ ALIGN = dict(
     # at 100k pieces) lost on the fit part, combined_short level 2 0.848 -> 0.846 and
     # 0.849 -> 0.842 (docs/covers.md, "Probes of the session of 2026-12-04 (afternoon)")
     bass_grams=(3, 4),
-    # a fusion feature (CoverIndex._support): the best alignment score among a
-    # candidate's likely versions, those of its fellow candidates whose melody 3-gram
-    # TF-IDF cosine with it reaches support_cosine. Fit part (fusion_probe.py --probe
-    # benchmarks/probes/version_support.py, 0.5): mean 0.9874 -> 0.9875 (seeds 1-3) and
-    # 0.9881 -> 0.9886 (4-6), combined_short level 2 0.848 -> 0.851 and 0.849 -> 0.862
-    support_cosine=0.5,
 )
 
 RESULT_SCHEMA = pa.schema([
@@ -507,7 +501,6 @@ class CoverIndex:
         self.bass_grams = _GramIndex(_bass_steps(self.bass_pc, self.bass_off), self.bass_off, 11,
                                      tuple(ALIGN["bass_grams"]))
         self.tfidf = IntervalTfidf(self.mel_pitch[:self.mel_off[-1]], self.mel_off)
-        self.tfidf_rows = self.tfidf.matrix.tocsr()  # each piece's TF-IDF row (_support)
         self.chord_grams = _GramIndex(cm.astype(np.int8), cm_off.astype(np.int64), CHORD_ALPHABET)
         self.mask_melody = _block_mask(MELODY_BLOCKS)
         self.mask_harmony = _block_mask(HARMONY_BLOCKS)
@@ -537,7 +530,6 @@ class CoverIndex:
     def nbytes(self) -> int:
         arrays = [self.grams.matrix.data, self.grams.matrix.indices, self.grams.matrix.indptr,
                   self.tfidf.matrix.data, self.tfidf.matrix.indices, self.tfidf.matrix.indptr,
-                  self.tfidf_rows.data, self.tfidf_rows.indices, self.tfidf_rows.indptr,
                   self.chord_grams.matrix.data, self.chord_grams.matrix.indices, self.chord_grams.matrix.indptr,
                   self.bass_grams.matrix.data, self.bass_grams.matrix.indices, self.bass_grams.matrix.indptr,
                   self.vectors, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset,
@@ -943,23 +935,7 @@ class CoverIndex:
         vec = v @ q.vector / np.maximum(np.linalg.norm(v, axis=1) * float(np.linalg.norm(q.vector)), 1e-9)
         return fusion_features(r["score"], r["mel"], r["harm"], self._tfidf_scores(q)[rows], vec,
                                q.intervals.size, 2 * ALIGN["min_query_intervals"], self._rhythm(q, r),
-                               self._bass(q, r), self._support(r))
-
-    def _support(self, r) -> np.ndarray:
-        """Per candidate, 0..~1.2: the best alignment score among the *other* aligned
-        candidates that are likely versions of it (their melodies' exact-interval 3-gram
-        TF-IDF cosine, ``IntervalTfidf``, at least ``support_cosine``); 0 where none is.
-        A song whose other versions align too is likelier right than a lone chance
-        match (versions of one song: cosine 25% quantile 0.91; a right and a wrong
-        candidate of one query: 99% quantile 0.26, POP909-dev fit part). It helps less
-        than that suggests: a wrong song's chance match comes with its own versions."""
-        rows, score = r["rows"], np.asarray(r["score"], np.float64)
-        if rows.size < 2:
-            return np.zeros(rows.size)
-        m = self.tfidf_rows[rows]
-        sim = (m @ m.T).toarray()  # k x k, k at most a few hundred
-        np.fill_diagonal(sim, 0.0)
-        return np.where(sim >= ALIGN["support_cosine"], score[None, :], 0.0).max(axis=1)
+                               self._bass(q, r))
 
     def _bass(self, q: QueryFeatures, r) -> np.ndarray:
         """Per candidate, 0..~1: the query's bass line aligned with the candidate's at its
