@@ -11,6 +11,7 @@ configured model, ingestion goes on without stems (one note per ingest run says 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def separate(model, stereo: np.ndarray, sr: int) -> dict[str, np.ndarray]:
     mean, std = ref.mean(), ref.std()
     std = std if float(std) > 1e-8 else torch.tensor(1.0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.no_grad():
+    with torch.no_grad(), _real_edge_bins():
         out = apply_model(model, ((wav - mean) / std)[None], shifts=0, split=True, overlap=0.25,
                           progress=False, device=device)[0]
     out = (out * std + mean).cpu().numpy()
@@ -114,3 +115,38 @@ def separate_if_configured(stereo: np.ndarray, sr: int) -> tuple[dict | None, st
     except MissingModelError:
         return None, None  # reported once per run by ingest.audio_config.startup_notes
     return separate(model, stereo, sr), p.name
+
+
+def real_edge_bins(z):
+    """A one-sided spectrum (complex [..., freqs, frames]) with the imaginary parts of its
+    DC and Nyquist bins set to 0, as a real signal's are: what a real inverse FFT of it
+    means anyway (the real part of the full inverse transform does not depend on them)."""
+    import torch
+
+    edge = torch.zeros(z.shape[-2], 1, dtype=torch.bool, device=z.device)
+    edge[0] = edge[-1] = True
+    return torch.where(edge, z.real.to(z.dtype), z)
+
+
+@contextmanager
+def _real_edge_bins():
+    """While a hybrid Demucs model (``htdemucs``, ``hdemucs``) runs: its inverse STFT gets
+    spectra whose DC and Nyquist bins are real (``real_edge_bins``). Its network leaves an
+    imaginary part in the DC bin; the CPU's inverse FFT ignores it, and so does CUDA's in
+    float64, but CUDA's float32 ``torch.istft`` uses it (pytorch/pytorch#154496): an
+    ``htdemucs``'s stems on an H200 differed from the CPU's by 1.5e-2 of their RMS, from
+    that step alone (docs/audio.md, "Stems on a GPU")."""
+    import demucs.hdemucs
+    import demucs.htdemucs
+    import demucs.spec
+
+    original = demucs.spec.ispectro
+
+    def ispectro(z, *args, **kwargs):
+        return original(real_edge_bins(z), *args, **kwargs)
+
+    demucs.hdemucs.ispectro = demucs.htdemucs.ispectro = ispectro
+    try:
+        yield
+    finally:
+        demucs.hdemucs.ispectro = demucs.htdemucs.ispectro = original

@@ -62,6 +62,31 @@ def test_separation_with_a_saved_model(tiny_demucs):
     assert low["bass"].shape == mix[::2].shape
 
 
+def test_inverse_stft_of_hybrid_models_gets_real_edge_bins():
+    """A hybrid model's network leaves an imaginary part in the DC bin; CUDA's float32
+    istft uses it where the CPU's ignores it (docs/audio.md). While ``separate`` runs,
+    demucs' hybrid models invert spectra whose DC and Nyquist bins are real: the other
+    bins unchanged, and on the CPU the same signal as before."""
+    torch = pytest.importorskip("torch")
+    import demucs.htdemucs
+    import demucs.spec
+
+    from ingest.stems import _real_edge_bins, real_edge_bins
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.complex(torch.randn(2, 257, 40, generator=g), torch.randn(2, 257, 40, generator=g))
+    r = real_edge_bins(z)
+    assert r.dtype == z.dtype and r.shape == z.shape
+    assert torch.all(r[:, [0, -1]].imag == 0) and torch.equal(r[:, [0, -1]].real, z[:, [0, -1]].real)
+    assert torch.equal(r[:, 1:-1], z[:, 1:-1])
+    original = demucs.spec.ispectro
+    with _real_edge_bins():
+        assert demucs.htdemucs.ispectro is not original
+        patched = demucs.htdemucs.ispectro(z, 64, length=40 * 64)
+    assert demucs.htdemucs.ispectro is original
+    torch.testing.assert_close(patched, original(z, 64, length=40 * 64), rtol=0, atol=1e-5)
+
+
 def test_broken_model_files_give_one_line_errors(tmp_path):
     from ingest.stems import load_model
 
