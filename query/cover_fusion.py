@@ -25,7 +25,8 @@ __all__ = ["FEATURES", "FUSION_FILE", "IntervalTfidf", "fusion_features", "fuse"
 
 FUSION_FILE = Path(__file__).with_name("cover_fusion.json")
 FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf", "tfidf_rel", "vec",
-            "short", "tfidf_short", "mel_short", "rhythm", "rhythm_rel", "rhythm_short", "bass", "bass_rel")
+            "short", "tfidf_short", "mel_short", "rhythm", "rhythm_rel", "rhythm_short", "bass", "bass_rel",
+            "support", "support_rel")
 # exact pitch intervals are clipped to this many semitones either way (as in the baseline)
 _CLIP = 24
 _ALPHA = 2 * _CLIP + 1
@@ -82,6 +83,23 @@ class IntervalTfidf:
         w = w / float(np.linalg.norm(w))
         return np.asarray(self.matrix[:, u] @ w, np.float32).ravel()
 
+    def sketch(self, dims: int = 128) -> np.ndarray:
+        """Every piece's TF-IDF row hashed into ``dims`` dense dimensions (each 3-gram to
+        one dimension, with a sign, by a fixed multiplicative hash), unit norm: float16
+        [shape=(k, dims)]. The dot product of two sketches estimates the two pieces'
+        cosine (error ~ 1/sqrt(dims)): cheap enough to compare every pair of a query's
+        candidates, where the sparse rows were not (docs/covers.md, "Version support")."""
+        from scipy import sparse
+
+        m = self.matrix.tocsr()
+        h = (np.arange(m.shape[1], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+        bucket = (h % np.uint64(dims)).astype(np.int64)
+        sign = np.where((h >> np.uint64(31)) & np.uint64(1), -1.0, 1.0).astype(np.float32)
+        fold = sparse.csr_matrix((sign, (np.arange(m.shape[1]), bucket)), shape=(m.shape[1], dims))
+        p = np.asarray((m @ fold).todense(), np.float32)
+        p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+        return p.astype(np.float16)
+
     def search(self, scores: np.ndarray, k: int) -> np.ndarray:
         """Rows of the ``k`` best pieces by these scores (best first, score > 0)."""
         k = min(k, scores.size)
@@ -93,24 +111,27 @@ class IntervalTfidf:
 
 
 def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_intervals: int = 48,
-                    rhythm=None, bass=None) -> np.ndarray:
+                    rhythm=None, bass=None, support=None) -> np.ndarray:
     """The ``FEATURES`` of one query's candidates: float64 [shape=(k, len(FEATURES))].
 
     ``align``, ``mel``, ``harm``: alignment scores (0..~1.2); ``tfidf``, ``vec``: cosines;
     ``n_intervals``: the query's melody intervals (a query of at most
     ``short_intervals`` is short: its scores say less); ``rhythm``: how much of the tune
     found among a one-part query's notes keeps its rhythm (0..~1; None: 0 for all);
-    ``bass``: the query's bass line aligned with the candidate's (0..~1; None: 0 for all)."""
+    ``bass``: the query's bass line aligned with the candidate's (0..~1; None: 0 for all);
+    ``support``: the best alignment score among the candidate's likely versions (0..~1.2;
+    None: 0 for all)."""
     cols = [np.asarray(x, np.float64) for x in (align, mel, harm, tfidf, vec)]
     if cols[0].size == 0:
         return np.zeros((0, len(FEATURES)))
     a, m, h, t, v = cols
     r = np.zeros(a.size) if rhythm is None else np.asarray(rhythm, np.float64)
     b = np.zeros(a.size) if bass is None else np.asarray(bass, np.float64)
+    u = np.zeros(a.size) if support is None else np.asarray(support, np.float64)
     short = float(n_intervals <= short_intervals)
     return np.stack([a, a - a.max(), m, m - m.max(), h, h - h.max(), t, t - t.max(), v,
                      np.full(a.size, short), t * short, m * short, r, r - r.max(), r * short,
-                     b, b - b.max()], axis=1)
+                     b, b - b.max(), u, u - u.max()], axis=1)
 
 
 @lru_cache(maxsize=4)

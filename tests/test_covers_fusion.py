@@ -132,6 +132,11 @@ def test_fusion_features_known_answer():
     f = dict(zip(FEATURES, x.T))
     np.testing.assert_allclose(f["rhythm_rel"], [-0.5, 0.0])
     np.testing.assert_allclose(f["rhythm_short"], [0.2, 0.7])
+    np.testing.assert_allclose(f["support"], [0.0, 0.0])  # no support given: 0
+    x = fusion_features([1.0, 0.5], [0.9, 0.2], [0.3, 0.6], [0.8, 0.1], [0.95, 0.5], n_intervals=30,
+                        support=[0.4, 0.9])
+    f = dict(zip(FEATURES, x.T))
+    np.testing.assert_allclose(f["support_rel"], [-0.5, 0.0])
 
 
 def test_shipped_fusion_loads_offline_and_ranks_agreement_first():
@@ -204,6 +209,18 @@ def _index_of(songs):
                       np.concatenate([f["bass_pc"] for f in fs]), [f["bass_pc"].size for f in fs])
 
 
+def test_support_is_the_best_score_among_a_candidates_likely_versions():
+    """Piece 8 is a copy of piece 3 (a version: the same melody); the other songs are
+    random. Each of the two gets the other's alignment score as its support, a piece
+    with no version among the candidates 0, and the query's own score is never its own
+    support."""
+    songs = [_chord_song(s) for s in range(8)] + [_chord_song(3)]
+    index = _index_of(songs)
+    s = index._support({"rows": np.array([3, 8, 5, 6]), "score": np.array([0.9, 0.4, 0.7, 0.2], np.float32)})
+    np.testing.assert_allclose(s, [0.4, 0.9, 0.0, 0.0], rtol=1e-6)
+    assert index._support({"rows": np.array([3]), "score": np.array([0.9], np.float32)}).tolist() == [0.0]
+
+
 def test_a_query_retimed_by_a_non_integer_factor_gets_its_scale_from_the_fine_grid():
     """Song 3's chords with every time multiplied by 2 ** (2/6) = 1.26 (a tick grid that
     shares no beat with the stored file): no notated scale (0.5, 1, 2) aligns it well,
@@ -252,6 +269,7 @@ def test_bass_line_feature_finds_the_song_at_its_transposition():
     matched; another song's roots match by chance only. The fusion gets the score and
     its distance to the best. The whole song is a clear query: no bass step, and its
     answer still stands."""
+    from query.cover_fusion import FEATURES
     from query.covers import query_from_notes
 
     songs = [_chord_song(s) for s in range(10)]
@@ -267,8 +285,9 @@ def test_bass_line_feature_finds_the_song_at_its_transposition():
     assert bass[right] == pytest.approx(1.0, abs=1e-6)
     assert np.delete(bass, right).max() < 0.6
     x = index._features(q, r)
-    np.testing.assert_allclose(x[:, -2], bass, rtol=1e-6)
-    np.testing.assert_allclose(x[:, -1], bass - bass.max(), rtol=1e-6, atol=1e-7)
+    b = FEATURES.index("bass")
+    np.testing.assert_allclose(x[:, b], bass, rtol=1e-6)
+    np.testing.assert_allclose(x[:, b + 1], bass - bass.max(), rtol=1e-6, atol=1e-7)
 
     whole = query_from_notes("whole", on, dur, p + 3)
     r = index._aligned(whole)
@@ -332,3 +351,25 @@ def test_bass_step_list_finds_the_song_from_its_roots():
     q = np.delete((pc[20:36].astype(np.int64) + 5) % 12, 8).astype(np.int8)
     rows = index.bass_grams.search(_bass_steps(q, np.array([0, q.size])), 5)
     assert rows[0] == 7
+
+
+def test_melody_sketch_estimates_the_tfidf_cosine():
+    """IntervalTfidf.sketch: a copy (and a transposed copy: the same intervals) of a melody
+    has the same sketch; for unrelated random melodies the sketches' dot product stays
+    near their exact TF-IDF cosine (error ~ 1/sqrt(dims)) and below the support threshold."""
+    rng = np.random.default_rng(3)
+    mels = [60 + np.cumsum(rng.integers(-4, 5, 200)) % 24 for _ in range(40)]
+    mels += [mels[5].copy(), mels[7] + 5]
+    t = _tfidf(mels)
+    sk = t.sketch(128).astype(np.float32)
+    assert sk.shape == (42, 128) and t.sketch(128).dtype == np.float16
+    np.testing.assert_allclose(np.linalg.norm(sk, axis=1), 1.0, atol=2e-3)
+    est = sk @ sk.T
+    m = t.matrix.tocsr()
+    exact = (m @ m.T).toarray()
+    assert est[5, 40] > 0.99 and est[7, 41] > 0.99
+    unrelated = ~np.eye(42, dtype=bool)
+    unrelated[5, 40] = unrelated[40, 5] = unrelated[7, 41] = unrelated[41, 7] = False
+    err = np.abs(est - exact)[unrelated]
+    assert err.mean() < 0.1 and err.max() < 0.45
+    assert est[unrelated].max() < 0.5

@@ -10,8 +10,10 @@ from cover-song networks: a song whose several versions all align is more likely
 than one lone chance match. Measured in docs/covers.md ("Probes of the session of
 2026-12-04 (afternoon)" and the section after it): little, because a wrong song that
 matches by chance comes with its own near-copy versions, which match as well; the
-melody cosine at 0.5 gained on both seed sets, was built into the search, and was not
-kept for its latency.
+melody cosine at 0.5 gained on both seed sets; its exact form (a sparse k x k product)
+was not kept for its latency, and the search now has it with the cosine estimated from
+sketches (``support_cheap.py``; ``CoverIndex._support``). Its "shipped" arm therefore
+holds the support already.
 """
 
 import numpy as np
