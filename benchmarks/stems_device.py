@@ -5,8 +5,9 @@ with a full-size model, give the CPU's answer, and how fast is each?
     python benchmarks/stems_device.py --seconds 10 --model demucs
 
 No weights can be downloaded here, so the model is the published ``htdemucs``
-architecture (``demucs.htdemucs.HTDemucs`` with its default sizes, 4 sources) or the
-older ``demucs`` one, **randomly initialised** (seed 0), saved as a
+architecture (``demucs.htdemucs.HTDemucs`` with its default sizes, 4 sources), the
+``hdemucs`` one (``demucs.hdemucs.HDemucs``, v3) or the older ``demucs`` one,
+**randomly initialised** (seed 0), saved as a
 Demucs model package and loaded by ``ingest.stems.load_model`` as a configured model
 would be. Its stems mean nothing; what is measured is the path and its cost: the same
 call ``separate(model, audio, sr)`` on the GPU (``separate`` picks it when torch sees
@@ -42,6 +43,8 @@ def make_model(kind: str, path: Path) -> int:
     torch.manual_seed(0)
     if kind == "htdemucs":
         from demucs.htdemucs import HTDemucs as klass
+    elif kind == "hdemucs":
+        from demucs.hdemucs import HDemucs as klass
     else:
         from demucs.demucs import Demucs as klass
     model = klass(sources=SOURCES)
@@ -88,7 +91,7 @@ def run_once(model_path: str, seconds: float, out_npy: str) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=30.0, help="length of the test mix (default 30)")
-    ap.add_argument("--model", choices=["htdemucs", "demucs"], default="htdemucs")
+    ap.add_argument("--model", choices=["htdemucs", "hdemucs", "demucs"], default="htdemucs")
     ap.add_argument("--cpu", action="store_true", help="the CPU arm only")
     ap.add_argument("--no-tf32", action="store_true",
                     help="GPU arm in full float32 (torch's TF32 convolutions and matmuls off)")
