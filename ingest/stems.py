@@ -135,7 +135,8 @@ def _real_edge_bins():
     imaginary part in the DC bin; the CPU's inverse FFT ignores it, and so does CUDA's in
     float64, but CUDA's float32 ``torch.istft`` uses it (pytorch/pytorch#154496): an
     ``htdemucs``'s stems on an H200 differed from the CPU's by 1.5e-2 of their RMS, from
-    that step alone (docs/audio.md, "Stems on a GPU")."""
+    that step alone (docs/audio.md, "Stems on a GPU"). The patch is of demucs' module
+    globals, so process-wide while it lasts; it only ever wraps the true ``ispectro``."""
     import demucs.hdemucs
     import demucs.htdemucs
     import demucs.spec

@@ -960,10 +960,15 @@ class CoverIndex:
         rows, score = r["rows"], np.asarray(r["score"], np.float32)
         if rows.size < 2:
             return np.zeros(rows.size, np.float32)
+        return np.where(self._likely_versions(rows), score[None, :], 0.0).max(axis=1)
+
+    def _likely_versions(self, rows: np.ndarray) -> np.ndarray:
+        """bool [shape=(k, k)]: which of these pieces are likely versions of which (their
+        melody sketches' cosine reaches ``support_cosine``); a piece is not its own."""
         p = self.melody_sketch[rows].astype(np.float32)
         cos = p @ p.T
         np.fill_diagonal(cos, -1.0)
-        return np.where(cos >= ALIGN["support_cosine"], score[None, :], 0.0).max(axis=1)
+        return cos >= ALIGN["support_cosine"]
 
     def _bass(self, q: QueryFeatures, r) -> np.ndarray:
         """Per candidate, 0..~1: the query's bass line aligned with the candidate's at its

@@ -2,7 +2,7 @@
 scores instead of the alignment scores (one round of propagation).
 
 The shipped ``support`` feature (``CoverIndex._support``) is the best alignment score
-among a candidate's likely versions (melody sketch cosine >= ``support_cosine``). The
+among a candidate's likely versions (``CoverIndex._likely_versions``). The
 fused score (``query.cover_fusion.fuse`` with the shipped coefficients) ranks better
 than the alignment score alone, so a candidate whose versions are *fused* high may be
 likelier right. Arms: the best fused score among the likely versions (and it minus the
@@ -13,7 +13,6 @@ mild leak, in the probe's favour.
 
 import numpy as np
 
-from query.covers import ALIGN
 from query.cover_fusion import fuse
 
 
@@ -22,10 +21,7 @@ def columns(index, q, r, arrays):
     if rows.size < 2:
         return np.zeros((rows.size, 4))
     p = fuse(index._features(q, r)).astype(np.float64)
-    s = index.melody_sketch[rows].astype(np.float32)
-    cos = s @ s.T
-    np.fill_diagonal(cos, -1.0)
-    v = cos >= ALIGN["support_cosine"]
+    v = index._likely_versions(rows)
     best = np.where(v, p[None, :], 0.0).max(axis=1)
     total = np.minimum(np.where(v, p[None, :], 0.0).sum(axis=1), 3.0)
     return np.stack([best, best - best.max(), total, total - total.max()], axis=1)

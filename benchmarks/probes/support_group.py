@@ -9,8 +9,6 @@ also gives the number of likely versions among the candidates (capped at 5).
 
 import numpy as np
 
-from query.covers import ALIGN
-
 
 def columns(index, q, r, arrays):
     rows = r["rows"]
@@ -19,10 +17,7 @@ def columns(index, q, r, arrays):
     score = r["score"].astype(np.float64)
     sup = index._support(r).astype(np.float64)
     g = np.maximum(score, sup)
-    s = index.melody_sketch[rows].astype(np.float32)
-    cos = s @ s.T
-    np.fill_diagonal(cos, -1.0)
-    n = np.minimum((cos >= ALIGN["support_cosine"]).sum(axis=1), 5).astype(np.float64)
+    n = np.minimum(index._likely_versions(rows).sum(axis=1), 5).astype(np.float64)
     return np.stack([g, g - g.max(), n], axis=1)
 
 

@@ -12,8 +12,6 @@ those whose melody sketch cosine reaches 0.5 *or* harmony cosine 0.7.
 
 import numpy as np
 
-from query.covers import ALIGN
-
 _H = {}
 
 
@@ -40,11 +38,8 @@ def columns(index, q, r, arrays):
     h = _H["m"][rows]
     hc = (h @ h.T).toarray()
     np.fill_diagonal(hc, -1.0)
-    s = index.melody_sketch[rows].astype(np.float32)
-    mc = s @ s.T
-    np.fill_diagonal(mc, -1.0)
     cols = _best(hc >= 0.5, score) + _best(hc >= 0.7, score) + \
-        _best((mc >= ALIGN["support_cosine"]) | (hc >= 0.7), score)
+        _best(index._likely_versions(rows) | (hc >= 0.7), score)
     return np.stack(cols, axis=1)
 
 
