@@ -1,4 +1,6 @@
-"""Train the tune-note classifier (``indexers.tune_notes``) and save its weights.
+"""Train the tune-note classifier (``benchmarks/tune_notes_model.py``) and save its weights
+(by default to ``tune_notes_model.WEIGHTS``, where ``benchmarks/probes/tune_notes.py``
+reads them). Measured, not kept in the search: docs/covers.md, "The learned tune line".
 
     nice .venv/bin/python benchmarks/train_tune_notes.py                  # ~10 min on 2 cores
     nice .venv/bin/python benchmarks/train_tune_notes.py --out /tmp/t.npz --epochs 2
@@ -10,7 +12,7 @@ file's MELODY track. Each training sequence is a random excerpt of a file, merge
 part and drawn with: a transposition of -6..+6, a tempo curve, onset jitter of up to 0.15
 beat, durations scaled by 0.6-1.4, 0-25% of the notes dropped and 0-12% spurious notes
 (near a kept note's pitch, anywhere in the excerpt). Features are computed by
-``indexers.tune_notes.note_features`` exactly as at query time. The last 10% of the songs
+``tune_notes_model.note_features``, as the probe computes them for a query. The last 10% of the songs
 are a validation set; the script prints its per-note accuracy and the tune line's
 precision / recall against the skyline's. Needs torch (the audio extra's pin).
 """
@@ -30,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from covers_honest import DATA, load_files, pop909_protocol  # noqa: E402
 from indexers.features import skyline  # noqa: E402
-from indexers.tune_notes import N_FEATURES, WEIGHTS, note_features  # noqa: E402
+from tune_notes_model import N_FEATURES, WEIGHTS, note_features, save_weights  # noqa: E402
 
 
 def training_songs(data: Path):
@@ -173,18 +175,12 @@ def main(argv=None):
         print(f"epoch {epoch + 1}: loss {tot / perm.size:.4f}, validation note accuracy {acc:.4f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    weights = {}
     convs = [m for m in net if isinstance(m, torch.nn.Conv1d)]
-    for i, c in enumerate(convs):
-        weights[f"w{i}"] = c.weight.detach().numpy().astype(np.float32)
-        weights[f"b{i}"] = c.bias.detach().numpy().astype(np.float32)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, mean=mean.astype(np.float32), std=std.astype(np.float32),
-                        dilations=np.asarray(dil, np.int64), **weights)
+    save_weights(args.out, [(c.weight.detach().numpy(), c.bias.detach().numpy()) for c in convs], dil, mean, std)
     print(f"saved {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
 
     # the tune line on the validation draws: the model's kept notes against the skyline
-    from indexers.tune_notes import TuneNoteModel
+    from tune_notes_model import TuneNoteModel
 
     model = TuneNoteModel(args.out)
     stats = {"model": [0, 0, 0], "skyline": [0, 0, 0]}  # tune notes kept, notes kept, tune notes

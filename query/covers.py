@@ -50,7 +50,6 @@ from numba import njit
 
 from atlas_db.errors import BadInputError, IndexTroubleError
 from indexers.tempo import relative_tempo
-from indexers.tune_notes import tune_line
 from indexers.blas_threads import one_blas_thread
 from indexers.align import (in_background, sw_chroma, sw_chroma_score, sw_pitch_classes_rhythm_score,
                             sw_pitch_classes_score, sw_symbols, sw_symbols_score, two_at_once)
@@ -174,14 +173,6 @@ ALIGN = dict(
     # rhythm_candidates_short. Fit part, fusion_probe.py: combined_short level 2 0.834 ->
     # 0.849 (seeds 1-3), 0.806 -> 0.844 (4-6); 200 or every candidate the same (docs)
     rhythm_candidates=30, rhythm_candidates_short=100, rhythm_query_notes=96,
-    # fusion features (_tune_line): a one-part query's *learned* tune line
-    # (indexers.tune_notes: the notes a small classifier, trained on POP909-dev songs that
-    # are no benchmark query's, calls tune with probability >= tune_line_threshold; their
-    # skyline) aligned with each candidate's lines, by intervals and by pitch classes at
-    # the candidate's harmony transposition. Fit part (fusion_probe.py --probe
-    # benchmarks/probes/tune_notes.py): see docs/covers.md, "The learned tune line"
-    # (a longer one-part query: its middle tune_line_notes notes only)
-    tune_line=True, tune_line_threshold=0.3, tune_line_notes=1024,
     rhythm_tolerance=1.3, rhythm_miss=1.0, rhythm_adapt=0.3,
     # the bass line (CoverIndex._bass): gap cost of either side (0.25, 0.75 or 1 gave
     # the same within 0.013 on the fit part: benchmarks/fusion_probe.py --gaps), the
@@ -297,9 +288,6 @@ class QueryFeatures:
     # (None when that scale is ~1): further candidate lists
     rescaled_chroma: np.ndarray | None = field(default=None, repr=False)
     rescaled_vector: np.ndarray | None = field(default=None, repr=False)
-    # a one-part query's learned tune line (indexers.tune_notes), pitches; None: not one
-    # part, or too few notes called tune
-    tune_pitch: np.ndarray | None = field(default=None, repr=False)
     intervals: np.ndarray = field(init=False)
     interval_index: np.ndarray = field(init=False)
     # the query's chroma frames per (time scale, ...) for one search: each scale is
@@ -347,12 +335,6 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
                                           register_drop=ALIGN["tight_register"])[0])[0]
             if iv.size >= 3 and not np.array_equal(iv, f["intervals"]):
                 alts.append(iv)
-    tune_pitch = None
-    if one_part and ALIGN["tune_line"]:
-        keep = tune_line(onset_beats, duration_beats, pitch, ALIGN["tune_line_threshold"],
-                         ALIGN["tune_line_notes"])
-        if keep.sum() >= 5:
-            tune_pitch = skyline(np.asarray(onset_beats)[keep], np.asarray(duration_beats)[keep], pitch[keep])[0]
     tempo_scale = relative_tempo(onset_beats)[0]
     rescaled = rescaled_vector = None
     if ALIGN["rescaled_candidates"] and abs(np.log2(tempo_scale)) >= 0.04:
@@ -365,7 +347,7 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
     return QueryFeatures(label, piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"],
                          half, alts, tempo_scale=tempo_scale, one_part=one_part, rescaled_chroma=rescaled,
                          rescaled_vector=rescaled_vector, skyline_share=f["melody_pitch"].size / pitch.size,
-                         bass_pc=f["bass_pc"], tune_pitch=tune_pitch)
+                         bass_pc=f["bass_pc"])
 
 
 def query_from_file(path) -> QueryFeatures:
@@ -963,36 +945,7 @@ class CoverIndex:
         vec = v @ q.vector / np.maximum(np.linalg.norm(v, axis=1) * float(np.linalg.norm(q.vector)), 1e-9)
         return fusion_features(r["score"], r["mel"], r["harm"], self._tfidf_scores(q)[rows], vec,
                                q.intervals.size, 2 * ALIGN["min_query_intervals"], self._rhythm(q, r),
-                               self._bass(q, r), self._support(r), self._tune_line(q, r))
-
-    def _tune_line(self, q: QueryFeatures, r) -> tuple[np.ndarray, np.ndarray] | None:
-        """Per candidate: the query's learned tune line (``q.tune_pitch``) aligned with
-        the candidate's lead or second line, the better of the two, (a) by pitch-class
-        intervals (``sw_symbols_score``, as the query's own melody line; its middle
-        ``max_query_intervals``) over the line's intervals, and (b) by pitch classes at
-        the candidate's harmony transposition (``sw_pitch_classes_score``, the
-        ``_tune_in_notes`` costs; its middle ``pc_query_notes``) over the line's notes,
-        each counted as at least ``min_query_intervals``. None for a query without one."""
-        A = ALIGN
-        rows = r["rows"]
-        line = q.tune_pitch
-        if line is None or line.size < 4 or rows.size == 0:
-            return None
-        by_iv = np.zeros(rows.size, np.float32)
-        iv = melody_intervals(line)[0]
-        if iv.size >= 3:
-            a, b = _middle(iv.size, A["max_query_intervals"])
-            iv = np.ascontiguousarray(iv[a:b])
-            spans = self._line_spans(rows, self.iv_off, self.sec_iv_off)
-            s = sw_symbols_score(iv, self.iv, spans, A["mel_match"], A["mel_mismatch"], A["mel_gap"], A["mel_merge"])
-            by_iv = s[self._best_line(rows, s)] / (A["mel_match"] * max(iv.size, A["min_query_intervals"]))
-        a, b = _middle(line.size, A["pc_query_notes"])
-        qpc = np.asarray(line[a:b], np.int64) % 12
-        spans, shifts = self._note_lines(rows, r["hshift"])
-        raw = sw_pitch_classes_score(qpc, self.mel_pc, spans, shifts, A["pc_match"], A["pc_mismatch"],
-                                     A["pc_gap_query"], A["pc_gap_ref"])
-        by_pc = raw[self._best_line(rows, raw)] / (A["pc_match"] * max(qpc.size, A["min_query_intervals"]))
-        return by_iv, by_pc
+                               self._bass(q, r), self._support(r))
 
     def _support(self, r) -> np.ndarray:
         """Per candidate, 0..~1.2: the best alignment score among the *other* aligned

@@ -1,7 +1,9 @@
 """Probe for ``benchmarks/fusion_probe.py --probe``: the learned tune line of a one-part
-query (``indexers.tune_notes``: the notes a small convolutional classifier calls tune),
+query (``tune_notes_model``: the notes a small convolutional classifier calls tune),
 as the columns ``oracle_tune.py`` measures for the true MELODY notes. Weights:
-``$TUNE_WEIGHTS`` or the shipped ``indexers/tune_notes.npz``.
+``$TUNE_WEIGHTS`` or ``tune_notes_model.WEIGHTS`` (made by
+``benchmarks/train_tune_notes.py``). Measured, not kept: docs/covers.md, "The learned
+tune line". ``$TUNE_THRESHOLDS`` (default "0.3,0.5"): the probabilities a note needs.
 
 Columns per threshold (0.3, 0.5): the line's interval alignment against each candidate's
 lines and that minus the best; its pitch classes against the candidate's tune at its
@@ -18,7 +20,7 @@ _M = {}
 
 
 def prepare(index):
-    from indexers.tune_notes import WEIGHTS, TuneNoteModel
+    from tune_notes_model import WEIGHTS, TuneNoteModel
 
     _M["model"] = TuneNoteModel(os.environ.get("TUNE_WEIGHTS", WEIGHTS))
 
@@ -53,7 +55,7 @@ def line_columns(index, r, line):
 
 def columns(index, q, r, arrays):
     from indexers.features import skyline
-    from indexers.tune_notes import note_features
+    from tune_notes_model import note_features
 
     rows = r["rows"]
     on, du, p, trk = arrays

@@ -1,36 +1,38 @@
-"""Which notes of one polyphonic part are the tune: a small learned note classifier.
+"""Which notes of one polyphonic part are the tune: a small learned note classifier,
+measured as a cover-search signal and not kept (docs/covers.md, "The learned tune line").
 
 A query that comes as one part (tracks merged, a piano reduction, a performance) has no
 lead track, and its skyline is about half accompaniment (docs/covers.md, "A one-part
 query"). This module scores each note's probability of belonging to the tune from its
 context alone, with features that do not depend on the key or the tempo:
 
-- time is measured in the query's own unit ``u`` (its span divided by its number of
+- time is measured in the part's own unit ``u`` (its span divided by its number of
   notes), so a re-timed file, a tempo curve or a performance read in seconds give the
   same features;
-- pitch enters as the note's height against the highest, lowest and median notes
+- pitch enters as the note's height against the highest, lowest and mean notes
   sounding near it (windows of 0.5, 2 and 8 ``u``) and as its register, so a
-  transposition of a few semitones changes little.
+  transposition of a few semitones changes one column only.
 
-A 1-D convolution over the notes in onset order (``TuneNoteModel``, a few thousand
-weights in ``tune_notes.npz``) turns the features into a probability; it is trained by
-``benchmarks/train_tune_notes.py`` on POP909-dev songs that are never queries of the
-honest cover benchmark (their MELODY track is the tune), with key, tempo, jitter, note
-drops, spurious notes and excerpts drawn at random. The forward pass is NumPy.
+A dilated 1-D convolution over the notes in onset order (``TuneNoteModel``) turns the
+features into a probability; ``benchmarks/train_tune_notes.py`` trains it (into
+``WEIGHTS`` by default) on POP909-dev songs that are never queries of the honest cover
+benchmark. The forward pass is NumPy, as the search would run it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numba
 import numpy as np
 
-__all__ = ["note_features", "TuneNoteModel", "tune_line", "N_FEATURES"]
+__all__ = ["note_features", "TuneNoteModel", "tune_line", "save_weights", "N_FEATURES", "WEIGHTS"]
 
 WINDOWS_U = (0.5, 2.0, 8.0)
 N_FEATURES = 3 + 4 * len(WINDOWS_U)
-WEIGHTS = Path(__file__).with_name("tune_notes.npz")
+# where benchmarks/train_tune_notes.py saves the weights by default (not in the repository)
+WEIGHTS = Path(os.environ.get("ATLAS_BENCH_CACHE", "/tmp/atlas_covers_honest")) / "tune_notes.npz"
 
 
 @numba.njit(cache=True)
@@ -102,7 +104,7 @@ class TuneNoteModel:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: the tune-note model's weights are missing "
-                                    "(train them with benchmarks/train_tune_notes.py)")
+                                    "(train them with benchmarks/train_tune_notes.py, ~10 min)")
         with np.load(path) as z:
             n = len([k for k in z.files if k.startswith("w")])
             self.layers = [(z[f"w{i}"].astype(np.float32), z[f"b{i}"].astype(np.float32)) for i in range(n)]
@@ -123,6 +125,16 @@ class TuneNoteModel:
             if i < len(self.layers) - 1:
                 np.maximum(x, 0, out=x)
         return 1.0 / (1.0 + np.exp(-x[:, 0]))
+
+
+def save_weights(path: Path | str, layers, dilations, mean, std) -> None:
+    """Save conv layers ((w (out, in, k), b) NumPy pairs) as ``TuneNoteModel`` reads them."""
+    weights = {}
+    for i, (w, b) in enumerate(layers):
+        weights[f"w{i}"], weights[f"b{i}"] = np.asarray(w, np.float32), np.asarray(b, np.float32)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32),
+                        dilations=np.asarray(dilations, np.int64), **weights)
 
 
 _MODEL: list = []
