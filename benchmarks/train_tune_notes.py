@@ -8,8 +8,9 @@ reads them). Measured, not kept in the search: docs/covers.md, "The learned tune
 Training data: the POP909-dev songs that are never queries of the honest cover benchmark
 (``benchmarks/covers_honest.py``: songs whose files are all near-copies of one another,
 stored there as distractors only), one file per song; a note is tune when it is in the
-file's MELODY track. Each training sequence is a random excerpt of a file, merged into one
-part and drawn with: a transposition of -6..+6, a tempo curve, onset jitter of up to 0.15
+file's MELODY track. Each training sequence is a random excerpt of 8-64 beats of a file
+(the whole file one time in five), merged into one part and drawn with: a transposition
+of -6..+6, a tempo curve and scale, onset jitter of up to 0.15
 beat, durations scaled by 0.6-1.4, 0-25% of the notes dropped and 0-12% spurious notes
 (near a kept note's pitch, anywhere in the excerpt). Features are computed by
 ``tune_notes_model.note_features``, as the probe computes them for a query. The last 10% of the songs
@@ -50,8 +51,9 @@ def training_songs(data: Path):
     return out
 
 
-def draw(n: dict, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One augmented one-part excerpt: (onset_beats, duration_beats, pitch, is_tune)."""
+def draw(n: dict, rng, accompaniment_only: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One augmented one-part excerpt: (onset_beats, duration_beats, pitch, is_tune); with
+    probability ``accompaniment_only`` the PIANO track's notes alone (no tune)."""
     on = n["onset_beats"].astype(np.float64)
     du = n["duration_beats"].astype(np.float64)
     p = n["pitch"].astype(np.int64) + int(rng.integers(-6, 7))
@@ -61,6 +63,9 @@ def draw(n: dict, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     m = (on >= t0) & (on < t0 + length)
     if rng.random() < 0.2:  # a whole file now and then
         m[:] = True
+    if accompaniment_only and rng.random() < accompaniment_only and (n["track"] == "PIANO").any():
+        # the accompaniment alone: a part with no tune at all, every note labelled no
+        m &= n["track"] == "PIANO"
     on, du, p, y = on[m], du[m], p[m], y[m]
     if on.size < 8:
         return None
@@ -106,12 +111,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=WEIGHTS)
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--draws", type=int, default=40, help="augmented excerpts per song per epoch")
-    ap.add_argument("--width", type=int, default=48)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--draws", type=int, default=60, help="augmented excerpts per song per epoch")
+    ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--kernel", type=int, default=5)
     ap.add_argument("--dilations", default="1,2,4,8,1", help="one per layer")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--accompaniment", type=float, default=0.0,
+                    help="share of draws that are the accompaniment alone, no tune notes (the second form "
+                         "measured in docs/covers.md: 0.15)")
     args = ap.parse_args(argv)
 
     import torch
@@ -125,7 +133,7 @@ def main(argv=None):
     train, val = names[:-n_val], names[-n_val:]
     print(f"{len(train)} training songs, {len(val)} validation songs", flush=True)
 
-    val_samples = [s for f in val for s in (draw(songs[f], np.random.default_rng([7, i]))
+    val_samples = [s for f in val for s in (draw(songs[f], np.random.default_rng([7, i]), args.accompaniment)
                                             for i in range(20)) if s is not None]
     # feature standardisation from one pass of training draws
     x0, _, m0 = batchify([s for f in train[:40] for s in [draw(songs[f], rng)] if s is not None], 256)
@@ -153,7 +161,8 @@ def main(argv=None):
     vx, vy, vm = batchify(val_samples, 512)
     for epoch in range(args.epochs):
         t0 = time.perf_counter()
-        samples = [s for f in train for s in (draw(songs[f], rng) for _ in range(args.draws)) if s is not None]
+        samples = [s for f in train for s in (draw(songs[f], rng, args.accompaniment) for _ in range(args.draws))
+                   if s is not None]
         x, y, m = batchify(samples, 256)
         perm = rng.permutation(x.shape[0])
         net.train()
