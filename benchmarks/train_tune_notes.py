@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from covers_honest import DATA, load_files, pop909_protocol  # noqa: E402
 from indexers.features import skyline  # noqa: E402
-from tune_notes_model import N_FEATURES, WEIGHTS, note_features, save_weights  # noqa: E402
+from tune_notes_model import N_FEATURES, WEIGHTS, TuneNoteModel, note_features, save_weights  # noqa: E402
 
 
 def training_songs(data: Path):
@@ -189,8 +189,6 @@ def main(argv=None):
     print(f"saved {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
 
     # the tune line on the validation draws: the model's kept notes against the skyline
-    from tune_notes_model import TuneNoteModel
-
     model = TuneNoteModel(args.out)
     stats = {"model": [0, 0, 0], "skyline": [0, 0, 0]}  # tune notes kept, notes kept, tune notes
     for on, du, p, y in val_samples:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-__all__ = ["note_features", "TuneNoteModel", "tune_line", "save_weights", "N_FEATURES", "WEIGHTS"]
+__all__ = ["note_features", "TuneNoteModel", "save_weights", "N_FEATURES", "WEIGHTS"]
 
 WINDOWS_U = (0.5, 2.0, 8.0)
 N_FEATURES = 3 + 4 * len(WINDOWS_U)
@@ -37,7 +37,7 @@ WEIGHTS = Path(os.environ.get("ATLAS_BENCH_CACHE", "/tmp/atlas_covers_honest")) 
 
 @numba.njit(cache=True)
 def _window_stats(on, p, half):
-    """Per note: max, min, median-ish (mean) pitch and count of notes whose onset is
+    """Per note: the max, min and mean pitch and the count of the notes whose onset is
     within ``half`` of its own (``on`` sorted)."""
     n = on.size
     out = np.zeros((n, 4))
@@ -108,7 +108,7 @@ class TuneNoteModel:
         with np.load(path) as z:
             n = len([k for k in z.files if k.startswith("w")])
             self.layers = [(z[f"w{i}"].astype(np.float32), z[f"b{i}"].astype(np.float32)) for i in range(n)]
-            self.dilations = [int(d) for d in z["dilations"]] if "dilations" in z.files else [1] * n
+            self.dilations = [int(d) for d in z["dilations"]]
             self.mean = z["mean"].astype(np.float32)
             self.std = z["std"].astype(np.float32)
 
@@ -135,31 +135,3 @@ def save_weights(path: Path | str, layers, dilations, mean, std) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32),
                         dilations=np.asarray(dilations, np.int64), **weights)
-
-
-_MODEL: list = []
-
-
-def model() -> TuneNoteModel:
-    if not _MODEL:
-        _MODEL.append(TuneNoteModel())
-    return _MODEL[0]
-
-
-def tune_line(onset_beats, duration_beats, pitch, threshold: float = 0.5, max_notes: int | None = None
-              ) -> np.ndarray:
-    """Boolean mask (in the given notes' order) of the notes the model calls tune, with
-    probability >= ``threshold``. ``max_notes``: a longer part is classified in its middle
-    ``max_notes`` notes (by onset) only, and its other notes are left out (the search
-    reads the middle of a long line only)."""
-    on = np.asarray(onset_beats, np.float64)
-    keep = np.zeros(on.size, bool)
-    sel = np.arange(on.size)
-    if max_notes is not None and on.size > max_notes:
-        by_onset = np.argsort(on, kind="stable")
-        a = (on.size - max_notes) // 2
-        sel = by_onset[a:a + max_notes]
-    order, f = note_features(on[sel], np.asarray(duration_beats, np.float64)[sel], np.asarray(pitch)[sel])
-    if order.size:
-        keep[sel[order]] = model().probabilities(f) >= threshold
-    return keep
