@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from covers_honest import DATA, load_files, pop909_protocol  # noqa: E402
+from covers_honest import DATA, _warp, load_files, pop909_protocol  # noqa: E402
 from indexers.features import skyline  # noqa: E402
 from tune_notes_model import N_FEATURES, WEIGHTS, TuneNoteModel, note_features, save_weights  # noqa: E402
 
@@ -80,12 +80,9 @@ def draw(n: dict, rng, accompaniment_only: float = 0.0) -> tuple[np.ndarray, np.
         y = np.concatenate([y, np.zeros(n_extra, bool)])
     on = on + rng.uniform(-1, 1, on.size) * rng.uniform(0, 0.15)
     du = du * rng.uniform(0.6, 1.4, on.size)
-    # tempo curve: local rate 1 +- up to 15%
-    dev, period, phase = rng.uniform(0, 0.15), rng.uniform(12, 40), rng.uniform(0, 2 * np.pi)
-    w = 2 * np.pi / period
-    warp = lambda x: x + dev / w * (np.sin(w * x + phase) - np.sin(phase))  # noqa: E731
+    # tempo curve: local rate 1 +- up to 15% (the benchmark's warp)
     on0 = on - on.min()
-    on, off = warp(on0), warp(on0 + du)
+    on, off = _warp(on0, on0 + du, rng, rng.uniform(0, 0.15))
     return on * rng.uniform(0.5, 2.0), np.maximum(off - on, 0.02), np.clip(p, 0, 127), y
 
 

@@ -29,6 +29,7 @@ def line_columns(index, r, line):
     from indexers.align import sw_pitch_classes_score, sw_symbols_score
     from indexers.features import melody_intervals
     from query.covers import ALIGN as A
+    from query.covers import _middle
 
     rows = r["rows"]
     out = np.zeros((rows.size, 4), np.float32)
@@ -40,10 +41,7 @@ def line_columns(index, r, line):
         s = s[index._best_line(rows, s)] / (A["mel_match"] * max(iv.size, A["min_query_intervals"]))
         out[:, 0], out[:, 1] = s, s - s.max()
     if line.size >= 4:
-        a, b = 0, line.size
-        if line.size > A["pc_query_notes"]:
-            a = (line.size - A["pc_query_notes"]) // 2
-            b = a + A["pc_query_notes"]
+        a, b = _middle(line.size, A["pc_query_notes"])
         qpc = np.asarray(line[a:b], np.int64) % 12
         spans, shifts = index._note_lines(rows, r["hshift"])
         raw = sw_pitch_classes_score(qpc, index.mel_pc, spans, shifts, A["pc_match"], A["pc_mismatch"],
