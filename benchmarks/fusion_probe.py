@@ -10,8 +10,10 @@ its fusion features (``query.cover_fusion.FEATURES``, as ``benchmarks/fit_cover_
 collects them) and the probe's columns. The fit songs are split in two halves at random;
 ``query.cover_fusion.fit_ranking`` (as the shipped fit) is fitted
 on the queries of one half and ranks the other's, both ways; the table is each cell's
-MAP over the aligned candidates, without and with the probe. The held-out part and
-vienna4x22 are never read.
+MAP over the aligned candidates, without and with the probe. The held-out part is read
+only with ``--heldout SEEDS``: each arm is then fitted on all the fit part's queries and
+ranks the held-out part's queries of those seeds (a second table); vienna4x22 is never
+read.
 
 The probe here is the **bass line**, now one of the shipped features (``bass``,
 ``bass_rel``): the "without" arm leaves those two out, so the table says what they add,
@@ -63,7 +65,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from covers_honest import CELLS, DATA, pop909_queries, setup  # noqa: E402
 from indexers.blas_threads import one_blas_thread  # noqa: E402
-from query.cover_fusion import FEATURES, fit_ranking  # noqa: E402
+from query.cover_fusion import FEATURES, fit_ranking, fuse  # noqa: E402
 from query.covers import ALIGN  # noqa: E402
 
 
@@ -91,11 +93,11 @@ class BassGaps:
         return e
 
 
-def collect(index, notes, bench, seed, probe):
+def collect(index, notes, bench, seed, probe, part="fit"):
     """Per candidate: fusion features, the probe's columns, right or not, query number;
     per query: (cell, level, song, number of right answers)."""
     xs, es, ys, qs, meta = [], [], [], [], []
-    for (_p, cell, level), song, q, arrays, rel in pop909_queries(notes, bench, CELLS, [1, 2], ["fit"], None, seed):
+    for (_p, cell, level), song, q, arrays, rel in pop909_queries(notes, bench, CELLS, [1, 2], [part], None, seed):
         with one_blas_thread():
             r = index._aligned(q)
             x = index._features(q, r)
@@ -150,6 +152,33 @@ def cross_validated(x, y, q, song_of_query, nrel):
     return ap
 
 
+def stacked(parts, probe):
+    """``collect`` results of several seeds as one set: features (less the probe's
+    ``DROP``), probe columns, labels, query numbers, per-query meta."""
+    x = np.concatenate([p[0] for p in parts])
+    x = np.delete(x, [FEATURES.index(f) for f in getattr(probe, "DROP", ())], axis=1)
+    e = np.concatenate([p[1] for p in parts])
+    y = np.concatenate([p[2] for p in parts])
+    q = np.concatenate([p[3] + sum(len(o[4]) for o in parts[:i]) for i, p in enumerate(parts)])
+    return x, e, y, q, [m for p in parts for m in p[4]]
+
+
+def arms_of(x, e, probe):
+    """The shipped features, then each arm's: the shipped plus its probe columns."""
+    arms = {getattr(probe, "BASE", "shipped"): x}
+    arms.update({name: np.hstack([x, e[:, cols]]) for name, cols in probe.ARMS.items()})
+    return arms
+
+
+def print_table(title, cells, aps):
+    print(title)
+    print("cell".ljust(24) + "".join(name.rjust(18) for name in aps))
+    for c in sorted(set(cells)):
+        m = cells == c
+        print(f"{c} ({m.sum()})".ljust(24) + "".join(f"{a[m].mean():18.3f}" for a in aps.values()))
+    print("mean".ljust(24) + "".join(f"{a.mean():18.4f}" for a in aps.values()))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="1,2,3")
@@ -160,6 +189,9 @@ def main(argv=None):
     ap.add_argument("--probe", metavar="FILE", help="a probe module (see above) instead of the bass gaps")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a search setting for this run: an ALIGN key or tempo.NAME (repeatable)")
+    ap.add_argument("--heldout", metavar="SEEDS",
+                    help="also rank the held-out part's queries of these seeds (e.g. 0), each arm fitted on "
+                         "the whole fit part: the one figure here that nothing was fitted on")
     args = ap.parse_args(argv)
     for kv in args.set:
         apply_setting(kv)
@@ -170,29 +202,42 @@ def main(argv=None):
     t0 = time.perf_counter()
     notes, bench, index, _, _ = setup(Path(DATA), None, not args.no_second_line)
     if hasattr(probe, "prepare"):
-        probe.prepare(index)
+        # prepare(index) or prepare(index, notes): the second gets every file's notes (path -> arrays)
+        n_args = probe.prepare.__code__.co_argcount
+        probe.prepare(index, notes) if n_args >= 2 else probe.prepare(index)
     parts = [collect(index, notes, bench, int(s), probe) for s in args.seeds.split(",")]
-    x = np.concatenate([p[0] for p in parts])
-    e = np.concatenate([p[1] for p in parts])
-    y = np.concatenate([p[2] for p in parts])
-    q = np.concatenate([p[3] + sum(len(o[4]) for o in parts[:i]) for i, p in enumerate(parts)])
-    meta = [m for p in parts for m in p[4]]
+    x, e, y, q, meta = stacked(parts, probe)
     cells = np.array([f"{m[0]}:{m[1]}" for m in meta])
     song = np.array([m[2] for m in meta])
     nrel = np.array([m[3] for m in meta])
-    # the probe's DROP features out of every arm (the bass gaps stand in for the shipped bass features)
-    x = np.delete(x, [FEATURES.index(f) for f in getattr(probe, "DROP", ())], axis=1)
-    arms = {getattr(probe, "BASE", "shipped"): x}
-    arms.update({name: np.hstack([x, e[:, cols]]) for name, cols in probe.ARMS.items()})
+    arms = arms_of(x, e, probe)
     aps = {name: cross_validated(a, y, q, song, nrel) for name, a in arms.items()}
-    print(f"fit part, seeds {args.seeds}: {len(meta)} queries, {y.size:,} aligned candidates "
-          f"({time.perf_counter() - t0:.0f} s); MAP over the aligned candidates, fitted on the other half of the songs")
-    print("cell".ljust(24) + "".join(name.rjust(18) for name in aps))
-    for c in sorted(set(cells)):
-        m = cells == c
-        print(f"{c} ({m.sum()})".ljust(24) + "".join(f"{a[m].mean():18.3f}" for a in aps.values()))
-    print("mean".ljust(24) + "".join(f"{a.mean():18.4f}" for a in aps.values()))
+    print_table(f"fit part, seeds {args.seeds}: {len(meta)} queries, {y.size:,} aligned candidates "
+                f"({time.perf_counter() - t0:.0f} s); MAP over the aligned candidates, fitted on the other half "
+                "of the songs", cells, aps)
+    if args.heldout:
+        heldout(args, index, notes, bench, probe, arms, y, q)
 
+
+def heldout(args, index, notes, bench, probe, arms, y, q):
+    """Each arm fitted on all the fit part's queries above, then ranking the held-out
+    part's queries drawn with ``--heldout`` seeds: what the probe adds where nothing was
+    fitted (the song split of the table above is not needed here)."""
+    t0 = time.perf_counter()
+    hp = [collect(index, notes, bench, int(s), probe, "heldout") for s in args.heldout.split(",")]
+    hx, he, hy, hq, hmeta = stacked(hp, probe)
+    hnrel = np.array([m[3] for m in hmeta])
+    harms = arms_of(hx, he, probe)
+    aps = {}
+    if not getattr(probe, "DROP", ()):
+        # the shipped coefficients (query/cover_fusion.json, fitted on the fit part's seed 1)
+        aps["as shipped"] = average_precision(fuse(hx), hy, hq, hnrel)
+    for name, a in arms.items():
+        beta, _ = fit_ranking(a, y, q)
+        aps[name] = average_precision(harms[name] @ beta, hy, hq, hnrel)
+    print_table(f"held-out part, seeds {args.heldout}: {len(hmeta)} queries ({time.perf_counter() - t0:.0f} s); "
+                f"each arm fitted on the fit part's seeds {args.seeds} (all of its songs)",
+                np.array([f"{m[0]}:{m[1]}" for m in hmeta]), aps)
 
 if __name__ == "__main__":
     main()
