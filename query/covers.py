@@ -84,6 +84,7 @@ ALIGN = dict(
     alt_line_below=0.6,  # ... aligned only when no melody or harmony score reached this
     look_further_below=0.6, look_further=4,  # no score reached this: align 4x the candidates
     short_clear=0.15, short_clear_rank=8,  # short queries: the best must also stand this far above rank 8
+    long_clear_below=0.75,  # ... and any query whose best is below this (fit part: the same MAP for 0.65-0.9)
     keep_frames_below=20_000,  # collections up to this size keep every piece's 2-beat frames (~10 KB each)
     harmony_weight=0.85,  # a melody match counts more than an equal harmony match
     # versions of the best answer: when one answer is a clear, confident match, the
@@ -1054,12 +1055,15 @@ class CoverIndex:
     def _convincing(q: QueryFeatures, score: np.ndarray) -> bool:
         """Whether the best answer is convincing enough to stop looking: it reaches
         ``look_further_below``; for a short query (where chance matches score high and
-        crowd together) it must also stand ``short_clear`` above the answer at rank
-        ``short_clear_rank`` (beyond a song's few versions)."""
+        crowd together), and for any query whose best is below ``long_clear_below``, it
+        must also stand ``short_clear`` above the answer at rank ``short_clear_rank``
+        (beyond a song's few versions: a weak match shared by the many versions of one
+        wrong piece, 22 performances of a Chopin ballade, crowded out the right one)."""
         A = ALIGN
         if score.size == 0 or float(score.max()) < A["look_further_below"]:
             return False
-        if _short(q) and score.size > A["short_clear_rank"]:
+        clear = _short(q) or float(score.max()) < A["long_clear_below"]
+        if clear and score.size > A["short_clear_rank"]:
             s = np.sort(score)[::-1]
             return float(s[0] - s[A["short_clear_rank"] - 1]) >= A["short_clear"]
         return True
