@@ -662,3 +662,33 @@ def test_tune_in_the_second_melody_line_is_found(tmp_path):
     assert res[0]["melody_score"] > 0.9 and res[0]["transposition"] == 3
     # the explained region is in the second line: the tune's own onsets
     assert res[0]["match_end_beats"] - res[0]["match_start_beats"] > 32
+
+
+def test_a_weak_best_shared_by_many_versions_does_not_stop_the_search():
+    """``CoverIndex._convincing``: a long query's best answer must clear rank 8 by
+    ``short_clear`` while it is below ``long_clear_below`` (a weak match shared by the
+    many versions of one wrong piece crowded the right song out of the candidates);
+    above it, a long query's best convinces whatever ranks 8th."""
+    from types import SimpleNamespace
+
+    from query.covers import ALIGN, CoverIndex
+
+    long_q = SimpleNamespace(intervals=np.zeros(4 * ALIGN["min_query_intervals"]))
+    short_q = SimpleNamespace(intervals=np.zeros(ALIGN["min_query_intervals"]))
+    weak = ALIGN["look_further_below"] + 0.5 * (ALIGN["long_clear_below"] - ALIGN["look_further_below"])
+    strong = ALIGN["long_clear_below"] + 0.2
+    lo = 0.3
+
+    def scores(best, eighth):  # 9 scores: the best, six between, the 8th, one low
+        return np.array([best] + [eighth + 0.01] * 6 + [eighth, lo])
+
+    # a cluster of weak matches: look further
+    assert not CoverIndex._convincing(long_q, scores(weak, weak - 0.02))
+    # the same weak best standing clear of rank 8: convincing
+    assert CoverIndex._convincing(long_q, scores(weak, weak - ALIGN["short_clear"] - 0.01))
+    # a strong best convinces a long query even with its many versions at rank 8 ...
+    assert CoverIndex._convincing(long_q, scores(strong, strong - 0.02))
+    # ... but not a short one, for which chance matches crowd together at any score
+    assert not CoverIndex._convincing(short_q, scores(strong, strong - 0.02))
+    # nothing reached look_further_below: never convincing
+    assert not CoverIndex._convincing(long_q, scores(ALIGN["look_further_below"] - 0.05, lo))
