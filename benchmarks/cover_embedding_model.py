@@ -117,12 +117,22 @@ class CoverEmbedding:
         return e / max(float(np.linalg.norm(e)), 1e-9)
 
 
-def window_embeddings(frames: np.ndarray, length: int, stride: int) -> np.ndarray:
-    """L2-normalised mean of every ``length``-frame window of ``frames`` [T, DIM], at
-    ``stride``; one window (the whole piece) when it is shorter."""
-    t = frames.shape[0]
+def cumulative(frames: np.ndarray) -> np.ndarray:
+    """float64 [T + 1, DIM]: the running sums of ``frames`` from 0, so the sum over frames
+    a..b-1 is ``c[b] - c[a]`` (a piece's windows of any length from one array)."""
+    return np.vstack([np.zeros((1, frames.shape[1])), np.cumsum(frames, 0, dtype=np.float64)])
+
+
+def windows_from_cumulative(c: np.ndarray, length: int, stride: int) -> np.ndarray:
+    """float64: the L2-normalised mean of every ``length``-frame window, at ``stride``, from
+    ``cumulative(frames)``; one window (the whole piece) when the piece is shorter."""
+    t = c.shape[0] - 1
     length = max(1, min(length, t))
-    c = np.vstack([np.zeros((1, frames.shape[1]), np.float64), np.cumsum(frames, 0, dtype=np.float64)])
     starts = np.arange(0, t - length + 1, stride)
     w = c[starts + length] - c[starts]
-    return (w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-9)).astype(np.float32)
+    return w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-9)
+
+
+def window_embeddings(frames: np.ndarray, length: int, stride: int) -> np.ndarray:
+    """``windows_from_cumulative`` of ``frames`` [T, DIM]."""
+    return windows_from_cumulative(cumulative(frames), length, stride)

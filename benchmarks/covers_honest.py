@@ -150,6 +150,22 @@ def near_copy_groups(files: list[str], notes: dict, threshold: float = 0.9) -> l
     return list(groups.values())
 
 
+def song_of(path) -> str:
+    """The POP909 song a file belongs to: its folder (NNN/NNN.mid, NNN/versions/*.mid)."""
+    p = Path(path)
+    return p.parent.parent.name if p.parent.name == "versions" else p.parent.name
+
+
+def non_query_files(data: Path) -> dict[str, dict]:
+    """path -> notes of every file of the POP909-dev songs that are no benchmark query's
+    song (their files are all near-copies: stored as distractors only). The learned
+    probes' training scripts train on these alone."""
+    paths = sorted(data.glob("*/*.mid")) + sorted(data.glob("*/versions/*.mid"))
+    notes = load_files(paths)
+    _stored, bench, _ = pop909_protocol(data, notes)
+    return {f: n for f, n in notes.items() if song_of(f) not in bench}
+
+
 def pop909_protocol(data: Path, notes: dict):
     """Songs, their query source (NNN.mid), held-out files and stored right answers.
 
@@ -159,7 +175,7 @@ def pop909_protocol(data: Path, notes: dict):
         p = Path(f)
         if not p.is_relative_to(data):
             continue
-        songs[p.parent.parent.name if p.parent.name == "versions" else p.parent.name].append(f)
+        songs[song_of(p)].append(f)
     main = {s: f for s, fs in songs.items() for f in fs if Path(f).stem == s}
     # POP909 holds a few songs twice under two numbers (017/018): one song
     merged = 0

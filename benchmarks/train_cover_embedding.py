@@ -34,26 +34,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cover_embedding_model import WEIGHTS, CoverEmbedding, build_net, pooled, roll, window_embeddings  # noqa: E402
-from covers_honest import DATA, degrade, load_files, pop909_protocol  # noqa: E402
+from covers import _sel  # noqa: E402
+from covers_honest import DATA, degrade, non_query_files, song_of  # noqa: E402
 
 
 def training_songs(data: Path) -> dict[str, list[dict]]:
     """song -> the notes of its files, for the songs that are no benchmark query's song."""
-    paths = sorted(data.glob("*/*.mid")) + sorted(data.glob("*/versions/*.mid"))
-    notes = load_files(paths)
-    _stored, bench, _ = pop909_protocol(data, notes)
     out: dict[str, list[dict]] = {}
-    for f, n in notes.items():
-        p = Path(f)
-        song = p.parent.parent.name if p.parent.name == "versions" else p.parent.name
-        if song in bench or n["pitch"].size < 100:
-            continue
-        out.setdefault(song, []).append(n)
+    for f, n in non_query_files(data).items():
+        if n["pitch"].size >= 100:
+            out.setdefault(song_of(f), []).append(n)
     return out
-
-
-def _cut(n: dict, m: np.ndarray) -> dict:
-    return {k: v[m] for k, v in n.items()}
 
 
 def rearranged(on, du, p, track, rng):
@@ -84,7 +75,7 @@ def draw_pair(files: list[dict], rng, arrangement: float = 0.0):
         m &= x["track"] == "PIANO"
     if m.sum() < 16:
         return None
-    src = _cut(x, m)
+    src = _sel(x, m)
     b0, b1 = float(src["onset_beats"].min()), float(src["onset_beats"].max())
     factors = {"merge"} | {f for f in ("jitter", "edit") if rng.random() < 0.75}
     factors.add("perf" if rng.random() < 0.15 else "retime")

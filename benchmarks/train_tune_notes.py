@@ -31,24 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from covers_honest import DATA, _warp, load_files, pop909_protocol  # noqa: E402
+from covers_honest import DATA, _warp, non_query_files  # noqa: E402
 from indexers.features import skyline  # noqa: E402
 from tune_notes_model import N_FEATURES, WEIGHTS, TuneNoteModel, note_features, save_weights  # noqa: E402
 
 
 def training_songs(data: Path):
     """(path -> notes) of one file per song that is no benchmark query's song."""
-    paths = sorted(data.glob("*/*.mid")) + sorted(data.glob("*/versions/*.mid"))
-    notes = load_files(paths)
-    _stored, bench, _ = pop909_protocol(data, notes)
-    out = {}
-    for f, n in notes.items():
-        p = Path(f)
-        if p.parent.name == "versions" or p.stem in bench:
-            continue
-        if (n["track"] == "MELODY").sum() >= 50:
-            out[f] = n
-    return out
+    return {f: n for f, n in non_query_files(data).items()
+            if Path(f).parent.name != "versions" and (n["track"] == "MELODY").sum() >= 50}
 
 
 def draw(n: dict, rng, accompaniment_only: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

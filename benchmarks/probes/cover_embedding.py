@@ -19,27 +19,17 @@ SHORT_FRAMES = 64  # a query of at most 32 of its own beats: the two columns aga
 
 
 def prepare(index, notes):
-    from cover_embedding_model import WEIGHTS, CoverEmbedding
+    from cover_embedding_model import WEIGHTS, CoverEmbedding, cumulative
 
     model = CoverEmbedding(os.environ.get("EMBED_WEIGHTS", WEIGHTS))
     _M["model"] = model
-    cums = []
-    for path in index.ids:
-        n = notes[path]
-        f = model.frames(n["onset_beats"], n["duration_beats"], n["pitch"]).astype(np.float64)
-        cums.append(np.vstack([np.zeros((1, f.shape[1])), np.cumsum(f, 0)]))
-    _M["cums"] = cums
-
-
-def _best_window(c, q, length, stride=2):
-    t = c.shape[0] - 1
-    length = max(1, min(length, t))
-    s = np.arange(0, t - length + 1, stride)
-    w = c[s + length] - c[s]
-    return float((w @ q / np.maximum(np.linalg.norm(w, axis=1), 1e-9)).max())
+    _M["cums"] = [cumulative(model.frames(notes[p]["onset_beats"], notes[p]["duration_beats"], notes[p]["pitch"]))
+                  for p in index.ids]
 
 
 def columns(index, q, r, arrays):
+    from cover_embedding_model import windows_from_cumulative
+
     rows = r["rows"]
     on, du, p, _trk = arrays
     out = np.zeros((rows.size, 4), np.float32)
@@ -48,7 +38,8 @@ def columns(index, q, r, arrays):
     f = _M["model"].frames(on, du, p)
     e = f.mean(0)
     e /= max(float(np.linalg.norm(e)), 1e-9)
-    s = np.array([_best_window(_M["cums"][k], e, f.shape[0]) for k in rows], np.float32)
+    s = np.array([float((windows_from_cumulative(_M["cums"][k], f.shape[0], 2) @ e).max()) for k in rows],
+                 np.float32)
     out[:, 0], out[:, 1] = s, s - s.max()
     if f.shape[0] <= SHORT_FRAMES:
         out[:, 2], out[:, 3] = out[:, 0], out[:, 1]
