@@ -97,3 +97,34 @@ def test_a_candidate_outside_the_scale_probe_is_aligned_at_its_onsets_scale():
     finally:
         ALIGN["rhythm_scale"] = True
     assert without["harm"][-1] < with_onsets["harm"][-1] - 0.2
+
+
+def test_a_candidate_is_also_aligned_at_the_other_octaves_of_the_onsets_scale():
+    """The onsets fix the scale modulo octaves: song 3 re-timed by 2 ** -0.75 reads as
+    2 ** 0.25. With ``rhythm_octaves``, when no notated scale aligns convincingly (the
+    8 probe candidates are wrong songs), every candidate is also aligned at 2 ** -0.75
+    and 2 ** 1.25, so song 3 (ranked last) is found at its real scale; without, it is
+    aligned at 2 ** 0.25 and at the probe's scale only."""
+    from query.covers import ALIGN, CoverIndex, query_from_notes
+    from test_covers_fusion import _chord_song, _index_of
+
+    songs = [_chord_song(s) for s in range(12)]
+    index = _index_of(songs)
+    on, dur, p = songs[3]
+    f = 2 ** -0.75
+    q = query_from_notes("retimed", on * f, dur * f, p + 2)
+    assert q.tempo_scale == pytest.approx(2 * f, rel=0.02)
+    scales = CoverIndex._rhythm_scales(q, best_scale=0.5, off_grid=True)
+    assert sorted(round(float(np.log2(s / q.tempo_scale))) for s in scales) == [-1, 0, 1]
+    assert CoverIndex._rhythm_scales(q, best_scale=0.5, off_grid=False) == [q.tempo_scale]
+    rows = np.array([0, 1, 2, 4, 5, 6, 7, 8, 3])
+    assert ALIGN["rhythm_octaves"]
+    with_octaves = index.rerank(q, rows)
+    assert with_octaves["hscale"][-1] == pytest.approx(f, rel=0.02)
+    assert with_octaves["harm"][-1] > 0.8
+    ALIGN["rhythm_octaves"] = False
+    try:
+        without = index.rerank(q, rows)
+    finally:
+        ALIGN["rhythm_octaves"] = True
+    assert without["harm"][-1] < with_octaves["harm"][-1] - 0.2
