@@ -59,12 +59,28 @@ def test_relative_tempo_of_a_long_query_reads_its_middle():
     assert _octave_error(est, 0.9) < 0.02
 
 
+def _song_3_last_with_and_without(index, q, setting: str):
+    """``rerank`` of the query against songs 0-8 with song 3 last (the scale probe's 8
+    candidates are wrong songs), with the ``ALIGN`` setting on (as shipped) and off."""
+    from query.covers import ALIGN
+
+    rows = np.array([0, 1, 2, 4, 5, 6, 7, 8, 3])
+    assert ALIGN[setting]
+    on = index.rerank(q, rows)
+    ALIGN[setting] = False
+    try:
+        off = index.rerank(q, rows)
+    finally:
+        ALIGN[setting] = True
+    return on, off
+
+
 def test_a_candidate_outside_the_scale_probe_is_aligned_at_its_onsets_scale():
     """Song 3's chords re-timed by 2 ** 0.25 (between two steps of the fine grid), ranked
     last among 9 candidates: the time scale is chosen on the first 8 (all wrong songs),
     so without the onsets' scale song 3 is aligned at a wrong one; with it, at 1.19,
     and it scores far above the others."""
-    from query.covers import ALIGN, query_from_notes
+    from query.covers import query_from_notes
     from test_covers_fusion import _chord_song, _index_of
 
     songs = [_chord_song(s) for s in range(12)]
@@ -85,17 +101,10 @@ def test_a_candidate_outside_the_scale_probe_is_aligned_at_its_onsets_scale():
         np.linalg.norm(stored[:m], axis=1) * np.linalg.norm(back[:m], axis=1), 1e-9)
     assert np.median(cos) > 0.9
     assert query_from_notes("as stored", on, dur, p).rescaled_chroma is None
-    rows = np.array([0, 1, 2, 4, 5, 6, 7, 8, 3])
-    assert ALIGN["rhythm_scale"]
-    with_onsets = index.rerank(q, rows)
+    with_onsets, without = _song_3_last_with_and_without(index, q, "rhythm_scale")
     assert with_onsets["hscale"][-1] == pytest.approx(f, rel=0.02)
     assert with_onsets["harm"][-1] > 0.9
     assert with_onsets["harm"][-1] > 5 * with_onsets["harm"][:-1].max()
-    ALIGN["rhythm_scale"] = False
-    try:
-        without = index.rerank(q, rows)
-    finally:
-        ALIGN["rhythm_scale"] = True
     assert without["harm"][-1] < with_onsets["harm"][-1] - 0.2
 
 
@@ -105,7 +114,7 @@ def test_a_candidate_is_also_aligned_at_the_other_octaves_of_the_onsets_scale():
     8 probe candidates are wrong songs), every candidate is also aligned at 2 ** -0.75
     and 2 ** 1.25, so song 3 (ranked last) is found at its real scale; without, it is
     aligned at 2 ** 0.25 and at the probe's scale only."""
-    from query.covers import ALIGN, CoverIndex, query_from_notes
+    from query.covers import CoverIndex, query_from_notes
     from test_covers_fusion import _chord_song, _index_of
 
     songs = [_chord_song(s) for s in range(12)]
@@ -117,14 +126,7 @@ def test_a_candidate_is_also_aligned_at_the_other_octaves_of_the_onsets_scale():
     scales = CoverIndex._rhythm_scales(q, best_scale=0.5, off_grid=True)
     assert sorted(round(float(np.log2(s / q.tempo_scale))) for s in scales) == [-1, 0, 1]
     assert CoverIndex._rhythm_scales(q, best_scale=0.5, off_grid=False) == [q.tempo_scale]
-    rows = np.array([0, 1, 2, 4, 5, 6, 7, 8, 3])
-    assert ALIGN["rhythm_octaves"]
-    with_octaves = index.rerank(q, rows)
+    with_octaves, without = _song_3_last_with_and_without(index, q, "rhythm_octaves")
     assert with_octaves["hscale"][-1] == pytest.approx(f, rel=0.02)
     assert with_octaves["harm"][-1] > 0.8
-    ALIGN["rhythm_octaves"] = False
-    try:
-        without = index.rerank(q, rows)
-    finally:
-        ALIGN["rhythm_octaves"] = True
     assert without["harm"][-1] < with_octaves["harm"][-1] - 0.2
