@@ -126,6 +126,10 @@ def test_a_candidate_is_also_aligned_at_the_other_octaves_of_the_onsets_scale():
     scales = CoverIndex._rhythm_scales(q, best_scale=0.5, off_grid=True)
     assert sorted(round(float(np.log2(s / q.tempo_scale))) for s in scales) == [-1, 0, 1]
     assert CoverIndex._rhythm_scales(q, best_scale=0.5, off_grid=False) == [q.tempo_scale]
+    # on the notated grid (the onsets say 1.0) the octaves are the notated 0.5 and 2.0: none
+    as_stored = query_from_notes("as stored", on, dur, p)
+    assert as_stored.tempo_scale == pytest.approx(1.0, abs=0.02)
+    assert CoverIndex._rhythm_scales(as_stored, best_scale=2 ** 0.5, off_grid=True) == [as_stored.tempo_scale]
     with_octaves, without = _song_3_last_with_and_without(index, q, "rhythm_octaves")
     assert with_octaves["hscale"][-1] == pytest.approx(f, rel=0.02)
     assert with_octaves["harm"][-1] > 0.8
