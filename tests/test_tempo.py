@@ -134,3 +134,34 @@ def test_a_candidate_is_also_aligned_at_the_other_octaves_of_the_onsets_scale():
     assert with_octaves["hscale"][-1] == pytest.approx(f, rel=0.02)
     assert with_octaves["harm"][-1] > 0.8
     assert without["harm"][-1] < with_octaves["harm"][-1] - 0.2
+
+
+def test_the_scale_probe_prefers_a_scale_within_an_octave_of_the_notated_one():
+    """``scale_prior``: on the fine grid, a scale more than an octave from 1 loses
+    0.4 x the excess in octaves, so a coarse scale that squeezes the query into a few
+    frames (2.83 here, aligning 0.08 higher on the probe candidates by chance) no longer
+    beats one near the notated tempo (1.26). The alignments are given per scale."""
+    from query.covers import ALIGN, CoverIndex, query_from_notes
+    from test_covers_fusion import _chord_song, _index_of
+
+    songs = [_chord_song(s) for s in range(9)]
+    q = query_from_notes("q", *songs[0])
+    q.tempo_scale = None  # no onsets' estimate: the prior alone decides
+    top_at = {2 ** (1 / 3): 0.50, 2 ** 1.5: 0.58}  # every other scale 0.2, notated 0.3
+
+    class GivenAlignments(CoverIndex):
+        def _harmony(self, q, rows, scale, frames=None, shifts=None):
+            s = 0.3 if scale in ALIGN["scales"] else next(
+                (v for k, v in top_at.items() if abs(np.log2(scale / k)) < 1e-6), 0.2)
+            return np.full(rows.size, s, np.float32), np.zeros(rows.size, np.int32)
+
+    index = _index_of(songs)
+    index.__class__ = GivenAlignments  # the real index, its alignment kernel given
+    probe = np.arange(8)
+    assert ALIGN["scale_prior"] > 0
+    assert index._probe_scale(q, probe, index._frames_of(probe), None) == pytest.approx(2 ** (1 / 3))
+    prior, ALIGN["scale_prior"] = ALIGN["scale_prior"], 0.0
+    try:
+        assert index._probe_scale(q, probe, index._frames_of(probe), None) == pytest.approx(2 ** 1.5)
+    finally:
+        ALIGN["scale_prior"] = prior
