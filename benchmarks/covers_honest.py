@@ -166,6 +166,21 @@ def non_query_files(data: Path) -> dict[str, dict]:
     return {f: n for f, n in notes.items() if song_of(f) not in bench}
 
 
+def training_split(songs: dict, seed: int, min_val: int) -> tuple[np.random.Generator, list, list]:
+    """For a training script (benchmarks/train_*.py): torch and NumPy seeded (torch on
+    the 2 cores), and the songs' names split into training and validation songs (the
+    last tenth by name, at least ``min_val``). Returns (rng, training, validation)."""
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    names = sorted(songs)
+    n_val = max(min_val, len(names) // 10)
+    train, val = names[:-n_val], names[-n_val:]
+    print(f"{len(train)} training songs, {len(val)} validation songs", flush=True)
+    return np.random.default_rng(seed), train, val
+
+
 def pop909_protocol(data: Path, notes: dict):
     """Songs, their query source (NNN.mid), held-out files and stored right answers.
 

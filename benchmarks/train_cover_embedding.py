@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cover_embedding_model import WEIGHTS, CoverEmbedding, build_net, pooled, roll, window_embeddings  # noqa: E402
 from covers import _sel  # noqa: E402
-from covers_honest import DATA, degrade, non_query_files, song_of  # noqa: E402
+from covers_honest import DATA, degrade, non_query_files, song_of, training_split  # noqa: E402
 
 
 def training_songs(data: Path) -> dict[str, list[dict]]:
@@ -163,14 +163,8 @@ def main(argv=None):
 
     import torch
 
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(2)
-    rng = np.random.default_rng(args.seed)
     songs = training_songs(args.data)
-    names = sorted(songs)
-    n_val = max(2, len(names) // 10)
-    train, val = names[:-n_val], names[-n_val:]
-    print(f"{len(train)} training songs, {len(val)} validation songs", flush=True)
+    rng, train, val = training_split(songs, args.seed, min_val=2)
     config = dict(width=args.width)
     net = build_net(**config)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)

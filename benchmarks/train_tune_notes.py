@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from covers_honest import DATA, _warp, non_query_files  # noqa: E402
+from covers_honest import DATA, _warp, non_query_files, training_split  # noqa: E402
 from indexers.features import skyline  # noqa: E402
 from tune_notes_model import N_FEATURES, WEIGHTS, TuneNoteModel, note_features, save_weights  # noqa: E402
 
@@ -112,14 +112,8 @@ def main(argv=None):
 
     import torch
 
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(2)
-    rng = np.random.default_rng(args.seed)
     songs = training_songs(args.data)
-    names = sorted(songs)
-    n_val = max(1, len(names) // 10)
-    train, val = names[:-n_val], names[-n_val:]
-    print(f"{len(train)} training songs, {len(val)} validation songs", flush=True)
+    rng, train, val = training_split(songs, args.seed, min_val=1)
 
     val_samples = [s for f in val for s in (draw(songs[f], np.random.default_rng([7, i]), args.accompaniment)
                                             for i in range(20)) if s is not None]

@@ -116,8 +116,8 @@ ALIGN = dict(
     # per octave beyond: a coarse scale (2.8) squeezes the query into a few frames that
     # align somewhere by chance, and won the probe for 6 of the fit part's 8 failed
     # combined level-2 queries. Chosen on the fit part (seeds 0, 2, 3: 0.2-0.8 alike on
-    # seed 0, 0.4 best on seed 3); fit combined level 2 0.897 -> 0.929, held out (seeds
-    # 0, 2, 3) 0.972 -> 0.979, 0.960 -> 0.971, 0.929 -> 0.935 (docs/covers.md)
+    # seed 0, 0.4 better than 0.2 on seed 3); fit combined level 2 0.897 -> 0.929, held
+    # out (seeds 0, 2, 3) 0.972 -> 0.979, 0.960 -> 0.971, 0.929 -> 0.935 (docs/covers.md)
     scale_prior=0.4,
     # on the fine grid, a scale half an octave away from the onsets' scale (modulo
     # octaves) loses this much (linearly in between): a coarse scale squeezes a query
@@ -718,7 +718,8 @@ class CoverIndex:
         ``rhythm_penalty`` or ``scale_prior``). (Choosing by the best candidate's lead
         over the median of the others instead was measured: combined 0.614 -> 0.675 but
         harmony only 0.995 -> 0.962 and combined_short 0.600 -> 0.458 on the fit part.)
-        ``fine=False``: the notated scales only. ``known`` receives each tried scale's ``_harmony`` of the probe rows."""
+        ``fine=False``: the notated scales only. ``known`` receives each tried scale's
+        ``_harmony`` of the probe rows."""
         A = ALIGN
         best_scale, best = 1.0, -np.inf
         for grid in (A["scales"], A["probe_scales"]) if fine else (A["scales"],):
@@ -731,10 +732,10 @@ class CoverIndex:
                 if known is not None:
                     known[sc] = (hs, hsh)
                 top = (float(hs.max()) if hs.size else 0.0) - (A["scale_margin"] if sc != 1.0 else 0.0)
-                if grid is A["probe_scales"] and q.tempo_scale is not None:
-                    d = (np.log2(sc / q.tempo_scale)) % 1.0
-                    top -= A["rhythm_penalty"] * min(d, 1.0 - d) / 0.5
                 if grid is A["probe_scales"]:
+                    if q.tempo_scale is not None:
+                        d = (np.log2(sc / q.tempo_scale)) % 1.0
+                        top -= A["rhythm_penalty"] * min(d, 1.0 - d) / 0.5
                     top -= A["scale_prior"] * max(0.0, abs(float(np.log2(sc))) - 1.0)
                 if top > best + 1e-6:
                     best_scale, best = sc, top
