@@ -65,6 +65,11 @@ ALIGN = dict(
     mel_match=1.0, mel_mismatch=0.7, mel_gap=0.6, mel_merge=0.3,  # melody interval Smith-Waterman
     chroma_threshold=0.6, chroma_silent=0.3, chroma_gap=0.5,  # chroma Smith-Waterman
     frame_beats=2,  # reference chroma frame, beats
+    # queries of at most this many beats are aligned on 1-beat frames instead (with the
+    # candidates' frames at 1 beat too): a few bars pooled into 2-beat frames leave too
+    # few frames to tell a version from a chance match (docs/covers.md, "Finer frames
+    # for short queries"); the frame counts below are for frame_beats, in beats the same
+    fine_frames_beats=64,
     scales=(0.5, 1.0, 2.0),  # query beats per reference beat tried per candidate (short queries)
     # the query's own time scale is chosen among these on the best few candidates: any
     # factor from 1/2.8 to 2.8 in steps of a sixth of an octave (a performance or a
@@ -312,6 +317,19 @@ class QueryFeatures:
         self.intervals, self.interval_index = melody_intervals(self.melody_pitch)
 
 
+def _frame_beats(q) -> int:
+    """The harmony frame length for this query, beats: 1 for a query of at most
+    ``fine_frames_beats`` beats, else ``frame_beats``."""
+    return 1 if q.chroma_beats.shape[0] <= ALIGN["fine_frames_beats"] else ALIGN["frame_beats"]
+
+
+def _frames_per(q) -> int:
+    """How many of this query's frames make one ``frame_beats`` frame: the frame counts of
+    ``ALIGN`` (``max_query_frames``, ``min_query_frames``, ``short_query_frames``) are
+    multiplied by it, so that they mean the same length in beats."""
+    return ALIGN["frame_beats"] // _frame_beats(q)
+
+
 def _near_notated(scale: float) -> bool:
     """Whether ``scale`` is within 0.04 octave of a notated scale (``ALIGN["scales"]``)."""
     return min(abs(np.log2(scale / x)) for x in ALIGN["scales"]) < 0.04
@@ -537,20 +555,22 @@ class CoverIndex:
     def __len__(self):
         return len(self.ids)
 
-    def _frames_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Unit-norm chroma frames of ``frame_beats`` beats of these pieces: (frames,
-        starts, ends), row k's frames being ``frames[starts[k]:ends[k]]``. A collection
-        that keeps every piece's frames gives spans into them (the kernels read them in
-        place: no copy per query); else the pieces' frames are made, back to back."""
+    def _frames_of(self, rows: np.ndarray, fb: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Unit-norm chroma frames of ``fb`` beats (default ``frame_beats``) of these
+        pieces: (frames, starts, ends), row k's frames being ``frames[starts[k]:ends[k]]``.
+        A collection that keeps every piece's ``frame_beats`` frames gives spans into
+        them (the kernels read them in place: no copy per query); else the pieces'
+        frames are made, back to back."""
         rows = np.asarray(rows, np.int64)
-        if self.frames is not None:
+        fb = ALIGN["frame_beats"] if fb is None else fb
+        if self.frames is not None and fb == ALIGN["frame_beats"]:
             return self.frames[0], self.frames[1][rows], self.frames[1][rows + 1]
-        frames, f_off = self._pooled_frames(rows)
+        frames, f_off = self._pooled_frames(rows, fb)
         return frames, f_off[:-1], f_off[1:]
 
-    def _pooled_frames(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _pooled_frames(self, rows: np.ndarray, fb: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The frames of ``_frames_of`` made from the beats, back to back, and their offsets."""
-        fb = ALIGN["frame_beats"]
+        fb = ALIGN["frame_beats"] if fb is None else fb
         starts, ends = self.beat_off[rows], self.beat_off[rows + 1]
         nf = -(-(ends - starts) // fb)
         f_off = np.concatenate([[0], np.cumsum(nf)]).astype(np.int64)
@@ -634,9 +654,9 @@ class CoverIndex:
 
     # -- stage 2 -------------------------------------------------------------------
     def _query_frames(self, q: QueryFeatures, scale: float, chroma: np.ndarray | None = None):
-        fb = ALIGN["frame_beats"]
+        fb = _frame_beats(q)
         qf = _pool_beats(q.chroma_beats if chroma is None else chroma, fb * scale)
-        fa, fz = _middle(qf.shape[0], ALIGN["max_query_frames"])
+        fa, fz = _middle(qf.shape[0], ALIGN["max_query_frames"] * _frames_per(q))
         qf = qf[fa:fz]
         nq = int((qf.sum(axis=1) > 0).sum())
         qs = np.ascontiguousarray(qf[:, _ROLL].transpose(1, 0, 2), np.float32)  # [t] = np.roll(qf, t, axis=1)
@@ -651,7 +671,7 @@ class CoverIndex:
         qglob = q.chroma_beats.sum(axis=0)
         qglob = qglob / max(float(np.linalg.norm(qglob)), 1e-9)
         rolled = qglob[_ROLL]  # [t] = np.roll(qglob, t)
-        short = n_frames <= ALIGN["short_query_frames"]
+        short = n_frames <= ALIGN["short_query_frames"] * _frames_per(q)
         if short and frames is not None and (frames[2] - frames[1]).sum() > 0:
             # the windows' sums come from a running sum over the candidates' frames
             # back to back (its rounding depends on that layout): copied out here
@@ -669,13 +689,13 @@ class CoverIndex:
             base.append(q.chroma_half_beat)
         else:
             return base
-        step = int(round(ALIGN["frame_beats"] * scale))
+        step = int(round(_frame_beats(q) * scale))
         return [c[k:] for c in base for k in range(max(step, 1)) if c.shape[0] > k]
 
     def _phase_frames(self, q: QueryFeatures, scale: float) -> list:
         """``_query_frames`` of each of ``_phases``, made once per search and scale (a
         scale is aligned several times: the probe, every candidate, the expansion)."""
-        key = (scale, ALIGN["frame_beats"], ALIGN["max_query_frames"])
+        key = (scale, _frame_beats(q), ALIGN["max_query_frames"])
         hit = q.frames_memo.get(key)
         if hit is None:
             hit = q.frames_memo[key] = [self._query_frames(q, scale, c) for c in self._phases(q, scale)]
@@ -689,19 +709,20 @@ class CoverIndex:
         best_shift = np.zeros(rows.size, np.int32)
         if rows.size == 0:
             return best, best_shift
-        frefs, fstarts, fends = self._frames_of(rows) if frames is None else frames
+        frefs, fstarts, fends = self._frames_of(rows, _frame_beats(q)) if frames is None else frames
+        per = _frames_per(q)
         for qs, nq, fa in self._phase_frames(q, scale):
             if nq < 2:
                 continue
             if shifts is None:
                 sh = self._shifts(q, rows, qs.shape[1])
-            elif qs.shape[1] > ALIGN["short_query_frames"]:  # as many as _shifts would give
+            elif qs.shape[1] > ALIGN["short_query_frames"] * per:  # as many as _shifts would give
                 sh = np.ascontiguousarray(shifts[:, :ALIGN["n_shifts"]])
             else:
                 sh = shifts
             hs, hsh = sw_chroma_score(qs, sh, frefs, (fstarts, fends),
                                       A["chroma_threshold"], A["chroma_silent"], A["chroma_gap"])
-            hs = hs / ((1.0 - A["chroma_threshold"]) * max(nq, A["min_query_frames"]))
+            hs = hs / ((1.0 - A["chroma_threshold"]) * max(nq, A["min_query_frames"] * per))
             better = hs > best
             best[better] = hs[better]
             best_shift[better] = hsh[better]
@@ -807,13 +828,14 @@ class CoverIndex:
         # the query's time scale is a property of the query: choose it on a few of the
         # best candidates, then align every candidate at that scale only
         probe = rows[: A["scale_probe"]]
-        frames = self._frames_of(rows)
+        fb, per = _frame_beats(q), _frames_per(q)
+        frames = self._frames_of(rows, fb)
         n_probe = probe.size
         probe_frames = (frames[0], frames[1][:n_probe], frames[2][:n_probe])
         # a short query: its transpositions from its best-matching window of each
         # candidate (found once, at its own time scale, and used at every scale)
-        qn = min(-(-q.chroma_beats.shape[0] // A["frame_beats"]), A["max_query_frames"])
-        sh = self._shifts(q, rows, qn, frames) if qn <= A["short_query_frames"] and k else None
+        qn = min(-(-q.chroma_beats.shape[0] // fb), A["max_query_frames"] * per)
+        sh = self._shifts(q, rows, qn, frames) if qn <= A["short_query_frames"] * per and k else None
         sh_probe = None if sh is None else sh[:n_probe]
         known = {}  # scale -> the probe rows' harmony there (reused below)
         best_scale = self._probe_scale(q, probe, probe_frames, sh_probe, fine, known) if scale is None else scale
@@ -1238,11 +1260,11 @@ class CoverIndex:
             scale = float(scale)
             qs, nq, fa = self._phase_frames(q, scale)[0]  # the query's own beat grid
             if nq >= 2:
-                frefs, fstarts, fends = self._frames_of(rows[sel])
+                frefs, fstarts, fends = self._frames_of(rows[sel], _frame_beats(q))
                 shifts = np.ascontiguousarray(r["hshift"][order][:n_explain][sel].reshape(-1, 1), np.int64)
                 _, _, h = sw_chroma(qs, shifts, frefs, (fstarts, fends), A["chroma_threshold"], A["chroma_silent"],
                                     A["chroma_gap"])
-                fb = A["frame_beats"]
+                fb = _frame_beats(q)
                 h = h.astype(np.float64)
                 h[:, :2] = (h[:, :2] + fa) * fb * scale
                 h[:, 2:] = h[:, 2:] * fb

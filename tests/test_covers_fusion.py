@@ -373,3 +373,53 @@ def test_melody_sketch_estimates_the_tfidf_cosine():
     err = np.abs(est - exact)[unrelated]
     assert err.mean() < 0.1 and err.max() < 0.45
     assert est[unrelated].max() < 0.5
+
+
+def _beat_chords(roots, qualities):
+    """Block triads, one per beat, on these roots (3: minor, 4: major): notes as arrays."""
+    on, dur, pitch = [], [], []
+    for b, (root, third) in enumerate(zip(roots, qualities)):
+        for iv in (0, int(third), 7):
+            on.append(float(b))
+            dur.append(1.0)
+            pitch.append(48 + int(root) + iv)
+    return np.array(on), np.array(dur), np.array(pitch)
+
+
+def test_a_short_query_is_aligned_on_one_beat_frames():
+    """Piece 1 is piece 0 with each pair of beats' chords swapped: their 2-beat frames
+    are the same, so on 2-beat frames a 16-beat excerpt of piece 0 aligns with both
+    alike; on 1-beat frames (``fine_frames_beats``: a query of at most that many beats)
+    only with piece 0. A long query keeps 2-beat frames."""
+    from query.covers import ALIGN, query_from_notes
+
+    rng = np.random.default_rng(5)
+    roots, quals = rng.integers(0, 12, 96), rng.choice([3, 4], 96)
+    swap = np.arange(96).reshape(-1, 2)[:, ::-1].ravel()
+    songs = [_beat_chords(roots, quals), _beat_chords(roots[swap], quals[swap])] + \
+        [_chord_song(s) for s in range(6)]
+    index = _index_of(songs)
+    on, dur, pitch = songs[0]
+    keep = (on >= 40) & (on < 56)
+    q = query_from_notes("q", on[keep] - 40, dur[keep], pitch[keep])
+    rows = np.arange(len(songs))
+
+    def harmony(fine_beats):
+        old, ALIGN["fine_frames_beats"] = ALIGN["fine_frames_beats"], fine_beats
+        try:
+            q.frames_memo.clear()
+            return index.rerank(q, rows, scale=1.0)["harm"]
+        finally:
+            ALIGN["fine_frames_beats"] = old
+
+    coarse, fine = harmony(0), harmony(64)
+    assert ALIGN["fine_frames_beats"] >= 16
+    assert coarse[0] == pytest.approx(coarse[1], abs=0.02)
+    assert fine[0] > 0.9 and fine[0] > fine[1] + 0.3
+    long_q = query_from_notes("long", *songs[0])  # 96 beats: 2-beat frames, both alike
+    old, ALIGN["fine_frames_beats"] = ALIGN["fine_frames_beats"], 64
+    try:
+        h = index.rerank(long_q, rows, scale=1.0)["harm"]
+    finally:
+        ALIGN["fine_frames_beats"] = old
+    assert h[0] == pytest.approx(h[1], abs=0.02)
