@@ -160,6 +160,8 @@ def main(argv=None):
                     help="share of stored windows drawn as another arrangement (``rearranged``; training "
                          "songs' files are near-copies, the benchmark's versions are not)")
     args = ap.parse_args(argv)
+    if args.steps < 4:
+        ap.error(f"--steps {args.steps}: at least 4 (the learning rate warms up over at least 2 steps)")
 
     import torch
 
@@ -168,7 +170,8 @@ def main(argv=None):
     config = dict(width=args.width)
     net = build_net(**config)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=args.steps, pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=args.steps,
+                                                pct_start=max(0.05, 2.0 / args.steps))  # >= 2 warm-up steps
     t0 = time.perf_counter()
     run_loss = run_acc = 0.0
     for step in range(1, args.steps + 1):
