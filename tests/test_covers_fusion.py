@@ -386,13 +386,14 @@ def _beat_chords(roots, qualities):
     return np.array(on), np.array(dur), np.array(pitch)
 
 
-def test_a_short_query_is_aligned_on_one_beat_frames():
+def test_a_short_query_is_aligned_on_one_beat_frames(monkeypatch):
     """Piece 1 is piece 0 with each pair of beats' chords swapped: their 2-beat frames
     are the same, so on 2-beat frames a 16-beat excerpt of piece 0 aligns with both
     alike; on 1-beat frames (``fine_frames_beats``: a query of at most that many beats)
     only with piece 0. A long query keeps 2-beat frames."""
     from query.covers import ALIGN, query_from_notes
 
+    assert ALIGN["fine_frames_beats"] >= 16  # shipped: the excerpt below gets 1-beat frames
     rng = np.random.default_rng(5)
     roots, quals = rng.integers(0, 12, 96), rng.choice([3, 4], 96)
     swap = np.arange(96).reshape(-1, 2)[:, ::-1].ravel()
@@ -401,25 +402,15 @@ def test_a_short_query_is_aligned_on_one_beat_frames():
     index = _index_of(songs)
     on, dur, pitch = songs[0]
     keep = (on >= 40) & (on < 56)
-    q = query_from_notes("q", on[keep] - 40, dur[keep], pitch[keep])
     rows = np.arange(len(songs))
 
-    def harmony(fine_beats):
-        old, ALIGN["fine_frames_beats"] = ALIGN["fine_frames_beats"], fine_beats
-        try:
-            q.frames_memo.clear()
-            return index.rerank(q, rows, scale=1.0)["harm"]
-        finally:
-            ALIGN["fine_frames_beats"] = old
+    def harmony(notes, fine_beats):
+        monkeypatch.setitem(ALIGN, "fine_frames_beats", fine_beats)
+        return index.rerank(query_from_notes("q", *notes), rows, scale=1.0)["harm"]
 
-    coarse, fine = harmony(0), harmony(64)
-    assert ALIGN["fine_frames_beats"] >= 16
+    excerpt = (on[keep] - 40, dur[keep], pitch[keep])
+    coarse, fine = harmony(excerpt, 0), harmony(excerpt, 64)
     assert coarse[0] == pytest.approx(coarse[1], abs=0.02)
     assert fine[0] > 0.9 and fine[0] > fine[1] + 0.3
-    long_q = query_from_notes("long", *songs[0])  # 96 beats: 2-beat frames, both alike
-    old, ALIGN["fine_frames_beats"] = ALIGN["fine_frames_beats"], 64
-    try:
-        h = index.rerank(long_q, rows, scale=1.0)["harm"]
-    finally:
-        ALIGN["fine_frames_beats"] = old
-    assert h[0] == pytest.approx(h[1], abs=0.02)
+    whole = harmony(songs[0], 64)  # 96 beats: 2-beat frames, both alike
+    assert whole[0] == pytest.approx(whole[1], abs=0.02)
