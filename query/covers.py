@@ -70,6 +70,10 @@ ALIGN = dict(
     # few frames to tell a version from a chance match (docs/covers.md, "Finer frames
     # for short queries"); the frame counts below are for frame_beats, in beats the same
     fine_frames_beats=64,
+    # ... and skip a frame for less there: a short query re-timed by a tempo curve drifts
+    # against its candidate by a beat or two, one gap per beat on 1-beat frames (fit
+    # part: 0.3 and 0.2 measured better than 0.5 and 0.7; docs/covers.md)
+    fine_chroma_gap=0.3,
     scales=(0.5, 1.0, 2.0),  # query beats per reference beat tried per candidate (short queries)
     # the query's own time scale is chosen among these on the best few candidates: any
     # factor from 1/2.8 to 2.8 in steps of a sixth of an octave (a performance or a
@@ -328,6 +332,12 @@ def _frames_per(q) -> int:
     ``ALIGN`` (``max_query_frames``, ``min_query_frames``, ``short_query_frames``) are
     multiplied by it, so that they mean the same length in beats."""
     return ALIGN["frame_beats"] // _frame_beats(q)
+
+
+def _chroma_gap(q) -> float:
+    """The harmony alignment's cost of skipping a frame for this query: ``fine_chroma_gap``
+    on 1-beat frames, else ``chroma_gap``."""
+    return ALIGN["fine_chroma_gap"] if _frames_per(q) > 1 else ALIGN["chroma_gap"]
 
 
 def _near_notated(scale: float) -> bool:
@@ -720,8 +730,8 @@ class CoverIndex:
                 sh = np.ascontiguousarray(shifts[:, :ALIGN["n_shifts"]])
             else:
                 sh = shifts
-            hs, hsh = sw_chroma_score(qs, sh, frefs, (fstarts, fends),
-                                      A["chroma_threshold"], A["chroma_silent"], A["chroma_gap"])
+            hs, hsh = sw_chroma_score(qs, sh, frefs, (fstarts, fends), A["chroma_threshold"], A["chroma_silent"],
+                                      _chroma_gap(q))
             hs = hs / ((1.0 - A["chroma_threshold"]) * max(nq, A["min_query_frames"] * per))
             better = hs > best
             best[better] = hs[better]
@@ -1263,7 +1273,7 @@ class CoverIndex:
                 frefs, fstarts, fends = self._frames_of(rows[sel], _frame_beats(q))
                 shifts = np.ascontiguousarray(r["hshift"][order][:n_explain][sel].reshape(-1, 1), np.int64)
                 _, _, h = sw_chroma(qs, shifts, frefs, (fstarts, fends), A["chroma_threshold"], A["chroma_silent"],
-                                    A["chroma_gap"])
+                                    _chroma_gap(q))
                 fb = _frame_beats(q)
                 h = h.astype(np.float64)
                 h[:, :2] = (h[:, :2] + fa) * fb * scale

@@ -414,3 +414,29 @@ def test_a_short_query_is_aligned_on_one_beat_frames(monkeypatch):
     assert fine[0] > 0.9 and fine[0] > fine[1] + 0.3
     whole = harmony(songs[0], 64)  # 96 beats: 2-beat frames, both alike
     assert whole[0] == pytest.approx(whole[1], abs=0.02)
+
+
+def test_a_short_query_skips_a_frame_for_fine_chroma_gap(monkeypatch):
+    """A beat inserted into an excerpt (a tempo curve's drift) costs the alignment one
+    skipped frame: at ``fine_chroma_gap`` for a short query on 1-beat frames, at
+    ``chroma_gap`` for a long one (which does not see ``fine_chroma_gap``)."""
+    from query.covers import ALIGN, query_from_notes
+
+    rng = np.random.default_rng(7)
+    roots, quals = rng.integers(0, 12, 96), rng.choice([3, 4], 96)
+    songs = [_beat_chords(roots, quals)] + [_chord_song(s) for s in range(5)]
+    index = _index_of(songs)
+    rows = np.arange(len(songs))
+    at = np.r_[np.arange(40, 48), 47, np.arange(48, 56)]  # beat 47's chord twice: 17 beats
+    excerpt = _beat_chords(roots[at], quals[at])
+    whole = _beat_chords(roots[np.r_[np.arange(48), 47, np.arange(48, 96)]],
+                         quals[np.r_[np.arange(48), 47, np.arange(48, 96)]])
+
+    def own_score(notes, fine_gap):
+        monkeypatch.setitem(ALIGN, "fine_chroma_gap", fine_gap)
+        return float(index.rerank(query_from_notes("q", *notes), rows, scale=1.0)["harm"][0])
+
+    assert ALIGN["fine_chroma_gap"] < ALIGN["chroma_gap"]
+    cheap, dear = own_score(excerpt, ALIGN["fine_chroma_gap"]), own_score(excerpt, 5.0)
+    assert cheap > 0.85 and cheap > dear + 0.05
+    assert own_score(whole, 0.3) == pytest.approx(own_score(whole, 5.0))
