@@ -11,10 +11,11 @@ Two stages:
 2. **Re-rank by local alignment** (Smith-Waterman, numba):
    - melody: the skyline's pitch-class intervals (key-invariant; tempo-invariant because
      it is a sequence of notes, not of time frames);
-   - harmony: beat-synchronous chroma pooled to 2-beat frames, the query transposed by
-     the best global-chroma shifts (all 12 for short queries) and read at three time
-     scales (query frames of 1, 2 and 4 beats, i.e. the query notated at half, the same or
-     double the reference's beat rate).
+   - harmony: beat-synchronous chroma pooled to 2-beat frames (1-beat frames, with a
+     cheaper skipped frame, for a query of at most ``fine_frames_beats`` beats), the query
+     transposed by its 2 best chroma shifts (4 for a short query) and read at
+     three time scales (the query notated at half, the same or double the reference's
+     beat rate).
    Each score is divided by the query's length, so it reads as "how much of the query
    was found"; the alignment score is the better of melody and 0.85 x harmony plus
    0.15 x the other (0.6 x for a short query). When no notated scale aligns
