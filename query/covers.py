@@ -1243,6 +1243,31 @@ class CoverIndex:
             new = new[new != self.row_of[q.piece_id]]
         return new.astype(np.int64)
 
+    def _harmony_regions(self, q: QueryFeatures, rows: np.ndarray, scales: np.ndarray, shifts: np.ndarray,
+                         fill: float = 0.0) -> np.ndarray:
+        """Where each row's harmony alignment lies, at its own time scale and transposition
+        (``rerank``'s ``hscale`` and ``hshift``), on the query's own beat grid: float
+        [shape=(k, 4)] query start, query end, match start, match end, in beats; ``fill``
+        where the query has fewer than 2 frames at that scale."""
+        A = ALIGN
+        fb = _frame_beats(q)
+        out = np.full((rows.size, 4), fill, np.float64)
+        scales = np.asarray(scales)
+        for scale in np.unique(scales):
+            sel = scales == scale
+            qs, nq, fa = self._phase_frames(q, float(scale))[0]
+            if nq < 2:
+                continue
+            frefs, fstarts, fends = self._frames_of(rows[sel], fb)
+            sh = np.ascontiguousarray(np.asarray(shifts)[sel].reshape(-1, 1), np.int64)
+            _, _, h = sw_chroma(qs, sh, frefs, (fstarts, fends), A["chroma_threshold"], A["chroma_silent"],
+                                _chroma_gap(q))
+            h = h.astype(np.float64)
+            h[:, :2] = (h[:, :2] + fa) * fb * float(scale)
+            h[:, 2:] = h[:, 2:] * fb
+            out[sel] = h
+        return out
+
     def _explain(self, q: QueryFeatures, r, order, n_explain: int) -> pa.Table:
         A = ALIGN
         cols = {f.name: [] for f in RESULT_SCHEMA}
@@ -1264,22 +1289,9 @@ class CoverIndex:
             ends = np.minimum(stops, starts + r["mel_end"][order][:n_explain][by_mel] + 1)
             melody = in_background(sw_symbols, qiv, self.iv, (starts, ends), A["mel_match"], A["mel_mismatch"],
                                    A["mel_gap"], A["mel_merge"])
-        hscales = r["hscale"][order]
         hreg = np.zeros((rows.size, 4))
-        for scale in np.unique(hscales[:n_explain][~by_mel]):
-            sel = ~by_mel & (hscales[:n_explain] == scale)
-            scale = float(scale)
-            qs, nq, fa = self._phase_frames(q, scale)[0]  # the query's own beat grid
-            if nq >= 2:
-                frefs, fstarts, fends = self._frames_of(rows[sel], _frame_beats(q))
-                shifts = np.ascontiguousarray(r["hshift"][order][:n_explain][sel].reshape(-1, 1), np.int64)
-                _, _, h = sw_chroma(qs, shifts, frefs, (fstarts, fends), A["chroma_threshold"], A["chroma_silent"],
-                                    _chroma_gap(q))
-                fb = _frame_beats(q)
-                h = h.astype(np.float64)
-                h[:, :2] = (h[:, :2] + fa) * fb * scale
-                h[:, 2:] = h[:, 2:] * fb
-                hreg[sel] = h
+        hreg[~by_mel] = self._harmony_regions(q, rows[~by_mel], r["hscale"][order][:n_explain][~by_mel],
+                                              r["hshift"][order][:n_explain][~by_mel])
         if melody is not None:
             mreg[by_mel] = melody.result()[1]
             mreg[by_mel, :2] += a

@@ -185,14 +185,22 @@ def test_pool_beats_at_a_non_integer_scale_known_answer():
 def _chord_song(seed: int, n_chords: int = 64):
     """Block triads, one every 2 beats, roots drawn at random: notes as arrays."""
     rng = np.random.default_rng(seed)
+    roots, thirds = [], []
+    for _ in range(n_chords):
+        roots.append(int(rng.integers(0, 12)))
+        thirds.append(3 if rng.random() < 0.5 else 4)
+    return _triads(roots, thirds, beats_each=2.0)
+
+
+def _triads(roots, thirds, beats_each: float = 1.0):
+    """Block triads on these roots (third 3: minor, 4: major), one every ``beats_each``
+    beats: notes as arrays."""
     on, dur, pitch = [], [], []
-    for c in range(n_chords):
-        root = int(rng.integers(0, 12))
-        third = 3 if rng.random() < 0.5 else 4
-        for iv in (0, third, 7):
-            on.append(c * 2.0)
-            dur.append(2.0)
-            pitch.append(48 + root + iv)
+    for c, (root, third) in enumerate(zip(roots, thirds)):
+        for iv in (0, int(third), 7):
+            on.append(c * beats_each)
+            dur.append(beats_each)
+            pitch.append(48 + int(root) + iv)
     return np.array(on), np.array(dur), np.array(pitch)
 
 
@@ -375,17 +383,6 @@ def test_melody_sketch_estimates_the_tfidf_cosine():
     assert est[unrelated].max() < 0.5
 
 
-def _beat_chords(roots, qualities):
-    """Block triads, one per beat, on these roots (3: minor, 4: major): notes as arrays."""
-    on, dur, pitch = [], [], []
-    for b, (root, third) in enumerate(zip(roots, qualities)):
-        for iv in (0, int(third), 7):
-            on.append(float(b))
-            dur.append(1.0)
-            pitch.append(48 + int(root) + iv)
-    return np.array(on), np.array(dur), np.array(pitch)
-
-
 def test_a_short_query_is_aligned_on_one_beat_frames(monkeypatch):
     """Piece 1 is piece 0 with each pair of beats' chords swapped: their 2-beat frames
     are the same, so on 2-beat frames a 16-beat excerpt of piece 0 aligns with both
@@ -397,7 +394,7 @@ def test_a_short_query_is_aligned_on_one_beat_frames(monkeypatch):
     rng = np.random.default_rng(5)
     roots, quals = rng.integers(0, 12, 96), rng.choice([3, 4], 96)
     swap = np.arange(96).reshape(-1, 2)[:, ::-1].ravel()
-    songs = [_beat_chords(roots, quals), _beat_chords(roots[swap], quals[swap])] + \
+    songs = [_triads(roots, quals), _triads(roots[swap], quals[swap])] + \
         [_chord_song(s) for s in range(6)]
     index = _index_of(songs)
     on, dur, pitch = songs[0]
@@ -424,13 +421,13 @@ def test_a_short_query_skips_a_frame_for_fine_chroma_gap(monkeypatch):
 
     rng = np.random.default_rng(7)
     roots, quals = rng.integers(0, 12, 96), rng.choice([3, 4], 96)
-    songs = [_beat_chords(roots, quals)] + [_chord_song(s) for s in range(5)]
+    songs = [_triads(roots, quals)] + [_chord_song(s) for s in range(5)]
     index = _index_of(songs)
     rows = np.arange(len(songs))
     at = np.r_[np.arange(40, 48), 47, np.arange(48, 56)]  # beat 47's chord twice: 17 beats
-    excerpt = _beat_chords(roots[at], quals[at])
-    whole = _beat_chords(roots[np.r_[np.arange(48), 47, np.arange(48, 96)]],
-                         quals[np.r_[np.arange(48), 47, np.arange(48, 96)]])
+    excerpt = _triads(roots[at], quals[at])
+    at_whole = np.r_[np.arange(48), 47, np.arange(48, 96)]
+    whole = _triads(roots[at_whole], quals[at_whole])
 
     def own_score(notes, fine_gap):
         monkeypatch.setitem(ALIGN, "fine_chroma_gap", fine_gap)

@@ -3,7 +3,7 @@ harmony alignments land at the same place in the candidate?
 
 For a version, the region where the query's skyline intervals align best (``r["mel_end"]``,
 the last aligned interval of the candidate's better line) and the region where its
-harmony aligns best (``indexers.align.sw_chroma`` at the candidate's scale and
+harmony aligns best (``CoverIndex._harmony_regions``: at the candidate's scale and
 transposition, as ``CoverIndex._explain`` finds it) are the same passage; for a chance
 match they are independent. Columns: the distance in beats between the two regions'
 ends, in the candidate's beats, as exp(-d / 8) and d < 8 beats; for short queries
@@ -14,14 +14,12 @@ ends, in the candidate's beats, as exp(-d / 8) and d < 8 beats; for short querie
 
 import numpy as np
 
-from indexers.align import sw_chroma
-from query.covers import ALIGN, _short
+from query.covers import _short
 
 TOP = 100
 
 
 def columns(index, q, r, arrays):
-    A = ALIGN
     rows = r["rows"]
     out = np.zeros((rows.size, 2))
     if not _short(q) or rows.size == 0 or q.intervals.size < 2:
@@ -38,18 +36,7 @@ def columns(index, q, r, arrays):
     note = index.iv_index[iv_off[ok] + end_iv[ok]] + 1  # the interval's second note
     mel_end[ok] = index.mel_onset[note_off[ok] + note]
     # the harmony's end, in the candidate's beats
-    harm_end = np.full(rs.size, np.nan)
-    hscale = r["hscale"][sel]
-    for scale in np.unique(hscale):
-        m = hscale == scale
-        qs, nq, _fa = index._phase_frames(q, float(scale))[0]
-        if nq < 2:
-            continue
-        frefs, fstarts, fends = index._frames_of(rs[m])
-        shifts = np.ascontiguousarray(r["hshift"][sel][m].reshape(-1, 1), np.int64)
-        _, _, h = sw_chroma(qs, shifts, frefs, (fstarts, fends), A["chroma_threshold"], A["chroma_silent"],
-                            A["chroma_gap"])
-        harm_end[m] = h[:, 3].astype(np.float64) * A["frame_beats"]
+    harm_end = index._harmony_regions(q, rs, r["hscale"][sel], r["hshift"][sel], fill=np.nan)[:, 3]
     d = np.abs(mel_end - harm_end)
     good = np.isfinite(d)
     out[sel[good], 0] = np.exp(-d[good] / 8.0)
