@@ -7,10 +7,11 @@ Two stages:
    only, harmony blocks only -- so a query that kept only the harmony (accompaniment) or
    only the melody (re-harmonisation) still finds its song; two n-gram indexes (melody
    intervals, chord motions) add the pieces that contain a short excerpt; the union is
-   re-ranked.
+   re-ranked, with the best few by the stored second melody lines' n-grams.
 2. **Re-rank by local alignment** (Smith-Waterman, numba):
    - melody: the skyline's pitch-class intervals (key-invariant; tempo-invariant because
-     it is a sequence of notes, not of time frames);
+     it is a sequence of notes, not of time frames), against each candidate's lead and
+     second line (and, for a long multi-track query, from its second line too);
    - harmony: beat-synchronous chroma pooled to 2-beat frames (1-beat frames, with a
      cheaper skipped frame, for a query of at most ``fine_frames_beats`` beats), the query
      transposed by its 2 best chroma shifts (4 for a short query) and read at
@@ -215,6 +216,23 @@ ALIGN = dict(
     # (seeds 1-3) and 0.9881 -> 0.9886 (4-6), combined_short level 2 0.848 -> 0.851 and
     # 0.849 -> 0.862; the best 16, 32 or 64 candidates as the only supporters gained less
     support_cosine=0.5, support_dims=128,
+    # the best this many pieces by the query's melody 3- and 4-grams against the stored
+    # *second* lines join the candidates, beyond the budget: the search aligns a
+    # candidate's second line, but the n-gram lists read only the lead lines, so a
+    # version whose tune is in its second line was never aligned (0: none)
+    second_line_candidates=8,
+    # a multi-track query longer than phase_search_beats: its own second melody line
+    # (the runner-up track by the stored pieces' rule, indexers.features.second_line_mask)
+    # is aligned with every candidate's lead line too, and searched in the n-gram lists;
+    # the better of its two lines counts. Its lead track is not always its tune: a piano part
+    # doubling another song's tune can look more like a melody than the sung line
+    query_second_line=True,
+    # ... its middle this many intervals, against the candidates' lead lines only: the
+    # query's tune in its second line and the version's in its own is left out (the
+    # cost: 96 intervals against both lines took 5 ms more per query by a stored piece's
+    # id, p50, 48 against the lead lines 2.5 ms; the held-out mashup and reharm cells
+    # were the same with either; docs/covers.md)
+    second_query_intervals=48,
 )
 
 RESULT_SCHEMA = pa.schema([
@@ -290,6 +308,10 @@ class QueryFeatures:
     # all notes' skyline), as interval arrays: in a short excerpt the lead track is
     # not always the one that looks most like a melody
     alt_intervals: list = field(default_factory=list)
+    # the query's second melody line (pitches, onsets): a long multi-track query with a
+    # runner-up monophonic track (ALIGN["query_second_line"]); None otherwise
+    second_pitch: np.ndarray | None = field(default=None, repr=False)
+    second_onset_beats: np.ndarray | None = field(default=None, repr=False)
     # (chroma per 0.5 s, is_recording) for the audio bonus; None: read from the database
     # when the query is a stored piece, or no bonus
     time_chroma: tuple | None = None
@@ -320,6 +342,8 @@ class QueryFeatures:
 
     def __post_init__(self):
         self.intervals, self.interval_index = melody_intervals(self.melody_pitch)
+        self.second_intervals, self.second_interval_index = (None, None) if self.second_pitch is None \
+            else melody_intervals(self.second_pitch)
 
 
 def _frame_beats(q) -> int:
@@ -383,6 +407,12 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
                                           register_drop=ALIGN["tight_register"])[0])[0]
             if iv.size >= 3 and not np.array_equal(iv, f["intervals"]):
                 alts.append(iv)
+    sp = so = None
+    if ALIGN["query_second_line"] and not one_part and f["second_pitch"].size >= 4 \
+            and f["beat_chroma"].shape[0] > ALIGN["phase_search_beats"]:
+        iv2 = melody_intervals(f["second_pitch"])[0]
+        if iv2.size >= 3 and not np.array_equal(iv2, f["intervals"]):
+            sp, so = f["second_pitch"], f["second_onset_beats"]
     tempo_scale = relative_tempo(onset_beats)[0]
     rescaled = rescaled_vector = None
     if ALIGN["rescaled_candidates"] and abs(np.log2(tempo_scale)) >= 0.04:
@@ -395,7 +425,7 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
     return QueryFeatures(label, piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"],
                          half, alts, tempo_scale=tempo_scale, one_part=one_part, rescaled_chroma=rescaled,
                          rescaled_vector=rescaled_vector, skyline_share=f["melody_pitch"].size / pitch.size,
-                         bass_pc=f["bass_pc"])
+                         bass_pc=f["bass_pc"], second_pitch=sp, second_onset_beats=so)
 
 
 def query_from_file(path) -> QueryFeatures:
@@ -548,6 +578,7 @@ class CoverIndex:
         self.iv_off, self.sec_iv_off = offs[:n_pieces + 1], offs[n_pieces:]
         self.has_second = np.diff(self.sec_off) > 0
         self.grams = _gram_index(self.iv, self.iv_off)
+        self.second_grams = _gram_index(self.iv, self.sec_iv_off)
         # bass lines (pitch classes) back to back
         n_bass = np.asarray(n_bass, np.int64)
         if n_bass.size != len(self.ids) or int(n_bass.sum()) != np.asarray(bass_pc).size:
@@ -589,6 +620,7 @@ class CoverIndex:
 
     def nbytes(self) -> int:
         arrays = [self.grams.matrix.data, self.grams.matrix.indices, self.grams.matrix.indptr,
+                  self.second_grams.matrix.data, self.second_grams.matrix.indices, self.second_grams.matrix.indptr,
                   self.tfidf.matrix.data, self.tfidf.matrix.indices, self.tfidf.matrix.indptr,
                   self.chord_grams.matrix.data, self.chord_grams.matrix.indices, self.chord_grams.matrix.indptr,
                   self.bass_grams.matrix.data, self.bass_grams.matrix.indices, self.bass_grams.matrix.indptr,
@@ -620,6 +652,8 @@ class CoverIndex:
             return self._merge_lists(q, rows, budget)
         qm = np.asarray(q.intervals, np.int64) - 1
         lines = [qm] + [np.asarray(a, np.int64) - 1 for a in q.alt_intervals]
+        if q.second_intervals is not None:
+            lines.append(np.asarray(q.second_intervals, np.int64) - 1)
         mel_lists = [self.grams.search(x, n + 1) for x in lines]
         tf_list = self.tfidf.search(self._tfidf_scores(q), n + 1)
         chord_lists = []
@@ -634,7 +668,15 @@ class CoverIndex:
         for g in (tf_list, *mel_lists, *chord_lists, *bass_lists):
             if g.size:
                 rows = np.concatenate([rows, np.pad(g, (0, rows.shape[1] - g.size), constant_values=-1)[None]])
-        return self._merge_lists(q, rows, budget)
+        rows = self._merge_lists(q, rows, budget)
+        k2 = ALIGN["second_line_candidates"]
+        if k2 and qm.size >= 3 and self.has_second.any():
+            extra = self.second_grams.search(qm, k2 + 1)
+            extra = extra[~np.isin(extra, rows)]
+            if q.piece_id is not None and q.piece_id in self.row_of:
+                extra = extra[extra != self.row_of[q.piece_id]]
+            rows = np.concatenate([rows, extra[:k2]])
+        return rows
 
     def _merge_lists(self, q: QueryFeatures, rows: np.ndarray, budget: int | None) -> np.ndarray:
         """Ranked lists (one per row, -1 padded) interleaved by rank so that each
@@ -833,9 +875,16 @@ class CoverIndex:
         a, b = _middle(q.intervals.size, A["max_query_intervals"])
         qiv = np.ascontiguousarray(q.intervals[a:b])
         spans = self._line_spans(rows, self.iv_off, self.sec_iv_off)  # the candidates' intervals in self.iv
-        # the melody's alignment runs in the other thread while this one aligns the harmony
-        melody = in_background(sw_symbols_score, qiv, self.iv, spans, A["mel_match"], A["mel_mismatch"],
-                               A["mel_gap"], A["mel_merge"], with_end=True) if qiv.size >= 2 and k else None
+        # the query's own second line too (a long multi-track query: its lead track is not
+        # always its tune), its middle part as the lead's
+        a2 = b2 = 0
+        if q.second_intervals is not None:
+            a2, b2 = _middle(q.second_intervals.size, A["second_query_intervals"])
+        q2 = np.ascontiguousarray(q.second_intervals[a2:b2]) if b2 - a2 >= 2 and k else None
+        spans2 = (self.iv_off[rows], self.iv_off[rows + 1])  # the candidates' lead lines
+        # the melody's alignments run in the other thread while this one aligns the harmony
+        melody = in_background(self._melody_scores, qiv, q2, spans, spans2) \
+            if k and (qiv.size >= 2 or q2 is not None) else None
         # the query's time scale is a property of the query: choose it on a few of the
         # best candidates, then align every candidate at that scale only
         probe = rows[: A["scale_probe"]]
@@ -902,17 +951,25 @@ class CoverIndex:
                     hscale[sel] = np.where(better, np.float32(sc), hscale[sel])
         harm = np.maximum(harm, 0).astype(np.float32)
         h = A["harmony_weight"] * harm
+        mel = np.zeros(k, np.float32)
+        mel_end = np.full(k, -1, np.int64)
+        on_second = np.zeros(k, bool)
+        on_query_second = np.zeros(k, bool)
         if melody is not None:
-            mel, mel_end = melody.result()
-            pick = self._best_line(rows, mel)
-            mel, mel_end, on_second = mel[pick], mel_end[pick], pick >= k
-            # a few intervals match somewhere by chance: short melodies count as at
-            # least min_query_intervals long
-            mel = mel / (A["mel_match"] * max(qiv.size, A["min_query_intervals"]))
-        else:
-            mel = np.zeros(k, np.float32)
-            mel_end = np.full(k, -1, np.int64)
-            on_second = np.zeros(k, bool)
+            # per candidate its better line (lead or second) for the query's lead line, then
+            # the query's second line against its lead line: where that aligns better, it
+            # is the melody score, and the explanation's region is that alignment's
+            for is_second, (m, end) in zip((False, True), melody.result()):
+                if m is None:
+                    continue
+                pick = np.arange(k) if is_second else self._best_line(rows, m)  # (lead lines only)
+                # a few intervals match somewhere by chance: short melodies count as at
+                # least min_query_intervals long
+                m = m[pick] / (A["mel_match"] * max(b2 - a2 if is_second else qiv.size, A["min_query_intervals"]))
+                better = m > mel if is_second else np.ones(k, bool)
+                mel, mel_end = np.where(better, m, mel), np.where(better, end[pick], mel_end)
+                on_second = np.where(better, pick >= k, on_second)
+                on_query_second |= better & is_second
         short = _short(q)
         # a one-part query: also how much of each candidate's tune is found among its
         # notes (pc_candidates), its melody score where higher; for a short polyphonic
@@ -943,7 +1000,18 @@ class CoverIndex:
         return {"rows": rows, "mel": mel.astype(np.float32), "harm": harm, "hshift": hshift,
                 "scale": best_scale, "score": score.astype(np.float32), "by_melody": mel >= harm,
                 "via_best": np.zeros(k, bool), "hscale": hscale.astype(np.float32), "mel_window": (a, b),
-                "mel_end": mel_end, "mel_second": on_second}
+                "mel_end": mel_end, "mel_second": on_second, "mel_query_second": on_query_second,
+                "mel_window2": (a2, b2)}
+
+    def _melody_scores(self, qiv: np.ndarray, q2: np.ndarray | None, spans, spans2) -> list:
+        """(scores, ends) of the query's lead-line intervals ``qiv`` against the candidates'
+        lines ``spans``, and of its second line ``q2`` against ``spans2``
+        (``indexers.align.sw_symbols_score``); (None, None) for a line that is absent or
+        too short."""
+        A = ALIGN
+        return [sw_symbols_score(x, self.iv, spans, A["mel_match"], A["mel_mismatch"], A["mel_gap"], A["mel_merge"],
+                                 with_end=True) if x is not None and x.size >= 2 else (None, None)
+                for x, spans in ((qiv, spans), (q2, spans2))]
 
     @staticmethod
     def _rhythm_scales(q: QueryFeatures, best_scale: float, off_grid: bool) -> list[float]:
@@ -1155,7 +1223,7 @@ class CoverIndex:
         if s1 < A["hop_confident"]:
             return r
         best = int(r["rows"][i1])
-        qb = self.query_for_piece(self.ids[best])
+        qb = self.query_for_piece(self.ids[best], second_line=False)  # its versions by its own lead line
         # a stored piece's versions are among its vector neighbours; without the n-gram
         # lists (which find excerpts) clean queries at 100k pieces took 66-80 instead of
         # 105-120 ms CPU p50, the same MAP (docs/covers.md)
@@ -1276,25 +1344,32 @@ class CoverIndex:
         # aligned regions, for the shown answers only (the tracking kernels are slower),
         # each answer with the one alignment that explains it
         by_mel = np.asarray(r["by_melody"][order][:n_explain], bool)
-        a, b = r["mel_window"]
-        qiv = np.ascontiguousarray(q.intervals[a:b])
+        q_second = np.asarray(r["mel_query_second"][order][:n_explain], bool)
+        # each melody-matched answer's region is its alignment with the query line that
+        # scored it: the query's lead line, or its second line where that aligned better
+        lines = [(by_mel & ~q_second, q.intervals, r["mel_window"]),
+                 (by_mel & q_second, q.second_intervals, r["mel_window2"])]
+        lines = [(sel, iv, ab) for sel, iv, ab in lines if sel.any() and ab[1] - ab[0] >= 2]
         mreg = np.zeros((rows.size, 4), np.int32)
-        melody = None
-        if qiv.size >= 2 and by_mel.any():
-            # each reference up to where its best melody score was reached (rerank's
-            # mel_end): the region ends there, and the cells after it change nothing;
-            # aligned in the other thread while this one finds the harmony regions
-            starts, stops = self._line_of(rows, r["mel_second"][order][:n_explain], self.iv_off, self.sec_iv_off)
-            starts, stops = starts[by_mel], stops[by_mel]
-            ends = np.minimum(stops, starts + r["mel_end"][order][:n_explain][by_mel] + 1)
-            melody = in_background(sw_symbols, qiv, self.iv, (starts, ends), A["mel_match"], A["mel_mismatch"],
-                                   A["mel_gap"], A["mel_merge"])
+        starts, stops = self._line_of(rows, r["mel_second"][order][:n_explain], self.iv_off, self.sec_iv_off)
+        # each reference up to where its best melody score was reached (rerank's
+        # mel_end): the region ends there, and the cells after it change nothing
+        ends = np.minimum(stops, starts + r["mel_end"][order][:n_explain] + 1)
+
+        def melody_regions():
+            return [(sel, a, sw_symbols(np.ascontiguousarray(iv[a:b]), self.iv, (starts[sel], ends[sel]),
+                                        A["mel_match"], A["mel_mismatch"], A["mel_gap"], A["mel_merge"])[1])
+                    for sel, iv, (a, b) in lines]
+
+        # aligned in the other thread while this one finds the harmony regions
+        melody = in_background(melody_regions) if lines else None
         hreg = np.zeros((rows.size, 4))
         hreg[~by_mel] = self._harmony_regions(q, rows[~by_mel], r["hscale"][order][:n_explain][~by_mel],
                                               r["hshift"][order][:n_explain][~by_mel])
         if melody is not None:
-            mreg[by_mel] = melody.result()[1]
-            mreg[by_mel, :2] += a
+            for sel, a, reg in melody.result():
+                mreg[sel] = reg
+                mreg[sel, :2] += a
         for rank, (o, row) in enumerate(zip(order, all_rows), 1):
             row = int(row)
             if rank > n_explain:
@@ -1305,13 +1380,14 @@ class CoverIndex:
                 iv_off, note_off = (self.sec_iv_off, self.sec_off) if r["mel_second"][o] else (self.iv_off, self.mel_off)
                 ref_iv_idx = self.iv_index[iv_off[row]:iv_off[row + 1]]
                 m0 = int(note_off[row])
-                qn = q.interval_index
+                qn, q_on, q_pitch = (q.second_interval_index, q.second_onset_beats, q.second_pitch) \
+                    if r["mel_query_second"][o] else (q.interval_index, q.melody_onset_beats, q.melody_pitch)
                 if q1 > q0 and r1 > r0:
                     qa, qb = int(qn[q0]), int(qn[q1 - 1]) + 1
                     ra, rb = int(ref_iv_idx[r0]), int(ref_iv_idx[r1 - 1]) + 1
-                    qs_b, qe_b = float(q.melody_onset_beats[qa]), float(q.melody_onset_beats[qb])
+                    qs_b, qe_b = float(q_on[qa]), float(q_on[qb])
                     rs_b, re_b = float(self.mel_onset[m0 + ra]), float(self.mel_onset[m0 + rb])
-                    trans = int(self.mel_pitch[m0 + ra]) - int(q.melody_pitch[qa])
+                    trans = int(self.mel_pitch[m0 + ra]) - int(q_pitch[qa])
                     sc = (qe_b - qs_b) / (re_b - rs_b) if re_b > rs_b else 1.0
                 else:
                     qs_b = qe_b = rs_b = re_b = 0.0
@@ -1340,15 +1416,26 @@ class CoverIndex:
         return pa.table({f.name: pa.array(cols[f.name], f.type) for f in RESULT_SCHEMA}, schema=RESULT_SCHEMA)
 
     # -- queries by id ----------------------------------------------------------------
-    def query_for_piece(self, piece_id: str, label: str | None = None) -> QueryFeatures:
+    def query_for_piece(self, piece_id: str, label: str | None = None, second_line: bool = True) -> QueryFeatures:
+        """A stored piece as a query, from its stored features; with its stored second line
+        as the query's (``second_line``, when ``query_second_line`` would give a file of
+        it one: the same search as for the file, ``resolve_query``)."""
         i = self.row_of.get(piece_id)
         if i is None:
             raise IndexTroubleError(f"{piece_id}: piece has no vectors yet; run `atlas reindex --vectors`")
         mp = self.mel_pitch[self.mel_off[i]:self.mel_off[i + 1]]
         mo = self.mel_onset[self.mel_off[i]:self.mel_off[i + 1]]
         beats = self.chroma_q[self.beat_off[i]:self.beat_off[i + 1]].astype(np.float32) / 127.0
+        sp = so = None
+        if second_line and ALIGN["query_second_line"] and self.sec_off[i + 1] - self.sec_off[i] >= 4 \
+                and beats.shape[0] > ALIGN["phase_search_beats"]:
+            sp = self.mel_pitch[self.sec_off[i]:self.sec_off[i + 1]]
+            so = self.mel_onset[self.sec_off[i]:self.sec_off[i + 1]]
+            if np.array_equal(melody_intervals(sp)[0], melody_intervals(mp)[0]):
+                sp = so = None
         q = QueryFeatures(label or piece_id, piece_id, self.vectors[i], beats, mp, mo,
-                          bass_pc=self.bass_pc[self.bass_off[i]:self.bass_off[i + 1]])
+                          bass_pc=self.bass_pc[self.bass_off[i]:self.bass_off[i + 1]], second_pitch=sp,
+                          second_onset_beats=so)
         q.is_recording = bool(self.is_recording[i])
         return q
 

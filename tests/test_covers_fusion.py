@@ -205,6 +205,8 @@ def _triads(roots, thirds, beats_each: float = 1.0):
 
 
 def _index_of(songs):
+    """A collection of these pieces' notes (arrays, with track indices or not), with
+    every line the vectors stage stores (a multi-track piece's second melody line too)."""
     from indexers.features import features_from_notes, quantize_chroma
     from query.covers import CoverIndex
 
@@ -214,7 +216,10 @@ def _index_of(songs):
                       np.concatenate([quantize_chroma(f["beat_chroma"]).ravel() for f in fs]),
                       [f["beat_chroma"].shape[0] for f in fs], np.concatenate([f["melody_pitch"] for f in fs]),
                       np.concatenate([f["melody_onset_beats"] for f in fs]), [f["melody_pitch"].size for f in fs],
-                      np.concatenate([f["bass_pc"] for f in fs]), [f["bass_pc"].size for f in fs])
+                      np.concatenate([f["bass_pc"] for f in fs]), [f["bass_pc"].size for f in fs],
+                      second_pitch=np.concatenate([f["second_pitch"] for f in fs]),
+                      second_onset=np.concatenate([f["second_onset_beats"] for f in fs]),
+                      n_second=[f["second_pitch"].size for f in fs])
 
 
 def test_support_is_the_best_score_among_a_candidates_likely_versions():
@@ -437,3 +442,112 @@ def test_a_short_query_skips_a_frame_for_fine_chroma_gap(monkeypatch):
     cheap, dear = own_score(excerpt, ALIGN["fine_chroma_gap"]), own_score(excerpt, 5.0)
     assert cheap > 0.85 and cheap > dear + 0.05
     assert own_score(whole, 0.3) == pytest.approx(own_score(whole, 5.0))
+
+
+def _tune(seed: int, n_notes: int, low: int = 60):
+    """A random-walk tune (one note at a time, 0.5 or 1 beat each): (onsets, durations,
+    pitches)."""
+    rng = np.random.default_rng(seed)
+    steps = rng.choice([-4, -3, -2, -1, 1, 2, 3, 4, 5], n_notes)
+    pitch = low + 12 + np.cumsum(steps)
+    pitch = low + (pitch - low) % 24  # within two octaves
+    dur = rng.choice([0.5, 1.0], n_notes)
+    return np.concatenate([[0.0], np.cumsum(dur)[:-1]]), dur, pitch
+
+
+def _parts(*parts):
+    """Tracks (onsets, durations, pitches) as one piece's arrays, track k the k-th part."""
+    return tuple(np.concatenate(x) for x in zip(*[(on, dur, p, np.full(p.size, k)) for k, (on, dur, p)
+                                                  in enumerate(parts)]))
+
+
+def _chords_under(on, seed: int):
+    """A block triad every 2 beats under a part that lasts until the last of ``on``."""
+    return _chord_song(seed, n_chords=int(on.max() // 2) + 1)
+
+
+def test_a_version_whose_tune_is_its_second_line_is_a_candidate(monkeypatch):
+    """240 pieces share one lead line (a countermelody: strictly one note at a time,
+    quicker than a tune) and one chord part; each has a tune of its own as its second
+    line (doubling a note in every 8: less of a melody than the countermelody). The
+    last piece's tune alone, a fifth up, differs from the others only in what the
+    stored second lines hold: it reaches that piece through their n-gram list
+    (``second_line_candidates``) and ranks it first, by its melody; without that list
+    the piece is not among the candidates."""
+    import query.covers as qc
+    from query.covers import query_from_notes
+
+    c_on, c_dur, c_p = _tune(1001, 240, low=72)
+    c_on, c_dur = c_on / 1.5, c_dur / 1.5  # quicker: more notes in the same time
+    on, dur, p = _chords_under(c_on, 5000)
+    chords = (on, dur, p - 12)  # every root below every tune note: the bass line is the chords' alone
+    pieces, tunes = [], []
+    for s in range(240):
+        t_on, t_dur, t_p = tune = _tune(s, 100)
+        dbl = np.arange(0, t_p.size, 8)
+        tune_part = (np.concatenate([t_on, t_on[dbl]]), np.concatenate([t_dur, t_dur[dbl]]),
+                     np.concatenate([t_p, t_p[dbl] - 4]))
+        pieces.append(_parts((c_on, c_dur, c_p), tune_part, chords))
+        tunes.append(tune)
+    index = _index_of(pieces)
+    assert index.has_second.all()
+    t_on, t_dur, t_p = tunes[-1]
+    q = query_from_notes("tune", t_on, t_dur, t_p + 7)
+    assert q.intervals.size > 2 * qc.ALIGN["min_query_intervals"]  # a long query: a few dozen candidates
+    assert qc.ALIGN["second_line_candidates"] > 0
+    assert 239 in index.candidates(q)
+    res = index.search(q, top=3)
+    assert res.column("piece_id")[0].as_py() == "s239" and res.column("matched_by")[0].as_py() == "melody"
+    assert res.column("melody_score")[0].as_py() > 0.9 and res.column("transposition")[0].as_py() == 5  # -7
+    # a stored piece as the query (`atlas covers ID`) has the second line its file has
+    by_id, by_file = index.query_for_piece("s3"), query_from_notes("s3.mid", *pieces[3])
+    assert by_file.second_pitch is not None and np.array_equal(by_id.second_pitch, by_file.second_pitch)
+    np.testing.assert_allclose(by_id.second_onset_beats, by_file.second_onset_beats, atol=1e-5)
+    assert index.query_for_piece("s3", second_line=False).second_pitch is None
+    monkeypatch.setitem(qc.ALIGN, "second_line_candidates", 0)
+    assert 239 not in index.candidates(q)
+
+
+def test_a_querys_second_line_is_aligned_when_its_lead_is_not_the_tune(monkeypatch):
+    """A long two-part query: a countermelody that looks more like a melody (strictly one
+    note at a time, more notes) over the tune, which enters at beat 16. The stored piece
+    0 has the tune as its lead; no stored piece has the countermelody. The query's lead
+    line is the countermelody, so piece 0's melody score comes from the query's second
+    line (``query_second_line``), and the explained region is the tune's, from beat 16;
+    without the second line, piece 0's melody score is a chance match's."""
+    import query.covers as qc
+    from query.covers import query_from_notes
+
+    t_on, t_dur, t_p = _tune(2000, 160)
+    pieces = [_parts((t_on, t_dur, t_p), _chords_under(t_on, 6000))]
+    for s in range(1, 41):
+        on, dur, p = _tune(3000 + s, 120)
+        pieces.append(_parts((on, dur, p), _chords_under(on, 7000 + s)))
+    index = _index_of(pieces)
+    c_on, c_dur, c_p = _tune(2001, 300, low=74)
+    c_on, c_dur = c_on / 1.5, c_dur / 1.5
+    dbl = np.arange(0, t_p.size, 8)
+    tune_on = np.concatenate([t_on, t_on[dbl]]) + 16
+    q_on, q_dur, q_p, q_trk = _parts((c_on, c_dur, c_p), (tune_on, np.concatenate([t_dur, t_dur[dbl]]),
+                                                          np.concatenate([t_p, t_p[dbl] - 3]) - 2))
+    q = query_from_notes("two parts", q_on, q_dur, q_p, q_trk)
+    assert q.chroma_beats.shape[0] > qc.ALIGN["phase_search_beats"]
+    # the lead line is the countermelody's; the second the tune's (the skyline's
+    # register filter drops a few of its leaps)
+    assert q.melody_onset_beats.min() < 1 and q.second_onset_beats.min() >= 16
+    assert q.second_intervals is not None and q.second_pitch.size >= 0.95 * t_p.size
+    rows = index.candidates(q)
+    assert 0 in rows
+    r = index.rerank(q, rows)
+    i0 = int(np.flatnonzero(r["rows"] == 0)[0])
+    assert r["mel_query_second"][i0] and r["mel"][i0] > 0.9
+    res = index.search(q, top=3).to_pylist()
+    top = next(x for x in res if x["piece_id"] == "s0")
+    assert top["matched_by"] == "melody" and top["transposition"] == 2
+    assert top["query_start_beats"] >= 16 and top["query_end_beats"] - top["query_start_beats"] > 20
+
+    monkeypatch.setitem(qc.ALIGN, "query_second_line", False)
+    q1 = query_from_notes("two parts", q_on, q_dur, q_p, q_trk)
+    assert q1.second_intervals is None
+    r1 = index.rerank(q1, np.array([0]))
+    assert r1["mel"][0] < 0.5 and not r1["mel_query_second"].any()
