@@ -876,7 +876,7 @@ class CoverIndex:
         qiv = np.ascontiguousarray(q.intervals[a:b])
         spans = self._line_spans(rows, self.iv_off, self.sec_iv_off)  # the candidates' intervals in self.iv
         # the query's own second line too (a long multi-track query: its lead track is not
-        # always its tune), its middle part as the lead's
+        # always its tune), its middle second_query_intervals, against the lead lines
         a2 = b2 = 0
         if q.second_intervals is not None:
             a2, b2 = _middle(q.second_intervals.size, A["second_query_intervals"])
