@@ -365,6 +365,15 @@ def _chroma_gap(q) -> float:
     return ALIGN["fine_chroma_gap"] if _frames_per(q) > 1 else ALIGN["chroma_gap"]
 
 
+def _reads_second_line(n_beats: int, lead_iv: np.ndarray, second_iv: np.ndarray) -> bool:
+    """Whether a query of ``n_beats`` beats reads its second melody line
+    (``query_second_line``): one longer than ``phase_search_beats`` (a shorter one tries
+    each track's skyline instead), whose second line has 3 intervals or more and differs
+    from its lead line."""
+    return bool(ALIGN["query_second_line"] and n_beats > ALIGN["phase_search_beats"] and second_iv.size >= 3
+                and not np.array_equal(second_iv, lead_iv))
+
+
 def _near_notated(scale: float) -> bool:
     """Whether ``scale`` is within 0.04 octave of a notated scale (``ALIGN["scales"]``)."""
     return min(abs(np.log2(scale / x)) for x in ALIGN["scales"]) < 0.04
@@ -407,12 +416,9 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
                                           register_drop=ALIGN["tight_register"])[0])[0]
             if iv.size >= 3 and not np.array_equal(iv, f["intervals"]):
                 alts.append(iv)
-    sp = so = None
-    if ALIGN["query_second_line"] and not one_part and f["second_pitch"].size >= 4 \
-            and f["beat_chroma"].shape[0] > ALIGN["phase_search_beats"]:
-        iv2 = melody_intervals(f["second_pitch"])[0]
-        if iv2.size >= 3 and not np.array_equal(iv2, f["intervals"]):
-            sp, so = f["second_pitch"], f["second_onset_beats"]
+    sp = so = None  # (a one-part query has no second line: no runner-up track)
+    if _reads_second_line(f["beat_chroma"].shape[0], f["intervals"], melody_intervals(f["second_pitch"])[0]):
+        sp, so = f["second_pitch"], f["second_onset_beats"]
     tempo_scale = relative_tempo(onset_beats)[0]
     rescaled = rescaled_vector = None
     if ALIGN["rescaled_candidates"] and abs(np.log2(tempo_scale)) >= 0.04:
@@ -881,7 +887,7 @@ class CoverIndex:
         if q.second_intervals is not None:
             a2, b2 = _middle(q.second_intervals.size, A["second_query_intervals"])
         q2 = np.ascontiguousarray(q.second_intervals[a2:b2]) if b2 - a2 >= 2 and k else None
-        spans2 = (self.iv_off[rows], self.iv_off[rows + 1])  # the candidates' lead lines
+        spans2 = (self.iv_off[rows], self.iv_off[rows + 1]) if q2 is not None else None  # their lead lines
         # the melody's alignments run in the other thread while this one aligns the harmony
         melody = in_background(self._melody_scores, qiv, q2, spans, spans2) \
             if k and (qiv.size >= 2 or q2 is not None) else None
@@ -1427,12 +1433,10 @@ class CoverIndex:
         mo = self.mel_onset[self.mel_off[i]:self.mel_off[i + 1]]
         beats = self.chroma_q[self.beat_off[i]:self.beat_off[i + 1]].astype(np.float32) / 127.0
         sp = so = None
-        if second_line and ALIGN["query_second_line"] and self.sec_off[i + 1] - self.sec_off[i] >= 4 \
-                and beats.shape[0] > ALIGN["phase_search_beats"]:
+        if second_line and _reads_second_line(beats.shape[0], self.iv[self.iv_off[i]:self.iv_off[i + 1]],
+                                              self.iv[self.sec_iv_off[i]:self.sec_iv_off[i + 1]]):
             sp = self.mel_pitch[self.sec_off[i]:self.sec_off[i + 1]]
             so = self.mel_onset[self.sec_off[i]:self.sec_off[i + 1]]
-            if np.array_equal(melody_intervals(sp)[0], melody_intervals(mp)[0]):
-                sp = so = None
         q = QueryFeatures(label or piece_id, piece_id, self.vectors[i], beats, mp, mo,
                           bass_pc=self.bass_pc[self.bass_off[i]:self.bass_off[i + 1]], second_pitch=sp,
                           second_onset_beats=so)
