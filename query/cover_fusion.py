@@ -26,7 +26,7 @@ __all__ = ["FEATURES", "FUSION_FILE", "IntervalTfidf", "fusion_features", "fuse"
 FUSION_FILE = Path(__file__).with_name("cover_fusion.json")
 FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf", "tfidf_rel", "vec",
             "short", "tfidf_short", "mel_short", "rhythm", "rhythm_rel", "rhythm_short", "bass", "bass_rel",
-            "support", "support_rel")
+            "support", "support_rel", "stretch")
 # exact pitch intervals are clipped to this many semitones either way (as in the baseline)
 _CLIP = 24
 _ALPHA = 2 * _CLIP + 1
@@ -111,7 +111,7 @@ class IntervalTfidf:
 
 
 def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_intervals: int = 48,
-                    rhythm=None, bass=None, support=None) -> np.ndarray:
+                    rhythm=None, bass=None, support=None, hscale=None) -> np.ndarray:
     """The ``FEATURES`` of one query's candidates: float64 [shape=(k, len(FEATURES))].
 
     ``align``, ``mel``, ``harm``: alignment scores (0..~1.2); ``tfidf``, ``vec``: cosines;
@@ -120,7 +120,12 @@ def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_interv
     found among a one-part query's notes keeps its rhythm (0..~1; None: 0 for all);
     ``bass``: the query's bass line aligned with the candidate's (0..~1; None: 0 for all);
     ``support``: the best alignment score among the candidate's likely versions (0..~1.2;
-    None: 0 for all)."""
+    None: 0 for all); ``hscale``: the time scale (query beats per candidate beat) of the
+    candidate's harmony alignment, as ``stretch`` = |log2 hscale| octaves (None: 0 for
+    all). Every scale tried is one more chance for a wrong piece to align somewhere; a
+    query squeezed or stretched far (2x: a quarter of the frames pooled together) aligns
+    by chance more often, so the fit can weigh its scores less (docs/covers.md,
+    "Stretch")."""
     cols = [np.asarray(x, np.float64) for x in (align, mel, harm, tfidf, vec)]
     if cols[0].size == 0:
         return np.zeros((0, len(FEATURES)))
@@ -128,10 +133,11 @@ def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_interv
     r = np.zeros(a.size) if rhythm is None else np.asarray(rhythm, np.float64)
     b = np.zeros(a.size) if bass is None else np.asarray(bass, np.float64)
     u = np.zeros(a.size) if support is None else np.asarray(support, np.float64)
+    s = np.zeros(a.size) if hscale is None else np.abs(np.log2(np.maximum(np.asarray(hscale, np.float64), 1e-6)))
     short = float(n_intervals <= short_intervals)
     return np.stack([a, a - a.max(), m, m - m.max(), h, h - h.max(), t, t - t.max(), v,
                      np.full(a.size, short), t * short, m * short, r, r - r.max(), r * short,
-                     b, b - b.max(), u, u - u.max()], axis=1)
+                     b, b - b.max(), u, u - u.max(), s], axis=1)
 
 
 @lru_cache(maxsize=4)

@@ -1091,7 +1091,7 @@ class CoverIndex:
         vec = v @ q.vector / np.maximum(np.linalg.norm(v, axis=1) * float(np.linalg.norm(q.vector)), 1e-9)
         return fusion_features(r["score"], r["mel"], r["harm"], self._tfidf_scores(q)[rows], vec,
                                q.intervals.size, 2 * ALIGN["min_query_intervals"], self._rhythm(q, r),
-                               self._bass(q, r), self._support(r))
+                               self._bass(q, r), self._support(r), r["hscale"])
 
     def _support(self, r) -> np.ndarray:
         """Per candidate, 0..~1.2: the best alignment score among the *other* aligned

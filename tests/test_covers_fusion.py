@@ -137,6 +137,10 @@ def test_fusion_features_known_answer():
                         support=[0.4, 0.9])
     f = dict(zip(FEATURES, x.T))
     np.testing.assert_allclose(f["support_rel"], [-0.5, 0.0])
+    np.testing.assert_allclose(f["stretch"], [0.0, 0.0])  # no time scale given: 0
+    x = fusion_features([1.0, 0.5, 0.5], [0.9, 0.2, 0.2], [0.3, 0.6, 0.6], [0.8, 0.1, 0.1], [0.95, 0.5, 0.5],
+                        n_intervals=30, hscale=[1.0, 2.0, 2 ** -0.5])
+    np.testing.assert_allclose(dict(zip(FEATURES, x.T))["stretch"], [0.0, 1.0, 0.5])  # octaves either way
 
 
 def test_shipped_fusion_loads_offline_and_ranks_agreement_first():
@@ -153,6 +157,11 @@ def test_shipped_fusion_loads_offline_and_ranks_agreement_first():
                         rhythm=[0.8, 0.1])
     s = fuse(x)
     assert 0 <= s[1] < s[0] <= 1
+    # the same scores reached by squeezing the query 2x count less than at its own scale
+    x = fusion_features([0.8, 0.8], [0.7, 0.7], [0.6, 0.6], [0.3, 0.3], [0.9, 0.9], n_intervals=120,
+                        rhythm=[0.3, 0.3], hscale=[1.0, 2.0])
+    s = fuse(x)
+    assert s[1] < s[0]
 
 
 def test_fusion_with_wrong_features_is_a_clear_error(tmp_path):
