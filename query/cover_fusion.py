@@ -123,9 +123,9 @@ def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_interv
     None: 0 for all); ``hscale``: the time scale (query beats per candidate beat) of the
     candidate's harmony alignment, as ``stretch`` = |log2 hscale| octaves (None: 0 for
     all). Every scale tried is one more chance for a wrong piece to align somewhere; a
-    query squeezed or stretched far (2x: a quarter of the frames pooled together) aligns
-    by chance more often, so the fit can weigh its scores less (docs/covers.md,
-    "Stretch")."""
+    query squeezed far (at 2x each frame pools twice the query's beats, smoothing its
+    chords) aligns by chance more often, so the fit can weigh its scores less
+    (docs/covers.md, "Stretch")."""
     cols = [np.asarray(x, np.float64) for x in (align, mel, harm, tfidf, vec)]
     if cols[0].size == 0:
         return np.zeros((0, len(FEATURES)))
