@@ -50,7 +50,7 @@ from ingest.demo_corpus import build_demo_corpus  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from covers import Baseline, average_precision, first_rank  # noqa: E402
+from covers import Baseline, average_precision, first_rank, overlap  # noqa: E402
 from covers_honest import CACHE, LEVELS, build_index, degrade, load_files  # noqa: E402
 from indexers.blas_threads import one_blas_thread  # noqa: E402
 from indexers.features import skyline  # noqa: E402
@@ -93,22 +93,27 @@ def chorale_files() -> tuple[list[str], dict[str, str]]:
 
 
 def near_copy(a: dict, b: dict, threshold: float = 0.9) -> bool:
-    """Whether two files hold the same notes (onset ticks from their first note, pitch)
-    for 90% or more, at some transposition."""
-    def notes(n, t=0):
-        return set(zip((n["onset_ticks"] - n["onset_ticks"].min()).tolist(), (n["pitch"].astype(int) + t).tolist()))
+    """Whether two files hold the same notes (``covers.overlap`` of (onset tick, pitch),
+    the onsets counted from each file's first note) for 90% or more, at some
+    transposition."""
+    def moved(n, t=0):
+        return {"onset_ticks": n["onset_ticks"] - n["onset_ticks"].min(), "pitch": n["pitch"].astype(np.int64) + t}
 
-    sa = notes(a)
-    size = max(len(sa), b["pitch"].size, 1)
-    return any(len(sa & notes(b, t)) / size >= threshold for t in range(-11, 12))
+    a = moved(a)
+    return any(overlap(a, moved(b, t)) >= threshold for t in range(-11, 12))
+
+
+def soprano_mask(n: dict) -> np.ndarray:
+    """The notes of the top voice: the track of highest mean pitch."""
+    tracks = np.unique(n["track_index"])
+    top = tracks[int(np.argmax([n["pitch"][n["track_index"] == t].mean() for t in tracks]))]
+    return n["track_index"] == top
 
 
 def soprano_grams(n: dict) -> set:
-    """The interval 4-grams of the top voice (the track of highest mean pitch), repeated
-    notes merged: what two settings of one tune share, in any key and rhythm."""
-    tracks = np.unique(n["track_index"])
-    top = tracks[int(np.argmax([n["pitch"][n["track_index"] == t].mean() for t in tracks]))]
-    p = n["pitch"][n["track_index"] == top].astype(np.int64)
+    """The interval 4-grams of the top voice (``soprano_mask``), repeated notes merged:
+    what two settings of one tune share, in any key and rhythm."""
+    p = n["pitch"][soprano_mask(n)].astype(np.int64)
     p = p[np.r_[True, np.diff(p) != 0]]
     iv = np.diff(p)
     return {tuple(iv[i:i + 4]) for i in range(iv.size - 3)}
@@ -126,10 +131,8 @@ def contradicts(same_title: bool, similarity: float) -> bool:
 
 
 def lower_voices(n: dict) -> dict:
-    """The notes of every track but the one holding the highest mean pitch (the soprano)."""
-    tracks = np.unique(n["track_index"])
-    means = [n["pitch"][n["track_index"] == t].mean() for t in tracks]
-    keep = n["track_index"] != tracks[int(np.argmax(means))]
+    """The notes of every track but the soprano's (``soprano_mask``)."""
+    keep = ~soprano_mask(n)
     return {k: v[keep] for k, v in n.items()}
 
 
