@@ -18,6 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
+from indexers.lanes import chroma_scores, pitch_class_scores, sym_scores
+
 __all__ = ["in_background", "two_at_once", "sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score",
            "sw_pitch_classes_score", "sw_pitch_classes_rhythm_score"]
 
@@ -125,7 +127,7 @@ def _sw_intervals(q, refs, starts, ends, match, mismatch, gap, merge, track):
     k = starts.size
     scores = np.zeros(k, np.float32)
     region = np.zeros((k, 4), np.int32)
-    # query profiles (as in _sw_intervals_score): prof[v, i] = score of symbol v against
+    # query profiles: prof[v, i] = score of symbol v against
     # q[i-1]; prof2[v, i] the same against the merged interval q[i-2] + q[i-1]
     prof = np.full((12, n + 1), -mismatch, np.float32)
     prof2 = np.full((12, n + 1), -mismatch - merge, np.float32)
@@ -255,152 +257,9 @@ def sw_symbols(q, refs, offsets, match, mismatch, gap, merge=0.3):
                       starts, ends, q.size)
 
 
-@njit(cache=True, nogil=True)
-def _sw_intervals_score(q, refs, starts, ends, match, mismatch, gap, merge):
-    n = q.size
-    k = starts.size
-    scores = np.zeros(k, np.float32)
-    # per reference, the first column (reference symbol) where its best score is
-    # reached (-1: none above 0): the region kernel needs nothing after it
-    end = np.full(k, -1, np.int64)
-    # query profiles: prof[v, i] = score of reference symbol v against q[i]; prof2 the
-    # same against the merged interval q[i-1] + q[i] (an extra note in the query)
-    prof = np.full((12, n + 1), -mismatch, np.float32)
-    prof2 = np.full((12, n + 1), np.float32(-1e9), np.float32)
-    for i in range(1, n + 1):
-        prof[q[i - 1], i] = match
-        if i >= 2:
-            for v in range(12):
-                prof2[v, i] = -mismatch - merge
-            prof2[(q[i - 2] + q[i - 1]) % 12, i] = match - merge
-    for v in range(12):
-        prof[v, 0] = 0.0
-    prof[0, :] = -mismatch  # symbol 0 (a merged interval back to the same note) never matches
-    A1 = np.zeros(n + 1, np.float32)
-    A2 = np.zeros(n + 1, np.float32)
-    A0 = np.zeros(n + 1, np.float32)
-    B1 = np.zeros(n + 1, np.float32)
-    B2 = np.zeros(n + 1, np.float32)
-    B0 = np.zeros(n + 1, np.float32)
-    # two references at a time: two independent recurrences in one loop, then the
-    # rest of the longer one alone
-    for c in range(0, k, 2):
-        a0 = starts[c]
-        m0 = ends[c] - a0
-        a1 = starts[c + 1] if c + 1 < k else a0
-        m1 = ends[c + 1] - a1 if c + 1 < k else 0
-        A1[:] = 0.0
-        A2[:] = 0.0
-        B1[:] = 0.0
-        B2[:] = 0.0
-        bestA = np.float32(0.0)
-        bestB = np.float32(0.0)
-        endA = -1
-        endB = -1
-        prevA = -1
-        prevB = -1
-        for j in range(min(m0, m1)):
-            oldA = bestA
-            oldB = bestB
-            rA = refs[a0 + j]
-            rB = refs[a1 + j]
-            pA1 = prof[rA]
-            pA2 = prof2[rA]
-            pB1 = prof[rB]
-            pB2 = prof2[rB]
-            hsA = prevA >= 0
-            psA = prof[(prevA + rA) % 12] if hsA else prof[0]
-            psB = prof[(prevB + rB) % 12] if hsA else prof[0]
-            mA = merge if hsA else np.float32(1e9)
-            A0[0] = 0.0
-            B0[0] = 0.0
-            leftA = np.float32(0.0)
-            leftB = np.float32(0.0)
-            # i = 1 (no merged query interval yet)
-            vA = max(max(A1[0] + pA1[1], A1[1] - gap, A2[0] + psA[1] - mA, np.float32(0.0)), leftA - gap)
-            vB = max(max(B1[0] + pB1[1], B1[1] - gap, B2[0] + psB[1] - mA, np.float32(0.0)), leftB - gap)
-            A0[1] = vA
-            B0[1] = vB
-            leftA = vA
-            leftB = vB
-            bestA = max(bestA, vA)
-            bestB = max(bestB, vB)
-            # the previous columns' cells at rows i-1 and i-2 carried in registers
-            # (they were row i's "up" one and two steps before)
-            upA1, upA2, upB1, upB2 = A1[1], A1[0], B1[1], B1[0]
-            mrA, mrB = A2[1], B2[1]
-            for i in range(2, n + 1):
-                upA, upB = A1[i], B1[i]
-                # the left neighbour last: the other terms do not wait for it, so the
-                # chain from one cell to the next is one subtraction and one max
-                # (max is exact: the same value in any order)
-                vA = max(max(upA1 + pA1[i], upA - gap, upA2 + pA2[i], mrA + psA[i] - mA, np.float32(0.0)),
-                         leftA - gap)
-                vB = max(max(upB1 + pB1[i], upB - gap, upB2 + pB2[i], mrB + psB[i] - mA, np.float32(0.0)),
-                         leftB - gap)
-                upA2, upA1, upB2, upB1 = upA1, upA, upB1, upB
-                mrA, mrB = A2[i], B2[i]
-                A0[i] = vA
-                B0[i] = vB
-                leftA = vA
-                leftB = vB
-                bestA = max(bestA, vA)
-                bestB = max(bestB, vB)
-            if bestA > oldA:
-                endA = j
-            if bestB > oldB:
-                endB = j
-            prevA = rA
-            prevB = rB
-            A2, A1, A0 = A1, A0, A2
-            B2, B1, B0 = B1, B0, B2
-        if m0 > m1:
-            bestA, endA = _sw_rest(refs, a0, m1, m0, prof, prof2, gap, merge, A1, A2, A0, bestA, endA, prevA)
-        elif m1 > m0:
-            bestB, endB = _sw_rest(refs, a1, m0, m1, prof, prof2, gap, merge, B1, B2, B0, bestB, endB, prevB)
-        scores[c] = bestA
-        end[c] = endA
-        if c + 1 < k:
-            scores[c + 1] = bestB
-            end[c + 1] = endB
-    return scores, end
-
-
-@njit(cache=True, nogil=True)
-def _sw_rest(refs, a, j0, j1, prof, prof2, gap, merge, h1, h2, h0, best, end, prev_r):
-    """Columns j0..j1-1 of one reference (state h1, h2 of the columns before)."""
-    n = h0.size - 1
-    for j in range(j0, j1):
-        old = best
-        rj = refs[a + j]
-        p1 = prof[rj]
-        p2 = prof2[rj]
-        have_sum = prev_r >= 0
-        ps = prof[(prev_r + rj) % 12] if have_sum else prof[0]
-        mg = merge if have_sum else np.float32(1e9)
-        h0[0] = 0.0
-        left = np.float32(0.0)
-        v = max(max(h1[0] + p1[1], h1[1] - gap, h2[0] + ps[1] - mg, np.float32(0.0)), left - gap)
-        h0[1] = v
-        left = v
-        best = max(best, v)
-        up1, up2, mr = h1[1], h1[0], h2[1]
-        for i in range(2, n + 1):
-            up = h1[i]
-            v = max(max(up1 + p1[i], up - gap, up2 + p2[i], mr + ps[i] - mg, np.float32(0.0)), left - gap)
-            up2, up1, mr = up1, up, h2[i]
-            h0[i] = v
-            left = v
-            best = max(best, v)
-        if best > old:
-            end = j
-        prev_r = rj
-        h2, h1, h0 = h1, h0, h2
-    return best, end
-
-
 def sw_symbols_score(q, refs, offsets, match, mismatch, gap, merge=0.3, with_end=False):
-    """:func:`sw_symbols` without the region (faster): best score per reference.
+    """:func:`sw_symbols` without the region (faster: many references at once, one per
+    SIMD lane, ``indexers.lanes``): best score per reference, the same to the bit.
 
     ``with_end``: also return, per reference, the first reference position where the
     best score is reached (int64 [shape=(k,)], -1 when no score is above 0). The
@@ -410,7 +269,7 @@ def sw_symbols_score(q, refs, offsets, match, mismatch, gap, merge=0.3, with_end
     starts, ends = _spans(offsets)
     q = np.asarray(q, np.int8)
     match, mismatch, gap, merge = np.float32(match), np.float32(mismatch), np.float32(gap), np.float32(merge)
-    scores, end = _by_halves(lambda sl: _sw_intervals_score(q, refs, starts[sl], ends[sl], match, mismatch, gap, merge),
+    scores, end = _by_halves(lambda sl: sym_scores(q, refs, starts[sl], ends[sl], match, mismatch, gap, merge),
                              starts, ends, q.size)
     return (scores, end) if with_end else scores
 
@@ -533,111 +392,13 @@ def _sw_chroma(qs, shifts, refs, starts, ends, threshold, silent, gap):
 
 
 def sw_chroma_score(qs, shifts, refs, offsets, threshold, silent, gap):
-    """:func:`sw_chroma` without the region: best score and transposition per reference.
-
-    The frame scores of one (reference, transposition) pair come from one matrix
-    product (BLAS), laid out reference frame by query frame with the silent frames'
-    penalty already in, so the dynamic programme reads them in order and does one
-    addition per cell.
-    """
+    """:func:`sw_chroma` without the region: best score and transposition per reference
+    (faster: many (reference, transposition) pairs at once, one per SIMD lane,
+    ``indexers.lanes``). The frame scores are float32 sums where :func:`sw_chroma`'s are
+    float64, so a score may differ from its in the last bits."""
     starts, ends = _spans(offsets)
-    return _by_halves(lambda sl: _sw_chroma_score(qs, shifts[sl], refs, starts[sl], ends[sl], threshold, silent, gap),
+    return _by_halves(lambda sl: chroma_scores(qs, shifts[sl], refs, starts[sl], ends[sl], threshold, silent, gap),
                       starts, ends, qs.shape[1] * shifts.shape[1])
-
-
-@njit(cache=True, nogil=True)
-def _sw_chroma_score(qs, shifts, refs, starts, ends, threshold, silent, gap):
-    n = qs.shape[1]
-    k = starts.size
-    scores = np.zeros(k, np.float32)
-    best_shift = np.zeros(k, np.int32)
-    qsil = np.zeros(n, np.bool_)
-    for i in range(n):
-        tot = 0.0
-        for p in range(12):
-            tot += qs[0, i, p]
-        qsil[i] = tot <= 0.0
-    qt = np.empty((12, 12, n), np.float32)  # [t] = qs[t].T
-    for t in range(12):
-        for i in range(n):
-            for p in range(12):
-                qt[t, p, i] = qs[t, i, p]
-    thr = np.float32(threshold)
-    sil = np.float32(-silent)
-    g = np.float32(gap)
-    h0 = np.zeros(n + 1, np.float32)
-    h1 = np.zeros(n + 1, np.float32)
-    for c in range(k):
-        a = starts[c]
-        b = ends[c]
-        if b <= a:
-            continue
-        r = np.ascontiguousarray(refs[a:b])  # (m, 12)
-        m = b - a
-        rsil = np.zeros(m, np.bool_)
-        for j in range(m):
-            tot = 0.0
-            for p in range(12):
-                tot += r[j, p]
-            rsil[j] = tot <= 0.0
-        ts = shifts[c][shifts[c] >= 0]
-        # two transpositions at a time: two independent recurrences in one loop
-        for si in range(0, ts.size, 2):
-            t0 = ts[si]
-            t1 = ts[si + 1] if si + 1 < ts.size else t0
-            s0 = _frame_scores(r, qt[t0], rsil, qsil, thr, sil)
-            s1 = _frame_scores(r, qt[t1], rsil, qsil, thr, sil)
-            for i in range(n + 1):
-                h0[i] = 0.0
-                h1[i] = 0.0
-            best0 = np.float32(0.0)
-            best1 = np.float32(0.0)
-            for j in range(m):
-                diag0 = np.float32(0.0)
-                diag1 = np.float32(0.0)
-                left0 = np.float32(0.0)
-                left1 = np.float32(0.0)
-                row0 = s0[j]
-                row1 = s1[j]
-                for i in range(1, n + 1):
-                    up0 = h0[i]
-                    up1 = h1[i]
-                    # the left neighbour last (see _sw_intervals_score)
-                    v0 = max(max(diag0 + row0[i - 1], up0 - g, np.float32(0.0)), left0 - g)
-                    v1 = max(max(diag1 + row1[i - 1], up1 - g, np.float32(0.0)), left1 - g)
-                    diag0 = up0
-                    diag1 = up1
-                    h0[i] = v0
-                    h1[i] = v1
-                    left0 = v0
-                    left1 = v1
-                    best0 = max(best0, v0)
-                    best1 = max(best1, v1)
-            if best0 > scores[c]:
-                scores[c] = best0
-                best_shift[c] = t0
-            if best1 > scores[c]:
-                scores[c] = best1
-                best_shift[c] = t1
-    return scores, best_shift
-
-
-@njit(cache=True, nogil=True)
-def _frame_scores(r, qt, rsil, qsil, thr, sil):
-    """(m, n) frame scores: cosine - threshold, or -silent where either frame is silent."""
-    sim = np.dot(r, qt)
-    m, n = sim.shape
-    for j in range(m):
-        if rsil[j]:
-            for i in range(n):
-                sim[j, i] = sil
-        else:
-            for i in range(n):
-                if qsil[i]:
-                    sim[j, i] = sil
-                else:
-                    sim[j, i] -= thr
-    return sim
 
 
 def sw_pitch_classes_score(q, refs, offsets, shifts, match, mismatch, gap_q, gap_r):
@@ -660,89 +421,13 @@ def sw_pitch_classes_score(q, refs, offsets, shifts, match, mismatch, gap_q, gap
 
     Returns
     -------
-    scores : float32 [shape=(k,)]
+    scores : float32 [shape=(k,)]; many references at once, one per SIMD lane
+    (``indexers.lanes``)
     """
     starts, ends = _spans(offsets)
-    return _by_halves(lambda sl: _sw_pitch_classes_score(q, refs, starts[sl], ends[sl], shifts[sl], match, mismatch,
-                                                         gap_q, gap_r), starts, ends, q.size)
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _sw_pitch_classes_score(q, refs, starts, ends, shifts, match, mismatch, gap_q, gap_r):
-    n = q.size
-    k = starts.size
-    out = np.zeros(k, np.float32)
-    colA = np.zeros(n + 1, np.float32)  # the previous reference note's column
-    colB = np.zeros(n + 1, np.float32)
-    newA = np.zeros(n + 1, np.float32)
-    newB = np.zeros(n + 1, np.float32)
-    profA = np.empty((12, n + 1), np.float32)
-    profB = np.empty((12, n + 1), np.float32)
-    gq = np.float32(gap_q)
-    gr = np.float32(gap_r)
-    zero = np.float32(0.0)
-    # two references at a time: the running max down a column is a chain of dependent
-    # steps, and two independent chains run in the time of one
-    for c in range(0, k, 2):
-        cB = c + 1 if c + 1 < k else c
-        _pc_profile(q, shifts[c], match, mismatch, profA)
-        _pc_profile(q, shifts[cB], match, mismatch, profB)
-        colA[:] = 0.0
-        colB[:] = 0.0
-        bestA = zero
-        bestB = zero
-        a0, m0 = starts[c], ends[c] - starts[c]
-        a1, m1 = starts[cB], (ends[cB] - starts[cB]) if cB != c else 0
-        for j in range(min(m0, m1)):
-            pA = profA[refs[a0 + j]]
-            pB = profB[refs[a1 + j]]
-            # match or leave the reference note out: each query row on its own
-            # (vectorised), then query notes left out as a running max down the column
-            for i in range(1, n + 1):
-                newA[i] = max(max(colA[i - 1] + pA[i], colA[i] - gr), zero)
-                newB[i] = max(max(colB[i - 1] + pB[i], colB[i] - gr), zero)
-            runA = zero
-            runB = zero
-            for i in range(1, n + 1):
-                runA = max(newA[i], runA - gq)
-                runB = max(newB[i], runB - gq)
-                colA[i] = runA
-                colB[i] = runB
-                bestA = max(bestA, runA)
-                bestB = max(bestB, runB)
-        for j in range(min(m0, m1), m0):
-            bestA = _pc_column(profA[refs[a0 + j]], colA, newA, gq, gr, bestA)
-        for j in range(min(m0, m1), m1):
-            bestB = _pc_column(profB[refs[a1 + j]], colB, newB, gq, gr, bestB)
-        out[c] = bestA
-        if cB != c:
-            out[cB] = bestB
-    return out
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _pc_profile(q, t, match, mismatch, prof):
-    """prof[v, i]: the score of reference pitch class v against query note i-1 up t."""
-    n = q.size
-    for v in range(12):
-        prof[v, 0] = 0.0
-        for i in range(1, n + 1):
-            prof[v, i] = match if (q[i - 1] + t) % 12 == v else -mismatch
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _pc_column(p, col, new, gq, gr, best):
-    """One reference note's column of sw_pitch_classes_score (one reference alone)."""
-    n = col.size - 1
-    zero = np.float32(0.0)
-    for i in range(1, n + 1):
-        new[i] = max(max(col[i - 1] + p[i], col[i] - gr), zero)
-    run = zero
-    for i in range(1, n + 1):
-        run = max(new[i], run - gq)
-        col[i] = run
-        best = max(best, run)
-    return best
+    shifts = np.ascontiguousarray(shifts, np.int64)
+    return _by_halves(lambda sl: pitch_class_scores(q, refs, starts[sl], ends[sl], shifts[sl], match, mismatch,
+                                                    gap_q, gap_r), starts, ends, q.size)
 
 
 def sw_pitch_classes_rhythm_score(q, q_onsets, refs, ref_onsets, offsets, shifts, match, mismatch, gap_q, gap_r,
