@@ -1066,9 +1066,12 @@ class CoverIndex:
         with ``explain_top`` only that many get the aligned region (the others' region
         columns are null): finding the region costs a second, slower alignment.
 
-        BLAS runs on one thread meanwhile: the harmony alignments make thousands of
-        small products, for which OpenBLAS's own threads doubled the CPU time and
-        competed with the search's two threads (docs/covers.md, "BLAS on one thread")."""
+        BLAS runs on one thread meanwhile: the search makes many small products (the
+        candidates' global chroma against the query's transpositions, vectors), for
+        which OpenBLAS's own threads cost more than they save and compete with the
+        search's two threads (docs/covers.md, "BLAS on one thread"; the harmony
+        alignment's products, once the most numerous, are now summed in
+        ``indexers.lanes``)."""
         with one_blas_thread():
             r = self._aligned(q)
             # a recording involved: the alignment score plus the audio bonus, tuned together
