@@ -25,6 +25,7 @@ last bits of 1 in ~500 (its frame scores are float32 sums), 1.7x faster.
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import numba
 import numpy as np
@@ -52,11 +53,33 @@ def _slp():
         numba.config.SLP_VECTORIZE = before
 
 
-def _compile(name: str, source: str, signature: str, **options):
-    """Define ``name`` from ``source`` in this module and compile it (cached)."""
-    exec(compile(source, __file__, "exec"), globals())
+def _compile(name: str, source, signature: str, n_lanes: int, **options):
+    """Define ``name`` from the source ``source(n_lanes)`` writes, in this module, and
+    compile it (cached)."""
+    exec(compile(source(n_lanes), __file__, "exec"), globals())
     with _slp():
         return njit(signature, cache=True, nogil=True, **options)(globals()[name])
+
+
+# kernel name -> (_compile's arguments, its options); compiled on first use (_ready)
+_KERNELS: dict[str, tuple] = {}
+_loaded = threading.Event()
+_loading = threading.Lock()
+
+
+def _ready() -> None:
+    """Compile (or load from numba's cache) the column kernels the drivers call, on the
+    first use in this process rather than at import: loading them costs ~0.45 s, which a
+    command that imports the cover search without aligning (``atlas similar``) would
+    pay for nothing. The drivers find them as this module's globals when numba compiles
+    them, after this."""
+    if _loaded.is_set():
+        return
+    with _loading:
+        if not _loaded.is_set():
+            for name, (args, options) in _KERNELS.items():
+                globals()[name] = _compile(*args, **options)
+            _loaded.set()
 
 
 def _each(fmt: str, n_lanes: int) -> list[str]:
@@ -109,10 +132,12 @@ def _sym_column_source(n_lanes: int) -> str:
     return "\n".join(body) + "\n"
 
 
-_sym_column_kernel = _compile(
-    "_sym_column", _sym_column_source(SYMBOL_LANES),
-    "void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[::1], float32[::1], "
-    "int64, float32, float32, float32, float32, float32)")
+
+
+_KERNELS["_sym_column_kernel"] = (
+    ("_sym_column", _sym_column_source,
+     "void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[::1], float32[::1], "
+     "int64, float32, float32, float32, float32, float32)", SYMBOL_LANES), {})
 
 
 @njit(cache=True, nogil=True)
@@ -212,6 +237,7 @@ def sym_scores(q, refs, starts, ends, match, mismatch, gap, merge):
 
     q : int8 [shape=(n,)]; refs : int8 [shape=(M,)]; starts, ends : int64 [shape=(k,)];
     match, mismatch, gap, merge : float32. Returns (float32 [k], int64 [k])."""
+    _ready()
     if q.size == 0:
         return np.zeros(starts.size, np.float32), np.full(starts.size, -1, np.int64)
     return _sym_scores(q, refs, starts, ends, match, mismatch, gap, merge)
@@ -247,10 +273,11 @@ def _chroma_column_source(n_lanes: int) -> str:
     return "\n".join(body) + "\n"
 
 
-_chroma_column_kernel = _compile(
-    "_chroma_column", _chroma_column_source(CHROMA_LANES),
-    "void(float32[:, :, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], int64, float32, "
-    "float32)", fastmath={"contract"})
+
+_KERNELS["_chroma_column_kernel"] = (
+    ("_chroma_column", _chroma_column_source,
+     "void(float32[:, :, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], int64, float32, "
+     "float32)", CHROMA_LANES), {"fastmath": {"contract"}})
 
 _FAR_BELOW = np.float32(-1e30)  # a lane with no reference: no cell of it can score
 _BLOCK = 16  # columns whose reference frames are laid out for the lanes at once
@@ -367,6 +394,7 @@ def chroma_scores(qs, shifts, refs, starts, ends, threshold, silent, gap):
     qs : float32 [shape=(12, n, 12)]; shifts : int64 [shape=(k, s)] (-1: none);
     refs : float32 [shape=(M, 12)]; starts, ends : int64 [shape=(k,)]; threshold,
     silent, gap : float. Returns (float32 [k], int32 [k])."""
+    _ready()
     if qs.shape[1] == 0:
         return np.zeros(starts.size, np.float32), np.zeros(starts.size, np.int32)
     return _chroma_scores(qs, shifts, refs, starts, ends, threshold, silent, gap)
@@ -393,9 +421,12 @@ def _pc_column_source(n_lanes: int) -> str:
     return "\n".join(body) + "\n"
 
 
-_pc_column_kernel = _compile(
-    "_pc_column", _pc_column_source(SYMBOL_LANES),
-    "void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[::1], int64, float32, float32, float32, float32)")
+
+
+_KERNELS["_pc_column_kernel"] = (
+    ("_pc_column", _pc_column_source,
+     "void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[::1], int64, float32, float32, float32, float32)",
+     SYMBOL_LANES), {})
 
 
 @njit(cache=True, nogil=True)
@@ -452,6 +483,7 @@ def pitch_class_scores(q, refs, starts, ends, shifts, match, mismatch, gap_q, ga
     q : int [shape=(n,)] pitch classes; refs : int [shape=(M,)] pitch classes; starts,
     ends, shifts : int64 [shape=(k,)]; match, mismatch, gap_q, gap_r : float.
     Returns float32 [k]."""
+    _ready()
     if q.size == 0:
         return np.zeros(starts.size, np.float32)
     return _pitch_class_scores(q, refs, starts, ends, shifts, np.float32(match), -np.float32(mismatch),
