@@ -45,7 +45,9 @@ _FAR = np.float32(1e9)  # the merge cost where no merge is possible (as in index
 
 @contextlib.contextmanager
 def _slp():
-    before = numba.config.SLP_VECTORIZE
+    """numba's SLP vectorizer on while the block compiles (numba >= 0.57 reads the flag
+    for each compilation; without it the kernels are the same, only slower)."""
+    before = getattr(numba.config, "SLP_VECTORIZE", 0)
     numba.config.SLP_VECTORIZE = 1
     try:
         yield
