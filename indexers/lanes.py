@@ -15,11 +15,14 @@ column for every lane) and compiles it in this file's name, so that numba caches
 like any other kernel, with the SLP vectorizer on for these functions only (numba turns
 it off by default because of LLVM miscompilations; tests/test_align_lanes.py checks
 every kernel here against the one-reference-at-a-time region kernels of
-``indexers.align``, which compute the same recurrences).
+``indexers.align``, which compute the same recurrences, or the recurrence written out).
+The drivers call the generated kernels as this module's globals, which ``_ready``
+defines on first use.
 
-Replaying the cover search's calls (docs/covers.md, "Lanes"): the melody kernel gave
-the same scores to the bit, 3.7x faster; the chroma kernel the same scores but for the
-last bits of 1 in ~500 (its frame scores are float32 sums), 1.7x faster.
+Replaying the cover search's calls against the one-at-a-time kernels these replaced
+(docs/covers.md, "Lanes"): melody and pitch-class scores the same to the bit, 3.7x and
+3.3-4.0x faster; chroma scores the same but for the last bits of 1 in ~470 (its frame
+scores are float32 sums), 1.8-1.95x faster.
 """
 
 from __future__ import annotations
@@ -122,7 +125,8 @@ def _sym_column_source(n_lanes: int) -> str:
     body += ["    u = A1[1]", "    d = A1[0]", "    e = A2[1]"]
     body += each("    p{l} = u[{l}]; pp{l} = d[{l}]; t{l} = e[{l}]; f{l} = v{l}; b{l} = max(b{l}, v{l})")
     body += ["    for i in range(2, n + 1):",
-             "        qi = qf[i]", "        qm = qs2[i]", "        u = A1[i]", "        e = A2[i]", "        a0 = A0[i]"]
+             "        qi = qf[i]", "        qm = qs2[i]",
+             "        u = A1[i]", "        e = A2[i]", "        a0 = A0[i]"]
     body += each("        w{l} = u[{l}]")
     # up1 + profile, up - gap, up2 + merged query, reference merge, 0; the left one last
     body += each("        v{l} = max(max(p{l} + (match if r{l} == qi else nmis), w{l} - gap, "
@@ -132,8 +136,6 @@ def _sym_column_source(n_lanes: int) -> str:
     body += each("        pp{l} = p{l}; p{l} = w{l}; t{l} = e[{l}]; f{l} = v{l}; b{l} = max(b{l}, v{l})")
     body += each("    b[{l}] = b{l}")
     return "\n".join(body) + "\n"
-
-
 
 
 _KERNELS["_sym_column_kernel"] = (
@@ -275,11 +277,10 @@ def _chroma_column_source(n_lanes: int) -> str:
     return "\n".join(body) + "\n"
 
 
-
 _KERNELS["_chroma_column_kernel"] = (
     ("_chroma_column", _chroma_column_source,
      "void(float32[:, :, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], int64, float32, "
-     "float32)", CHROMA_LANES), {"fastmath": {"contract"}})
+     "float32)", CHROMA_LANES), {"fastmath": {"contract"}})  # contract: the fused multiply-adds
 
 _FAR_BELOW = np.float32(-1e30)  # a lane with no reference: no cell of it can score
 _BLOCK = 16  # columns whose reference frames are laid out for the lanes at once
@@ -421,8 +422,6 @@ def _pc_column_source(n_lanes: int) -> str:
     body += ["    for i in range(1, n + 1):", "        qi = qf[i]", "        u = H1[i]", "        h = H0[i]"]
     body += _two_column_row(n_lanes, "max(max(max(d{l} + (match if x{l} == qi else nmis), w{l} - gr), z), e{l} - gq)")
     return "\n".join(body) + "\n"
-
-
 
 
 _KERNELS["_pc_column_kernel"] = (
