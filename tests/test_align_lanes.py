@@ -146,3 +146,19 @@ def test_pitch_class_scores_equal_the_recurrence(seed, n_refs, n_query):
     np.testing.assert_array_equal(got, np.array(want, np.float32))
     if n_query >= 12:
         assert got.max() > 4
+
+
+def test_slp_vectorizer_only_for_the_lane_kernels():
+    """numba turns its SLP vectorizer off by default (LLVM miscompilations): compiling the
+    lane kernels turns it on for themselves only and gives the setting back."""
+    import numba
+
+    from indexers import lanes
+
+    before = numba.config.SLP_VECTORIZE
+    with lanes._slp():
+        assert numba.config.SLP_VECTORIZE == 1
+    assert numba.config.SLP_VECTORIZE == before
+    lanes._ready()  # the kernels compiled or loaded: the setting is as it was
+    assert numba.config.SLP_VECTORIZE == before
+    assert all(name in vars(lanes) for name in lanes._KERNELS)
