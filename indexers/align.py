@@ -127,8 +127,8 @@ def _sw_intervals(q, refs, starts, ends, match, mismatch, gap, merge, track):
     k = starts.size
     scores = np.zeros(k, np.float32)
     region = np.zeros((k, 4), np.int32)
-    # query profiles: prof[v, i] = score of symbol v against
-    # q[i-1]; prof2[v, i] the same against the merged interval q[i-2] + q[i-1]
+    # query profiles: prof[v, i] = score of symbol v against q[i-1]; prof2[v, i] the
+    # same against the merged interval q[i-2] + q[i-1]
     prof = np.full((12, n + 1), -mismatch, np.float32)
     prof2 = np.full((12, n + 1), -mismatch - merge, np.float32)
     for i in range(1, n + 1):

@@ -1066,12 +1066,11 @@ class CoverIndex:
         with ``explain_top`` only that many get the aligned region (the others' region
         columns are null): finding the region costs a second, slower alignment.
 
-        BLAS runs on one thread meanwhile: the search makes many small products (the
-        candidates' global chroma against the query's transpositions, vectors), for
-        which OpenBLAS's own threads cost more than they save and compete with the
-        search's two threads (docs/covers.md, "BLAS on one thread"; the harmony
-        alignment's products, once the most numerous, are now summed in
-        ``indexers.lanes``)."""
+        BLAS runs on one thread meanwhile: for the harmony alignment's thousands of
+        small products OpenBLAS's own threads doubled the CPU time and competed with
+        the search's two threads (docs/covers.md, "BLAS on one thread"). Those products
+        are now summed in ``indexers.lanes``; the ones left (the candidates' global
+        chroma against the query's transpositions, the vectors) are small too."""
         with one_blas_thread():
             r = self._aligned(q)
             # a recording involved: the alignment score plus the audio bonus, tuned together
