@@ -20,9 +20,9 @@ The drivers call the generated kernels as this module's globals, which ``_ready`
 defines on first use.
 
 Replaying the cover search's calls against the one-at-a-time kernels these replaced
-(docs/covers.md, "Lanes"): melody and pitch-class scores the same to the bit, 3.7x and
-3.3-4.0x faster; chroma scores the same but for the last bits of 1 in ~470 (its frame
-scores are float32 sums), 1.8-1.95x faster.
+(docs/covers.md, "Lanes"): melody and pitch-class scores the same to the bit, 3.5x and
+3.6-3.8x faster; chroma scores the same but for the last bits of 1 in ~470 (its frame
+scores are float32 sums), 1.9x faster.
 """
 
 from __future__ import annotations
