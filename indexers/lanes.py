@@ -20,9 +20,9 @@ The drivers call the generated kernels as this module's globals, which ``_ready`
 defines on first use.
 
 Replaying the cover search's calls against the one-at-a-time kernels these replaced
-(docs/covers.md, "Lanes"): melody and pitch-class scores the same to the bit, 3.5x and
-3.6-3.8x faster; chroma scores the same but for the last bits of 1 in ~470 (its frame
-scores are float32 sums), 1.9x faster.
+(docs/covers.md, "Lanes"): melody and pitch-class scores the same to the bit, 3.3x and
+3.5x faster; chroma scores the same but for the last bits of 1 in ~470 (its frame
+scores are float32 sums), 1.8-1.9x faster.
 """
 
 from __future__ import annotations
@@ -145,15 +145,29 @@ _KERNELS["_sym_column_kernel"] = (
 
 
 @njit(cache=True, nogil=True)
-def _take(order, lens, nxt):
-    """The next reference in ``order`` from position ``nxt`` on that is not empty (an
-    empty one scores 0, as when aligned alone) and the position after it; (-1, ...)
-    when none is left."""
-    while nxt < order.size and lens[order[nxt]] <= 0:
-        nxt += 1
-    if nxt < order.size:
-        return order[nxt], nxt + 1
-    return -1, nxt
+def _turn(l, ref, col, lens, order, nxt):
+    """Lane ``l`` before a step: when its reference is done, free it; when it is free,
+    give it the next reference in ``order`` from position ``nxt`` on that is not empty
+    (an empty one scores 0, as when aligned alone), from its column 0. Returns (the
+    reference just done or -1, whether the lane starts a new one, the next ``nxt``);
+    the caller stores the result and clears the lane's state. The drivers call it only
+    when the lane is free or done: called for every lane at every step, it doubled the
+    melody kernel's time (each call passes its arrays' reference counts)."""
+    done = -1
+    c = ref[l]
+    if c >= 0 and col[l] >= lens[c]:
+        done = c
+        ref[l] = -1
+    fresh = False
+    if ref[l] < 0:
+        while nxt < order.size and lens[order[nxt]] <= 0:
+            nxt += 1
+        if nxt < order.size:
+            ref[l] = order[nxt]
+            col[l] = 0
+            fresh = True
+            nxt += 1
+    return done, fresh, nxt
 
 
 @njit(cache=True, nogil=True)
@@ -190,15 +204,12 @@ def _sym_scores(q, refs, starts, ends, match, mismatch, gap, merge):
     while True:
         busy = 0
         for l in range(L):
-            c = ref[l]
-            if c >= 0 and col[l] >= lens[c]:  # done: its result out, the lane free
-                scores[c] = lane[3, l]
-                end[c] = last[l]
-                ref[l] = -1
-            if ref[l] < 0:
-                ref[l], nxt = _take(order, lens, nxt)
-                if ref[l] >= 0:
-                    col[l] = 0
+            if ref[l] < 0 or col[l] >= lens[ref[l]]:  # free, or its reference done
+                done, fresh, nxt = _turn(l, ref, col, lens, order, nxt)
+                if done >= 0:
+                    scores[done] = lane[3, l]
+                    end[done] = last[l]
+                if fresh:
                     prev[l] = -1
                     last[l] = -1
                     lane[3, l] = 0.0
@@ -298,24 +309,18 @@ def _chroma_scores(qs, shifts, refs, starts, ends, threshold, silent, gap):
     g = np.float32(gap)
     # the (reference, transposition) pairs, in the order the one-at-a-time kernel tries
     # them (its first best transposition wins a tie), aligned longest first
+    task_ref = np.empty(k * shifts.shape[1], np.int64)
+    task_shift = np.empty_like(task_ref)
     n_tasks = 0
     for c in range(k):
-        if ends[c] > starts[c]:
-            for si in range(shifts.shape[1]):
-                if shifts[c, si] >= 0:
-                    n_tasks += 1
-    task_ref = np.empty(n_tasks, np.int64)
-    task_shift = np.empty(n_tasks, np.int64)
-    task_len = np.empty(n_tasks, np.int64)
-    x = 0
-    for c in range(k):
-        if ends[c] > starts[c]:
-            for si in range(shifts.shape[1]):
-                if shifts[c, si] >= 0:
-                    task_ref[x] = c
-                    task_shift[x] = shifts[c, si]
-                    task_len[x] = ends[c] - starts[c]
-                    x += 1
+        for si in range(shifts.shape[1]):
+            if shifts[c, si] >= 0:
+                task_ref[n_tasks] = c
+                task_shift[n_tasks] = shifts[c, si]
+                n_tasks += 1
+    task_ref = task_ref[:n_tasks]
+    task_shift = task_shift[:n_tasks]
+    task_len = ends[task_ref] - starts[task_ref]  # an empty reference scores 0
     order = np.argsort(-task_len, kind="mergesort")
     task_best = np.zeros(n_tasks, np.float32)
     QL = np.zeros((n, 13, L), np.float32)
@@ -338,24 +343,20 @@ def _chroma_scores(qs, shifts, refs, starts, ends, threshold, silent, gap):
         block = _BLOCK
         busy = 0
         for l in range(L):
-            x = task[l]
-            if x >= 0 and col[l] >= task_len[x]:
-                task_best[x] = lane[2, l]
-                task[l] = -1
-            if task[l] < 0 and nxt < n_tasks:
-                x = order[nxt]
-                nxt += 1
-                task[l] = x
-                col[l] = 0
-                lane[0, l] = sil
-                lane[1, l] = sil
-                lane[2, l] = 0.0
-                t = task_shift[x]
-                for i in range(n):
-                    for p in range(12):
-                        QL[i, p, l] = qs[t, i, p]
-                for i in range(n + 1):
-                    H1[i, l] = 0.0
+            if task[l] < 0 or col[l] >= task_len[task[l]]:  # free, or its pair done
+                done, fresh, nxt = _turn(l, task, col, task_len, order, nxt)
+                if done >= 0:
+                    task_best[done] = lane[2, l]
+                if fresh:
+                    lane[0, l] = sil
+                    lane[1, l] = sil
+                    lane[2, l] = 0.0
+                    t = task_shift[task[l]]
+                    for i in range(n):
+                        for p in range(12):
+                            QL[i, p, l] = qs[t, i, p]
+                    for i in range(n + 1):
+                        H1[i, l] = 0.0
             x = task[l]
             if x >= 0:
                 busy += 1
@@ -450,14 +451,11 @@ def _pitch_class_scores(q, refs, starts, ends, shifts, match, nmis, gq, gr):
     while True:
         busy = 0
         for l in range(L):
-            c = ref[l]
-            if c >= 0 and col[l] >= lens[c]:
-                out[c] = lane[1, l]
-                ref[l] = -1
-            if ref[l] < 0:
-                ref[l], nxt = _take(order, lens, nxt)
-                if ref[l] >= 0:
-                    col[l] = 0
+            if ref[l] < 0 or col[l] >= lens[ref[l]]:  # free, or its reference done
+                done, fresh, nxt = _turn(l, ref, col, lens, order, nxt)
+                if done >= 0:
+                    out[done] = lane[1, l]
+                if fresh:
                     lane[1, l] = 0.0
                     for i in range(n + 1):
                         H1[i, l] = 0.0

@@ -383,7 +383,7 @@ def _demo_covers(db: Path) -> None:
 
     click.echo(f"\n-- other settings of the same chorale tune (covers: any key, tempo, harmonisation)\n"
                f"$ atlas covers {query} --top 5 --db {db}")
-    warn("atlas: searching (the first cover search on a machine also compiles its kernels: ~15 s, once)")
+    warn("atlas: searching (the first cover search on a machine also compiles its kernels: 10-15 s, once)")
     table = covers(db, [str(query)], top=5)
     echo_table(table.select(["rank", "path", "score", "transposition", "time_scale", "matched_by"]), "table")
 
