@@ -271,7 +271,15 @@ def embedding(chroma: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     return out
 
 
-def lead_masks(track_index, onset_beats, *, min_notes: int = 8, mono: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+# A piece with this many single-line tracks is an ensemble of parts (a string quartet, a
+# choir, a wind quintet). When the part that looks most like a melody is its lowest (a
+# cello plays fewer double stops than a violin), that is its bass, not its tune: the
+# lead line is then the top line of all parts, where such music mostly carries its tune.
+ENSEMBLE_LINES = 3
+
+
+def lead_masks(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: float = 0.8
+               ) -> tuple[np.ndarray, np.ndarray]:
     """(:func:`lead_mask`, :func:`second_line_mask`) of one piece's notes, scored once."""
     trk = np.asarray(track_index)
     keep, none = np.ones(trk.size, bool), np.zeros(trk.size, bool)
@@ -289,6 +297,10 @@ def lead_masks(track_index, onset_beats, *, min_notes: int = 8, mono: float = 0.
         return keep, none
     score = np.where(ok, np.round(ratio, 2) + 0.05 * n / n.max(), -1.0)
     lead = int(np.argmax(score))
+    if ok.sum() >= ENSEMBLE_LINES:
+        mean_pitch = np.bincount(inv, weights=np.asarray(pitch, np.float64), minlength=tracks.size) / np.maximum(n, 1)
+        if mean_pitch[lead] <= mean_pitch[ok].min():  # the bass of an ensemble of lines
+            return keep, inv == lead
     score[lead] = -1.0
     return inv == lead, none if score.max() < 0 else inv == int(np.argmax(score))
 
@@ -299,18 +311,22 @@ def lead_mask(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: floa
     The lead is the most monophonic track (share of its notes that start alone, at least
     ``mono``), more notes breaking near-ties: a sung melody is strictly one note at a
     time, a countermelody nearly so, a piano part far from it. When every track is alike
-    (one track, or no monophonic one, or all monophonic with none clearly leading) the
-    whole piece is kept and the lead line is its skyline.
+    (one track, or no monophonic one, or all monophonic with none clearly leading) or
+    that track is the bass of an ensemble of single lines (``ENSEMBLE_LINES`` monophonic
+    tracks or more, and none lower in mean pitch), the whole piece is kept and the lead
+    line is its skyline.
     """
-    return lead_masks(track_index, onset_beats, min_notes=min_notes, mono=mono)[0]
+    return lead_masks(track_index, onset_beats, pitch, min_notes=min_notes, mono=mono)[0]
 
 
-def second_line_mask(track_index, onset_beats, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
+def second_line_mask(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
     """Notes of the runner-up to the lead (:func:`lead_mask`): the next monophonic track
-    by the same score, when the piece has a lead and such a track. Which of two
-    monophonic tracks carries the tune (a sung melody, a countermelody, a bridge) is not
-    always the one that looks most like a melody; the search aligns both."""
-    return lead_masks(track_index, onset_beats, min_notes=min_notes, mono=mono)[1]
+    by the same score, when the piece has a lead and such a track; in an ensemble of
+    single lines whose lead line is the skyline of all parts (:func:`lead_mask`), its
+    most monophonic part, the bass. Which of two monophonic tracks carries the tune (a
+    sung melody, a countermelody, a bridge) is not always the one that looks most like a
+    melody; the search aligns both."""
+    return lead_masks(track_index, onset_beats, pitch, min_notes=min_notes, mono=mono)[1]
 
 
 @njit(cache=True, nogil=True)
@@ -395,8 +411,8 @@ def features_from_notes(onset_beats, duration_beats, pitch, track_index=None, *,
     dur = np.asarray(duration_beats, np.float64)
     pitch = np.asarray(pitch)
     chroma = beat_chroma(on, dur, pitch) if chroma is None else np.asarray(chroma, np.float32).reshape(-1, 12)
-    m, m2 = lead_masks(track_index, on) if track_index is not None else (np.ones(on.size, bool),
-                                                                          np.zeros(on.size, bool))
+    m, m2 = lead_masks(track_index, on, pitch) if track_index is not None else (np.ones(on.size, bool),
+                                                                                 np.zeros(on.size, bool))
     mp, mo = skyline(on[m], dur[m], pitch[m])
     iv, ivi = melody_intervals(mp)
     ap, ao = skyline(on[m2], dur[m2], pitch[m2])
@@ -485,12 +501,12 @@ def _add_overlaps(on, off, pc, first, span, row0, out):
             out[row0[i] + f, pc[i]] += np.maximum(ov, 0.0)
 
 
-def lead_mask_groups(track_index, onset_beats, offsets, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
+def lead_mask_groups(track_index, onset_beats, pitch, offsets, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
     """:func:`lead_mask` of each group (piece) of notes, as one mask over all notes."""
-    return lead_masks_groups(track_index, onset_beats, offsets, min_notes=min_notes, mono=mono)[0]
+    return lead_masks_groups(track_index, onset_beats, pitch, offsets, min_notes=min_notes, mono=mono)[0]
 
 
-def lead_masks_groups(track_index, onset_beats, offsets, *, min_notes: int = 8, mono: float = 0.8
+def lead_masks_groups(track_index, onset_beats, pitch, offsets, *, min_notes: int = 8, mono: float = 0.8
                       ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`lead_mask` and :func:`second_line_mask` of each group (piece) of notes, as
     two masks over all notes."""
@@ -522,10 +538,17 @@ def lead_masks_groups(track_index, onset_beats, offsets, *, min_notes: int = 8, 
     keep_all = (n_tracks < 2) | ~any_ok | (all_big_ok & (n_big > 1) & (min_ratio >= 0.98))
     score = np.where(ok, np.round(ratio, 2) + 0.05 * n / n_max[pg], -1.0)
     lead = _first_best(score, pg, n_groups)
+    # the bass of an ensemble of single lines leads: the piece's skyline instead (lead_masks)
+    mean_pitch = np.bincount(inv, weights=np.asarray(pitch, np.float64), minlength=pairs.size) / np.maximum(n, 1)
+    lowest = np.full(n_groups, np.inf)
+    np.minimum.at(lowest, pg[ok], mean_pitch[ok])
+    ensemble = (~keep_all & (np.bincount(pg, weights=ok, minlength=n_groups) >= ENSEMBLE_LINES) & (lead >= 0)
+                & (mean_pitch[np.maximum(lead, 0)] <= lowest))
     score[lead[lead >= 0]] = -1.0
     second = _first_best(score, pg, n_groups)
     second[keep_all] = -1
-    return keep_all[g] | (inv == lead[g]), (inv == second[g]) & (second[g] >= 0)
+    second = np.where(ensemble, lead, second)
+    return keep_all[g] | ensemble[g] | (inv == lead[g]), (inv == second[g]) & (second[g] >= 0)
 
 
 def _first_best(score: np.ndarray, pg: np.ndarray, n_groups: int) -> np.ndarray:

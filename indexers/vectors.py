@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 STAGE = "vectors"
-VERSION = "vectors-7"
+VERSION = "vectors-8"
 # One batch is one computation over all its notes: up to 1000 pieces, fewer when they
 # hold more than BATCH_NOTES notes (each batch also reads the new pieces' notes, a scan
 # of the whole notes table).
@@ -340,7 +340,7 @@ def _compute_groups(ids: np.ndarray, cols: dict, offsets: np.ndarray) -> tuple[p
     chroma, c_off = beat_chroma_groups(all_on, all_dur, all_pitch, g_off)
     # melody: the skyline of each piece's lead notes, then of each track, then of each
     # piece's second line
-    lead, second = lead_masks_groups(trk, on, offsets)
+    lead, second = lead_masks_groups(trk, on, pitch, offsets)
     lead_off = np.concatenate([[0], np.cumsum(np.bincount(piece_of[lead], minlength=n_pieces))]).astype(np.int64)
     sec_off = np.concatenate([[0], np.cumsum(np.bincount(piece_of[second], minlength=n_pieces))]).astype(np.int64)
     m_on = np.concatenate([on[lead], on[t_sel], on[second]])

@@ -518,8 +518,9 @@ class CoverIndex:
         self.is_recording = np.zeros(len(self.ids), bool) if is_recording is None \
             else np.asarray(is_recording, bool)
         self.db_dir = db_dir  # where the audio bonus reads stored chroma (None: no bonus)
-        # pieces whose stored row predates the bass line or the second melody line
-        # (load_index: NULL, read as empty)
+        # pieces whose stored row comes from an older version of the vectors stage
+        # (load_index; a row from before the bass line or the second melody line has
+        # NULL there, read as empty)
         self.stale_pieces = 0
         self.paths = np.asarray(paths, dtype=object)
         self.row_of = {pid: i for i, pid in enumerate(self.ids)}
@@ -1567,7 +1568,7 @@ def load_index(db_dir) -> CoverIndex:
         try:
             t = fetch_arrow(con.execute(
                 f"""SELECT c.piece_id, p.path, p.kind, c.n_beats, c.beat_chroma, c.n_melody, c.melody_pitch,
-                           c.melody_onset_beats, {later}
+                           c.melody_onset_beats, c.stage_version, {later}
                     FROM cover_features c JOIN pieces p USING (piece_id) ORDER BY c.piece_id"""))
         except Exception as e:
             if "cover_features" in str(e):
@@ -1604,7 +1605,10 @@ def load_index(db_dir) -> CoverIndex:
                      faiss_index=fidx, is_recording=np.asarray(t.column("kind").to_pylist()) == "audio",
                      db_dir=db_dir, second_pitch=flat("second_pitch", np.int16),
                      second_onset=flat("second_onset_beats", np.float32), n_second=lengths("second_pitch"))
+    from indexers.vectors import VERSION
+
     stale = pa.compute.or_(pa.compute.is_null(t.column("bass_pc")), pa.compute.is_null(t.column("second_pitch")))
+    stale = pa.compute.or_(stale, pa.compute.not_equal(t.column("stage_version"), VERSION))
     idx.stale_pieces = int(pa.compute.sum(stale).as_py() or 0)
     _CACHE[key] = (stamp, idx)
     return idx
@@ -1625,15 +1629,15 @@ def resolve_query(index: CoverIndex, db_dir, query: str) -> QueryFeatures:
 
 
 def stale_note(db_dir) -> str | None:
-    """A one-line note when some pieces' cover features come from a version of the
-    vectors stage before the bass line or the second melody line (the search still
-    runs; those pieces score no bass, and their tune is looked for in the lead line
-    only), else None."""
+    """A one-line note when some pieces' cover features come from an older version of
+    the vectors stage (the search still runs; a piece from before the bass line or the
+    second melody line scores no bass and its tune is looked for in the lead line only;
+    one from before ``vectors-8`` may hold its bass as its lead line), else None."""
     n = load_index(db_dir).stale_pieces
     if not n:
         return None
-    return (f"note: {n} pieces in {db_dir} were indexed by an older version of the vectors stage (no bass "
-            f"line or second melody line): their cover scores are less sure; run "
+    return (f"note: {n} pieces in {db_dir} were indexed by an older version of the vectors stage (their "
+            f"melody or bass lines may differ from a new build's): their cover scores are less sure; run "
             f"`atlas reindex --vectors --db {db_dir}` once")
 
 

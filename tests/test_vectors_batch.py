@@ -41,7 +41,7 @@ def test_group_functions_equal_the_one_group_functions(seed):
     rng = np.random.default_rng(seed)
     on, dur, pitch, trk, off = _random_groups(rng, 40)
     chroma, c_off = F.beat_chroma_groups(on, dur, pitch, off)
-    lead = F.lead_mask_groups(trk, on, off)
+    lead = F.lead_mask_groups(trk, on, pitch, off)
     sky_p, sky_on, s_off = F.skyline_groups(on, dur, pitch, off)
     iv, iv_off = F.melody_intervals_groups(sky_p, s_off)
     vec = F.embedding_groups(chroma, c_off, iv, iv_off)
@@ -259,28 +259,80 @@ def test_lead_masks_in_and_out_of_onset_order_equal_the_one_group_function():
     on, dur, pitch, trk, off = _random_groups(rng, 60)
     trk = np.where(rng.random(trk.size) < 0.7, 0, trk)  # leads to find
     shuffled = np.concatenate([a + rng.permutation(b - a) for a, b in zip(off[:-1], off[1:])]).astype(np.int64)
-    n_second = 0
+    n_second = n_ensemble = 0
     for t, o in ((trk, on), (trk[shuffled], on[shuffled]), (trk * 5000, on)):
-        got, second = F.lead_masks_groups(t, o, off)
-        np.testing.assert_array_equal(got, F.lead_mask_groups(t, o, off))
-        assert not (got & second).any()
+        got, second = F.lead_masks_groups(t, o, pitch, off)
+        np.testing.assert_array_equal(got, F.lead_mask_groups(t, o, pitch, off))
         for g in range(60):
             a, b = off[g], off[g + 1]
             if b > a:
                 np.testing.assert_array_equal(got[a:b], F.lead_mask(t[a:b], o[a:b], pitch[a:b]))
-                np.testing.assert_array_equal(second[a:b], F.second_line_mask(t[a:b], o[a:b]))
+                np.testing.assert_array_equal(second[a:b], F.second_line_mask(t[a:b], o[a:b], pitch[a:b]))
                 n_second += bool(second[a:b].any())
-    assert not F.lead_mask_groups(trk, on, off).all()
-    assert n_second > 10  # pieces with a second line were checked
+                # the lead and second lines are other tracks, but for an ensemble of
+                # single lines, whose lead line is the skyline of every note
+                n_ensemble += bool(got[a:b].all() and second[a:b].any())
+                assert got[a:b].all() or not (got[a:b] & second[a:b]).any()
+    assert not F.lead_mask_groups(trk, on, pitch, off).all()
+    assert n_second > 10 and n_ensemble > 3  # pieces of both kinds were checked
     # two tracks with the same line tie: the lower one leads, as np.argmax picks
     line = np.arange(20) * 0.5
-    o = np.concatenate([line, line, line, [0.0] * 10])
-    t = np.repeat([3, 1, 2, 0], [20, 20, 20, 10])
-    got, second = F.lead_masks_groups(t, o, np.array([0, 70]))
+    o = np.concatenate([line, line, [0.0] * 10])
+    t = np.repeat([3, 1, 0], [20, 20, 10])
+    got, second = F.lead_masks_groups(t, o, np.zeros(50), np.array([0, 50]))
     np.testing.assert_array_equal(got, t == 1)
-    np.testing.assert_array_equal(got, F.lead_mask(t, o, np.zeros(70)))
-    np.testing.assert_array_equal(second, t == 2)  # ... and the next lowest is second
-    np.testing.assert_array_equal(second, F.second_line_mask(t, o))
+    np.testing.assert_array_equal(got, F.lead_mask(t, o, np.zeros(50)))
+    np.testing.assert_array_equal(second, t == 3)  # ... and the other is second
+    np.testing.assert_array_equal(second, F.second_line_mask(t, o, np.zeros(50)))
+
+
+def _quartet():
+    """Four single-line parts over 32 beats: the first violin (the tune, on top) plays a
+    double stop every fourth beat, the inner parts every eighth, so the cello (one note
+    a beat, never two) is the most monophonic part."""
+    beats = np.arange(32.0)
+    on, pitch, trk = [], [], []
+    for part, base in ((0, 76), (1, 69), (2, 62), (3, 48)):
+        on.append(beats)
+        pitch.append(base + (beats % 5) * (2 if part == 0 else 1))
+        trk.append(np.full(beats.size, part))
+    for part, every, low in ((0, 4, 70), (1, 8, 64), (2, 8, 57)):  # the double stops
+        on.append(beats[::every])
+        pitch.append(np.full(beats[::every].size, float(low)))
+        trk.append(np.full(beats[::every].size, part))
+    on, pitch, trk = (np.concatenate(x) for x in (on, pitch, trk))
+    o = np.lexsort((-pitch, on))
+    return on[o], np.full(on.size, 1.0), pitch[o].astype(np.int64), trk[o]
+
+
+def test_an_ensemble_of_single_lines_leads_with_its_top_line_not_its_bass():
+    on, dur, pitch, trk = _quartet()
+    lead, second = F.lead_masks(trk, on, pitch)
+    assert lead.all()  # the skyline of every part ...
+    np.testing.assert_array_equal(second, trk == 3)  # ... and the bass, the most monophonic, beside it
+    f = F.features_from_notes(on, dur, pitch, trk)
+    violin = np.unique(np.stack([on[trk == 0], pitch[trk == 0]]), axis=1)
+    top = violin[:, np.r_[np.diff(violin[0]) > 0, True]]  # its upper note where it has two
+    np.testing.assert_array_equal(f["melody_pitch"], top[1])
+    np.testing.assert_array_equal(f["second_pitch"], pitch[trk == 3])
+    got, got2 = F.lead_masks_groups(trk, on, pitch, np.array([0, on.size]))
+    np.testing.assert_array_equal(got, lead)
+    np.testing.assert_array_equal(got2, second)
+    # the most monophonic part is not the lowest (the cello written an octave above the
+    # viola): it leads, as in any piece
+    up = np.where(trk == 3, pitch + 24, pitch)
+    lead, second = F.lead_masks(trk, on, up)
+    np.testing.assert_array_equal(lead, trk == 3)
+    assert not second.any() or not (lead & second).any()
+    got, got2 = F.lead_masks_groups(trk, on, up, np.array([0, on.size]))
+    np.testing.assert_array_equal(got, lead)
+    np.testing.assert_array_equal(got2, second)
+    # two single lines beside a part of chords (first violin and viola in one track):
+    # no ensemble, the most monophonic line leads (the cello) and the other is second
+    t2 = np.where(trk == 2, 0, trk)
+    lead, second = F.lead_masks(t2, on, pitch)
+    np.testing.assert_array_equal(lead, t2 == 3)
+    np.testing.assert_array_equal(second, t2 == 1)
 
 
 def test_pairs_and_distinct_onsets_equal_the_sorting_forms():
@@ -399,3 +451,10 @@ def test_a_database_of_a_previous_version_gets_the_bass_and_second_lines(tmp_pat
     out = subprocess.run(cli, capture_output=True, text=True)
     assert out.returncode == 0 and "note:" not in out.stderr, out.stderr
     assert {r[-4] for r in want} == {vectors.VERSION}
+    # rows of the version before the ensemble rule (vectors-7) hold every column: still
+    # told, since an ensemble's lead line may have been its bass
+    with writing(db) as con:
+        con.execute("UPDATE cover_features SET stage_version = 'vectors-7'")
+    out = subprocess.run(cli, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"note: {len(want)} pieces in {db} were indexed by an older version" in out.stderr
