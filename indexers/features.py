@@ -274,7 +274,9 @@ def embedding(chroma: np.ndarray, intervals: np.ndarray) -> np.ndarray:
 # A piece with this many single-line tracks is an ensemble of parts (a string quartet, a
 # choir, a wind quintet). When the part that looks most like a melody is its lowest (a
 # cello plays fewer double stops than a violin), that is its bass, not its tune: the
-# lead line is then the top line of all parts, where such music mostly carries its tune.
+# lead line is then the top line of all parts, where such music mostly carries its tune,
+# and the second line stays the runner-up (in a pop arrangement whose piano part is that
+# monophonic, the sung melody).
 ENSEMBLE_LINES = 3
 
 
@@ -297,12 +299,13 @@ def lead_masks(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: flo
         return keep, none
     score = np.where(ok, np.round(ratio, 2) + 0.05 * n / n.max(), -1.0)
     lead = int(np.argmax(score))
+    score[lead] = -1.0
+    second = none if score.max() < 0 else inv == int(np.argmax(score))
     if ok.sum() >= ENSEMBLE_LINES:
         mean_pitch = np.bincount(inv, weights=np.asarray(pitch, np.float64), minlength=tracks.size) / np.maximum(n, 1)
         if mean_pitch[lead] <= mean_pitch[ok].min():  # the bass of an ensemble of lines
-            return keep, inv == lead
-    score[lead] = -1.0
-    return inv == lead, none if score.max() < 0 else inv == int(np.argmax(score))
+            return keep, second
+    return inv == lead, second
 
 
 def lead_mask(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
@@ -321,10 +324,10 @@ def lead_mask(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: floa
 
 def second_line_mask(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: float = 0.8) -> np.ndarray:
     """Notes of the runner-up to the lead (:func:`lead_mask`): the next monophonic track
-    by the same score, when the piece has a lead and such a track; in an ensemble of
-    single lines whose lead line is the skyline of all parts (:func:`lead_mask`), its
-    most monophonic part, the bass. Which of two monophonic tracks carries the tune (a
-    sung melody, a countermelody, a bridge) is not always the one that looks most like a
+    by the same score, when the piece has a lead and such a track (also in an ensemble of
+    single lines whose lead line is the skyline of all parts, :func:`lead_mask`: the
+    runner-up to its bass). Which of two monophonic tracks carries the tune (a sung
+    melody, a countermelody, a bridge) is not always the one that looks most like a
     melody; the search aligns both."""
     return lead_masks(track_index, onset_beats, pitch, min_notes=min_notes, mono=mono)[1]
 
@@ -547,7 +550,6 @@ def lead_masks_groups(track_index, onset_beats, pitch, offsets, *, min_notes: in
     score[lead[lead >= 0]] = -1.0
     second = _first_best(score, pg, n_groups)
     second[keep_all] = -1
-    second = np.where(ensemble, lead, second)
     return keep_all[g] | ensemble[g] | (inv == lead[g]), (inv == second[g]) & (second[g] >= 0)
 
 

@@ -85,6 +85,10 @@ ALIGN = dict(
     min_query_intervals=24, min_query_frames=8,  # shorter queries are scored as if this long
     scale_probe=8, scale_margin=0.05,  # candidates on which the query's time scale is chosen
     n_shifts=2, n_shifts_short=4, short_query_frames=16,  # transpositions tried per candidate
+    # queries up to this many frames (64 beats) take their transpositions from their
+    # best-matching window of each candidate, not from its whole chroma (an excerpt of a
+    # section in another key: a development, a last chorus a step up)
+    window_shift_frames=32,
     candidates=30,  # per retrieval list (whole / melody / harmony vector, melody / chord n-grams)
     max_candidates=60,  # of their union, taken round-robin by rank
     expand_from=3, expand_neighbours=8,  # query expansion: neighbours of the best answers
@@ -724,15 +728,17 @@ class CoverIndex:
 
     def _shifts(self, q: QueryFeatures, rows: np.ndarray, n_frames: int, frames=None) -> np.ndarray:
         """Transpositions to try per candidate: the best few of the chroma correlation
-        (optimal transposition index), a few more for short queries. A short query is
-        correlated with every window of its own length in the candidate and each
-        transposition keeps its best window: a short excerpt may come from a part in
-        another key than most of the song (a last chorus a step up)."""
+        (optimal transposition index), a few more for short queries. A query of up to
+        ``window_shift_frames`` is correlated with every window of its own length in
+        the candidate and each transposition keeps its best window: an excerpt may come
+        from a part in another key than most of the piece (a last chorus a step up, a
+        sonata's development)."""
         qglob = q.chroma_beats.sum(axis=0)
         qglob = qglob / max(float(np.linalg.norm(qglob)), 1e-9)
         rolled = qglob[_ROLL]  # [t] = np.roll(qglob, t)
         short = n_frames <= ALIGN["short_query_frames"] * _frames_per(q)
-        if short and frames is not None and (frames[2] - frames[1]).sum() > 0:
+        windowed = n_frames <= ALIGN["window_shift_frames"] * _frames_per(q)
+        if windowed and frames is not None and (frames[2] - frames[1]).sum() > 0:
             # the windows' sums come from a running sum over the candidates' frames
             # back to back (its rounding depends on that layout): copied out here
             corr = _window_correlation(*_gather_spans(frames[0], frames[1], frames[2]), rolled, n_frames)
@@ -902,7 +908,7 @@ class CoverIndex:
         # a short query: its transpositions from its best-matching window of each
         # candidate (found once, at its own time scale, and used at every scale)
         qn = min(-(-q.chroma_beats.shape[0] // fb), A["max_query_frames"] * per)
-        sh = self._shifts(q, rows, qn, frames) if qn <= A["short_query_frames"] * per and k else None
+        sh = self._shifts(q, rows, qn, frames) if qn <= A["window_shift_frames"] * per and k else None
         sh_probe = None if sh is None else sh[:n_probe]
         known = {}  # scale -> the probe rows' harmony there (reused below)
         best_scale = self._probe_scale(q, probe, probe_frames, sh_probe, fine, known) if scale is None else scale

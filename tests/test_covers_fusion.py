@@ -560,3 +560,38 @@ def test_a_querys_second_line_is_aligned_when_its_lead_is_not_the_tune(monkeypat
     assert q1.second_intervals is None
     r1 = index.rerank(q1, np.array([0]))
     assert r1["mel"][0] < 0.5 and not r1["mel_query_second"].any()
+
+
+def _diatonic(rng, key: int, n_chords: int):
+    """Roots and thirds of ``n_chords`` random diatonic triads of a major key."""
+    degrees = [(0, 4), (2, 3), (4, 3), (5, 4), (7, 4), (9, 3)]
+    picks = rng.integers(0, len(degrees), n_chords)
+    return [(key + degrees[i][0]) % 12 for i in picks], [degrees[i][1] for i in picks]
+
+
+def test_an_excerpt_from_a_section_in_another_key_is_aligned_there(monkeypatch):
+    """A piece of 112 beats in C major and then 48 beats in F# major (a development, a
+    last chorus moved up): a query of that section in A major (48 beats: longer than a
+    short query) must be aligned with it. Its transpositions come from its best window
+    of each candidate; from the whole piece's chroma, which is mostly C major, the right
+    one (the section a minor third down) would not be among the two tried."""
+    from query.covers import ALIGN, query_from_notes
+
+    rng = np.random.default_rng(5)
+    r1, t1 = _diatonic(rng, 0, 56)
+    r2, t2 = _diatonic(rng, 6, 24)
+    piece = _triads(r1 + r2, t1 + t2, beats_each=2.0)
+    others = [_triads(*_diatonic(np.random.default_rng(100 + s), s % 12, 80), beats_each=2.0) for s in range(8)]
+    index = _index_of([piece] + others)
+    sec = piece[0] >= 112
+    q = query_from_notes("section", piece[0][sec] - 112, piece[1][sec], piece[2][sec] + 3)
+
+    def harmony_of_piece():
+        res = index.search(q, top=9, explain_top=9).to_pylist()
+        row = next(r for r in res if r["piece_id"] == "s0")
+        return row["harmony_score"], row["transposition"]
+
+    harmony, up = harmony_of_piece()
+    assert harmony > 0.9 and up == -3
+    monkeypatch.setitem(ALIGN, "window_shift_frames", ALIGN["short_query_frames"])  # as before
+    assert harmony_of_piece()[0] < 0.7
