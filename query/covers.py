@@ -905,8 +905,8 @@ class CoverIndex:
         frames = self._frames_of(rows, fb)
         n_probe = probe.size
         probe_frames = (frames[0], frames[1][:n_probe], frames[2][:n_probe])
-        # a short query: its transpositions from its best-matching window of each
-        # candidate (found once, at its own time scale, and used at every scale)
+        # a query of up to 64 beats: its transpositions from its best-matching window of
+        # each candidate (found once, at its own time scale, and used at every scale)
         qn = min(-(-q.chroma_beats.shape[0] // fb), A["max_query_frames"] * per)
         sh = self._shifts(q, rows, qn, frames) if qn <= A["window_shift_frames"] * per and k else None
         sh_probe = None if sh is None else sh[:n_probe]
