@@ -1,7 +1,7 @@
 """Cover search on long classical works played as performances: music21's string
 quartets, sonata movements, rags and polonaises among POP909.
 
-    nice .venv/bin/python benchmarks/covers_classical.py            # ~2 min (the first run renders ~6 min more)
+    nice .venv/bin/python benchmarks/covers_classical.py            # ~30 s (the first run renders the works, ~8 min more)
     nice .venv/bin/python benchmarks/covers_classical.py --seed 1
     nice .venv/bin/python benchmarks/covers_classical.py --explain   # + the answers of each query it misses
 
@@ -57,6 +57,7 @@ from ingest.demo_corpus import build_demo_corpus  # noqa: E402
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from covers import Baseline, average_precision, first_rank  # noqa: E402
+from covers_chorales import tune_similarity  # noqa: E402
 from covers_honest import (CACHE, DATA, LEVELS, _excerpt_mask, build_index, degrade, load_files,  # noqa: E402
                            pop909_protocol)
 from indexers.blas_threads import one_blas_thread  # noqa: E402
@@ -87,8 +88,7 @@ def same_music(works: list[str], notes: dict) -> dict[str, set]:
     out = {w: {w} for w in works}
     for i, a in enumerate(works):
         for b in works[i + 1:]:
-            inter = len(grams[a] & grams[b])
-            if max(inter / max(len(grams[a]), 1), inter / max(len(grams[b]), 1)) >= SAME_MUSIC:
+            if tune_similarity(grams[a], grams[b]) >= SAME_MUSIC:
                 out[a].add(b)
                 out[b].add(a)
     return out
@@ -155,12 +155,11 @@ def main(argv=None):
     same = same_music(works, notes)
     rows = defaultdict(lambda: defaultdict(list))
     for w in works:
-        perf = notes[w]
         rel = set(versions[w])
         unjudged = {v for x in same[w] - {w} for v in versions[x]}
         qrng = np.random.default_rng([args.seed, 11, works.index(w)])
         # the seconds of a performance: the query's own (warped, jittered) time line
-        q_on, q_du, q_p, _ = degrade(perf, PERF, LEVELS[2], qrng)
+        q_on, q_du, q_p, _ = degrade(notes[w], PERF, LEVELS[2], qrng)
         q_s = q_on / 2.0  # degrade's perf factor writes beats at 120 bpm
         for cell in CELLS:
             if cell == "perf":
