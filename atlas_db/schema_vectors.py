@@ -39,6 +39,10 @@ TABLES: dict[str, pa.Schema] = {
             # empty when the piece has none
             ("second_pitch", pa.list_(pa.int16())),
             ("second_onset_beats", pa.list_(pa.float32())),
+            # the skyline of all notes when the lead line is one track's and differs
+            # from it (indexers.features.third_line); empty otherwise
+            ("third_pitch", pa.list_(pa.int16())),
+            ("third_onset_beats", pa.list_(pa.float32())),
         ]
     ),
     # One row per track with at least MIN_TRACK_NOTES notes: its embedding. LanceDB's
@@ -67,4 +71,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     # after the VERSION bump (vectors-7)
     ("0403_vectors_second_line", ["ALTER TABLE cover_features ADD COLUMN IF NOT EXISTS second_pitch SMALLINT[]",
                                   "ALTER TABLE cover_features ADD COLUMN IF NOT EXISTS second_onset_beats FLOAT[]"]),
+    # the third melody line (the skyline of all notes): NULL in the rows of before,
+    # recomputed by `atlas reindex` after the VERSION bump (vectors-9)
+    ("0404_vectors_third_line", ["ALTER TABLE cover_features ADD COLUMN IF NOT EXISTS third_pitch SMALLINT[]",
+                                 "ALTER TABLE cover_features ADD COLUMN IF NOT EXISTS third_onset_beats FLOAT[]"]),
 ]

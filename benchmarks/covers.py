@@ -469,11 +469,12 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
     src = rng.integers(0, n_real, n_syn)
     beats = np.diff(index.beat_off)
     mel_n = np.diff(index.mel_off)
-    sec_n = np.diff(index.sec_off)
-    lead_end = index.mel_off[-1]
+    sec_n, thr_n = np.diff(index.sec_off), np.diff(index.line_off[2])
+    lead_end, sec_end = index.mel_off[-1], index.sec_off[-1]
     chroma_parts, pitch_parts, onset_parts = [index.chroma_q.ravel()], [index.mel_pitch[:lead_end]], \
         [index.mel_onset[:lead_end]]
-    sec_pitch_parts, sec_onset_parts = [index.mel_pitch[lead_end:]], [index.mel_onset[lead_end:]]
+    sec_pitch_parts, sec_onset_parts = [index.mel_pitch[lead_end:sec_end]], [index.mel_onset[lead_end:sec_end]]
+    thr_pitch_parts, thr_onset_parts = [index.mel_pitch[sec_end:]], [index.mel_onset[sec_end:]]
     bass_parts, bass_n = [index.bass_pc], list(np.diff(index.bass_off))
     vecs = np.zeros((n_syn, EMBED_DIM), np.float32)
     real_nb = beats
@@ -495,12 +496,15 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
     lens = mel_n[src]
     mel = markov(lens)
     sec = markov(sec_n[src])
+    thr = markov(thr_n[src])
     for k, s in enumerate(src):
         p = mel[k, : int(lens[k])]
         pitch_parts.append(p.astype(np.int16))
         onset_parts.append(index.mel_onset[index.mel_off[s]:index.mel_off[s + 1]])
         sec_pitch_parts.append(sec[k, : int(sec_n[s])].astype(np.int16))
         sec_onset_parts.append(index.mel_onset[index.sec_off[s]:index.sec_off[s + 1]])
+        thr_pitch_parts.append(thr[k, : int(thr_n[s])].astype(np.int16))
+        thr_onset_parts.append(index.mel_onset[index.line_off[2][s]:index.line_off[2][s + 1]])
         nb = int(beats[s])
         n_chunks = -(-nb // 4)
         donors = rng.integers(0, n_real, n_chunks)
@@ -524,7 +528,9 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
                       np.concatenate([beats, beats[src]]), np.concatenate(pitch_parts), np.concatenate(onset_parts),
                       np.concatenate([mel_n, mel_n[src]]), np.concatenate(bass_parts), bass_n,
                       second_pitch=np.concatenate(sec_pitch_parts), second_onset=np.concatenate(sec_onset_parts),
-                      n_second=np.concatenate([sec_n, sec_n[src]]))
+                      n_second=np.concatenate([sec_n, sec_n[src]]),
+                      third_pitch=np.concatenate(thr_pitch_parts), third_onset=np.concatenate(thr_onset_parts),
+                      n_third=np.concatenate([thr_n, thr_n[src]]))
 
 
 def rss_mb() -> float:

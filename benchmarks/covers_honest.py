@@ -342,12 +342,13 @@ def cell_factors(cell: str, level: int) -> set:
 
 
 # -- running --------------------------------------------------------------------------
-def build_index(paths: list[str], notes: dict, second_line: bool = True) -> CoverIndex:
+def build_index(paths: list[str], notes: dict, second_line: bool = True, third_line: bool = True) -> CoverIndex:
     """The cover index of these files, as the ``vectors`` stage would store them
-    (``second_line=False``: every piece without its second melody line)."""
+    (``second_line=False`` / ``third_line=False``: every piece without its second / third
+    melody line)."""
     from indexers.features import quantize_chroma
 
-    ids, chroma, nb, mp, mo, nm, vec, bass, sp, so = [], [], [], [], [], [], [], [], [], []
+    ids, chroma, nb, mp, mo, nm, vec, bass, sp, so, tp, to = ([] for _ in range(12))
     for p in paths:
         n = notes[p]
         f = features_from_notes(n["onset_beats"], n["duration_beats"], n["pitch"], n["track_index"])
@@ -361,11 +362,16 @@ def build_index(paths: list[str], notes: dict, second_line: bool = True) -> Cove
         bass.append(f["bass_pc"])
         sp.append(f["second_pitch"])
         so.append(f["second_onset_beats"])
+        tp.append(f["third_pitch"])
+        to.append(f["third_onset_beats"])
     if not second_line:
         sp, so = [np.zeros(0, np.int16)] * len(sp), [np.zeros(0, np.float32)] * len(so)
+    if not third_line:
+        tp, to = [np.zeros(0, np.int16)] * len(tp), [np.zeros(0, np.float32)] * len(to)
     return CoverIndex(ids, paths, np.asarray(vec, np.float32), np.concatenate(chroma), nb, np.concatenate(mp),
                       np.concatenate(mo), nm, np.concatenate(bass), [b.size for b in bass],
-                      second_pitch=np.concatenate(sp), second_onset=np.concatenate(so), n_second=[x.size for x in sp])
+                      second_pitch=np.concatenate(sp), second_onset=np.concatenate(so), n_second=[x.size for x in sp],
+                      third_pitch=np.concatenate(tp), third_onset=np.concatenate(to), n_third=[x.size for x in tp])
 
 
 class Recorder:
@@ -464,7 +470,7 @@ def run_vienna(index, baseline, notes, vienna_files, seed, rec, max_queries=None
             rec.add(("vienna", cell, 0), "base", _baseline_rank(baseline, on, du, p, exclude=f), rel)
 
 
-def setup(data: Path, vienna: Path | None, second_line: bool = True):
+def setup(data: Path, vienna: Path | None, second_line: bool = True, third_line: bool = True):
     """Notes of every file, the protocol, the collection's index and the baseline."""
     pop_paths = sorted(data.glob("*/*.mid")) + sorted(data.glob("*/versions/*.mid"))
     v_paths = sorted(vienna.glob("performances/*.mid")) + sorted(vienna.glob("scores/*.mid")) if vienna else []
@@ -473,7 +479,7 @@ def setup(data: Path, vienna: Path | None, second_line: bool = True):
     stored, bench, merged = pop909_protocol(data, notes)
     v_files = [str(p) for p in v_paths if str(p) in notes]
     collection = stored + v_files
-    index = build_index(collection, notes, second_line)
+    index = build_index(collection, notes, second_line, third_line)
     mel = [skyline(notes[p]["onset_beats"], notes[p]["duration_beats"], notes[p]["pitch"])[0] for p in collection]
     baseline = Baseline(collection, mel)
     print(f"collection: {len(stored)} POP909-dev files (held out: the near-copy group of NNN.mid of "
@@ -500,6 +506,8 @@ def main(argv=None):
                          "benchmarks/covers.py synthetic_index): held-out part, first 40 songs, level 2")
     ap.add_argument("--no-second-line", action="store_true",
                     help="index without the pieces' second melody lines (the fusion stays the shipped one)")
+    ap.add_argument("--no-third-line", action="store_true",
+                    help="index without the pieces' third melody lines (the skyline of all notes)")
     ap.add_argument("--no-fusion", action="store_true",
                     help="rank by the alignment score instead of the fitted fusion (query/cover_fusion.json)")
     args = ap.parse_args(argv)
@@ -513,7 +521,8 @@ def main(argv=None):
     max_songs = args.songs or (30 if args.quick else None)
     parts = ["fit", "heldout"] if args.part == "both" else [args.part]
     vienna = None if args.no_vienna else Path(args.vienna)
-    notes, bench, index, baseline, v_files = setup(Path(args.data), vienna, not args.no_second_line)
+    notes, bench, index, baseline, v_files = setup(Path(args.data), vienna, not args.no_second_line,
+                                                   not args.no_third_line)
     index.search(index.query_for_piece(index.ids[0]), top=5)  # compile the kernels before timing
     rec = Recorder()
     run_pop909(index, baseline, notes, bench, cells, levels, parts, max_songs, args.seed, rec)

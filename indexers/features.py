@@ -397,6 +397,26 @@ def bass_line_groups(onset_beats, duration_beats, pitch, offsets) -> tuple[np.nd
     return out[:out_off[-1]].copy(), out_off
 
 
+def third_line(onset_beats, duration_beats, pitch, lead, lead_pitch) -> tuple[np.ndarray, np.ndarray]:
+    """A piece's third melody line (pitches int16, onsets float32): the skyline of all its
+    notes when its lead line is one track's (``lead``: :func:`lead_mask`) and is not that
+    skyline already (``lead_pitch``: the lead line's pitches); else empty.
+
+    A query made of all of a version's parts at once (merged tracks, a transcription, a
+    short excerpt whose tune moves between parts) has that skyline as its own lead line:
+    it matches the top of all stored parts better than the stored lead track. As the only
+    stored line it loses the tune of a version whose melody lies under its accompaniment,
+    so it is stored beside the lead and second lines and the search takes the best
+    (docs/covers.md, "A stored skyline of all notes")."""
+    on = np.asarray(onset_beats, np.float64)
+    if np.all(lead):
+        return np.zeros(0, np.int16), np.zeros(0, np.float32)
+    tp, to = skyline(on, duration_beats, pitch)
+    if np.array_equal(tp, lead_pitch):
+        return np.zeros(0, np.int16), np.zeros(0, np.float32)
+    return tp, to
+
+
 def features_from_notes(onset_beats, duration_beats, pitch, track_index=None, *, chroma=None) -> dict:
     """All features of one set of notes (drums already removed).
 
@@ -408,7 +428,9 @@ def features_from_notes(onset_beats, duration_beats, pitch, track_index=None, *,
 
     Returns a dict with ``beat_chroma`` (n_beats, 12) float32, ``melody_pitch`` int16,
     ``melody_onset_beats`` float32, ``intervals`` int8, ``interval_index`` int64,
-    ``vector`` (EMBED_DIM,) float32 and ``bass_pc`` int8 (:func:`bass_line` of all notes).
+    ``vector`` (EMBED_DIM,) float32, ``bass_pc`` int8 (:func:`bass_line` of all notes),
+    ``second_pitch``/``second_onset_beats`` (:func:`second_line_mask`'s skyline) and
+    ``third_pitch``/``third_onset_beats`` (:func:`third_line`).
     """
     on = np.asarray(onset_beats, np.float64)
     dur = np.asarray(duration_beats, np.float64)
@@ -419,12 +441,15 @@ def features_from_notes(onset_beats, duration_beats, pitch, track_index=None, *,
     mp, mo = skyline(on[m], dur[m], pitch[m])
     iv, ivi = melody_intervals(mp)
     ap, ao = skyline(on[m2], dur[m2], pitch[m2])
+    tp, to = third_line(on, dur, pitch, m, mp)
     return {
         "beat_chroma": chroma,
         "melody_pitch": mp,
         "melody_onset_beats": mo,
         "second_pitch": ap,
         "second_onset_beats": ao,
+        "third_pitch": tp,
+        "third_onset_beats": to,
         "intervals": iv,
         "interval_index": ivi,
         "vector": embedding(chroma, iv),

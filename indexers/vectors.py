@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 STAGE = "vectors"
-VERSION = "vectors-8"
+VERSION = "vectors-9"
 # One batch is one computation over all its notes: up to 1000 pieces, fewer when they
 # hold more than BATCH_NOTES notes (each batch also reads the new pieces' notes, a scan
 # of the whole notes table).
@@ -339,15 +339,19 @@ def _compute_groups(ids: np.ndarray, cols: dict, offsets: np.ndarray) -> tuple[p
     g_off = np.concatenate([offsets, offsets[-1] + t_off[1:]])
     chroma, c_off = beat_chroma_groups(all_on, all_dur, all_pitch, g_off)
     # melody: the skyline of each piece's lead notes, then of each track, then of each
-    # piece's second line
+    # piece's second line, then of all notes of each piece whose lead is one track's
+    # (its third line, indexers.features.third_line)
     lead, second = lead_masks_groups(trk, on, pitch, offsets)
-    lead_off = np.concatenate([[0], np.cumsum(np.bincount(piece_of[lead], minlength=n_pieces))]).astype(np.int64)
-    sec_off = np.concatenate([[0], np.cumsum(np.bincount(piece_of[second], minlength=n_pieces))]).astype(np.int64)
-    m_on = np.concatenate([on[lead], on[t_sel], on[second]])
-    m_dur = np.concatenate([dur[lead], dur[t_sel], dur[second]])
-    m_pitch = np.concatenate([pitch[lead], pitch[t_sel], pitch[second]])
+    counts = (np.bincount(piece_of[lead], minlength=n_pieces), np.bincount(piece_of[second], minlength=n_pieces))
+    third = (counts[0] < np.diff(offsets))[piece_of]
+    lead_off, sec_off, thr_off = (np.concatenate([[0], np.cumsum(c)]).astype(np.int64)
+                                  for c in (*counts, np.bincount(piece_of[third], minlength=n_pieces)))
+    m_on = np.concatenate([on[lead], on[t_sel], on[second], on[third]])
+    m_dur = np.concatenate([dur[lead], dur[t_sel], dur[second], dur[third]])
+    m_pitch = np.concatenate([pitch[lead], pitch[t_sel], pitch[second], pitch[third]])
+    base = lead_off[-1] + t_off[-1]
     mel_p, mel_on, mel_off = skyline_groups(m_on, m_dur, m_pitch, np.concatenate(
-        [lead_off, lead_off[-1] + t_off[1:], lead_off[-1] + t_off[-1] + sec_off[1:]]))
+        [lead_off, lead_off[-1] + t_off[1:], base + sec_off[1:], base + sec_off[-1] + thr_off[1:]]))
     n_lines = n_pieces + n_tracks
     iv, iv_off = melody_intervals_groups(mel_p[:mel_off[n_lines]], mel_off[:n_lines + 1])
     vec = embedding_groups(chroma, c_off, iv, iv_off)
@@ -356,7 +360,8 @@ def _compute_groups(ids: np.ndarray, cols: dict, offsets: np.ndarray) -> tuple[p
 
     p_frames = c_off[:n_pieces + 1]
     p_mel = mel_off[:n_pieces + 1]
-    s_mel = mel_off[n_lines:]
+    s_mel = mel_off[n_lines:n_lines + n_pieces + 1]
+    t_p, t_on, t_mel = _unless_lead(mel_p, mel_on, p_mel, mel_off[n_lines + n_pieces:])
     ids_arr = pa.array(ids, pa.string())
     schema = TABLES["cover_features"]
     ver = pa.array([VERSION], pa.string())
@@ -372,6 +377,8 @@ def _compute_groups(ids: np.ndarray, cols: dict, offsets: np.ndarray) -> tuple[p
         "bass_pc": _lists(bass, b_off, pa.int8()),
         "second_pitch": _lists(mel_p[s_mel[0]:s_mel[-1]], s_mel - s_mel[0], pa.int16()),
         "second_onset_beats": _lists(mel_on[s_mel[0]:s_mel[-1]], s_mel - s_mel[0], pa.float32()),
+        "third_pitch": _lists(t_p, t_mel, pa.int16()),
+        "third_onset_beats": _lists(t_on, t_mel, pa.float32()),
     }, schema=schema)
     first = t_order[t_start[big]] if n_tracks else np.zeros(0, np.int64)
     tracks = pa.table({
@@ -381,6 +388,25 @@ def _compute_groups(ids: np.ndarray, cols: dict, offsets: np.ndarray) -> tuple[p
         "stage_version": ver.take(pa.array(np.zeros(n_tracks, np.int64))),
     }, schema=track_vector_schema())
     return feats, tracks
+
+
+def _unless_lead(mel_p: np.ndarray, mel_on: np.ndarray, lead_off: np.ndarray, off: np.ndarray):
+    """The lines ``off`` (one per piece, into ``mel_p``/``mel_on``) as (pitches, onsets,
+    offsets from 0), each left empty where it equals its piece's lead line ``lead_off``
+    (as indexers.features.third_line leaves it)."""
+    n_lead, n = np.diff(lead_off), np.diff(off)
+    same = (n == n_lead) & (n > 0)
+    if same.any():
+        rows = np.flatnonzero(same)
+        piece = np.repeat(rows, n[rows])
+        at = np.arange(piece.size) - np.repeat(np.cumsum(n[rows]) - n[rows], n[rows])
+        differ = np.bincount(piece, weights=mel_p[off[piece] + at] != mel_p[lead_off[piece] + at],
+                             minlength=n.size)
+        same &= differ == 0
+    keep = np.repeat(~same, n)
+    sl = slice(off[0], off[-1])
+    n = np.where(same, 0, n)
+    return mel_p[sl][keep], mel_on[sl][keep], np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
 
 
 def compute_one(piece_id: str, cols: dict, audio_beats=None, audio_harmony: str | None = None
@@ -403,6 +429,7 @@ def compute_one(piece_id: str, cols: dict, audio_beats=None, audio_harmony: str 
         "melody_pitch": [f["melody_pitch"]], "melody_onset_beats": [f["melody_onset_beats"]],
         "vector": [f["vector"]], "stage_version": [VERSION], "bass_pc": [f["bass_pc"]],
         "second_pitch": [f["second_pitch"]], "second_onset_beats": [f["second_onset_beats"]],
+        "third_pitch": [f["third_pitch"]], "third_onset_beats": [f["third_onset_beats"]],
     }, schema=schema)
     t_idx, t_vec = [], []
     tracks_here = np.unique(trk)

@@ -7,11 +7,12 @@ Two stages:
    only, harmony blocks only -- so a query that kept only the harmony (accompaniment) or
    only the melody (re-harmonisation) still finds its song; two n-gram indexes (melody
    intervals, chord motions) add the pieces that contain a short excerpt; the union is
-   re-ranked, with the best few by the stored second melody lines' n-grams.
+   re-ranked, with the best few by the stored second and third melody lines' n-grams.
 2. **Re-rank by local alignment** (Smith-Waterman, numba):
    - melody: the skyline's pitch-class intervals (key-invariant; tempo-invariant because
-     it is a sequence of notes, not of time frames), against each candidate's lead and
-     second line (and, for a long multi-track query, from its second line too);
+     it is a sequence of notes, not of time frames), against each candidate's lead,
+     second and third line (the skyline of all its notes), the best of them (and, for a
+     long multi-track query, from its second line too);
    - harmony: beat-synchronous chroma pooled to 2-beat frames (1-beat frames, with a
      cheaper skipped frame, for a query of at most ``fine_frames_beats`` beats), the query
      transposed by its 2 best chroma shifts (4 for a short query) and read at
@@ -515,7 +516,8 @@ class CoverIndex:
 
     def __init__(self, ids, paths, vectors, chroma_q, n_beats, melody_pitch, melody_onset, n_melody,
                  bass_pc, n_bass, faiss_index=None, is_recording=None, db_dir=None,
-                 second_pitch=None, second_onset=None, n_second=None):
+                 second_pitch=None, second_onset=None, n_second=None, third_pitch=None, third_onset=None,
+                 n_third=None):
         from indexers.faiss_index import build_index
 
         self.ids = np.asarray(ids, dtype=object)
@@ -523,8 +525,8 @@ class CoverIndex:
             else np.asarray(is_recording, bool)
         self.db_dir = db_dir  # where the audio bonus reads stored chroma (None: no bonus)
         # pieces whose stored row comes from an older version of the vectors stage
-        # (load_index; a row from before the bass line or the second melody line has
-        # NULL there, read as empty)
+        # (load_index; a row from before the bass line or the second or third melody
+        # line has NULL there, read as empty)
         self.stale_pieces = 0
         self.paths = np.asarray(paths, dtype=object)
         self.row_of = {pid: i for i, pid in enumerate(self.ids)}
@@ -561,20 +563,21 @@ class CoverIndex:
         self.global_chroma = glob
         cm = np.concatenate(motions) if motions else np.zeros(0, np.int64)
         cm_off = np.concatenate([[0], np.cumsum(np.concatenate(motion_counts))]) if motions else np.zeros(1, np.int64)
-        # melody lines: each piece's lead line, then the second lines
-        # (indexers.features.second_line_mask; empty where a piece has none) -- pitches,
-        # onsets, pitch classes and intervals back to back; piece i's lead line is
-        # [mel_off[i], mel_off[i + 1]) and its second [sec_off[i], sec_off[i + 1])
+        # melody lines of three kinds: each piece's lead line, then the second lines
+        # (indexers.features.second_line_mask), then the third (indexers.features.third_line;
+        # the extra lines empty where a piece has none) -- pitches, onsets, pitch classes
+        # and intervals back to back; piece i's line of kind j is
+        # [line_off[j][i], line_off[j][i + 1]) in notes, [line_iv_off[j][i], ...) in intervals
         n_pieces = len(self.ids)
-        n_melody = np.asarray(n_melody, np.int64)
-        if n_second is None:
-            second_pitch, second_onset, n_second = np.zeros(0, np.int16), np.zeros(0, np.float32), np.zeros(n_pieces)
-        n_second = np.asarray(n_second, np.int64)
-        lines = np.concatenate([n_melody, n_second])
+        kinds = [(melody_pitch, melody_onset, n_melody), (second_pitch, second_onset, n_second),
+                 (third_pitch, third_onset, n_third)]
+        kinds = [(np.zeros(0), np.zeros(0), np.zeros(n_pieces)) if n is None else (p, o, n) for p, o, n in kinds]
+        lines = np.concatenate([np.asarray(n, np.int64) for _, _, n in kinds])
         line_off = np.concatenate([[0], np.cumsum(lines)]).astype(np.int64)
-        self.mel_off, self.sec_off = line_off[:n_pieces + 1], line_off[n_pieces:]
-        self.mel_pitch = np.concatenate([np.asarray(melody_pitch, np.int16), np.asarray(second_pitch, np.int16)])
-        self.mel_onset = np.concatenate([np.asarray(melody_onset, np.float32), np.asarray(second_onset, np.float32)])
+        self.line_off = [line_off[j * n_pieces:(j + 1) * n_pieces + 1] for j in range(len(kinds))]
+        self.mel_off, self.sec_off = self.line_off[0], self.line_off[1]
+        self.mel_pitch = np.concatenate([np.asarray(p, np.int16) for p, _, _ in kinds])
+        self.mel_onset = np.concatenate([np.asarray(o, np.float32) for _, o, _ in kinds])
         # pitch classes for the tune-in-notes kernel, made once instead of per query
         self.mel_pc = (self.mel_pitch % 12).astype(np.int8)
         ivs, idxs, offs = [], [], [0]
@@ -586,10 +589,14 @@ class CoverIndex:
         self.iv = np.concatenate(ivs).astype(np.int8) if ivs else np.zeros(0, np.int8)
         self.iv_index = np.concatenate(idxs).astype(np.int32) if idxs else np.zeros(0, np.int32)
         offs = np.asarray(offs, np.int64)
-        self.iv_off, self.sec_iv_off = offs[:n_pieces + 1], offs[n_pieces:]
-        self.has_second = np.diff(self.sec_off) > 0
+        self.line_iv_off = [offs[j * n_pieces:(j + 1) * n_pieces + 1] for j in range(len(kinds))]
+        self.iv_off, self.sec_iv_off = self.line_iv_off[0], self.line_iv_off[1]
+        self.has_line = [np.diff(o) > 0 for o in self.line_off]
+        self.has_line[0][:] = True  # (a lead line of no notes is still a span, empty)
+        self.has_second = self.has_line[1]
         self.grams = _gram_index(self.iv, self.iv_off)
-        self.second_grams = _gram_index(self.iv, self.sec_iv_off)
+        # the extra lines' n-grams, for candidates whose tune is in one of them
+        self.extra_grams = [_gram_index(self.iv, o) for o in self.line_iv_off[1:]]
         # bass lines (pitch classes) back to back
         n_bass = np.asarray(n_bass, np.int64)
         if n_bass.size != len(self.ids) or int(n_bass.sum()) != np.asarray(bass_pc).size:
@@ -631,13 +638,13 @@ class CoverIndex:
 
     def nbytes(self) -> int:
         arrays = [self.grams.matrix.data, self.grams.matrix.indices, self.grams.matrix.indptr,
-                  self.second_grams.matrix.data, self.second_grams.matrix.indices, self.second_grams.matrix.indptr,
+                  *(a for g in self.extra_grams for a in (g.matrix.data, g.matrix.indices, g.matrix.indptr)),
                   self.tfidf.matrix.data, self.tfidf.matrix.indices, self.tfidf.matrix.indptr,
                   self.chord_grams.matrix.data, self.chord_grams.matrix.indices, self.chord_grams.matrix.indptr,
                   self.bass_grams.matrix.data, self.bass_grams.matrix.indices, self.bass_grams.matrix.indptr,
                   self.vectors, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset,
                   self.iv, self.iv_index, self.iv_off, self.mel_off, self.mel_pc, self.bass_pc, self.bass_off,
-                  self.sec_off, self.sec_iv_off, self.has_second, self.melody_sketch]
+                  *self.line_off[1:], *self.line_iv_off[1:], *self.has_line, self.melody_sketch]
         if self.frames is not None:
             arrays += list(self.frames)
         return int(sum(a.nbytes for a in arrays)) + self.vectors.nbytes  # + the FAISS copy
@@ -681,8 +688,10 @@ class CoverIndex:
                 rows = np.concatenate([rows, np.pad(g, (0, rows.shape[1] - g.size), constant_values=-1)[None]])
         rows = self._merge_lists(q, rows, budget)
         k2 = ALIGN["second_line_candidates"]
-        if k2 and qm.size >= 3 and self.has_second.any():
-            extra = self.second_grams.search(qm, k2 + 1)
+        for grams, has in zip(self.extra_grams, self.has_line[1:]):
+            if not (k2 and qm.size >= 3 and has.any()):
+                continue
+            extra = grams.search(qm, k2 + 1)
             extra = extra[~np.isin(extra, rows)]
             if q.piece_id is not None and q.piece_id in self.row_of:
                 extra = extra[extra != self.row_of[q.piece_id]]
@@ -849,32 +858,41 @@ class CoverIndex:
                                                   None if shifts is None else shifts[new])
         return hs, hsh
 
-    def _line_spans(self, rows: np.ndarray, off: np.ndarray, sec_off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _line_spans(self, rows: np.ndarray, offs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(starts, ends) of the rows' lead lines, then of the second lines of the rows
-        that have one (``off``/``sec_off``: the lines' offsets in notes or intervals)."""
-        two = rows[self.has_second[rows]]
-        return (np.concatenate([off[rows], sec_off[two]]), np.concatenate([off[rows + 1], sec_off[two + 1]]))
+        that have one, then of their third lines (``offs``: the offsets of each kind of
+        line in notes, ``line_off``, or in intervals, ``line_iv_off``)."""
+        has = [rows[h[rows]] for h in self.has_line]
+        return (np.concatenate([o[r] for o, r in zip(offs, has)]), np.concatenate([o[r + 1] for o, r in zip(offs, has)]))
+
+    def _span_kinds(self, rows: np.ndarray) -> np.ndarray:
+        """The kind of line (0 lead, 1 second, 2 third) of each span of :meth:`_line_spans`."""
+        return np.repeat(np.arange(len(self.has_line), dtype=np.int8), [int(h[rows].sum()) for h in self.has_line])
 
     def _note_lines(self, rows: np.ndarray, shifts: np.ndarray) -> tuple[tuple, np.ndarray]:
-        """The rows' lines in notes (``_line_spans`` over ``mel_off``/``sec_off``) and each
-        line's row's transposition, for the pitch-class kernels."""
+        """The rows' lines in notes (``_line_spans`` over ``line_off``) and each line's
+        row's transposition, for the pitch-class kernels."""
         sh = np.asarray(shifts, np.int64) % 12
-        return self._line_spans(rows, self.mel_off, self.sec_off), np.concatenate([sh, sh[self.has_second[rows]]])
+        return self._line_spans(rows, self.line_off), np.concatenate([sh[h[rows]] for h in self.has_line])
 
     @staticmethod
-    def _line_of(rows: np.ndarray, second: np.ndarray, off: np.ndarray, sec_off: np.ndarray):
-        """(starts, ends) of each row's lead line, or its second line where ``second``."""
-        return np.where(second, sec_off[rows], off[rows]), np.where(second, sec_off[rows + 1], off[rows + 1])
+    def _line_of(rows: np.ndarray, kind: np.ndarray, offs: list[np.ndarray]):
+        """(starts, ends) of each row's line of that ``kind`` (0 lead, 1 second, 2 third)."""
+        kind = np.asarray(kind, np.int64)
+        return (np.choose(kind, [o[rows] for o in offs]), np.choose(kind, [o[rows + 1] for o in offs]))
 
     def _best_line(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Per row, the index into ``scores`` (one per span of :meth:`_line_spans`) of its
-        better line: its lead line's, or its second line's where that scores higher."""
+        best line: its lead line's, or another's where that scores higher (the first of
+        equal ones)."""
         pick = np.arange(rows.size)
-        two = np.flatnonzero(self.has_second[rows])
-        if two.size:
-            alt = rows.size + np.arange(two.size)
-            better = scores[alt] > scores[two]
-            pick[two[better]] = alt[better]
+        at = rows.size
+        for has in self.has_line[1:]:
+            some = np.flatnonzero(has[rows])
+            alt = at + np.arange(some.size)
+            better = scores[alt] > scores[pick[some]]
+            pick[some[better]] = alt[better]
+            at += some.size
         return pick
 
     def rerank(self, q: QueryFeatures, rows: np.ndarray, scale: float | None = None, fine: bool = True
@@ -887,7 +905,7 @@ class CoverIndex:
         k = rows.size
         a, b = _middle(q.intervals.size, A["max_query_intervals"])
         qiv = np.ascontiguousarray(q.intervals[a:b])
-        spans = self._line_spans(rows, self.iv_off, self.sec_iv_off)  # the candidates' intervals in self.iv
+        spans = self._line_spans(rows, self.line_iv_off)  # the candidates' intervals in self.iv
         # the query's own second line too (a long multi-track query: its lead track is not
         # always its tune), its middle second_query_intervals, against the lead lines
         a2 = b2 = 0
@@ -966,10 +984,11 @@ class CoverIndex:
         h = A["harmony_weight"] * harm
         mel = np.zeros(k, np.float32)
         mel_end = np.full(k, -1, np.int64)
-        on_second = np.zeros(k, bool)
+        on_line = np.zeros(k, np.int8)  # the kind of the candidate's line that scored
         on_query_second = np.zeros(k, bool)
         if melody is not None:
-            # per candidate its better line (lead or second) for the query's lead line, then
+            kinds = self._span_kinds(rows)
+            # per candidate its best line (lead, second, third) for the query's lead line, then
             # the query's second line against its lead line: where that aligns better, it
             # is the melody score, and the explanation's region is that alignment's
             for is_second, (m, end) in zip((False, True), melody.result()):
@@ -981,7 +1000,7 @@ class CoverIndex:
                 m = m[pick] / (A["mel_match"] * max(b2 - a2 if is_second else qiv.size, A["min_query_intervals"]))
                 better = m > mel if is_second else np.ones(k, bool)
                 mel, mel_end = np.where(better, m, mel), np.where(better, end[pick], mel_end)
-                on_second = np.where(better, pick >= k, on_second)
+                on_line = np.where(better, kinds[pick], on_line)
                 on_query_second |= better & is_second
         short = _short(q)
         # a one-part query: also how much of each candidate's tune is found among its
@@ -1013,7 +1032,7 @@ class CoverIndex:
         return {"rows": rows, "mel": mel.astype(np.float32), "harm": harm, "hshift": hshift,
                 "scale": best_scale, "score": score.astype(np.float32), "by_melody": mel >= harm,
                 "via_best": np.zeros(k, bool), "hscale": hscale.astype(np.float32), "mel_window": (a, b),
-                "mel_end": mel_end, "mel_second": on_second, "mel_query_second": on_query_second,
+                "mel_end": mel_end, "mel_line": on_line, "mel_query_second": on_query_second,
                 "mel_window2": (a2, b2)}
 
     def _melody_scores(self, qiv: np.ndarray, q2: np.ndarray | None, spans, spans2) -> list:
@@ -1366,7 +1385,7 @@ class CoverIndex:
                  (by_mel & q_second, q.second_intervals, r["mel_window2"])]
         lines = [(sel, iv, ab) for sel, iv, ab in lines if sel.any() and ab[1] - ab[0] >= 2]
         mreg = np.zeros((rows.size, 4), np.int32)
-        starts, stops = self._line_of(rows, r["mel_second"][order][:n_explain], self.iv_off, self.sec_iv_off)
+        starts, stops = self._line_of(rows, r["mel_line"][order][:n_explain], self.line_iv_off)
         # each reference up to where its best melody score was reached (rerank's
         # mel_end): the region ends there, and the cells after it change nothing
         ends = np.minimum(stops, starts + r["mel_end"][order][:n_explain] + 1)
@@ -1392,7 +1411,8 @@ class CoverIndex:
                 trans = int(r["hshift"][o])
             elif r["by_melody"][o]:
                 q0, q1, r0, r1 = (int(x) for x in mreg[rank - 1])
-                iv_off, note_off = (self.sec_iv_off, self.sec_off) if r["mel_second"][o] else (self.iv_off, self.mel_off)
+                kind = int(r["mel_line"][o])
+                iv_off, note_off = self.line_iv_off[kind], self.line_off[kind]
                 ref_iv_idx = self.iv_index[iv_off[row]:iv_off[row + 1]]
                 m0 = int(note_off[row])
                 qn, q_on, q_pitch = (q.second_interval_index, q.second_onset_beats, q.second_pitch) \
@@ -1570,7 +1590,8 @@ def load_index(db_dir) -> CoverIndex:
                                           "WHERE table_name = 'cover_features'").fetchall()}
         later = ", ".join(f"c.{name}" if name in have else f"NULL::{typ} AS {name}" for name, typ in
                           (("bass_pc", "TINYINT[]"), ("second_pitch", "SMALLINT[]"),
-                           ("second_onset_beats", "FLOAT[]")))
+                           ("second_onset_beats", "FLOAT[]"), ("third_pitch", "SMALLINT[]"),
+                           ("third_onset_beats", "FLOAT[]")))
         try:
             t = fetch_arrow(con.execute(
                 f"""SELECT c.piece_id, p.path, p.kind, c.n_beats, c.beat_chroma, c.n_melody, c.melody_pitch,
@@ -1599,8 +1620,8 @@ def load_index(db_dir) -> CoverIndex:
     def flat(name, dtype):
         return t.column(name).combine_chunks().values.to_numpy(zero_copy_only=False).astype(dtype)
 
-    # a row of a stage version before the bass line (or the second melody line) has
-    # none (NULL): an empty line, until `atlas reindex` recomputes it
+    # a row of a stage version before the bass line (or the second or third melody
+    # line) has none (NULL): an empty line, until `atlas reindex` recomputes it
     def lengths(name):
         return pa.compute.fill_null(pa.compute.list_value_length(t.column(name)), 0).to_numpy()
 
@@ -1610,10 +1631,13 @@ def load_index(db_dir) -> CoverIndex:
                      flat("bass_pc", np.int8), lengths("bass_pc"),
                      faiss_index=fidx, is_recording=np.asarray(t.column("kind").to_pylist()) == "audio",
                      db_dir=db_dir, second_pitch=flat("second_pitch", np.int16),
-                     second_onset=flat("second_onset_beats", np.float32), n_second=lengths("second_pitch"))
+                     second_onset=flat("second_onset_beats", np.float32), n_second=lengths("second_pitch"),
+                     third_pitch=flat("third_pitch", np.int16), third_onset=flat("third_onset_beats", np.float32),
+                     n_third=lengths("third_pitch"))
     from indexers.vectors import VERSION
 
     stale = pa.compute.or_(pa.compute.is_null(t.column("bass_pc")), pa.compute.is_null(t.column("second_pitch")))
+    stale = pa.compute.or_(stale, pa.compute.is_null(t.column("third_pitch")))
     stale = pa.compute.or_(stale, pa.compute.not_equal(t.column("stage_version"), VERSION))
     idx.stale_pieces = int(pa.compute.sum(stale).as_py() or 0)
     _CACHE[key] = (stamp, idx)
@@ -1637,7 +1661,7 @@ def resolve_query(index: CoverIndex, db_dir, query: str) -> QueryFeatures:
 def stale_note(db_dir) -> str | None:
     """A one-line note when some pieces' cover features come from an older version of
     the vectors stage (the search still runs; a piece from before the bass line or the
-    second melody line scores no bass and its tune is looked for in the lead line only;
+    second or third melody line scores no bass and its tune is looked for in fewer lines;
     one from before ``vectors-8`` may hold its bass as its lead line), else None."""
     n = load_index(db_dir).stale_pieces
     if not n:

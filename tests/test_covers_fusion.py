@@ -216,10 +216,16 @@ def _triads(roots, thirds, beats_each: float = 1.0):
 def _index_of(songs):
     """A collection of these pieces' notes (arrays, with track indices or not), with
     every line the vectors stage stores (a multi-track piece's second melody line too)."""
-    from indexers.features import features_from_notes, quantize_chroma
+    from indexers.features import features_from_notes
+
+    return _index_from_features([features_from_notes(*s) for s in songs])
+
+
+def _index_from_features(fs):
+    """A collection of pieces of these features (``indexers.features.features_from_notes``)."""
+    from indexers.features import quantize_chroma
     from query.covers import CoverIndex
 
-    fs = [features_from_notes(*s) for s in songs]
     return CoverIndex([f"s{i}" for i in range(len(fs))], [f"s{i}.mid" for i in range(len(fs))],
                       np.asarray([f["vector"] for f in fs], np.float32),
                       np.concatenate([quantize_chroma(f["beat_chroma"]).ravel() for f in fs]),
@@ -228,7 +234,10 @@ def _index_of(songs):
                       np.concatenate([f["bass_pc"] for f in fs]), [f["bass_pc"].size for f in fs],
                       second_pitch=np.concatenate([f["second_pitch"] for f in fs]),
                       second_onset=np.concatenate([f["second_onset_beats"] for f in fs]),
-                      n_second=[f["second_pitch"].size for f in fs])
+                      n_second=[f["second_pitch"].size for f in fs],
+                      third_pitch=np.concatenate([f["third_pitch"] for f in fs]),
+                      third_onset=np.concatenate([f["third_onset_beats"] for f in fs]),
+                      n_third=[f["third_pitch"].size for f in fs])
 
 
 def test_support_is_the_best_score_among_a_candidates_likely_versions():
@@ -595,3 +604,44 @@ def test_an_excerpt_from_a_section_in_another_key_is_aligned_there(monkeypatch):
     assert harmony > 0.9 and up == -3
     monkeypatch.setitem(ALIGN, "window_shift_frames", ALIGN["short_query_frames"])  # as before
     assert harmony_of_piece()[0] < 0.7
+
+
+def test_a_query_of_all_parts_matches_a_stored_third_line():
+    """Each stored piece: a tune (its lead track) under block chords an octave or more
+    above it. A query of all of piece 0's notes in one part, a fourth up, has the
+    chords' top line as its lead line: the stored lead line (the tune) does not hold it,
+    the stored third line (the skyline of all notes, ``indexers.features.third_line``)
+    does. Piece 0's melody score comes from that line, and the explained match is on it
+    (its onsets, its transposition); without third lines the melody score is a chance
+    match's."""
+    from indexers.features import features_from_notes, lead_mask
+    from query.covers import query_from_notes
+
+    pieces = []
+    for s in range(30):
+        t_on, t_dur, t_p = _tune(4000 + s, 120, low=48)
+        on, dur, p = _chords_under(t_on, 8000 + s)
+        pieces.append(_parts((t_on, t_dur, t_p), (on, dur, p + 36)))
+    index = _index_of(pieces)
+    f0 = features_from_notes(*pieces[0])
+    assert f0["third_pitch"].size > 40 and not np.array_equal(f0["third_pitch"], f0["melody_pitch"])
+    on, dur, p, trk = pieces[0]
+    np.testing.assert_array_equal(lead_mask(trk, on, p), trk == 0)  # the tune leads
+    q = query_from_notes("all parts", on, dur, p + 5)
+    rows = index.candidates(q)
+    assert 0 in rows
+    r = index.rerank(q, rows)
+    i0 = int(np.flatnonzero(r["rows"] == 0)[0])
+    assert r["mel_line"][i0] == 2 and r["mel"][i0] > 0.9
+    top = next(x for x in index.search(q, top=3).to_pylist() if x["piece_id"] == "s0")
+    assert top["rank"] == 1 and top["matched_by"] == "melody" and top["transposition"] == -5
+    assert top["match_start_beats"] == pytest.approx(top["query_start_beats"], abs=0.01)
+    assert top["match_end_beats"] - top["match_start_beats"] > 60
+    # the same collection without third lines: piece 0's melody is found nowhere
+    fs = [features_from_notes(*x) for x in pieces]
+    for f in fs:
+        f["third_pitch"], f["third_onset_beats"] = f["third_pitch"][:0], f["third_onset_beats"][:0]
+    no_third = _index_from_features(fs)
+    assert not any(h.any() for h in no_third.has_line[2:])
+    r2 = no_third.rerank(q, rows)
+    assert r2["mel"][int(np.flatnonzero(r2["rows"] == 0)[0])] < 0.6

@@ -92,6 +92,8 @@ def test_vectors_of_a_batch_equal_each_piece_alone(small_pop909_db):
     assert all(len(b) > 10 for b in feats.column("bass_pc").to_pylist())
     # POP909's MELODY leads and its BRIDGE is the second line
     assert sum(len(x) > 10 for x in feats.column("second_pitch").to_pylist()) >= len(ids) // 2
+    # and the piano's top notes rise above the MELODY track's somewhere: a third line
+    assert sum(len(x) > 10 for x in feats.column("third_pitch").to_pylist()) >= len(ids) // 2
 
 
 def test_harmony_of_a_batch_equals_each_piece_alone(small_pop909_db):
@@ -336,6 +338,53 @@ def test_an_ensemble_of_single_lines_leads_with_its_top_line_not_its_bass():
     np.testing.assert_array_equal(second, t2 == 1)
 
 
+def _melody_and_chords(melody_on_top: bool):
+    """16 bars: a monophonic tune (track 0, one note a beat) and block chords on every
+    other beat (track 1), the chords above the tune or below it."""
+    on = np.arange(64, dtype=np.float64)
+    tune = 60 + np.array([0, 2, 4, 5, 7, 5, 4, 2])[np.arange(64) % 8]
+    c_on = np.repeat(on[::2], 3)
+    chords = np.tile([48, 52, 55], 32) + (24 if not melody_on_top else 0)
+    return (np.concatenate([on, c_on]), np.ones(64 + c_on.size), np.concatenate([tune, chords]),
+            np.concatenate([np.zeros(64, np.int64), np.ones(c_on.size, np.int64)]))
+
+
+def test_the_third_line_is_the_top_of_all_notes_where_the_lead_track_is_not():
+    """The third line is the skyline of all notes when the lead line is one track's and
+    is not that skyline already; a batch gives what each piece gives alone, the lines
+    that equal their lead line left empty there too."""
+    under_on, under_dur, under_p, under_trk = _melody_and_chords(melody_on_top=False)
+    f = F.features_from_notes(under_on, under_dur, under_p, under_trk)
+    np.testing.assert_array_equal(f["melody_pitch"], under_p[:64])  # the tune leads ...
+    want_p, want_on = F.skyline(under_on, under_dur, under_p)
+    np.testing.assert_array_equal(f["third_pitch"], want_p)  # ... and the chords' top is the third line
+    np.testing.assert_array_equal(f["third_onset_beats"], want_on)
+    assert (f["third_pitch"] == 79).sum() >= 16 and f["third_pitch"].max() == 79  # the chords' top notes
+    top = F.features_from_notes(*_melody_and_chords(melody_on_top=True))
+    assert top["melody_pitch"].size == 64 and top["third_pitch"].size == 0  # the tune is the top already
+    one = F.features_from_notes(under_on, under_dur, under_p, np.zeros(under_p.size, np.int64))
+    assert one["third_pitch"].size == 0  # one track: the lead line is the skyline of all notes
+    # a batch of the three, in note order, against each piece alone
+    pieces = [("a", _melody_and_chords(False)), ("b", _melody_and_chords(True)),
+              ("c", (under_on, under_dur, under_p, np.zeros(under_p.size, np.int64)))]
+    cols = {k: [] for k in ("piece_id", "track_index", "onset_beats", "duration_beats", "pitch")}
+    alone = []
+    for pid, (on, dur, pitch, trk) in pieces:
+        o = np.lexsort((trk, pitch, on))
+        part = {"track_index": trk[o], "onset_beats": on[o], "duration_beats": dur[o], "pitch": pitch[o]}
+        alone.append(vectors.compute_one(pid, part)[0])
+        cols["piece_id"] += [pid] * on.size
+        for k, v in part.items():
+            cols[k].append(v)
+    notes = pa.table({"piece_id": cols["piece_id"], "track_index": np.concatenate(cols["track_index"]).astype(np.int32),
+                      "onset_beats": np.concatenate(cols["onset_beats"]),
+                      "duration_beats": np.concatenate(cols["duration_beats"]),
+                      "pitch": np.concatenate(cols["pitch"]).astype(np.int16)})
+    feats, _ = vectors.compute(notes)
+    assert feats.equals(pa.concat_tables(alone))
+    assert [len(x) for x in feats.column("third_pitch").to_pylist()] == [want_p.size, 0, 0]
+
+
 def test_pairs_and_distinct_onsets_equal_the_sorting_forms():
     rng = np.random.default_rng(8)
     g = np.sort(rng.integers(0, 50, 3000))
@@ -414,8 +463,8 @@ def test_bass_line_groups_equal_bass_line(seed, shuffled):
 
 
 def test_a_database_of_a_previous_version_gets_the_bass_and_second_lines(tmp_path):
-    """A database from before the bass line and the second melody line (no bass_pc,
-    second_pitch, second_onset_beats columns, rows of vectors-5): the migrations add the
+    """A database from before the bass line and the second and third melody lines (no
+    bass_pc, second_*, third_* columns, rows of vectors-5): the migrations add the
     columns (NULL), and `atlas reindex` redoes the stage's pieces, which then hold what
     a new build holds."""
     from atlas_db.connection import reading, writing
@@ -427,9 +476,10 @@ def test_a_database_of_a_previous_version_gets_the_bass_and_second_lines(tmp_pat
     with reading(db) as con:
         want = con.execute("SELECT * FROM cover_features ORDER BY piece_id").fetchall()
     with writing(db) as con:
-        for col in ("second_onset_beats", "second_pitch", "bass_pc"):
+        for col in ("third_onset_beats", "third_pitch", "second_onset_beats", "second_pitch", "bass_pc"):
             con.execute(f"ALTER TABLE cover_features DROP COLUMN {col}")
-        con.execute("DELETE FROM schema_migrations WHERE name IN ('0402_vectors_bass_pc', '0403_vectors_second_line')")
+        con.execute("DELETE FROM schema_migrations WHERE name IN ('0402_vectors_bass_pc', '0403_vectors_second_line', "
+                    "'0404_vectors_third_line')")
         con.execute("UPDATE cover_features SET stage_version = 'vectors-5'")
         con.execute("UPDATE derived_runs SET stage_version = 'vectors-5' WHERE stage = 'vectors'")
     # the search runs on it before and after a writer migrates it, and `atlas covers`
@@ -440,7 +490,8 @@ def test_a_database_of_a_previous_version_gets_the_bass_and_second_lines(tmp_pat
         if migrated:
             with writing(db) as con:  # a writer brings the schema up to date
                 assert con.execute("SELECT count(*) FROM cover_features WHERE bass_pc IS NULL AND second_pitch IS "
-                                   "NULL AND second_onset_beats IS NULL").fetchone()[0] == len(want)
+                                   "NULL AND second_onset_beats IS NULL AND third_pitch IS NULL AND "
+                                   "third_onset_beats IS NULL").fetchone()[0] == len(want)
         out = subprocess.run(cli, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert f"note: {len(want)} pieces in {db} were indexed by an older version" in out.stderr
@@ -451,8 +502,8 @@ def test_a_database_of_a_previous_version_gets_the_bass_and_second_lines(tmp_pat
         assert con.execute("SELECT * FROM cover_features ORDER BY piece_id").fetchall() == want
     out = subprocess.run(cli, capture_output=True, text=True)
     assert out.returncode == 0 and "note:" not in out.stderr, out.stderr
-    assert {r[-4] for r in want} == {vectors.VERSION}
-    # rows of the version before the ensemble rule (vectors-7) hold every column: still
+    assert {r[-6] for r in want} == {vectors.VERSION}
+    # rows of a version before the ensemble rule (vectors-7) with every column: still
     # told, since an ensemble's lead line may have been its bass
     with writing(db) as con:
         con.execute("UPDATE cover_features SET stage_version = 'vectors-7'")

@@ -27,10 +27,10 @@ def columns(index, q, r, arrays):
     sel = np.argsort(-r["score"], kind="stable")[:TOP]
     rs = rows[sel]
     # the melody's end, in the candidate's beats
-    second = r["mel_second"][sel]
-    iv_off = np.where(second, index.sec_iv_off[rs], index.iv_off[rs])
-    note_off = np.where(second, index.sec_off[rs], index.mel_off[rs])
-    end_iv = np.minimum(r["mel_end"][sel], np.where(second, index.sec_iv_off[rs + 1], index.iv_off[rs + 1]) - iv_off - 1)
+    kind = r["mel_line"][sel]
+    iv_off, iv_stop = index._line_of(rs, kind, index.line_iv_off)
+    note_off = index._line_of(rs, kind, index.line_off)[0]
+    end_iv = np.minimum(r["mel_end"][sel], iv_stop - iv_off - 1)
     ok = end_iv >= 0
     mel_end = np.full(rs.size, np.nan)
     note = index.iv_index[iv_off[ok] + end_iv[ok]] + 1  # the interval's second note

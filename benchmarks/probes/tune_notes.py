@@ -35,7 +35,7 @@ def line_columns(index, r, line):
     out = np.zeros((rows.size, 4), np.float32)
     iv = melody_intervals(line)[0]
     if iv.size >= 3:
-        spans = index._line_spans(rows, index.iv_off, index.sec_iv_off)
+        spans = index._line_spans(rows, index.line_iv_off)
         s = sw_symbols_score(np.ascontiguousarray(iv), index.iv, spans, A["mel_match"], A["mel_mismatch"],
                              A["mel_gap"], A["mel_merge"])
         s = s[index._best_line(rows, s)] / (A["mel_match"] * max(iv.size, A["min_query_intervals"]))
