@@ -5,7 +5,8 @@ the honest benchmark only (odd-numbered POP909-dev songs; ``benchmarks/covers_ho
     nice .venv/bin/python benchmarks/fit_cover_fusion.py --songs 20 --out /tmp/fusion.json
 
 For every query of the fit part (queries drawn with ``--seed``, 1 by default, so they
-are not the draws the benchmark reports with seed 0), every candidate the search aligns
+are not the draws the benchmark reports with seed 0; ``--seed 1,2`` pools two draws),
+every candidate the search aligns
 is one example: its ``query.cover_fusion.FEATURES`` and whether it is a version of the
 query's song. By default the coefficients rank each query's right candidates above its
 wrong ones (``query.cover_fusion.fit_ranking``: a conditional logit, every query
@@ -58,7 +59,9 @@ def main(argv=None):
     ap.add_argument("--songs", type=int, default=None, help="at most this many fit-part songs")
     ap.add_argument("--cells", default=",".join(CELLS))
     ap.add_argument("--levels", default="1,2")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", default="1",
+                    help="the draw(s) of the fit part's queries, comma-separated: each seed's queries are "
+                         "further examples (e.g. 1,2)")
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--method", choices=["rank", "logistic"], default="rank",
                     help="rank: each query's right candidates above its wrong ones (default); logistic: "
@@ -68,7 +71,16 @@ def main(argv=None):
     cells, levels = args.cells.split(","), [int(x) for x in args.levels.split(",")]
     t0 = time.perf_counter()
     notes, bench, index, _baseline, _v = setup(Path(args.data), None)
-    x, y, w, query, n_queries = collect(index, notes, bench, cells, levels, args.songs, args.seed)
+    seeds = [int(s) for s in str(args.seed).split(",")]
+    x, y, w, query, n_queries = [], [], [], [], 0
+    for seed in seeds:
+        xs, ys, ws, qs, nq = collect(index, notes, bench, cells, levels, args.songs, seed)
+        x.append(xs)
+        y.append(ys)
+        w.append(ws)
+        query.append(qs + n_queries)
+        n_queries += nq
+    x, y, w, query = (np.concatenate(a) for a in (x, y, w, query))
     if args.method == "rank":
         coef, intercept = fit_ranking(x, y, query, l2=args.l2)
     else:
@@ -80,7 +92,7 @@ def main(argv=None):
         "fitted_on": {
             "what": "benchmarks/covers_honest.py fit part: odd-numbered POP909-dev songs, queries from NNN.mid "
                     "held out of the collection",
-            "cells": cells, "levels": levels, "seed": args.seed, "songs": args.songs, "queries": n_queries,
+            "cells": cells, "levels": levels, "seed": seeds[0] if len(seeds) == 1 else seeds, "songs": args.songs, "queries": n_queries,
             "examples": int(y.size), "positives": int(y.sum()), "l2": args.l2, "method": args.method,
             "command": "benchmarks/fit_cover_fusion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         },
