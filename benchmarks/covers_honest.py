@@ -73,7 +73,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from covers import Baseline, average_precision, first_rank, overlap, synthetic_index  # noqa: E402
-from indexers.features import features_from_notes, skyline  # noqa: E402
+from indexers.features import features_from_notes, note_parts, skyline  # noqa: E402
 from query.covers import ALIGN, CoverIndex, query_from_notes  # noqa: E402
 
 DATA = Path(os.environ.get("ATLAS_POP909", ROOT.parent / "shared" / "data" / "pop909-dev"))
@@ -94,14 +94,17 @@ CACHE = Path(os.environ.get("ATLAS_BENCH_CACHE", "/tmp/atlas_covers_honest"))
 # -- the files -----------------------------------------------------------------------
 def read_notes(path: Path) -> dict | None:
     """Pitched notes of a MIDI file as arrays (onset_beats, duration_beats, onset_s,
-    duration_s, onset_ticks, pitch, track_index, track (upper-case name)), by onset."""
+    duration_s, onset_ticks, pitch, track_index, track (upper-case name)), by onset;
+    ``track_index`` is the note's (track, channel) part (``indexers.features.note_parts``),
+    what the search reads as a track, as ``query_from_file`` and the vectors stage do."""
     from ingest.midi_parse import read_midi_file
 
     t = read_midi_file(path)
     n = t["notes"]
     names = dict(zip(t["tracks"].column("track_index").to_pylist(),
                      [str(x or "").upper() for x in t["tracks"].column("name").to_pylist()]))
-    keep = n.column("channel").to_numpy() != 9
+    channel = n.column("channel").to_numpy()
+    keep = channel != 9
     cols = {c: n.column(c).to_numpy()[keep] for c in
             ("onset_beats", "duration_beats", "onset_s", "duration_s", "onset_ticks", "pitch", "track_index")}
     if cols["pitch"].size == 0:
@@ -109,12 +112,14 @@ def read_notes(path: Path) -> dict | None:
     o = np.lexsort((cols["pitch"], cols["onset_beats"]))
     cols = {c: v[o] for c, v in cols.items()}
     cols["track"] = np.asarray([names.get(int(i), "") for i in cols["track_index"]], dtype=object)
+    cols["track_index"] = note_parts(cols["track_index"], channel[keep][o])
     return cols
 
 
 def load_files(paths: list[Path]) -> dict[str, dict]:
     """path -> notes, cached in ``CACHE`` (keyed by the files' names and sizes)."""
-    key = hashlib.sha256("\n".join(f"{p}:{p.stat().st_size}" for p in paths).encode()).hexdigest()[:16]
+    # (the salt: notes read before track_index held (track, channel) parts are not reused)
+    key = hashlib.sha256(("parts\n" + "\n".join(f"{p}:{p.stat().st_size}" for p in paths)).encode()).hexdigest()[:16]
     cache = CACHE / f"notes-{key}.pkl"
     if cache.exists():
         with open(cache, "rb") as fh:

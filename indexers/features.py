@@ -280,6 +280,16 @@ def embedding(chroma: np.ndarray, intervals: np.ndarray) -> np.ndarray:
 ENSEMBLE_LINES = 3
 
 
+def note_parts(track_index, channel) -> np.ndarray:
+    """Each note's part for the lead rule (int64): its track and channel as one number
+    (``track * 16 + channel``). A file of one track per part gives its tracks; a type-0
+    file holds every part in one track, told apart by channel only, and would otherwise
+    have no lead track (its lead line the skyline of all notes, which loses the tune of a
+    version whose melody lies under its accompaniment: docs/covers.md, "Parts of type-0
+    files")."""
+    return np.asarray(track_index, np.int64) * 16 + np.asarray(channel, np.int64)
+
+
 def lead_masks(track_index, onset_beats, pitch, *, min_notes: int = 8, mono: float = 0.8
                ) -> tuple[np.ndarray, np.ndarray]:
     """(:func:`lead_mask`, :func:`second_line_mask`) of one piece's notes, scored once."""

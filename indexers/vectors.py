@@ -31,7 +31,7 @@ from atlas_db.connection import fetch_arrow
 from ingest.packed_keys import packed_keys
 from indexers.features import EMBED_DIM, features_from_notes, quantize_chroma, embedding, beat_chroma, \
     skyline, melody_intervals, beat_chroma_groups, lead_masks_groups, skyline_groups, melody_intervals_groups, \
-    embedding_groups, bass_line_groups
+    embedding_groups, bass_line_groups, note_parts
 
 __all__ = [
     "STAGE", "VERSION", "BATCH_PIECES", "update", "forget", "load_inputs", "compute_rows", "write_rows",
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 STAGE = "vectors"
-VERSION = "vectors-9"
+VERSION = "vectors-10"
 # One batch is one computation over all its notes: up to 1000 pieces, fewer when they
 # hold more than BATCH_NOTES notes (each batch also reads the new pieces' notes, a scan
 # of the whole notes table).
@@ -173,7 +173,7 @@ def _read_notes(con, piece_ids: list[str], notes: str = "notes") -> pa.Table:
     con.register("_vec_ids", pa.table({"piece_id": pa.array(piece_ids, pa.string())}))
     try:
         return fetch_arrow(con.execute(
-            f"""SELECT n.piece_id, n.track_index, n.note_index, n.onset_beats, n.duration_beats, n.pitch
+            f"""SELECT n.piece_id, n.track_index, n.note_index, n.onset_beats, n.duration_beats, n.pitch, n.channel
                FROM {notes} n JOIN _vec_ids USING (piece_id)
                WHERE n.channel <> 9"""
         ))
@@ -263,7 +263,9 @@ def audio_beats_by_piece(t: pa.Table) -> dict:
 def compute(notes: pa.Table, audio: dict | None = None, *, audio_harmony: str | None = None
             ) -> tuple[pa.Table, pa.Table]:
     """Features of every piece in ``notes`` (columns piece_id, track_index, onset_beats,
-    duration_beats, pitch; sorted by piece_id). Returns (cover_features rows, track rows).
+    duration_beats, pitch, and channel where known: the lead rule reads (track, channel)
+    parts, ``indexers.features.note_parts``; sorted by piece_id). Returns
+    (cover_features rows, track rows).
 
     ``audio`` (optional): piece_id -> (beat times s, beat HPCP, grid bpm) of recordings,
     whose harmony sequence is then :func:`indexers.audio_chroma.harmony_sequence`'s
@@ -274,6 +276,8 @@ def compute(notes: pa.Table, audio: dict | None = None, *, audio_harmony: str | 
     :func:`compute_one`."""
     ids, offsets = _piece_runs(notes.column("piece_id"))
     cols = {c: notes.column(c).to_numpy() for c in ("track_index", "onset_beats", "duration_beats", "pitch")}
+    cols["part"] = note_parts(cols["track_index"], notes.column("channel").to_numpy()
+                              if "channel" in notes.column_names else 0)
     audio = audio or {}
     special = np.array([p in audio for p in ids], bool)
     if not special.any():
@@ -341,7 +345,7 @@ def _compute_groups(ids: np.ndarray, cols: dict, offsets: np.ndarray) -> tuple[p
     # melody: the skyline of each piece's lead notes, then of each track, then of each
     # piece's second line, then of all notes of each piece whose lead is one track's
     # (its third line, indexers.features.third_line)
-    lead, second = lead_masks_groups(trk, on, pitch, offsets)
+    lead, second = lead_masks_groups(cols["part"], on, pitch, offsets)
     counts = (np.bincount(piece_of[lead], minlength=n_pieces), np.bincount(piece_of[second], minlength=n_pieces))
     third = (counts[0] < np.diff(offsets))[piece_of]
     lead_off, sec_off, thr_off = (np.concatenate([[0], np.cumsum(c)]).astype(np.int64)
@@ -412,7 +416,9 @@ def _unless_lead(mel_p: np.ndarray, mel_on: np.ndarray, lead_off: np.ndarray, of
 def compute_one(piece_id: str, cols: dict, audio_beats=None, audio_harmony: str | None = None
                 ) -> tuple[pa.Table, pa.Table]:
     """One piece's rows (as :func:`compute`), its harmony sequence from ``audio_beats``
-    ((beat times s, beat HPCP, grid bpm) of a recording) when given."""
+    ((beat times s, beat HPCP, grid bpm) of a recording) when given; ``cols["part"]``
+    (optional, :func:`indexers.features.note_parts`) gives the lead rule its parts, else
+    the tracks are."""
     from atlas_db.schema_vectors import TABLES
 
     trk, on, dur, pitch = (np.asarray(cols[c]) for c in ("track_index", "onset_beats", "duration_beats", "pitch"))
@@ -421,7 +427,8 @@ def compute_one(piece_id: str, cols: dict, audio_beats=None, audio_harmony: str 
         from indexers.audio_chroma import harmony_sequence
 
         chroma, _ = harmony_sequence(*audio_beats, source=audio_harmony)
-    f = features_from_notes(on, dur, pitch, trk, chroma=chroma)
+    part = np.asarray(cols["part"]) if "part" in cols else trk
+    f = features_from_notes(on, dur, pitch, part, chroma=chroma)
     schema = TABLES["cover_features"]
     feats = pa.table({
         "piece_id": [piece_id], "n_beats": [f["beat_chroma"].shape[0]],

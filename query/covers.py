@@ -57,7 +57,7 @@ from indexers.blas_threads import one_blas_thread
 from indexers.align import (in_background, sw_chroma, sw_chroma_score, sw_pitch_classes_rhythm_score,
                             sw_pitch_classes_score, sw_symbols, sw_symbols_score, two_at_once)
 from query.cover_fusion import IntervalTfidf, fuse, fusion_features
-from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma, embedding,
+from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma, embedding, note_parts,
                                features_from_notes, melody_intervals, skyline)
 
 __all__ = ["CoverIndex", "QueryFeatures", "query_from_notes", "query_from_file", "resolve_query", "covers",
@@ -467,7 +467,7 @@ def query_from_file(path) -> QueryFeatures:
         notes.column("onset_beats").to_numpy()[keep],
         notes.column("duration_beats").to_numpy()[keep],
         notes.column("pitch").to_numpy()[keep],
-        notes.column("track_index").to_numpy()[keep],
+        note_parts(notes.column("track_index").to_numpy()[keep], ch[keep]),  # (track, channel) parts
         piece_id=pid,
     )
     q.time_chroma = (notes_time_chroma(notes.column("onset_s").to_numpy()[keep],

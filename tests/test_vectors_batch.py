@@ -510,3 +510,49 @@ def test_a_database_of_a_previous_version_gets_the_bass_and_second_lines(tmp_pat
     out = subprocess.run(cli, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert f"note: {len(want)} pieces in {db} were indexed by an older version" in out.stderr
+
+
+def test_a_type0_file_keeps_its_lead_part_by_channel(tmp_path):
+    """A tune (channel 0) under held chords above it (channel 1), written as a file of one
+    track per part and as a type-0 file of the same notes (one track, the parts told
+    apart by channel, as ``mido.merge_tracks`` makes it): both store the tune as the lead
+    line and the chords' top line as the third line, and both give a query that tune as
+    its melody. The lead rule reads (track, channel) parts (``indexers.features.note_parts``);
+    by tracks alone the type-0 file would have no lead track, and its lead line would be
+    the chords' top."""
+    import mido
+
+    from atlas_db.connection import reading
+    from midi_fixtures import Track, melody, write_midi
+    from query.covers import query_from_file
+
+    rng = np.random.default_rng(7)
+    tune = [int(x) for x in 60 + np.cumsum(rng.choice([-2, -1, 1, 2], 48)) % 12]
+    chords = [(p, 2.0 * c, 2.0, 70) for c in range(24) for p in (76 + c % 5, 79 + c % 5, 83 + c % 5)]
+    type1 = write_midi(tmp_path / "in" / "parts.mid", [Track(melody(tune), name="tune", channel=0),
+                                                       Track(chords, name="chords", channel=1)])
+    mf = mido.MidiFile(type1)
+    merged = mido.MidiFile(type=0, ticks_per_beat=mf.ticks_per_beat)
+    merged.tracks.append(mido.merge_tracks(mf.tracks))
+    type0 = tmp_path / "in" / "type0.mid"
+    merged.save(type0)
+    assert len(mido.MidiFile(type0).tracks) == 1
+    db = tmp_path / "db"
+    ingest_paths([str(type1), str(type0)], db, workers=1)
+    with reading(db) as con:
+        rows = con.execute("SELECT p.path, c.melody_pitch, c.third_pitch FROM cover_features c "
+                           "JOIN pieces p USING (piece_id) ORDER BY p.path").fetchall()
+    assert [r[0].rsplit("/", 1)[-1] for r in rows] == ["parts.mid", "type0.mid"]
+    (_, lead1, third1), (_, lead0, third0) = rows
+    want = F.skyline(np.arange(48.0), np.ones(48), np.asarray(tune))[0]
+    np.testing.assert_array_equal(lead1, want)  # the tune leads, in both files
+    np.testing.assert_array_equal(lead0, want)
+    assert third0 == third1 and len(third0) > 20 and min(third0) >= 79  # the chords' top
+    for path in (type1, type0):
+        np.testing.assert_array_equal(query_from_file(path).melody_pitch, want)
+    # by tracks alone the type-0 file's only part is every note: its skyline, mostly chords
+    n = len(tune) + len(chords)
+    on = np.concatenate([np.arange(48.0), [c[1] for c in chords]])
+    pitch = np.concatenate([tune, [c[0] for c in chords]])
+    by_track = F.features_from_notes(on, np.ones(n), pitch, np.zeros(n, np.int64))["melody_pitch"]
+    assert (by_track >= 79).sum() > by_track.size / 2 and by_track.size != want.size
