@@ -263,9 +263,9 @@ def audio_beats_by_piece(t: pa.Table) -> dict:
 def compute(notes: pa.Table, audio: dict | None = None, *, audio_harmony: str | None = None
             ) -> tuple[pa.Table, pa.Table]:
     """Features of every piece in ``notes`` (columns piece_id, track_index, onset_beats,
-    duration_beats, pitch, and channel where known: the lead rule reads (track, channel)
-    parts, ``indexers.features.note_parts``; sorted by piece_id). Returns
-    (cover_features rows, track rows).
+    duration_beats, pitch, channel: the lead rule reads (track, channel) parts,
+    ``indexers.features.note_parts``; sorted by piece_id). Returns (cover_features rows,
+    track rows).
 
     ``audio`` (optional): piece_id -> (beat times s, beat HPCP, grid bpm) of recordings,
     whose harmony sequence is then :func:`indexers.audio_chroma.harmony_sequence`'s
@@ -276,8 +276,7 @@ def compute(notes: pa.Table, audio: dict | None = None, *, audio_harmony: str | 
     :func:`compute_one`."""
     ids, offsets = _piece_runs(notes.column("piece_id"))
     cols = {c: notes.column(c).to_numpy() for c in ("track_index", "onset_beats", "duration_beats", "pitch")}
-    cols["part"] = note_parts(cols["track_index"], notes.column("channel").to_numpy()
-                              if "channel" in notes.column_names else 0)
+    cols["part"] = note_parts(cols["track_index"], notes.column("channel").to_numpy())
     audio = audio or {}
     special = np.array([p in audio for p in ids], bool)
     if not special.any():
@@ -416,9 +415,9 @@ def _unless_lead(mel_p: np.ndarray, mel_on: np.ndarray, lead_off: np.ndarray, of
 def compute_one(piece_id: str, cols: dict, audio_beats=None, audio_harmony: str | None = None
                 ) -> tuple[pa.Table, pa.Table]:
     """One piece's rows (as :func:`compute`), its harmony sequence from ``audio_beats``
-    ((beat times s, beat HPCP, grid bpm) of a recording) when given; ``cols["part"]``
-    (optional, :func:`indexers.features.note_parts`) gives the lead rule its parts, else
-    the tracks are."""
+    ((beat times s, beat HPCP, grid bpm) of a recording) when given. ``cols`` holds the
+    piece's track_index, onset_beats, duration_beats, pitch and part (the lead rule's
+    parts, :func:`indexers.features.note_parts`), as :func:`compute` makes them."""
     from atlas_db.schema_vectors import TABLES
 
     trk, on, dur, pitch = (np.asarray(cols[c]) for c in ("track_index", "onset_beats", "duration_beats", "pitch"))
@@ -427,8 +426,7 @@ def compute_one(piece_id: str, cols: dict, audio_beats=None, audio_harmony: str 
         from indexers.audio_chroma import harmony_sequence
 
         chroma, _ = harmony_sequence(*audio_beats, source=audio_harmony)
-    part = np.asarray(cols["part"]) if "part" in cols else trk
-    f = features_from_notes(on, dur, pitch, part, chroma=chroma)
+    f = features_from_notes(on, dur, pitch, np.asarray(cols["part"]), chroma=chroma)
     schema = TABLES["cover_features"]
     feats = pa.table({
         "piece_id": [piece_id], "n_beats": [f["beat_chroma"].shape[0]],

@@ -83,6 +83,7 @@ def test_vectors_of_a_batch_equal_each_piece_alone(small_pop909_db):
     for p in ids:
         m = pid == p
         cols = {c: notes.column(c).to_numpy()[m] for c in ("track_index", "onset_beats", "duration_beats", "pitch")}
+        cols["part"] = F.note_parts(cols["track_index"], notes.column("channel").to_numpy()[m])
         f, t = vectors.compute_one(p, cols)
         alone_f.append(f)
         alone_t.append(t)
@@ -372,14 +373,15 @@ def test_the_third_line_is_the_top_of_all_notes_where_the_lead_track_is_not():
     for pid, (on, dur, pitch, trk) in pieces:
         o = np.lexsort((trk, pitch, on))
         part = {"track_index": trk[o], "onset_beats": on[o], "duration_beats": dur[o], "pitch": pitch[o]}
-        alone.append(vectors.compute_one(pid, part)[0])
+        alone.append(vectors.compute_one(pid, {**part, "part": F.note_parts(trk[o], 0)})[0])
         cols["piece_id"] += [pid] * on.size
         for k, v in part.items():
             cols[k].append(v)
     notes = pa.table({"piece_id": cols["piece_id"], "track_index": np.concatenate(cols["track_index"]).astype(np.int32),
                       "onset_beats": np.concatenate(cols["onset_beats"]),
                       "duration_beats": np.concatenate(cols["duration_beats"]),
-                      "pitch": np.concatenate(cols["pitch"]).astype(np.int16)})
+                      "pitch": np.concatenate(cols["pitch"]).astype(np.int16),
+                      "channel": np.zeros(len(cols["piece_id"]), np.int16)})
     feats, _ = vectors.compute(notes)
     assert feats.equals(pa.concat_tables(alone))
     assert [len(x) for x in feats.column("third_pitch").to_pylist()] == [want_p.size, 0, 0]
