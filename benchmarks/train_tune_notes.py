@@ -1,6 +1,6 @@
 """Train the tune-note classifier (``benchmarks/tune_notes_model.py``) and save its weights
 (by default to ``tune_notes_model.WEIGHTS``, where ``benchmarks/probes/tune_notes.py``
-reads them). Measured, not kept in the search: docs/covers.md, "The learned tune line".
+reads them). Measured, not kept in the search: docs/covers-history.md, "The learned tune line".
 
     nice .venv/bin/python benchmarks/train_tune_notes.py                  # ~10 min on 2 cores
     nice .venv/bin/python benchmarks/train_tune_notes.py --out /tmp/t.npz --epochs 2

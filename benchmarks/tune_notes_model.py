@@ -1,5 +1,5 @@
 """Which notes of one polyphonic part are the tune: a small learned note classifier,
-measured as a cover-search signal and not kept (docs/covers.md, "The learned tune line").
+measured as a cover-search signal and not kept (docs/covers-history.md, "The learned tune line").
 
 A query that comes as one part (tracks merged, a piano reduction, a performance) has no
 lead track, and its skyline is about half accompaniment (docs/covers.md, "A one-part

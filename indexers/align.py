@@ -32,7 +32,7 @@ __all__ = ["in_background", "two_at_once", "sw_symbols", "sw_chroma", "sw_symbol
 # reference's result does not depend on the others, so the answers are the same either
 # way. Waking the other thread costs 0.02-0.8 ms (the longer it was idle, the more), so
 # small calls stay in one thread: replaying the cover benchmark's calls, splitting
-# gained nothing below ~100k cells (docs/covers.md, "Latency on two threads").
+# gained nothing below ~100k cells (docs/covers-history.md, "Latency on two threads").
 # ATLAS_ALIGN_THREADS=1 keeps everything in the calling thread.
 SPLIT_MIN_CELLS = 100_000
 _pool: ThreadPoolExecutor | None = None

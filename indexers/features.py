@@ -285,7 +285,7 @@ def note_parts(track_index, channel) -> np.ndarray:
     (``track * 16 + channel``). A file of one track per part gives its tracks; a type-0
     file holds every part in one track, told apart by channel only, and would otherwise
     have no lead track (its lead line the skyline of all notes, which loses the tune of a
-    version whose melody lies under its accompaniment: docs/covers.md, "Parts of type-0
+    version whose melody lies under its accompaniment: docs/covers-history.md, "Parts of type-0
     files")."""
     return np.asarray(track_index, np.int64) * 16 + np.asarray(channel, np.int64)
 
@@ -417,7 +417,7 @@ def third_line(onset_beats, duration_beats, pitch, lead, lead_pitch) -> tuple[np
     it matches the top of all stored parts better than the stored lead track. As the only
     stored line it loses the tune of a version whose melody lies under its accompaniment,
     so it is stored beside the lead and second lines and the search takes the best
-    (docs/covers.md, "A stored skyline of all notes")."""
+    (docs/covers-history.md, "A stored skyline of all notes")."""
     on = np.asarray(onset_beats, np.float64)
     if np.all(lead):
         return np.zeros(0, np.int16), np.zeros(0, np.float32)

@@ -20,7 +20,7 @@ The drivers call the generated kernels as this module's globals, which ``_ready`
 defines on first use.
 
 Replaying the cover search's calls against the one-at-a-time kernels these replaced
-(docs/covers.md, "Lanes"): melody and pitch-class scores the same to the bit, 3.3x and
+(docs/covers-history.md, "Lanes"): melody and pitch-class scores the same to the bit, 3.3x and
 3.5x faster; chroma scores the same but for the last bits of 1 in ~470 (its frame
 scores are float32 sums), 1.8-1.9x faster.
 """
@@ -39,7 +39,7 @@ __all__ = ["SYMBOL_LANES", "CHROMA_LANES", "sym_scores", "chroma_scores", "pitch
 # lanes per kernel: one AVX-512 register of float32 (16) or one AVX2 one (8). Replaying
 # the cover search's calls, 16 lanes were the faster for the melody kernel (0.85 s
 # against 1.09 s for 8); for the chroma kernel 8 were (its many small calls: 94 us
-# against 150-170 us with 8-15 pairs, about even over all calls; docs/covers.md, "Lanes")
+# against 150-170 us with 8-15 pairs, about even over all calls; docs/covers-history.md, "Lanes")
 SYMBOL_LANES = 16
 CHROMA_LANES = 8
 _NONE = np.float32(-1.0)  # the symbol of a lane with no reference: matches nothing

@@ -88,7 +88,7 @@ class IntervalTfidf:
         one dimension, with a sign, by a fixed multiplicative hash), unit norm: float16
         [shape=(k, dims)]. The dot product of two sketches estimates the two pieces'
         cosine (error ~ 1/sqrt(dims)): cheap enough to compare every pair of a query's
-        candidates, where the sparse rows were not (docs/covers.md, "Version support")."""
+        candidates, where the sparse rows were not (docs/covers-history.md, "Version support")."""
         from scipy import sparse
 
         m = self.matrix.tocsr()
@@ -125,7 +125,7 @@ def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_interv
     all). Every scale tried is one more chance for a wrong piece to align somewhere; a
     query squeezed far (at 2x each frame pools twice the query's beats, smoothing its
     chords) aligns by chance more often, so the fit can weigh its scores less
-    (docs/covers.md, "Stretch")."""
+    (docs/covers-history.md, "Stretch")."""
     cols = [np.asarray(x, np.float64) for x in (align, mel, harm, tfidf, vec)]
     if cols[0].size == 0:
         return np.zeros((0, len(FEATURES)))

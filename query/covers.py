@@ -70,7 +70,7 @@ ALIGN = dict(
     frame_beats=2,  # reference chroma frame, beats
     # queries of at most this many beats are aligned on 1-beat frames instead (with the
     # candidates' frames at 1 beat too): a few bars pooled into 2-beat frames leave too
-    # few frames to tell a version from a chance match (docs/covers.md, "Finer frames
+    # few frames to tell a version from a chance match (docs/covers-history.md, "Finer frames
     # for short queries"); the frame counts below are for frame_beats, in beats the same
     fine_frames_beats=64,
     # ... and skip a frame for less there: a short query re-timed by a tempo curve drifts
@@ -148,7 +148,7 @@ ALIGN = dict(
     # The lowest notes survive merged tracks, dropped notes and a lost beat grid better
     # than the skyline's melody n-grams. Fit part (fusion_probe.py, fusion refitted): perf
     # levels 1 and 2 0.990 / 0.995 -> 1.000 (seeds 1-3) and 0.990 / 0.992 -> 1.000 (4-6),
-    # mean 0.9871 -> 0.9874 and 0.9864 -> 0.9881 (docs/covers.md, "The bass line's steps")
+    # mean 0.9871 -> 0.9874 and 0.9864 -> 0.9881 (docs/covers-history.md, "The bass line's steps")
     bass_candidates=True,
     # a one-part query (merged tracks, a piano reduction, a performance): the best
     # pc_candidates (None: every candidate) also score how much of their stored tune
@@ -210,7 +210,7 @@ ALIGN = dict(
     bass_gap=0.5, bass_min_notes=12, bass_query_notes=96,
     # the n-gram lengths of the bass steps' candidate list: 4-grams alone (shorter columns
     # at 100k pieces) lost on the fit part, combined_short level 2 0.848 -> 0.846 and
-    # 0.849 -> 0.842 (docs/covers.md, "Probes of the session of 2026-12-04 (afternoon)")
+    # 0.849 -> 0.842 (docs/covers-history.md, "Probes of the session of 2026-12-04 (afternoon)")
     bass_grams=(3, 4),
     # a fusion feature (CoverIndex._support): the best alignment score among a
     # candidate's likely versions, those of its fellow candidates whose melody 3-gram
@@ -1094,7 +1094,7 @@ class CoverIndex:
 
         BLAS runs on one thread meanwhile: for the harmony alignment's thousands of
         small products OpenBLAS's own threads doubled the CPU time and competed with
-        the search's two threads (docs/covers.md, "BLAS on one thread"). Those products
+        the search's two threads (docs/covers-history.md, "BLAS on one thread"). Those products
         are now summed in ``indexers.lanes``; the ones left (the candidates' global
         chroma against the query's transpositions, the vectors) are small too."""
         with one_blas_thread():
@@ -1130,7 +1130,7 @@ class CoverIndex:
         quantile 0.91; a right and a wrong candidate of one query: 99% quantile 0.26,
         POP909-dev fit part). It helps less than that suggests: a wrong song's chance
         match comes with its own versions. Every candidate supports every other: the
-        best few dozen alone gained less (docs/covers.md, "Version support")."""
+        best few dozen alone gained less (docs/covers-history.md, "Version support")."""
         rows, score = r["rows"], np.asarray(r["score"], np.float32)
         if rows.size < 2:
             return np.zeros(rows.size, np.float32)
@@ -1152,7 +1152,7 @@ class CoverIndex:
         their chord roots in time where the arrangements differ. 0 for a query of fewer
         than 4 bass notes, and for a clear full-length query (``_clear``: its answer
         stands, and leaving the bass out there changed no fit-part cell by more than
-        0.001: docs/covers.md, "No bass step for a clear query")."""
+        0.001: docs/covers-history.md, "No bass step for a clear query")."""
         A = ALIGN
         rows = r["rows"]
         # a long query: its middle part only (as the melody's max_query_intervals): a
@@ -1697,7 +1697,7 @@ class _GramIndex:
     the square root of the number of distinct n-grams the piece has: without that, in a
     large collection the longest pieces (which contain a bit of everything) crowd out
     the right one; with a square root, a short excerpt still scores well in a long
-    piece (docs/covers.md, "At 100,000 pieces")."""
+    piece (docs/covers-history.md, "At 100,000 pieces")."""
 
     def __init__(self, sym: np.ndarray, off: np.ndarray, alphabet: int, ns=(3, 4)):
         from scipy import sparse

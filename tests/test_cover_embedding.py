@@ -1,5 +1,5 @@
 """The learned cover embedding measured as a cover-search signal
-(benchmarks/cover_embedding_model.py; docs/covers.md, "The learned embedding"): its
+(benchmarks/cover_embedding_model.py; docs/covers-history.md, "The learned embedding"): its
 chroma roll, its key invariance by construction, its window embeddings and the message
 for missing weights."""
 

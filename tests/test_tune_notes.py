@@ -1,5 +1,5 @@
 """The learned tune-line probe's classifier (benchmarks/tune_notes_model.py, measured as
-a cover-search signal and not kept: docs/covers.md, "The learned tune line"): features
+a cover-search signal and not kept: docs/covers-history.md, "The learned tune line"): features
 that do not depend on key or tempo, and its NumPy forward pass, which must compute what
 the trained torch convolution computes."""
 

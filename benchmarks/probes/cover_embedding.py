@@ -1,7 +1,7 @@
 """Probe for ``benchmarks/fusion_probe.py --probe``: the learned cover embedding
 (``cover_embedding_model``) of the query against every window of each aligned candidate.
 Weights: ``$EMBED_WEIGHTS`` or ``cover_embedding_model.WEIGHTS`` (made by
-``benchmarks/train_cover_embedding.py``). Measured: docs/covers.md, "The learned embedding".
+``benchmarks/train_cover_embedding.py``). Measured: docs/covers-history.md, "The learned embedding".
 
 The query (all its notes, one part) is embedded once; each stored piece's per-frame
 projections are computed once (``prepare``). A candidate's score is the best cosine

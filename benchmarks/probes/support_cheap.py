@@ -6,7 +6,7 @@ Arms: the exact form (every aligned candidate supports every other); the exact c
 with only the best ``K`` candidates by alignment score as supporters (a k x K product);
 the cosine estimated from each piece's TF-IDF row hashed (signed, by a seeded random
 draw) into ``D`` dense dimensions at index time, with every candidate or the best ``K``
-as supporters. Measured before the support was shipped (docs/covers.md, "Version
+as supporters. Measured before the support was shipped (docs/covers-history.md, "Version
 support"): every candidate as supporters with 128 dimensions gave the exact form's MAP,
 and the search now has it (``IntervalTfidf.sketch``, a fixed multiplicative hash); run
 now, the "shipped" arm holds it already.

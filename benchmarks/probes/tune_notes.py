@@ -2,7 +2,7 @@
 query (``tune_notes_model``: the notes a small convolutional classifier calls tune),
 as the columns ``oracle_tune.py`` measures for the true MELODY notes. Weights:
 ``$TUNE_WEIGHTS`` or ``tune_notes_model.WEIGHTS`` (made by
-``benchmarks/train_tune_notes.py``). Measured, not kept: docs/covers.md, "The learned
+``benchmarks/train_tune_notes.py``). Measured, not kept: docs/covers-history.md, "The learned
 tune line". ``$TUNE_THRESHOLDS`` (default "0.3,0.5"): the probabilities a note needs.
 
 Columns per threshold (0.3, 0.5): the line's interval alignment against each candidate's
