@@ -37,7 +37,7 @@ Other probes:
   columns it adds to the shipped features) and optionally ``DROP`` (shipped features
   left out of every arm), ``BASE`` (the first arm's name) and ``prepare(index)``
   (called once). The table's first arm, "shipped", is the shipped features (less
-  ``DROP``). docs/covers.md ("Probes of the session of 2026-12-04 (afternoon)") has
+  ``DROP``). docs/covers-history.md ("Probes of the session of 2026-12-04 (afternoon)") has
   what each probe in ``benchmarks/probes`` measured.
 - ``--set KEY=VALUE`` (repeatable): a search setting for the whole run, an ``ALIGN``
   key or ``tempo.NAME`` (a constant of ``indexers.tempo``), set before the collection

@@ -1,6 +1,6 @@
 """Train the cover embedding (``benchmarks/cover_embedding_model.py``) and save its weights
 (by default to ``cover_embedding_model.WEIGHTS``, where ``benchmarks/probes/cover_embedding.py``
-reads them). Measured as a fusion signal in docs/covers.md ("The learned embedding").
+reads them). Measured as a fusion signal in docs/covers-history.md ("The learned embedding").
 
     nice .venv/bin/python benchmarks/train_cover_embedding.py              # ~12 min on 2 cores
     nice .venv/bin/python benchmarks/train_cover_embedding.py --steps 50 --out /tmp/e.pt

@@ -107,7 +107,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--accompaniment", type=float, default=0.0,
                     help="share of draws that are the accompaniment alone, no tune notes (the second form "
-                         "measured in docs/covers.md: 0.15)")
+                         "measured in docs/covers-history.md: 0.15)")
     args = ap.parse_args(argv)
 
     import torch

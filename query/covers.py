@@ -75,7 +75,7 @@ ALIGN = dict(
     fine_frames_beats=64,
     # ... and skip a frame for less there: a short query re-timed by a tempo curve drifts
     # against its candidate by a beat or two, one gap per beat on 1-beat frames (fit
-    # part: 0.3 and 0.2 measured better than 0.5 and 0.7; docs/covers.md)
+    # part: 0.3 and 0.2 measured better than 0.5 and 0.7; docs/covers-history.md)
     fine_chroma_gap=0.3,
     scales=(0.5, 1.0, 2.0),  # query beats per reference beat tried per candidate (short queries)
     # the query's own time scale is chosen among these on the best few candidates: any
@@ -126,14 +126,14 @@ ALIGN = dict(
     # that scale's other octaves within the fine grid (the onsets know the scale modulo
     # octaves; not the notated 0.5 / 2.0). Fit part, fusion refitted: combined level 2
     # 0.894 -> 0.897, combined_short 0.813 -> 0.836; held out (seeds 0, 2, 3) combined
-    # level 2 +0.006, -0.006, +0.003, combined_short +0.015, 0, +0.011 (docs/covers.md)
+    # level 2 +0.006, -0.006, +0.003, combined_short +0.015, 0, +0.011 (docs/covers-history.md)
     rhythm_octaves=True,
     # on the fine grid, a scale more than an octave from 1 loses this much
     # per octave beyond: a coarse scale (2.8) squeezes the query into a few frames that
     # align somewhere by chance, and won the probe for 6 of the fit part's 8 failed
     # combined level-2 queries. Chosen on the fit part (seeds 0, 2, 3: 0.2-0.8 alike on
     # seed 0, 0.4 better than 0.2 on seed 3); fit combined level 2 0.897 -> 0.929, held
-    # out (seeds 0, 2, 3) 0.972 -> 0.979, 0.960 -> 0.971, 0.929 -> 0.935 (docs/covers.md)
+    # out (seeds 0, 2, 3) 0.972 -> 0.979, 0.960 -> 0.971, 0.929 -> 0.935 (docs/covers-history.md)
     scale_prior=0.4,
     # on the fine grid, a scale half an octave away from the onsets' scale (modulo
     # octaves) loses this much (linearly in between): a coarse scale squeezes a query
@@ -195,7 +195,7 @@ ALIGN = dict(
     # combined_short level 1 (1 query worse, 0.972 either way). Tolerance 1.2 / 1.3 / 1.4,
     # miss 0.5 / 1.0 / 1.5 / 2.0, adapt 0 / 0.15 / 0.3 / 0.5 were tried; the same rhythm
     # check made after a pitch-only alignment instead (its matched notes' successive time
-    # ratios against their median) gained on the fit part but not held out (docs/covers.md).
+    # ratios against their median) gained on the fit part but not held out (docs/covers-history.md).
     # A longer query: its middle rhythm_query_notes (the same figures with 96 as with 192,
     # at half the cost: combined_short level 1 0.973)
     # A short query (at most 2 x min_query_intervals) aligns most of a ~1k collection and
@@ -236,7 +236,7 @@ ALIGN = dict(
     # query's tune in its second line and the version's in its own is left out (the
     # cost: 96 intervals against both lines took 5 ms more per query by a stored piece's
     # id, p50, 48 against the lead lines 2.5 ms; the held-out mashup and reharm cells
-    # were the same with either; docs/covers.md)
+    # were the same with either; docs/covers-history.md)
     second_query_intervals=48,
 )
 
@@ -1260,7 +1260,7 @@ class CoverIndex:
         qb = self.query_for_piece(self.ids[best], second_line=False)  # its versions by its own lead line
         # a stored piece's versions are among its vector neighbours; without the n-gram
         # lists (which find excerpts) clean queries at 100k pieces took 66-80 instead of
-        # 105-120 ms CPU p50, the same MAP (docs/covers.md)
+        # 105-120 ms CPU p50, the same MAP (docs/covers-history.md)
         rows = self.candidates(qb, vectors_only=True)
         if q.piece_id is not None and q.piece_id in self.row_of:
             rows = rows[rows != self.row_of[q.piece_id]]
@@ -1684,7 +1684,7 @@ def covers(db_dir, queries: list[str], *, top: int = 10) -> pa.Table:
 
 # Collections of at least this many pieces sum an n-gram list's IDFs in two threads, one
 # half of the pieces each: a melody list took 1.5 -> 1.0 ms at 20,000 pieces, 6.2 -> 3.8 ms
-# at 100,000 (docs/covers.md); in a small collection a list costs about what waking the
+# at 100,000 (docs/covers-history.md); in a small collection a list costs about what waking the
 # other thread can.
 SPLIT_PIECES = 20_000
 
@@ -1769,7 +1769,7 @@ def _presence_sums(indptr, indices, cols, weights, lo, hi):
     stored value 1, row indices sorted in each column), float32: the same float32 sums in
     the same order (column by column) as scipy's, but without building the column slice
     nor reading the ones. At 100,000 pieces a common n-gram's column holds tens of
-    thousands of pieces: 9.3-9.8 -> 5.9-6.9 ms per list (docs/covers.md)."""
+    thousands of pieces: 9.3-9.8 -> 5.9-6.9 ms per list (docs/covers-history.md)."""
     out = np.zeros(hi - lo, np.float32)
     for k in range(cols.size):
         w = weights[k]

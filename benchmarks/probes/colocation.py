@@ -8,7 +8,7 @@ transposition, as ``CoverIndex._explain`` finds it) are the same passage; for a 
 match they are independent. Columns: the distance in beats between the two regions'
 ends, in the candidate's beats, as exp(-d / 8) and d < 8 beats; for short queries
 (``query.covers._short``) and their best ``TOP`` candidates by alignment score only,
-0 elsewhere. Measured in docs/covers.md ("Probes of the session of 2026-12-04
+0 elsewhere. Measured in docs/covers-history.md ("Probes of the session of 2026-12-04
 (afternoon)").
 """
 

@@ -9,7 +9,7 @@ its harmony alignment's time scale agrees with the query's onsets.
   (``q.tempo_scale``, ``indexers.tempo``), whether it is under 0.085 octave, and that
   times the short-query indicator (a chance match picks its scale at random on the grid).
 
-Measured in docs/covers.md ("Probes of the session of 2026-12-04 (afternoon)").
+Measured in docs/covers-history.md ("Probes of the session of 2026-12-04 (afternoon)").
 """
 
 import numpy as np

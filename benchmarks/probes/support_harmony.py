@@ -3,7 +3,7 @@ version" is judged by the harmony as well as the melody.
 
 The shipped ``support`` (``CoverIndex._support``) takes a candidate's likely versions to
 be the other aligned candidates whose *melody* 3-gram TF-IDF cosine with it reaches 0.5.
-Versions whose stored lead lines differ (a piece whose bridge leads, docs/covers.md
+Versions whose stored lead lines differ (a piece whose bridge leads, docs/covers-history.md
 "Where the tune cells fail") still share their chords. Arms: the best alignment score
 among the candidates whose chord-motion n-gram TF-IDF cosine (``CoverIndex.chord_grams``,
 presence x IDF, exact) reaches 0.5 / 0.7 (and it minus the query's best); and among

@@ -7,7 +7,7 @@ interval 3-gram TF-IDF vectors (``CoverIndex.tfidf``; at least 0.15 / 0.3 / 0.5 
 or every other candidate weighted by the cosine) or of their piece vectors (at least
 0.7 / 0.8 / 0.9 / 0.95, or weighted by the cosine to the 8th power). Each arm adds that and it minus the query's best. The idea comes
 from cover-song networks: a song whose several versions all align is more likely right
-than one lone chance match. Measured in docs/covers.md ("Probes of the session of
+than one lone chance match. Measured in docs/covers-history.md ("Probes of the session of
 2026-12-04 (afternoon)" and the section after it): little, because a wrong song that
 matches by chance comes with its own near-copy versions, which match as well; the
 melody cosine at 0.5 gained on both seed sets; its exact form (a sparse k x k product)
