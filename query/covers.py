@@ -412,11 +412,17 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
                         alts.append(iv)
     # one polyphonic part (a piano reduction, a transcription): accompaniment reaches
     # the skyline when the tune rests or dips; also try a skyline that keeps closer to
-    # the tune's register
+    # the tune's register. Polyphonic: its notes share onsets, or, past a short query's
+    # length, its skyline keeps under 80% of its notes (jittered onsets, as in a
+    # performance or a transcription, share none; a short query's extra line only adds
+    # chance candidates: docs/covers.md, "The tune's register in jittered parts")
     one_part = track_index is None or np.unique(np.asarray(track_index)).size == 1
     if one_part:
         on = np.round(np.asarray(onset_beats, np.float64) * 32)
-        if np.unique(on).size < 0.8 * on.size:
+        shared = np.unique(on).size < 0.8 * on.size
+        long_chords = (f["intervals"].size > 2 * ALIGN["min_query_intervals"]
+                       and f["melody_pitch"].size < 0.8 * pitch.size)
+        if shared or long_chords:
             iv = melody_intervals(skyline(onset_beats, duration_beats, pitch,
                                           register_drop=ALIGN["tight_register"])[0])[0]
             if iv.size >= 3 and not np.array_equal(iv, f["intervals"]):

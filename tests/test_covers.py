@@ -692,3 +692,55 @@ def test_a_weak_best_shared_by_many_versions_does_not_stop_the_search():
     assert not CoverIndex._convincing(short_q, scores(strong, strong - 0.02))
     # nothing reached look_further_below: never convincing
     assert not CoverIndex._convincing(long_q, scores(ALIGN["look_further_below"] - 0.05, lo))
+
+
+def _tune_over_chords(n_bars: int, jitter_beats: float, seed: int = 0):
+    """One part: a tune on beats 0-2 of each bar (74-80), an accompaniment note at 69 on
+    beat 3 where the tune rests (within the skyline's register filter of the tune, not
+    within ``tight_register``), low block chords on beats 0 and 2; every onset moved by
+    up to ``jitter_beats``. Returns (onsets, durations, pitches, the tune's pitches)."""
+    cycle = [74, 76, 77, 79, 77, 76, 74, 77, 79]
+    on, du, p, tune = [], [], [], []
+    for b in range(n_bars):
+        for k in range(3):
+            x = cycle[(3 * b + k) % len(cycle)] + b % 2
+            on.append(4 * b + k), du.append(1.0), p.append(x), tune.append(x)
+        if b < n_bars - 1:
+            on.append(4 * b + 3), du.append(1.0), p.append(69)
+        for beat in (0, 2):
+            for c in (48, 52, 55):
+                on.append(4 * b + beat), du.append(2.0), p.append(c)
+    on = np.asarray(on, np.float64)
+    on += np.random.default_rng(seed).uniform(-jitter_beats, jitter_beats, on.size)
+    o = np.argsort(on, kind="stable")
+    return on[o] - on.min(), np.asarray(du)[o], np.asarray(p)[o], np.asarray(tune)
+
+
+def test_a_jittered_polyphonic_part_also_tries_the_tunes_register():
+    """A one-part query whose accompaniment reaches its skyline where the tune rests also
+    tries the skyline kept to the tune's register (``tight_register``), which leaves the
+    accompaniment out. Its notes need not share onsets: with every onset jittered (a
+    performance, a transcription: no chord's notes share an onset), a query longer than
+    a short one is still read as polyphonic, by its skyline's share of the notes; a short
+    jittered one is not (there the extra line only added chance candidates), a short one
+    on a grid is."""
+    import query.covers as qc
+    from indexers.features import melody_intervals, skyline
+
+    for bars, jitter, expect_alt in [(24, 0.15, True), (24, 0.0, True), (8, 0.15, False), (8, 0.0, True)]:
+        on, du, p, tune = _tune_over_chords(bars, jitter)
+        q = qc.query_from_notes("tune over chords", on, du, p)
+        assert q.one_part and q.skyline_share < 0.8
+        assert (q.intervals.size > 2 * qc.ALIGN["min_query_intervals"]) == (bars == 24)
+        shared = np.unique(np.round(on * 32)).size < 0.8 * on.size
+        assert shared == (jitter == 0.0)  # the jittered notes share (almost) no onset
+        if not expect_alt:
+            assert q.alt_intervals == [], (bars, jitter)
+            continue
+        tight = skyline(on, du, p, register_drop=qc.ALIGN["tight_register"])[0]
+        plain = skyline(on, du, p)[0]
+        assert len(q.alt_intervals) == 1 and np.array_equal(q.alt_intervals[0], melody_intervals(tight)[0])
+        # the plain skyline holds the accompaniment note of (almost) every rest, the tune's line under half
+        assert (plain == 69).sum() >= 0.8 * (bars - 1) and (tight == 69).sum() <= 0.5 * (bars - 1), (bars, jitter)
+        if jitter == 0.0:
+            assert np.array_equal(q.alt_intervals[0], melody_intervals(tune)[0])
