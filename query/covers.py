@@ -276,7 +276,12 @@ def _pool(chroma: np.ndarray, n: int) -> np.ndarray:
 def _short(q) -> bool:
     """A short query: at most 2 x ``min_query_intervals`` melody intervals (a few bars,
     where chance matches score high)."""
-    return q.intervals.size <= 2 * ALIGN["min_query_intervals"]
+    return _short_melody(q.intervals.size)
+
+
+def _short_melody(n_intervals: int) -> bool:
+    """:func:`_short` by the number of the query's melody intervals."""
+    return n_intervals <= 2 * ALIGN["min_query_intervals"]
 
 
 def _middle(n: int, cap: int) -> tuple[int, int]:
@@ -417,12 +422,11 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
     # performance or a transcription, share none; a short query's extra line only adds
     # chance candidates: docs/covers.md, "The tune's register in jittered parts")
     one_part = track_index is None or np.unique(np.asarray(track_index)).size == 1
+    skyline_share = f["melody_pitch"].size / pitch.size
     if one_part:
         on = np.round(np.asarray(onset_beats, np.float64) * 32)
         shared = np.unique(on).size < 0.8 * on.size
-        long_chords = (f["intervals"].size > 2 * ALIGN["min_query_intervals"]
-                       and f["melody_pitch"].size < 0.8 * pitch.size)
-        if shared or long_chords:
+        if shared or (not _short_melody(f["intervals"].size) and skyline_share < 0.8):
             iv = melody_intervals(skyline(onset_beats, duration_beats, pitch,
                                           register_drop=ALIGN["tight_register"])[0])[0]
             if iv.size >= 3 and not np.array_equal(iv, f["intervals"]):
@@ -441,7 +445,7 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
             rescaled = None
     return QueryFeatures(label, piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"],
                          half, alts, tempo_scale=tempo_scale, one_part=one_part, rescaled_chroma=rescaled,
-                         rescaled_vector=rescaled_vector, skyline_share=f["melody_pitch"].size / pitch.size,
+                         rescaled_vector=rescaled_vector, skyline_share=skyline_share,
                          bass_pc=f["bass_pc"], second_pitch=sp, second_onset_beats=so)
 
 
