@@ -6,7 +6,9 @@ notes/s, next to plain mido (and symusic) parses of the same files in the same r
 Prints one line per method with the ratio to mido, then each stage's seconds and share
 of the end-to-end ingest (store, harmony, grammar, vectors, patterns), in one process
 (``workers=1``) and as ``atlas ingest`` runs it (``--workers``, default the machine's
-cores: the per-piece stages in worker processes, ingest/stage_pool.py). Goals (issue 13):
+cores: the per-piece stages in worker processes, ingest/stage_pool.py); for the latter
+also its CPU seconds (this process and its workers) and the wall they allow at best on
+this machine's cores. Goals (issue 13):
 end to end >= 10x mido's notes/s; parse + store >= 1M notes/s on 2 cores.
 
 ``--stages``: only the derived stages, each on its own: the files are stored once
@@ -41,6 +43,14 @@ def mido_parse(files) -> tuple[int, float]:
         for track in mido.MidiFile(f).tracks:
             n += sum(1 for m in track if m.type == "note_on" and m.velocity > 0)
     return n, time.perf_counter() - t0
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its ended, waited-for children."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
 def symusic_parse(files) -> tuple[int, float]:
@@ -106,9 +116,10 @@ def main():
         t0 = time.perf_counter()
         one = ingest_paths(files, Path(tmp) / "one", workers=1)
         one_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         e2e = ingest_paths(files, Path(tmp) / "e2e", workers=args.workers)
         e2e_s = time.perf_counter() - t0
+        e2e_cpu = [b - a for a, b in zip(c0, _cpu_seconds())]  # this process, its (ended) workers
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "query.cli", "ingest", *paths, "--db", str(Path(tmp) / "cli")],
                            cwd=ROOT, capture_output=True, text=True)
@@ -145,6 +156,12 @@ def main():
           "workers, writing; the grammar runs first)")
     print(f"end to end goal >= 10x mido: {'met' if e2e.notes_added / e2e_s >= 10 * mido_rate else 'NOT met'} "
           f"({e2e.notes_added / e2e_s / mido_rate:.2f}x)")
+    cores = os.cpu_count() or 1
+    print(f"CPU of the end-to-end ingest (workers={args.workers}): this process {e2e_cpu[0]:.2f} s (DuckDB's "
+          f"threads included), its worker processes {e2e_cpu[1]:.2f} s; together {sum(e2e_cpu):.2f} s, so on "
+          f"{cores} cores no overlap of the work brings the wall under {sum(e2e_cpu) / cores:.2f} s "
+          f"({e2e.notes_added / (sum(e2e_cpu) / cores) / mido_rate:.2f}x mido); 10x mido is a wall of "
+          f"{e2e.notes_added / (10 * mido_rate):.2f} s")
     print(f"re-ingest of the same folder (all already present): {again_s:.2f} s")
     print(f"parse + store goal >= 1,000,000 notes/s: {'met' if store_rate >= 1e6 else 'NOT met'} ({store_rate:,.0f})")
     print("cli summary:", r.stderr.strip().splitlines()[-1])
