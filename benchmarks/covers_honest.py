@@ -6,6 +6,7 @@ performances; the TF-IDF baseline measured on the same queries in the same run.
     nice .venv/bin/python benchmarks/covers_honest.py --part fit   # only the part the fusion was fitted on
     nice .venv/bin/python benchmarks/covers_honest.py --quick --no-vienna --large 100000   # + latency at 100k
     nice .venv/bin/python benchmarks/covers_honest.py --no-fusion   # rank by the alignment score alone
+    nice .venv/bin/python benchmarks/covers_honest.py --levels 2 --cells combined_short --level2 drop=0   # one strength changed
 
 Why another benchmark (``benchmarks/covers.py`` is too kind): there, the excerpt,
 transcription and tempo queries are cut from ``NNN.mid`` while many stored versions are
@@ -515,9 +516,21 @@ def main(argv=None):
                     help="index without the pieces' third melody lines (the skyline of all notes)")
     ap.add_argument("--no-fusion", action="store_true",
                     help="rank by the alignment score instead of the fitted fusion (query/cover_fusion.json)")
+    ap.add_argument("--level2", action="append", default=[], metavar="KEY=VALUE",
+                    help="change one of level 2's strengths, e.g. --level2 drop=0 (no dropped notes), "
+                         f"--level2 jitter_s=0; keys: {', '.join(k for k in LEVELS[2] if k not in ('f', 'excerpt'))}")
     args = ap.parse_args(argv)
     if args.no_fusion:
         ALIGN["fusion"] = False
+    for kv in args.level2:
+        key, _, value = kv.partition("=")
+        if key not in LEVELS[2] or key in ("f", "excerpt") or not value:
+            ap.error(f"--level2 {kv}: expected KEY=NUMBER with KEY one of "
+                     f"{[k for k in LEVELS[2] if k not in ('f', 'excerpt')]}")
+        try:
+            LEVELS[2][key] = float(value)
+        except ValueError:
+            ap.error(f"--level2 {kv}: {value!r} is not a number")
     cells = args.cells.split(",")
     unknown = sorted(set(cells) - set(CELLS))
     if unknown:
@@ -533,7 +546,8 @@ def main(argv=None):
     run_pop909(index, baseline, notes, bench, cells, levels, parts, max_songs, args.seed, rec)
     if v_files:
         run_vienna(index, baseline, notes, v_files, args.seed, rec, max_queries=30 if args.quick else None)
-    rec.table(f"ours vs baseline (interval 3-gram TF-IDF, skyline); {len(index)} pieces; seed {args.seed}")
+    changed = f"; level 2 with {', '.join(args.level2)}" if args.level2 else ""
+    rec.table(f"ours vs baseline (interval 3-gram TF-IDF, skyline); {len(index)} pieces; seed {args.seed}{changed}")
     print_latency(rec)
     if args.large:
         t0 = time.perf_counter()
