@@ -516,17 +516,17 @@ def main(argv=None):
                     help="index without the pieces' third melody lines (the skyline of all notes)")
     ap.add_argument("--no-fusion", action="store_true",
                     help="rank by the alignment score instead of the fitted fusion (query/cover_fusion.json)")
+    numbers = [k for k, v in LEVELS[2].items() if not isinstance(v, tuple)]  # (not the ranges)
     ap.add_argument("--level2", action="append", default=[], metavar="KEY=VALUE",
                     help="change one of level 2's strengths, e.g. --level2 drop=0 (no dropped notes), "
-                         f"--level2 jitter_s=0; keys: {', '.join(k for k in LEVELS[2] if k not in ('f', 'excerpt'))}")
+                         f"--level2 jitter_s=0; keys: {', '.join(numbers)}")
     args = ap.parse_args(argv)
     if args.no_fusion:
         ALIGN["fusion"] = False
     for kv in args.level2:
         key, _, value = kv.partition("=")
-        if key not in LEVELS[2] or key in ("f", "excerpt") or not value:
-            ap.error(f"--level2 {kv}: expected KEY=NUMBER with KEY one of "
-                     f"{[k for k in LEVELS[2] if k not in ('f', 'excerpt')]}")
+        if key not in numbers or not value:
+            ap.error(f"--level2 {kv}: expected KEY=NUMBER with KEY one of {', '.join(numbers)}")
         try:
             LEVELS[2][key] = float(value)
         except ValueError:
