@@ -157,10 +157,11 @@ def main():
     print(f"end to end goal >= 10x mido: {'met' if e2e.notes_added / e2e_s >= 10 * mido_rate else 'NOT met'} "
           f"({e2e.notes_added / e2e_s / mido_rate:.2f}x)")
     cores = os.cpu_count() or 1
+    best_s = sum(e2e_cpu) / cores  # every core busy all the time
     print(f"CPU of the end-to-end ingest (workers={args.workers}): this process {e2e_cpu[0]:.2f} s (DuckDB's "
           f"threads included), its worker processes {e2e_cpu[1]:.2f} s; together {sum(e2e_cpu):.2f} s, so on "
-          f"{cores} cores no overlap of the work brings the wall under {sum(e2e_cpu) / cores:.2f} s "
-          f"({e2e.notes_added / (sum(e2e_cpu) / cores) / mido_rate:.2f}x mido); 10x mido is a wall of "
+          f"{cores} cores no overlap of the work brings the wall under {best_s:.2f} s "
+          f"({e2e.notes_added / best_s / mido_rate:.2f}x mido); 10x mido is a wall of "
           f"{e2e.notes_added / (10 * mido_rate):.2f} s")
     print(f"re-ingest of the same folder (all already present): {again_s:.2f} s")
     print(f"parse + store goal >= 1,000,000 notes/s: {'met' if store_rate >= 1e6 else 'NOT met'} ({store_rate:,.0f})")
