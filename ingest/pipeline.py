@@ -369,8 +369,8 @@ def _store_and_derive(db, db_dir, summary, found, failures, known, workers, prog
         if in_flight is None:
             return
         fut, batch_failures = in_flight
+        res = fut.result()  # a Ctrl-C while waiting here leaves the batch in flight: the handler collects it
         in_flight = None
-        res = fut.result()
         summary.added += len(res.added)
         summary.added_ids += res.added
         summary.already_present += len(res.already_present)
