@@ -14,6 +14,7 @@ zero-length notes makes FIFO pair every note-off with its own note again.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ def resolve_piece(con, piece: str) -> str:
     rows = con.execute("SELECT piece_id FROM pieces WHERE piece_id = ?", [piece]).fetchall()
     if rows:
         return rows[0][0]
-    candidates = {str(piece), str(Path(piece).resolve())} if piece else set()
+    # as stored (absolute since 2026-12-05, as typed before), or through links resolved
+    candidates = {str(piece), os.path.abspath(piece), str(Path(piece).resolve())} if piece else set()
     for cand in candidates:
         rows = con.execute(
             "SELECT piece_id FROM piece_paths WHERE path = ? UNION SELECT piece_id FROM pieces WHERE path = ? LIMIT 1",
@@ -40,7 +42,10 @@ def resolve_piece(con, piece: str) -> str:
         ).fetchall()
         if rows:
             return rows[0][0]
-    if len(piece) >= 6 and all(c in "0123456789abcdef" for c in piece.lower()):
+    hex_digits = bool(piece) and all(c in "0123456789abcdef" for c in piece.lower())
+    if hex_digits and len(piece) < 6:  # 3-5 digits would often name several of thousands of pieces
+        raise BadInputError(f"{piece}: no such piece id; an id prefix needs at least 6 of its 16 digits")
+    if len(piece) >= 6 and hex_digits:
         rows = con.execute(
             "SELECT piece_id FROM pieces WHERE piece_id LIKE ? LIMIT 2", [piece.lower() + "%"]
         ).fetchall()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import math
@@ -21,6 +22,10 @@ def _cell(v) -> str:
         if math.isnan(v):
             return "nan"
         return f"{v:.6g}" if abs(v) < 1e6 else f"{v:.0f}"
+    if isinstance(v, pa.MonthDayNano):  # an INTERVAL, as DuckDB prints it
+        hms = "" if not v.nanoseconds else str(dt.timedelta(microseconds=v.nanoseconds // 1000))
+        parts = [f"{n} {unit}{'s' if n != 1 else ''}" for n, unit in ((v.months, "month"), (v.days, "day")) if n]
+        return " ".join(parts + [hms]).strip() or "00:00:00"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_cell(x) for x in v) + "]"
     return str(v)
@@ -29,6 +34,8 @@ def _cell(v) -> str:
 def _jsonable(v):
     if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
         return None
+    if isinstance(v, pa.MonthDayNano):
+        return _cell(v)
     if isinstance(v, dict):
         return {k: _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -36,6 +43,13 @@ def _jsonable(v):
     if isinstance(v, (int, float, str, bool)) or v is None:
         return v
     return str(v)
+
+
+def _csv_scalar(t: pa.DataType) -> bool:
+    """Whether Arrow's CSV writer takes this type as it is."""
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or pa.types.is_decimal(t) or pa.types.is_temporal(t) and not
+            pa.types.is_interval(t) or pa.types.is_null(t))
 
 
 def format_table(table: pa.Table, fmt: str = "table", *, max_width: int = 60) -> str:
@@ -46,10 +60,11 @@ def format_table(table: pa.Table, fmt: str = "table", *, max_width: int = 60) ->
     if fmt == "csv":
         if table.num_columns == 0:
             return ""
-        # CSV cannot hold lists: write them as their text form.
+        # CSV holds scalars: every other type (lists, structs, maps, intervals, unions,
+        # bytes) is written as its text form
         cols = []
         for name, col in zip(table.column_names, table.columns):
-            if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_struct(col.type):
+            if not _csv_scalar(col.type):
                 col = pa.array([_cell(v) for v in col.to_pylist()], pa.string())
             cols.append(col)
         buf = io.BytesIO()
@@ -61,7 +76,10 @@ def format_table(table: pa.Table, fmt: str = "table", *, max_width: int = 60) ->
         return "(no result)"
     names = table.column_names
     rows = [[_cell(v) for v in r.values()] for r in table.to_pylist()]
-    rows = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in r] for r in rows]
+    # a long path (or query, often a path) keeps its end, the file's name; other text its start
+    tail = [n in ("path", "query") or n.endswith("_path") for n in names]
+    rows = [[c if len(c) <= max_width else ("…" + c[1 - max_width:] if t else c[: max_width - 1] + "…")
+             for c, t in zip(r, tail)] for r in rows]
     widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
     numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) for t in table.schema.types]
 

@@ -300,8 +300,10 @@ def piece_chords(db_dir, piece: str) -> tuple[pa.Table, str]:
             try:
                 pid = resolve_piece(con, piece)
             except BadInputError as e:
-                if not Path(piece).is_file():
-                    raise BadInputError(f"{piece}: no such piece in {db} and no such file") from e
+                if not Path(piece).is_file():  # an id prefix too short or shared says so
+                    why = str(e) if "id prefix" in str(e) or "more than one" in str(e) else \
+                        f"{piece}: no such piece in {db} and no such file"
+                    raise BadInputError(why) from e
             if pid is not None:
                 tbl = con.sql(
                     f"SELECT {', '.join(_SHOWN)} FROM chords WHERE piece_id = ? ORDER BY chord_index",

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from atlas_db.connection import reading
+from atlas_db.errors import BadInputError
 from ingest.midi_parse import parse_midi
 from ingest.pipeline import ingest_paths
 from midi_fixtures import Track, melody, write_midi
@@ -59,6 +60,8 @@ def test_export_cli_by_id_prefix_and_path(tmp_path):
     with reading(db) as con:
         pid = con.execute("SELECT piece_id FROM pieces").fetchone()[0]
         assert resolve_piece(con, str(f)) == pid and resolve_piece(con, pid[:8]) == pid
+        with pytest.raises(BadInputError, match="an id prefix needs at least 6 of its 16 digits"):
+            resolve_piece(con, pid[:4])  # unique here, but too short to name one piece of many
     r = atlas("export", pid[:8], "-o", str(tmp_path / "out.mid"), "--db", str(db))
     assert r.returncode == 0, r.stderr
     back = parse_midi((tmp_path / "out.mid").read_bytes(), piece_id="x", path="out")
@@ -138,3 +141,23 @@ def test_demo_corpus_renders_real_scores(tmp_path):
     # BWV 1.6 has an obbligato horn above the four voices; BWV 66.6 is plain SATB
     assert parts == [("bach__bwv1.6", ["Horn 2", "Soprano", "Alto", "Tenor", "Bass"]),
                      ("bach__bwv66.6", ["Soprano", "Alto", "Tenor", "Bass"])]
+
+
+def test_every_duckdb_type_prints_as_csv_json_and_table():
+    # Arrow's CSV writer refuses maps, intervals, unions and bytes: they are written as text
+    import csv
+    import io
+
+    import duckdb
+
+    from query.formatting import format_table
+
+    t = duckdb.connect().sql(
+        "SELECT MAP {'k': 1} AS m, INTERVAL 3 DAY AS i, INTERVAL 14 MONTH + INTERVAL 90 MINUTE AS j, "
+        "union_value(num := 2) AS u, 'ab'::BLOB AS b, {'a': 1} AS s, [1, 2] AS l, 1.5::DECIMAL(4, 2) AS d, "
+        "DATE '2020-01-02' AS day, 7 AS n, 'x' AS txt").to_arrow_table()
+    rows = list(csv.DictReader(io.StringIO(format_table(t, "csv"))))
+    assert rows == [{"m": "[[k, 1]]", "i": "3 days", "j": "14 months 1:30:00", "u": "2", "b": "b'ab'",
+                     "s": "{'a': 1}", "l": "[1, 2]", "d": "1.50", "day": "2020-01-02", "n": "7", "txt": "x"}]
+    assert json.loads(format_table(t, "json"))[0]["i"] == "3 days"
+    assert "14 months 1:30:00" in format_table(t, "table")
