@@ -16,12 +16,16 @@ SUFFIXES = MIDI_SUFFIXES + AUDIO_SUFFIXES
 
 
 def stored_path(path: str) -> str:
-    """The path as the database stores and prints it: valid UTF-8.
+    """The path as the database stores and prints it: absolute and valid UTF-8.
 
+    Absolute, so that a piece can be named by its path from any folder later, and
+    ``atlas stats --compression`` finds the files (a path as typed is relative to the
+    folder the ingest ran in). Not resolved: a path through a symbolic link stays as given.
     A file name that is not UTF-8 reaches Python with surrogate escapes (PEP 383); its
     undecodable bytes become ``\\xNN`` here, so the row can be written and the name
     still shows which file it was.
     """
+    path = os.path.abspath(path)
     try:
         path.encode("utf-8")
         return path

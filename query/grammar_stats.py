@@ -139,10 +139,12 @@ def compression_report(db_dir, *, xz: bool = True) -> dict:
             blobs.append(b)
             per_file += len(lzma.compress(b, preset=9))
         out["xz_files_missing"] = missing
-        out["xz9_per_file_bytes"] = per_file
-        out["xz9_solid_bytes"] = len(lzma.compress(b"".join(blobs), preset=9))
-        out["ratio_vs_xz9_per_file"] = per_file / max(total, 1)
-        out["ratio_vs_xz9_solid"] = out["xz9_solid_bytes"] / max(total, 1)
+        if blobs:
+            out["xz9_per_file_bytes"] = per_file
+            out["xz9_solid_bytes"] = len(lzma.compress(b"".join(blobs), preset=9))
+            # a ratio only over the same pieces: xz of some files against the grammar of all says nothing
+            out["ratio_vs_xz9_per_file"] = per_file / max(total, 1) if not missing else None
+            out["ratio_vs_xz9_solid"] = out["xz9_solid_bytes"] / max(total, 1) if not missing else None
     return out
 
 
@@ -156,12 +158,15 @@ def compression_table(report: dict):
          f"{'lossless' if report['lossless'] else 'NOT lossless: %d notes differ' % report['mismatched_notes']}"),
         (".mid files", report["midi_bytes"], f"{report['ratio_vs_midi']:.2f}x larger than total"),
     ]
+    missing = report.get("xz_files_missing", 0)
     if "xz9_per_file_bytes" in report:
+        found = f"the {report['pieces'] - missing} files found only, no ratio"
         rows.append(("xz -9 of each .mid file", report["xz9_per_file_bytes"],
-                     f"{report['ratio_vs_xz9_per_file']:.2f}x larger than total"))
+                     found if missing else f"{report['ratio_vs_xz9_per_file']:.2f}x larger than total"))
         rows.append(("xz -9 of all .mid files concatenated", report["xz9_solid_bytes"],
-                     f"{report['ratio_vs_xz9_solid']:.2f}x larger than total"))
-        if report["xz_files_missing"]:
-            rows.append(("files not found for xz", report["xz_files_missing"], "left out of both xz figures"))
+                     found if missing else f"{report['ratio_vs_xz9_solid']:.2f}x larger than total"))
+    if missing:
+        rows.append(("files not found for xz", missing, "not at the path they were ingested from"
+                     + ("" if "xz9_per_file_bytes" in report else "; no xz figures")))
     return pa.table({"part": [r[0] for r in rows], "bytes": pa.array([r[1] for r in rows], pa.int64()),
                      "note": [r[2] for r in rows]})

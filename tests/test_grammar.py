@@ -585,3 +585,32 @@ def _assert_running_counts_exact(con):
         f"WITH {cte} SELECT kinds, count(*), count(DISTINCT piece_id) FROM grams GROUP BY kinds ORDER BY ALL").fetchall()
     assert con.execute("SELECT kind, count FROM meta_step_counts ORDER BY ALL").fetchall() == con.execute(
         f"WITH {cte} SELECT t, count(*) FROM s GROUP BY t ORDER BY ALL").fetchall()
+
+
+def test_compression_report_with_files_moved_gives_no_false_ratio(tmp_path, monkeypatch):
+    from query.grammar_stats import compression_report, compression_table
+
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    for i in range(3):
+        _piece(songs / f"{i}.mid", [60 + i, 65], filler_seed=i)
+    monkeypatch.chdir(tmp_path)
+    ingest_paths(["songs"], tmp_path / "db")  # a relative path: stored absolute
+    monkeypatch.chdir(songs)  # elsewhere: the files are still found, and the pieces by any spelling of their path
+    from query.export import resolve_piece
+
+    with reading(tmp_path / "db") as con:
+        pid = con.execute("SELECT piece_id FROM pieces WHERE path = ?", [str(songs / "1.mid")]).fetchone()[0]
+        assert resolve_piece(con, str(songs / "1.mid")) == pid and resolve_piece(con, "1.mid") == pid
+    r = compression_report(tmp_path / "db")
+    assert r["xz_files_missing"] == 0 and r["ratio_vs_xz9_per_file"] > 0
+    (songs / "0.mid").rename(tmp_path / "moved.mid")  # one gone: its xz bytes are not there to compare
+    r = compression_report(tmp_path / "db")
+    assert r["xz_files_missing"] == 1 and r["ratio_vs_xz9_per_file"] is None and r["ratio_vs_xz9_solid"] is None
+    notes = dict(zip(*compression_table(r).select(["part", "note"]).to_pydict().values()))
+    assert notes["xz -9 of each .mid file"] == "the 2 files found only, no ratio"
+    shutil.rmtree(songs)  # all gone: no xz figures at all, not zeros
+    r = compression_report(tmp_path / "db")
+    assert r["xz_files_missing"] == 3 and "xz9_per_file_bytes" not in r
+    notes = dict(zip(*compression_table(r).select(["part", "note"]).to_pydict().values()))
+    assert "xz -9 of each .mid file" not in notes and notes["files not found for xz"].endswith("; no xz figures")
