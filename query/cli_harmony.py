@@ -23,7 +23,7 @@ def register(cli) -> None:
         """Find a chord progression in every piece, in any key.
 
         QUERY is roman numerals relative to the local key ("ii V I", "I V vi IV",
-        "ii7 V7 Imaj7", "i bVII bVI V"; in a minor key degrees follow the natural minor
+        "ii7 V7 Imaj7", "i VII VI V"; in a minor key degrees follow the natural minor
         scale) or chord symbols matched in any key ("Dm7 G7 Cmaj7", "C G Am F",
         "D:min7 G:7 C:maj7"). A plain triad matches any chord built on it (use --exact
         to stop that); a seventh matches only that seventh. One row per match: piece,

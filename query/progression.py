@@ -2,7 +2,7 @@
 
 Two kinds of query:
 
-- **Roman numerals** (``"ii V I"``, ``"I V vi IV"``, ``"ii7 V7 Imaj7"``, ``"i bVII bVI V"``)
+- **Roman numerals** (``"ii V I"``, ``"I V vi IV"``, ``"ii7 V7 Imaj7"``, ``"i VII VI V"``)
   are read relative to the local key stored with each chord (``chords.key_tonic_pc``,
   ``chords.key_mode``): degrees follow the key's scale (major, or natural minor), so in a
   minor key ``III`` is the relative major; ``b``/``#`` move a degree by a semitone.
@@ -145,7 +145,8 @@ def parse_progression(text: str, *, exact: bool = False) -> tuple[str, list[Quer
     """
     if text is None or not text.strip():
         raise BadInputError("progression: empty query; give chords, e.g. \"ii V I\" or \"Dm7 G7 Cmaj7\"")
-    tokens = [t for t in re.split(r"[\s,|]+|\s+-\s+|–", text.strip()) if t]
+    # ' - ' first: at a space the other separators would match and leave '-' a chord
+    tokens = [t for t in re.split(r"\s+-\s+|[\s,|–]+", text.strip()) if t]
     if len(tokens) < 2:
         raise BadInputError(f"progression: {text!r} has {len(tokens)} chord; give at least two, e.g. \"V I\"")
     # Roman numerals start with I or V (after accidentals); chord symbols with A-G.
@@ -153,8 +154,13 @@ def parse_progression(text: str, *, exact: bool = False) -> tuple[str, list[Quer
     if all(roman):
         return "roman", [_parse_roman(t, exact) for t in tokens]
     if any(roman):
-        bad = tokens[roman.index(True)]
-        raise BadInputError(f"progression: {text!r} mixes roman numerals ({bad!r}) and chord symbols; use one kind")
+        # a token of the other kind than the first: a chord symbol among numerals (or the
+        # reverse) is mixing; anything else is a chord that cannot be read at all
+        odd = next(t for t, r in zip(tokens, roman) if r != roman[0])
+        if roman[0] and not _SYMBOL_RE.match(odd):
+            raise BadInputError(f"progression: cannot read {odd!r}: neither a roman numeral nor a chord symbol")
+        raise BadInputError(f"progression: {text!r} mixes roman numerals ({tokens[roman.index(True)]!r}) and chord "
+                            "symbols; use one kind")
     return "symbols", [_parse_symbol(t, exact) for t in tokens]
 
 

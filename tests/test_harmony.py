@@ -192,9 +192,16 @@ def test_parse_progression():
     assert [c.root_pc for c in q] == [2, 7, 0]
     _, q = parse_progression("i bVII bVI V")
     assert [c.degree["minor"] for c in q] == [0, 9, 7, 7]  # bVII in minor: a semitone below VII
+    _, q = parse_progression("i VII VI V")  # the Andalusian cadence, on the natural minor scale
+    assert [c.degree["minor"] for c in q] == [0, 10, 8, 7]
+    _, q = parse_progression("ii - V - I")  # ' - ' separates; '-' in a symbol is minor
+    assert [c.degree["major"] for c in q] == [2, 7, 0]
+    _, q = parse_progression("C-7 F7")
+    assert sorted(q[0].qualities) == ["min7"]
     _, q = parse_progression("ii V I", exact=True)
     assert q[0].qualities == {"min"}
     for bad, msg in (("", "empty query"), ("ii", "at least two"), ("ii G", "mixes roman"),
+                     ("ii V9 Z", "cannot read 'Z': neither a roman numeral nor a chord symbol"),
                      ("Hm7 G", "cannot read chord"), ("V/V I", "secondary dominants"),
                      ("Cfoo G", "unknown chord quality")):
         with pytest.raises(BadInputError, match=msg):
