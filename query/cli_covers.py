@@ -9,6 +9,23 @@ from query.cli import db_option, echo_table, format_option, resolve
 __all__ = ["register"]
 
 
+class _Failures:
+    """Several queries: one that cannot be read is one line on stderr, the others are
+    answered, and the exit status is 1. One query: its error is the command's (status 2)."""
+
+    def __init__(self, queries):
+        self.on_error = self._report if len(queries) > 1 else None
+        self.count = 0
+
+    def _report(self, reason: str) -> None:
+        self.count += 1
+        click.echo(f"atlas: error: {reason}", err=True)
+
+    def exit(self) -> None:
+        if self.count:
+            raise SystemExit(1)
+
+
 def register(cli):
     @cli.command()
     @click.argument("queries", nargs=-1, required=True)
@@ -22,7 +39,8 @@ def register(cli):
         QUERY is a .mid file or a recording (.wav, .flac, .mp3, .ogg; transcribed
         to notes first, needs the audio extra), not necessarily ingested, or a piece
         id, id prefix or ingested path. Several queries may be given; the output has one block of answers
-        per query. A query that is itself in the database is left out of its answers.
+        per query (one that cannot be read is one line on stderr, the others are answered,
+        exit status 1). A query that is itself in the database is left out of its answers.
 
         Answers are found in two steps: candidates from the vector index, then a re-rank
         by local alignment of the melody (pitch-class intervals) and of the harmony (beat
@@ -42,10 +60,12 @@ def register(cli):
         from query.covers import covers as run, stale_note
 
         db = resolve(db_dir)
-        echo_table(run(db, list(queries), top=top), fmt)
+        failed = _Failures(queries)
+        echo_table(run(db, list(queries), top=top, on_error=failed.on_error), fmt)
         note = stale_note(db)
         if note:
             click.echo(note, err=True)
+        failed.exit()
 
     @cli.command()
     @click.argument("queries", nargs=-1, required=True)
@@ -62,7 +82,8 @@ def register(cli):
         prefix or ingested path. The score is the cosine between transposition- and
         tempo-invariant embeddings (harmonic vocabulary, chord motion, melodic
         intervals): alike in style and material, not necessarily the same song
-        (for that, use `atlas covers`).
+        (for that, use `atlas covers`). Of several queries, one that cannot be read is
+        one line on stderr and the others are answered (exit status 1).
 
         \b
         Example:
@@ -71,4 +92,6 @@ def register(cli):
         """
         from query.similar import similar as run
 
-        echo_table(run(resolve(db_dir), list(queries), top=top, tracks=tracks), fmt)
+        failed = _Failures(queries)
+        echo_table(run(resolve(db_dir), list(queries), top=top, tracks=tracks, on_error=failed.on_error), fmt)
+        failed.exit()

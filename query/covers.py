@@ -1681,14 +1681,31 @@ def stale_note(db_dir) -> str | None:
             f"`atlas reindex --vectors --db {db_dir}` once")
 
 
-def covers(db_dir, queries: list[str], *, top: int = 10) -> pa.Table:
-    """Ranked versions of each query (one table, ``query`` column first)."""
+def covers(db_dir, queries: list[str], *, top: int = 10, on_error=None) -> pa.Table:
+    """Ranked versions of each query (one table, ``query`` column first). With
+    ``on_error``, a query that cannot be read is passed to it (its one-line reason) and
+    the others go on; without, it raises."""
     if top < 1:
         raise BadInputError(f"--top {top}: must be at least 1")
     if not queries:
         raise BadInputError("no query given: name a .mid or audio file or a piece id")
     index = load_index(db_dir)
-    out = [index.search(resolve_query(index, db_dir, q), top=top) for q in queries]
+    return each_query(queries, lambda q: index.search(resolve_query(index, db_dir, q), top=top), on_error)
+
+
+def each_query(queries: list[str], answer, on_error) -> pa.Table:
+    """``answer(query)`` of each query, concatenated; a ``BadInputError`` goes to
+    ``on_error`` (when given) and the batch goes on, unless no query is left."""
+    out = []
+    for q in queries:
+        try:
+            out.append(answer(q))
+        except BadInputError as e:
+            if on_error is None:
+                raise
+            on_error(str(e))
+    if not out:
+        raise BadInputError(f"none of the {len(queries)} queries could be read")
     return pa.concat_tables(out)
 
 

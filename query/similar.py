@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from atlas_db.errors import BadInputError, IndexTroubleError
-from query.covers import load_index, resolve_query
+from query.covers import each_query, load_index, resolve_query
 
 __all__ = ["similar", "SIMILAR_SCHEMA", "TRACK_SCHEMA"]
 
@@ -82,16 +82,18 @@ def _tracks(db_dir, index, q, top) -> pa.Table:
     }, schema=TRACK_SCHEMA)
 
 
-def similar(db_dir, queries: list[str], *, top: int = 10, tracks: bool = False) -> pa.Table:
+def similar(db_dir, queries: list[str], *, top: int = 10, tracks: bool = False, on_error=None) -> pa.Table:
     """The ``top`` most similar pieces (or tracks) for each query: a MIDI or audio file (ingested
-    or not) or a piece id / prefix / ingested path. The query itself is left out."""
+    or not) or a piece id / prefix / ingested path. The query itself is left out. A query
+    that cannot be read goes to ``on_error`` as in :func:`query.covers.covers`."""
     if top < 1:
         raise BadInputError(f"--top {top}: must be at least 1")
     if not queries:
         raise BadInputError("no query given: name a .mid or audio file or a piece id")
     index = load_index(db_dir)
-    out = []
-    for qs in queries:
+
+    def answer(qs):
         q = resolve_query(index, db_dir, qs)
-        out.append(_tracks(db_dir, index, q, top) if tracks else _pieces(index, q, top))
-    return pa.concat_tables(out)
+        return _tracks(db_dir, index, q, top) if tracks else _pieces(index, q, top)
+
+    return each_query(queries, answer, on_error)

@@ -139,6 +139,19 @@ def test_unknown_piece_query_is_a_clear_error(synth_db):
         covers(synth_db["db"], ["ffffffffffff"])
 
 
+@pytest.mark.parametrize("command", ["covers", "similar"])
+def test_a_bad_query_among_several_is_one_line_and_the_others_are_answered(synth_db, command, capsys):
+    from query.cli import main
+
+    good = str(synth_db["lib"] / "song0.mid")
+    with pytest.raises(SystemExit) as e:
+        main([command, "ffffffffffff", good, "--top", "2", "--format", "json", "--db", str(synth_db["db"])])
+    assert e.value.code == 1
+    out, err = capsys.readouterr()
+    assert {r["query"] for r in json.loads(out)} == {good}
+    assert err.splitlines() == ["atlas: error: ffffffffffff: no such piece (give a piece id or a path that was ingested)"]
+
+
 def test_similar_ranks_versions_first(synth_db):
     from query.similar import similar
 
