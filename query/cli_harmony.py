@@ -39,8 +39,10 @@ def register(cli) -> None:
 
         res = find_progression(resolve(db_dir), query, exact=exact, limit=limit, piece=piece)
         echo_table(res, fmt)
-        n_pieces = len(set(res.column("piece_id").to_pylist()))
-        warn(f"atlas: {res.num_rows} match{'es' if res.num_rows != 1 else ''} in {n_pieces} piece{'s' if n_pieces != 1 else ''}")
+        meta = res.schema.metadata
+        n, n_pieces = int(meta[b"matches"]), int(meta[b"pieces"])
+        shown = f" (the first {res.num_rows} shown: --limit)" if res.num_rows < n else ""
+        warn(f"atlas: {n} match{'es' if n != 1 else ''} in {n_pieces} piece{'s' if n_pieces != 1 else ''}{shown}")
 
     @cli.command()
     @click.argument("piece")

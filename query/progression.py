@@ -246,6 +246,7 @@ def find_progression(db_dir, text: str, *, exact: bool = False, limit: int | Non
     (of the last chord), ``key`` (local key at the first chord), ``transposition``
     (semitones from the query's chord symbols to the match; NULL for roman numerals),
     ``chords`` (the matched labels) and ``romans`` (the same chords in the local key).
+    Its schema metadata ``matches`` and ``pieces`` count every match, before ``limit``.
     """
     kind, query = parse_progression(text, exact=exact)
     with reading(db_dir) as con:
@@ -256,6 +257,8 @@ def find_progression(db_dir, text: str, *, exact: bool = False, limit: int | Non
             pid = resolve_piece(con, piece)
         ch = _load_chords(con, kind, query, pid)
         starts = search_chords(ch, kind, query)
+        # the totals before --limit, for the summary line (schema metadata)
+        totals = {b"matches": str(len(starts)), b"pieces": str(len(np.unique(ch["piece_id"][starts])))}
         if limit is not None:
             starts = starts[:limit]
         matched = sorted(set(ch["piece_id"][starts].tolist()))
@@ -281,7 +284,7 @@ def find_progression(db_dir, text: str, *, exact: bool = False, limit: int | Non
         "transposition": transp,
         "chords": pa.array([" ".join(labels[s:s + k]) for s in starts.tolist()], pa.string()),
         "romans": pa.array([" ".join(romans[s:s + k]) for s in starts.tolist()], pa.string()),
-    })
+    }).replace_schema_metadata(totals)
 
 
 _SHOWN = ["chord_index", "onset_beats", "end_beats", "onset_s", "end_s", "label", "roman", "key_name", "bass_pc", "pcs"]

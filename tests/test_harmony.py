@@ -269,7 +269,10 @@ def test_chord_symbols_match_in_any_key(planted_db):
     assert tri.num_rows == 5
     assert sorted(tri.column("transposition").to_pylist()) == sorted([(PC[ii] - 4) % 12 for _, _, ii, _, _ in
                                                                        KEYS_PLANTED.values()] + [8])
-    assert find_progression(planted_db, "Dm7 G7 Cmaj7", limit=1).num_rows == 1
+    every, first = find_progression(planted_db, "Em A D"), find_progression(planted_db, "Em A D", limit=1)
+    assert first.num_rows == 1 and first.schema.metadata == every.schema.metadata  # the totals, before the limit
+    assert int(every.schema.metadata[b"matches"]) == every.num_rows == 5
+    assert int(every.schema.metadata[b"pieces"]) == len(set(every.column("piece_id").to_pylist()))
     one = find_progression(planted_db, "vi IV V I", piece=str(r["path"]).replace("sevenths_Bb", "key_D"))
     assert one.num_rows == 1 and one.column("chords").to_pylist() == ["B:min G:maj A:maj D:maj"]
 
