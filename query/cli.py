@@ -238,7 +238,7 @@ def sql(query, db_dir, fmt, write, allow_files):
 @cli.command()
 @click.argument("piece")
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the .mid file.")
+              help="Where to write the .mid file ('-': standard output).")
 @db_option
 def export(piece, out, db_dir):
     """Rebuild a piece's MIDI file from the notes table.
@@ -248,11 +248,12 @@ def export(piece, out, db_dir):
     \b
     Example:
       atlas export 3f2a9c01 -o rebuilt.mid
+      atlas export 3f2a9c01 -o - | timidity -
     """
     from query.export import export_piece
 
     pid, n = export_piece(resolve(db_dir), piece, out)
-    warn(f"atlas: wrote {out} ({n:,} bytes) from piece {pid}")
+    warn(f"atlas: wrote {'standard output' if out == '-' else out} ({n:,} bytes) from piece {pid}")
 
 
 @cli.command()

@@ -78,7 +78,8 @@ def register(cli: click.Group) -> None:
 
         Without PIECES, every piece that has no description yet. The facts (tempo,
         key, loudness, length, stems or tracks) come from the database; the text is
-        stored in the descriptions table (plain ASCII) and printed.
+        stored in the descriptions table (plain ASCII) and printed. Needs the audio extra
+        (llama-cpp-python; docs/audio.md says how to install it) and a model file.
 
         \b
         Example:

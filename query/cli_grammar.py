@@ -24,8 +24,9 @@ def register(cli):
     @grammar.command("rules")
     @db_option
     @format_option()
-    @click.option("--top", type=click.IntRange(1), default=20, show_default=True, help="How many rules.")
-    @click.option("--min-length", type=click.IntRange(2), default=3, show_default=True,
+    # bounded: the values go into SQL, where one beyond 64 bits is DuckDB's conversion error
+    @click.option("--top", type=click.IntRange(1, 10**9), default=20, show_default=True, help="How many rules.")
+    @click.option("--min-length", type=click.IntRange(2, 10**9), default=3, show_default=True,
                   help="Shortest rule shown, in notes.")
     def rules_cmd(db_dir, fmt, top, min_length):
         """The rules shared by the most pieces (then most occurrences).

@@ -15,6 +15,7 @@ zero-length notes makes FIFO pair every note-off with its own note again.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,12 +150,18 @@ def midi_bytes(con, piece_id: str) -> bytes:
 
 
 def export_piece(db_dir, piece: str, out_path) -> tuple[str, int]:
-    """Write the piece (id or ingested path) as a MIDI file; returns (piece_id, bytes written)."""
+    """Write the piece (id or ingested path) as a MIDI file, or to standard output when
+    ``out_path`` is ``-``; returns (piece_id, bytes written)."""
+    to_stdout = str(out_path) == "-"
     out_path = Path(out_path)
-    if not out_path.parent.exists():
+    if not to_stdout and not out_path.parent.exists():
         raise BadInputError(f"{out_path}: folder {out_path.parent} does not exist")
     with reading(db_dir) as con:
         pid = resolve_piece(con, piece)
         data = midi_bytes(con, pid)
-    out_path.write_bytes(data)
+    if to_stdout:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        out_path.write_bytes(data)
     return pid, len(data)

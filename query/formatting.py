@@ -45,6 +45,14 @@ def _jsonable(v):
     return str(v)
 
 
+def _printable(text: str) -> str:
+    """A cell on one line: a newline or other control character in it (a file name can
+    hold one) is shown escaped, as ``\\n``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _csv_scalar(t: pa.DataType) -> bool:
     """Whether Arrow's CSV writer takes this type as it is."""
     return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
@@ -75,7 +83,7 @@ def format_table(table: pa.Table, fmt: str = "table", *, max_width: int = 60) ->
     if table.num_columns == 0:
         return "(no result)"
     names = table.column_names
-    rows = [[_cell(v) for v in r.values()] for r in table.to_pylist()]
+    rows = [[_printable(_cell(v)) for v in r.values()] for r in table.to_pylist()]
     # a long path (or query, often a path) keeps its end, the file's name; other text its start
     tail = [n in ("path", "query") or n.endswith("_path") for n in names]
     rows = [[c if len(c) <= max_width else ("…" + c[1 - max_width:] if t else c[: max_width - 1] + "…")

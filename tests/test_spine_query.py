@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from atlas_db.connection import reading
@@ -64,6 +65,8 @@ def test_export_cli_by_id_prefix_and_path(tmp_path):
             resolve_piece(con, pid[:4])  # unique here, but too short to name one piece of many
     r = atlas("export", pid[:8], "-o", str(tmp_path / "out.mid"), "--db", str(db))
     assert r.returncode == 0, r.stderr
+    piped = subprocess.run([*ATLAS, "export", pid[:8], "-o", "-", "--db", str(db)], capture_output=True)
+    assert piped.returncode == 0 and piped.stdout == (tmp_path / "out.mid").read_bytes()  # '-': standard output
     back = parse_midi((tmp_path / "out.mid").read_bytes(), piece_id="x", path="out")
     assert back["notes"].column("pitch").to_pylist() == [60, 64, 67, 72]
     assert back["tempo_changes"].column("us_per_beat").to_pylist() == [600000]
@@ -161,3 +164,6 @@ def test_every_duckdb_type_prints_as_csv_json_and_table():
                      "s": "{'a': 1}", "l": "[1, 2]", "d": "1.50", "day": "2020-01-02", "n": "7", "txt": "x"}]
     assert json.loads(format_table(t, "json"))[0]["i"] == "3 days"
     assert "14 months 1:30:00" in format_table(t, "table")
+    odd = pa.table({"path": ["/music/a\nb.mid"]})  # a newline in a file name: one line in a table
+    assert format_table(odd, "table").splitlines()[2] == "/music/a\\nb.mid"
+    assert json.loads(format_table(odd, "json")) == [{"path": "/music/a\nb.mid"}]  # programs get it as is
