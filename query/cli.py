@@ -223,6 +223,7 @@ def sql(query, db_dir, fmt, write, allow_files):
     The README documents every table; `atlas sql "SHOW TABLES"` lists them. The query
     sees this database only: no other files (unless --allow-files, which reads them),
     databases, extensions or settings; docs/tables.md says exactly what is refused.
+    Statements separated by ';' run in order and the last one's result is shown.
 
     \b
     Example:
