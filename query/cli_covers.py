@@ -30,7 +30,7 @@ def register(cli):
     @cli.command()
     @click.argument("queries", nargs=-1, required=True)
     @click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True,
-                  help="Answers per query.")
+                  help="Answers per query (at most as many as the candidates the search aligned).")
     @db_option
     @format_option()
     def covers(queries, top, db_dir, fmt):
