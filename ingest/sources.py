@@ -93,7 +93,8 @@ def discover(paths, suffixes=SUFFIXES) -> Discovery:
             out.files.append(p)
 
     for raw in paths:
-        p = Path(raw)
+        # absolute from here on: workers (a process pool, Ray) may run in another folder
+        p = Path(os.path.abspath(raw))
         if not p.exists():
             out.problems.append((str(raw), "no such file or folder"))
         elif p.is_dir():
