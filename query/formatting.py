@@ -56,8 +56,8 @@ def _printable(text: str) -> str:
 def _csv_scalar(t: pa.DataType) -> bool:
     """Whether Arrow's CSV writer takes this type as it is."""
     return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
-            or pa.types.is_large_string(t) or pa.types.is_decimal(t) or pa.types.is_temporal(t) and not
-            pa.types.is_interval(t) or pa.types.is_null(t))
+            or pa.types.is_large_string(t) or pa.types.is_decimal(t) or pa.types.is_null(t)
+            or (pa.types.is_temporal(t) and not pa.types.is_interval(t)))
 
 
 def format_table(table: pa.Table, fmt: str = "table", *, max_width: int = 60) -> str:
