@@ -43,6 +43,7 @@ the match), the time scale (query beats per matched beat) and the aligned region
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1654,8 +1655,10 @@ def load_index(db_dir) -> CoverIndex:
     return idx
 
 
-def resolve_query(index: CoverIndex, db_dir, query: str) -> QueryFeatures:
-    """A query argument: a MIDI or audio file path (ingested or not) or a piece id / prefix / path."""
+def resolve_query(index, db_dir, query: str) -> QueryFeatures:
+    """A query argument: a MIDI or audio file path (ingested or not) or a piece id / prefix / path.
+    ``index``: the ``CoverIndex``, or a function that loads it, called only for a stored
+    piece that was found (a wrong id or a bad file is reported before seconds of loading)."""
     p = Path(query)
     if p.is_file():
         q = query_from_file(p)
@@ -1665,7 +1668,7 @@ def resolve_query(index: CoverIndex, db_dir, query: str) -> QueryFeatures:
 
     with reading(db_dir) as con:
         pid = resolve_piece(con, query)
-    return index.query_for_piece(pid, label=query)
+    return (index() if callable(index) else index).query_for_piece(pid, label=query)
 
 
 def stale_note(db_dir) -> str | None:
@@ -1689,8 +1692,13 @@ def covers(db_dir, queries: list[str], *, top: int = 10, on_error=None) -> pa.Ta
         raise BadInputError(f"--top {top}: must be at least 1")
     if not queries:
         raise BadInputError("no query given: name a .mid or audio file or a piece id")
-    index = load_index(db_dir)
-    return each_query(queries, lambda q: index.search(resolve_query(index, db_dir, q), top=top), on_error)
+    index = functools.cache(lambda: load_index(db_dir))  # once, after the first query is read
+
+    def answer(query):
+        q = resolve_query(index, db_dir, query)
+        return index().search(q, top=top)
+
+    return each_query(queries, answer, on_error)
 
 
 def each_query(queries: list[str], answer, on_error) -> pa.Table:

@@ -8,6 +8,8 @@ in any key and at any tempo, not necessarily the same song.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 
@@ -90,10 +92,10 @@ def similar(db_dir, queries: list[str], *, top: int = 10, tracks: bool = False, 
         raise BadInputError(f"--top {top}: must be at least 1")
     if not queries:
         raise BadInputError("no query given: name a .mid or audio file or a piece id")
-    index = load_index(db_dir)
+    index = functools.cache(lambda: load_index(db_dir))  # once, after the first query is read
 
     def answer(qs):
         q = resolve_query(index, db_dir, qs)
-        return _tracks(db_dir, index, q, top) if tracks else _pieces(index, q, top)
+        return _tracks(db_dir, index(), q, top) if tracks else _pieces(index(), q, top)
 
     return each_query(queries, answer, on_error)
