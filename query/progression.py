@@ -322,8 +322,8 @@ def piece_chords(db_dir, piece: str) -> tuple[pa.Table, str]:
                     raise IndexTroubleError(f"{piece}: no harmony rows yet; run `atlas ingest` again to bring derived stages up to date")
                 return tbl, row[0]
     path = Path(piece)
-    if not path.is_file():
-        raise BadInputError(f"{piece}: no such piece in {db} and no such file")
+    if not path.is_file():  # (the database is there: a missing piece was said above)
+        raise BadInputError(f"{piece}: no such file, and no database at {db} to look a piece up in")
     from ingest.harmony import analyze_notes
     from ingest.midi_parse import read_midi_file
 

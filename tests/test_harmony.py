@@ -319,6 +319,13 @@ def test_cli_progression_and_chords(planted_db, tmp_path, capsys):
     for name in (pid[:10], stored_path):
         main(["chords", name, "--db", str(planted_db), "--format", "json"])
         assert [r["label"] for r in __import__("json").loads(capsys.readouterr().out)] == stored
+    # a name that is neither: what is missing is said (a piece, or the database to look in)
+    for name, db, why in ((pid[:4], planted_db, "an id prefix needs at least 6 of its 16 digits"),
+                          ("nothing.mid", planted_db, f"no such piece in {planted_db} and no such file"),
+                          (pid[:10], tmp_path / "nodb", f"no such file, and no database at {tmp_path / 'nodb'}")):
+        with pytest.raises(SystemExit) as e:
+            main(["chords", name, "--db", str(db)])
+        assert e.value.code == 2 and why in capsys.readouterr().err
 
 
 def test_stage_is_repeatable(planted_db, tmp_path):
