@@ -10,7 +10,7 @@ import math
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-__all__ = ["FORMATS", "format_table"]
+__all__ = ["FORMATS", "format_table", "interval_text"]
 
 FORMATS = ("table", "csv", "json")
 
@@ -22,13 +22,18 @@ def _cell(v) -> str:
         if math.isnan(v):
             return "nan"
         return f"{v:.6g}" if abs(v) < 1e6 else f"{v:.0f}"
-    if isinstance(v, pa.MonthDayNano):  # an INTERVAL, as DuckDB prints it
-        hms = "" if not v.nanoseconds else str(dt.timedelta(microseconds=v.nanoseconds // 1000))
-        parts = [f"{n} {unit}{'s' if n != 1 else ''}" for n, unit in ((v.months, "month"), (v.days, "day")) if n]
-        return " ".join(parts + [hms]).strip() or "00:00:00"
+    if isinstance(v, pa.MonthDayNano):
+        return interval_text(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_cell(x) for x in v) + "]"
     return str(v)
+
+
+def interval_text(v: pa.MonthDayNano) -> str:
+    """An INTERVAL as DuckDB prints it: '3 days', '14 months 1:30:00'."""
+    hms = "" if not v.nanoseconds else str(dt.timedelta(microseconds=v.nanoseconds // 1000))
+    parts = [f"{n} {unit}{'s' if n != 1 else ''}" for n, unit in ((v.months, "month"), (v.days, "day")) if n]
+    return " ".join(parts + [hms]).strip() or "00:00:00"
 
 
 def _jsonable(v):

@@ -86,10 +86,12 @@ def list_pieces(db_dir, *, text: str = "", order_by: str = "title", descending: 
         key_sql = _key_source(table_columns(con))
         where, params = "", []
         if text.strip():
-            where = ("WHERE p.title ILIKE ? OR p.path ILIKE ? OR p.kind ILIKE ? OR k.key ILIKE ? "
-                     "OR p.piece_id LIKE ?")
-            pat = f"%{text.strip()}%"
-            params = [pat, pat, pat, pat, text.strip().lower() + "%"]
+            # the text is matched literally: its % and _ are not wildcards
+            where = ("WHERE p.title ILIKE ? ESCAPE '\\' OR p.path ILIKE ? ESCAPE '\\' OR p.kind ILIKE ? ESCAPE '\\' "
+                     "OR k.key ILIKE ? ESCAPE '\\' OR p.piece_id LIKE ? ESCAPE '\\'")
+            lit = text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pat = f"%{lit}%"
+            params = [pat, pat, pat, pat, lit.lower() + "%"]
         direction = "DESC" if descending else "ASC"
         lim = f"LIMIT {int(limit)}" if limit else ""
         cur = con.execute(

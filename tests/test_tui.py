@@ -274,6 +274,42 @@ def test_sql_console_results_errors_history_export(tui_db, tmp_path):
     assert json.loads((tmp_path / "history.json").read_text())[-1].startswith("SELECT title, n_notes")
 
 
+def test_brackets_and_repeated_column_names_are_shown_not_fatal(tui_db, tmp_path):
+    # a str cell or line is Rich markup: '[/x]' in a value, a query or an error ended the app,
+    # and a join's repeated column names were DataTable's DuplicateKey
+    async def scenario(pilot, messages):
+        app = pilot.app
+        await pilot.press("4")
+        await wait_for(pilot, lambda: app.current_mode == "sql", "sql mode")
+        screen = app.screen
+        screen.query_one("#editor").text = ("SELECT '[/x]' AS \"[/y]\", 'a [b] c' AS v, 1 AS n, 2 AS n, "
+                                            "INTERVAL 3 DAY AS i")
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: of_type(messages, "QueryFinished"), "query result")
+        await pilot.pause(0.05)
+        assert table_rows(screen.query_one("#results")) == [["[/x]", "a [b] c", "1", "2", "3 days"]]
+        screen.query_one("#editor").text = "SELECT '[/x]' FROM no_such_table"
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: of_type(messages, "QueryFailed"), "query error")
+        assert "no_such_table" in str(screen.query_one("#sql-error").render())
+        assert screen.query_one("#results").row_count == 0 and screen.result is None  # not the last query's rows
+        screen.query_one("#results").focus()  # digits switch screens outside text fields
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.current_mode == "covers", "covers mode")
+        app.screen.find("song[/x].mid")
+        await wait_for(pilot, lambda: of_type(messages, "CoversFailed"), "bad query")
+        assert "song[/x].mid" in str(app.screen.query_one("#covers-error").render())
+        app.screen.query_one("#versions").focus()
+        await pilot.press("3")
+        await wait_for(pilot, lambda: app.current_mode == "patterns", "patterns mode")
+        app.screen.search_for(motif="C D [/x]")
+        await wait_for(pilot, lambda: of_type(messages, "SearchFailed"), "bad motif")
+        assert "[/x]" in str(app.screen.query_one("#pattern-error").render())
+        assert app.is_running
+
+    run(make_app(tui_db, tmp_path), scenario)
+
+
 def test_sql_console_write_mode_changes_the_library(tui_db, tmp_path):
     db = tmp_path / "db"
     shutil.copytree(tui_db, db)
@@ -468,6 +504,12 @@ def test_patterns_screen_finds_a_typed_motif_and_opens_the_piece(tui_db, tmp_pat
         await pilot.press("enter")
         await wait_for(pilot, lambda: of_type(messages, "SearchFailed"), "bad motif")
         assert "banana" in str(screen.query_one("#pattern-error").render())
+        # and the last search's occurrences are gone: they are not this query's
+        assert occ.row_count == 0 and screen.result is None
+        screen.query_one("#motif").value = "+2 +2 -4"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(of_type(messages, "SearchFinished")) == 2, "search again")
+        await pilot.pause(0.05)
         # jump: the first occurrence in motif_in_g opens in the library
         row = next(i for i, r in enumerate(table.to_pylist()) if r["piece_id"] == motif_id)
         occ.focus()
@@ -723,6 +765,9 @@ def test_library_key_falls_back_to_the_files_key_signature(tui_db, tmp_path):
     row = [r for r in list_pieces(db, text="motif_in_g").to_pylist()][0]
     assert row["key"] == "G major" and row["tempo_bpm"] == pytest.approx(140.0, abs=0.01)
     assert row["n_notes"] == 12 and row["duration_s"] == pytest.approx(12 * 60 / 140, abs=0.01)
+    # the filter is literal text: % and _ match themselves, not any characters
+    assert list_pieces(db, text="%").num_rows == 0 and list_pieces(db, text="motif%in").num_rows == 0
+    assert list_pieces(db, text="motif_in_").num_rows >= 1
     from atlas_db.errors import BadInputError
 
     with pytest.raises(BadInputError, match="cannot sort by"):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
+from rich.markup import escape
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
 from tui.widgets.status_bar import StatusBar
 
-__all__ = ["AtlasScreen", "fmt_cell", "superseded"]
+__all__ = ["AtlasScreen", "cell", "escape", "fmt_cell", "superseded"]
 
 
 def superseded() -> bool:
@@ -46,6 +49,17 @@ def fmt_cell(v, name: str = "") -> str:
         if v != v:
             return "nan"
         return f"{v:.1f}" if name.endswith("_bpm") else f"{v:.4g}"
+    if isinstance(v, pa.MonthDayNano):  # an INTERVAL
+        from query.formatting import interval_text
+
+        return interval_text(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(fmt_cell(x) for x in v) + "]"
     return str(v)
+
+
+def cell(v, name: str = "") -> Text:
+    """``fmt_cell`` as a DataTable cell: plain text, so that brackets in a title, a path
+    or a value are shown as they are (a str cell is read as Rich markup, and '[/x]' in
+    one ended the app)."""
+    return Text(fmt_cell(v, name))

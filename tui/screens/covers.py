@@ -14,7 +14,7 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, DirectoryTree, Input, Label, Static
 
 from tui.db import DB_LOCK
-from tui.screens.base import AtlasScreen, fmt_cell, superseded
+from tui.screens.base import AtlasScreen, cell, escape, fmt_cell, superseded
 
 __all__ = ["CoversScreen", "explain"]
 
@@ -119,7 +119,7 @@ class CoversScreen(AtlasScreen):
             self._error("give a .mid file or a piece id")
             return
         self.query_one("#cover-query", Input).value = query
-        self.query_one("#covers-info", Static).update(f"searching versions of {query}…")
+        self.query_one("#covers-info", Static).update(f"searching versions of {escape(query)}…")
         self.query_one("#versions").loading = True
         self.run_covers(query)
 
@@ -144,9 +144,14 @@ class CoversScreen(AtlasScreen):
 
     # ---- results ---------------------------------------------------------------------
     def _error(self, text: str) -> None:
+        """The error in place of the results: the last search's answers are not this query's."""
         err = self.query_one("#covers-error", Static)
-        err.update(f"[b]error:[/b] {text}")
+        err.update(f"[b]error:[/b] {escape(text)}")
         err.display = True
+        self.result = None
+        self.query_one("#versions", DataTable).clear(columns=True)
+        self.query_one("#explanation", Static).update("")
+        self.query_one("#covers-info", Static).update("")
 
     @on(CoversFailed)
     def _failed(self, msg: CoversFailed) -> None:
@@ -165,14 +170,14 @@ class CoversScreen(AtlasScreen):
         for c in ("rank", "score", "path", "explanation", "melody_score", "harmony_score", "piece_id"):
             dt.add_column(c, key=c)
         for row in t.to_pylist():
-            dt.add_row(row["rank"], f"{row['score']:.3f}", row["path"], explain(row),
-                       fmt_cell(row["melody_score"]), fmt_cell(row["harmony_score"]), row["piece_id"],
+            dt.add_row(row["rank"], f"{row['score']:.3f}", cell(row["path"]), cell(explain(row)),
+                       cell(row["melody_score"]), cell(row["harmony_score"]), row["piece_id"],
                        key=f"{row['rank']}:{row['piece_id']}")
         self.query_one("#covers-info", Static).update(
-            f"{t.num_rows} versions of {msg.query} in {msg.seconds:.2f} s; Enter opens one in the library"
+            f"{t.num_rows} versions of {escape(msg.query)} in {msg.seconds:.2f} s; Enter opens one in the library"
             + (f"\n{msg.note}" if msg.note else ""))
         if t.num_rows:
-            self.query_one("#explanation", Static).update(explain(t.slice(0, 1).to_pylist()[0]))
+            self.query_one("#explanation", Static).update(escape(explain(t.slice(0, 1).to_pylist()[0])))
 
     @on(DataTable.RowHighlighted, "#versions")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -183,7 +188,7 @@ class CoversScreen(AtlasScreen):
         if rows:
             r = rows[0]
             self.query_one("#explanation", Static).update(
-                f"#{rank} {r['path']}\nscore {r['score']:.3f} (melody {fmt_cell(r['melody_score'])}, "
+                f"#{rank} {escape(r['path'])}\nscore {r['score']:.3f} (melody {fmt_cell(r['melody_score'])}, "
                 f"harmony {fmt_cell(r['harmony_score'])}): {explain(r)}")
 
     @on(DataTable.RowSelected, "#versions")

@@ -14,7 +14,7 @@ from textual.widgets import Button, DataTable, DirectoryTree, Input, Label, Opti
 from textual.worker import get_current_worker
 
 from tui.db import DB_LOCK
-from tui.screens.base import AtlasScreen, fmt_cell
+from tui.screens.base import AtlasScreen, cell, escape
 
 __all__ = ["IngestScreen"]
 
@@ -85,7 +85,7 @@ class IngestScreen(AtlasScreen):
         """Queue a file or folder for ingestion (a missing path is refused in place)."""
         p = Path(path).expanduser()
         if not p.exists():
-            self.query_one("#ingest-status", Static).update(f"[red]{p}: no such file or folder[/red]")
+            self.query_one("#ingest-status", Static).update(f"[red]{escape(str(p))}: no such file or folder[/red]")
             return
         s = str(p.resolve())
         if s not in self.queue:
@@ -183,7 +183,7 @@ class IngestScreen(AtlasScreen):
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=max(msg.total, 1), progress=msg.done)
         what = "files" if msg.kind == "files" else f"stage {msg.kind}: pieces"
-        self.query_one("#ingest-status", Static).update(f"{what} {msg.done:,}/{msg.total:,} {msg.detail}")
+        self.query_one("#ingest-status", Static).update(f"{what} {msg.done:,}/{msg.total:,} {escape(msg.detail)}")
 
     @on(FileFailed)
     def _file_failed(self, msg: FileFailed) -> None:
@@ -191,7 +191,7 @@ class IngestScreen(AtlasScreen):
         if not dt.columns:
             for c in ("path", "reason", "failed_at"):
                 dt.add_column(c, key=c)
-        dt.add_row(msg.path, msg.reason, "now")
+        dt.add_row(cell(msg.path), cell(msg.reason), "now")
 
     @on(Finished)
     def _finished(self, msg: Finished) -> None:
@@ -199,7 +199,7 @@ class IngestScreen(AtlasScreen):
         self.query_one("#start", Button).disabled = False
         self.query_one("#cancel", Button).disabled = True
         colour = {"done": "green", "cancelled": "yellow"}.get(msg.outcome, "red")
-        self.query_one("#ingest-status", Static).update(f"[{colour}]{msg.message}[/{colour}]")
+        self.query_one("#ingest-status", Static).update(f"[{colour}]{escape(msg.message)}[/{colour}]")
         if msg.outcome == "done":
             self.queue.clear()
             self.query_one("#queue", OptionList).clear_options()
@@ -225,11 +225,11 @@ class IngestScreen(AtlasScreen):
     @on(ErrorsLoaded)
     def _errors_loaded(self, msg: ErrorsLoaded) -> None:
         if msg.table is None:
-            self.query_one("#ingest-status", Static).update(f"[red]could not read ingest_errors: {msg.error}[/red]")
+            self.query_one("#ingest-status", Static).update(f"[red]could not read ingest_errors: {escape(msg.error)}[/red]")
             return
         dt = self.query_one("#errors", DataTable)
         dt.clear(columns=True)
         for c in msg.table.column_names:
             dt.add_column(c, key=c)
         for row in msg.table.to_pylist():
-            dt.add_row(*(fmt_cell(v) for v in row.values()))
+            dt.add_row(*(cell(v) for v in row.values()))

@@ -11,7 +11,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Label, Static
 
 from tui.db import DB_LOCK
-from tui.screens.base import AtlasScreen, fmt_cell
+from tui.screens.base import AtlasScreen, cell, escape, fmt_cell
 from tui.widgets.piano_roll import PianoRoll
 
 __all__ = ["LibraryScreen"]
@@ -133,7 +133,7 @@ class LibraryScreen(AtlasScreen):
         cols = t.column_names
         ids = t.column("piece_id").to_pylist()
         for row, pid in zip(t.to_pylist(), ids):
-            table.add_row(*(fmt_cell(row[c], c) for c in cols), key=pid)
+            table.add_row(*(cell(row[c], c) for c in cols), key=pid)
         info = f"{t.num_rows:,}{'+' if more else ''} pieces, sorted by {self.order_by} " \
                f"{'descending' if self.descending else 'ascending'}"
         if more:
@@ -149,7 +149,7 @@ class LibraryScreen(AtlasScreen):
     @on(DataTable.RowSelected, "#piece-patterns")
     def _pattern_selected(self, event: DataTable.RowSelected) -> None:
         row = event.data_table.get_row(event.row_key)
-        self.app.find_rule(int(row[0]))
+        self.app.find_rule(int(str(row[0])))  # cells are Text (tui.screens.base.cell)
 
     @on(DataTable.RowHighlighted, "#pieces")
     def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -168,7 +168,7 @@ class LibraryScreen(AtlasScreen):
         d = msg.detail
         p = d.piece
         lines = [
-            f"[b]{p.get('title') or '(untitled)'}[/b]  [dim]{p['piece_id']}[/dim]",
+            f"[b]{escape(p.get('title') or '(untitled)')}[/b]  [dim]{p['piece_id']}[/dim]",
             f"{p.get('kind')} · {fmt_cell(p.get('duration_s'), 'duration_s')} · {p.get('n_tracks')} tracks · "
             f"{p.get('n_notes'):,} notes",
             f"key {p.get('key') or '—'}" + (f" [dim]({d.key_source})[/dim]" if d.key_source else "") + " · tempo "
@@ -176,11 +176,11 @@ class LibraryScreen(AtlasScreen):
             + (f" ({d.tempo_changes} changes)" if d.tempo_changes > 1 else "")
             + (f" · {d.time_signature}" if d.time_signature else ""),
         ]
-        lines += [f"[dim]{path}[/dim]" for path in d.paths[:4]]
+        lines += [f"[dim]{escape(path)}[/dim]" for path in d.paths[:4]]
         if len(d.paths) > 4:
             lines.append(f"[dim]… and {len(d.paths) - 4} more paths[/dim]")
         if d.description:
-            lines.append(f"[i]{d.description}[/i]")
+            lines.append(f"[i]{escape(d.description)}[/i]")
         if d.notes_truncated:
             lines.append(f"[dim]piano roll: first {d.notes.num_rows:,} notes[/dim]")
         self.query_one("#summary", Static).update("\n".join(lines))
@@ -198,7 +198,7 @@ class LibraryScreen(AtlasScreen):
     @on(LoadFailed)
     def _show_failure(self, msg: LoadFailed) -> None:
         target = "#list-info" if msg.what == "library" else "#summary"
-        self.query_one(target, Static).update(f"[red]could not load the {msg.what}: {msg.error}[/red]")
+        self.query_one(target, Static).update(f"[red]could not load the {msg.what}: {escape(msg.error)}[/red]")
 
     # ---- user actions --------------------------------------------------------------
     @on(Input.Changed, "#filter")
@@ -278,7 +278,7 @@ def _fill(dt: DataTable, t: pa.Table, *, max_rows: int = 500) -> None:
     for name in t.column_names:
         dt.add_column(name, key=name)
     for row in t.slice(0, max_rows).to_pylist():
-        dt.add_row(*(fmt_cell(row[c], c) for c in t.column_names))
+        dt.add_row(*(cell(row[c], c) for c in t.column_names))
 
 
 def _fill_optional(dt: DataTable, info: Static, t: pa.Table | None, absent: str) -> None:

@@ -14,7 +14,7 @@ from textual.message import Message
 from textual.widgets import Button, Checkbox, DataTable, Input, Label, Static
 
 from tui.db import DB_LOCK
-from tui.screens.base import AtlasScreen, fmt_cell, superseded
+from tui.screens.base import AtlasScreen, cell, escape, superseded
 
 __all__ = ["PatternsScreen"]
 
@@ -107,7 +107,7 @@ class PatternsScreen(AtlasScreen):
         for c in msg.table.column_names:
             dt.add_column(c, key=c)
         for row in msg.table.to_pylist():
-            dt.add_row(*(fmt_cell(v) for v in row.values()), key=str(row["rule_id"]))
+            dt.add_row(*(cell(v) for v in row.values()), key=str(row["rule_id"]))
 
     @on(DataTable.RowSelected, "#rules")
     def _rule_selected(self, event: DataTable.RowSelected) -> None:
@@ -131,7 +131,7 @@ class PatternsScreen(AtlasScreen):
         if rule_id is not None:
             self.query_one("#motif", Input).value = ""
         label = f"rule {rule_id}" if rule_id is not None else (motif or "")
-        self.query_one("#pattern-info", Static).update(f"searching {label}…")
+        self.query_one("#pattern-info", Static).update(f"searching {escape(label)}…")
         self.query_one("#occurrences").loading = True
         self.run_search(motif, rule_id, transforms, self.query_one("#approximate", Checkbox).value)
 
@@ -162,9 +162,13 @@ class PatternsScreen(AtlasScreen):
             self.post_message(self.SearchFinished(label, table, time.perf_counter() - t0, stats))
 
     def _error(self, text: str) -> None:
+        """The error in place of the results: the last search's occurrences are not this query's."""
         err = self.query_one("#pattern-error", Static)
-        err.update(f"[b]error:[/b] {text}")
+        err.update(f"[b]error:[/b] {escape(text)}")
         err.display = True
+        self.result = None
+        self.query_one("#occurrences", DataTable).clear(columns=True)
+        self.query_one("#pattern-info", Static).update("")
 
     @on(SearchFailed)
     def _failed(self, msg: SearchFailed) -> None:
@@ -185,7 +189,7 @@ class PatternsScreen(AtlasScreen):
             dt.add_column(c, key=c)
         for i, row in enumerate(t.slice(0, MAX_ROWS_SHOWN).to_pylist()):
             row["file"] = Path(row["path"]).name if row.get("path") else ""
-            dt.add_row(*(fmt_cell(row[c], c) for c in cols), key=f"{i}:{row['piece_id']}")
+            dt.add_row(*(cell(row[c], c) for c in cols), key=f"{i}:{row['piece_id']}")
         n_pieces = len(set(t.column("piece_id").to_pylist())) if t.num_rows else 0
         more = f" (showing {MAX_ROWS_SHOWN:,})" if t.num_rows > MAX_ROWS_SHOWN else ""
         how = f", {msg.stats.get('method')}" if msg.stats.get("method") else ""

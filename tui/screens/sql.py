@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -17,7 +18,7 @@ from textual.widgets import Button, DataTable, Input, Label, OptionList, Static,
 
 from tui.db import DB_LOCK
 from tui.query_job import QueryCancelled as _Cancelled, QueryJob
-from tui.screens.base import AtlasScreen, fmt_cell
+from tui.screens.base import AtlasScreen, cell, escape
 
 __all__ = ["SqlScreen", "MAX_ROWS_SHOWN"]
 
@@ -165,7 +166,7 @@ class SqlScreen(AtlasScreen):
     def _show_history(self) -> None:
         ol = self.query_one("#history", OptionList)
         ol.clear_options()
-        ol.add_options([" ".join(q.split())[:80] for q in reversed(self.history)])
+        ol.add_options([Text(" ".join(q.split())[:80]) for q in reversed(self.history)])
 
     @on(OptionList.OptionSelected, "#history")
     def _history_selected(self, event: OptionList.OptionSelected) -> None:
@@ -207,6 +208,7 @@ class SqlScreen(AtlasScreen):
         sql = self.query_one("#editor", TextArea).text
         if not sql.strip():
             self._show_error("empty query: type a SQL statement, e.g. SELECT count(*) FROM pieces")
+            self.query_one("#sql-info", Static).update("")
             return
         self._history_pos = None
         self._remember(sql)
@@ -282,7 +284,7 @@ class SqlScreen(AtlasScreen):
 
     def _show_error(self, text: str) -> None:
         err = self.query_one("#sql-error", Static)
-        err.update(f"[b]error:[/b] {text}")
+        err.update(f"[b]error:[/b] {escape(text)}")
         err.display = True
 
     @on(QueryFailed)
@@ -290,6 +292,8 @@ class SqlScreen(AtlasScreen):
         if not self._settle(msg.job):
             return
         self._show_error(msg.error)
+        self.result = None  # the last query's rows are not this one's (nor what Export would save)
+        self.query_one("#results", DataTable).clear(columns=True)
         self.query_one("#sql-info", Static).update("the query failed; the editor keeps it for fixing")
 
     @on(QueryCancelled)
@@ -315,11 +319,12 @@ class SqlScreen(AtlasScreen):
         self.result = msg.table
         t = msg.table
         dt.clear(columns=True)
-        for name in t.column_names:
-            dt.add_column(name, key=name)
+        for name in t.column_names:  # keyed by position: a join's SELECT * repeats names
+            dt.add_column(Text(name))
         shown = t.slice(0, MAX_ROWS_SHOWN)
-        for row in shown.to_pylist():
-            dt.add_row(*(fmt_cell(v) for v in row.values()))
+        columns = [c.to_pylist() for c in shown.columns]
+        for i in range(shown.num_rows):
+            dt.add_row(*(cell(col[i]) for col in columns))
         note = f" (showing the first {MAX_ROWS_SHOWN:,}; export saves all)" if t.num_rows > MAX_ROWS_SHOWN else ""
         self.query_one("#sql-info", Static).update(
             f"{t.num_rows:,} rows × {t.num_columns} columns in {msg.seconds:.3f} s{note}")
@@ -359,5 +364,5 @@ class SqlScreen(AtlasScreen):
             self._show_error(msg.error)
             return
         self.query_one("#sql-error", Static).display = False
-        self.query_one("#sql-info", Static).update(f"saved {msg.rows:,} rows to {msg.path}")
-        self.notify(f"saved {msg.rows:,} rows to {msg.path}")
+        self.query_one("#sql-info", Static).update(f"saved {msg.rows:,} rows to {escape(msg.path)}")
+        self.notify(f"saved {msg.rows:,} rows to {escape(msg.path)}")
