@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["MIDI_SUFFIXES", "AUDIO_SUFFIXES", "SUFFIXES", "Discovery", "discover", "stored_path", "shown_path",
-           "not_regular_reason", "read_regular_file"]
+           "one_line", "not_regular_reason", "read_regular_file"]
 
 MIDI_SUFFIXES = (".mid", ".midi")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")  # decoded by ingest/audio.py
@@ -37,9 +37,14 @@ def shown_path(path: str) -> str:
     """The path for a one-line message: as is when printable, else quoted with escapes
     (a newline in a name must not split the message over two lines)."""
     path = stored_path(path)
-    if path.isprintable():
-        return path
-    return "'" + "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path) + "'"
+    return path if path.isprintable() else "'" + one_line(path) + "'"
+
+
+def one_line(text: str) -> str:
+    """``text`` with each control character (a newline, a tab) escaped, as ``\\n``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),

@@ -1655,10 +1655,10 @@ def load_index(db_dir) -> CoverIndex:
     return idx
 
 
-def resolve_query(index, db_dir, query: str) -> QueryFeatures:
+def resolve_query(get_index, db_dir, query: str) -> QueryFeatures:
     """A query argument: a MIDI or audio file path (ingested or not) or a piece id / prefix / path.
-    ``index``: the ``CoverIndex``, or a function that loads it, called only for a stored
-    piece that was found (a wrong id or a bad file is reported before seconds of loading)."""
+    ``get_index()`` gives the ``CoverIndex``; it is called only for a stored piece that was
+    found, so a wrong id or a bad file is reported before seconds of loading."""
     p = Path(query)
     if p.is_file():
         q = query_from_file(p)
@@ -1668,7 +1668,7 @@ def resolve_query(index, db_dir, query: str) -> QueryFeatures:
 
     with reading(db_dir) as con:
         pid = resolve_piece(con, query)
-    return (index() if callable(index) else index).query_for_piece(pid, label=query)
+    return get_index().query_for_piece(pid, label=query)
 
 
 def stale_note(db_dir) -> str | None:

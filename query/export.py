@@ -23,7 +23,12 @@ import numpy as np
 from atlas_db.connection import reading
 from atlas_db.errors import BadInputError
 
-__all__ = ["resolve_piece", "midi_bytes", "export_piece"]
+__all__ = ["NoSuchPieceError", "resolve_piece", "midi_bytes", "export_piece"]
+
+
+class NoSuchPieceError(BadInputError):
+    """No stored piece has this id, id prefix or path (a prefix too short or shared by
+    several pieces is a plain ``BadInputError``: it says what to type instead)."""
 
 
 def resolve_piece(con, piece: str) -> str:
@@ -57,8 +62,8 @@ def resolve_piece(con, piece: str) -> str:
     from ingest.sources import SUFFIXES
 
     if str(piece).lower().endswith(SUFFIXES) and not Path(piece).exists():
-        raise BadInputError(f"{piece}: no such file (and no piece was ingested from that path)")
-    raise BadInputError(f"{piece}: no such piece (give a piece id or a path that was ingested)")
+        raise NoSuchPieceError(f"{piece}: no such file (and no piece was ingested from that path)")
+    raise NoSuchPieceError(f"{piece}: no such piece (give a piece id or a path that was ingested)")
 
 
 def _vlq(n: int) -> bytes:

@@ -10,6 +10,8 @@ import math
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from ingest.sources import one_line
+
 __all__ = ["FORMATS", "format_table", "interval_text"]
 
 FORMATS = ("table", "csv", "json")
@@ -40,7 +42,7 @@ def _jsonable(v):
     if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
         return None
     if isinstance(v, pa.MonthDayNano):
-        return _cell(v)
+        return interval_text(v)
     if isinstance(v, dict):
         return {k: _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -48,14 +50,6 @@ def _jsonable(v):
     if isinstance(v, (int, float, str, bool)) or v is None:
         return v
     return str(v)
-
-
-def _printable(text: str) -> str:
-    """A cell on one line: a newline or other control character in it (a file name can
-    hold one) is shown escaped, as ``\\n``."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _csv_scalar(t: pa.DataType) -> bool:
@@ -88,7 +82,8 @@ def format_table(table: pa.Table, fmt: str = "table", *, max_width: int = 60) ->
     if table.num_columns == 0:
         return "(no result)"
     names = table.column_names
-    rows = [[_printable(_cell(v)) for v in r.values()] for r in table.to_pylist()]
+    # a cell on one line: a newline in it (a file name can hold one) is shown escaped
+    rows = [[one_line(_cell(v)) for v in r.values()] for r in table.to_pylist()]
     # a long path (or query, often a path) keeps its end, the file's name; other text its start
     tail = [n in ("path", "query") or n.endswith("_path") for n in names]
     rows = [[c if len(c) <= max_width else ("…" + c[1 - max_width:] if t else c[: max_width - 1] + "…")

@@ -303,16 +303,16 @@ def piece_chords(db_dir, piece: str) -> tuple[pa.Table, str]:
     db = resolve_db_dir(db_dir)
     pid = None
     if db_file(db).exists():
-        from query.export import resolve_piece
+        from query.export import NoSuchPieceError, resolve_piece
 
         with reading(db) as con:
             try:
                 pid = resolve_piece(con, piece)
             except BadInputError as e:
-                if not Path(piece).is_file():  # an id prefix too short or shared says so
-                    why = str(e) if "id prefix" in str(e) or "more than one" in str(e) else \
-                        f"{piece}: no such piece in {db} and no such file"
-                    raise BadInputError(why) from e
+                if not Path(piece).is_file():
+                    if not isinstance(e, NoSuchPieceError):
+                        raise  # an id prefix too short or shared says so itself
+                    raise BadInputError(f"{piece}: no such piece in {db} and no such file") from e
             if pid is not None:
                 tbl = con.sql(
                     f"SELECT {', '.join(_SHOWN)} FROM chords WHERE piece_id = ? ORDER BY chord_index",

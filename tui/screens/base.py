@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
+from query.formatting import interval_text
 from tui.widgets.status_bar import StatusBar
 
 __all__ = ["AtlasScreen", "cell", "escape", "fmt_cell", "superseded"]
@@ -50,8 +51,6 @@ def fmt_cell(v, name: str = "") -> str:
             return "nan"
         return f"{v:.1f}" if name.endswith("_bpm") else f"{v:.4g}"
     if isinstance(v, pa.MonthDayNano):  # an INTERVAL
-        from query.formatting import interval_text
-
         return interval_text(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(fmt_cell(x) for x in v) + "]"
