@@ -1,1 +1,1 @@
-"""Sources -> Arrow tables: MIDI parsing now; audio, stems, transcription and the grammar later."""
+"""Sources -> Arrow tables: MIDI and audio parsing, the harmony, grammar, vector and pattern stages, and the ingest pipeline."""

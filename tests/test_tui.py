@@ -807,6 +807,7 @@ def test_ingest_picker_adds_removes_and_refuses_an_empty_list(tui_db, tmp_path):
     pick = tmp_path / "pick"
     write_midi(pick / "a.mid", [Track(melody([60, 64, 67]))])
     (pick / "folder").mkdir()
+    (pick / "notes.txt").write_text("not music")  # not listed: the ingest would refuse it
 
     async def scenario(pilot, messages):
         app = pilot.app

@@ -13,12 +13,21 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, DirectoryTree, Input, Label, OptionList, ProgressBar, Static
 from textual.worker import get_current_worker
 
+from ingest.sources import SUFFIXES
 from tui.db import DB_LOCK
 from tui.screens.base import AtlasScreen, cell, escape
 
 __all__ = ["IngestScreen"]
 
 REFRESH_EVERY_S = 5.0
+
+
+class IngestableTree(DirectoryTree):
+    """The file picker: folders, and the files an ingest reads (MIDI and audio); other
+    files would only be reported as unsupported when the ingest ran."""
+
+    def filter_paths(self, paths):
+        return [p for p in paths if p.name.lower().endswith(SUFFIXES) or p.is_dir()]
 
 
 class IngestScreen(AtlasScreen):
@@ -63,7 +72,7 @@ class IngestScreen(AtlasScreen):
         with Horizontal(id="ingest"):
             with Vertical(id="pick"):
                 yield Label("Files and folders  (a: add the highlighted one)", classes="section")
-                yield DirectoryTree(str(self.start_dir or self.app.start_dir), id="tree")
+                yield IngestableTree(str(self.start_dir or self.app.start_dir), id="tree")
                 yield Input(placeholder="or type a path to a file or folder, Enter adds it", id="path")
             with Vertical(id="run-pane"):
                 yield Label("To ingest  (delete: remove)", classes="section")
