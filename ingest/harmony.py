@@ -44,6 +44,7 @@ from numba import njit
 from atlas_db.errors import BadInputError
 from atlas_db.schema_harmony import QUALITIES, TABLES
 from indexers.blas_threads import one_blas_thread
+from ingest.transcribe import TICKS_PER_BEAT as TRANSCRIBED_TICKS_PER_BEAT
 
 __all__ = [
     "STAGE",
@@ -74,7 +75,7 @@ __all__ = [
 ]
 
 STAGE = "harmony"
-VERSION = "harmony-4"
+VERSION = "harmony-5"  # 5: a recording's seconds through its tracked tempo (were 120 bpm)
 # A batch is analysed as one set of arrays (its Viterbi scores: frames x 169 float64):
 # up to 1000 pieces, fewer when they hold more than BATCH_NOTES notes.
 BATCH_PIECES = 1000
@@ -1253,8 +1254,10 @@ def load_inputs(con, piece_ids: list[str], notes: str = "notes") -> dict[str, pa
         "tempo": _arrow(con,
             """SELECT piece_id, time_ticks, time_s, tempo_bpm FROM tempo_changes
                WHERE piece_id IN (SELECT unnest(?)) ORDER BY piece_id, time_ticks, rowid""", [ids]),
-        "pieces": _arrow(con, "SELECT piece_id, ticks_per_beat FROM pieces WHERE piece_id IN (SELECT unnest(?))",
-                         [ids]),
+        # a recording's notes are on a grid of TICKS_PER_BEAT at its tracked tempo
+        # (ingest/transcribe.py) though it stores no ticks per beat of a file
+        "pieces": _arrow(con, "SELECT piece_id, coalesce(ticks_per_beat, ?) AS ticks_per_beat FROM pieces "
+                              "WHERE piece_id IN (SELECT unnest(?))", [TRANSCRIBED_TICKS_PER_BEAT, ids]),
     }
 
 

@@ -276,6 +276,25 @@ def test_recordings_take_part_in_the_derived_stages(audio_db):
     assert dict(stages) == {s.STAGE: 3 for s in derived_stages()}  # every stage ran on all 3 recordings
 
 
+def test_a_recordings_chords_are_timed_by_its_tracked_tempo(audio_db):
+    """A recording's notes are on a grid at its tracked tempo (96 bpm for d_major.wav),
+    so its chords' seconds follow that tempo, as its notes' do (they were read at 120 bpm)."""
+    with reading(audio_db["db"]) as con:
+        rows = con.execute(
+            """SELECT c.onset_beats, c.onset_s, t.tempo_bpm FROM chords c
+               JOIN tempo_changes t USING (piece_id) JOIN pieces p USING (piece_id)
+               WHERE p.kind = 'audio' AND p.path LIKE '%d_major.wav'""").fetchall()
+        n_beats, n_s = con.execute(
+            """SELECT n.onset_beats, n.onset_s FROM notes n JOIN pieces p USING (piece_id)
+               WHERE p.path LIKE '%d_major.wav' ORDER BY n.onset_s DESC LIMIT 1""").fetchone()
+    assert len(rows) >= 4
+    bpm = rows[0][2]
+    assert abs(bpm - 120.0) > 5  # else this test could not tell the two apart
+    for beats, seconds, _ in rows:
+        assert seconds == pytest.approx(beats * 60.0 / bpm, abs=1e-6)
+    assert n_s == pytest.approx(n_beats * 60.0 / bpm, abs=0.01)
+
+
 def test_cli_features_and_errors(audio_db):
     db = str(audio_db["db"])
     wav = str(audio_db["dir"] / "d_major.wav")
