@@ -59,11 +59,28 @@ def _csv_scalar(t: pa.DataType) -> bool:
             or (pa.types.is_temporal(t) and not pa.types.is_interval(t)))
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """Column names made unique for JSON keys: a repeated ``a`` becomes ``a_1``, ``a_2``
+    (as pandas and DuckDB's data frames name them), so no column is lost."""
+    seen, out = set(names), []
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            k = 1
+            while f"{n}_{k}" in seen:
+                k += 1
+            n = f"{n}_{k}"
+            seen.add(n)
+        out.append(n)
+    return out
+
+
 def format_table(table: pa.Table, fmt: str = "table", *, max_width: int = 60) -> str:
     """Render ``table`` as ``table`` (aligned columns), ``csv`` or ``json`` (a list of
     objects, one per row)."""
     if fmt == "json":
-        return json.dumps([_jsonable(r) for r in table.to_pylist()], indent=1)
+        keys = unique_names(table.column_names)
+        rows = zip(*(c.to_pylist() for c in table.columns)) if keys else ()
+        return json.dumps([{k: _jsonable(v) for k, v in zip(keys, r)} for r in rows], indent=1)
     if fmt == "csv":
         if table.num_columns == 0:
             return ""
@@ -83,7 +100,8 @@ def format_table(table: pa.Table, fmt: str = "table", *, max_width: int = 60) ->
         return "(no result)"
     names = table.column_names
     # a cell on one line: a newline in it (a file name can hold one) is shown escaped
-    rows = [[one_line(_cell(v)) for v in r.values()] for r in table.to_pylist()]
+    # by position: two columns of one name (a join's SELECT *) are two columns
+    rows = [[one_line(_cell(v)) for v in r] for r in zip(*(c.to_pylist() for c in table.columns))]
     # a long path (or query, often a path) keeps its end, the file's name; other text its start
     tail = [n in ("path", "query") or n.endswith("_path") for n in names]
     rows = [[c if len(c) <= max_width else ("…" + c[1 - max_width:] if t else c[: max_width - 1] + "…")

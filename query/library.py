@@ -239,7 +239,9 @@ def piece_detail(db_dir, piece_id: str, *, max_notes: int = 20_000, n_patterns: 
 def save_table(table: pa.Table, path, fmt: str | None = None) -> Path:
     """Write an Arrow table as CSV or Parquet (``fmt`` from the suffix if not given).
 
-    Lists and structs are kept in Parquet and written as text in CSV."""
+    Lists and structs are kept in Parquet and written as text in CSV. In Parquet,
+    intervals (which it cannot hold) are written as text, and a repeated column name
+    gets a suffix (a file with two columns ``a`` cannot be read back)."""
     path = Path(path).expanduser()
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt not in ("csv", "parquet"):
@@ -249,7 +251,11 @@ def save_table(table: pa.Table, path, fmt: str | None = None) -> Path:
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        pq.write_table(table, path)
+        from query.formatting import interval_text, unique_names
+
+        cols = [pa.array([None if v is None else interval_text(v) for v in c.to_pylist()], pa.string())
+                if pa.types.is_interval(c.type) else c for c in table.columns]
+        pq.write_table(pa.table(cols, names=unique_names(table.column_names)), path)
     else:
         from query.formatting import format_table
 

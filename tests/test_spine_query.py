@@ -167,3 +167,20 @@ def test_every_duckdb_type_prints_as_csv_json_and_table():
     odd = pa.table({"path": ["/music/a\nb.mid"]})  # a newline in a file name: one line in a table
     assert format_table(odd, "table").splitlines()[2] == "/music/a\\nb.mid"
     assert json.loads(format_table(odd, "json")) == [{"path": "/music/a\nb.mid"}]  # programs get it as is
+    # two columns of one name (a join's SELECT *): both shown, none dropped from JSON
+    twice = duckdb.connect().sql("SELECT 1 AS a, 2 AS a, 3 AS a_1, 4 AS a").to_arrow_table()
+    assert format_table(twice, "table").splitlines()[2].split() == ["1", "2", "3", "4"]
+    assert json.loads(format_table(twice, "json")) == [{"a": 1, "a_2": 2, "a_1": 3, "a_3": 4}]
+
+
+def test_saved_parquet_reads_back_with_repeated_names_and_intervals(tmp_path):
+    # the TUI's export: Parquet holds no intervals, and two columns 'a' made a file
+    # pyarrow could not read back ("Multiple matches for FieldRef.Name(a)")
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from query.library import save_table
+
+    t = duckdb.connect().sql("SELECT 1 AS a, 2 AS a, INTERVAL 3 DAY AS i, [1, 2] AS l").to_arrow_table()
+    assert pq.read_table(save_table(t, tmp_path / "out.parquet")).to_pylist() == [
+        {"a": 1, "a_1": 2, "i": "3 days", "l": [1, 2]}]
