@@ -66,10 +66,12 @@ def register(cli):
                            "FROM rules WHERE rule_id = ?", params=[rule_id])
         if rule.num_rows == 0:
             raise BadInputError(f"rule {rule_id}: no such rule in the rules table")
-        places = run_sql(db, "SELECT title, track_name, count(*) AS occurrences, min(onset_s) AS first_onset_s, "
+        # by piece and track, not by title: two files can share a name (song.mid in two folders)
+        places = run_sql(db, "SELECT piece_id, any_value(path) AS path, track_index, any_value(track_name) "
+                             "AS track_name, count(*) AS occurrences, min(onset_s) AS first_onset_s, "
                              "list(DISTINCT first_pitch ORDER BY first_pitch) AS first_pitches "
-                             "FROM rule_places WHERE rule_id = ? GROUP BY title, track_name "
-                             "ORDER BY occurrences DESC, title LIMIT ?", params=[rule_id, limit])
+                             "FROM rule_places WHERE rule_id = ? GROUP BY piece_id, track_index "
+                             "ORDER BY occurrences DESC, path, track_index LIMIT ?", params=[rule_id, limit])
         transforms = run_sql(db, "SELECT kind, source_rule_id, target_rule_id, rhythm_ratio, n_notes, "
                                  "round(gain_bits, 1) AS gain_bits FROM transforms "
                                  "WHERE ? IN (source_rule_id, target_rule_id) "

@@ -18,6 +18,26 @@ from ingest.pipeline import ingest_paths
 MOTIF = [0, 2, 4, 5, 2]  # intervals +2 +2 +1 -3
 
 
+def test_grammar_show_lists_two_files_of_one_name_apart(tmp_path):
+    # song.mid in two folders: two pieces, two rows (they were one row, by title)
+    import json
+
+    from click.testing import CliRunner
+
+    from query.cli import cli
+
+    files = [_piece(tmp_path / d / "song.mid", [60 + k, 50 + k], 10 + k) for k, d in enumerate("ab")]
+    db = tmp_path / "db"
+    ingest_paths([str(p) for p in files], db, workers=1)
+    with reading(db) as con:
+        rid = _rule_with(con, [2, 2, 1, -3])[0]
+    r = CliRunner().invoke(cli, ["grammar", "show", str(rid), "--format", "json", "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    places = json.loads(r.stdout)["places"]
+    assert sorted(p["path"] for p in places) == sorted(str(p) for p in files)
+    assert [p["occurrences"] for p in places] == [2, 2] and len({p["piece_id"] for p in places}) == 2
+
+
 def _piece(path, transpositions, filler_seed):
     """Eighth-note motif at each transposition, separated by distinct filler notes whose
     rhythm (dotted quarter, loud) differs from the motif's (eighths, soft)."""
