@@ -1433,7 +1433,8 @@ class CoverIndex:
                     ra, rb = int(ref_iv_idx[r0]), int(ref_iv_idx[r1 - 1]) + 1
                     qs_b, qe_b = float(q_on[qa]), float(q_on[qb])
                     rs_b, re_b = float(self.mel_onset[m0 + ra]), float(self.mel_onset[m0 + rb])
-                    trans = int(self.mel_pitch[m0 + ra]) - int(q_pitch[qa])
+                    trans = region_shift(q_pitch[qa:qb + 1], self.mel_pitch[m0 + ra:m0 + rb + 1],
+                                         int(self.mel_pitch[m0 + ra]) - int(q_pitch[qa]))
                     sc = (qe_b - qs_b) / (re_b - rs_b) if re_b > rs_b else 1.0
                 else:
                     qs_b = qe_b = rs_b = re_b = 0.0
@@ -1486,6 +1487,18 @@ class CoverIndex:
 
 # _ROLL[t] indexes a 12-vector rotated up by t semitones: x[_ROLL[t]] == np.roll(x, t)
 _ROLL = (np.arange(12)[None, :] - np.arange(12)[:, None]) % 12
+
+
+def region_shift(query_pitch, ref_pitch, first_pair: int) -> int:
+    """Semitones from the query's aligned notes up to the answer's: the shift (mod 12)
+    under which their pitch-class counts agree most. The first aligned pair alone is
+    not enough: the alignment is of intervals, and its first pair can join two voices
+    (a transcribed recording's notes against its own MIDI file read -3). ``first_pair``
+    (that pair's difference) breaks ties and is what a region too short to count gives."""
+    hq = np.bincount(np.asarray(query_pitch, np.int64) % 12, minlength=12)
+    hr = np.bincount(np.asarray(ref_pitch, np.int64) % 12, minlength=12)
+    agree = np.array([hq @ np.roll(hr, -s) for s in range(12)])  # ref pitch class = query's + s
+    return first_pair if agree[first_pair % 12] == agree.max() else int(np.argmax(agree))
 
 
 def _tune_share(raw: np.ndarray, n_notes: int) -> np.ndarray:

@@ -486,6 +486,19 @@ def test_short_query_transposition_comes_from_its_best_window():
     assert corr[2, 0] < 0.7 and int(np.argmax(corr[2])) == 6  # C major: F# major moved up 6
 
 
+def test_an_answers_transposition_is_read_from_its_whole_aligned_region():
+    """The region's pitch classes, not its first note pair, give the transposition: the
+    first pair can join the tune to another voice (a transcribed recording against its
+    own MIDI file read -3 for 0)."""
+    from query.covers import region_shift
+
+    tune = np.array([69, 71, 73, 74, 76, 73, 69, 71, 73, 64, 66, 68, 69])  # A major
+    assert region_shift(tune, tune + 5, 5 - 12) == -7  # the pair agrees: kept as it is
+    assert region_shift(tune, tune + 5, -3) == 5  # a pair across voices: outvoted
+    assert region_shift(tune, tune, 0) == 0
+    assert region_shift([60, 64], [62, 69], 2) == 2  # a tie (shifts 2 and 5): the pair decides
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: every kernel runs in the calling thread")
 def test_kernels_answer_the_same_in_two_threads(monkeypatch):
     """A call large enough to be split between two threads (and a call run in the other
