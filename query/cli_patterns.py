@@ -127,10 +127,11 @@ def register(cli) -> None:
         db = resolve(db_dir)
         p = Path(piece)
         kw = dict(top=top, min_notes=min_notes, variations=not no_variations)
-        if p.is_file() and p.suffix.lower() in (".mid", ".midi", ".smf", ".kar") and not _in_db(db, piece):
+        stored = _stored_id_of_file(db, p) if p.is_file() else None
+        if p.is_file() and p.suffix.lower() in (".mid", ".midi", ".smf", ".kar") and stored is None:
             patterns = discover_file(p, **kw)
         else:
-            patterns = discover_piece(db, piece, **kw)
+            patterns = discover_piece(db, stored or piece, **kw)
         warn(f"atlas: {len(patterns)} pattern(s)")
         if fmt == "json":
             click.echo(json.dumps([{"pattern": pt.pattern_id, "occurrences": pt.occurrences} for pt in patterns]))
@@ -138,18 +139,24 @@ def register(cli) -> None:
             echo_table(patterns_to_rows(patterns), fmt)
 
 
-def _in_db(db, piece) -> bool:
+def _stored_id_of_file(db, path: Path) -> str | None:
+    """The id of the stored piece with this file's bytes, or None: by content, not by
+    path, so a file changed since it was ingested is analysed as it is now (by its path
+    the old notes were used), and a copy of a stored file elsewhere is the stored piece."""
+    import hashlib
+
     from atlas_db.connection import db_file, reading
-    from query.export import resolve_piece
+    from ingest.pipeline import piece_id_for
+    from ingest.sources import read_regular_file
 
     if not db_file(db).exists():
-        return False
+        return None
     try:
-        with reading(db) as con:
-            resolve_piece(con, piece)
-        return True
-    except BadInputError:
-        return False
+        pid = piece_id_for(hashlib.sha256(read_regular_file(path)).hexdigest())
+    except (OSError, ValueError):
+        return None  # unreadable: the file's own reading says why
+    with reading(db) as con:
+        return pid if con.execute("SELECT 1 FROM pieces WHERE piece_id = ?", [pid]).fetchone() else None
 
 
 def _resolve_pieces(db, pieces) -> list[str]:

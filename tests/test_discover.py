@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import random
+import shutil
 
 import mir_eval.pattern
 import pytest
@@ -93,6 +96,27 @@ def test_cli_json_is_mirex_shaped(tmp_path):
     pats = [[[tuple(n) for n in occ] for occ in d["occurrences"]] for d in data]
     mir_eval.pattern.validate(pats, pats)
     assert all(isinstance(n[0], float) and isinstance(n[1], int) for d in data for o in d["occurrences"] for n in o)
+
+
+def test_a_file_changed_since_it_was_ingested_is_analysed_as_it_is_now(tmp_path):
+    # by path, the stored (old) notes were analysed; by content, the file as it is
+    from ingest.pipeline import ingest_paths
+
+    f = tmp_path / "p.mid"
+    planted_piece(f, seed=2)
+    ingest_paths([str(f)], tmp_path / "db", workers=1, derive=False)
+    shutil.copy(f, tmp_path / "old.mid")
+    planted_piece(f, seed=3)
+
+    def found(patterns):  # the theme is the same: the savings tell the fillers apart
+        return [(p.saving, [[list(n) for n in occ] for occ in p.occurrences]) for p in patterns]
+
+    r = CliRunner().invoke(cli, ["discover", str(f), "--top", "3", "--format", "csv", "--db", str(tmp_path / "db")])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    got = sorted({(float(x["saving"]), x["pattern"]) for x in rows})
+    assert got == sorted({(p.saving, p.pattern_id) for p in discover_file(f, top=3)})
+    assert found(discover_file(f, top=3)) != found(discover_file(tmp_path / "old.mid", top=3))
 
 
 def test_discover_stored_pop909_piece(small_pop909_db):
