@@ -140,23 +140,13 @@ def register(cli) -> None:
 
 
 def _stored_id_of_file(db, path: Path) -> str | None:
-    """The id of the stored piece with this file's bytes, or None: by content, not by
-    path, so a file changed since it was ingested is analysed as it is now (by its path
-    the old notes were used), and a copy of a stored file elsewhere is the stored piece."""
-    import hashlib
-
     from atlas_db.connection import db_file, reading
-    from ingest.pipeline import piece_id_for
-    from ingest.sources import read_regular_file
+    from query.export import stored_id_of_file
 
     if not db_file(db).exists():
         return None
-    try:
-        pid = piece_id_for(hashlib.sha256(read_regular_file(path)).hexdigest())
-    except (OSError, ValueError):
-        return None  # unreadable: the file's own reading says why
     with reading(db) as con:
-        return pid if con.execute("SELECT 1 FROM pieces WHERE piece_id = ?", [pid]).fetchone() else None
+        return stored_id_of_file(con, path)
 
 
 def _resolve_pieces(db, pieces) -> list[str]:

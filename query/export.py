@@ -23,7 +23,7 @@ import numpy as np
 from atlas_db.connection import reading
 from atlas_db.errors import BadInputError
 
-__all__ = ["NoSuchPieceError", "resolve_piece", "midi_bytes", "export_piece"]
+__all__ = ["NoSuchPieceError", "resolve_piece", "stored_id_of_file", "midi_bytes", "export_piece"]
 
 
 class NoSuchPieceError(BadInputError):
@@ -64,6 +64,23 @@ def resolve_piece(con, piece: str) -> str:
     if str(piece).lower().endswith(SUFFIXES) and not Path(piece).exists():
         raise NoSuchPieceError(f"{piece}: no such file (and no piece was ingested from that path)")
     raise NoSuchPieceError(f"{piece}: no such piece (give a piece id or a path that was ingested)")
+
+
+def stored_id_of_file(con, path) -> str | None:
+    """The id of the stored piece with this file's bytes, or None (also when the file
+    cannot be read: its own reading then says why). By content, not by path: a file
+    changed since it was ingested is not its old stored piece, and a copy of a stored
+    file anywhere is."""
+    import hashlib
+
+    from ingest.pipeline import piece_id_for
+    from ingest.sources import read_regular_file
+
+    try:
+        pid = piece_id_for(hashlib.sha256(read_regular_file(path)).hexdigest())
+    except (OSError, ValueError):
+        return None
+    return pid if con.execute("SELECT 1 FROM pieces WHERE piece_id = ?", [pid]).fetchall() else None
 
 
 def _vlq(n: int) -> bytes:

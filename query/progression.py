@@ -303,15 +303,15 @@ def piece_chords(db_dir, piece: str) -> tuple[pa.Table, str]:
     db = resolve_db_dir(db_dir)
     pid = None
     if db_file(db).exists():
-        from query.export import NoSuchPieceError, resolve_piece
+        from query.export import NoSuchPieceError, resolve_piece, stored_id_of_file
 
         with reading(db) as con:
-            try:
-                pid = resolve_piece(con, piece)
-            except BadInputError as e:
-                if not Path(piece).is_file():
-                    if not isinstance(e, NoSuchPieceError):
-                        raise  # an id prefix too short or shared says so itself
+            if Path(piece).is_file():  # by its bytes: a file changed since its ingest is analysed as it is
+                pid = stored_id_of_file(con, piece)
+            else:
+                try:
+                    pid = resolve_piece(con, piece)
+                except NoSuchPieceError as e:
                     raise BadInputError(f"{piece}: no such piece in {db} and no such file") from e
             if pid is not None:
                 tbl = con.sql(
@@ -326,7 +326,11 @@ def piece_chords(db_dir, piece: str) -> tuple[pa.Table, str]:
         raise BadInputError(f"{piece}: no such file, and no database at {db} to look a piece up in")
     from ingest.harmony import analyze_notes
     from ingest.midi_parse import read_midi_file
+    from ingest.sources import AUDIO_SUFFIXES
 
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        raise BadInputError(f"{piece}: a recording is analysed when it is ingested; "
+                            f"`atlas ingest {piece}` first, then ask for its chords")
     t = read_midi_file(path)
     res = analyze_notes(t["notes"], tracks=t["tracks"], tempo=t["tempo_changes"],
                         ticks_per_beat=t["pieces"]["ticks_per_beat"])

@@ -320,9 +320,12 @@ def test_cli_progression_and_chords(planted_db, tmp_path, capsys):
         main(["chords", name, "--db", str(planted_db), "--format", "json"])
         assert [r["label"] for r in __import__("json").loads(capsys.readouterr().out)] == stored
     # a name that is neither: what is missing is said (a piece, or the database to look in)
+    (tmp_path / "take.wav").write_bytes(b"RIFF")
     for name, db, why in ((pid[:4], planted_db, "an id prefix needs at least 6 of its 16 digits"),
                           ("nothing.mid", planted_db, f"no such piece in {planted_db} and no such file"),
-                          (pid[:10], tmp_path / "nodb", f"no such file, and no database at {tmp_path / 'nodb'}")):
+                          (pid[:10], tmp_path / "nodb", f"no such file, and no database at {tmp_path / 'nodb'}"),
+                          # a recording not in the database: it is not read as MIDI ("no 'MThd' header")
+                          (str(tmp_path / "take.wav"), planted_db, "a recording is analysed when it is ingested")):
         with pytest.raises(SystemExit) as e:
             main(["chords", name, "--db", str(db)])
         assert e.value.code == 2 and why in capsys.readouterr().err
