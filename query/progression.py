@@ -30,7 +30,7 @@ import pyarrow as pa
 from atlas_db.connection import reading
 from atlas_db.errors import BadInputError, IndexTroubleError
 from atlas_db.schema_harmony import QUALITIES
-from ingest.harmony import SCALES, TRIAD_FAMILY
+from ingest.harmony import SCALES, TRIAD_FAMILY, roman_numeral
 
 __all__ = ["QueryChord", "parse_progression", "find_progression", "search_chords", "piece_chords"]
 
@@ -135,7 +135,8 @@ def _parse_roman(tok: str, exact: bool) -> QueryChord:
 def parse_progression(text: str, *, exact: bool = False) -> tuple[str, list[QueryChord]]:
     """Read a progression: ``("roman", [...])`` or ``("symbols", [...])``.
 
-    Chords are separated by spaces, commas, '-' or '|'. At least two chords.
+    Chords are separated by spaces, commas, '|' or '-' ('ii-V-I'; 'C-7' is one chord, a
+    minor seventh). At least two chords.
 
     Example
     -------
@@ -147,6 +148,9 @@ def parse_progression(text: str, *, exact: bool = False) -> tuple[str, list[Quer
         raise BadInputError("progression: empty query; give chords, e.g. \"ii V I\" or \"Dm7 G7 Cmaj7\"")
     # ' - ' first: at a space the other separators would match and leave '-' a chord
     tokens = [t for t in re.split(r"\s+-\s+|[\s,|–]+", text.strip()) if t]
+    # 'ii-V-I', 'Dm7-G7-C': a '-' between chords, where every part starts a chord ('C-7'
+    # is C minor seventh: '-' is also a minor suffix)
+    tokens = [p for t in tokens for p in (t.split("-") if _chords_joined_by_dashes(t) else [t])]
     if len(tokens) < 2:
         raise BadInputError(f"progression: {text!r} has {len(tokens)} chord; give at least two, e.g. \"V I\"")
     # Roman numerals start with I or V (after accidentals); chord symbols with A-G.
@@ -162,6 +166,12 @@ def parse_progression(text: str, *, exact: bool = False) -> tuple[str, list[Quer
         raise BadInputError(f"progression: {text!r} mixes roman numerals ({tokens[roman.index(True)]!r}) and chord "
                             "symbols; use one kind")
     return "symbols", [_parse_symbol(t, exact) for t in tokens]
+
+
+def _chords_joined_by_dashes(token: str) -> bool:
+    parts = token.split("-")
+    return len(parts) > 1 and all(parts) and (all(_IS_ROMAN.match(p) for p in parts)
+                                              or all(p[0] in "ABCDEFGabcdefg" for p in parts))
 
 
 _QIX = {q: i for i, q in enumerate(QUALITIES)}
@@ -196,7 +206,7 @@ def _load_chords(con, kind: str, query: list[QueryChord], piece_id: str | None =
                   c.chord_index, c.onset_beats, c.onset_s, c.end_beats, c.end_s,
                   c.label, c.quality, coalesce(list_position(?, c.quality) - 1, -1) AS quality_ix,
                   coalesce(c.root_pc, -1) AS root_pc,
-                  c.key_tonic_pc, c.key_mode = 'minor' AS is_minor, c.key_name, c.roman
+                  c.key_tonic_pc, c.key_mode = 'minor' AS is_minor, c.key_name
            FROM chords c WHERE c.quality <> 'N' AND c.piece_id IN (SELECT piece_id FROM cand)
            ORDER BY c.piece_id, c.chord_index""", params=params + [list(QUALITIES)]).to_arrow_table()
     return {name: tbl.column(name).to_numpy(zero_copy_only=False) for name in tbl.column_names}
@@ -245,7 +255,8 @@ def find_progression(db_dir, text: str, *, exact: bool = False, limit: int | Non
     ``chord_index`` (first chord), ``onset_beats``, ``onset_s``, ``end_beats``, ``end_s``
     (of the last chord), ``key`` (local key at the first chord), ``transposition``
     (semitones from the query's chord symbols to the match; NULL for roman numerals),
-    ``chords`` (the matched labels) and ``romans`` (the same chords in the local key).
+    ``chords`` (the matched labels) and ``romans`` (the same chords in ``key``, in which
+    a roman-numeral query was matched, though a later chord's own local key may differ).
     Its schema metadata ``matches`` and ``pieces`` count every match, before ``limit``.
     """
     kind, query = parse_progression(text, exact=exact)
@@ -267,7 +278,11 @@ def find_progression(db_dir, text: str, *, exact: bool = False, limit: int | Non
     k = len(query)
     ends = starts + k - 1
     labels = ch["label"]
-    romans = ch["roman"]
+    # romans in the key the match was read in, the first chord's (the ``key`` column):
+    # each chord's own local key could differ inside a match ("III VII i" shown "III VII vi")
+    tonic, minor, root, quality = ch["key_tonic_pc"], ch["is_minor"], ch["root_pc"], ch["quality"]
+    romans = [" ".join(roman_numeral(int(root[i]) - int(tonic[s]), quality[i], "minor" if minor[s] else "major")
+                       for i in range(s, s + k)) for s in starts.tolist()]
     if kind == "symbols":
         transp = pa.array((ch["root_pc"][starts].astype(np.int64) - query[0].root_pc) % 12, pa.int16())
     else:
@@ -283,7 +298,7 @@ def find_progression(db_dir, text: str, *, exact: bool = False, limit: int | Non
         "key": pa.array(ch["key_name"][starts], pa.string()),
         "transposition": transp,
         "chords": pa.array([" ".join(labels[s:s + k]) for s in starts.tolist()], pa.string()),
-        "romans": pa.array([" ".join(romans[s:s + k]) for s in starts.tolist()], pa.string()),
+        "romans": pa.array(romans, pa.string()),
     }).replace_schema_metadata(totals)
 
 

@@ -198,6 +198,10 @@ def test_parse_progression():
     assert [c.degree["major"] for c in q] == [2, 7, 0]
     _, q = parse_progression("C-7 F7")
     assert sorted(q[0].qualities) == ["min7"]
+    _, q = parse_progression("ii-V-I")  # a '-' between chords: every part starts one
+    assert [c.degree["major"] for c in q] == [2, 7, 0]
+    _, q = parse_progression("Dm7-G7-Cmaj7")
+    assert [sorted(c.qualities) for c in q] == [["min7"], ["7"], ["maj7"]]
     _, q = parse_progression("ii V I", exact=True)
     assert q[0].qualities == {"min"}
     for bad, msg in (("", "empty query"), ("ii", "at least two"), ("ii G", "mixes roman"),
@@ -329,6 +333,21 @@ def test_cli_progression_and_chords(planted_db, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(["chords", name, "--db", str(db)])
         assert e.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_a_matchs_romans_are_in_the_key_it_was_matched_in(small_pop909_db):
+    """A roman query is matched in the first chord's local key; its romans are shown in
+    that key too (each chord's own key showed POP909 003's Bb F Gm in G minor as
+    'III VII vi': G minor began at its last chord)."""
+    import re
+
+    from query.progression import find_progression
+
+    for q in ("III VII i", "I V vi IV", "ii V I"):
+        rows = find_progression(small_pop909_db, q).to_pylist()
+        assert rows, q
+        for r in rows:  # a triad in the query matches its extensions: 'i' matches 'i7'
+            assert all(re.match(re.escape(w) + "(?![iIvV])", x) for w, x in zip(q.split(), r["romans"].split())), r
 
 
 def test_stage_is_repeatable(planted_db, tmp_path):
