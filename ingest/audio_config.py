@@ -18,8 +18,10 @@ import os
 import tomllib
 from pathlib import Path
 
-__all__ = ["AUDIO_SUFFIXES", "config_file", "setting", "model_path", "max_seconds", "audio_available", "startup_notes"]
+__all__ = ["AUDIO_SUFFIXES", "config_file", "setting", "model_path", "max_seconds", "check", "audio_available",
+           "startup_notes"]
 
+from atlas_db.errors import BadInputError  # noqa: E402
 from ingest.sources import AUDIO_SUFFIXES  # noqa: E402  (re-exported)
 
 _ENV = {
@@ -35,14 +37,23 @@ def config_file() -> Path:
 
 
 def _file_settings() -> dict:
+    """The ``[audio]`` table of the config file ({} when there is no such file). A file
+    that cannot be used is an error, not "nothing configured": a typo in it would
+    otherwise show up as a model "not configured" or a limit silently ignored."""
     p = config_file()
-    if not p.is_file():
+    if not p.exists():
         return {}
     try:
         with open(p, "rb") as fh:
-            return dict(tomllib.load(fh).get("audio", {}))
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
+            audio = tomllib.load(fh).get("audio", {})
+    except OSError as e:
+        raise BadInputError(f"config file {p}: cannot read it ({e.strerror or e})") from e
+    except tomllib.TOMLDecodeError as e:
+        raise BadInputError(f"config file {p}: not valid TOML ({e})") from e
+    if not isinstance(audio, dict):
+        raise BadInputError(f"config file {p}: 'audio' must be a table ([audio] with key = value lines), "
+                            f"not {type(audio).__name__}")
+    return audio
 
 
 def setting(key: str):
@@ -61,11 +72,26 @@ def model_path(key: str) -> Path | None:
 
 
 def max_seconds() -> float:
+    """The longest recording ingested, in seconds (a bad value is an error, not 1800)."""
     val = setting("max_seconds")
-    try:
-        return float(val) if val is not None else DEFAULT_MAX_SECONDS
-    except ValueError:
+    if val is None:
         return DEFAULT_MAX_SECONDS
+    try:
+        sec = float(val)
+    except (TypeError, ValueError):
+        sec = float("nan")
+    if not sec > 0 or sec == float("inf"):
+        where = _ENV["max_seconds"] if os.environ.get(_ENV["max_seconds"]) else f"[audio] max_seconds in {config_file()}"
+        raise BadInputError(f"{where} = {val!r}: give the longest recording to ingest as seconds > 0, e.g. 1800")
+    return sec
+
+
+def check() -> None:
+    """Raise BadInputError (one line) when the configuration cannot be used: said once,
+    at the start of an ingest with recordings, instead of once per file."""
+    max_seconds()
+    for key in ("demucs_model", "describe_model"):
+        model_path(key)
 
 
 def audio_available() -> str | None:
@@ -87,7 +113,11 @@ def startup_notes() -> list[str]:
     ):
         p = model_path(key)
         if p is None:
-            notes.append(f"atlas: note: {what} skipped: no model configured (set {env} or [audio] {key} in {config_file()})")
+            absent = "" if config_file().exists() else ", a file that does not exist yet"
+            notes.append(f"atlas: note: {what} skipped: no model configured "
+                         f"(set {env} or [audio] {key} in {config_file()}{absent})")
+        elif p.is_dir():
+            notes.append(f"atlas: note: {what} skipped: {p} is a folder; give the model file in it")
         elif not p.is_file():
             notes.append(f"atlas: note: {what} skipped: model file {p} not found")
         else:

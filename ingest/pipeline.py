@@ -328,8 +328,9 @@ def _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_p
         if on_error:
             on_error(f.path, f.reason)
     if any(f.lower().endswith(AUDIO_SUFFIXES) for f in found.files):
-        from ingest.audio_config import startup_notes
+        from ingest.audio_config import check, startup_notes
 
+        check()  # a configuration that cannot be used stops the ingest before anything is stored
         for note in startup_notes():  # absent optional models (stems, descriptions): said once
             print(note, file=sys.stderr)
     # Every write of this ingest goes through one Writer: a small ingest (one new file)

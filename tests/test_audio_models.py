@@ -4,6 +4,7 @@ Gemma 3 270M GGUF from PyPI), and what happens when they are absent or broken.""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -156,6 +157,28 @@ def test_config_file_names_the_models(tmp_path, monkeypatch, tiny_demucs):
     assert model_path("demucs_model") == tiny_demucs and max_seconds() == 60.0
     monkeypatch.setenv("ATLAS_DEMUCS_MODEL", "/elsewhere.th")  # the environment wins
     assert model_path("demucs_model") == Path("/elsewhere.th")
+
+
+@pytest.mark.parametrize("text, env, why", [
+    ('audio = "x"\n', {}, "'audio' must be a table"),
+    ('[audio\ndemucs_model = "x', {}, "not valid TOML"),
+    ('[audio]\nmax_seconds = "abc"\n', {}, "max_seconds in"),
+    ("", {"ATLAS_AUDIO_MAX_S": "-5"}, "ATLAS_AUDIO_MAX_S = '-5': give the longest recording"),
+])
+def test_a_configuration_that_cannot_be_used_stops_the_ingest_first(text, env, why, tmp_path, monkeypatch):
+    # it was read as "nothing configured" (or a traceback, or a limit of -5 s) per file
+    from atlas_db.errors import BadInputError
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text)
+    monkeypatch.setenv("ATLAS_CONFIG", str(cfg))
+    monkeypatch.delenv("ATLAS_AUDIO_MAX_S", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    wav = write_audio(tmp_path / "tones.wav", tone_mix(1.5))
+    with pytest.raises(BadInputError, match=re.escape(why)) as e:
+        ingest_paths([str(wav)], tmp_path / "db", workers=1, derive=False)
+    assert "\n" not in str(e.value) and not (tmp_path / "db").exists()
 
 
 # ---- descriptions ---------------------------------------------------------------------------
