@@ -40,6 +40,16 @@ _ERRORS = {
 }
 
 
+def meta_text(payload: bytes) -> str:
+    """A text meta event (a track name): UTF-8, as today's editors write it, else
+    Latin-1 (any byte is a character, so an older file's name is never lost); read as
+    Latin-1 alone, a UTF-8 'í' was stored as two characters, 'Ã' and a soft hyphen."""
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload.decode("latin-1")
+
+
 @njit(cache=True, nogil=True)
 def _read_vlq(data, pos, end):
     value = 0
@@ -292,7 +302,7 @@ def parse_midi(data: bytes, *, piece_id: str, path: str) -> dict[str, pa.Table]:
             mtype, off, ln, t = int(d1[i]), int(d2[i]), int(d3[i]), int(ticks[i])
             payload = data[off : off + ln]
             if mtype == 0x03 and not name:
-                name = payload.decode("latin-1").strip("\x00")
+                name = meta_text(payload).strip("\x00")
             elif mtype == 0x51:
                 if ln != 3:
                     raise IngestError(path, f"corrupt tempo event in track {track_index}")

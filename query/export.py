@@ -165,7 +165,7 @@ def midi_bytes(con, piece_id: str) -> bytes:
     chunks = []
     for t in range(n_tracks):
         evs = sorted(events[t], key=lambda e: (e[0], e[1], e[2]))
-        head = [(0, _meta(0x03, names.get(t, "").encode("latin-1", "replace")))] if names.get(t) else []
+        head = [(0, _meta(0x03, names.get(t, "").encode("utf-8")))] if names.get(t) else []
         chunks.append(_track_chunk(head + [(e[0], e[3]) for e in evs]))
     header = b"MThd" + (6).to_bytes(4, "big") + int(fmt).to_bytes(2, "big") + n_tracks.to_bytes(2, "big") + int(tpq).to_bytes(2, "big")
     return header + b"".join(chunks)

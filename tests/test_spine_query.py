@@ -76,6 +76,27 @@ def test_export_cli_by_id_prefix_and_path(tmp_path):
     assert r.returncode == 2 and "missing.mid: no such file" in r.stderr
 
 
+def test_track_names_in_utf8_and_in_latin1_are_read_and_written_back(tmp_path):
+    # names were read as Latin-1 alone: 'Melodía' in UTF-8 was stored as 'MelodÃ\xada'
+    import mido
+
+    names = {"utf-8": "Melodía 旋律", "latin-1": "Café"}
+    for charset, name in names.items():
+        mf = mido.MidiFile(type=1, ticks_per_beat=480, charset=charset)
+        mf.tracks.append(mido.MidiTrack([mido.MetaMessage("track_name", name=name, time=0),
+                                         mido.Message("note_on", note=60, velocity=90, time=0),
+                                         mido.Message("note_off", note=60, velocity=0, time=480)]))
+        mf.save(tmp_path / f"{charset}.mid")
+    db = tmp_path / "db"
+    ingest_paths([str(tmp_path / f"{c}.mid") for c in names], db, derive=False)
+    with reading(db) as con:
+        got = dict(con.execute("SELECT p.path, t.name FROM tracks t JOIN pieces p USING (piece_id)").fetchall())
+        assert got == {str(tmp_path / f"{c}.mid"): n for c, n in names.items()}
+        pid = con.execute("SELECT piece_id FROM pieces WHERE path LIKE '%utf-8.mid'").fetchone()[0]
+        back = parse_midi(midi_bytes(con, pid), piece_id="x", path="x")  # written as UTF-8
+    assert back["tracks"].column("name").to_pylist() == [names["utf-8"]]
+
+
 def test_export_keeps_overlapping_and_zero_length_notes(tmp_path):
     # same pitch re-struck before release, and a zero-length note: FIFO pairing must survive
     f = write_midi(tmp_path / "o.mid", [Track([(60, 0, 2, 80), (60, 1, 2, 81), (62, 3, 0, 82), (62, 3, 1, 83)])])
