@@ -331,14 +331,15 @@ def run_batch(db, stage, ids: list[str], rows: dict | None = None, notes: dict |
         forget = getattr(stage, "forget", None)
         if forget is not None:
             forget(con, ids)
+        used = None  # the version a stage's update says it ran as (the grammar's own settings)
         if rows is None and notes is not None and _reads_notes(stage) and all(p in notes for p in ids):
             con.register("_stage_notes", pa.concat_tables([notes[p] for p in ids]))
             try:
-                stage.update(con, ids, notes="_stage_notes")
+                used = stage.update(con, ids, notes="_stage_notes")
             finally:
                 con.unregister("_stage_notes")
         elif rows is None:
-            stage.update(con, ids)
+            used = stage.update(con, ids)
         else:
             stage.write_rows(con, rows)
         con.execute("DELETE FROM derived_failures WHERE stage = ? AND piece_id IN (SELECT unnest(?))",
@@ -348,7 +349,8 @@ def run_batch(db, stage, ids: list[str], rows: dict | None = None, notes: dict |
             {
                 "stage": pa.array([stage.STAGE] * len(ids), pa.string()),
                 "piece_id": pa.array(ids, pa.string()),
-                "stage_version": pa.array([stage.VERSION] * len(ids), pa.string()),
+                "stage_version": pa.array([used if isinstance(used, str) else stage.VERSION] * len(ids),
+                                          pa.string()),
                 "done_at": pa.array([now] * len(ids), pa.timestamp("us", tz="UTC")),
             }
         )

@@ -30,6 +30,7 @@ One ingest of up to ``BATCH_PIECES`` new pieces into an empty grammar is the sam
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime, timezone
 
 import numpy as np
@@ -398,27 +399,43 @@ def _add_interval_counts(con, notes: dict, sign: int = 1) -> None:
         con.execute("DELETE FROM grammar_interval_counts WHERE n_intervals = 0")
 
 
-def update(con, piece_ids: list[str], notes: str = "notes") -> None:
-    """Encode these pieces with the existing rules and learn new ones (see module doc);
-    their notes are read from the relation ``notes``."""
+def stored_settings(con) -> tuple[int, int] | None:
+    """(max_rules, min_count) the database's grammar was built with (its first rule's
+    ``stage_version``), or None when it has no rules yet. They belong to the grammar:
+    later ingests learn with them, whatever the environment says, until ``atlas reindex
+    --grammar`` builds it again (with ``--max-rules``/``--min-count`` or the defaults)."""
+    row = con.execute("SELECT stage_version FROM rules WHERE rule_id >= ? ORDER BY rule_id LIMIT 1",
+                      [gc.N_TERMINALS]).fetchall()
+    m = re.search(r"max_rules=(\d+) min_count=(\d+)", row[0][0] or "") if row else None
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def update(con, piece_ids: list[str], notes: str = "notes") -> str:
+    """Encode these pieces with the existing rules and learn new ones (see module doc),
+    with the grammar's own settings (:func:`stored_settings`); their notes are read
+    from the relation ``notes``. Returns the version string of those settings (for
+    ``derived_runs``)."""
     notes = load_notes(con, list(piece_ids), notes)
     g = load_grammar(con)
     _ensure_terminals(con, g)
     n_old = g.n_rules
-    g, seq, term = track_parse(notes, g, learn=True)
+    max_rules, min_count = (stored_settings(con) if n_old else None) or (MAX_RULES, MIN_COUNT)
+    version = version_string(max_rules, min_count)
+    g, seq, term = track_parse(notes, g, learn=True, max_rules=max_rules, min_count=min_count)
     origin = "build" if n_old == 0 else "incremental"
     new_from = gc.N_TERMINALS + n_old
-    occ = _write_parse(con, notes, seq, g)
+    occ = _write_parse(con, notes, seq, g, version)
     agg = _rule_aggregates(notes, occ)
     if g.n_rules > n_old:
-        _write(con, "rules", _rules_table(g, np.arange(new_from, gc.N_TERMINALS + g.n_rules), origin,
+        _write(con, "rules", _rules_table(g, np.arange(new_from, gc.N_TERMINALS + g.n_rules), origin, version,
                                           counts=agg))
     _add_rule_counts(con, agg, new_from)
     _add_terminal_counts(con, _terminal_counts(notes, term))
     _add_interval_counts(con, notes)
     _add_meta_counts(con, g, occ[3])
-    gt.track_transforms(con, list(piece_ids), VERSION, notes)
-    gt.refresh_corpus_level(con, VERSION, new_from=new_from, grammar=g)
+    gt.track_transforms(con, list(piece_ids), version, notes)
+    gt.refresh_corpus_level(con, version, new_from=new_from, grammar=g)
+    return version
 
 
 def forget(con, piece_ids: list[str]) -> None:
@@ -448,8 +465,9 @@ def rebuild(con, *, max_rules: int | None = None, min_count: int | None = None) 
     """Delete the grammar and build it from scratch over every piece (``atlas reindex
     --grammar``). Runs inside the caller's transaction; returns a summary.
 
-    Rows record the parameters used in ``stage_version``; ``derived_runs`` records the
-    stage's ``VERSION`` so that ingestion does not redo the pieces."""
+    Rows and ``derived_runs`` record the parameters used in ``stage_version`` (ingestion
+    redoes no piece the stage has a run of, whatever its version), and later ingests
+    learn with them (:func:`stored_settings`)."""
     for t in ("occurrences", "grammar_sequences", "rules", "transform_rows", "transform_gains", "grammar_choices",
               "meta_patterns", "grammar_interval_counts", "meta_pattern_counts", "meta_step_counts"):
         con.execute(f"DELETE FROM {t}")
@@ -475,7 +493,7 @@ def rebuild(con, *, max_rules: int | None = None, min_count: int | None = None) 
     con.register("_gram_runs", pa.table({
         "stage": pa.array([STAGE] * len(pieces), pa.string()),
         "piece_id": pa.array(pieces, pa.string()),
-        "stage_version": pa.array([VERSION] * len(pieces), pa.string()),
+        "stage_version": pa.array([version] * len(pieces), pa.string()),
         "done_at": pa.array([now] * len(pieces), pa.timestamp("us", tz="UTC")),
     }))
     con.execute("INSERT INTO derived_runs SELECT * FROM _gram_runs")

@@ -39,7 +39,8 @@ def register(cli):
                   help="The grammar from scratch, then every other derived stage redone for pieces it has "
                        "not processed or processed with an older version (the default).")
     @click.option("--max-rules", type=click.IntRange(1), default=None,
-                  help="Grammar: most rules to learn (default $ATLAS_GRAMMAR_MAX_RULES or 500000).")
+                  help="Grammar: most rules to learn (default $ATLAS_GRAMMAR_MAX_RULES or 500000); "
+                       "later ingests keep the grammar's settings.")
     @click.option("--min-count", type=click.IntRange(2), default=None,
                   help="Grammar: a pair becomes a rule only if it occurs this often (default 2).")
     def reindex(db_dir, do_grammar, do_vectors, do_all, max_rules, min_count, do_harmony=False):
@@ -62,6 +63,11 @@ def register(cli):
         db = resolve(db_dir)
         if not (do_grammar or do_vectors or do_all or do_harmony):
             do_all = True
+        if (max_rules is not None or min_count is not None) and not (do_grammar or do_all):
+            from atlas_db.errors import BadInputError
+
+            raise BadInputError("--max-rules and --min-count are the grammar's settings: "
+                                "give them with --grammar (or --all)")
         if do_harmony and not do_all:
             done = run_derived(db, only=["harmony"], redo=True)
             warn(f"atlas: harmony: {done.get('harmony', 0):,} pieces brought up to date")

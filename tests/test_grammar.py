@@ -38,6 +38,30 @@ def test_grammar_show_lists_two_files_of_one_name_apart(tmp_path):
     assert [p["occurrences"] for p in places] == [2, 2] and len({p["piece_id"] for p in places}) == 2
 
 
+def test_reindex_settings_stay_with_the_grammar(tmp_path):
+    # later ingests learned with the defaults (past --max-rules), and derived_runs
+    # recorded the defaults while the rules recorded the settings
+    from click.testing import CliRunner
+
+    from query.cli import cli
+
+    db = tmp_path / "db"
+    ingest_paths([str(_piece(tmp_path / f"a{i}.mid", [60 + i, 55], 10 + i)) for i in range(3)], db, workers=1)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["reindex", "--grammar", "--max-rules", "12", "--min-count", "3", "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    ingest_paths([str(_piece(tmp_path / f"b{i}.mid", [50 + i, 65, 62], 40 + i)) for i in range(3)], db, workers=1)
+    with reading(db) as con:
+        assert con.execute("SELECT count(*) FROM rules WHERE rule_id >= ?", [gc.N_TERMINALS]).fetchone()[0] <= 12
+        versions = {v for (v,) in con.execute(
+            "SELECT DISTINCT stage_version FROM derived_runs WHERE stage = 'grammar' UNION "
+            "SELECT DISTINCT stage_version FROM rules WHERE rule_id >= ?", [gc.N_TERMINALS]).fetchall()}
+        assert versions == {grammar.version_string(12, 3)}
+        assert grammar.stored_settings(con) == (12, 3)
+    r = runner.invoke(cli, ["reindex", "--harmony", "--max-rules", "5", "--db", str(db)])
+    assert r.exit_code != 0 and "give them with --grammar" in str(r.exception or r.output)
+
+
 def _piece(path, transpositions, filler_seed):
     """Eighth-note motif at each transposition, separated by distinct filler notes whose
     rhythm (dotted quarter, loud) differs from the motif's (eighths, soft)."""
