@@ -109,7 +109,7 @@ def decode(data: bytes, path: str, *, max_seconds: float | None = None) -> Decod
         raise IngestError(path, "corrupt audio: samples are NaN or infinite")
     peak = float(np.abs(samples).max())
     if peak <= 10 ** (SILENCE_DBFS / 20):
-        raise IngestError(path, f"silent: peak level {_db(peak):.0f} dBFS (below {SILENCE_DBFS:g} dBFS)")
+        raise IngestError(path, f"silent: peak level {_db(peak):.1f} dBFS (at or below {SILENCE_DBFS:g} dBFS)")
     if peak > MAX_PEAK:
         # float files with samples near 1e38 made essentia's peak detection run for minutes
         raise IngestError(path, f"corrupt audio: samples reach {peak:.3g} (full scale is 1.0; "

@@ -71,8 +71,9 @@ def register(cli) -> None:
         if rule_id is not None:
             if motif:
                 raise BadInputError("give either MOTIF or --rule ID, not both")
-            if rhythm:
-                raise BadInputError("--rule searches a rule's pitch contour; --match-rhythm/--augmentation do not apply")
+            if rhythm or rhythm_text:
+                raise BadInputError("--rule searches a rule's pitch contour; --rhythm, --match-rhythm and "
+                                    "--augmentation do not apply")
             m, table = search_rule(db, rule_id, transforms=tuple(transforms), approximate=approximate, stats=stats,
                                    piece_ids=piece_ids)
             warn(f"atlas: rule {rule_id} = intervals {' '.join(f'{i:+d}' for i in m.intervals)}")
@@ -85,7 +86,7 @@ def register(cli) -> None:
         n = table.num_rows
         if stats.get("pieces_indexed", 0) < stats.get("pieces", 0):
             warn(f"atlas: the pattern index covers {stats['pieces_indexed']} of {stats['pieces']} pieces; "
-                 "run `atlas reindex` to index the rest")
+                 "re-run `atlas ingest` (on any path already ingested) to index the rest")
         pieces_hit = len(set(table.column("piece_id").to_pylist())) if n else 0
         warn(f"atlas: {n} occurrence(s) in {pieces_hit} piece(s) ({stats.get('method')}, "
              f"{stats.get('candidates', 0):,} candidates verified)")

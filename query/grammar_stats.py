@@ -148,6 +148,11 @@ def compression_report(db_dir, *, xz: bool = True) -> dict:
     return out
 
 
+def _times_total(ratio: float) -> str:
+    """'3.40x the total (larger)': a small collection can be smaller than its encoding."""
+    return f"{ratio:.2f}x the total ({'larger' if ratio > 1 else 'smaller' if ratio < 1 else 'the same'})"
+
+
 def compression_table(report: dict):
     """The report as rows (what, bytes, note) for ``echo_table``."""
     rows = [
@@ -156,15 +161,15 @@ def compression_table(report: dict):
         ("residuals (timing, velocity, ...)", report["residuals_bytes"], ""),
         ("total", report["total_bytes"], f"{report['bytes_per_note']:.3f} bytes/note, "
          f"{'lossless' if report['lossless'] else 'NOT lossless: %d notes differ' % report['mismatched_notes']}"),
-        (".mid files", report["midi_bytes"], f"{report['ratio_vs_midi']:.2f}x larger than total"),
+        (".mid files", report["midi_bytes"], _times_total(report["ratio_vs_midi"])),
     ]
     missing = report.get("xz_files_missing", 0)
     if "xz9_per_file_bytes" in report:
         found = f"the {report['pieces'] - missing} files found only, no ratio"
         rows.append(("xz -9 of each .mid file", report["xz9_per_file_bytes"],
-                     found if missing else f"{report['ratio_vs_xz9_per_file']:.2f}x larger than total"))
+                     found if missing else _times_total(report["ratio_vs_xz9_per_file"])))
         rows.append(("xz -9 of all .mid files concatenated", report["xz9_solid_bytes"],
-                     found if missing else f"{report['ratio_vs_xz9_solid']:.2f}x larger than total"))
+                     found if missing else _times_total(report["ratio_vs_xz9_solid"])))
     if missing:
         rows.append(("files not found for xz", missing, "not at the path they were ingested from"
                      + ("" if "xz9_per_file_bytes" in report else "; no xz figures")))

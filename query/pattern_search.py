@@ -765,8 +765,8 @@ def search(db_dir, motif: Motif, *, transforms=("P",), approximate: bool = False
     n_pieces, n_done = _index_state(con)
     if n_pieces and not n_done:
         raise IndexTroubleError(
-            f"{db_dir}: the pattern index is empty ({n_pieces} pieces stored); run `atlas reindex` "
-            "or re-run `atlas ingest` to build it"
+            f"{db_dir}: the pattern index is empty ({n_pieces} pieces stored); re-run `atlas ingest` "
+            "(on any path already ingested) to build it"
         )
     stats = {} if stats is None else stats
     stats.update({"pieces_indexed": n_done, "pieces": n_pieces, "candidates": 0})
@@ -931,7 +931,10 @@ def search_rule(db_dir, rule_id: int, *, transforms=("P",), approximate: bool = 
         intervals = [int(x) for x in (row[0] or [])]
         motif = Motif(tuple(int(x) for x in np.concatenate([[0], np.cumsum(intervals)])), False, None,
                       f"rule {rule_id}")
-        _check_length(motif)
+        if not MIN_NOTES <= len(motif.pitches) <= MAX_NOTES:
+            raise BadInputError(
+                f"--rule {rule_id}: the rule is {len(motif.pitches)} notes long; --rule searches rules of "
+                f"{MIN_NOTES}-{MAX_NOTES} notes (`atlas grammar rules --min-length {MIN_NOTES}` lists them)")
         return motif, search(db_dir, motif, transforms=transforms, approximate=approximate, con=con, stats=stats,
                              piece_ids=piece_ids)
 

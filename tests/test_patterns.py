@@ -252,6 +252,13 @@ def test_cli_pattern_json_and_errors(planted_db, capsys):
     with pytest.raises(SystemExit) as e:
         main(["pattern", "--rule", "999999", "--db", str(planted_db)])
     assert e.value.code == 2 and "no such rule" in capsys.readouterr().err
+    with reading(planted_db) as con:  # a pair: the error names the rule, not a "motif 'rule N'"
+        pair = con.execute("SELECT min(rule_id) FROM rules WHERE length = 2").fetchone()[0]
+    for extra, why in (([], f"--rule {pair}: the rule is 2 notes long; --rule searches rules of 3-"),
+                       (["--rhythm", "bogus"], "--rhythm, --match-rhythm and --augmentation do not apply")):
+        with pytest.raises(SystemExit) as e:
+            main(["pattern", "--rule", str(pair), *extra, "--db", str(planted_db)])
+        assert e.value.code == 2 and why in capsys.readouterr().err
 
 
 def test_rule_lookup_finds_every_grammar_occurrence(small_pop909_db):
