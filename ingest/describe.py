@@ -25,10 +25,10 @@ import pyarrow as pa
 
 from atlas_db.errors import MissingModelError
 
-__all__ = ["PROMPT_VERSION", "normalise_text", "facts_prompt", "load_llm", "generate",
+__all__ = ["PROMPT_VERSION", "normalise_text", "facts_prompt", "fact_words", "keep_completion", "load_llm", "generate",
            "describe_if_configured", "description_table", "describe_stored", "configured_model"]
 
-PROMPT_VERSION = "describe-1"
+PROMPT_VERSION = "describe-2"  # 2: the sentence starts with the measured words
 MAX_TOKENS = 48
 N_CTX = 1024
 
@@ -86,9 +86,44 @@ Description: A slow, quiet piano piece in F major with a gentle, calm mood.
 """
 
 
+# Words for measured facts. The sentence starts with them and the model completes it: a
+# 270M base model left to itself copied the examples ("slow, quiet piano piece in F major"
+# for an F# major track at 133 BPM, or A major called C major).
+SLOW_BPM, FAST_BPM = 80.0, 115.0
+QUIET_LUFS, LOUD_LUFS = -20.0, -11.0
+_OPPOSITE = {"slow": ("fast", "driving", "upbeat", "up-tempo"), "fast": ("slow",), "mid-tempo": ("slow", "fast"),
+             "quiet": ("loud",), "loud": ("quiet", "soft")}
+_KEY_WORDS = re.compile(r"\b[A-G][#b]? (?:major|minor)\b")
+
+
+def fact_words(values: dict, key_name: str | None, kind: str = "track") -> str:
+    """The measured start of the description: 'A fast, loud track in F# major'."""
+    bpm, lufs = values.get("tempo_bpm"), values.get("loudness_integrated_lufs")
+    words = []
+    if bpm is not None and bpm == bpm:
+        words.append("slow" if bpm < SLOW_BPM else "fast" if bpm > FAST_BPM else "mid-tempo")
+    if lufs is not None and lufs == lufs:
+        words += ["quiet"] if lufs < QUIET_LUFS else ["loud"] if lufs > LOUD_LUFS else []
+    head = f"A {', '.join(words)} {kind}" if words else f"A {kind}"
+    return f"{head} in {key_name}" if key_name else head
+
+
+def keep_completion(start: str, completion: str) -> str:
+    """``start`` plus the model's completion, unless the completion contradicts the
+    measured words (another key, 'slow' after 'fast', 'quiet' after 'loud'): then the
+    measured start alone, as one sentence."""
+    text = _tidy(start + completion)
+    said = set(re.findall(r"[a-z-]+", start.lower()))
+    rest = text[len(start):].lower()
+    wrong = any(re.search(rf"\b{w}\b", rest) for s_ in said for w in _OPPOSITE.get(s_, ()))
+    wrong = wrong or any(k not in start for k in _KEY_WORDS.findall(text[len(start):]))
+    return start + "." if wrong or not text.startswith(start) else text
+
+
 def facts_prompt(title: str, values: dict, key_name: str | None, sources: list[str], n_notes: int,
                  parts_label: str = "Stems") -> str:
-    """The completion prompt: a catalogue entry of measured facts, then 'Description:'."""
+    """The completion prompt: a catalogue entry of measured facts, then 'Description:'
+    (the caller appends :func:`fact_words`, which the model completes)."""
     def fmt(name, spec, suffix=""):
         x = values.get(name)
         return None if x is None or x != x else f"{x:{spec}}{suffix}"
@@ -156,11 +191,14 @@ def load_llm(path):
     return llm
 
 
-def generate(llm, prompt: str) -> str:
+def generate(llm, prompt: str, start: str = "") -> str:
+    """The description: ``start`` (the measured words, :func:`fact_words`) completed by
+    the model, checked by :func:`keep_completion`; without ``start``, the model's line."""
     with _quiet():
-        out = llm.create_completion(prompt, max_tokens=MAX_TOKENS, temperature=0.0, top_k=1,
-                                    repeat_penalty=1.3, stop=["\n", "Title:"], seed=0)
-    return _tidy(out["choices"][0]["text"])
+        out = llm.create_completion(prompt + (" " + start if start else ""), max_tokens=MAX_TOKENS,
+                                    temperature=0.0, top_k=1, repeat_penalty=1.3, stop=["\n", "Title:"], seed=0)
+    text = out["choices"][0]["text"]
+    return keep_completion(start, text) if start else _tidy(text)
 
 
 def description_table(rows: list[dict]) -> pa.Table:
@@ -180,7 +218,7 @@ def describe_if_configured(piece_id: str, title: str, values: dict, key_name, so
         llm = load_llm(p)
     except MissingModelError:
         return description_table([])  # reported once per run by ingest.audio_config.startup_notes
-    text = generate(llm, facts_prompt(title, values, key_name, sources, n_notes))
+    text = generate(llm, facts_prompt(title, values, key_name, sources, n_notes), fact_words(values, key_name))
     if not text:
         return description_table([])
     return description_table([{"piece_id": piece_id, "model": p.name, "prompt_version": PROMPT_VERSION,
@@ -249,7 +287,9 @@ def describe_stored(db_dir, piece_ids: list[str] | None = None, *, model=None, r
         facts = [(pid, _stored_facts(con, pid)) for pid in piece_ids]
     rows = []
     for i, (pid, (title, values, key_name, parts, n_notes, label)) in enumerate(facts):
-        text = generate(llm, facts_prompt(title, values, key_name, parts, n_notes, label))
+        kind = "track" if label == "Stems" else "piece"
+        text = generate(llm, facts_prompt(title, values, key_name, parts, n_notes, label),
+                        fact_words(values, key_name, kind))
         if text:
             rows.append({"piece_id": pid, "model": path.name, "prompt_version": PROMPT_VERSION,
                          "description": text, "created_at": datetime.now(timezone.utc)})

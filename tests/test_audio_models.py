@@ -19,7 +19,7 @@ pytest.importorskip("basic_pitch", reason="basic-pitch not installed (pip instal
 from atlas_db.connection import reading  # noqa: E402
 from atlas_db.errors import MissingModelError  # noqa: E402
 from audio_fixtures import SR, click_track, sine, write_audio  # noqa: E402
-from ingest.describe import normalise_text  # noqa: E402
+from ingest.describe import fact_words, normalise_text  # noqa: E402
 from ingest.pipeline import ingest_paths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,6 +211,31 @@ def test_ingest_writes_an_ascii_description(gguf, tmp_path, monkeypatch):
     model, version, text = rows[0]
     assert model == gguf.name and version.startswith("describe-")
     assert 10 < len(text) < 400 and text.isascii() and "\n" not in text
+    with reading(tmp_path / "db") as con:  # the sentence starts with what was measured
+        key = con.execute("SELECT key_name FROM audio_files").fetchone()[0]
+        values = dict(con.execute("SELECT name, value FROM features WHERE source = 'mix'").fetchall())
+    assert text.startswith(fact_words(values, key)) and key and key in text
+
+
+def test_a_description_states_the_measured_facts_and_drops_a_contradiction(gguf):
+    """The model completes a sentence that starts with the measured words; a completion
+    that contradicts them is left out (a 270M base model copied its examples: 'a slow,
+    quiet piano piece in F major' for an F# major track at 133 BPM)."""
+    from ingest.describe import facts_prompt, generate, keep_completion, load_llm
+
+    assert fact_words({"tempo_bpm": 150.0, "loudness_integrated_lufs": -8.0}, "F# major") == \
+        "A fast, loud track in F# major"
+    assert fact_words({"tempo_bpm": 90.0}, None, "piece") == "A mid-tempo piece"
+    start = "A fast track in F# major"
+    assert keep_completion(start, " with a slow, calm mood.") == start + "."
+    assert keep_completion(start, " in C major with drums.") == start + "."
+    assert keep_completion(start, " with a steady beat.") == start + " with a steady beat."
+    llm = load_llm(gguf)
+    for key, bpm, lufs in (("F# major", 133.0, -14.0), ("A major", 60.0, -25.0), ("C minor", 150.0, -8.0)):
+        values = {"tempo_bpm": bpm, "loudness_integrated_lufs": lufs, "duration_s": 200.0}
+        text = generate(llm, facts_prompt("Song", values, key, ["mix"], 500), fact_words(values, key))
+        assert text.startswith(fact_words(values, key)) and text.endswith(".")
+        assert not any(k in text for k in ("F major", "C major", "G major") if k != key)
 
 
 def test_atlas_describe_on_pop909(gguf, small_pop909_db, tmp_path):
