@@ -350,6 +350,19 @@ def test_a_matchs_romans_are_in_the_key_it_was_matched_in(small_pop909_db):
             assert all(re.match(re.escape(w) + "(?![iIvV])", x) for w, x in zip(q.split(), r["romans"].split())), r
 
 
+def test_a_close_call_between_two_local_keys_goes_to_the_pieces_key():
+    # the C and G major scales together, F a little softer: C major by 0.007 correlation
+    from ingest.harmony import KEY_PRIOR, _key_correlations, local_keys
+
+    ch = np.zeros((40, 12))
+    ch[:, [0, 2, 4, 5, 6, 7, 9, 11]] = 1.0
+    ch[:, 5] = 0.9
+    corr = _key_correlations(ch.sum(axis=0), "krumhansl")[0]
+    assert 0 < corr[0] - corr[7] < KEY_PRIOR
+    assert set(local_keys(ch).tolist()) == set(local_keys(ch, piece_key=0).tolist()) == {0}
+    assert set(local_keys(ch, piece_key=7).tolist()) == {7}
+
+
 def test_stage_is_repeatable(planted_db, tmp_path):
     import shutil
 
@@ -456,7 +469,8 @@ def test_chord_emissions_equal_the_numpy_expressions():
                                   H._state_scores(want, path))
 
 
-def _paths_as_before(p, c, offsets, key_m, bass, bonus, sharpness, silent, change_cost, key_change_cost):
+def _paths_as_before(p, c, offsets, key_m, bass, bonus, sharpness, silent, change_cost, key_change_cost,
+                     piece_keys):
     """The form :func:`ingest.harmony._paths_by_piece` replaced (b7304c1): each piece's
     products by its own BLAS call into one batch-wide matrix, each Viterbi over the
     pieces' slices of it, and the metrical second pass found by whole-array NumPy over
@@ -484,7 +498,10 @@ def _paths_as_before(p, c, offsets, key_m, bass, bonus, sharpness, silent, chang
                 path[a:b] = H._viterbi(emis(a, b), cost[a:b])
         return path
 
-    corr = sharpness * products(p, key_m)
+    corr = products(p, key_m)
+    for g in range(n_pieces):  # the piece's own key: KEY_PRIOR more (local_keys)
+        corr[offsets[g]:offsets[g + 1], piece_keys[g]] += H.KEY_PRIOR
+    corr = sharpness * corr
     key_path = viterbi_groups(lambda a, b: corr[a:b], np.full(n_all, key_change_cost), active)
     raw = products(c, H._TEMPLATES_T)
 
@@ -553,6 +570,7 @@ def test_paths_by_piece_equal_the_batch_form_they_replaced(small_pop909_db):
     p = rng.standard_normal((n, 12))
     p /= np.linalg.norm(p, axis=1, keepdims=True)
     metrical = [_assert_paths_as_before((p, c, offsets, H._key_matrix("krumhansl"), bass, 0.08 * 1.0,
-                                         10.0, chroma.sum(axis=1) <= 0, change_cost, 20.0))
+                                         10.0, chroma.sum(axis=1) <= 0, change_cost, 20.0,
+                                         rng.integers(0, 24, len(lengths))))
                 for change_cost in (12.0, 1.2, 0.3)]
     assert metrical[0] < metrical[-1]
