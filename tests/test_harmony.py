@@ -350,6 +350,19 @@ def test_a_matchs_romans_are_in_the_key_it_was_matched_in(small_pop909_db):
             assert all(re.match(re.escape(w) + "(?![iIvV])", x) for w, x in zip(q.split(), r["romans"].split())), r
 
 
+def test_a_grid_of_onsets_on_the_half_beat_has_its_phase_exactly_there():
+    # equal smoothing weights gave the bin before the peak: 0.479 for 0.5, 0.0625 for 1/12
+    from ingest.harmony import _grid_phase
+
+    assert _grid_phase(np.arange(50) + 0.5, 1.0, np.ones(50)) == 0.5
+    assert _grid_phase(np.arange(50) + 0.25, 1.0, np.ones(50)) == 0.25
+    assert _grid_phase(np.arange(50) + 1 / 12, 1.0, np.ones(50)) == pytest.approx(4 / 48)
+    tune = {"onset_beats": np.arange(16) + 0.5, "duration_beats": np.ones(16),
+            "pitch": np.array([60, 64, 67, 72] * 2 + [65, 69, 72, 77] * 2)}
+    starts = analyze_notes(tune)["chords"].column("onset_beats").to_pylist()
+    assert starts[0] == 0.5 and all(b % 1 == 0.5 for b in starts)
+
+
 def test_a_close_call_between_two_local_keys_goes_to_the_pieces_key():
     # the C and G major scales together, F a little softer: C major by 0.007 correlation
     from ingest.harmony import KEY_PRIOR, _key_correlations, local_keys
