@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 STAGE = "harmony"
-VERSION = "harmony-5"  # 5: a recording's seconds through its tracked tempo (were 120 bpm); KEY_PRIOR
+VERSION = "harmony-5"  # 5: a recording's seconds at its tracked tempo (were 120 bpm); KEY_PRIOR; grid phase
 # A batch is analysed as one set of arrays (its Viterbi scores: frames x 169 float64):
 # up to 1000 pieces, fewer when they hold more than BATCH_NOTES notes.
 BATCH_PIECES = 1000
