@@ -210,7 +210,9 @@ def ingest(paths, db_dir, workers, no_derive, file_timeout_s, ray_address, stagi
     sys.exit(1 if summary.failed or summary.stage_failures else 0)
 
 
-@cli.command()
+# ignore_unknown_options: a query that starts with a '-- comment' line is the query, not
+# an option (the docs' SQL examples start so)
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("query")
 @db_option
 @format_option()
@@ -224,15 +226,19 @@ def sql(query, db_dir, fmt, write, allow_files):
     sees this database only: no other files (unless --allow-files, which reads them),
     databases, extensions or settings; docs/tables.md says exactly what is refused.
     Statements separated by ';' run in order and the last one's result is shown.
+    QUERY '-' reads the query from standard input (a .sql file).
 
     \b
     Example:
       atlas sql "SELECT title, n_notes, duration_s FROM pieces ORDER BY n_notes DESC LIMIT 5"
       atlas sql "SELECT program, count(*) FROM tracks GROUP BY 1" --format csv
       atlas sql "SELECT * FROM read_csv('labels.csv')" --allow-files
+      atlas sql - < report.sql
     """
     from query.sql import run_sql
 
+    if query == "-":
+        query = sys.stdin.read()
     echo_table(run_sql(resolve(db_dir), query, write=write, allow_files=allow_files), fmt)
 
 

@@ -45,8 +45,9 @@ def register(cli) -> None:
         "C4 E4 G4"), or a MIDI file whose top line is the motif. Each occurrence gives the
         piece, path, track, onset (seconds and beats), first pitch and the transform that
         matched (P itself, I inversion, R retrograde, RI). Melodies are read per track, per
-        track's top line and along the piece's skyline (highest notes), so a motif in an
-        inner voice or passing between voices is found too (docs/patterns.md).
+        track's top line and along the piece's skyline (highest notes), so a motif in a voice
+        of its own track, or passing between voices, is found too; an inner voice of a track
+        that plays chords is not (docs/patterns.md).
 
         \b
         Example:

@@ -42,7 +42,8 @@ def register(cli):
                   help="Grammar: most rules to learn (default $ATLAS_GRAMMAR_MAX_RULES or 500000); "
                        "later ingests keep the grammar's settings.")
     @click.option("--min-count", type=click.IntRange(2), default=None,
-                  help="Grammar: a pair becomes a rule only if it occurs this often (default 2).")
+                  help="Grammar: a pair becomes a rule only if it occurs this often "
+                       "(default $ATLAS_GRAMMAR_MIN_COUNT or 2).")
     def reindex(db_dir, do_grammar, do_vectors, do_all, max_rules, min_count, do_harmony=False):
         """Recompute derived data from the stored notes.
 

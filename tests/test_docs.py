@@ -42,3 +42,20 @@ def test_every_table_and_column_is_documented(small_pop909_db):
     assert not missing_tables, f"tables/views not documented (as `name`) in README.md or docs/: {missing_tables}"
     missing_cols = sorted({f"{t}.{c}" for t, c in cols if not re.search(rf"`{c}`", text)})
     assert not missing_cols, f"columns not documented (as `name`) in README.md or docs/: {missing_cols}"
+
+
+def _modules_with_examples():
+    return sorted(".".join(p.relative_to(ROOT).with_suffix("").parts)
+                  for pkg in ("atlas_db", "ingest", "indexers", "query", "tui")
+                  for p in (ROOT / pkg).rglob("*.py") if ">>>" in p.read_text())
+
+
+@pytest.mark.parametrize("module", _modules_with_examples())
+def test_docstring_examples_run(module):
+    # a docstring's example that does not run, or prints something else, misleads
+    # ('Gb major' where the code spells F#; an option directive that stopped doctest)
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0

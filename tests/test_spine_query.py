@@ -125,6 +125,13 @@ def test_sql_read_only_by_default_and_formats(small_pop909_db):
     assert r.stdout.splitlines() == ['"title"', '"001"', '"001-v1"']
     r = atlas("sql", "SELECT * FROM nosuchtable", "--db", str(small_pop909_db))
     assert r.returncode == 2 and r.stderr.startswith("atlas: error: Catalog Error") and r.stderr.count("\n") == 1
+    # a query that starts with a '-- comment' line (as the docs' examples do) is the query
+    r = atlas("sql", "-- the first title\nSELECT title FROM pieces ORDER BY title LIMIT 1", "--db",
+              str(small_pop909_db), "--format", "csv")
+    assert r.returncode == 0 and r.stdout.splitlines() == ['"title"', '"001"'], r.stderr
+    r = subprocess.run([*ATLAS, "sql", "-", "--db", str(small_pop909_db), "--format", "csv"], capture_output=True,
+                       text=True, cwd=Path(__file__).parents[1], input="-- from a file\nSELECT 1 AS one;\nSELECT 2 AS two;\n")
+    assert r.returncode == 0 and r.stdout.splitlines() == ['"two"', "2"], r.stderr
 
 
 def test_sql_write_flag(tmp_path):

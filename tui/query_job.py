@@ -10,7 +10,7 @@ interrupt on its clock tick until the worker has returned. A cancelled job raise
 Example
 -------
 >>> job = QueryJob("atlas_data", "SELECT count(*) FROM range(10000000000)")  # doctest: +SKIP
->>> # worker thread: job.run()   UI thread: job.cancel()                     # doctest: +SKIP
+>>> job.run()  # in a worker thread; job.cancel() from the UI thread          # doctest: +SKIP
 """
 
 from __future__ import annotations
