@@ -745,6 +745,23 @@ def test_sql_catalog_lists_tables_and_inserts_names(tui_db, tmp_path):
     run(make_app(tui_db, tmp_path), scenario)
 
 
+def test_a_narrow_terminal_gives_the_sql_editor_the_room(tui_db, tmp_path):
+    # at 80 columns the catalog and the side pane left the editor 26 columns
+    widths = {}
+
+    async def scenario(pilot, messages):
+        await pilot.press("4")
+        await wait_for(pilot, lambda: of_type(messages, "CatalogLoaded"), "catalog")
+        await pilot.pause(0.1)
+        screen = pilot.app.screen
+        widths[pilot.app.size.width] = (screen.query_one("#catalog").display, screen.query_one("#editor").size.width)
+
+    for size in ((80, 24), (160, 50)):
+        run(make_app(tui_db, tmp_path), scenario, size=size)
+    assert widths[80][0] is False and widths[80][1] >= 50
+    assert widths[160][0] is True and widths[160][1] >= 70
+
+
 # ---- query.library (what the Library screen shows) ---------------------------------------
 
 def test_library_key_falls_back_to_the_files_key_signature(tui_db, tmp_path):

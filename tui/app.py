@@ -63,6 +63,8 @@ class AtlasApp(App):
     """``AtlasApp(db_dir)``: browse, search and grow the database in ``db_dir``."""
 
     TITLE = "Harmony Atlas"
+    # a screen under 110 columns is "-narrow": the SQL console gives its editor the room
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
 
     #: the status line every screen shows (see tui.widgets.status_bar)
     status_text = reactive("")

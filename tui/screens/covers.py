@@ -167,10 +167,12 @@ class CoversScreen(AtlasScreen):
         t = msg.table
         self.result = t
         dt.clear(columns=True)
-        for c in ("rank", "score", "path", "explanation", "melody_score", "harmony_score", "piece_id"):
+        # the file's name (a narrow terminal cut a path to its folders); the whole path is
+        # in the line under the table
+        for c in ("rank", "score", "file", "explanation", "melody_score", "harmony_score", "piece_id"):
             dt.add_column(c, key=c)
         for row in t.to_pylist():
-            dt.add_row(row["rank"], f"{row['score']:.3f}", cell(row["path"]), cell(explain(row)),
+            dt.add_row(row["rank"], f"{row['score']:.3f}", cell(Path(row["path"] or "").name), cell(explain(row)),
                        cell(row["melody_score"]), cell(row["harmony_score"]), row["piece_id"],
                        key=f"{row['rank']}:{row['piece_id']}")
         self.query_one("#covers-info", Static).update(
