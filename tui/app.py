@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import App
 from textual.binding import Binding
@@ -133,13 +134,14 @@ class AtlasApp(App):
     @on(StatusLoaded)
     def _status_loaded(self, msg: StatusLoaded) -> None:
         if msg.counts is None:
-            self.status_text = f"{self.db_dir} · [red]{msg.error}[/red]"
+            self.status_text = f"{escape(str(self.db_dir))} · [red]{escape(msg.error)}[/red]"
             return
         s = msg.counts
         self.counts = s
-        self.status_text = (
+        n_err = s["ingest_errors"]
+        self.status_text = escape(
             f"{s['database']} · {s['pieces']:,} pieces · {s['tracks_with_notes']:,} tracks · "
-            f"{s['notes']:,} notes · {s['hours']:.1f} h · {s['ingest_errors']:,} ingest errors"
+            f"{s['notes']:,} notes · {s['hours']:.1f} h · {n_err:,} ingest error{'' if n_err == 1 else 's'}"
         )
 
     def action_refresh_status(self) -> None:
