@@ -89,9 +89,8 @@ def max_seconds() -> float:
 def check() -> None:
     """Raise BadInputError (one line) when the configuration cannot be used: said once,
     at the start of an ingest with recordings, instead of once per file."""
+    _file_settings()  # read even where the environment sets every value
     max_seconds()
-    for key in ("demucs_model", "describe_model"):
-        model_path(key)
 
 
 def audio_available() -> str | None:

@@ -120,16 +120,17 @@ TRIAD_FAMILY = {
     "aug": "aug", "sus2": "sus2", "sus4": "sus4",
 }
 
-# Key profiles (C major / C minor), Krumhansl & Kessler 1982 and Temperley 1999.
 # A local key window's correlation with the piece's own key gets this much more: a
 # window is 32 beats, and a held dominant (Mozart K331's E pedal under an A major theme)
 # made its first bars E major. Chosen on songs 001-100 of POP909-dev (a probe adding it
 # to the whole-piece chroma's key: local-key score 0.873 at 0.03; 0.868, 0.862, 0.856 at
 # 0.05, 0.075, 0.1; 0.858 without). As shipped (benchmarks/harmony.py): songs 001-100
 # 0.858 -> 0.871, held out 0.898 -> 0.905, all 300 0.891 -> 0.905; chords and piece
-# keys unchanged. K331's opening stays E major: it needs 0.075 or more.
+# keys unchanged (figures before the grid phase change: docs/harmony.md). K331's opening
+# stays E major: it needs 0.075 or more.
 KEY_PRIOR = 0.03
 
+# Key profiles (C major / C minor), Krumhansl & Kessler 1982 and Temperley 1999.
 KEY_PROFILES = {
     "krumhansl": (
         np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88]),
