@@ -298,7 +298,7 @@ def stats(db_dir, fmt, compression):
         echo_table(counts, "csv")
         return
     mb = summary["disk_bytes"] / 1e6
-    click.echo(f"database   {summary['database']} ({mb:,.1f} MB on disk)")
+    click.echo(f"database   {summary['database']} (its folder, vector indexes included: {mb:,.1f} MB on disk)")
     click.echo(
         f"corpus     {summary['pieces']:,} pieces ({summary['midi_pieces']:,} MIDI, {summary['audio_pieces']:,} audio), "
         f"{summary['tracks_with_notes']:,} tracks with notes, {summary['notes']:,} notes, {summary['hours']:.2f} h of music"
@@ -306,7 +306,8 @@ def stats(db_dir, fmt, compression):
     if summary["top_gm_programs"]:
         progs = ", ".join(f"{p['program']} ({p['tracks']})" for p in summary["top_gm_programs"])
         click.echo(f"programs   most used GM programs (tracks): {progs}")
-    click.echo(f"errors     {summary['ingest_errors']} files in ingest_errors")
+    n_err = summary["ingest_errors"]
+    click.echo(f"errors     {n_err} file{'' if n_err == 1 else 's'} in ingest_errors")
     click.echo("")
     echo_table(counts, "table")
 

@@ -1681,7 +1681,14 @@ def resolve_query(get_index, db_dir, query: str) -> QueryFeatures:
 
     with reading(db_dir) as con:
         pid = resolve_piece(con, query)
-    return get_index().query_for_piece(pid, label=query)
+    index = get_index()
+    if pid not in index.row_of:
+        with reading(db_dir) as con:  # (reindexing cannot help a piece without a melody or chords)
+            pitched = con.execute("SELECT count(*) FROM notes n JOIN tracks t USING (piece_id, track_index) "
+                                  "WHERE n.piece_id = ? AND NOT coalesce(t.is_drum, false)", [pid]).fetchone()[0]
+        if not pitched:
+            raise BadInputError(f"{query}: the piece has no pitched notes (drums only, or none): nothing to compare")
+    return index.query_for_piece(pid, label=query)
 
 
 def stale_note(db_dir) -> str | None:

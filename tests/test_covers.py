@@ -132,6 +132,22 @@ def test_empty_or_silent_query_is_a_clear_error(synth_db, kind, capsys):
     assert err.startswith("atlas: error: ") and "Traceback" not in err
 
 
+def test_a_stored_drums_only_piece_as_the_query_says_why_not_to_reindex(synth_db, tmp_path):
+    # it said "piece has no vectors yet; run `atlas reindex --vectors`", which cannot help
+    from atlas_db.connection import reading
+    from ingest.pipeline import ingest_paths
+    from query.covers import covers
+
+    db = tmp_path / "db"
+    shutil.copytree(synth_db["db"], db)
+    drums = write_midi(tmp_path / "drums.mid", [Track([(36, i * 1.0, 0.5, 100) for i in range(16)], channel=9)])
+    ingest_paths([str(drums)], db, workers=1)
+    with reading(db) as con:
+        pid = con.execute("SELECT piece_id FROM pieces WHERE path LIKE '%drums.mid'").fetchone()[0]
+    with pytest.raises(BadInputError, match="the piece has no pitched notes"):
+        covers(db, [pid])
+
+
 def test_unknown_piece_query_is_a_clear_error(synth_db):
     from query.covers import covers
 
