@@ -185,5 +185,10 @@ def export_piece(db_dir, piece: str, out_path) -> tuple[str, int]:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
-        out_path.write_bytes(data)
+        try:
+            out_path.write_bytes(data)
+        except OSError as e:
+            if out_path.is_file():  # a partial file is no MIDI file (a device such as /dev/full stays)
+                out_path.unlink()
+            raise BadInputError(f"{out_path}: cannot write the MIDI file ({e.strerror or e})") from None
     return pid, len(data)

@@ -70,6 +70,10 @@ def test_export_cli_by_id_prefix_and_path(tmp_path):
     back = parse_midi((tmp_path / "out.mid").read_bytes(), piece_id="x", path="out")
     assert back["notes"].column("pitch").to_pylist() == [60, 64, 67, 72]
     assert back["tempo_changes"].column("us_per_beat").to_pylist() == [600000]
+    if Path("/dev/full").exists():  # a full disk: one line, no word of a transaction
+        r = atlas("export", pid[:8], "-o", "/dev/full", "--db", str(db))
+        assert r.returncode == 2 and r.stderr == "atlas: error: /dev/full: cannot write the MIDI file " \
+            "(No space left on device)\n"
     r = atlas("export", "nope", "-o", str(tmp_path / "o.mid"), "--db", str(db))
     assert r.returncode == 2 and "no such piece" in r.stderr and "Traceback" not in r.stderr
     r = atlas("export", str(tmp_path / "missing.mid"), "-o", str(tmp_path / "o.mid"), "--db", str(db))
