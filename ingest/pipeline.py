@@ -21,7 +21,7 @@ from atlas_db.errors import BadInputError, IngestError, Interrupted
 from atlas_db.store import Failure, ParsedPiece, known_piece_ids, write_batch
 from ingest.sources import AUDIO_SUFFIXES, MIDI_SUFFIXES, discover, read_regular_file, stored_path
 
-__all__ = ["IngestSummary", "IngestInterrupted", "ingest_paths", "process_file", "piece_id_for"]
+__all__ = ["IngestSummary", "IngestInterrupted", "ingest_paths", "process_file", "piece_id_for", "file_piece_id"]
 
 # Flush a batch when it holds this many notes or files, or has waited this long.
 BATCH_NOTES = 400_000
@@ -47,6 +47,12 @@ class IngestInterrupted(Interrupted):
 
 def piece_id_for(content_sha256: str) -> str:
     return content_sha256[:16]
+
+
+def file_piece_id(path) -> str:
+    """The id a file's bytes would have; OSError or ValueError (a FIFO, a device) when it
+    cannot be read."""
+    return piece_id_for(hashlib.sha256(read_regular_file(path)).hexdigest())
 
 
 @dataclass
@@ -253,7 +259,7 @@ def _known_ids(db: Writer, files: list[str]) -> set[str]:
     ids = []
     for f in files:
         try:
-            ids.append(piece_id_for(hashlib.sha256(read_regular_file(f)).hexdigest()))
+            ids.append(file_piece_id(f))
         except (OSError, ValueError):  # process_file reports it
             pass
     return known_piece_ids(db, among=ids)

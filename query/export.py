@@ -71,13 +71,10 @@ def stored_id_of_file(con, path) -> str | None:
     cannot be read: its own reading then says why). By content, not by path: a file
     changed since it was ingested is not its old stored piece, and a copy of a stored
     file anywhere is."""
-    import hashlib
-
-    from ingest.pipeline import piece_id_for
-    from ingest.sources import read_regular_file
+    from ingest.pipeline import file_piece_id
 
     try:
-        pid = piece_id_for(hashlib.sha256(read_regular_file(path)).hexdigest())
+        pid = file_piece_id(path)
     except (OSError, ValueError):
         return None
     return pid if con.execute("SELECT 1 FROM pieces WHERE piece_id = ?", [pid]).fetchall() else None

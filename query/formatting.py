@@ -62,14 +62,15 @@ def _csv_scalar(t: pa.DataType) -> bool:
 def unique_names(names: list[str]) -> list[str]:
     """Column names made unique for JSON keys: a repeated ``a`` becomes ``a_1``, ``a_2``
     (as pandas and DuckDB's data frames name them), so no column is lost."""
-    seen, out = set(names), []
-    for i, n in enumerate(names):
-        if n in names[:i]:
+    taken, shown, out = set(names), set(), []
+    for n in names:
+        if n in shown:
             k = 1
-            while f"{n}_{k}" in seen:
+            while f"{n}_{k}" in taken:
                 k += 1
             n = f"{n}_{k}"
-            seen.add(n)
+            taken.add(n)
+        shown.add(n)
         out.append(n)
     return out
 

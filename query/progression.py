@@ -280,9 +280,13 @@ def find_progression(db_dir, text: str, *, exact: bool = False, limit: int | Non
     labels = ch["label"]
     # romans in the key the match was read in, the first chord's (the ``key`` column):
     # each chord's own local key could differ inside a match ("III VII i" shown "III VII vi")
-    tonic, minor, root, quality = ch["key_tonic_pc"], ch["is_minor"], ch["root_pc"], ch["quality"]
-    romans = [" ".join(roman_numeral(int(root[i]) - int(tonic[s]), quality[i], "minor" if minor[s] else "major")
-                       for i in range(s, s + k)) for s in starts.tolist()]
+    idx = starts[:, None] + np.arange(k)
+    degree = (ch["root_pc"][idx].astype(np.int64) - ch["key_tonic_pc"][starts, None]) % 12
+    mode = np.where(ch["is_minor"][starts], "minor", "major")
+    names = {}  # (degree, quality, mode) -> numeral: a few hundred of them, looked up per chord
+    romans = [" ".join(names.get(key) or names.setdefault(key, roman_numeral(*key))
+                       for key in zip(d.tolist(), ch["quality"][ix].tolist(), [m] * k))
+              for d, ix, m in zip(degree, idx, mode.tolist())]
     if kind == "symbols":
         transp = pa.array((ch["root_pc"][starts].astype(np.int64) - query[0].root_pc) % 12, pa.int16())
     else:
