@@ -264,10 +264,35 @@ def _check_reachable(address: str) -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         raise BadInputError(f"--ray {shown}: not a Ray cluster address (HOST:PORT, e.g. 127.0.0.1:6379, or auto)")
+    if not 0 < int(port) < 65536:
+        raise BadInputError(f"--ray {shown}: {port} is not a port number (1-65535)")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as sock:
+            speaks_grpc = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true") or _answers_http2(sock)
     except OSError as e:
         raise BadInputError(f"--ray {shown}: cannot reach a Ray cluster there ({e.strerror or e})") from None
+    if not speaks_grpc:
+        raise BadInputError(f"--ray {shown}: something listens there but it is not a Ray cluster (it does not "
+                            "answer gRPC); give the head's GCS port that `ray start --head` printed "
+                            "(6379 by default; 8265 is the dashboard)")
+
+
+def _answers_http2(sock: socket.socket) -> bool:
+    """Whether the server on ``sock`` answers an HTTP/2 client preface with a SETTINGS
+    frame, as Ray's GCS (a gRPC server) does; an HTTP/1 server, ssh or Ray's dashboard
+    does not, and ``ray.init`` would retry against them for minutes."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
+    try:
+        sock.sendall(preface)
+        header = b""
+        while len(header) < 9:
+            chunk = sock.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except (TimeoutError, OSError):
+        return False
+    return header[3] == 4  # the frame type byte: SETTINGS
 
 
 @contextlib.contextmanager
@@ -283,20 +308,26 @@ def ray_engine(db_dir, address: str | None = None, *, staging_dir=None, num_cpus
             _check_reachable(address)
         kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         try:
-            if address is None:
-                ray.init(address="local", num_cpus=num_cpus, **kwargs)
-            else:
-                ray.init(address=address, **kwargs)
+            with _ctrl_c_deferred() as ctrl_c:
+                if address is None:
+                    ray.init(address="local", num_cpus=num_cpus, **kwargs)
+                else:
+                    ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-            raise BadInputError(f"--ray: cannot connect to {where} ({_one_line(e)})") from None
+            hint = ("; if its head runs with RAY_AUTH_MODE=token, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
+                    "(or RAY_AUTH_TOKEN_PATH) to its token here too" if address else "")
+            raise BadInputError(f"--ray: cannot connect to {where} ({_one_line(e)}){hint}") from None
+        if ctrl_c:
+            _shutdown(ray)
+            raise KeyboardInterrupt
     root = Path(staging_dir) if staging_dir else Path(db_dir) / ".staging"
     run_dir = root / uuid.uuid4().hex[:12]
     try:
         run_dir.mkdir(parents=True)
     except OSError as e:
         if ours:
-            ray.shutdown()
+            _shutdown(ray)
         raise BadInputError(f"{root}: cannot create the staging folder ({e.strerror or e})") from None
     try:
         yield RayEngine(ray, run_dir)
@@ -305,7 +336,35 @@ def ray_engine(db_dir, address: str | None = None, *, staging_dir=None, num_cpus
         with contextlib.suppress(OSError):
             root.rmdir()  # only if no other run is using it
         if ours:
-            ray.shutdown()
+            _shutdown(ray)
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred():
+    """Hold Ctrl-C until the block ends; the yielded list is non-empty if it came.
+
+    Ray starts and stops its processes (GCS, raylet, agents) over a few seconds: a
+    KeyboardInterrupt in the middle left them running, and sometimes crashed the
+    interpreter's exit (SIGSEGV in Ray's atexit hook)."""
+    import signal
+    import threading
+
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _shutdown(ray) -> None:
+    with _ctrl_c_deferred() as ctrl_c:
+        ray.shutdown()
+    if ctrl_c:
+        raise KeyboardInterrupt
 
 
 def ingest_paths_ray(paths, db_dir, *, address: str | None = None, staging_dir=None, num_cpus=None, **kwargs):

@@ -4,10 +4,12 @@ one line and its ingest_errors row; Ray missing or unreachable is one clear line
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -235,3 +237,65 @@ def test_a_failing_piece_is_isolated_inside_a_task(tmp_path, monkeypatch):
 
     assert pq.read_table(paths["out"]).to_pydict() == {"piece_id": ["a", "a", "c"], "pitch": [60, 62, 65]}
 
+
+
+@needs_ray
+def test_a_port_that_is_not_a_ray_cluster_is_one_line(tmp_path):
+    """An HTTP server where the head's port should be (the dashboard's 8265 by mistake):
+    one line within seconds, not ray.init's minutes of retries."""
+    import http.server
+    import threading
+
+    song = pop909_songs(1)[0] / f"{pop909_songs(1)[0].name}.mid"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        r = subprocess.run([*ATLAS, "ingest", str(song), "--db", str(tmp_path / "db"), "--ray", f"127.0.0.1:{port}"],
+                           capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=60)
+    finally:
+        server.shutdown()
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (f"atlas: error: --ray 127.0.0.1:{port}: something listens there but it is not a "
+                                "Ray cluster (it does not answer gRPC); give the head's GCS port that `ray start "
+                                "--head` printed (6379 by default; 8265 is the dashboard)")
+    r = subprocess.run([*ATLAS, "ingest", str(song), "--db", str(tmp_path / "db"), "--ray", "127.0.0.1:99999"],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=60)
+    assert r.stderr.strip() == "atlas: error: --ray 127.0.0.1:99999: 99999 is not a port number (1-65535)"
+    assert not (tmp_path / "db").exists()
+
+
+def _session_processes(sid: int) -> list[str]:
+    out = subprocess.run(["ps", "-ww", "-eo", "sid=,stat=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.split()[0] == str(sid) and not line.split()[1].startswith("Z")]
+
+
+@needs_ray
+def test_ctrl_c_while_ray_starts_stops_ray(tmp_path):
+    """Ctrl-C while the private Ray instance is starting (its raylet has started its
+    agents, ray.init has not returned): the interrupt line, exit 130, and no Ray process
+    left behind (the agents kept running, and Ray's exit hook sometimes crashed with SIGSEGV)."""
+    song = pop909_songs(1)[0]
+    env = {**os.environ, **RAY_ENV}
+    env.pop("RAY_ADDRESS", None)
+    p = subprocess.Popen([*ATLAS, "ingest", str(song), "--db", str(tmp_path / "db"), "--ray"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         cwd=Path(__file__).parents[1], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(w in line for line in _session_processes(p.pid) for w in ("DashboardAgent", "dashboard/agent.py")):
+            assert p.poll() is None and time.monotonic() < deadline, "Ray's agents did not start"
+            time.sleep(0.02)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 130, err
+        assert err.strip().splitlines()[-1].startswith("atlas: interrupted"), err
+        assert "Traceback" not in err
+        deadline = time.monotonic() + 30  # Ray's processes exit on their own once told to
+        while _session_processes(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _session_processes(p.pid) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
