@@ -52,6 +52,7 @@ import pyarrow as pa
 from atlas_db.connection import BULK_HOLD_S, Writer
 from atlas_db.errors import AtlasError, Interrupted
 from atlas_db.schema import TABLES
+from ingest import ctrl_c
 from ingest.limits import size_problem
 
 __all__ = ["STAGE_MODULES", "stages", "pending_pieces", "pending_by_stage", "batches", "run_stages", "StageInterrupted",
@@ -170,35 +171,58 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
     done: dict[str, int] = {}
     totals: dict[str, int] = {}
     current = "derived"
-    try:
-        with _writer(db_dir) as db, db.holding(BULK_HOLD_S):
-            todo = [stage for stage in stages() if not only or stage.STAGE in only]
-            # what each stage is to do, found at once: a stage writes only its own
-            # derived_runs and derived_failures rows, so the others' stay as found here
-            pending = pending_by_stage(db.connection(), todo, redo_old_versions=redo_old_versions)
-            if workers > 1 and _worth_a_pool(db.connection(), todo, pending):
-                from ingest.stage_pool import ProcessPool, run_stages_pooled
+    started = datetime.now(timezone.utc)
+    pending: dict[str, list[str]] = {}
+    with ctrl_c.watched(), _writer(db_dir) as db:
+        try:
+            with db.holding(BULK_HOLD_S):
+                todo = [stage for stage in stages() if not only or stage.STAGE in only]
+                # what each stage is to do, found at once: a stage writes only its own
+                # derived_runs and derived_failures rows, so the others' stay as found here
+                pending = pending_by_stage(db.connection(), todo, redo_old_versions=redo_old_versions)
+                if workers > 1 and _worth_a_pool(db.connection(), todo, pending):
+                    from ingest.stage_pool import ProcessPool, run_stages_pooled
 
-                pool = ProcessPool(workers - 1)
-                try:
-                    return run_stages_pooled(db, pool, mods=todo, progress=progress, on_failure=on_failure,
-                                             notes=notes, seconds=seconds, pending=pending)
-                finally:
-                    pool.close()
-            for stage in todo:
-                current = stage.STAGE
-                t0 = time.perf_counter()
-                try:
-                    _run_stage(db, stage, done, totals, redo_old_versions, progress, on_failure, notes,
-                               pending[stage.STAGE])
-                finally:
-                    if seconds is not None:
-                        seconds[stage.STAGE] = seconds.get(stage.STAGE, 0.0) + time.perf_counter() - t0
-    except BaseException as e:
-        if is_interrupt(e):
-            raise StageInterrupted(current, done, totals.get(current, 0)) from None
-        raise
+                    pool = ProcessPool(workers - 1)
+                    try:
+                        return run_stages_pooled(db, pool, mods=todo, progress=progress, on_failure=on_failure,
+                                                 notes=notes, seconds=seconds, pending=pending)
+                    finally:
+                        pool.close()
+                for stage in todo:
+                    current = stage.STAGE
+                    t0 = time.perf_counter()
+                    try:
+                        _run_stage(db, stage, done, totals, redo_old_versions, progress, on_failure, notes,
+                                   pending[stage.STAGE])
+                    finally:
+                        if seconds is not None:
+                            seconds[stage.STAGE] = seconds.get(stage.STAGE, 0.0) + time.perf_counter() - t0
+                ctrl_c.check()
+        except BaseException as e:
+            if is_interrupt(e):
+                raise interrupted(db, current, done, totals, pending, started) from None
+            raise
     return done
+
+
+def interrupted(db, current: str, done: dict[str, int], totals: dict[str, int], pending: dict[str, list[str]],
+                started: datetime) -> StageInterrupted:
+    """The :class:`StageInterrupted` of a run that began at ``started``, each stage's count
+    of pieces done read from the database (its ``derived_runs`` and ``derived_failures``
+    rows of its ``pending`` pieces written since): a Ctrl-C can land after a batch's
+    COMMIT and before the run counts it. The run's own counts if that read fails."""
+    with contextlib.suppress(Exception):
+        with _writer(db) as w:
+            con = w.connection()
+            for stage in done:
+                done[stage] = con.execute(
+                    """SELECT count(*) FROM (
+                           SELECT piece_id FROM derived_runs WHERE stage = $1 AND done_at >= $2
+                           UNION SELECT piece_id FROM derived_failures WHERE stage = $1 AND failed_at >= $2)
+                       WHERE piece_id IN (SELECT unnest($3))""",
+                    [stage, started, pending.get(stage, [])]).fetchone()[0]
+    return StageInterrupted(current, done, totals.get(current, 0))
 
 
 # Notes of the pieces for the per-piece stages from which worker processes pay: a worker
@@ -327,6 +351,7 @@ def run_batch(db, stage, ids: list[str], rows: dict | None = None, notes: dict |
     """One transaction: the stage's rows for ``ids`` (``rows``: computed elsewhere by its
     ``compute_rows``; else its ``update`` computes them) and their ``derived_runs``.
     ``db``: a database folder or a :class:`Writer`; ``notes``: see :func:`run_stages`."""
+    ctrl_c.check()  # a Ctrl-C that the last statement swallowed stops the run here
     with _writer(db) as w, w.transaction() as con:
         forget = getattr(stage, "forget", None)
         if forget is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from atlas_db.connection import Writer
 from atlas_db.errors import BadInputError, IngestError, Interrupted
 from atlas_db.store import Failure, ParsedPiece, known_piece_ids, write_batch
+from ingest import ctrl_c
 from ingest.sources import AUDIO_SUFFIXES, MIDI_SUFFIXES, discover, read_regular_file, stored_path
 
 __all__ = ["IngestSummary", "IngestInterrupted", "ingest_paths", "process_file", "piece_id_for", "file_piece_id"]
@@ -310,8 +311,9 @@ def ingest_paths(paths, db_dir, *, workers: int | None = None, progress=None, on
     """
     summary = IngestSummary()
     try:
-        return _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_progress,
-                       on_stage_failure, file_timeout_s, engine)
+        with ctrl_c.watched():
+            return _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_progress,
+                           on_stage_failure, file_timeout_s, engine)
     except Interrupted:
         raise
     except BaseException as e:
@@ -419,6 +421,7 @@ def _store_and_derive(db, db_dir, summary, found, failures, known, workers, prog
                 progress(done, len(found.files), summary.notes_added + pending_notes)
         flush(last=True)
         collect()
+        ctrl_c.check()
     except BaseException as e:
         from ingest.derived import is_interrupt
 
@@ -451,5 +454,6 @@ def _store_and_derive(db, db_dir, summary, found, failures, known, workers, prog
         except StageInterrupted as e:
             summary.derived = e.done
             raise IngestInterrupted(f"during the {e.stage} stage", summary) from None
+    ctrl_c.check()
     summary.seconds = time.perf_counter() - t0
     return summary

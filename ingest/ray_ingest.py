@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from atlas_db.errors import BadInputError
 from atlas_db.schema import TABLES
 from atlas_db.store import Failure, ParsedPiece
+from ingest import ctrl_c
 from ingest.sources import MIDI_SUFFIXES, stored_path
 
 __all__ = ["RayEngine", "ray_engine", "ingest_paths_ray", "INSTALL_HINT"]
@@ -308,7 +309,7 @@ def ray_engine(db_dir, address: str | None = None, *, staging_dir=None, num_cpus
             _check_reachable(address)
         kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         try:
-            with _ctrl_c_deferred() as ctrl_c:
+            with ctrl_c.deferred() as came:
                 if address is None:
                     ray.init(address="local", num_cpus=num_cpus, **kwargs)
                 else:
@@ -318,7 +319,7 @@ def ray_engine(db_dir, address: str | None = None, *, staging_dir=None, num_cpus
             hint = ("; if its head runs with RAY_AUTH_MODE=token, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
                     "(or RAY_AUTH_TOKEN_PATH) to its token here too" if address else "")
             raise BadInputError(f"--ray: cannot connect to {where} ({_one_line(e)}){hint}") from None
-        if ctrl_c:
+        if came:
             _shutdown(ray)
             raise KeyboardInterrupt
     root = Path(staging_dir) if staging_dir else Path(db_dir) / ".staging"
@@ -339,31 +340,11 @@ def ray_engine(db_dir, address: str | None = None, *, staging_dir=None, num_cpus
             _shutdown(ray)
 
 
-@contextlib.contextmanager
-def _ctrl_c_deferred():
-    """Hold Ctrl-C until the block ends; the yielded list is non-empty if it came.
-
-    Ray starts and stops its processes (GCS, raylet, agents) over a few seconds: a
-    KeyboardInterrupt in the middle left them running, and sometimes crashed the
-    interpreter's exit (SIGSEGV in Ray's atexit hook)."""
-    import signal
-    import threading
-
-    came: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield came
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
-    try:
-        yield came
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _shutdown(ray) -> None:
-    with _ctrl_c_deferred() as ctrl_c:
+    """``ray.shutdown()`` with Ctrl-C held until it is done (see :func:`ingest.ctrl_c.deferred`)."""
+    with ctrl_c.deferred() as came:
         ray.shutdown()
-    if ctrl_c:
+    if came:
         raise KeyboardInterrupt
 
 

@@ -22,12 +22,15 @@ import os
 import signal
 import threading
 import time
+from datetime import datetime, timezone
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from ingest import ctrl_c
 
 __all__ = ["compute_chunk", "ProcessPool", "run_stages_pooled", "pooled_stages", "MAX_ROWS_IN_FLIGHT"]
 
@@ -155,48 +158,52 @@ def run_stages_pooled(db, pool, *, mods=None, progress=None, on_failure=None, no
     the stages (default all); ``pending``: their ``pending_by_stage`` if found already;
     the rest as ``run_stages``. Returns pieces processed per stage, in the stages' order."""
     from atlas_db.connection import BULK_HOLD_S
-    from ingest.derived import (StageInterrupted, _run_stage, _writer, batches, is_interrupt, pending_by_stage,
+    from ingest.derived import (_run_stage, _writer, batches, interrupted, is_interrupt, pending_by_stage,
                                 stage_todo, stages)
 
     mods = stages() if mods is None else mods
     done: dict[str, int] = {}
     totals: dict[str, int] = {}
     current = "derived"
+    started = datetime.now(timezone.utc)
     tasks = None
-    try:
-        with _writer(db) as w, w.holding(BULK_HOLD_S):
-            if pending is None:
-                pending = pending_by_stage(w.connection(), mods)
-            plan = []  # (stage, batch ids) in the order they are written
-            for st in pooled_stages(mods):
-                current = st.STAGE
-                counts: dict[str, int] = {}
-                todo = stage_todo(w, st, done, totals, False, progress, on_failure, notes=counts,
-                                  pending=pending[st.STAGE])
-                plan += [(st, ids) for ids in batches(todo, getattr(st, "BATCH_PIECES", 200),
-                                                      getattr(st, "BATCH_NOTES", None), counts)]
-            tasks = _Batches(pool, w, plan, notes, seconds)
-            tasks.top_up()
-            for st in mods:
-                if hasattr(st, "compute_rows"):
-                    continue
-                current = st.STAGE
-                _timed(seconds, st.STAGE, _run_stage, w, st, done, totals, False, progress, on_failure, notes,
-                       pending[st.STAGE])
-            for st in pooled_stages(mods):
-                current = st.STAGE
-                for k in [k for k, (s, _) in enumerate(plan) if s is st]:
-                    _timed(seconds, st.STAGE, tasks.write, k, on_failure)
-                    done[st.STAGE] += len(plan[k][1])
-                    if progress:
-                        progress(st.STAGE, done[st.STAGE], totals[st.STAGE])
-    except BaseException as e:
-        if is_interrupt(e):
-            raise StageInterrupted(current, done, totals.get(current, 0)) from None
-        raise
-    finally:
-        if tasks is not None:
-            tasks.cancel()
+    with ctrl_c.watched(), _writer(db) as w:
+        try:
+            with w.holding(BULK_HOLD_S):
+                if pending is None:
+                    pending = pending_by_stage(w.connection(), mods)
+                plan = []  # (stage, batch ids) in the order they are written
+                for st in pooled_stages(mods):
+                    counts: dict[str, int] = {}
+                    todo = stage_todo(w, st, done, totals, False, progress, on_failure, notes=counts,
+                                      pending=pending[st.STAGE])
+                    plan += [(st, ids) for ids in batches(todo, getattr(st, "BATCH_PIECES", 200),
+                                                          getattr(st, "BATCH_NOTES", None), counts)]
+                tasks = _Batches(pool, w, plan, notes, seconds)
+                if plan:
+                    current = plan[0][0].STAGE  # its inputs are read first
+                tasks.top_up()
+                for st in mods:
+                    if hasattr(st, "compute_rows"):
+                        continue
+                    current = st.STAGE
+                    _timed(seconds, st.STAGE, _run_stage, w, st, done, totals, False, progress, on_failure, notes,
+                           pending[st.STAGE])
+                for st in pooled_stages(mods):
+                    current = st.STAGE
+                    for k in [k for k, (s, _) in enumerate(plan) if s is st]:
+                        _timed(seconds, st.STAGE, tasks.write, k, on_failure)
+                        done[st.STAGE] += len(plan[k][1])
+                        if progress:
+                            progress(st.STAGE, done[st.STAGE], totals[st.STAGE])
+                ctrl_c.check()
+        except BaseException as e:
+            if is_interrupt(e):
+                raise interrupted(w, current, done, totals, pending or {}, started) from None
+            raise
+        finally:
+            if tasks is not None:
+                tasks.cancel()
     return {st.STAGE: done[st.STAGE] for st in mods if st.STAGE in done}
 
 

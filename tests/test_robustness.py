@@ -229,6 +229,12 @@ def test_ctrl_c_says_one_line_at_every_stage_and_rerun_completes(tmp_path, pop90
     assert "; kept " in lines[0]  # and says what was kept
     if phase == "derived":
         assert " stage; kept " in lines[0]
+        # each stage's count is what the database holds (one that came after a batch's
+        # COMMIT once left that batch out: "grammar 0 pieces" with every grammar row in)
+        said = dict((k, int(v)) for k, v in re.findall(r"(\w+) (\d+) pieces", lines[0]))
+        with reading(db) as con:
+            held = dict(con.execute("SELECT stage, count(*) FROM derived_runs GROUP BY stage").fetchall())
+        assert said == {k: held.get(k, 0) for k in said}, (lines[0], held)
     else:  # what it says it kept is what the database holds (a Ctrl-C that came while a
         # batch was being committed once left that batch out of the count: "kept 0")
         kept = int(re.search(r"; kept (\d+) new files", lines[0]).group(1))

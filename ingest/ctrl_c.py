@@ -1,0 +1,73 @@
+"""Ctrl-C during long work: never lost, and held while a child system starts or stops.
+
+- :func:`watched`: Ctrl-C raises ``KeyboardInterrupt`` as usual and is also remembered,
+  and :func:`check` raises it again. DuckDB runs Python while it scans a registered
+  Arrow table; a ``KeyboardInterrupt`` raised there is cleared and the statement goes
+  on (measured: Ctrl-C on `atlas ingest` of 150 POP909 songs was lost in 5 of 30 tries,
+  all inside `INSERT ... SELECT * FROM` a registered table), so the ingest and the
+  derived stages call :func:`check` between their transactions.
+- :func:`deferred`: Ctrl-C waits until the block ends (Ray's start and stop: a
+  ``KeyboardInterrupt`` in the middle left its processes running).
+
+Both act only in the main thread (where Python runs signal handlers) and only when
+Ctrl-C has Python's default handler (a caller's own handler is left alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+__all__ = ["watched", "check", "deferred"]
+
+_seen: list[int] = []
+
+
+def _remember_and_raise(signum, frame):
+    _seen.append(signum)
+    raise KeyboardInterrupt
+
+
+def _ours_to_handle() -> bool:
+    return threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def watched():
+    """Inside the block a Ctrl-C is also remembered for :func:`check` (nested blocks: the
+    outermost one watches)."""
+    if not _ours_to_handle():
+        yield
+        return
+    _seen.clear()
+    signal.signal(signal.SIGINT, _remember_and_raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _seen.clear()
+
+
+def check() -> None:
+    """Raise ``KeyboardInterrupt`` if Ctrl-C came inside :func:`watched` (whether or not
+    a library swallowed the first one)."""
+    if _seen:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred():
+    """Hold Ctrl-C until the block ends; the yielded list is non-empty if it came."""
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if came and previous is _remember_and_raise:
+            _seen.append(signal.SIGINT)

@@ -1,0 +1,56 @@
+"""ingest.ctrl_c: a Ctrl-C that a library swallows still stops the run; one held while
+Ray starts or stops comes afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from ingest import ctrl_c
+
+
+def _ctrl_c_now() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)  # the handler runs at the next bytecode
+
+
+def test_a_swallowed_ctrl_c_is_raised_again_by_check():
+    with ctrl_c.watched():
+        ctrl_c.check()  # nothing came
+        try:  # what DuckDB does to one that lands while it reads a registered Arrow table
+            _ctrl_c_now()
+        except KeyboardInterrupt:
+            pass
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()
+    ctrl_c.check()  # forgotten once the watched block is over
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_nested_blocks_and_other_threads_leave_the_outer_watch_alone():
+    with ctrl_c.watched():
+        handler = signal.getsignal(signal.SIGINT)
+        with ctrl_c.watched():
+            assert signal.getsignal(signal.SIGINT) is handler
+        assert signal.getsignal(signal.SIGINT) is handler  # the inner block did not restore the default
+        t = threading.Thread(target=lambda: ctrl_c.watched().__enter__())
+        t.start()
+        t.join()
+        assert signal.getsignal(signal.SIGINT) is handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_deferred_holds_ctrl_c_until_the_block_ends():
+    with ctrl_c.watched():
+        with ctrl_c.deferred() as came:
+            _ctrl_c_now()  # no KeyboardInterrupt here
+            assert came
+        with pytest.raises(KeyboardInterrupt):  # and a run that checks still stops
+            ctrl_c.check()
+    with ctrl_c.deferred() as came:
+        pass
+    assert came == [] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
