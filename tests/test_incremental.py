@@ -4,10 +4,16 @@ back; both must leave exactly the rows of the long way round."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import duckdb
 import pytest
 
-from atlas_db.connection import Writer, reading
+from atlas_db.connection import Writer, reading, readers_waiting_file
+from atlas_db.errors import DatabaseBusyError
 from conftest import dump_tables, pop909_songs
 from ingest import derived
 from ingest.derived import run_stages
@@ -114,3 +120,42 @@ def test_writer_holding_keeps_the_connection_longer_inside_the_block(tmp_path):
             con3.execute("INSERT INTO t VALUES (2)")
         assert con3 is con  # the connection of the block, closed now that it ended
         assert w._con is None
+
+
+def test_a_waiting_reader_gets_in_before_a_holding_writer_goes_on(tmp_path):
+    """Another process writes transaction after transaction on a Writer that would hold
+    the file for an hour; a reader here gets in after at most one of its transactions
+    (it waited for the writer's whole job: the bulk writer reopened at once)."""
+    db = tmp_path / "db"
+    with Writer(db, create=True, hold_s=0) as w, w.transaction() as con:
+        con.execute("CREATE TABLE t (x INTEGER)")
+    script = (
+        "import sys, time\n"
+        "from atlas_db.connection import Writer\n"
+        "with Writer(sys.argv[1], hold_s=3600) as w:\n"
+        "    for i in range(600):\n"  # ~30 s of 50 ms transactions
+        "        with w.transaction() as con:\n"
+        "            con.execute('INSERT INTO t VALUES (?)', [i])\n"
+        "            time.sleep(0.05)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(db)], cwd=Path(__file__).parents[1])
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the writer holds the file (a read that does not wait gives up)
+            try:
+                with reading(db, wait_s=0):
+                    pass
+            except DatabaseBusyError:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        with reading(db, wait_s=10) as con:
+            waited_s = time.monotonic() - t0
+            n = con.execute("SELECT count(*) FROM t").fetchone()[0]
+        assert proc.poll() is None and 0 < n < 600, n  # in while the writer's job goes on
+        assert waited_s < 5, waited_s
+        assert not readers_waiting_file(db).exists()
+    finally:
+        proc.kill()
+        proc.wait()
