@@ -324,6 +324,7 @@ def ray_engine(db_dir, address: str | None = None, *, staging_dir=None, num_cpus
             raise KeyboardInterrupt
     root = Path(staging_dir) if staging_dir else Path(db_dir) / ".staging"
     run_dir = root / uuid.uuid4().hex[:12]
+    created = [p for p in (root, *root.parents) if not p.exists()]  # removed at the end if still empty
     try:
         run_dir.mkdir(parents=True)
     except OSError as e:
@@ -334,8 +335,9 @@ def ray_engine(db_dir, address: str | None = None, *, staging_dir=None, num_cpus
         yield RayEngine(ray, run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            root.rmdir()  # only if no other run is using it
+        for folder in created:  # a folder the user made stays; ours only if no other run uses it
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         if ours:
             _shutdown(ray)
 

@@ -201,6 +201,8 @@ def ingest(paths, db_dir, workers, no_derive, file_timeout_s, ray_address, stagi
         paths, ray_address = (ray_address, *paths), ""
     if not paths:
         raise click.UsageError("Missing argument 'PATHS...'.")
+    if staging is not None and ray_address is None:
+        raise click.UsageError("--staging is the Ray workers' shared folder: it needs --ray.")
     db = resolve(db_dir)
     ray = None if ray_address is None else (ray_address or None, staging)
     summary = _ingest_with_progress(paths, db, workers, derive=not no_derive, file_timeout_s=file_timeout_s, ray=ray)

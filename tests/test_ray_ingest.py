@@ -131,10 +131,13 @@ def test_ray_ingest_writes_what_a_local_ingest_writes(tmp_path, ray_cluster, mon
     fifth = pop909_songs(5)[-1]
     shutil.copy(fifth / f"{fifth.name}.mid", src / "new.mid")
     ingest_paths([str(src)], tmp_path / "local", workers=1)
-    again = ri.ingest_paths_ray([str(src)], tmp_path / "ray", address=ray_cluster)
+    shared = tmp_path / "shared"
+    shared.mkdir()  # the user's own staging folder stays; the folders made under it go
+    again = ri.ingest_paths_ray([str(src)], tmp_path / "ray", address=ray_cluster, staging_dir=shared / "a" / "b")
     assert (again.added, again.already_present) == (1, local.added + local.already_present)
     assert again.derived == {"harmony": 1, "grammar": 1, "vectors": 1, "patterns": 1}
     assert dump(tmp_path / "local") == dump(tmp_path / "ray")
+    assert shared.is_dir() and list(shared.iterdir()) == []
 
 
 @needs_ray
@@ -202,6 +205,10 @@ def test_ray_missing_or_unreachable_is_one_line(tmp_path, monkeypatch):
     else:
         expected = f"atlas: error: --ray 127.0.0.1:{port}: cannot reach a Ray cluster there (Connection refused)"
     assert (r.returncode, r.stderr.strip()) == (2, expected)
+    assert not (tmp_path / "db").exists()
+    r = subprocess.run([*ATLAS, "ingest", str(song), "--db", str(tmp_path / "db"), "--staging", str(tmp_path)],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+    assert r.returncode == 2 and "--staging is the Ray workers' shared folder: it needs --ray." in r.stderr
     assert not (tmp_path / "db").exists()
 
     from atlas_db.errors import BadInputError
