@@ -443,7 +443,11 @@ def main(argv=None):
         sys.exit(e.exit_code)
     except BrokenPipeError:
         sys.exit(0)
-    except SystemExit:
+    except SystemExit as e:
+        # click answers a closed stdout (`atlas stats | head -1`) with exit status 1 after
+        # wrapping stdout so that nothing more is written: the same 0 as a BrokenPipeError
+        if e.code == 1 and isinstance(sys.stdout, getattr(click.utils, "_PacifyFlushWrapper", ())):
+            sys.exit(0)
         raise
     except Exception as e:
         line = environment_error_line(e)

@@ -157,6 +157,12 @@ def test_stats(small_pop909_db):
     assert s["pieces"] == s["midi_pieces"] > 12 and s["disk_bytes"] > 0
     r = atlas("stats", "--db", str(small_pop909_db))
     assert "pieces" in r.stdout and "notes" in r.stdout and r.returncode == 0
+    # a reader that stops early (`atlas stats | head -1`): exit 0 and no message, as atlas sql
+    for args in (["stats"], ["sql", "SELECT * FROM notes"]):
+        p = subprocess.Popen([*ATLAS, *args, "--db", str(small_pop909_db)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, cwd=Path(__file__).parents[1])
+        p.stdout.close()  # nobody reads: the first write gets EPIPE
+        assert (p.wait(timeout=60), p.stderr.read()) == (0, b""), args
 
 
 def test_demo_corpus_renders_real_scores(tmp_path):
