@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["MIDI_SUFFIXES", "AUDIO_SUFFIXES", "SUFFIXES", "Discovery", "discover", "stored_path", "shown_path",
+__all__ = ["MIDI_SUFFIXES", "AUDIO_SUFFIXES", "SUFFIXES", "Discovery", "discover", "stored_path", "file_path", "shown_path",
            "one_line", "not_regular_reason", "read_regular_file"]
 
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -31,6 +32,17 @@ def stored_path(path: str) -> str:
         return path
     except UnicodeEncodeError:
         return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def file_path(stored: str) -> str:
+    """The file a stored path names, for opening it again: ``stored`` itself if it
+    exists, else, for a name :func:`stored_path` escaped, its original bytes (as Python
+    names them: surrogate escapes). Only bytes 0x80-0xff were escaped (ASCII always
+    decodes), so a name's own ``\\x41`` stays as it is."""
+    if "\\x" not in stored or os.path.lexists(stored):
+        return stored
+    raw = re.sub(rb"\\x([89a-f][0-9a-f])", lambda m: bytes([int(m.group(1), 16)]), stored.encode("utf-8"))
+    return os.fsdecode(raw)
 
 
 def shown_path(path: str) -> str:

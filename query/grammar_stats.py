@@ -14,6 +14,7 @@ from atlas_db.errors import BadInputError
 from ingest import grammar_codec as codec
 from ingest import grammar_core as gc
 from ingest.grammar import load_grammar, load_notes
+from ingest.sources import file_path
 
 __all__ = ["stored_parse", "roundtrip", "compression_report"]
 
@@ -132,7 +133,7 @@ def compression_report(db_dir, *, xz: bool = True) -> dict:
         missing = 0
         for p in pieces["paths"]:
             try:
-                b = Path(p).read_bytes()
+                b = Path(file_path(p)).read_bytes()
             except OSError:
                 missing += 1
                 continue

@@ -158,6 +158,14 @@ def test_odd_file_names_and_fifos(tmp_path):
         errors = con.execute("SELECT count(*) FROM ingest_errors").fetchone()[0]
     assert paths == [f"{folder}/caf\\xe9 latin-1.mid", f"{folder}/good.mid"]  # both stored, the odd one escaped
     assert errors == 3
+    # and the escaped path finds the file again (stats --compression reads every file)
+    from ingest.sources import file_path, stored_path
+
+    assert file_path(paths[0]) == odd and file_path(paths[1]) == paths[1]
+    odder = os.fsdecode(bytes(folder) + b"/\\x41 \xff.mid")  # a name's own '\x41' stays
+    assert file_path(stored_path(odder)) == odder
+    r = atlas("stats", "--compression", "--db", str(db), timeout=120)
+    assert "files not found" not in r.stdout and "xz -9 of each .mid file" in r.stdout, r.stdout
     # a FIFO given as a query or motif file is one line too, instead of blocking on the read
     r = atlas("pattern", str(tmp_path / "named.mid"), "--db", str(db), timeout=60)
     assert r.returncode == 2 and r.stderr.strip().endswith("(not a regular file (a FIFO (named pipe)))"), r.stderr
