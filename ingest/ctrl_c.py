@@ -8,6 +8,8 @@
   derived stages call :func:`check` between their transactions.
 - :func:`deferred`: Ctrl-C waits until the block ends (Ray's start and stop: a
   ``KeyboardInterrupt`` in the middle left its processes running).
+- :func:`terminate_as_ctrl_c`: SIGTERM is a Ctrl-C (Ray's core worker answers it with a
+  crash dump and exit status 134, and its processes are not stopped in order).
 
 Both act only in the main thread (where Python runs signal handlers) and only when
 Ctrl-C has Python's default handler (a caller's own handler is left alone).
@@ -19,7 +21,7 @@ import contextlib
 import signal
 import threading
 
-__all__ = ["watched", "check", "deferred"]
+__all__ = ["watched", "check", "deferred", "terminate_as_ctrl_c"]
 
 _seen: list[int] = []
 
@@ -71,3 +73,17 @@ def deferred():
         signal.signal(signal.SIGINT, previous)
         if came and previous is _remember_and_raise:
             _seen.append(signal.SIGINT)
+
+
+@contextlib.contextmanager
+def terminate_as_ctrl_c():
+    """Inside the block SIGTERM raises ``KeyboardInterrupt`` (and is remembered as
+    :func:`watched` remembers Ctrl-C); the handler before is restored at the end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _remember_and_raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

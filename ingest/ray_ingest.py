@@ -332,7 +332,8 @@ def ray_engine(db_dir, address: str | None = None, *, staging_dir=None, num_cpus
             _shutdown(ray)
         raise BadInputError(f"{root}: cannot create the staging folder ({e.strerror or e})") from None
     try:
-        yield RayEngine(ray, run_dir)
+        with ctrl_c.terminate_as_ctrl_c():  # over Ray's own handler (installed by ray.init)
+            yield RayEngine(ray, run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         for folder in created:  # a folder the user made stays; ours only if no other run uses it
