@@ -16,6 +16,7 @@ frames are 4096 samples with a 2048-sample hop (46 ms).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 from dataclasses import dataclass
@@ -76,6 +77,43 @@ def decode(data: bytes, path: str, *, max_seconds: float | None = None) -> Decod
     limit = configured_max() if max_seconds is None else max_seconds
     if len(data) == 0:
         raise IngestError(path, "empty file (0 bytes)")
+    with _decoder_messages_named(path):
+        return _decode(sf, data, path, limit)
+
+
+@contextlib.contextmanager
+def _decoder_messages_named(path: str):
+    """libmpg123 (inside libsndfile) writes its complaints about a damaged MP3 straight
+    to standard error ("Note: Illegal Audio-MPEG-Header ...", four lines for one cut),
+    which named no file: they are caught here and printed as one line that does."""
+    import os
+    import sys
+    import tempfile
+
+    from ingest.sources import shown_path
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no standard error to catch
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = [ln.strip() for ln in caught.read(64_000).decode("utf-8", "replace").splitlines() if ln.strip()]
+    if lines:
+        more = f" (and {len(lines) - 1} more lines)" if len(lines) > 1 else ""
+        print(f"atlas: note: {shown_path(path)}: the audio decoder says: {lines[0][:200]}{more}",
+              file=sys.stderr, flush=True)
+
+
+def _decode(sf, data: bytes, path: str, limit: float) -> Decoded:
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as e:

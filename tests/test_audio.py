@@ -85,6 +85,21 @@ def test_decode_formats_and_resampling(tmp_path):
         assert st.shape[1] == 2 and st.shape[0] == pytest.approx(2.0 * SR, abs=SR * 0.01)
 
 
+def test_a_damaged_mp3s_decoder_messages_name_the_file(tmp_path):
+    """libmpg123 writes its complaints to standard error itself (four lines with no file
+    name for one cut): they come out as one line that names the file."""
+    good = write_audio(tmp_path / "a.mp3", sine(440.0, 5.0), 22050).read_bytes()
+    cut = tmp_path / "in" / "cut.mp3"
+    cut.parent.mkdir()
+    cut.write_bytes(good[: len(good) // 2] + bytes(100) + good[len(good) // 2 + 3000 :])
+    r = subprocess.run([*ATLAS, "ingest", str(cut.parent), "--db", str(tmp_path / "db")], capture_output=True,
+                       text=True, cwd=Path(__file__).parents[1], timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "skipped: no model configured" not in ln]
+    assert len(lines) == 2 and lines[-1].startswith("atlas: added 1 files"), lines
+    assert lines[0].startswith(f"atlas: note: {cut}: the audio decoder says: ") and "more lines)" in lines[0]
+
+
 def test_decode_rejects_bad_files_with_one_line_reasons(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     good = write_audio(tmp_path / "good.wav", sine(440.0, 3.0)).read_bytes()
