@@ -67,8 +67,13 @@ def _refusal(kind, front: SqlFront) -> str:
 
 def check_statements(con: duckdb.DuckDBPyConnection, sql: str, front: SqlFront = CLI) -> None:
     """Raise ``QueryError`` if any statement of ``sql`` could write files or leave the
-    database; nothing has run when it raises. Statement kinds are DuckDB's own parse."""
-    for st in con.extract_statements(sql):
+    database, or if it holds no statement at all (only comments or ';'); nothing has run
+    when it raises. Statement kinds are DuckDB's own parse."""
+    statements = con.extract_statements(sql)
+    if not statements:
+        raise QueryError("no SQL statement in the query (only comments or ';'): give one, "
+                         "e.g. \"SELECT count(*) FROM pieces\"")
+    for st in statements:
         try:
             kind = st.type
         except ValueError:  # a kind this DuckDB build has no Python name for (UPDATE EXTENSIONS)

@@ -122,6 +122,9 @@ def test_sql_read_only_by_default_and_formats(small_pop909_db):
         run_sql(small_pop909_db, "SELEC 1")
     with pytest.raises(QueryError, match="empty query"):
         run_sql(small_pop909_db, "  ")
+    for nothing in (";", " ; ; ", "-- a comment", "/* c */"):  # was an AttributeError traceback
+        with pytest.raises(QueryError, match=r"no SQL statement in the query \(only comments or ';'\)"):
+            run_sql(small_pop909_db, nothing)
     r = atlas("sql", "SELECT title, n_notes FROM pieces ORDER BY title LIMIT 2", "--db", str(small_pop909_db), "--format", "json")
     rows = json.loads(r.stdout)
     assert [x["title"] for x in rows] == ["001", "001-v1"] and all(x["n_notes"] > 0 for x in rows)
