@@ -8,7 +8,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["MIDI_SUFFIXES", "AUDIO_SUFFIXES", "SUFFIXES", "Discovery", "discover", "stored_path", "file_path", "shown_path",
+__all__ = ["MIDI_SUFFIXES", "AUDIO_SUFFIXES", "SUFFIXES", "Discovery", "discover", "stored_path", "utf8_text", "file_path", "shown_path",
            "one_line", "not_regular_reason", "read_regular_file"]
 
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -26,12 +26,18 @@ def stored_path(path: str) -> str:
     undecodable bytes become ``\\xNN`` here, so the row can be written and the name
     still shows which file it was.
     """
-    path = os.path.abspath(path)
+    return utf8_text(os.path.abspath(path))
+
+
+def utf8_text(text: str) -> str:
+    """``text`` as valid UTF-8: a name that came from the file system with surrogate
+    escapes (bytes that are not UTF-8) gets ``\\xNN`` for them, as :func:`stored_path`
+    stores it (DuckDB and Arrow refuse the escapes)."""
     try:
-        path.encode("utf-8")
-        return path
+        text.encode("utf-8")
+        return text
     except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
 def file_path(stored: str) -> str:

@@ -53,6 +53,7 @@ import pyarrow as pa
 from numba import njit
 
 from atlas_db.errors import BadInputError, IndexTroubleError
+from ingest.sources import utf8_text
 from indexers.tempo import relative_tempo
 from indexers.blas_threads import one_blas_thread
 from indexers.align import (in_background, sw_chroma, sw_chroma_score, sw_pitch_classes_rhythm_score,
@@ -444,7 +445,7 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
             rescaled_vector = embedding(rescaled, f["intervals"])
         else:
             rescaled = None
-    return QueryFeatures(label, piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"],
+    return QueryFeatures(utf8_text(label), piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"],
                          half, alts, tempo_scale=tempo_scale, one_part=one_part, rescaled_chroma=rescaled,
                          rescaled_vector=rescaled_vector, skyline_share=skyline_share,
                          bass_pc=f["bass_pc"], second_pitch=sp, second_onset_beats=so)
@@ -1688,7 +1689,7 @@ def resolve_query(get_index, db_dir, query: str) -> QueryFeatures:
                                   "WHERE n.piece_id = ? AND NOT coalesce(t.is_drum, false)", [pid]).fetchone()[0]
         if not pitched:
             raise BadInputError(f"{query}: the piece has no pitched notes (drums only, or none): nothing to compare")
-    return index.query_for_piece(pid, label=query)
+    return index.query_for_piece(pid, label=utf8_text(query))
 
 
 def stale_note(db_dir) -> str | None:

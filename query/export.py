@@ -14,7 +14,6 @@ zero-length notes makes FIFO pair every note-off with its own note again.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -36,11 +35,14 @@ def resolve_piece(con, piece: str) -> str:
     ingested from."""
     # fetchall, not fetchone: DuckDB 2 refuses the caller's next con.sql() while a result
     # is left unfinished
+    from ingest.sources import stored_path, utf8_text
+
+    typed, piece = piece, utf8_text(piece)  # a name that is not UTF-8 as stored (\xNN)
     rows = con.execute("SELECT piece_id FROM pieces WHERE piece_id = ?", [piece]).fetchall()
     if rows:
         return rows[0][0]
     # as stored (absolute since 2026-12-05, as typed before), or through links resolved
-    candidates = {str(piece), os.path.abspath(piece), str(Path(piece).resolve())} if piece else set()
+    candidates = {piece, stored_path(typed), stored_path(str(Path(typed).resolve()))} if piece else set()
     for cand in candidates:
         rows = con.execute(
             "SELECT piece_id FROM piece_paths WHERE path = ? UNION SELECT piece_id FROM pieces WHERE path = ? LIMIT 1",
@@ -61,7 +63,7 @@ def resolve_piece(con, piece: str) -> str:
             raise BadInputError(f"{piece}: more than one piece id starts with this; give more digits")
     from ingest.sources import SUFFIXES
 
-    if str(piece).lower().endswith(SUFFIXES) and not Path(piece).exists():
+    if str(piece).lower().endswith(SUFFIXES) and not Path(typed).exists():
         raise NoSuchPieceError(f"{piece}: no such file (and no piece was ingested from that path)")
     raise NoSuchPieceError(f"{piece}: no such piece (give a piece id or a path that was ingested)")
 
