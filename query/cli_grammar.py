@@ -37,10 +37,19 @@ def register(cli):
         """
         from query.sql import run_sql
 
-        q = (f"SELECT rule_id, length, depth, n_pieces, count, intervals, rhythm_buckets "
+        # velocity_buckets shown: two rules of one contour and rhythm differ in it
+        q = (f"SELECT rule_id, length, depth, n_pieces, count, intervals, rhythm_buckets, velocity_buckets "
              f"FROM rules WHERE length >= {int(min_length)} "
              f"ORDER BY n_pieces DESC, count DESC, rule_id LIMIT {int(top)}")
-        echo_table(run_sql(resolve(db_dir), q), fmt)
+        db = resolve(db_dir)
+        res = run_sql(db, q)
+        echo_table(res, fmt)
+        if res.num_rows == 0:
+            n = run_sql(db, "SELECT count(*) AS n FROM pieces p WHERE NOT EXISTS (SELECT 1 FROM derived_runs r "
+                            "WHERE r.piece_id = p.piece_id AND r.stage = 'grammar')").column("n")[0].as_py()
+            if n:
+                warn(f"atlas: note: {n} piece{'s have' if n != 1 else ' has'} no grammar yet (ingested with "
+                     "--no-derive, or the ingest was interrupted): run `atlas ingest` again to learn it")
 
     @grammar.command("show")
     @click.argument("rule_id", type=int)

@@ -43,6 +43,10 @@ def register(cli) -> None:
         n, n_pieces = int(meta[b"matches"]), int(meta[b"pieces"])
         shown = f" (the first {res.num_rows} shown: --limit)" if res.num_rows < n else ""
         warn(f"atlas: {n} match{'es' if n != 1 else ''} in {n_pieces} piece{'s' if n_pieces != 1 else ''}{shown}")
+        if unanalysed := int(meta[b"unanalysed"]):
+            warn(f"atlas: note: {unanalysed} piece{'s were' if unanalysed != 1 else ' was'} not searched: no "
+                 "harmony yet (ingested with --no-derive, or the ingest was interrupted); run `atlas ingest` "
+                 "again to analyse them")
 
     @cli.command()
     @click.argument("piece")

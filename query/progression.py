@@ -257,7 +257,8 @@ def find_progression(db_dir, text: str, *, exact: bool = False, limit: int | Non
     (semitones from the query's chord symbols to the match; NULL for roman numerals),
     ``chords`` (the matched labels) and ``romans`` (the same chords in ``key``, in which
     a roman-numeral query was matched, though a later chord's own local key may differ).
-    Its schema metadata ``matches`` and ``pieces`` count every match, before ``limit``.
+    Its schema metadata ``matches`` and ``pieces`` count every match, before ``limit``;
+    ``unanalysed`` the pieces searched that have no harmony yet (``--no-derive``).
     """
     kind, query = parse_progression(text, exact=exact)
     with reading(db_dir) as con:
@@ -269,7 +270,8 @@ def find_progression(db_dir, text: str, *, exact: bool = False, limit: int | Non
         ch = _load_chords(con, kind, query, pid)
         starts = search_chords(ch, kind, query)
         # the totals before --limit, for the summary line (schema metadata)
-        totals = {b"matches": str(len(starts)), b"pieces": str(len(np.unique(ch["piece_id"][starts])))}
+        totals = {b"matches": str(len(starts)), b"pieces": str(len(np.unique(ch["piece_id"][starts]))),
+                  b"unanalysed": str(_unanalysed(con, pid))}
         if limit is not None:
             starts = starts[:limit]
         matched = sorted(set(ch["piece_id"][starts].tolist()))
@@ -306,6 +308,14 @@ def find_progression(db_dir, text: str, *, exact: bool = False, limit: int | Non
     }).replace_schema_metadata(totals)
 
 
+def _unanalysed(con, piece_id: str | None) -> int:
+    """Pieces (or the one piece) that the harmony stage has not processed yet."""
+    return con.execute(
+        """SELECT count(*) FROM pieces p WHERE (? IS NULL OR p.piece_id = ?) AND NOT EXISTS
+           (SELECT 1 FROM derived_runs r WHERE r.piece_id = p.piece_id AND r.stage = 'harmony')""",
+        [piece_id, piece_id]).fetchone()[0]
+
+
 _SHOWN = ["chord_index", "onset_beats", "end_beats", "onset_s", "end_s", "label", "roman", "key_name", "bass_pc", "pcs"]
 
 
@@ -337,9 +347,11 @@ def piece_chords(db_dir, piece: str) -> tuple[pa.Table, str]:
                     f"SELECT {', '.join(_SHOWN)} FROM chords WHERE piece_id = ? ORDER BY chord_index",
                     params=[pid]).to_arrow_table()
                 row = con.execute("SELECT key_name FROM piece_keys WHERE piece_id = ?", [pid]).fetchone()
-                if row is None:
-                    raise IndexTroubleError(f"{piece}: no harmony rows yet; run `atlas ingest` again to bring derived stages up to date")
-                return tbl, row[0]
+                if row is not None:
+                    return tbl, row[0]
+                if not Path(piece).is_file():  # a file is analysed below, as one not stored
+                    raise IndexTroubleError(f"{piece}: no harmony rows yet; run `atlas ingest` again to bring "
+                                            "derived stages up to date")
     path = Path(piece)
     if not path.is_file():  # (the database is there: a missing piece was said above)
         raise BadInputError(f"{piece}: no such file, and no database at {db} to look a piece up in")

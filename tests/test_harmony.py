@@ -587,3 +587,34 @@ def test_paths_by_piece_equal_the_batch_form_they_replaced(small_pop909_db):
                                          rng.integers(0, 24, len(lengths))))
                 for change_cost in (12.0, 1.2, 0.3)]
     assert metrical[0] < metrical[-1]
+
+
+def test_a_database_without_its_derived_stages_says_so(tmp_path):
+    """Ingested with --no-derive: progression and grammar rules say the pieces have no
+    harmony or grammar yet (they answered 0 rows silently); chords analyses a stored
+    MIDI file on the fly, as its help says, instead of refusing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import pop909_songs
+
+    song = pop909_songs(1)[0] / f"{pop909_songs(1)[0].name}.mid"
+    db = tmp_path / "db"
+    ingest_paths([str(song)], db, derive=False)
+
+    def atlas(*args):
+        return subprocess.run([sys.executable, "-m", "query.cli", *args, "--db", str(db)], capture_output=True,
+                              text=True, cwd=Path(__file__).parents[1], timeout=300)
+
+    r = atlas("progression", "I V")
+    assert r.returncode == 0 and r.stderr.splitlines()[-1] == (
+        "atlas: note: 1 piece was not searched: no harmony yet (ingested with --no-derive, or the ingest was "
+        "interrupted); run `atlas ingest` again to analyse them"), r.stderr
+    r = atlas("grammar", "rules")
+    assert r.returncode == 0 and "1 piece has no grammar yet" in r.stderr, r.stderr
+    r = atlas("chords", str(song))
+    assert r.returncode == 0 and r.stderr.startswith("atlas: key ") and "(0 rows)" not in r.stdout, r.stderr
+    assert find_progression(db, "I V").schema.metadata[b"unanalysed"] == b"1"
+    run_stages(db)
+    assert find_progression(db, "I V").schema.metadata[b"unanalysed"] == b"0"
