@@ -470,8 +470,11 @@ def environment_error_line(exc: BaseException) -> str | None:
     if is_interrupt(exc):
         return "interrupted; everything committed before is kept, re-run to finish"
     if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or "no space left" in text.lower():
-        return ("the disk is full; the transaction in flight was rolled back and everything committed "
-                f"before is kept: free some space and re-run ({text[:200]})")
+        if isinstance(exc, duckdb.Error):  # a write to the database: its transaction rolled back
+            return ("the disk is full; the transaction in flight was rolled back and everything committed "
+                    f"before is kept: free some space and re-run ({text[:200]})")
+        return (f"the disk is full ({text[:200]}); everything committed to the database before is kept: "
+                "free some space and re-run")
     if isinstance(exc, duckdb.Error) and any(w in text.lower() for w in ("corrupt", "checksum", "not a valid duckdb")):
         return (f"the database file is corrupt ({text[:300]}); restore it from a backup, "
                 "or ingest the files again into a new --db folder")

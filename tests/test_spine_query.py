@@ -74,6 +74,11 @@ def test_export_cli_by_id_prefix_and_path(tmp_path):
         r = atlas("export", pid[:8], "-o", "/dev/full", "--db", str(db))
         assert r.returncode == 2 and r.stderr == "atlas: error: /dev/full: cannot write the MIDI file " \
             "(No space left on device)\n"
+        with open("/dev/full", "wb") as full:  # standard output on a full disk
+            r = subprocess.run([*ATLAS, "export", pid[:8], "-o", "-", "--db", str(db)], stdout=full,
+                               stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+        assert r.returncode == 1 and r.stderr.startswith("atlas: error: the disk is full (") \
+            and "transaction" not in r.stderr, r.stderr
     r = atlas("export", "nope", "-o", str(tmp_path / "o.mid"), "--db", str(db))
     assert r.returncode == 2 and "no such piece" in r.stderr and "Traceback" not in r.stderr
     r = atlas("export", str(tmp_path / "missing.mid"), "-o", str(tmp_path / "o.mid"), "--db", str(db))
