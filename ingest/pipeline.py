@@ -73,7 +73,7 @@ class IngestSummary:
 
     def kept(self) -> str:
         """What an interrupted run kept, for the one line the CLI prints."""
-        s = f"kept {self.added} new files ({self.notes_added:,} notes)"
+        s = f"kept {_count(self.added, 'new file')} ({_count(self.notes_added, 'note')})"
         if self.derived:
             s += "; derived stages: " + ", ".join(f"{k} {v} pieces" for k, v in self.derived.items())
         return s
@@ -81,17 +81,23 @@ class IngestSummary:
     def line(self) -> str:
         rate = self.notes_added / self.store_seconds if self.store_seconds > 0 else 0.0
         s = (
-            f"added {self.added} files ({self.notes_added:,} notes), "
+            f"added {_count(self.added, 'file')} ({_count(self.notes_added, 'note')}), "
             f"{self.already_present} already present, {self.failed} failed, "
             f"in {self.seconds:.1f} s (stored in {self.store_seconds:.1f} s, {rate / 1e6:.2f}M notes/s"
         )
         s += f"; derived stages {self.seconds - self.store_seconds:.1f} s)" if self.derived else ")"
         if self.stage_failures:
-            s += (f"; {len(self.stage_failures)} pieces could not be analysed by a derived stage "
-                  "and were skipped (see the derived_failures table)")
+            n = len(self.stage_failures)
+            s += (f"; {_count(n, 'piece')} could not be analysed by a derived stage "
+                  f"and {'was' if n == 1 else 'were'} skipped (see the derived_failures table)")
         if self.skipped_other:
-            s += f"; {self.skipped_other} other files in the folders were not music files and were skipped"
+            n = self.skipped_other
+            s += (f"; {_count(n, 'other file')} in the folders {'was not a music file and was' if n == 1 else 'were not music files and were'} skipped")
         return s
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 _KNOWN: set[str] = set()

@@ -96,7 +96,7 @@ def test_a_damaged_mp3s_decoder_messages_name_the_file(tmp_path):
                        text=True, cwd=Path(__file__).parents[1], timeout=300)
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if "skipped: no model configured" not in ln]
-    assert len(lines) == 2 and lines[-1].startswith("atlas: added 1 files"), lines
+    assert len(lines) == 2 and lines[-1].startswith("atlas: added 1 file "), lines
     assert lines[0].startswith(f"atlas: note: {cut}: the audio decoder says: ") and "more lines)" in lines[0]
 
 

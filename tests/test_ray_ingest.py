@@ -183,7 +183,7 @@ def test_cli_ray_on_a_private_local_instance_reports_a_bad_file(tmp_path):
     assert r.returncode == 1, r.stderr
     lines = r.stderr.strip().splitlines()
     assert f"atlas: failed: {src / 'broken.mid'}: not a MIDI file (no 'MThd' header)" in lines, r.stderr
-    assert lines[-1].startswith("atlas: added 1 files") and "1 failed" in lines[-1]
+    assert lines[-1].startswith("atlas: added 1 file ") and "1 failed" in lines[-1]
     assert "Traceback" not in r.stderr and r.stdout == ""
     with reading(db) as con:
         assert con.execute("SELECT path, reason FROM ingest_errors").fetchall() == [

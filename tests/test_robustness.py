@@ -251,7 +251,7 @@ def test_ctrl_c_says_one_line_at_every_stage_and_rerun_completes(tmp_path, pop90
         assert said == {k: held.get(k, 0) for k in said}, (lines[0], held)
     else:  # what it says it kept is what the database holds (a Ctrl-C that came while a
         # batch was being committed once left that batch out of the count: "kept 0")
-        kept = int(re.search(r"; kept (\d+) new files", lines[0]).group(1))
+        kept = int(re.search(r"; kept ([\d,]+) new files?", lines[0]).group(1).replace(",", ""))
         assert kept == _n(db, "SELECT count(*) FROM pieces"), lines[0]
     assert _n(db, "SELECT count(*) FROM notes WHERE piece_id NOT IN (SELECT piece_id FROM pieces)") == 0
     s = ingest_paths(files, db)
