@@ -12,12 +12,13 @@ import pyarrow.csv as pacsv
 
 from ingest.sources import one_line
 
-__all__ = ["FORMATS", "format_table", "interval_text"]
+__all__ = ["FORMATS", "format_table", "interval_text", "cell_text"]
 
 FORMATS = ("table", "csv", "json")
 
 
-def _cell(v) -> str:
+def cell_text(v) -> str:
+    """A value as the tables show it (floats to 6 significant digits, NULL empty)."""
     if v is None:
         return ""
     if isinstance(v, float):
@@ -27,7 +28,7 @@ def _cell(v) -> str:
     if isinstance(v, pa.MonthDayNano):
         return interval_text(v)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_cell(x) for x in v) + "]"
+        return "[" + ", ".join(cell_text(x) for x in v) + "]"
     return str(v)
 
 
@@ -90,7 +91,7 @@ def format_table(table: pa.Table, fmt: str = "table", *, max_width: int = 60) ->
         cols = []
         for name, col in zip(table.column_names, table.columns):
             if not _csv_scalar(col.type):
-                col = pa.array([_cell(v) for v in col.to_pylist()], pa.string())
+                col = pa.array([cell_text(v) for v in col.to_pylist()], pa.string())
             cols.append(col)
         buf = io.BytesIO()
         pacsv.write_csv(pa.table(cols, names=table.column_names), buf)
@@ -102,7 +103,7 @@ def format_table(table: pa.Table, fmt: str = "table", *, max_width: int = 60) ->
     names = table.column_names
     # a cell on one line: a newline in it (a file name can hold one) is shown escaped
     # by position: two columns of one name (a join's SELECT *) are two columns
-    rows = [[one_line(_cell(v)) for v in r] for r in zip(*(c.to_pylist() for c in table.columns))]
+    rows = [[one_line(cell_text(v)) for v in r] for r in zip(*(c.to_pylist() for c in table.columns))]
     # a long path (or query, often a path) keeps its end, the file's name; other text its start
     tail = [n in ("path", "query") or n.endswith("_path") for n in names]
     rows = [[c if len(c) <= max_width else ("…" + c[1 - max_width:] if t else c[: max_width - 1] + "…")

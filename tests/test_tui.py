@@ -93,6 +93,15 @@ def make_app(db, tmp_path):
 
 # ---- piano roll (pure function) -------------------------------------------------------
 
+def test_cells_show_numbers_and_text_as_atlas_sql_prints_them():
+    from tui.screens.base import fmt_cell
+
+    # 4 significant digits before: 1.235e+04, 1.235e+08, 100.1; a newline cut the cell short
+    assert [fmt_cell(v) for v in (12345.678, 123456789.0, 100.08, None, "x\ny", "tab\there", [1.5, 2])] == [
+        "12345.7", "123456789", "100.08", "", "x\\ny", "tab\\there", "[1.5, 2]"]
+    assert (fmt_cell(125.04, "tempo_bpm"), fmt_cell(61.4, "duration_s")) == ("125.0", "1:01")
+
+
 def test_braille_roll_places_notes_by_time_and_pitch():
     # Two notes: low C for the first half, high C for the second half.
     codes, cell_track = braille_roll([0.0, 2.0], [2.0, 2.0], [60, 72], [0, 1], width=4, height=4)
@@ -389,7 +398,12 @@ def test_ingest_screen_adds_pieces_and_lists_errors(tui_db, tmp_path):
         assert [m.path for m in of_type(messages, "FileFailed")] == [str((new / "also_broken.mid").resolve())]
         await wait_for(pilot, lambda: len(of_type(messages, "ErrorsLoaded")) >= 2, "errors reloaded")
         await pilot.pause(0.05)
-        assert screen.query_one("#errors").row_count == 2
+        errors = screen.query_one("#errors")
+        assert errors.row_count == 2
+        # its columns as wide as their cells (they stayed at the headers' width, "path",
+        # after a run with failures, until the terminal was resized)
+        shown = "".join(errors.render_line(y).text for y in range(1, 3))  # the rows as drawn
+        assert "also_broken.mid" in shown, shown
         # the library and the status bar know the new piece without a restart
         await wait_for(pilot, lambda: f"{before + 1:,} pieces" in app.status_text, "status count")
         await pilot.press("f2")
@@ -463,6 +477,7 @@ def test_ingest_cancel_keeps_the_database_usable(tui_db, tmp_path, pop909_dir):
         screen = app.screen
         for s in songs:
             screen.add_path(s)
+        screen.query_one("#path").focus()  # where typing a path leaves it: the field took ctrl+x as "cut"
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: of_type(messages, "Progress"), "first progress")
         await pilot.press("ctrl+x")
@@ -841,8 +856,10 @@ def test_ingest_picker_adds_removes_and_refuses_an_empty_list(tui_db, tmp_path):
         queue.highlighted = 0
         await pilot.press("delete")
         assert screen.queue == [str((pick / "a.mid").resolve())] and queue.option_count == 1
+        assert "1 item queued" in str(screen.query_one("#ingest-status").render())
         await pilot.click("#clear")
         assert screen.queue == [] and queue.option_count == 0
+        assert str(screen.query_one("#ingest-status").render()) == "Nothing queued."  # said "2 item(s) queued"
         await pilot.press("ctrl+g")
         assert not screen.running
         assert "nothing to ingest" in str(screen.query_one("#ingest-status").render())

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
 from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from query.formatting import interval_text
+from ingest.sources import one_line
+from query.formatting import cell_text
 from tui.widgets.status_bar import StatusBar
 
 __all__ = ["AtlasScreen", "cell", "escape", "fmt_cell", "superseded"]
@@ -40,21 +40,14 @@ class AtlasScreen(Screen):
 
 
 def fmt_cell(v, name: str = "") -> str:
-    """A value as the tables show it: durations as m:ss, floats short, NULL empty."""
-    if v is None:
-        return ""
+    """A value as the tables show it: as ``atlas sql`` prints it (floats to 6 significant
+    digits, a newline or tab as ``\\n``, ``\\t``), durations as m:ss, tempos to 0.1."""
     if name == "duration_s" and isinstance(v, (int, float)):
         m, s = divmod(int(round(v)), 60)
         return f"{m}:{s:02d}"
-    if isinstance(v, float):
-        if v != v:
-            return "nan"
-        return f"{v:.1f}" if name.endswith("_bpm") else f"{v:.4g}"
-    if isinstance(v, pa.MonthDayNano):  # an INTERVAL
-        return interval_text(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(fmt_cell(x) for x in v) + "]"
-    return str(v)
+    if name.endswith("_bpm") and isinstance(v, float) and v == v:
+        return f"{v:.1f}"
+    return one_line(cell_text(v))
 
 
 def cell(v, name: str = "") -> Text:

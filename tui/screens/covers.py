@@ -176,7 +176,8 @@ class CoversScreen(AtlasScreen):
                        cell(row["melody_score"]), cell(row["harmony_score"]), row["piece_id"],
                        key=f"{row['rank']}:{row['piece_id']}")
         self.query_one("#covers-info", Static).update(
-            f"{t.num_rows} versions of {escape(msg.query)} in {msg.seconds:.2f} s; Enter opens one in the library"
+            f"the {t.num_rows} pieces closest to {escape(msg.query)}, best first, in {msg.seconds:.2f} s (a version "
+            "scores near 1, an unrelated piece near 0); Enter opens one in the library"
             + (f"\n{msg.note}" if msg.note else ""))
         if t.num_rows:
             self.query_one("#explanation", Static).update(escape(explain(t.slice(0, 1).to_pylist()[0])))

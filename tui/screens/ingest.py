@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 from textual import on, work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, DataTable, DirectoryTree, Input, Label, OptionList, ProgressBar, Static
@@ -15,7 +16,7 @@ from textual.worker import get_current_worker
 
 from ingest.sources import SUFFIXES
 from tui.db import DB_LOCK
-from tui.screens.base import AtlasScreen, cell, escape
+from tui.screens.base import AtlasScreen, cell, escape, fmt_cell
 
 __all__ = ["IngestScreen"]
 
@@ -37,8 +38,9 @@ class IngestScreen(AtlasScreen):
     BINDINGS = [
         ("a", "add_highlighted", "Add from tree"),
         ("delete", "remove_selected", "Remove"),
-        ("ctrl+g", "start", "Start ingest"),
-        ("ctrl+x", "cancel", "Cancel ingest"),
+        # before the focused widget: the path field took ctrl+x as "cut" and the ingest ran on
+        Binding("ctrl+g", "start", "Start ingest", priority=True),
+        Binding("ctrl+x", "cancel", "Cancel ingest", priority=True),
     ]
 
     class Progress(Message):
@@ -100,7 +102,12 @@ class IngestScreen(AtlasScreen):
         if s not in self.queue:
             self.queue.append(s)
             self.query_one("#queue", OptionList).add_option(s + ("/" if p.is_dir() else ""))
-        self.query_one("#ingest-status", Static).update(f"{len(self.queue)} item(s) queued; ctrl+g starts")
+        self._show_queue()
+
+    def _show_queue(self) -> None:
+        n = len(self.queue)
+        self.query_one("#ingest-status", Static).update(
+            f"{n} item{'s' if n != 1 else ''} queued; ctrl+g starts" if n else "Nothing queued.")
 
     def action_add_highlighted(self) -> None:
         node = self.query_one("#tree", DirectoryTree).cursor_node
@@ -124,6 +131,7 @@ class IngestScreen(AtlasScreen):
             return
         del self.queue[i]
         ol.remove_option_at_index(i)
+        self._show_queue()
 
     @on(Button.Pressed, "#clear")
     def _clear(self) -> None:
@@ -131,6 +139,7 @@ class IngestScreen(AtlasScreen):
             return
         self.queue.clear()
         self.query_one("#queue", OptionList).clear_options()
+        self._show_queue()
 
     # ---- running ---------------------------------------------------------------------
     @on(Button.Pressed, "#start")
@@ -238,7 +247,10 @@ class IngestScreen(AtlasScreen):
             return
         dt = self.query_one("#errors", DataTable)
         dt.clear(columns=True)
+        # widths given, not measured: a table rebuilt right after the live rows of a run
+        # kept its header widths ("/tmp", "not a") until the terminal was resized
         for c in msg.table.column_names:
-            dt.add_column(c, key=c)
+            cells = [fmt_cell(v) for v in msg.table.column(c).to_pylist()]
+            dt.add_column(c, key=c, width=min(max(map(len, [c, *cells])), 120))
         for row in msg.table.to_pylist():
             dt.add_row(*(cell(v) for v in row.values()))

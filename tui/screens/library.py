@@ -71,7 +71,7 @@ class LibraryScreen(AtlasScreen):
                 yield Static("", id="piece-chords")
                 yield Label("Tracks", classes="section")
                 yield DataTable(id="piece-tracks", cursor_type="row", show_cursor=False)
-                yield Label("Most frequent patterns (enter: every occurrence)", classes="section")
+                yield Label("Most frequent patterns (enter: its contour anywhere)", classes="section")
                 yield Static("", id="piece-patterns-info")
                 yield DataTable(id="piece-patterns", cursor_type="row")
                 yield Label("Features", classes="section")

@@ -217,6 +217,7 @@ class SqlScreen(AtlasScreen):
             previous.cancel()
         self._run_note = " (the previous query was cancelled)" if previous is not None else ""
         self.job = QueryJob(self.app.db_dir, sql, write=self.write_mode)
+        self.query_one("#sql-error", Static).display = False  # an earlier error is not this query's
         self._show_running()
         self.query_one("#results").loading = True
         run = self.query_one("#run", Button)
@@ -356,12 +357,13 @@ class SqlScreen(AtlasScreen):
         except Exception as e:  # noqa: BLE001
             self.post_message(self.ExportFinished(path, 0, str(e)))
             return
-        self.post_message(self.ExportFinished(str(out), table.num_rows))
+        self.post_message(self.ExportFinished(str(out.resolve()), table.num_rows))  # where it went, in full
 
     @on(ExportFinished)
     def _exported(self, msg: ExportFinished) -> None:
         if msg.error:
             self._show_error(msg.error)
+            self.query_one("#sql-info", Static).update("the export failed: nothing was saved")
             return
         self.query_one("#sql-error", Static).display = False
         self.query_one("#sql-info", Static).update(f"saved {msg.rows:,} rows to {escape(msg.path)}")
