@@ -64,8 +64,11 @@ class AtlasApp(App):
     """``AtlasApp(db_dir)``: browse, search and grow the database in ``db_dir``."""
 
     TITLE = "Harmony Atlas"
-    # a screen under 110 columns is "-narrow": the SQL console gives its editor the room
+    # a screen under 110 columns is "-narrow": the SQL console gives its editor the room;
+    # under 30 rows "-short": the SQL editor and the ingest queue shrink so that results
+    # and errors keep rows (at 60x20 the results table showed only its header)
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
 
     #: the status line every screen shows (see tui.widgets.status_bar)
     status_text = reactive("")
@@ -95,7 +98,8 @@ class AtlasApp(App):
         self.mode_table = available_modes()
         self.MODES = {name: _load(screen) for name, screen, _ in self.mode_table}
         super().__init__()
-        self.sub_title = str(self.db_dir)
+        # the help key in the title line: a footer cut at 80 columns never showed "? Help"
+        self.sub_title = f"{self.db_dir} · F1 help"
 
     # Digits switch screens outside text fields; F-keys everywhere (priority: they win over
     # an editor's own F-key bindings, e.g. TextArea's F6 "select line").

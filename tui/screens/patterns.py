@@ -25,8 +25,9 @@ MAX_ROWS_SHOWN = 2_000
 
 class PatternsScreen(AtlasScreen):
     CSS_PATH = "patterns.tcss"
-    HELP = ("Type a motif as intervals (+2 +2 -4) or note names (C D E C), choose the transforms, "
-            "Enter searches; or pick a grammar rule on the right. Enter on an occurrence opens its piece.")
+    HELP = ("Type a motif as intervals (+2 +2 -4) or note names (C D E C), choose the transforms (P as is, "
+            "I inverted, R retrograde, RI both; ±1 note: one note may differ), Enter searches; or pick a "
+            "grammar rule on the right. Enter on an occurrence opens its piece.")
     BINDINGS = [
         ("ctrl+f", "focus_motif", "Motif"),
         ("ctrl+l", "focus_rules", "Rules"),
@@ -59,11 +60,15 @@ class PatternsScreen(AtlasScreen):
                     yield Input(placeholder="motif: +2 +2 +1 -3   or   C D E F   (Enter searches)", id="motif")
                     yield Button("Search", id="search", variant="primary")
                 with Horizontal(id="options"):
-                    yield Checkbox("P (as is)", True, id="t-P")
-                    yield Checkbox("I (inverted)", False, id="t-I")
-                    yield Checkbox("R (retrograde)", False, id="t-R")
-                    yield Checkbox("RI", False, id="t-RI")
-                    yield Checkbox("1 note may differ", False, id="approximate")
+                    # short labels, their meaning in tooltips and the help: at 80 columns
+                    # the long ones pushed "RI" and "1 note may differ" off the screen
+                    for label, value, wid, tip in (("P", True, "t-P", "as is"), ("I", False, "t-I", "inverted"),
+                                                   ("R", False, "t-R", "retrograde"),
+                                                   ("RI", False, "t-RI", "retrograde inversion"),
+                                                   ("±1 note", False, "approximate", "one note may differ")):
+                        box = Checkbox(label, value, id=wid)
+                        box.tooltip = tip
+                        yield box
                 yield Static("", id="pattern-error")
                 yield Static("Type a motif or pick a rule.", id="pattern-info")
                 yield DataTable(id="occurrences", cursor_type="row", zebra_stripes=True)
