@@ -201,8 +201,18 @@ def test_library_sorts_and_filters(tui_db, tmp_path):
         await pilot.press(*"/002/")
         await wait_for(pilot, lambda: pieces.row_count == versions_of_002, "filtered rows")
         assert all(r[0].startswith("002") for r in table_rows(pieces))
+        # the detail follows the filter: a piece of 002, then none (it kept a hidden piece,
+        # and `c` searched its covers)
+        await wait_for(pilot, lambda: (pilot.app.library_piece or "") in
+                       {k.value for k in pieces.rows}, "detail of a shown piece")
+        await pilot.press(*"zzzz")
+        await wait_for(pilot, lambda: pieces.row_count == 0, "no rows")
+        await wait_for(pilot, lambda: pilot.app.library_piece is None, "no piece")
+        assert str(screen.query_one("#summary").render()) == "No piece matches the filter."
+        assert not screen.query_one("#roll").display
         await pilot.press("escape")
         await wait_for(pilot, lambda: pieces.row_count > versions_of_002, "filter cleared")
+        await wait_for(pilot, lambda: screen.query_one("#roll").display, "detail back")
 
     run(make_app(tui_db, tmp_path), scenario)
 

@@ -143,8 +143,14 @@ class LibraryScreen(AtlasScreen):
         if target and target in ids:
             table.move_cursor(row=ids.index(target))
             self._want_piece = None
-        elif t.num_rows and self.shown_piece is None:
+        elif t.num_rows:  # the piece shown is filtered out (or none was): the first one
             self._select(ids[0])
+        else:  # nothing matches: no detail of a hidden piece, and `c` has no piece to search
+            self.shown_piece = self.app.library_piece = None
+            for child in self.query_one("#detail").children:
+                child.display = child.id == "summary"
+            filtered = bool(self.query_one("#filter", Input).value.strip())
+            self.query_one("#summary", Static).update("No piece matches the filter." if filtered else "Select a piece.")
 
     @on(DataTable.RowSelected, "#piece-patterns")
     def _pattern_selected(self, event: DataTable.RowSelected) -> None:
@@ -165,6 +171,8 @@ class LibraryScreen(AtlasScreen):
     def _show_detail(self, msg: DetailLoaded) -> None:
         if msg.piece_id != self.shown_piece:
             return
+        for child in self.query_one("#detail").children:
+            child.display = True
         d = msg.detail
         p = d.piece
         lines = [
