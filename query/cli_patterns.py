@@ -65,6 +65,12 @@ def register(cli) -> None:
             transforms.append("R")
         if ri or all_transforms:
             transforms.append("RI")
+        if rule_id is None and augmentation and match_rhythm:
+            raise BadInputError("--match-rhythm (the rhythm as given) and --augmentation (the rhythm at any "
+                                "speed) exclude each other: give one")
+        if rule_id is None and rhythm_text and not (augmentation or match_rhythm):  # it was ignored
+            raise BadInputError("--rhythm gives the motif's rhythm; add --match-rhythm to require it as given, "
+                                "or --augmentation to require it at any speed")
         rhythm = "augmentation" if augmentation else ("exact" if match_rhythm else None)
         db = resolve(db_dir)
         piece_ids = _resolve_pieces(db, pieces) if pieces else None

@@ -252,6 +252,12 @@ def test_cli_pattern_json_and_errors(planted_db, capsys):
     with pytest.raises(SystemExit) as e:
         main(["pattern", "--rule", "999999", "--db", str(planted_db)])
     assert e.value.code == 2 and "no such rule" in capsys.readouterr().err
+    # a rhythm that nothing would use was ignored; two rhythm modes at once were accepted
+    for extra, why in ((["--rhythm", "1 1"], "add --match-rhythm to require it as given, or --augmentation"),
+                       (["--rhythm", "1 1", "--match-rhythm", "--augmentation"], "exclude each other")):
+        with pytest.raises(SystemExit) as e:
+            main(["pattern", "E D C", *extra, "--db", str(planted_db)])
+        assert e.value.code == 2 and why in capsys.readouterr().err
     with reading(planted_db) as con:  # a pair: the error names the rule, not a "motif 'rule N'"
         pair = con.execute("SELECT min(rule_id) FROM rules WHERE length = 2").fetchone()[0]
     for extra, why in (([], f"--rule {pair}: the rule is 2 notes long; --rule searches rules of 3-"),
