@@ -48,8 +48,13 @@ def register(cli):
         `transposition` (semitones from the query up to the answer), `time_scale`
         (query beats per answer beat), the aligned region in both
         (`query_start_beats`..`query_end_beats`, `match_start_beats`..`match_end_beats`)
-        and whether the melody or the harmony gave the score (`version_of_best`: found
-        as a clear version of the rank-1 answer).
+        and in `matched_by` whether the melody or the harmony gave the score
+        (`version_of_best`: found as a clear version of the rank-1 answer);
+        `melody_score` and `harmony_score` are the two alignments' own scores, and
+        `audio_bonus` what the audio comparison added (0 unless the query or the answer
+        is a recording).
+        A score near 1 is a version, near 0 an unrelated piece: the list is the TOP
+        closest pieces, versions or not.
 
         \b
         Example:
