@@ -118,7 +118,10 @@ def discover(paths, suffixes=SUFFIXES) -> Discovery:
     for raw in paths:
         # absolute from here on: workers (a process pool, Ray) may run in another folder
         p = Path(os.path.abspath(raw))
+        if str(p) in seen:  # named twice: one file, one problem
+            continue
         if not p.exists():
+            seen.add(str(p))
             out.problems.append((str(raw), "no such file or folder"))
         elif p.is_dir():
             found = []
@@ -134,6 +137,7 @@ def discover(paths, suffixes=SUFFIXES) -> Discovery:
         elif str(p).lower().endswith(suffixes):
             add(str(p))
         else:
+            seen.add(str(p))
             out.problems.append(
                 (str(raw), f"unsupported file type '{p.suffix or '(none)'}' (expected {', '.join(suffixes)})")
             )

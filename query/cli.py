@@ -345,7 +345,9 @@ def demo(db_dir, workers):
         if not db.parent.exists():
             raise AtlasError(f"{db}: cannot create the database, parent folder {db.parent} does not exist")
         db.mkdir()
-    warn(f"atlas: rendering the demo corpus (music21's public-domain scores) to MIDI in {db / 'demo_corpus'}")
+    corpus = db / "demo_corpus"
+    warn(f"atlas: {'the demo corpus' if corpus.exists() else 'rendering the demo corpus'} (music21's public-domain "
+         f"scores) as MIDI in {corpus} (rendered once; a file already there is kept)")
     bar = None
 
     def progress(done, total):
@@ -356,7 +358,7 @@ def demo(db_dir, workers):
         bar.refresh()
 
     try:
-        paths, failures = build_demo_corpus(db / "demo_corpus", workers=workers, progress=progress)
+        paths, failures = build_demo_corpus(corpus, workers=workers, progress=progress)
     finally:
         if bar is not None:
             bar.close()

@@ -150,7 +150,9 @@ def make_bad_files(folder: Path) -> dict[str, str]:
 def test_bad_files_are_reported_recorded_and_the_batch_goes_on(tmp_path):
     bad = make_bad_files(tmp_path / "in")
     db = tmp_path / "db"
-    r = atlas("ingest", str(tmp_path / "in"), str(tmp_path / "missing.mid"), "--db", str(db))
+    # each path named twice: one line and one count each (a missing one counted twice)
+    r = atlas("ingest", str(tmp_path / "in"), str(tmp_path / "missing.mid"), str(tmp_path / "in"),
+              str(tmp_path / "missing.mid"), "--db", str(db))
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     lines = [l for l in r.stderr.splitlines() if l.startswith("atlas: failed:")]
