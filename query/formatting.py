@@ -9,6 +9,7 @@ import math
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from rich.cells import cell_len
 
 from ingest.sources import one_line
 
@@ -108,11 +109,17 @@ def format_table(table: pa.Table, fmt: str = "table", *, max_width: int = 60) ->
     tail = [n in ("path", "query") or n.endswith("_path") for n in names]
     rows = [[c if len(c) <= max_width else ("…" + c[1 - max_width:] if t else c[: max_width - 1] + "…")
              for c, t in zip(r, tail)] for r in rows]
-    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+    # widths in terminal cells: a CJK character or an emoji takes two (len() counted one,
+    # and the columns after such a title went out of line)
+    widths = [max([cell_len(n)] + [cell_len(r[i]) for r in rows]) for i, n in enumerate(names)]
     numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) for t in table.schema.types]
 
+    def pad(c: str, w: int, right: bool) -> str:
+        fill = " " * max(w - cell_len(c), 0)
+        return fill + c if right else c + fill
+
     def line(cells):
-        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+        return "  ".join(pad(c, w, num) for c, w, num in zip(cells, widths, numeric)).rstrip()
 
     out = [line(names), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]

@@ -213,6 +213,9 @@ def test_every_duckdb_type_prints_as_csv_json_and_table():
     odd = pa.table({"path": ["/music/a\nb.mid"]})  # a newline in a file name: one line in a table
     assert format_table(odd, "table").splitlines()[2] == "/music/a\\nb.mid"
     assert json.loads(format_table(odd, "json")) == [{"path": "/music/a\nb.mid"}]  # programs get it as is
+    # wide characters take two terminal cells: the next column stays in line
+    wide = format_table(pa.table({"title": ["日本語", "abc"], "n": [1, 2]}), "table").splitlines()
+    assert wide[2] == "日本語  1" and wide[3] == "abc     2", wide
     # two columns of one name (a join's SELECT *): both shown, none dropped from JSON
     twice = duckdb.connect().sql("SELECT 1 AS a, 2 AS a, 3 AS a_1, 4 AS a").to_arrow_table()
     assert format_table(twice, "table").splitlines()[2].split() == ["1", "2", "3", "4"]
