@@ -75,7 +75,8 @@ def register(cli):
         if do_grammar or do_all:
             t = time.perf_counter()
             s = reindex_grammar(db, max_rules=max_rules, min_count=min_count)
-            warn(f"atlas: grammar rebuilt: {s['rules']:,} rules over {s['notes']:,} notes of "
+            warn(f"atlas: grammar rebuilt: {s['rules']:,} rules learned (the rules table also holds the 128 "
+                 f"terminals, one per MIDI pitch) over {s['notes']:,} notes of "
                  f"{s['pieces']:,} pieces in {time.perf_counter() - t:.1f} s")
         if do_all:
             import importlib
