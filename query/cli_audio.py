@@ -54,12 +54,17 @@ def register(cli: click.Group) -> None:
         """
         from atlas_db.errors import BadInputError
 
-        db = resolve(db_dir)
-        if catalogue:
-            from query.sql import run_sql
+        if catalogue:  # fixed by the code, so no database is needed (the table holds the same rows)
+            import pyarrow as pa
 
-            echo_table(run_sql(db, "SELECT * FROM feature_catalogue ORDER BY name"), fmt)
+            from atlas_db.schema_audio import CATALOGUE, TABLES
+
+            schema = TABLES["feature_catalogue"]
+            rows = sorted(CATALOGUE)
+            echo_table(pa.table({f.name: pa.array([r[i] for r in rows], f.type) for i, f in enumerate(schema)},
+                                schema=schema), fmt)
             return
+        db = resolve(db_dir)
         if not piece:
             raise BadInputError("give a PIECE (id, id prefix or ingested path), or --catalogue")
         pid, table = piece_features(db, piece, source)

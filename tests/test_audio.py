@@ -331,6 +331,12 @@ def test_cli_features_and_errors(audio_db):
     assert out.returncode == 0
     catalogue = {r[0]: r[1] for r in csv.reader(io.StringIO(out.stdout))}
     assert catalogue["loudness_integrated_lufs"] == "LUFS" and catalogue["loudness_range_lu"] == "LU"
+    # the same rows without a database (it needed one, though the catalogue is the code's)
+    table = subprocess.run([*ATLAS, "sql", "SELECT * FROM feature_catalogue ORDER BY name", "--db", db,
+                            "--format", "csv"], capture_output=True, text=True, cwd=ROOT)
+    bare = subprocess.run([*ATLAS, "features", "--catalogue", "--db", str(Path(db) / "none"), "--format", "csv"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert bare.returncode == 0 and bare.stdout == out.stdout == table.stdout, bare.stderr
 
 
 def test_docs_list_every_catalogue_feature():
