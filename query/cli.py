@@ -273,6 +273,9 @@ def export(piece, out, db_dir):
 def stats(db_dir, fmt, compression):
     """Counts per table, disk size and a summary of the corpus.
 
+    --format csv gives the table counts only (one table); --format json gives
+    everything, the counts under "tables".
+
     \b
     Example:
       atlas stats --db ./atlas_data
