@@ -703,8 +703,15 @@ def test_library_pattern_opens_its_occurrences(tui_db, tmp_path):
         assert done.query.startswith(f"rule {rule_id} ")
         # the piece the rule came from is among its occurrences
         assert detail.piece["piece_id"] in done.table.column("piece_id").to_pylist()
+        # an occurrence in another piece opens it in the library at the top of its detail
+        # (the detail kept its scroll offset: the patterns section, title off the screen)
+        other = next(p for p in done.table.column("piece_id").to_pylist() if p != detail.piece["piece_id"])
+        app.open_piece(other)
+        await wait_for(pilot, lambda: app.current_mode == "library" and app.library_piece == other, "opened")
+        await wait_for(pilot, lambda: of_type(messages, "DetailLoaded")[-1].piece_id == other, "its detail")
+        assert app.screen.query_one("#detail").scroll_y == 0
 
-    run(make_app(tui_db, tmp_path), scenario)
+    run(make_app(tui_db, tmp_path), scenario, size=(100, 30))  # the detail taller than the screen
 
 
 def test_cli_tui_help_has_an_example():

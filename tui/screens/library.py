@@ -165,6 +165,7 @@ class LibraryScreen(AtlasScreen):
     def _select(self, piece_id: str) -> None:
         self.shown_piece = piece_id
         self.app.library_piece = piece_id
+        self.query_one("#detail").scroll_home(animate=False)  # a new piece from its title (it kept the old offset)
         self._load_detail(piece_id)
 
     @on(DetailLoaded)
