@@ -11,8 +11,8 @@
 - :func:`terminate_as_ctrl_c`: SIGTERM is a Ctrl-C (Ray's core worker answers it with a
   crash dump and exit status 134, and its processes are not stopped in order).
 
-Both act only in the main thread (where Python runs signal handlers) and only when
-Ctrl-C has Python's default handler (a caller's own handler is left alone).
+Each acts only in the main thread (where Python runs signal handlers); :func:`watched`
+only where Ctrl-C has Python's default handler (a caller's own handler is left alone).
 """
 
 from __future__ import annotations
