@@ -134,33 +134,31 @@ class RayEngine:
         waiting = [key for key, _ in reversed(queue)]  # keys not yielded yet, in order
         finished: dict[tuple, tuple] = {}  # key -> (task output, its staging folder)
         running: dict = {}
-        try:
-            while waiting:
-                while queue and len(running) < 2 * self.cpus:
-                    key, group = queue.pop()
-                    out_dir = self.staging / "parse" / "-".join(f"{k:06d}" for k in key)
-                    running[task.remote(group, known_ref, timeout_s, str(out_dir))] = (key, group, out_dir)
-                ready, _ = ray.wait(list(running), num_returns=1)
-                key, group, out_dir = running.pop(ready[0])
-                try:
-                    finished[key] = (ray.get(ready[0]), out_dir)
-                except ray.exceptions.RayError as e:
+        # (tasks still out when the run stops are left to Ray: _RayPool.cancel)
+        while waiting:
+            while queue and len(running) < 2 * self.cpus:
+                key, group = queue.pop()
+                out_dir = self.staging / "parse" / "-".join(f"{k:06d}" for k in key)
+                running[task.remote(group, known_ref, timeout_s, str(out_dir))] = (key, group, out_dir)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            key, group, out_dir = running.pop(ready[0])
+            try:
+                finished[key] = (ray.get(ready[0]), out_dir)
+            except ray.exceptions.RayError as e:
+                shutil.rmtree(out_dir, ignore_errors=True)
+                if len(group) > 1:  # again, one file per task, in the same place of the order
+                    at = waiting.index(key)
+                    retries = [(key + (j,), [f]) for j, f in enumerate(group)]
+                    waiting[at : at + 1] = [k for k, _ in retries]
+                    queue += reversed(retries)
+                else:
+                    reason = f"the Ray task parsing it failed ({_one_line(e)})"
+                    finished[key] = ([Failure(stored_path(group[0]), reason)], None)
+            while waiting and waiting[0] in finished:
+                out, out_dir = finished.pop(waiting.pop(0))
+                yield from _read_parsed(out, out_dir)
+                if out_dir is not None:
                     shutil.rmtree(out_dir, ignore_errors=True)
-                    if len(group) > 1:  # again, one file per task, in the same place of the order
-                        at = waiting.index(key)
-                        retries = [(key + (j,), [f]) for j, f in enumerate(group)]
-                        waiting[at : at + 1] = [k for k, _ in retries]
-                        queue += reversed(retries)
-                    else:
-                        reason = f"the Ray task parsing it failed ({_one_line(e)})"
-                        finished[key] = ([Failure(stored_path(group[0]), reason)], None)
-                while waiting and waiting[0] in finished:
-                    out, out_dir = finished.pop(waiting.pop(0))
-                    yield from _read_parsed(out, out_dir)
-                    if out_dir is not None:
-                        shutil.rmtree(out_dir, ignore_errors=True)
-        finally:
-            self._cancel(running)
 
     # ---- derived stages
 
@@ -171,11 +169,6 @@ class RayEngine:
         from ingest.stage_pool import run_stages_pooled
 
         return run_stages_pooled(db_dir, _RayPool(self), progress=progress, on_failure=on_failure)
-
-    def _cancel(self, refs) -> None:
-        for ref in list(refs):
-            with contextlib.suppress(Exception):
-                self.ray.cancel(ref, force=True)
 
 
 def _read_parsed(out: list, out_dir: Path):
@@ -227,7 +220,11 @@ class _RayPool:
         return False  # the cluster computes every task; the driver only writes
 
     def cancel(self, handles) -> None:
-        self.engine._cancel(ref for ref, _ in handles)
+        """Nothing. Tasks still out when a run stops (Ctrl-C, an error) are left to Ray:
+        stopping the private instance, or this driver leaving a cluster, ends its job's
+        tasks. ``ray.cancel(force=True)`` aborted the driver about 1 time in 12 when a
+        task's reply came in meanwhile (Ray 2.60: "task_manager.cc:1329: An unexpected
+        system state has occurred", exit status 1, its processes left running)."""
 
 
 # --------------------------------------------------------------------------- connecting
