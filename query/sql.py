@@ -112,6 +112,8 @@ def explain_error(e: duckdb.Error, *, write: bool, front: SqlFront = CLI) -> str
         return _refusal(_ST.LOAD, front)
     if not write and "read-only" in msg.lower():
         return msg + f" (the database is opened read-only; {front.write_hint})"
+    if front is not CLI:  # the console shows lines: DuckDB's "LINE 1: ..." and its ^ under the place
+        return str(e).strip()
     return msg
 
 

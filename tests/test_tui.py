@@ -244,6 +244,10 @@ def test_sql_console_results_errors_history_export(tui_db, tmp_path):
         err = screen.query_one("#sql-error")
         assert err.display and "nonexistent_column" in str(err.render())
         assert editor.text == "SELECT nonexistent_column FROM pieces"
+        # DuckDB's pointer at the place stays under it (it was flattened onto one line)
+        lines = of_type(messages, "QueryFailed")[-1].error.splitlines()
+        at = next(i for i, ln in enumerate(lines) if ln.startswith("LINE 1: "))
+        assert lines[at + 1].index("^") == lines[at].index("nonexistent_column"), lines
 
         # read-only by default: a write is refused and says why
         editor.text = "DELETE FROM pieces"
