@@ -127,8 +127,10 @@ def readers_waiting_file(db_dir) -> Path:
 
 
 # A writer about to reopen the database waits up to this long while a reader waits: a
-# reader retries every 0.2 s at most, so it gets in; the writer then waits for its query.
+# reader retries every 0.2 s at most, so it gets in; the writer then waits for its query,
+# up to REOPEN_WAIT_S (not ATLAS_LOCK_WAIT_S: a reader's long query must not stop an ingest).
 READER_TURN_S = 2.0
+REOPEN_WAIT_S = float(os.environ.get("ATLAS_WRITER_REOPEN_WAIT_S", "3600"))
 
 
 def _a_reader_waits(db_dir) -> bool:
@@ -307,7 +309,10 @@ class Writer:
         outside :meth:`transaction` each statement commits on its own."""
         if self._con is None:
             _let_waiting_readers_in(self.db_dir)
-            self._con = connect(self.db_dir, read_only=False, create=self.create, wait_s=self.wait_s)
+            # a reopen in the middle of a job waits longer: it let a reader in, whose query
+            # may take a while, and giving up would stop the job half done
+            wait_s = self.wait_s if self._opened == 0.0 or self.wait_s is not None else REOPEN_WAIT_S
+            self._con = connect(self.db_dir, read_only=False, create=self.create, wait_s=wait_s)
             self._opened = time.monotonic()
         return self._con
 

@@ -89,9 +89,13 @@ def _decoder_messages_named(path: str):
     import os
     import sys
     import tempfile
+    import threading
 
     from ingest.sources import shown_path
 
+    if threading.active_count() > 1:  # fd 2 is the process's: another thread's writes (the TUI draws
+        yield                         # its screen there) would be caught too; the ingest decodes alone
+        return
     try:
         sys.stderr.flush()
         saved = os.dup(2)

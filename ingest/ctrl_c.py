@@ -61,16 +61,18 @@ def check() -> None:
 
 @contextlib.contextmanager
 def deferred():
-    """Hold Ctrl-C until the block ends; the yielded list is non-empty if it came."""
+    """Hold Ctrl-C until the block ends; the yielded list is non-empty if it came. Where
+    Ctrl-C is ignored (SIG_IGN: a job started in the background) it stays ignored."""
     came: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or (
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
         yield came
         return
     previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
     try:
         yield came
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
         if came and previous is _remember_and_raise:
             _seen.append(signal.SIGINT)
 

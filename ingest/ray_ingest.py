@@ -316,6 +316,9 @@ def ray_engine(db_dir, address: str | None = None, *, staging_dir=None, num_cpus
             hint = ("; if its head runs with RAY_AUTH_MODE=token, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
                     "(or RAY_AUTH_TOKEN_PATH) to its token here too" if address else "")
             raise BadInputError(f"--ray: cannot connect to {where} ({_one_line(e)}){hint}") from None
+        except BaseException:  # SIGTERM during ray.init (Ray's own handler: SystemExit): stop what started
+            _shutdown(ray)
+            raise
         if came:
             _shutdown(ray)
             raise KeyboardInterrupt
@@ -332,20 +335,20 @@ def ray_engine(db_dir, address: str | None = None, *, staging_dir=None, num_cpus
         with ctrl_c.terminate_as_ctrl_c():  # over Ray's own handler (installed by ray.init)
             yield RayEngine(ray, run_dir)
     finally:
+        if ours:  # first: the tasks still out end with it, and write no more into the staging folder
+            _shutdown(ray)
         shutil.rmtree(run_dir, ignore_errors=True)
         for folder in created:  # a folder the user made stays; ours only if no other run uses it
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        if ours:
-            _shutdown(ray)
 
 
 def _shutdown(ray) -> None:
-    """``ray.shutdown()`` with Ctrl-C held until it is done (see :func:`ingest.ctrl_c.deferred`)."""
-    with ctrl_c.deferred() as came:
+    """``ray.shutdown()`` with Ctrl-C held until it is done (see :func:`ingest.ctrl_c.deferred`).
+    A Ctrl-C meanwhile is dropped: Ray is being stopped anyway, and the run's own outcome
+    (its summary, or the interrupt or error that stopped it) is what the user is told."""
+    with ctrl_c.deferred():
         ray.shutdown()
-    if came:
-        raise KeyboardInterrupt
 
 
 def ingest_paths_ray(paths, db_dir, *, address: str | None = None, staging_dir=None, num_cpus=None, **kwargs):

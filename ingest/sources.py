@@ -108,7 +108,7 @@ def discover(paths, suffixes=SUFFIXES) -> Discovery:
     suffix that is not a regular file (a FIFO, a device) is listed and refused when read.
     """
     out = Discovery()
-    seen = set()
+    seen, named = set(), set()
 
     def add(p: str):
         if p not in seen:  # FIFOs and dangling links are refused when read (read_regular_file)
@@ -118,10 +118,10 @@ def discover(paths, suffixes=SUFFIXES) -> Discovery:
     for raw in paths:
         # absolute from here on: workers (a process pool, Ray) may run in another folder
         p = Path(os.path.abspath(raw))
-        if str(p) in seen:  # named twice: one file, one problem
+        if str(p) in named:  # named twice: one file, one folder, one problem
             continue
+        named.add(str(p))
         if not p.exists():
-            seen.add(str(p))
             out.problems.append((str(raw), "no such file or folder"))
         elif p.is_dir():
             found = []
@@ -137,7 +137,6 @@ def discover(paths, suffixes=SUFFIXES) -> Discovery:
         elif str(p).lower().endswith(suffixes):
             add(str(p))
         else:
-            seen.add(str(p))
             out.problems.append(
                 (str(raw), f"unsupported file type '{p.suffix or '(none)'}' (expected {', '.join(suffixes)})")
             )

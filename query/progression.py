@@ -309,10 +309,12 @@ def find_progression(db_dir, text: str, *, exact: bool = False, limit: int | Non
 
 
 def _unanalysed(con, piece_id: str | None) -> int:
-    """Pieces (or the one piece) that the harmony stage has not processed yet."""
+    """Pieces (or the one piece) that the harmony stage has not processed yet, and will
+    on the next ingest (a piece it failed on is in ``derived_failures``, not counted)."""
     return con.execute(
-        """SELECT count(*) FROM pieces p WHERE (? IS NULL OR p.piece_id = ?) AND NOT EXISTS
-           (SELECT 1 FROM derived_runs r WHERE r.piece_id = p.piece_id AND r.stage = 'harmony')""",
+        """SELECT count(*) FROM pieces p WHERE (? IS NULL OR p.piece_id = ?)
+           AND NOT EXISTS (SELECT 1 FROM derived_runs r WHERE r.piece_id = p.piece_id AND r.stage = 'harmony')
+           AND NOT EXISTS (SELECT 1 FROM derived_failures f WHERE f.piece_id = p.piece_id AND f.stage = 'harmony')""",
         [piece_id, piece_id]).fetchone()[0]
 
 

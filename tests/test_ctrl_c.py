@@ -54,3 +54,16 @@ def test_deferred_holds_ctrl_c_until_the_block_ends():
     with ctrl_c.deferred() as came:
         pass
     assert came == [] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_deferred_leaves_an_ignored_ctrl_c_ignored():
+    """A job started in the background ignores Ctrl-C (SIG_IGN): holding it must not
+    turn one sent to the process group into an interrupt."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with ctrl_c.deferred() as came:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            _ctrl_c_now()
+        assert came == [] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atlas_db.connection import reading
+from atlas_db.connection import reading, writing
 from atlas_db.errors import BadInputError
 from ingest.derived import run_stages
 from ingest.harmony import (
@@ -617,4 +617,10 @@ def test_a_database_without_its_derived_stages_says_so(tmp_path):
     assert r.returncode == 0 and r.stderr.startswith("atlas: key ") and "(0 rows)" not in r.stdout, r.stderr
     assert find_progression(db, "I V").schema.metadata[b"unanalysed"] == b"1"
     run_stages(db)
+    assert find_progression(db, "I V").schema.metadata[b"unanalysed"] == b"0"
+    # a piece the stage failed on is not "to be analysed by the next ingest": no note
+    with writing(db) as con:
+        pid = con.execute("SELECT piece_id FROM pieces").fetchone()[0]
+        con.execute("DELETE FROM derived_runs WHERE stage = 'harmony'")
+        con.execute("INSERT INTO derived_failures VALUES ('harmony', ?, 'x', 'ValueError: test', now())", [pid])
     assert find_progression(db, "I V").schema.metadata[b"unanalysed"] == b"0"

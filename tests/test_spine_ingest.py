@@ -173,6 +173,17 @@ def test_bad_files_are_reported_recorded_and_the_batch_goes_on(tmp_path):
     assert f"{len(bad) + 1} failed" in r.stderr
 
 
+def test_a_folder_or_file_named_twice_counts_once(tmp_path):
+    from ingest.sources import discover
+
+    (tmp_path / "readme.txt").write_text("not music")
+    (tmp_path / "a.mid").write_bytes(b"MThd")
+    d = str(tmp_path)
+    found = discover([d, d, f"{d}/a.mid", f"{d}/nope.mid", f"{d}/nope.mid"])
+    assert found.files == [f"{d}/a.mid"] and found.skipped_other == 1  # 2: "2 other files were skipped"
+    assert found.problems == [(f"{d}/nope.mid", "no such file or folder")]
+
+
 def test_fixed_file_leaves_ingest_errors(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
