@@ -460,6 +460,5 @@ def _store_and_derive(db, db_dir, summary, found, failures, known, workers, prog
         except StageInterrupted as e:
             summary.derived = e.done
             raise IngestInterrupted(f"during the {e.stage} stage", summary) from None
-    ctrl_c.check()
     summary.seconds = time.perf_counter() - t0
     return summary

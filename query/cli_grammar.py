@@ -45,10 +45,12 @@ def register(cli):
         res = run_sql(db, q)
         echo_table(res, fmt)
         if res.num_rows == 0:
-            n = run_sql(db, "SELECT count(*) AS n FROM pieces p WHERE NOT EXISTS (SELECT 1 FROM derived_runs r "
-                            "WHERE r.piece_id = p.piece_id AND r.stage = 'grammar') AND NOT EXISTS (SELECT 1 FROM "
-                            "derived_failures f WHERE f.piece_id = p.piece_id AND f.stage = 'grammar')"
-                        ).column("n")[0].as_py()
+            from atlas_db.connection import reading
+            from ingest import grammar
+            from ingest.derived import pending_pieces
+
+            with reading(db) as con:  # what the next ingest will learn from
+                n = len(pending_pieces(con, grammar))
             if n:
                 warn(f"atlas: note: {n} piece{'s have' if n != 1 else ' has'} no grammar yet (ingested with "
                      "--no-derive, or the ingest was interrupted): run `atlas ingest` again to learn it")

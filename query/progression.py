@@ -309,13 +309,13 @@ def find_progression(db_dir, text: str, *, exact: bool = False, limit: int | Non
 
 
 def _unanalysed(con, piece_id: str | None) -> int:
-    """Pieces (or the one piece) that the harmony stage has not processed yet, and will
-    on the next ingest (a piece it failed on is in ``derived_failures``, not counted)."""
-    return con.execute(
-        """SELECT count(*) FROM pieces p WHERE (? IS NULL OR p.piece_id = ?)
-           AND NOT EXISTS (SELECT 1 FROM derived_runs r WHERE r.piece_id = p.piece_id AND r.stage = 'harmony')
-           AND NOT EXISTS (SELECT 1 FROM derived_failures f WHERE f.piece_id = p.piece_id AND f.stage = 'harmony')""",
-        [piece_id, piece_id]).fetchone()[0]
+    """Pieces (or the one piece) that the harmony stage has not processed yet and the
+    next ingest will (its ``pending_pieces``: a piece it failed on is not counted)."""
+    from ingest import harmony
+    from ingest.derived import pending_pieces
+
+    todo = pending_pieces(con, harmony)
+    return len(todo) if piece_id is None else int(piece_id in todo)
 
 
 _SHOWN = ["chord_index", "onset_beats", "end_beats", "onset_s", "end_s", "label", "roman", "key_name", "bass_pc", "pcs"]

@@ -21,10 +21,12 @@ def _ctrl_c_now() -> None:
 def test_a_swallowed_ctrl_c_is_raised_again_by_check():
     with ctrl_c.watched():
         ctrl_c.check()  # nothing came
+        swallowed = False
         try:  # what DuckDB does to one that lands while it reads a registered Arrow table
             _ctrl_c_now()
         except KeyboardInterrupt:
-            pass
+            swallowed = True
+        assert swallowed  # it came as usual
         with pytest.raises(KeyboardInterrupt):
             ctrl_c.check()
     ctrl_c.check()  # forgotten once the watched block is over
@@ -52,7 +54,7 @@ def test_deferred_holds_ctrl_c_until_the_block_ends():
         with pytest.raises(KeyboardInterrupt):  # and a run that checks still stops
             ctrl_c.check()
     with ctrl_c.deferred() as came:
-        pass
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # held inside
     assert came == [] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

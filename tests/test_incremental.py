@@ -147,8 +147,8 @@ def test_a_waiting_reader_gets_in_before_a_holding_writer_goes_on(tmp_path):
         deadline = time.monotonic() + 60
         while True:  # until the writer holds the file (a read that does not wait gives up)
             try:
-                with reading(db, wait_s=0):
-                    pass
+                with reading(db, wait_s=0) as con:
+                    con.execute("SELECT count(*) FROM t").fetchone()
             except DatabaseBusyError:
                 break
             assert proc.poll() is None and time.monotonic() < deadline

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+from rich.cells import cell_len
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -251,6 +252,6 @@ class IngestScreen(AtlasScreen):
         # kept its header widths ("/tmp", "not a") until the terminal was resized
         for c in msg.table.column_names:
             cells = [fmt_cell(v) for v in msg.table.column(c).to_pylist()]
-            dt.add_column(c, key=c, width=min(max(map(len, [c, *cells])), 120))
+            dt.add_column(c, key=c, width=min(max(map(cell_len, [c, *cells])), 120))
         for row in msg.table.to_pylist():
             dt.add_row(*(cell(v) for v in row.values()))
