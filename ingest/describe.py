@@ -13,7 +13,6 @@ per run, and everything else goes on. ``atlas describe`` (re)describes stored pi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from atlas_db.errors import MissingModelError
+from ingest.quiet_stderr import quiet_stderr
 
 __all__ = ["PROMPT_VERSION", "normalise_text", "facts_prompt", "fact_words", "keep_completion", "load_llm", "generate",
            "describe_if_configured", "description_table", "describe_stored", "configured_model"]
@@ -148,26 +148,6 @@ def facts_prompt(title: str, values: dict, key_name: str | None, sources: list[s
 _LLMS: dict[str, object] = {}
 
 
-@contextlib.contextmanager
-def _quiet():
-    """llama.cpp writes log lines to file descriptor 2 even with verbose=False: send them
-    to /dev/null while it runs (the descriptor is restored afterwards)."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def load_llm(path):
     """Load (once per process) the GGUF model at ``path``; MissingModelError if unusable."""
     path = Path(path)
@@ -183,7 +163,7 @@ def load_llm(path):
             f"{path}: llama-cpp-python is not installed (pip install 'harmony-atlas[audio]')"
         ) from None
     try:
-        with _quiet():
+        with quiet_stderr():
             llm = Llama(model_path=str(path), n_ctx=N_CTX, n_threads=1, seed=0, verbose=False)
     except Exception as e:
         raise MissingModelError(f"{path}: cannot load the GGUF model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
@@ -194,7 +174,7 @@ def load_llm(path):
 def generate(llm, prompt: str, start: str = "") -> str:
     """The description: ``start`` (the measured words, :func:`fact_words`) completed by
     the model, checked by :func:`keep_completion`; without ``start``, the model's line."""
-    with _quiet():
+    with quiet_stderr():
         out = llm.create_completion(prompt + (" " + start if start else ""), max_tokens=MAX_TOKENS,
                                     temperature=0.0, top_k=1, repeat_penalty=1.3, stop=["\n", "Title:"], seed=0)
     text = out["choices"][0]["text"]

@@ -43,6 +43,7 @@ from atlas_db.errors import BadInputError
 from atlas_db.schema import TABLES
 from atlas_db.store import Failure, ParsedPiece
 from ingest import ctrl_c
+from ingest.quiet_stderr import quiet_stderr
 from ingest.sources import MIDI_SUFFIXES, stored_path
 
 __all__ = ["RayEngine", "ray_engine", "ingest_paths_ray", "INSTALL_HINT"]
@@ -273,6 +274,33 @@ def _check_reachable(address: str) -> None:
         raise BadInputError(f"--ray {shown}: something listens there but it is not a Ray cluster (it does not "
                             "answer gRPC); give the head's GCS port that `ray start --head` printed "
                             "(6379 by default; 8265 is the dashboard)")
+    _check_token(address, shown)
+
+
+def _check_token(address: str, shown: str) -> None:
+    """Ask the GCS for its cluster id once with Ray's own client: a head that wants a
+    token this process lacks says so in milliseconds, where ``ray.init`` retries for
+    ~20 s. Anything else this check cannot judge is left to ``ray.init``."""
+    import threading
+
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # another Ray version
+        return
+    # the C++ client logs the refusal on fd 2 before it raises; no other thread runs yet
+    # in an ingest, and if one does its writes must not be lost
+    quiet = quiet_stderr() if threading.active_count() == 1 else contextlib.nullcontext()
+    try:
+        with quiet:
+            GcsClient(address=address)
+    except AuthenticationError:
+        raise BadInputError(f"--ray {shown}: the cluster wants an authentication token and this process has "
+                            "none or another one: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+                            "RAY_AUTH_TOKEN_PATH) to the head's token (`ray get-auth-token` on the head prints it)"
+                            ) from None
+    except Exception:  # noqa: BLE001 - not ours to judge: ray.init reports it in full
+        return
 
 
 def _answers_http2(sock: socket.socket) -> bool:

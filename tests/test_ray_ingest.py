@@ -272,6 +272,26 @@ def test_a_port_that_is_not_a_ray_cluster_is_one_line(tmp_path):
     assert not (tmp_path / "db").exists()
 
 
+@needs_ray
+@pytest.mark.parametrize("token", [None, "0" * 64])
+def test_a_cluster_that_wants_another_token_is_one_line(tmp_path, ray_cluster, token):
+    """The test's head runs with RAY_AUTH_MODE=token: without its token (or with another)
+    one line at once, not ray.init's ~20 s of retries and warnings from Ray's C++ client."""
+    song = pop909_songs(1)[0] / f"{pop909_songs(1)[0].name}.mid"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    env["NUMBA_CACHE_DIR"] = os.environ.get("NUMBA_CACHE_DIR", str(Path.home() / ".cache/harmony-atlas/numba"))
+    if token:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    r = subprocess.run([*ATLAS, "ingest", str(song), "--db", str(tmp_path / "db"), "--ray", ray_cluster],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1], env=env, timeout=120)
+    assert (r.returncode, r.stderr.strip()) == (2, (
+        f"atlas: error: --ray {ray_cluster}: the cluster wants an authentication token and this process has none "
+        "or another one: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the head's token "
+        "(`ray get-auth-token` on the head prints it)"))
+    assert not (tmp_path / "db").exists()
+
+
 def _session_processes(sid: int) -> list[str]:
     out = subprocess.run(["ps", "-ww", "-eo", "sid=,stat=,args="], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if line.split()[0] == str(sid) and not line.split()[1].startswith("Z")]
