@@ -20,6 +20,8 @@ from pathlib import Path
 import duckdb
 
 from atlas_db.errors import BadInputError, DatabaseBusyError
+from atlas_db.settings import check as check_settings
+from atlas_db.settings import setting
 import importlib
 
 from atlas_db.schema import SCHEMA_VERSION
@@ -35,7 +37,7 @@ __all__ = [
 
 DB_FILE_NAME = "atlas.duckdb"
 DEFAULT_DB_DIR = "atlas_data"
-_LOCK_WAIT_S = float(os.environ.get("ATLAS_LOCK_WAIT_S", "60"))
+_LOCK_WAIT_S = setting("ATLAS_LOCK_WAIT_S")
 
 
 def resolve_db_dir(db: str | os.PathLike | None) -> Path:
@@ -63,6 +65,7 @@ def connect(
 
     ``create=True`` makes the directory (its parent must exist) and applies the schema.
     """
+    check_settings()
     db_dir = Path(db_dir)
     path = db_file(db_dir)
     if create:
@@ -130,7 +133,7 @@ def readers_waiting_file(db_dir) -> Path:
 # reader retries every 0.2 s at most, so it gets in; the writer then waits for its query,
 # up to REOPEN_WAIT_S (not ATLAS_LOCK_WAIT_S: a reader's long query must not stop an ingest).
 READER_TURN_S = 2.0
-REOPEN_WAIT_S = float(os.environ.get("ATLAS_WRITER_REOPEN_WAIT_S", "3600"))
+REOPEN_WAIT_S = setting("ATLAS_WRITER_REOPEN_WAIT_S")
 
 
 def _a_reader_waits(db_dir) -> bool:
@@ -168,6 +171,7 @@ def connect_sandboxed(
     configuration of a plain ``connect`` would lock it for every reader in the process
     (the TUI's screens) too.
     """
+    check_settings()
     db_dir = Path(db_dir)
     _require_db(db_dir)
     path = db_file(db_dir)
@@ -270,12 +274,12 @@ def writing(db_dir, *, create: bool = False, wait_s: float | None = None):
 # database file (~35 ms at 1.8 GB) and the checkpoint DuckDB runs when the last
 # connection closes (~80 ms) cost more than a small transaction itself; readers of
 # another process wait at most this long plus one transaction.
-HOLD_S = float(os.environ.get("ATLAS_WRITER_HOLD_S", "1.0"))
+HOLD_S = setting("ATLAS_WRITER_HOLD_S")
 # The same during a bulk job's run of long transactions (an ingest's derived stages): each
 # close and reopen of the connection costs DuckDB a checkpoint and a reopen (~0.3-0.7 s at
 # pop909-dev's size, more as the database grows); with 1 s an ingest of pop909-dev closed
 # it 15 times in 4.7-8.3 s, with 10 s 7-8 times in 2.4-4.7 s (docs/ingest-throughput.md).
-BULK_HOLD_S = float(os.environ.get("ATLAS_WRITER_BULK_HOLD_S", "10.0"))
+BULK_HOLD_S = setting("ATLAS_WRITER_BULK_HOLD_S")
 
 
 class Writer:

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
+from atlas_db.settings import setting
 from indexers.lanes import chroma_scores, pitch_class_scores, sym_scores
 
 __all__ = ["in_background", "two_at_once", "sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score",
@@ -54,10 +55,7 @@ _CPUS = len(os.sched_getaffinity(0))
 
 
 def _threads() -> int:
-    try:
-        want = int(os.environ.get("ATLAS_ALIGN_THREADS", "2"))
-    except ValueError:
-        want = 2
+    want = setting("ATLAS_ALIGN_THREADS", strict=True)
     return max(1, min(want, 2, _CPUS))
 
 

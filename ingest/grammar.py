@@ -29,7 +29,6 @@ One ingest of up to ``BATCH_PIECES`` new pieces into an empty grammar is the sam
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import datetime, timezone
 
@@ -37,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from atlas_db.schema_grammar import STORED_META_SOURCE
+from atlas_db.settings import setting
 from ingest import grammar_core as gc
 from ingest import grammar_transforms as gt
 from ingest.packed_keys import packed_keys
@@ -45,8 +45,8 @@ __all__ = ["STAGE", "VERSION", "version_string", "BATCH_PIECES", "MAX_RULES", "M
            "rebuild", "load_notes", "notes_from_tables", "notes_dict", "load_grammar", "track_parse"]
 
 STAGE = "grammar"
-MAX_RULES = int(os.environ.get("ATLAS_GRAMMAR_MAX_RULES", "500000"))
-MIN_COUNT = int(os.environ.get("ATLAS_GRAMMAR_MIN_COUNT", "2"))
+MAX_RULES = setting("ATLAS_GRAMMAR_MAX_RULES")
+MIN_COUNT = setting("ATLAS_GRAMMAR_MIN_COUNT")
 
 
 def version_string(max_rules: int, min_count: int) -> str:

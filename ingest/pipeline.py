@@ -18,6 +18,7 @@ from pathlib import Path
 
 from atlas_db.connection import Writer
 from atlas_db.errors import BadInputError, IngestError, Interrupted
+from atlas_db.settings import setting
 from atlas_db.store import Failure, ParsedPiece, known_piece_ids, write_batch
 from ingest import ctrl_c
 from ingest.sources import AUDIO_SUFFIXES, MIDI_SUFFIXES, discover, read_regular_file, stored_path
@@ -26,7 +27,7 @@ __all__ = ["IngestSummary", "IngestInterrupted", "ingest_paths", "process_file",
 
 # Flush a batch when it holds this many notes or files, or has waited this long.
 BATCH_NOTES = 400_000
-BATCH_FILES = int(os.environ.get("ATLAS_BATCH_FILES", "1000"))  # smaller: more, shorter commits
+BATCH_FILES = setting("ATLAS_BATCH_FILES")  # smaller: more, shorter commits
 BATCH_WAIT_S = 2.0
 # An ingest of at most this many MIDI files looks up their ids (on the connection it then
 # writes with) instead of reading every piece id of the database.
@@ -35,7 +36,7 @@ SMALL_INGEST_FILES = 64
 # scan of every note) while the ingest adds at most this many.
 STAGE_NOTES_IN_MEMORY = 400_000
 # A file whose decoding (audio: features, stems, transcription) takes longer is stopped.
-DEFAULT_FILE_TIMEOUT_S = float(os.environ.get("ATLAS_FILE_TIMEOUT_S", "900"))
+DEFAULT_FILE_TIMEOUT_S = setting("ATLAS_FILE_TIMEOUT_S")
 
 
 class IngestInterrupted(Interrupted):

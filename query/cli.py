@@ -194,7 +194,7 @@ def ingest(paths, db_dir, workers, no_derive, file_timeout_s, ray_address, stagi
     \b
     Example:
       atlas ingest ~/midi/bach song.mid --db ./atlas_data
-      atlas ingest ~/midi --db ./atlas_data --ray              (local Ray)
+      atlas ingest ~/midi --db ./atlas_data --ray              # on a private local Ray
       atlas ingest /shared/midi --db /shared/atlas --ray 10.0.0.5:6379
     """
     if ray_address and os.path.exists(ray_address):  # `--ray FOLDER ...`: a path, not an address
@@ -224,9 +224,10 @@ def ingest(paths, db_dir, workers, no_derive, file_timeout_s, ray_address, stagi
 def sql(query, db_dir, fmt, write, allow_files):
     """Run a SQL query (DuckDB dialect) over the tables and views.
 
-    The README documents every table; `atlas sql "SHOW TABLES"` lists them. The query
-    sees this database only: no other files (unless --allow-files, which reads them),
-    databases, extensions or settings; docs/tables.md says exactly what is refused.
+    docs/tables.md and the other docs/*.md document every table; `atlas sql "SHOW TABLES"`
+    lists them. The query sees this database only: no other files (unless --allow-files,
+    which reads them), databases, extensions or settings; docs/tables.md says exactly
+    what is refused.
     Statements separated by ';' run in order and the last one's result is shown.
     QUERY '-' reads the query from standard input (a .sql file).
 

@@ -76,7 +76,7 @@ def register(cli):
             t = time.perf_counter()
             s = reindex_grammar(db, max_rules=max_rules, min_count=min_count)
             warn(f"atlas: grammar rebuilt: {s['rules']:,} rules learned (the rules table also holds the 128 "
-                 f"terminals, one per MIDI pitch) over {s['notes']:,} notes of "
+                 f"terminals, one per rhythm and velocity bucket) over {s['notes']:,} notes of "
                  f"{s['pieces']:,} pieces in {time.perf_counter() - t:.1f} s")
         if do_all:
             import importlib

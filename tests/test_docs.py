@@ -59,3 +59,17 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.failed == 0
+
+
+def test_every_environment_setting_is_in_the_readme_with_its_default():
+    from atlas_db.settings import SETTINGS
+
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`ATLAS_"):
+            names = re.findall(r"`(ATLAS_\w+)`", cells[0])
+            rows.update(zip(names, (d.strip() for d in cells[1].split(","))))
+    documented = {n: d for n, d in rows.items() if n in SETTINGS}
+    assert set(documented) == set(SETTINGS), "README's settings table lists other variables than atlas_db.settings"
+    assert {n: float(d) for n, d in documented.items()} == {n: float(s.default) for n, s in SETTINGS.items()}

@@ -210,6 +210,30 @@ def test_user_mistakes_give_one_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("var, value, line", [
+    # read when the modules are imported: int()/float() there was a traceback
+    ("ATLAS_FILE_TIMEOUT_S", "abc", "$ATLAS_FILE_TIMEOUT_S = 'abc': give a number of seconds >= 1 (unset: 900)"),
+    ("ATLAS_LOCK_WAIT_S", "-1", "$ATLAS_LOCK_WAIT_S = '-1': give a number of seconds >= 0 (unset: 60)"),
+    # accepted before, though --min-count refuses it
+    ("ATLAS_GRAMMAR_MIN_COUNT", "0",
+     "$ATLAS_GRAMMAR_MIN_COUNT = '0': give a whole number of occurrences >= 2 (unset: 2)"),
+    ("ATLAS_ALIGN_THREADS", "two", "$ATLAS_ALIGN_THREADS = 'two': give a whole number of threads >= 1 (unset: 2)"),
+])
+def test_a_bad_setting_in_the_environment_is_one_line(tmp_path, var, value, line):
+    two_tracks(tmp_path / "a.mid")
+    r = atlas("ingest", str(tmp_path / "a.mid"), "--db", str(tmp_path / "db"), check=False,
+              env={**os.environ, var: value})
+    assert (r.returncode, r.stderr) == (2, f"atlas: error: {line}\n")
+    assert not (tmp_path / "db").exists()  # refused before anything was written
+    ingest_paths([str(tmp_path / "a.mid")], tmp_path / "db")
+    r = atlas("covers", str(tmp_path / "a.mid"), "--db", str(tmp_path / "db"), check=False,
+              env={**os.environ, var: value})
+    assert (r.returncode, r.stderr) == (2, f"atlas: error: {line}\n")
+    r = atlas("covers", str(tmp_path / "a.mid"), "--db", str(tmp_path / "db"), check=False,
+              env={**os.environ, var: " "})  # empty: the default
+    assert r.returncode == 0, r.stderr
+
+
 def test_killed_ingest_loses_nothing_and_rerun_completes(tmp_path, pop909_dir):
     files = [str(p) for p in sorted(pop909_dir.glob("0[0-4]*/**/*.mid"))]
     ref = tmp_path / "ref"

@@ -1,0 +1,73 @@
+"""The numeric ``ATLAS_*`` environment variables: each declared once here, with its
+default and the values it may take.
+
+Modules read their settings when they are imported, before the command line can turn
+an error into one line, so :func:`setting` does not raise on a bad value
+(``ATLAS_LOCK_WAIT_S=abc``, a negative time): it gives the default, and :func:`check`
+(run by every database connection, :func:`atlas_db.connection.connect`) raises one
+:class:`BadInputError` line naming the variable. A setting read at call time passes
+``strict=True`` and raises at once. (The audio settings, which may also come from a
+config file, are checked by ``ingest.audio_config``.)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import NamedTuple
+
+from atlas_db.errors import BadInputError
+
+__all__ = ["SETTINGS", "setting", "check"]
+
+
+class Setting(NamedTuple):
+    default: float
+    minimum: float
+    unit: str
+    integer: bool = False
+
+
+SETTINGS = {
+    "ATLAS_LOCK_WAIT_S": Setting(60.0, 0, "seconds"),
+    "ATLAS_WRITER_REOPEN_WAIT_S": Setting(3600.0, 0, "seconds"),
+    "ATLAS_WRITER_HOLD_S": Setting(1.0, 0, "seconds"),
+    "ATLAS_WRITER_BULK_HOLD_S": Setting(10.0, 0, "seconds"),
+    "ATLAS_FILE_TIMEOUT_S": Setting(900.0, 1, "seconds"),
+    "ATLAS_BATCH_FILES": Setting(1000, 1, "files", integer=True),
+    "ATLAS_GRAMMAR_MAX_RULES": Setting(500000, 1, "rules", integer=True),
+    "ATLAS_GRAMMAR_MIN_COUNT": Setting(2, 2, "occurrences", integer=True),
+    "ATLAS_ALIGN_THREADS": Setting(2, 1, "threads", integer=True),
+}
+
+
+def _read(name: str):
+    """(value, None) or (default, the problem's line)."""
+    s = SETTINGS[name]
+    raw = os.environ.get(name, "")
+    if not raw.strip():
+        return s.default, None
+    try:
+        value = int(raw) if s.integer else float(raw)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < s.minimum:
+        kind = "a whole number" if s.integer else "a number"
+        return s.default, f"${name} = {raw!r}: give {kind} of {s.unit} >= {s.minimum:g} (unset: {s.default:g})"
+    return value, None
+
+
+def setting(name: str, *, strict: bool = False):
+    """``$name``'s value, or its default when unset or empty; a value it may not take
+    gives the default too (``strict``: raises :class:`BadInputError`)."""
+    value, problem = _read(name)
+    if problem and strict:
+        raise BadInputError(problem)
+    return value
+
+
+def check() -> None:
+    """Raise a :class:`BadInputError` (one line) for the first variable set to a value it
+    may not take."""
+    for name in SETTINGS:
+        setting(name, strict=True)
