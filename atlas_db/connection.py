@@ -54,6 +54,11 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in msg and ("conflicting" in msg or "could not set" in msg)
 
 
+# Whether this process has opened a database for writing: a Ctrl-C of a command that only
+# read says it was interrupted and no more (nothing was being kept or left to finish).
+opened_for_writing = False
+
+
 def connect(
     db_dir: str | os.PathLike,
     *,
@@ -65,7 +70,9 @@ def connect(
 
     ``create=True`` makes the directory (its parent must exist) and applies the schema.
     """
+    global opened_for_writing
     check_settings()
+    opened_for_writing |= not read_only
     db_dir = Path(db_dir)
     path = db_file(db_dir)
     if create:
@@ -171,7 +178,9 @@ def connect_sandboxed(
     configuration of a plain ``connect`` would lock it for every reader in the process
     (the TUI's screens) too.
     """
+    global opened_for_writing
     check_settings()
+    opened_for_writing |= not read_only
     db_dir = Path(db_dir)
     _require_db(db_dir)
     path = db_file(db_dir)

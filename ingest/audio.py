@@ -32,7 +32,7 @@ __all__ = [
     "feature_rows", "parse_audio", "SILENCE_DBFS", "notes_from_audio_file", "audio_query_parts",
 ]
 
-ANALYSIS_VERSION = "audio-1"
+ANALYSIS_VERSION = "audio-2"  # audio-2: mono loudness, the file's own peak, flatness below 10 kHz
 SR = 44100
 FRAME = 4096
 HOP = 2048
@@ -40,6 +40,12 @@ HOP = 2048
 SILENCE_DBFS = -90.0
 # Shorter than this cannot carry a beat or a key.
 MIN_SECONDS = 1.0
+# The spectral flatness is measured up to here, or to 0.9 x the file's own Nyquist
+# frequency if lower (the resampler's filter rolls off below it): above a lossy codec's
+# cutoff (~16 kHz for MP3, OGG) or a 22.05 kHz file's Nyquist frequency the resampled
+# spectrum is empty, and its near-zero bins took the geometric mean, so white noise read
+# 0.56 from a 44.1 kHz WAV, 0.0003 at 22.05 kHz and 0.02 as an MP3.
+FLATNESS_MAX_HZ = 10000.0
 BANDS = {"bass": (20.0, 150.0), "body": (150.0, 800.0), "mid": (800.0, 4000.0), "air": (4000.0, 20000.0)}
 _PC_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 
@@ -118,6 +124,8 @@ def _decoder_messages_named(path: str):
 
 
 def _decode(sf, data: bytes, path: str, limit: float) -> Decoded:
+    from ingest.audio_config import max_seconds_source
+
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as e:
@@ -126,7 +134,7 @@ def _decode(sf, data: bytes, path: str, limit: float) -> Decoded:
         raise IngestError(path, "corrupt audio header (no sample rate or channels)")
     announced = info.frames / info.samplerate if info.frames > 0 else 0.0
     if announced > limit:
-        raise IngestError(path, f"too long: {announced:.0f} s of audio (the limit is {limit:.0f} s; set ATLAS_AUDIO_MAX_S)")
+        raise IngestError(path, f"too long: {announced:.0f} s of audio (the limit is {limit:.0f} s: {max_seconds_source()})")
     cut = _wav_truncation(data)
     if cut is not None:
         declared, present = cut
@@ -144,7 +152,7 @@ def _decode(sf, data: bytes, path: str, limit: float) -> Decoded:
             path, f"truncated: the FLAC header announces {info.frames / rate:.2f} s but the file holds {n / rate:.2f} s"
         )
     if n / rate > limit:
-        raise IngestError(path, f"too long: {n / rate:.0f} s of audio (the limit is {limit:.0f} s; set ATLAS_AUDIO_MAX_S)")
+        raise IngestError(path, f"too long: {n / rate:.0f} s of audio (the limit is {limit:.0f} s: {max_seconds_source()})")
     if n / rate < MIN_SECONDS:
         raise IngestError(path, f"too short: {n / rate:.2f} s of audio (at least {MIN_SECONDS:g} s needed)")
     if not np.isfinite(samples).all():
@@ -227,8 +235,9 @@ def _essentia():
     return es
 
 
-def _frame_features(mono: np.ndarray):
-    """Per-frame HPCP (36 bins from A) and spectral shape, with essentia."""
+def _frame_features(mono: np.ndarray, flatness_max_hz: float = FLATNESS_MAX_HZ):
+    """Per-frame HPCP (36 bins from A) and spectral shape, with essentia (the flatness of
+    the bins up to ``flatness_max_hz``)."""
     es = _essentia()
 
     win = es.Windowing(type="blackmanharris62", size=FRAME)
@@ -243,6 +252,7 @@ def _frame_features(mono: np.ndarray):
     flux = es.Flux()
     moments = es.CentralMoments(range=SR / 2)
     shape = es.DistributionShape()
+    flat_bins = int(min(flatness_max_hz, FLATNESS_MAX_HZ) * FRAME / SR) + 1
     n_frames = max(1, 1 + (len(mono) - FRAME) // HOP) if len(mono) >= FRAME else 1
     H = np.zeros((n_frames, 36), np.float32)
     times = np.zeros(n_frames)
@@ -259,7 +269,7 @@ def _frame_features(mono: np.ndarray):
         if len(f):
             H[i] = hpcp(f, m)
         cen[i] = centroid(s)
-        flat[i] = flatness(s * s)
+        flat[i] = flatness(s[:flat_bins] ** 2)
         flx[i] = flux((s / total).astype(np.float32))
         _, sk, ku = shape(moments(s))
         skew[i], kurt[i] = sk, ku
@@ -372,15 +382,19 @@ def analyse_stem(stereo: np.ndarray, beats_s: np.ndarray) -> dict:
     return v
 
 
-def analyse(stereo: np.ndarray) -> Analysis:
-    """Features of 44.1 kHz stereo float32 audio (the catalogue's whole set)."""
+def analyse(stereo: np.ndarray, source: Decoded | None = None) -> Analysis:
+    """Features of 44.1 kHz stereo float32 audio (the catalogue's whole set). ``source``:
+    the decoded file it was made from (:func:`to_analysis_rate`), so that a mono file's
+    loudness is measured on its one channel (BS.1770; the duplicated pair read 3 dB
+    louder), the sample peak is the file's own (resampling overshoots), and the spectral
+    flatness stays below the file's Nyquist frequency (``FLATNESS_MAX_HZ``)."""
     es = _essentia()
     import pyloudnorm
 
     mono = np.ascontiguousarray(stereo.mean(axis=1), dtype=np.float32)
     duration = len(mono) / SR
     v: dict[str, float] = {}
-    times, H36, spectral = _frame_features(mono)
+    times, H36, spectral = _frame_features(mono, 0.45 * source.sample_rate if source else FLATNESS_MAX_HZ)
     v["rms_dbfs"] = _db(np.sqrt(np.mean(mono.astype(np.float64) ** 2)))
     v["duration_s"] = duration
     bpm, beats, _, _, _ = es.RhythmExtractor2013(method="degara")(mono)
@@ -393,13 +407,14 @@ def analyse(stereo: np.ndarray) -> Analysis:
     onsets = np.asarray(onsets, np.float64)
     v["onset_rate_hz"] = float(rate)
     try:
-        lufs = float(pyloudnorm.Meter(SR).integrated_loudness(stereo.astype(np.float64)))
+        channels = stereo[:, 0] if source is not None and source.n_channels == 1 else stereo
+        lufs = float(pyloudnorm.Meter(SR).integrated_loudness(channels.astype(np.float64)))
     except ValueError:
         lufs = float("nan")
     v["loudness_integrated_lufs"] = lufs if np.isfinite(lufs) else float("nan")
     _, _, _, lra = es.LoudnessEBUR128(sampleRate=SR)(stereo)
     v["loudness_range_lu"] = float(lra)
-    v["sample_peak_dbfs"] = _db(np.abs(stereo).max())
+    v["sample_peak_dbfs"] = _db(np.abs(source.samples if source is not None else stereo).max())
     for name, arr in spectral.items():
         v[name] = float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
     v.update(band_rms_dbfs(mono))
@@ -463,7 +478,7 @@ def parse_audio(data: bytes, *, piece_id: str, path: str) -> dict:
 
     dec = decode(data, path)
     stereo = to_analysis_rate(dec)
-    mix = analyse(stereo)
+    mix = analyse(stereo, dec)
     bpm = mix.values.get("tempo_bpm", float("nan"))
     feats = feature_rows(piece_id, "mix", mix.values)
 

@@ -77,13 +77,22 @@ def max_seconds() -> float:
     if val is None:
         return DEFAULT_MAX_SECONDS
     try:
-        sec = float(val)
+        sec = float("nan") if isinstance(val, bool) else float(val)  # TOML's true is not 1 s
     except (TypeError, ValueError):
         sec = float("nan")
     if not sec > 0 or sec == float("inf"):
-        where = _ENV["max_seconds"] if os.environ.get(_ENV["max_seconds"]) else f"[audio] max_seconds in {config_file()}"
-        raise BadInputError(f"{where} = {val!r}: give the longest recording to ingest as seconds > 0, e.g. 1800")
+        raise BadInputError(f"{max_seconds_source()} = {val!r}: give the longest recording to ingest as seconds "
+                            "> 0, e.g. 1800")
     return sec
+
+
+def max_seconds_source() -> str:
+    """Where the limit of :func:`max_seconds` is set (or can be)."""
+    if os.environ.get(_ENV["max_seconds"]):
+        return _ENV["max_seconds"]
+    if setting("max_seconds") is not None:
+        return f"[audio] max_seconds in {config_file()}"
+    return f"{_ENV['max_seconds']} or [audio] max_seconds in {config_file()}"
 
 
 def check() -> None:

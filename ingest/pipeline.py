@@ -84,7 +84,7 @@ class IngestSummary:
         s = (
             f"added {_count(self.added, 'file')} ({_count(self.notes_added, 'note')}), "
             f"{self.already_present} already present, {self.failed} failed, "
-            f"in {self.seconds:.1f} s (stored in {self.store_seconds:.1f} s, {rate / 1e6:.2f}M notes/s"
+            f"in {self.seconds:.1f} s (stored in {self.store_seconds:.1f} s, {rate:,.0f} notes/s"
         )
         s += f"; derived stages {self.seconds - self.store_seconds:.1f} s)" if self.derived else ")"
         if self.stage_failures:
@@ -164,12 +164,34 @@ def _results(files, known, workers, *, timeout_s: float | None = None):
         yield from _supervised(heavy, known, workers, timeout_s or DEFAULT_FILE_TIMEOUT_S)
 
 
+# What a worker sends when it begins a file: the file's time limit counts from here, not
+# from the moment the path was sent (the worker may still be starting).
+_STARTED = "started"
+# How long a worker may take to start (spawn, imports, the models' loading) beyond the
+# file's own limit: under load a fresh worker took longer than a short --file-timeout.
+START_ALLOWANCE_S = 60.0
+
+
+def _warm_up() -> None:
+    """Import the decoders and load the transcription model before the first file, so
+    that their cost is the worker's start rather than the first file's time."""
+    try:
+        from ingest import audio, transcribe
+
+        audio._essentia()
+        transcribe._model()
+    except Exception:  # noqa: BLE001 - not installed or broken: each file says so itself
+        return
+
+
 def _worker_loop(conn, known) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     _init_worker(known)
+    _warm_up()
     while (path := conn.recv()) is not None:
+        conn.send(_STARTED)
         conn.send(process_file(path))
 
 
@@ -188,8 +210,10 @@ def _supervised(files: list[str], known, workers: int, timeout_s: float):
     """Results of ``process_file`` run in worker processes, one file at a time each.
 
     A decoder can hang inside C code (essentia on absurd samples) where no Python signal
-    reaches it, or crash the process: a worker past ``timeout_s`` is killed, a dead one is
-    noticed, and either way the file becomes a Failure and a fresh worker takes the rest.
+    reaches it, or crash the process: a worker past ``timeout_s`` on a file is killed, a
+    dead one is noticed, and either way the file becomes a Failure and a fresh worker takes
+    the rest. The limit counts from the moment the worker begins the file; a worker that
+    has not begun it ``START_ALLOWANCE_S`` after that limit is stopped the same way.
     """
     from multiprocessing.connection import wait
 
@@ -202,7 +226,7 @@ def _supervised(files: list[str], known, workers: int, timeout_s: float):
         proc = ctx.Process(target=_worker_loop, args=(child, known), daemon=True)
         proc.start()
         child.close()
-        return {"proc": proc, "conn": parent, "path": None, "since": 0.0}
+        return {"proc": proc, "conn": parent, "path": None, "since": 0.0, "started": False}
 
     def stop(w, kill=False):
         try:
@@ -223,36 +247,48 @@ def _supervised(files: list[str], known, workers: int, timeout_s: float):
         while True:
             for w in pool:
                 if w["path"] is None and queue:
-                    w["path"], w["since"] = queue.pop(), time.monotonic()
+                    w["path"], w["since"], w["started"] = queue.pop(), time.monotonic(), False
                     w["conn"].send(w["path"])
             busy = [w for w in pool if w["path"] is not None]
             if not busy:
                 return
-            next_deadline = min(w["since"] for w in busy) + timeout_s
+
+            def deadline(w):
+                return w["since"] + timeout_s + (0.0 if w["started"] else START_ALLOWANCE_S)
+
+            next_deadline = min(deadline(w) for w in busy)
             wait([x for w in busy for x in (w["conn"], w["proc"].sentinel)],
                  timeout=max(0.01, next_deadline - time.monotonic()))
             for i, w in enumerate(pool):
                 if w["path"] is None:
                     continue
                 name = stored_path(w["path"])
-                if w["conn"].poll():
+                res = None
+                while res is None and w["conn"].poll():
                     try:
                         res = w["conn"].recv()
                     except (EOFError, OSError):
-                        res = None
-                    if res is not None:
-                        w["path"] = None
-                        yield res
-                        continue
+                        break
+                    if isinstance(res, str) and res == _STARTED:
+                        w["since"], w["started"], res = time.monotonic(), True, None
+                if res is not None:
+                    w["path"] = None
+                    yield res
+                    continue
                 if not w["proc"].is_alive():
                     stop(w, kill=True)
                     pool[i] = start()
                     yield Failure(name, f"the decoder crashed on this file ({_exit_reason(w['proc'].exitcode)})")
-                elif time.monotonic() - w["since"] > timeout_s:
+                elif time.monotonic() > deadline(w):
                     stop(w, kill=True)
                     pool[i] = start()
-                    yield Failure(name, f"took longer than the {timeout_s:g} s limit per file and was stopped "
-                                        "(atlas ingest --file-timeout)")
+                    if w["started"]:
+                        yield Failure(name, f"took longer than the {timeout_s:g} s limit per file and was stopped "
+                                            "(atlas ingest --file-timeout)")
+                    else:
+                        yield Failure(name, f"the decoding process did not start within "
+                                            f"{timeout_s + START_ALLOWANCE_S:g} s (is the machine overloaded?); "
+                                            "re-run to retry the file")
     finally:
         for w in pool:
             stop(w, kill=w["path"] is not None)

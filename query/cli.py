@@ -303,17 +303,21 @@ def stats(db_dir, fmt, compression):
     if fmt == "csv":
         echo_table(counts, "csv")
         return
+    from query.formatting import count_of
+
     mb = summary["disk_bytes"] / 1e6
     click.echo(f"database   {summary['database']} (its folder, vector indexes included: {mb:,.1f} MB on disk)")
     click.echo(
-        f"corpus     {summary['pieces']:,} pieces ({summary['midi_pieces']:,} MIDI, {summary['audio_pieces']:,} audio), "
-        f"{summary['tracks_with_notes']:,} tracks with notes, {summary['notes']:,} notes, {summary['hours']:.2f} h of music"
+        f"corpus     {count_of(summary['pieces'], 'piece')} "
+        f"({summary['midi_pieces']:,} MIDI, {summary['audio_pieces']:,} audio), "
+        f"{count_of(summary['tracks_with_notes'], 'track')} with notes, {count_of(summary['notes'], 'note')}, "
+        f"{summary['hours']:.2f} h of music"
     )
     if summary["top_gm_programs"]:
         progs = ", ".join(f"{p['program']} ({p['tracks']})" for p in summary["top_gm_programs"])
         click.echo(f"programs   most used GM programs (tracks): {progs}")
     n_err = summary["ingest_errors"]
-    click.echo(f"errors     {n_err} file{'' if n_err == 1 else 's'} in ingest_errors")
+    click.echo(f"errors     {count_of(n_err, 'file')} in ingest_errors")
     click.echo("")
     echo_table(counts, "table")
 
@@ -442,7 +446,7 @@ def main(argv=None):
         sys.exit(2)
     except (click.exceptions.Abort, KeyboardInterrupt):
         # click turns Ctrl-C into Abort; the line is the same wherever it landed
-        click.echo("atlas: interrupted; everything committed before is kept, re-run to finish", err=True)
+        click.echo(f"atlas: {interrupted_line()}", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
@@ -463,6 +467,15 @@ def main(argv=None):
         sys.exit(1)
 
 
+def interrupted_line() -> str:
+    """What a Ctrl-C outside an ingest's own accounting says: a command that wrote keeps
+    what it committed; one that only read was just stopped."""
+    connection = sys.modules.get("atlas_db.connection")
+    if connection is not None and connection.opened_for_writing:
+        return "interrupted; everything committed before is kept, re-run to finish"
+    return "interrupted"
+
+
 def environment_error_line(exc: BaseException) -> str | None:
     """One line for failures of the machine rather than the program: a full disk, an
     unreadable or corrupt database file, an interrupted query. None for anything else."""
@@ -474,7 +487,7 @@ def environment_error_line(exc: BaseException) -> str | None:
 
     text = " ".join(str(exc).split())
     if is_interrupt(exc):
-        return "interrupted; everything committed before is kept, re-run to finish"
+        return interrupted_line()
     if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or "no space left" in text.lower():
         if isinstance(exc, duckdb.Error):  # a write to the database: its transaction rolled back
             return ("the disk is full; the transaction in flight was rolled back and everything committed "

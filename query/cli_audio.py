@@ -114,5 +114,16 @@ def register(cli: click.Group) -> None:
         finally:
             if bar is not None:
                 bar.close()
-        warn(f"atlas: described {table.num_rows} pieces")
+        from query.formatting import count_of
+
+        n = table.num_rows
+        line = f"atlas: described {count_of(n, 'piece')}"
+        if not redo:
+            with reading(db) as con:  # those it left alone: say how to describe them again
+                had = con.execute("SELECT count(DISTINCT piece_id) FROM descriptions WHERE ($1 IS NULL OR "
+                                  "list_contains($1, piece_id)) AND NOT list_contains($2, piece_id)",
+                                  [ids, table.column("piece_id").to_pylist()]).fetchone()[0]
+            if had:
+                line += f"; {had} already had one (--redo describes {'it' if had == 1 else 'them'} again)"
+        warn(line)
         echo_table(table.select(["piece_id", "description"]), fmt)

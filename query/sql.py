@@ -11,6 +11,9 @@ each refusal into one line that says what to do instead.
 from __future__ import annotations
 
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import duckdb
@@ -131,14 +134,40 @@ def run_sql(db_dir, sql: str, *, write: bool = False, allow_files: bool = False,
     if not sql or not sql.strip():
         raise QueryError("empty query: give a SQL statement, e.g. \"SELECT count(*) FROM pieces\"")
     con = connect_sandboxed(db_dir, read_only=not write, allow_files=allow_files)
+
+    def run() -> pa.Table:
+        cur = con.execute(sql, params) if params is not None else con.execute(sql)
+        return pa.table({}) if cur.description is None else fetch_arrow(cur)
+
     try:
         try:
             check_statements(con, sql)
-            cur = con.execute(sql, params) if params is not None else con.execute(sql)
-            if cur.description is None:
-                return pa.table({})
-            return fetch_arrow(cur)
+            return interruptible(con, run)
         except duckdb.Error as e:
             raise QueryError(explain_error(e, write=write)) from e
     finally:
         con.close()
+
+
+def interruptible(con: duckdb.DuckDBPyConnection, run):
+    """``run()`` (statements on ``con``), stopped by Ctrl-C at once. DuckDB looks for
+    Ctrl-C only between the tasks it runs in the calling thread, and one task can last
+    the whole query: a 20 s query of `atlas sql` went on to its end in some runs. So the
+    statements run in a thread of their own, and a Ctrl-C here interrupts ``con``."""
+    if threading.current_thread() is not threading.main_thread():
+        return run()  # Ctrl-C reaches the main thread only: its caller's to handle
+    with ThreadPoolExecutor(1, thread_name_prefix="atlas-sql") as pool:
+        future = pool.submit(run)
+        try:
+            while True:
+                try:
+                    return future.result(timeout=0.25)
+                except FutureTimeout:
+                    continue
+        except KeyboardInterrupt:
+            con.interrupt()
+            try:
+                future.result()
+            except duckdb.Error:  # the InterruptException the interrupt gave
+                pass
+            raise

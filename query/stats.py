@@ -59,6 +59,7 @@ def corpus_summary(db_dir) -> dict:
         n_err = con.execute("SELECT count(*) FROM ingest_errors").fetchone()[0]
         programs = con.execute(
             "SELECT program, count(*) AS n FROM tracks WHERE n_notes > 0 AND NOT is_drum "
+            "AND piece_id IN (SELECT piece_id FROM pieces WHERE kind = 'midi') "  # a recording's tracks have none
             "GROUP BY program ORDER BY n DESC, program LIMIT 5"
         ).fetchall()
     return {

@@ -145,6 +145,38 @@ def test_loudness_of_calibrated_sines():
     assert b.values["loudness_range_lu"] == pytest.approx(10.0, abs=1.0)
 
 
+def test_a_mono_file_is_measured_as_one_channel_and_as_the_file_holds_it(tmp_path):
+    """BS.1770: a mono -23 dBFS 1 kHz sine reads -26 LUFS (one channel's power; the
+    duplicated pair read -23). The sample peak is the file's own samples' (resampled, a
+    22.05 kHz file's peak overshot full scale)."""
+    f = write_audio(tmp_path / "mono.wav", sine(997.0, 20.0, -23.0))
+    dec = decode(f.read_bytes(), str(f))
+    assert dec.n_channels == 1
+    a = analyse(to_analysis_rate(dec), dec)
+    assert a.values["loudness_integrated_lufs"] == pytest.approx(-26.0, abs=0.1)
+    noise = np.clip(np.random.default_rng(1).standard_normal(22050 * 5) * 0.35, -1, 1).astype(np.float32)
+    f = write_audio(tmp_path / "noise22k.wav", noise, sr=22050)
+    dec = decode(f.read_bytes(), str(f))
+    a = analyse(to_analysis_rate(dec), dec)
+    assert a.values["sample_peak_dbfs"] == pytest.approx(20 * np.log10(np.abs(dec.samples).max()), abs=1e-4)
+    assert a.values["sample_peak_dbfs"] <= 0.0
+
+
+def test_white_noise_is_flat_whatever_the_rate_or_codec(tmp_path):
+    """The flatness is measured below the file's Nyquist frequency and 10 kHz: the empty
+    band above a 22.05 kHz file's Nyquist frequency or an MP3's cutoff read as tonal
+    (0.0003 and 0.02 against 0.56 at 44.1 kHz)."""
+    x = (np.random.default_rng(2).standard_normal(SR * 6) * 0.1).astype(np.float32)
+    files = [write_audio(tmp_path / "n44.wav", x), write_audio(tmp_path / "n22.wav", x[::2], sr=SR // 2),
+             write_audio(tmp_path / "n44.mp3", x)]
+    flat = {}
+    for f in files:
+        dec = decode(f.read_bytes(), str(f))
+        flat[f.name] = analyse(to_analysis_rate(dec), dec).values["spectral_flatness"]
+    assert all(v > 0.4 for v in flat.values()), flat
+    assert max(flat.values()) - min(flat.values()) < 0.1, flat
+
+
 def test_pitch_of_a_tone_lands_in_its_chroma_bin():
     a = analyse(stereo(sine(440.0, 6.0, -12.0)))  # A4
     chroma = [a.values[f"hpcp_{s}"] for s in ("c", "cs", "d", "ds", "e", "f", "fs", "g", "gs", "a", "as", "b")]

@@ -155,6 +155,12 @@ def test_config_file_names_the_models(tmp_path, monkeypatch, tiny_demucs):
     monkeypatch.delenv("ATLAS_DEMUCS_MODEL", raising=False)
     monkeypatch.delenv("ATLAS_AUDIO_MAX_S", raising=False)
     assert model_path("demucs_model") == tiny_demucs and max_seconds() == 60.0
+    from atlas_db.errors import IngestError
+    from ingest.audio import decode
+
+    long_wav = write_audio(tmp_path / "long.wav", tone_mix(61.0))
+    with pytest.raises(IngestError, match=re.escape(f"(the limit is 60 s: [audio] max_seconds in {cfg})")):
+        decode(long_wav.read_bytes(), str(long_wav))  # it said "set ATLAS_AUDIO_MAX_S"
     monkeypatch.setenv("ATLAS_DEMUCS_MODEL", "/elsewhere.th")  # the environment wins
     assert model_path("demucs_model") == Path("/elsewhere.th")
 
@@ -163,6 +169,7 @@ def test_config_file_names_the_models(tmp_path, monkeypatch, tiny_demucs):
     ('audio = "x"\n', {}, "'audio' must be a table"),
     ('[audio\ndemucs_model = "x', {}, "not valid TOML"),
     ('[audio]\nmax_seconds = "abc"\n', {}, "max_seconds in"),
+    ('[audio]\nmax_seconds = true\n', {}, "max_seconds in"),  # was taken as 1 s
     ("", {"ATLAS_AUDIO_MAX_S": "-5"}, "ATLAS_AUDIO_MAX_S = '-5': give the longest recording"),
 ])
 def test_a_configuration_that_cannot_be_used_stops_the_ingest_first(text, env, why, tmp_path, monkeypatch):
