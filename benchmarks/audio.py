@@ -1,6 +1,6 @@
 """Audio analysis speed and audio-cover MAP on fluidsynth renders of POP909 songs.
 
-    .venv/bin/python benchmarks/audio.py [N_SONGS [N_COVER_SONGS [WORK_DIR]]]   (default 3 and 16)
+    .venv/bin/python benchmarks/audio.py [N_SONGS [N_COVER_SONGS [WORK_DIR [FIRST]]]]   (default 3 and 16)
 
 WORK_DIR (optional) keeps the renders and the database of part 2 there, and a later run
 with the same WORK_DIR reuses them (only the queries and the baseline run again; after a
@@ -19,9 +19,10 @@ CPU seconds:
   run: seconds per minute of audio, and the ratio;
 - the whole per-file ingest job (ingest.audio.parse_audio).
 
-Part 2, audio covers (MAP). Per song (the first N_COVER_SONGS songs that have a version
-whose notes overlap NNN.mid's by < 90%), two recordings are rendered, each clipped to
-its first 60 s:
+Part 2, audio covers (MAP). Per song (N_COVER_SONGS songs that have a version whose
+notes overlap NNN.mid's by < 90%, from the FIRST-th such song, default 0: songs 0-15 are
+the part the recording fusion was fitted on, 16-31 the held-out part), two recordings
+are rendered, each clipped to its first 60 s:
   A = NNN.mid, transposed by (i mod 5) - 2 semitones, tempo x 0.9 / 1.0 / 1.1,
       programs piano/organ/vibraphone;
   B = the song's most different version, transposed 3 semitones from A, tempo x 0.85 or
@@ -215,7 +216,7 @@ def _average_precision(ranked: list[str], relevant: set[str]) -> float:
     return total / len(relevant) if relevant else float("nan")
 
 
-def covers_benchmark(n_songs: int, work_dir: str | None = None) -> None:
+def covers_benchmark(n_songs: int, work_dir: str | None = None, first: int = 0) -> None:
     import soundfile as sf
 
     from atlas_db.connection import reading
@@ -231,8 +232,9 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None) -> None:
         scored = sorted((_overlap(main_mid, v), v) for v in versions)
         if scored and scored[0][0] < 0.9:
             chosen.append((song, main_mid, scored[0][1]))
-        if len(chosen) == n_songs:
+        if len(chosen) == first + n_songs:
             break
+    chosen = chosen[first:]
     print(f"\naudio covers: {len(chosen)} POP909 songs (2 renders of 60 s each + NNN.mid per song)")
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(work_dir) if work_dir else Path(scratch)
@@ -273,8 +275,8 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None) -> None:
         # ALIGN["audio_bonus"]) and with the symbolic scores alone.
         from query.covers import ALIGN
 
-        def run_covers(bonus: bool):
-            ALIGN["audio_bonus"] = bonus
+        def run_covers(bonus: bool, recording_fusion: bool):
+            ALIGN["audio_bonus"], ALIGN["recording_fusion"] = bonus, recording_fusion
             t0 = time.perf_counter()
             res = covers(db, audio + midi, top=len(kind))
             took = time.perf_counter() - t0
@@ -295,8 +297,9 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None) -> None:
                     [p for p in r if kind[p] == "audio"], {p for p in audio if song_of[p] == song_of[q]}))
             return aps, took
 
-        symbolic, t_symbolic = run_covers(False)
-        aps, t_ours = run_covers(True)
+        symbolic, t_symbolic = run_covers(False, False)
+        before, _ = run_covers(True, False)
+        aps, t_ours = run_covers(True, True)
 
         # Baseline: essentia ChromaCrossSimilarity + CoverSongSimilarity on the same renders.
         es = _essentia()
@@ -323,8 +326,9 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None) -> None:
             base.append(_average_precision(order, {p for p in audio if song_of[p] == song_of[q] and p != q}))
         t_base = time.perf_counter() - t0
     for name, v in aps.items():
-        print(f"  MAP {name:13s} atlas covers {np.mean(v):.3f}  ({len(v)} queries); symbolic scores alone "
-              f"(ALIGN['audio_bonus'] off) {np.mean(symbolic[name]):.3f}")
+        print(f"  MAP {name:13s} atlas covers {np.mean(v):.3f}  ({len(v)} queries); alignment score + chroma "
+              f"bonus (ALIGN['recording_fusion'] off) {np.mean(before[name]):.3f}; symbolic scores alone "
+              f"(both off) {np.mean(symbolic[name]):.3f}")
     print(f"  MAP audio->audio  essentia ChromaCrossSimilarity+CoverSongSimilarity {np.mean(base):.3f}"
           f"  ({len(base)} queries)")
     print(f"  wall time: atlas covers {t_ours:.1f} s for {len(audio) + len(midi)} queries (database already built; "
@@ -334,4 +338,5 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-    covers_benchmark(int(sys.argv[2]) if len(sys.argv) > 2 else 16, sys.argv[3] if len(sys.argv) > 3 else None)
+    covers_benchmark(int(sys.argv[2]) if len(sys.argv) > 2 else 16, sys.argv[3] if len(sys.argv) > 3 else None,
+                     int(sys.argv[4]) if len(sys.argv) > 4 else 0)

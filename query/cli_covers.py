@@ -51,8 +51,8 @@ def register(cli):
         and in `matched_by` whether the melody or the harmony gave the score
         (`version_of_best`: found as a clear version of the rank-1 answer);
         `melody_score` and `harmony_score` are the two alignments' own scores, and
-        `audio_bonus` what the audio comparison added (0 unless the query or the answer
-        is a recording).
+        `audio_bonus` what the audio comparison (chroma over time) changed the score by
+        (0 unless the query or the answer is a recording; negative where it lowered it).
         A score near 1 is a version, near 0 an unrelated piece: the list is the TOP
         closest pieces, versions or not.
 

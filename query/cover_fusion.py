@@ -20,13 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FEATURES", "FUSION_FILE", "IntervalTfidf", "fusion_features", "fuse", "fit_logistic",
-           "fit_ranking", "load_fusion"]
+__all__ = ["FEATURES", "FUSION_FILE", "RECORDING_FEATURES", "RECORDING_FUSION_FILE", "IntervalTfidf",
+           "fusion_features", "recording_features", "fuse", "fit_logistic", "fit_ranking", "load_fusion"]
 
 FUSION_FILE = Path(__file__).with_name("cover_fusion.json")
+# Pairs with a recording on at least one side have a fusion of their own, fitted on
+# fluidsynth renders of POP909 songs (benchmarks/fit_recording_fusion.py): a recording's
+# notes are a transcription and its beats a beat tracker's, so the symbolic scores mean
+# less, and essentia's chroma cover-song distance on 0.5 s chroma (no beats) more.
+RECORDING_FUSION_FILE = Path(__file__).with_name("cover_fusion_recordings.json")
 FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf", "tfidf_rel", "vec",
             "short", "tfidf_short", "mel_short", "rhythm", "rhythm_rel", "rhythm_short", "bass", "bass_rel",
             "support", "support_rel", "stretch")
+RECORDING_FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf", "vec", "stretch",
+                      "css", "css_rel", "css_known", "both_recordings")
 # exact pitch intervals are clipped to this many semitones either way (as in the baseline)
 _CLIP = 24
 _ALPHA = 2 * _CLIP + 1
@@ -140,14 +147,37 @@ def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_interv
                      b, b - b.max(), u, u - u.max(), s], axis=1)
 
 
+def recording_features(x: np.ndarray, css_distance: np.ndarray, both_recordings: np.ndarray) -> np.ndarray:
+    """The ``RECORDING_FEATURES`` of one query's candidates from their ``FEATURES`` rows
+    ``x`` and their chroma cover-song distances (essentia serra09, lower = closer; NaN
+    where not measured): ``css`` = -log distance, ``css_rel`` the same minus the median
+    over the measured candidates of its kind (recording or MIDI), both 0 where not
+    measured (``css_known`` 0); ``both_recordings``: 1 for a recording <-> recording pair.
+    float64 [shape=(k, len(RECORDING_FEATURES))]."""
+    x = np.asarray(x, np.float64)
+    d = np.asarray(css_distance, np.float64)
+    both = np.asarray(both_recordings, np.float64)
+    known = np.isfinite(d) & (d > 0)
+    css = np.where(known, -np.log(np.where(known, d, 1.0)), 0.0)
+    rel = np.zeros(d.size)
+    for kind in (0.0, 1.0):  # each kind of candidate against its own median, as distances differ by kind
+        m = known & (both == kind)
+        if m.sum() >= 2:
+            rel[m] = css[m] - np.median(css[m])
+    cols = [x[:, FEATURES.index(f)] for f in RECORDING_FEATURES[:9]]
+    return np.stack([*cols, css, rel, known.astype(np.float64), both], axis=1)
+
+
 @lru_cache(maxsize=4)
-def load_fusion(path: str | None = None) -> dict:
-    """The fitted coefficients (``cover_fusion.json``)."""
+def load_fusion(path: str | None = None, features: tuple = FEATURES) -> dict:
+    """The fitted coefficients (``cover_fusion.json``; ``RECORDING_FUSION_FILE`` with
+    ``RECORDING_FEATURES``)."""
     with open(path or FUSION_FILE) as fh:
         d = json.load(fh)
-    if tuple(d["features"]) != FEATURES:
-        raise ValueError(f"{path or FUSION_FILE}: fitted on features {d['features']}, the code has {FEATURES}; "
-                         "refit with benchmarks/fit_cover_fusion.py")
+    if tuple(d["features"]) != features:
+        script = "fit_cover_fusion.py" if features == FEATURES else "fit_recording_fusion.py"
+        raise ValueError(f"{path or FUSION_FILE}: fitted on features {d['features']}, the code has {features}; "
+                         f"refit with benchmarks/{script}")
     return d
 
 

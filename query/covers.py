@@ -32,10 +32,13 @@ Two stages:
    the vector cosine and, for a one-part query, how much of each candidate's tune is
    found among its notes in its rhythm, fitted from data to rank each query's versions first
    (``query.cover_fusion``; coefficients in ``query/cover_fusion.json``, written by
-   ``benchmarks/fit_cover_fusion.py``). Where a recording is involved, 5 ranks instead.
-5. **Audio bonus**: where the query or one of the best answers is a recording, essentia's
-   chroma cover-song alignment (0.5 s chroma, no beat grid) adds to those answers'
-   scores (``audio_bonus``; MIDI <-> MIDI pairs are left alone).
+   ``benchmarks/fit_cover_fusion.py``). Where a recording is involved, 5 scores the
+   pairs with a recording instead.
+5. **Recordings**: where the query or one of the best answers is a recording, the pairs
+   with a recording on at least one side get a fusion of their own (fitted on renders,
+   ``query/cover_fusion_recordings.json``), which adds essentia's chroma cover-song
+   distance (0.5 s chroma, no beat grid) to the alignment scores; ``audio_bonus`` is
+   what that distance changed (MIDI <-> MIDI pairs keep the fusion of 4).
 
 Each answer carries its explanation: the transposition (semitones from the query up to
 the match), the time scale (query beats per matched beat) and the aligned region in both.
@@ -114,6 +117,10 @@ ALIGN = dict(
     # pairs with a recording on at least one side: essentia's chroma cover-song alignment
     # on 0.5 s chroma adds a bonus (indexers.audio_chroma.fuse_css) to the best answers
     audio_bonus=True, audio_bonus_candidates=50,
+    # ... and with the fusion on, such pairs are scored by a fusion of their own
+    # (query.cover_fusion.RECORDING_FEATURES: alignment scores and that chroma distance,
+    # fitted on renders); False: the alignment score plus the bonus, as before it
+    recording_fusion=True,
     # the final score: True, the fitted fusion of query.cover_fusion (each query's right
     # candidates ranked above its wrong ones on the honest benchmark's fit part, mashups
     # and re-harmonised tunes included); False, the alignment score above. Held out,
@@ -258,7 +265,7 @@ RESULT_SCHEMA = pa.schema([
     ("harmony_score", pa.float32()),  # the same for its harmony
     ("matched_by", pa.string()),  # 'melody' | 'harmony': which alignment gave the score;
     # 'version_of_best': scored as a confident version of the best answer (transitivity)
-    ("audio_bonus", pa.float32()),  # added to the score where a recording is involved (0 for MIDI <-> MIDI)
+    ("audio_bonus", pa.float32()),  # what the chroma distance changed the score by (0 for MIDI <-> MIDI)
 ])
 
 
@@ -1111,10 +1118,14 @@ class CoverIndex:
         chroma against the query's transpositions, the vectors) are small too."""
         with one_blas_thread():
             r = self._aligned(q)
-            # a recording involved: the alignment score plus the audio bonus, tuned together
-            # (the fusion was fitted on MIDI queries against MIDI pieces and ranked worse
-            # there, docs/covers.md); else the fusion
-            r = self._audio_bonus(q, r) if self._involves_recording(q, r) else self._fuse(q, r)
+            # a recording involved: the pairs with a recording get the fusion fitted on
+            # renders (the MIDI one ranked worse there, docs/audio.md); the others the fusion
+            if not self._involves_recording(q, r):
+                r = self._fuse(q, r)
+            elif ALIGN["fusion"] and ALIGN["recording_fusion"]:
+                r = self._fuse_recordings(q, r)
+            else:
+                r = self._audio_bonus(q, r)
             order = np.argsort(-r["score"], kind="stable")[:top]
             return self._explain(q, r, order, top if explain_top is None else explain_top)
 
@@ -1300,6 +1311,71 @@ class CoverIndex:
         r = dict(r)
         r["score"], r["via_best"] = score, via
         return r
+
+    def _fuse_recordings(self, q: QueryFeatures, r):
+        """The final score where a recording is involved: pairs with a recording on at
+        least one side get the recording fusion (``query.cover_fusion.recording_features``:
+        alignment scores and essentia's chroma cover-song distance for the
+        ``audio_bonus_candidates`` best by alignment score, unless ``audio_bonus`` is
+        off), the other pairs the MIDI fusion. ``bonus``: what the chroma distance changed
+        the score by (the same fusion without it; negative where it lowered the score)."""
+        from query.cover_fusion import RECORDING_FEATURES, RECORDING_FUSION_FILE, load_fusion
+
+        r = dict(r)
+        k = r["rows"].size
+        r["bonus"] = np.zeros(k, np.float32)
+        if k == 0:
+            return r
+        x = self._features(q, r)
+        x_rec, rec = self._recording_features(q, r, x)
+        r["align"] = r["score"]
+        score = fuse(x)
+        if rec.any():
+            params = load_fusion(str(RECORDING_FUSION_FILE), RECORDING_FEATURES)
+            score[rec] = fuse(x_rec[rec], params)
+            unmeasured = x_rec[rec].copy()
+            unmeasured[:, [RECORDING_FEATURES.index(f) for f in ("css", "css_rel", "css_known")]] = 0.0
+            r["bonus"][rec] = score[rec] - fuse(unmeasured, params)
+        r["score"] = score
+        return r
+
+    def _recording_features(self, q: QueryFeatures, r, x: np.ndarray):
+        """(``RECORDING_FEATURES`` of every aligned candidate, which pairs have a
+        recording on at least one side) from their ``FEATURES`` rows ``x``."""
+        rows = r["rows"]
+        rec = self.is_recording[rows] | bool(q.is_recording)
+        d = np.full(rows.size, np.nan)
+        top = self._best_for_bonus(r)
+        top = top[rec[top]]
+        if top.size and self.db_dir is not None and ALIGN["audio_bonus"]:
+            from ingest.audio_config import audio_available
+
+            if not audio_available():  # without essentia: no distance, the symbolic scores stand
+                from atlas_db.connection import reading
+                from indexers.audio_chroma import css_distances, stored_time_chroma
+
+                ids = [str(x) for x in self.ids[rows[top]]]
+                need = ids + ([q.piece_id] if q.time_chroma is None and q.piece_id in self.row_of else [])
+                with reading(self.db_dir) as con:
+                    tc = stored_time_chroma(con, need)
+                qtc = q.time_chroma if q.time_chroma is not None else tc.get(q.piece_id)
+                have = [i for i, pid in enumerate(ids) if pid in tc]
+                if qtc is not None and have:
+                    dist = css_distances(qtc[0], [tc[ids[i]][0] for i in have])
+                    d[top[have]] = np.where(np.isfinite(dist), dist, np.nan)
+        from query.cover_fusion import recording_features
+
+        both = self.is_recording[rows] & bool(q.is_recording)
+        return recording_features(x, d, both), rec
+
+    def recording_candidate_features(self, q: QueryFeatures):
+        """Rows of every candidate the search scored for this query, their
+        ``RECORDING_FEATURES`` and which pairs have a recording: what the recording
+        fusion is fitted on (``benchmarks/fit_recording_fusion.py``)."""
+        with one_blas_thread():
+            r = self._aligned(q)
+            x_rec, rec = self._recording_features(q, r, self._features(q, r))
+            return r["rows"], x_rec, rec
 
     def _best_for_bonus(self, r) -> np.ndarray:
         """Positions of the ``audio_bonus_candidates`` best answers by score."""

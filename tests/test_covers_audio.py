@@ -50,7 +50,7 @@ pytest.importorskip("essentia", reason="audio extra not installed (pip install '
 pytest.importorskip("basic_pitch", reason="basic-pitch not installed (pip install --no-deps basic-pitch)")
 
 from atlas_db.errors import BadInputError  # noqa: E402
-from audio_fixtures import fluidsynth_missing, render_midi  # noqa: E402
+from audio_fixtures import fluidsynth_missing, render_midi, write_audio  # noqa: E402
 from midi_fixtures import write_midi  # noqa: E402
 from test_covers import _render, _song  # noqa: E402
 
@@ -265,3 +265,18 @@ def test_atlas_covers_adds_the_audio_bonus_only_where_a_recording_is_involved(au
     midi_q = _piece(db, "song3.mid")
     out = covers(db, [midi_q], top=20).to_pylist()
     assert all(r["audio_bonus"] == 0 for r in out if kinds[r["piece_id"]][0] == "midi")
+
+
+def test_a_recording_of_nothing_in_the_collection_scores_low(audio_db):
+    """The score of a pair with a recording is the recording fusion's probability: 12 s
+    of noise finds nothing above 0.2 (0.08 here), while the take of song 2 scores its
+    versions near 1 (the alignment score plus a bonus, before: noise 0.27, the take's
+    best 1.62; neither a probability)."""
+    from query.covers import covers
+
+    noise = (np.random.default_rng(3).standard_normal(12 * 22050) * 0.1).astype(np.float32)
+    wav = write_audio(audio_db["root"] / "noise.wav", noise, sr=22050)
+    res = covers(audio_db["db"], [str(wav), str(audio_db["wav"])], top=5).to_pylist()
+    top = {q: max(r["score"] for r in res if r["query"] == q) for q in {r["query"] for r in res}}
+    assert top[str(wav)] < 0.2, res
+    assert 0.9 < top[str(audio_db["wav"])] <= 1.0

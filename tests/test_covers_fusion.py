@@ -273,10 +273,14 @@ def test_a_query_retimed_by_a_non_integer_factor_gets_its_scale_from_the_fine_gr
     assert res.column("time_scale").to_pylist()[0] == pytest.approx(f, rel=0.15)
 
 
-def test_fusion_ranks_midi_and_leaves_recordings_to_the_alignment_score():
+def test_fusion_ranks_midi_and_recordings_each_with_its_own_fit():
     """A MIDI query among MIDI pieces gets the fused score (a probability: the search's
-    scores differ from its alignment scores); the same query where one of the answers is
-    a recording keeps the alignment score (the fusion was fitted on MIDI only)."""
+    scores differ from its alignment scores); where one of the answers is a recording,
+    the MIDI answers keep those scores and the recording gets the recording fusion's
+    (query.cover_fusion.RECORDING_FEATURES; no database here, so no chroma distance);
+    with ``recording_fusion`` off every answer keeps its alignment score, as before."""
+    from query.cover_fusion import RECORDING_FEATURES, RECORDING_FUSION_FILE, fuse, load_fusion
+    from query.covers import ALIGN
     from query.covers import query_from_notes
 
     songs = [_chord_song(s) for s in range(10)]
@@ -289,7 +293,20 @@ def test_fusion_ranks_midi_and_leaves_recordings_to_the_alignment_score():
     assert 0 < fused.column("score")[0].as_py() <= 1
     assert fused.column("score")[0].as_py() != pytest.approx(float(aligned["score"].max()), abs=1e-4)
     index.is_recording[7] = True
-    plain = index.search(q, top=5, explain_top=0)
+    mixed = index.search(q, top=10, explain_top=0)
+    assert mixed.column("piece_id")[0].as_py() == "s4"
+    assert mixed.column("score")[0].as_py() == pytest.approx(fused.column("score")[0].as_py(), abs=1e-6)
+    r = index._aligned(q)
+    x_rec, rec = index._recording_features(q, r, index._features(q, r))
+    assert rec.tolist() == (r["rows"] == 7).tolist()
+    s7 = float(fuse(x_rec[rec], load_fusion(str(RECORDING_FUSION_FILE), RECORDING_FEATURES))[0])
+    got = {p: s for p, s in zip(mixed.column("piece_id").to_pylist(), mixed.column("score").to_pylist())}
+    assert 0 < s7 < 1 and got["s7"] == pytest.approx(s7, abs=1e-4)
+    ALIGN["recording_fusion"] = False
+    try:
+        plain = index.search(q, top=5, explain_top=0)
+    finally:
+        ALIGN["recording_fusion"] = True
     assert plain.column("piece_id")[0].as_py() == "s4"
     assert plain.column("score")[0].as_py() == pytest.approx(float(aligned["score"].max()), abs=1e-5)
 
