@@ -26,11 +26,12 @@ class Setting(NamedTuple):
     minimum: float
     unit: str
     integer: bool = False
+    forever: bool = False  # "inf" allowed: wait as long as it takes
 
 
 SETTINGS = {
-    "ATLAS_LOCK_WAIT_S": Setting(60.0, 0, "seconds"),
-    "ATLAS_WRITER_REOPEN_WAIT_S": Setting(3600.0, 0, "seconds"),
+    "ATLAS_LOCK_WAIT_S": Setting(60.0, 0, "seconds", forever=True),
+    "ATLAS_WRITER_REOPEN_WAIT_S": Setting(3600.0, 0, "seconds", forever=True),
     "ATLAS_WRITER_HOLD_S": Setting(1.0, 0, "seconds"),
     "ATLAS_WRITER_BULK_HOLD_S": Setting(10.0, 0, "seconds"),
     "ATLAS_FILE_TIMEOUT_S": Setting(900.0, 1, "seconds"),
@@ -51,9 +52,11 @@ def _read(name: str):
         value = int(raw) if s.integer else float(raw)
     except ValueError:
         value = None
-    if value is None or not math.isfinite(value) or value < s.minimum:
+    if value is None or math.isnan(value) or (math.isinf(value) and not s.forever) or value < s.minimum:
         kind = "a whole number" if s.integer else "a number"
-        return s.default, f"${name} = {raw!r}: give {kind} of {s.unit} >= {s.minimum:g} (unset: {s.default:g})"
+        forever = " or inf" if s.forever else ""
+        return s.default, (f"${name} = {raw!r}: give {kind} of {s.unit} >= {s.minimum:g}{forever} "
+                           f"(unset: {s.default:g})")
     return value, None
 
 

@@ -11,7 +11,9 @@ song (the first three characters of the file name). Each query's aligned candida
 that form a pair with a recording (``CoverIndex.recording_candidate_features``) are the
 examples, and each query again without its right candidates (its song absent from the
 collection, the relative features computed again), so that the score is a probability
-that also says "nothing here". ``--method logistic`` (the default, shipped): a weighted
+that also says "nothing here". The median -log distance of each kind of pair (recording
+<-> recording, recording <-> MIDI) is stored as ``css_typical``: what a pair whose
+distance is not measured at search time counts as (``query.cover_fusion.css_columns``). ``--method logistic`` (the default, shipped): a weighted
 logistic regression, each query weighing the same (``query.cover_fusion.fit_logistic``);
 ``ranking``: ``fit_ranking`` (each query's right candidates above its wrong ones, then
 scaled), which ranked as well held out (below) but scored a query of noise 0.94, as it
@@ -20,7 +22,7 @@ learns only the order within a query. The fit part is songs 0-15 of
 the held-out part, never fitted on.
 
 Measured (2026-12-06; ``benchmarks/audio.py``, MAP audio->audio / audio->MIDI /
-MIDI->audio, held out): logistic 0.533 / 0.872 / 0.610, ranking 0.522 / 0.882 / 0.633,
+MIDI->audio, held out): logistic 0.518 / 0.872 / 0.610, ranking 0.522 / 0.882 / 0.633,
 the alignment score plus the chroma bonus it replaced 0.460 / 0.828 / 0.595.
 """
 
@@ -41,48 +43,48 @@ import numpy as np  # noqa: E402
 
 
 def collect(db: Path):
-    """(features, right, query number, pair has a recording) over every query of ``db``."""
+    """Every query of ``db``'s candidates (the query itself left out): their
+    ``RECORDING_FEATURES``, whether they are right, their query's number, whether the pair
+    has a recording, and its chroma distance (NaN: not measured)."""
     from atlas_db.connection import reading
     from query.covers import load_index
 
     with reading(db) as con:
         title = dict(con.execute("SELECT piece_id, title FROM pieces").fetchall())
     index = load_index(db)
-    xs, ys, qs = [], [], []
+    out = []
     for n, pid in enumerate(sorted(title)):
         q = index.query_for_piece(pid)
-        rows, x, rec = index.recording_candidate_features(q)
+        rows, x, rec, d = index.recording_candidate_features(q)
         ids = index.ids[rows]
-        keep = rec & (ids != pid)
+        keep = ids != pid
         song = np.array([title[str(i)][:3] for i in ids[keep]])
-        xs.append(x[keep])
-        ys.append(song == title[pid][:3])
-        qs.append(np.full(int(keep.sum()), n))
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(qs)
+        out.append((x[keep], song == title[pid][:3], np.full(int(keep.sum()), n), rec[keep], d[keep]))
+    x, y, query, rec, d = (np.concatenate(c) for c in zip(*out))
+    return x, y, query, rec, d
 
 
-def without_answers(x, y, query):
+def without_answers(x, y, query, rec, d, typical):
     """Each query again with its right candidates left out (its song not in the
-    collection: every candidate wrong), the features relative to the query's best or
-    median computed again over what is left."""
+    collection: every candidate wrong), the features relative to the query's best (over
+    all its candidates, as in a search) or median (``css_columns``) computed again over
+    what is left; the pairs with a recording."""
     from query.cover_fusion import RECORDING_FEATURES as F
+    from query.cover_fusion import css_columns
 
     xs, qs = [], []
     offset = int(query.max()) + 1
+    both = F.index("both_recordings")
     for qn in np.unique(query):
         m = (query == qn) & ~y
-        if m.sum() < 2:
+        if not (m & rec).any():
             continue
         g = x[m].copy()
         for col in ("align", "mel", "harm"):
             g[:, F.index(f"{col}_rel")] = g[:, F.index(col)] - g[:, F.index(col)].max()
-        css, rel, known, both = (F.index(c) for c in ("css", "css_rel", "css_known", "both_recordings"))
-        for kind in (0.0, 1.0):
-            k = (g[:, known] > 0) & (g[:, both] == kind)
-            if k.sum() >= 2:
-                g[k, rel] = g[k, css] - np.median(g[k, css])
-        xs.append(g)
-        qs.append(np.full(len(g), offset + qn))
+        g[:, F.index("css")], g[:, F.index("css_rel")] = css_columns(d[m], g[:, both], typical)
+        xs.append(g[rec[m]])
+        qs.append(np.full(int((rec[m]).sum()), offset + qn))
     return np.concatenate(xs), np.zeros(sum(len(g) for g in xs), bool), np.concatenate(qs)
 
 
@@ -111,7 +113,8 @@ def mean_ap(score, y, query) -> float:
 
 
 def main():
-    from query.cover_fusion import RECORDING_FEATURES, RECORDING_FUSION_FILE, fit_logistic, fit_ranking, fuse
+    from query.cover_fusion import (RECORDING_FEATURES, RECORDING_FUSION_FILE, css_columns, fit_logistic,
+                                    fit_ranking, fuse)
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("work_dir", type=Path)
@@ -120,14 +123,27 @@ def main():
     ap.add_argument("--method", choices=("logistic", "ranking"), default="logistic")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    x, y, query = collect(a.work_dir / "db")
+    x, y, query, rec, d = collect(a.work_dir / "db")
+    both = x[:, RECORDING_FEATURES.index("both_recordings")]
+    css = x[:, RECORDING_FEATURES.index("css")]
+    measured = rec & np.isfinite(d)
+    # a pair whose distance is not measured at search time gets its kind's median
+    typical = [float(np.median(css[measured & (both == k)])) if (measured & (both == k)).any() else 0.0
+               for k in (0, 1)]
+    for qn in np.unique(query):  # the pairs not measured, at this typical distance
+        m = query == qn
+        x[m, RECORDING_FEATURES.index("css")], x[m, RECORDING_FEATURES.index("css_rel")] = css_columns(
+            d[m], both[m], typical)
     if a.method == "ranking":
-        coef, intercept = fit_ranking(x, y, query, l2=a.l2)
+        coef, intercept = fit_ranking(x[rec], y[rec], query[rec], l2=a.l2)
     else:
-        xn, yn, qn = without_answers(x, y, query)
-        xa, ya, qa = np.concatenate([x, xn]), np.concatenate([y, yn]), np.concatenate([query, qn])
+        xn, yn, qn = without_answers(x, y, query, rec, d, typical)
+        xa = np.concatenate([x[rec], xn])
+        ya, qa = np.concatenate([y[rec], yn]), np.concatenate([query[rec], qn])
         coef, intercept = fit_logistic(xa, ya, query_weights(ya, qa), l2=a.l2)
-    params = {"features": list(RECORDING_FEATURES), "coef": coef.tolist(), "intercept": intercept}
+    x, y, query = x[rec], y[rec], query[rec]
+    params = {"features": list(RECORDING_FEATURES), "coef": coef.tolist(), "intercept": intercept,
+              "css_typical": typical}
     align = x[:, RECORDING_FEATURES.index("align")]
     print(f"{np.unique(query).size} queries, {y.size} pairs with a recording ({int(y.sum())} right), "
           f"collected and fitted in {time.perf_counter() - t0:.0f} s")

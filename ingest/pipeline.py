@@ -278,7 +278,11 @@ def _supervised(files: list[str], known, workers: int, timeout_s: float):
                 if not w["proc"].is_alive():
                     stop(w, kill=True)
                     pool[i] = start()
-                    yield Failure(name, f"the decoder crashed on this file ({_exit_reason(w['proc'].exitcode)})")
+                    if w["started"]:
+                        yield Failure(name, f"the decoder crashed on this file ({_exit_reason(w['proc'].exitcode)})")
+                    else:  # it died starting (importing the decoders, loading the models)
+                        yield Failure(name, f"the decoding process stopped before it began this file "
+                                            f"({_exit_reason(w['proc'].exitcode)}); re-run to retry the file")
                 elif time.monotonic() > deadline(w):
                     stop(w, kill=True)
                     pool[i] = start()
@@ -320,7 +324,11 @@ def _write_batch(db: Writer, parsed, present, failures, last: bool):
 
 
 def check_db_dir(db_dir) -> None:
-    """Fail before reading any file if the database folder cannot be created."""
+    """Fail before reading any file if the database folder cannot be created (or a
+    setting in the environment cannot be used, ``atlas_db.settings``)."""
+    from atlas_db.settings import check as check_settings
+
+    check_settings()
     db_dir = Path(db_dir)
     if db_dir.exists():
         if not db_dir.is_dir():

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["FEATURES", "FUSION_FILE", "RECORDING_FEATURES", "RECORDING_FUSION_FILE", "IntervalTfidf",
-           "fusion_features", "recording_features", "fuse", "fit_logistic", "fit_ranking", "load_fusion"]
+           "fusion_features", "css_columns", "recording_features", "fuse", "fit_logistic", "fit_ranking",
+           "load_fusion"]
 
 FUSION_FILE = Path(__file__).with_name("cover_fusion.json")
 # Pairs with a recording on at least one side have a fusion of their own, fitted on
@@ -33,7 +34,7 @@ FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf",
             "short", "tfidf_short", "mel_short", "rhythm", "rhythm_rel", "rhythm_short", "bass", "bass_rel",
             "support", "support_rel", "stretch")
 RECORDING_FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf", "vec", "stretch",
-                      "css", "css_rel", "css_known", "both_recordings")
+                      "css", "css_rel", "both_recordings")
 # exact pitch intervals are clipped to this many semitones either way (as in the baseline)
 _CLIP = 24
 _ALPHA = 2 * _CLIP + 1
@@ -147,25 +148,37 @@ def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_interv
                      b, b - b.max(), u, u - u.max(), s], axis=1)
 
 
-def recording_features(x: np.ndarray, css_distance: np.ndarray, both_recordings: np.ndarray) -> np.ndarray:
+def css_columns(css_distance, both_recordings, typical) -> tuple[np.ndarray, np.ndarray]:
+    """``css`` = -log distance (essentia serra09 chroma cover-song distance, lower =
+    closer; NaN where not measured) and ``css_rel``, that minus the median over the
+    measured candidates of its kind (a recording <-> recording pair or one with a MIDI
+    side: their distances differ). A candidate not measured (below the best 50, or no
+    essentia) gets its kind's median (``typical[kind]``, the fit's, where none of its
+    kind is measured) and ``css_rel`` 0: a typical distance, not the worst."""
+    d = np.asarray(css_distance, np.float64)
+    kind = np.asarray(both_recordings, np.int64)
+    known = np.isfinite(d) & (d > 0)
+    css = np.zeros(d.size)
+    css[known] = -np.log(d[known])
+    rel = np.zeros(d.size)
+    for k in (0, 1):
+        m = known & (kind == k)
+        median = float(np.median(css[m])) if m.any() else float(typical[k])
+        rel[m] = css[m] - median
+        css[~known & (kind == k)] = median
+    return css, rel
+
+
+def recording_features(x: np.ndarray, css_distance: np.ndarray, both_recordings: np.ndarray,
+                       typical) -> np.ndarray:
     """The ``RECORDING_FEATURES`` of one query's candidates from their ``FEATURES`` rows
-    ``x`` and their chroma cover-song distances (essentia serra09, lower = closer; NaN
-    where not measured): ``css`` = -log distance, ``css_rel`` the same minus the median
-    over the measured candidates of its kind (recording or MIDI), both 0 where not
-    measured (``css_known`` 0); ``both_recordings``: 1 for a recording <-> recording pair.
+    ``x`` and their chroma distances (:func:`css_columns`, ``typical``: the fit's median
+    ``css`` per kind); ``both_recordings``: 1 for a recording <-> recording pair.
     float64 [shape=(k, len(RECORDING_FEATURES))]."""
     x = np.asarray(x, np.float64)
-    d = np.asarray(css_distance, np.float64)
-    both = np.asarray(both_recordings, np.float64)
-    known = np.isfinite(d) & (d > 0)
-    css = np.where(known, -np.log(np.where(known, d, 1.0)), 0.0)
-    rel = np.zeros(d.size)
-    for kind in (0.0, 1.0):  # each kind of candidate against its own median, as distances differ by kind
-        m = known & (both == kind)
-        if m.sum() >= 2:
-            rel[m] = css[m] - np.median(css[m])
+    css, rel = css_columns(css_distance, both_recordings, typical)
     cols = [x[:, FEATURES.index(f)] for f in RECORDING_FEATURES[:9]]
-    return np.stack([*cols, css, rel, known.astype(np.float64), both], axis=1)
+    return np.stack([*cols, css, rel, np.asarray(both_recordings, np.float64)], axis=1)
 
 
 @lru_cache(maxsize=4)

@@ -1318,7 +1318,8 @@ class CoverIndex:
         alignment scores and essentia's chroma cover-song distance for the
         ``audio_bonus_candidates`` best by alignment score, unless ``audio_bonus`` is
         off), the other pairs the MIDI fusion. ``bonus``: what the chroma distance changed
-        the score by (the same fusion without it; negative where it lowered the score)."""
+        the score by (against the same pair at a typical distance, its kind's median;
+        negative where it lowered the score)."""
         from query.cover_fusion import RECORDING_FEATURES, RECORDING_FUSION_FILE, load_fusion
 
         r = dict(r)
@@ -1333,49 +1334,70 @@ class CoverIndex:
         if rec.any():
             params = load_fusion(str(RECORDING_FUSION_FILE), RECORDING_FEATURES)
             score[rec] = fuse(x_rec[rec], params)
-            unmeasured = x_rec[rec].copy()
-            unmeasured[:, [RECORDING_FEATURES.index(f) for f in ("css", "css_rel", "css_known")]] = 0.0
-            r["bonus"][rec] = score[rec] - fuse(unmeasured, params)
+            x_plain, _ = self._recording_features(q, r, x, measure=False)
+            r["bonus"][rec] = score[rec] - fuse(x_plain[rec], params)
         r["score"] = score
         return r
 
-    def _recording_features(self, q: QueryFeatures, r, x: np.ndarray):
+    def _recording_features(self, q: QueryFeatures, r, x: np.ndarray, measure: bool = True,
+                            distances: bool = False, typical=None):
         """(``RECORDING_FEATURES`` of every aligned candidate, which pairs have a
-        recording on at least one side) from their ``FEATURES`` rows ``x``."""
+        recording on at least one side) from their ``FEATURES`` rows ``x``; the chroma
+        distance is measured (``measure``, ``audio_bonus``) for the pairs with a
+        recording among the ``audio_bonus_candidates`` best by alignment score, the
+        others get a typical one (``query.cover_fusion.css_columns``); ``distances``: the
+        distances too (NaN: not measured)."""
+        from query.cover_fusion import RECORDING_FEATURES, RECORDING_FUSION_FILE, load_fusion, recording_features
+
         rows = r["rows"]
         rec = self.is_recording[rows] | bool(q.is_recording)
         d = np.full(rows.size, np.nan)
         top = self._best_for_bonus(r)
         top = top[rec[top]]
-        if top.size and self.db_dir is not None and ALIGN["audio_bonus"]:
-            from ingest.audio_config import audio_available
+        if measure and ALIGN["audio_bonus"] and top.size:
+            chroma = self._time_chromas(q, rows[top])
+            if chroma is not None:
+                from indexers.audio_chroma import css_distances
 
-            if not audio_available():  # without essentia: no distance, the symbolic scores stand
-                from atlas_db.connection import reading
-                from indexers.audio_chroma import css_distances, stored_time_chroma
-
-                ids = [str(x) for x in self.ids[rows[top]]]
-                need = ids + ([q.piece_id] if q.time_chroma is None and q.piece_id in self.row_of else [])
-                with reading(self.db_dir) as con:
-                    tc = stored_time_chroma(con, need)
-                qtc = q.time_chroma if q.time_chroma is not None else tc.get(q.piece_id)
-                have = [i for i, pid in enumerate(ids) if pid in tc]
+                qtc, tc = chroma
+                have = [i for i, c in enumerate(tc) if c is not None]
                 if qtc is not None and have:
-                    dist = css_distances(qtc[0], [tc[ids[i]][0] for i in have])
+                    dist = css_distances(qtc[0], [tc[i][0] for i in have])
                     d[top[have]] = np.where(np.isfinite(dist), dist, np.nan)
-        from query.cover_fusion import recording_features
-
         both = self.is_recording[rows] & bool(q.is_recording)
-        return recording_features(x, d, both), rec
+        if typical is None:
+            typical = load_fusion(str(RECORDING_FUSION_FILE), RECORDING_FEATURES)["css_typical"]
+        out = recording_features(x, d, both, typical), rec
+        return (*out, d) if distances else out
 
-    def recording_candidate_features(self, q: QueryFeatures):
+    def _time_chromas(self, q: QueryFeatures, rows: np.ndarray):
+        """(the query's, each of ``rows``') (time chroma, is_recording) for the chroma
+        distance (``indexers.audio_chroma.stored_time_chroma``; None where a piece has
+        none); None without a database or essentia."""
+        from ingest.audio_config import audio_available
+
+        if self.db_dir is None or audio_available():
+            return None
+        from atlas_db.connection import reading
+        from indexers.audio_chroma import stored_time_chroma
+
+        ids = [str(x) for x in self.ids[rows]]
+        need = ids + ([q.piece_id] if q.time_chroma is None and q.piece_id in self.row_of else [])
+        with reading(self.db_dir) as con:
+            tc = stored_time_chroma(con, need)
+        qtc = q.time_chroma if q.time_chroma is not None else tc.get(q.piece_id)
+        return qtc, [tc.get(pid) for pid in ids]
+
+    def recording_candidate_features(self, q: QueryFeatures, typical=(0.0, 0.0)):
         """Rows of every candidate the search scored for this query, their
-        ``RECORDING_FEATURES`` and which pairs have a recording: what the recording
-        fusion is fitted on (``benchmarks/fit_recording_fusion.py``)."""
+        ``RECORDING_FEATURES``, which pairs have a recording and their chroma distances
+        (NaN: not measured): what the recording fusion is fitted on
+        (``benchmarks/fit_recording_fusion.py``, which sets the ``css`` of the pairs not
+        measured from its own ``typical`` distances: no fit need exist)."""
         with one_blas_thread():
             r = self._aligned(q)
-            x_rec, rec = self._recording_features(q, r, self._features(q, r))
-            return r["rows"], x_rec, rec
+            x_rec, rec, d = self._recording_features(q, r, self._features(q, r), distances=True, typical=typical)
+            return r["rows"], x_rec, rec, d
 
     def _best_for_bonus(self, r) -> np.ndarray:
         """Positions of the ``audio_bonus_candidates`` best answers by score."""
@@ -1395,23 +1417,15 @@ class CoverIndex:
         k = r["rows"].size
         r = dict(r)
         r["bonus"] = np.zeros(k, np.float32)
-        if not A["audio_bonus"] or k == 0 or self.db_dir is None:
+        if not A["audio_bonus"] or k == 0:
             return r
         top = self._best_for_bonus(r)
-        rows = r["rows"][top]
-        from ingest.audio_config import audio_available
-
-        if audio_available():  # no essentia here: the symbolic scores stand
+        chroma = self._time_chromas(q, r["rows"][top])
+        if chroma is None:  # no database or no essentia: the symbolic scores stand
             return r
-        from atlas_db.connection import reading
-        from indexers.audio_chroma import fuse_css, stored_time_chroma
+        from indexers.audio_chroma import fuse_css
 
-        ids = [str(x) for x in self.ids[rows]]
-        need = ids + ([q.piece_id] if q.time_chroma is None and q.piece_id in self.row_of else [])
-        with reading(self.db_dir) as con:
-            tc = stored_time_chroma(con, need)
-        qtc = q.time_chroma if q.time_chroma is not None else tc.get(q.piece_id)
-        fused = fuse_css(r["score"][top], qtc, [tc.get(pid) for pid in ids])
+        fused = fuse_css(r["score"][top], *chroma)
         score = r["score"].copy()
         r["bonus"][top] = fused - score[top]
         score[top] = fused

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 
 import duckdb
@@ -159,15 +159,13 @@ def interruptible(con: duckdb.DuckDBPyConnection, run):
     with ThreadPoolExecutor(1, thread_name_prefix="atlas-sql") as pool:
         future = pool.submit(run)
         try:
-            while True:
-                try:
-                    return future.result(timeout=0.25)
-                except FutureTimeout:
-                    continue
+            while not future.done():
+                wait_for([future], timeout=0.25)
+            return future.result()
         except KeyboardInterrupt:
-            con.interrupt()
-            try:
-                future.result()
-            except duckdb.Error:  # the InterruptException the interrupt gave
-                pass
+            # again until the thread is done: an interrupt before the statement has
+            # started is forgotten (DuckDB 2.0.1)
+            while not future.done():
+                con.interrupt()
+                wait_for([future], timeout=0.1)
             raise

@@ -662,3 +662,16 @@ def test_a_query_of_all_parts_matches_a_stored_third_line():
     assert not any(h.any() for h in no_third.has_line[2:])
     r2 = no_third.rerank(q, rows)
     assert r2["mel"][int(np.flatnonzero(r2["rows"] == 0)[0])] < 0.6
+
+
+def test_a_chroma_distance_not_measured_counts_as_typical():
+    """Pairs below the 50 measured (or every pair without essentia) get their kind's
+    median -log distance and no distance to it; a kind with none measured gets the fit's
+    (they got 0, as if the distance were 1, worse than any measured pair)."""
+    from query.cover_fusion import css_columns
+
+    d = np.array([1.0, np.exp(-1.0), np.nan, np.nan, np.exp(-3.0)])
+    both = np.array([0, 0, 0, 1, 0])
+    css, rel = css_columns(d, both, typical=(9.0, 2.5))
+    np.testing.assert_allclose(css, [0.0, 1.0, 1.0, 2.5, 3.0])
+    np.testing.assert_allclose(rel, [-1.0, 0.0, 0.0, 0.0, 2.0])

@@ -213,7 +213,7 @@ def test_user_mistakes_give_one_line(tmp_path):
 @pytest.mark.parametrize("var, value, line", [
     # read when the modules are imported: int()/float() there was a traceback
     ("ATLAS_FILE_TIMEOUT_S", "abc", "$ATLAS_FILE_TIMEOUT_S = 'abc': give a number of seconds >= 1 (unset: 900)"),
-    ("ATLAS_LOCK_WAIT_S", "-1", "$ATLAS_LOCK_WAIT_S = '-1': give a number of seconds >= 0 (unset: 60)"),
+    ("ATLAS_LOCK_WAIT_S", "-1", "$ATLAS_LOCK_WAIT_S = '-1': give a number of seconds >= 0 or inf (unset: 60)"),
     # accepted before, though --min-count refuses it
     ("ATLAS_GRAMMAR_MIN_COUNT", "0",
      "$ATLAS_GRAMMAR_MIN_COUNT = '0': give a whole number of occurrences >= 2 (unset: 2)"),
