@@ -20,8 +20,8 @@ CPU seconds:
 - the whole per-file ingest job (ingest.audio.parse_audio).
 
 Part 2, audio covers (MAP). Per song (N_COVER_SONGS songs that have a version whose
-notes overlap NNN.mid's by < 90%, from the FIRST-th such song, default 0: songs 0-15 are
-the part the recording fusion was fitted on, 16-31 the held-out part), two recordings
+notes overlap NNN.mid's by < 90%, from the FIRST-th such song, default 0: songs 0-31 are
+the part the recording fusion was fitted on, 32-47 the held-out part), two recordings
 are rendered, each clipped to its first 60 s:
   A = NNN.mid, transposed by (i mod 5) - 2 semitones, tempo x 0.9 / 1.0 / 1.1,
       programs piano/organ/vibraphone;

@@ -1,29 +1,32 @@
 """Fit the cover search's fusion for pairs with a recording on at least one side
 (``query/cover_fusion_recordings.json``, ``query.cover_fusion.RECORDING_FEATURES``).
 
-    nice .venv/bin/python benchmarks/audio.py 0 16 WORK_DIR 0      # songs 0-15 rendered, ingested
-    nice .venv/bin/python benchmarks/fit_recording_fusion.py WORK_DIR [--out FILE] [--l2 X]
+    nice .venv/bin/python benchmarks/audio.py 0 16 WORK_A 0       # songs 0-15 rendered, ingested
+    nice .venv/bin/python benchmarks/audio.py 0 16 WORK_B 16      # songs 16-31
+    nice .venv/bin/python benchmarks/fit_recording_fusion.py WORK_A WORK_B [--out FILE] [--l2 X]
 
-WORK_DIR is a folder ``benchmarks/audio.py`` built: two fluidsynth renders of 60 s per
-POP909 song (transposed, re-timed, other GM programs) and the song's NNN.mid, ingested.
-Every piece of its database is a query; a candidate is right when it is of the query's
-song (the first three characters of the file name). Each query's aligned candidates
-that form a pair with a recording (``CoverIndex.recording_candidate_features``) are the
-examples, and each query again without its right candidates (its song absent from the
-collection, the relative features computed again), so that the score is a probability
-that also says "nothing here". The median -log distance of each kind of pair (recording
-<-> recording, recording <-> MIDI) is stored as ``css_typical``: what a pair whose
-distance is not measured at search time counts as (``query.cover_fusion.css_columns``). ``--method logistic`` (the default, shipped): a weighted
-logistic regression, each query weighing the same (``query.cover_fusion.fit_logistic``);
-``ranking``: ``fit_ranking`` (each query's right candidates above its wrong ones, then
-scaled), which ranked as well held out (below) but scored a query of noise 0.94, as it
-learns only the order within a query. The fit part is songs 0-15 of
-``benchmarks/audio.py``'s list; songs 16-31 (``benchmarks/audio.py 0 16 DIR 16``) are
-the held-out part, never fitted on.
+Each WORK folder is one ``benchmarks/audio.py`` built: two fluidsynth renders of 60 s
+per POP909 song (transposed, re-timed, other GM programs) and the song's NNN.mid,
+ingested. Every piece of its database is a query; a candidate is right when it is of the
+query's song (the first three characters of the file name). Each query's aligned
+candidates that form a pair with a recording (``CoverIndex.recording_candidate_features``)
+are the examples, and each query again without its right candidates (its song absent
+from the collection, the relative features computed again), so that the score is a
+probability that also says "nothing here". The median -log distance of each kind of pair
+(recording <-> recording, recording <-> MIDI) is stored as ``css_typical``: what a pair
+whose distance is not measured at search time counts as
+(``query.cover_fusion.css_columns``). ``--method logistic`` (the default, shipped): a
+weighted logistic regression, each query weighing the same
+(``query.cover_fusion.fit_logistic``); ``ranking``: ``fit_ranking`` (each query's right
+candidates above its wrong ones, then scaled), which ranked as well held out but scored
+a query of noise 0.94, as it learns only the order within a query. The shipped fit is on
+songs 0-31; songs 32-47 (``benchmarks/audio.py 0 16 DIR 32``) are the held-out part,
+never fitted on.
 
 Measured (2026-12-06; ``benchmarks/audio.py``, MAP audio->audio / audio->MIDI /
-MIDI->audio, held out): logistic 0.518 / 0.872 / 0.610, ranking 0.522 / 0.882 / 0.633,
-the alignment score plus the chroma bonus it replaced 0.460 / 0.828 / 0.595.
+MIDI->audio on songs 32-47): fitted on songs 0-31 0.918 / 0.979 / 0.763, on songs 0-15
+0.883 / 0.943 / 0.702; the alignment score plus the chroma bonus it replaced 0.813 /
+0.884 / 0.672 (docs/audio.md, "Measurements").
 """
 
 from __future__ import annotations
@@ -117,13 +120,16 @@ def main():
                                     fit_ranking, fuse)
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("work_dir", type=Path)
+    ap.add_argument("work_dir", type=Path, nargs="+", help="one or more folders benchmarks/audio.py built")
     ap.add_argument("--out", type=Path, default=RECORDING_FUSION_FILE)
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--method", choices=("logistic", "ranking"), default="logistic")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    x, y, query, rec, d = collect(a.work_dir / "db")
+    parts = [collect(w / "db") for w in a.work_dir]
+    for i in range(1, len(parts)):  # query numbers stay apart
+        parts[i][2][:] += max(int(p[2].max()) + 1 for p in parts[:i])
+    x, y, query, rec, d = (np.concatenate(c) for c in zip(*parts))
     both = x[:, RECORDING_FEATURES.index("both_recordings")]
     css = x[:, RECORDING_FEATURES.index("css")]
     measured = rec & np.isfinite(d)
@@ -151,8 +157,9 @@ def main():
           f"fitted fusion {mean_ap(fuse(x, params), y, query):.3f}")
     for f, c in zip(RECORDING_FEATURES, coef):
         print(f"  {f:16s} {c:+.3f}")
-    params["fitted_on"] = (f"benchmarks/fit_recording_fusion.py {a.work_dir.name} (benchmarks/audio.py songs "
-                           f"0-15 rendered: {np.unique(query).size} queries, {y.size} pairs), {a.method}, l2 {a.l2:g}")
+    params["fitted_on"] = (f"benchmarks/fit_recording_fusion.py {' '.join(w.name for w in a.work_dir)} "
+                           f"(benchmarks/audio.py renders: {np.unique(query).size} queries, {y.size} pairs), "
+                           f"{a.method}, l2 {a.l2:g}")
     a.out.write_text(json.dumps(params, indent=1) + "\n")
     print(f"wrote {a.out}")
 

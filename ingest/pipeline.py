@@ -71,6 +71,8 @@ class IngestSummary:
     stage_failures: list[tuple[str, str, str]] = field(default_factory=list)  # (stage, piece_id, reason)
     store_seconds: float = 0.0  # reading, parsing and writing the files, without derived stages
     stage_seconds: dict = field(default_factory=dict)  # derived stage name -> wall-clock s (local runs)
+    # what the run did without (absent optional models), once; only when a recording was analysed
+    notes: list[str] = field(default_factory=list)
 
     def kept(self) -> str:
         """What an interrupted run kept, for the one line the CLI prints."""
@@ -386,25 +388,27 @@ def _ingest(paths, db_dir, summary, workers, progress, on_error, derive, stage_p
     for f in failures:
         if on_error:
             on_error(f.path, f.reason)
+    audio_notes: list[str] = []
     if any(f.lower().endswith(AUDIO_SUFFIXES) for f in found.files):
         from ingest.audio_config import check, startup_notes
 
         check()  # a configuration that cannot be used stops the ingest before anything is stored
-        for note in startup_notes():  # absent optional models (stems, descriptions): said once
-            print(note, file=sys.stderr)
+        # absent optional models (stems, descriptions): in the summary once a recording is
+        # analysed (not on an ingest that finds every recording already stored)
+        audio_notes = startup_notes()
     # Every write of this ingest goes through one Writer: a small ingest (one new file)
     # stores and runs every derived stage on one connection (atlas_db.connection.Writer).
     db = Writer(db_dir, create=True)
     try:
         known = _known_ids(db, found.files)
         return _store_and_derive(db, db_dir, summary, found, failures, known, workers, progress, on_error, derive,
-                                 stage_progress, on_stage_failure, file_timeout_s, engine, t0)
+                                 stage_progress, on_stage_failure, file_timeout_s, engine, t0, audio_notes)
     finally:
         db.close()
 
 
 def _store_and_derive(db, db_dir, summary, found, failures, known, workers, progress, on_error, derive,
-                      stage_progress, on_stage_failure, file_timeout_s, engine, t0) -> IngestSummary:
+                      stage_progress, on_stage_failure, file_timeout_s, engine, t0, audio_notes) -> IngestSummary:
     pending: list[ParsedPiece] = []
     present: list[tuple[str, str]] = []
     pending_notes = 0
@@ -456,6 +460,9 @@ def _store_and_derive(db, db_dir, summary, found, failures, known, workers, prog
             if isinstance(res, ParsedPiece):
                 pending.append(res)
                 pending_notes += res.tables["notes"].num_rows
+                if audio_notes and res.tables["pieces"].get("kind") == "audio":
+                    summary.notes += audio_notes
+                    audio_notes.clear()
             elif isinstance(res, Failure):
                 failures.append(res)
                 if on_error:

@@ -147,6 +147,8 @@ def _ingest_with_progress(paths, db_dir, workers, *, quiet=False, derive=True, f
             bar.close()
         for b in stage_bars.values():
             b.close()
+    for note in summary.notes:
+        warn(note)
     return summary
 
 

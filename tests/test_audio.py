@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -98,6 +99,22 @@ def test_a_damaged_mp3s_decoder_messages_name_the_file(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if "skipped: no model configured" not in ln]
     assert len(lines) == 2 and lines[-1].startswith("atlas: added 1 file "), lines
     assert lines[0].startswith(f"atlas: note: {cut}: the audio decoder says: ") and "more lines)" in lines[0]
+
+
+def test_the_notes_on_absent_models_come_only_when_a_recording_is_analysed(tmp_path):
+    """"stem separation ... skipped" and "descriptions ... skipped" are said once on an
+    ingest that analyses a recording, and not on one that finds it already stored (they
+    were said on every ingest with a recording among its files)."""
+    (tmp_path / "in").mkdir()
+    wav = write_audio(tmp_path / "in" / "a.wav", sine(440.0, 3.0))
+    env = {**os.environ, "ATLAS_DEMUCS_MODEL": "", "ATLAS_DESCRIBE_MODEL": "",
+           "ATLAS_CONFIG": str(tmp_path / "no-config.toml")}
+    runs = [subprocess.run([*ATLAS, "ingest", str(wav.parent), "--db", str(tmp_path / "db")], capture_output=True,
+                           text=True, cwd=Path(__file__).parents[1], timeout=300, env=env) for _ in range(2)]
+    notes = [[ln for ln in r.stderr.splitlines() if "skipped: no model configured" in ln] for r in runs]
+    assert [r.returncode for r in runs] == [0, 0]
+    assert [len(n) for n in notes] == [2, 0], [r.stderr for r in runs]
+    assert "0 already present" in runs[0].stderr and "1 already present" in runs[1].stderr
 
 
 def test_decode_rejects_bad_files_with_one_line_reasons(tmp_path, monkeypatch):

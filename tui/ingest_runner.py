@@ -44,7 +44,8 @@ def _child(db_dir: str, paths: list[str]) -> int:
             on_stage_failure=lambda stage, pid, reason: send("error", f"piece {pid} ({stage} stage)", reason),
         )
         send("done", {"added": s.added, "already_present": s.already_present, "failed": s.failed,
-                      "notes_added": s.notes_added, "seconds": s.seconds, "line": s.line(),
+                      "notes_added": s.notes_added, "seconds": s.seconds,
+                      "line": "\n".join([s.line(), *(n.removeprefix("atlas: ") for n in s.notes)]),
                       "added_ids": list(s.added_ids)})
     except AtlasError as e:
         send("failed", str(e))
