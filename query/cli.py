@@ -441,6 +441,8 @@ def main(argv=None):
     try:
         cli.main(args=argv, prog_name="atlas", standalone_mode=False)
     except Interrupted as e:
+        for note in getattr(getattr(e, "summary", None), "notes", []):  # recordings stored without a model
+            click.echo(note, err=True)
         click.echo(f"atlas: {e}", err=True)
         sys.exit(130)
     except AtlasError as e:

@@ -1318,8 +1318,8 @@ class CoverIndex:
         alignment scores and essentia's chroma cover-song distance for the
         ``audio_bonus_candidates`` best by alignment score, unless ``audio_bonus`` is
         off), the other pairs the MIDI fusion. ``bonus``: what the chroma distance changed
-        the score by (against the same pair at a typical distance, its kind's median;
-        negative where it lowered the score)."""
+        the score by (against the same pair at its kind's median distance in this query:
+        0 for a pair not measured; negative where it lowered the score)."""
         from query.cover_fusion import RECORDING_FEATURES, RECORDING_FUSION_FILE, load_fusion
 
         r = dict(r)
@@ -1334,16 +1334,20 @@ class CoverIndex:
         if rec.any():
             params = load_fusion(str(RECORDING_FUSION_FILE), RECORDING_FEATURES)
             score[rec] = fuse(x_rec[rec], params)
-            x_plain, _ = self._recording_features(q, r, x, measure=False)
-            r["bonus"][rec] = score[rec] - fuse(x_plain[rec], params)
+            # the same pairs at their kind's median distance in this query (where the
+            # pairs not measured are): the bonus is 0 for those and for a median one
+            typical = x_rec[rec].copy()
+            css, rel = RECORDING_FEATURES.index("css"), RECORDING_FEATURES.index("css_rel")
+            typical[:, css] -= typical[:, rel]
+            typical[:, rel] = 0.0
+            r["bonus"][rec] = score[rec] - fuse(typical, params)
         r["score"] = score
         return r
 
-    def _recording_features(self, q: QueryFeatures, r, x: np.ndarray, measure: bool = True,
-                            distances: bool = False, typical=None):
+    def _recording_features(self, q: QueryFeatures, r, x: np.ndarray, distances: bool = False, typical=None):
         """(``RECORDING_FEATURES`` of every aligned candidate, which pairs have a
         recording on at least one side) from their ``FEATURES`` rows ``x``; the chroma
-        distance is measured (``measure``, ``audio_bonus``) for the pairs with a
+        distance is measured (unless ``audio_bonus`` is off) for the pairs with a
         recording among the ``audio_bonus_candidates`` best by alignment score, the
         others get a typical one (``query.cover_fusion.css_columns``); ``distances``: the
         distances too (NaN: not measured)."""
@@ -1354,7 +1358,7 @@ class CoverIndex:
         d = np.full(rows.size, np.nan)
         top = self._best_for_bonus(r)
         top = top[rec[top]]
-        if measure and ALIGN["audio_bonus"] and top.size:
+        if ALIGN["audio_bonus"] and top.size:
             chroma = self._time_chromas(q, rows[top])
             if chroma is not None:
                 from indexers.audio_chroma import css_distances

@@ -166,6 +166,9 @@ def interruptible(con: duckdb.DuckDBPyConnection, run):
             # again until the thread is done: an interrupt before the statement has
             # started is forgotten (DuckDB 2.0.1)
             while not future.done():
-                con.interrupt()
-                wait_for([future], timeout=0.1)
+                try:
+                    con.interrupt()
+                    wait_for([future], timeout=0.1)
+                except KeyboardInterrupt:  # a second Ctrl-C: the same, go on interrupting
+                    continue
             raise
