@@ -20,8 +20,7 @@ from pathlib import Path
 import duckdb
 
 from atlas_db.errors import BadInputError, DatabaseBusyError
-from atlas_db.settings import check as check_settings
-from atlas_db.settings import setting
+from atlas_db.settings import check as check_settings, setting
 import importlib
 
 from atlas_db.schema import SCHEMA_VERSION
@@ -59,6 +58,14 @@ def _is_lock_error(exc: Exception) -> bool:
 opened_for_writing = False
 
 
+def _opening(read_only: bool) -> None:
+    """What every opening does first: the settings checked (``atlas_db.settings``), a
+    writable opening noted."""
+    global opened_for_writing
+    check_settings()
+    opened_for_writing |= not read_only
+
+
 def connect(
     db_dir: str | os.PathLike,
     *,
@@ -70,9 +77,7 @@ def connect(
 
     ``create=True`` makes the directory (its parent must exist) and applies the schema.
     """
-    global opened_for_writing
-    check_settings()
-    opened_for_writing |= not read_only
+    _opening(read_only)
     db_dir = Path(db_dir)
     path = db_file(db_dir)
     if create:
@@ -178,9 +183,7 @@ def connect_sandboxed(
     configuration of a plain ``connect`` would lock it for every reader in the process
     (the TUI's screens) too.
     """
-    global opened_for_writing
-    check_settings()
-    opened_for_writing |= not read_only
+    _opening(read_only)
     db_dir = Path(db_dir)
     _require_db(db_dir)
     path = db_file(db_dir)

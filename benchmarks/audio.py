@@ -271,8 +271,9 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None, first: int = 0) 
         midi = sorted(p for p in kind if kind[p] == "midi")
 
         # Ours: atlas covers, by piece id; the ranking is filtered to the other side's kind.
-        # Twice: as shipped (with the chroma alignment bonus for pairs with a recording,
-        # ALIGN["audio_bonus"]) and with the symbolic scores alone.
+        # Three times: as shipped (pairs with a recording scored by the recording fusion,
+        # with the chroma distance), the rule before it (the alignment score plus the chroma
+        # bonus: ALIGN["recording_fusion"] off) and the symbolic scores alone (both off).
         from query.covers import ALIGN
 
         def run_covers(bonus: bool, recording_fusion: bool):

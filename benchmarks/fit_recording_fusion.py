@@ -40,9 +40,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "harmony-atlas" / "numba"))
 
 import numpy as np  # noqa: E402
+
+from covers import average_precision  # noqa: E402
 
 
 def collect(db: Path):
@@ -106,12 +109,10 @@ def mean_ap(score, y, query) -> float:
     """MAP of ranking each query's candidates by ``score`` (queries with a right one)."""
     aps = []
     for qn in np.unique(query):
-        m = query == qn
-        if not y[m].any():
-            continue
-        hit = y[m][np.argsort(-score[m], kind="stable")]
-        ranks = np.flatnonzero(hit) + 1
-        aps.append(float(np.mean(np.arange(1, ranks.size + 1) / ranks)))
+        m = np.flatnonzero(query == qn)
+        if y[m].any():
+            ranked = m[np.argsort(-score[m], kind="stable")].tolist()
+            aps.append(average_precision(ranked, set(m[y[m]].tolist())))
     return float(np.mean(aps))
 
 

@@ -13,9 +13,7 @@ per run, and everything else goes on. ``atlas describe`` (re)describes stored pi
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path

@@ -21,7 +21,7 @@ from atlas_db.errors import BadInputError, IngestError, Interrupted
 from atlas_db.settings import setting
 from atlas_db.store import Failure, ParsedPiece, known_piece_ids, write_batch
 from ingest import ctrl_c
-from ingest.sources import AUDIO_SUFFIXES, MIDI_SUFFIXES, discover, read_regular_file, stored_path
+from ingest.sources import AUDIO_SUFFIXES, MIDI_SUFFIXES, count_of, discover, read_regular_file, stored_path
 
 __all__ = ["IngestSummary", "IngestInterrupted", "ingest_paths", "process_file", "piece_id_for", "file_piece_id"]
 
@@ -76,7 +76,7 @@ class IngestSummary:
 
     def kept(self) -> str:
         """What an interrupted run kept, for the one line the CLI prints."""
-        s = f"kept {_count(self.added, 'new file')} ({_count(self.notes_added, 'note')})"
+        s = f"kept {count_of(self.added, 'new file')} ({count_of(self.notes_added, 'note')})"
         if self.derived:
             s += "; derived stages: " + ", ".join(f"{k} {v} pieces" for k, v in self.derived.items())
         return s
@@ -84,23 +84,19 @@ class IngestSummary:
     def line(self) -> str:
         rate = self.notes_added / self.store_seconds if self.store_seconds > 0 else 0.0
         s = (
-            f"added {_count(self.added, 'file')} ({_count(self.notes_added, 'note')}), "
+            f"added {count_of(self.added, 'file')} ({count_of(self.notes_added, 'note')}), "
             f"{self.already_present} already present, {self.failed} failed, "
             f"in {self.seconds:.1f} s (stored in {self.store_seconds:.1f} s, {rate:,.0f} notes/s"
         )
         s += f"; derived stages {self.seconds - self.store_seconds:.1f} s)" if self.derived else ")"
         if self.stage_failures:
             n = len(self.stage_failures)
-            s += (f"; {_count(n, 'piece')} could not be analysed by a derived stage "
+            s += (f"; {count_of(n, 'piece')} could not be analysed by a derived stage "
                   f"and {'was' if n == 1 else 'were'} skipped (see the derived_failures table)")
         if self.skipped_other:
             n = self.skipped_other
-            s += (f"; {_count(n, 'other file')} in the folders {'was not a music file and was' if n == 1 else 'were not music files and were'} skipped")
+            s += (f"; {count_of(n, 'other file')} in the folders {'was not a music file and was' if n == 1 else 'were not music files and were'} skipped")
         return s
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 _KNOWN: set[str] = set()

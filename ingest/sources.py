@@ -58,6 +58,11 @@ def shown_path(path: str) -> str:
     return path if path.isprintable() else "'" + one_line(path) + "'"
 
 
+def count_of(n: int, noun: str) -> str:
+    """``1 piece``, ``2,000 pieces`` (a regular plural), for the lines the commands print."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def one_line(text: str) -> str:
     """``text`` with each control character (a newline, a tab) escaped, as ``\\n``."""
     if text.isprintable():

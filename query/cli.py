@@ -305,7 +305,7 @@ def stats(db_dir, fmt, compression):
     if fmt == "csv":
         echo_table(counts, "csv")
         return
-    from query.formatting import count_of
+    from ingest.sources import count_of
 
     mb = summary["disk_bytes"] / 1e6
     click.echo(f"database   {summary['database']} (its folder, vector indexes included: {mb:,.1f} MB on disk)")

@@ -114,7 +114,7 @@ def register(cli: click.Group) -> None:
         finally:
             if bar is not None:
                 bar.close()
-        from query.formatting import count_of
+        from ingest.sources import count_of
 
         n = table.num_rows
         line = f"atlas: described {count_of(n, 'piece')}"

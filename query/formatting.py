@@ -13,14 +13,9 @@ from rich.cells import cell_len
 
 from ingest.sources import one_line
 
-__all__ = ["FORMATS", "format_table", "interval_text", "cell_text", "count_of"]
+__all__ = ["FORMATS", "format_table", "interval_text", "cell_text"]
 
 FORMATS = ("table", "csv", "json")
-
-
-def count_of(n: int, noun: str) -> str:
-    """``1 piece``, ``2,000 pieces`` (a regular plural)."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def cell_text(v) -> str:
