@@ -335,8 +335,8 @@ def test_audio_file_past_the_time_limit_is_stopped_and_recorded(tmp_path):
     pytest.importorskip("basic_pitch", reason="basic-pitch not installed")
     folder = tmp_path / "in"
     folder.mkdir()
-    _float_wav(folder / "slow.wav", 0.5, seconds=240.0)  # ~6 s of analysis on an idle machine
-    # ~0.2 s of analysis; the worker's start (spawn, imports, models: 1.5-2.5 s) used to
+    _float_wav(folder / "slow.wav", 0.5, seconds=240.0)  # 4x the 60 s that took 1.67 s to analyse here
+    # ~0.2 s of analysis; the worker's start (imports and models alone: 1.44 s here) used to
     # count as this file's time, and a short limit failed it
     _float_wav(folder / "quick.wav", 0.5, seconds=4.0)
     tune(folder / "a.mid")
