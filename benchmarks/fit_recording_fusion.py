@@ -7,26 +7,34 @@
 
 Each WORK folder is one ``benchmarks/audio.py`` built: two fluidsynth renders of 60 s
 per POP909 song (transposed, re-timed, other GM programs) and the song's NNN.mid,
-ingested. Every piece of its database is a query; a candidate is right when it is of the
-query's song (the first three characters of the file name). Each query's aligned
-candidates that form a pair with a recording (``CoverIndex.recording_candidate_features``)
-are the examples, and each query again without its right candidates (its song absent
-from the collection, the relative features computed again), so that the score is a
-probability that also says "nothing here". The median -log distance of each kind of pair
-(recording <-> recording, recording <-> MIDI) is stored as ``css_typical``: what a pair
-whose distance is not measured at search time counts as
-(``query.cover_fusion.css_columns``). ``--method logistic`` (the default, shipped): a
-weighted logistic regression, each query weighing the same
-(``query.cover_fusion.fit_logistic``); ``ranking``: ``fit_ranking`` (each query's right
-candidates above its wrong ones, then scaled), which ranked as well held out but scored
-a query of noise 0.94, as it learns only the order within a query. The shipped fit is on
-songs 0-31; songs 32-47 (``benchmarks/audio.py 0 16 DIR 32``) are the held-out part,
-never fitted on.
+ingested, and recordings that are not in its collection: per song two degraded excerpts
+(WORK/queries) and one recording of nothing stored (WORK/none: a sine tone, noise or a
+random tune). Every piece of its database and every such recording is a query; a
+candidate is right when it is of the query's song (the first three characters of the
+file name). Each query's aligned candidates that form a pair with a recording
+(``CoverIndex.recording_candidate_features``) are the examples, and each query that has
+right candidates again without them (its song absent from the collection, the relative
+features computed again), so that the score is a probability that also says "nothing
+here". The median -log distance of each kind of pair (recording <-> recording,
+recording <-> MIDI) is stored as ``css_typical``: what a pair whose distance is not
+measured at search time counts as (``query.cover_fusion.css_columns``). ``--method
+logistic`` (the default, shipped): a weighted logistic regression, each query weighing
+the same (``query.cover_fusion.fit_logistic``); ``ranking``: ``fit_ranking`` (each
+query's right candidates above its wrong ones, then scaled), which ranked as well held
+out but scored a query of noise 0.94, as it learns only the order within a query.
+``--stored-only``: the stored pieces as queries only (as the fit before 2026-12-06 was made;
+that fit also lacked the short and spread features).
+The shipped fit is on songs 0-31; songs 32-47 (``benchmarks/audio.py 0 16 DIR 32``) are
+the held-out part, never fitted on.
 
-Measured (2026-12-06; ``benchmarks/audio.py``, MAP audio->audio / audio->MIDI /
-MIDI->audio on songs 32-47): fitted on songs 0-31 0.918 / 0.979 / 0.763, on songs 0-15
-0.883 / 0.943 / 0.702; the alignment score plus the chroma bonus it replaced 0.813 /
-0.884 / 0.672 (docs/audio.md, "Measurements").
+Measured (2026-12-06; ``benchmarks/audio.py`` on songs 32-47, MAP audio->audio /
+audio->MIDI / MIDI->audio / 10-15 s excerpts->audio / ->MIDI / 30-40 s excerpts->audio /
+->MIDI): the shipped fit 0.899 / 0.979 / 0.749 / 0.773 / 0.922 / 0.929 / 1.000, and
+recordings of nothing stored score 0.37 at the median (2 of 16 above 0.5); fitted on the
+stored pieces only, without the short and spread features, 0.918 / 0.979 / 0.763 /
+0.727 / 0.922 / 0.916 / 0.969 and 0.59 (9 of 16); the alignment score plus the chroma
+bonus it replaced 0.813 / 0.884 / 0.672 / 0.770 / 0.884 / 0.882 / 1.000 and 0.51
+(docs/audio.md, "Measurements").
 """
 
 from __future__ import annotations
@@ -48,24 +56,31 @@ import numpy as np  # noqa: E402
 from covers import average_precision  # noqa: E402
 
 
-def collect(db: Path):
-    """Every query of ``db``'s candidates (the query itself left out): their
+def collect(work: Path, excerpts: bool = True):
+    """Every query of ``work``/db's candidates (a stored query itself left out): their
     ``RECORDING_FEATURES``, whether they are right, their query's number, whether the pair
-    has a recording, and its chroma distance (NaN: not measured)."""
+    has a recording, and its chroma distance (NaN: not measured). The queries: every
+    stored piece, and (``excerpts``) the recordings ``benchmarks/audio.py`` made that are
+    not in the collection: excerpts in ``work``/queries (NNN + short/long .wav) and
+    recordings of nothing stored in ``work``/none (every candidate wrong)."""
     from atlas_db.connection import reading
-    from query.covers import load_index
+    from query.covers import load_index, query_from_file
 
-    with reading(db) as con:
+    with reading(work / "db") as con:
         title = dict(con.execute("SELECT piece_id, title FROM pieces").fetchall())
-    index = load_index(db)
+    index = load_index(work / "db")
+    queries = [(pid, title[pid][:3]) for pid in sorted(title)]
+    if excerpts:
+        queries += [(wav, wav.name[:3]) for wav in sorted((work / "queries").glob("*.wav"))]
+        queries += [(wav, "none") for wav in sorted((work / "none").glob("*.wav"))]
     out = []
-    for n, pid in enumerate(sorted(title)):
-        q = index.query_for_piece(pid)
+    for n, (query, query_song) in enumerate(queries):
+        q = query_from_file(query) if isinstance(query, Path) else index.query_for_piece(query)
         rows, x, rec, d = index.recording_candidate_features(q)
         ids = index.ids[rows]
-        keep = ids != pid
+        keep = ids != query
         song = np.array([title[str(i)][:3] for i in ids[keep]])
-        out.append((x[keep], song == title[pid][:3], np.full(int(keep.sum()), n), rec[keep], d[keep]))
+        out.append((x[keep], song == query_song, np.full(int(keep.sum()), n), rec[keep], d[keep]))
     x, y, query, rec, d = (np.concatenate(c) for c in zip(*out))
     return x, y, query, rec, d
 
@@ -83,7 +98,7 @@ def without_answers(x, y, query, rec, d, typical):
     both = F.index("both_recordings")
     for qn in np.unique(query):
         m = (query == qn) & ~y
-        if not (m & rec).any():
+        if not (m & rec).any() or m.all():  # (a query with no right candidate is seen once)
             continue
         g = x[m].copy()
         for col in ("align", "mel", "harm"):
@@ -125,9 +140,11 @@ def main():
     ap.add_argument("--out", type=Path, default=RECORDING_FUSION_FILE)
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--method", choices=("logistic", "ranking"), default="logistic")
+    ap.add_argument("--stored-only", action="store_true",
+                    help="fit on the stored pieces as queries only, not the excerpt recordings")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    parts = [collect(w / "db") for w in a.work_dir]
+    parts = [collect(w, excerpts=not a.stored_only) for w in a.work_dir]
     for i in range(1, len(parts)):  # query numbers stay apart
         parts[i][2][:] += max(int(p[2].max()) + 1 for p in parts[:i])
     x, y, query, rec, d = (np.concatenate(c) for c in zip(*parts))
@@ -159,7 +176,8 @@ def main():
     for f, c in zip(RECORDING_FEATURES, coef):
         print(f"  {f:16s} {c:+.3f}")
     params["fitted_on"] = (f"benchmarks/fit_recording_fusion.py {' '.join(w.name for w in a.work_dir)} "
-                           f"(benchmarks/audio.py renders: {np.unique(query).size} queries, {y.size} pairs), "
+                           f"(benchmarks/audio.py renders{'' if a.stored_only else ', excerpts and recordings of nothing stored'}: "
+                           f"{np.unique(query).size} queries, {y.size} pairs), "
                            f"{a.method}, l2 {a.l2:g}")
     a.out.write_text(json.dumps(params, indent=1) + "\n")
     print(f"wrote {a.out}")

@@ -34,7 +34,7 @@ FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf",
             "short", "tfidf_short", "mel_short", "rhythm", "rhythm_rel", "rhythm_short", "bass", "bass_rel",
             "support", "support_rel", "stretch")
 RECORDING_FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf", "vec", "stretch",
-                      "css", "css_rel", "both_recordings")
+                      "css", "css_rel", "both_recordings", "short", "align_short", "spread", "harm_spread")
 # exact pitch intervals are clipped to this many semitones either way (as in the baseline)
 _CLIP = 24
 _ALPHA = 2 * _CLIP + 1
@@ -169,16 +169,33 @@ def css_columns(css_distance, both_recordings, typical) -> tuple[np.ndarray, np.
     return css, rel
 
 
+def pitch_class_spread(chroma_beats: np.ndarray) -> float:
+    """How many pitch classes a query's harmony uses, 0..1: the entropy of its mean beat
+    chroma over log 12 (a sine tone ~0, music ~0.9). A query of one held pitch class
+    aligns with any harmony holding it: its harmony score says little."""
+    c = np.asarray(chroma_beats, np.float64)
+    if c.size == 0:
+        return 0.0
+    p = c.mean(0)
+    p = p / p.sum() if p.sum() > 0 else np.full(12, 1 / 12)
+    nz = p[p > 0]
+    return float(-(nz * np.log(nz)).sum() / np.log(12))
+
+
 def recording_features(x: np.ndarray, css_distance: np.ndarray, both_recordings: np.ndarray,
-                       typical) -> np.ndarray:
+                       typical, spread: float) -> np.ndarray:
     """The ``RECORDING_FEATURES`` of one query's candidates from their ``FEATURES`` rows
     ``x`` and their chroma distances (:func:`css_columns`, ``typical``: the fit's median
-    ``css`` per kind); ``both_recordings``: 1 for a recording <-> recording pair.
+    ``css`` per kind); ``both_recordings``: 1 for a recording <-> recording pair;
+    ``spread``: the query's :func:`pitch_class_spread`.
     float64 [shape=(k, len(RECORDING_FEATURES))]."""
     x = np.asarray(x, np.float64)
     css, rel = css_columns(css_distance, both_recordings, typical)
     cols = [x[:, FEATURES.index(f)] for f in RECORDING_FEATURES[:9]]
-    return np.stack([*cols, css, rel, np.asarray(both_recordings, np.float64)], axis=1)
+    short = x[:, FEATURES.index("short")]
+    harm = x[:, FEATURES.index("harm")]
+    return np.stack([*cols, css, rel, np.asarray(both_recordings, np.float64), short,
+                     x[:, FEATURES.index("align")] * short, np.full(harm.size, spread), harm * spread], axis=1)
 
 
 @lru_cache(maxsize=4)

@@ -1351,7 +1351,8 @@ class CoverIndex:
         recording among the ``audio_bonus_candidates`` best by alignment score, the
         others get a typical one (``query.cover_fusion.css_columns``); ``distances``: the
         distances too (NaN: not measured)."""
-        from query.cover_fusion import RECORDING_FEATURES, RECORDING_FUSION_FILE, load_fusion, recording_features
+        from query.cover_fusion import (RECORDING_FEATURES, RECORDING_FUSION_FILE, load_fusion, pitch_class_spread,
+                                        recording_features)
 
         rows = r["rows"]
         rec = self.is_recording[rows] | bool(q.is_recording)
@@ -1371,7 +1372,7 @@ class CoverIndex:
         both = self.is_recording[rows] & bool(q.is_recording)
         if typical is None:
             typical = load_fusion(str(RECORDING_FUSION_FILE), RECORDING_FEATURES)["css_typical"]
-        out = recording_features(x, d, both, typical), rec
+        out = recording_features(x, d, both, typical, pitch_class_spread(q.chroma_beats)), rec
         return (*out, d) if distances else out
 
     def _time_chromas(self, q: QueryFeatures, rows: np.ndarray):

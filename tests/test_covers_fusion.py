@@ -675,3 +675,18 @@ def test_a_chroma_distance_not_measured_counts_as_typical():
     css, rel = css_columns(d, both, typical=(9.0, 2.5))
     np.testing.assert_allclose(css, [0.0, 1.0, 1.0, 2.5, 3.0])
     np.testing.assert_allclose(rel, [-1.0, 0.0, 0.0, 0.0, 2.0])
+
+
+def test_pitch_class_spread_of_known_chroma():
+    """0 for one pitch class, log 3 / log 12 for a triad held throughout, 1 for all twelve
+    equally; an empty query has none."""
+    from query.cover_fusion import pitch_class_spread
+
+    one = np.zeros((8, 12))
+    one[:, 9] = 1.0
+    triad = np.zeros((8, 12))
+    triad[:, [0, 4, 7]] = 1.0
+    assert pitch_class_spread(one) == pytest.approx(0.0)
+    assert pitch_class_spread(triad) == pytest.approx(np.log(3) / np.log(12))
+    assert pitch_class_spread(np.ones((4, 12))) == pytest.approx(1.0)
+    assert pitch_class_spread(np.zeros((0, 12))) == 0.0
