@@ -114,8 +114,9 @@ ALIGN = dict(
     hop_candidates=16,  # candidates aligned against the best answer
     hop_same=0.6, hop_above=0.25,  # a version of it scores at least this, and this above the median
     hop_factor=0.9,  # such a version scores hop_factor x best x that score (at most)
-    # pairs with a recording on at least one side: essentia's chroma cover-song alignment
-    # on 0.5 s chroma adds a bonus (indexers.audio_chroma.fuse_css) to the best answers
+    # pairs with a recording on at least one side: essentia's chroma cover-song distance
+    # on 0.5 s chroma, measured for the 50 best such pairs (with recording_fusion off: a
+    # bonus, indexers.audio_chroma.fuse_css, to the 50 best answers)
     audio_bonus=True, audio_bonus_candidates=50,
     # ... and with the fusion on, such pairs are scored by a fusion of their own
     # (query.cover_fusion.RECORDING_FEATURES: alignment scores and that chroma distance,
@@ -1119,13 +1120,15 @@ class CoverIndex:
         with one_blas_thread():
             r = self._aligned(q)
             # a recording involved: the pairs with a recording get the fusion fitted on
-            # renders (the MIDI one ranked worse there, docs/audio.md); the others the fusion
-            if not self._involves_recording(q, r):
-                r = self._fuse(q, r)
-            elif ALIGN["fusion"] and ALIGN["recording_fusion"]:
-                r = self._fuse_recordings(q, r)
-            else:
+            # renders (the MIDI one ranked worse there, docs/audio.md), wherever they rank;
+            # the others the fusion
+            if ALIGN["fusion"] and ALIGN["recording_fusion"]:
+                involved = q.is_recording or self.is_recording[r["rows"]].any()
+                r = self._fuse_recordings(q, r) if involved else self._fuse(q, r)
+            elif self._involves_recording(q, r):  # the rule before: the 50 best only
                 r = self._audio_bonus(q, r)
+            else:
+                r = self._fuse(q, r)
             order = np.argsort(-r["score"], kind="stable")[:top]
             return self._explain(q, r, order, top if explain_top is None else explain_top)
 
@@ -1316,8 +1319,8 @@ class CoverIndex:
         """The final score where a recording is involved: pairs with a recording on at
         least one side get the recording fusion (``query.cover_fusion.recording_features``:
         alignment scores and essentia's chroma cover-song distance for the
-        ``audio_bonus_candidates`` best by alignment score, unless ``audio_bonus`` is
-        off), the other pairs the MIDI fusion. ``bonus``: what the chroma distance changed
+        ``audio_bonus_candidates`` best pairs with a recording by alignment score, unless
+        ``audio_bonus`` is off), the other pairs the MIDI fusion. ``bonus``: what the chroma distance changed
         the score by (against the same pair at its kind's median distance in this query:
         0 for a pair not measured; negative where it lowered the score)."""
         from query.cover_fusion import RECORDING_FEATURES, RECORDING_FUSION_FILE, load_fusion
@@ -1347,8 +1350,8 @@ class CoverIndex:
     def _recording_features(self, q: QueryFeatures, r, x: np.ndarray, distances: bool = False, typical=None):
         """(``RECORDING_FEATURES`` of every aligned candidate, which pairs have a
         recording on at least one side) from their ``FEATURES`` rows ``x``; the chroma
-        distance is measured (unless ``audio_bonus`` is off) for the pairs with a
-        recording among the ``audio_bonus_candidates`` best by alignment score, the
+        distance is measured (unless ``audio_bonus`` is off) for the
+        ``audio_bonus_candidates`` best pairs with a recording by alignment score, the
         others get a typical one (``query.cover_fusion.css_columns``); ``distances``: the
         distances too (NaN: not measured)."""
         from query.cover_fusion import (RECORDING_FEATURES, RECORDING_FUSION_FILE, load_fusion, pitch_class_spread,
@@ -1357,8 +1360,10 @@ class CoverIndex:
         rows = r["rows"]
         rec = self.is_recording[rows] | bool(q.is_recording)
         d = np.full(rows.size, np.nan)
-        top = self._best_for_bonus(r)
-        top = top[rec[top]]
+        # the best pairs with a recording, not the best pairs filtered: a MIDI query's 50
+        # best in a large collection can be all MIDI, and its recordings went unmeasured
+        pairs = np.flatnonzero(rec)
+        top = pairs[np.argsort(-r["score"][pairs], kind="stable")[: ALIGN["audio_bonus_candidates"]]]
         if ALIGN["audio_bonus"] and top.size:
             chroma = self._time_chromas(q, rows[top])
             if chroma is not None:

@@ -297,6 +297,54 @@ def test_a_recording_of_one_held_tone_scores_low(audio_db):
     assert res and max(r["score"] for r in res) < 0.1, res
 
 
+def test_a_midi_query_measures_its_best_recordings_not_its_best_answers(audio_db):
+    """The chroma distance is measured for the `audio_bonus_candidates` best pairs with a
+    recording: a MIDI query whose best answers are MIDI files still has its recordings
+    measured (in a 396-piece collection, a MIDI query's 50 best were often all MIDI and
+    none of its recordings was measured)."""
+    from query.covers import ALIGN
+
+    index, queries = _midi_queries(audio_db["db"])
+    ALIGN["audio_bonus_candidates"] = 3
+    try:
+        for q in queries:
+            _, _, rec, d = index.recording_candidate_features(q)
+            assert int(np.isfinite(d).sum()) == min(3, int(rec.sum())), q.piece_id
+    finally:
+        ALIGN["audio_bonus_candidates"] = 50
+
+
+def _midi_queries(db):
+    """The index and the query features of every stored MIDI piece."""
+    from query.covers import load_index
+
+    index = load_index(db)
+    return index, [index.query_for_piece(pid) for pid, (kind, _) in _kinds(db).items() if kind == "midi"]
+
+
+def test_a_midi_querys_recordings_get_the_recording_fusion_wherever_they_rank(audio_db):
+    """Step 5 runs for a MIDI query whenever a recording is among its answers, not only
+    when one is among its `audio_bonus_candidates` best: with 2, every recording answer
+    of every MIDI query scores the recording fusion's probability. Before, a MIDI query
+    whose 2 best answers were MIDI files had its recordings scored by the MIDI fusion."""
+    from query.cover_fusion import RECORDING_FEATURES, RECORDING_FUSION_FILE, fuse, load_fusion
+    from query.covers import ALIGN
+
+    index, queries = _midi_queries(audio_db["db"])
+    params = load_fusion(str(RECORDING_FUSION_FILE), RECORDING_FEATURES)
+    ALIGN["audio_bonus_candidates"] = 2
+    try:
+        for q in queries:
+            rows, x, rec, _ = index.recording_candidate_features(q, typical=params["css_typical"])
+            want = {str(index.ids[i]): float(p) for i, p, r in zip(rows, fuse(x, params), rec) if r}
+            res = index.search(q, top=20)
+            got = {p: s for p, s in zip(res.column("piece_id").to_pylist(), res.column("score").to_pylist())
+                   if p in want}
+            assert got and all(abs(got[p] - want[p]) < 1e-3 for p in got), (q.piece_id, got, want)
+    finally:
+        ALIGN["audio_bonus_candidates"] = 50
+
+
 def test_a_pair_whose_distance_is_not_measured_gets_no_bonus(audio_db):
     """Only the best `audio_bonus_candidates` by alignment score are measured; the others
     count as at their kind's median distance in this query, and their `audio_bonus` is 0
