@@ -78,7 +78,7 @@ def collect(work: Path, excerpts: bool = True):
         q = query_from_file(query) if isinstance(query, Path) else index.query_for_piece(query)
         rows, x, rec, d = index.recording_candidate_features(q)
         ids = index.ids[rows]
-        keep = ids != query
+        keep = np.ones(ids.size, bool) if isinstance(query, Path) else ids != query
         song = np.array([title[str(i)][:3] for i in ids[keep]])
         out.append((x[keep], song == query_song, np.full(int(keep.sum()), n), rec[keep], d[keep]))
     x, y, query, rec, d = (np.concatenate(c) for c in zip(*out))
@@ -141,7 +141,8 @@ def main():
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--method", choices=("logistic", "ranking"), default="logistic")
     ap.add_argument("--stored-only", action="store_true",
-                    help="fit on the stored pieces as queries only, not the excerpt recordings")
+                    help="fit on the stored pieces as queries only, not the recordings outside the "
+                         "collection (excerpts, recordings of nothing)")
     a = ap.parse_args()
     t0 = time.perf_counter()
     parts = [collect(w, excerpts=not a.stored_only) for w in a.work_dir]
