@@ -1414,7 +1414,8 @@ class CoverIndex:
         return np.argsort(-r["score"], kind="stable")[: ALIGN["audio_bonus_candidates"]]
 
     def _involves_recording(self, q: QueryFeatures, r) -> bool:
-        """Whether the query or one of the answers the audio bonus looks at is a recording."""
+        """Whether the query or one of the answers the audio bonus looks at is a recording
+        (the rule before the recording fusion; with it, any answer that is one counts)."""
         return bool(q.is_recording or self.is_recording[r["rows"][self._best_for_bonus(r)]].any())
 
     def _audio_bonus(self, q: QueryFeatures, r):
