@@ -225,9 +225,10 @@ def _trim(mf, seconds: float) -> None:
 # way benchmarks/covers_honest.py makes its held-out queries (re-timed tick grid with a
 # tempo curve, onset jitter, notes dropped and added, transposed, an excerpt from
 # anywhere), in the tracks' own parts, rendered with a third set of GM programs.
-# "short": covers_honest level 2 (10-15 s of the source, f 0.7-1.4, 20% dropped; 7-21 s
-# as rendered, the re-timing being a tempo change); "long": level 1 (30-40 s, f
-# 0.85-1.18, 8% dropped; 25-47 s rendered). They are cut from NNN.mid's first SOURCE_S seconds,
+# "short": covers_honest level 2 (10-15 s of the source, f 0.7-1.4, 20% dropped); "long":
+# level 1 (30-40 s, f 0.85-1.18, 8% dropped). The re-timing is a tempo change: the 48
+# rendered files of each kind in parts A-C last 11-25 s and 19-46 s (release tails
+# included). They are cut from NNN.mid's first SOURCE_S seconds,
 # which the stored 60 s renders hold (A plays NNN.mid at x0.9-1.1).
 EXCERPTS = {"short": 2, "long": 1}
 SOURCE_S = 50.0

@@ -171,13 +171,13 @@ def css_columns(css_distance, both_recordings, typical) -> tuple[np.ndarray, np.
 
 def pitch_class_spread(chroma_beats: np.ndarray) -> float:
     """How many pitch classes a query's harmony uses, 0..1: the entropy of its mean beat
-    chroma over log 12 (a sine tone ~0, music ~0.9). A query of one held pitch class
-    aligns with any harmony holding it: its harmony score says little."""
+    chroma over log 12 (sine tones 0-0.18; 48 POP909-dev pieces, MIDI or rendered,
+    0.58-0.87; 0 for a query without chroma). A query of one held pitch class aligns with any
+    harmony holding it: its harmony score says little."""
     c = np.asarray(chroma_beats, np.float64)
-    if c.size == 0:
+    if c.size == 0 or c.sum() <= 0:
         return 0.0
-    p = c.mean(0)
-    p = p / p.sum() if p.sum() > 0 else np.full(12, 1 / 12)
+    p = c.mean(0) / c.mean(0).sum()
     nz = p[p > 0]
     return float(-(nz * np.log(nz)).sum() / np.log(12))
 

@@ -679,7 +679,7 @@ def test_a_chroma_distance_not_measured_counts_as_typical():
 
 def test_pitch_class_spread_of_known_chroma():
     """0 for one pitch class, log 3 / log 12 for a triad held throughout, 1 for all twelve
-    equally; an empty query has none."""
+    equally; an empty or silent query has none."""
     from query.cover_fusion import pitch_class_spread
 
     one = np.zeros((8, 12))
@@ -690,3 +690,4 @@ def test_pitch_class_spread_of_known_chroma():
     assert pitch_class_spread(triad) == pytest.approx(np.log(3) / np.log(12))
     assert pitch_class_spread(np.ones((4, 12))) == pytest.approx(1.0)
     assert pitch_class_spread(np.zeros((0, 12))) == 0.0
+    assert pitch_class_spread(np.zeros((4, 12))) == 0.0
