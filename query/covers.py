@@ -248,6 +248,14 @@ ALIGN = dict(
     # id, p50, 48 against the lead lines 2.5 ms; the held-out mashup and reharm cells
     # were the same with either; docs/covers-history.md)
     second_query_intervals=48,
+    # a multi-track MIDI query in a collection with recordings: the best this many
+    # recordings by the n-grams of the query's skyline of all notes (its third line,
+    # indexers.features.third_line) join the candidates. A recording's lead line is the
+    # skyline of its transcription, all parts at once, which the query's lead track
+    # often is not; the lists by that track and by the vectors ranked a MIDI file's own
+    # renders below hundreds of MIDI pieces of other songs (0: none; 10, 20 and 40 measured
+    # on the fit parts: docs/audio.md, "MIDI queries: their skyline against recordings")
+    recording_line_candidates=20,
 )
 
 RESULT_SCHEMA = pa.schema([
@@ -332,6 +340,10 @@ class QueryFeatures:
     # runner-up monophonic track (ALIGN["query_second_line"]); None otherwise
     second_pitch: np.ndarray | None = field(default=None, repr=False)
     second_onset_beats: np.ndarray | None = field(default=None, repr=False)
+    # the skyline of all the query's notes where its lead line is one track's and not
+    # that skyline (indexers.features.third_line): what a recording's transcription
+    # makes its lead line (ALIGN["recording_line_candidates"]); None otherwise
+    third_pitch: np.ndarray | None = field(default=None, repr=False)
     # (chroma per 0.5 s, is_recording) for the audio bonus; None: read from the database
     # when the query is a stored piece, or no bonus
     time_chroma: tuple | None = None
@@ -456,7 +468,8 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
     return QueryFeatures(utf8_text(label), piece_id, f["vector"], f["beat_chroma"], f["melody_pitch"], f["melody_onset_beats"],
                          half, alts, tempo_scale=tempo_scale, one_part=one_part, rescaled_chroma=rescaled,
                          rescaled_vector=rescaled_vector, skyline_share=skyline_share,
-                         bass_pc=f["bass_pc"], second_pitch=sp, second_onset_beats=so)
+                         bass_pc=f["bass_pc"], second_pitch=sp, second_onset_beats=so,
+                         third_pitch=f["third_pitch"] if f["third_pitch"].size else None)
 
 
 def query_from_file(path) -> QueryFeatures:
@@ -716,6 +729,14 @@ class CoverIndex:
             if q.piece_id is not None and q.piece_id in self.row_of:
                 extra = extra[extra != self.row_of[q.piece_id]]
             rows = np.concatenate([rows, extra[:k2]])
+        k3 = ALIGN["recording_line_candidates"]
+        if k3 and q.third_pitch is not None and self.is_recording.any():
+            top = melody_intervals(q.third_pitch)[0].astype(np.int64) - 1
+            extra = self.grams.search(top, k3 + rows.size + 1, within=self.is_recording)
+            extra = extra[~np.isin(extra, rows)]
+            if q.piece_id is not None and q.piece_id in self.row_of:
+                extra = extra[extra != self.row_of[q.piece_id]]
+            rows = np.concatenate([rows, extra[:k3]])
         return rows
 
     def _merge_lists(self, q: QueryFeatures, rows: np.ndarray, budget: int | None) -> np.ndarray:
@@ -1580,9 +1601,10 @@ class CoverIndex:
                                               self.iv[self.sec_iv_off[i]:self.sec_iv_off[i + 1]]):
             sp = self.mel_pitch[self.sec_off[i]:self.sec_off[i + 1]]
             so = self.mel_onset[self.sec_off[i]:self.sec_off[i + 1]]
+        tp = self.mel_pitch[self.line_off[2][i]:self.line_off[2][i + 1]]
         q = QueryFeatures(label or piece_id, piece_id, self.vectors[i], beats, mp, mo,
                           bass_pc=self.bass_pc[self.bass_off[i]:self.bass_off[i + 1]], second_pitch=sp,
-                          second_onset_beats=so)
+                          second_onset_beats=so, third_pitch=tp if tp.size else None)
         q.is_recording = bool(self.is_recording[i])
         return q
 
@@ -1901,7 +1923,9 @@ class _GramIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(out_c), np.concatenate(out_p)
 
-    def search(self, sym: np.ndarray, k: int) -> np.ndarray:
+    def search(self, sym: np.ndarray, k: int, within: np.ndarray | None = None) -> np.ndarray:
+        """Rows of the ``k`` best pieces (best first, score > 0); ``within`` (bool per
+        piece): among these pieces only."""
         codes, _ = self.codes(np.asarray(sym), np.array([0, len(sym)]))
         if codes.size == 0:
             return np.zeros(0, np.int64)
@@ -1914,6 +1938,8 @@ class _GramIndex:
         else:
             scores = _presence_sums(m.indptr, m.indices, u, w, 0, n)
         scores *= self.length_norm
+        if within is not None:
+            scores[~within] = 0
         k = min(k, scores.size)
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]

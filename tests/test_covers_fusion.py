@@ -691,3 +691,51 @@ def test_pitch_class_spread_of_known_chroma():
     assert pitch_class_spread(np.ones((4, 12))) == pytest.approx(1.0)
     assert pitch_class_spread(np.zeros((0, 12))) == 0.0
     assert pitch_class_spread(np.zeros((4, 12))) == 0.0
+
+
+def test_a_midi_querys_skyline_of_all_parts_finds_recordings(monkeypatch):
+    """A MIDI query: a tune (its lead track) under a high, partly doubled line (no
+    second melody line: a third of its onsets hold two notes), over chords. Its skyline
+    of all notes is that high line, and so is the lead line of a recording of the same
+    tune and line (one part, as a transcription stores it) over other chords. 300 MIDI
+    copies of the query rank above the recording in every list of the lead track, the
+    vectors, the chords and the bass. The skyline's n-gram list over the recordings
+    (``recording_line_candidates``) brings it in, and only recordings: the copies have
+    the same skyline."""
+    import query.covers as qc
+    from query.covers import query_from_notes
+
+    t_on, t_dur, t_p = tune = _tune(7001, 120, low=55)
+    h_on, h_dur, h_p = _tune(7002, 160, low=84)
+    dbl = np.arange(0, h_p.size, 3)
+    high = (np.concatenate([h_on, h_on[dbl]]), np.concatenate([h_dur, h_dur[dbl]]),
+            np.concatenate([h_p, h_p[dbl] - 5]))
+    c_on, c_dur, c_p = _chords_under(t_on, 7003)
+    o_on, o_dur, o_p = _chords_under(t_on, 7004)
+    query = _parts(tune, high, (c_on, c_dur, c_p - 12))
+    pieces = [query] * 300
+
+    def one_part(*parts):
+        return tuple(np.concatenate(x) for x in zip(*parts))
+
+    pieces.append(one_part(tune, high, (o_on, o_dur, o_p - 12)))  # row 300: its lead line is its skyline
+    for s in range(5):  # 301-305: other recordings
+        x_on, x_dur, x_p = _tune(7200 + s, 160, low=84)
+        pieces.append(one_part((t_on, t_dur, t_p + 2), (x_on, x_dur, x_p), (o_on, o_dur, o_p - 12)))
+    index = _index_of(pieces)
+    recordings = list(range(300, 306))
+    index.is_recording[recordings] = True
+    q = query_from_notes("query", *query)
+    assert q.third_pitch is not None and q.second_pitch is None
+    assert q.intervals.size > 2 * qc.ALIGN["min_query_intervals"]  # a long query: a few dozen candidates
+    assert np.array_equal(q.third_pitch, index.mel_pitch[index.mel_off[300]:index.mel_off[301]])
+    with_list = index.candidates(q)
+    assert 300 in with_list
+    monkeypatch.setitem(qc.ALIGN, "recording_line_candidates", 0)
+    without = index.candidates(q)
+    assert 300 not in without
+    assert set(with_list.tolist()) - set(without.tolist()) <= set(recordings)
+    # a stored piece as the query (`atlas covers ID`) has the third line its file has
+    by_id = index.query_for_piece("s0")
+    assert by_id.third_pitch is not None and np.array_equal(by_id.third_pitch, q.third_pitch)
+    assert index.query_for_piece("s300").third_pitch is None  # one part: no third line
