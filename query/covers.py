@@ -248,9 +248,9 @@ ALIGN = dict(
     # id, p50, 48 against the lead lines 2.5 ms; the held-out mashup and reharm cells
     # were the same with either; docs/covers-history.md)
     second_query_intervals=48,
-    # a multi-track MIDI query in a collection with recordings: the best this many
-    # recordings by the n-grams of the query's skyline of all notes (its third line,
-    # indexers.features.third_line) join the candidates. A recording's lead line is the
+    # a MIDI query whose lead line is one part's, in a collection with recordings: the
+    # best this many recordings by the n-grams of the query's skyline of all notes (its
+    # third line, indexers.features.third_line) join the candidates. A recording's lead line is the
     # skyline of its transcription, all parts at once, which the query's lead track
     # often is not; the lists by that track and by the vectors ranked a MIDI file's own
     # renders below hundreds of MIDI pieces of other songs (0: none; 10, 20 and 40 measured
@@ -730,7 +730,8 @@ class CoverIndex:
                 extra = extra[extra != self.row_of[q.piece_id]]
             rows = np.concatenate([rows, extra[:k2]])
         k3 = ALIGN["recording_line_candidates"]
-        if k3 and q.third_pitch is not None and self.is_recording.any():
+        # (a MIDI query only: a recording ingested with stems has parts, and a third line)
+        if k3 and q.third_pitch is not None and not q.is_recording and self.is_recording.any():
             top = melody_intervals(q.third_pitch)[0].astype(np.int64) - 1
             extra = self.grams.search(top, k3 + rows.size + 1, within=self.is_recording)
             extra = extra[~np.isin(extra, rows)]

@@ -699,9 +699,10 @@ def test_a_midi_querys_skyline_of_all_parts_finds_recordings(monkeypatch):
     of all notes is that high line, and so is the lead line of a recording of the same
     tune and line (one part, as a transcription stores it) over other chords. 300 MIDI
     copies of the query rank above the recording in every list of the lead track, the
-    vectors, the chords and the bass. The skyline's n-gram list over the recordings
-    (``recording_line_candidates``) brings it in, and only recordings: the copies have
-    the same skyline."""
+    vectors, the chords and the bass. The skyline's n-gram list over the recordings'
+    lead lines (``recording_line_candidates``) brings it in, and only recordings (the MIDI
+    copies, which hold some of its n-grams by chance, are left out). A recording as the query (one ingested with
+    stems has parts, so a third line) does not get the list."""
     import query.covers as qc
     from query.covers import query_from_notes
 
@@ -731,10 +732,14 @@ def test_a_midi_querys_skyline_of_all_parts_finds_recordings(monkeypatch):
     assert np.array_equal(q.third_pitch, index.mel_pitch[index.mel_off[300]:index.mel_off[301]])
     with_list = index.candidates(q)
     assert 300 in with_list
+    shipped = qc.ALIGN["recording_line_candidates"]
     monkeypatch.setitem(qc.ALIGN, "recording_line_candidates", 0)
     without = index.candidates(q)
     assert 300 not in without
     assert set(with_list.tolist()) - set(without.tolist()) <= set(recordings)
+    monkeypatch.setitem(qc.ALIGN, "recording_line_candidates", shipped)
+    q.is_recording = True
+    assert np.array_equal(index.candidates(q), without)
     # a stored piece as the query (`atlas covers ID`) has the third line its file has
     by_id = index.query_for_piece("s0")
     assert by_id.third_pitch is not None and np.array_equal(by_id.third_pitch, q.third_pitch)
