@@ -28,7 +28,7 @@ FUSION_FILE = Path(__file__).with_name("cover_fusion.json")
 # Pairs with a recording on at least one side have a fusion of their own, fitted on
 # fluidsynth renders of POP909 songs (benchmarks/fit_recording_fusion.py): a recording's
 # notes are a transcription and its beats a beat tracker's, so the symbolic scores mean
-# less, and essentia's chroma cover-song distance on 0.5 s chroma (no beats) more.
+# less, and the chroma cover-song distance on 0.5 s chroma (no beats) more.
 RECORDING_FUSION_FILE = Path(__file__).with_name("cover_fusion_recordings.json")
 FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf", "tfidf_rel", "vec",
             "short", "tfidf_short", "mel_short", "rhythm", "rhythm_rel", "rhythm_short", "bass", "bass_rel",
@@ -149,11 +149,12 @@ def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_interv
 
 
 def css_columns(css_distance, both_recordings, typical) -> tuple[np.ndarray, np.ndarray]:
-    """``css`` = -log distance (essentia serra09 chroma cover-song distance, lower =
+    """``css`` = -log distance (the serra09 chroma cover-song distance,
+    ``indexers.audio_chroma.css_distances``, lower =
     closer; NaN where not measured) and ``css_rel``, that minus the median over the
     measured candidates of its kind (a recording <-> recording pair or one with a MIDI
     side: their distances differ). A candidate not measured (below the best 50, or no
-    essentia) gets its kind's median (``typical[kind]``, the fit's, where none of its
+    database) gets its kind's median (``typical[kind]``, the fit's, where none of its
     kind is measured) and ``css_rel`` 0: a typical distance, not the worst."""
     d = np.asarray(css_distance, np.float64)
     kind = np.asarray(both_recordings, np.int64)

@@ -36,8 +36,9 @@ Two stages:
    pairs with a recording instead.
 5. **Recordings**: where the query or one of the best answers is a recording, the pairs
    with a recording on at least one side get a fusion of their own (fitted on renders,
-   ``query/cover_fusion_recordings.json``), which adds essentia's chroma cover-song
-   distance (0.5 s chroma, no beat grid) to the alignment scores; ``audio_bonus`` is
+   ``query/cover_fusion_recordings.json``), which adds the chroma cover-song distance
+   (essentia's serra09, ``indexers.audio_chroma.css_distances``; 0.5 s chroma, no beat
+   grid) to the alignment scores; ``audio_bonus`` is
    what that distance changed (MIDI <-> MIDI pairs keep the fusion of 4).
 
 Each answer carries its explanation: the transposition (semitones from the query up to
@@ -114,8 +115,8 @@ ALIGN = dict(
     hop_candidates=16,  # candidates aligned against the best answer
     hop_same=0.6, hop_above=0.25,  # a version of it scores at least this, and this above the median
     hop_factor=0.9,  # such a version scores hop_factor x best x that score (at most)
-    # pairs with a recording on at least one side: essentia's chroma cover-song distance
-    # on 0.5 s chroma, measured for the 50 best such pairs (with recording_fusion off: a
+    # pairs with a recording on at least one side: the chroma cover-song distance
+    # (indexers.audio_chroma.css_distances) on 0.5 s chroma, measured for the 50 best such pairs (with recording_fusion off: a
     # bonus, indexers.audio_chroma.fuse_css, to the 50 best answers)
     audio_bonus=True, audio_bonus_candidates=50,
     # ... and with the fusion on, such pairs are scored by a fusion of their own
@@ -1340,7 +1341,7 @@ class CoverIndex:
     def _fuse_recordings(self, q: QueryFeatures, r):
         """The final score where a recording is involved: pairs with a recording on at
         least one side get the recording fusion (``query.cover_fusion.recording_features``:
-        alignment scores and essentia's chroma cover-song distance for the
+        alignment scores and the chroma cover-song distance for the
         ``audio_bonus_candidates`` best pairs with a recording by alignment score, unless
         ``audio_bonus`` is off), the other pairs the MIDI fusion. ``bonus``: what the chroma distance changed
         the score by (against the same pair at its kind's median distance in this query:
@@ -1405,10 +1406,8 @@ class CoverIndex:
     def _time_chromas(self, q: QueryFeatures, rows: np.ndarray):
         """(the query's, each of ``rows``') (time chroma, is_recording) for the chroma
         distance (``indexers.audio_chroma.stored_time_chroma``; None where a piece has
-        none); None without a database or essentia."""
-        from ingest.audio_config import audio_available
-
-        if self.db_dir is None or audio_available():
+        none); None without a database."""
+        if self.db_dir is None:
             return None
         from atlas_db.connection import reading
         from indexers.audio_chroma import stored_time_chroma
@@ -1442,7 +1441,7 @@ class CoverIndex:
 
     def _audio_bonus(self, q: QueryFeatures, r):
         """Where the query or one of the ``audio_bonus_candidates`` best answers is a
-        recording (:meth:`_involves_recording`): add essentia's chroma cover-song
+        recording (:meth:`_involves_recording`): add the chroma cover-song
         alignment bonus (``indexers.audio_chroma.fuse_css``, on chroma per 0.5 s, which
         needs no beat grid) to those answers' alignment scores. MIDI <-> MIDI pairs are
         left alone."""
@@ -1454,7 +1453,7 @@ class CoverIndex:
             return r
         top = self._best_for_bonus(r)
         chroma = self._time_chromas(q, r["rows"][top])
-        if chroma is None:  # no database or no essentia: the symbolic scores stand
+        if chroma is None:  # no database: the symbolic scores stand
             return r
         from indexers.audio_chroma import fuse_css
 

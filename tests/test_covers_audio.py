@@ -198,6 +198,42 @@ def test_chroma_alignment_bonus_prefers_the_versions_of_the_song(audio_db):
     assert np.isinf(css_distances(tc[query][0][:5], [tc[recs[0]][0]])).all()  # too short to compare
 
 
+def test_chroma_distance_equals_essentias(audio_db, monkeypatch):
+    """``css_distances`` computes what essentia's ChromaCrossSimilarity (OTI, 9 frames,
+    percentile 0.095) + CoverSongSimilarity (serra09, asymmetric) give, to the float32
+    bit, for every pair of the fixture's recordings and MIDI pieces (rendered audio with
+    its stored HPCP, notes in seconds; transpositions, silences, other lengths), on two
+    threads and on one; a reference too short or silent is inf. The cross-recurrence
+    matrix of a recording and a MIDI piece is essentia's, cell for cell."""
+    from atlas_db.connection import reading
+    from indexers.audio_chroma import _cross_recurrence, _CSS_STACK, css_distances, stored_time_chroma
+    from ingest.audio import _essentia
+
+    es = _essentia()
+    csm = es.ChromaCrossSimilarity(frameStackSize=9, frameStackStride=1, binarizePercentile=0.095, oti=True)
+    css = es.CoverSongSimilarity(disOnset=0.5, disExtension=0.5, alignmentType="serra09", distanceType="asymmetric")
+    db = audio_db["db"]
+    ids = [_piece(db, n) for n in ["rec2a.wav", "rec2b.wav", "rec4.wav", "rec5.wav"]] + \
+        [_piece(db, f"song{i}.mid") for i in range(6)]
+    with reading(db) as con:
+        tc = stored_time_chroma(con, ids)
+    chromas = [np.ascontiguousarray(tc[p][0], np.float32) for p in ids]
+    chromas.append(np.zeros((40, 12), np.float32))  # silence
+    chromas.append(chromas[0][:_CSS_STACK])  # too short
+    want = [[float(css(csm(q, r))[1]) if r.shape[0] > _CSS_STACK and r.any() else np.inf for r in chromas]
+            for q in chromas[:len(ids)]]
+    assert np.isfinite(want).sum() == len(ids) ** 2
+    got = [css_distances(q, chromas) for q in chromas[:len(ids)]]
+    np.testing.assert_array_equal(got, want)
+    monkeypatch.setenv("ATLAS_ALIGN_THREADS", "1")
+    np.testing.assert_array_equal([css_distances(q, chromas) for q in chromas[:len(ids)]], want)
+    q, r = chromas[1], chromas[6]  # rec2b.wav against song2.mid
+    qg, rg = q.sum(0, dtype=np.float64), r.sum(0, dtype=np.float64)
+    oti = int(np.argmax([(qg / qg.max()) @ np.roll(rg / rg.max(), k) for k in range(12)]))
+    mine = _cross_recurrence(q, np.ascontiguousarray(np.roll(r, oti, axis=1)), _CSS_STACK, 0.095)
+    np.testing.assert_array_equal(mine, np.asarray(csm(q, r)) > 0)
+
+
 def test_file_query_of_an_ingested_recording_equals_its_stored_query(audio_db):
     """The same recording as a file query and as a stored piece: the same harmony
     sequence, melody and vector, and the same best answers."""
