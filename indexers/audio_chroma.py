@@ -137,7 +137,8 @@ TIME_FRAME_S = 0.5
 TIME_GRID_BPM = 60.0 / TIME_FRAME_S
 CSS_WEIGHT = 0.1  # recording <-> recording
 CSS_WEIGHT_MIXED = 0.25  # recording <-> MIDI
-_CSS_STACK = 9
+_CSS_STACK = 9  # frames per window of the chroma cover-song distance
+_CSS_PERCENTILE = 0.095  # a cell is kept within this quantile of its row and its column
 
 
 def time_chroma(beats_s, beat_hpcp) -> np.ndarray:
@@ -160,7 +161,7 @@ def css_distances(query: np.ndarray, refs: list[np.ndarray]) -> np.ndarray:
     essentia's ``ChromaCrossSimilarity`` (OTI, 9 frames stacked, binarize percentile
     0.095) and ``CoverSongSimilarity`` (serra09, penalties 0.5, asymmetric) give (Serra,
     Serra & Andrzejak 2009), computed here in numba: 50 pairs about 9x faster than
-    essentia on one thread, 15x on two (the halves of ``refs`` in two threads).
+    essentia on one thread, 17x on two (the halves of ``refs`` in two threads).
 
     Each reference is transposed by its optimal transposition index (the shift of its
     summed chroma that best matches the query's); the cross-recurrence matrix marks the
@@ -169,11 +170,16 @@ def css_distances(query: np.ndarray, refs: list[np.ndarray]) -> np.ndarray:
     windows) over the best Qmax local alignment score. Against essentia on
     benchmarks/audio.py's 396-piece collection (docs/audio.md, "The chroma distance in
     numba"): the same float32 distance for 13,823 of 13,824 (piece, recording) pairs
-    and for 28,689 of 28,800 (recording, MIDI piece) pairs; the others differ by 2.6% at
-    the median, 5.2% at most: ties at a row's or column's threshold, which essentia
-    breaks otherwise (in the pair looked at, 14 windows of silence at one distance,
-    which essentia left out).
-    tests/test_covers_audio.py compares the two on its fixture, where they agree."""
+    and for 28,689 of 28,800 (recording, MIDI piece) pairs. Of the 112 others, 96 have a
+    side of n windows with (n - 1) x 0.095 a whole number in float32 (201, 401, ...),
+    where essentia's percentile returns 0, so that it finds nothing (inf); here they are
+    measured. The other 16 differ by 1.9% (the (piece, recording) pair) and by 2.6% at
+    the median, 5.2% at most (15 with a MIDI piece): ties at a row's or column's
+    threshold, which essentia breaks otherwise (in the pair looked at, 14 windows of
+    silence at one distance, which essentia left out). Memory and time grow with
+    n x m, as essentia's: by the arrays' sizes, ~17 bytes per pair of frames, ~220 MB
+    for two sequences of 3600 frames (30 minutes).
+    tests/test_covers_audio.py compares the two."""
     from indexers.align import two_at_once
 
     q = np.ascontiguousarray(query, np.float32)
@@ -198,7 +204,7 @@ def _css_each(q: np.ndarray, refs) -> np.ndarray:
         rg /= rg.max()
         oti = int(np.argmax([qg @ np.roll(rg, k) for k in range(12)]))
         rr = np.ascontiguousarray(np.roll(r, oti, axis=1))
-        best = _qmax_best(_cross_recurrence(q, rr, _CSS_STACK, 0.095), np.float32(0.5), np.float32(0.5))
+        best = _qmax_best(_cross_recurrence(q, rr, _CSS_STACK, _CSS_PERCENTILE), np.float32(0.5), np.float32(0.5))
         if best > 0:
             out[i] = float(np.float32(np.sqrt(r.shape[0] - _CSS_STACK) / best))  # (as essentia rounds it)
     return out

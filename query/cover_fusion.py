@@ -153,8 +153,8 @@ def css_columns(css_distance, both_recordings, typical) -> tuple[np.ndarray, np.
     ``indexers.audio_chroma.css_distances``, lower =
     closer; NaN where not measured) and ``css_rel``, that minus the median over the
     measured candidates of its kind (a recording <-> recording pair or one with a MIDI
-    side: their distances differ). A candidate not measured (below the best 50, or no
-    database) gets its kind's median (``typical[kind]``, the fit's, where none of its
+    side: their distances differ). A candidate not measured (below the best 50, no
+    database, or no distance found) gets its kind's median (``typical[kind]``, the fit's, where none of its
     kind is measured) and ``css_rel`` 0: a typical distance, not the worst."""
     d = np.asarray(css_distance, np.float64)
     kind = np.asarray(both_recordings, np.int64)

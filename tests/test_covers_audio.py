@@ -204,9 +204,11 @@ def test_chroma_distance_equals_essentias(audio_db, monkeypatch):
     bit, for every pair of the fixture's recordings and MIDI pieces (rendered audio with
     its stored HPCP, notes in seconds; transpositions, silences, other lengths), on two
     threads and on one; a reference too short or silent is inf. The cross-recurrence
-    matrix of a recording and a MIDI piece is essentia's, cell for cell."""
+    matrix of a recording and a MIDI piece, and of a longer random pair, is essentia's,
+    cell for cell. Where essentia's percentile degenerates (201 windows) it finds
+    nothing and returns inf; this distance is measured there."""
     from atlas_db.connection import reading
-    from indexers.audio_chroma import _cross_recurrence, _CSS_STACK, css_distances, stored_time_chroma
+    from indexers.audio_chroma import _CSS_PERCENTILE, _CSS_STACK, _cross_recurrence, css_distances, stored_time_chroma
     from ingest.audio import _essentia
 
     es = _essentia()
@@ -227,11 +229,21 @@ def test_chroma_distance_equals_essentias(audio_db, monkeypatch):
     np.testing.assert_array_equal(got, want)
     monkeypatch.setenv("ATLAS_ALIGN_THREADS", "1")
     np.testing.assert_array_equal([css_distances(q, chromas) for q in chromas[:len(ids)]], want)
-    q, r = chromas[1], chromas[6]  # rec2b.wav against song2.mid
-    qg, rg = q.sum(0, dtype=np.float64), r.sum(0, dtype=np.float64)
-    oti = int(np.argmax([(qg / qg.max()) @ np.roll(rg / rg.max(), k) for k in range(12)]))
-    mine = _cross_recurrence(q, np.ascontiguousarray(np.roll(r, oti, axis=1)), _CSS_STACK, 0.095)
-    np.testing.assert_array_equal(mine, np.asarray(csm(q, r)) > 0)
+    # longer rows (the fixture's are short, so the percentile's index barely moves): a
+    # random chroma and a transposed, noisy stretch of it, 300 x 250 frames
+    rng = np.random.default_rng(0)
+    long_q = rng.random((300, 12)).astype(np.float32)
+    long_r = (np.roll(long_q[40:290], 3, axis=1) + 0.05 * rng.random((250, 12))).astype(np.float32)
+    assert css_distances(long_q, [long_r])[0] == float(css(csm(long_q, long_r))[1])
+    for q, r in ((chromas[1], chromas[6]), (long_q, long_r)):  # rec2b.wav against song2.mid; the long pair
+        qg, rg = q.sum(0, dtype=np.float64), r.sum(0, dtype=np.float64)
+        oti = int(np.argmax([(qg / qg.max()) @ np.roll(rg / rg.max(), k) for k in range(12)]))
+        mine = _cross_recurrence(q, np.ascontiguousarray(np.roll(r, oti, axis=1)), _CSS_STACK, _CSS_PERCENTILE)
+        np.testing.assert_array_equal(mine, np.asarray(csm(q, r)) > 0)
+    # where essentia's own percentile gives 0 ((windows - 1) x 0.095 a whole number in
+    # float32: 201 windows, 210 frames), it finds nothing; the distance here is measured
+    assert np.isinf(float(css(csm(long_q, long_r[:210]))[1]))
+    assert 0 < css_distances(long_q, [long_r[:210]])[0] < 0.2
 
 
 def test_file_query_of_an_ingested_recording_equals_its_stored_query(audio_db):
