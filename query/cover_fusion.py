@@ -150,12 +150,12 @@ def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_interv
 
 def css_columns(css_distance, both_recordings, typical) -> tuple[np.ndarray, np.ndarray]:
     """``css`` = -log distance (the serra09 chroma cover-song distance,
-    ``indexers.audio_chroma.css_distances``, lower =
-    closer; NaN where not measured) and ``css_rel``, that minus the median over the
-    measured candidates of its kind (a recording <-> recording pair or one with a MIDI
-    side: their distances differ). A candidate not measured (below the best 50, no
-    database, or no distance found) gets its kind's median (``typical[kind]``, the fit's, where none of its
-    kind is measured) and ``css_rel`` 0: a typical distance, not the worst."""
+    ``indexers.audio_chroma.css_distances``, lower = closer; NaN where not measured) and
+    ``css_rel``, that minus the median over the measured candidates of its kind (a
+    recording <-> recording pair or one with a MIDI side: their distances differ). A
+    candidate not measured (below the best 50, no database, or no distance found) gets
+    its kind's median (``typical[kind]``, the fit's, where none of its kind is measured)
+    and ``css_rel`` 0: a typical distance, not the worst."""
     d = np.asarray(css_distance, np.float64)
     kind = np.asarray(both_recordings, np.int64)
     known = np.isfinite(d) & (d > 0)

@@ -38,8 +38,8 @@ Two stages:
    with a recording on at least one side get a fusion of their own (fitted on renders,
    ``query/cover_fusion_recordings.json``), which adds the chroma cover-song distance
    (essentia's serra09, ``indexers.audio_chroma.css_distances``; 0.5 s chroma, no beat
-   grid) to the alignment scores; ``audio_bonus`` is
-   what that distance changed (MIDI <-> MIDI pairs keep the fusion of 4).
+   grid) to the alignment scores; ``audio_bonus`` is what that distance changed (MIDI
+   <-> MIDI pairs keep the fusion of 4).
 
 Each answer carries its explanation: the transposition (semitones from the query up to
 the match), the time scale (query beats per matched beat) and the aligned region in both.
@@ -116,8 +116,9 @@ ALIGN = dict(
     hop_same=0.6, hop_above=0.25,  # a version of it scores at least this, and this above the median
     hop_factor=0.9,  # such a version scores hop_factor x best x that score (at most)
     # pairs with a recording on at least one side: the chroma cover-song distance
-    # (indexers.audio_chroma.css_distances) on 0.5 s chroma, measured for the 50 best such pairs (with recording_fusion off: a
-    # bonus, indexers.audio_chroma.fuse_css, to the 50 best answers)
+    # (indexers.audio_chroma.css_distances) on 0.5 s chroma, measured for the 50 best
+    # such pairs (with recording_fusion off: a bonus, indexers.audio_chroma.fuse_css, to
+    # the 50 best answers)
     audio_bonus=True, audio_bonus_candidates=50,
     # ... and with the fusion on, such pairs are scored by a fusion of their own
     # (query.cover_fusion.RECORDING_FEATURES: alignment scores and that chroma distance,
@@ -251,11 +252,12 @@ ALIGN = dict(
     second_query_intervals=48,
     # a MIDI query whose lead line is one part's, in a collection with recordings: the
     # best this many recordings by the n-grams of the query's skyline of all notes (its
-    # third line, indexers.features.third_line) join the candidates. A recording's lead line is the
-    # skyline of its transcription, all parts at once, which the query's lead track
-    # often is not; the lists by that track and by the vectors ranked a MIDI file's own
-    # renders below hundreds of MIDI pieces of other songs (0: none; 10, 20 and 40 measured
-    # on the fit parts: docs/audio.md, "MIDI queries: their skyline against recordings")
+    # third line, indexers.features.third_line) join the candidates. A recording's lead
+    # line is the skyline of its transcription, all parts at once, which the query's
+    # lead track often is not; the lists by that track and by the vectors ranked a MIDI
+    # file's own renders below hundreds of MIDI pieces of other songs (0: none; 10, 20
+    # and 40 measured on the fit parts: docs/audio.md, "MIDI queries: their skyline
+    # against recordings")
     recording_line_candidates=20,
 )
 
