@@ -29,7 +29,7 @@ from numba import njit
 
 __all__ = ["hpcp_on_grid", "audio_chroma", "harmony_sequence", "HARMONY_SOURCE", "POWER", "FLOOR",
            "time_chroma", "notes_time_chroma", "css_distances", "css_bonus", "fuse_css", "stored_time_chroma",
-           "CSS_WEIGHT", "CSS_WEIGHT_MIXED", "TIME_FRAME_S"]
+           "CSS_WEIGHT", "CSS_WEIGHT_MIXED", "TIME_FRAME_S", "transposed_to"]
 
 # Where the harmony sequence (cover_features.beat_chroma, the embedding's harmony blocks)
 # of a recording comes from: "notes" (the chroma of its transcribed notes, like a MIDI
@@ -194,20 +194,25 @@ def css_distances(query: np.ndarray, refs: list[np.ndarray]) -> np.ndarray:
 def _css_each(q: np.ndarray, refs) -> np.ndarray:
     """:func:`css_distances` of a query of at least ``_CSS_STACK`` + 1 frames, not silent."""
     out = np.full(len(refs), np.inf)
-    qg = q.sum(axis=0, dtype=np.float64)
-    qg /= qg.max()
     for i, r in enumerate(refs):
         r = np.ascontiguousarray(r, np.float32)
         if r.shape[0] <= _CSS_STACK or not r.any():
             continue
-        rg = r.sum(axis=0, dtype=np.float64)
-        rg /= rg.max()
-        oti = int(np.argmax([qg @ np.roll(rg, k) for k in range(12)]))
-        rr = np.ascontiguousarray(np.roll(r, oti, axis=1))
-        best = _qmax_best(_cross_recurrence(q, rr, _CSS_STACK, _CSS_PERCENTILE), np.float32(0.5), np.float32(0.5))
+        c = _cross_recurrence(q, transposed_to(q, r), _CSS_STACK, _CSS_PERCENTILE)
+        best = _qmax_best(c, np.float32(0.5), np.float32(0.5))
         if best > 0:
             out[i] = float(np.float32(np.sqrt(r.shape[0] - _CSS_STACK) / best))  # (as essentia rounds it)
     return out
+
+
+def transposed_to(q: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """``r`` (a chroma sequence, not silent) rotated by its optimal transposition index
+    against ``q``: the shift whose summed chroma, each divided by its maximum, best
+    matches the query's (Serra, Gomez & Herrera 2008)."""
+    qg, rg = q.sum(axis=0, dtype=np.float64), r.sum(axis=0, dtype=np.float64)
+    qg, rg = qg / qg.max(), rg / rg.max()
+    oti = int(np.argmax([qg @ np.roll(rg, k) for k in range(12)]))
+    return np.ascontiguousarray(np.roll(r, oti, axis=1), np.float32)
 
 
 @njit(cache=True, nogil=True)

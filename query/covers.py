@@ -736,11 +736,9 @@ class CoverIndex:
         # (a MIDI query only: a recording ingested with stems has parts, and a third line)
         if k3 and q.third_pitch is not None and not q.is_recording and self.is_recording.any():
             top = melody_intervals(q.third_pitch)[0].astype(np.int64) - 1
-            extra = self.grams.search(top, k3 + rows.size + 1, within=self.is_recording)
-            extra = extra[~np.isin(extra, rows)]
-            if q.piece_id is not None and q.piece_id in self.row_of:
-                extra = extra[extra != self.row_of[q.piece_id]]
-            rows = np.concatenate([rows, extra[:k3]])
+            # (recordings only, so never the query itself)
+            extra = self.grams.search(top, k3 + rows.size, within=self.is_recording)
+            rows = np.concatenate([rows, extra[~np.isin(extra, rows)][:k3]])
         return rows
 
     def _merge_lists(self, q: QueryFeatures, rows: np.ndarray, budget: int | None) -> np.ndarray:

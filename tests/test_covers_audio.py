@@ -208,7 +208,8 @@ def test_chroma_distance_equals_essentias(audio_db, monkeypatch):
     cell for cell. Where essentia's percentile degenerates (201 windows) it finds
     nothing and returns inf; this distance is measured there."""
     from atlas_db.connection import reading
-    from indexers.audio_chroma import _CSS_PERCENTILE, _CSS_STACK, _cross_recurrence, css_distances, stored_time_chroma
+    from indexers.audio_chroma import (_CSS_PERCENTILE, _CSS_STACK, _cross_recurrence, css_distances,
+                                       stored_time_chroma, transposed_to)
     from ingest.audio import _essentia
 
     es = _essentia()
@@ -236,9 +237,7 @@ def test_chroma_distance_equals_essentias(audio_db, monkeypatch):
     long_r = (np.roll(long_q[40:290], 3, axis=1) + 0.05 * rng.random((250, 12))).astype(np.float32)
     assert css_distances(long_q, [long_r])[0] == float(css(csm(long_q, long_r))[1])
     for q, r in ((chromas[1], chromas[6]), (long_q, long_r)):  # rec2b.wav against song2.mid; the long pair
-        qg, rg = q.sum(0, dtype=np.float64), r.sum(0, dtype=np.float64)
-        oti = int(np.argmax([(qg / qg.max()) @ np.roll(rg / rg.max(), k) for k in range(12)]))
-        mine = _cross_recurrence(q, np.ascontiguousarray(np.roll(r, oti, axis=1)), _CSS_STACK, _CSS_PERCENTILE)
+        mine = _cross_recurrence(q, transposed_to(q, r), _CSS_STACK, _CSS_PERCENTILE)
         np.testing.assert_array_equal(mine, np.asarray(csm(q, r)) > 0)
     # where essentia's own percentile gives 0 ((windows - 1) x 0.095 a whole number in
     # float32: 201 windows, 210 frames), it finds nothing; the distance here is measured

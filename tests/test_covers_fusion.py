@@ -700,9 +700,10 @@ def test_a_midi_querys_skyline_of_all_parts_finds_recordings(monkeypatch):
     tune and line (one part, as a transcription stores it) over other chords. 300 MIDI
     copies of the query rank above the recording in every list of the lead track, the
     vectors, the chords and the bass. The skyline's n-gram list over the recordings'
-    lead lines (``recording_line_candidates``) brings it in, and only recordings (the MIDI
-    copies, which hold some of its n-grams by chance, are left out). A recording as the query (one ingested with
-    stems has parts, so a third line) does not get the list."""
+    lead lines (``recording_line_candidates``) brings it in, and only recordings (the
+    MIDI copies, which hold some of its n-grams by chance, are left out). A recording as
+    the query (one ingested with stems has parts, so a third line) does not get the
+    list."""
     import query.covers as qc
     from query.covers import query_from_notes
 
