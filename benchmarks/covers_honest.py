@@ -348,6 +348,13 @@ def cell_factors(cell: str, level: int) -> set:
 
 
 # -- running --------------------------------------------------------------------------
+def without_part(index: CoverIndex, notes: dict, bench: dict, part: str) -> CoverIndex:
+    """The collection without the stored versions of ``part``'s songs: that part's
+    queries have no version in it (what the calibrated score is measured and fitted on)."""
+    drop = {f for s, (_src, stored) in bench.items() if part_of(s) == part for f in stored}
+    return build_index([str(p) for p in index.ids if str(p) not in drop], notes)
+
+
 def build_index(paths: list[str], notes: dict, second_line: bool = True, third_line: bool = True) -> CoverIndex:
     """The cover index of these files, as the ``vectors`` stage would store them
     (``second_line=False`` / ``third_line=False``: every piece without its second / third
@@ -476,6 +483,63 @@ def run_vienna(index, baseline, notes, vienna_files, seed, rec, max_queries=None
             rec.add(("vienna", cell, 0), "base", _baseline_rank(baseline, on, du, p, exclude=f), rel)
 
 
+def _scored(index, q, rel, exclude=None):
+    """(best score, whether the best answer is right, Brier score of the best 10) of one query."""
+    res = index.search(q, top=11, explain_top=0)
+    keep = [i for i, p in enumerate(res.column("piece_id").to_pylist()) if p != exclude][:10]
+    if not keep:
+        return 0.0, False, 0.0
+    score = res.column("score").to_numpy()[keep].astype(np.float64)
+    right = np.array([res.column("piece_id")[i].as_py() in rel for i in keep], np.float64)
+    return float(score[0]), bool(right[0]), float(np.mean((score - right) ** 2))
+
+
+def run_absent(index, notes, bench, cells, levels, parts, max_songs, seed, vienna_files, max_vienna=None):
+    """What the reported score says: each query against the collection, and again
+    against the collection without its song (its part's songs left out; for
+    vienna4x22, its piece's 23 files), so that it has no version there. A score of 0.5
+    or more should mean a version: the share of queries with versions whose best answer
+    is right and scores that much, and the share of queries without whose best answer
+    scores that much (wrongly), with the Brier score of the best 10 answers of both."""
+    rows = defaultdict(lambda: defaultdict(list))
+
+    def add(key, present, absent):
+        r = rows[key]
+        r["hit"].append(present[1] and present[0] >= 0.5)
+        r["false"].append(absent[0] >= 0.5)
+        r["best_absent"].append(absent[0])
+        r["brier"] += [present[2], absent[2]]
+
+    for part in parts:
+        absent = without_part(index, notes, bench, part)
+        for key, _s, q, arrays, rel in pop909_queries(notes, bench, cells, levels, [part], max_songs, seed):
+            add(key, _scored(index, q, rel), _scored(absent, query_from_notes("absent", *arrays), rel))
+    piece = {f: Path(f).stem.rsplit("_p", 1)[0] if "/performances/" in f else Path(f).stem for f in vienna_files}
+    rng = np.random.default_rng([seed, 99])
+    for name in sorted(set(piece.values())):
+        absent = build_index([str(p) for p in index.ids if piece.get(str(p)) != name], notes)
+        perfs = [f for f in vienna_files if "/performances/" in f][:max_vienna]
+        for f in (f for f in perfs if piece[f] == name):
+            rel = {g for g in vienna_files if piece[g] == name and g != f}
+            n = notes[f]
+            m = _excerpt_mask(n["onset_s"], rng, 30.0)
+            for cell, sel in (("perf_full", slice(None)), ("perf_excerpt30", m)):
+                on = n["onset_beats"][sel] - n["onset_beats"][sel].min()
+                arrays = (on, n["duration_beats"][sel], n["pitch"][sel], n["track_index"][sel])
+                add(("vienna", cell, 0), _scored(index, query_from_notes(cell, *arrays, piece_id=f), rel, exclude=f),
+                    _scored(absent, query_from_notes(cell, *arrays), rel))
+    print("\n== the reported score: each query with its versions in the collection, and without them ==")
+    print(f"{'part':8s} {'cell':15s} {'lvl':>3s} {'n':>4s} | {'with: right best >= 0.5':>23s} | "
+          f"{'without: best >= 0.5':>20s} {'median best':>11s} | {'Brier of the best 10':>20s}")
+    for key in sorted(rows, key=lambda k: (k[0], CELLS.index(k[1]) if k[1] in CELLS else 99, k[1], k[2])):
+        r = rows[key]
+        print(f"{key[0]:8s} {key[1]:15s} {key[2]:3d} {len(r['hit']):4d} | {np.mean(r['hit']):23.3f} | "
+              f"{np.mean(r['false']):20.3f} {np.median(r['best_absent']):11.3f} | {np.mean(r['brier']):20.4f}")
+    every = {k: np.concatenate([rows[key][k] for key in rows]) for k in ("hit", "false", "brier")}
+    print(f"all {every['hit'].size} queries: with versions, right best >= 0.5 {every['hit'].mean():.3f}; without, "
+          f"best >= 0.5 {every['false'].mean():.3f}; Brier of the best 10 {every['brier'].mean():.4f}")
+
+
 def setup(data: Path, vienna: Path | None, second_line: bool = True, third_line: bool = True):
     """Notes of every file, the protocol, the collection's index and the baseline."""
     pop_paths = sorted(data.glob("*/*.mid")) + sorted(data.glob("*/versions/*.mid"))
@@ -520,6 +584,9 @@ def main(argv=None):
     ap.add_argument("--level2", action="append", default=[], metavar="KEY=VALUE",
                     help="change one of level 2's strengths, e.g. --level2 drop=0 (no dropped notes), "
                          f"--level2 jitter_s=0; keys: {', '.join(numbers)}")
+    ap.add_argument("--absent", action="store_true",
+                    help="instead of the MAP table: what the reported score says, each query with its versions in "
+                         "the collection and without them (its song left out)")
     args = ap.parse_args(argv)
     if args.no_fusion:
         ALIGN["fusion"] = False
@@ -542,6 +609,10 @@ def main(argv=None):
     notes, bench, index, baseline, v_files = setup(Path(args.data), vienna, not args.no_second_line,
                                                    not args.no_third_line)
     index.search(index.query_for_piece(index.ids[0]), top=5)  # compile the kernels before timing
+    if args.absent:
+        run_absent(index, notes, bench, cells, levels, parts, max_songs, args.seed, v_files,
+                   max_vienna=30 if args.quick else None)
+        return
     rec = Recorder()
     run_pop909(index, baseline, notes, bench, cells, levels, parts, max_songs, args.seed, rec)
     if v_files:

@@ -15,6 +15,15 @@ weighted L2-regularised logistic regression over all candidates at once instead
 (``query.cover_fusion.fit_logistic``; each query weighs the same, its right and wrong
 candidates half each). The file records the features, the coefficients and what they
 were fitted on. The held-out part (even-numbered songs) and vienna4x22 are never used here.
+
+Then the calibration of the reported score (``query.cover_fusion.fit_calibration``):
+the same queries again against the collection without the fit part's songs (so none
+of them has a version there) join the queries above, and a logistic regression on the
+best 10 candidates of each turns the fusion's logit into the probability that an answer
+is a version. ``--calibration-only`` keeps the file's fusion coefficients and refits the
+calibration alone (~5 min on 2 cores):
+
+    nice .venv/bin/python benchmarks/fit_cover_fusion.py --calibration-only
 """
 
 from __future__ import annotations
@@ -30,8 +39,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from covers_honest import CELLS, DATA, pop909_queries, setup  # noqa: E402
-from query.cover_fusion import FEATURES, FUSION_FILE, fit_logistic, fit_ranking  # noqa: E402
+from covers_honest import CELLS, DATA, pop909_queries, setup, without_part  # noqa: E402
+from query.cover_fusion import (CALIBRATION_FEATURES, FEATURES, FUSION_FILE, fit_calibration, fit_logistic,  # noqa: E402
+                                fit_ranking, fusion_logits)
 
 
 def collect(index, notes, bench, cells, levels, max_songs, seed):
@@ -67,40 +77,78 @@ def main(argv=None):
                     help="rank: each query's right candidates above its wrong ones (default); logistic: "
                          "every candidate's probability of being right, all queries at once")
     ap.add_argument("--out", default=str(FUSION_FILE))
+    ap.add_argument("--calibration-only", action="store_true",
+                    help="keep the fusion coefficients of --out (default: the shipped file) and refit only the "
+                         "calibration of the reported score")
     args = ap.parse_args(argv)
     cells, levels = args.cells.split(","), [int(x) for x in args.levels.split(",")]
+    command = "benchmarks/fit_cover_fusion.py " + " ".join(argv if argv is not None else sys.argv[1:])
     t0 = time.perf_counter()
     notes, bench, index, _baseline, _v = setup(Path(args.data), None)
     seeds = [int(s) for s in str(args.seed).split(",")]
-    x, y, w, query, n_queries = [], [], [], [], 0
-    for seed in seeds:
-        xs, ys, ws, qs, nq = collect(index, notes, bench, cells, levels, args.songs, seed)
-        x.append(xs)
-        y.append(ys)
-        w.append(ws)
-        query.append(qs + n_queries)
-        n_queries += nq
-    x, y, w, query = (np.concatenate(a) for a in (x, y, w, query))
-    if args.method == "rank":
-        coef, intercept = fit_ranking(x, y, query, l2=args.l2)
+
+    def examples(ix):
+        x, y, w, query, n_queries = [], [], [], [], 0
+        for seed in seeds:
+            xs, ys, ws, qs, nq = collect(ix, notes, bench, cells, levels, args.songs, seed)
+            x.append(xs)
+            y.append(ys)
+            w.append(ws)
+            query.append(qs + n_queries)
+            n_queries += nq
+        return *(np.concatenate(a) for a in (x, y, w, query)), n_queries
+
+    x, y, w, query, n_queries = examples(index)
+    if args.calibration_only:
+        out = json.loads(Path(args.out).read_text())
+        if out["features"] != list(FEATURES):
+            sys.exit(f"{args.out}: fitted on features {out['features']}, the code has {list(FEATURES)}: refit the "
+                     "fusion (without --calibration-only)")
     else:
-        coef, intercept = fit_logistic(x, y, w, l2=args.l2)
-    out = {
-        "features": list(FEATURES),
+        if args.method == "rank":
+            coef, intercept = fit_ranking(x, y, query, l2=args.l2)
+        else:
+            coef, intercept = fit_logistic(x, y, w, l2=args.l2)
+        out = {
+            "features": list(FEATURES),
+            "coef": [round(float(c), 6) for c in coef],
+            "intercept": round(intercept, 6),
+            "fitted_on": {
+                "what": "benchmarks/covers_honest.py fit part: odd-numbered POP909-dev songs, queries from NNN.mid "
+                        "held out of the collection",
+                "cells": cells, "levels": levels, "seed": seeds[0] if len(seeds) == 1 else seeds, "songs": args.songs,
+                "queries": n_queries, "examples": int(y.size), "positives": int(y.sum()), "l2": args.l2,
+                "method": args.method, "command": command,
+            },
+        }
+        print(f"fusion fitted on {n_queries} queries, {y.size} candidates ({int(y.sum())} right) in "
+              f"{time.perf_counter() - t0:.0f} s")
+        for name, c in zip(FEATURES, coef):
+            print(f"  {name:12s} {c:+.3f}")
+        print(f"  {'intercept':12s} {intercept:+.3f}")
+    # the calibration: the same queries with their versions, then without (the fit
+    # part's songs left out of the collection), each query's fusion logits
+    ax, ay, _aw, aquery, _n = examples(without_part(index, notes, bench, "fit"))
+    logits, labels = [], []
+    for xs, ys, qs in ((x, y, query), (ax, ay, aquery)):
+        z = fusion_logits(xs, out)
+        cut = np.flatnonzero(np.diff(qs)) + 1
+        logits += np.split(z, cut)
+        labels += np.split(ys, cut)
+    coef, intercept = fit_calibration(logits, labels)
+    out["calibration"] = {
+        "features": list(CALIBRATION_FEATURES),
         "coef": [round(float(c), 6) for c in coef],
         "intercept": round(intercept, 6),
         "fitted_on": {
-            "what": "benchmarks/covers_honest.py fit part: odd-numbered POP909-dev songs, queries from NNN.mid "
-                    "held out of the collection",
-            "cells": cells, "levels": levels, "seed": seeds[0] if len(seeds) == 1 else seeds, "songs": args.songs, "queries": n_queries,
-            "examples": int(y.size), "positives": int(y.sum()), "l2": args.l2, "method": args.method,
-            "command": "benchmarks/fit_cover_fusion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "what": "the fusion's queries against the collection with their songs (right answers) and without "
+                    "(the fit part's songs left out: every answer wrong); the best 10 candidates of each",
+            "queries": len(logits), "command": command,
         },
     }
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"fitted on {n_queries} queries, {y.size} candidates ({int(y.sum())} right) in "
-          f"{time.perf_counter() - t0:.0f} s -> {args.out}")
-    for name, c in zip(FEATURES, coef):
+    print(f"calibration fitted on {len(logits)} queries in {time.perf_counter() - t0:.0f} s -> {args.out}")
+    for name, c in zip(CALIBRATION_FEATURES, coef):
         print(f"  {name:12s} {c:+.3f}")
     print(f"  {'intercept':12s} {intercept:+.3f}")
 

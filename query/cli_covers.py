@@ -53,8 +53,10 @@ def register(cli):
         `melody_score` and `harmony_score` are the two alignments' own scores, and
         `audio_bonus` what the audio comparison (chroma over time) changed the score by
         (0 unless the query or the answer is a recording; negative where it lowered it).
-        A score near 1 is a version, near 0 an unrelated piece: the list is the TOP
-        closest pieces, versions or not.
+        The score is the probability that the answer is a version (calibrated on
+        queries with and without a version in the collection): below 0.5 it is more
+        likely not one. The list is the TOP closest pieces, versions or not; a query
+        whose song is not in the collection gets low scores only.
 
         \b
         Example:

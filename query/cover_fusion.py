@@ -5,11 +5,13 @@ Each aligned candidate of a query gets the features in ``FEATURES`` (the melody 
 harmony alignment scores, the combined alignment score, the cosine of an exact-interval
 3-gram TF-IDF of the melodies -- the classic baseline, fused in as a feature and as a
 candidate list -- and the vector cosine, some of them relative to the query's best
-candidate), and its score is ``sigmoid(features @ coef + intercept)``. The coefficients
-are in ``cover_fusion.json`` beside this module, written by
-``benchmarks/fit_cover_fusion.py`` from the *fit* part of the honest benchmark
-(``benchmarks/covers_honest.py``: odd-numbered POP909-dev songs only); the file records
-what it was fitted on.
+candidate), and its logit is ``features @ coef + intercept``, fitted to rank each query's
+versions above its other candidates. The reported score is that logit calibrated
+(:func:`calibrate`) into the probability that the candidate is a version, fitted on
+queries with and without versions in the collection. The coefficients of both are in
+``cover_fusion.json`` beside this module, written by ``benchmarks/fit_cover_fusion.py``
+from the *fit* part of the honest benchmark (``benchmarks/covers_honest.py``:
+odd-numbered POP909-dev songs only); the file records what they were fitted on.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["FEATURES", "FUSION_FILE", "RECORDING_FEATURES", "RECORDING_FUSION_FILE", "IntervalTfidf",
-           "fusion_features", "css_columns", "recording_features", "fuse", "fit_logistic", "fit_ranking",
-           "load_fusion"]
+           "fusion_features", "css_columns", "recording_features", "fuse", "fusion_logits", "fit_logistic",
+           "fit_ranking", "load_fusion", "CALIBRATION_FEATURES", "calibration_columns", "calibrate", "fit_calibration"]
 
 FUSION_FILE = Path(__file__).with_name("cover_fusion.json")
 # Pairs with a recording on at least one side have a fusion of their own, fitted on
@@ -35,6 +37,11 @@ FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf",
             "support", "support_rel", "stretch")
 RECORDING_FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf", "vec", "stretch",
                       "css", "css_rel", "both_recordings", "short", "align_short", "spread", "harm_spread")
+# The reported score (:func:`calibrate`): a candidate's fusion logit, the query's best,
+# and how far the best stands above the median of the query's aligned candidates,
+# fitted on the best ``CALIBRATION_TOP`` candidates of each query.
+CALIBRATION_FEATURES = ("logit", "best_logit", "best_above_median")
+CALIBRATION_TOP = 10
 # exact pitch intervals are clipped to this many semitones either way (as in the baseline)
 _CLIP = 24
 _ALPHA = 2 * _CLIP + 1
@@ -209,14 +216,76 @@ def load_fusion(path: str | None = None, features: tuple = FEATURES) -> dict:
         script = "fit_cover_fusion.py" if features == FEATURES else "fit_recording_fusion.py"
         raise ValueError(f"{path or FUSION_FILE}: fitted on features {d['features']}, the code has {features}; "
                          f"refit with benchmarks/{script}")
+    if features == FEATURES and tuple(d.get("calibration", {}).get("features", ())) != CALIBRATION_FEATURES:
+        raise ValueError(f"{path or FUSION_FILE}: no calibration on features {CALIBRATION_FEATURES}; fit it with "
+                         "benchmarks/fit_cover_fusion.py --calibration-only")
     return d
+
+
+def fusion_logits(x: np.ndarray, params: dict | None = None) -> np.ndarray:
+    """The fusion's logits (float64, not saturated) of a feature matrix from
+    :func:`fusion_features`."""
+    p = params or load_fusion()
+    return np.asarray(x, np.float64) @ np.asarray(p["coef"], np.float64) + float(p["intercept"])
 
 
 def fuse(x: np.ndarray, params: dict | None = None) -> np.ndarray:
     """Fused scores (0..1) of a feature matrix from :func:`fusion_features`."""
-    p = params or load_fusion()
-    z = x @ np.asarray(p["coef"], np.float64) + float(p["intercept"])
+    return (1.0 / (1.0 + np.exp(-fusion_logits(x, params)))).astype(np.float32)
+
+
+def calibration_columns(query_logits: np.ndarray, logits: np.ndarray | None = None) -> np.ndarray:
+    """The ``CALIBRATION_FEATURES`` of candidates: each one's own fusion logit
+    (``logits``, by default ``query_logits``), and two numbers of the whole query, from
+    the logits of all its aligned candidates (``query_logits``): the best one, and how
+    far it stands above their median. Where many candidates align about as well as the
+    best (a progression half the collection shares), the best is less likely a version.
+    The median, not a fixed rank: the versions of a piece with many (22 performances in
+    vienna4x22) fill any of the first ranks, but not half of the 60 or more candidates
+    the search aligns. float64 [shape=(k, 3)]."""
+    z = np.asarray(query_logits if logits is None else logits, np.float64)
+    q = np.asarray(query_logits, np.float64)
+    if q.size == 0:
+        return np.zeros((z.size, len(CALIBRATION_FEATURES)))
+    best = float(q.max())
+    return np.stack([z, np.full(z.size, best), np.full(z.size, best - float(np.median(q)))], axis=1)
+
+
+def calibrate(query_logits: np.ndarray, logits: np.ndarray | None = None, params: dict | None = None) -> np.ndarray:
+    """The probability that each candidate is a version of the query (float32), from the
+    fusion logits of the query's candidates (:func:`calibration_columns`). Every
+    candidate of one query gets the same offset, and the weight on its own logit is
+    positive, so the query's order is the fusion's."""
+    c = (params or load_fusion())["calibration"]
+    z = calibration_columns(query_logits, logits) @ np.asarray(c["coef"], np.float64) + float(c["intercept"])
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def fit_calibration(query_logits: list[np.ndarray], labels: list[np.ndarray], *, top: int = CALIBRATION_TOP,
+                    l2: float = 1e-4) -> tuple[np.ndarray, float]:
+    """Coefficients of :func:`calibrate` from queries' candidates (each query's fusion
+    logits and whether each candidate is a version of it): a logistic regression over
+    the ``top`` best candidates of every query, each query weighing the same. Fit it on
+    queries with versions in the collection *and* queries without (the same queries
+    against a collection from which their songs were removed): a fusion fitted to rank
+    answers gives the best wrong answer of a query without versions a score as high as a
+    right one (docs/covers.md, "What the score means")."""
+    xs, ys, ws = [], [], []
+    for z, y in zip(query_logits, labels):
+        z, y = np.asarray(z, np.float64), np.asarray(y, bool)
+        if z.size == 0:
+            continue
+        best = np.argsort(-z, kind="stable")[:top]
+        xs.append(calibration_columns(z, z[best]))
+        ys.append(y[best])
+        ws.append(np.full(best.size, 1.0 / best.size))
+    if not xs:
+        raise ValueError("fit_calibration needs queries with candidates")
+    coef, intercept = fit_logistic(np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), l2=l2)
+    if coef[0] <= 0:
+        raise ValueError(f"fit_calibration: the weight on a candidate's own logit came out {coef[0]:.3f}; it must "
+                         "be positive, or the calibration would reverse each query's order")
+    return coef, intercept
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, *, l2: float = 1e-3,

@@ -62,7 +62,7 @@ from indexers.tempo import relative_tempo
 from indexers.blas_threads import one_blas_thread
 from indexers.align import (in_background, sw_chroma, sw_chroma_score, sw_pitch_classes_rhythm_score,
                             sw_pitch_classes_score, sw_symbols, sw_symbols_score, two_at_once)
-from query.cover_fusion import IntervalTfidf, fuse, fusion_features
+from query.cover_fusion import IntervalTfidf, calibrate, fuse, fusion_features, fusion_logits
 from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma, embedding, note_parts,
                                features_from_notes, melody_intervals, skyline)
 
@@ -1245,13 +1245,15 @@ class CoverIndex:
 
     def _fuse(self, q: QueryFeatures, r):
         """The final score: the logistic fusion (``query.cover_fusion``) of the
-        alignment scores, the n-gram TF-IDF cosine and the vector cosine."""
+        alignment scores, the n-gram TF-IDF cosine and the vector cosine, calibrated
+        into the probability that the answer is a version (``cover_fusion.calibrate``:
+        the same offset for every answer of the query, so the fusion's order)."""
         r = dict(r)
         r["bonus"] = np.zeros(r["rows"].size, np.float32)
         if r["rows"].size == 0 or not ALIGN["fusion"]:
             return r
         r["align"] = r["score"]
-        r["score"] = fuse(self._features(q, r))
+        r["score"] = calibrate(fusion_logits(self._features(q, r)))
         return r
 
     def _aligned(self, q: QueryFeatures):
@@ -1343,7 +1345,10 @@ class CoverIndex:
         least one side get the recording fusion (``query.cover_fusion.recording_features``:
         alignment scores and the chroma cover-song distance for the
         ``audio_bonus_candidates`` best pairs with a recording by alignment score, unless
-        ``audio_bonus`` is off), the other pairs the MIDI fusion. ``bonus``: what the chroma distance changed
+        ``audio_bonus`` is off), the other pairs the MIDI fusion, neither calibrated as
+        :meth:`_fuse` calibrates a search without recordings (fitted on MIDI only, that
+        lowered the right answers of recordings: docs/covers.md, step 6; the recording
+        fusion was fitted with queries whose song is absent). ``bonus``: what the chroma distance changed
         the score by (against the same pair at its kind's median distance in this query:
         0 for a pair not measured; negative where it lowered the score)."""
         from query.cover_fusion import RECORDING_FEATURES, RECORDING_FUSION_FILE, load_fusion
