@@ -251,13 +251,13 @@ def calibration_columns(query_logits: np.ndarray, logits: np.ndarray | None = No
     return np.stack([z, np.full(z.size, best), np.full(z.size, best - float(np.median(q)))], axis=1)
 
 
-def calibrate(query_logits: np.ndarray, logits: np.ndarray | None = None, params: dict | None = None) -> np.ndarray:
-    """The probability that each candidate is a version of the query (float32), from the
-    fusion logits of the query's candidates (:func:`calibration_columns`). Every
-    candidate of one query gets the same offset, and the weight on its own logit is
-    positive, so the query's order is the fusion's."""
+def calibrate(query_logits: np.ndarray, params: dict | None = None) -> np.ndarray:
+    """The probability that each of a query's aligned candidates is a version of it
+    (float32), from their fusion logits (:func:`calibration_columns`). Every candidate
+    of one query gets the same offset, and the weight on its own logit is positive, so
+    the query's order is the fusion's."""
     c = (params or load_fusion())["calibration"]
-    z = calibration_columns(query_logits, logits) @ np.asarray(c["coef"], np.float64) + float(c["intercept"])
+    z = calibration_columns(query_logits) @ np.asarray(c["coef"], np.float64) + float(c["intercept"])
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
