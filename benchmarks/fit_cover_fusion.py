@@ -1,7 +1,7 @@
 """Fit the cover search's score fusion (``query/cover_fusion.json``) on the *fit* part of
 the honest benchmark only (odd-numbered POP909-dev songs; ``benchmarks/covers_honest.py``).
 
-    nice .venv/bin/python benchmarks/fit_cover_fusion.py            # every cell, both levels (~2.5 min)
+    nice .venv/bin/python benchmarks/fit_cover_fusion.py            # every cell, both levels (~2.5 min, then ~5 min for the calibration)
     nice .venv/bin/python benchmarks/fit_cover_fusion.py --songs 20 --out /tmp/fusion.json
 
 For every query of the fit part (queries drawn with ``--seed``, 1 by default, so they
@@ -135,11 +135,12 @@ def main(argv=None):
         cut = np.flatnonzero(np.diff(qs)) + 1
         logits += np.split(z, cut)
         labels += np.split(ys, cut)
-    coef, intercept = fit_calibration(logits, labels)
+    coef, intercept, crowd = fit_calibration(logits, labels)
     out["calibration"] = {
         "features": list(CALIBRATION_FEATURES),
         "coef": [round(float(c), 6) for c in coef],
         "intercept": round(intercept, 6),
+        "crowd_logit": round(crowd, 6),
         "fitted_on": {
             "what": "the fusion's queries against the collection with their songs (right answers) and without "
                     "(the fit part's songs left out: every answer wrong); the best 10 candidates of each",
@@ -151,6 +152,7 @@ def main(argv=None):
     for name, c in zip(CALIBRATION_FEATURES, coef):
         print(f"  {name:12s} {c:+.3f}")
     print(f"  {'intercept':12s} {intercept:+.3f}")
+    print(f"  {'crowd logit':12s} {crowd:+.3f}")
 
 
 if __name__ == "__main__":

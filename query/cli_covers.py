@@ -55,8 +55,9 @@ def register(cli):
         (0 unless the query or the answer is a recording; negative where it lowered it).
         The score is the probability that the answer is a version (calibrated on
         queries with and without a version in the collection): below 0.5 it is more
-        likely not one. The list is the TOP closest pieces, versions or not; a query
-        whose song is not in the collection gets low scores only.
+        likely not one, and a MIDI query whose song is not among MIDI files gets low
+        scores. The list is the TOP closest pieces, versions or not. Where a recording
+        is among the candidates, the scores are the recording and MIDI fusions' own.
 
         \b
         Example:

@@ -42,6 +42,9 @@ RECORDING_FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel"
 # fitted on the best ``CALIBRATION_TOP`` candidates of each query.
 CALIBRATION_FEATURES = ("logit", "best_logit", "best_above_median")
 CALIBRATION_TOP = 10
+# the median is over at least this many logits: a query with fewer aligned candidates
+# (a collection of a few pieces) counts the others at the fit's median wrong candidate
+CALIBRATION_MIN_CROWD = 10
 # exact pitch intervals are clipped to this many semitones either way (as in the baseline)
 _CLIP = 24
 _ALPHA = 2 * _CLIP + 1
@@ -216,7 +219,8 @@ def load_fusion(path: str | None = None, features: tuple = FEATURES) -> dict:
         script = "fit_cover_fusion.py" if features == FEATURES else "fit_recording_fusion.py"
         raise ValueError(f"{path or FUSION_FILE}: fitted on features {d['features']}, the code has {features}; "
                          f"refit with benchmarks/{script}")
-    if features == FEATURES and tuple(d.get("calibration", {}).get("features", ())) != CALIBRATION_FEATURES:
+    c = d.get("calibration", {})
+    if features == FEATURES and (tuple(c.get("features", ())) != CALIBRATION_FEATURES or "crowd_logit" not in c):
         raise ValueError(f"{path or FUSION_FILE}: no calibration on features {CALIBRATION_FEATURES}; fit it with "
                          "benchmarks/fit_cover_fusion.py --calibration-only")
     return d
@@ -234,7 +238,8 @@ def fuse(x: np.ndarray, params: dict | None = None) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-fusion_logits(x, params)))).astype(np.float32)
 
 
-def calibration_columns(query_logits: np.ndarray, logits: np.ndarray | None = None) -> np.ndarray:
+def calibration_columns(query_logits: np.ndarray, logits: np.ndarray | None = None,
+                        crowd_logit: float | None = None) -> np.ndarray:
     """The ``CALIBRATION_FEATURES`` of candidates: each one's own fusion logit
     (``logits``, by default ``query_logits``), and two numbers of the whole query, from
     the logits of all its aligned candidates (``query_logits``): the best one, and how
@@ -242,12 +247,17 @@ def calibration_columns(query_logits: np.ndarray, logits: np.ndarray | None = No
     best (a progression half the collection shares), the best is less likely a version.
     The median, not a fixed rank: the versions of a piece with many (22 performances in
     vienna4x22) fill any of the first ranks, but not half of the 60 or more candidates
-    the search aligns. float64 [shape=(k, 3)]."""
+    the search aligns in a larger collection. With fewer than ``CALIBRATION_MIN_CROWD``
+    candidates the rest count at ``crowd_logit`` (the fit's median wrong candidate): in
+    a collection of two pieces the median would be the version itself.
+    float64 [shape=(k, 3)]."""
     z = np.asarray(query_logits if logits is None else logits, np.float64)
     q = np.asarray(query_logits, np.float64)
     if q.size == 0:
         return np.zeros((z.size, len(CALIBRATION_FEATURES)))
     best = float(q.max())
+    if crowd_logit is not None and q.size < CALIBRATION_MIN_CROWD:
+        q = np.concatenate([q, np.full(CALIBRATION_MIN_CROWD - q.size, float(crowd_logit))])
     return np.stack([z, np.full(z.size, best), np.full(z.size, best - float(np.median(q)))], axis=1)
 
 
@@ -257,26 +267,30 @@ def calibrate(query_logits: np.ndarray, params: dict | None = None) -> np.ndarra
     of one query gets the same offset, and the weight on its own logit is positive, so
     the query's order is the fusion's."""
     c = (params or load_fusion())["calibration"]
-    z = calibration_columns(query_logits) @ np.asarray(c["coef"], np.float64) + float(c["intercept"])
+    x = calibration_columns(query_logits, crowd_logit=c["crowd_logit"])
+    z = x @ np.asarray(c["coef"], np.float64) + float(c["intercept"])
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
 def fit_calibration(query_logits: list[np.ndarray], labels: list[np.ndarray], *, top: int = CALIBRATION_TOP,
-                    l2: float = 1e-4) -> tuple[np.ndarray, float]:
+                    l2: float = 1e-4) -> tuple[np.ndarray, float, float]:
     """Coefficients of :func:`calibrate` from queries' candidates (each query's fusion
     logits and whether each candidate is a version of it): a logistic regression over
     the ``top`` best candidates of every query, each query weighing the same. Fit it on
     queries with versions in the collection *and* queries without (the same queries
     against a collection from which their songs were removed): a fusion fitted to rank
     answers gives the best wrong answer of a query without versions a score as high as a
-    right one (docs/covers.md, "What the score means")."""
+    right one (docs/covers.md, "What the score means"). Returns the coefficients, the
+    intercept and ``crowd_logit``: the median logit of all wrong candidates."""
+    wrong = [np.asarray(z, np.float64)[~np.asarray(y, bool)] for z, y in zip(query_logits, labels)]
+    crowd = float(np.median(np.concatenate(wrong))) if wrong else 0.0
     xs, ys, ws = [], [], []
     for z, y in zip(query_logits, labels):
         z, y = np.asarray(z, np.float64), np.asarray(y, bool)
         if z.size == 0:
             continue
         best = np.argsort(-z, kind="stable")[:top]
-        xs.append(calibration_columns(z, z[best]))
+        xs.append(calibration_columns(z, z[best], crowd))
         ys.append(y[best])
         ws.append(np.full(best.size, 1.0 / best.size))
     if not xs:
@@ -285,7 +299,7 @@ def fit_calibration(query_logits: list[np.ndarray], labels: list[np.ndarray], *,
     if coef[0] <= 0:
         raise ValueError(f"fit_calibration: the weight on a candidate's own logit came out {coef[0]:.3f}; it must "
                          "be positive, or the calibration would reverse each query's order")
-    return coef, intercept
+    return coef, intercept, crowd
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, *, l2: float = 1e-3,

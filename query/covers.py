@@ -32,8 +32,12 @@ Two stages:
    the vector cosine and, for a one-part query, how much of each candidate's tune is
    found among its notes in its rhythm, fitted from data to rank each query's versions first
    (``query.cover_fusion``; coefficients in ``query/cover_fusion.json``, written by
-   ``benchmarks/fit_cover_fusion.py``). Where a recording is involved, 5 scores the
-   pairs with a recording instead.
+   ``benchmarks/fit_cover_fusion.py``). Its logit is then calibrated per query into the
+   probability that the answer is a version (``cover_fusion.calibrate``: the answer's
+   logit, the query's best and how far that stands above the median candidate; the
+   order is kept), so a query whose song is not in the collection gets low scores.
+   Where a recording is involved, 5 scores the pairs with a recording instead, and
+   nothing is calibrated.
 5. **Recordings**: where the query or one of the best answers is a recording, the pairs
    with a recording on at least one side get a fusion of their own (fitted on renders,
    ``query/cover_fusion_recordings.json``), which adds the chroma cover-song distance

@@ -186,7 +186,8 @@ def test_reported_score_is_low_when_no_version_is_there_and_keeps_the_order():
     collection without it its best (wrong) answer scores low: the harmony matches
     everywhere, nothing stands out (before the calibration the fusion gave it 0.98, as
     high as a version's). In both, the answers come in the fusion's order. A piece
-    with many versions keeps a high score for each."""
+    with many versions keeps a high score for each, and so does a version in a
+    collection of one or two pieces."""
     from query.cover_fusion import calibrate, fusion_logits
     from query.covers import query_from_notes
 
@@ -208,6 +209,13 @@ def test_reported_score_is_low_when_no_version_is_there_and_keeps_the_order():
                 assert res.column("piece_id")[0].as_py() == "s30" and got[0] > 0.9, (bars, got)
             else:
                 assert got[0] < 0.1, (bars, got)
+    # a collection of one or two pieces, the version among them: the crowd is made up
+    # to CALIBRATION_MIN_CROWD at the fit's typical wrong answer, so it still scores high
+    # (without that, 0.000 and 0.015: the median was the version itself)
+    for n in (0, 1):
+        tiny = _index_of(songs[:n] + [(on, dur, p + 3, trk)])
+        res = tiny.search(query_from_notes("q", on, dur, p, trk), top=3, explain_top=0)
+        assert res.column("piece_id")[0].as_py() == f"s{n}" and res.column("score")[0].as_py() > 0.9
     # a piece with many versions (its tune in 12 keys): they fill the first ranks, and
     # still every one of them scores high (the query's crowd is the median candidate)
     many = _index_of(songs + [(on, dur, p + k, trk) for k in range(-5, 7) if k != 0] + [(on, dur, p, trk)])
@@ -232,8 +240,9 @@ def test_calibration_fit_recovers_the_rule_and_refuses_a_reversed_order():
             y[0] = True
         logits.append(z)
         labels.append(y)
-    coef, intercept = fit_calibration(logits, labels)
-    params = {"calibration": {"coef": coef.tolist(), "intercept": intercept}}
+    coef, intercept, crowd = fit_calibration(logits, labels)
+    assert crowd == pytest.approx(0.0, abs=0.1)  # the wrong candidates' median logit
+    params = {"calibration": {"coef": coef.tolist(), "intercept": intercept, "crowd_logit": crowd}}
     clear = np.r_[7.0, rng.normal(0.0, 1.0, 39)]
     crowd = rng.normal(0.0, 1.0, 40)
     assert calibrate(clear, params=params)[0] > 0.9 and calibrate(crowd, params=params).max() < 0.1
