@@ -348,11 +348,12 @@ def cell_factors(cell: str, level: int) -> set:
 
 
 # -- running --------------------------------------------------------------------------
-def without_part(index: CoverIndex, notes: dict, bench: dict, part: str) -> CoverIndex:
+def without_part(index: CoverIndex, notes: dict, bench: dict, part: str, second_line: bool = True,
+                 third_line: bool = True) -> CoverIndex:
     """The collection without the stored versions of ``part``'s songs: that part's
     queries have no version in it (what the calibrated score is measured and fitted on)."""
     drop = {f for s, (_src, stored) in bench.items() if part_of(s) == part for f in stored}
-    return build_index([str(p) for p in index.ids if str(p) not in drop], notes)
+    return build_index([str(p) for p in index.ids if str(p) not in drop], notes, second_line, third_line)
 
 
 def build_index(paths: list[str], notes: dict, second_line: bool = True, third_line: bool = True) -> CoverIndex:
@@ -494,13 +495,15 @@ def _scored(index, q, rel, exclude=None):
     return float(score[0]), bool(right[0]), float(np.mean((score - right) ** 2))
 
 
-def run_absent(index, notes, bench, cells, levels, parts, max_songs, seed, vienna_files, max_vienna=None):
+def run_absent(index, notes, bench, cells, levels, parts, max_songs, seed, vienna_files, max_vienna=None,
+               lines=(True, True)):
     """What the reported score says: each query against the collection, and again
     against the collection without its song (its part's songs left out; for
     vienna4x22, its piece's 23 files), so that it has no version there. A score of 0.5
     or more should mean a version: the share of queries with versions whose best answer
     is right and scores that much, and the share of queries without whose best answer
-    scores that much (wrongly), with the Brier score of the best 10 answers of both."""
+    scores that much (wrongly), with the Brier score of the best 10 answers of both.
+    ``lines``: whether the collections hold the pieces' second and third lines."""
     rows = defaultdict(lambda: defaultdict(list))
 
     def add(key, present, absent):
@@ -511,14 +514,14 @@ def run_absent(index, notes, bench, cells, levels, parts, max_songs, seed, vienn
         r["brier"] += [present[2], absent[2]]
 
     for part in parts:
-        absent = without_part(index, notes, bench, part)
+        absent = without_part(index, notes, bench, part, *lines)
         for key, _s, q, arrays, rel in pop909_queries(notes, bench, cells, levels, [part], max_songs, seed):
             add(key, _scored(index, q, rel), _scored(absent, query_from_notes("absent", *arrays), rel))
     piece = {f: Path(f).stem.rsplit("_p", 1)[0] if "/performances/" in f else Path(f).stem for f in vienna_files}
     rng = np.random.default_rng([seed, 99])
+    perfs = [f for f in vienna_files if "/performances/" in f][:max_vienna]
     for name in sorted(set(piece.values())):
-        absent = build_index([str(p) for p in index.ids if piece.get(str(p)) != name], notes)
-        perfs = [f for f in vienna_files if "/performances/" in f][:max_vienna]
+        absent = build_index([str(p) for p in index.ids if piece.get(str(p)) != name], notes, *lines)
         for f in (f for f in perfs if piece[f] == name):
             rel = {g for g in vienna_files if piece[g] == name and g != f}
             n = notes[f]
@@ -611,7 +614,7 @@ def main(argv=None):
     index.search(index.query_for_piece(index.ids[0]), top=5)  # compile the kernels before timing
     if args.absent:
         run_absent(index, notes, bench, cells, levels, parts, max_songs, args.seed, v_files,
-                   max_vienna=30 if args.quick else None)
+                   max_vienna=30 if args.quick else None, lines=(not args.no_second_line, not args.no_third_line))
         return
     rec = Recorder()
     run_pop909(index, baseline, notes, bench, cells, levels, parts, max_songs, args.seed, rec)

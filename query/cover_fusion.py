@@ -233,15 +233,18 @@ def fusion_logits(x: np.ndarray, params: dict | None = None) -> np.ndarray:
     return np.asarray(x, np.float64) @ np.asarray(p["coef"], np.float64) + float(p["intercept"])
 
 
+def _sigmoid32(z: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
 def fuse(x: np.ndarray, params: dict | None = None) -> np.ndarray:
     """Fused scores (0..1) of a feature matrix from :func:`fusion_features`."""
-    return (1.0 / (1.0 + np.exp(-fusion_logits(x, params)))).astype(np.float32)
+    return _sigmoid32(fusion_logits(x, params))
 
 
-def calibration_columns(query_logits: np.ndarray, logits: np.ndarray | None = None,
-                        crowd_logit: float | None = None) -> np.ndarray:
+def calibration_columns(query_logits: np.ndarray, logits: np.ndarray | None, crowd_logit: float) -> np.ndarray:
     """The ``CALIBRATION_FEATURES`` of candidates: each one's own fusion logit
-    (``logits``, by default ``query_logits``), and two numbers of the whole query, from
+    (``logits``; None: ``query_logits``), and two numbers of the whole query, from
     the logits of all its aligned candidates (``query_logits``): the best one, and how
     far it stands above their median. Where many candidates align about as well as the
     best (a progression half the collection shares), the best is less likely a version.
@@ -256,7 +259,7 @@ def calibration_columns(query_logits: np.ndarray, logits: np.ndarray | None = No
     if q.size == 0:
         return np.zeros((z.size, len(CALIBRATION_FEATURES)))
     best = float(q.max())
-    if crowd_logit is not None and q.size < CALIBRATION_MIN_CROWD:
+    if q.size < CALIBRATION_MIN_CROWD:
         q = np.concatenate([q, np.full(CALIBRATION_MIN_CROWD - q.size, float(crowd_logit))])
     return np.stack([z, np.full(z.size, best), np.full(z.size, best - float(np.median(q)))], axis=1)
 
@@ -267,9 +270,8 @@ def calibrate(query_logits: np.ndarray, params: dict | None = None) -> np.ndarra
     of one query gets the same offset, and the weight on its own logit is positive, so
     the query's order is the fusion's."""
     c = (params or load_fusion())["calibration"]
-    x = calibration_columns(query_logits, crowd_logit=c["crowd_logit"])
-    z = x @ np.asarray(c["coef"], np.float64) + float(c["intercept"])
-    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    x = calibration_columns(query_logits, None, c["crowd_logit"])
+    return _sigmoid32(x @ np.asarray(c["coef"], np.float64) + float(c["intercept"]))
 
 
 def fit_calibration(query_logits: list[np.ndarray], labels: list[np.ndarray], *, top: int = CALIBRATION_TOP,

@@ -244,8 +244,8 @@ def test_calibration_fit_recovers_the_rule_and_refuses_a_reversed_order():
     assert crowd == pytest.approx(0.0, abs=0.1)  # the wrong candidates' median logit
     params = {"calibration": {"coef": coef.tolist(), "intercept": intercept, "crowd_logit": crowd}}
     clear = np.r_[7.0, rng.normal(0.0, 1.0, 39)]
-    crowd = rng.normal(0.0, 1.0, 40)
-    assert calibrate(clear, params=params)[0] > 0.9 and calibrate(crowd, params=params).max() < 0.1
+    among_equals = rng.normal(0.0, 1.0, 40)
+    assert calibrate(clear, params=params)[0] > 0.9 and calibrate(among_equals, params=params).max() < 0.1
     with pytest.raises(ValueError, match="must be positive"):
         fit_calibration(logits, [np.argsort(np.argsort(-z)) == 9 for z in logits])  # the 10th best right
 
