@@ -355,9 +355,10 @@ class QueryFeatures:
     # when the query is a stored piece, or no bonus
     time_chroma: tuple | None = None
     is_recording: bool = False
-    # cosine of the melody's exact-interval 3-gram TF-IDF with every stored piece
-    # (computed once per query by CoverIndex._tfidf_scores)
-    tfidf_scores: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # (the collection's IntervalTfidf, the cosine of the melody's exact-interval 3-gram
+    # TF-IDF with each of its pieces): computed once per query and collection by
+    # CoverIndex._tfidf_scores (a query searched in another collection gets its own)
+    tfidf_scores: tuple | None = field(default=None, repr=False, compare=False)
     # the query's beat relative to a power-of-two multiple of the notated beat, read from
     # its onsets (indexers.tempo); None: not known (a stored piece: on its own grid)
     tempo_scale: float | None = None
@@ -757,9 +758,9 @@ class CoverIndex:
         return rows[: budget or self._budget(q)].astype(np.int64)
 
     def _tfidf_scores(self, q: QueryFeatures) -> np.ndarray:
-        if q.tfidf_scores is None:
-            q.tfidf_scores = self.tfidf.scores(q.melody_pitch)
-        return q.tfidf_scores
+        if q.tfidf_scores is None or q.tfidf_scores[0] is not self.tfidf:
+            q.tfidf_scores = (self.tfidf, self.tfidf.scores(q.melody_pitch))
+        return q.tfidf_scores[1]
 
     @staticmethod
     def _budget(q: QueryFeatures) -> int:

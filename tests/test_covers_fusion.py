@@ -224,6 +224,28 @@ def test_reported_score_is_low_when_no_version_is_there_and_keeps_the_order():
     assert min(res.column("score").to_pylist()) > 0.9, res.column("score").to_pylist()
 
 
+def test_one_query_searched_in_two_collections_gets_each_collections_answers():
+    """A query object searched in one collection and then in another (a smaller one,
+    then a larger one) answers as a fresh query does in each: its TF-IDF cosines are
+    the collection's own (they were cached on the query for the first collection: the
+    smaller one then failed with a numpy error, the larger one got rows of the first)."""
+    from query.covers import query_from_notes
+
+    songs = [_pop_song(s, key=5 * s % 12) for s in range(30)]
+    on, dur, p, trk = _pop_song(99, key=2)
+    big = _index_of(songs + [(on, dur, p + 3, trk)])
+    small = _index_of(songs[:20] + [(on, dur, p + 3, trk)])
+    fresh = {}
+    for name, index in (("big", big), ("small", small)):
+        res = index.search(query_from_notes("q", on, dur, p, trk), top=10, explain_top=0)
+        fresh[name] = (res.column("piece_id").to_pylist(), res.column("score").to_pylist())
+    q = query_from_notes("q", on, dur, p, trk)
+    for name, index in (("big", big), ("small", small), ("big", big)):
+        res = index.search(q, top=10, explain_top=0)
+        assert res.column("piece_id").to_pylist() == fresh[name][0], name
+        np.testing.assert_allclose(res.column("score").to_pylist(), fresh[name][1], atol=1e-6)
+
+
 def test_calibration_fit_recovers_the_rule_and_refuses_a_reversed_order():
     """fit_calibration on queries whose right answer stands far above the rest (versions
     there) and queries whose best does not (none there): a clear best gets a high
