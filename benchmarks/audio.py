@@ -47,6 +47,11 @@ first time):
       programs: short -> audio, short -> MIDI, long -> audio, long -> MIDI;
   none = a recording of nothing stored (a sine tone, white noise or a random tune, 10-40 s;
       one per song): the best score it gets (low is right).
+  none MIDI = the NNN.mid of a POP909-dev song none of whose files is stored, outside the
+      three parts and even-numbered (one per song of the part, its own; none with
+      OTHER_WORK_DIRs, where every song is stored): the best score, and whether the best
+      answer is a recording.
+  MIDI->all: a stored NNN.mid's whole answer list, MIDI and recordings together.
 Baseline, same renders, same run: essentia ChromaCrossSimilarity (OTI, 9-frame stacks,
 binarize 0.095) + CoverSongSimilarity (serra09, asymmetric distance) on essentia HPCP
 (12 bins) averaged over 0.46 s blocks, for the queries with audio on both sides.
@@ -325,7 +330,41 @@ def _average_precision(ranked: list[str], relevant: set[str]) -> float:
     return total / len(relevant) if relevant else float("nan")
 
 
-CELLS = ("audio->audio", "audio->MIDI", "MIDI->audio", "short->audio", "short->MIDI", "long->audio", "long->MIDI")
+CELLS = ("audio->audio", "audio->MIDI", "MIDI->audio", "MIDI->all", "short->audio", "short->MIDI", "long->audio",
+         "long->MIDI")
+# "MIDI->all": a stored NNN.mid's whole answer list, MIDI and recordings together (the
+# other cells keep the other side's kind only), so the scores of its MIDI pairs (the MIDI
+# fusion) and of its recording pairs (the recording fusion) are compared with each other.
+
+
+PARTS_SONGS = 48  # parts A-C: the first 48 chosen songs (0-15, 16-31, 32-47)
+
+
+def chosen_songs(pop: Path, count: int) -> list[tuple[Path, Path, Path]]:
+    """(song folder, NNN.mid, its most different version) of the first ``count``
+    POP909-dev songs that have a version whose notes overlap NNN.mid's by < 90%."""
+    chosen = []
+    for song in sorted(p for p in pop.iterdir() if p.is_dir()):
+        main_mid = song / f"{song.name}.mid"
+        versions = sorted((song / "versions").glob("*.mid"))
+        scored = sorted((_overlap(main_mid, v), v) for v in versions)
+        if scored and scored[0][0] < 0.9:
+            chosen.append((song, main_mid, scored[0][1]))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def absent_midi(pop: Path, parts: list, stored_songs: set[str], n: int, first: int) -> list[Path]:
+    """NNN.mid of ``n`` POP909-dev songs for the "none MIDI" cell (a MIDI query with no
+    version in the collection: its best score should be low): none of whose files is
+    stored, in none of the three parts (``parts``: where the recording fusion was
+    fitted, or is reported), and even-numbered (the MIDI calibration's held-out part of
+    benchmarks/covers_honest.py); each part its own, from the ``first``-th such song."""
+    taken = {song.name for song, _, _ in parts} | set(stored_songs)
+    songs = [s for s in sorted(p for p in pop.iterdir() if p.is_dir())
+             if s.name not in taken and int(s.name) % 2 == 0]
+    return [s / f"{s.name}.mid" for s in songs[first:first + n]]
 
 
 def covers_benchmark(n_songs: int, work_dir: str | None = None, first: int = 0, others: list[str] = ()) -> None:
@@ -340,16 +379,8 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None, first: int = 0, 
     from query.covers import covers, load_index, query_from_file
 
     pop = ROOT.parent / "shared" / "data" / "pop909-dev"
-    chosen = []
-    for song in sorted(p for p in pop.iterdir() if p.is_dir()):
-        main_mid = song / f"{song.name}.mid"
-        versions = sorted((song / "versions").glob("*.mid"))
-        scored = sorted((_overlap(main_mid, v), v) for v in versions)
-        if scored and scored[0][0] < 0.9:
-            chosen.append((song, main_mid, scored[0][1]))
-        if len(chosen) == first + n_songs:
-            break
-    chosen = chosen[first:]
+    parts = chosen_songs(pop, max(first + n_songs, PARTS_SONGS))
+    chosen = parts[first:first + n_songs]
     print(f"\naudio covers: {len(chosen)} POP909 songs (2 renders of 60 s each + NNN.mid per song)")
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(work_dir) if work_dir else Path(scratch)
@@ -408,6 +439,8 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None, first: int = 0, 
         ex_features = [query_from_file(wav) for wav, _, _ in exq]
         t_parse = time.perf_counter() - t0
         none_features = [query_from_file(wav) for wav in none_queries(len(chosen), tmp, first)]
+        none_midi = absent_midi(pop, parts, set(song_of.values()), len(chosen), first)
+        none_midi_features = [query_from_file(p) for p in none_midi]
 
         # Ours: atlas covers, by piece id, and the excerpt recordings by file; the ranking is
         # filtered to the other side's kind. Three times: as shipped (pairs with a recording
@@ -422,8 +455,14 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None, first: int = 0, 
             res = covers(db, audio + midi, top=len(kind))
             took = time.perf_counter() - t0
             ranked: dict[str, list[str]] = {}
-            for q, p in zip(res.column("query").to_pylist(), res.column("piece_id").to_pylist()):
+            best_score: dict[str, float] = {}
+            for q, p, s in zip(res.column("query").to_pylist(), res.column("piece_id").to_pylist(),
+                               res.column("score").to_pylist()):
                 ranked.setdefault(q, []).append(p)
+                best_score.setdefault(q, s)
+            # the best answer right and scored 0.5 or more ("a version, here")
+            right_sure = {k: [bool(ranked.get(q)) and song_of[ranked[q][0]] == song_of[q]
+                              and best_score[q] >= 0.5 for q in qs] for k, qs in (("audio", audio), ("MIDI", midi))}
             aps = {name: [] for name in CELLS}
             for q in audio:
                 r = ranked.get(q, [])
@@ -436,6 +475,8 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None, first: int = 0, 
                 r = ranked.get(q, [])
                 aps["MIDI->audio"].append(_average_precision(
                     [p for p in r if kind[p] == "audio"], {p for p in audio if song_of[p] == song_of[q]}))
+                aps["MIDI->all"].append(_average_precision(
+                    [p for p in r if p != q], {p for p in kind if song_of[p] == song_of[q] and p != q}))
             t0 = time.perf_counter()
             for (_, song, tag), qf in zip(exq, ex_features):
                 r = index.search(qf, top=len(kind)).column("piece_id").to_pylist()
@@ -445,11 +486,16 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None, first: int = 0, 
             took_ex = time.perf_counter() - t0
             none_best = [max(index.search(qf, top=1).column("score").to_pylist(), default=0.0)
                          for qf in none_features]
-            return aps, took, took_ex, none_best
+            none_midi_best = []  # (best score, whether that answer is a recording)
+            for qf in none_midi_features:
+                res = index.search(qf, top=1)
+                none_midi_best.append((res.column("score")[0].as_py(), kind[res.column("piece_id")[0].as_py()] == "audio")
+                                      if res.num_rows else (0.0, False))
+            return aps, took, took_ex, none_best, none_midi_best, right_sure
 
-        symbolic, t_symbolic, _, none_symbolic = run_covers(False, False)
-        before, _, _, none_before = run_covers(True, False)
-        aps, t_ours, t_ex, none_ours = run_covers(True, True)
+        symbolic, t_symbolic, _, none_symbolic, none_midi_symbolic, sure_symbolic = run_covers(False, False)
+        before, _, _, none_before, none_midi_before, sure_before = run_covers(True, False)
+        aps, t_ours, t_ex, none_ours, none_midi_ours, sure_ours = run_covers(True, True)
 
         # Baseline: essentia ChromaCrossSimilarity + CoverSongSimilarity on the same renders.
         es = _essentia()
@@ -494,6 +540,20 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None, first: int = 0, 
         print(f"  none (recordings of nothing stored, {len(best)}: {', '.join(NONE_KINDS)}): {name}: best score "
               f"median {np.median(best):.2f}, max {np.max(best):.2f}, above 0.5 {np.mean(np.array(best) > 0.5):.0%}"
               f" (by kind: {', '.join(f'{k} {max(best[i::len(NONE_KINDS)]):.2f}' for i, k in enumerate(NONE_KINDS) if best[i::len(NONE_KINDS)])} max)")
+    for name, best in (("atlas covers", none_midi_ours), ("alignment score + chroma bonus", none_midi_before),
+                       ("symbolic scores alone", none_midi_symbolic)):
+        if best:
+            score = np.array([b for b, _ in best])
+            sure = [rec for b, rec in best if b >= 0.5]
+            print(f"  none MIDI (NNN.mid of {len(best)} POP909-dev songs not stored): {name}: best score median "
+                  f"{np.median(score):.2f}, max {np.max(score):.2f}, 0.5 or more {len(sure)} of {len(best)} "
+                  f"({sum(sure)} of them recordings)")
+    if not none_midi_ours:
+        print("  none MIDI: every POP909-dev song is stored; no MIDI query without a version to make")
+    for name, sure in (("atlas covers", sure_ours), ("alignment score + chroma bonus", sure_before),
+                       ("symbolic scores alone", sure_symbolic)):
+        print(f"  stored queries whose best answer is right and scores 0.5 or more: {name}: "
+              + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in sure.items()))
     print(f"  wall time: atlas covers {t_ours:.1f} s for {len(audio) + len(midi)} stored queries (database already "
           f"built; {t_symbolic:.1f} s without the audio bonus), {len(exq)} excerpt recordings read in "
           f"{t_parse:.1f} s and searched in {t_ex:.1f} s; essentia baseline {t_base:.1f} s for {len(audio)} "

@@ -56,8 +56,9 @@ def register(cli):
         The score is the probability that the answer is a version (calibrated on
         queries with and without a version in the collection): below 0.5 it is more
         likely not one, and a MIDI query whose song is not among MIDI files gets low
-        scores. The list is the TOP closest pieces, versions or not. Where a recording
-        is among the candidates, the scores are the recording and MIDI fusions' own.
+        scores. The list is the TOP closest pieces, versions or not. A pair with a
+        recording on either side is scored by a fusion fitted on rendered recordings
+        (also with and without the song), less sure of "no version here".
 
         \b
         Example:

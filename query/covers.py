@@ -36,8 +36,8 @@ Two stages:
    probability that the answer is a version (``cover_fusion.calibrate``: the answer's
    logit, the query's best and how far that stands above the median candidate; the
    order is kept), so a query whose song is not in the collection gets low scores.
-   Where a recording is involved, 5 scores the pairs with a recording instead, and
-   nothing is calibrated.
+   Where a recording is involved, 5 scores the pairs with a recording instead (not
+   calibrated again), and a MIDI query's MIDI answers are calibrated among themselves.
 5. **Recordings**: where the query or one of the best answers is a recording, the pairs
    with a recording on at least one side get a fusion of their own (fitted on renders,
    ``query/cover_fusion_recordings.json``), which adds the chroma cover-song distance
@@ -1350,10 +1350,11 @@ class CoverIndex:
         least one side get the recording fusion (``query.cover_fusion.recording_features``:
         alignment scores and the chroma cover-song distance for the
         ``audio_bonus_candidates`` best pairs with a recording by alignment score, unless
-        ``audio_bonus`` is off), the other pairs the MIDI fusion, neither calibrated as
-        :meth:`_fuse` calibrates a search without recordings (fitted on MIDI only, that
-        lowered the right answers of recordings: docs/covers.md, step 6; the recording
-        fusion was fitted with queries whose song is absent). ``bonus``: what the chroma distance changed
+        ``audio_bonus`` is off; its probabilities are not calibrated again: the recording
+        fusion was fitted with queries whose song is absent, and the MIDI calibration
+        lowered the right answers of recordings, docs/covers.md, step 6), the other pairs
+        (a MIDI query's MIDI answers) the MIDI fusion calibrated among themselves as
+        :meth:`_fuse` calibrates a search without recordings. ``bonus``: what the chroma distance changed
         the score by (against the same pair at its kind's median distance in this query:
         0 for a pair not measured; negative where it lowered the score)."""
         from query.cover_fusion import RECORDING_FEATURES, RECORDING_FUSION_FILE, load_fusion
@@ -1366,7 +1367,12 @@ class CoverIndex:
         x = self._features(q, r)
         x_rec, rec = self._recording_features(q, r, x)
         r["align"] = r["score"]
-        score = fuse(x)
+        score = np.empty(k, np.float32)
+        if not rec.all():
+            # a MIDI query's MIDI answers: calibrated among themselves as in a collection
+            # without recordings (left uncalibrated, a wrong one outranked the right
+            # recordings: docs/covers.md, "In a collection with recordings")
+            score[~rec] = calibrate(fusion_logits(x[~rec]))
         if rec.any():
             params = load_fusion(str(RECORDING_FUSION_FILE), RECORDING_FEATURES)
             score[rec] = fuse(x_rec[rec], params)
