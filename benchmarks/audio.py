@@ -484,13 +484,14 @@ def covers_benchmark(n_songs: int, work_dir: str | None = None, first: int = 0, 
                     aps[f"{tag}->{name}"].append(_average_precision(
                         [p for p in r if kind[p] == k], {p for p in kind if kind[p] == k and song_of[p] == song}))
             took_ex = time.perf_counter() - t0
-            none_best = [max(index.search(qf, top=1).column("score").to_pylist(), default=0.0)
-                         for qf in none_features]
-            none_midi_best = []  # (best score, whether that answer is a recording)
-            for qf in none_midi_features:
+            def best(qf):  # (the best answer's score, whether it is a recording)
                 res = index.search(qf, top=1)
-                none_midi_best.append((res.column("score")[0].as_py(), kind[res.column("piece_id")[0].as_py()] == "audio")
-                                      if res.num_rows else (0.0, False))
+                if not res.num_rows:
+                    return 0.0, False
+                return res.column("score")[0].as_py(), kind[res.column("piece_id")[0].as_py()] == "audio"
+
+            none_best = [best(qf)[0] for qf in none_features]
+            none_midi_best = [best(qf) for qf in none_midi_features]
             return aps, took, took_ex, none_best, none_midi_best, right_sure
 
         symbolic, t_symbolic, _, none_symbolic, none_midi_symbolic, sure_symbolic = run_covers(False, False)
