@@ -24,7 +24,8 @@ other thread did meanwhile.
 The printed ``answers`` digest is a hash of every query's whole answer (the top 50 with
 every column: scores, transpositions, time scales, aligned regions): two versions of the
 search that print the same digest answered every query identically, a stricter check
-than an unchanged MAP.
+than an unchanged MAP. The answers name pieces by their files' paths, which start at the
+checkout's parent folder by default (``../shared``): compare digests of checkouts at the same depth.
 """
 
 from __future__ import annotations

@@ -36,11 +36,27 @@ from numba import njit
 
 __all__ = ["SYMBOL_LANES", "CHROMA_LANES", "sym_scores", "chroma_scores", "pitch_class_scores"]
 
-# lanes per kernel: one AVX-512 register of float32 (16) or one AVX2 one (8). Replaying
-# the cover search's calls, 16 lanes were the faster for the melody kernel (0.85 s
-# against 1.09 s for 8); for the chroma kernel 8 were (its many small calls: 94 us
-# against 150-170 us with 8-15 pairs, about even over all calls; docs/covers-history.md, "Lanes")
-SYMBOL_LANES = 16
+
+def _has_avx512() -> bool:
+    """Whether numba compiles for a CPU with AVX-512 (its NUMBA_CPU_FEATURES where set,
+    else the host's)."""
+    features = numba.config.CPU_FEATURES
+    if not features:
+        import llvmlite.binding as ll
+
+        features = ll.get_host_cpu_features().flatten()
+    return "+avx512f" in features.split(",")
+
+
+# lanes per kernel. The melody and pitch-class kernels: 16 (one AVX-512 register of
+# float32) where the CPU has AVX-512, else 8 (one AVX2 register; 16 lanes there are two
+# registers' work at every step, the idle lanes' too). Replaying the cover
+# search's calls, 16 were the faster in the session that wrote these kernels (0.85 s
+# against 1.09 s for 8; its CPU was not recorded, earlier sessions' had AVX-512), 8 on
+# an AMD EPYC with AVX2 only (0.93 s against 1.40 s for 16 and 1.05 s for 4;
+# docs/covers-history.md, "Lanes"). The chroma kernel: 8 on both (its many small
+# calls: 94 us against 150-170 us with 8-15 pairs there; 4 lanes 15% slower on AVX2)
+SYMBOL_LANES = 16 if _has_avx512() else 8
 CHROMA_LANES = 8
 _NONE = np.float32(-1.0)  # the symbol of a lane with no reference: matches nothing
 _FAR = np.float32(1e9)  # the merge cost where no merge is possible (as in indexers.align)

@@ -162,3 +162,36 @@ def test_slp_vectorizer_only_for_the_lane_kernels():
     lanes._ready()  # the kernels compiled or loaded: the setting is as it was
     assert numba.config.SLP_VECTORIZE == before
     assert all(name in vars(lanes) for name in lanes._KERNELS)
+
+
+def test_the_other_cpus_lane_count_scores_the_same_too():
+    """SYMBOL_LANES follows the CPU (16 with AVX-512, else 8), so this file's melody and
+    pitch-class tests run with one count on a given machine: here they run again with
+    the other, lanes.py loaded with that count in a process of its own. Its kernels
+    are not cached there: a driver's cache entry does not name the lane count."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from indexers import lanes
+
+    other = 8 if lanes.SYMBOL_LANES == 16 else 16
+    code = f"""
+import sys, types
+from pathlib import Path
+path = Path({str(Path(lanes.__file__))!r})
+src = path.read_text()
+line = "SYMBOL_LANES = 16 if _has_avx512() else 8"
+assert src.count(line) == 1 and "cache=True" in src
+src = src.replace(line, "SYMBOL_LANES = {other}").replace("cache=True", "cache=False")
+mod = types.ModuleType("indexers.lanes")
+mod.__file__ = str(path)
+sys.modules["indexers.lanes"] = mod
+exec(compile(src, str(path), "exec"), mod.__dict__)
+import pytest
+assert mod.SYMBOL_LANES == {other}
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", {__file__!r}, "-k", "sym_scores or pitch_class"]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout
