@@ -135,12 +135,13 @@ def main(argv=None):
         cut = np.flatnonzero(np.diff(qs)) + 1
         logits += np.split(z, cut)
         labels += np.split(ys, cut)
-    coef, intercept, crowd = fit_calibration(logits, labels)
+    coef, intercept, crowd, cap = fit_calibration(logits, labels)
     out["calibration"] = {
         "features": list(CALIBRATION_FEATURES),
         "coef": [round(float(c), 6) for c in coef],
         "intercept": round(intercept, 6),
         "crowd_logit": round(crowd, 6),
+        "crowd_cap": round(cap, 6),
         "fitted_on": {
             "what": "the fusion's queries against the collection with their songs (right answers) and without "
                     "(the fit part's songs left out: every answer wrong); the best 10 candidates of each",
@@ -153,6 +154,7 @@ def main(argv=None):
         print(f"  {name:12s} {c:+.3f}")
     print(f"  {'intercept':12s} {intercept:+.3f}")
     print(f"  {'crowd logit':12s} {crowd:+.3f}")
+    print(f"  {'crowd cap':12s} {cap:+.3f}")
 
 
 if __name__ == "__main__":

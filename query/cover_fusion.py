@@ -45,6 +45,10 @@ CALIBRATION_TOP = 10
 # the median is over at least this many logits: a query with fewer aligned candidates
 # (a collection of a few pieces) counts the others at the fit's median wrong candidate
 CALIBRATION_MIN_CROWD = 10
+# and at most this quantile of the fit's queries' medians: a crowd that aligns better
+# than 99% of the fit's is made of versions (a collection of mostly one piece's
+# versions), and the best answer would otherwise be judged against its own versions
+CALIBRATION_CROWD_CAP_QUANTILE = 0.99
 # exact pitch intervals are clipped to this many semitones either way (as in the baseline)
 _CLIP = 24
 _ALPHA = 2 * _CLIP + 1
@@ -220,7 +224,8 @@ def load_fusion(path: str | None = None, features: tuple = FEATURES) -> dict:
         raise ValueError(f"{path or FUSION_FILE}: fitted on features {d['features']}, the code has {features}; "
                          f"refit with benchmarks/{script}")
     c = d.get("calibration", {})
-    if features == FEATURES and (tuple(c.get("features", ())) != CALIBRATION_FEATURES or "crowd_logit" not in c):
+    if features == FEATURES and (tuple(c.get("features", ())) != CALIBRATION_FEATURES or "crowd_logit" not in c
+                                 or "crowd_cap" not in c):
         raise ValueError(f"{path or FUSION_FILE}: no calibration on features {CALIBRATION_FEATURES}; fit it with "
                          "benchmarks/fit_cover_fusion.py --calibration-only")
     return d
@@ -242,26 +247,37 @@ def fuse(x: np.ndarray, params: dict | None = None) -> np.ndarray:
     return _sigmoid32(fusion_logits(x, params))
 
 
-def calibration_columns(query_logits: np.ndarray, logits: np.ndarray | None, crowd_logit: float) -> np.ndarray:
+def crowd_median(query_logits: np.ndarray, crowd_logit: float) -> float:
+    """The median of a query's aligned candidates' logits, with fewer than
+    ``CALIBRATION_MIN_CROWD`` made up to that many at ``crowd_logit`` (the fit's median
+    wrong candidate): in a collection of two pieces the median would be the version itself."""
+    q = np.asarray(query_logits, np.float64)
+    if q.size < CALIBRATION_MIN_CROWD:
+        q = np.concatenate([q, np.full(CALIBRATION_MIN_CROWD - q.size, float(crowd_logit))])
+    return float(np.median(q))
+
+
+def calibration_columns(query_logits: np.ndarray, logits: np.ndarray | None, crowd_logit: float,
+                        crowd_cap: float = np.inf) -> np.ndarray:
     """The ``CALIBRATION_FEATURES`` of candidates: each one's own fusion logit
     (``logits``; None: ``query_logits``), and two numbers of the whole query, from
     the logits of all its aligned candidates (``query_logits``): the best one, and how
-    far it stands above their median. Where many candidates align about as well as the
-    best (a progression half the collection shares), the best is less likely a version.
-    The median, not a fixed rank: the versions of a piece with many (22 performances in
-    vienna4x22) fill any of the first ranks, but not half of the 60 or more candidates
-    the search aligns in a larger collection. With fewer than ``CALIBRATION_MIN_CROWD``
-    candidates the rest count at ``crowd_logit`` (the fit's median wrong candidate): in
-    a collection of two pieces the median would be the version itself.
-    float64 [shape=(k, 3)]."""
+    far it stands above their median (:func:`crowd_median`), the median taken at most
+    ``crowd_cap``. Where many candidates align about as well as the best (a progression
+    half the collection shares), the best is less likely a version. The median, not a
+    fixed rank: the versions of a piece with many (22 performances in vienna4x22) fill
+    any of the first ranks, but not half of the 60 or more candidates the search aligns
+    in a larger collection. The cap (the fit's ``CALIBRATION_CROWD_CAP_QUANTILE``): in a
+    collection of mostly one piece's versions the median is a version, and the best
+    would be judged against its own versions (docs/covers.md, "A collection of mostly
+    one piece's versions"). float64 [shape=(k, 3)]."""
     z = np.asarray(query_logits if logits is None else logits, np.float64)
     q = np.asarray(query_logits, np.float64)
     if q.size == 0:
         return np.zeros((z.size, len(CALIBRATION_FEATURES)))
     best = float(q.max())
-    if q.size < CALIBRATION_MIN_CROWD:
-        q = np.concatenate([q, np.full(CALIBRATION_MIN_CROWD - q.size, float(crowd_logit))])
-    return np.stack([z, np.full(z.size, best), np.full(z.size, best - float(np.median(q)))], axis=1)
+    median = min(crowd_median(q, crowd_logit), float(crowd_cap))
+    return np.stack([z, np.full(z.size, best), np.full(z.size, best - median)], axis=1)
 
 
 def calibrate(query_logits: np.ndarray, params: dict | None = None) -> np.ndarray:
@@ -270,12 +286,13 @@ def calibrate(query_logits: np.ndarray, params: dict | None = None) -> np.ndarra
     of one query gets the same offset, and the weight on its own logit is positive, so
     the query's order is the fusion's."""
     c = (params or load_fusion())["calibration"]
-    x = calibration_columns(query_logits, None, c["crowd_logit"])
+    x = calibration_columns(query_logits, None, c["crowd_logit"], c["crowd_cap"])
     return _sigmoid32(x @ np.asarray(c["coef"], np.float64) + float(c["intercept"]))
 
 
 def fit_calibration(query_logits: list[np.ndarray], labels: list[np.ndarray], *, top: int = CALIBRATION_TOP,
-                    l2: float = 1e-4) -> tuple[np.ndarray, float, float]:
+                    l2: float = 1e-4, cap_quantile: float = CALIBRATION_CROWD_CAP_QUANTILE
+                    ) -> tuple[np.ndarray, float, float, float]:
     """Coefficients of :func:`calibrate` from queries' candidates (each query's fusion
     logits and whether each candidate is a version of it): a logistic regression over
     the ``top`` best candidates of every query, each query weighing the same. Fit it on
@@ -283,16 +300,19 @@ def fit_calibration(query_logits: list[np.ndarray], labels: list[np.ndarray], *,
     against a collection from which their songs were removed): a fusion fitted to rank
     answers gives the best wrong answer of a query without versions a score as high as a
     right one (docs/covers.md, "What the score means"). Returns the coefficients, the
-    intercept and ``crowd_logit``: the median logit of all wrong candidates."""
+    intercept, ``crowd_logit`` (the median logit of all wrong candidates) and
+    ``crowd_cap`` (the ``cap_quantile`` of the queries' crowd medians)."""
     wrong = [np.asarray(z, np.float64)[~np.asarray(y, bool)] for z, y in zip(query_logits, labels)]
     crowd = float(np.median(np.concatenate(wrong))) if wrong else 0.0
+    medians = [crowd_median(z, crowd) for z in query_logits if len(z)]
+    cap = float(np.quantile(medians, cap_quantile)) if medians else np.inf
     xs, ys, ws = [], [], []
     for z, y in zip(query_logits, labels):
         z, y = np.asarray(z, np.float64), np.asarray(y, bool)
         if z.size == 0:
             continue
         best = np.argsort(-z, kind="stable")[:top]
-        xs.append(calibration_columns(z, z[best], crowd))
+        xs.append(calibration_columns(z, z[best], crowd, cap))
         ys.append(y[best])
         ws.append(np.full(best.size, 1.0 / best.size))
     if not xs:
@@ -301,7 +321,7 @@ def fit_calibration(query_logits: list[np.ndarray], labels: list[np.ndarray], *,
     if coef[0] <= 0:
         raise ValueError(f"fit_calibration: the weight on a candidate's own logit came out {coef[0]:.3f}; it must "
                          "be positive, or the calibration would reverse each query's order")
-    return coef, intercept, crowd
+    return coef, intercept, crowd, cap
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, *, l2: float = 1e-3,

@@ -34,8 +34,9 @@ Two stages:
    (``query.cover_fusion``; coefficients in ``query/cover_fusion.json``, written by
    ``benchmarks/fit_cover_fusion.py``). Its logit is then calibrated per query into the
    probability that the answer is a version (``cover_fusion.calibrate``: the answer's
-   logit, the query's best and how far that stands above the median candidate; the
-   order is kept), so a query whose song is not in the collection gets low scores.
+   logit, the query's best and how far that stands above the median candidate, the
+   median capped where it aligns better than the fit's crowds do, as a crowd of versions
+   does; the order is kept), so a query whose song is not in the collection gets low scores.
    Where a recording is involved, 5 scores the pairs with a recording instead (not
    calibrated again), and a MIDI query's MIDI answers are calibrated among themselves.
 5. **Recordings**: where the query or one of the best answers is a recording, the pairs

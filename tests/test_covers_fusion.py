@@ -224,6 +224,30 @@ def test_reported_score_is_low_when_no_version_is_there_and_keeps_the_order():
     assert min(res.column("score").to_pylist()) > 0.9, res.column("score").to_pylist()
 
 
+def test_a_collection_of_mostly_one_pieces_versions_scores_them_high():
+    """A tune stored in 23 transpositions among 3 or 6 other songs of its progression:
+    the median aligned candidate is a version, and the best answer stood little above
+    it, so every version scored 0.000 (as 22 performances of one piece with a few
+    others did: docs/covers.md, "A collection of mostly one piece's versions"). The
+    crowd's median is capped at what the fit's crowds reach: every version scores high,
+    the other songs low, and another tune of that progression, whose song is not there,
+    still gets a low best answer."""
+    from query.covers import query_from_notes
+
+    songs = [_pop_song(s, key=5 * s % 12) for s in range(30)]
+    on, dur, p, trk = _pop_song(99, key=2)
+    versions = [(on, dur, p + k, trk) for k in range(-12, 12) if k != 0]
+    for n_other in (3, 6):
+        index = _index_of(songs[:n_other] + versions)
+        res = index.search(query_from_notes("q", on, dur, p, trk), top=30, explain_top=0)
+        score = dict(zip(res.column("piece_id").to_pylist(), res.column("score").to_pylist()))
+        assert len(score) == n_other + 23
+        assert min(s for pid, s in score.items() if int(pid[1:]) >= n_other) > 0.9, score
+        assert max(s for pid, s in score.items() if int(pid[1:]) < n_other) < 0.1, score
+        res = index.search(query_from_notes("absent", *_pop_song(98, key=7)), top=3, explain_top=0)
+        assert res.column("score")[0].as_py() < 0.1
+
+
 def test_one_query_searched_in_two_collections_gets_each_collections_answers():
     """A query object searched in one collection and then in another (a smaller one,
     then a larger one) answers as a fresh query does in each: its TF-IDF cosines are
@@ -291,19 +315,28 @@ def test_calibration_fit_recovers_the_rule_and_refuses_a_reversed_order():
     rng = np.random.default_rng(0)
     logits, labels = [], []
     for i in range(200):
-        z = rng.normal(0.0, 1.0, 40)
+        z = rng.normal(0.0, 1.0, 40) + rng.uniform(-2.0, 2.0)  # some crowds align better than others
         y = np.zeros(40, bool)
         if i % 2 == 0:
             z[0] += 6.0
             y[0] = True
         logits.append(z)
         labels.append(y)
-    coef, intercept, crowd = fit_calibration(logits, labels)
+    coef, intercept, crowd, cap = fit_calibration(logits, labels)
     assert crowd == pytest.approx(0.0, abs=0.1)  # the wrong candidates' median logit
-    params = {"calibration": {"coef": coef.tolist(), "intercept": intercept, "crowd_logit": crowd}}
+    # the cap: the 99% quantile of the queries' medians (each about its crowd's offset)
+    medians = [np.median(z) for z in logits]
+    assert cap == pytest.approx(np.quantile(medians, 0.99)) and 1.5 < cap < 2.5
+    params = {"calibration": {"coef": coef.tolist(), "intercept": intercept, "crowd_logit": crowd, "crowd_cap": cap}}
     clear = np.r_[7.0, rng.normal(0.0, 1.0, 39)]
     among_equals = rng.normal(0.0, 1.0, 40)
     assert calibrate(clear, params=params)[0] > 0.9 and calibrate(among_equals, params=params).max() < 0.1
+    # a clear best among a crowd of its versions (all far above the fit's crowds): the
+    # median is taken at the cap, so the best still scores high; without the cap it did not
+    versions = np.r_[8.0, rng.normal(6.0, 0.5, 39)]
+    assert calibrate(versions, params=params)[0] > 0.9
+    uncapped = {"calibration": dict(params["calibration"], crowd_cap=np.inf)}
+    assert calibrate(versions, params=uncapped)[0] < 0.1
     with pytest.raises(ValueError, match="must be positive"):
         fit_calibration(logits, [np.argsort(np.argsort(-z)) == 9 for z in logits])  # the 10th best right
 
@@ -316,10 +349,15 @@ def test_fusion_with_wrong_features_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="refit with benchmarks/fit_cover_fusion.py"):
         load_fusion(str(p))
     d = json.loads(FUSION_FILE.read_text())
-    del d["calibration"]
-    p.write_text(json.dumps(d))
-    with pytest.raises(ValueError, match="--calibration-only"):
-        load_fusion(str(p))
+    for drop in ("crowd_cap", None):  # a calibration fitted before the crowd's cap, or none
+        if drop:
+            del d["calibration"][drop]
+        else:
+            del d["calibration"]
+        p.write_text(json.dumps(d))
+        load_fusion.cache_clear()
+        with pytest.raises(ValueError, match="--calibration-only"):
+            load_fusion(str(p))
 
 
 def test_pool_beats_at_a_non_integer_scale_known_answer():
