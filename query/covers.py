@@ -1628,6 +1628,7 @@ class CoverIndex:
 
 # _ROLL[t] indexes a 12-vector rotated up by t semitones: x[_ROLL[t]] == np.roll(x, t)
 _ROLL = (np.arange(12)[None, :] - np.arange(12)[:, None]) % 12
+_UNROLL = (np.arange(12)[None, :] + np.arange(12)[:, None]) % 12  # x[_UNROLL[s]] == np.roll(x, -s)
 
 
 def region_shift(query_pitch, ref_pitch, first_pair: int) -> int:
@@ -1638,7 +1639,7 @@ def region_shift(query_pitch, ref_pitch, first_pair: int) -> int:
     (that pair's difference) breaks ties and is what a region too short to count gives."""
     hq = np.bincount(np.asarray(query_pitch, np.int64) % 12, minlength=12)
     hr = np.bincount(np.asarray(ref_pitch, np.int64) % 12, minlength=12)
-    agree = np.array([hq @ np.roll(hr, -s) for s in range(12)])  # ref pitch class = query's + s
+    agree = hr[_UNROLL] @ hq  # row s: ref pitch class = query's + s (np.roll(hr, -s), 12 rolls at once)
     return first_pair if agree[first_pair % 12] == agree.max() else int(np.argmax(agree))
 
 
