@@ -38,13 +38,14 @@ __all__ = ["SYMBOL_LANES", "CHROMA_LANES", "sym_scores", "chroma_scores", "pitch
 
 
 def _has_avx512() -> bool:
-    """Whether numba compiles for a CPU with AVX-512 (its NUMBA_CPU_FEATURES where set,
-    else the host's)."""
+    """Whether numba compiles for a CPU with AVX-512: its NUMBA_CPU_FEATURES where set
+    (NUMBA_CPU_NAME=generic sets none), else the host's as numba reads them (with
+    NUMBA_ENABLE_AVX=0 none; '' where LLVM cannot read them)."""
     features = numba.config.CPU_FEATURES
-    if not features:
-        import llvmlite.binding as ll
+    if features is None:
+        from numba.core.codegen import get_host_cpu_features
 
-        features = ll.get_host_cpu_features().flatten()
+        features = get_host_cpu_features()
     return "+avx512f" in features.split(",")
 
 

@@ -46,7 +46,7 @@ CALIBRATION_TOP = 10
 # (a collection of a few pieces) counts the others at the fit's median wrong candidate
 CALIBRATION_MIN_CROWD = 10
 # and at most this quantile of the fit's queries' medians: a crowd that aligns better
-# than 99% of the fit's is made of versions (a collection of mostly one piece's
+# than 99% of the fit's is usually made of versions (a collection of mostly one piece's
 # versions), and the best answer would otherwise be judged against its own versions
 CALIBRATION_CROWD_CAP_QUANTILE = 0.99
 # exact pitch intervals are clipped to this many semitones either way (as in the baseline)
