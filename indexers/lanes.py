@@ -53,7 +53,7 @@ def _has_avx512() -> bool:
 # float32) where the CPU has AVX-512, else 8 (one AVX2 register; 16 lanes there are two
 # registers' work at every step, the idle lanes' too). Replaying the cover
 # search's calls, 16 were the faster in the session that wrote these kernels (0.85 s
-# against 1.09 s for 8; its CPU was not recorded, earlier sessions' had AVX-512), 8 on
+# against 1.09 s for 8; its CPU was not recorded, an earlier session's had AVX-512), 8 on
 # an AMD EPYC with AVX2 only (0.93 s against 1.40 s for 16 and 1.05 s for 4;
 # docs/covers-history.md, "Lanes"). The chroma kernel: 8 on both (its many small
 # calls: 94 us against 150-170 us with 8-15 pairs there; 4 lanes 15% slower on AVX2)
