@@ -141,7 +141,9 @@ def _sym_column_source(n_lanes: int) -> str:
     body += each("    a0[{l}] = v{l}")
     body += ["    u = A1[1]", "    d = A1[0]", "    e = A2[1]"]
     body += each("    p{l} = u[{l}]; pp{l} = d[{l}]; t{l} = e[{l}]; f{l} = v{l}; b{l} = max(b{l}, v{l})")
-    body += ["    for i in range(2, n + 1):",
+    # an unsigned row index: with a signed one, numba wraps a negative index around,
+    # which LLVM could not rule out here (a third of the loop's instructions)
+    body += ["    for i0 in range(2, n + 1):", "        i = np.uint64(i0)",
              "        qi = qf[i]", "        qm = qs2[i]",
              "        u = A1[i]", "        e = A2[i]", "        a0 = A0[i]"]
     body += each("        w{l} = u[{l}]")
