@@ -42,6 +42,27 @@ def test_interval_tfidf_grams_do_not_cross_pieces():
     assert s[2] == pytest.approx(1.0, abs=1e-5)  # the same intervals, a tenth lower
 
 
+def test_interval_tfidf_scores_are_scipys_products_to_the_bit():
+    """The TF-IDF scores are exactly scipy's ``matrix[:, u] @ w`` in float32 (the same
+    products added in the same order), on melodies with common and rare 3-grams, for
+    queries from the collection and random ones."""
+    rng = np.random.default_rng(7)
+    # small steps, mostly: some 3-grams in most pieces (long columns), others in few
+    melodies = [60 + np.cumsum(rng.choice([-2, -1, 0, 1, 2, 5, -7], size=int(n), p=[.2, .2, .2, .2, .1, .05, .05]))
+                for n in rng.integers(4, 300, 500)]
+    idx = _tfidf(melodies)
+    for trial in range(30):
+        m = melodies[int(rng.integers(0, 500))]
+        a = int(rng.integers(0, max(len(m) - 4, 1)))
+        query = m[a:a + int(rng.integers(4, 120))] if trial % 3 else 60 + np.cumsum(rng.integers(-5, 6, 80))
+        codes, _ = idx._codes(np.asarray(query, np.int64), np.array([0, len(query)]))
+        u = np.unique(codes)
+        w = idx.idf[u] / float(np.linalg.norm(idx.idf[u]))
+        want = np.asarray(idx.matrix[:, u] @ w, np.float32).ravel()
+        np.testing.assert_array_equal(idx.scores(query), want)
+    assert (np.diff(idx.matrix.indptr).max()) > 100  # some column long enough to matter
+
+
 def test_fit_logistic_recovers_known_coefficients():
     from query.cover_fusion import fit_logistic
 
