@@ -21,7 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from numba import njit
+
+from indexers.sparse_sums import column_sums
 
 __all__ = ["FEATURES", "FUSION_FILE", "RECORDING_FEATURES", "RECORDING_FUSION_FILE", "IntervalTfidf",
            "fusion_features", "css_columns", "recording_features", "fuse", "fusion_logits", "fit_logistic",
@@ -105,7 +106,7 @@ class IntervalTfidf:
         w = self.idf[u]
         w = w / float(np.linalg.norm(w))
         m = self.matrix
-        return _column_sums(m.indptr, m.indices, m.data, u, w.astype(np.float32), self.n_pieces)
+        return column_sums(m.indptr, m.indices, m.data, u, w.astype(np.float32), 0, self.n_pieces)
 
     def sketch(self, dims: int = 128) -> np.ndarray:
         """Every piece's TF-IDF row hashed into ``dims`` dense dimensions (each 3-gram to
@@ -132,49 +133,6 @@ class IntervalTfidf:
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return top[scores[top] > 0].astype(np.int64)
-
-
-@njit(cache=True, nogil=True)
-def _column_sums(indptr, indices, data, cols, weights, n_rows):
-    """``matrix[:, cols] @ weights`` for a float32 CSC matrix, float32: the same products
-    added in the same order (column by column) as scipy's, without building the column
-    slice. A column's entries are read 8 at a time before their 8 sums are updated (one
-    at a time, each read waited for the sum stored before it: 3x slower)."""
-    out = np.zeros(n_rows, np.float32)
-    for k in range(cols.size):
-        w = weights[k]
-        i = indptr[cols[k]]
-        end = indptr[cols[k] + 1]
-        while i + 8 <= end:
-            r0 = np.uint64(indices[np.uint64(i)])
-            r1 = np.uint64(indices[np.uint64(i + 1)])
-            r2 = np.uint64(indices[np.uint64(i + 2)])
-            r3 = np.uint64(indices[np.uint64(i + 3)])
-            r4 = np.uint64(indices[np.uint64(i + 4)])
-            r5 = np.uint64(indices[np.uint64(i + 5)])
-            r6 = np.uint64(indices[np.uint64(i + 6)])
-            r7 = np.uint64(indices[np.uint64(i + 7)])
-            v0 = data[np.uint64(i)] * w
-            v1 = data[np.uint64(i + 1)] * w
-            v2 = data[np.uint64(i + 2)] * w
-            v3 = data[np.uint64(i + 3)] * w
-            v4 = data[np.uint64(i + 4)] * w
-            v5 = data[np.uint64(i + 5)] * w
-            v6 = data[np.uint64(i + 6)] * w
-            v7 = data[np.uint64(i + 7)] * w
-            out[r0] += v0
-            out[r1] += v1
-            out[r2] += v2
-            out[r3] += v3
-            out[r4] += v4
-            out[r5] += v5
-            out[r6] += v6
-            out[r7] += v7
-            i += 8
-        while i < end:
-            out[np.uint64(indices[np.uint64(i)])] += data[np.uint64(i)] * w
-            i += 1
-    return out
 
 
 def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_intervals: int = 48,

@@ -64,6 +64,7 @@ from numba import njit
 from atlas_db.errors import BadInputError, IndexTroubleError
 from ingest.sources import utf8_text
 from indexers.tempo import relative_tempo
+from indexers.sparse_sums import column_sums
 from indexers.blas_threads import one_blas_thread
 from indexers.align import (in_background, sw_chroma, sw_chroma_score, sw_pitch_classes_rhythm_score,
                             sw_pitch_classes_score, sw_symbols, sw_symbols_score, two_at_once)
@@ -1913,7 +1914,7 @@ class _GramIndex:
             m.data[:] = 1  # presence, not counts
             parts.append(m)
         m = sparse.vstack(parts, format="csc") if parts else sparse.csc_matrix((0, n_codes), dtype=np.int8)
-        m.sort_indices()  # _presence_sums finds a range of pieces in a column by bisection
+        m.sort_indices()  # column_sums finds a range of pieces in a column by bisection
         df = np.diff(m.indptr).astype(np.float32)
         self.idf = np.log((1.0 + n_pieces) / (1.0 + df)).astype(np.float32) + 1.0
         self.matrix = m
@@ -1951,10 +1952,10 @@ class _GramIndex:
         m, w, n = self.matrix, self.idf[u], self.matrix.shape[0]
         if n >= SPLIT_PIECES:  # each thread sums the IDFs of one half of the pieces
             half = n // 2
-            scores = np.concatenate(two_at_once(lambda: _presence_sums(m.indptr, m.indices, u, w, 0, half),
-                                                lambda: _presence_sums(m.indptr, m.indices, u, w, half, n)))
+            scores = np.concatenate(two_at_once(lambda: column_sums(m.indptr, m.indices, None, u, w, 0, half),
+                                                lambda: column_sums(m.indptr, m.indices, None, u, w, half, n)))
         else:
-            scores = _presence_sums(m.indptr, m.indices, u, w, 0, n)
+            scores = column_sums(m.indptr, m.indices, None, u, w, 0, n)
         scores *= self.length_norm
         if within is not None:
             scores[~within] = 0
@@ -1962,49 +1963,6 @@ class _GramIndex:
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return top[scores[top] > 0].astype(np.int64)
-
-
-@njit(cache=True, nogil=True)
-def _presence_sums(indptr, indices, cols, weights, lo, hi):
-    """Rows ``lo:hi`` of ``matrix[:, cols] @ weights`` for a CSC presence matrix (every
-    stored value 1, row indices sorted in each column), float32: the same float32 sums in
-    the same order (column by column) as scipy's, but without building the column slice
-    nor reading the ones. At 100,000 pieces a common n-gram's column holds tens of
-    thousands of pieces: 9.3-9.8 -> 5.9-6.9 ms per list (docs/covers-history.md).
-
-    A column's rows are read 8 at a time before their 8 sums are updated (unsigned: no
-    wraparound of a negative index): one at a time, each row's read waited for the
-    sum stored before it, which might have been the row (4.3x slower on 1.6M rows)."""
-    out = np.zeros(hi - lo, np.float32)
-    for k in range(cols.size):
-        w = weights[k]
-        a = indptr[cols[k]]
-        b = indptr[cols[k] + 1]
-        col = indices[a:b]
-        i = np.searchsorted(col, lo)
-        end = np.searchsorted(col, hi)
-        while i + 8 <= end:
-            x0 = np.uint64(col[np.uint64(i)] - lo)
-            x1 = np.uint64(col[np.uint64(i + 1)] - lo)
-            x2 = np.uint64(col[np.uint64(i + 2)] - lo)
-            x3 = np.uint64(col[np.uint64(i + 3)] - lo)
-            x4 = np.uint64(col[np.uint64(i + 4)] - lo)
-            x5 = np.uint64(col[np.uint64(i + 5)] - lo)
-            x6 = np.uint64(col[np.uint64(i + 6)] - lo)
-            x7 = np.uint64(col[np.uint64(i + 7)] - lo)
-            out[x0] += w
-            out[x1] += w
-            out[x2] += w
-            out[x3] += w
-            out[x4] += w
-            out[x5] += w
-            out[x6] += w
-            out[x7] += w
-            i += 8
-        while i < end:
-            out[np.uint64(col[np.uint64(i)] - lo)] += w
-            i += 1
-    return out
 
 
 def _chord_templates() -> np.ndarray:

@@ -603,6 +603,7 @@ def test_ngram_list_scores_are_scipys_sums(monkeypatch):
     exactly the float32 sums of scipy's column slice times the IDF, and the list ranks a
     piece holding the query's rare n-grams first."""
     import query.covers as qc
+    from indexers.sparse_sums import column_sums
 
     rng = np.random.default_rng(4)
     # skewed intervals (1..11): some n-grams common to most pieces, others rare
@@ -617,11 +618,11 @@ def test_ngram_list_scores_are_scipys_sums(monkeypatch):
         u = np.unique(codes)
         want = np.asarray(grams.matrix[:, u] @ grams.idf[u], np.float32).ravel()
         m = grams.matrix
-        got = qc._presence_sums(m.indptr, m.indices, u, grams.idf[u], 0, m.shape[0])
+        got = column_sums(m.indptr, m.indices, None, u, grams.idf[u], 0, m.shape[0])
         np.testing.assert_array_equal(got, want)
         cut = int(rng.integers(1, m.shape[0]))  # two ranges of pieces, as two threads sum them
-        halves = np.concatenate([qc._presence_sums(m.indptr, m.indices, u, grams.idf[u], 0, cut),
-                                 qc._presence_sums(m.indptr, m.indices, u, grams.idf[u], cut, m.shape[0])])
+        halves = np.concatenate([column_sums(m.indptr, m.indices, None, u, grams.idf[u], 0, cut),
+                                 column_sums(m.indptr, m.indices, None, u, grams.idf[u], cut, m.shape[0])])
         np.testing.assert_array_equal(halves, want)
     unsplit = grams.search(iv[:50] - 1, 30)
     rare = np.full(40, 11)  # a run of the rarest interval, planted in piece 7 only

@@ -1,0 +1,74 @@
+"""``matrix[:, cols] @ weights`` for a float32 CSC matrix, read in place (numba).
+
+The cover search scores every piece of a collection by a few such products per query:
+its n-gram lists (a presence matrix: pieces x n-grams, every stored value 1) and the
+exact-interval TF-IDF (``query.cover_fusion.IntervalTfidf``). scipy first builds the
+column slice, a new sparse matrix holding every piece of each of the query's columns (at
+100,000 pieces a common n-gram's column holds tens of thousands); :func:`column_sums`
+adds the same float32 values in the same order (column by column, as scipy's
+``csc_matvec``), straight from the matrix's arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["column_sums"]
+
+
+@njit(cache=True, nogil=True)
+def column_sums(indptr, indices, data, cols, weights, lo, hi):
+    """Rows ``lo:hi`` of ``matrix[:, cols] @ weights``, float32 [shape=(hi - lo,)], for
+    the CSC arrays of a matrix whose row indices are sorted in each column (each range
+    of rows is found by bisection, so two threads can sum one half each); ``data`` None
+    for a presence matrix (every stored value 1: ``weights`` added, the ones not read).
+
+    A column's entries are read 8 at a time before their 8 sums are updated, by unsigned
+    index (no wraparound of a negative one): one at a time, each read waited for the sum
+    stored before it, which might have been its row (4.3x slower over 1.6M entries)."""
+    out = np.zeros(hi - lo, np.float32)
+    for k in range(cols.size):
+        w = weights[k]
+        a = indptr[cols[k]]
+        col = indices[a:indptr[cols[k] + 1]]
+        i = np.searchsorted(col, lo)
+        end = np.searchsorted(col, hi)
+        while i + 8 <= end:
+            r0 = np.uint64(col[np.uint64(i)] - lo)
+            r1 = np.uint64(col[np.uint64(i + 1)] - lo)
+            r2 = np.uint64(col[np.uint64(i + 2)] - lo)
+            r3 = np.uint64(col[np.uint64(i + 3)] - lo)
+            r4 = np.uint64(col[np.uint64(i + 4)] - lo)
+            r5 = np.uint64(col[np.uint64(i + 5)] - lo)
+            r6 = np.uint64(col[np.uint64(i + 6)] - lo)
+            r7 = np.uint64(col[np.uint64(i + 7)] - lo)
+            if data is None:
+                v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = w
+            else:
+                j = np.uint64(a + i)
+                v0 = data[j] * w
+                v1 = data[j + np.uint64(1)] * w
+                v2 = data[j + np.uint64(2)] * w
+                v3 = data[j + np.uint64(3)] * w
+                v4 = data[j + np.uint64(4)] * w
+                v5 = data[j + np.uint64(5)] * w
+                v6 = data[j + np.uint64(6)] * w
+                v7 = data[j + np.uint64(7)] * w
+            out[r0] += v0
+            out[r1] += v1
+            out[r2] += v2
+            out[r3] += v3
+            out[r4] += v4
+            out[r5] += v5
+            out[r6] += v6
+            out[r7] += v7
+            i += 8
+        while i < end:
+            r = np.uint64(col[np.uint64(i)] - lo)
+            if data is None:
+                out[r] += w
+            else:
+                out[r] += data[np.uint64(a + i)] * w
+            i += 1
+    return out
