@@ -715,17 +715,19 @@ class CoverIndex:
         lines = [qm] + [np.asarray(a, np.int64) - 1 for a in q.alt_intervals]
         if q.second_intervals is not None:
             lines.append(np.asarray(q.second_intervals, np.int64) - 1)
-        mel_lists = [self.grams.search(x, n + 1) for x in lines]
+        memo = q.frames_memo  # this search's: a second call (looking further) sums no list again
+        mel_lists = [self.grams.search(x, n + 1, memo=memo) for x in lines]
         tf_list = self.tfidf.search(self._tfidf_scores(q), n + 1)
         chord_lists = []
         for chroma in (q.chroma_beats, q.rescaled_chroma):
             if chroma is not None:
                 qf = _pool(chroma, ALIGN["frame_beats"])
-                chord_lists.append(self.chord_grams.search(chord_motions(qf, np.array([0, qf.shape[0]]))[0], n + 1))
+                chord_lists.append(self.chord_grams.search(chord_motions(qf, np.array([0, qf.shape[0]]))[0], n + 1,
+                                                            memo=memo))
         bass_lists = []
         if ALIGN["bass_candidates"] and q.bass_pc.size >= 4:
             qb = np.asarray(q.bass_pc, np.int8)
-            bass_lists.append(self.bass_grams.search(_bass_steps(qb, np.array([0, qb.size])), n + 1))
+            bass_lists.append(self.bass_grams.search(_bass_steps(qb, np.array([0, qb.size])), n + 1, memo=memo))
         for g in (tf_list, *mel_lists, *chord_lists, *bass_lists):
             if g.size:
                 rows = np.concatenate([rows, np.pad(g, (0, rows.shape[1] - g.size), constant_values=-1)[None]])
@@ -734,7 +736,7 @@ class CoverIndex:
         for grams, has in zip(self.extra_grams, self.has_line[1:]):
             if not (k2 and qm.size >= 3 and has.any()):
                 continue
-            extra = grams.search(qm, k2 + 1)
+            extra = grams.search(qm, k2 + 1, memo=memo)
             extra = extra[~np.isin(extra, rows)]
             if q.piece_id is not None and q.piece_id in self.row_of:
                 extra = extra[extra != self.row_of[q.piece_id]]
@@ -1942,12 +1944,32 @@ class _GramIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(out_c), np.concatenate(out_p)
 
-    def search(self, sym: np.ndarray, k: int, within: np.ndarray | None = None) -> np.ndarray:
+    def search(self, sym: np.ndarray, k: int, within: np.ndarray | None = None, memo: dict | None = None
+               ) -> np.ndarray:
         """Rows of the ``k`` best pieces (best first, score > 0); ``within`` (bool per
-        piece): among these pieces only."""
+        piece): among these pieces only. ``memo`` (a search's): every piece's scores
+        are kept there, so that a second list of the same symbols (a search that looks
+        further down its lists) does not sum them again."""
+        if memo is None:
+            scores = self.scores(sym)
+        else:
+            sym = np.asarray(sym)
+            key = (self, sym.dtype.str, sym.tobytes())  # the index itself: a rebuilt one is another key
+            scores = memo[key] = memo[key] if key in memo else self.scores(sym)
+        if scores is None:
+            return np.zeros(0, np.int64)
+        if within is not None:
+            scores = np.where(within, scores, np.float32(0))
+        k = min(k, scores.size)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return top[scores[top] > 0].astype(np.int64)
+
+    def scores(self, sym: np.ndarray) -> np.ndarray | None:
+        """Every piece's score for these symbols, float32; None where they hold no n-gram."""
         codes, _ = self.codes(np.asarray(sym), np.array([0, len(sym)]))
         if codes.size == 0:
-            return np.zeros(0, np.int64)
+            return None
         u = np.unique(codes)
         m, w, n = self.matrix, self.idf[u], self.matrix.shape[0]
         if n >= SPLIT_PIECES:  # each thread sums the IDFs of one half of the pieces
@@ -1957,12 +1979,7 @@ class _GramIndex:
         else:
             scores = column_sums(m.indptr, m.indices, None, u, w, 0, n)
         scores *= self.length_norm
-        if within is not None:
-            scores[~within] = 0
-        k = min(k, scores.size)
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return top[scores[top] > 0].astype(np.int64)
+        return scores
 
 
 def _chord_templates() -> np.ndarray:

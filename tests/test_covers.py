@@ -598,6 +598,36 @@ def test_kernels_answer_the_same_in_two_threads(monkeypatch):
     assert al.in_background(where).result() == threading.current_thread().name
 
 
+def test_a_search_sums_each_ngram_list_once(monkeypatch):
+    """With a search's memo, a second list of the same symbols from the same index (a
+    search that looks further down its lists) is read from the memo, not summed again,
+    and ranks as the list without it; another index or other symbols are summed."""
+    import query.covers as qc
+
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(5, 120, 300)
+    iv = np.minimum(rng.geometric(0.35, int(lengths.sum())), 11)
+    off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    grams, other = qc._gram_index(iv, off), qc._gram_index(iv[::-1].copy(), off)
+    sums = []
+    real = qc.column_sums
+    monkeypatch.setattr(qc, "column_sums", lambda *a: sums.append(1) or real(*a))
+    query = iv[off[3]:off[3] + 40] - 1
+    memo = {}
+    first = grams.search(query, 10, memo=memo)
+    again = grams.search(query, 60, memo=memo)
+    assert len(sums) == 1
+    np.testing.assert_array_equal(first, grams.search(query, 10))
+    np.testing.assert_array_equal(again, grams.search(query, 60))
+    within = rng.random(300) < 0.5
+    np.testing.assert_array_equal(grams.search(query, 20, within=within, memo=memo),
+                                  grams.search(query, 20, within=within))
+    n = len(sums)
+    other.search(query, 10, memo=memo)  # another index
+    grams.search(query[:20], 10, memo=memo)  # other symbols
+    assert len(sums) == n + 2
+
+
 def test_ngram_list_scores_are_scipys_sums(monkeypatch):
     """The n-gram index's scores (summed IDF of the query's n-grams a piece holds) are
     exactly the float32 sums of scipy's column slice times the IDF, and the list ranks a
