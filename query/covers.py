@@ -694,12 +694,14 @@ class CoverIndex:
 
     # -- stage 1 -------------------------------------------------------------------
     def candidates(self, q: QueryFeatures, n: int | None = None, budget: int | None = None,
-                   vectors_only: bool = False) -> np.ndarray:
+                   vectors_only: bool = False, memo: dict | None = None) -> np.ndarray:
         """Rows of candidate pieces: the union of three dense vector searches (whole
         vector, melody blocks, harmony blocks) and sparse ones (IDF of the melody's
         interval 3- and 4-grams, which finds a short excerpt inside a long piece; of the
         chord motions; of the bass line's steps), best first, the query itself left out.
-        ``vectors_only``: the dense searches alone."""
+        ``vectors_only``: the dense searches alone. ``memo`` (a search's own dict): the
+        n-gram lists' scores, kept for a second call (a search that looks further down
+        its lists sums none of them again)."""
         from indexers.faiss_index import search
 
         n = n or ALIGN["candidates"] * self._budget(q) // ALIGN["max_candidates"]
@@ -715,7 +717,6 @@ class CoverIndex:
         lines = [qm] + [np.asarray(a, np.int64) - 1 for a in q.alt_intervals]
         if q.second_intervals is not None:
             lines.append(np.asarray(q.second_intervals, np.int64) - 1)
-        memo = q.frames_memo  # this search's: a second call (looking further) sums no list again
         mel_lists = [self.grams.search(x, n + 1, memo=memo) for x in lines]
         tf_list = self.tfidf.search(self._tfidf_scores(q), n + 1)
         chord_lists = []
@@ -1269,7 +1270,8 @@ class CoverIndex:
         """Candidates, their alignment, query expansion, a wider look when nothing
         convinces, and the versions of the best answer (before fusion)."""
         q.frames_memo.clear()  # made for this search's settings (ALIGN) only
-        rows = self.candidates(q)
+        lists = {}  # the n-gram lists' scores, for both calls of candidates
+        rows = self.candidates(q, memo=lists)
         r = self.rerank(q, rows)
         extra = self._expand(q, r)
         if extra.size:
@@ -1278,7 +1280,7 @@ class CoverIndex:
             # nothing convincing among the candidates: look further down the lists
             f = ALIGN["look_further"]
             more = self.candidates(q, n=f * ALIGN["candidates"] * self._budget(q) // ALIGN["max_candidates"],
-                                   budget=f * self._budget(q))
+                                   budget=f * self._budget(q), memo=lists)
             more = np.setdiff1d(more, r["rows"])
             if more.size:
                 r = _concat(r, self.rerank(q, more, scale=r["scale"]))

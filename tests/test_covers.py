@@ -622,6 +622,7 @@ def test_a_search_sums_each_ngram_list_once(monkeypatch):
     within = rng.random(300) < 0.5
     np.testing.assert_array_equal(grams.search(query, 20, within=within, memo=memo),
                                   grams.search(query, 20, within=within))
+    np.testing.assert_array_equal(grams.search(query, 60, memo=memo), again)  # the memo's scores unmasked
     n = len(sums)
     other.search(query, 10, memo=memo)  # another index
     grams.search(query[:20], 10, memo=memo)  # other symbols

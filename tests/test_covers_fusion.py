@@ -46,6 +46,8 @@ def test_interval_tfidf_scores_are_scipys_products_to_the_bit():
     """The TF-IDF scores are exactly scipy's ``matrix[:, u] @ w`` in float32 (the same
     products added in the same order), on melodies with common and rare 3-grams, for
     queries from the collection and random ones."""
+    from indexers.sparse_sums import column_sums
+
     rng = np.random.default_rng(7)
     # small steps, mostly: some 3-grams in most pieces (long columns), others in few
     melodies = [60 + np.cumsum(rng.choice([-2, -1, 0, 1, 2, 5, -7], size=int(n), p=[.2, .2, .2, .2, .1, .05, .05]))
@@ -60,6 +62,10 @@ def test_interval_tfidf_scores_are_scipys_products_to_the_bit():
         w = idx.idf[u] / float(np.linalg.norm(idx.idf[u]))
         want = np.asarray(idx.matrix[:, u] @ w, np.float32).ravel()
         np.testing.assert_array_equal(idx.scores(query), want)
+        # a range of rows, as two threads would sum them (the matrix's columns are sorted)
+        lo = int(rng.integers(1, idx.n_pieces - 1))
+        m = idx.matrix
+        np.testing.assert_array_equal(column_sums(m.indptr, m.indices, m.data, u, w, lo, idx.n_pieces), want[lo:])
     assert (np.diff(idx.matrix.indptr).max()) > 100  # some column long enough to matter
 
 
