@@ -1957,7 +1957,9 @@ class _GramIndex:
         else:
             sym = np.asarray(sym)
             key = (self, sym.dtype.str, sym.tobytes())  # the index itself: a rebuilt one is another key
-            scores = memo[key] = memo[key] if key in memo else self.scores(sym)
+            if key not in memo:
+                memo[key] = self.scores(sym)
+            scores = memo[key]
         if scores is None:
             return np.zeros(0, np.int64)
         if within is not None:
