@@ -7,22 +7,58 @@ column slice, a new sparse matrix holding every piece of each of the query's col
 100,000 pieces a common n-gram's column holds tens of thousands); :func:`column_sums`
 adds the same float32 values in the same order (column by column, as scipy's
 ``csc_matvec``), straight from the matrix's arrays.
+
+A presence matrix may keep its common columns (n-grams that a quarter of the pieces or
+more hold) as dense rows of 0/1 bytes instead (:func:`split_common`): a dense column is
+added to every piece's sum in one vectorised pass (a piece without the n-gram adds
+``w * 0``, which leaves its sum as it was), where the sparse one costs a dependent
+scattered update per entry (~1.15 ns an entry against ~0.2 ns a piece on an AVX2 EPYC:
+a column held by more than ~1/6 of the pieces is cheaper dense).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from scipy import sparse
 
-__all__ = ["column_sums"]
+__all__ = ["column_sums", "split_common", "COMMON_SHARE"]
+
+# A presence column held by at least this share of the pieces is kept dense (one byte a
+# piece: no more memory than its int32 row indices took)
+COMMON_SHARE = 0.25
+
+
+def split_common(m: sparse.csc_matrix, share: float = COMMON_SHARE):
+    """A presence matrix (CSC, row indices sorted) as (the matrix without its common
+    columns, ``slot``: int64 per column, its row in ``dense`` or -1, ``dense``: uint8
+    [shape=(columns held by >= ``share`` of the rows, rows)], 1 where a row holds the
+    column)."""
+    n_rows, n_cols = m.shape
+    counts = np.diff(m.indptr)
+    common = np.flatnonzero(counts >= max(share * n_rows, 1))
+    slot = np.full(n_cols, -1, np.int64)
+    slot[common] = np.arange(common.size)
+    dense = np.zeros((common.size, n_rows), np.uint8)
+    for s, c in enumerate(common):
+        dense[s, m.indices[m.indptr[c]:m.indptr[c + 1]]] = 1
+    keep = np.repeat(slot < 0, counts)
+    rest_counts = np.where(slot < 0, counts, 0)
+    indptr = np.concatenate([[0], np.cumsum(rest_counts)]).astype(m.indptr.dtype)
+    rest = sparse.csc_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
+    rest.has_sorted_indices = True
+    return rest, slot, dense
 
 
 @njit(cache=True, nogil=True)
-def column_sums(indptr, indices, data, cols, weights, lo, hi):
+def column_sums(indptr, indices, data, cols, weights, lo, hi, slot, dense):
     """Rows ``lo:hi`` of ``matrix[:, cols] @ weights``, float32 [shape=(hi - lo,)], for
     the CSC arrays of a matrix whose row indices are sorted in each column (each range
     of rows is found by bisection, so two threads can sum one half each); ``data`` None
     for a presence matrix (every stored value 1: ``weights`` added, the ones not read).
+    ``slot`` and ``dense`` (:func:`split_common`; None: no dense columns): a column whose
+    slot is >= 0 is read from its dense row instead, in its turn, so every row's sum adds
+    the same values in the same order as without them.
 
     A column's entries are read 8 at a time before their 8 sums are updated, by unsigned
     index (no wraparound of a negative one): one at a time, each read waited for the sum
@@ -30,6 +66,13 @@ def column_sums(indptr, indices, data, cols, weights, lo, hi):
     out = np.zeros(hi - lo, np.float32)
     for k in range(cols.size):
         w = weights[k]
+        if slot is not None:
+            s = slot[cols[k]]
+            if s >= 0:
+                row = dense[s]
+                for p in range(lo, hi):
+                    out[np.uint64(p - lo)] += w * np.float32(row[np.uint64(p)])
+                continue
         a = indptr[cols[k]]
         col = indices[a:indptr[cols[k] + 1]]
         i = np.searchsorted(col, lo)

@@ -106,7 +106,7 @@ class IntervalTfidf:
         w = self.idf[u]
         w = w / float(np.linalg.norm(w))
         m = self.matrix
-        return column_sums(m.indptr, m.indices, m.data, u, w.astype(np.float32), 0, self.n_pieces)
+        return column_sums(m.indptr, m.indices, m.data, u, w.astype(np.float32), 0, self.n_pieces, None, None)
 
     def sketch(self, dims: int = 128) -> np.ndarray:
         """Every piece's TF-IDF row hashed into ``dims`` dense dimensions (each 3-gram to

@@ -631,10 +631,13 @@ def test_a_search_sums_each_ngram_list_once(monkeypatch):
 
 def test_ngram_list_scores_are_scipys_sums(monkeypatch):
     """The n-gram index's scores (summed IDF of the query's n-grams a piece holds) are
-    exactly the float32 sums of scipy's column slice times the IDF, and the list ranks a
-    piece holding the query's rare n-grams first."""
+    exactly the float32 sums of scipy's column slice of the whole presence matrix times
+    the IDF, with the common n-grams read from dense rows, and the list ranks a piece
+    holding the query's rare n-grams first."""
+    from scipy import sparse
+
     import query.covers as qc
-    from indexers.sparse_sums import column_sums
+    from indexers.sparse_sums import column_sums, split_common
 
     rng = np.random.default_rng(4)
     # skewed intervals (1..11): some n-grams common to most pieces, others rare
@@ -642,19 +645,35 @@ def test_ngram_list_scores_are_scipys_sums(monkeypatch):
     iv = np.minimum(rng.geometric(0.35, int(lengths.sum())), 11)
     off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     grams = qc._gram_index(iv, off)
+    codes, piece = grams.codes(iv - 1, off)
+    whole = sparse.csc_matrix((np.ones(codes.size, np.float32), (piece, codes)),
+                              shape=(400, grams.idf.size))
+    whole.sum_duplicates()
+    whole.data[:] = 1.0
+    whole.sort_indices()
+    assert 10 < grams.common.shape[0] < grams.matrix.shape[1] - 100  # both kinds of column
+    np.testing.assert_array_equal(np.diff(whole.indptr)[grams.common_slot >= 0], grams.common.sum(axis=1))
+    assert (np.diff(grams.matrix.indptr)[grams.common_slot >= 0] == 0).all()
+    mixed = 0  # queries holding both kinds of column
     for trial in range(20):
         p = int(rng.integers(0, 400))
         query = iv[off[p]:off[p + 1]][: int(rng.integers(3, 60))] - 1  # the index's symbols
         codes, _ = grams.codes(query, np.array([0, query.size]))
         u = np.unique(codes)
-        want = np.asarray(grams.matrix[:, u] @ grams.idf[u], np.float32).ravel()
-        m = grams.matrix
-        got = column_sums(m.indptr, m.indices, None, u, grams.idf[u], 0, m.shape[0])
-        np.testing.assert_array_equal(got, want)
-        cut = int(rng.integers(1, m.shape[0]))  # two ranges of pieces, as two threads sum them
-        halves = np.concatenate([column_sums(m.indptr, m.indices, None, u, grams.idf[u], 0, cut),
-                                 column_sums(m.indptr, m.indices, None, u, grams.idf[u], cut, m.shape[0])])
+        mixed += bool((grams.common_slot[u] >= 0).any() and (grams.common_slot[u] < 0).any())
+        want = np.asarray(whole[:, u] @ grams.idf[u], np.float32).ravel()
+        m, d = grams.matrix, (grams.common_slot, grams.common)
+        np.testing.assert_array_equal(column_sums(m.indptr, m.indices, None, u, grams.idf[u], 0, 400, *d), want)
+        cut = int(rng.integers(1, 400))  # two ranges of pieces, as two threads sum them
+        halves = np.concatenate([column_sums(m.indptr, m.indices, None, u, grams.idf[u], 0, cut, *d),
+                                 column_sums(m.indptr, m.indices, None, u, grams.idf[u], cut, 400, *d)])
         np.testing.assert_array_equal(halves, want)
+        np.testing.assert_array_equal(  # all sparse
+            column_sums(whole.indptr, whole.indices, None, u, grams.idf[u], 0, 400, None, None), want)
+        rest, slot, dense = split_common(whole, 0.0)  # all dense
+        np.testing.assert_array_equal(column_sums(rest.indptr, rest.indices, None, u, grams.idf[u], 0, 400, slot,
+                                                  dense), want)
+    assert mixed >= 10
     unsplit = grams.search(iv[:50] - 1, 30)
     rare = np.full(40, 11)  # a run of the rarest interval, planted in piece 7 only
     planted = np.concatenate([iv[:off[7]], rare, iv[off[7]:]])

@@ -65,7 +65,8 @@ def test_interval_tfidf_scores_are_scipys_products_to_the_bit():
         # a range of rows, as two threads would sum them (the matrix's columns are sorted)
         lo = int(rng.integers(1, idx.n_pieces - 1))
         m = idx.matrix
-        np.testing.assert_array_equal(column_sums(m.indptr, m.indices, m.data, u, w, lo, idx.n_pieces), want[lo:])
+        np.testing.assert_array_equal(column_sums(m.indptr, m.indices, m.data, u, w, lo, idx.n_pieces, None, None),
+                                      want[lo:])
     assert (np.diff(idx.matrix.indptr).max()) > 100  # some column long enough to matter
 
 
