@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexers.sparse_sums import column_sums
+from indexers.sparse_sums import all_column_sums
 
 __all__ = ["FEATURES", "FUSION_FILE", "RECORDING_FEATURES", "RECORDING_FUSION_FILE", "IntervalTfidf",
            "fusion_features", "css_columns", "recording_features", "fuse", "fusion_logits", "fit_logistic",
@@ -105,8 +105,7 @@ class IntervalTfidf:
         u = np.unique(codes)
         w = self.idf[u]
         w = w / float(np.linalg.norm(w))
-        m = self.matrix
-        return column_sums(m.indptr, m.indices, m.data, u, w.astype(np.float32), 0, self.n_pieces, None, None)
+        return all_column_sums(self.matrix, self.matrix.data, u, w.astype(np.float32))
 
     def sketch(self, dims: int = 128) -> np.ndarray:
         """Every piece's TF-IDF row hashed into ``dims`` dense dimensions (each 3-gram to

@@ -64,10 +64,10 @@ from numba import njit
 from atlas_db.errors import BadInputError, IndexTroubleError
 from ingest.sources import utf8_text
 from indexers.tempo import relative_tempo
-from indexers.sparse_sums import column_sums, split_common
+from indexers.sparse_sums import all_column_sums, split_common
 from indexers.blas_threads import one_blas_thread
 from indexers.align import (in_background, sw_chroma, sw_chroma_score, sw_pitch_classes_rhythm_score,
-                            sw_pitch_classes_score, sw_symbols, sw_symbols_score, two_at_once)
+                            sw_pitch_classes_score, sw_symbols, sw_symbols_score)
 from query.cover_fusion import IntervalTfidf, calibrate, fuse, fusion_features, fusion_logits
 from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma, embedding, note_parts,
                                features_from_notes, melody_intervals, skyline)
@@ -1883,13 +1883,6 @@ def each_query(queries: list[str], answer, on_error) -> pa.Table:
     return pa.concat_tables(out)
 
 
-# Collections of at least this many pieces sum an n-gram list's IDFs in two threads, one
-# half of the pieces each: a melody list took 1.5 -> 1.0 ms at 20,000 pieces, 6.2 -> 3.8 ms
-# at 100,000 (docs/covers-history.md); in a small collection a list costs about what waking the
-# other thread can.
-SPLIT_PIECES = 20_000
-
-
 class _GramIndex:
     """Which n-grams of a symbol sequence each piece contains (melody: pitch-class
     intervals; harmony: chord-to-chord motions; both transposition-invariant, and
@@ -1976,14 +1969,7 @@ class _GramIndex:
         if codes.size == 0:
             return None
         u = np.unique(codes)
-        m, w, n = self.matrix, self.idf[u], self.matrix.shape[0]
-        d = (self.common_slot, self.common)
-        if n >= SPLIT_PIECES:  # each thread sums the IDFs of one half of the pieces
-            half = n // 2
-            scores = np.concatenate(two_at_once(lambda: column_sums(m.indptr, m.indices, None, u, w, 0, half, *d),
-                                                lambda: column_sums(m.indptr, m.indices, None, u, w, half, n, *d)))
-        else:
-            scores = column_sums(m.indptr, m.indices, None, u, w, 0, n, *d)
+        scores = all_column_sums(self.matrix, None, u, self.idf[u], self.common_slot, self.common)
         scores *= self.length_norm
         return scores
 

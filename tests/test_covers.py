@@ -603,6 +603,7 @@ def test_a_search_sums_each_ngram_list_once(monkeypatch):
     search that looks further down its lists) is read from the memo, not summed again,
     and ranks as the list without it; another index or other symbols are summed."""
     import query.covers as qc
+    from indexers import sparse_sums
 
     rng = np.random.default_rng(5)
     lengths = rng.integers(5, 120, 300)
@@ -610,8 +611,8 @@ def test_a_search_sums_each_ngram_list_once(monkeypatch):
     off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     grams, other = qc._gram_index(iv, off), qc._gram_index(iv[::-1].copy(), off)
     sums = []
-    real = qc.column_sums
-    monkeypatch.setattr(qc, "column_sums", lambda *a: sums.append(1) or real(*a))
+    real = sparse_sums.column_sums
+    monkeypatch.setattr(sparse_sums, "column_sums", lambda *a: sums.append(1) or real(*a))
     query = iv[off[3]:off[3] + 40] - 1
     memo = {}
     first = grams.search(query, 10, memo=memo)
@@ -637,6 +638,7 @@ def test_ngram_list_scores_are_scipys_sums(monkeypatch):
     from scipy import sparse
 
     import query.covers as qc
+    from indexers import sparse_sums
     from indexers.sparse_sums import column_sums, split_common
 
     rng = np.random.default_rng(4)
@@ -680,7 +682,7 @@ def test_ngram_list_scores_are_scipys_sums(monkeypatch):
     off2 = off.copy()
     off2[8:] += rare.size
     assert qc._gram_index(planted, off2).search(rare - 1, 5)[0] == 7
-    monkeypatch.setattr(qc, "SPLIT_PIECES", 100)  # the list in two threads, one half of the pieces each
+    monkeypatch.setattr(sparse_sums, "SPLIT_ROWS", 100)  # the list in two threads, one half of the pieces each
     assert qc._gram_index(planted, off2).search(rare - 1, 5)[0] == 7
     np.testing.assert_array_equal(grams.search(iv[:50] - 1, 30), unsplit)
 

@@ -42,10 +42,12 @@ def test_interval_tfidf_grams_do_not_cross_pieces():
     assert s[2] == pytest.approx(1.0, abs=1e-5)  # the same intervals, a tenth lower
 
 
-def test_interval_tfidf_scores_are_scipys_products_to_the_bit():
+def test_interval_tfidf_scores_are_scipys_products_to_the_bit(monkeypatch):
     """The TF-IDF scores are exactly scipy's ``matrix[:, u] @ w`` in float32 (the same
     products added in the same order), on melodies with common and rare 3-grams, for
-    queries from the collection and random ones."""
+    queries from the collection and random ones; summed in two threads of half the
+    pieces each too, as in a large collection."""
+    from indexers import sparse_sums
     from indexers.sparse_sums import column_sums
 
     rng = np.random.default_rng(7)
@@ -62,6 +64,9 @@ def test_interval_tfidf_scores_are_scipys_products_to_the_bit():
         w = idx.idf[u] / float(np.linalg.norm(idx.idf[u]))
         want = np.asarray(idx.matrix[:, u] @ w, np.float32).ravel()
         np.testing.assert_array_equal(idx.scores(query), want)
+        with monkeypatch.context() as mp:
+            mp.setattr(sparse_sums, "SPLIT_ROWS", 100)
+            np.testing.assert_array_equal(idx.scores(query), want)
         # a range of rows, as two threads would sum them (the matrix's columns are sorted)
         lo = int(rng.integers(1, idx.n_pieces - 1))
         m = idx.matrix
