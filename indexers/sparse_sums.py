@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 from scipy import sparse
 
-__all__ = ["column_sums", "all_column_sums", "split_common", "COMMON_SHARE", "SPLIT_ROWS"]
+__all__ = ["column_sums", "all_column_sums", "split_common", "dense_slots", "COMMON_SHARE", "SPLIT_ROWS"]
 
 # A presence column held by at least this share of the pieces is kept dense (one byte a
 # piece: no more memory than its int32 row indices took)
@@ -34,51 +34,59 @@ COMMON_SHARE = 0.25
 SPLIT_ROWS = 20_000
 
 
-def all_column_sums(m: sparse.csc_matrix, data, cols, weights, slot=None, dense=None) -> np.ndarray:
+def all_column_sums(m: sparse.csc_matrix, data, cols, weights, common=None, dense=None) -> np.ndarray:
     """:func:`column_sums` over every row of ``m`` (its ``indptr`` and ``indices``; ``data``
-    None for a presence matrix), in two threads of half the rows each where ``m`` has
-    ``SPLIT_ROWS`` rows or more (the same sums: each row is summed by one thread)."""
+    None for a presence matrix; ``common`` and ``dense`` from :func:`split_common`), in
+    two threads of half the rows each where ``m`` has ``SPLIT_ROWS`` rows or more (the
+    same sums: each row is summed by one thread)."""
     from indexers.align import two_at_once
 
+    slots = None if common is None else dense_slots(common, cols)
     n = m.shape[0]
     if n < SPLIT_ROWS:
-        return column_sums(m.indptr, m.indices, data, cols, weights, 0, n, slot, dense)
+        return column_sums(m.indptr, m.indices, data, cols, weights, 0, n, slots, dense)
     half = n // 2
     return np.concatenate(two_at_once(
-        lambda: column_sums(m.indptr, m.indices, data, cols, weights, 0, half, slot, dense),
-        lambda: column_sums(m.indptr, m.indices, data, cols, weights, half, n, slot, dense)))
+        lambda: column_sums(m.indptr, m.indices, data, cols, weights, 0, half, slots, dense),
+        lambda: column_sums(m.indptr, m.indices, data, cols, weights, half, n, slots, dense)))
 
 
 def split_common(m: sparse.csc_matrix, share: float = COMMON_SHARE):
     """A presence matrix (CSC, row indices sorted) as (the matrix without its common
-    columns, ``slot``: int64 per column, its row in ``dense`` or -1, ``dense``: uint8
-    [shape=(columns held by >= ``share`` of the rows, rows)], 1 where a row holds the
-    column)."""
-    n_rows, n_cols = m.shape
+    columns, ``common``: the columns held by >= ``share`` of the rows, int64 ascending,
+    ``dense``: uint8 [shape=(common.size, rows)], 1 where a row holds the column)."""
     counts = np.diff(m.indptr)
-    common = np.flatnonzero(counts >= max(share * n_rows, 1))
-    slot = np.full(n_cols, -1, np.int64)
-    slot[common] = np.arange(common.size)
-    dense = np.zeros((common.size, n_rows), np.uint8)
+    common = np.flatnonzero(counts >= max(share * m.shape[0], 1)).astype(np.int64)
+    dense = np.zeros((common.size, m.shape[0]), np.uint8)
     for s, c in enumerate(common):
         dense[s, m.indices[m.indptr[c]:m.indptr[c + 1]]] = 1
-    keep = np.repeat(slot < 0, counts)
-    rest_counts = np.where(slot < 0, counts, 0)
-    indptr = np.concatenate([[0], np.cumsum(rest_counts)]).astype(m.indptr.dtype)
+    sparse_col = np.ones(m.shape[1], bool)
+    sparse_col[common] = False
+    keep = np.repeat(sparse_col, counts)
+    indptr = np.concatenate([[0], np.cumsum(np.where(sparse_col, counts, 0))]).astype(m.indptr.dtype)
     rest = sparse.csc_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
     rest.has_sorted_indices = True
-    return rest, slot, dense
+    return rest, common, dense
+
+
+def dense_slots(common: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """For each of ``cols``, its row in :func:`split_common`'s ``dense`` (``common`` is
+    ascending), or -1 where it is a sparse column: int64 [shape=cols.shape]."""
+    at = np.searchsorted(common, cols)
+    hit = at < common.size
+    hit[hit] = common[at[hit]] == cols[hit]
+    return np.where(hit, at, -1).astype(np.int64)
 
 
 @njit(cache=True, nogil=True)
-def column_sums(indptr, indices, data, cols, weights, lo, hi, slot, dense):
+def column_sums(indptr, indices, data, cols, weights, lo, hi, slots, dense):
     """Rows ``lo:hi`` of ``matrix[:, cols] @ weights``, float32 [shape=(hi - lo,)], for
     the CSC arrays of a matrix whose row indices are sorted in each column (each range
     of rows is found by bisection, so two threads can sum one half each); ``data`` None
     for a presence matrix (every stored value 1: ``weights`` added, the ones not read).
-    ``slot`` and ``dense`` (:func:`split_common`; None: no dense columns): a column whose
-    slot is >= 0 is read from its dense row instead, in its turn, so every row's sum adds
-    the same values in the same order as without them.
+    ``slots`` (:func:`dense_slots` of ``cols``) and ``dense`` (:func:`split_common`; None:
+    no dense columns): a column whose slot is >= 0 is read from its dense row instead, in
+    its turn, so every row's sum adds the same values in the same order as without them.
 
     A column's entries are read 8 at a time before their 8 sums are updated, by unsigned
     index (no wraparound of a negative one): one at a time, each read waited for the sum
@@ -86,8 +94,8 @@ def column_sums(indptr, indices, data, cols, weights, lo, hi, slot, dense):
     out = np.zeros(hi - lo, np.float32)
     for k in range(cols.size):
         w = weights[k]
-        if slot is not None:
-            s = slot[cols[k]]
+        if slots is not None:
+            s = slots[k]
             if s >= 0:
                 row = dense[s]
                 for p in range(lo, hi):

@@ -681,7 +681,7 @@ class CoverIndex:
 
     def nbytes(self) -> int:
         grams = [self.grams, *self.extra_grams, self.chord_grams, self.bass_grams]
-        arrays = [*(a for g in grams for a in (g.matrix.data, g.matrix.indices, g.matrix.indptr, g.common_slot,
+        arrays = [*(a for g in grams for a in (g.matrix.data, g.matrix.indices, g.matrix.indptr, g.common_cols,
                                                g.common)),
                   self.tfidf.matrix.data, self.tfidf.matrix.indices, self.tfidf.matrix.indptr,
                   self.vectors, self.chroma_q, self.beat_off, self.global_chroma, self.mel_pitch, self.mel_onset,
@@ -1917,7 +1917,7 @@ class _GramIndex:
         self.length_norm = (1.0 / np.sqrt(np.maximum(distinct, 1))).astype(np.float32)
         # the n-grams a quarter of the pieces or more hold as dense 0/1 rows (summed ~2x
         # faster at 100,000 pieces: indexers.sparse_sums), the rest sparse
-        self.matrix, self.common_slot, self.common = split_common(m)
+        self.matrix, self.common_cols, self.common = split_common(m)
 
     def codes(self, sym: np.ndarray, off: np.ndarray):
         """(gram code, piece) of every n-gram that does not cross a piece boundary;
@@ -1969,7 +1969,7 @@ class _GramIndex:
         if codes.size == 0:
             return None
         u = np.unique(codes)
-        scores = all_column_sums(self.matrix, None, u, self.idf[u], self.common_slot, self.common)
+        scores = all_column_sums(self.matrix, None, u, self.idf[u], self.common_cols, self.common)
         scores *= self.length_norm
         return scores
 

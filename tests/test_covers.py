@@ -639,7 +639,7 @@ def test_ngram_list_scores_are_scipys_sums(monkeypatch):
 
     import query.covers as qc
     from indexers import sparse_sums
-    from indexers.sparse_sums import column_sums, split_common
+    from indexers.sparse_sums import column_sums, dense_slots, split_common
 
     rng = np.random.default_rng(4)
     # skewed intervals (1..11): some n-grams common to most pieces, others rare
@@ -654,17 +654,22 @@ def test_ngram_list_scores_are_scipys_sums(monkeypatch):
     whole.data[:] = 1.0
     whole.sort_indices()
     assert 10 < grams.common.shape[0] < grams.matrix.shape[1] - 100  # both kinds of column
-    np.testing.assert_array_equal(np.diff(whole.indptr)[grams.common_slot >= 0], grams.common.sum(axis=1))
-    assert (np.diff(grams.matrix.indptr)[grams.common_slot >= 0] == 0).all()
+    np.testing.assert_array_equal(np.diff(whole.indptr)[grams.common_cols], grams.common.sum(axis=1))
+    assert (np.diff(grams.matrix.indptr)[grams.common_cols] == 0).all()
+    rare_cols = np.setdiff1d(np.arange(whole.shape[1]), grams.common_cols)
+    np.testing.assert_array_equal(np.diff(grams.matrix.indptr)[rare_cols], np.diff(whole.indptr)[rare_cols])
     mixed = 0  # queries holding both kinds of column
     for trial in range(20):
         p = int(rng.integers(0, 400))
         query = iv[off[p]:off[p + 1]][: int(rng.integers(3, 60))] - 1  # the index's symbols
         codes, _ = grams.codes(query, np.array([0, query.size]))
         u = np.unique(codes)
-        mixed += bool((grams.common_slot[u] >= 0).any() and (grams.common_slot[u] < 0).any())
+        slots = dense_slots(grams.common_cols, u)
+        np.testing.assert_array_equal(slots >= 0, np.isin(u, grams.common_cols))
+        np.testing.assert_array_equal(grams.common_cols[slots[slots >= 0]], u[slots >= 0])
+        mixed += bool((slots >= 0).any() and (slots < 0).any())
         want = np.asarray(whole[:, u] @ grams.idf[u], np.float32).ravel()
-        m, d = grams.matrix, (grams.common_slot, grams.common)
+        m, d = grams.matrix, (slots, grams.common)
         np.testing.assert_array_equal(column_sums(m.indptr, m.indices, None, u, grams.idf[u], 0, 400, *d), want)
         cut = int(rng.integers(1, 400))  # two ranges of pieces, as two threads sum them
         halves = np.concatenate([column_sums(m.indptr, m.indices, None, u, grams.idf[u], 0, cut, *d),
@@ -672,9 +677,9 @@ def test_ngram_list_scores_are_scipys_sums(monkeypatch):
         np.testing.assert_array_equal(halves, want)
         np.testing.assert_array_equal(  # all sparse
             column_sums(whole.indptr, whole.indices, None, u, grams.idf[u], 0, 400, None, None), want)
-        rest, slot, dense = split_common(whole, 0.0)  # all dense
-        np.testing.assert_array_equal(column_sums(rest.indptr, rest.indices, None, u, grams.idf[u], 0, 400, slot,
-                                                  dense), want)
+        rest, common, dense = split_common(whole, 0.0)  # all dense
+        np.testing.assert_array_equal(column_sums(rest.indptr, rest.indices, None, u, grams.idf[u], 0, 400,
+                                                  dense_slots(common, u), dense), want)
     assert mixed >= 10
     unsplit = grams.search(iv[:50] - 1, 30)
     rare = np.full(40, 11)  # a run of the rarest interval, planted in piece 7 only
