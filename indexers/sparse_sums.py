@@ -12,8 +12,8 @@ A presence matrix may keep its common columns (n-grams that a quarter of the pie
 more hold) as dense rows of 0/1 bytes instead (:func:`split_common`): a dense column is
 added to every piece's sum in one vectorised pass (a piece without the n-gram adds
 ``w * 0``, which leaves its sum as it was), where the sparse one costs a dependent
-scattered update per entry (~1.15 ns an entry against ~0.2 ns a piece on an AVX2 EPYC:
-a column held by more than ~1/6 of the pieces is cheaper dense).
+scattered update per entry (~1 ns an entry against ~0.2 ns a piece on an AVX2 EPYC:
+a column held by more than ~1/5 of the pieces is cheaper dense).
 """
 
 from __future__ import annotations
