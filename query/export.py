@@ -123,51 +123,96 @@ def midi_bytes(con, piece_id: str) -> bytes:
     ).fetchall()
     n_tracks = max([n_tracks or 0] + [t[0] + 1 for t in tracks])
     names = {t[0]: t[1] or "" for t in tracks}
-    events: list[list[tuple[int, int, int, bytes]]] = [[] for _ in range(n_tracks)]
 
     # Track 0 carries the tempo map and signatures (where a format-1 file keeps them).
+    # Events other than notes, as (track, tick, order, raw bytes); at one tick the order
+    # key (the module's docstring) sorts them, and their ties stay in the order of this list.
+    other: list[tuple[int, int, int, bytes]] = []
     for t, us in con.execute(
         "SELECT time_ticks, us_per_beat FROM tempo_changes WHERE piece_id = ? ORDER BY time_ticks", [piece_id]
     ).fetchall():
-        events[0].append((t, 0, 0, _meta(0x51, int(us).to_bytes(3, "big"))))
+        other.append((0, t, 0, _meta(0x51, int(us).to_bytes(3, "big"))))
     for t, num, den in con.execute(
         "SELECT time_ticks, numerator, denominator FROM time_signatures WHERE piece_id = ? ORDER BY time_ticks",
         [piece_id],
     ).fetchall():
-        events[0].append((t, 0, 0, _meta(0x58, bytes([num, int(den).bit_length() - 1, 24, 8]))))
+        other.append((0, t, 0, _meta(0x58, bytes([num, int(den).bit_length() - 1, 24, 8]))))
     for t, sf, mode in con.execute(
         "SELECT time_ticks, sharps_flats, mode FROM key_signatures WHERE piece_id = ? ORDER BY time_ticks",
         [piece_id],
     ).fetchall():
-        events[0].append((t, 0, 0, _meta(0x59, bytes([sf & 0xFF, 1 if mode == "minor" else 0]))))
+        other.append((0, t, 0, _meta(0x59, bytes([sf & 0xFF, 1 if mode == "minor" else 0]))))
     for tr, ch, t, prog in con.execute(
         "SELECT track_index, channel, time_ticks, program FROM program_changes WHERE piece_id = ?", [piece_id]
     ).fetchall():
-        events[tr].append((t, 1, 0, bytes([0xC0 | ch, prog])))
+        other.append((tr, t, 1, bytes([0xC0 | ch, prog])))
 
     notes = con.execute(
         """SELECT track_index, note_index, onset_ticks, duration_ticks, pitch, velocity, channel
            FROM notes WHERE piece_id = ? ORDER BY track_index, note_index""",
         [piece_id],
     ).fetchnumpy()
-    tr = notes["track_index"]
-    idx = notes["note_index"].astype(np.int64)
+    # each note's on and off, the notes in order (on, off, on, off, ...: [n, 2] raveled)
     on = notes["onset_ticks"].astype(np.int64)
     off = on + notes["duration_ticks"].astype(np.int64)
-    for i in range(len(tr)):
-        ch, p, v = int(notes["channel"][i]), int(notes["pitch"][i]), int(notes["velocity"][i])
-        t = int(tr[i])
-        events[t].append((int(on[i]), 2, int(idx[i]), bytes([0x90 | ch, p, v])))
-        zero = off[i] == on[i]
-        events[t].append((int(off[i]), 3 if zero else -1, int(idx[i]), bytes([0x80 | ch, p, 0])))
+    ch = notes["channel"].astype(np.int64)
+    tr = notes["track_index"].astype(np.int64)
+    idx = notes["note_index"].astype(np.int64)
+    n = on.size
+    note_raw = np.zeros((n, 2, 3), np.uint8)
+    note_raw[:, 0, 0], note_raw[:, 1, 0] = 0x90 | ch, 0x80 | ch
+    note_raw[:, :, 1] = notes["pitch"].astype(np.int64)[:, None]
+    note_raw[:, 0, 2] = notes["velocity"].astype(np.int64)
+    ev_track = np.concatenate([np.asarray([e[0] for e in other], np.int64), np.repeat(tr, 2)])
+    ev_tick = np.concatenate([np.asarray([e[1] for e in other], np.int64), np.stack([on, off], 1).ravel()])
+    ev_order = np.concatenate([np.asarray([e[2] for e in other], np.int64),
+                               np.stack([np.full(n, 2), np.where(off == on, 3, -1)], 1).ravel()])
+    ev_idx = np.concatenate([np.zeros(len(other), np.int64), np.repeat(idx, 2)])
+    # sorted by track, tick, order key and note index; ties of the other events as listed
+    by = np.lexsort((np.arange(ev_tick.size), ev_idx, ev_order, ev_tick, ev_track))
+    raw = [e[3] for e in other]
+    n_other = len(other)
 
     chunks = []
+    bounds = np.searchsorted(ev_track[by], np.arange(n_tracks + 1))
     for t in range(n_tracks):
-        evs = sorted(events[t], key=lambda e: (e[0], e[1], e[2]))
-        head = [(0, _meta(0x03, names.get(t, "").encode("utf-8")))] if names.get(t) else []
-        chunks.append(_track_chunk(head + [(e[0], e[3]) for e in evs]))
+        sel = by[bounds[t]:bounds[t + 1]]
+        head = _vlq(0) + _meta(0x03, names[t].encode("utf-8")) if names.get(t) else b""
+        body = _encode_events(ev_tick[sel], sel, n_other, raw, note_raw.reshape(-1, 3))
+        body = head + body + _vlq(0) + b"\xff\x2f\x00"
+        chunks.append(b"MTrk" + len(body).to_bytes(4, "big") + body)
     header = b"MThd" + (6).to_bytes(4, "big") + int(fmt).to_bytes(2, "big") + n_tracks.to_bytes(2, "big") + int(tpq).to_bytes(2, "big")
     return header + b"".join(chunks)
+
+
+def _encode_events(ticks: np.ndarray, which: np.ndarray, n_other: int, other_raw: list[bytes],
+                   note_raw: np.ndarray) -> bytes:
+    """A track's events in order as SMF bytes: each one's delta time from the one before
+    (from tick 0 for the first) as a variable-length quantity, then its raw bytes.
+    ``which``: each event's number, below ``n_other`` an index into ``other_raw``,
+    else ``n_other`` + its row of ``note_raw`` (3 bytes each). What ``_track_chunk``
+    writes for the same events, without a Python step per note."""
+    if ticks.size == 0:
+        return b""
+    delta = np.diff(ticks, prepend=0)
+    n_vlq = np.ones(delta.size, np.int64)
+    for k in range(1, 10):  # 7 bits per byte: up to 63 bits
+        n_vlq += delta >= (1 << (7 * k))
+    is_note = which >= n_other
+    n_raw = np.full(which.size, 3, np.int64)
+    n_raw[~is_note] = [len(other_raw[i]) for i in which[~is_note]]
+    start = np.concatenate([[0], np.cumsum(n_vlq + n_raw)])
+    out = np.zeros(int(start[-1]), np.uint8)
+    for j in range(int(n_vlq.max())):  # byte j of each quantity, most significant group first
+        has = n_vlq > j
+        shift = 7 * (n_vlq[has] - 1 - j)
+        out[start[:-1][has] + j] = ((delta[has] >> shift) & 0x7F) | np.where(shift > 0, 0x80, 0)
+    at = start[:-1] + n_vlq
+    for b in range(3):
+        out[at[is_note] + b] = note_raw[which[is_note] - n_other, b]
+    for i in np.flatnonzero(~is_note):
+        out[at[i]:at[i] + n_raw[i]] = np.frombuffer(other_raw[which[i]], np.uint8)
+    return out.tobytes()
 
 
 def export_piece(db_dir, piece: str, out_path) -> tuple[str, int]:
