@@ -1745,8 +1745,10 @@ _CACHE: dict = {}
 
 def load_index(db_dir) -> CoverIndex:
     """The cover index of a database (cached per process until the database changes)."""
+    import pyarrow.compute as pc
+
     from atlas_db.connection import fetch_arrow, reading, db_file
-    from indexers.faiss_index import load_index as load_faiss, vectors_from_lance
+    from indexers.faiss_index import load_index as load_faiss
 
     db_dir = Path(db_dir)
     key = str(db_dir.resolve())
@@ -1765,7 +1767,7 @@ def load_index(db_dir) -> CoverIndex:
         try:
             t = fetch_arrow(con.execute(
                 f"""SELECT c.piece_id, p.path, p.kind, c.n_beats, c.beat_chroma, c.n_melody, c.melody_pitch,
-                           c.melody_onset_beats, c.stage_version, {later}
+                           c.melody_onset_beats, c.stage_version, c.vector, {later}
                     FROM cover_features c JOIN pieces p USING (piece_id) ORDER BY c.piece_id"""))
         except Exception as e:
             if "cover_features" in str(e):
@@ -1774,26 +1776,21 @@ def load_index(db_dir) -> CoverIndex:
     if t.num_rows == 0:
         raise IndexTroubleError(f"{db_dir}: no piece has vectors yet; ingest files or run `atlas reindex --vectors`")
     ids = np.asarray(t.column("piece_id").to_pylist(), dtype=object)
-    lids, vectors = vectors_from_lance(db_dir)
-    # Lance is written outside the DuckDB transaction: rows of a batch that was rolled
-    # back may be there (harmless, skipped); a piece missing from Lance is trouble
-    pos = {pid: i for i, pid in enumerate(lids)}
-    missing = [pid for pid in ids if pid not in pos]
-    if missing:
-        raise IndexTroubleError(
-            f"{db_dir}: {len(missing)} pieces have no vector in LanceDB (first {missing[0]}); "
-            f"run `atlas reindex --vectors --db {db_dir}`")
-    vectors = vectors[[pos[pid] for pid in ids]]
-    saved = load_faiss(db_dir, len(ids))
-    fidx = saved[0] if saved is not None and np.array_equal(saved[1], ids) else None
 
     def flat(name, dtype):
         return t.column(name).combine_chunks().values.to_numpy(zero_copy_only=False).astype(dtype)
 
+    # the vectors from DuckDB, whose copy Lance holds: reading Lance here cost every
+    # `atlas covers` the import of lancedb (1.4-2.6 s); the FAISS file is read without it,
+    # and only a missing or outdated one is built again from Lance (indexers.faiss_index)
+    vectors = flat("vector", np.float32).reshape(len(ids), -1)
+    saved = load_faiss(db_dir, len(ids))
+    fidx = saved[0] if saved is not None and np.array_equal(saved[1], ids) else None
+
     # a row of a stage version before the bass line (or the second or third melody
     # line) has none (NULL): an empty line, until `atlas reindex` recomputes it
     def lengths(name):
-        return pa.compute.fill_null(pa.compute.list_value_length(t.column(name)), 0).to_numpy()
+        return pc.fill_null(pc.list_value_length(t.column(name)), 0).to_numpy()
 
     idx = CoverIndex(ids, t.column("path").to_pylist(), vectors, flat("beat_chroma", np.int8),
                      t.column("n_beats").to_numpy(), flat("melody_pitch", np.int16),
@@ -1806,10 +1803,10 @@ def load_index(db_dir) -> CoverIndex:
                      n_third=lengths("third_pitch"))
     from indexers.vectors import VERSION
 
-    stale = pa.compute.or_(pa.compute.is_null(t.column("bass_pc")), pa.compute.is_null(t.column("second_pitch")))
-    stale = pa.compute.or_(stale, pa.compute.is_null(t.column("third_pitch")))
-    stale = pa.compute.or_(stale, pa.compute.not_equal(t.column("stage_version"), VERSION))
-    idx.stale_pieces = int(pa.compute.sum(stale).as_py() or 0)
+    stale = pc.or_(pc.is_null(t.column("bass_pc")), pc.is_null(t.column("second_pitch")))
+    stale = pc.or_(stale, pc.is_null(t.column("third_pitch")))
+    stale = pc.or_(stale, pc.not_equal(t.column("stage_version"), VERSION))
+    idx.stale_pieces = int(pc.sum(stale).as_py() or 0)
     _CACHE[key] = (stamp, idx)
     return idx
 

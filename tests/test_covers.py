@@ -371,6 +371,36 @@ def test_tables_and_lance_agree(synth_db):
     assert ldb.open_table(PIECE_TABLE).schema.field("vector").type.list_size > 0
 
 
+def test_the_loaded_index_holds_each_pieces_vector_and_reads_no_lance(synth_db, tmp_path):
+    """The cover index of a database holds, at each piece's row, the vector DuckDB stores
+    for it (Lance's copy is the same); with the FAISS file up to date, `atlas covers`
+    reads neither Lance nor lancedb's module (its import alone cost 1.4-2.6 s a query)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from atlas_db.connection import reading
+    from indexers.faiss_index import index_path, vectors_from_lance
+    from query.covers import load_index
+
+    db = tmp_path / "db"
+    shutil.copytree(synth_db["db"], db)
+    index = load_index(db)  # (builds the FAISS file, from Lance, when it is missing)
+    assert index_path(db).exists()
+    with reading(db) as con:
+        stored = con.execute("SELECT piece_id, vector FROM cover_features").fetchall()
+    lance = dict(zip(*vectors_from_lance(db)))
+    assert len(stored) == len(index) == len(lance) == 9
+    for pid, vector in stored:
+        assert np.array_equal(index.vectors[index.row_of[pid]], np.float32(vector))
+        assert np.array_equal(lance[pid], np.float32(vector))
+    code = ("import sys; from query.covers import covers; "
+            f"covers({str(db)!r}, [{str(synth_db['lib'] / 'song0.mid')!r}], top=3); "
+            "print('lancedb' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0 and out.stdout.split() == ["False"], out.stderr[-2000:]
+
+
 def test_incremental_ingest_equals_full_rebuild(pop909_dir, tmp_path):
     from indexers.vectors import reindex
     from ingest.pipeline import ingest_paths
