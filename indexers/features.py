@@ -721,13 +721,15 @@ def _order_group_onset_pitch_down(g: np.ndarray, q: np.ndarray, p: np.ndarray) -
     return np.lexsort((-p, q, g))
 
 
-def melody_intervals_groups(pitches, offsets) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`melody_intervals` of each group. Returns (intervals int8, offsets)."""
+def melody_intervals_groups(pitches, offsets, with_index: bool = False):
+    """:func:`melody_intervals` of each group. Returns (intervals int8, offsets), and
+    with ``with_index`` (intervals, each one's note in its own group int64, offsets)."""
     offsets = np.asarray(offsets, np.int64)
     n_groups = len(offsets) - 1
     pc = np.asarray(pitches, np.int64) % 12
     if pc.size == 0:
-        return np.zeros(0, np.int8), np.zeros(n_groups + 1, np.int64)
+        none = (np.zeros(0, np.int8), np.zeros(n_groups + 1, np.int64))
+        return (none[0], np.zeros(0, np.int64), none[1]) if with_index else none
     g = _group_of(offsets)
     start = np.zeros(pc.size, bool)
     start[offsets[:-1][np.diff(offsets) > 0]] = True
@@ -738,7 +740,7 @@ def melody_intervals_groups(pitches, offsets) -> tuple[np.ndarray, np.ndarray]:
     a, b = idx[:-1][pair], idx[1:][pair]
     iv = ((pc[b] - pc[a]) % 12).astype(np.int8)
     iv_off = np.concatenate([[0], np.cumsum(np.bincount(g[a], minlength=n_groups))]).astype(np.int64)
-    return iv, iv_off
+    return (iv, a - offsets[g[a]], iv_off) if with_index else (iv, iv_off)
 
 
 def _l2_rows(v: np.ndarray) -> np.ndarray:

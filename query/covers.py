@@ -70,7 +70,7 @@ from indexers.align import (in_background, sw_chroma, sw_chroma_score, sw_pitch_
                             sw_pitch_classes_score, sw_symbols, sw_symbols_score)
 from query.cover_fusion import IntervalTfidf, calibrate, fuse, fusion_features, fusion_logits
 from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma, embedding, note_parts,
-                               features_from_notes, melody_intervals, skyline)
+                               features_from_notes, melody_intervals, melody_intervals_groups, skyline)
 
 __all__ = ["CoverIndex", "QueryFeatures", "query_from_notes", "query_from_file", "resolve_query", "covers",
            "load_index", "chord_motions", "RESULT_SCHEMA", "ALIGN"]
@@ -623,15 +623,8 @@ class CoverIndex:
         self.mel_onset = np.concatenate([np.asarray(o, np.float32) for _, o, _ in kinds])
         # pitch classes for the tune-in-notes kernel, made once instead of per query
         self.mel_pc = (self.mel_pitch % 12).astype(np.int8)
-        ivs, idxs, offs = [], [], [0]
-        for i in range(lines.size):
-            iv, ix = melody_intervals(self.mel_pitch[line_off[i]:line_off[i + 1]])
-            ivs.append(iv)
-            idxs.append(ix)
-            offs.append(offs[-1] + iv.size)
-        self.iv = np.concatenate(ivs).astype(np.int8) if ivs else np.zeros(0, np.int8)
-        self.iv_index = np.concatenate(idxs).astype(np.int32) if idxs else np.zeros(0, np.int32)
-        offs = np.asarray(offs, np.int64)
+        self.iv, iv_index, offs = melody_intervals_groups(self.mel_pitch, line_off, with_index=True)
+        self.iv_index = iv_index.astype(np.int32)
         self.line_iv_off = [offs[j * n_pieces:(j + 1) * n_pieces + 1] for j in range(len(kinds))]
         self.iv_off, self.sec_iv_off = self.line_iv_off[0], self.line_iv_off[1]
         self.has_line = [np.diff(o) > 0 for o in self.line_off]

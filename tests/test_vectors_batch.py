@@ -44,6 +44,9 @@ def test_group_functions_equal_the_one_group_functions(seed):
     lead = F.lead_mask_groups(trk, on, pitch, off)
     sky_p, sky_on, s_off = F.skyline_groups(on, dur, pitch, off)
     iv, iv_off = F.melody_intervals_groups(sky_p, s_off)
+    iv_i, at, iv_off_i = F.melody_intervals_groups(sky_p, s_off, with_index=True)
+    np.testing.assert_array_equal(iv_i, iv)
+    np.testing.assert_array_equal(iv_off_i, iv_off)
     vec = F.embedding_groups(chroma, c_off, iv, iv_off)
     assert vec.shape == (40, F.EMBED_DIM) and vec.dtype == np.float32
     for g in range(40):
@@ -55,8 +58,9 @@ def test_group_functions_equal_the_one_group_functions(seed):
         p1, o1 = F.skyline(on[a:b], dur[a:b], pitch[a:b])
         np.testing.assert_array_equal(sky_p[s_off[g]:s_off[g + 1]], p1)
         np.testing.assert_array_equal(sky_on[s_off[g]:s_off[g + 1]], o1)
-        iv1 = F.melody_intervals(p1)[0]
+        iv1, at1 = F.melody_intervals(p1)
         np.testing.assert_array_equal(iv[iv_off[g]:iv_off[g + 1]], iv1)
+        np.testing.assert_array_equal(at[iv_off[g]:iv_off[g + 1]], at1)
         np.testing.assert_array_equal(vec[g], F.embedding(one, iv1))
 
 
