@@ -1538,55 +1538,42 @@ class CoverIndex:
         # mel_end): the region ends there, and the cells after it change nothing
         ends = np.minimum(stops, starts + r["mel_end"][order][:n_explain] + 1)
 
-        def melody_regions():
+        def melody_regions(part):
             return [(sel, a, sw_symbols(np.ascontiguousarray(iv[a:b]), self.iv, (starts[sel], ends[sel]),
                                         A["mel_match"], A["mel_mismatch"], A["mel_gap"], A["mel_merge"])[1])
-                    for sel, iv, (a, b) in lines]
+                    for sel, iv, (a, b) in part]
 
-        # aligned in the other thread while this one finds the harmony regions
-        melody = in_background(melody_regions) if lines else None
+        # half of each line's answers (by length) aligned in the other thread while this
+        # one finds the harmony regions and writes every column that does not depend on
+        # the melody regions, then aligns the other half
+        halves = ([], [])
+        for sel, iv, ab in lines:
+            for half, part in zip(halves, _halves(sel, ends - starts)):
+                if part.any():
+                    half.append((part, iv, ab))
+        melody = in_background(melody_regions, halves[0]) if halves[0] else None
         hreg = np.zeros((rows.size, 4))
         hreg[~by_mel] = self._harmony_regions(q, rows[~by_mel], r["hscale"][order][:n_explain][~by_mel],
                                               r["hshift"][order][:n_explain][~by_mel])
-        if melody is not None:
-            for sel, a, reg in melody.result():
-                mreg[sel] = reg
-                mreg[sel, :2] += a
+        later = []  # (rank, o, row) of the answers explained by their melody region
         for rank, (o, row) in enumerate(zip(order, all_rows), 1):
             row = int(row)
             if rank > n_explain:
                 qs_b = qe_b = rs_b = re_b = sc = None
                 trans = int(r["hshift"][o])
             elif r["by_melody"][o]:
-                q0, q1, r0, r1 = (int(x) for x in mreg[rank - 1])
-                kind = int(r["mel_line"][o])
-                iv_off, note_off = self.line_iv_off[kind], self.line_off[kind]
-                ref_iv_idx = self.iv_index[iv_off[row]:iv_off[row + 1]]
-                m0 = int(note_off[row])
-                qn, q_on, q_pitch = (q.second_interval_index, q.second_onset_beats, q.second_pitch) \
-                    if r["mel_query_second"][o] else (q.interval_index, q.melody_onset_beats, q.melody_pitch)
-                if q1 > q0 and r1 > r0:
-                    qa, qb = int(qn[q0]), int(qn[q1 - 1]) + 1
-                    ra, rb = int(ref_iv_idx[r0]), int(ref_iv_idx[r1 - 1]) + 1
-                    qs_b, qe_b = float(q_on[qa]), float(q_on[qb])
-                    rs_b, re_b = float(self.mel_onset[m0 + ra]), float(self.mel_onset[m0 + rb])
-                    trans = region_shift(q_pitch[qa:qb + 1], self.mel_pitch[m0 + ra:m0 + rb + 1],
-                                         int(self.mel_pitch[m0 + ra]) - int(q_pitch[qa]))
-                    sc = (qe_b - qs_b) / (re_b - rs_b) if re_b > rs_b else 1.0
-                else:
-                    qs_b = qe_b = rs_b = re_b = 0.0
-                    trans, sc = int(r["hshift"][o]), 1.0
+                later.append((rank, o, row))
+                qs_b = qe_b = rs_b = re_b = sc = trans = None  # filled in below
             else:
                 qs_b, qe_b, rs_b, re_b = (float(x) for x in hreg[rank - 1])
                 trans = int(r["hshift"][o])
                 sc = float(r["hscale"][o])
-            trans = (trans + 5) % 12 - 5  # -5..6
             cols["query"].append(q.label)
             cols["rank"].append(rank)
             cols["piece_id"].append(self.ids[row])
             cols["path"].append(self.paths[row])
             cols["score"].append(round(float(r["score"][o]), 4))
-            cols["transposition"].append(trans)
+            cols["transposition"].append(None if trans is None else (trans + 5) % 12 - 5)  # -5..6
             cols["time_scale"].append(None if sc is None else round(sc, 3))
             cols["query_start_beats"].append(qs_b)
             cols["query_end_beats"].append(qe_b)
@@ -1597,7 +1584,38 @@ class CoverIndex:
             cols["matched_by"].append("version_of_best" if r["via_best"][o]
                                       else "melody" if r["by_melody"][o] else "harmony")
             cols["audio_bonus"].append(round(float(r["bonus"][o]), 4))
+        mine = melody_regions(halves[1])
+        for sel, a, reg in (melody.result() if melody is not None else []) + mine:
+            mreg[sel] = reg
+            mreg[sel, :2] += a
+        for rank, o, row in later:
+            qs_b, qe_b, rs_b, re_b, trans, sc = self._melody_region(q, r, o, row, mreg[rank - 1])
+            for name, value in (("query_start_beats", qs_b), ("query_end_beats", qe_b),
+                                ("match_start_beats", rs_b), ("match_end_beats", re_b),
+                                ("transposition", (trans + 5) % 12 - 5), ("time_scale", round(sc, 3))):
+                cols[name][rank - 1] = value
         return pa.table({f.name: pa.array(cols[f.name], f.type) for f in RESULT_SCHEMA}, schema=RESULT_SCHEMA)
+
+    def _melody_region(self, q: QueryFeatures, r, o: int, row: int, reg) -> tuple:
+        """(query start, query end, match start, match end in beats, transposition, time
+        scale) of answer ``o`` (piece ``row``) from its melody region ``reg`` (q_start,
+        q_end, r_start, r_end in intervals)."""
+        q0, q1, r0, r1 = (int(x) for x in reg)
+        kind = int(r["mel_line"][o])
+        iv_off, note_off = self.line_iv_off[kind], self.line_off[kind]
+        ref_iv_idx = self.iv_index[iv_off[row]:iv_off[row + 1]]
+        m0 = int(note_off[row])
+        qn, q_on, q_pitch = (q.second_interval_index, q.second_onset_beats, q.second_pitch) \
+            if r["mel_query_second"][o] else (q.interval_index, q.melody_onset_beats, q.melody_pitch)
+        if not (q1 > q0 and r1 > r0):
+            return 0.0, 0.0, 0.0, 0.0, int(r["hshift"][o]), 1.0
+        qa, qb = int(qn[q0]), int(qn[q1 - 1]) + 1
+        ra, rb = int(ref_iv_idx[r0]), int(ref_iv_idx[r1 - 1]) + 1
+        qs_b, qe_b = float(q_on[qa]), float(q_on[qb])
+        rs_b, re_b = float(self.mel_onset[m0 + ra]), float(self.mel_onset[m0 + rb])
+        trans = region_shift(q_pitch[qa:qb + 1], self.mel_pitch[m0 + ra:m0 + rb + 1],
+                             int(self.mel_pitch[m0 + ra]) - int(q_pitch[qa]))
+        return qs_b, qe_b, rs_b, re_b, trans, (qe_b - qs_b) / (re_b - rs_b) if re_b > rs_b else 1.0
 
     # -- queries by id ----------------------------------------------------------------
     def query_for_piece(self, piece_id: str, label: str | None = None, second_line: bool = True) -> QueryFeatures:
@@ -1626,6 +1644,15 @@ class CoverIndex:
 # _ROLL[t] indexes a 12-vector rotated up by t semitones: x[_ROLL[t]] == np.roll(x, t)
 _ROLL = (np.arange(12)[None, :] - np.arange(12)[:, None]) % 12
 _UNROLL = (np.arange(12)[None, :] + np.arange(12)[:, None]) % 12  # x[_UNROLL[s]] == np.roll(x, -s)
+
+
+def _halves(sel: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``sel`` (a mask) cut in two masks of about equal total ``lengths``, in order."""
+    at = np.flatnonzero(sel)
+    cut = int(np.searchsorted(np.cumsum(lengths[at]), lengths[at].sum() / 2)) + 1 if at.size > 1 else at.size
+    first = np.zeros_like(sel)
+    first[at[:cut]] = True
+    return first, sel & ~first
 
 
 def region_shift(query_pitch, ref_pitch, first_pair: int) -> int:

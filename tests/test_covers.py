@@ -401,6 +401,29 @@ def test_the_loaded_index_holds_each_pieces_vector_and_reads_no_lance(synth_db, 
     assert out.returncode == 0 and out.stdout.split() == ["False"], out.stderr[-2000:]
 
 
+def test_halves_split_the_answers_to_explain_by_length():
+    """The answers whose melody region is found are cut in two halves (one aligned in
+    each thread): every selected answer in exactly one, in order, the first half the
+    shortest run of them that reaches half of their total length."""
+    from query.covers import _halves
+
+    rng = np.random.default_rng(8)
+    for trial in range(200):
+        n = int(rng.integers(0, 12))
+        sel = rng.random(n) < 0.7
+        lengths = rng.integers(0, 400, n)
+        a, b = _halves(sel, lengths)
+        assert not (a & b).any() and np.array_equal(a | b, sel)
+        if a.any() and b.any():
+            assert np.flatnonzero(a).max() < np.flatnonzero(b).min()
+        at = np.flatnonzero(sel)
+        if at.size:
+            assert a.any()  # the other thread always has work when there is any
+            first = lengths[a]
+            assert 2 * first.sum() >= lengths[at].sum() or not b.any()
+            assert 2 * (first.sum() - first[-1]) < lengths[at].sum() or first.size == 1
+
+
 def test_incremental_ingest_equals_full_rebuild(pop909_dir, tmp_path):
     from indexers.vectors import reindex
     from ingest.pipeline import ingest_paths
