@@ -728,8 +728,8 @@ def melody_intervals_groups(pitches, offsets, with_index: bool = False):
     n_groups = len(offsets) - 1
     pc = np.asarray(pitches, np.int64) % 12
     if pc.size == 0:
-        none = (np.zeros(0, np.int8), np.zeros(n_groups + 1, np.int64))
-        return (none[0], np.zeros(0, np.int64), none[1]) if with_index else none
+        iv, at, iv_off = np.zeros(0, np.int8), np.zeros(0, np.int64), np.zeros(n_groups + 1, np.int64)
+        return (iv, at, iv_off) if with_index else (iv, iv_off)
     g = _group_of(offsets)
     start = np.zeros(pc.size, bool)
     start[offsets[:-1][np.diff(offsets) > 0]] = True

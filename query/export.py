@@ -95,16 +95,19 @@ def _meta(mtype: int, payload: bytes) -> bytes:
     return bytes([0xFF, mtype]) + _vlq(len(payload)) + payload
 
 
-def _track_chunk(events: list[tuple[int, bytes]]) -> bytes:
-    """events: (tick, raw event bytes) already in order."""
-    body = bytearray()
-    last = 0
-    for tick, raw in events:
-        body += _vlq(tick - last)
-        body += raw
-        last = tick
+def _track_chunk(events: list[tuple[int, bytes]], head: bytes = b"") -> bytes:
+    """An MTrk chunk of events (tick, raw event bytes) already in order, after ``head``
+    (events at tick 0, already encoded), closed by the end-of-track event."""
+    ticks = np.asarray([e[0] for e in events], np.int64)
+    body = head + _encode_events(ticks, np.arange(ticks.size), ticks.size, [e[1] for e in events],
+                                 np.zeros((0, 3), np.uint8))
+    return _chunk(body)
+
+
+def _chunk(body: bytes) -> bytes:
+    """An MTrk chunk of a track's encoded events, closed by the end-of-track event."""
     body += _vlq(0) + b"\xff\x2f\x00"
-    return b"MTrk" + len(body).to_bytes(4, "big") + bytes(body)
+    return b"MTrk" + len(body).to_bytes(4, "big") + body
 
 
 def midi_bytes(con, piece_id: str) -> bytes:
@@ -175,12 +178,11 @@ def midi_bytes(con, piece_id: str) -> bytes:
 
     chunks = []
     bounds = np.searchsorted(ev_track[by], np.arange(n_tracks + 1))
+    note_raw = note_raw.reshape(-1, 3)
     for t in range(n_tracks):
         sel = by[bounds[t]:bounds[t + 1]]
         head = _vlq(0) + _meta(0x03, names[t].encode("utf-8")) if names.get(t) else b""
-        body = _encode_events(ev_tick[sel], sel, n_other, raw, note_raw.reshape(-1, 3))
-        body = head + body + _vlq(0) + b"\xff\x2f\x00"
-        chunks.append(b"MTrk" + len(body).to_bytes(4, "big") + body)
+        chunks.append(_chunk(head + _encode_events(ev_tick[sel], sel, n_other, raw, note_raw)))
     header = b"MThd" + (6).to_bytes(4, "big") + int(fmt).to_bytes(2, "big") + n_tracks.to_bytes(2, "big") + int(tpq).to_bytes(2, "big")
     return header + b"".join(chunks)
 
@@ -190,8 +192,8 @@ def _encode_events(ticks: np.ndarray, which: np.ndarray, n_other: int, other_raw
     """A track's events in order as SMF bytes: each one's delta time from the one before
     (from tick 0 for the first) as a variable-length quantity, then its raw bytes.
     ``which``: each event's number, below ``n_other`` an index into ``other_raw``,
-    else ``n_other`` + its row of ``note_raw`` (3 bytes each). What ``_track_chunk``
-    writes for the same events, without a Python step per note."""
+    else ``n_other`` + its row of ``note_raw`` (3 bytes each); without a Python step
+    per note."""
     if ticks.size == 0:
         return b""
     delta = np.diff(ticks, prepend=0)
