@@ -167,8 +167,10 @@ def test_slp_vectorizer_only_for_the_lane_kernels():
 def test_the_other_cpus_lane_count_scores_the_same_too():
     """SYMBOL_LANES follows the CPU (16 with AVX-512, else 8), so this file's melody and
     pitch-class tests run with one count on a given machine: here they run again with
-    the other, lanes.py loaded with that count in a process of its own. Its kernels
-    are not cached there: a driver's cache entry does not name the lane count."""
+    the other, lanes.py loaded with that count in a process of its own. numba's cache
+    entries do not name the lane count, so that process has a cache folder of its own
+    (kept, as the main one is: compiling it all takes ~20 s)."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -183,7 +185,7 @@ path = Path({str(Path(lanes.__file__))!r})
 src = path.read_text()
 line = "SYMBOL_LANES = 16 if _has_avx512() else 8"
 assert src.count(line) == 1 and "cache=True" in src
-src = src.replace(line, "SYMBOL_LANES = {other}").replace("cache=True", "cache=False")
+src = src.replace(line, "SYMBOL_LANES = {other}")
 mod = types.ModuleType("indexers.lanes")
 mod.__file__ = str(path)
 sys.modules["indexers.lanes"] = mod
@@ -192,6 +194,8 @@ import pytest
 assert mod.SYMBOL_LANES == {other}
 sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", {__file__!r}, "-k", "sym_scores or pitch_class"]))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    cache = Path(os.environ["NUMBA_CACHE_DIR"]) / f"symbol-lanes-{other}"  # (conftest.py sets the variable)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1],
+                         env={**os.environ, "NUMBA_CACHE_DIR": str(cache)})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert " passed" in out.stdout and "failed" not in out.stdout

@@ -210,7 +210,7 @@ def test_user_mistakes_give_one_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("var, value, line", [
+BAD_SETTINGS = [
     # read when the modules are imported: int()/float() there was a traceback
     ("ATLAS_FILE_TIMEOUT_S", "abc", "$ATLAS_FILE_TIMEOUT_S = 'abc': give a number of seconds >= 1 (unset: 900)"),
     ("ATLAS_LOCK_WAIT_S", "-1", "$ATLAS_LOCK_WAIT_S = '-1': give a number of seconds >= 0 or inf (unset: 60)"),
@@ -218,20 +218,35 @@ def test_user_mistakes_give_one_line(tmp_path):
     ("ATLAS_GRAMMAR_MIN_COUNT", "0",
      "$ATLAS_GRAMMAR_MIN_COUNT = '0': give a whole number of occurrences >= 2 (unset: 2)"),
     ("ATLAS_ALIGN_THREADS", "two", "$ATLAS_ALIGN_THREADS = 'two': give a whole number of threads >= 1 (unset: 2)"),
-])
-def test_a_bad_setting_in_the_environment_is_one_line(tmp_path, var, value, line):
-    two_tracks(tmp_path / "a.mid")
-    r = atlas("ingest", str(tmp_path / "a.mid"), "--db", str(tmp_path / "db"), check=False,
-              env={**os.environ, var: value})
+]
+
+
+@pytest.fixture(scope="module")
+def one_tune_db(tmp_path_factory):
+    """A database of one small file, its FAISS file built (the first search builds it):
+    shared by the tests below, which only read it."""
+    folder = tmp_path_factory.mktemp("one_tune")
+    two_tracks(folder / "a.mid")
+    ingest_paths([str(folder / "a.mid")], folder / "db")
+    assert atlas("covers", str(folder / "a.mid"), "--db", str(folder / "db")).returncode == 0
+    return folder
+
+
+@pytest.mark.parametrize("var, value, line", BAD_SETTINGS)
+def test_a_bad_setting_in_the_environment_is_one_line(tmp_path, one_tune_db, var, value, line):
+    song = one_tune_db / "a.mid"
+    r = atlas("ingest", str(song), "--db", str(tmp_path / "db"), check=False, env={**os.environ, var: value})
     assert (r.returncode, r.stderr) == (2, f"atlas: error: {line}\n")
     assert not (tmp_path / "db").exists()  # refused before anything was written
-    ingest_paths([str(tmp_path / "a.mid")], tmp_path / "db")
-    r = atlas("covers", str(tmp_path / "a.mid"), "--db", str(tmp_path / "db"), check=False,
-              env={**os.environ, var: value})
+    r = atlas("covers", str(song), "--db", str(one_tune_db / "db"), check=False, env={**os.environ, var: value})
     assert (r.returncode, r.stderr) == (2, f"atlas: error: {line}\n")
-    r = atlas("covers", str(tmp_path / "a.mid"), "--db", str(tmp_path / "db"), check=False,
-              env={**os.environ, var: " "})  # empty: the default
-    assert r.returncode == 0, r.stderr
+
+
+def test_an_empty_setting_in_the_environment_is_its_default(one_tune_db):
+    env = {**os.environ, **{var: " " for var, _, _ in BAD_SETTINGS}}
+    r = atlas("covers", str(one_tune_db / "a.mid"), "--db", str(one_tune_db / "db"), check=False, env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.startswith("query  rank  piece_id")  # the answer table (empty: the query is left out)
 
 
 def test_killed_ingest_loses_nothing_and_rerun_completes(tmp_path, pop909_dir):
