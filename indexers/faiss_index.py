@@ -4,8 +4,9 @@ faiss-gpu is used when the installed faiss has GPU support and a GPU is visible;
 otherwise faiss-cpu. The index is exact (``IndexFlatIP``) up to 20k pieces; above, an IVF-Flat index
 (4 sqrt(n) k-means cells, 1/16 of them searched) keeps a query at a few milliseconds. The
 file ``<db>/faiss/piece_vectors.faiss`` (+ ``.ids.npy``) is a cache of it: built from Lance
-by ``atlas reindex --vectors``, and by the first query that finds it missing or out of
-date (an ingest adds pieces without touching it), so that later queries load it instead
+by ``atlas reindex --vectors``, and from DuckDB's copy of the vectors by the first query
+that finds it missing or out of date (an ingest adds pieces without touching it), so
+that later queries load it instead
 of building the index again (at 100k pieces: 0.26 s to load the file, 10.5 s to build the
 index, on 2 shared cores).
 """
@@ -111,43 +112,33 @@ def save_index(index, ids: np.ndarray, db_dir) -> Path:
     return path
 
 
-def load_index(db_dir, expected_rows: int):
-    """The saved index and its ids, or None.
+def load_index(db_dir, ids: np.ndarray, vectors: np.ndarray):
+    """The index of ``vectors`` (one row per piece of ``ids``, in that order): the saved
+    file when it holds exactly those pieces in that order, else built from ``vectors``
+    and saved for the next query (a folder this process cannot write: kept for this one).
 
-    A file that is missing or out of date (not ``expected_rows`` rows: pieces were added
-    since it was built, and an ingest does not update it) is never answered from: the
-    index is built from the Lance vectors when Lance holds ``expected_rows`` rows, and
-    saved for the next query (a folder this process cannot write: kept for this one);
-    else None, and the caller builds one from its own vectors."""
+    A file that is missing or out of date (an ingest adds pieces without updating it) is
+    never answered from. The caller's vectors are DuckDB's (``cover_features.vector``,
+    which Lance copies): building from them spares the first query after an ingest
+    lancedb's import and a read of Lance."""
     import faiss
 
     path = index_path(db_dir)
     ids_path = path.with_suffix(".ids.npy")
     if path.exists() and ids_path.exists():
-        ids = np.load(ids_path).astype(object)
-        if len(ids) == expected_rows:
+        saved = np.load(ids_path).astype(object)
+        if np.array_equal(saved, ids):
             index = faiss.read_index(str(path))
             if index.ntotal == len(ids):  # (else caught between the two renames of save_index)
                 if gpu_available():
                     index = faiss.index_cpu_to_all_gpus(index)
-                return index, ids
-    return _rebuild(db_dir, expected_rows)
-
-
-def _rebuild(db_dir, expected_rows: int):
-    """(index, ids) built from Lance and saved, if Lance holds ``expected_rows`` rows."""
-    try:
-        ids, x = vectors_from_lance(db_dir)
-    except IndexTroubleError:
-        return None
-    if len(ids) != expected_rows or not len(ids):  # (rows of a rolled-back batch in Lance)
-        return None
-    index = build_index(x)
+                return index
+    index = build_index(vectors)
     try:
         save_index(index, ids, db_dir)
     except OSError:
         pass
-    return index, ids
+    return index
 
 
 def build_from_lance(db_dir) -> tuple[Path, int]:

@@ -1801,11 +1801,10 @@ def load_index(db_dir) -> CoverIndex:
         return t.column(name).combine_chunks().values.to_numpy(zero_copy_only=False).astype(dtype)
 
     # the vectors from DuckDB, whose copy Lance holds: reading Lance here cost every
-    # `atlas covers` the import of lancedb (1.4-2.6 s); the FAISS file is read without it,
-    # and only a missing or outdated one is built again from Lance (indexers.faiss_index)
+    # `atlas covers` the import of lancedb (1.4-2.6 s); the FAISS file is read, or built
+    # from these vectors when it is missing or out of date (indexers.faiss_index)
     vectors = flat("vector", np.float32).reshape(len(ids), -1)
-    saved = load_faiss(db_dir, len(ids))
-    fidx = saved[0] if saved is not None and np.array_equal(saved[1], ids) else None
+    fidx = load_faiss(db_dir, ids, vectors)
 
     # a row of a stage version before the bass line (or the second or third melody
     # line) has none (NULL): an empty line, until `atlas reindex` recomputes it

@@ -385,7 +385,7 @@ def test_the_loaded_index_holds_each_pieces_vector_and_reads_no_lance(synth_db, 
 
     db = tmp_path / "db"
     shutil.copytree(synth_db["db"], db)
-    index = load_index(db)  # (builds the FAISS file, from Lance, when it is missing)
+    index = load_index(db)  # (builds the FAISS file when it is missing)
     assert index_path(db).exists()
     with reading(db) as con:
         stored = con.execute("SELECT piece_id, vector FROM cover_features").fetchall()

@@ -36,8 +36,8 @@ def test_a_query_rebuilds_and_saves_an_out_of_date_file(db_with_stale_index):
     assert np.array_equal(saved, idx.ids)  # the file now holds every piece, in the index's order
     assert idx.index.ntotal == rows + 1
     stamp = index_path(db).stat().st_mtime_ns
-    index, ids = load_index(db, rows + 1)  # up to date now: loaded, not built again
-    assert index_path(db).stat().st_mtime_ns == stamp and np.array_equal(ids, saved)
+    index = load_index(db, idx.ids, idx.vectors)  # up to date now: loaded, not built again
+    assert index_path(db).stat().st_mtime_ns == stamp
     _, x = vectors_from_lance(db)
     got, want = search(index, x[:4], 3), search(build_index(x), x[:4], 3)
     assert np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0])
@@ -47,7 +47,7 @@ def test_files_of_two_writes_are_not_used_together(db_with_stale_index):
     """A reader between the two renames of save_index sees one new and one old file."""
     import faiss
 
-    from indexers.faiss_index import index_path, load_index, vectors_from_lance
+    from indexers.faiss_index import index_path, load_index, search, vectors_from_lance
 
     db, rows = db_with_stale_index
     path = index_path(db)
@@ -57,6 +57,29 @@ def test_files_of_two_writes_are_not_used_together(db_with_stale_index):
     new.add(x[:rows])  # as many rows as the old ids file, other vectors
     faiss.write_index(new, str(path))
     np.save(path.with_suffix(".ids.npy"), np.append(old_ids, "f" * 16))  # one row more than the index
-    index, got = load_index(db, rows + 1)
-    assert index.ntotal == rows + 1 and np.array_equal(got, ids)
+    index = load_index(db, ids, x)
+    assert index.ntotal == rows + 1
     assert np.array_equal(np.load(path.with_suffix(".ids.npy")).astype(object), ids)
+    # and a file of the same pieces in another order is built again too
+    index = load_index(db, ids[::-1], x[::-1])
+    assert np.array_equal(np.load(path.with_suffix(".ids.npy")).astype(object), ids[::-1])
+    assert np.array_equal(search(index, x[:1], 1)[1], [[rows]])  # the first piece is the last row now
+
+
+def test_a_missing_file_is_built_from_duckdbs_vectors_without_lance(db_with_stale_index):
+    """The first `atlas covers` after an ingest (the FAISS file out of date) builds it from
+    the vectors DuckDB holds: lancedb is not imported (1.4-2.6 s), the file is saved."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from indexers.faiss_index import index_path
+
+    db, rows = db_with_stale_index
+    song = pop909_songs(1)[0]
+    code = ("import sys; from query.covers import covers; "
+            f"t = covers({str(db)!r}, [{str(song / (song.name + '.mid'))!r}], top=3); "
+            "print('lancedb' in sys.modules, t.num_rows)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0 and out.stdout.split() == ["False", "3"], out.stderr[-2000:]
+    assert len(np.load(index_path(db).with_suffix(".ids.npy"))) == rows + 1
