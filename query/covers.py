@@ -1767,8 +1767,7 @@ def load_index(db_dir) -> CoverIndex:
     """The cover index of a database (cached per process until the database changes)."""
     import pyarrow.compute as pc
 
-    from atlas_db.connection import fetch_arrow, reading, db_file
-    from indexers.faiss_index import load_index as load_faiss
+    from atlas_db.connection import db_file
 
     db_dir = Path(db_dir)
     key = str(db_dir.resolve())
@@ -1776,35 +1775,12 @@ def load_index(db_dir) -> CoverIndex:
     hit = _CACHE.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    with reading(db_dir) as con:
-        # columns a database of an older version lacks until a writer migrates it: NULL
-        have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
-                                          "WHERE table_name = 'cover_features'").fetchall()}
-        later = ", ".join(f"c.{name}" if name in have else f"NULL::{typ} AS {name}" for name, typ in
-                          (("bass_pc", "TINYINT[]"), ("second_pitch", "SMALLINT[]"),
-                           ("second_onset_beats", "FLOAT[]"), ("third_pitch", "SMALLINT[]"),
-                           ("third_onset_beats", "FLOAT[]")))
-        try:
-            t = fetch_arrow(con.execute(
-                f"""SELECT c.piece_id, p.path, p.kind, c.n_beats, c.beat_chroma, c.n_melody, c.melody_pitch,
-                           c.melody_onset_beats, c.stage_version, c.vector, {later}
-                    FROM cover_features c JOIN pieces p USING (piece_id) ORDER BY c.piece_id"""))
-        except Exception as e:
-            if "cover_features" in str(e):
-                raise IndexTroubleError(f"{db_dir}: no cover features yet; run `atlas reindex --vectors --db {db_dir}`") from e
-            raise
-    if t.num_rows == 0:
-        raise IndexTroubleError(f"{db_dir}: no piece has vectors yet; ingest files or run `atlas reindex --vectors`")
-    ids = np.asarray(t.column("piece_id").to_pylist(), dtype=object)
-
-    def flat(name, dtype):
-        return t.column(name).combine_chunks().values.to_numpy(zero_copy_only=False).astype(dtype)
-
-    # the vectors from DuckDB, whose copy Lance holds: reading Lance here cost every
-    # `atlas covers` the import of lancedb (1.4-2.6 s); the FAISS file is read, or built
-    # from these vectors when it is missing or out of date (indexers.faiss_index)
-    vectors = flat("vector", np.float32).reshape(len(ids), -1)
-    fidx = load_faiss(db_dir, ids, vectors)
+    t = cover_rows(db_dir, "p.kind, c.n_beats, c.beat_chroma, c.n_melody, c.melody_pitch, c.melody_onset_beats, "
+                           "c.stage_version", later=(("bass_pc", "TINYINT[]"), ("second_pitch", "SMALLINT[]"),
+                                                     ("second_onset_beats", "FLOAT[]"), ("third_pitch", "SMALLINT[]"),
+                                                     ("third_onset_beats", "FLOAT[]")))
+    ids, vectors, fidx = piece_vectors(db_dir, t)
+    flat = functools.partial(_flat, t)
 
     # a row of a stage version before the bass line (or the second or third melody
     # line) has none (NULL): an empty line, until `atlas reindex` recomputes it
@@ -1830,26 +1806,81 @@ def load_index(db_dir) -> CoverIndex:
     return idx
 
 
-def resolve_query(get_index, db_dir, query: str) -> QueryFeatures:
+def cover_rows(db_dir, columns: str, later=()) -> pa.Table:
+    """``piece_id``, ``path`` and ``vector``, then ``columns`` (SQL over ``cover_features c``
+    joined with ``pieces p``) and the ``later`` columns ((name, type): NULL of that type
+    where a database of an older version lacks the column, until a writer migrates it),
+    of every piece with cover features, by piece id."""
+    from atlas_db.connection import fetch_arrow, reading
+
+    db_dir = Path(db_dir)
+    with reading(db_dir) as con:
+        have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                          "WHERE table_name = 'cover_features'").fetchall()}
+        extra = "".join(f", c.{name}" if name in have else f", NULL::{typ} AS {name}" for name, typ in later)
+        try:
+            t = fetch_arrow(con.execute(
+                f"""SELECT c.piece_id, p.path, c.vector{", " + columns if columns else ""}{extra}
+                    FROM cover_features c JOIN pieces p USING (piece_id) ORDER BY c.piece_id"""))
+        except Exception as e:
+            if "cover_features" in str(e):
+                raise IndexTroubleError(f"{db_dir}: no cover features yet; run `atlas reindex --vectors --db {db_dir}`") from e
+            raise
+    if t.num_rows == 0:
+        raise IndexTroubleError(f"{db_dir}: no piece has vectors yet; ingest files or run `atlas reindex --vectors`")
+    return t
+
+
+def _flat(t: pa.Table, name: str, dtype) -> np.ndarray:
+    """A list column's values back to back."""
+    return t.column(name).combine_chunks().values.to_numpy(zero_copy_only=False).astype(dtype)
+
+
+def piece_vectors(db_dir, t: pa.Table):
+    """(ids, vectors, FAISS index) of :func:`cover_rows`' table. The vectors are DuckDB's,
+    whose copy Lance holds: reading Lance here cost every `atlas covers` the import of
+    lancedb (1.4-2.6 s); the FAISS file is read, or built from these vectors when it is
+    missing or out of date (indexers.faiss_index)."""
+    from indexers.faiss_index import load_index as load_faiss
+
+    ids = np.asarray(t.column("piece_id").to_pylist(), dtype=object)
+    vectors = _flat(t, "vector", np.float32).reshape(len(ids), -1)
+    return ids, vectors, load_faiss(db_dir, ids, vectors)
+
+
+def _require_vectors(db_dir, query: str, pid: str, row_of: dict) -> None:
+    """Nothing when the stored piece ``pid`` (named by ``query``) has cover features (is
+    in ``row_of``); else an error that says why."""
+    if pid in row_of:
+        return
+    from atlas_db.connection import reading
+
+    with reading(db_dir) as con:  # (reindexing cannot help a piece without a melody or chords)
+        pitched = con.execute("SELECT count(*) FROM notes n JOIN tracks t USING (piece_id, track_index) "
+                              "WHERE n.piece_id = ? AND NOT coalesce(t.is_drum, false)", [pid]).fetchone()[0]
+    if not pitched:
+        raise BadInputError(f"{query}: the piece has no pitched notes (drums only, or none): nothing to compare")
+    raise IndexTroubleError(f"{pid}: piece has no vectors yet; run `atlas reindex --vectors`")
+
+
+def resolve_query(get_index, db_dir, query: str, stored=None) -> QueryFeatures:
     """A query argument: a MIDI or audio file path (ingested or not) or a piece id / prefix / path.
     ``get_index()`` gives the ``CoverIndex``; it is called only for a stored piece that was
-    found, so a wrong id or a bad file is reported before seconds of loading."""
+    found, so a wrong id or a bad file is reported before seconds of loading. ``stored``
+    (index, piece id, label) makes a stored piece's query instead of the index's
+    ``query_for_piece`` (``query.similar``: its vector alone)."""
     p = Path(query)
     if p.is_file():
-        q = query_from_file(p)
-        return q
+        return query_from_file(p)
     from atlas_db.connection import reading
     from query.export import resolve_piece
 
     with reading(db_dir) as con:
         pid = resolve_piece(con, query)
     index = get_index()
-    if pid not in index.row_of:
-        with reading(db_dir) as con:  # (reindexing cannot help a piece without a melody or chords)
-            pitched = con.execute("SELECT count(*) FROM notes n JOIN tracks t USING (piece_id, track_index) "
-                                  "WHERE n.piece_id = ? AND NOT coalesce(t.is_drum, false)", [pid]).fetchone()[0]
-        if not pitched:
-            raise BadInputError(f"{query}: the piece has no pitched notes (drums only, or none): nothing to compare")
+    _require_vectors(db_dir, query, pid, index.row_of)
+    if stored is not None:
+        return stored(index, pid, utf8_text(query))
     return index.query_for_piece(pid, label=utf8_text(query))
 
 

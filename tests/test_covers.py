@@ -180,6 +180,31 @@ def test_similar_ranks_versions_first(synth_db):
     assert tr.column("path").to_pylist()[0].endswith("song0_version.mid")
 
 
+def test_similar_of_a_stored_piece_is_the_cosine_ranking_of_the_stored_vectors(synth_db):
+    """`atlas similar ID` ranks every other piece by the cosine of DuckDB's stored vectors,
+    without building the cover index (its n-gram indexes and lines, which similarity
+    does not use)."""
+    from atlas_db.connection import reading
+    from query import covers
+    from query.similar import similar
+
+    with reading(synth_db["db"]) as con:
+        stored = con.execute("SELECT piece_id, vector FROM cover_features ORDER BY piece_id").fetchall()
+    ids = [pid for pid, _ in stored]
+    x = np.asarray([v for _, v in stored], np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    covers._CACHE.clear()
+    for i, pid in enumerate(ids[:3]):
+        res = similar(synth_db["db"], [pid[:10]], top=len(ids))
+        cos = x @ x[i]
+        want = [ids[j] for j in np.argsort(-cos, kind="stable") if j != i]
+        assert res.column("piece_id").to_pylist() == want
+        assert np.allclose(res.column("score").to_numpy(), np.sort(cos)[::-1][1:], atol=1e-5)
+    assert not covers._CACHE  # the cover index was not built
+    with pytest.raises(BadInputError, match="no such piece"):
+        similar(synth_db["db"], ["ffffffffffff"])
+
+
 # -- features -----------------------------------------------------------------------------
 def test_embedding_is_transposition_and_tempo_invariant():
     from indexers.features import features_from_notes
