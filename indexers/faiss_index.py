@@ -117,8 +117,8 @@ def load_index(db_dir, ids: np.ndarray, vectors: np.ndarray):
     file when it holds exactly those pieces in that order, else built from ``vectors``
     and saved for the next query (a folder this process cannot write: kept for this one).
 
-    A file that is missing or out of date (an ingest adds pieces without updating it) is
-    never answered from. The caller's vectors are DuckDB's (``cover_features.vector``,
+    A file that is missing, damaged or out of date (an ingest adds pieces without
+    updating it) is never answered from. The caller's vectors are DuckDB's (``cover_features.vector``,
     which Lance copies): building from them spares the first query after an ingest
     lancedb's import and a read of Lance."""
     import faiss
@@ -126,13 +126,15 @@ def load_index(db_dir, ids: np.ndarray, vectors: np.ndarray):
     path = index_path(db_dir)
     ids_path = path.with_suffix(".ids.npy")
     if path.exists() and ids_path.exists():
-        saved = np.load(ids_path).astype(object)
-        if np.array_equal(saved, ids):
-            index = faiss.read_index(str(path))
-            if index.ntotal == len(ids):  # (else caught between the two renames of save_index)
-                if gpu_available():
-                    index = faiss.index_cpu_to_all_gpus(index)
-                return index
+        try:
+            saved = np.load(ids_path).astype(object)
+            index = faiss.read_index(str(path)) if np.array_equal(saved, ids) else None
+        except (OSError, ValueError, EOFError, RuntimeError):  # damaged: a cache, built again
+            index = None
+        if index is not None and index.ntotal == len(ids):  # (else caught between the two renames of save_index)
+            if gpu_available():
+                index = faiss.index_cpu_to_all_gpus(index)
+            return index
     index = build_index(vectors)
     try:
         save_index(index, ids, db_dir)

@@ -83,3 +83,20 @@ def test_a_missing_file_is_built_from_duckdbs_vectors_without_lance(db_with_stal
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.returncode == 0 and out.stdout.split() == ["False", "3"], out.stderr[-2000:]
     assert len(np.load(index_path(db).with_suffix(".ids.npy"))) == rows + 1
+
+
+def test_a_damaged_file_is_built_again(db_with_stale_index):
+    """The FAISS file and its ids are a cache: garbage in either (a disk error, a copy cut
+    short) is built again from the vectors, not a traceback."""
+    from indexers.faiss_index import index_path, load_index, search, vectors_from_lance
+
+    db, rows = db_with_stale_index
+    ids, x = vectors_from_lance(db)
+    path = index_path(db)
+    for damaged in (path, path.with_suffix(".ids.npy")):
+        load_index(db, ids, x)  # both files good
+        good = damaged.read_bytes()
+        damaged.write_bytes(b"garbage" + good[: len(good) // 3])
+        index = load_index(db, ids, x)
+        assert index.ntotal == rows + 1 and np.array_equal(search(index, x[:1], 1)[1], [[0]])
+        assert damaged.read_bytes() != b"garbage" + good[: len(good) // 3]  # saved again
