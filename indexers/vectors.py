@@ -117,28 +117,43 @@ def sync_lance(db_dir, ldb=None) -> dict[str, int]:
             counts = dict(con.execute(f"SELECT stage_version, count(*) FROM {source} GROUP BY ALL").fetchall())
             if not counts:
                 continue
-            if name in table_names(ldb):
-                tbl = ldb.open_table(name)
-                lance_counts = {v: tbl.count_rows(f"stage_version = '{v.replace(chr(39), chr(39) * 2)}'")
-                                for v in counts}
-                if lance_counts == counts and tbl.count_rows() == sum(counts.values()):
-                    continue
-            have = _lance_keys(ldb, name, keys)
-            cond = " AND ".join(f"h.{k} = s.{k}" for k in keys + ["stage_version"])
-            if have is None:
-                missing = fetch_arrow(con.execute(f"SELECT {', '.join(keys)}, vector, stage_version FROM {source}"))
-            else:
-                con.register("_lance_have", have)
-                try:
-                    missing = fetch_arrow(con.execute(
-                        f"SELECT {', '.join('s.' + k for k in keys)}, s.vector, s.stage_version FROM {source} s "
-                        f"WHERE NOT EXISTS (SELECT 1 FROM _lance_have h WHERE {cond})"))
-                finally:
-                    con.unregister("_lance_have")
-            if missing.num_rows:
-                _upsert(ldb, name, _lance_rows(missing, name), keys)
-            written[name] = missing.num_rows
+            try:
+                n = _sync_table(con, ldb, name, source, keys, counts)
+            except (RuntimeError, OSError, ValueError):
+                # a damaged Lance table (a file cut short or overwritten: lance raises
+                # RuntimeError "LanceError(IO)"): a copy of DuckDB's rows, so made again
+                if name in table_names(ldb):
+                    ldb.drop_table(name)
+                n = _sync_table(con, ldb, name, source, keys, counts)
+            if n is not None:
+                written[name] = n
     return written
+
+
+def _sync_table(con, ldb, name: str, source: str, keys: list[str], counts: dict) -> int | None:
+    """Upsert into the Lance table ``name`` the rows of DuckDB's ``source`` that it lacks
+    (``counts``: ``source``'s rows per stage version); returns the rows written (None:
+    the counts agree, nothing was looked for)."""
+    if name in table_names(ldb):
+        tbl = ldb.open_table(name)
+        lance_counts = {v: tbl.count_rows(f"stage_version = '{v.replace(chr(39), chr(39) * 2)}'") for v in counts}
+        if lance_counts == counts and tbl.count_rows() == sum(counts.values()):
+            return None
+    have = _lance_keys(ldb, name, keys)
+    cond = " AND ".join(f"h.{k} = s.{k}" for k in keys + ["stage_version"])
+    if have is None:
+        missing = fetch_arrow(con.execute(f"SELECT {', '.join(keys)}, vector, stage_version FROM {source}"))
+    else:
+        con.register("_lance_have", have)
+        try:
+            missing = fetch_arrow(con.execute(
+                f"SELECT {', '.join('s.' + k for k in keys)}, s.vector, s.stage_version FROM {source} s "
+                f"WHERE NOT EXISTS (SELECT 1 FROM _lance_have h WHERE {cond})"))
+        finally:
+            con.unregister("_lance_have")
+    if missing.num_rows:
+        _upsert(ldb, name, _lance_rows(missing, name), keys)
+    return missing.num_rows
 
 
 def _lance_rows(rows: pa.Table, name: str) -> pa.Table:

@@ -216,6 +216,13 @@ def test_ingest_leaves_lance_to_its_readers(tmp_path):
     assert vectors.sync_lance(db) == {vectors.PIECE_TABLE: n_pieces}
     versions = ldb.open_table(vectors.PIECE_TABLE).to_arrow().column("stage_version").to_pylist()
     assert versions == ["vectors-test"] * n_pieces
+    # a damaged Lance table (its data file overwritten) is a copy: made again from DuckDB
+    for data in (vectors.lance_dir(db) / f"{vectors.TRACK_TABLE}.lance" / "data").glob("*.lance"):
+        data.write_bytes(b"garbage")
+    assert vectors.sync_lance(db) == {vectors.TRACK_TABLE: n_tracks}
+    got = sorted((r["piece_id"], r["track_index"], r["vector"])
+                 for r in vectors.open_lance(db).open_table(vectors.TRACK_TABLE).to_arrow().to_pylist())
+    assert [(p, t, np.float32(v).tolist()) for p, t, v in want] == [(p, t, list(v)) for p, t, v in got]
 
 
 def test_select_is_the_kth_smallest_with_the_smaller_ones_before_it():
