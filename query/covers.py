@@ -1876,7 +1876,13 @@ def resolve_query(get_index, db_dir, query: str, stored=None) -> QueryFeatures:
     from query.export import resolve_piece
 
     with reading(db_dir) as con:
-        pid = resolve_piece(con, query)
+        try:
+            pid = resolve_piece(con, query)
+        except BadInputError:
+            if p.is_dir():
+                raise BadInputError(f"{query}: a folder, not a query (give a .mid or audio file, or a piece id, "
+                                    "id prefix or ingested path)") from None
+            raise
     index = get_index()
     _require_vectors(db_dir, query, pid, index.row_of)
     if stored is not None:

@@ -153,6 +153,9 @@ def test_unknown_piece_query_is_a_clear_error(synth_db):
 
     with pytest.raises(BadInputError, match="no such piece"):
         covers(synth_db["db"], ["ffffffffffff"])
+    # a folder given as the query says so (it read "no such piece")
+    with pytest.raises(BadInputError, match=r": a folder, not a query \(give a \.mid or audio file"):
+        covers(synth_db["db"], [str(synth_db["lib"])])
 
 
 @pytest.mark.parametrize("command", ["covers", "similar"])
