@@ -1,0 +1,107 @@
+"""Wall time of `atlas covers` and `atlas similar` from a new process, as a user types them.
+
+    .venv/bin/python benchmarks/cli_latency.py                        # 3 POP909 songs, this checkout
+    .venv/bin/python benchmarks/cli_latency.py --db ./atlas_data      # an existing database (not modified
+                                                                     # but for its FAISS file, rebuilt)
+    .venv/bin/python benchmarks/cli_latency.py --code /tmp/old        # + another checkout, alternated
+
+Each case runs the command in a new Python process (``python -m query.cli``, the code
+of each checkout given: this one, then every ``--code``), ``--rounds`` times with the
+checkouts alternated within a round, and prints the median and the range of the wall
+seconds per checkout, and whether every checkout printed the same output (stdout and
+stderr compared byte for byte). The cases:
+
+- ``covers, first after an ingest``: the FAISS file removed first, as an ingest leaves
+  it out of date (the query builds it again);
+- ``covers``: the same query again (the file up to date);
+- ``similar ID``, ``similar FILE``, ``similar --tracks``: a stored piece, a MIDI file;
+- ``atlas --version``: Python, click and the command line alone, the floor under all.
+
+Without ``--db``, the database is built in a temporary folder from the first
+``--songs`` POP909 dev songs (their NNN.mid files), with this checkout. A checkout whose
+kernels numba has not compiled yet compiles them in its first process: that round
+is run once before the timed ones (``--rounds`` counts the timed rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+POP909 = Path(os.environ.get("ATLAS_POP909", ROOT.parent / "shared" / "data" / "pop909-dev"))
+
+
+def atlas(code: Path, args: list[str]) -> tuple[float, bytes]:
+    """Wall seconds and output (stdout + stderr) of ``atlas ARGS`` with the code of ``code``."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "query.cli", *args], cwd=code, env=env, capture_output=True)
+    wall = time.perf_counter() - t
+    if r.returncode not in (0, 1):
+        sys.exit(f"cli_latency: {code}: atlas {' '.join(args)} -> {r.returncode}: {r.stderr.decode()[-500:]}")
+    return wall, r.stdout + r.stderr
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--db", type=Path, help="an existing database (default: build one from --songs POP909 songs)")
+    ap.add_argument("--songs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--code", type=Path, action="append", default=[], help="another checkout to compare (repeatable)")
+    args = ap.parse_args(argv)
+    codes = [ROOT, *[c.resolve() for c in args.code]]
+    songs = sorted(p for p in POP909.iterdir() if p.is_dir())[: max(args.songs, 1)] if POP909.is_dir() else []
+    if not songs:
+        sys.exit(f"cli_latency: POP909 dev data not found at {POP909} (set ATLAS_POP909)")
+    query = songs[0] / f"{songs[0].name}.mid"
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.db
+        if db is None:
+            db = Path(tmp) / "db"
+            atlas(ROOT, ["ingest", *(str(s / f"{s.name}.mid") for s in songs), "--db", str(db)])
+        faiss_dir = db / "faiss"
+        pid = atlas(ROOT, ["sql", "SELECT piece_id FROM pieces ORDER BY piece_id LIMIT 1", "--db", str(db),
+                           "--format", "csv"])[1].decode().splitlines()[1].strip('"')
+        cases = [
+            ("covers, first after an ingest", ["covers", str(query), "--db", str(db)], True),
+            ("covers", ["covers", str(query), "--db", str(db)], False),
+            ("similar ID", ["similar", pid, "--db", str(db)], False),
+            ("similar FILE", ["similar", str(query), "--db", str(db)], False),
+            ("similar --tracks", ["similar", pid, "--tracks", "--db", str(db)], False),
+            ("atlas --version", ["--version"], False),
+        ]
+        n = atlas(ROOT, ["sql", "SELECT count(*) FROM pieces", "--db", str(db), "--format", "csv"])[1]
+        print(f"database {db}: {n.decode().splitlines()[1]} pieces; query {query.name} and piece {pid}")
+        print(f"checkouts: {', '.join(str(c) for c in codes)}; {args.rounds} rounds alternated (+1 untimed)")
+        times = {(name, c): [] for name, _, _ in cases for c in codes}
+        outputs = {(name, c): set() for name, _, _ in cases for c in codes}
+        for r in range(args.rounds + 1):
+            for name, cmd, fresh in cases:
+                for c in codes:
+                    if fresh:
+                        shutil.rmtree(faiss_dir, ignore_errors=True)
+                    wall, out = atlas(c, cmd)
+                    if r:  # round 0 compiles what a checkout's numba cache lacks
+                        times[(name, c)].append(wall)
+                        outputs[(name, c)].add(out)
+        print(f"{'case':32s} " + " ".join(f"{'checkout ' + str(i):>26s}" for i in range(len(codes))) + "  same output")
+        for name, _, _ in cases:
+            cells = []
+            for c in codes:
+                t = times[(name, c)]
+                cells.append(f"{statistics.median(t):6.2f} s ({min(t):.2f}-{max(t):.2f})")
+            same = len(set().union(*(outputs[(name, c)] for c in codes))) == 1
+            print(f"{name:32s} " + " ".join(f"{x:>26s}" for x in cells) + f"  {'yes' if same else 'NO'}")
+        print("checkout 0 is this one" + "".join(f"; {i} is {c}" for i, c in enumerate(codes) if i))
+
+
+if __name__ == "__main__":
+    main()
