@@ -5,10 +5,9 @@ otherwise faiss-cpu. The index is exact (``IndexFlatIP``) up to 20k pieces; abov
 (4 sqrt(n) k-means cells, 1/16 of them searched) keeps a query at a few milliseconds. The
 file ``<db>/faiss/piece_vectors.faiss`` (+ ``.ids.npy``) is a cache of it: built from Lance
 by ``atlas reindex --vectors``, and from DuckDB's copy of the vectors by the first query
-that finds it missing or out of date (an ingest adds pieces without touching it), so
-that later queries load it instead
-of building the index again (at 100k pieces: 0.26 s to load the file, 10.5 s to build the
-index, on 2 shared cores).
+that finds it missing, damaged or out of date (an ingest adds pieces without touching
+it), so that later queries load it instead of building the index again (at 100k pieces:
+0.26 s to load the file, 10.5 s to build the index, on 2 shared cores).
 """
 
 from __future__ import annotations
@@ -118,9 +117,9 @@ def load_index(db_dir, ids: np.ndarray, vectors: np.ndarray):
     and saved for the next query (a folder this process cannot write: kept for this one).
 
     A file that is missing, damaged or out of date (an ingest adds pieces without
-    updating it) is never answered from. The caller's vectors are DuckDB's (``cover_features.vector``,
-    which Lance copies): building from them spares the first query after an ingest
-    lancedb's import and a read of Lance."""
+    updating it) is never answered from. The caller's vectors are DuckDB's
+    (``cover_features.vector``, which Lance copies): building from them spares the first
+    query after an ingest lancedb's import and a read of Lance."""
     import faiss
 
     path = index_path(db_dir)
