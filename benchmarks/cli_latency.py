@@ -1,8 +1,8 @@
 """Wall time of `atlas covers` and `atlas similar` from a new process, as a user types them.
 
     .venv/bin/python benchmarks/cli_latency.py                        # 3 POP909 songs, this checkout
-    .venv/bin/python benchmarks/cli_latency.py --db ./atlas_data      # an existing database (not modified
-                                                                     # but for its FAISS file, rebuilt)
+    .venv/bin/python benchmarks/cli_latency.py --db ./atlas_data      # an existing database (its FAISS file
+                                                                     # is rebuilt, its Lance tables synced)
     .venv/bin/python benchmarks/cli_latency.py --code /tmp/old        # + another checkout, alternated
 
 Each case runs the command in a new Python process (``python -m query.cli``, the code

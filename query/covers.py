@@ -1816,7 +1816,7 @@ def cover_rows(db_dir, columns: str, later=()) -> pa.Table:
     db_dir = Path(db_dir)
     with reading(db_dir) as con:
         have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
-                                          "WHERE table_name = 'cover_features'").fetchall()}
+                                          "WHERE table_name = 'cover_features'").fetchall()} if later else set()
         extra = "".join(f", c.{name}" if name in have else f", NULL::{typ} AS {name}" for name, typ in later)
         try:
             t = fetch_arrow(con.execute(

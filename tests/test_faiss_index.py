@@ -68,7 +68,7 @@ def test_files_of_two_writes_are_not_used_together(db_with_stale_index):
 
 def test_a_missing_file_is_built_from_duckdbs_vectors_without_lance(db_with_stale_index):
     """The first `atlas covers` after an ingest (the FAISS file out of date) builds it from
-    the vectors DuckDB holds: lancedb is not imported (1.4-2.6 s), the file is saved."""
+    the vectors DuckDB holds: lancedb (2.7-3.0 s to import here) is not imported, the file is saved."""
     import subprocess
     import sys
     from pathlib import Path
