@@ -289,15 +289,35 @@ RESULT_SCHEMA = pa.schema([
 
 def _pool(chroma: np.ndarray, n: int) -> np.ndarray:
     """Sum groups of n frames; unit-normalise each frame (silent stays 0)."""
-    if chroma.shape[0] == 0:
-        return np.zeros((0, 12), np.float32)
+    return _pool_kernel(np.ascontiguousarray(chroma, np.float32), n)
+
+
+@njit(cache=True, nogil=True)
+def _pool_kernel(chroma, n):
+    """:func:`_pool`, the same float32 operations in the order NumPy's form made them
+    (``x.reshape(m, n, 12).sum(axis=1)``: each group's frames added first to last; its
+    norm's sum of squares as NumPy sums 12 values: the first 8 in pairs, then the other
+    4 one by one); that form took ~55 us a call, seven calls a query."""
     m = -(-chroma.shape[0] // n)
-    x = np.zeros((m * n, 12), np.float32)
-    x[: chroma.shape[0]] = chroma
-    x = x.reshape(m, n, 12).sum(axis=1)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, norm, out=x, where=norm > 0)
-    return x
+    out = np.zeros((m, 12), np.float32)
+    for f in range(m):
+        a = f * n
+        b = min(a + n, chroma.shape[0])
+        for p in range(12):
+            x = chroma[a, p]
+            for i in range(a + 1, b):
+                x += chroma[i, p]
+            out[f, p] = x
+        o = out[f]
+        ss = ((o[0] * o[0] + o[1] * o[1]) + (o[2] * o[2] + o[3] * o[3])) + \
+            ((o[4] * o[4] + o[5] * o[5]) + (o[6] * o[6] + o[7] * o[7]))
+        for p in range(8, 12):
+            ss += o[p] * o[p]
+        norm = np.sqrt(ss)
+        if norm > 0:
+            for p in range(12):
+                o[p] = o[p] / norm
+    return out
 
 
 def _short(q) -> bool:
@@ -787,9 +807,11 @@ class CoverIndex:
         the candidate and each transposition keeps its best window: an excerpt may come
         from a part in another key than most of the piece (a last chorus a step up, a
         sonata's development)."""
-        qglob = q.chroma_beats.sum(axis=0)
-        qglob = qglob / max(float(np.linalg.norm(qglob)), 1e-9)
-        rolled = qglob[_ROLL]  # [t] = np.roll(qglob, t)
+        rolled = q.frames_memo.get("rolled")  # the query's alone: made once per search
+        if rolled is None:
+            qglob = q.chroma_beats.sum(axis=0)
+            qglob = qglob / max(float(np.linalg.norm(qglob)), 1e-9)
+            rolled = q.frames_memo["rolled"] = qglob[_ROLL]  # [t] = np.roll(qglob, t)
         short = n_frames <= ALIGN["short_query_frames"] * _frames_per(q)
         windowed = n_frames <= ALIGN["window_shift_frames"] * _frames_per(q)
         if windowed and frames is not None and (frames[2] - frames[1]).sum() > 0:
@@ -1520,7 +1542,6 @@ class CoverIndex:
 
     def _explain(self, q: QueryFeatures, r, order, n_explain: int) -> pa.Table:
         A = ALIGN
-        cols = {f.name: [] for f in RESULT_SCHEMA}
         all_rows = r["rows"][order]
         rows = all_rows[:n_explain]
         # aligned regions, for the shown answers only (the tracking kernels are slower),
@@ -1555,46 +1576,44 @@ class CoverIndex:
         hreg = np.zeros((rows.size, 4))
         hreg[~by_mel] = self._harmony_regions(q, rows[~by_mel], r["hscale"][order][:n_explain][~by_mel],
                                               r["hshift"][order][:n_explain][~by_mel])
-        later = []  # (rank, o, row) of the answers explained by their melody region
-        for rank, (o, row) in enumerate(zip(order, all_rows), 1):
-            row = int(row)
-            if rank > n_explain:
-                qs_b = qe_b = rs_b = re_b = sc = None
-                trans = int(r["hshift"][o])
-            elif r["by_melody"][o]:
-                later.append((rank, o, row))
-                qs_b = qe_b = rs_b = re_b = sc = trans = None  # filled in below
-            else:
-                qs_b, qe_b, rs_b, re_b = (float(x) for x in hreg[rank - 1])
-                trans = int(r["hshift"][o])
-                sc = float(r["hscale"][o])
-            cols["query"].append(q.label)
-            cols["rank"].append(rank)
-            cols["piece_id"].append(self.ids[row])
-            cols["path"].append(self.paths[row])
-            cols["score"].append(round(float(r["score"][o]), 4))
-            cols["transposition"].append(None if trans is None else (trans + 5) % 12 - 5)  # -5..6
-            cols["time_scale"].append(None if sc is None else round(sc, 3))
-            cols["query_start_beats"].append(qs_b)
-            cols["query_end_beats"].append(qe_b)
-            cols["match_start_beats"].append(rs_b)
-            cols["match_end_beats"].append(re_b)
-            cols["melody_score"].append(round(float(r["mel"][o]), 4))
-            cols["harmony_score"].append(round(float(r["harm"][o]), 4))
-            cols["matched_by"].append("version_of_best" if r["via_best"][o]
-                                      else "melody" if r["by_melody"][o] else "harmony")
-            cols["audio_bonus"].append(round(float(r["bonus"][o]), 4))
-        mine = melody_regions(halves[1])
-        for sel, a, reg in (melody.result() if melody is not None else []) + mine:
+        # every column of every answer at once, as arrays; the regions of the answers
+        # explained by their melody (``later``) are filled in below. A score is a float32
+        # value, whose product with 10^4 is exact in float64: np.round gives what Python's
+        # round gave one value at a time
+        n_all = all_rows.size
+        explained = np.arange(n_all) < n_explain
+        by_mel_all = np.asarray(r["by_melody"][order], bool)
+        later = np.flatnonzero(explained & by_mel_all)
+        region = np.zeros((n_all, 4))
+        region[: n_explain][~by_mel] = hreg[~by_mel]
+        time_scale = np.round(np.asarray(r["hscale"][order], np.float64), 3)
+        trans = (np.asarray(r["hshift"][order], np.int64) + 5) % 12 - 5  # -5..6
+        for sel, a, reg in melody_regions(halves[1]) + (melody.result() if melody is not None else []):
             mreg[sel] = reg
             mreg[sel, :2] += a
-        for rank, o, row in later:
-            qs_b, qe_b, rs_b, re_b, trans, sc = self._melody_region(q, r, o, row, mreg[rank - 1])
-            for name, value in (("query_start_beats", qs_b), ("query_end_beats", qe_b),
-                                ("match_start_beats", rs_b), ("match_end_beats", re_b),
-                                ("transposition", (trans + 5) % 12 - 5), ("time_scale", round(sc, 3))):
-                cols[name][rank - 1] = value
-        return pa.table({f.name: pa.array(cols[f.name], f.type) for f in RESULT_SCHEMA}, schema=RESULT_SCHEMA)
+        for i in later:
+            qs_b, qe_b, rs_b, re_b, t, sc = self._melody_region(q, r, int(order[i]), int(all_rows[i]), mreg[i])
+            region[i] = qs_b, qe_b, rs_b, re_b
+            trans[i] = (t + 5) % 12 - 5
+            time_scale[i] = round(sc, 3)
+
+        def rounded(name):
+            return pa.array(np.round(np.asarray(r[name][order], np.float64), 4).astype(np.float32))
+
+        # (each array made in its final type: pyarrow's own casts cost ~15 us an array)
+        cols = {"query": pa.array([q.label] * n_all, pa.string()),
+                "rank": pa.array(np.arange(1, n_all + 1, dtype=np.int32)),
+                "piece_id": pa.array(self.ids[all_rows].tolist(), pa.string()),
+                "path": pa.array(self.paths[all_rows].tolist(), pa.string()),
+                "score": rounded("score"), "transposition": pa.array(trans.astype(np.int16)),
+                "time_scale": pa.array(time_scale.astype(np.float32), mask=~explained),
+                "melody_score": rounded("mel"), "harmony_score": rounded("harm"),
+                "matched_by": pa.array(np.where(r["via_best"][order], "version_of_best",
+                                                np.where(by_mel_all, "melody", "harmony")).tolist(), pa.string()),
+                "audio_bonus": rounded("bonus")}
+        for k, name in enumerate(("query_start_beats", "query_end_beats", "match_start_beats", "match_end_beats")):
+            cols[name] = pa.array(region[:, k].astype(np.float32), mask=~explained)
+        return pa.table([cols[f.name] for f in RESULT_SCHEMA], schema=RESULT_SCHEMA)
 
     def _melody_region(self, q: QueryFeatures, r, o: int, row: int, reg) -> tuple:
         """(query start, query end, match start, match end in beats, transposition, time
@@ -1643,7 +1662,6 @@ class CoverIndex:
 
 # _ROLL[t] indexes a 12-vector rotated up by t semitones: x[_ROLL[t]] == np.roll(x, t)
 _ROLL = (np.arange(12)[None, :] - np.arange(12)[:, None]) % 12
-_UNROLL = (np.arange(12)[None, :] + np.arange(12)[:, None]) % 12  # x[_UNROLL[s]] == np.roll(x, -s)
 
 
 def _halves(sel: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1661,10 +1679,25 @@ def region_shift(query_pitch, ref_pitch, first_pair: int) -> int:
     not enough: the alignment is of intervals, and its first pair can join two voices
     (a transcribed recording's notes against its own MIDI file read -3). ``first_pair``
     (that pair's difference) breaks ties and is what a region too short to count gives."""
-    hq = np.bincount(np.asarray(query_pitch, np.int64) % 12, minlength=12)
-    hr = np.bincount(np.asarray(ref_pitch, np.int64) % 12, minlength=12)
-    agree = hr[_UNROLL] @ hq  # row s: ref pitch class = query's + s (np.roll(hr, -s), 12 rolls at once)
-    return first_pair if agree[first_pair % 12] == agree.max() else int(np.argmax(agree))
+    return int(_region_shift(np.asarray(query_pitch, np.int64), np.asarray(ref_pitch, np.int64), first_pair))
+
+
+@njit(cache=True, nogil=True)
+def _region_shift(query_pitch, ref_pitch, first_pair):
+    """:func:`region_shift` (a NumPy form, its bincounts and a 12 x 12 product, took
+    ~35 us a call on 2 cores, ten calls an answer table)."""
+    hq = np.zeros(12, np.int64)
+    hr = np.zeros(12, np.int64)
+    for p in query_pitch:
+        hq[p % 12] += 1
+    for p in ref_pitch:
+        hr[p % 12] += 1
+    agree = np.zeros(12, np.int64)  # [s]: ref pitch class = query's + s
+    for s in range(12):
+        for c in range(12):
+            agree[s] += hr[(c + s) % 12] * hq[c]
+    best = np.argmax(agree)
+    return first_pair if agree[first_pair % 12] == agree[best] else best
 
 
 def _tune_share(raw: np.ndarray, n_notes: int) -> np.ndarray:
@@ -1975,23 +2008,8 @@ class _GramIndex:
     def codes(self, sym: np.ndarray, off: np.ndarray):
         """(gram code, piece) of every n-gram that does not cross a piece boundary;
         symbols are 0..alphabet-1, negative ones (no symbol) break n-grams."""
-        x = np.asarray(sym, np.int64)
-        piece_of = np.repeat(np.arange(off.size - 1), np.diff(off))
-        out_c, out_p = [], []
-        for n, base in zip(self.ns, self.bases):
-            if x.size < n:
-                continue
-            m = x.size - n + 1
-            code = np.zeros(m, np.int64)
-            ok = piece_of[:m] == piece_of[n - 1:]
-            for t in range(n):
-                code = code * self.alphabet + x[t:m + t]
-                ok &= x[t:m + t] >= 0
-            out_c.append(code[ok] + base)
-            out_p.append(piece_of[:m][ok])
-        if not out_c:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return np.concatenate(out_c), np.concatenate(out_p)
+        return _gram_codes(np.asarray(sym, np.int64), np.asarray(off, np.int64), np.asarray(self.ns, np.int64),
+                           np.asarray(self.bases, np.int64), self.alphabet)
 
     def search(self, sym: np.ndarray, k: int, within: np.ndarray | None = None, memo: dict | None = None
                ) -> np.ndarray:
@@ -2025,6 +2043,34 @@ class _GramIndex:
         scores = all_column_sums(self.matrix, None, u, self.idf[u], self.common_cols, self.common)
         scores *= self.length_norm
         return scores
+
+
+@njit(cache=True, nogil=True)
+def _gram_codes(x, off, ns, bases, alphabet):
+    """:meth:`_GramIndex.codes`: every n of ``ns`` in turn, the n-grams of each piece in
+    order (a NumPy form, a pass over the symbols per n-gram position, took ~0.8 ms of a
+    query's six lists)."""
+    size = 0
+    for n in ns:
+        size += max(x.size - n + 1, 0)
+    codes = np.empty(size, np.int64)
+    piece = np.empty(size, np.int64)
+    k = 0
+    for j in range(ns.size):
+        n = ns[j]
+        for p in range(off.size - 1):
+            for i in range(off[p], off[p + 1] - n + 1):
+                code = 0
+                for t in range(n):
+                    if x[i + t] < 0:
+                        code = -1
+                        break
+                    code = code * alphabet + x[i + t]
+                if code >= 0:
+                    codes[k] = code + bases[j]
+                    piece[k] = p
+                    k += 1
+    return codes[:k], piece[:k]
 
 
 def _chord_templates() -> np.ndarray:

@@ -807,6 +807,65 @@ def test_pooled_frames_are_numpys_to_the_bit():
             assert np.allclose(lengths[lengths > 0], 1.0, atol=1e-5)
 
 
+def test_query_frames_and_ngram_codes_are_the_numpy_forms_to_the_bit():
+    """The query's frames (``_pool``) and a sequence's n-gram codes (``_GramIndex.codes``)
+    are numba loops now; they give exactly what their NumPy forms gave (kept here): the
+    same float32 bits for float and int8-valued chroma, any group length, a last group
+    cut short, silent frames and no frames; the same codes, in the same order, for
+    pieces of any length (empty ones too) with symbols that break n-grams."""
+    import query.covers as qc
+
+    def numpy_pool(chroma, n):
+        if chroma.shape[0] == 0:
+            return np.zeros((0, 12), np.float32)
+        m = -(-chroma.shape[0] // n)
+        x = np.zeros((m * n, 12), np.float32)
+        x[: chroma.shape[0]] = chroma
+        x = x.reshape(m, n, 12).sum(axis=1)
+        norm = np.linalg.norm(x, axis=1, keepdims=True)
+        np.divide(x, norm, out=x, where=norm > 0)
+        return x
+
+    def numpy_codes(grams, sym, off):
+        x = np.asarray(sym, np.int64)
+        piece_of = np.repeat(np.arange(off.size - 1), np.diff(off))
+        out_c, out_p = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for n, base in zip(grams.ns, grams.bases):
+            if x.size < n:
+                continue
+            m = x.size - n + 1
+            code = np.zeros(m, np.int64)
+            ok = piece_of[:m] == piece_of[n - 1:]
+            for t in range(n):
+                code = code * grams.alphabet + x[t:m + t]
+                ok &= x[t:m + t] >= 0
+            out_c.append(code[ok] + base)
+            out_p.append(piece_of[:m][ok])
+        return np.concatenate(out_c), np.concatenate(out_p)
+
+    rng = np.random.default_rng(12)
+    for trial in range(300):
+        k = int(rng.integers(0, 300))
+        chroma = rng.random((k, 12), dtype=np.float32) * (8 if trial % 3 == 0 else 1)
+        chroma[rng.random((k, 12)) < 0.5] = 0
+        chroma[rng.random(k) < 0.2] = 0  # silent beats
+        if trial % 2:  # a stored piece's beats as a query: int8 / 127
+            chroma = np.round(chroma * 127).astype(np.int8).astype(np.float32) / np.float32(127)
+        for n in (1, 2, 3, 4, 8):
+            want = numpy_pool(chroma, n)
+            got = qc._pool(chroma, n)
+            assert got.dtype == np.float32 and got.shape == want.shape
+            np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+    grams = qc._gram_index(np.array([1, 2, 3, 4, 5]), np.array([0, 5]))
+    for trial in range(300):
+        lengths = rng.integers(0, 15, int(rng.integers(1, 6)))
+        off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        sym = rng.integers(-1, 11, off[-1]).astype(np.int8)  # -1: no symbol
+        for got, want in zip(grams.codes(sym, off), numpy_codes(grams, sym, off)):
+            assert got.dtype == np.int64
+            np.testing.assert_array_equal(got, want)
+
+
 def test_tune_in_the_second_melody_line_is_found(tmp_path):
     """Song 2's tune is in a track that is not its lead: a countermelody track, strictly
     one note at a time, looks more like a melody than the tune's track (a third under
