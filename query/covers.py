@@ -741,26 +741,32 @@ class CoverIndex:
         if ALIGN["bass_candidates"] and q.bass_pc.size >= 4:
             qb = np.asarray(q.bass_pc, np.int8)
             bass_lists.append(self.bass_grams.search(_bass_steps(qb, np.array([0, qb.size])), n + 1, memo=memo))
-        for g in (tf_list, *mel_lists, *chord_lists, *bass_lists):
-            if g.size:
-                rows = np.concatenate([rows, np.pad(g, (0, rows.shape[1] - g.size), constant_values=-1)[None]])
+        lists = [g for g in (tf_list, *mel_lists, *chord_lists, *bass_lists) if g.size]
+        if lists:  # each list a row, -1 padded (no list is longer than the vectors')
+            more = np.full((len(lists), rows.shape[1]), -1, rows.dtype)
+            for i, g in enumerate(lists):
+                more[i, :g.size] = g
+            rows = np.concatenate([rows, more])
         rows = self._merge_lists(q, rows, budget)
+        taken = np.zeros(len(self), bool)  # (np.isin cost ~25 us a call)
+        taken[rows] = True
         k2 = ALIGN["second_line_candidates"]
         for grams, has in zip(self.extra_grams, self.has_line[1:]):
             if not (k2 and qm.size >= 3 and has.any()):
                 continue
             extra = grams.search(qm, k2 + 1, memo=memo)
-            extra = extra[~np.isin(extra, rows)]
+            extra = extra[~taken[extra]]
             if q.piece_id is not None and q.piece_id in self.row_of:
                 extra = extra[extra != self.row_of[q.piece_id]]
             rows = np.concatenate([rows, extra[:k2]])
+            taken[extra[:k2]] = True
         k3 = ALIGN["recording_line_candidates"]
         # (a MIDI query only: a recording ingested with stems has parts, and a third line)
         if k3 and q.third_pitch is not None and not q.is_recording and self.is_recording.any():
             top = melody_intervals(q.third_pitch)[0].astype(np.int64) - 1
             # (recordings only, so never the query itself)
             extra = self.grams.search(top, k3 + rows.size, within=self.is_recording)
-            rows = np.concatenate([rows, extra[~np.isin(extra, rows)][:k3]])
+            rows = np.concatenate([rows, extra[~taken[extra]][:k3]])
         return rows
 
     def _merge_lists(self, q: QueryFeatures, rows: np.ndarray, budget: int | None) -> np.ndarray:
@@ -2096,22 +2102,38 @@ def chord_motions(frames: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.n
     """
     if frames.shape[0] == 0:
         return np.zeros(0, np.int64), np.zeros(off.size, np.int64)
-    sim = frames @ _TEMPLATES.T
-    chord = np.argmax(sim, axis=1).astype(np.int64)
-    chord[sim.max(axis=1) < 0.6] = -1
-    piece_of = np.repeat(np.arange(off.size - 1), np.diff(off))
-    new_piece = np.concatenate([[True], piece_of[1:] != piece_of[:-1]])
-    change = new_piece | np.concatenate([[True], chord[1:] != chord[:-1]])
-    ch, pc = chord[change], piece_of[change]
-    prev, cur = ch[:-1], ch[1:]
-    same = pc[:-1] == pc[1:]
-    root = lambda c: c % 12  # noqa: E731
-    minor = lambda c: (c >= 12).astype(np.int64)  # noqa: E731
-    sym = ((root(cur) - root(prev)) % 12) * 4 + minor(prev) * 2 + minor(cur)
-    sym[(prev < 0) | (cur < 0)] = -1
-    sym, spc = sym[same], pc[1:][same]
-    counts = np.bincount(spc, minlength=off.size - 1)
-    return sym, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    sim = np.ascontiguousarray(frames @ _TEMPLATES.T)  # (BLAS: the same products as before)
+    return _chord_motions(sim, np.asarray(off, np.int64))
+
+
+@njit(cache=True, nogil=True)
+def _chord_motions(sim, off):
+    """:func:`chord_motions` from the frames' cosines with the 24 triads (a NumPy form,
+    ten passes over the frames, took ~0.19 ms for one query's 300 frames)."""
+    sym = np.empty(sim.shape[0], np.int64)  # at most one symbol per frame
+    counts = np.zeros(off.size - 1, np.int64)
+    k = 0
+    for p in range(off.size - 1):
+        prev = -1
+        for f in range(off[p], off[p + 1]):
+            best = 0  # the first best triad (or NaN, as np.argmax), none under a cosine of 0.6
+            for c in range(24):
+                if np.isnan(sim[f, c]) or sim[f, c] > sim[f, best]:
+                    best = c
+                    if np.isnan(sim[f, c]):
+                        break
+            chord = best if not sim[f, best] < 0.6 else -1
+            if f > off[p] and chord != prev:  # a change of chord within the piece
+                if prev < 0 or chord < 0:
+                    sym[k] = -1
+                else:
+                    sym[k] = ((chord % 12 - prev % 12) % 12) * 4 + (prev >= 12) * 2 + (chord >= 12)
+                k += 1
+                counts[p] += 1
+            prev = chord
+    out_off = np.zeros(off.size, np.int64)
+    out_off[1:] = np.cumsum(counts)
+    return sym[:k], out_off
 
 
 def _bass_steps(bass_pc: np.ndarray, off: np.ndarray) -> np.ndarray:

@@ -807,12 +807,14 @@ def test_pooled_frames_are_numpys_to_the_bit():
             assert np.allclose(lengths[lengths > 0], 1.0, atol=1e-5)
 
 
-def test_query_frames_and_ngram_codes_are_the_numpy_forms_to_the_bit():
-    """The query's frames (``_pool``) and a sequence's n-gram codes (``_GramIndex.codes``)
-    are numba loops now; they give exactly what their NumPy forms gave (kept here): the
-    same float32 bits for float and int8-valued chroma, any group length, a last group
-    cut short, silent frames and no frames; the same codes, in the same order, for
-    pieces of any length (empty ones too) with symbols that break n-grams."""
+def test_query_frames_ngram_codes_and_chord_motions_are_the_numpy_forms_to_the_bit():
+    """The query's frames (``_pool``), a sequence's n-gram codes (``_GramIndex.codes``)
+    and chord motions (``chord_motions``) are numba loops now; they give exactly what
+    their NumPy forms gave (kept here): the same float32 bits for float and int8-valued
+    chroma, any group length, a last group cut short, silent frames and no frames; the
+    same codes, in the same order, for pieces of any length (empty ones too) with
+    symbols that break n-grams; the same motions and offsets for pieces of any length,
+    with silent frames and cosines at the no-chord threshold."""
     import query.covers as qc
 
     def numpy_pool(chroma, n):
@@ -843,6 +845,21 @@ def test_query_frames_and_ngram_codes_are_the_numpy_forms_to_the_bit():
             out_p.append(piece_of[:m][ok])
         return np.concatenate(out_c), np.concatenate(out_p)
 
+    def numpy_motions(frames, off):
+        sim = frames @ qc._TEMPLATES.T
+        chord = np.argmax(sim, axis=1).astype(np.int64)
+        chord[sim.max(axis=1) < 0.6] = -1
+        piece_of = np.repeat(np.arange(off.size - 1), np.diff(off))
+        new_piece = np.concatenate([[True], piece_of[1:] != piece_of[:-1]])
+        change = new_piece | np.concatenate([[True], chord[1:] != chord[:-1]])
+        ch, pc = chord[change], piece_of[change]
+        prev, cur = ch[:-1], ch[1:]
+        same = pc[:-1] == pc[1:]
+        sym = ((cur % 12 - prev % 12) % 12) * 4 + (prev >= 12) * 2 + (cur >= 12)
+        sym[(prev < 0) | (cur < 0)] = -1
+        sym, spc = sym[same], pc[1:][same]
+        return sym, np.concatenate([[0], np.cumsum(np.bincount(spc, minlength=off.size - 1))]).astype(np.int64)
+
     rng = np.random.default_rng(12)
     for trial in range(300):
         k = int(rng.integers(0, 300))
@@ -864,6 +881,26 @@ def test_query_frames_and_ngram_codes_are_the_numpy_forms_to_the_bit():
         for got, want in zip(grams.codes(sym, off), numpy_codes(grams, sym, off)):
             assert got.dtype == np.int64
             np.testing.assert_array_equal(got, want)
+    for trial in range(300):
+        lengths = rng.integers(0, 40, int(rng.integers(1, 6)))
+        off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        chords = qc._TEMPLATES[rng.integers(0, 24, off[-1])]  # a triad per frame, some held
+        frames = chords + rng.random((off[-1], 12), dtype=np.float32) * np.float32(rng.random() * 2)
+        frames[rng.random(off[-1]) < 0.2] = 0  # silent
+        frames /= np.maximum(np.linalg.norm(frames, axis=1, keepdims=True), 1e-9)
+        frames = frames.astype(np.float32)
+        if off[-1] == 0:
+            continue
+        for got, want in zip(qc.chord_motions(frames, off), numpy_motions(frames, off)):
+            assert got.dtype == np.int64
+            np.testing.assert_array_equal(got, want)
+    # cosines just under, at and just over the no-chord threshold, and a tie (the first wins)
+    for c in (np.nextafter(0.6, 0.0), 0.6, np.nextafter(0.6, 1.0)):
+        sim = np.zeros((3, 24))
+        sim[0, 4], sim[1, 7], sim[1, 19], sim[2, 2] = c, 0.9, 0.9, 0.95
+        sym, off = qc._chord_motions(sim, np.array([0, 3]))
+        assert off.tolist() == [0, 2]
+        assert sym.tolist() == [-1 if c < 0.6 else (7 - 4) * 4, (2 - 7) % 12 * 4]
 
 
 def test_tune_in_the_second_melody_line_is_found(tmp_path):
