@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexers.sparse_sums import all_column_sums
+from indexers.sparse_sums import all_column_sums, distinct
 
 __all__ = ["FEATURES", "FUSION_FILE", "RECORDING_FEATURES", "RECORDING_FUSION_FILE", "IntervalTfidf",
            "fusion_features", "css_columns", "recording_features", "fuse", "fusion_logits", "fit_logistic",
@@ -102,7 +102,7 @@ class IntervalTfidf:
         codes, _ = self._codes(np.asarray(pitch, np.int64), np.array([0, len(pitch)]))
         if codes.size == 0:
             return np.zeros(self.n_pieces, np.float32)
-        u = np.unique(codes)
+        u = distinct(codes)
         w = self.idf[u]
         w = w / float(np.linalg.norm(w))
         return all_column_sums(self.matrix, self.matrix.data, u, w.astype(np.float32))

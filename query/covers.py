@@ -64,7 +64,7 @@ from numba import njit
 from atlas_db.errors import BadInputError, IndexTroubleError
 from ingest.sources import utf8_text
 from indexers.tempo import relative_tempo
-from indexers.sparse_sums import all_column_sums, split_common
+from indexers.sparse_sums import all_column_sums, distinct, split_common
 from indexers.blas_threads import one_blas_thread
 from indexers.align import (in_background, sw_chroma, sw_chroma_score, sw_pitch_classes_rhythm_score,
                             sw_pitch_classes_score, sw_symbols, sw_symbols_score)
@@ -772,10 +772,7 @@ class CoverIndex:
     def _merge_lists(self, q: QueryFeatures, rows: np.ndarray, budget: int | None) -> np.ndarray:
         """Ranked lists (one per row, -1 padded) interleaved by rank so that each
         contributes its best first; the query itself left out."""
-        order = rows.T.ravel()
-        order = order[order >= 0]
-        _, first = np.unique(order, return_index=True)
-        rows = order[np.sort(first)]
+        rows = _first_of_each(np.ascontiguousarray(rows.T).ravel(), len(self))
         if q.piece_id is not None and q.piece_id in self.row_of:
             rows = rows[rows != self.row_of[q.piece_id]]
         return rows[: budget or self._budget(q)].astype(np.int64)
@@ -1670,6 +1667,21 @@ class CoverIndex:
 _ROLL = (np.arange(12)[None, :] - np.arange(12)[:, None]) % 12
 
 
+@njit(cache=True, nogil=True)
+def _first_of_each(rows, n):
+    """The rows (0..n-1; negative ones left out) each at its first place, in order (as
+    ``np.unique(..., return_index=True)`` then the first places sorted, ~40 us a call)."""
+    seen = np.zeros(n, np.bool_)
+    out = np.empty(rows.size, np.int64)
+    k = 0
+    for r in rows:
+        if r >= 0 and not seen[r]:
+            seen[r] = True
+            out[k] = r
+            k += 1
+    return out[:k]
+
+
 def _halves(sel: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``sel`` (a mask) cut in two masks of about equal total ``lengths``, in order."""
     at = np.flatnonzero(sel)
@@ -2045,7 +2057,7 @@ class _GramIndex:
         codes, _ = self.codes(np.asarray(sym), np.array([0, len(sym)]))
         if codes.size == 0:
             return None
-        u = np.unique(codes)
+        u = distinct(codes)
         scores = all_column_sums(self.matrix, None, u, self.idf[u], self.common_cols, self.common)
         scores *= self.length_norm
         return scores

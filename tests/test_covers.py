@@ -816,6 +816,7 @@ def test_query_frames_ngram_codes_and_chord_motions_are_the_numpy_forms_to_the_b
     symbols that break n-grams; the same motions and offsets for pieces of any length,
     with silent frames and cosines at the no-chord threshold."""
     import query.covers as qc
+    from indexers.sparse_sums import distinct
 
     def numpy_pool(chroma, n):
         if chroma.shape[0] == 0:
@@ -881,6 +882,8 @@ def test_query_frames_ngram_codes_and_chord_motions_are_the_numpy_forms_to_the_b
         for got, want in zip(grams.codes(sym, off), numpy_codes(grams, sym, off)):
             assert got.dtype == np.int64
             np.testing.assert_array_equal(got, want)
+        codes = grams.codes(sym, off)[0]  # the distinct codes a list sums, by a sort
+        np.testing.assert_array_equal(distinct(codes), np.unique(codes))
     for trial in range(300):
         lengths = rng.integers(0, 40, int(rng.integers(1, 6)))
         off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
