@@ -798,10 +798,8 @@ class CoverIndex:
         fb = _frame_beats(q)
         qf = _pool_beats(q.chroma_beats if chroma is None else chroma, fb * scale)
         fa, fz = _middle(qf.shape[0], ALIGN["max_query_frames"] * _frames_per(q))
-        qf = qf[fa:fz]
-        nq = int((qf.sum(axis=1) > 0).sum())
-        qs = np.ascontiguousarray(qf[:, _ROLL].transpose(1, 0, 2), np.float32)  # [t] = np.roll(qf, t, axis=1)
-        return qs, nq, fa
+        qs, nq = _rolled_frames(np.ascontiguousarray(qf[fa:fz], np.float32))
+        return qs, int(nq), fa
 
     def _shifts(self, q: QueryFeatures, rows: np.ndarray, n_frames: int, frames=None) -> np.ndarray:
         """Transpositions to try per candidate: the best few of the chroma correlation
@@ -1703,6 +1701,27 @@ def _setdiff_kernel(rows, other):
         out[k] = x[i]
         k += 1
     return out[:k]
+
+
+@njit(cache=True, nogil=True)
+def _rolled_frames(frames):
+    """(qs, nq): ``qs[t]`` the frames rolled up t semitones (``np.roll(frames, t,
+    axis=1)``), float32 [shape=(12, n, 12)], and ``nq`` the frames whose sum is above 0,
+    summed as NumPy sums 12 values (the first 8 in pairs, then the other 4 one by one):
+    what NumPy's gather and ``sum(axis=1)`` gave, in ~60 us a call."""
+    n = frames.shape[0]
+    qs = np.empty((12, n, 12), np.float32)
+    nq = 0
+    for i in range(n):
+        f = frames[i]
+        total = ((f[0] + f[1]) + (f[2] + f[3])) + ((f[4] + f[5]) + (f[6] + f[7]))
+        for p in range(8, 12):
+            total += f[p]
+        nq += total > 0
+        for p in range(12):
+            for t in range(12):
+                qs[t, i, (p + t) % 12] = f[p]
+    return qs, nq
 
 
 def _halves(sel: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -808,7 +808,7 @@ def test_pooled_frames_are_numpys_to_the_bit():
 
 
 def test_the_search_steps_in_numba_are_their_numpy_forms_to_the_bit():
-    """The query's frames (``_pool``), a sequence's n-gram codes (``_GramIndex.codes``),
+    """The query's frames (``_pool``, ``_rolled_frames``), a sequence's n-gram codes (``_GramIndex.codes``),
     a list's distinct codes (``distinct``), the rows not yet aligned (``_setdiff``) and
     chord motions (``chord_motions``) are numba loops now; they give exactly what their
     NumPy forms gave (kept here): the same float32 bits for float and int8-valued
@@ -876,6 +876,9 @@ def test_the_search_steps_in_numba_are_their_numpy_forms_to_the_bit():
             got = qc._pool(chroma, n)
             assert got.dtype == np.float32 and got.shape == want.shape
             np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+            qs, nq = qc._rolled_frames(got)  # a query's frames at every transposition
+            np.testing.assert_array_equal(qs, got[:, qc._ROLL].transpose(1, 0, 2))
+            assert nq == int((got.sum(axis=1) > 0).sum())
     grams = qc._gram_index(np.array([1, 2, 3, 4, 5]), np.array([0, 5]))
     for trial in range(300):
         lengths = rng.integers(0, 15, int(rng.integers(1, 6)))
