@@ -292,12 +292,28 @@ def _pool(chroma: np.ndarray, n: int) -> np.ndarray:
     return _pool_kernel(np.ascontiguousarray(chroma, np.float32), n)
 
 
+@njit(inline="always")
+def _term(v, p, squared):
+    return v[p] * v[p] if squared else v[p]
+
+
+@njit(cache=True, nogil=True)
+def _numpy_sum12(v, squared):
+    """The sum of 12 float32 values (of their squares with ``squared``) in the order of
+    NumPy's pairwise sum of a row of 12: the first 8 in pairs, then the other 4 one by one."""
+    total = ((_term(v, 0, squared) + _term(v, 1, squared)) + (_term(v, 2, squared) + _term(v, 3, squared))) + \
+        ((_term(v, 4, squared) + _term(v, 5, squared)) + (_term(v, 6, squared) + _term(v, 7, squared)))
+    for p in range(8, 12):
+        total += _term(v, p, squared)
+    return total
+
+
 @njit(cache=True, nogil=True)
 def _pool_kernel(chroma, n):
     """:func:`_pool`, the same float32 operations in the order NumPy's form made them
     (``x.reshape(m, n, 12).sum(axis=1)``: each group's frames added first to last; its
-    norm's sum of squares as NumPy sums 12 values: the first 8 in pairs, then the other
-    4 one by one); that form took ~55 us a call, seven calls a query."""
+    norm's sum of squares as ``_numpy_sum12``); that form took ~55 us a call, seven calls
+    a query."""
     m = -(-chroma.shape[0] // n)
     out = np.zeros((m, 12), np.float32)
     for f in range(m):
@@ -309,11 +325,7 @@ def _pool_kernel(chroma, n):
                 x += chroma[i, p]
             out[f, p] = x
         o = out[f]
-        ss = ((o[0] * o[0] + o[1] * o[1]) + (o[2] * o[2] + o[3] * o[3])) + \
-            ((o[4] * o[4] + o[5] * o[5]) + (o[6] * o[6] + o[7] * o[7]))
-        for p in range(8, 12):
-            ss += o[p] * o[p]
-        norm = np.sqrt(ss)
+        norm = np.sqrt(_numpy_sum12(o, True))
         if norm > 0:
             for p in range(12):
                 o[p] = o[p] / norm
@@ -1706,18 +1718,15 @@ def _setdiff_kernel(rows, other):
 @njit(cache=True, nogil=True)
 def _rolled_frames(frames):
     """(qs, nq): ``qs[t]`` the frames rolled up t semitones (``np.roll(frames, t,
-    axis=1)``), float32 [shape=(12, n, 12)], and ``nq`` the frames whose sum is above 0,
-    summed as NumPy sums 12 values (the first 8 in pairs, then the other 4 one by one):
-    what NumPy's gather and ``sum(axis=1)`` gave, in ~60 us a call."""
+    axis=1)``), float32 [shape=(12, n, 12)], and ``nq`` the frames whose sum
+    (``_numpy_sum12``) is above 0: what NumPy's gather and ``sum(axis=1)`` gave, in ~60
+    us a call."""
     n = frames.shape[0]
     qs = np.empty((12, n, 12), np.float32)
     nq = 0
     for i in range(n):
         f = frames[i]
-        total = ((f[0] + f[1]) + (f[2] + f[3])) + ((f[4] + f[5]) + (f[6] + f[7]))
-        for p in range(8, 12):
-            total += f[p]
-        nq += total > 0
+        nq += _numpy_sum12(f, False) > 0
         for p in range(12):
             for t in range(12):
                 qs[t, i, (p + t) % 12] = f[p]
