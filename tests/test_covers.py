@@ -808,7 +808,8 @@ def test_pooled_frames_are_numpys_to_the_bit():
 
 
 def test_the_search_steps_in_numba_are_their_numpy_forms_to_the_bit():
-    """The query's frames (``_pool``, ``_rolled_frames``), a sequence's n-gram codes (``_GramIndex.codes``),
+    """The query's frames (``_pool``, ``_pool_beats`` at a non-integer length,
+    ``_rolled_frames``), a sequence's n-gram codes (``_GramIndex.codes``),
     a list's distinct codes (``distinct``), the rows not yet aligned (``_setdiff``) and
     chord motions (``chord_motions``) are numba loops now; they give exactly what their
     NumPy forms gave (kept here): the same float32 bits for float and int8-valued
@@ -830,6 +831,18 @@ def test_the_search_steps_in_numba_are_their_numpy_forms_to_the_bit():
         norm = np.linalg.norm(x, axis=1, keepdims=True)
         np.divide(x, norm, out=x, where=norm > 0)
         return x
+
+    def numpy_spread(chroma_beats, frame_beats):
+        n = chroma_beats.shape[0]
+        x = np.asarray(chroma_beats, np.float64)
+        cs = np.concatenate([np.zeros((1, 12)), np.cumsum(x, axis=0)])
+        edges = np.append(np.arange(0.0, n, frame_beats), float(n))
+        i = np.minimum(np.floor(edges).astype(np.int64), n - 1)
+        frames = np.diff(cs[i] + (edges - i)[:, None] * x[i], axis=0).astype(np.float32)
+        frames[frames < 1e-6] = 0.0
+        norm = np.linalg.norm(frames, axis=1, keepdims=True)
+        np.divide(frames, norm, out=frames, where=norm > 0)
+        return frames
 
     def numpy_codes(grams, sym, off):
         x = np.asarray(sym, np.int64)
@@ -879,6 +892,11 @@ def test_the_search_steps_in_numba_are_their_numpy_forms_to_the_bit():
             qs, nq = qc._rolled_frames(got)  # a query's frames at every transposition
             np.testing.assert_array_equal(qs, got[:, qc._ROLL].transpose(1, 0, 2))
             assert nq == int((got.sum(axis=1) > 0).sum())
+        if k and trial % 3 == 0:  # at a scale off the notated grid (values at the 1e-6 cut too)
+            chroma[rng.random((k, 12)) < 0.1] = np.float32(1e-6)
+            fb = float(rng.uniform(0.3, 4.5))
+            spread = qc._pool_beats(chroma, fb)
+            np.testing.assert_array_equal(spread.view(np.int32), numpy_spread(chroma, fb).view(np.int32))
     grams = qc._gram_index(np.array([1, 2, 3, 4, 5]), np.array([0, 5]))
     for trial in range(300):
         lengths = rng.integers(0, 15, int(rng.integers(1, 6)))
