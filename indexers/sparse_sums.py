@@ -72,35 +72,21 @@ def split_common(m: sparse.csc_matrix, share: float = COMMON_SHARE):
 def dense_slots(common: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """For each of ``cols``, its row in :func:`split_common`'s ``dense`` (``common`` is
     ascending), or -1 where it is a sparse column: int64 [shape=cols.shape]."""
-    return _dense_slots(np.asarray(common, np.int64), np.asarray(cols, np.int64))
-
-
-@njit(cache=True, nogil=True)
-def _dense_slots(common, cols):
-    # (six NumPy passes took ~35 us for a query's ~100 columns, six lists a query)
     at = np.searchsorted(common, cols)
-    out = np.full(cols.size, -1, np.int64)
-    for i in range(cols.size):
-        if at[i] < common.size and common[at[i]] == cols[i]:
-            out[i] = at[i]
-    return out
+    hit = at < common.size
+    hit[hit] = common[at[hit]] == cols[hit]
+    return np.where(hit, at, -1).astype(np.int64)
 
 
 def distinct(codes: np.ndarray) -> np.ndarray:
     """``np.unique(codes)`` of int64 codes (sorted, each once) by a sort: NumPy 2's
-    hash-based ``unique`` took ~75 us for a query's ~100 n-gram codes."""
-    return _distinct(np.asarray(codes, np.int64))
-
-
-@njit(cache=True, nogil=True)
-def _distinct(codes):
-    x = np.sort(codes)
-    k = 0
-    for i in range(x.size):
-        if i == 0 or x[i] != x[k - 1]:
-            x[k] = x[i]
-            k += 1
-    return x[:k]
+    hash-based ``unique`` took ~75 us for a query's ~100 n-gram codes. (NumPy, not
+    numba: a new process loads each cached numba kernel in ~7-10 ms, more than this
+    saves in one query.)"""
+    x = np.sort(np.asarray(codes, np.int64))
+    keep = np.ones(x.size, bool)
+    np.not_equal(x[1:], x[:-1], out=keep[1:])
+    return x[keep]
 
 
 @njit(cache=True, nogil=True)

@@ -784,7 +784,10 @@ class CoverIndex:
     def _merge_lists(self, q: QueryFeatures, rows: np.ndarray, budget: int | None) -> np.ndarray:
         """Ranked lists (one per row, -1 padded) interleaved by rank so that each
         contributes its best first; the query itself left out."""
-        rows = _first_of_each(np.ascontiguousarray(rows.T).ravel(), len(self))
+        order = rows.T.ravel()
+        order = order[order >= 0]
+        _, first = np.unique(order, return_index=True)
+        rows = order[np.sort(first)]
         if q.piece_id is not None and q.piece_id in self.row_of:
             rows = rows[rows != self.row_of[q.piece_id]]
         return rows[: budget or self._budget(q)].astype(np.int64)
@@ -1308,7 +1311,7 @@ class CoverIndex:
             f = ALIGN["look_further"]
             more = self.candidates(q, n=f * ALIGN["candidates"] * self._budget(q) // ALIGN["max_candidates"],
                                    budget=f * self._budget(q), memo=lists)
-            more = _setdiff(more, r["rows"])
+            more = np.setdiff1d(more, r["rows"])
             if more.size:
                 r = _concat(r, self.rerank(q, more, scale=r["scale"]))
         return self._versions_of_best(q, r)
@@ -1363,7 +1366,7 @@ class CoverIndex:
             return r
         via_rows = rb["rows"][ok]
         via_score = (A["hop_factor"] * s1 * np.minimum(rb["score"][ok], 1.0)).astype(np.float32)
-        new = _setdiff(via_rows, r["rows"])
+        new = np.setdiff1d(via_rows, r["rows"])
         if new.size:
             r = _concat(r, self.rerank(q, new, scale=r["scale"]))
         pos = {int(x): i for i, x in enumerate(r["rows"])}
@@ -1523,7 +1526,7 @@ class CoverIndex:
             return np.zeros(0, np.int64)
         best = r["rows"][np.argsort(-r["score"], kind="stable")[: A["expand_from"]]]
         _, nb = search(self.index, self.vectors[best], A["expand_neighbours"] + 1)
-        new = _setdiff(nb[nb >= 0], r["rows"])
+        new = np.setdiff1d(nb[nb >= 0], r["rows"])
         if q.piece_id is not None and q.piece_id in self.row_of:
             new = new[new != self.row_of[q.piece_id]]
         return new.astype(np.int64)
@@ -1675,44 +1678,6 @@ class CoverIndex:
 
 # _ROLL[t] indexes a 12-vector rotated up by t semitones: x[_ROLL[t]] == np.roll(x, t)
 _ROLL = (np.arange(12)[None, :] - np.arange(12)[:, None]) % 12
-
-
-@njit(cache=True, nogil=True)
-def _first_of_each(rows, n):
-    """The rows (0..n-1; negative ones left out) each at its first place, in order (as
-    ``np.unique(..., return_index=True)`` then the first places sorted, ~40 us a call)."""
-    seen = np.zeros(n, np.bool_)
-    out = np.empty(rows.size, np.int64)
-    k = 0
-    for r in rows:
-        if r >= 0 and not seen[r]:
-            seen[r] = True
-            out[k] = r
-            k += 1
-    return out[:k]
-
-
-def _setdiff(rows, other) -> np.ndarray:
-    """``np.setdiff1d(rows, other)`` of int64 rows: the distinct ``rows`` not in
-    ``other``, ascending (NumPy's ~50 us a call, its sorts and ``isin``)."""
-    return _setdiff_kernel(np.asarray(rows, np.int64), np.asarray(other, np.int64))
-
-
-@njit(cache=True, nogil=True)
-def _setdiff_kernel(rows, other):
-    x = np.sort(rows)
-    o = np.sort(other)
-    out = np.empty(x.size, np.int64)
-    k = 0
-    for i in range(x.size):
-        if i > 0 and x[i] == x[i - 1]:
-            continue
-        j = np.searchsorted(o, x[i])
-        if j < o.size and o[j] == x[i]:
-            continue
-        out[k] = x[i]
-        k += 1
-    return out[:k]
 
 
 @njit(cache=True, nogil=True)
