@@ -79,8 +79,8 @@ def dense_slots(common: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 def distinct(codes: np.ndarray) -> np.ndarray:
-    """``np.unique(codes)`` of int64 codes (sorted, each once) by a sort: NumPy 2's
-    hash-based ``unique`` took ~75 us for a query's ~100 n-gram codes. (NumPy, not
+    """``np.unique(codes)`` of int64 codes (sorted, each once) by a sort: for a query's
+    ~110 n-gram codes 11 us against NumPy 2's hash-based ``unique``'s 20 us. (NumPy, not
     numba: a new process loads each cached numba kernel in ~7-15 ms, more than this
     saves in one query.)"""
     x = np.sort(np.asarray(codes, np.int64))
