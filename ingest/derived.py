@@ -168,6 +168,9 @@ def run_stages(db_dir, *, only: list[str] | None = None, redo_old_versions: bool
     same rows either way).
     Raises :class:`StageInterrupted` on Ctrl-C (everything committed before is kept).
     """
+    from ingest.stage_pool import refuse_while_a_worker_starts
+
+    refuse_while_a_worker_starts("run_stages")
     done: dict[str, int] = {}
     totals: dict[str, int] = {}
     current = "derived"

@@ -357,7 +357,13 @@ def ingest_paths(paths, db_dir, *, workers: int | None = None, progress=None, on
     ``run_stages(db_dir, progress=, on_failure=)``, such as ``ingest.ray_ingest.RayEngine``.
     Returns an :class:`IngestSummary`; raises only for problems with the database itself,
     and :class:`IngestInterrupted` on Ctrl-C (what was committed before is kept).
+    ``workers`` > 1 starts worker processes, which import the calling script: call this
+    under ``if __name__ == "__main__":`` in a script (a worker that finds it called while
+    it starts stops with an error that says so, and this process does its share).
     """
+    from ingest.stage_pool import refuse_while_a_worker_starts
+
+    refuse_while_a_worker_starts("ingest_paths")
     summary = IngestSummary()
     try:
         with ctrl_c.watched():

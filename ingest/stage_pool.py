@@ -32,11 +32,25 @@ import pyarrow.compute as pc
 
 from ingest import ctrl_c
 
-__all__ = ["compute_chunk", "ProcessPool", "run_stages_pooled", "pooled_stages", "MAX_ROWS_IN_FLIGHT"]
+__all__ = ["compute_chunk", "ProcessPool", "run_stages_pooled", "pooled_stages", "MAX_ROWS_IN_FLIGHT",
+           "refuse_while_a_worker_starts"]
 
 # Input rows (notes) handed to the pool and not yet written back: bounds the driver's and
 # the workers' memory; larger collections go in windows.
 MAX_ROWS_IN_FLIGHT = 8_000_000
+
+
+def refuse_while_a_worker_starts(what: str) -> None:
+    """Raise if this process is a worker still starting. A spawned worker imports the
+    script that started the ingest, and a script that calls ``what`` at its top level,
+    not under ``if __name__ == "__main__":``, made every worker run the ingest again,
+    into the same database: it waited for the database while the driver held it (~60 s
+    for 3 POP909-dev songs, the driver waiting for the worker meanwhile) or, where it got
+    in (300 files), read every file again and failed to start workers of its own. Now
+    the worker stops at once, saying why, and the driver computes its share."""
+    if getattr(mp.current_process(), "_inheriting", False):  # multiprocessing.spawn's own check
+        raise RuntimeError(f"{what} was called while a worker process was starting: worker processes import "
+                           "the script that started them, so call it under `if __name__ == \"__main__\":`")
 
 
 def pooled_stages(mods) -> list:

@@ -173,3 +173,30 @@ def test_split_pieces_keeps_each_tables_row_order():
                                                        {"piece_id": ["b"], "x": [2]}]
     assert [p["empty"].num_rows for p in parts] == [0, 0]
     assert "pool_test_stage" in sys.modules  # the stage the worker imports is this one
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(tmp_path):
+    # a spawned worker imports the script that started it: the ingest at the script's top
+    # level must stop there, in the worker, not run again (parsing, storing, reporting)
+    src = tmp_path / "files"
+    for song in pop909_songs(3):
+        shutil.copytree(song, src / song.name)
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path[:0] = {[str(Path(__file__).resolve().parents[1])]!r}\n"
+        "from ingest import derived\n"
+        "from ingest.pipeline import ingest_paths\n"
+        "derived.POOL_MIN_NOTES = 1\n"
+        f"s = ingest_paths([{str(src)!r}], {str(tmp_path / 'db')!r}, workers=2,\n"
+        "                 progress=lambda *a: print('progress', os.getpid(), flush=True))\n"
+        "print('added', s.added, s.derived, flush=True)\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    pids = {line.split()[1] for line in run.stdout.splitlines() if line.startswith("progress")}
+    assert len(pids) == 1, run.stdout  # the driver alone parsed and reported
+    assert "ingest_paths was called while a worker process was starting" in run.stderr
+    added = [line for line in run.stdout.splitlines() if line.startswith("added")]
+    assert len(added) == 1 and int(added[0].split()[1]) > 3  # the driver computed the workers' share
+    with reading(tmp_path / "db") as con:
+        assert con.execute("SELECT count(DISTINCT piece_id) FROM cover_features").fetchone()[0] == int(added[0].split()[1])
