@@ -1,0 +1,129 @@
+"""How many of a query's notes lie where a stored piece has notes of the same pitch, under
+one time map and transposition: note-level evidence for a short cover query, measured as
+a fusion feature by ``benchmarks/probes/note_match.py`` and not in the search yet (it
+gained little held out, and only against every stored note, which the cover index does
+not hold: docs/covers-history.md, "Notes where the candidate has them").
+
+A few seconds of a version keep most of their notes where the other versions of the song
+have them: the same pitch once transposed, the same beat once the time map
+``reference beat = scale x query beat + offset`` is applied. A wrong song matches a share
+of them by chance. The search here is a vote: for every transposition and scale tried,
+each pair (query note, reference note of the transposed pitch) votes for the offset bin
+that maps the one onto the other (and the two bins beside it, so a note may be
+``BIN_BEATS`` and a half off: jitter, a tempo curve), each query note at most once per
+bin; the best bin's votes are the notes matched. Pitches match exactly, at the shift
+given (semitones up from the query, 0..11) and at the same an octave lower.
+Numba, one pass per reference, no allocation per (scale, transposition): the bins are
+reset lazily by a stamp.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["SCALES", "BIN_BEATS", "matched_share"]
+
+# reference beats per query beat: a 1/24-octave grid from 0.35 to 2.83 (a re-timed query,
+# notated at half or double the stored beat, with a tempo curve around the factor)
+SCALES = 2.0 ** (np.arange(-36, 37) / 24.0)
+BIN_BEATS = 0.2
+
+
+def matched_share(q_onset_beats, q_pitch, ref_onset_beats, ref_pitch, starts, ends, shifts) -> np.ndarray:
+    """Per reference, the largest share of the query's notes matched by one time map at
+    its transposition (``shifts``: semitones from the query up to the reference, 0..11;
+    that shift and the one an octave lower are tried).
+
+    Parameters
+    ----------
+    q_onset_beats, q_pitch : the query's notes [shape=(n,)]
+    ref_onset_beats, ref_pitch : the references' notes, back to back [shape=(M,)]
+    starts, ends : int64 [shape=(k, L)]: reference i is the notes of the spans
+        ``[starts[i, l], ends[i, l])`` (its stored lines; an empty span is left out)
+    shifts : int [shape=(k,)]
+
+    Returns
+    -------
+    share : float32 [shape=(k,)], 0..1 (0 for a query of no notes)
+    """
+    q_on = np.ascontiguousarray(q_onset_beats, np.float64)
+    q_p = np.ascontiguousarray(q_pitch, np.int64)
+    starts = np.ascontiguousarray(starts, np.int64).reshape(len(shifts), -1)
+    ends = np.ascontiguousarray(ends, np.int64).reshape(len(shifts), -1)
+    if q_on.size == 0:
+        return np.zeros(len(shifts), np.float32)
+    best = _matched(q_on - q_on.min(), q_p, np.ascontiguousarray(ref_onset_beats, np.float64),
+                    np.ascontiguousarray(ref_pitch, np.int64), starts, ends,
+                    np.ascontiguousarray(shifts, np.int64) % 12, SCALES, BIN_BEATS)
+    return (best / q_on.size).astype(np.float32)
+
+
+@njit(cache=True, nogil=True)
+def _matched(q_on, q_p, ref_on, ref_p, starts, ends, shifts, scales, bin_beats):
+    k = starts.shape[0]
+    out = np.zeros(k, np.int64)
+    q_max = q_on.max()
+    count = np.zeros(129, np.int64)
+    for i in range(k):
+        # the reference's notes grouped by pitch (onsets, any order within a pitch)
+        count[:] = 0
+        n = 0
+        span = 0.0
+        for line in range(starts.shape[1]):
+            for j in range(starts[i, line], ends[i, line]):
+                count[ref_p[j] + 1] += 1
+                n += 1
+                if ref_on[j] > span:
+                    span = ref_on[j]
+        if n == 0:
+            continue
+        for p in range(128):
+            count[p + 1] += count[p]
+        onsets = np.empty(n, np.float64)
+        fill = count[:128].copy()
+        for line in range(starts.shape[1]):
+            for j in range(starts[i, line], ends[i, line]):
+                onsets[fill[ref_p[j]]] = ref_on[j]
+                fill[ref_p[j]] += 1
+        # a note in two lines (the lead line is often the top of all notes too) votes
+        # for the same bins twice: kept once, each pitch's onsets sorted and deduplicated
+        first = np.empty(129, np.int64)
+        kept = 0
+        for p in range(128):
+            first[p] = kept
+            group = np.sort(onsets[count[p]:count[p + 1]])
+            for j in range(group.size):
+                if j == 0 or group[j] != group[j - 1]:
+                    onsets[kept] = group[j]
+                    kept += 1
+        first[128] = kept
+        n_bins = int((span + scales.max() * q_max + 1.0) / bin_beats) + 3
+        votes = np.zeros(n_bins, np.int64)
+        stamp = np.zeros(n_bins, np.int64)  # which (shift, scale) pass the bin's votes are of
+        now = 0
+        best = 0
+        for t in (shifts[i], shifts[i] - 12):
+            for s in scales:
+                now += 1
+                lo = -s * q_max - 1.0
+                for a in range(q_on.size):
+                    p = q_p[a] + t
+                    if p < 0 or p > 127:
+                        continue
+                    x = s * q_on[a] + lo
+                    # the onsets ascend, so do their bins: each bin of the union of
+                    # [b - 1, b + 1] gets this query note's vote once
+                    done = -2
+                    for j in range(first[p], first[p + 1]):
+                        b = int((onsets[j] - x) / bin_beats)
+                        for c in range(max(b - 1, done + 1), b + 2):
+                            if stamp[c] != now:
+                                stamp[c] = now
+                                votes[c] = 0
+                            votes[c] += 1
+                            if votes[c] > best:
+                                best = votes[c]
+                        done = b + 1
+        out[i] = best
+    return out
