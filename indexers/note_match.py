@@ -86,8 +86,8 @@ def _matched(q_on, q_p, ref_on, ref_p, starts, ends, shifts, scales, bin_beats):
             for j in range(starts[i, line], ends[i, line]):
                 onsets[fill[ref_p[j]]] = ref_on[j]
                 fill[ref_p[j]] += 1
-        # a note in two lines (the lead line is often the top of all notes too) votes
-        # for the same bins twice: kept once, each pitch's onsets sorted and deduplicated
+        # each pitch's onsets sorted and kept once: a lead note on top of all notes is in
+        # the third line too, and would only repeat its votes
         first = np.empty(129, np.int64)
         kept = 0
         for p in range(128):
