@@ -1,8 +1,8 @@
 """How many of a query's notes lie where a stored piece has notes of the same pitch, under
 one time map and transposition: note-level evidence for a short cover query, measured as
-a fusion feature by ``benchmarks/probes/note_match.py`` and not in the search yet (it
-gained little held out, and only against every stored note, which the cover index does
-not hold: docs/covers-history.md, "Notes where the candidate has them").
+a fusion feature by ``benchmarks/probes/note_match.py`` and not in the search yet (~0.02
+on combined_short level 2 held out, only against every stored note, which the cover
+index does not hold: docs/covers-history.md, "Notes where the candidate has them").
 
 A few seconds of a version keep most of their notes where the other versions of the song
 have them: the same pitch once transposed, the same beat once the time map
