@@ -26,9 +26,10 @@ every column: scores, transpositions, time scales, aligned regions): two version
 search that print the same digest answered every query identically, a stricter check
 than an unchanged MAP. The answers name pieces by their files' paths, which start at the
 checkout's parent folder by default (``../shared``): compare digests of checkouts at the same depth.
-They also depend on the machine or the installed packages (not pinned): 4105a32 printed
-bce9b892bf2ddbee on an AVX2-only EPYC and 3e24f945855d97fe on an AVX-512 EPYC with a fresh
-install, every cell's MAP and P@1 the same: compare digests within one machine and install.
+They also depend on the machine or the installed packages (not pinned): for 4105a32 the
+session of 2026-12-07 from 08:50 recorded bce9b892bf2ddbee on an AVX2-only EPYC, and the
+next session read 3e24f945855d97fe on an AVX-512 EPYC with a fresh install, every cell's
+MAP and P@1 the same: compare digests within one machine and install.
 """
 
 from __future__ import annotations
