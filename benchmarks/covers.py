@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from atlas_db.connection import fetch_arrow, reading  # noqa: E402
 from indexers.features import skyline  # noqa: E402
+from query.cover_notes import NoteArrays  # noqa: E402
 from query.covers import CoverIndex, load_index, query_from_notes  # noqa: E402
 
 DATA = Path(os.environ.get("ATLAS_POP909", ROOT.parent / "shared" / "data" / "pop909-dev"))
@@ -452,7 +453,11 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
     - bass line: the strongest pitch class of each 2-beat frame of that chroma (silent
       frames left out), repeats merged (a stand-in for the lowest notes, which a
       synthetic piece does not have);
-    - vector: computed from these sequences by the same function as for real pieces.
+    - vector: computed from these sequences by the same function as for real pieces;
+    - notes (where ``index`` has notes, for the note vote): that real piece's notes at
+      their onsets and octaves, each note's pitch class drawn from this chroma at its
+      beat (in proportion), and the synthetic lead line's notes (a stand-in for an
+      arrangement of this harmony: as dense and in the same registers as a real one).
     """
     from indexers.features import EMBED_DIM, embedding, melody_intervals
 
@@ -477,6 +482,7 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
     thr_pitch_parts, thr_onset_parts = [index.mel_pitch[sec_end:]], [index.mel_onset[sec_end:]]
     bass_parts, bass_n = [index.bass_pc], list(np.diff(index.bass_off))
     vecs = np.zeros((n_syn, EMBED_DIM), np.float32)
+    note_onsets, note_pitches = [], []
     real_nb = beats
     def markov(lens):
         """Synthetic melodies of these lengths, all at once, one Markov step per column."""
@@ -522,6 +528,20 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
         bass_parts.append(bass.astype(np.int8))
         bass_n.append(bass.size)
         vecs[k] = embedding(ch.astype(np.float32) / 127.0, melody_intervals(p)[0])
+        if index.notes is not None:
+            on, pitch = index.notes.of_row(s)
+            w = np.cumsum(ch[np.clip(on.astype(np.int64), 0, max(nb - 1, 0))].astype(np.float64), axis=1) \
+                if nb else np.zeros((on.size, 12))
+            u = rng.random(on.size) * w[:, -1]
+            pc = np.where(w[:, -1] > 0, np.argmax(w > u[:, None], axis=1), rng.integers(0, 12, on.size))
+            note_onsets.append(np.concatenate([on, onset_parts[-1]]))
+            note_pitches.append(np.concatenate([pitch // 12 * 12 + pc, p]))
+    syn_notes = None
+    if index.notes is not None:  # the real pieces' rows, then the synthetic ones'
+        n = index.notes
+        syn_notes = NoteArrays(np.concatenate([n.onset_beats, *note_onsets]).astype(np.float32),
+                               np.concatenate([n.pitch, *note_pitches]).astype(np.int8),
+                               np.concatenate([n.off, n.off[-1] + np.cumsum([o.size for o in note_onsets])]))
     return CoverIndex(list(index.ids) + [f"synthetic{i:07d}" for i in range(n_syn)],
                       list(index.paths) + [f"synthetic/{i:07d}.mid" for i in range(n_syn)],
                       np.concatenate([index.vectors, vecs]), np.concatenate(chroma_parts),
@@ -530,7 +550,7 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
                       second_pitch=np.concatenate(sec_pitch_parts), second_onset=np.concatenate(sec_onset_parts),
                       n_second=np.concatenate([sec_n, sec_n[src]]),
                       third_pitch=np.concatenate(thr_pitch_parts), third_onset=np.concatenate(thr_onset_parts),
-                      n_third=np.concatenate([thr_n, thr_n[src]]))
+                      n_third=np.concatenate([thr_n, thr_n[src]]), notes=syn_notes)
 
 
 def rss_mb() -> float:

@@ -76,6 +76,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from covers import Baseline, average_precision, first_rank, overlap, synthetic_index  # noqa: E402
 from indexers.features import features_from_notes, note_parts, skyline  # noqa: E402
 from query.covers import ALIGN, CoverIndex, query_from_notes  # noqa: E402
+from query.cover_notes import notes_from_arrays  # noqa: E402
 
 DATA = Path(os.environ.get("ATLAS_POP909", ROOT.parent / "shared" / "data" / "pop909-dev"))
 VIENNA = Path(os.environ.get("ATLAS_VIENNA", ROOT.parent / "shared" / "data" / "vienna4x22"))
@@ -385,7 +386,9 @@ def build_index(paths: list[str], notes: dict, second_line: bool = True, third_l
     return CoverIndex(ids, paths, np.asarray(vec, np.float32), np.concatenate(chroma), nb, np.concatenate(mp),
                       np.concatenate(mo), nm, np.concatenate(bass), [b.size for b in bass],
                       second_pitch=np.concatenate(sp), second_onset=np.concatenate(so), n_second=[x.size for x in sp],
-                      third_pitch=np.concatenate(tp), third_onset=np.concatenate(to), n_third=[x.size for x in tp])
+                      third_pitch=np.concatenate(tp), third_onset=np.concatenate(to), n_third=[x.size for x in tp],
+                      notes=notes_from_arrays([notes[p]["onset_beats"] for p in paths],
+                                              [notes[p]["pitch"] for p in paths]))
 
 
 class Recorder:
@@ -638,7 +641,9 @@ def main(argv=None):
     if args.large:
         t0 = time.perf_counter()
         big = synthetic_index(index, args.large, np.random.default_rng(args.seed))
-        print(f"\nsynthetic collection of {len(big):,} pieces built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        notes_mb = big.notes.nbytes / 1e6 if big.notes is not None else 0.0
+        print(f"\nsynthetic collection of {len(big):,} pieces built in {time.perf_counter() - t0:.0f} s; the index "
+              f"holds {big.nbytes() / 1e6:,.0f} MB ({notes_mb:,.0f} MB of notes)", file=sys.stderr)
         big.search(big.query_for_piece(big.ids[0]), top=5)
         rec_big = Recorder()
         large_cells = [c for c in ("clean", "excerpt", "perf", "combined") if c in cells]

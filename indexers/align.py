@@ -21,8 +21,8 @@ from numba import njit
 from atlas_db.settings import setting
 from indexers.lanes import chroma_scores, pitch_class_scores, sym_scores
 
-__all__ = ["in_background", "two_at_once", "sw_symbols", "sw_chroma", "sw_symbols_score", "sw_chroma_score",
-           "sw_pitch_classes_score", "sw_pitch_classes_rhythm_score"]
+__all__ = ["in_background", "two_at_once", "by_halves", "sw_symbols", "sw_chroma", "sw_symbols_score",
+           "sw_chroma_score", "sw_pitch_classes_score", "sw_pitch_classes_rhythm_score"]
 
 
 # Two threads (the kernels release the GIL). A call whose references hold at least
@@ -93,7 +93,7 @@ def two_at_once(first, second):
     return a, (second() if later.cancel() else later.result())
 
 
-def _by_halves(call, starts, ends, n_query: int):
+def by_halves(call, starts, ends, n_query: int):
     """``call(sl)`` on the references ``sl`` (a slice) -- once for all of them, or on two
     halves of about equal work at once (the second in another thread) with the results
     (an array or a tuple of arrays, one row per reference) put back together in order."""
@@ -251,7 +251,7 @@ def sw_symbols(q, refs, offsets, match, mismatch, gap, merge=0.3):
     starts, ends = _spans(offsets)
     q = np.asarray(q, np.int8)
     match, mismatch, gap, merge = np.float32(match), np.float32(mismatch), np.float32(gap), np.float32(merge)
-    return _by_halves(lambda sl: _sw_intervals(q, refs, starts[sl], ends[sl], match, mismatch, gap, merge, True),
+    return by_halves(lambda sl: _sw_intervals(q, refs, starts[sl], ends[sl], match, mismatch, gap, merge, True),
                       starts, ends, q.size)
 
 
@@ -267,7 +267,7 @@ def sw_symbols_score(q, refs, offsets, match, mismatch, gap, merge=0.3, with_end
     starts, ends = _spans(offsets)
     q = np.asarray(q, np.int8)
     match, mismatch, gap, merge = np.float32(match), np.float32(mismatch), np.float32(gap), np.float32(merge)
-    scores, end = _by_halves(lambda sl: sym_scores(q, refs, starts[sl], ends[sl], match, mismatch, gap, merge),
+    scores, end = by_halves(lambda sl: sym_scores(q, refs, starts[sl], ends[sl], match, mismatch, gap, merge),
                              starts, ends, q.size)
     return (scores, end) if with_end else scores
 
@@ -292,7 +292,7 @@ def sw_chroma(qs, shifts, refs, offsets, threshold, silent, gap):
     region : int32 [shape=(k, 4)] q_start, q_end, r_start, r_end (frames)
     """
     starts, ends = _spans(offsets)
-    return _by_halves(lambda sl: _sw_chroma(qs, shifts[sl], refs, starts[sl], ends[sl], threshold, silent, gap),
+    return by_halves(lambda sl: _sw_chroma(qs, shifts[sl], refs, starts[sl], ends[sl], threshold, silent, gap),
                       starts, ends, qs.shape[1] * shifts.shape[1])
 
 
@@ -395,7 +395,7 @@ def sw_chroma_score(qs, shifts, refs, offsets, threshold, silent, gap):
     ``indexers.lanes``). The frame scores are float32 sums where :func:`sw_chroma`'s are
     float64, so a score may differ from its in the last bits."""
     starts, ends = _spans(offsets)
-    return _by_halves(lambda sl: chroma_scores(qs, shifts[sl], refs, starts[sl], ends[sl], threshold, silent, gap),
+    return by_halves(lambda sl: chroma_scores(qs, shifts[sl], refs, starts[sl], ends[sl], threshold, silent, gap),
                       starts, ends, qs.shape[1] * shifts.shape[1])
 
 
@@ -424,7 +424,7 @@ def sw_pitch_classes_score(q, refs, offsets, shifts, match, mismatch, gap_q, gap
     """
     starts, ends = _spans(offsets)
     shifts = np.ascontiguousarray(shifts, np.int64)
-    return _by_halves(lambda sl: pitch_class_scores(q, refs, starts[sl], ends[sl], shifts[sl], match, mismatch,
+    return by_halves(lambda sl: pitch_class_scores(q, refs, starts[sl], ends[sl], shifts[sl], match, mismatch,
                                                     gap_q, gap_r), starts, ends, q.size)
 
 
@@ -460,7 +460,7 @@ def sw_pitch_classes_rhythm_score(q, q_onsets, refs, ref_onsets, offsets, shifts
     q = np.asarray(q, np.int64)
     q_onsets = np.asarray(q_onsets, np.float64)
     shifts = np.asarray(shifts, np.int64)
-    return _by_halves(lambda sl: _sw_pc_rhythm(q, q_onsets, refs, ref_onsets, starts[sl], ends[sl], shifts[sl],
+    return by_halves(lambda sl: _sw_pc_rhythm(q, q_onsets, refs, ref_onsets, starts[sl], ends[sl], shifts[sl],
                                                float(match), float(mismatch), float(gap_q), float(gap_r),
                                                float(np.log(tolerance)), float(penalty), float(adapt)),
                       starts, ends, q.size)

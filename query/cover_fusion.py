@@ -36,7 +36,7 @@ FUSION_FILE = Path(__file__).with_name("cover_fusion.json")
 RECORDING_FUSION_FILE = Path(__file__).with_name("cover_fusion_recordings.json")
 FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf", "tfidf_rel", "vec",
             "short", "tfidf_short", "mel_short", "rhythm", "rhythm_rel", "rhythm_short", "bass", "bass_rel",
-            "support", "support_rel", "stretch")
+            "support", "support_rel", "stretch", "notes", "notes_rel")
 RECORDING_FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel", "tfidf", "vec", "stretch",
                       "css", "css_rel", "both_recordings", "short", "align_short", "spread", "harm_spread")
 # The reported score (:func:`calibrate`): a candidate's fusion logit, the query's best,
@@ -135,7 +135,7 @@ class IntervalTfidf:
 
 
 def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_intervals: int = 48,
-                    rhythm=None, bass=None, support=None, hscale=None) -> np.ndarray:
+                    rhythm=None, bass=None, support=None, hscale=None, notes=None) -> np.ndarray:
     """The ``FEATURES`` of one query's candidates: float64 [shape=(k, len(FEATURES))].
 
     ``align``, ``mel``, ``harm``: alignment scores (0..~1.2); ``tfidf``, ``vec``: cosines;
@@ -149,7 +149,8 @@ def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_interv
     all). Every scale tried is one more chance for a wrong piece to align somewhere; a
     query squeezed far (at 2x each frame pools twice the query's beats, smoothing its
     chords) aligns by chance more often, so the fit can weigh its scores less
-    (docs/covers-history.md, "Stretch")."""
+    (docs/covers-history.md, "Stretch"); ``notes``: the share of a short query's notes
+    the candidate's notes match under one time map (0..1; None: 0 for all)."""
     cols = [np.asarray(x, np.float64) for x in (align, mel, harm, tfidf, vec)]
     if cols[0].size == 0:
         return np.zeros((0, len(FEATURES)))
@@ -157,11 +158,12 @@ def fusion_features(align, mel, harm, tfidf, vec, n_intervals: int, short_interv
     r = np.zeros(a.size) if rhythm is None else np.asarray(rhythm, np.float64)
     b = np.zeros(a.size) if bass is None else np.asarray(bass, np.float64)
     u = np.zeros(a.size) if support is None else np.asarray(support, np.float64)
+    n = np.zeros(a.size) if notes is None else np.asarray(notes, np.float64)
     s = np.zeros(a.size) if hscale is None else np.abs(np.log2(np.maximum(np.asarray(hscale, np.float64), 1e-6)))
     short = float(n_intervals <= short_intervals)
     return np.stack([a, a - a.max(), m, m - m.max(), h, h - h.max(), t, t - t.max(), v,
                      np.full(a.size, short), t * short, m * short, r, r - r.max(), r * short,
-                     b, b - b.max(), u, u - u.max(), s], axis=1)
+                     b, b - b.max(), u, u - u.max(), s, n, n - n.max()], axis=1)
 
 
 def css_columns(css_distance, both_recordings, typical) -> tuple[np.ndarray, np.ndarray]:

@@ -66,9 +66,11 @@ from ingest.sources import utf8_text
 from indexers.tempo import relative_tempo
 from indexers.sparse_sums import all_column_sums, distinct, split_common
 from indexers.blas_threads import one_blas_thread
-from indexers.align import (in_background, sw_chroma, sw_chroma_score, sw_pitch_classes_rhythm_score,
+from indexers.align import (by_halves, in_background, sw_chroma, sw_chroma_score, sw_pitch_classes_rhythm_score,
                             sw_pitch_classes_score, sw_symbols, sw_symbols_score)
+from indexers.note_match import matched_share
 from query.cover_fusion import IntervalTfidf, calibrate, fuse, fusion_features, fusion_logits
+from query.cover_notes import stored_notes
 from indexers.features import (BLOCKS, HARMONY_BLOCKS, MELODY_BLOCKS, beat_chroma, embedding, note_parts,
                                features_from_notes, melody_intervals, melody_intervals_groups, skyline)
 
@@ -239,6 +241,12 @@ ALIGN = dict(
     # (seeds 1-3) and 0.9881 -> 0.9886 (4-6), combined_short level 2 0.848 -> 0.851 and
     # 0.849 -> 0.862; the best 16, 32 or 64 candidates as the only supporters gained less
     support_cosine=0.5, support_dims=128,
+    # a fusion feature (CoverIndex._notes): a short query's notes matched by a candidate's
+    # notes under one time map, for the best this many candidates by alignment score,
+    # the query's middle this many notes in time (~3.8 ms a candidate on one thread for
+    # a 10-15 s query of ~70 notes against a POP909 arrangement; only 100 and 96 were
+    # measured: docs/covers-history.md, "The note vote, shipped")
+    note_vote_candidates=100, note_vote_query_notes=96,
     # the best this many pieces by the query's melody 3- and 4-grams against the stored
     # *second* lines join the candidates, beyond the budget: the search aligns a
     # candidate's second line, but the n-gram lists read only the lead lines, so a
@@ -389,6 +397,10 @@ class QueryFeatures:
     # when the query is a stored piece, or no bonus
     time_chroma: tuple | None = None
     is_recording: bool = False
+    # every pitched note of the query (onset beats, pitch) for the note vote of a short
+    # query (CoverIndex._notes); None: no vote
+    note_onset_beats: np.ndarray | None = field(default=None, repr=False)
+    note_pitch: np.ndarray | None = field(default=None, repr=False)
     # (the collection's IntervalTfidf, the cosine of the melody's exact-interval 3-gram
     # TF-IDF with each of its pieces): computed once per query and collection by
     # CoverIndex._tfidf_scores (a query searched in another collection gets its own)
@@ -512,7 +524,8 @@ def query_from_notes(label: str, onset_beats, duration_beats, pitch, track_index
                          half, alts, tempo_scale=tempo_scale, one_part=one_part, rescaled_chroma=rescaled,
                          rescaled_vector=rescaled_vector, skyline_share=skyline_share,
                          bass_pc=f["bass_pc"], second_pitch=sp, second_onset_beats=so,
-                         third_pitch=f["third_pitch"] if f["third_pitch"].size else None)
+                         third_pitch=f["third_pitch"] if f["third_pitch"].size else None,
+                         note_onset_beats=np.asarray(onset_beats, np.float64), note_pitch=pitch)
 
 
 def query_from_file(path) -> QueryFeatures:
@@ -593,8 +606,12 @@ class CoverIndex:
     def __init__(self, ids, paths, vectors, chroma_q, n_beats, melody_pitch, melody_onset, n_melody,
                  bass_pc, n_bass, faiss_index=None, is_recording=None, db_dir=None,
                  second_pitch=None, second_onset=None, n_second=None, third_pitch=None, third_onset=None,
-                 n_third=None):
+                 n_third=None, notes=None):
         from indexers.faiss_index import build_index
+
+        # every piece's notes (query.cover_notes.NoteArrays, by row) for the note vote of
+        # a short query; None: no vote
+        self.notes = notes
 
         self.ids = np.asarray(ids, dtype=object)
         self.is_recording = np.zeros(len(self.ids), bool) if is_recording is None \
@@ -715,6 +732,8 @@ class CoverIndex:
                   *self.line_off[1:], *self.line_iv_off[1:], *self.has_line, self.melody_sketch]
         if self.frames is not None:
             arrays += list(self.frames)
+        if self.notes is not None:
+            arrays += [self.notes.onset_beats, self.notes.pitch, self.notes.off]
         return int(sum(a.nbytes for a in arrays)) + self.vectors.nbytes  # + the FAISS copy
 
     # -- stage 1 -------------------------------------------------------------------
@@ -1209,7 +1228,7 @@ class CoverIndex:
         vec = v @ q.vector / np.maximum(np.linalg.norm(v, axis=1) * float(np.linalg.norm(q.vector)), 1e-9)
         return fusion_features(r["score"], r["mel"], r["harm"], self._tfidf_scores(q)[rows], vec,
                                q.intervals.size, 2 * ALIGN["min_query_intervals"], self._rhythm(q, r),
-                               self._bass(q, r), self._support(r), r["hscale"])
+                               self._bass(q, r), self._support(r), r["hscale"], self._notes(q, r))
 
     def _support(self, r) -> np.ndarray:
         """Per candidate, 0..~1.2: the best alignment score among the *other* aligned
@@ -1254,6 +1273,37 @@ class CoverIndex:
         s = sw_pitch_classes_score(qb, self.bass_pc, (self.bass_off[rows], self.bass_off[rows + 1]),
                                    np.asarray(r["hshift"], np.int64) % 12, 1.0, 1.0, A["bass_gap"], A["bass_gap"])
         return s / max(qb.size, A["bass_min_notes"])
+
+    def _notes(self, q: QueryFeatures, r) -> np.ndarray:
+        """Per candidate, 0..1: the largest share of a short query's notes that lie where
+        the candidate has a note of the same pitch (at its harmony transposition, or an
+        octave below) under one time map, candidate beat = scale x query beat + offset
+        (``indexers.note_match``: 73 scales from 0.35 to 2.83, offsets within 0.3
+        beat), for the best ``note_vote_candidates`` by alignment score (the query's
+        middle ``note_vote_query_notes`` notes in time); 0 for the others, for a query
+        that is not short, has fewer than 4 notes or none at hand, and in an index
+        without notes. A few seconds of a version keep most of their notes where the
+        song's other versions have them even where its tune, chords or beat do not align
+        well; a wrong song matches a share by chance. Held out, combined_short level 2
+        0.924 -> 0.936 (seed 0) and 0.938 -> 0.949 over eight draws; against the stored
+        melody lines only it gained nothing (docs/covers-history.md, "The note vote,
+        shipped")."""
+        rows = r["rows"]
+        out = np.zeros(rows.size, np.float32)
+        if self.notes is None or q.note_pitch is None or q.note_pitch.size < 4 or not _short(q) or rows.size == 0:
+            return out
+        # a denser query: its middle note_vote_query_notes notes in time (the vote's cost
+        # grows with the query's notes; a short query of a few bars has fewer)
+        by_time = np.argsort(q.note_onset_beats, kind="stable")
+        a, b = _middle(by_time.size, ALIGN["note_vote_query_notes"])
+        q_on, q_p = q.note_onset_beats[by_time[a:b]], q.note_pitch[by_time[a:b]]
+        best = np.argsort(-r["score"], kind="stable")[: ALIGN["note_vote_candidates"]]
+        starts, ends = self.notes.spans(rows[best])
+        shifts = np.asarray(r["hshift"][best], np.int64)
+        out[best] = by_halves(
+            lambda sl: matched_share(q_on, q_p, self.notes.onset_beats, self.notes.pitch,
+                                     starts[sl, None], ends[sl, None], shifts[sl]), starts, ends, q_p.size)
+        return out
 
     def _rhythm(self, q: QueryFeatures, r) -> np.ndarray:
         """Per candidate, 0..~1: how much of its tune is found among a one-part query's
@@ -1672,6 +1722,8 @@ class CoverIndex:
                           bass_pc=self.bass_pc[self.bass_off[i]:self.bass_off[i + 1]], second_pitch=sp,
                           second_onset_beats=so, third_pitch=tp if tp.size else None)
         q.is_recording = bool(self.is_recording[i])
+        if self.notes is not None:
+            q.note_onset_beats, q.note_pitch = self.notes.of_row(i)
         return q
 
 
@@ -1883,7 +1935,7 @@ def load_index(db_dir) -> CoverIndex:
                      db_dir=db_dir, second_pitch=flat("second_pitch", np.int16),
                      second_onset=flat("second_onset_beats", np.float32), n_second=lengths("second_pitch"),
                      third_pitch=flat("third_pitch", np.int16), third_onset=flat("third_onset_beats", np.float32),
-                     n_third=lengths("third_pitch"))
+                     n_third=lengths("third_pitch"), notes=stored_notes(db_dir, ids))
     from indexers.vectors import VERSION
 
     stale = pc.or_(pc.is_null(t.column("bass_pc")), pc.is_null(t.column("second_pitch")))

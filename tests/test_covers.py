@@ -429,6 +429,33 @@ def test_the_loaded_index_holds_each_pieces_vector_and_reads_no_lance(synth_db, 
     assert out.returncode == 0 and out.stdout.split() == ["False"], out.stderr[-2000:]
 
 
+def test_the_loaded_index_holds_each_pieces_pitched_notes(tmp_path):
+    """load_index reads every piece's notes into its row (query.cover_notes.stored_notes,
+    for the note vote): the pitched notes of each file as written, its drums (channel
+    10) left out, whatever order DuckDB returns them in."""
+    from pathlib import Path
+
+    from ingest.pipeline import ingest_paths
+    from query.covers import load_index
+
+    lib = tmp_path / "lib"
+    written = {}
+    for i in range(3):
+        mel, ch = _song(10 + i, n_bars=4)
+        tracks = _render(mel, ch, transpose=i)
+        if i == 1:
+            tracks.append(Track([(36, b, 0.5, 100) for b in range(16)], name="drums", channel=9))
+        write_midi(lib / f"s{i}.mid", tracks)
+        written[f"s{i}.mid"] = sorted((on, p) for t in tracks if t.channel != 9 for p, on, _, _ in t.notes)
+    summary = ingest_paths([str(lib)], tmp_path / "db", workers=1)
+    assert summary.failed == 0 and summary.added == 3
+    index = load_index(tmp_path / "db")
+    assert index.notes.off.size == len(index) + 1
+    for row, path in enumerate(index.paths):
+        on, p = index.notes.of_row(row)
+        assert sorted(zip(on.tolist(), p.tolist())) == written[Path(path).name]
+
+
 def test_halves_split_the_answers_to_explain_by_length():
     """The answers whose melody region is found are cut in two halves (one aligned in
     each thread): every selected answer in exactly one, in order, the first half the

@@ -438,11 +438,15 @@ def _index_of(songs):
     every line the vectors stage stores (a multi-track piece's second melody line too)."""
     from indexers.features import features_from_notes
 
-    return _index_from_features([features_from_notes(*s) for s in songs])
+    from query.cover_notes import notes_from_arrays
+
+    return _index_from_features([features_from_notes(*s) for s in songs],
+                                notes_from_arrays([s[0] for s in songs], [s[2] for s in songs]))
 
 
-def _index_from_features(fs):
-    """A collection of pieces of these features (``indexers.features.features_from_notes``)."""
+def _index_from_features(fs, notes=None):
+    """A collection of pieces of these features (``indexers.features.features_from_notes``)
+    and ``notes`` (``query.cover_notes.NoteArrays``, for the note vote; None: none)."""
     from indexers.features import quantize_chroma
     from query.covers import CoverIndex
 
@@ -457,7 +461,7 @@ def _index_from_features(fs):
                       n_second=[f["second_pitch"].size for f in fs],
                       third_pitch=np.concatenate([f["third_pitch"] for f in fs]),
                       third_onset=np.concatenate([f["third_onset_beats"] for f in fs]),
-                      n_third=[f["third_pitch"].size for f in fs])
+                      n_third=[f["third_pitch"].size for f in fs], notes=notes)
 
 
 def test_support_is_the_best_score_among_a_candidates_likely_versions():
@@ -599,6 +603,20 @@ def test_synthetic_pieces_of_the_100k_benchmark_have_bass_lines():
     q = query_from_notes("q", on, dur, p + 3)
     r = big._aligned(q)
     assert big.ids[r["rows"][np.argmax(big._bass(q, r))]] == "s4"
+    # notes: the real pieces keep theirs; a synthetic piece has a real piece's notes at
+    # their onsets and octaves, each of a pitch class its chroma holds at that beat, then
+    # its own lead line
+    np.testing.assert_array_equal(big.notes.pitch[:big.notes.off[10]], index.notes.pitch)
+    real_counts = np.diff(index.notes.off)
+    for i in range(10, 40):
+        on_i, p_i = big.notes.of_row(i)
+        lead = big.mel_pitch[big.mel_off[i]:big.mel_off[i + 1]]
+        n_acc = on_i.size - lead.size
+        assert n_acc in real_counts
+        np.testing.assert_array_equal(p_i[n_acc:], lead)
+        ch = big.chroma_q[big.beat_off[i]:big.beat_off[i + 1]]
+        beat = np.clip(on_i[:n_acc].astype(np.int64), 0, ch.shape[0] - 1)
+        assert np.all(ch[beat, p_i[:n_acc] % 12] > 0)
 
 
 def test_bass_steps_known_answer():
@@ -968,3 +986,48 @@ def test_a_midi_querys_skyline_of_all_parts_finds_recordings(monkeypatch):
     by_id = index.query_for_piece("s0")
     assert by_id.third_pitch is not None and np.array_equal(by_id.third_pitch, q.third_pitch)
     assert index.query_for_piece("s300").third_pitch is None  # one part: no third line
+
+
+def test_a_short_querys_notes_match_its_own_song_at_its_transposition_and_tempo():
+    """CoverIndex._notes: a 16-beat excerpt of song 5, transposed +3 and re-timed 1.2x
+    (query beats per stored beat; the vote's scale is the inverse, 1/1.2 on its 1/24-octave
+    grid's nearest), matches nearly all its notes in song 5 and far fewer in the other
+    songs, which share its chords (I-V-vi-IV) but not its tune; only the best
+    ``note_vote_candidates`` are voted on; a long query and an index without notes
+    get 0; a stored piece as the query brings its notes."""
+    from query.covers import ALIGN, query_from_notes
+
+    songs = [_pop_song(s, key=s % 12) for s in range(8)]
+    index = _index_of(songs)
+    on, dur, p, trk = songs[5]
+    keep = (on >= 32) & (on < 48)
+    q = query_from_notes("q", (on[keep] - 32) * 1.2, dur[keep] * 1.2, p[keep] + 3, trk[keep])
+    r = index._aligned(q)
+    share = index._notes(q, r)
+    best = int(np.flatnonzero(r["rows"] == 5)[0])
+    assert share[best] > 0.9
+    assert np.delete(share, best).max() < 0.75 * share[best]
+    x = index._features(q, r)
+    from query.cover_fusion import FEATURES
+
+    np.testing.assert_allclose(x[:, FEATURES.index("notes")], share, rtol=1e-6)
+    np.testing.assert_allclose(x[:, FEATURES.index("notes_rel")], share - share.max(), rtol=1e-6)
+    # only the best candidates by alignment score are voted on
+    ALIGN_before = ALIGN["note_vote_candidates"]
+    try:
+        ALIGN["note_vote_candidates"] = 2
+        few = index._notes(q, r)
+        top2 = np.argsort(-r["score"], kind="stable")[:2]
+        np.testing.assert_allclose(few[top2], share[top2])
+        assert np.count_nonzero(np.delete(few, top2)) == 0
+        ALIGN["note_vote_candidates"] = 0  # no vote
+        assert not index._notes(q, r).any()
+    finally:
+        ALIGN["note_vote_candidates"] = ALIGN_before
+    long_q = query_from_notes("long", on, dur, p + 3, trk)
+    assert not index._notes(long_q, index._aligned(long_q)).any()
+    index.notes, notes = None, index.notes
+    assert not index._notes(q, r).any()
+    index.notes = notes
+    stored = index.query_for_piece("s2")
+    np.testing.assert_array_equal(np.sort(stored.note_pitch), np.sort(songs[2][2]))

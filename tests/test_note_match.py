@@ -62,6 +62,9 @@ def test_the_votes_are_the_plain_count():
         starts = np.stack([off[:-1], mid, off[:-1]], 1)
         ends = np.stack([mid, off[1:], off[:-1]], 1)
         got = matched_share(q_on, q_p, ref_on, ref_p, starts, ends, shifts)
+        # the cover index's dtypes (float32 onsets, int8 pitches) are read as they are
+        small = matched_share(q_on, q_p, ref_on.astype(np.float32), ref_p.astype(np.int8), starts, ends, shifts)
+        np.testing.assert_array_equal(small, got)
         for i in range(3):
             a, b = off[i], off[i + 1]
             want = _python_count(q_on, q_p, ref_on[a:b], ref_p[a:b], int(shifts[i]))
