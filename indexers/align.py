@@ -252,7 +252,7 @@ def sw_symbols(q, refs, offsets, match, mismatch, gap, merge=0.3):
     q = np.asarray(q, np.int8)
     match, mismatch, gap, merge = np.float32(match), np.float32(mismatch), np.float32(gap), np.float32(merge)
     return by_halves(lambda sl: _sw_intervals(q, refs, starts[sl], ends[sl], match, mismatch, gap, merge, True),
-                      starts, ends, q.size)
+                     starts, ends, q.size)
 
 
 def sw_symbols_score(q, refs, offsets, match, mismatch, gap, merge=0.3, with_end=False):
@@ -268,7 +268,7 @@ def sw_symbols_score(q, refs, offsets, match, mismatch, gap, merge=0.3, with_end
     q = np.asarray(q, np.int8)
     match, mismatch, gap, merge = np.float32(match), np.float32(mismatch), np.float32(gap), np.float32(merge)
     scores, end = by_halves(lambda sl: sym_scores(q, refs, starts[sl], ends[sl], match, mismatch, gap, merge),
-                             starts, ends, q.size)
+                            starts, ends, q.size)
     return (scores, end) if with_end else scores
 
 
@@ -293,7 +293,7 @@ def sw_chroma(qs, shifts, refs, offsets, threshold, silent, gap):
     """
     starts, ends = _spans(offsets)
     return by_halves(lambda sl: _sw_chroma(qs, shifts[sl], refs, starts[sl], ends[sl], threshold, silent, gap),
-                      starts, ends, qs.shape[1] * shifts.shape[1])
+                     starts, ends, qs.shape[1] * shifts.shape[1])
 
 
 @njit(cache=True, nogil=True)
@@ -396,7 +396,7 @@ def sw_chroma_score(qs, shifts, refs, offsets, threshold, silent, gap):
     float64, so a score may differ from its in the last bits."""
     starts, ends = _spans(offsets)
     return by_halves(lambda sl: chroma_scores(qs, shifts[sl], refs, starts[sl], ends[sl], threshold, silent, gap),
-                      starts, ends, qs.shape[1] * shifts.shape[1])
+                     starts, ends, qs.shape[1] * shifts.shape[1])
 
 
 def sw_pitch_classes_score(q, refs, offsets, shifts, match, mismatch, gap_q, gap_r):
@@ -425,7 +425,7 @@ def sw_pitch_classes_score(q, refs, offsets, shifts, match, mismatch, gap_q, gap
     starts, ends = _spans(offsets)
     shifts = np.ascontiguousarray(shifts, np.int64)
     return by_halves(lambda sl: pitch_class_scores(q, refs, starts[sl], ends[sl], shifts[sl], match, mismatch,
-                                                    gap_q, gap_r), starts, ends, q.size)
+                                                   gap_q, gap_r), starts, ends, q.size)
 
 
 def sw_pitch_classes_rhythm_score(q, q_onsets, refs, ref_onsets, offsets, shifts, match, mismatch, gap_q, gap_r,
@@ -461,9 +461,9 @@ def sw_pitch_classes_rhythm_score(q, q_onsets, refs, ref_onsets, offsets, shifts
     q_onsets = np.asarray(q_onsets, np.float64)
     shifts = np.asarray(shifts, np.int64)
     return by_halves(lambda sl: _sw_pc_rhythm(q, q_onsets, refs, ref_onsets, starts[sl], ends[sl], shifts[sl],
-                                               float(match), float(mismatch), float(gap_q), float(gap_r),
-                                               float(np.log(tolerance)), float(penalty), float(adapt)),
-                      starts, ends, q.size)
+                                              float(match), float(mismatch), float(gap_q), float(gap_r),
+                                              float(np.log(tolerance)), float(penalty), float(adapt)),
+                     starts, ends, q.size)
 
 
 @njit(cache=True, nogil=True)

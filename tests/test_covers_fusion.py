@@ -437,7 +437,6 @@ def _index_of(songs):
     """A collection of these pieces' notes (arrays, with track indices or not), with
     every line the vectors stage stores (a multi-track piece's second melody line too)."""
     from indexers.features import features_from_notes
-
     from query.cover_notes import notes_from_arrays
 
     return _index_from_features([features_from_notes(*s) for s in songs],
