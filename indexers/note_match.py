@@ -14,7 +14,7 @@ that maps the one onto the other (and the two bins beside it, so a note may be
 bin; the best bin's votes are the notes matched. Pitches match exactly, at the shift
 given (semitones up from the query, 0..11) and at the same an octave lower.
 Numba, one pass per reference, no allocation per (scale, transposition): each pass
-reads the bins it touched for their largest count and clears them (1.6-1.7x faster than
+reads the bins it touched for their largest count and clears them (1.5-1.7x faster than
 resetting them lazily by a stamp, with the same counts: docs/covers-history.md).
 """
 
