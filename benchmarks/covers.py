@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from atlas_db.connection import fetch_arrow, reading  # noqa: E402
 from indexers.features import skyline  # noqa: E402
-from query.cover_notes import NoteArrays  # noqa: E402
+from query.cover_notes import notes_from_arrays  # noqa: E402
 from query.covers import CoverIndex, load_index, query_from_notes  # noqa: E402
 
 DATA = Path(os.environ.get("ATLAS_POP909", ROOT.parent / "shared" / "data" / "pop909-dev"))
@@ -538,10 +538,8 @@ def synthetic_index(index: CoverIndex, n_total: int, rng) -> CoverIndex:
             note_pitches.append(np.concatenate([pitch // 12 * 12 + pc, p]))
     syn_notes = None
     if index.notes is not None:  # the real pieces' rows, then the synthetic ones'
-        n = index.notes
-        syn_notes = NoteArrays(np.concatenate([n.onset_beats, *note_onsets]).astype(np.float32),
-                               np.concatenate([n.pitch, *note_pitches]).astype(np.int8),
-                               np.concatenate([n.off, n.off[-1] + np.cumsum([o.size for o in note_onsets])]))
+        real = [index.notes.of_row(i) for i in range(n_real)]
+        syn_notes = notes_from_arrays([o for o, _ in real] + note_onsets, [p for _, p in real] + note_pitches)
     return CoverIndex(list(index.ids) + [f"synthetic{i:07d}" for i in range(n_syn)],
                       list(index.paths) + [f"synthetic/{i:07d}.mid" for i in range(n_syn)],
                       np.concatenate([index.vectors, vecs]), np.concatenate(chroma_parts),

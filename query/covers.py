@@ -732,9 +732,8 @@ class CoverIndex:
                   *self.line_off[1:], *self.line_iv_off[1:], *self.has_line, self.melody_sketch]
         if self.frames is not None:
             arrays += list(self.frames)
-        if self.notes is not None:
-            arrays += [self.notes.onset_beats, self.notes.pitch, self.notes.off]
-        return int(sum(a.nbytes for a in arrays)) + self.vectors.nbytes  # + the FAISS copy
+        notes = self.notes.nbytes if self.notes is not None else 0
+        return int(sum(a.nbytes for a in arrays)) + notes + self.vectors.nbytes  # + the FAISS copy
 
     # -- stage 1 -------------------------------------------------------------------
     def candidates(self, q: QueryFeatures, n: int | None = None, budget: int | None = None,

@@ -987,7 +987,7 @@ def test_a_midi_querys_skyline_of_all_parts_finds_recordings(monkeypatch):
     assert index.query_for_piece("s300").third_pitch is None  # one part: no third line
 
 
-def test_a_short_querys_notes_match_its_own_song_at_its_transposition_and_tempo():
+def test_a_short_querys_notes_match_its_own_song_at_its_transposition_and_tempo(monkeypatch):
     """CoverIndex._notes: a 16-beat excerpt of song 5, transposed +3 and re-timed 1.2x
     (query beats per stored beat; the vote's scale is the inverse, 1/1.2 on its 1/24-octave
     grid's nearest), matches nearly all its notes in song 5 and far fewer in the other
@@ -1012,17 +1012,14 @@ def test_a_short_querys_notes_match_its_own_song_at_its_transposition_and_tempo(
     np.testing.assert_allclose(x[:, FEATURES.index("notes")], share, rtol=1e-6)
     np.testing.assert_allclose(x[:, FEATURES.index("notes_rel")], share - share.max(), rtol=1e-6)
     # only the best candidates by alignment score are voted on
-    ALIGN_before = ALIGN["note_vote_candidates"]
-    try:
-        ALIGN["note_vote_candidates"] = 2
-        few = index._notes(q, r)
-        top2 = np.argsort(-r["score"], kind="stable")[:2]
-        np.testing.assert_allclose(few[top2], share[top2])
-        assert np.count_nonzero(np.delete(few, top2)) == 0
-        ALIGN["note_vote_candidates"] = 0  # no vote
-        assert not index._notes(q, r).any()
-    finally:
-        ALIGN["note_vote_candidates"] = ALIGN_before
+    monkeypatch.setitem(ALIGN, "note_vote_candidates", 2)
+    few = index._notes(q, r)
+    top2 = np.argsort(-r["score"], kind="stable")[:2]
+    np.testing.assert_allclose(few[top2], share[top2])
+    assert np.count_nonzero(np.delete(few, top2)) == 0
+    monkeypatch.setitem(ALIGN, "note_vote_candidates", 0)  # no vote
+    assert not index._notes(q, r).any()
+    monkeypatch.undo()
     long_q = query_from_notes("long", on, dur, p + 3, trk)
     assert not index._notes(long_q, index._aligned(long_q)).any()
     index.notes, notes = None, index.notes
