@@ -20,7 +20,8 @@ Then the calibration of the reported score (``query.cover_fusion.fit_calibration
 the same queries again against the collection without the fit part's songs (so none
 of them has a version there) join the queries above, and a logistic regression on the
 best 10 candidates of each turns the fusion's logit into the probability that an answer
-is a version. ``--calibration-only`` keeps the file's fusion coefficients and refits the
+is a version, once for the short queries (at most 48 melody intervals: the fusion's
+``short`` feature) and once for the others. ``--calibration-only`` keeps the file's fusion coefficients and refits the
 calibration alone (~5 min on 2 cores):
 
     nice .venv/bin/python benchmarks/fit_cover_fusion.py --calibration-only
@@ -40,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from covers_honest import CELLS, DATA, pop909_queries, setup, without_part  # noqa: E402
-from query.cover_fusion import (CALIBRATION_FEATURES, FEATURES, FUSION_FILE, fit_calibration, fit_logistic,  # noqa: E402
-                                fit_ranking, fusion_logits)
+from query.cover_fusion import (CALIBRATION_FEATURES, CALIBRATION_KINDS, FEATURES, FUSION_FILE,  # noqa: E402
+                                fit_calibration, fit_logistic, fit_ranking, fusion_logits)
 
 
 def collect(index, notes, bench, cells, levels, max_songs, seed):
@@ -127,34 +128,42 @@ def main(argv=None):
             print(f"  {name:12s} {c:+.3f}")
         print(f"  {'intercept':12s} {intercept:+.3f}")
     # the calibration: the same queries with their versions, then without (the fit
-    # part's songs left out of the collection), each query's fusion logits
+    # part's songs left out of the collection), each query's fusion logits, by kind
     ax, ay, _aw, aquery, _n = examples(without_part(index, notes, bench, "fit"))
-    logits, labels = [], []
+    logits, labels = {kind: [] for kind in CALIBRATION_KINDS}, {kind: [] for kind in CALIBRATION_KINDS}
     for xs, ys, qs in ((x, y, query), (ax, ay, aquery)):
         z = fusion_logits(xs, out)
         cut = np.flatnonzero(np.diff(qs)) + 1
-        logits += np.split(z, cut)
-        labels += np.split(ys, cut)
-    coef, intercept, crowd, cap = fit_calibration(logits, labels)
+        for zq, yq, short in zip(np.split(z, cut), np.split(ys, cut), np.split(xs[:, FEATURES.index("short")], cut)):
+            kind = CALIBRATION_KINDS[int(short[0] > 0)]
+            logits[kind].append(zq)
+            labels[kind].append(yq)
     out["calibration"] = {
         "features": list(CALIBRATION_FEATURES),
-        "coef": [round(float(c), 6) for c in coef],
-        "intercept": round(intercept, 6),
-        "crowd_logit": round(crowd, 6),
-        "crowd_cap": round(cap, 6),
         "fitted_on": {
             "what": "the fusion's queries against the collection with their songs (right answers) and without "
-                    "(the fit part's songs left out: every answer wrong); the best 10 candidates of each",
-            "queries": len(logits), "command": command,
+                    "(the fit part's songs left out: every answer wrong); the best 10 candidates of each; short "
+                    "queries (the fusion's short feature) and the others apart",
+            "command": command,
         },
     }
+    print(f"calibration fitted in {time.perf_counter() - t0:.0f} s -> {args.out}")
+    for kind in CALIBRATION_KINDS:
+        coef, intercept, crowd, cap = fit_calibration(logits[kind], labels[kind])
+        out["calibration"][kind] = {
+            "coef": [round(float(c), 6) for c in coef],
+            "intercept": round(intercept, 6),
+            "crowd_logit": round(crowd, 6),
+            "crowd_cap": round(cap, 6),
+            "queries": len(logits[kind]),
+        }
+        print(f" {kind} queries ({len(logits[kind])}, with and without versions):")
+        for name, c in zip(CALIBRATION_FEATURES, coef):
+            print(f"  {name:12s} {c:+.3f}")
+        print(f"  {'intercept':12s} {intercept:+.3f}")
+        print(f"  {'crowd logit':12s} {crowd:+.3f}")
+        print(f"  {'crowd cap':12s} {cap:+.3f}")
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"calibration fitted on {len(logits)} queries in {time.perf_counter() - t0:.0f} s -> {args.out}")
-    for name, c in zip(CALIBRATION_FEATURES, coef):
-        print(f"  {name:12s} {c:+.3f}")
-    print(f"  {'intercept':12s} {intercept:+.3f}")
-    print(f"  {'crowd logit':12s} {crowd:+.3f}")
-    print(f"  {'crowd cap':12s} {cap:+.3f}")
 
 
 if __name__ == "__main__":

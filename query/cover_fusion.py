@@ -8,7 +8,8 @@ candidate list -- and the vector cosine, some of them relative to the query's be
 candidate), and its logit is ``features @ coef + intercept``, fitted to rank each query's
 versions above its other candidates. The reported score is that logit calibrated
 (:func:`calibrate`) into the probability that the candidate is a version, fitted on
-queries with and without versions in the collection. The coefficients of both are in
+queries with and without versions in the collection, once for short queries and once
+for the others. The coefficients of both are in
 ``cover_fusion.json`` beside this module, written by ``benchmarks/fit_cover_fusion.py``
 from the *fit* part of the honest benchmark (``benchmarks/covers_honest.py``:
 odd-numbered POP909-dev songs only); the file records what they were fitted on.
@@ -26,7 +27,8 @@ from indexers.sparse_sums import all_column_sums, distinct
 
 __all__ = ["FEATURES", "FUSION_FILE", "RECORDING_FEATURES", "RECORDING_FUSION_FILE", "IntervalTfidf",
            "fusion_features", "css_columns", "recording_features", "fuse", "fusion_logits", "fit_logistic",
-           "fit_ranking", "load_fusion", "CALIBRATION_FEATURES", "calibration_columns", "calibrate", "fit_calibration"]
+           "fit_ranking", "load_fusion", "CALIBRATION_FEATURES", "CALIBRATION_KINDS", "calibration_columns", "calibrate",
+           "fit_calibration"]
 
 FUSION_FILE = Path(__file__).with_name("cover_fusion.json")
 # Pairs with a recording on at least one side have a fusion of their own, fitted on
@@ -43,6 +45,11 @@ RECORDING_FEATURES = ("align", "align_rel", "mel", "mel_rel", "harm", "harm_rel"
 # and how far the best stands above the median of the query's aligned candidates,
 # fitted on the best ``CALIBRATION_TOP`` candidates of each query.
 CALIBRATION_FEATURES = ("logit", "best_logit", "best_above_median")
+# one calibration per kind of query: a short query's logits spread more (the note vote
+# is a feature of short queries only), and one calibration for both put the long
+# queries' right answers lower and the short queries' chance matches higher
+# (docs/covers.md, "What the score means")
+CALIBRATION_KINDS = ("long", "short")
 CALIBRATION_TOP = 10
 # the median is over at least this many logits: a query with fewer aligned candidates
 # (a collection of a few pieces) counts the others at the fit's median wrong candidate
@@ -228,9 +235,11 @@ def load_fusion(path: str | None = None, features: tuple = FEATURES) -> dict:
         raise ValueError(f"{path or FUSION_FILE}: fitted on features {d['features']}, the code has {features}; "
                          f"refit with benchmarks/{script}")
     c = d.get("calibration", {})
-    if features == FEATURES and (tuple(c.get("features", ())) != CALIBRATION_FEATURES or "crowd_logit" not in c
-                                 or "crowd_cap" not in c):
-        raise ValueError(f"{path or FUSION_FILE}: no calibration on features {CALIBRATION_FEATURES}; fit it with "
+    keys = ("coef", "intercept", "crowd_logit", "crowd_cap")
+    if features == FEATURES and (tuple(c.get("features", ())) != CALIBRATION_FEATURES
+                                 or not all(k in c.get(kind, {}) for kind in CALIBRATION_KINDS for k in keys)):
+        raise ValueError(f"{path or FUSION_FILE}: no calibration on features {CALIBRATION_FEATURES} for "
+                         f"{' and '.join(CALIBRATION_KINDS)} queries; fit it with "
                          "benchmarks/fit_cover_fusion.py --calibration-only")
     return d
 
@@ -284,12 +293,13 @@ def calibration_columns(query_logits: np.ndarray, logits: np.ndarray | None, cro
     return np.stack([z, np.full(z.size, best), np.full(z.size, best - median)], axis=1)
 
 
-def calibrate(query_logits: np.ndarray, params: dict | None = None) -> np.ndarray:
+def calibrate(query_logits: np.ndarray, params: dict | None = None, short: bool = False) -> np.ndarray:
     """The probability that each of a query's aligned candidates is a version of it
-    (float32), from their fusion logits (:func:`calibration_columns`). Every candidate
-    of one query gets the same offset, and the weight on its own logit is positive, so
-    the query's order is the fusion's."""
-    c = (params or load_fusion())["calibration"]
+    (float32), from their fusion logits (:func:`calibration_columns`), by the
+    calibration of the query's kind (``short``: the fusion's ``short`` feature). Every
+    candidate of one query gets the same offset, and the weight on its own logit is
+    positive, so the query's order is the fusion's."""
+    c = (params or load_fusion())["calibration"][CALIBRATION_KINDS[int(bool(short))]]
     x = calibration_columns(query_logits, None, c["crowd_logit"], c["crowd_cap"])
     return _sigmoid32(x @ np.asarray(c["coef"], np.float64) + float(c["intercept"]))
 

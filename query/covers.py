@@ -36,7 +36,8 @@ Two stages:
    probability that the answer is a version (``cover_fusion.calibrate``: the answer's
    logit, the query's best and how far that stands above the median candidate, the
    median capped where it aligns better than the fit's crowds do, as a crowd of versions
-   does; the order is kept), so a query whose song is not in the collection gets low scores.
+   does; the order is kept; short queries have a calibration of their own), so a query
+   whose song is not in the collection gets low scores.
    Where a recording is involved, 5 scores the pairs with a recording instead (not
    calibrated again), and a MIDI query's MIDI answers are calibrated among themselves.
 5. **Recordings**: where the query or one of the best answers is a recording, the pairs
@@ -1336,14 +1337,15 @@ class CoverIndex:
     def _fuse(self, q: QueryFeatures, r):
         """The final score: the logistic fusion (``query.cover_fusion``) of the
         alignment scores, the n-gram TF-IDF cosine and the vector cosine, calibrated
-        into the probability that the answer is a version (``cover_fusion.calibrate``:
-        the same offset for every answer of the query, so the fusion's order)."""
+        into the probability that the answer is a version (``cover_fusion.calibrate``,
+        by the calibration of the query's kind, short or not: the same offset for every
+        answer of the query, so the fusion's order)."""
         r = dict(r)
         r["bonus"] = np.zeros(r["rows"].size, np.float32)
         if r["rows"].size == 0 or not ALIGN["fusion"]:
             return r
         r["align"] = r["score"]
-        r["score"] = calibrate(fusion_logits(self._features(q, r)))
+        r["score"] = calibrate(fusion_logits(self._features(q, r)), short=_short(q))
         return r
 
     def _aligned(self, q: QueryFeatures):
@@ -1458,7 +1460,7 @@ class CoverIndex:
             # a MIDI query's MIDI answers: calibrated among themselves as in a collection
             # without recordings (left uncalibrated, a wrong one outranked the right
             # recordings: docs/covers.md, "In a collection with recordings")
-            score[~rec] = calibrate(fusion_logits(x[~rec]))
+            score[~rec] = calibrate(fusion_logits(x[~rec]), short=_short(q))
         if rec.any():
             params = load_fusion(str(RECORDING_FUSION_FILE), RECORDING_FEATURES)
             score[rec] = fuse(x_rec[rec], params)

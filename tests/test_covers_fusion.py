@@ -220,9 +220,9 @@ def test_reported_score_is_low_when_no_version_is_there_and_keeps_the_order():
     everywhere, nothing stands out (before the calibration the fusion gave it 0.98, as
     high as a version's). In both, the answers come in the fusion's order. A piece
     with many versions keeps a high score for each, and so does a version in a
-    collection of one or two pieces."""
+    collection of one or two pieces. A short query (8 bars) is calibrated as one."""
     from query.cover_fusion import calibrate, fusion_logits
-    from query.covers import query_from_notes
+    from query.covers import _short, query_from_notes
 
     songs = [_pop_song(s, key=5 * s % 12) for s in range(30)]
     on, dur, p, trk = _pop_song(99, key=2)
@@ -237,7 +237,8 @@ def test_reported_score_is_low_when_no_version_is_there_and_keeps_the_order():
             z = fusion_logits(index._features(q, r))
             order = np.argsort(-z, kind="stable")[:8]
             assert res.column("piece_id").to_pylist() == [index.ids[i] for i in r["rows"][order]]
-            np.testing.assert_allclose(got, calibrate(z)[order], atol=1e-4)  # printed to 4 decimals
+            assert _short(q) == (bars == 8)
+            np.testing.assert_allclose(got, calibrate(z, short=_short(q))[order], atol=1e-4)  # printed to 4 decimals
             if there:
                 assert res.column("piece_id")[0].as_py() == "s30" and got[0] > 0.9, (bars, got)
             else:
@@ -314,12 +315,13 @@ def test_a_midi_querys_midi_answers_are_calibrated_in_a_collection_with_recordin
     the recording left among the logits calibrated, the MIDI scores here would move by
     < 1e-5: this checks that they are calibrated, not which candidates the median is of.)"""
     from query.cover_fusion import RECORDING_FEATURES, RECORDING_FUSION_FILE, calibrate, fuse, fusion_logits, load_fusion
-    from query.covers import query_from_notes
+    from query.covers import _short, query_from_notes
 
     songs = [_pop_song(s, key=5 * s % 12) for s in range(30)]
     on, dur, p, trk = _pop_song(99, key=2)
-    q = query_from_notes("q", on, dur, p, trk)
-    for there in (True, False):
+    for there, bars in ((True, 32), (False, 32), (True, 8)):  # 8 bars: a short query
+        m = on < 4 * bars
+        q = query_from_notes("q", on[m], dur[m], p[m], trk[m])
         index = _index_of(songs + ([(on, dur, p + 3, trk)] if there else []))
         index.is_recording[5] = True
         r = index._aligned(q)
@@ -327,7 +329,7 @@ def test_a_midi_querys_midi_answers_are_calibrated_in_a_collection_with_recordin
         res = index.search(q, top=40, explain_top=0)
         got = dict(zip(res.column("piece_id").to_pylist(), res.column("score").to_pylist()))
         midi = r["rows"] != 5
-        want = calibrate(fusion_logits(index._features(q, r)[midi]))
+        want = calibrate(fusion_logits(index._features(q, r)[midi]), short=_short(q))
         for row, s in zip(r["rows"][midi], want):
             assert got[index.ids[row]] == pytest.approx(float(s), abs=1e-4)
         x_rec, _ = index._recording_features(q, r, index._features(q, r))
@@ -360,15 +362,19 @@ def test_calibration_fit_recovers_the_rule_and_refuses_a_reversed_order():
     # the cap: the 99% quantile of the queries' medians (each about its crowd's offset)
     medians = [np.median(z) for z in logits]
     assert cap == pytest.approx(np.quantile(medians, 0.99)) and 1.5 < cap < 2.5
-    params = {"calibration": {"coef": coef.tolist(), "intercept": intercept, "crowd_logit": crowd, "crowd_cap": cap}}
+    fitted = {"coef": coef.tolist(), "intercept": intercept, "crowd_logit": crowd, "crowd_cap": cap}
+    params = {"calibration": {"long": fitted}}
     clear = np.r_[7.0, rng.normal(0.0, 1.0, 39)]
     among_equals = rng.normal(0.0, 1.0, 40)
     assert calibrate(clear, params=params)[0] > 0.9 and calibrate(among_equals, params=params).max() < 0.1
+    # a short query gets the short queries' calibration (here one that says "no" to all)
+    both = {"calibration": {"long": fitted, "short": dict(fitted, intercept=intercept - 50.0)}}
+    assert calibrate(clear, params=both)[0] > 0.9 and calibrate(clear, params=both, short=True)[0] < 0.01
     # a clear best among a crowd of its versions (all far above the fit's crowds): the
     # median is taken at the cap, so the best still scores high; without the cap it did not
     versions = np.r_[8.0, rng.normal(6.0, 0.5, 39)]
     assert calibrate(versions, params=params)[0] > 0.9
-    uncapped = {"calibration": dict(params["calibration"], crowd_cap=np.inf)}
+    uncapped = {"calibration": {"long": dict(fitted, crowd_cap=np.inf)}}
     assert calibrate(versions, params=uncapped)[0] < 0.1
     with pytest.raises(ValueError, match="must be positive"):
         fit_calibration(logits, [np.argsort(np.argsort(-z)) == 9 for z in logits])  # the 10th best right
@@ -381,10 +387,15 @@ def test_fusion_with_wrong_features_is_a_clear_error(tmp_path):
     p.write_text(json.dumps({"features": ["align"], "coef": [1.0], "intercept": 0.0}))
     with pytest.raises(ValueError, match="refit with benchmarks/fit_cover_fusion.py"):
         load_fusion(str(p))
-    d = json.loads(FUSION_FILE.read_text())
-    for drop in ("crowd_cap", None):  # a calibration fitted before the crowd's cap, or none
-        if drop:
-            del d["calibration"][drop]
+    shipped = json.loads(FUSION_FILE.read_text())
+    # a calibration fitted before the crowd's cap; one for all queries (before the short
+    # queries had their own); none
+    for drop in ("crowd_cap", "one for all", None):
+        d = json.loads(json.dumps(shipped))
+        if drop == "crowd_cap":
+            del d["calibration"]["short"][drop]
+        elif drop:
+            d["calibration"] = dict(d["calibration"].pop("long"), features=d["calibration"]["features"])
         else:
             del d["calibration"]
         p.write_text(json.dumps(d))
