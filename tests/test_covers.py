@@ -436,6 +436,7 @@ def test_the_loaded_index_holds_each_pieces_pitched_notes(tmp_path):
     from pathlib import Path
 
     from ingest.pipeline import ingest_paths
+    from query.cover_notes import stored_notes
     from query.covers import load_index
 
     lib = tmp_path / "lib"
@@ -454,6 +455,14 @@ def test_the_loaded_index_holds_each_pieces_pitched_notes(tmp_path):
     for row, path in enumerate(index.paths):
         on, p = index.notes.of_row(row)
         assert sorted(zip(on.tolist(), p.tolist())) == written[Path(path).name]
+    # the rows in another order, an id not stored (no notes) and none at all
+    ids = [str(pid) for pid in index.ids]
+    other = stored_notes(tmp_path / "db", ids[::-1] + ["0" * 16])
+    assert other.off.size == len(ids) + 2 and other.off[-1] == other.off[-2]
+    for row, path in enumerate(index.paths):
+        on, p = other.of_row(len(ids) - 1 - row)
+        assert sorted(zip(on.tolist(), p.tolist())) == written[Path(path).name]
+    assert stored_notes(tmp_path / "db", []).off.tolist() == [0]
 
 
 def test_halves_split_the_answers_to_explain_by_length():
