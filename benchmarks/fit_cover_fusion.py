@@ -1,11 +1,11 @@
 """Fit the cover search's score fusion (``query/cover_fusion.json``) on the *fit* part of
 the honest benchmark only (odd-numbered POP909-dev songs; ``benchmarks/covers_honest.py``).
 
-    nice .venv/bin/python benchmarks/fit_cover_fusion.py            # every cell, both levels (~2.5 min, then ~5 min for the calibration)
+    nice .venv/bin/python benchmarks/fit_cover_fusion.py            # every cell, both levels (~3.5 min, then ~8 min for the calibration)
     nice .venv/bin/python benchmarks/fit_cover_fusion.py --songs 20 --out /tmp/fusion.json
 
-For every query of the fit part (queries drawn with ``--seed``, 1 by default, so they
-are not the draws the benchmark reports with seed 0; ``--seed 1,2`` pools two draws),
+For every query of the fit part (queries drawn with ``--seed``: 1 and 2 by default, two
+draws pooled, neither the draw the benchmark reports with seed 0),
 every candidate the search aligns
 is one example: its ``query.cover_fusion.FEATURES`` and whether it is a version of the
 query's song. By default the coefficients rank each query's right candidates above its
@@ -22,7 +22,7 @@ of them has a version there) join the queries above, and a logistic regression o
 best 10 candidates of each turns the fusion's logit into the probability that an answer
 is a version, once for the short queries (at most 48 melody intervals: the fusion's
 ``short`` feature) and once for the others. ``--calibration-only`` keeps the file's fusion coefficients and refits the
-calibration alone (~5 min on 2 cores):
+calibration alone (~8 min on 2 cores):
 
     nice .venv/bin/python benchmarks/fit_cover_fusion.py --calibration-only
 """
@@ -70,7 +70,7 @@ def main(argv=None):
     ap.add_argument("--songs", type=int, default=None, help="at most this many fit-part songs")
     ap.add_argument("--cells", default=",".join(CELLS))
     ap.add_argument("--levels", default="1,2")
-    ap.add_argument("--seed", default="1",
+    ap.add_argument("--seed", default="1,2",
                     help="the draw(s) of the fit part's queries, comma-separated: each seed's queries are "
                          "further examples (e.g. 1,2)")
     ap.add_argument("--l2", type=float, default=1e-3)
