@@ -21,8 +21,8 @@ the same queries again against the collection without the fit part's songs (so n
 of them has a version there) join the queries above, and a logistic regression on the
 best 10 candidates of each turns the fusion's logit into the probability that an answer
 is a version, once for the short queries (at most 48 melody intervals: the fusion's
-``short`` feature) and once for the others. ``--calibration-only`` keeps the file's fusion coefficients and refits the
-calibration alone (~8 min on 2 cores):
+``short`` feature) and once for the others. ``--calibration-only`` keeps the file's
+fusion coefficients and refits the calibration alone (~8 min on 2 cores):
 
     nice .venv/bin/python benchmarks/fit_cover_fusion.py --calibration-only
 """
@@ -147,7 +147,6 @@ def main(argv=None):
             "command": command,
         },
     }
-    print(f"calibration fitted in {time.perf_counter() - t0:.0f} s -> {args.out}")
     for kind in CALIBRATION_KINDS:
         coef, intercept, crowd, cap = fit_calibration(logits[kind], labels[kind])
         out["calibration"][kind] = {
@@ -164,6 +163,7 @@ def main(argv=None):
         print(f"  {'crowd logit':12s} {crowd:+.3f}")
         print(f"  {'crowd cap':12s} {cap:+.3f}")
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"calibration fitted in {time.perf_counter() - t0:.0f} s -> {args.out}")
 
 
 if __name__ == "__main__":
