@@ -723,24 +723,44 @@ def _order_group_onset_pitch_down(g: np.ndarray, q: np.ndarray, p: np.ndarray) -
 
 def melody_intervals_groups(pitches, offsets, with_index: bool = False):
     """:func:`melody_intervals` of each group. Returns (intervals int8, offsets), and
-    with ``with_index`` (intervals, each one's note in its own group int64, offsets)."""
+    with ``with_index`` (intervals, each one's note in its own group int64, offsets).
+    One numba pass to count and one to fill: the NumPy form's int64 temporaries raised the
+    peak memory of loading a 100,000-piece cover index (12.4M melody notes) by ~530 MB
+    (docs/covers.md, "Loading the index at 100,000 pieces")."""
     offsets = np.asarray(offsets, np.int64)
-    n_groups = len(offsets) - 1
-    pc = np.asarray(pitches, np.int64) % 12
-    if pc.size == 0:
-        iv, at, iv_off = np.zeros(0, np.int8), np.zeros(0, np.int64), np.zeros(n_groups + 1, np.int64)
-        return (iv, at, iv_off) if with_index else (iv, iv_off)
-    g = _group_of(offsets)
-    start = np.zeros(pc.size, bool)
-    start[offsets[:-1][np.diff(offsets) > 0]] = True
-    change = start.copy()
-    change[1:] |= pc[1:] != pc[:-1]
-    idx = np.flatnonzero(change)
-    pair = g[idx[1:]] == g[idx[:-1]]
-    a, b = idx[:-1][pair], idx[1:][pair]
-    iv = ((pc[b] - pc[a]) % 12).astype(np.int8)
-    iv_off = np.concatenate([[0], np.cumsum(np.bincount(g[a], minlength=n_groups))]).astype(np.int64)
-    return (iv, a - offsets[g[a]], iv_off) if with_index else (iv, iv_off)
+    p = np.asarray(pitches)
+    if not np.issubdtype(p.dtype, np.integer):
+        p = p.astype(np.int64)
+    iv, at, iv_off = _intervals_groups(p, offsets, with_index)
+    return (iv, at, iv_off) if with_index else (iv, iv_off)
+
+
+@njit(cache=True)
+def _intervals_groups(pitches, offsets, with_index):
+    n_groups = offsets.size - 1
+    iv_off = np.zeros(n_groups + 1, np.int64)
+    for g in range(n_groups):  # how many: a group's pitch-class changes
+        runs, prev = 0, -1
+        for i in range(offsets[g], offsets[g + 1]):
+            pc = pitches[i] % 12
+            if pc != prev:
+                runs += 1
+                prev = pc
+        iv_off[g + 1] = iv_off[g] + max(runs - 1, 0)
+    iv = np.empty(iv_off[-1], np.int8)
+    at = np.empty(iv_off[-1] if with_index else 0, np.int64)
+    for g in range(n_groups):
+        k, prev, prev_i = iv_off[g], -1, 0
+        for i in range(offsets[g], offsets[g + 1]):
+            pc = pitches[i] % 12
+            if pc != prev:
+                if prev >= 0:  # from the run before (its first note) to this one
+                    iv[k] = (pc - prev) % 12
+                    if with_index:
+                        at[k] = prev_i - offsets[g]
+                    k += 1
+                prev, prev_i = pc, i
+    return iv, at, iv_off
 
 
 def _l2_rows(v: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 __all__ = ["NoteArrays", "notes_from_arrays", "stored_notes"]
 
@@ -51,20 +52,40 @@ def stored_notes(db_dir, ids) -> NoteArrays:
     """The pitched notes (drums, channel 10, left out, as the cover features leave them) of
     the pieces ``ids`` (the cover index's rows, in order) from the database's ``notes``
     table; a piece without notes gets none. Each note gets its piece's row in SQL (a join
-    on the rows' ids) and the notes are grouped by row here: 1.69M notes in ~90 ms,
-    against ~150 ms mapping ids to rows in Python batch by batch (medians of five,
-    alternated; an ORDER BY in SQL took ~160 ms in an earlier scratch run)."""
+    on the rows' ids) and the notes are grouped by row here, by a counting sort
+    (:func:`_by_row`): 1.69M notes in ~90 ms with an argsort, against ~150 ms mapping ids
+    to rows in Python batch by batch (medians of five, alternated; an ORDER BY in SQL
+    took ~160 ms in an earlier scratch run); at 100,000 pieces (13.1M notes) the
+    argsort's int64 order and its temporaries had raised the peak memory by ~240 MB
+    (docs/covers.md, "Loading the index at 100,000 pieces")."""
     from atlas_db.connection import reading
 
     ids = [str(pid) for pid in ids]
     if not ids:
         return notes_from_arrays([], [])
     with reading(Path(db_dir)) as con:
-        t = con.sql("SELECT r.row, n.onset_beats::FLOAT, n.pitch::TINYINT FROM notes n "
+        t = con.sql("SELECT r.row::INTEGER, n.onset_beats::FLOAT, n.pitch::TINYINT FROM notes n "
                     "JOIN (SELECT unnest($ids) AS piece_id, unnest(range(len($ids))) AS row) r USING (piece_id) "
                     "WHERE n.channel IS DISTINCT FROM 9", params={"ids": ids}).to_arrow_table()
-    row = t.column(0).to_numpy()
-    order = np.argsort(row, kind="stable")
-    return NoteArrays(t.column(1).to_numpy()[order].astype(np.float32, copy=False),
-                      t.column(2).to_numpy()[order].astype(np.int8, copy=False),
-                      np.concatenate([[0], np.cumsum(np.bincount(row, minlength=len(ids)))]).astype(np.int64))
+    return NoteArrays(*_by_row(t.column(0).to_numpy(), t.column(1).to_numpy(), t.column(2).to_numpy(), len(ids)))
+
+
+@njit(cache=True)
+def _by_row(row, onset, pitch, n_rows):
+    """(onset, pitch, off): the notes grouped by ``row`` (0..n_rows-1), each row's in their
+    order here (a stable counting sort: what ``np.argsort(row, kind="stable")`` gives,
+    in two passes and without an order array)."""
+    off = np.zeros(n_rows + 1, np.int64)
+    for r in row:
+        off[r + 1] += 1
+    for i in range(n_rows):
+        off[i + 1] += off[i]
+    at = off[:-1].copy()
+    out_onset = np.empty(row.size, np.float32)
+    out_pitch = np.empty(row.size, np.int8)
+    for i in range(row.size):
+        j = at[row[i]]
+        out_onset[j] = onset[i]
+        out_pitch[j] = pitch[i]
+        at[row[i]] = j + 1
+    return out_onset, out_pitch, off
