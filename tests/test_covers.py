@@ -463,6 +463,8 @@ def test_the_loaded_index_holds_each_pieces_pitched_notes(tmp_path):
         on, p = other.of_row(len(ids) - 1 - row)
         assert sorted(zip(on.tolist(), p.tolist())) == written[Path(path).name]
     assert stored_notes(tmp_path / "db", []).off.tolist() == [0]
+    none = stored_notes(tmp_path / "db", ["0" * 16])  # no note comes back from SQL
+    assert none.off.tolist() == [0, 0] and none.onset_beats.dtype == np.float32 and none.pitch.dtype == np.int8
 
 
 def test_halves_split_the_answers_to_explain_by_length():
