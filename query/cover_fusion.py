@@ -80,7 +80,7 @@ class IntervalTfidf:
 
         offsets = np.asarray(offsets, np.int64)
         n_pieces = offsets.size - 1
-        codes, piece = self._codes(np.asarray(pitch, np.int64), offsets)
+        codes, piece = self._codes(pitch, offsets)
         m = sparse.csr_matrix((np.ones(codes.size, np.float32), (piece, codes)), shape=(n_pieces, _ALPHA ** 3))
         m.sum_duplicates()
         m.data[:] = 1.0
@@ -94,10 +94,13 @@ class IntervalTfidf:
 
     @staticmethod
     def _codes(p: np.ndarray, offsets: np.ndarray):
-        """(3-gram code, piece) of every 3-gram of intervals inside one piece."""
+        """(3-gram code, piece) of every 3-gram of intervals inside one piece, int32 each
+        (codes < 49**3): with int64 the index's TF-IDF over 100,000 pieces' 7.0M lead-line
+        notes peaked ~75 MB higher (docs/covers.md, "Loading the index at 100,000 pieces")."""
+        p = np.asarray(p, np.int32)
         if p.size < 4:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        piece_of = np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
+            return np.zeros(0, np.int32), np.zeros(0, np.int32)
+        piece_of = np.repeat(np.arange(offsets.size - 1, dtype=np.int32), np.diff(offsets))
         iv = np.clip(np.diff(p), -_CLIP, _CLIP) + _CLIP
         m = iv.size - 2
         ok = piece_of[:m] == piece_of[3:]  # notes i..i+3 in one piece
@@ -106,7 +109,7 @@ class IntervalTfidf:
 
     def scores(self, pitch) -> np.ndarray:
         """Cosine of the query melody's TF-IDF with every piece's: float32 [shape=(k,)]."""
-        codes, _ = self._codes(np.asarray(pitch, np.int64), np.array([0, len(pitch)]))
+        codes, _ = self._codes(pitch, np.array([0, len(pitch)]))
         if codes.size == 0:
             return np.zeros(self.n_pieces, np.float32)
         u = distinct(codes)
