@@ -1905,9 +1905,8 @@ _CACHE: dict = {}
 
 
 def load_index(db_dir) -> CoverIndex:
-    """The cover index of a database (cached per process until the database changes)."""
-    import pyarrow.compute as pc
-
+    """The cover index of a database: cached per process until the database changes, and
+    on disk for the next process (``query.cover_cache``)."""
     from atlas_db.connection import db_file
 
     db_dir = Path(db_dir)
@@ -1916,6 +1915,27 @@ def load_index(db_dir) -> CoverIndex:
     hit = _CACHE.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
+    from indexers.faiss_index import load_index as load_faiss
+    from query.cover_cache import cache_key, load_cached, save_index
+
+    on_disk = cache_key(db_dir, ALIGN)
+    idx = load_cached(db_dir, on_disk, lambda i: load_faiss(db_dir, i.ids, i.vectors))
+    if idx is None:
+        idx = _build_index(db_dir)
+        if cache_key(db_dir, ALIGN) == on_disk:  # (else the database changed while it was read)
+            try:
+                save_index(idx, db_dir, on_disk)
+            except OSError:  # a folder this process cannot write, a full disk: kept for this process
+                pass
+    idx.db_dir = db_dir  # (the folder may have moved since the index was saved)
+    _CACHE[key] = (stamp, idx)
+    return idx
+
+
+def _build_index(db_dir: Path) -> CoverIndex:
+    """The cover index built from the database's cover features and notes."""
+    import pyarrow.compute as pc
+
     t = cover_rows(db_dir, "p.kind, c.n_beats, c.beat_chroma, c.n_melody, c.melody_pitch, c.melody_onset_beats, "
                            "c.stage_version", later=(("bass_pc", "TINYINT[]"), ("second_pitch", "SMALLINT[]"),
                                                      ("second_onset_beats", "FLOAT[]"), ("third_pitch", "SMALLINT[]"),
@@ -1943,7 +1963,6 @@ def load_index(db_dir) -> CoverIndex:
     stale = pc.or_(stale, pc.is_null(t.column("third_pitch")))
     stale = pc.or_(stale, pc.not_equal(t.column("stage_version"), VERSION))
     idx.stale_pieces = int(pc.sum(stale).as_py() or 0)
-    _CACHE[key] = (stamp, idx)
     return idx
 
 

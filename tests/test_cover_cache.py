@@ -1,0 +1,141 @@
+"""The cover index saved on disk (query.cover_cache): a new process maps it in and answers
+exactly as a fresh build does; a write to the database, a damaged file or other settings
+make it build again; a folder it cannot write leaves the search working."""
+
+import shutil
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from conftest import pop909_songs
+
+
+def _same(a, b, where="index"):
+    """Every attribute of two cover indexes equal, array by array (the FAISS index by its
+    size, the folder left out: it is the caller's)."""
+    if sparse.issparse(a):
+        assert sparse.issparse(b) and a.format == b.format and a.shape == b.shape, where
+        for part in ("data", "indices", "indptr"):
+            _same(getattr(a, part), getattr(b, part), f"{where}.{part}")
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert np.array_equal(a, b), where
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, dict):
+        assert a == b, where
+    elif type(a).__module__.startswith("faiss"):
+        assert a.ntotal == b.ntotal, where
+    elif hasattr(a, "__dict__"):
+        assert type(a) is type(b) and vars(a).keys() == vars(b).keys(), where
+        for k in vars(a):
+            if k != "db_dir":
+                _same(vars(a)[k], vars(b)[k], f"{where}.{k}")
+    else:
+        assert a == b, where
+
+
+def _fresh(db):
+    """The index of ``db`` as a new process gets it (nothing kept in this one)."""
+    import query.covers as qc
+
+    qc._CACHE.clear()
+    return qc.load_index(db)
+
+
+def _answers(index, n=6):
+    return [index.search(index.query_for_piece(pid), top=5).select(["piece_id", "score"]).to_pylist()
+            for pid in index.ids[:n]]
+
+
+@pytest.fixture
+def db(small_pop909_db, tmp_path):
+    d = tmp_path / "db"
+    shutil.copytree(small_pop909_db, d, ignore=shutil.ignore_patterns("cover_index"))
+    return d
+
+
+def test_a_new_process_maps_the_saved_index_and_answers_the_same(db, monkeypatch):
+    import query.covers as qc
+    from query.cover_cache import cache_dir
+
+    built = _fresh(db)
+    saved = list(cache_dir(db).iterdir())
+    assert len(saved) == 1 and (saved[0] / "manifest.json").exists()
+    expected = _answers(built)
+
+    def no_build(_):
+        raise AssertionError("built again, though the saved index is up to date")
+
+    monkeypatch.setattr(qc, "_build_index", no_build)
+    mapped = _fresh(db)
+    assert mapped is not built
+    _same(built, mapped)
+    assert mapped.db_dir == db
+    assert _answers(mapped) == expected
+
+
+def test_a_moved_database_reads_its_audio_from_where_it_is_now(db, tmp_path):
+    _fresh(db)
+    moved = tmp_path / "moved"
+    db.rename(moved)  # (a rename keeps every file's time: the same key)
+    assert _fresh(moved).db_dir == moved
+
+
+def test_a_write_to_the_database_builds_it_again_and_removes_the_old_one(db):
+    from ingest.pipeline import ingest_paths
+    from query.cover_cache import cache_dir
+
+    before = _fresh(db)
+    old = {p.name for p in cache_dir(db).iterdir()}
+    new_song = pop909_songs(13)[-1]
+    summary = ingest_paths([str(new_song)], db, workers=1)
+    assert summary.added >= 1 and summary.failed == 0
+    after = _fresh(db)
+    assert len(after) == len(before) + summary.added
+    now = {p.name for p in cache_dir(db).iterdir()}
+    assert len(now) == 1 and not now & old
+    _same(after, _fresh(db))
+
+
+def test_a_damaged_file_or_other_settings_build_it_again(db):
+    from query.cover_cache import cache_dir
+    from query.covers import ALIGN
+
+    built = _fresh(db)
+    folder = next(cache_dir(db).iterdir())
+    biggest = max(folder.glob("*.npy"), key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[:100])  # cut short, as a full disk would leave it
+    _same(built, _fresh(db))
+    assert (folder / biggest.name).stat().st_size > 100  # written again, whole
+
+    shipped = ALIGN["support_dims"]
+    ALIGN["support_dims"] = 64  # a setting the build reads
+    try:
+        other = _fresh(db)
+        assert other.melody_sketch.shape[1] == 64
+    finally:
+        ALIGN["support_dims"] = shipped
+    assert _fresh(db).melody_sketch.shape[1] == shipped
+
+
+def test_a_folder_it_cannot_write_leaves_the_search_working(db):
+    from query.cover_cache import cache_dir
+
+    cache_dir(db).write_text("not a folder")  # (tests run as root: a mode would not stop it)
+    index = _fresh(db)
+    assert len(index) > 12 and _answers(index, 2)
+    assert cache_dir(db).read_text() == "not a folder"
+
+
+def test_an_attribute_with_no_form_on_disk_is_refused(db, tmp_path):
+    from query.cover_cache import save_index
+
+    index = _fresh(db)
+    index.extra = object()
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(TypeError, match=r"index\.extra: builtins\.object"):
+        save_index(index, tmp_path / "elsewhere", "k")
