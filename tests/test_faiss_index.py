@@ -100,3 +100,37 @@ def test_a_damaged_file_is_built_again(db_with_stale_index):
         index = load_index(db, ids, x)
         assert index.ntotal == rows + 1 and np.array_equal(search(index, x[:1], 1)[1], [[0]])
         assert damaged.read_bytes() != b"garbage" + good[: len(good) // 3]  # saved again
+
+
+def test_a_large_collection_keeps_its_cells_after_an_ingest(tmp_path):
+    """An IVF index (20,000 pieces and more) out of date by a few pieces keeps its k-means
+    cells (training is most of a build) and holds every piece, in the new order; one
+    whose size moved too far for its cells trains new ones."""
+    import faiss
+
+    from indexers.faiss_index import IVF_FROM_ROWS, cells, load_index, search
+
+    rng = np.random.default_rng(0)
+    n = IVF_FROM_ROWS + 500
+    x = rng.standard_normal((n + 40, 24)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.array([f"{i:016x}" for i in rng.permutation(n + 40)], dtype=object)
+    first = load_index(tmp_path, ids[:n], x[:n])  # built and saved
+    assert isinstance(first, faiss.IndexIVFFlat) and first.nlist == cells(n)
+    centroids = first.quantizer.reconstruct_n(0, first.nlist)
+
+    order = np.argsort(ids)  # 40 more pieces, each at its id's row
+    grown = load_index(tmp_path, ids[order], x[order])
+    assert grown.ntotal == n + 40 and grown.nprobe == first.nprobe
+    assert np.array_equal(grown.quantizer.reconstruct_n(0, grown.nlist), centroids)
+    new_rows = np.flatnonzero(order >= n)
+    _, rows = search(grown, x[order][new_rows], 1)
+    assert np.array_equal(rows[:, 0], new_rows)  # each new piece found at its own row
+    assert load_index(tmp_path, ids[order], x[order]).ntotal == n + 40  # saved: read back
+
+    far = 2 * n  # a collection grown past what its cells were made for: trained again
+    y = np.concatenate([x, rng.standard_normal((far - n - 40, 24)).astype(np.float32)])
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    more = np.array([f"{i:016x}" for i in range(far)], dtype=object)
+    again = load_index(tmp_path, more, y)
+    assert again.nlist == cells(far) and again.ntotal == far
