@@ -98,6 +98,13 @@ class _Writer:
         np.save(self.folder / name, np.ascontiguousarray(a), allow_pickle=False)
         return name
 
+    def strings(self, values) -> list[str]:
+        """Texts as their UTF-8 bytes back to back and their offsets (fixed-width text
+        would make every entry as long as the longest path)."""
+        raw = [x.encode("utf-8", "surrogatepass") for x in values]
+        off = np.concatenate([[0], np.cumsum([len(b) for b in raw], dtype=np.int64)]).astype(np.int64)
+        return [self.array(np.frombuffer(b"".join(raw), np.uint8)), self.array(off)]
+
     def encode(self, v, where: str):
         from scipy import sparse
 
@@ -109,13 +116,13 @@ class _Writer:
         if isinstance(v, Path):
             return {"path": str(v)}
         if isinstance(v, np.ndarray):
-            if v.dtype == object:  # strings (piece ids, paths): stored as fixed-width text
-                if not all(isinstance(x, str) for x in v.ravel()):
+            if v.dtype == object:  # strings (piece ids, paths)
+                if v.ndim != 1 or not all(isinstance(x, str) for x in v):
                     raise TypeError(f"{where}: an object array of other than str")
-                return {"strings": self.array(v.astype(str))}
+                return {"strings": self.strings(v)}
             return {"array": self.array(v)}
         if sparse.issparse(v) and v.format in ("csc", "csr"):
-            return {"sparse": v.format, "shape": list(v.shape), "dtype": str(v.dtype),
+            return {"sparse": v.format, "shape": list(v.shape),
                     "data": self.array(v.data), "indices": self.array(v.indices), "indptr": self.array(v.indptr)}
         if isinstance(v, (list, tuple)):
             return {"list" if isinstance(v, list) else "tuple": [self.encode(x, f"{where}[{i}]")
@@ -123,8 +130,7 @@ class _Writer:
         if isinstance(v, dict):
             if not all(isinstance(k, str) for k in v) or not all(isinstance(x, (int, np.integer)) for x in v.values()):
                 raise TypeError(f"{where}: a dict other than str -> int")
-            return {"str_int_dict": [self.array(np.asarray(list(v), dtype=str)),
-                                     self.array(np.asarray(list(v.values()), np.int64))]}
+            return {"str_int_dict": [*self.strings(v), self.array(np.asarray(list(v.values()), np.int64))]}
         if type(v).__module__.startswith("faiss"):
             return {"faiss": True}  # its own file (indexers.faiss_index), read again by the ids
         name = type(v).__name__
@@ -175,6 +181,10 @@ class _Reader:
             return np.load(path, allow_pickle=False)
         return np.load(path, mmap_mode="c", allow_pickle=False).view(np.ndarray)
 
+    def strings(self, data: str, offsets: str) -> list[str]:
+        raw, off = self.array(data).tobytes(), self.array(offsets).tolist()
+        return [raw[a:b].decode("utf-8", "surrogatepass") for a, b in zip(off[:-1], off[1:])]
+
     def decode(self, e: dict):
         from scipy import sparse
 
@@ -185,7 +195,7 @@ class _Reader:
         if "array" in e:
             return self.array(e["array"])
         if "strings" in e:
-            return self.array(e["strings"]).astype(object)
+            return np.array(self.strings(*e["strings"]), dtype=object)
         if "sparse" in e:
             cls = sparse.csc_matrix if e["sparse"] == "csc" else sparse.csr_matrix
             m = cls((self.array(e["data"]), self.array(e["indices"]), self.array(e["indptr"])),
@@ -196,8 +206,8 @@ class _Reader:
         if "tuple" in e:
             return tuple(self.decode(x) for x in e["tuple"])
         if "str_int_dict" in e:
-            keys, values = (self.array(n) for n in e["str_int_dict"])
-            return dict(zip(keys.tolist(), values.tolist()))
+            data, offsets, values = e["str_int_dict"]
+            return dict(zip(self.strings(data, offsets), self.array(values).tolist()))
         if "object" in e:
             cls = _classes()[e["object"]]  # only these classes: a manifest names no other code
             obj = cls.__new__(cls)
@@ -211,8 +221,8 @@ class _Reader:
 
 def load_cached(db_dir, key: str, faiss_of):
     """The index saved under ``key``, or None where there is none or it cannot be read
-    (a damaged folder is removed, for the caller to build and save the index again). ``faiss_of(index)`` gives its FAISS index (read
-    from its own file, by the ids)."""
+    (a damaged folder is removed, for the caller to build and save the index again).
+    ``faiss_of(index)`` gives its FAISS index (read from its own file, by the ids)."""
     folder = cache_dir(db_dir) / key
     try:
         with open(folder / "manifest.json") as f:

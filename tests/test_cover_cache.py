@@ -139,3 +139,14 @@ def test_an_attribute_with_no_form_on_disk_is_refused(db, tmp_path):
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(TypeError, match=r"index\.extra: builtins\.object"):
         save_index(index, tmp_path / "elsewhere", "k")
+
+
+def test_texts_of_any_length_and_code_points_come_back_as_written(tmp_path):
+    from query.cover_cache import _Reader, _Writer
+
+    texts = np.array(["", "a", "é/ü/歌.mid", "bad\udcffbyte.mid", "x" * 5000], dtype=object)
+    w = _Writer(tmp_path)
+    back = _Reader(tmp_path, None).decode(w.encode([texts, {t: i for i, t in enumerate(texts)}], "t"))
+    assert back[0].dtype == object and back[0].tolist() == texts.tolist()
+    assert back[1] == {t: i for i, t in enumerate(texts)}
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.npy")) < 20_000  # not 5 x 5000 x 4 bytes
