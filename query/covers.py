@@ -1915,9 +1915,11 @@ def load_index(db_dir) -> CoverIndex:
     hit = _CACHE.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
+    from atlas_db.settings import check as check_settings
     from indexers.faiss_index import load_index as load_faiss
     from query.cover_cache import cache_key, load_cached, save_index
 
+    check_settings()  # (as before a database is opened: a saved index may spare the opening)
     on_disk = cache_key(db_dir, ALIGN)
     idx = load_cached(db_dir, on_disk, lambda i: load_faiss(db_dir, i.ids, i.vectors))
     if idx is None:
