@@ -1904,9 +1904,10 @@ def _gather_spans(values: np.ndarray, starts: np.ndarray, ends: np.ndarray):
 _CACHE: dict = {}
 
 
-def load_index(db_dir) -> CoverIndex:
+def load_index(db_dir, on_build=None) -> CoverIndex:
     """The cover index of a database: cached per process until the database changes, and
-    on disk for the next process (``query.cover_cache``)."""
+    on disk for the next process (``query.cover_cache``). ``on_build()`` is called
+    before the index is built (no saved one: the first search after a change)."""
     from atlas_db.connection import db_file
 
     db_dir = Path(db_dir)
@@ -1923,6 +1924,8 @@ def load_index(db_dir) -> CoverIndex:
     on_disk = cache_key(db_dir, ALIGN)
     idx = load_cached(db_dir, on_disk, lambda i: load_faiss(db_dir, i.ids, i.vectors))
     if idx is None:
+        if on_build is not None:
+            on_build()
         idx = _build_index(db_dir)
         if cache_key(db_dir, ALIGN) == on_disk:  # (else the database changed while it was read)
             try:
@@ -2066,15 +2069,15 @@ def stale_note(db_dir) -> str | None:
             f"`atlas reindex --vectors --db {db_dir}` once")
 
 
-def covers(db_dir, queries: list[str], *, top: int = 10, on_error=None) -> pa.Table:
+def covers(db_dir, queries: list[str], *, top: int = 10, on_error=None, on_build=None) -> pa.Table:
     """Ranked versions of each query (one table, ``query`` column first). With
     ``on_error``, a query that cannot be read is passed to it (its one-line reason) and
-    the others go on; without, it raises."""
+    the others go on; without, it raises. ``on_build``: as :func:`load_index`'s."""
     if top < 1:
         raise BadInputError(f"--top {top}: must be at least 1")
     if not queries:
         raise BadInputError("no query given: name a .mid or audio file or a piece id")
-    index = functools.cache(lambda: load_index(db_dir))  # once, after the first query is read
+    index = functools.cache(lambda: load_index(db_dir, on_build))  # once, after the first query is read
 
     def answer(query):
         q = resolve_query(index, db_dir, query)

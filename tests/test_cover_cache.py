@@ -150,3 +150,42 @@ def test_texts_of_any_length_and_code_points_come_back_as_written(tmp_path):
     assert back[0].dtype == object and back[0].tolist() == texts.tolist()
     assert back[1] == {t: i for i, t in enumerate(texts)}
     assert sum(p.stat().st_size for p in tmp_path.glob("*.npy")) < 20_000  # not 5 x 5000 x 4 bytes
+
+
+def test_atlas_covers_says_on_a_terminal_that_it_builds_the_index(db):
+    """A line on stderr while the index is built, when stderr is a terminal (as the
+    progress bars); none when the saved index is read, none in a pipe."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    song = pop909_songs(1)[0] / f"{pop909_songs(1)[0].name}.mid"
+    cmd = [sys.executable, "-m", "query.cli", "covers", str(song), "--db", str(db), "--top", "2"]
+    root = Path(__file__).parents[1]
+
+    def stderr_on_a_terminal():
+        main, sub = pty.openpty()
+        try:
+            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=sub, cwd=root, timeout=300)
+            os.close(sub)
+            out = b""
+            while True:
+                try:
+                    chunk = os.read(main, 4096)
+                except OSError:  # (Linux: EIO once the other side is closed and drained)
+                    break
+                if not chunk:
+                    break
+                out += chunk
+        finally:
+            os.close(main)
+        assert r.returncode == 0
+        return out.decode()
+
+    assert "building the cover index" in stderr_on_a_terminal()
+    assert "building the cover index" not in stderr_on_a_terminal()  # saved: read, not built
+    shutil.rmtree(db / "cover_index")
+    piped = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=300)
+    assert piped.returncode == 0 and "building" not in piped.stderr
