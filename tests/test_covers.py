@@ -767,7 +767,9 @@ def test_ngram_list_scores_are_scipys_sums(monkeypatch):
     off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     grams = qc._gram_index(iv, off)
     codes, piece = grams.codes(iv - 1, off)
-    whole = sparse.csc_matrix((np.ones(codes.size, np.float32), (piece, codes)),
+    np.testing.assert_array_equal(grams.codes_held, np.unique(codes))  # a column per n-gram held, no more
+    assert grams.idf.size == grams.codes_held.size < int(grams.bases[-1])
+    whole = sparse.csc_matrix((np.ones(codes.size, np.float32), (piece, np.searchsorted(grams.codes_held, codes))),
                               shape=(400, grams.idf.size))
     whole.sum_duplicates()
     whole.data[:] = 1.0
@@ -782,7 +784,7 @@ def test_ngram_list_scores_are_scipys_sums(monkeypatch):
         p = int(rng.integers(0, 400))
         query = iv[off[p]:off[p + 1]][: int(rng.integers(3, 60))] - 1  # the index's symbols
         codes, _ = grams.codes(query, np.array([0, query.size]))
-        u = np.unique(codes)
+        u = np.searchsorted(grams.codes_held, np.unique(codes))  # their columns
         slots = dense_slots(grams.common_cols, u)
         np.testing.assert_array_equal(slots >= 0, np.isin(u, grams.common_cols))
         np.testing.assert_array_equal(grams.common_cols[slots[slots >= 0]], u[slots >= 0])
@@ -800,6 +802,12 @@ def test_ngram_list_scores_are_scipys_sums(monkeypatch):
         np.testing.assert_array_equal(column_sums(rest.indptr, rest.indices, None, u, grams.idf[u], 0, 400,
                                                   dense_slots(common, u), dense), want)
     assert mixed >= 10
+    # an n-gram no piece holds adds nothing (it has no column)
+    unheld = next(c for c in range(int(grams.bases[1])) if c not in set(grams.codes_held.tolist()))
+    triple = np.array([unheld // 121, unheld // 11 % 11, unheld % 11], np.int8)
+    q = (iv[:50] - 1).astype(np.int8)
+    np.testing.assert_array_equal(grams.scores(np.concatenate([q, [-1], triple]).astype(np.int8)), grams.scores(q))
+    assert not grams.scores(triple).any()
     unsplit = grams.search(iv[:50] - 1, 30)
     rare = np.full(40, 11)  # a run of the rarest interval, planted in piece 7 only
     planted = np.concatenate([iv[:off[7]], rare, iv[off[7]:]])
