@@ -71,6 +71,10 @@ def register(cli):
         recording on either side is scored by a fusion fitted on rendered recordings
         (also with and without the song), less sure of "no version here".
 
+        The first search after a change to the database builds the search's index
+        (seconds at 100,000 pieces) and saves it in DB/cover_index/; later searches
+        read it in a fraction of a second. Deleting that folder is always safe.
+
         \b
         Example:
           atlas covers my_song.mid --top 5
