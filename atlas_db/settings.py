@@ -4,8 +4,9 @@ default and the values it may take.
 Modules read their settings when they are imported, before the command line can turn
 an error into one line, so :func:`setting` does not raise on a bad value
 (``ATLAS_LOCK_WAIT_S=abc``, a negative time): it gives the default, and :func:`check`
-(run before every database is opened, ``atlas_db.connection``, and before an ingest
-reads a file, ``ingest.pipeline.check_db_dir``) raises one :class:`BadInputError` line
+(run before every database is opened, ``atlas_db.connection``, before a saved cover
+index is read in its place, ``query.covers.load_index``, and before an ingest reads a
+file, ``ingest.pipeline.check_db_dir``) raises one :class:`BadInputError` line
 naming the variable. A setting read at call time passes
 ``strict=True`` and raises at once. (The audio settings, which may also come from a
 config file, are checked by ``ingest.audio_config``.)

@@ -5,7 +5,7 @@ process's ~6 s (docs/covers.md, "The cover index on disk").
 
 The index is written as plain ``.npy`` arrays and a ``manifest.json`` that says how they
 make the objects (no pickle: a file is read with ``allow_pickle=False``, and only the
-classes named in ``CLASSES`` are rebuilt). It lives in ``<db>/cover_index/<key>/``; the
+four classes of :func:`_classes` are rebuilt). It lives in ``<db>/cover_index/<key>/``; the
 key hashes what the index is made from: the database file's size and modification time
 (and its write-ahead log's), the source of the ``query`` and ``indexers`` packages, and
 the search settings (``ALIGN``). Anything else finds no folder of its key and builds
