@@ -40,9 +40,9 @@ def cells(n_rows: int) -> int:
     return int(4 * np.sqrt(n_rows))
 
 
-def build_index(vectors: np.ndarray, *, use_gpu: bool | None = None, trained=None):
+def build_index(vectors: np.ndarray, *, use_gpu: bool | None = None, trained=None, exact: bool = False):
     """An inner-product index over ``vectors`` [shape=(n, d), float32]: exact below
-    ``IVF_FROM_ROWS`` rows, IVF-Flat above. ``trained``: an IVF index (CPU) whose cells
+    ``IVF_FROM_ROWS`` rows (or with ``exact``), IVF-Flat above. ``trained``: an IVF index (CPU) whose cells
     are kept (its vectors dropped) instead of training new ones: k-means is ~5 s of the
     ~6 s that building takes at 100,000 pieces (:func:`load_index`)."""
     import faiss
@@ -55,7 +55,7 @@ def build_index(vectors: np.ndarray, *, use_gpu: bool | None = None, trained=Non
     if trained is not None:
         index = trained
         index.reset()  # (an IVF index's reset empties its lists and keeps its cells)
-    elif x.shape[0] < IVF_FROM_ROWS:
+    elif exact or x.shape[0] < IVF_FROM_ROWS:
         index = faiss.IndexFlatIP(x.shape[1])
     else:
         # large collections: inverted lists (k-means cells), searching 1/16 of them

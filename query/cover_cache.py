@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["cache_key", "save_index", "load_cached", "cache_dir", "FORMAT"]
+__all__ = ["cache_key", "made_by", "save_index", "load_cached", "load_older", "rekey", "cache_dir", "FORMAT"]
 
 FORMAT = 1
 MAP_BYTES = 1 << 20  # smaller arrays are read whole: a mapping costs more than it saves there
@@ -79,10 +79,18 @@ def db_stamp(db_dir) -> list:
 
 def cache_key(db_dir, settings: dict) -> str:
     """The hex key of the index of this database, code and ``settings``."""
-    text = json.dumps({"format": FORMAT, "db": db_stamp(db_dir), "code": _source_hash(),
-                       "settings": settings, "numpy": np.__version__.split(".")[0]},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return _hash({"db": db_stamp(db_dir), "made_by": made_by(settings)})
+
+
+def made_by(settings: dict) -> str:
+    """The hex key of the code and ``settings`` alone: an index saved by the same ones,
+    for an older state of the database, can be brought up to date (``query.cover_update``)."""
+    return _hash({"format": FORMAT, "code": _source_hash(), "settings": settings,
+                  "numpy": np.__version__.split(".")[0]})
+
+
+def _hash(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 # -- writing --------------------------------------------------------------------------
@@ -139,11 +147,11 @@ class _Writer:
         raise TypeError(f"{where}: {type(v).__module__}.{name} has no form on disk")
 
 
-def save_index(index, db_dir, key: str) -> Path:
+def save_index(index, db_dir, key: str, maker: str = "") -> Path:
     """Write ``index`` (a ``query.covers.CoverIndex``) as the cache of ``key``; returns
     its folder. Raises OSError (a folder this process cannot write, a full disk) or
     TypeError (an attribute of a type with no form on disk); nothing half-written is
-    ever read: the folder is renamed into place whole."""
+    ever read: the folder is renamed into place whole. ``maker``: :func:`made_by`'s key."""
     root = cache_dir(db_dir)
     root.mkdir(exist_ok=True)
     tmp = root / f"tmp-{os.getpid()}-{key}"
@@ -153,7 +161,7 @@ def save_index(index, db_dir, key: str) -> Path:
         w = _Writer(tmp)
         tree = w.encode(index, "index")
         with open(tmp / "manifest.json", "w") as f:
-            json.dump({"format": FORMAT, "key": key, "tree": tree}, f)
+            json.dump({"format": FORMAT, "key": key, "made_by": maker, "tree": tree}, f)
         final = root / key
         try:
             os.rename(tmp, final)
@@ -235,3 +243,39 @@ def load_cached(db_dir, key: str, faiss_of):
     except (OSError, ValueError, EOFError, KeyError, TypeError):  # damaged: removed, so it is written again
         shutil.rmtree(folder, ignore_errors=True)
         return None
+
+
+def load_older(db_dir, maker: str):
+    """(key, index) of a saved index that ``maker`` (:func:`made_by`) made for another
+    state of the database, its FAISS index left out (None); or None."""
+    root = cache_dir(db_dir)
+    if not root.is_dir():
+        return None
+    for folder in sorted(root.iterdir()):
+        if folder.name.startswith("tmp-"):
+            continue
+        try:
+            with open(folder / "manifest.json") as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if manifest.get("format") == FORMAT and manifest.get("made_by") == maker and manifest.get("key") == folder.name:
+            index = load_cached(db_dir, folder.name, lambda _: None)
+            if index is not None:
+                return folder.name, index
+    return None
+
+
+def rekey(db_dir, old: str, new: str, maker: str) -> None:
+    """The folder of ``old`` renamed ``new``: the index of a database whose writes changed
+    no piece's cover features (an ingest of files it already held, say) is the same."""
+    root = cache_dir(db_dir)
+    tmp = root / f"tmp-{os.getpid()}-{new}"
+    with open(root / old / "manifest.json") as f:
+        manifest = json.load(f)
+    manifest.update(key=new, made_by=maker)
+    with open(root / old / f"manifest.json.{os.getpid()}", "w") as f:
+        json.dump(manifest, f)
+    os.rename(root / old, tmp)  # (a reader of ``old`` meanwhile finds none, and builds)
+    os.replace(tmp / f"manifest.json.{os.getpid()}", tmp / "manifest.json")
+    os.rename(tmp, root / new)

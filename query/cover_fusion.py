@@ -84,6 +84,15 @@ class IntervalTfidf:
         m = sparse.csr_matrix((np.ones(codes.size, np.float32), (piece, codes)), shape=(n_pieces, _ALPHA ** 3))
         m.sum_duplicates()
         m.data[:] = 1.0
+        self.weigh(m)
+
+    def weigh(self, m) -> None:
+        """The index of a presence matrix (CSR, float32 ones, rows sorted: what the
+        constructor makes, and ``query.cover_update`` when it merges a saved index with
+        new pieces): idf-weighted rows of unit norm."""
+        from scipy import sparse
+
+        n_pieces = m.shape[0]
         df = np.diff(m.tocsc().indptr).astype(np.float64)
         self.idf = (np.log((1.0 + n_pieces) / (1.0 + df)) + 1.0).astype(np.float32)
         m = m.multiply(self.idf[None, :]).tocsr()

@@ -622,6 +622,10 @@ class CoverIndex:
         # (load_index; a row from before the bass line or the second or third melody
         # line has NULL there, read as empty)
         self.stale_pieces = 0
+        self.row_stale = np.zeros(len(self.ids), bool)  # (by row; load_index sets both)
+        # when each row's cover features were written (microseconds; -1: unknown), for
+        # query.cover_update to find what changed since the index was saved
+        self.done_us = np.full(len(self.ids), -1, np.int64)
         self.paths = np.asarray(paths, dtype=object)
         self.row_of = {pid: i for i, pid in enumerate(self.ids)}
         self.vectors = np.ascontiguousarray(vectors, np.float32)
@@ -659,28 +663,15 @@ class CoverIndex:
         cm_off = np.concatenate([[0], np.cumsum(np.concatenate(motion_counts))]) if motions else np.zeros(1, np.int64)
         # melody lines of three kinds: each piece's lead line, then the second lines
         # (indexers.features.second_line_mask), then the third (indexers.features.third_line;
-        # the extra lines empty where a piece has none) -- pitches, onsets, pitch classes
-        # and intervals back to back; piece i's line of kind j is
-        # [line_off[j][i], line_off[j][i + 1]) in notes, [line_iv_off[j][i], ...) in intervals
+        # the extra lines empty where a piece has none)
         n_pieces = len(self.ids)
         kinds = [(melody_pitch, melody_onset, n_melody), (second_pitch, second_onset, n_second),
                  (third_pitch, third_onset, n_third)]
         kinds = [(np.zeros(0), np.zeros(0), np.zeros(n_pieces)) if n is None else (p, o, n) for p, o, n in kinds]
         lines = np.concatenate([np.asarray(n, np.int64) for _, _, n in kinds])
-        line_off = np.concatenate([[0], np.cumsum(lines)]).astype(np.int64)
-        self.line_off = [line_off[j * n_pieces:(j + 1) * n_pieces + 1] for j in range(len(kinds))]
-        self.mel_off, self.sec_off = self.line_off[0], self.line_off[1]
-        self.mel_pitch = np.concatenate([np.asarray(p, np.int16) for p, _, _ in kinds])
-        self.mel_onset = np.concatenate([np.asarray(o, np.float32) for _, o, _ in kinds])
-        # pitch classes for the tune-in-notes kernel, made once instead of per query
-        self.mel_pc = (self.mel_pitch % 12).astype(np.int8)
-        self.iv, iv_index, offs = melody_intervals_groups(self.mel_pitch, line_off, with_index=True)
-        self.iv_index = iv_index.astype(np.int32)
-        self.line_iv_off = [offs[j * n_pieces:(j + 1) * n_pieces + 1] for j in range(len(kinds))]
-        self.iv_off, self.sec_iv_off = self.line_iv_off[0], self.line_iv_off[1]
-        self.has_line = [np.diff(o) > 0 for o in self.line_off]
-        self.has_line[0][:] = True  # (a lead line of no notes is still a span, empty)
-        self.has_second = self.has_line[1]
+        self._set_lines(np.concatenate([np.asarray(p, np.int16) for p, _, _ in kinds]),
+                        np.concatenate([np.asarray(o, np.float32) for _, o, _ in kinds]),
+                        np.concatenate([[0], np.cumsum(lines)]).astype(np.int64), n_pieces)
         self.grams = _gram_index(self.iv, self.iv_off)
         # the extra lines' n-grams, for candidates whose tune is in one of them
         self.extra_grams = [_gram_index(self.iv, o) for o in self.line_iv_off[1:]]
@@ -698,6 +689,26 @@ class CoverIndex:
         self.chord_grams = _GramIndex(cm.astype(np.int8), cm_off.astype(np.int64), CHORD_ALPHABET)
         self.mask_melody = _block_mask(MELODY_BLOCKS)
         self.mask_harmony = _block_mask(HARMONY_BLOCKS)
+
+    def _set_lines(self, pitch: np.ndarray, onset: np.ndarray, line_off: np.ndarray, n_pieces: int) -> None:
+        """The melody lines' arrays from every line's pitches and onsets back to back, the
+        ``n_pieces`` lead lines, then the second lines, then the third (``line_off``: 3
+        ``n_pieces`` + 1 offsets): pitches, onsets, pitch classes and intervals; piece i's
+        line of kind j is [line_off[j][i], line_off[j][i + 1]) in notes,
+        [line_iv_off[j][i], ...) in intervals."""
+        self.line_off = [line_off[j * n_pieces:(j + 1) * n_pieces + 1] for j in range(3)]
+        self.mel_off, self.sec_off = self.line_off[0], self.line_off[1]
+        self.mel_pitch = pitch
+        self.mel_onset = onset
+        # pitch classes for the tune-in-notes kernel, made once instead of per query
+        self.mel_pc = (self.mel_pitch % 12).astype(np.int8)
+        self.iv, iv_index, offs = melody_intervals_groups(self.mel_pitch, line_off, with_index=True)
+        self.iv_index = iv_index.astype(np.int32)
+        self.line_iv_off = [offs[j * n_pieces:(j + 1) * n_pieces + 1] for j in range(3)]
+        self.iv_off, self.sec_iv_off = self.line_iv_off[0], self.line_iv_off[1]
+        self.has_line = [np.diff(o) > 0 for o in self.line_off]
+        self.has_line[0][:] = True  # (a lead line of no notes is still a span, empty)
+        self.has_second = self.has_line[1]
 
     def __len__(self):
         return len(self.ids)
@@ -1906,8 +1917,9 @@ _CACHE: dict = {}
 
 def load_index(db_dir, on_build=None) -> CoverIndex:
     """The cover index of a database: cached per process until the database changes, and
-    on disk for the next process (``query.cover_cache``). ``on_build()`` is called
-    before the index is built (no saved one: the first search after a change)."""
+    on disk for the next process (``query.cover_cache``); after a write, the index saved
+    before it is brought up to date (``query.cover_update``). ``on_build()`` is called
+    before the index is built whole (no saved one, or too much changed)."""
     from atlas_db.connection import db_file
 
     db_dir = Path(db_dir)
@@ -1918,18 +1930,25 @@ def load_index(db_dir, on_build=None) -> CoverIndex:
         return hit[1]
     from atlas_db.settings import check as check_settings
     from indexers.faiss_index import load_index as load_faiss
-    from query.cover_cache import cache_key, load_cached, save_index
+    from query.cover_cache import cache_key, load_cached, load_older, made_by, rekey, save_index
+    from query.cover_update import update
 
     check_settings()  # (as before a database is opened: a saved index may spare the opening)
-    on_disk = cache_key(db_dir, ALIGN)
+    on_disk, maker = cache_key(db_dir, ALIGN), made_by(ALIGN)
     idx = load_cached(db_dir, on_disk, lambda i: load_faiss(db_dir, i.ids, i.vectors))
     if idx is None:
-        if on_build is not None:
+        # the index saved before the last writes, brought up to date; else built
+        older = load_older(db_dir, maker)
+        got = update(older[1], db_dir) if older is not None else None
+        if got is None and on_build is not None:
             on_build()
-        idx = _build_index(db_dir)
+        idx, changed = got if got is not None else (_build_index(db_dir), True)
         if cache_key(db_dir, ALIGN) == on_disk:  # (else the database changed while it was read)
             try:
-                save_index(idx, db_dir, on_disk)
+                if changed:
+                    save_index(idx, db_dir, on_disk, maker)
+                else:
+                    rekey(db_dir, older[0], on_disk, maker)
             except OSError:  # a folder this process cannot write, a full disk: kept for this process
                 pass
     idx.db_dir = db_dir  # (the folder may have moved since the index was saved)
@@ -1937,15 +1956,29 @@ def load_index(db_dir, on_build=None) -> CoverIndex:
     return idx
 
 
-def _build_index(db_dir: Path) -> CoverIndex:
-    """The cover index built from the database's cover features and notes."""
+# when each piece's cover features were written (the vectors stage's run; microseconds,
+# -1 where no run is recorded): query.cover_update finds what changed since a saved index
+DONE_US = ("coalesce((SELECT epoch_us(r.done_at) FROM derived_runs r "
+           "WHERE r.stage = 'vectors' AND r.piece_id = c.piece_id), -1) AS done_us")
+
+
+def _build_index(db_dir: Path, ids=None) -> CoverIndex:
+    """The cover index built from the database's cover features and notes; of the pieces
+    ``ids`` only (their FAISS index exact, not saved: ``query.cover_update``'s new pieces)."""
     import pyarrow.compute as pc
 
     t = cover_rows(db_dir, "p.kind, c.n_beats, c.beat_chroma, c.n_melody, c.melody_pitch, c.melody_onset_beats, "
-                           "c.stage_version", later=(("bass_pc", "TINYINT[]"), ("second_pitch", "SMALLINT[]"),
-                                                     ("second_onset_beats", "FLOAT[]"), ("third_pitch", "SMALLINT[]"),
-                                                     ("third_onset_beats", "FLOAT[]")))
-    ids, vectors, fidx = piece_vectors(db_dir, t)
+                           f"c.stage_version, {DONE_US}",
+                   later=(("bass_pc", "TINYINT[]"), ("second_pitch", "SMALLINT[]"), ("second_onset_beats", "FLOAT[]"),
+                          ("third_pitch", "SMALLINT[]"), ("third_onset_beats", "FLOAT[]")), ids=ids)
+    if ids is None:
+        ids, vectors, fidx = piece_vectors(db_dir, t)
+    else:
+        from indexers.faiss_index import build_index
+
+        ids = np.asarray(t.column("piece_id").to_pylist(), dtype=object)
+        vectors = _flat(t, "vector", np.float32).reshape(len(ids), -1)
+        fidx = build_index(vectors, exact=True, use_gpu=False)
     flat = functools.partial(_flat, t)
 
     # a row of a stage version before the bass line (or the second or third melody
@@ -1967,15 +2000,17 @@ def _build_index(db_dir: Path) -> CoverIndex:
     stale = pc.or_(pc.is_null(t.column("bass_pc")), pc.is_null(t.column("second_pitch")))
     stale = pc.or_(stale, pc.is_null(t.column("third_pitch")))
     stale = pc.or_(stale, pc.not_equal(t.column("stage_version"), VERSION))
-    idx.stale_pieces = int(pc.sum(stale).as_py() or 0)
+    idx.row_stale = pc.fill_null(stale, False).to_numpy(zero_copy_only=False).astype(bool)
+    idx.stale_pieces = int(idx.row_stale.sum())
+    idx.done_us = t.column("done_us").to_numpy().astype(np.int64)
     return idx
 
 
-def cover_rows(db_dir, columns: str, later=()) -> pa.Table:
+def cover_rows(db_dir, columns: str, later=(), ids=None) -> pa.Table:
     """``piece_id``, ``path`` and ``vector``, then ``columns`` (SQL over ``cover_features c``
     joined with ``pieces p``) and the ``later`` columns ((name, type): NULL of that type
     where a database of an older version lacks the column, until a writer migrates it),
-    of every piece with cover features, by piece id."""
+    of every piece with cover features (or of those of ``ids``), by piece id."""
     from atlas_db.connection import reading
 
     db_dir = Path(db_dir)
@@ -1987,12 +2022,15 @@ def cover_rows(db_dir, columns: str, later=()) -> pa.Table:
             # a relation, not execute(): DuckDB copies an execute() result once more on its
             # way to Arrow (at 100,000 pieces ~260 MB more at the peak for a 224 MB table)
             t = con.sql(f"""SELECT c.piece_id, p.path, c.vector{", " + columns if columns else ""}{extra}
-                            FROM cover_features c JOIN pieces p USING (piece_id) ORDER BY c.piece_id""").to_arrow_table()
+                            FROM cover_features c JOIN pieces p USING (piece_id)
+                            {"" if ids is None else "WHERE c.piece_id IN (SELECT unnest($ids))"}
+                            ORDER BY c.piece_id""", params=None if ids is None else {"ids": [str(i) for i in ids]}
+                        ).to_arrow_table()
         except Exception as e:
             if "cover_features" in str(e):
                 raise IndexTroubleError(f"{db_dir}: no cover features yet; run `atlas reindex --vectors --db {db_dir}`") from e
             raise
-    if t.num_rows == 0:
+    if t.num_rows == 0 and ids is None:
         raise IndexTroubleError(f"{db_dir}: no piece has vectors yet; ingest files or run `atlas reindex --vectors`")
     return t
 
@@ -2133,12 +2171,19 @@ class _GramIndex:
         # only the n-grams some piece holds get a column (``codes_held``, ascending): the
         # chord motions' 48**3 + 48**4 codes made a 5.4M-column matrix and idf (43 MB in
         # every process, over half of the saved index of 1,001 pieces) for ~0.2% held
-        counts = np.diff(m.indptr)
-        self.codes_held = np.flatnonzero(counts).astype(np.int64)
-        m = sparse.csc_matrix((m.data, m.indices, np.append(m.indptr[self.codes_held], m.nnz).astype(m.indptr.dtype)),
-                              shape=(n_pieces, self.codes_held.size))
+        held = np.flatnonzero(np.diff(m.indptr)).astype(np.int64)
+        self.set_presence(held, np.append(m.indptr[held], m.nnz).astype(m.indptr.dtype), m.indices, n_pieces)
+
+    def set_presence(self, codes_held: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_pieces: int) -> None:
+        """The index of this presence matrix: column j (n-gram ``codes_held[j]``, ascending)
+        holds the pieces ``indices[indptr[j]:indptr[j + 1]]``, ascending (also how
+        ``query.cover_update`` merges a saved index with new pieces)."""
+        from scipy import sparse
+
+        self.codes_held = codes_held
+        m = sparse.csc_matrix((np.ones(indices.size, np.int8), indices, indptr), shape=(n_pieces, codes_held.size))
         m.has_sorted_indices = True
-        df = counts[self.codes_held].astype(np.float32)
+        df = np.diff(indptr).astype(np.float32)
         self.idf = np.log((1.0 + n_pieces) / (1.0 + df)).astype(np.float32) + 1.0
         distinct = np.bincount(m.indices, minlength=n_pieces)
         self.length_norm = (1.0 / np.sqrt(np.maximum(distinct, 1))).astype(np.float32)

@@ -101,6 +101,61 @@ def test_a_write_to_the_database_builds_it_again_and_removes_the_old_one(db):
     _same(after, _fresh(db))
 
 
+def _building(monkeypatch):
+    """The ids each ``_build_index`` call of this test builds (None: every piece)."""
+    import query.covers as qc
+
+    calls, real = [], qc._build_index
+
+    def spy(db_dir, ids=None):
+        calls.append(None if ids is None else sorted(ids))
+        return real(db_dir, ids)
+
+    monkeypatch.setattr(qc, "_build_index", spy)
+    return calls
+
+
+def test_after_a_write_the_saved_index_is_brought_up_to_date_as_a_build_makes_it(db, monkeypatch):
+    """New pieces, and one whose cover features were written again, are built alone and
+    merged into the saved index: the result is a build's, array by array."""
+    import query.covers as qc
+    from atlas_db.connection import writing
+    from ingest.pipeline import ingest_paths
+
+    before = _fresh(db)
+    summary = ingest_paths([str(s) for s in pop909_songs(14)[-2:]], db, workers=1)
+    assert summary.added >= 2 and summary.failed == 0
+    rewritten = str(before.ids[3])
+    with writing(db) as con:  # (as the vectors stage records a piece it writes again)
+        con.execute("UPDATE derived_runs SET done_at = now() WHERE stage = 'vectors' AND piece_id = ?", [rewritten])
+    calls = _building(monkeypatch)
+    after = _fresh(db)
+    new = sorted(set(after.ids) - set(before.ids))
+    assert len(new) == summary.added and calls == [sorted(new + [rewritten])]
+    built = qc._build_index(db)
+    _same(after, built)
+    assert _answers(after, 8) == _answers(built, 8)
+    _same(after, _fresh(db))  # (saved as it was merged)
+
+
+def test_a_write_that_changes_no_piece_keeps_the_saved_files(db, monkeypatch, tmp_path):
+    from ingest.pipeline import ingest_paths
+    from query.cover_cache import cache_dir
+
+    before = _fresh(db)
+    files = {p.name: p.stat().st_ino for p in next(cache_dir(db).iterdir()).glob("*.npy")}
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"MThd not really")
+    assert ingest_paths([str(bad)], db, workers=1).failed == 1  # (recorded in ingest_errors: a write)
+    calls = _building(monkeypatch)
+    after = _fresh(db)
+    assert calls == []
+    _same(before, after)
+    (folder,) = cache_dir(db).iterdir()
+    assert {p.name: p.stat().st_ino for p in folder.glob("*.npy")} == files
+    assert _fresh(db) is not after and calls == []  # (the renamed folder is read)
+
+
 def test_a_damaged_file_or_other_settings_build_it_again(db):
     from query.cover_cache import cache_dir
     from query.covers import ALIGN
