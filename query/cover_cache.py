@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["cache_key", "made_by", "save_index", "load_cached", "load_older", "rekey", "cache_dir", "FORMAT"]
+__all__ = ["cache_key", "made_by", "save_index", "load_cached", "load_older", "rekey", "cache_dir", "save_in_background", "wait_for_saves", "FORMAT"]
 
 FORMAT = 1
 MAP_BYTES = 1 << 20  # smaller arrays are read whole: a mapping costs more than it saves there
@@ -170,10 +170,47 @@ def save_index(index, db_dir, key: str, maker: str = "") -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for old in root.iterdir():  # other keys' folders: out of date
-        if old.name != key and not old.name.startswith("tmp-"):
+    for old in root.iterdir():  # other keys' folders (out of date), and what a killed writer left
+        if old.name != key and (not old.name.startswith("tmp-") or not _running(old.name.split("-")[1])):
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _running(pid: str) -> bool:
+    """Whether the process ``pid`` (a tmp- folder's writer) still runs."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OSError):  # (not a number; another user's process)
+        return True
+    return True
+
+
+_saving: list = []
+
+
+def save_in_background(save, *args) -> None:
+    """``save(*args)`` in a thread of its own, so that the search that built the index
+    answers meanwhile; the process waits for it before it exits (the thread is not a
+    daemon). A folder it cannot write (OSError) leaves the index unsaved, as before."""
+    import threading
+
+    def run():
+        try:
+            save(*args)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=run, name="atlas-save-cover-index")
+    t.start()
+    _saving.append(t)
+
+
+def wait_for_saves() -> None:
+    """Return once every index this process began saving is written."""
+    while _saving:
+        _saving.pop().join()
 
 
 # -- reading --------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 An ingest adds a few pieces to a collection of many; the saved index (``query.cover_cache``)
 then no longer matches the database, and a build reads every piece's features and notes
 and makes every n-gram index anew (~4-5 s at 100,000 pieces). Here the saved index of the
-same code and settings is mapped in, the pieces whose cover features were written since
-it was saved (their vectors stage's run time, ``CoverIndex.done_us``, differs, or they
-are new) are built alone, and the two are merged row by row in the database's order:
+same code and settings is mapped in, the pieces whose stored row changed since it was
+saved (its hash, ``CoverIndex.row_hash``, differs: any write, by the vectors stage or
+by hand) or that are new are built alone, and the two are merged row by row in the
+database's order:
 
 - per-piece arrays and back-to-back sequences are copied, row by row;
 - the n-gram and TF-IDF presence matrices are merged column by column, and their idf,
@@ -31,17 +32,16 @@ __all__ = ["update", "stamps", "MAX_SHARE"]
 MAX_SHARE = 0.25  # more of the pieces changed than this: built whole (no faster merged)
 
 
-def stamps(db_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(piece ids, paths, ``done_us``) of every piece with cover features, by piece id (the
+def stamps(db_dir) -> tuple[np.ndarray, np.ndarray]:
+    """(piece ids, ``row_hash``) of every piece with cover features, by piece id (the
     order of ``query.covers.cover_rows``)."""
     from atlas_db.connection import reading
-    from query.covers import DONE_US
+    from query.covers import row_hash_sql
 
     with reading(Path(db_dir)) as con:
-        t = con.sql(f"SELECT c.piece_id, p.path, {DONE_US} FROM cover_features c JOIN pieces p USING (piece_id) "
+        t = con.sql(f"SELECT c.piece_id, {row_hash_sql(con)} FROM cover_features c JOIN pieces p USING (piece_id) "
                     "ORDER BY c.piece_id").to_arrow_table()
-    return (np.asarray(t.column(0).to_pylist(), dtype=object), np.asarray(t.column(1).to_pylist(), dtype=object),
-            t.column(2).to_numpy().astype(np.int64))
+    return np.asarray(t.column(0).to_pylist(), dtype=object), t.column(1).to_numpy().astype(np.uint64)
 
 
 def update(base, db_dir):
@@ -54,11 +54,11 @@ def update(base, db_dir):
 
     if base.notes is None:
         return None
-    ids, paths, done = stamps(db_dir)
+    ids, row_hash = stamps(db_dir)
     n = ids.size
     at = np.fromiter((base.row_of.get(p, -1) for p in ids), np.int64, n)
     same = at >= 0
-    same[same] = (base.done_us[at[same]] == done[same]) & (done[same] >= 0) & (base.paths[at[same]] == paths[same])
+    same[same] = base.row_hash[at[same]] == row_hash[same]
     new = np.flatnonzero(~same)
     if new.size > MAX_SHARE * n or (n <= ALIGN["keep_frames_below"] and base.frames is None):
         return None
@@ -147,7 +147,7 @@ def _merged(base, delta, plan: _Plan, ids: np.ndarray, n: int):
     pitch, _ = plan.spans(base.notes.pitch, base.notes.off, d and d.notes.pitch, d and d.notes.off)
     idx.notes = NoteArrays(onset, pitch, off)
     idx.ids = ids
-    for name in ("is_recording", "row_stale", "done_us", "paths", "vectors", "global_chroma"):
+    for name in ("is_recording", "row_stale", "row_hash", "paths", "vectors", "global_chroma"):
         setattr(idx, name, plan.rows(getattr(base, name), got(name)))
     idx.db_dir = base.db_dir
     idx.stale_pieces = int(idx.row_stale.sum())

@@ -41,9 +41,12 @@ def _same(a, b, where="index"):
 def _fresh(db):
     """The index of ``db`` as a new process gets it (nothing kept in this one)."""
     import query.covers as qc
+    from query.cover_cache import wait_for_saves
 
     qc._CACHE.clear()
-    return qc.load_index(db)
+    index = qc.load_index(db)
+    wait_for_saves()
+    return index
 
 
 def _answers(index, n=6):
@@ -126,8 +129,8 @@ def test_after_a_write_the_saved_index_is_brought_up_to_date_as_a_build_makes_it
     summary = ingest_paths([str(s) for s in pop909_songs(14)[-2:]], db, workers=1)
     assert summary.added >= 2 and summary.failed == 0
     rewritten = str(before.ids[3])
-    with writing(db) as con:  # (as the vectors stage records a piece it writes again)
-        con.execute("UPDATE derived_runs SET done_at = now() WHERE stage = 'vectors' AND piece_id = ?", [rewritten])
+    with writing(db) as con:  # (a row written again, as `atlas reindex` or a hand would)
+        con.execute("UPDATE cover_features SET bass_pc = list_reverse(bass_pc) WHERE piece_id = ?", [rewritten])
     calls = _building(monkeypatch)
     after = _fresh(db)
     new = sorted(set(after.ids) - set(before.ids))
@@ -154,6 +157,20 @@ def test_a_write_that_changes_no_piece_keeps_the_saved_files(db, monkeypatch, tm
     (folder,) = cache_dir(db).iterdir()
     assert {p.name: p.stat().st_ino for p in folder.glob("*.npy")} == files
     assert _fresh(db) is not after and calls == []  # (the renamed folder is read)
+
+
+def test_a_save_removes_what_a_killed_writer_left_and_keeps_a_running_ones(db):
+    import os
+
+    from query.cover_cache import cache_dir
+
+    cache_dir(db).mkdir()
+    dead, alive = cache_dir(db) / "tmp-999999999-abc", cache_dir(db) / f"tmp-{os.getpid()}-def"
+    for d in (dead, alive):
+        d.mkdir()
+        (d / "000.npy").write_bytes(b"half")
+    _fresh(db)
+    assert not dead.exists() and alive.exists()
 
 
 def test_a_damaged_file_or_other_settings_build_it_again(db):

@@ -128,6 +128,21 @@ def test_a_large_collection_keeps_its_cells_after_an_ingest(tmp_path):
     assert np.array_equal(rows[:, 0], new_rows)  # each new piece found at its own row
     assert load_index(tmp_path, ids[order], x[order]).ntotal == n + 40  # saved: read back
 
+    # a piece gone and one whose vector changed: each kept vector renumbered in its cell,
+    # the changed one added again: what adding every vector to the same cells gives
+    y = x[order].copy()
+    y[5] = -y[5]
+    keep = np.arange(n + 40) != 7
+    third = load_index(tmp_path, ids[order][keep], y[keep])
+    assert third.ntotal == n + 39
+    readded = faiss.clone_index(third)
+    readded.reset()
+    readded.add(y[keep])
+    for a, b in zip(search(third, y[keep][::50], 10), search(readded, y[keep][::50], 10)):
+        assert np.array_equal(a, b)
+    _, rows = search(third, y[keep][[4, 5, 6, 7]], 1)  # (5: the changed vector; 7: the piece after the one gone)
+    assert np.array_equal(rows[:, 0], [4, 5, 6, 7])
+
     far = 2 * n  # a collection grown past what its cells were made for: trained again
     y = np.concatenate([x, rng.standard_normal((far - n - 40, 24)).astype(np.float32)])
     y /= np.linalg.norm(y, axis=1, keepdims=True)
