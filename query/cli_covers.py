@@ -71,9 +71,10 @@ def register(cli):
         recording on either side is scored by a fusion fitted on rendered recordings
         (also with and without the song), less sure of "no version here".
 
-        The first search after a change to the database builds the search's index
-        (seconds at 100,000 pieces) and saves it in DB/cover_index/; later searches
-        read it in a fraction of a second. Deleting that folder is always safe.
+        The first search after a change to the database brings the saved index in
+        DB/cover_index/ up to date (the first ever builds it: seconds at 100,000
+        pieces); later searches read it in a fraction of a second. Deleting that
+        folder is always safe.
 
         \b
         Example:

@@ -8,9 +8,12 @@ make the objects (no pickle: a file is read with ``allow_pickle=False``, and onl
 four classes of :func:`_classes` are rebuilt). It lives in ``<db>/cover_index/<key>/``; the
 key hashes what the index is made from: the database file's size and modification time
 (and its write-ahead log's), the source of the ``query`` and ``indexers`` packages, and
-the search settings (``ALIGN``). Anything else finds no folder of its key and builds
-the index again. A folder appears whole (written under a temporary name, then renamed),
-and writing one removes the folders of other keys.
+the search settings (``ALIGN``). A process that finds no folder of its key but one made
+by the same code and settings (``made_by`` in its manifest) for an older state of the
+database brings that one up to date (``query.cover_update``); else it builds the index.
+A folder appears whole (written under a temporary name, then renamed), and writing one
+removes the folders of other keys. The writing runs in a thread while the search
+answers (:func:`save_in_background`).
 
 Arrays of 1 MB or more are mapped copy-on-write (``mmap_mode="c"``): the pages a search
 touches are read when it touches them, and writing to an array changes this process's

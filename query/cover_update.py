@@ -29,7 +29,9 @@ from numba import njit
 
 __all__ = ["update", "stamps", "MAX_SHARE"]
 
-MAX_SHARE = 0.25  # more of the pieces changed than this: built whole (no faster merged)
+# more of the pieces changed than this: built whole (a bound chosen, not a measured
+# crossover: the merge's own cost does not depend on how many changed, a build of them does)
+MAX_SHARE = 0.25
 
 
 def stamps(db_dir) -> tuple[np.ndarray, np.ndarray]:
