@@ -12,8 +12,7 @@ the search settings (``ALIGN``). A process that finds no folder of its key but o
 by the same code and settings (``made_by`` in its manifest) for an older state of the
 database brings that one up to date (``query.cover_update``); else it builds the index.
 A folder appears whole (written under a temporary name, then renamed), and writing one
-removes the folders of other keys. The writing runs in a thread while the search
-answers (:func:`save_in_background`).
+removes the folders of other keys.
 
 Arrays of 1 MB or more are mapped copy-on-write (``mmap_mode="c"``): the pages a search
 touches are read when it touches them, and writing to an array changes this process's
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["cache_key", "made_by", "save_index", "load_cached", "load_older", "rekey", "cache_dir", "save_in_background", "wait_for_saves", "FORMAT"]
+__all__ = ["cache_key", "made_by", "save_index", "load_cached", "load_older", "rekey", "cache_dir", "FORMAT"]
 
 FORMAT = 1
 MAP_BYTES = 1 << 20  # smaller arrays are read whole: a mapping costs more than it saves there
@@ -188,32 +187,6 @@ def _running(pid: str) -> bool:
     except (ValueError, OSError):  # (not a number; another user's process)
         return True
     return True
-
-
-_saving: list = []
-
-
-def save_in_background(save, *args) -> None:
-    """``save(*args)`` in a thread of its own, so that the search that built the index
-    answers meanwhile; the process waits for it before it exits (the thread is not a
-    daemon). A folder it cannot write (OSError) leaves the index unsaved, as before."""
-    import threading
-
-    def run():
-        try:
-            save(*args)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=run, name="atlas-save-cover-index")
-    t.start()
-    _saving.append(t)
-
-
-def wait_for_saves() -> None:
-    """Return once every index this process began saving is written."""
-    while _saving:
-        _saving.pop().join()
 
 
 # -- reading --------------------------------------------------------------------------

@@ -1930,7 +1930,7 @@ def load_index(db_dir, on_build=None) -> CoverIndex:
         return hit[1]
     from atlas_db.settings import check as check_settings
     from indexers.faiss_index import load_index as load_faiss
-    from query.cover_cache import cache_key, load_cached, load_older, made_by, rekey, save_in_background, save_index
+    from query.cover_cache import cache_key, load_cached, load_older, made_by, rekey, save_index
     from query.cover_update import update
 
     check_settings()  # (as before a database is opened: a saved index may spare the opening)
@@ -1944,13 +1944,13 @@ def load_index(db_dir, on_build=None) -> CoverIndex:
             on_build()
         idx, changed = got if got is not None else (_build_index(db_dir), True)
         if cache_key(db_dir, ALIGN) == on_disk:  # (else the database changed while it was read)
-            if changed:  # (written while the search answers: ~1 s at 100,000 pieces)
-                save_in_background(save_index, idx, db_dir, on_disk, maker)
-            else:
-                try:
+            try:
+                if changed:
+                    save_index(idx, db_dir, on_disk, maker)
+                else:
                     rekey(db_dir, older[0], on_disk, maker)
-                except OSError:  # a folder this process cannot write: kept for this process
-                    pass
+            except OSError:  # a folder this process cannot write, a full disk: kept for this process
+                pass
     idx.db_dir = db_dir  # (the folder may have moved since the index was saved)
     _CACHE[key] = (stamp, idx)
     return idx

@@ -41,12 +41,9 @@ def _same(a, b, where="index"):
 def _fresh(db):
     """The index of ``db`` as a new process gets it (nothing kept in this one)."""
     import query.covers as qc
-    from query.cover_cache import wait_for_saves
 
     qc._CACHE.clear()
-    index = qc.load_index(db)
-    wait_for_saves()
-    return index
+    return qc.load_index(db)
 
 
 def _answers(index, n=6):
