@@ -68,7 +68,8 @@ def atlas(code: Path, args: list[str]) -> tuple[float, bytes, float]:
 
 def new_file(src: Path, folder: Path, tag: str) -> Path:
     """A copy of the MIDI file ``src`` with a text event ``tag`` added: the same notes, a
-    file the database does not hold yet (pieces are keyed by their content)."""
+    file the database does not hold yet (pieces are keyed by their content: a tag used
+    before would be a file already held, and change nothing)."""
     import mido
 
     mid = mido.MidiFile(src)
@@ -128,7 +129,7 @@ def main(argv=None):
                             shutil.rmtree(d, ignore_errors=True)
                     elif fresh == "add":  # this checkout's saved index up to date, then one file more
                         atlas(c, cmd)
-                        atlas(ROOT, ["ingest", str(new_file(other, added, f"r{r}c{i}")), "--db", str(db)])
+                        atlas(ROOT, ["ingest", str(new_file(other, added, f"{os.getpid()}-r{r}c{i}")), "--db", str(db)])
                     wall, out, first = atlas(c, cmd)
                     if r:  # round 0 compiles what a checkout's numba cache lacks
                         times[(name, c)].append(wall)
